@@ -1,0 +1,236 @@
+using System.Buffers;
+using System.Runtime.CompilerServices;
+
+namespace Proxy.Http;
+
+/// <summary>Flags taken from <c>Connection</c>, <c>Upgrade</c> and <c>Expect</c>.</summary>
+[Flags]
+internal enum ConnectionOptions : byte
+{
+    None = 0,
+    Close = 1,
+    KeepAlive = 2,
+    Upgrade = 4,
+}
+
+/// <summary>
+/// A parsed request head. The raw bytes (request line through the empty line) are copied once into
+/// <see cref="Buffer"/>; everything else is offsets into it, so parsing, routing and forwarding read
+/// the same bytes and nothing is materialised as strings. One instance per connection (or per HTTP/2
+/// stream), reset between requests; the buffer grows to the header limit at most and is kept.
+/// </summary>
+internal sealed class RequestHead
+{
+    private const int InitialBuffer = 1024;
+    private const int InitialFields = 32;
+
+    public byte[] Buffer = new byte[InitialBuffer];
+    public int Length;
+
+    public HttpMethod Method;
+    public int MethodStart, MethodLength;
+    /// <summary>Request target as sent (origin-form: path and query).</summary>
+    public int TargetStart, TargetLength;
+    /// <summary>Length of the path part of the target (up to '?' or the end).</summary>
+    public int PathLength;
+    public HttpVersion Version;
+
+    public HeaderField[] Fields = new HeaderField[InitialFields];
+    public int FieldCount;
+
+    /// <summary>Index into <see cref="Fields"/> of the Host field, or -1.</summary>
+    public int HostIndex = -1;
+    /// <summary>Declared body length, or -1 when the request has no Content-Length.</summary>
+    public long ContentLength = -1;
+    public bool Chunked;
+    public bool ExpectContinue;
+    public ConnectionOptions Connection;
+    /// <summary>True when the Upgrade field is present (with <see cref="ConnectionOptions.Upgrade"/> it asks for a tunnel).</summary>
+    public bool HasUpgradeField;
+
+    public ReadOnlySpan<byte> Raw => Buffer.AsSpan(0, Length);
+    public ReadOnlySpan<byte> MethodBytes => Buffer.AsSpan(MethodStart, MethodLength);
+    public ReadOnlySpan<byte> Target => Buffer.AsSpan(TargetStart, TargetLength);
+    public ReadOnlySpan<byte> Path => Buffer.AsSpan(TargetStart, PathLength);
+
+    /// <summary>Query string without the leading '?', empty when there is none.</summary>
+    public ReadOnlySpan<byte> Query => PathLength < TargetLength
+        ? Buffer.AsSpan(TargetStart + PathLength + 1, TargetLength - PathLength - 1)
+        : default;
+
+    public ReadOnlySpan<byte> Host => HostIndex >= 0 ? Value(HostIndex) : default;
+
+    /// <summary>True when the request has a body to read (length or chunked).</summary>
+    public bool HasBody => Chunked || ContentLength > 0;
+
+    /// <summary>Whether the client wants the connection kept after this exchange (RFC 9112 section 9.3).</summary>
+    public bool KeepAlive => Version == HttpVersion.Http11
+        ? (Connection & ConnectionOptions.Close) == 0
+        : (Connection & (ConnectionOptions.KeepAlive | ConnectionOptions.Close)) == ConnectionOptions.KeepAlive;
+
+    public bool IsUpgrade => HasUpgradeField && (Connection & ConnectionOptions.Upgrade) != 0;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ReadOnlySpan<byte> Name(int index)
+    {
+        ref readonly HeaderField f = ref Fields[index];
+        return Buffer.AsSpan(f.NameStart, f.NameLength);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ReadOnlySpan<byte> Value(int index)
+    {
+        ref readonly HeaderField f = ref Fields[index];
+        return Buffer.AsSpan(f.ValueStart, f.ValueLength);
+    }
+
+    /// <summary>First field whose name equals <paramref name="lowerCaseName"/> (ASCII case-insensitive).</summary>
+    public bool TryGetHeader(ReadOnlySpan<byte> lowerCaseName, out ReadOnlySpan<byte> value)
+    {
+        for (int i = 0; i < FieldCount; i++)
+        {
+            if (Name(i).EqualsIgnoreCaseAscii(lowerCaseName))
+            {
+                value = Value(i);
+                return true;
+            }
+        }
+        value = default;
+        return false;
+    }
+
+    /// <summary>Makes room for a head of <paramref name="length"/> bytes (control path: grows rarely, never shrinks).</summary>
+    public Span<byte> PrepareBuffer(int length)
+    {
+        if (Buffer.Length < length)
+        {
+            Buffer = new byte[Math.Max(length, Buffer.Length * 2)];
+        }
+        Length = length;
+        return Buffer.AsSpan(0, length);
+    }
+
+    /// <summary>Adds a field slot and returns it by reference.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ref HeaderField AddField()
+    {
+        if (FieldCount == Fields.Length)
+        {
+            Array.Resize(ref Fields, Fields.Length * 2);
+        }
+        ref HeaderField f = ref Fields[FieldCount++];
+        f = default;
+        return ref f;
+    }
+
+    public void Reset()
+    {
+        Length = 0;
+        Method = HttpMethod.Custom;
+        MethodStart = MethodLength = TargetStart = TargetLength = PathLength = 0;
+        Version = HttpVersion.Unknown;
+        FieldCount = 0;
+        HostIndex = -1;
+        ContentLength = -1;
+        Chunked = false;
+        ExpectContinue = false;
+        Connection = ConnectionOptions.None;
+        HasUpgradeField = false;
+    }
+}
+
+/// <summary>
+/// A parsed upstream response head, laid out like <see cref="RequestHead"/>.
+/// </summary>
+internal sealed class ResponseHead
+{
+    public byte[] Buffer = new byte[1024];
+    public int Length;
+
+    public HttpVersion Version;
+    public int StatusCode;
+    /// <summary>Reason phrase offsets (may be empty).</summary>
+    public int ReasonStart, ReasonLength;
+
+    public HeaderField[] Fields = new HeaderField[32];
+    public int FieldCount;
+
+    public long ContentLength = -1;
+    public bool Chunked;
+    public ConnectionOptions Connection;
+    public bool HasUpgradeField;
+
+    public ReadOnlySpan<byte> Raw => Buffer.AsSpan(0, Length);
+    public ReadOnlySpan<byte> Reason => Buffer.AsSpan(ReasonStart, ReasonLength);
+
+    public bool KeepAlive => Version == HttpVersion.Http11
+        ? (Connection & ConnectionOptions.Close) == 0
+        : (Connection & (ConnectionOptions.KeepAlive | ConnectionOptions.Close)) == ConnectionOptions.KeepAlive;
+
+    public ReadOnlySpan<byte> Name(int index)
+    {
+        ref readonly HeaderField f = ref Fields[index];
+        return Buffer.AsSpan(f.NameStart, f.NameLength);
+    }
+
+    public ReadOnlySpan<byte> Value(int index)
+    {
+        ref readonly HeaderField f = ref Fields[index];
+        return Buffer.AsSpan(f.ValueStart, f.ValueLength);
+    }
+
+    public bool TryGetHeader(ReadOnlySpan<byte> lowerCaseName, out ReadOnlySpan<byte> value)
+    {
+        for (int i = 0; i < FieldCount; i++)
+        {
+            if (Name(i).EqualsIgnoreCaseAscii(lowerCaseName))
+            {
+                value = Value(i);
+                return true;
+            }
+        }
+        value = default;
+        return false;
+    }
+
+    public Span<byte> PrepareBuffer(int length)
+    {
+        if (Buffer.Length < length)
+        {
+            Buffer = new byte[Math.Max(length, Buffer.Length * 2)];
+        }
+        Length = length;
+        return Buffer.AsSpan(0, length);
+    }
+
+    public ref HeaderField AddField()
+    {
+        if (FieldCount == Fields.Length)
+        {
+            Array.Resize(ref Fields, Fields.Length * 2);
+        }
+        ref HeaderField f = ref Fields[FieldCount++];
+        f = default;
+        return ref f;
+    }
+
+    public void Reset()
+    {
+        Length = 0;
+        Version = HttpVersion.Unknown;
+        StatusCode = 0;
+        ReasonStart = ReasonLength = 0;
+        FieldCount = 0;
+        ContentLength = -1;
+        Chunked = false;
+        Connection = ConnectionOptions.None;
+        HasUpgradeField = false;
+    }
+}
+
+internal static class AsciiExtensions
+{
+    /// <summary>ASCII case-insensitive equality; <paramref name="lowerCase"/> must already be lower case.</summary>
+    public static bool EqualsIgnoreCaseAscii(this ReadOnlySpan<byte> value, ReadOnlySpan<byte> lowerCase)
+        => System.Text.Ascii.EqualsIgnoreCase(value, lowerCase);
+}

@@ -1,0 +1,158 @@
+using System.Net;
+using Proxy.Http;
+using Proxy.Routing;
+using Proxy.Upstream;
+
+namespace Proxy.Model;
+
+/// <summary>
+/// The immutable runtime form of one configuration file: built by the config compiler, published
+/// with one atomic swap, read once per request and kept by that request to its end.
+/// </summary>
+internal sealed class ProxySnapshot
+{
+    public required ListenerModel[] Listeners { get; init; }
+    public required RouteTable Routes { get; init; }
+    public required IReadOnlyDictionary<string, ClusterModel> Clusters { get; init; }
+    public required ServerModel Server { get; init; }
+    /// <summary>Hash of the source file, for logs and the admin API.</summary>
+    public string Version { get; init; } = "";
+    public string SourcePath { get; init; } = "";
+}
+
+/// <summary>Process-wide settings outside listeners, routes and clusters.</summary>
+internal sealed class ServerModel
+{
+    /// <summary>How long a graceful shutdown waits for requests in flight.</summary>
+    public TimeSpan ShutdownTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Cap on open client connections across all listeners.</summary>
+    public int MaxConnections { get; init; } = 10_000;
+}
+
+internal enum ListenerHandler : byte
+{
+    /// <summary>Requests go through routing (the default).</summary>
+    Proxy = 0,
+    /// <summary>Built-in echo responder: answers every request with a JSON description of it.</summary>
+    Echo,
+}
+
+internal enum ForwardedMode : byte
+{
+    /// <summary>Append the client address to any incoming X-Forwarded-For (nginx's $proxy_add_x_forwarded_for).</summary>
+    Append = 0,
+    /// <summary>Drop incoming X-Forwarded-* and write our own.</summary>
+    Replace,
+    /// <summary>Append when the peer is in a trusted network, replace otherwise.</summary>
+    Trust,
+    /// <summary>Leave X-Forwarded-* as received and add nothing.</summary>
+    Off,
+}
+
+internal sealed class ForwardedModel
+{
+    public ForwardedMode Mode { get; init; } = ForwardedMode.Append;
+    public IPNetwork[] TrustedNetworks { get; init; } = [];
+
+    public static ForwardedModel Default { get; } = new();
+
+    public bool IsTrusted(IPAddress address)
+    {
+        if (address.IsIPv4MappedToIPv6)
+        {
+            address = address.MapToIPv4();
+        }
+        foreach (var n in TrustedNetworks)
+        {
+            if (n.Contains(address))
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+}
+
+internal sealed class ListenerModel
+{
+    public required string Name { get; init; }
+    public required int Index { get; init; }
+    public required IPEndPoint EndPoint { get; init; }
+    public ListenerHandler Handler { get; init; }
+    public HttpLimits Limits { get; init; } = HttpLimits.Default;
+    public ForwardedModel Forwarded { get; init; } = ForwardedModel.Default;
+}
+
+internal sealed class HeaderMatchModel
+{
+    public required string Name { get; init; }
+    public required byte[] NameLower { get; init; }
+    /// <summary>Exact value (case-sensitive), or null when only presence is required.</summary>
+    public byte[]? Value { get; init; }
+    public bool Present { get; init; } = true;
+}
+
+internal sealed class QueryMatchModel
+{
+    public required string Name { get; init; }
+    public required byte[] NameBytes { get; init; }
+    /// <summary>Exact value after percent-decoding is not done: compared as sent, case-sensitive.</summary>
+    public byte[]? Value { get; init; }
+    public bool Present { get; init; } = true;
+}
+
+internal sealed class RouteMatchModel
+{
+    /// <summary>Path template: exact "/x", catch-all "/x/{**rest}", parameters "/users/{id}". Null matches every path.</summary>
+    public string? Path { get; init; }
+    /// <summary>Exact hosts ("api.example.com") and wildcards ("*.example.org"), lower case, without port.</summary>
+    public string[] Hosts { get; init; } = [];
+    /// <summary>Methods upper case as configured; empty means any.</summary>
+    public string[] Methods { get; init; } = [];
+    public HeaderMatchModel[] Headers { get; init; } = [];
+    public QueryMatchModel[] Query { get; init; } = [];
+}
+
+/// <summary>A pre-encoded local answer (nginx's <c>return</c>).</summary>
+internal sealed class DirectResponseModel
+{
+    public required int Status { get; init; }
+    /// <summary>Status line and headers up to (not including) Connection/Content-Length/empty line.</summary>
+    public required byte[] HeadPrefix { get; init; }
+    public required byte[] Body { get; init; }
+}
+
+internal sealed class RouteModel
+{
+    public required string Id { get; init; }
+    /// <summary>Position in the file (0-based); breaks ties in precedence.</summary>
+    public required int Order { get; init; }
+    public required RouteMatchModel Match { get; init; }
+    public ClusterModel? Cluster { get; init; }
+    public DirectResponseModel? Respond { get; init; }
+    /// <summary>Bit i set: the route applies on listener i. Zero: every proxy listener.</summary>
+    public ulong ListenerMask { get; init; }
+}
+
+internal enum LoadBalancingKind : byte
+{
+    RoundRobin = 0,
+    LeastRequests,
+    PowerOfTwo,
+    Random,
+}
+
+internal sealed class ClusterModel
+{
+    public required string Name { get; init; }
+    public LoadBalancingKind LoadBalancing { get; init; }
+    public required DestinationState[] Destinations { get; init; }
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(2);
+    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Per destination cap on open upstream connections.</summary>
+    public int MaxConnections { get; init; } = 256;
+    /// <summary>How long an idle pooled upstream connection is kept.</summary>
+    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>Picks a destination; built from <see cref="LoadBalancing"/> at compile time.</summary>
+    public required ILoadBalancingPolicy Policy { get; init; }
+}

@@ -1,0 +1,5 @@
+namespace Proxy.Upstream;
+
+internal sealed class ConnectionPool
+{
+}
