@@ -1,1 +1,133 @@
-Console.WriteLine("proxy");
+using System.Reflection;
+using System.Runtime.InteropServices;
+using Proxy.Hosting;
+
+namespace Proxy.Host;
+
+/// <summary>The <c>proxy</c> command: run, validate, version, help. Exit codes: 0 ok, 1 runtime failure, 2 invalid config.</summary>
+internal static class Program
+{
+    private const int ExitOk = 0;
+    private const int ExitFailure = 1;
+    private const int ExitInvalidConfig = 2;
+
+    private const string Usage = """
+        Usage: proxy <command> [options]
+
+        Commands:
+          run        Start the gateway (default config: ./proxy.yaml)
+          validate   Check a config file; prints FILE:LINE:COL: message for every problem
+
+        Options:
+          -c, --config FILE   Config file (default ./proxy.yaml)
+          -h, --help          Show this help
+          -v, --version       Show the version
+
+        Exit codes: 0 ok, 1 runtime failure, 2 invalid config.
+        """;
+
+    public static async Task<int> Main(string[] args)
+    {
+        if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+        {
+            Console.WriteLine(Usage);
+            return args.Length == 0 ? ExitInvalidConfig : ExitOk;
+        }
+        if (args[0] is "-v" or "--version" or "version")
+        {
+            Console.WriteLine($"proxy {Version}");
+            return ExitOk;
+        }
+
+        string command = args[0];
+        string configPath = "proxy.yaml";
+        for (int i = 1; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "-c" or "--config" when i + 1 < args.Length:
+                    configPath = args[++i];
+                    break;
+                case "-h" or "--help":
+                    Console.WriteLine(Usage);
+                    return ExitOk;
+                default:
+                    Console.Error.WriteLine($"proxy: unknown argument '{args[i]}'");
+                    Console.Error.WriteLine(Usage);
+                    return ExitInvalidConfig;
+            }
+        }
+
+        return command switch
+        {
+            "run" => await RunAsync(configPath),
+            "validate" => Validate(configPath),
+            _ => UnknownCommand(command),
+        };
+    }
+
+    private static string Version =>
+        typeof(ProxyServer).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion?.Split('+')[0]
+        ?? "0.0.0";
+
+    private static int UnknownCommand(string command)
+    {
+        Console.Error.WriteLine($"proxy: unknown command '{command}'");
+        Console.Error.WriteLine(Usage);
+        return ExitInvalidConfig;
+    }
+
+    private static int Validate(string configPath)
+    {
+        var errors = ProxyServer.Validate(configPath);
+        foreach (var error in errors)
+        {
+            Console.WriteLine(error);
+        }
+        if (errors.Count > 0)
+        {
+            Console.Error.WriteLine($"{configPath}: {errors.Count} problem(s)");
+            return ExitInvalidConfig;
+        }
+        Console.WriteLine($"{configPath}: ok");
+        return ExitOk;
+    }
+
+    private static async Task<int> RunAsync(string configPath)
+    {
+        ProxyServer server;
+        try
+        {
+            var errors = ProxyServer.Validate(configPath);
+            if (errors.Count > 0)
+            {
+                foreach (var error in errors)
+                {
+                    Console.Error.WriteLine(error);
+                }
+                return ExitInvalidConfig;
+            }
+            server = ProxyServer.FromFile(configPath);
+            await server.StartAsync();
+        }
+        catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"proxy: {e.Message}");
+            return ExitFailure;
+        }
+
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = true; // we shut down ourselves, gracefully
+            stop.TrySetResult();
+        }
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+
+        await stop.Task;
+        await server.StopAsync(server.ShutdownTimeout);
+        await ProxyServer.FlushLogsAsync();
+        return ExitOk;
+    }
+}

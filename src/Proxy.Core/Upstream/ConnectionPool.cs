@@ -1,5 +1,195 @@
+using System.Net;
+using System.Net.Sockets;
+using Proxy.Diagnostics;
+using Proxy.Model;
+
 namespace Proxy.Upstream;
 
+internal enum ConnectError : byte
+{
+    None = 0,
+    Refused,
+    Timeout,
+    /// <summary>max_connections reached and no connection freed up within connect_timeout.</summary>
+    PoolExhausted,
+}
+
+/// <summary>
+/// Keep-alive connections to one destination. Idle connections sit in a LIFO stack (the most recently used
+/// one is the warmest and least likely to have been closed by the peer); opening is capped by
+/// <c>max_connections</c>, with callers waiting up to <c>connect_timeout</c> for a slot. The lock guards only
+/// the stack; it is held for a push or a pop.
+/// </summary>
 internal sealed class ConnectionPool
 {
+    private readonly DestinationState _destination;
+    private readonly Stack<UpstreamConnection> _idle = new();
+    private readonly SemaphoreSlim _slots;
+    private readonly TimeSpan _connectTimeout;
+    private readonly TimeSpan _idleTimeout;
+    private readonly IPEndPoint? _endPoint;
+    private int _open;
+
+    public ConnectionPool(DestinationState destination, ClusterModel cluster)
+    {
+        _destination = destination;
+        _slots = new SemaphoreSlim(cluster.MaxConnections, cluster.MaxConnections);
+        _connectTimeout = cluster.ConnectTimeout;
+        _idleTimeout = cluster.IdleTimeout;
+        if (IPAddress.TryParse(destination.Host, out var address))
+        {
+            _endPoint = new IPEndPoint(address, destination.Port);
+        }
+    }
+
+    public int OpenConnections => Volatile.Read(ref _open);
+
+    public int IdleConnections
+    {
+        get
+        {
+            lock (_idle)
+            {
+                return _idle.Count;
+            }
+        }
+    }
+
+    /// <summary>Takes a live idle connection, or null when there is none.</summary>
+    public UpstreamConnection? TryRentIdle()
+    {
+        while (true)
+        {
+            UpstreamConnection? connection;
+            lock (_idle)
+            {
+                if (!_idle.TryPop(out connection))
+                {
+                    return null;
+                }
+            }
+            if (!connection.LooksDead())
+            {
+                return connection;
+            }
+            connection.Dispose();
+        }
+    }
+
+    /// <summary>Opens a new connection within connect_timeout and the max_connections cap.</summary>
+    public async ValueTask<(UpstreamConnection? Connection, ConnectError Error)> ConnectAsync()
+    {
+        long started = Environment.TickCount64;
+        if (!_slots.Wait(0))
+        {
+            if (!await _slots.WaitAsync(_connectTimeout).ConfigureAwait(false))
+            {
+                return (null, ConnectError.PoolExhausted);
+            }
+        }
+        Interlocked.Increment(ref _open);
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            var remaining = _connectTimeout - TimeSpan.FromMilliseconds(Environment.TickCount64 - started);
+            using var cts = new CancellationTokenSource(remaining > TimeSpan.Zero ? remaining : TimeSpan.FromMilliseconds(1));
+            if (_endPoint is not null)
+            {
+                await socket.ConnectAsync(_endPoint, cts.Token).ConfigureAwait(false);
+            }
+            else
+            {
+                await socket.ConnectAsync(_destination.Host, _destination.Port, cts.Token).ConfigureAwait(false);
+            }
+            return (new UpstreamConnection(socket, _destination), ConnectError.None);
+        }
+        catch (OperationCanceledException)
+        {
+            socket.Dispose();
+            OnConnectionClosed();
+            return (null, ConnectError.Timeout);
+        }
+        catch (Exception)
+        {
+            socket.Dispose();
+            OnConnectionClosed();
+            return (null, ConnectError.Refused);
+        }
+    }
+
+    /// <summary>Returns a connection whose last exchange completed cleanly.</summary>
+    public void Return(UpstreamConnection connection)
+    {
+        connection.RequestCount++;
+        connection.IdleSince = Environment.TickCount64;
+        lock (_idle)
+        {
+            _idle.Push(connection);
+        }
+    }
+
+    internal void OnConnectionClosed()
+    {
+        Interlocked.Decrement(ref _open);
+        _slots.Release();
+    }
+
+    /// <summary>Closes connections idle for longer than idle_timeout (heartbeat).</summary>
+    public void EvictIdle(long now)
+    {
+        List<UpstreamConnection>? expired = null;
+        lock (_idle)
+        {
+            if (_idle.Count == 0)
+            {
+                return;
+            }
+            long limit = now - (long)_idleTimeout.TotalMilliseconds;
+            var keep = new List<UpstreamConnection>(_idle.Count);
+            // Stack enumerates newest first.
+            foreach (var c in _idle)
+            {
+                if (c.IdleSince < limit)
+                {
+                    (expired ??= []).Add(c);
+                }
+                else
+                {
+                    keep.Add(c);
+                }
+            }
+            if (expired is null)
+            {
+                return;
+            }
+            _idle.Clear();
+            for (int i = keep.Count - 1; i >= 0; i--)
+            {
+                _idle.Push(keep[i]);
+            }
+        }
+        foreach (var c in expired)
+        {
+            c.Dispose();
+        }
+    }
+
+    /// <summary>Closes every idle connection (shutdown).</summary>
+    public void CloseIdle()
+    {
+        UpstreamConnection[] all;
+        lock (_idle)
+        {
+            all = _idle.ToArray();
+            _idle.Clear();
+        }
+        foreach (var c in all)
+        {
+            c.Dispose();
+        }
+        if (all.Length > 0)
+        {
+            ProxyLog.Write(LogLevel.Debug, "upstream_pool_closed", ("destination", _destination.Address), ("closed", all.Length));
+        }
+    }
 }

@@ -1,0 +1,122 @@
+using System.Buffers;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using System.Threading.Channels;
+
+namespace Proxy.Diagnostics;
+
+internal enum LogLevel : byte
+{
+    Debug = 0,
+    Info,
+    Warn,
+    Error,
+    None,
+}
+
+/// <summary>
+/// Structured JSON log lines on stdout (one object per line). Lines are formatted by the caller only when
+/// the level is enabled, then queued to a bounded channel drained by one background writer: a slow stdout
+/// drops lines (and counts them) instead of blocking a request.
+/// </summary>
+internal static class ProxyLog
+{
+    private static readonly Channel<string> s_lines = Channel.CreateBounded<string>(
+        new BoundedChannelOptions(8192) { FullMode = BoundedChannelFullMode.DropWrite, SingleReader = true });
+    private static long s_dropped;
+    private static TextWriter s_output = CreateStdout();
+    private static readonly Task s_writer = Task.Run(WriteLoopAsync);
+
+    public static LogLevel MinimumLevel { get; set; } = LogLevel.Info;
+
+    public static long DroppedLines => Interlocked.Read(ref s_dropped);
+
+    /// <summary>Redirects output (tests, embedding). Pass <see cref="TextWriter.Null"/> to silence.</summary>
+    public static void SetOutput(TextWriter writer) => s_output = writer;
+
+    public static bool IsEnabled(LogLevel level) => level >= MinimumLevel;
+
+    public static void Write(LogLevel level, string evt, params ReadOnlySpan<(string Key, object? Value)> fields)
+    {
+        if (!IsEnabled(level))
+        {
+            return;
+        }
+        var buffer = new ArrayBufferWriter<byte>(256);
+        using (var json = new Utf8JsonWriter(buffer))
+        {
+            json.WriteStartObject();
+            json.WriteString("time", DateTime.UtcNow);
+            json.WriteString("level", level switch { LogLevel.Debug => "debug", LogLevel.Info => "info", LogLevel.Warn => "warn", _ => "error" });
+            json.WriteString("event", evt);
+            foreach (var (key, value) in fields)
+            {
+                switch (value)
+                {
+                    case null: json.WriteNull(key); break;
+                    case int i: json.WriteNumber(key, i); break;
+                    case long l: json.WriteNumber(key, l); break;
+                    case double d: json.WriteNumber(key, d); break;
+                    case bool b: json.WriteBoolean(key, b); break;
+                    case string[] list:
+                        json.WriteStartArray(key);
+                        foreach (var s in list)
+                        {
+                            json.WriteStringValue(s);
+                        }
+                        json.WriteEndArray();
+                        break;
+                    default: json.WriteString(key, value.ToString()); break;
+                }
+            }
+            json.WriteEndObject();
+        }
+        if (!s_lines.Writer.TryWrite(Encoding.UTF8.GetString(buffer.WrittenSpan)))
+        {
+            Interlocked.Increment(ref s_dropped);
+        }
+    }
+
+    public static void Info(string evt, params ReadOnlySpan<(string Key, object? Value)> fields) => Write(LogLevel.Info, evt, fields);
+    public static void Warn(string evt, params ReadOnlySpan<(string Key, object? Value)> fields) => Write(LogLevel.Warn, evt, fields);
+    public static void Error(string evt, params ReadOnlySpan<(string Key, object? Value)> fields) => Write(LogLevel.Error, evt, fields);
+
+    /// <summary>Waits (briefly) until queued lines are written; used at shutdown.</summary>
+    public static async Task FlushAsync(TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (s_lines.Reader.Count > 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(10).ConfigureAwait(false);
+        }
+        await Task.Delay(10).ConfigureAwait(false);
+    }
+
+    private static TextWriter CreateStdout()
+        => new StreamWriter(Console.OpenStandardOutput(), new UTF8Encoding(false), 16 * 1024) { AutoFlush = false };
+
+    private static async Task WriteLoopAsync()
+    {
+        var reader = s_lines.Reader;
+        while (await reader.WaitToReadAsync().ConfigureAwait(false))
+        {
+            var output = s_output;
+            try
+            {
+                while (reader.TryRead(out var line))
+                {
+                    output.Write(line);
+                    output.Write('\n');
+                }
+                output.Flush();
+            }
+            catch (Exception)
+            {
+                // stdout gone (closed pipe): keep draining so producers never block.
+            }
+        }
+    }
+
+    public static string Format(EndPoint? endPoint) => endPoint?.ToString() ?? "";
+}

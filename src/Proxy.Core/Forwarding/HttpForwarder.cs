@@ -1,0 +1,571 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
+using Proxy.Diagnostics;
+using Proxy.Http;
+using Proxy.Http1;
+using Proxy.Model;
+using Proxy.Transport;
+using Proxy.Upstream;
+
+namespace Proxy.Forwarding;
+
+/// <summary>
+/// Relays one request at a time from a client connection to an upstream HTTP/1.1 connection and the response
+/// back. Heads are re-written field by field from the parsed offsets (hop-by-hop fields dropped, framing and
+/// X-Forwarded-* written by us), bodies are re-framed and streamed through <see cref="BodyPump"/> so neither
+/// side's body is ever buffered whole.
+/// </summary>
+internal sealed class HttpForwarder
+{
+    private readonly Http1ServerConnection _client;
+    private UpstreamConnection? _active;
+
+    public HttpForwarder(Http1ServerConnection client) => _client = client;
+
+    private enum Outcome : byte
+    {
+        KeepAlive,
+        Close,
+        /// <summary>A reused connection died before any response byte: safe to try once more on a fresh one.</summary>
+        Retry,
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    public async ValueTask<bool> ForwardAsync(ClusterModel cluster)
+    {
+        DestinationState? destination = cluster.Policy.Pick(cluster.Destinations);
+        if (destination is null)
+        {
+            return await FailAsync(ProxyError.NoDestination, cluster, null).ConfigureAwait(false);
+        }
+        destination.RequestStarted();
+        try
+        {
+            return await ForwardToAsync(cluster, destination).ConfigureAwait(false);
+        }
+        finally
+        {
+            destination.RequestEnded();
+        }
+    }
+
+    private async ValueTask<bool> ForwardToAsync(ClusterModel cluster, DestinationState destination)
+    {
+        RequestHead head = _client.Head;
+        ConnectionPool pool = destination.Pool!;
+        // RFC 9110 section 9.2.2: only idempotent requests may be replayed, and only when no body was streamed.
+        bool replayable = !head.HasBody && head.Method is Http.HttpMethod.Get or Http.HttpMethod.Head
+            or Http.HttpMethod.Options or Http.HttpMethod.Trace or Http.HttpMethod.Put or Http.HttpMethod.Delete;
+
+        for (int attempt = 0; ; attempt++)
+        {
+            UpstreamConnection? upstream = attempt == 0 ? pool.TryRentIdle() : null;
+            if (upstream is null)
+            {
+                var (connection, error) = await pool.ConnectAsync().ConfigureAwait(false);
+                if (connection is null)
+                {
+                    ProxyError e = error switch
+                    {
+                        ConnectError.Timeout => ProxyError.UpstreamConnectTimeout,
+                        ConnectError.PoolExhausted => ProxyError.UpstreamPoolExhausted,
+                        _ => ProxyError.UpstreamConnectFailed,
+                    };
+                    return await FailAsync(e, cluster, destination).ConfigureAwait(false);
+                }
+                upstream = connection;
+            }
+            _active = upstream;
+            bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
+
+            WriteRequestHead(upstream.Output, destination);
+
+            if (head.HasBody)
+            {
+                if (!await _client.SendContinueIfExpectedAsync().ConfigureAwait(false))
+                {
+                    ReleaseUpstream();
+                    return false;
+                }
+                BodyFraming framing = head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength;
+                _client.SetUpstreamTimeout(cluster.RequestTimeout);
+                PumpResult sent = await _client.RequestPump.CopyAsync(_client.Input, upstream.Output, framing, head.ContentLength,
+                    framing, _client.Listener.Limits.MaxBodyBytes, _client).ConfigureAwait(false);
+                if (sent != PumpResult.Completed)
+                {
+                    ReleaseUpstream();
+                    return await RequestBodyFailedAsync(sent).ConfigureAwait(false);
+                }
+            }
+            else if (!await FlushUpstreamAsync(upstream).ConfigureAwait(false))
+            {
+                ReleaseUpstream();
+                if (mayRetry)
+                {
+                    continue;
+                }
+                return await FailAsync(ProxyError.UpstreamRequestWriteFailed, cluster, destination).ConfigureAwait(false);
+            }
+
+            Outcome outcome = await RelayResponseAsync(cluster, destination, upstream, mayRetry).ConfigureAwait(false);
+            if (outcome == Outcome.Retry)
+            {
+                ReleaseUpstream();
+                continue;
+            }
+            return outcome == Outcome.KeepAlive;
+        }
+    }
+
+    private async ValueTask<bool> RequestBodyFailedAsync(PumpResult result)
+    {
+        switch (result)
+        {
+            case PumpResult.TooLarge:
+            case PumpResult.SourceInvalid:
+                RejectReason reason = _client.RequestPump.Reject;
+                await _client.SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
+                return false;
+            case PumpResult.Cancelled:
+                if (_client.TakeFiredTimeout() != TimeoutKind.None)
+                {
+                    await _client.SendErrorAsync(408, RejectReason.BodyTimeout.DetailsCode(), close: true).ConfigureAwait(false);
+                }
+                return false;
+            case PumpResult.DestinationFailed:
+                await _client.SendErrorAsync(ProxyError.UpstreamRequestWriteFailed.StatusCode(),
+                    ProxyError.UpstreamRequestWriteFailed.DetailsCode(), close: true).ConfigureAwait(false);
+                return false;
+            default:
+                // The client closed or broke the body mid-way: nobody to answer.
+                return false;
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<Outcome> RelayResponseAsync(ClusterModel cluster, DestinationState destination,
+        UpstreamConnection upstream, bool mayRetry)
+    {
+        RequestHead request = _client.Head;
+        ResponseHead response = upstream.Response;
+        PipeReader input = upstream.Input;
+        bool receivedAny = false;
+
+        while (true)
+        {
+            // ---- response head (and any 1xx interim responses before it)
+            _client.ArmUpstream(input, cluster.RequestTimeout);
+            HeadStatus status;
+            while (true)
+            {
+                ReadResult result;
+                try
+                {
+                    result = await input.ReadAsync().ConfigureAwait(false);
+                }
+                catch (Exception)
+                {
+                    _client.DisarmUpstream();
+                    if (mayRetry && !receivedAny)
+                    {
+                        return Outcome.Retry;
+                    }
+                    return await FailOutcomeAsync(ProxyError.UpstreamReset, cluster, destination).ConfigureAwait(false);
+                }
+                ReadOnlySequence<byte> buffer = result.Buffer;
+                if (result.IsCanceled)
+                {
+                    input.AdvanceTo(buffer.Start, buffer.End);
+                    if (_client.TakeFiredTimeout() != TimeoutKind.None)
+                    {
+                        return await FailOutcomeAsync(ProxyError.UpstreamResponseTimeout, cluster, destination).ConfigureAwait(false);
+                    }
+                    continue;
+                }
+                receivedAny |= !buffer.IsEmpty;
+                status = Http1ResponseReader.TryRead(buffer, response, _client.Listener.Limits.MaxHeaderBytes + _client.Listener.Limits.MaxRequestLine,
+                    out SequencePosition consumed, out RejectReason reason);
+                if (status == HeadStatus.Complete)
+                {
+                    input.AdvanceTo(consumed);
+                    break;
+                }
+                if (status == HeadStatus.Rejected)
+                {
+                    input.AdvanceTo(buffer.End);
+                    _client.DisarmUpstream();
+                    return await FailOutcomeAsync(ProxyError.UpstreamInvalidResponse, cluster, destination).ConfigureAwait(false);
+                }
+                if (result.IsCompleted)
+                {
+                    input.AdvanceTo(buffer.End);
+                    _client.DisarmUpstream();
+                    if (mayRetry && !receivedAny)
+                    {
+                        return Outcome.Retry;
+                    }
+                    return await FailOutcomeAsync(ProxyError.UpstreamReset, cluster, destination).ConfigureAwait(false);
+                }
+                input.AdvanceTo(buffer.Start, buffer.End);
+            }
+            _client.DisarmUpstream();
+
+            int code = response.StatusCode;
+            if (code == 101)
+            {
+                if (!request.IsUpgrade)
+                {
+                    return await FailOutcomeAsync(ProxyError.UpstreamInvalidResponse, cluster, destination).ConfigureAwait(false);
+                }
+                await TunnelAsync(upstream).ConfigureAwait(false);
+                return Outcome.Close;
+            }
+            if (code < 200)
+            {
+                // Interim responses go to HTTP/1.1 clients only (RFC 9110 section 15.2).
+                if (request.Version == Http.HttpVersion.Http11)
+                {
+                    WriteResponseHead(response, BodyFraming.None, -1, interim: true, keepAlive: true);
+                    if (!await _client.FlushClientAsync().ConfigureAwait(false))
+                    {
+                        ReleaseUpstream();
+                        return Outcome.Close;
+                    }
+                }
+                continue;
+            }
+            break;
+        }
+
+        // ---- final response: choose framing both ways (RFC 9112 section 6.3)
+        BodyFraming inFraming, outFraming;
+        bool http11Client = request.Version == Http.HttpVersion.Http11;
+        if (request.Method == Http.HttpMethod.Head || response.StatusCode is 204 or 304)
+        {
+            inFraming = outFraming = BodyFraming.None;
+        }
+        else if (response.Chunked)
+        {
+            inFraming = BodyFraming.Chunked;
+            outFraming = http11Client ? BodyFraming.Chunked : BodyFraming.CloseDelimited;
+        }
+        else if (response.ContentLength >= 0)
+        {
+            inFraming = outFraming = BodyFraming.ContentLength;
+        }
+        else
+        {
+            inFraming = BodyFraming.CloseDelimited;
+            outFraming = http11Client ? BodyFraming.Chunked : BodyFraming.CloseDelimited;
+        }
+        bool keepAlive = request.KeepAlive && !_client.Draining && outFraming != BodyFraming.CloseDelimited;
+
+        WriteResponseHead(response, outFraming, response.ContentLength, interim: false, keepAlive);
+
+        if (inFraming == BodyFraming.None)
+        {
+            ReturnOrRelease(upstream, response);
+            return await _client.FlushClientAsync().ConfigureAwait(false) && keepAlive ? Outcome.KeepAlive : Outcome.Close;
+        }
+
+        _client.SetUpstreamTimeout(cluster.RequestTimeout);
+        PumpResult copied = await _client.ResponsePump.CopyAsync(input, _client.Output, inFraming, response.ContentLength,
+            outFraming, long.MaxValue, _client).ConfigureAwait(false);
+        if (copied != PumpResult.Completed)
+        {
+            // The head is already on its way: the only honest signal left is to cut the client connection.
+            _client.TakeFiredTimeout();
+            if (copied != PumpResult.DestinationFailed)
+            {
+                ProxyLog.Warn("upstream_body_failed", ("cluster", cluster.Name), ("destination", destination.Address),
+                    ("result", copied.ToString()), ("reason", _client.ResponsePump.Reject.DetailsCode()));
+            }
+            ReleaseUpstream();
+            _client.Abort();
+            return Outcome.Close;
+        }
+        if (inFraming == BodyFraming.CloseDelimited)
+        {
+            ReleaseUpstream();
+        }
+        else
+        {
+            ReturnOrRelease(upstream, response);
+        }
+        return keepAlive ? Outcome.KeepAlive : Outcome.Close;
+    }
+
+    private void ReturnOrRelease(UpstreamConnection upstream, ResponseHead response)
+    {
+        _active = null;
+        if (response.KeepAlive && !_client.Head.IsUpgrade)
+        {
+            upstream.Destination.Pool!.Return(upstream);
+        }
+        else
+        {
+            upstream.Dispose();
+        }
+    }
+
+    /// <summary>Drops the active upstream connection (not reusable after a failure).</summary>
+    public void ReleaseUpstream()
+    {
+        UpstreamConnection? upstream = _active;
+        _active = null;
+        upstream?.Dispose();
+    }
+
+    /// <summary>Called from the heartbeat on a write timeout.</summary>
+    public void AbortUpstream() => _active?.Abort();
+
+    private async ValueTask<bool> FlushUpstreamAsync(UpstreamConnection upstream)
+    {
+        _client.ArmWrite();
+        try
+        {
+            FlushResult result = await upstream.Output.FlushAsync().ConfigureAwait(false);
+            return !result.IsCanceled && !result.IsCompleted;
+        }
+        catch (Exception)
+        {
+            return false;
+        }
+        finally
+        {
+            _client.DisarmPump();
+        }
+    }
+
+    private async ValueTask<Outcome> FailOutcomeAsync(ProxyError error, ClusterModel cluster, DestinationState destination)
+        => await FailAsync(error, cluster, destination).ConfigureAwait(false) ? Outcome.KeepAlive : Outcome.Close;
+
+    /// <summary>
+    /// Answers an upstream failure (502/503/504) with one log line. The client connection closes when the
+    /// request body may be partly unread; otherwise it stays usable.
+    /// </summary>
+    private async ValueTask<bool> FailAsync(ProxyError error, ClusterModel cluster, DestinationState? destination)
+    {
+        ReleaseUpstream();
+        ProxyLog.Warn("upstream_error", ("details", error.DetailsCode()), ("status", error.StatusCode()),
+            ("cluster", cluster.Name), ("destination", destination?.Address));
+        RequestHead head = _client.Head;
+        bool close = head.HasBody || !head.KeepAlive || _client.Draining;
+        await _client.SendErrorAsync(error.StatusCode(), error.DetailsCode(), close).ConfigureAwait(false);
+        return !close;
+    }
+
+    // ---- heads -----------------------------------------------------------------------------------
+
+    private static ReadOnlySpan<byte> Http11Suffix => " HTTP/1.1\r\n"u8;
+
+    private void WriteRequestHead(PipeWriter output, DestinationState destination)
+    {
+        RequestHead head = _client.Head;
+        output.Write(head.MethodBytes);
+        output.Write(" "u8);
+        output.Write(head.Target);
+        output.Write(Http11Suffix);
+
+        ForwardedModel forwarded = _client.Listener.Forwarded;
+        ForwardedMode mode = forwarded.Mode;
+        if (mode == ForwardedMode.Trust)
+        {
+            mode = forwarded.IsTrusted(_client.RemoteAddress) ? ForwardedMode.Append : ForwardedMode.Replace;
+        }
+
+        int xffCount = 0;
+        bool hasProto = false, hasHost = false;
+        HeaderField[] fields = head.Fields;
+        for (int i = 0; i < head.FieldCount; i++)
+        {
+            ref readonly HeaderField f = ref fields[i];
+            if (f.HopByHop)
+            {
+                continue;
+            }
+            if (mode != ForwardedMode.Off)
+            {
+                switch (f.Known)
+                {
+                    case KnownHeader.XForwardedFor:
+                        xffCount++;
+                        continue; // rewritten below, as one field
+                    case KnownHeader.XForwardedProto:
+                        if (mode == ForwardedMode.Replace)
+                        {
+                            continue;
+                        }
+                        hasProto = true;
+                        break;
+                    case KnownHeader.XForwardedHost:
+                        if (mode == ForwardedMode.Replace)
+                        {
+                            continue;
+                        }
+                        hasHost = true;
+                        break;
+                }
+            }
+            output.WriteField(head.Name(i), head.Value(i));
+        }
+
+        if (head.HostIndex < 0)
+        {
+            // HTTP/1.0 without Host: name the destination (RFC 9112 section 3.2 requires Host in 1.1).
+            output.WriteField("host"u8, destination.HostHeader);
+        }
+
+        if (mode != ForwardedMode.Off)
+        {
+            output.Write("x-forwarded-for: "u8);
+            if (mode == ForwardedMode.Append && xffCount > 0)
+            {
+                for (int i = 0; i < head.FieldCount; i++)
+                {
+                    if (fields[i].Known == KnownHeader.XForwardedFor && !fields[i].HopByHop)
+                    {
+                        output.Write(head.Value(i));
+                        output.Write(", "u8);
+                    }
+                }
+            }
+            output.Write(_client.ClientAddress);
+            output.Write("\r\n"u8);
+            if (!hasProto)
+            {
+                output.Write("x-forwarded-proto: http\r\n"u8);
+            }
+            if (!hasHost && head.HostIndex >= 0)
+            {
+                output.WriteField("x-forwarded-host"u8, head.Host);
+            }
+        }
+
+        if (head.Chunked)
+        {
+            output.Write("transfer-encoding: chunked\r\n"u8);
+        }
+        else if (head.ContentLength >= 0)
+        {
+            output.Write("content-length: "u8);
+            output.WriteNumber(head.ContentLength);
+            output.Write("\r\n"u8);
+        }
+
+        if (head.IsUpgrade && head.TryGetHeader("upgrade"u8, out ReadOnlySpan<byte> protocol))
+        {
+            output.Write("connection: upgrade\r\n"u8);
+            output.WriteField("upgrade"u8, protocol);
+        }
+        output.Write("\r\n"u8);
+    }
+
+    private void WriteResponseHead(ResponseHead response, BodyFraming outFraming, long contentLength, bool interim, bool keepAlive)
+    {
+        PipeWriter output = _client.Output;
+        output.Write("HTTP/1.1 "u8);
+        output.WriteNumber(response.StatusCode);
+        output.Write(" "u8);
+        output.Write(response.Reason);
+        output.Write("\r\n"u8);
+        HeaderField[] fields = response.Fields;
+        for (int i = 0; i < response.FieldCount; i++)
+        {
+            if (!fields[i].HopByHop)
+            {
+                output.WriteField(response.Name(i), response.Value(i));
+            }
+        }
+        if (!interim)
+        {
+            if (outFraming == BodyFraming.Chunked)
+            {
+                output.Write("transfer-encoding: chunked\r\n"u8);
+            }
+            else if (contentLength >= 0 && (outFraming == BodyFraming.ContentLength || response.StatusCode != 204))
+            {
+                // Also for HEAD and 304: the length describes the representation (RFC 9110 section 8.6).
+                output.Write("content-length: "u8);
+                output.WriteNumber(contentLength);
+                output.Write("\r\n"u8);
+            }
+            _client.WriteConnectionField(output, keepAlive);
+        }
+        output.Write("\r\n"u8);
+    }
+
+    private void WriteUpgradeResponseHead(ResponseHead response)
+    {
+        PipeWriter output = _client.Output;
+        output.Write("HTTP/1.1 101 "u8);
+        output.Write(response.Reason);
+        output.Write("\r\n"u8);
+        for (int i = 0; i < response.FieldCount; i++)
+        {
+            if (!response.Fields[i].HopByHop)
+            {
+                output.WriteField(response.Name(i), response.Value(i));
+            }
+        }
+        output.Write("connection: upgrade\r\n"u8);
+        if (response.TryGetHeader("upgrade"u8, out ReadOnlySpan<byte> protocol))
+        {
+            output.WriteField("upgrade"u8, protocol);
+        }
+        output.Write("\r\n"u8);
+    }
+
+    // ---- tunnel (Upgrade, RFC 9110 section 7.8) ---------------------------------------------------
+
+    private async Task TunnelAsync(UpstreamConnection upstream)
+    {
+        WriteUpgradeResponseHead(upstream.Response);
+        if (!await _client.FlushClientAsync().ConfigureAwait(false))
+        {
+            ReleaseUpstream();
+            return;
+        }
+        Task up = CopyRawAsync(_client.Input, upstream.Output);
+        Task down = CopyRawAsync(upstream.Input, _client.Output);
+        Task first = await Task.WhenAny(up, down).ConfigureAwait(false);
+        if (first == down)
+        {
+            // The upstream closed: stop reading the client; the connection then closes gracefully, so the
+            // last bytes relayed to the client are not cut by a reset.
+            _client.Input.CancelPendingRead();
+        }
+        else
+        {
+            upstream.Abort();
+        }
+        await Task.WhenAll(up, down).ConfigureAwait(false);
+        ReleaseUpstream();
+    }
+
+    private static async Task CopyRawAsync(PipeReader source, PipeWriter destination)
+    {
+        try
+        {
+            while (true)
+            {
+                ReadResult result = await source.ReadAsync().ConfigureAwait(false);
+                ReadOnlySequence<byte> buffer = result.Buffer;
+                if (!buffer.IsEmpty)
+                {
+                    destination.Write(buffer);
+                }
+                source.AdvanceTo(buffer.End);
+                FlushResult flush = await destination.FlushAsync().ConfigureAwait(false);
+                if (result.IsCompleted || result.IsCanceled || flush.IsCompleted || flush.IsCanceled)
+                {
+                    return;
+                }
+            }
+        }
+        catch (Exception)
+        {
+        }
+    }
+}

@@ -1,0 +1,65 @@
+namespace Proxy.Forwarding;
+
+/// <summary>Which side of the proxy a failure came from.</summary>
+internal enum ErrorSource : byte
+{
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+/// <summary>
+/// Why the proxy answered a request itself instead of relaying an upstream response. Mapped to a status
+/// code and a stable details code in one place, for the answer, the log line and metrics.
+/// </summary>
+internal enum ProxyError : byte
+{
+    None = 0,
+    NoRoute,
+    MethodNotAllowed,
+    NoDestination,
+    UpstreamConnectFailed,
+    UpstreamConnectTimeout,
+    UpstreamPoolExhausted,
+    UpstreamResponseTimeout,
+    UpstreamReset,
+    UpstreamInvalidResponse,
+    UpstreamRequestWriteFailed,
+    RequestBodyFailed,
+}
+
+internal static class ProxyErrorExtensions
+{
+    public static int StatusCode(this ProxyError error) => error switch
+    {
+        ProxyError.NoRoute => 404,
+        ProxyError.MethodNotAllowed => 405,
+        ProxyError.NoDestination or ProxyError.UpstreamPoolExhausted => 503,
+        ProxyError.UpstreamConnectTimeout or ProxyError.UpstreamResponseTimeout => 504,
+        ProxyError.RequestBodyFailed => 400,
+        _ => 502,
+    };
+
+    public static string DetailsCode(this ProxyError error) => error switch
+    {
+        ProxyError.NoRoute => "no_route",
+        ProxyError.MethodNotAllowed => "method_not_allowed",
+        ProxyError.NoDestination => "no_destination",
+        ProxyError.UpstreamConnectFailed => "upstream_connect_failed",
+        ProxyError.UpstreamConnectTimeout => "upstream_connect_timeout",
+        ProxyError.UpstreamPoolExhausted => "upstream_pool_exhausted",
+        ProxyError.UpstreamResponseTimeout => "upstream_response_timeout",
+        ProxyError.UpstreamReset => "upstream_reset",
+        ProxyError.UpstreamInvalidResponse => "upstream_invalid_response",
+        ProxyError.UpstreamRequestWriteFailed => "upstream_request_write_failed",
+        ProxyError.RequestBodyFailed => "request_body_failed",
+        _ => "none",
+    };
+
+    public static ErrorSource Source(this ProxyError error) => error switch
+    {
+        ProxyError.NoRoute or ProxyError.MethodNotAllowed or ProxyError.RequestBodyFailed => ErrorSource.Downstream,
+        ProxyError.NoDestination => ErrorSource.Internal,
+        _ => ErrorSource.Upstream,
+    };
+}

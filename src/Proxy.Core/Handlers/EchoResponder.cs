@@ -1,0 +1,79 @@
+using System.Buffers;
+using System.Text.Json;
+using Proxy.Forwarding;
+using Proxy.Http;
+using Proxy.Http1;
+using Proxy.Transport;
+
+namespace Proxy.Handlers;
+
+/// <summary>
+/// The built-in echo responder behind <c>handler: echo</c> listeners: answers every request with a JSON
+/// description of what arrived (method, target, version, header fields, body size). It lets the quickstart
+/// run with no other server and shows exactly what the proxy forwarded. Not a hot path.
+/// </summary>
+internal static class EchoResponder
+{
+    public static async ValueTask<bool> HandleAsync(Http1ServerConnection connection)
+    {
+        RequestHead head = connection.Head;
+        long bodyBytes = 0;
+        if (head.HasBody)
+        {
+            if (!await connection.SendContinueIfExpectedAsync().ConfigureAwait(false))
+            {
+                return false;
+            }
+            PumpResult result = await connection.RequestPump.CopyAsync(connection.Input, null,
+                head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength, head.ContentLength, BodyFraming.None,
+                connection.Listener.Limits.MaxBodyBytes, connection).ConfigureAwait(false);
+            if (result != PumpResult.Completed)
+            {
+                RejectReason reason = connection.RequestPump.Reject;
+                if (result is PumpResult.TooLarge or PumpResult.SourceInvalid)
+                {
+                    await connection.SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
+                }
+                return false;
+            }
+            bodyBytes = connection.RequestPump.BytesRead;
+        }
+
+        var body = new ArrayBufferWriter<byte>(512);
+        using (var json = new Utf8JsonWriter(body, new JsonWriterOptions { Indented = false }))
+        {
+            json.WriteStartObject();
+            json.WriteString("method", head.MethodBytes);
+            json.WriteString("target", head.Target);
+            json.WriteString("version", head.Version == Http.HttpVersion.Http10 ? "HTTP/1.0" : "HTTP/1.1");
+            json.WriteStartArray("headers");
+            for (int i = 0; i < head.FieldCount; i++)
+            {
+                json.WriteStartArray();
+                json.WriteStringValue(head.Name(i));
+                json.WriteStringValue(head.Value(i));
+                json.WriteEndArray();
+            }
+            json.WriteEndArray();
+            json.WriteNumber("body_bytes", bodyBytes);
+            json.WriteString("client", connection.RemoteEndPoint?.ToString());
+            json.WriteEndObject();
+        }
+        body.Write("\n"u8);
+
+        bool keepAlive = head.KeepAlive && !connection.Draining;
+        var output = connection.Output;
+        output.Write("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "u8);
+        output.WriteNumber(body.WrittenCount);
+        output.Write("\r\ndate: "u8);
+        output.Write(DateHeader.Value);
+        output.Write("\r\n"u8);
+        connection.WriteConnectionField(output, keepAlive);
+        output.Write("\r\n"u8);
+        if (head.Method != Http.HttpMethod.Head)
+        {
+            output.Write(body.WrittenSpan);
+        }
+        return await connection.FlushClientAsync().ConfigureAwait(false) && keepAlive;
+    }
+}

@@ -1,0 +1,468 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using System.Text;
+using Proxy.Diagnostics;
+using Proxy.Forwarding;
+using Proxy.Handlers;
+using Proxy.Http;
+using Proxy.Model;
+using Proxy.Transport;
+
+namespace Proxy.Http1;
+
+/// <summary>
+/// One client connection speaking HTTP/1.1: reads request heads, enforces limits and deadlines, then routes
+/// each request to a direct answer, the echo handler or the forwarder. Requests on a connection are handled
+/// one at a time (pipelined requests wait in the receive buffer), so per-request state lives here unlocked.
+/// </summary>
+internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
+{
+    private readonly ProxyRuntime _runtime;
+    private readonly Socket _socket;
+    private readonly NetworkStream _stream;
+    private readonly ExchangeState _state;
+    private readonly HttpForwarder _forwarder;
+    private PipeReader? _timedReader;
+    private TimeSpan _upstreamTimeout;
+    private volatile bool _draining;
+    private volatile bool _waitingForRequest;
+    private int _aborted;
+
+    public Http1ServerConnection(ProxyRuntime runtime, ListenerModel listener, Socket socket)
+    {
+        _runtime = runtime;
+        Listener = listener;
+        _socket = socket;
+        (_stream, Input, Output) = SocketPipes.Create(socket);
+        _state = runtime.ExchangeStates.Get();
+        var remote = socket.RemoteEndPoint as IPEndPoint;
+        RemoteAddress = remote?.Address ?? IPAddress.None;
+        if (RemoteAddress.IsIPv4MappedToIPv6)
+        {
+            RemoteAddress = RemoteAddress.MapToIPv4();
+        }
+        ClientAddress = Encoding.ASCII.GetBytes(RemoteAddress.ToString());
+        RemoteEndPoint = remote;
+        _forwarder = new HttpForwarder(this);
+    }
+
+    public PipeReader Input { get; }
+    public PipeWriter Output { get; }
+    public ListenerModel Listener { get; }
+    public RequestHead Head => _state.Head;
+    public BodyPump RequestPump => _state.RequestPump;
+    public BodyPump ResponsePump => _state.ResponsePump;
+    public IPAddress RemoteAddress { get; }
+    public IPEndPoint? RemoteEndPoint { get; }
+    /// <summary>Client IP as ASCII, formatted once per connection for X-Forwarded-For.</summary>
+    public byte[] ClientAddress { get; }
+    public bool Draining => _draining;
+
+    public async Task RunAsync()
+    {
+        _runtime.Registry.Add(this);
+        try
+        {
+            await ProcessRequestsAsync().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+        {
+            // The peer went away or the connection was aborted; nothing to answer.
+        }
+        catch (Exception e)
+        {
+            ProxyLog.Error("connection_failed", ("listener", Listener.Name), ("client", ProxyLog.Format(RemoteEndPoint)), ("error", e.ToString()));
+        }
+        finally
+        {
+            Disarm();
+            _forwarder.ReleaseUpstream();
+            await CloseGracefullyAsync().ConfigureAwait(false);
+            _stream.Dispose();
+            _runtime.Registry.Remove(this);
+            _runtime.ExchangeStates.Return(_state);
+        }
+    }
+
+    private async Task ProcessRequestsAsync()
+    {
+        bool first = true;
+        while (true)
+        {
+            HttpLimits limits = Listener.Limits;
+            _waitingForRequest = true;
+            if (_draining)
+            {
+                return;
+            }
+            Arm(first ? TimeoutKind.RequestHead : TimeoutKind.KeepAlive, first ? limits.HeaderTimeout : limits.KeepAliveTimeout);
+            _timedReader = Input;
+            bool headStarted = false;
+
+            while (true)
+            {
+                ReadResult result = await Input.ReadAsync().ConfigureAwait(false);
+                ReadOnlySequence<byte> buffer = result.Buffer;
+
+                if (result.IsCanceled)
+                {
+                    Input.AdvanceTo(buffer.Start, buffer.End);
+                    TimeoutKind fired = FiredTimeout;
+                    FiredTimeout = TimeoutKind.None;
+                    if (fired == TimeoutKind.RequestHead && (headStarted || first))
+                    {
+                        _waitingForRequest = false;
+                        await SendErrorAsync(408, RejectReason.HeaderTimeout.DetailsCode(), close: true).ConfigureAwait(false);
+                        return;
+                    }
+                    if (fired != TimeoutKind.None || _draining)
+                    {
+                        return; // keep-alive timeout or shutdown: close quietly
+                    }
+                    continue; // a stale cancellation
+                }
+
+                if (!headStarted && !buffer.IsEmpty)
+                {
+                    headStarted = true;
+                    _waitingForRequest = false;
+                    if (!first)
+                    {
+                        Arm(TimeoutKind.RequestHead, limits.HeaderTimeout);
+                    }
+                }
+
+                HeadStatus status = Http1RequestReader.TryRead(buffer, Head, limits, out SequencePosition consumed, out RejectReason reason);
+                if (status == HeadStatus.Complete)
+                {
+                    Input.AdvanceTo(consumed);
+                    break;
+                }
+                if (status == HeadStatus.Rejected)
+                {
+                    Input.AdvanceTo(buffer.End);
+                    Disarm();
+                    _waitingForRequest = false;
+                    await SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
+                    return;
+                }
+                if (result.IsCompleted)
+                {
+                    // Clean close between requests, or a truncated head: nothing to answer either way.
+                    Input.AdvanceTo(buffer.End);
+                    return;
+                }
+                Input.AdvanceTo(buffer.Start, buffer.End);
+            }
+
+            Disarm();
+            _waitingForRequest = false;
+            first = false;
+            bool keepAlive = await HandleRequestAsync().ConfigureAwait(false);
+            if (!keepAlive || _draining)
+            {
+                return;
+            }
+        }
+    }
+
+    private ValueTask<bool> HandleRequestAsync()
+    {
+        RequestHead head = Head;
+        if (head.ContentLength > Listener.Limits.MaxBodyBytes)
+        {
+            return ErrorAndCloseAsync(413, RejectReason.BodyTooLarge.DetailsCode());
+        }
+        if (Listener.Handler == ListenerHandler.Echo)
+        {
+            return EchoResponder.HandleAsync(this);
+        }
+        if (head.Method == Http.HttpMethod.Connect)
+        {
+            return ErrorAndCloseAsync(ProxyError.MethodNotAllowed.StatusCode(), ProxyError.MethodNotAllowed.DetailsCode());
+        }
+
+        ProxySnapshot snapshot = _runtime.Current;
+        RouteModel? route = snapshot.Routes.Match(head, Listener.Index);
+        if (route is null)
+        {
+            return LocalReplyAsync(ProxyError.NoRoute.StatusCode(), ProxyError.NoRoute.DetailsCode());
+        }
+        if (route.Respond is { } respond)
+        {
+            return DirectResponseAsync(respond);
+        }
+        return _forwarder.ForwardAsync(route.Cluster!);
+    }
+
+    private async ValueTask<bool> ErrorAndCloseAsync(int status, string details)
+    {
+        await SendErrorAsync(status, details, close: true).ConfigureAwait(false);
+        return false;
+    }
+
+    /// <summary>
+    /// Answers locally after consuming the request body, so the connection can stay open. With
+    /// <c>Expect: 100-continue</c> the body is never invited: answer and close instead (RFC 9110 section 10.1.1).
+    /// </summary>
+    internal async ValueTask<bool> LocalReplyAsync(int status, string details)
+    {
+        bool keepAlive = await DiscardBodyAsync().ConfigureAwait(false);
+        await SendErrorAsync(status, details, close: !keepAlive).ConfigureAwait(false);
+        return keepAlive;
+    }
+
+    private async ValueTask<bool> DirectResponseAsync(DirectResponseModel respond)
+    {
+        bool keepAlive = await DiscardBodyAsync().ConfigureAwait(false);
+        keepAlive &= Head.KeepAlive && !_draining;
+        PipeWriter output = Output;
+        output.Write(respond.HeadPrefix);
+        output.Write("content-length: "u8);
+        output.WriteNumber(respond.Body.Length);
+        output.Write("\r\ndate: "u8);
+        output.Write(DateHeader.Value);
+        output.Write("\r\n"u8);
+        WriteConnectionField(output, keepAlive);
+        output.Write("\r\n"u8);
+        if (Head.Method != Http.HttpMethod.Head)
+        {
+            output.Write(respond.Body);
+        }
+        return await FlushClientAsync().ConfigureAwait(false) && keepAlive;
+    }
+
+    /// <summary>Reads and drops the request body. False when the connection cannot be reused afterwards.</summary>
+    private async ValueTask<bool> DiscardBodyAsync()
+    {
+        RequestHead head = Head;
+        if (!head.HasBody)
+        {
+            return true;
+        }
+        if (head.ExpectContinue)
+        {
+            return false;
+        }
+        PumpResult result = await RequestPump.CopyAsync(Input, null, head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength,
+            head.ContentLength, BodyFraming.None, Listener.Limits.MaxBodyBytes, this).ConfigureAwait(false);
+        return result == PumpResult.Completed;
+    }
+
+    /// <summary>Writes "connection: close" or, for a kept HTTP/1.0 connection, "connection: keep-alive".</summary>
+    internal void WriteConnectionField(PipeWriter output, bool keepAlive)
+    {
+        if (!keepAlive)
+        {
+            output.Write("connection: close\r\n"u8);
+        }
+        else if (Head.Version == Http.HttpVersion.Http10)
+        {
+            output.Write("connection: keep-alive\r\n"u8);
+        }
+    }
+
+    /// <summary>Sends "100 Continue" when the client asked for it (RFC 9110 section 10.1.1), before reading the body.</summary>
+    internal ValueTask<bool> SendContinueIfExpectedAsync()
+    {
+        if (!Head.ExpectContinue || !Head.HasBody || Head.Version != Http.HttpVersion.Http11)
+        {
+            return ValueTask.FromResult(true);
+        }
+        Output.Write("HTTP/1.1 100 Continue\r\n\r\n"u8);
+        return FlushClientAsync();
+    }
+
+    /// <summary>
+    /// Answers with a short text body: "{status} {reason}: {details}". One log line per answer. Error path:
+    /// allocation is fine here.
+    /// </summary>
+    internal async ValueTask SendErrorAsync(int status, string details, bool close)
+    {
+        RequestHead head = Head;
+        ProxyLog.Write(status >= 500 ? LogLevel.Warn : LogLevel.Info, "local_reply",
+            ("status", status), ("details", details), ("listener", Listener.Name),
+            ("client", ProxyLog.Format(RemoteEndPoint)),
+            ("method", head.MethodLength > 0 ? Encoding.ASCII.GetString(head.MethodBytes) : null),
+            ("target", head.TargetLength > 0 ? SafeTarget(head) : null));
+
+        string reason = StatusCodes.ReasonPhrase(status);
+        byte[] body = Encoding.ASCII.GetBytes($"{status} {reason}: {details}\n");
+        PipeWriter output = Output;
+        output.Write(Encoding.ASCII.GetBytes($"HTTP/1.1 {status} {reason}\r\n"));
+        output.Write("content-type: text/plain\r\ncontent-length: "u8);
+        output.WriteNumber(body.Length);
+        output.Write("\r\ndate: "u8);
+        output.Write(DateHeader.Value);
+        output.Write("\r\n"u8);
+        WriteConnectionField(output, !close && Head.KeepAlive);
+        output.Write("\r\n"u8);
+        if (head.Method != Http.HttpMethod.Head || head.MethodLength == 0)
+        {
+            output.Write(body);
+        }
+        await FlushClientAsync().ConfigureAwait(false);
+    }
+
+    private static string SafeTarget(RequestHead head)
+    {
+        ReadOnlySpan<byte> target = head.Target;
+        if (target.Length > 256)
+        {
+            target = target[..256];
+        }
+        return Encoding.ASCII.GetString(target);
+    }
+
+    /// <summary>Flushes the client output under the write deadline. False when the client is gone.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    internal async ValueTask<bool> FlushClientAsync()
+    {
+        ArmWrite();
+        try
+        {
+            FlushResult result = await Output.FlushAsync().ConfigureAwait(false);
+            return !result.IsCanceled && !result.IsCompleted;
+        }
+        catch (Exception)
+        {
+            return false;
+        }
+        finally
+        {
+            Disarm();
+        }
+    }
+
+    // ---- deadlines -------------------------------------------------------------------------------
+
+    internal void ArmUpstream(PipeReader upstreamInput, TimeSpan timeout)
+    {
+        _upstreamTimeout = timeout;
+        _timedReader = upstreamInput;
+        Arm(TimeoutKind.Upstream, timeout);
+    }
+
+    internal void DisarmUpstream() => Disarm();
+
+    /// <summary>Reads and clears the timeout that fired, if any.</summary>
+    internal TimeoutKind TakeFiredTimeout()
+    {
+        TimeoutKind fired = FiredTimeout;
+        FiredTimeout = TimeoutKind.None;
+        return fired;
+    }
+
+    internal void SetUpstreamTimeout(TimeSpan timeout) => _upstreamTimeout = timeout;
+
+    public void ArmRead(PipeReader source)
+    {
+        _timedReader = source;
+        if (ReferenceEquals(source, Input))
+        {
+            Arm(TimeoutKind.RequestBody, Listener.Limits.BodyTimeout);
+        }
+        else
+        {
+            Arm(TimeoutKind.Upstream, _upstreamTimeout);
+        }
+    }
+
+    public void ArmWrite() => Arm(TimeoutKind.Write, Listener.Limits.BodyTimeout);
+
+    public void DisarmPump() => Disarm();
+
+    protected override void OnTimeout(TimeoutKind kind)
+    {
+        if (kind == TimeoutKind.Write)
+        {
+            // A peer that stops reading cannot be woken by cancelling a read: close the sockets.
+            _forwarder.AbortUpstream();
+            Abort();
+            return;
+        }
+        _timedReader?.CancelPendingRead();
+    }
+
+    public override void BeginDrain()
+    {
+        _draining = true;
+        if (_waitingForRequest)
+        {
+            Input.CancelPendingRead();
+        }
+    }
+
+    /// <summary>
+    /// Sends FIN, then reads and drops what the client still sends for a short while before closing. Closing
+    /// with unread bytes in the receive buffer makes the kernel send RST, which can destroy the answer we just
+    /// sent (a 413 while the client is still uploading); nginx's lingering close solves the same problem.
+    /// </summary>
+    private async ValueTask CloseGracefullyAsync()
+    {
+        try
+        {
+            Output.Complete();
+        }
+        catch (Exception)
+        {
+        }
+        if (Volatile.Read(ref _aborted) == 0)
+        {
+            try
+            {
+                _socket.Shutdown(SocketShutdown.Send);
+                _timedReader = Input;
+                Arm(TimeoutKind.RequestBody, s_lingerTime);
+                long discarded = 0;
+                while (discarded < LingerMaxBytes)
+                {
+                    ReadResult result = await Input.ReadAsync().ConfigureAwait(false);
+                    discarded += result.Buffer.Length;
+                    Input.AdvanceTo(result.Buffer.End);
+                    if (result.IsCompleted || result.IsCanceled)
+                    {
+                        break;
+                    }
+                }
+            }
+            catch (Exception)
+            {
+            }
+            finally
+            {
+                Disarm();
+            }
+        }
+        try
+        {
+            Input.Complete();
+        }
+        catch (Exception)
+        {
+        }
+        Interlocked.Exchange(ref _aborted, 1);
+        _socket.Dispose();
+    }
+
+    private const long LingerMaxBytes = 1024 * 1024;
+    private static readonly TimeSpan s_lingerTime = TimeSpan.FromSeconds(2);
+
+    public override void Abort()
+    {
+        if (Interlocked.Exchange(ref _aborted, 1) != 0)
+        {
+            return;
+        }
+        try
+        {
+            _socket.Close(0);
+        }
+        catch (Exception)
+        {
+        }
+    }
+}

@@ -1,0 +1,147 @@
+using System.Collections.Concurrent;
+using System.Text;
+
+namespace Proxy.Transport;
+
+/// <summary>What a connection is waiting for when its deadline passes.</summary>
+internal enum TimeoutKind : byte
+{
+    None = 0,
+    /// <summary>Waiting for the first byte of the next request on a kept-alive connection.</summary>
+    KeepAlive,
+    /// <summary>Waiting for the rest of a request head (slowloris).</summary>
+    RequestHead,
+    /// <summary>Waiting for the next request body bytes.</summary>
+    RequestBody,
+    /// <summary>Waiting for the upstream's response head or its next body bytes.</summary>
+    Upstream,
+    /// <summary>A send to the client or the upstream does not complete (peer not reading).</summary>
+    Write,
+}
+
+/// <summary>
+/// A connection whose waits are bounded by the registry's heartbeat instead of a timer per wait: arming a
+/// deadline is two field writes, so the data plane never allocates a timer or a CancellationTokenSource.
+/// </summary>
+internal abstract class TimedConnection
+{
+    private long _deadline = long.MaxValue;
+    private TimeoutKind _armedKind;
+
+    /// <summary>Set by the heartbeat when a deadline passed; read and cleared by the connection.</summary>
+    protected TimeoutKind FiredTimeout;
+
+    public long Id { get; } = Interlocked.Increment(ref s_nextId);
+    private static long s_nextId;
+
+    protected void Arm(TimeoutKind kind, TimeSpan timeout)
+    {
+        _armedKind = kind;
+        Volatile.Write(ref _deadline, Environment.TickCount64 + (long)timeout.TotalMilliseconds);
+    }
+
+    protected void Disarm() => Volatile.Write(ref _deadline, long.MaxValue);
+
+    internal void CheckDeadline(long now)
+    {
+        if (Volatile.Read(ref _deadline) <= now)
+        {
+            Volatile.Write(ref _deadline, long.MaxValue);
+            FiredTimeout = _armedKind;
+            OnTimeout(_armedKind);
+        }
+    }
+
+    /// <summary>Runs on the heartbeat thread: must only cancel a pending read or abort sockets, never block.</summary>
+    protected abstract void OnTimeout(TimeoutKind kind);
+
+    /// <summary>Asks the connection to finish its current exchange and close (graceful shutdown).</summary>
+    public abstract void BeginDrain();
+
+    /// <summary>Closes the connection now.</summary>
+    public abstract void Abort();
+}
+
+/// <summary>
+/// Every open client connection, plus the one-second heartbeat that enforces their deadlines, evicts idle
+/// upstream connections and refreshes the cached Date header. Add/remove happen per connection, not per request.
+/// </summary>
+internal sealed class ConnectionRegistry : IDisposable
+{
+    private readonly ConcurrentDictionary<long, TimedConnection> _connections = new();
+    private readonly List<Action<long>> _tickHandlers = [];
+    private readonly Timer _heartbeat;
+    private int _count;
+
+    public ConnectionRegistry()
+    {
+        _heartbeat = new Timer(static s => ((ConnectionRegistry)s!).Tick(), this, 1000, 1000);
+    }
+
+    public int Count => Volatile.Read(ref _count);
+
+    public void Add(TimedConnection connection)
+    {
+        _connections[connection.Id] = connection;
+        Interlocked.Increment(ref _count);
+    }
+
+    public void Remove(TimedConnection connection)
+    {
+        if (_connections.TryRemove(connection.Id, out _))
+        {
+            Interlocked.Decrement(ref _count);
+        }
+    }
+
+    public IEnumerable<TimedConnection> Connections => _connections.Values;
+
+    /// <summary>Runs <paramref name="handler"/> on every heartbeat with the current tick count (control plane).</summary>
+    public void OnTick(Action<long> handler)
+    {
+        lock (_tickHandlers)
+        {
+            _tickHandlers.Add(handler);
+        }
+    }
+
+    private void Tick()
+    {
+        long now = Environment.TickCount64;
+        DateHeader.Refresh();
+        foreach (var pair in _connections)
+        {
+            try
+            {
+                pair.Value.CheckDeadline(now);
+            }
+            catch (Exception)
+            {
+                // A timeout action only cancels reads or disposes sockets; a race with close is harmless.
+            }
+        }
+        Action<long>[] handlers;
+        lock (_tickHandlers)
+        {
+            handlers = [.. _tickHandlers];
+        }
+        foreach (var h in handlers)
+        {
+            h(now);
+        }
+    }
+
+    public void Dispose() => _heartbeat.Dispose();
+}
+
+/// <summary>The <c>Date</c> field value (RFC 9110 section 6.6.1), formatted once a second instead of per response.</summary>
+internal static class DateHeader
+{
+    private static byte[] s_value = Format();
+
+    public static ReadOnlySpan<byte> Value => Volatile.Read(ref s_value);
+
+    public static void Refresh() => Volatile.Write(ref s_value, Format());
+
+    private static byte[] Format() => Encoding.ASCII.GetBytes(DateTime.UtcNow.ToString("r"));
+}

@@ -1,0 +1,52 @@
+using Microsoft.Extensions.ObjectPool;
+using Proxy.Forwarding;
+using Proxy.Http;
+using Proxy.Model;
+
+namespace Proxy.Transport;
+
+/// <summary>
+/// State shared by every connection of one server: the current config snapshot (swapped atomically, read
+/// once per request), the connection registry and its heartbeat, and pools of per-connection state.
+/// </summary>
+internal sealed class ProxyRuntime : IDisposable
+{
+    private ProxySnapshot _current;
+
+    public ProxyRuntime(ProxySnapshot snapshot)
+    {
+        _current = snapshot;
+        Registry = new ConnectionRegistry();
+    }
+
+    public ProxySnapshot Current => Volatile.Read(ref _current);
+
+    public void Publish(ProxySnapshot snapshot) => Volatile.Write(ref _current, snapshot);
+
+    public ConnectionRegistry Registry { get; }
+
+    public ObjectPool<ExchangeState> ExchangeStates { get; } =
+        new DefaultObjectPool<ExchangeState>(new ExchangeStatePolicy(), maximumRetained: 1024);
+
+    public void Dispose() => Registry.Dispose();
+
+    private sealed class ExchangeStatePolicy : PooledObjectPolicy<ExchangeState>
+    {
+        public override ExchangeState Create() => new();
+
+        public override bool Return(ExchangeState obj)
+        {
+            obj.Head.Reset();
+            // Do not keep buffers that grew for an unusually large head.
+            return obj.Head.Buffer.Length <= 8 * 1024;
+        }
+    }
+}
+
+/// <summary>Per-connection request state, pooled so that connection churn does not reallocate it.</summary>
+internal sealed class ExchangeState
+{
+    public RequestHead Head { get; } = new();
+    public BodyPump RequestPump { get; } = new();
+    public BodyPump ResponsePump { get; } = new();
+}

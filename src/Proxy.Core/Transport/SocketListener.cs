@@ -1,0 +1,95 @@
+using System.Net;
+using System.Net.Sockets;
+using Proxy.Diagnostics;
+using Proxy.Http1;
+using Proxy.Model;
+
+namespace Proxy.Transport;
+
+/// <summary>
+/// The accept loop of one listener. Each accepted socket gets TCP_NODELAY and an HTTP/1.1 connection whose
+/// processing starts inline on the accepting thread until its first read goes pending.
+/// </summary>
+internal sealed class SocketListener
+{
+    private readonly ProxyRuntime _runtime;
+    private readonly Socket _socket;
+    private Task? _acceptLoop;
+
+    public SocketListener(ProxyRuntime runtime, ListenerModel model)
+    {
+        _runtime = runtime;
+        Model = model;
+        _socket = new Socket(model.EndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        if (model.EndPoint.AddressFamily == AddressFamily.InterNetworkV6 && model.EndPoint.Address.Equals(IPAddress.IPv6Any))
+        {
+            _socket.DualMode = true;
+        }
+        _socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+    }
+
+    public ListenerModel Model { get; }
+
+    public IPEndPoint EndPoint => (IPEndPoint)_socket.LocalEndPoint!;
+
+    public void Start()
+    {
+        _socket.Bind(Model.EndPoint);
+        _socket.Listen(4096);
+        _acceptLoop = AcceptLoopAsync();
+        ProxyLog.Info("listener_started", ("listener", Model.Name), ("address", EndPoint.ToString()), ("handler", Model.Handler.ToString().ToLowerInvariant()));
+    }
+
+    public async Task StopAsync()
+    {
+        try
+        {
+            _socket.Close();
+        }
+        catch (Exception)
+        {
+        }
+        if (_acceptLoop is not null)
+        {
+            await _acceptLoop.ConfigureAwait(false);
+        }
+    }
+
+    private async Task AcceptLoopAsync()
+    {
+        while (true)
+        {
+            Socket client;
+            try
+            {
+                client = await _socket.AcceptAsync().ConfigureAwait(false);
+            }
+            catch (ObjectDisposedException)
+            {
+                return;
+            }
+            catch (SocketException e) when (e.SocketErrorCode is SocketError.OperationAborted or SocketError.Interrupted or SocketError.InvalidArgument)
+            {
+                return;
+            }
+            catch (SocketException e)
+            {
+                // EMFILE and friends: log, back off briefly, keep accepting.
+                ProxyLog.Error("accept_failed", ("listener", Model.Name), ("error", e.SocketErrorCode.ToString()));
+                await Task.Delay(50).ConfigureAwait(false);
+                continue;
+            }
+
+            var snapshot = _runtime.Current;
+            if (_runtime.Registry.Count >= snapshot.Server.MaxConnections)
+            {
+                ProxyLog.Warn("connection_refused", ("listener", Model.Name), ("reason", "max_connections"), ("client", ProxyLog.Format(client.RemoteEndPoint)));
+                client.Close(0);
+                continue;
+            }
+            client.NoDelay = true;
+            var connection = new Http1ServerConnection(_runtime, Model, client);
+            _ = connection.RunAsync();
+        }
+    }
+}

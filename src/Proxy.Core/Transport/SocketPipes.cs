@@ -1,0 +1,26 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+
+namespace Proxy.Transport;
+
+/// <summary>
+/// Pipe options shared by every socket. Reads use a zero-byte read before renting a buffer, so an idle
+/// connection holds no receive memory; writes go straight to the socket on flush (no extra copy thread).
+/// </summary>
+internal static class SocketPipes
+{
+    private const int SegmentSize = 4096;
+
+    private static readonly StreamPipeReaderOptions s_readerOptions = new(
+        pool: MemoryPool<byte>.Shared, bufferSize: SegmentSize, minimumReadSize: 1024, leaveOpen: true, useZeroByteReads: true);
+
+    private static readonly StreamPipeWriterOptions s_writerOptions = new(
+        pool: MemoryPool<byte>.Shared, minimumBufferSize: SegmentSize, leaveOpen: true);
+
+    public static (NetworkStream Stream, PipeReader Input, PipeWriter Output) Create(Socket socket)
+    {
+        var stream = new NetworkStream(socket, ownsSocket: false);
+        return (stream, PipeReader.Create(stream, s_readerOptions), PipeWriter.Create(stream, s_writerOptions));
+    }
+}

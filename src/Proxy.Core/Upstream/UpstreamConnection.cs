@@ -1,0 +1,71 @@
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using Proxy.Http;
+using Proxy.Transport;
+
+namespace Proxy.Upstream;
+
+/// <summary>One keep-alive HTTP/1.1 connection to a destination, owned by one request at a time.</summary>
+internal sealed class UpstreamConnection
+{
+    private readonly Socket _socket;
+    private readonly NetworkStream _stream;
+    private int _disposed;
+
+    public UpstreamConnection(Socket socket, DestinationState destination)
+    {
+        _socket = socket;
+        Destination = destination;
+        (_stream, Input, Output) = SocketPipes.Create(socket);
+    }
+
+    public DestinationState Destination { get; }
+    public PipeReader Input { get; }
+    public PipeWriter Output { get; }
+    public ResponseHead Response { get; } = new();
+
+    /// <summary>Requests completed on this connection; greater than zero means it came from the pool.</summary>
+    public int RequestCount { get; set; }
+    public long IdleSince { get; set; }
+
+    /// <summary>
+    /// True when the peer has closed (or sent unsolicited bytes on) an idle connection. A non-blocking poll:
+    /// cheaper than sending a request into a dead connection and retrying.
+    /// </summary>
+    public bool LooksDead()
+    {
+        try
+        {
+            return _socket.Poll(0, SelectMode.SelectRead) || !_socket.Connected;
+        }
+        catch (Exception)
+        {
+            return true;
+        }
+    }
+
+    /// <summary>Forcibly closes the socket; pending reads and writes fail. Safe from any thread.</summary>
+    public void Abort()
+    {
+        try
+        {
+            _socket.Close(0);
+        }
+        catch (Exception)
+        {
+        }
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        Abort();
+        Input.Complete();
+        Output.Complete();
+        _stream.Dispose();
+        Destination.Pool?.OnConnectionClosed();
+    }
+}
