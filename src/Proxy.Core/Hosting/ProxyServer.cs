@@ -62,6 +62,7 @@ public sealed class ProxyServer : IAsyncDisposable
             throw new InvalidOperationException("The server was already started.");
         }
         ProxySnapshot snapshot = _runtime.Current;
+        _runtime.AllocatedAtStart = GC.GetTotalAllocatedBytes(precise: false);
         foreach (ClusterModel cluster in snapshot.Clusters.Values)
         {
             foreach (DestinationState destination in cluster.Destinations)
@@ -113,6 +114,9 @@ public sealed class ProxyServer : IAsyncDisposable
         throw new ArgumentException($"No started listener named '{listenerName}'.", nameof(listenerName));
     }
 
+    /// <summary>Requests received since start.</summary>
+    public long RequestsServed => _runtime.Requests;
+
     /// <summary>Connections currently open from clients.</summary>
     public int OpenConnections => _runtime.Registry.Count;
 
@@ -152,7 +156,10 @@ public sealed class ProxyServer : IAsyncDisposable
                 destination.Pool?.CloseIdle();
             }
         }
-        ProxyLog.Info("shutdown_completed", ("aborted", aborted));
+        long requests = _runtime.Requests;
+        long allocated = GC.GetTotalAllocatedBytes(precise: true) - _runtime.AllocatedAtStart;
+        ProxyLog.Info("shutdown_completed", ("aborted", aborted), ("requests", requests), ("allocated_bytes", allocated),
+            ("allocated_bytes_per_request", requests > 0 ? allocated / requests : 0));
         _runtime.Dispose();
     }
 

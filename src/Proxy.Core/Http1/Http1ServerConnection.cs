@@ -172,6 +172,7 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
     private ValueTask<bool> HandleRequestAsync()
     {
         RequestHead head = Head;
+        _runtime.CountRequest();
         if (head.ContentLength > Listener.Limits.MaxBodyBytes)
         {
             return ErrorAndCloseAsync(413, RejectReason.BodyTooLarge.DetailsCode());

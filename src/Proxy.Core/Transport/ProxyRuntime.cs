@@ -25,6 +25,16 @@ internal sealed class ProxyRuntime : IDisposable
 
     public ConnectionRegistry Registry { get; }
 
+    private long _requests;
+
+    /// <summary>Requests received on every connection since start (one interlocked add per request).</summary>
+    public long Requests => Interlocked.Read(ref _requests);
+
+    public void CountRequest() => Interlocked.Increment(ref _requests);
+
+    /// <summary>Bytes allocated by the process when the server started, to report allocation per request at stop.</summary>
+    public long AllocatedAtStart { get; set; }
+
     public ObjectPool<ExchangeState> ExchangeStates { get; } =
         new DefaultObjectPool<ExchangeState>(new ExchangeStatePolicy(), maximumRetained: 1024);
 
