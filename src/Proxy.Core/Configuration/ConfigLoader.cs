@@ -15,9 +15,43 @@ internal sealed class ConfigLoadResult
     public bool Success => Snapshot is not null && Errors.Count == 0;
 }
 
-/// <summary>YAML file -> config records -> validation -> compiled snapshot. STUB.</summary>
+/// <summary>
+/// YAML file -> config records (<see cref="YamlConfigReader"/>) -> validation (<see cref="ConfigValidator"/>)
+/// -> compiled snapshot (<see cref="ConfigCompiler"/>). Errors from every stage are collected and
+/// returned together, in file order; a snapshot is produced only when there are none.
+/// </summary>
 internal static class ConfigLoader
 {
-    public static ConfigLoadResult LoadFile(string path) => throw new NotImplementedException();
-    public static ConfigLoadResult LoadText(string yaml, string fileName) => throw new NotImplementedException();
+    /// <summary>Loads a file. Errors name the file as <paramref name="path"/> was given; the snapshot keeps the full path.</summary>
+    public static ConfigLoadResult LoadFile(string path)
+    {
+        string text;
+        try
+        {
+            text = File.ReadAllText(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            return new ConfigLoadResult { Errors = [new ConfigError(path, 1, 1, $"cannot read config file: {e.Message}")] };
+        }
+        return Load(text, path, Path.GetFullPath(path));
+    }
+
+    /// <summary>Loads YAML text; <paramref name="fileName"/> names it in errors and in <see cref="ProxySnapshot.SourcePath"/>.</summary>
+    public static ConfigLoadResult LoadText(string yaml, string fileName) => Load(yaml, fileName, fileName);
+
+    private static ConfigLoadResult Load(string text, string fileName, string sourcePath)
+    {
+        var errors = new ConfigErrorList(fileName);
+        var config = YamlConfigReader.Read(text, errors);
+        if (config is not null)
+        {
+            ConfigValidator.Validate(config, errors);
+        }
+        if (config is null || errors.Count != 0)
+        {
+            return new ConfigLoadResult { Errors = errors.ToSortedList() };
+        }
+        return new ConfigLoadResult { Snapshot = ConfigCompiler.Compile(config, text, sourcePath) };
+    }
 }

@@ -1,0 +1,267 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using Proxy.Http;
+using Proxy.Model;
+using Proxy.Routing;
+using Proxy.Upstream;
+
+namespace Proxy.Configuration;
+
+/// <summary>
+/// Validated config records -> immutable <see cref="ProxySnapshot"/>. Runs only on a config the
+/// validator accepted, so it does not re-check; it does the data plane's work ahead of time (lower-cased
+/// names as bytes, pre-encoded direct responses, merged limits) so no request has to.
+/// </summary>
+internal static class ConfigCompiler
+{
+    // Read defaults from the model's own initialisers so they are stated in one place.
+    private static readonly ServerModel s_serverDefaults = new();
+    private static readonly ClusterModel s_clusterDefaults = new() { Name = "", Destinations = [], Policy = null! };
+
+    public static ProxySnapshot Compile(ProxyConfig config, string text, string sourcePath)
+    {
+        var server = new ServerModel
+        {
+            ShutdownTimeout = config.Server.ShutdownTimeout ?? s_serverDefaults.ShutdownTimeout,
+            MaxConnections = config.Server.MaxConnections ?? s_serverDefaults.MaxConnections,
+        };
+        // The server-wide block sits on the built-in defaults; each listener's block sits on that.
+        var serverLimits = MergeLimits(HttpLimits.Default with { MaxConnections = server.MaxConnections }, config.Limits);
+
+        var listeners = new ListenerModel[config.Listeners.Count];
+        for (int i = 0; i < listeners.Length; i++)
+        {
+            var l = config.Listeners[i];
+            ConfigSyntax.TryParseListenerAddress(l.Address!.Value.Value, out var endPoint, out _);
+            listeners[i] = new ListenerModel
+            {
+                Name = l.Name!.Value.Value,
+                Index = i,
+                EndPoint = endPoint,
+                Handler = l.Handler,
+                Limits = MergeLimits(serverLimits, l.Limits),
+                Forwarded = BuildForwarded(config.Forwarded, l.Forwarded),
+            };
+        }
+
+        var clusters = new Dictionary<string, ClusterModel>(StringComparer.Ordinal);
+        foreach (var c in config.Clusters)
+        {
+            clusters.Add(c.Name.Value, BuildCluster(c));
+        }
+
+        var routes = new RouteModel[config.Routes.Count];
+        for (int i = 0; i < routes.Length; i++)
+        {
+            var r = config.Routes[i];
+            routes[i] = new RouteModel
+            {
+                Id = r.Id!.Value.Value,
+                Order = i,
+                Match = BuildMatch(r.Match),
+                Cluster = r.Cluster is { } name ? clusters[name.Value] : null,
+                Respond = r.Respond is { } respond ? BuildResponse(respond) : null,
+                ListenerMask = ListenerMask(r.Listeners, config.Listeners),
+            };
+        }
+
+        return new ProxySnapshot
+        {
+            Listeners = listeners,
+            Routes = RouteTable.Build(routes),
+            Clusters = clusters,
+            Server = server,
+            Version = ComputeVersion(text),
+            SourcePath = sourcePath,
+        };
+    }
+
+    /// <summary>First 12 hex digits of the SHA-256 of the file text: short enough for a log line, long enough not to collide.</summary>
+    public static string ComputeVersion(string text)
+        => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text)))[..12];
+
+    public static HttpLimits MergeLimits(HttpLimits inherited, LimitsConfig overrides) => inherited with
+    {
+        MaxRequestLine = overrides.MaxRequestLine ?? inherited.MaxRequestLine,
+        MaxHeaderBytes = overrides.MaxHeaderBytes ?? inherited.MaxHeaderBytes,
+        MaxHeaders = overrides.MaxHeaders ?? inherited.MaxHeaders,
+        MaxBodyBytes = overrides.MaxBodyBytes ?? inherited.MaxBodyBytes,
+        HeaderTimeout = overrides.HeaderTimeout ?? inherited.HeaderTimeout,
+        KeepAliveTimeout = overrides.KeepAliveTimeout ?? inherited.KeepAliveTimeout,
+        BodyTimeout = overrides.BodyTimeout ?? inherited.BodyTimeout,
+    };
+
+    /// <summary>A listener's block overrides the server-wide one key by key; missing keys are inherited.</summary>
+    public static (ForwardedMode Mode, IReadOnlyList<Located<string>> Networks) MergeForwarded(ForwardedConfig? server, ForwardedConfig? listener)
+    {
+        var mode = listener?.Mode?.Value ?? server?.Mode?.Value ?? ForwardedMode.Append;
+        var networks = listener?.TrustedNetworks ?? server?.TrustedNetworks ?? [];
+        return (mode, networks);
+    }
+
+    private static ForwardedModel BuildForwarded(ForwardedConfig? server, ForwardedConfig? listener)
+    {
+        if (server is null && listener is null)
+        {
+            return ForwardedModel.Default;
+        }
+        var (mode, networks) = MergeForwarded(server, listener);
+        var parsed = new IPNetwork[networks.Count];
+        for (int i = 0; i < parsed.Length; i++)
+        {
+            ConfigSyntax.TryParseCidr(networks[i].Value, out parsed[i], out _);
+        }
+        return new ForwardedModel { Mode = mode, TrustedNetworks = parsed };
+    }
+
+    public static RouteMatchModel BuildMatch(MatchConfig match)
+    {
+        var headers = new HeaderMatchModel[match.Headers.Count];
+        for (int i = 0; i < headers.Length; i++)
+        {
+            var h = match.Headers[i];
+            var name = h.Name!.Value.Value;
+            headers[i] = new HeaderMatchModel
+            {
+                Name = name,
+                // Field names are case-insensitive (RFC 9110 section 5.1); the matcher compares against lower case.
+                NameLower = Encoding.ASCII.GetBytes(name.ToLowerInvariant()),
+                Value = h.Value is { } v ? Encoding.UTF8.GetBytes(v.Value) : null,
+                Present = h.Value is not null || (h.Present?.Value ?? true),
+            };
+        }
+        var query = new QueryMatchModel[match.Query.Count];
+        for (int i = 0; i < query.Length; i++)
+        {
+            var q = match.Query[i];
+            query[i] = new QueryMatchModel
+            {
+                Name = q.Name!.Value.Value,
+                NameBytes = Encoding.UTF8.GetBytes(q.Name!.Value.Value),
+                Value = q.Value is { } v ? Encoding.UTF8.GetBytes(v.Value) : null,
+                Present = q.Value is not null || (q.Present?.Value ?? true),
+            };
+        }
+        return new RouteMatchModel
+        {
+            Path = match.Path?.Value,
+            Hosts = match.Hosts.Select(h => h.Value.ToLowerInvariant()).ToArray(),
+            Methods = match.Methods.Select(m => m.Value.ToUpperInvariant()).ToArray(),
+            Headers = headers,
+            Query = query,
+        };
+    }
+
+    /// <summary>Bit i set for each named listener i; zero (every proxy listener) when none are named.</summary>
+    public static ulong ListenerMask(IReadOnlyList<Located<string>> names, IReadOnlyList<ListenerConfig> listeners)
+    {
+        ulong mask = 0;
+        foreach (var name in names)
+        {
+            for (int i = 0; i < listeners.Count && i < ConfigValidator.MaxListeners; i++)
+            {
+                if (listeners[i].Name?.Value == name.Value)
+                {
+                    mask |= 1UL << i;
+                    break;
+                }
+            }
+        }
+        return mask;
+    }
+
+    /// <summary>
+    /// Pre-encodes the status line and configured headers (RFC 9112 section 4: status-line =
+    /// HTTP-version SP status-code SP [ reason-phrase ] CRLF). The connection appends Content-Length,
+    /// Connection and the empty line, which depend on the request.
+    /// </summary>
+    public static DirectResponseModel BuildResponse(RespondConfig respond)
+    {
+        var head = new StringBuilder();
+        head.Append("HTTP/1.1 ").Append(respond.Status).Append(' ').Append(ReasonPhrase(respond.Status)).Append("\r\n");
+        foreach (var (name, value) in respond.Headers)
+        {
+            head.Append(name.Value).Append(": ").Append(value.Value).Append("\r\n");
+        }
+        return new DirectResponseModel
+        {
+            Status = respond.Status,
+            HeadPrefix = Encoding.UTF8.GetBytes(head.ToString()),
+            Body = Encoding.UTF8.GetBytes(respond.Body),
+        };
+    }
+
+    /// <summary>Reason phrases from RFC 9110 section 15; empty for others, which RFC 9112 section 4 allows.</summary>
+    public static string ReasonPhrase(int status) => status switch
+    {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    };
+
+    private static ClusterModel BuildCluster(ClusterConfig c)
+    {
+        var destinations = new DestinationState[c.Destinations.Count];
+        for (int i = 0; i < destinations.Length; i++)
+        {
+            var d = c.Destinations[i];
+            ConfigSyntax.TryParseDestination(d.Address.Value, out var host, out var port, out _);
+            destinations[i] = new DestinationState(d.Address.Value, host, port, d.Weight);
+        }
+        return new ClusterModel
+        {
+            Name = c.Name.Value,
+            LoadBalancing = c.LoadBalancing,
+            Destinations = destinations,
+            ConnectTimeout = c.ConnectTimeout ?? s_clusterDefaults.ConnectTimeout,
+            RequestTimeout = c.RequestTimeout ?? s_clusterDefaults.RequestTimeout,
+            MaxConnections = c.MaxConnections ?? s_clusterDefaults.MaxConnections,
+            IdleTimeout = c.IdleTimeout ?? s_clusterDefaults.IdleTimeout,
+            Policy = LoadBalancingPolicies.Create(c.LoadBalancing),
+        };
+    }
+}

@@ -1,0 +1,119 @@
+using Proxy.Model;
+
+namespace Proxy.Configuration;
+
+// Config records: the YAML file's shape, typed but not yet checked for meaning. The reader fills them
+// and reports shape errors (unknown keys, wrong types, bad sizes); the validator checks meaning
+// (duplicates, references, addresses) and the compiler turns them into the runtime model. Values that
+// the validator or compiler must point at keep their position, so every later error has a line too.
+
+/// <summary>A 1-based line and column in the config file.</summary>
+internal readonly record struct Mark(int Line, int Column)
+{
+    public static Mark Start { get; } = new(1, 1);
+
+    public static Mark From(YamlDotNet.Core.Mark mark) => new((int)mark.Line, (int)mark.Column);
+}
+
+/// <summary>A value with the position it was read from.</summary>
+internal readonly record struct Located<T>(T Value, Mark Mark);
+
+internal sealed record ProxyConfig
+{
+    public ServerConfig Server { get; init; } = new();
+    public LimitsConfig Limits { get; init; } = new();
+    public ForwardedConfig? Forwarded { get; init; }
+    public IReadOnlyList<ListenerConfig> Listeners { get; init; } = [];
+    public IReadOnlyList<RouteConfig> Routes { get; init; } = [];
+    public IReadOnlyList<ClusterConfig> Clusters { get; init; } = [];
+}
+
+internal sealed record ServerConfig
+{
+    public TimeSpan? ShutdownTimeout { get; init; }
+    public int? MaxConnections { get; init; }
+}
+
+/// <summary>Message limits; null means "inherit" (listener from server-wide, server-wide from the defaults).</summary>
+internal sealed record LimitsConfig
+{
+    public int? MaxRequestLine { get; init; }
+    public int? MaxHeaderBytes { get; init; }
+    public int? MaxHeaders { get; init; }
+    public long? MaxBodyBytes { get; init; }
+    public TimeSpan? HeaderTimeout { get; init; }
+    public TimeSpan? KeepAliveTimeout { get; init; }
+    public TimeSpan? BodyTimeout { get; init; }
+}
+
+internal sealed record ForwardedConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<ForwardedMode>? Mode { get; init; }
+    /// <summary>Null when the key is absent (inherit), empty when it is an empty list.</summary>
+    public IReadOnlyList<Located<string>>? TrustedNetworks { get; init; }
+}
+
+internal sealed record ListenerConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<string>? Name { get; init; }
+    public Located<string>? Address { get; init; }
+    public ListenerHandler Handler { get; init; }
+    public LimitsConfig Limits { get; init; } = new();
+    public ForwardedConfig? Forwarded { get; init; }
+}
+
+internal sealed record RouteConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<string>? Id { get; init; }
+    public IReadOnlyList<Located<string>> Listeners { get; init; } = [];
+    public MatchConfig Match { get; init; } = new();
+    public Located<string>? Cluster { get; init; }
+    public RespondConfig? Respond { get; init; }
+}
+
+internal sealed record MatchConfig
+{
+    public Located<string>? Path { get; init; }
+    public IReadOnlyList<Located<string>> Hosts { get; init; } = [];
+    public IReadOnlyList<Located<string>> Methods { get; init; } = [];
+    public IReadOnlyList<FieldMatchConfig> Headers { get; init; } = [];
+    public IReadOnlyList<FieldMatchConfig> Query { get; init; } = [];
+}
+
+/// <summary>A header or query parameter predicate: a value to equal, or presence (default: must be present).</summary>
+internal sealed record FieldMatchConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<string>? Name { get; init; }
+    public Located<string>? Value { get; init; }
+    public Located<bool>? Present { get; init; }
+}
+
+internal sealed record RespondConfig
+{
+    public required Mark Mark { get; init; }
+    public int Status { get; init; } = 200;
+    public Mark StatusMark { get; init; }
+    public string Body { get; init; } = "";
+    public IReadOnlyList<(Located<string> Name, Located<string> Value)> Headers { get; init; } = [];
+}
+
+internal sealed record ClusterConfig
+{
+    public required Located<string> Name { get; init; }
+    public LoadBalancingKind LoadBalancing { get; init; }
+    public IReadOnlyList<DestinationConfig> Destinations { get; init; } = [];
+    public TimeSpan? ConnectTimeout { get; init; }
+    public TimeSpan? RequestTimeout { get; init; }
+    public int? MaxConnections { get; init; }
+    public TimeSpan? IdleTimeout { get; init; }
+}
+
+internal sealed record DestinationConfig
+{
+    public required Located<string> Address { get; init; }
+    public int Weight { get; init; } = 1;
+}

@@ -1,0 +1,294 @@
+using System.Net;
+using Proxy.Model;
+using Proxy.Routing;
+
+namespace Proxy.Configuration;
+
+/// <summary>
+/// Checks what the YAML reader cannot: uniqueness, references between sections, address and pattern
+/// syntax, and routes that can never be reached. Reports every problem it finds; the compiler runs only
+/// when this adds nothing.
+/// </summary>
+internal static class ConfigValidator
+{
+    /// <summary>A listener mask is a <see cref="ulong"/>: bit i is listener i.</summary>
+    public const int MaxListeners = 64;
+
+    /// <summary>Set by the proxy itself on a direct response, so the config must not set them.</summary>
+    private static readonly string[] s_reservedResponseHeaders = ["content-length", "transfer-encoding", "connection"];
+
+    public static void Validate(ProxyConfig config, ConfigErrorList errors)
+    {
+        ValidateForwarded(config.Forwarded, inherited: null, errors);
+        var listenersByName = ValidateListeners(config, errors);
+        var clusterNames = ValidateClusters(config, errors);
+        ValidateRoutes(config, listenersByName, clusterNames, errors);
+    }
+
+    private static Dictionary<string, (int Index, ListenerConfig Listener)> ValidateListeners(ProxyConfig config, ConfigErrorList errors)
+    {
+        var byName = new Dictionary<string, (int, ListenerConfig)>(StringComparer.Ordinal);
+        var bound = new List<(IPEndPoint EndPoint, ListenerConfig Listener)>();
+        for (int i = 0; i < config.Listeners.Count; i++)
+        {
+            var listener = config.Listeners[i];
+            if (i == MaxListeners)
+            {
+                errors.Add(listener.Mark, $"too many listeners: at most {MaxListeners} are supported");
+            }
+            if (listener.Name is { } name)
+            {
+                if (byName.TryGetValue(name.Value, out var first))
+                {
+                    errors.Add(name.Mark, $"duplicate listener name '{name.Value}' (first defined at line {first.Item2.Name!.Value.Mark.Line})");
+                }
+                else
+                {
+                    byName.Add(name.Value, (i, listener));
+                }
+            }
+            if (listener.Address is { } address)
+            {
+                if (!ConfigSyntax.TryParseListenerAddress(address.Value, out var endPoint, out var error))
+                {
+                    errors.Add(address.Mark, error);
+                }
+                else if (endPoint.Port != 0)
+                {
+                    // Port 0 asks the OS for a fresh port each time, so several such listeners never clash.
+                    foreach (var (other, otherListener) in bound)
+                    {
+                        if (other.Port != endPoint.Port || other.AddressFamily != endPoint.AddressFamily)
+                        {
+                            continue;
+                        }
+                        var otherName = otherListener.Name?.Value ?? "?";
+                        int otherLine = otherListener.Address!.Value.Mark.Line;
+                        if (other.Address.Equals(endPoint.Address))
+                        {
+                            errors.Add(address.Mark, $"duplicate listener address '{address.Value}': already used by listener '{otherName}' (line {otherLine})");
+                            break;
+                        }
+                        if (IsAny(other.Address) || IsAny(endPoint.Address))
+                        {
+                            errors.Add(address.Mark, $"listener address '{address.Value}' overlaps listener '{otherName}' (line {otherLine}): a wildcard address takes the port on every interface");
+                            break;
+                        }
+                    }
+                    bound.Add((endPoint, listener));
+                }
+            }
+            if (listener.Forwarded is { } forwarded)
+            {
+                ValidateForwarded(forwarded, config.Forwarded, errors);
+            }
+        }
+        return byName;
+    }
+
+    private static void ValidateForwarded(ForwardedConfig? forwarded, ForwardedConfig? inherited, ConfigErrorList errors)
+    {
+        if (forwarded is null)
+        {
+            return;
+        }
+        foreach (var network in forwarded.TrustedNetworks ?? [])
+        {
+            if (!ConfigSyntax.TryParseCidr(network.Value, out _, out var error))
+            {
+                errors.Add(network.Mark, error);
+            }
+        }
+        var (mode, networks) = ConfigCompiler.MergeForwarded(inherited, forwarded);
+        if (mode == ForwardedMode.Trust && networks.Count == 0)
+        {
+            errors.Add(forwarded.Mode?.Mark ?? forwarded.Mark, "forwarded mode 'trust' needs a non-empty 'trusted_networks' list");
+        }
+    }
+
+    private static HashSet<string> ValidateClusters(ProxyConfig config, ConfigErrorList errors)
+    {
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var cluster in config.Clusters)
+        {
+            names.Add(cluster.Name.Value);
+            foreach (var destination in cluster.Destinations)
+            {
+                if (!ConfigSyntax.TryParseDestination(destination.Address.Value, out _, out _, out var error))
+                {
+                    errors.Add(destination.Address.Mark, error);
+                }
+            }
+        }
+        return names;
+    }
+
+    private static void ValidateRoutes(
+        ProxyConfig config,
+        Dictionary<string, (int Index, ListenerConfig Listener)> listeners,
+        HashSet<string> clusters,
+        ConfigErrorList errors)
+    {
+        var ids = new Dictionary<string, RouteConfig>(StringComparer.Ordinal);
+        // Routes without errors of their own, compiled far enough for the shadowing check.
+        var checkable = new List<(RouteModel Model, RouteConfig Config)>();
+        for (int order = 0; order < config.Routes.Count; order++)
+        {
+            var route = config.Routes[order];
+            int errorsBefore = errors.Count;
+            var label = route.Id is { } id ? $"route '{id.Value}'" : "route";
+            if (route.Id is { } routeId)
+            {
+                if (ids.TryGetValue(routeId.Value, out var first))
+                {
+                    errors.Add(routeId.Mark, $"duplicate route id '{routeId.Value}' (first defined at line {first.Id!.Value.Mark.Line})");
+                }
+                else
+                {
+                    ids.Add(routeId.Value, route);
+                }
+            }
+
+            if (route.Cluster is null && route.Respond is null)
+            {
+                errors.Add(route.Mark, $"{label} needs either 'cluster' (forward) or 'respond' (answer directly)");
+            }
+            else if (route.Cluster is { } both && route.Respond is not null)
+            {
+                errors.Add(both.Mark, $"{label} has both 'cluster' and 'respond'; a route either forwards or answers, so keep one");
+            }
+            if (route.Cluster is { } cluster && !clusters.Contains(cluster.Value))
+            {
+                var near = ConfigErrorList.Nearest(cluster.Value, clusters);
+                errors.Add(cluster.Mark, $"{label} refers to unknown cluster '{cluster.Value}'" + (near is null ? "" : $"; did you mean '{near}'?"));
+            }
+
+            foreach (var name in route.Listeners)
+            {
+                if (!listeners.TryGetValue(name.Value, out var listener))
+                {
+                    var near = ConfigErrorList.Nearest(name.Value, listeners.Keys);
+                    errors.Add(name.Mark, $"{label} refers to unknown listener '{name.Value}'" + (near is null ? "" : $"; did you mean '{near}'?"));
+                }
+                else if (listener.Listener.Handler != ListenerHandler.Proxy)
+                {
+                    errors.Add(name.Mark, $"{label} refers to listener '{name.Value}', which has 'handler: echo' and never routes");
+                }
+                else if (listener.Index >= MaxListeners)
+                {
+                    errors.Add(name.Mark, $"{label} refers to listener '{name.Value}', which is beyond the first {MaxListeners}");
+                }
+            }
+
+            ValidateMatch(route.Match, errors);
+            if (route.Respond is { } respond)
+            {
+                ValidateRespond(respond, errors);
+            }
+
+            if (errors.Count == errorsBefore && route.Id is { } goodId)
+            {
+                var model = new RouteModel
+                {
+                    Id = goodId.Value,
+                    Order = order,
+                    Match = ConfigCompiler.BuildMatch(route.Match),
+                    ListenerMask = ConfigCompiler.ListenerMask(route.Listeners, config.Listeners),
+                };
+                checkable.Add((model, route));
+            }
+        }
+
+        // With fewer than two routes nothing can shadow anything.
+        if (checkable.Count < 2)
+        {
+            return;
+        }
+        var configs = new Dictionary<RouteModel, RouteConfig>(ReferenceEqualityComparer.Instance);
+        var models = new List<RouteModel>(checkable.Count);
+        foreach (var (model, routeConfig) in checkable)
+        {
+            configs.Add(model, routeConfig);
+            models.Add(model);
+        }
+        foreach (var (shadowed, by) in RouteShadowing.Find(models))
+        {
+            var shadowedConfig = configs[shadowed];
+            var byConfig = configs[by];
+            errors.Add(shadowedConfig.Id!.Value.Mark,
+                $"route '{shadowed.Id}' is unreachable: every request it matches is taken by route '{by.Id}' (line {byConfig.Id!.Value.Mark.Line})");
+        }
+    }
+
+    private static void ValidateMatch(MatchConfig match, ConfigErrorList errors)
+    {
+        if (match.Path is { } path && ConfigSyntax.CheckPathTemplate(path.Value) is { } pathError)
+        {
+            errors.Add(path.Mark, pathError);
+        }
+        foreach (var host in match.Hosts)
+        {
+            if (ConfigSyntax.CheckHostPattern(host.Value) is { } hostError)
+            {
+                errors.Add(host.Mark, hostError);
+            }
+        }
+        foreach (var method in match.Methods)
+        {
+            if (!ConfigSyntax.IsToken(method.Value))
+            {
+                errors.Add(method.Mark, $"invalid method '{method.Value}': a method is a token (letters, digits and !#$%&'*+-.^_`|~)");
+            }
+        }
+        foreach (var header in match.Headers)
+        {
+            if (header.Name is { } name && !ConfigSyntax.IsToken(name.Value))
+            {
+                errors.Add(name.Mark, $"invalid header name '{name.Value}': a field name is a token (letters, digits and !#$%&'*+-.^_`|~)");
+            }
+            if (header.Value is { } value && !ConfigSyntax.IsFieldValue(value.Value))
+            {
+                errors.Add(value.Mark, "header value must not contain control characters such as CR or LF");
+            }
+            CheckValueOrPresent(header, errors);
+        }
+        foreach (var query in match.Query)
+        {
+            CheckValueOrPresent(query, errors);
+        }
+    }
+
+    private static void CheckValueOrPresent(FieldMatchConfig field, ConfigErrorList errors)
+    {
+        if (field.Value is not null && field.Present is { } present)
+        {
+            errors.Add(present.Mark, "use either 'value' (must equal) or 'present' (must or must not exist), not both");
+        }
+    }
+
+    private static void ValidateRespond(RespondConfig respond, ConfigErrorList errors)
+    {
+        // RFC 9110 sections 15.3.5 and 15.4.5: 204 and 304 never carry content.
+        if (respond.Status is 204 or 304 && respond.Body.Length != 0)
+        {
+            errors.Add(respond.StatusMark, $"status {respond.Status} cannot have a body");
+        }
+        foreach (var (name, value) in respond.Headers)
+        {
+            if (!ConfigSyntax.IsToken(name.Value))
+            {
+                errors.Add(name.Mark, $"invalid header name '{name.Value}': a field name is a token (letters, digits and !#$%&'*+-.^_`|~)");
+            }
+            else if (Array.IndexOf(s_reservedResponseHeaders, name.Value.ToLowerInvariant()) >= 0)
+            {
+                errors.Add(name.Mark, $"header '{name.Value}' is set by the proxy and cannot be configured");
+            }
+            if (!ConfigSyntax.IsFieldValue(value.Value))
+            {
+                errors.Add(value.Mark, $"value of header '{name.Value}' must not contain control characters such as CR or LF");
+            }
+        }
+    }
+
+    private static bool IsAny(IPAddress address) => address.Equals(IPAddress.Any) || address.Equals(IPAddress.IPv6Any);
+}

@@ -1,0 +1,584 @@
+using System.Globalization;
+using Proxy.Model;
+using YamlDotNet.Core;
+using YamlDotNet.Core.Events;
+using YamlDotNet.RepresentationModel;
+
+namespace Proxy.Configuration;
+
+/// <summary>
+/// YAML text -> <see cref="ProxyConfig"/>. Uses YamlDotNet's representation model rather than its
+/// serializer so every node keeps its line and column, and so a wrong type or unknown key is an error
+/// we word ourselves (with a suggestion) instead of an exception that stops at the first problem.
+/// Reports shape errors only; meaning is checked by <see cref="ConfigValidator"/>.
+/// </summary>
+internal sealed class YamlConfigReader
+{
+    private static readonly string[] s_rootKeys = ["server", "limits", "forwarded", "listeners", "routes", "clusters"];
+    private static readonly string[] s_serverKeys = ["shutdown_timeout", "max_connections"];
+    private static readonly string[] s_limitsKeys =
+        ["max_request_line", "max_header_bytes", "max_headers", "max_body_bytes", "header_timeout", "keepalive_timeout", "body_timeout"];
+    private static readonly string[] s_forwardedKeys = ["mode", "trusted_networks"];
+    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded"];
+    private static readonly string[] s_routeKeys = ["id", "listeners", "match", "cluster", "respond"];
+    private static readonly string[] s_matchKeys = ["path", "hosts", "methods", "headers", "query"];
+    private static readonly string[] s_fieldMatchKeys = ["name", "value", "present"];
+    private static readonly string[] s_respondKeys = ["status", "body", "headers"];
+    private static readonly string[] s_clusterKeys =
+        ["load_balancing", "destinations", "connect_timeout", "request_timeout", "max_connections", "idle_timeout"];
+    private static readonly string[] s_destinationKeys = ["address", "weight"];
+
+    private static readonly (string Name, ForwardedMode Value)[] s_forwardedModes =
+        [("append", ForwardedMode.Append), ("replace", ForwardedMode.Replace), ("trust", ForwardedMode.Trust), ("off", ForwardedMode.Off)];
+    private static readonly (string Name, ListenerHandler Value)[] s_handlers =
+        [("proxy", ListenerHandler.Proxy), ("echo", ListenerHandler.Echo)];
+    private static readonly (string Name, LoadBalancingKind Value)[] s_balancers =
+    [
+        ("round_robin", LoadBalancingKind.RoundRobin), ("least_requests", LoadBalancingKind.LeastRequests),
+        ("power_of_two", LoadBalancingKind.PowerOfTwo), ("random", LoadBalancingKind.Random),
+    ];
+
+    private const string NoListeners = "at least one listener is required ('listeners' is missing or empty)";
+
+    private readonly ConfigErrorList _errors;
+
+    private YamlConfigReader(ConfigErrorList errors) => _errors = errors;
+
+    /// <summary>Parses <paramref name="yaml"/>; returns null only when the text is not valid YAML at all.</summary>
+    public static ProxyConfig? Read(string yaml, ConfigErrorList errors)
+    {
+        var parser = new TrackingParser(new Parser(new StringReader(yaml)));
+        var stream = new YamlStream();
+        try
+        {
+            stream.Load(parser);
+        }
+        catch (YamlException e)
+        {
+            errors.Add(Mark.From(e.Start), "invalid YAML: " + LowerFirst(e.Message.TrimEnd('.')));
+            return null;
+        }
+        catch (InvalidOperationException)
+        {
+            // YamlDotNet fails this way on some truncated flow collections ("[1, 2" at the end of a
+            // mapping); the last event it produced is the best position we have.
+            errors.Add(parser.LastMark, "invalid YAML: the document cannot be parsed past this point (is a '[' or '{' left unclosed?)");
+            return null;
+        }
+
+        if (stream.Documents.Count == 0)
+        {
+            errors.Add(Mark.Start, NoListeners);
+            return new ProxyConfig();
+        }
+        if (stream.Documents.Count > 1)
+        {
+            errors.Add(Mark.From(stream.Documents[1].RootNode.Start), "only one YAML document is allowed per config file");
+        }
+        var root = stream.Documents[0].RootNode;
+        if (IsNull(root))
+        {
+            errors.Add(Mark.Start, NoListeners);
+            return new ProxyConfig();
+        }
+        return new YamlConfigReader(errors).ReadRoot(root);
+    }
+
+    private ProxyConfig ReadRoot(YamlNode node)
+    {
+        var map = Map(node, "the top level", s_rootKeys);
+        if (map is null)
+        {
+            return new ProxyConfig();
+        }
+        var serverMap = map.Get("server") is { } s ? Map(s, "'server'", s_serverKeys) : null;
+        var server = serverMap is null
+            ? new ServerConfig()
+            : new ServerConfig
+            {
+                ShutdownTimeout = Duration(serverMap, "shutdown_timeout"),
+                MaxConnections = Int(serverMap, "max_connections", 1, int.MaxValue),
+            };
+
+        var listeners = new List<ListenerConfig>();
+        var listenersNode = map.Get("listeners");
+        if (listenersNode is null || listenersNode is YamlSequenceNode { Children.Count: 0 })
+        {
+            _errors.Add(listenersNode is null ? map.Mark : Mark.From(listenersNode.Start), NoListeners);
+        }
+        foreach (var item in List(map, "listeners"))
+        {
+            if (ReadListener(item) is { } listener)
+            {
+                listeners.Add(listener);
+            }
+        }
+        var routes = new List<RouteConfig>();
+        foreach (var item in List(map, "routes"))
+        {
+            if (ReadRoute(item) is { } route)
+            {
+                routes.Add(route);
+            }
+        }
+        var clusters = new List<ClusterConfig>();
+        if (map.Get("clusters") is { } clustersNode && Map(clustersNode, "'clusters'", null) is { } clustersMap)
+        {
+            foreach (var (key, value) in clustersMap.Entries)
+            {
+                clusters.Add(ReadCluster(new Located<string>(key.Value ?? "", Mark.From(key.Start)), value));
+            }
+        }
+
+        return new ProxyConfig
+        {
+            Server = server,
+            Limits = ReadLimits(map.Get("limits")),
+            Forwarded = map.Get("forwarded") is { } f ? ReadForwarded(f) : null,
+            Listeners = listeners,
+            Routes = routes,
+            Clusters = clusters,
+        };
+    }
+
+    private LimitsConfig ReadLimits(YamlNode? node)
+    {
+        if (node is null || Map(node, "'limits'", s_limitsKeys) is not { } map)
+        {
+            return new LimitsConfig();
+        }
+        return new LimitsConfig
+        {
+            MaxRequestLine = (int?)Size(map, "max_request_line", 1, int.MaxValue),
+            MaxHeaderBytes = (int?)Size(map, "max_header_bytes", 1, int.MaxValue),
+            MaxHeaders = Int(map, "max_headers", 1, int.MaxValue),
+            MaxBodyBytes = Size(map, "max_body_bytes", 0, long.MaxValue),
+            HeaderTimeout = Duration(map, "header_timeout"),
+            KeepAliveTimeout = Duration(map, "keepalive_timeout"),
+            BodyTimeout = Duration(map, "body_timeout"),
+        };
+    }
+
+    private ForwardedConfig? ReadForwarded(YamlNode node)
+    {
+        if (Map(node, "'forwarded'", s_forwardedKeys) is not { } map)
+        {
+            return null;
+        }
+        return new ForwardedConfig
+        {
+            Mark = map.Mark,
+            Mode = Enum(map, "mode", s_forwardedModes),
+            TrustedNetworks = map.Get("trusted_networks") is null ? null : StringList(map, "trusted_networks"),
+        };
+    }
+
+    private ListenerConfig? ReadListener(YamlNode node)
+    {
+        if (Map(node, "a listener", s_listenerKeys) is not { } map)
+        {
+            return null;
+        }
+        return new ListenerConfig
+        {
+            Mark = map.Mark,
+            Name = RequiredString(map, "name", "listener"),
+            Address = RequiredString(map, "address", "listener"),
+            Handler = Enum(map, "handler", s_handlers)?.Value ?? ListenerHandler.Proxy,
+            Limits = ReadLimits(map.Get("limits")),
+            Forwarded = map.Get("forwarded") is { } f ? ReadForwarded(f) : null,
+        };
+    }
+
+    private RouteConfig? ReadRoute(YamlNode node)
+    {
+        if (Map(node, "a route", s_routeKeys) is not { } map)
+        {
+            return null;
+        }
+        return new RouteConfig
+        {
+            Mark = map.Mark,
+            Id = RequiredString(map, "id", "route"),
+            Listeners = StringList(map, "listeners"),
+            Match = map.Get("match") is { } m ? ReadMatch(m) : new MatchConfig(),
+            Cluster = String(map, "cluster"),
+            Respond = map.Get("respond") is { } r ? ReadRespond(r) : null,
+        };
+    }
+
+    private MatchConfig ReadMatch(YamlNode node)
+    {
+        if (Map(node, "'match'", s_matchKeys) is not { } map)
+        {
+            return new MatchConfig();
+        }
+        return new MatchConfig
+        {
+            Path = String(map, "path"),
+            Hosts = StringList(map, "hosts"),
+            Methods = StringList(map, "methods"),
+            Headers = FieldMatches(map, "headers", "a header match"),
+            Query = FieldMatches(map, "query", "a query match"),
+        };
+    }
+
+    private List<FieldMatchConfig> FieldMatches(MapView map, string key, string what)
+    {
+        var result = new List<FieldMatchConfig>();
+        foreach (var item in List(map, key))
+        {
+            if (Map(item, what, s_fieldMatchKeys) is { } m)
+            {
+                result.Add(new FieldMatchConfig
+                {
+                    Mark = m.Mark,
+                    Name = RequiredString(m, "name", what[2..]),
+                    Value = String(m, "value"),
+                    Present = Bool(m, "present"),
+                });
+            }
+        }
+        return result;
+    }
+
+    private RespondConfig? ReadRespond(YamlNode node)
+    {
+        if (Map(node, "'respond'", s_respondKeys) is not { } map)
+        {
+            return null;
+        }
+        var headers = new List<(Located<string>, Located<string>)>();
+        if (map.Get("headers") is { } h && Map(h, "'headers'", null) is { } headerMap)
+        {
+            foreach (var (key, value) in headerMap.Entries)
+            {
+                if (ScalarText(value, key.Value ?? "", "a string") is { } v)
+                {
+                    headers.Add((new Located<string>(key.Value ?? "", Mark.From(key.Start)), v));
+                }
+            }
+        }
+        var statusNode = map.Get("status");
+        return new RespondConfig
+        {
+            Mark = map.Mark,
+            Status = Int(map, "status", 200, 599) ?? 200,
+            StatusMark = statusNode is null ? map.Mark : Mark.From(statusNode.Start),
+            Body = String(map, "body")?.Value ?? "",
+            Headers = headers,
+        };
+    }
+
+    private ClusterConfig ReadCluster(Located<string> name, YamlNode node)
+    {
+        if (Map(node, $"cluster '{name.Value}'", s_clusterKeys) is not { } map)
+        {
+            return new ClusterConfig { Name = name };
+        }
+        var destinations = new List<DestinationConfig>();
+        if (map.Get("destinations") is null)
+        {
+            _errors.Add(map.Mark, $"cluster '{name.Value}' is missing required key 'destinations'");
+        }
+        var items = List(map, "destinations");
+        if (items.Count == 0 && map.Get("destinations") is YamlSequenceNode empty)
+        {
+            _errors.Add(Mark.From(empty.Start), $"cluster '{name.Value}' has no destinations; list at least one");
+        }
+        foreach (var item in items)
+        {
+            if (ReadDestination(item) is { } d)
+            {
+                destinations.Add(d);
+            }
+        }
+        return new ClusterConfig
+        {
+            Name = name,
+            LoadBalancing = Enum(map, "load_balancing", s_balancers)?.Value ?? LoadBalancingKind.RoundRobin,
+            Destinations = destinations,
+            ConnectTimeout = Duration(map, "connect_timeout"),
+            RequestTimeout = Duration(map, "request_timeout"),
+            MaxConnections = Int(map, "max_connections", 1, int.MaxValue),
+            IdleTimeout = Duration(map, "idle_timeout"),
+        };
+    }
+
+    private DestinationConfig? ReadDestination(YamlNode node)
+    {
+        // Shorthand: a destination may be just its URL.
+        if (node is YamlScalarNode scalar && !IsNull(scalar))
+        {
+            return new DestinationConfig { Address = new Located<string>(scalar.Value ?? "", Mark.From(scalar.Start)) };
+        }
+        if (Map(node, "a destination (a map or a URL)", s_destinationKeys) is not { } map)
+        {
+            return null;
+        }
+        return RequiredString(map, "address", "destination") is { } address
+            ? new DestinationConfig { Address = address, Weight = Int(map, "weight", 1, 1_000_000) ?? 1 }
+            : null;
+    }
+
+    // ---- typed accessors: each reports its own error and returns null so reading goes on ----
+
+    /// <summary>A mapping with its unknown keys already reported; null (after an error) when the node is not a map.</summary>
+    private MapView? Map(YamlNode node, string what, string[]? knownKeys)
+    {
+        if (node is not YamlMappingNode mapping)
+        {
+            _errors.Add(Mark.From(node.Start), $"expected a map for {what}, got {Describe(node)}");
+            return null;
+        }
+        var view = new MapView(Mark.From(mapping.Start));
+        foreach (var (keyNode, value) in mapping.Children)
+        {
+            if (keyNode is not YamlScalarNode key || key.Value is null)
+            {
+                _errors.Add(Mark.From(keyNode.Start), $"keys in {what} must be plain strings");
+                continue;
+            }
+            if (knownKeys is not null && Array.IndexOf(knownKeys, key.Value) < 0)
+            {
+                var near = ConfigErrorList.Nearest(key.Value, knownKeys);
+                _errors.Add(Mark.From(key.Start), near is null
+                    ? $"unknown key '{key.Value}' in {what} (expected one of: {string.Join(", ", knownKeys)})"
+                    : $"unknown key '{key.Value}' in {what}; did you mean '{near}'?");
+                continue;
+            }
+            view.Entries.Add((key, value));
+        }
+        return view;
+    }
+
+    private IReadOnlyList<YamlNode> List(MapView map, string key)
+    {
+        var node = map.Get(key);
+        if (node is null)
+        {
+            return [];
+        }
+        if (node is not YamlSequenceNode sequence)
+        {
+            _errors.Add(Mark.From(node.Start), $"expected a list for '{key}', got {Describe(node)}");
+            return [];
+        }
+        return sequence.Children.ToArray();
+    }
+
+    private List<Located<string>> StringList(MapView map, string key)
+    {
+        var result = new List<Located<string>>();
+        foreach (var item in List(map, key))
+        {
+            if (ScalarText(item, key, "a list of strings") is { } s)
+            {
+                result.Add(s);
+            }
+        }
+        return result;
+    }
+
+    private Located<string>? String(MapView map, string key)
+        => map.Get(key) is { } node ? ScalarText(node, key, "a string") : null;
+
+    private Located<string>? RequiredString(MapView map, string key, string owner)
+    {
+        if (!map.Has(key))
+        {
+            _errors.Add(map.Mark, $"{owner} is missing required key '{key}'");
+            return null;
+        }
+        var node = map.Get(key);
+        if (node is null)
+        {
+            _errors.Add(map.KeyMark(key), $"'{key}' needs a value");
+            return null;
+        }
+        var value = ScalarText(node, key, "a string");
+        if (value is { Value.Length: 0 })
+        {
+            _errors.Add(value.Value.Mark, $"'{key}' must not be empty");
+            return null;
+        }
+        return value;
+    }
+
+    private Located<string>? ScalarText(YamlNode node, string key, string expected)
+    {
+        if (node is YamlScalarNode scalar)
+        {
+            return new Located<string>(scalar.Value ?? "", Mark.From(scalar.Start));
+        }
+        _errors.Add(Mark.From(node.Start), $"expected {expected} for '{key}', got {Describe(node)}");
+        return null;
+    }
+
+    private int? Int(MapView map, string key, int min, int max)
+    {
+        if (map.Get(key) is not { } node || ScalarText(node, key, "a number") is not { } text)
+        {
+            return null;
+        }
+        if (!text.Value.All(c => char.IsAsciiDigit(c) || c == '-')
+            || !long.TryParse(text.Value, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out long n))
+        {
+            _errors.Add(text.Mark, $"expected a whole number for '{key}', got '{text.Value}'");
+            return null;
+        }
+        if (n < min || n > max)
+        {
+            _errors.Add(text.Mark, max == int.MaxValue
+                ? $"'{key}' must be at least {min}, got {n}"
+                : $"'{key}' must be between {min} and {max}, got {n}");
+            return null;
+        }
+        return (int)n;
+    }
+
+    private long? Size(MapView map, string key, long min, long max)
+    {
+        if (map.Get(key) is not { } node || ScalarText(node, key, "a size") is not { } text)
+        {
+            return null;
+        }
+        if (!ConfigValues.TryParseSize(text.Value, out long bytes))
+        {
+            _errors.Add(text.Mark, $"expected a size for '{key}' (bytes, or with a unit: B, KB, MB, GB, KiB, MiB, GiB, e.g. 8KiB), got '{text.Value}'");
+            return null;
+        }
+        if (bytes < min || bytes > max)
+        {
+            _errors.Add(text.Mark, bytes < min ? $"'{key}' must be at least {min} bytes" : $"'{key}' is too large (at most {max} bytes)");
+            return null;
+        }
+        return bytes;
+    }
+
+    private TimeSpan? Duration(MapView map, string key)
+    {
+        if (map.Get(key) is not { } node || ScalarText(node, key, "a duration") is not { } text)
+        {
+            return null;
+        }
+        if (!ConfigValues.TryParseDuration(text.Value, out var duration))
+        {
+            _errors.Add(text.Mark, text.Value.All(char.IsAsciiDigit) && text.Value.Length > 0
+                ? $"expected a duration for '{key}', got '{text.Value}': add a unit (ms, s, m or h), e.g. {text.Value}s"
+                : $"expected a duration for '{key}' (a number with ms, s, m or h, e.g. 500ms, 2s, 1m), got '{text.Value}'");
+            return null;
+        }
+        if (duration <= TimeSpan.Zero)
+        {
+            _errors.Add(text.Mark, $"'{key}' must be a positive duration, got '{text.Value}'");
+            return null;
+        }
+        return duration;
+    }
+
+    private Located<bool>? Bool(MapView map, string key)
+    {
+        if (map.Get(key) is not { } node || ScalarText(node, key, "true or false") is not { } text)
+        {
+            return null;
+        }
+        if (string.Equals(text.Value, "true", StringComparison.OrdinalIgnoreCase))
+        {
+            return new Located<bool>(true, text.Mark);
+        }
+        if (string.Equals(text.Value, "false", StringComparison.OrdinalIgnoreCase))
+        {
+            return new Located<bool>(false, text.Mark);
+        }
+        _errors.Add(text.Mark, $"expected true or false for '{key}', got '{text.Value}'");
+        return null;
+    }
+
+    private Located<T>? Enum<T>(MapView map, string key, (string Name, T Value)[] table)
+        where T : struct
+    {
+        if (map.Get(key) is not { } node || ScalarText(node, key, "a string") is not { } text)
+        {
+            return null;
+        }
+        foreach (var (name, value) in table)
+        {
+            if (name == text.Value)
+            {
+                return new Located<T>(value, text.Mark);
+            }
+        }
+        var names = table.Select(t => t.Name).ToArray();
+        var near = ConfigErrorList.Nearest(text.Value, names);
+        _errors.Add(text.Mark, $"unknown {key} '{text.Value}'"
+            + (near is null ? $"; expected one of: {string.Join(", ", names)}" : $"; did you mean '{near}'? (expected one of: {string.Join(", ", names)})"));
+        return null;
+    }
+
+    private static bool IsNull(YamlNode node)
+        => node is YamlScalarNode { Style: ScalarStyle.Plain or ScalarStyle.Any } s
+           && (string.IsNullOrEmpty(s.Value) || s.Value is "~" or "null" or "Null" or "NULL");
+
+    private static string Describe(YamlNode node) => node switch
+    {
+        YamlMappingNode => "a map",
+        YamlSequenceNode => "a list",
+        YamlScalarNode s when IsNull(s) => "nothing",
+        YamlScalarNode s => $"'{s.Value}'",
+        _ => "something else",
+    };
+
+    private static string LowerFirst(string s) => s.Length == 0 ? s : char.ToLowerInvariant(s[0]) + s[1..];
+
+    /// <summary>The known keys of one mapping, in file order; a key whose value is YAML null reads as absent.</summary>
+    private sealed class MapView(Mark mark)
+    {
+        public Mark Mark { get; } = mark;
+        public List<(YamlScalarNode Key, YamlNode Value)> Entries { get; } = [];
+
+        public bool Has(string key) => Entries.Exists(e => e.Key.Value == key);
+
+        public YamlNode? Get(string key)
+        {
+            foreach (var (k, v) in Entries)
+            {
+                if (k.Value == key)
+                {
+                    return IsNull(v) ? null : v;
+                }
+            }
+            return null;
+        }
+
+        public Mark KeyMark(string key)
+        {
+            foreach (var (k, _) in Entries)
+            {
+                if (k.Value == key)
+                {
+                    return Mark.From(k.Start);
+                }
+            }
+            return Mark;
+        }
+    }
+
+    /// <summary>Remembers where the last event started, for errors YamlDotNet raises without a position.</summary>
+    private sealed class TrackingParser(IParser inner) : IParser
+    {
+        public Mark LastMark { get; private set; } = Mark.Start;
+
+        public ParsingEvent? Current => inner.Current;
+
+        public bool MoveNext()
+        {
+            bool moved = inner.MoveNext();
+            if (inner.Current is { } e)
+            {
+                LastMark = Mark.From(e.Start);
+            }
+            return moved;
+        }
+    }
+}

@@ -1,0 +1,152 @@
+using System.Net;
+using Proxy.Configuration;
+
+namespace Proxy.Core.Tests.Configuration;
+
+public class ConfigSyntaxTests
+{
+    [Theory]
+    [InlineData("127.0.0.1:8080", "127.0.0.1:8080")]
+    [InlineData("0.0.0.0:0", "0.0.0.0:0")]
+    [InlineData("*:80", "0.0.0.0:80")]
+    [InlineData("[::1]:8080", "[::1]:8080")]
+    [InlineData("[::]:65535", "[::]:65535")]
+    public void TryParseListenerAddress_Valid_ReturnsEndPoint(string text, string expected)
+    {
+        Assert.True(ConfigSyntax.TryParseListenerAddress(text, out var endPoint, out var error), error);
+        Assert.Equal(IPEndPoint.Parse(expected), endPoint);
+    }
+
+    [Theory]
+    [InlineData("127.0.0.1", "missing ':port'")]
+    [InlineData("127.0.0.1:", "missing port")]
+    [InlineData("127.0.0.1:65536", "out of range")]
+    [InlineData("127.0.0.1:123456", "out of range")]
+    [InlineData("127.0.0.1:http", "not a number")]
+    [InlineData("localhost:80", "not an IP address")]
+    [InlineData("127.1:80", "not an IP address")]
+    [InlineData("::1:80", "brackets")]
+    [InlineData("[::1:80", "missing ']'")]
+    [InlineData("[::1]", "missing ':port'")]
+    [InlineData("[10.0.0.1]:80", "not an IPv6 address")]
+    public void TryParseListenerAddress_Invalid_ExplainsWhy(string text, string reason)
+    {
+        Assert.False(ConfigSyntax.TryParseListenerAddress(text, out _, out var error));
+        Assert.Contains(reason, error);
+    }
+
+    [Theory]
+    [InlineData("http://127.0.0.1:9000", "127.0.0.1", 9000)]
+    [InlineData("http://backend", "backend", 80)]
+    [InlineData("http://Backend.Example.com/", "backend.example.com", 80)]
+    [InlineData("http://[::1]:9000", "[::1]", 9000)]
+    public void TryParseDestination_Valid_ReturnsHostAndPort(string text, string host, int port)
+    {
+        Assert.True(ConfigSyntax.TryParseDestination(text, out var h, out var p, out var error), error);
+        Assert.Equal(host, h);
+        Assert.Equal(port, p);
+    }
+
+    [Theory]
+    [InlineData("https://127.0.0.1:9443", "not supported yet")]
+    [InlineData("127.0.0.1:9000", "absolute http:// URL")]
+    [InlineData("ftp://host", "absolute http:// URL")]
+    [InlineData("http://host:9000/api", "path")]
+    [InlineData("http://host?x=1", "path, query")]
+    [InlineData("http://user:pw@host", "credentials")]
+    [InlineData("http://host:0", "port")]
+    public void TryParseDestination_Invalid_ExplainsWhy(string text, string reason)
+    {
+        Assert.False(ConfigSyntax.TryParseDestination(text, out _, out _, out var error));
+        Assert.Contains(reason, error);
+    }
+
+    [Theory]
+    [InlineData("10.0.0.0/8", "10.0.0.0/8")]
+    [InlineData("::1/128", "::1/128")]
+    [InlineData("192.168.1.7", "192.168.1.7/32")]
+    [InlineData("0.0.0.0/0", "0.0.0.0/0")]
+    public void TryParseCidr_Valid_ReturnsNetwork(string text, string expected)
+    {
+        Assert.True(ConfigSyntax.TryParseCidr(text, out var network, out var error), error);
+        Assert.Equal(expected, network.ToString());
+    }
+
+    [Theory]
+    [InlineData("10.0.0.0/33", "prefix length")]
+    [InlineData("10.0.0.0/", "prefix length")]
+    [InlineData("10.0.0/8", "not an IP address")]
+    [InlineData("example.com/8", "not an IP address")]
+    [InlineData("10.1.0.0/8", "did you mean 10.0.0.0/8")]
+    public void TryParseCidr_Invalid_ExplainsWhy(string text, string reason)
+    {
+        Assert.False(ConfigSyntax.TryParseCidr(text, out _, out var error));
+        Assert.Contains(reason, error);
+    }
+
+    [Theory]
+    [InlineData("/")]
+    [InlineData("/hello")]
+    [InlineData("/api/{**rest}")]
+    [InlineData("/{**rest}")]
+    [InlineData("/users/{id}/posts/{post_id}")]
+    [InlineData("/a/")]
+    public void CheckPathTemplate_Valid_ReturnsNull(string template)
+    {
+        Assert.Null(ConfigSyntax.CheckPathTemplate(template));
+    }
+
+    [Theory]
+    [InlineData("api", "must start with '/'")]
+    [InlineData("/api/{**rest}/more", "must be the last segment")]
+    [InlineData("/users/x{id}", "whole segment")]
+    [InlineData("/users/{id", "whole segment")]
+    [InlineData("/users/id}", "whole segment")]
+    [InlineData("/users/{}", "name is empty")]
+    [InlineData("/files/{**}", "name is empty")]
+    [InlineData("/a/{id}/b/{id}", "appears twice")]
+    [InlineData("/a/{*rest}", "is not supported")]
+    [InlineData("/a/{my-id}", "only letters")]
+    [InlineData("/a?b=1", "cannot appear")]
+    [InlineData("/a b", "cannot appear")]
+    public void CheckPathTemplate_Invalid_ExplainsWhy(string template, string reason)
+    {
+        Assert.Contains(reason, ConfigSyntax.CheckPathTemplate(template));
+    }
+
+    [Theory]
+    [InlineData("api.example.com")]
+    [InlineData("API.Example.com")]
+    [InlineData("*.example.org")]
+    [InlineData("localhost")]
+    [InlineData("10.0.0.1")]
+    [InlineData("[::1]")]
+    public void CheckHostPattern_Valid_ReturnsNull(string pattern)
+    {
+        Assert.Null(ConfigSyntax.CheckHostPattern(pattern));
+    }
+
+    [Theory]
+    [InlineData("*", "leave 'hosts' out")]
+    [InlineData("api.example.com:8080", "port")]
+    [InlineData("a.*.example.org", "wildcard")]
+    [InlineData("*example.org", "wildcard")]
+    [InlineData("a..b", "empty")]
+    [InlineData("exa mple.com", "not allowed")]
+    [InlineData("[::1", "IPv6")]
+    public void CheckHostPattern_Invalid_ExplainsWhy(string pattern, string reason)
+    {
+        Assert.Contains(reason, ConfigSyntax.CheckHostPattern(pattern));
+    }
+
+    [Theory]
+    [InlineData("GET", true)]
+    [InlineData("M-SEARCH", true)]
+    [InlineData("", false)]
+    [InlineData("GE T", false)]
+    [InlineData("GET/", false)]
+    public void IsToken_Text_ReportsTokenness(string text, bool expected)
+    {
+        Assert.Equal(expected, ConfigSyntax.IsToken(text));
+    }
+}
