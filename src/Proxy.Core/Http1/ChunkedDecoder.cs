@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using Proxy.Http;
 
 namespace Proxy.Http1;
@@ -15,12 +16,282 @@ internal enum ChunkStatus : byte
     Error,
 }
 
-/// <summary>Resumable chunked transfer-coding decoder (RFC 9112 section 7.1). STUB.</summary>
+/// <summary>
+/// Resumable chunked transfer-coding decoder (RFC 9112 section 7.1). A mutable struct held in a field
+/// of the connection (never copied while in use); framing bytes are eaten as they arrive, payload is
+/// handed out as slices of the caller's buffer, so nothing is copied or allocated.
+/// <code>
+/// chunked-body   = *chunk last-chunk trailer-section CRLF
+/// chunk          = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
+/// chunk-size     = 1*HEXDIG
+/// last-chunk     = 1*("0") [ chunk-ext ] CRLF
+/// chunk-ext      = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+/// trailer-section = *( field-line CRLF )
+/// </code>
+/// </summary>
 internal struct ChunkedDecoder
 {
-    public void Reset() => throw new NotImplementedException();
+    /// <summary>Longest chunk-size line (size, extensions) we read: extensions are never used, only a cost.</summary>
+    public const int MaxChunkLine = 4 * 1024;
+    /// <summary>Largest trailer section; trailers are validated and dropped.</summary>
+    public const int MaxTrailerBytes = 32 * 1024;
+    /// <summary>16 hex digits hold a 64-bit size; more is an overflow attempt (or padding we refuse).</summary>
+    private const int MaxSizeDigits = 16;
+
+    private enum State : byte
+    {
+        Size,
+        SizeWhitespace,
+        Extension,
+        SizeLf,
+        Data,
+        DataCr,
+        DataLf,
+        TrailerLineStart,
+        TrailerName,
+        TrailerValue,
+        TrailerLf,
+        TrailerEndLf,
+        Done,
+        Error,
+    }
+
+    private State _state;
+    private int _digits;
+    private int _lineBytes;
+    private int _trailerBytes;
+    private long _size;
+    private long _remaining;
+    private long _payloadBytes;
+    private RejectReason _error;
+
+    /// <summary>Payload bytes handed out so far (the caller enforces its body limit on this).</summary>
+    public readonly long PayloadBytes => _payloadBytes;
+
+    /// <summary>True once the last chunk and trailer section were read.</summary>
+    public readonly bool IsDone => _state == State.Done;
+
+    public void Reset() => this = default;
 
     public ChunkStatus Read(in ReadOnlySequence<byte> buffer, out ReadOnlySequence<byte> data,
         out SequencePosition consumed, out RejectReason reason)
-        => throw new NotImplementedException();
+    {
+        data = default;
+        reason = RejectReason.None;
+        SequenceReader<byte> reader = new(buffer);
+        while (true)
+        {
+            switch (_state)
+            {
+                case State.Data:
+                    long available = reader.Remaining;
+                    if (available == 0)
+                    {
+                        consumed = reader.Position;
+                        return ChunkStatus.NeedMore;
+                    }
+                    long take = Math.Min(available, _remaining);
+                    SequencePosition start = reader.Position;
+                    reader.Advance(take);
+                    consumed = reader.Position;
+                    data = buffer.Slice(start, consumed);
+                    _remaining -= take;
+                    _payloadBytes += take;
+                    if (_remaining == 0)
+                    {
+                        _state = State.DataCr;
+                    }
+                    return ChunkStatus.Data;
+                case State.Done:
+                    consumed = reader.Position;
+                    return ChunkStatus.Done;
+                case State.Error:
+                    consumed = reader.Position;
+                    reason = _error;
+                    return ChunkStatus.Error;
+            }
+
+            if (!reader.TryRead(out byte b))
+            {
+                // All framing bytes seen so far are remembered in the state: let the caller drop them.
+                consumed = reader.Position;
+                return ChunkStatus.NeedMore;
+            }
+            RejectReason error = Step(b);
+            if (error != RejectReason.None)
+            {
+                _error = error;
+                _state = State.Error;
+            }
+        }
+    }
+
+    /// <summary>Advances the framing state machine by one byte; returns a reason on malformed input.</summary>
+    private RejectReason Step(byte b)
+    {
+        switch (_state)
+        {
+            case State.Size:
+                int hex = Http1Syntax.HexValue(b);
+                if (hex >= 0)
+                {
+                    // The digit cap alone allows 0x8000... (negative as long): check the top nibble too.
+                    if (_digits == MaxSizeDigits || _size > (long.MaxValue >> 4))
+                    {
+                        return RejectReason.InvalidChunkSize;
+                    }
+                    _size = (_size << 4) | (uint)hex;
+                    _digits++;
+                    _lineBytes++;
+                    return RejectReason.None;
+                }
+                if (_digits == 0)
+                {
+                    return RejectReason.InvalidChunkSize;
+                }
+                return AfterSize(b);
+            case State.SizeWhitespace:
+                // BWS is allowed only before ';' (RFC 9112 section 7.1.1): "5 \r\n" is refused, since
+                // implementations disagree on it.
+                if (++_lineBytes > MaxChunkLine)
+                {
+                    return RejectReason.InvalidChunkExtension;
+                }
+                if (Http1Syntax.IsOws(b))
+                {
+                    return RejectReason.None;
+                }
+                if (b == (byte)';')
+                {
+                    _state = State.Extension;
+                    return RejectReason.None;
+                }
+                return RejectReason.InvalidChunkSize;
+            case State.Extension:
+                if (b == (byte)'\r')
+                {
+                    _state = State.SizeLf;
+                    return RejectReason.None;
+                }
+                if (b == (byte)'\n')
+                {
+                    return RejectReason.InvalidChunkSize;
+                }
+                if (++_lineBytes > MaxChunkLine || (b < 0x20 && b != (byte)'\t') || b == 0x7F)
+                {
+                    return RejectReason.InvalidChunkExtension;
+                }
+                return RejectReason.None;
+            case State.SizeLf:
+                if (b != (byte)'\n')
+                {
+                    return RejectReason.InvalidChunkSize;
+                }
+                if (_size == 0)
+                {
+                    _state = State.TrailerLineStart;
+                }
+                else
+                {
+                    _remaining = _size;
+                    _state = State.Data;
+                }
+                return RejectReason.None;
+            case State.DataCr:
+                if (b != (byte)'\r')
+                {
+                    return RejectReason.InvalidChunkTerminator;
+                }
+                _state = State.DataLf;
+                return RejectReason.None;
+            case State.DataLf:
+                if (b != (byte)'\n')
+                {
+                    return RejectReason.InvalidChunkTerminator;
+                }
+                _state = State.Size;
+                _size = 0;
+                _digits = 0;
+                _lineBytes = 0;
+                return RejectReason.None;
+            default:
+                return StepTrailer(b);
+        }
+    }
+
+    private RejectReason AfterSize(byte b)
+    {
+        switch (b)
+        {
+            case (byte)'\r':
+                _state = State.SizeLf;
+                return RejectReason.None;
+            case (byte)';':
+                _state = State.Extension;
+                return RejectReason.None;
+            case (byte)' ' or (byte)'\t':
+                _state = State.SizeWhitespace;
+                return RejectReason.None;
+            default:
+                return RejectReason.InvalidChunkSize;
+        }
+    }
+
+    /// <summary>
+    /// Trailer fields (RFC 9112 section 7.1.2) follow the header field-line rules: token name, no
+    /// whitespace before the colon, no obs-fold, no CTL in the value, CRLF only. They are dropped.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private RejectReason StepTrailer(byte b)
+    {
+        if (++_trailerBytes > MaxTrailerBytes)
+        {
+            return RejectReason.InvalidTrailer;
+        }
+        switch (_state)
+        {
+            case State.TrailerLineStart:
+                if (b == (byte)'\r')
+                {
+                    _state = State.TrailerEndLf;
+                    return RejectReason.None;
+                }
+                if (!Http1Syntax.Token.Contains(b))
+                {
+                    return RejectReason.InvalidTrailer;
+                }
+                _state = State.TrailerName;
+                return RejectReason.None;
+            case State.TrailerName:
+                if (b == (byte)':')
+                {
+                    _state = State.TrailerValue;
+                    return RejectReason.None;
+                }
+                return Http1Syntax.Token.Contains(b) ? RejectReason.None : RejectReason.InvalidTrailer;
+            case State.TrailerValue:
+                if (b == (byte)'\r')
+                {
+                    _state = State.TrailerLf;
+                    return RejectReason.None;
+                }
+                return Http1Syntax.InvalidFieldValue.Contains(b) ? RejectReason.InvalidTrailer : RejectReason.None;
+            case State.TrailerLf:
+                if (b != (byte)'\n')
+                {
+                    return RejectReason.InvalidTrailer;
+                }
+                _state = State.TrailerLineStart;
+                return RejectReason.None;
+            case State.TrailerEndLf:
+                if (b != (byte)'\n')
+                {
+                    return RejectReason.InvalidTrailer;
+                }
+                _state = State.Done;
+                return RejectReason.None;
+            default:
+                return RejectReason.InvalidTrailer;
+        }
+    }
 }
