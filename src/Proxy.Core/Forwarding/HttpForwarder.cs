@@ -79,7 +79,8 @@ internal sealed class HttpForwarder
             _active = upstream;
             bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
 
-            WriteRequestHead(upstream.Output, destination);
+            UpstreamRequestWriter.WriteHead(upstream.Output, _client.Head, _client.Listener.Forwarded, _client.RemoteAddress,
+                _client.ClientAddress, destination);
 
             if (head.HasBody)
             {
@@ -357,110 +358,6 @@ internal sealed class HttpForwarder
     }
 
     // ---- heads -----------------------------------------------------------------------------------
-
-    private static ReadOnlySpan<byte> Http11Suffix => " HTTP/1.1\r\n"u8;
-
-    private void WriteRequestHead(PipeWriter output, DestinationState destination)
-    {
-        RequestHead head = _client.Head;
-        output.Write(head.MethodBytes);
-        output.Write(" "u8);
-        output.Write(head.Target);
-        output.Write(Http11Suffix);
-
-        ForwardedModel forwarded = _client.Listener.Forwarded;
-        ForwardedMode mode = forwarded.Mode;
-        if (mode == ForwardedMode.Trust)
-        {
-            mode = forwarded.IsTrusted(_client.RemoteAddress) ? ForwardedMode.Append : ForwardedMode.Replace;
-        }
-
-        int xffCount = 0;
-        bool hasProto = false, hasHost = false;
-        HeaderField[] fields = head.Fields;
-        for (int i = 0; i < head.FieldCount; i++)
-        {
-            ref readonly HeaderField f = ref fields[i];
-            if (f.HopByHop)
-            {
-                continue;
-            }
-            if (mode != ForwardedMode.Off)
-            {
-                switch (f.Known)
-                {
-                    case KnownHeader.XForwardedFor:
-                        xffCount++;
-                        continue; // rewritten below, as one field
-                    case KnownHeader.XForwardedProto:
-                        if (mode == ForwardedMode.Replace)
-                        {
-                            continue;
-                        }
-                        hasProto = true;
-                        break;
-                    case KnownHeader.XForwardedHost:
-                        if (mode == ForwardedMode.Replace)
-                        {
-                            continue;
-                        }
-                        hasHost = true;
-                        break;
-                }
-            }
-            output.WriteField(head.Name(i), head.Value(i));
-        }
-
-        if (head.HostIndex < 0)
-        {
-            // HTTP/1.0 without Host: name the destination (RFC 9112 section 3.2 requires Host in 1.1).
-            output.WriteField("host"u8, destination.HostHeader);
-        }
-
-        if (mode != ForwardedMode.Off)
-        {
-            output.Write("x-forwarded-for: "u8);
-            if (mode == ForwardedMode.Append && xffCount > 0)
-            {
-                for (int i = 0; i < head.FieldCount; i++)
-                {
-                    if (fields[i].Known == KnownHeader.XForwardedFor && !fields[i].HopByHop)
-                    {
-                        output.Write(head.Value(i));
-                        output.Write(", "u8);
-                    }
-                }
-            }
-            output.Write(_client.ClientAddress);
-            output.Write("\r\n"u8);
-            if (!hasProto)
-            {
-                output.Write("x-forwarded-proto: http\r\n"u8);
-            }
-            if (!hasHost && head.HostIndex >= 0)
-            {
-                output.WriteField("x-forwarded-host"u8, head.Host);
-            }
-        }
-
-        if (head.Chunked)
-        {
-            output.Write("transfer-encoding: chunked\r\n"u8);
-        }
-        else if (head.ContentLength >= 0)
-        {
-            output.Write("content-length: "u8);
-            output.WriteNumber(head.ContentLength);
-            output.Write("\r\n"u8);
-        }
-
-        if (head.IsUpgrade && head.TryGetHeader("upgrade"u8, out ReadOnlySpan<byte> protocol))
-        {
-            output.Write("connection: upgrade\r\n"u8);
-            output.WriteField("upgrade"u8, protocol);
-        }
-        output.Write("\r\n"u8);
-    }
 
     private void WriteResponseHead(ResponseHead response, BodyFraming outFraming, long contentLength, bool interim, bool keepAlive)
     {

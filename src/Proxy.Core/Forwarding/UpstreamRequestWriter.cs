@@ -1,0 +1,119 @@
+using System.IO.Pipelines;
+using System.Net;
+using Proxy.Http;
+using Proxy.Model;
+using Proxy.Upstream;
+
+namespace Proxy.Forwarding;
+
+/// <summary>Serialises the request the proxy sends upstream (RFC 9112 section 3, RFC 9110 section 7.6).</summary>
+internal static class UpstreamRequestWriter
+{
+    private static ReadOnlySpan<byte> Http11Suffix => " HTTP/1.1\r\n"u8;
+
+    /// <summary>
+    /// Writes the upstream request head: request line, the client's fields minus hop-by-hop ones, X-Forwarded-*,
+    /// and framing of our own. Nothing is materialised: every field is copied from the parsed offsets.
+    /// </summary>
+    public static void WriteHead(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
+        byte[] clientAddressAscii, DestinationState destination)
+    {
+        output.Write(head.MethodBytes);
+        output.Write(" "u8);
+        output.Write(head.Target);
+        output.Write(Http11Suffix);
+
+        ForwardedMode mode = forwarded.Mode;
+        if (mode == ForwardedMode.Trust)
+        {
+            mode = forwarded.IsTrusted(clientAddress) ? ForwardedMode.Append : ForwardedMode.Replace;
+        }
+
+        int xffCount = 0;
+        bool hasProto = false, hasHost = false;
+        HeaderField[] fields = head.Fields;
+        for (int i = 0; i < head.FieldCount; i++)
+        {
+            ref readonly HeaderField f = ref fields[i];
+            if (f.HopByHop)
+            {
+                continue;
+            }
+            if (mode != ForwardedMode.Off)
+            {
+                switch (f.Known)
+                {
+                    case KnownHeader.XForwardedFor:
+                        xffCount++;
+                        continue; // rewritten below, as one field
+                    case KnownHeader.XForwardedProto:
+                        if (mode == ForwardedMode.Replace)
+                        {
+                            continue;
+                        }
+                        hasProto = true;
+                        break;
+                    case KnownHeader.XForwardedHost:
+                        if (mode == ForwardedMode.Replace)
+                        {
+                            continue;
+                        }
+                        hasHost = true;
+                        break;
+                }
+            }
+            output.WriteField(head.Name(i), head.Value(i));
+        }
+
+        if (head.HostIndex < 0)
+        {
+            // HTTP/1.0 without Host: name the destination (RFC 9112 section 3.2 requires Host in 1.1).
+            output.WriteField("host"u8, destination.HostHeader);
+        }
+
+        if (mode != ForwardedMode.Off)
+        {
+            output.Write("x-forwarded-for: "u8);
+            if (mode == ForwardedMode.Append && xffCount > 0)
+            {
+                for (int i = 0; i < head.FieldCount; i++)
+                {
+                    if (fields[i].Known == KnownHeader.XForwardedFor && !fields[i].HopByHop)
+                    {
+                        output.Write(head.Value(i));
+                        output.Write(", "u8);
+                    }
+                }
+            }
+            output.Write(clientAddressAscii);
+            output.Write("\r\n"u8);
+            if (!hasProto)
+            {
+                output.Write("x-forwarded-proto: http\r\n"u8);
+            }
+            if (!hasHost && head.HostIndex >= 0)
+            {
+                output.WriteField("x-forwarded-host"u8, head.Host);
+            }
+        }
+
+        if (head.Chunked)
+        {
+            output.Write("transfer-encoding: chunked\r\n"u8);
+        }
+        else if (head.ContentLength >= 0)
+        {
+            output.Write("content-length: "u8);
+            output.WriteNumber(head.ContentLength);
+            output.Write("\r\n"u8);
+        }
+
+        if (head.IsUpgrade && head.TryGetHeader("upgrade"u8, out ReadOnlySpan<byte> protocol))
+        {
+            output.Write("connection: upgrade\r\n"u8);
+            output.WriteField("upgrade"u8, protocol);
+        }
+        output.Write("\r\n"u8);
+    }
+
+}
