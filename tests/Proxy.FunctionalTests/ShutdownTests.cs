@@ -1,0 +1,153 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using Proxy.FunctionalTests.Infrastructure;
+
+namespace Proxy.FunctionalTests;
+
+/// <summary>Graceful stop: in-flight requests finish, new connections are refused, idle connections close.</summary>
+public sealed class ShutdownTests
+{
+    [Fact]
+    public async Task StopAsync_RequestInFlight_ClientGetsFullResponse()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Delayed(TimeSpan.FromSeconds(1)));
+        await using var client = await scenario.ConnectAsync();
+        await client.SendAsync(Wire.Get("/slow"));
+        await scenario.Upstream.WaitForRequestAsync();
+
+        var stopping = scenario.Proxy.StopAsync(TimeSpan.FromSeconds(5));
+        var response = await client.ReadResponseAsync();
+        await stopping;
+
+        Assert.Equal(200, response.Status);
+        Assert.Equal("GET /slow", response.BodyText);
+        // The connection does not outlive the stop: after its request, it is closed rather than kept alive.
+        var rest = await client.ReadToCloseAsync(TimeSpan.FromSeconds(2));
+        Assert.True(rest.Closed, "Connection still open after StopAsync completed.");
+        Assert.Equal(0, scenario.Proxy.Server.OpenConnections);
+    }
+
+    [Fact]
+    public async Task StopAsync_WhileStopping_NewConnectionsAreRefused()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Delayed(TimeSpan.FromSeconds(1)));
+        var endPoint = scenario.Proxy.Public;
+        await using var client = await scenario.ConnectAsync();
+        await client.SendAsync(Wire.Get("/slow"));
+        await scenario.Upstream.WaitForRequestAsync();
+
+        var stopping = scenario.Proxy.StopAsync(TimeSpan.FromSeconds(5));
+        await Task.Delay(100);
+
+        // Refused outright, or (if the kernel completed the handshake before the listener closed) closed unanswered.
+        try
+        {
+            await using var late = await RawClient.ConnectAsync(endPoint, TimeSpan.FromSeconds(2));
+            try
+            {
+                await late.SendAsync(Wire.Get("/late"));
+            }
+            catch (IOException)
+            {
+            }
+            var result = await late.ReadToCloseAsync(TimeSpan.FromSeconds(3));
+            Assert.True(result.Closed && result.Bytes.Length == 0, "A connection made during shutdown was served: " + result.Text);
+        }
+        catch (SocketException ex)
+        {
+            Assert.Equal(SocketError.ConnectionRefused, ex.SocketErrorCode);
+        }
+
+        Assert.Equal(200, (await client.ReadResponseAsync()).Status);
+        await stopping;
+        Assert.DoesNotContain(scenario.Upstream.Requests, r => r.Target == "/late");
+    }
+
+    [Fact]
+    public async Task StopAsync_IdleKeepAliveConnections_AreClosedPromptly()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok());
+        var idle = new List<RawClient>();
+        try
+        {
+            for (var i = 0; i < 3; i++)
+            {
+                var client = await scenario.ConnectAsync();
+                idle.Add(client);
+                await client.SendAsync(Wire.Get($"/idle{i}"));
+                Assert.Equal(200, (await client.ReadResponseAsync()).Status);
+            }
+            await WaitForAsync(() => scenario.Proxy.Server.OpenConnections == 3, "3 open connections");
+            var clock = Stopwatch.StartNew();
+
+            await scenario.Proxy.StopAsync(TimeSpan.FromSeconds(5));
+
+            // Idle connections are not waited for: the stop does not run into its timeout.
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(3), $"StopAsync took {clock.Elapsed} with only idle connections.");
+            foreach (var client in idle)
+            {
+                Assert.True((await client.ReadToCloseAsync(TimeSpan.FromSeconds(3))).Closed);
+            }
+            Assert.Equal(0, scenario.Proxy.Server.OpenConnections);
+        }
+        finally
+        {
+            foreach (var client in idle)
+            {
+                await client.DisposeAsync();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task StopAsync_RequestOutlivesTimeout_ConnectionIsAborted()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Hang());
+        await using var client = await scenario.ConnectAsync();
+        await client.SendAsync(Wire.Get("/forever"));
+        await scenario.Upstream.WaitForRequestAsync();
+        var clock = Stopwatch.StartNew();
+
+        await scenario.Proxy.StopAsync(TimeSpan.FromSeconds(1));
+
+        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(900), TimeSpan.FromSeconds(4));
+        var rest = await client.ReadToCloseAsync(TimeSpan.FromSeconds(3));
+        Assert.True(rest.Closed, "The stuck connection was left open after the stop timeout.");
+        Assert.Equal(0, scenario.Proxy.Server.OpenConnections);
+    }
+
+    [Fact]
+    public async Task OpenConnections_ClientsConnectAndLeave_CountFollows()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok());
+        Assert.Equal(0, scenario.Proxy.Server.OpenConnections);
+
+        var a = await scenario.ConnectAsync();
+        var b = await scenario.ConnectAsync();
+        await a.SendAsync(Wire.Get("/a"));
+        await b.SendAsync(Wire.Get("/b"));
+        await a.ReadResponseAsync();
+        await b.ReadResponseAsync();
+        await WaitForAsync(() => scenario.Proxy.Server.OpenConnections == 2, "2 open connections");
+
+        await a.DisposeAsync();
+        await b.DisposeAsync();
+        await WaitForAsync(() => scenario.Proxy.Server.OpenConnections == 0, "0 open connections");
+    }
+
+    private static async Task WaitForAsync(Func<bool> condition, string what)
+    {
+        using var cts = new CancellationTokenSource(TestDefaults.Timeout);
+        while (!condition())
+        {
+            try
+            {
+                await Task.Delay(20, cts.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                throw new TimeoutException("Timed out waiting for " + what);
+            }
+        }
+    }
+}

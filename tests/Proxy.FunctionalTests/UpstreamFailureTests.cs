@@ -1,0 +1,182 @@
+using System.Diagnostics;
+using Proxy.FunctionalTests.Infrastructure;
+
+namespace Proxy.FunctionalTests;
+
+/// <summary>Upstreams that refuse, reset, hang or talk nonsense: the client gets 502/504, never a hang or garbage.</summary>
+public sealed class UpstreamFailureTests
+{
+    [Fact]
+    public async Task Upstream_ConnectionRefused_Returns502()
+    {
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = Ports.ClosedPort() });
+        await using var client = await proxy.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/refused"));
+        var response = await client.ReadResponseAsync();
+
+        ProxyAssert.ErrorAnswer(response, 502);
+    }
+
+    [Fact]
+    public async Task Upstream_ResetBeforeResponseHead_Returns502()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.ResetAfterRequest());
+        var (response, client) = await scenario.SendAsync("POST /reset HTTP/1.1\r\nHost: example.test\r\nContent-Length: 2\r\n\r\nhi", "POST");
+        await using var _ = client;
+
+        ProxyAssert.ErrorAnswer(response, 502);
+        Assert.Equal(1, scenario.Upstream.ConnectionCount);
+    }
+
+    [Fact]
+    public async Task Upstream_ClosesBeforeResponseHead_Returns502()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.FixedThenClose(""));
+        var (response, client) = await scenario.SendAsync("POST /fin HTTP/1.1\r\nHost: example.test\r\nContent-Length: 2\r\n\r\nhi", "POST");
+        await using var _ = client;
+
+        ProxyAssert.ErrorAnswer(response, 502);
+    }
+
+    [Fact]
+    public async Task Upstream_ResetAfterResponseHead_ClientConnectionIsAborted()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.ResetAfter("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b"));
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/partial"));
+        var head = await client.ReadResponseHeadAsync();
+        Assert.Equal(200, head.Status);
+        var rest = await client.ReadToCloseAsync();
+
+        // The head is already out: the only honest signal left is to cut the connection before the body completes.
+        Assert.True(rest.Closed, "The proxy must close the client connection when the upstream body is cut.");
+        Assert.True(rest.Bytes.Length < 100, "A truncated body must not be padded to its declared length.");
+    }
+
+    [Fact]
+    public async Task Upstream_NeverAnswers_Returns504AfterRequestTimeout()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Hang(), c => c with { RequestTimeout = "1s" });
+        await using var client = await scenario.ConnectAsync();
+        var clock = Stopwatch.StartNew();
+
+        await client.SendAsync(Wire.Get("/slow"));
+        var response = await client.ReadResponseAsync(timeout: TimeSpan.FromSeconds(6));
+
+        ProxyAssert.ErrorAnswer(response, 504);
+        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(900), TimeSpan.FromSeconds(4));
+        // The proxy gives up on the upstream connection too.
+        var connection = await scenario.Upstream.WaitForConnectionAsync();
+        Assert.True(await Task.WhenAny(connection.PeerClosed, Task.Delay(TestDefaults.Timeout)) == connection.PeerClosed);
+    }
+
+    [Theory]
+    [InlineData("not_http", "NOT HTTP AT ALL\r\n\r\n")]
+    [InlineData("bad_status_code", "HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n")]
+    [InlineData("status_code_too_long", "HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n")]
+    [InlineData("conflicting_content_length", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")]
+    [InlineData("content_length_not_digits", "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")]
+    [InlineData("field_without_colon", "HTTP/1.1 200 OK\r\nNoColon\r\nContent-Length: 0\r\n\r\n")]
+    [InlineData("nul_in_field", "HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 0\r\n\r\n")]
+    public async Task Upstream_MalformedResponseHead_Returns502(string caseName, string rawResponse)
+    {
+        Assert.NotEmpty(caseName);
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.FixedThenClose(rawResponse));
+        var (response, client) = await scenario.SendAsync(Wire.Get("/malformed"));
+        await using var _ = client;
+
+        ProxyAssert.ErrorAnswer(response, 502);
+    }
+
+    [Fact]
+    public async Task PooledConnection_ClosedByUpstreamWhileIdle_GetSucceedsOnFreshConnection()
+    {
+        // The first upstream connection answers once (keep-alive, as far as the proxy can tell), then closes.
+        var first = 1;
+        UpstreamHandler handler = async (connection, ct) =>
+        {
+            if (Interlocked.Exchange(ref first, 0) == 1)
+            {
+                if (await connection.ReadRequestAsync(ct) is { } request)
+                {
+                    await connection.WriteAsync(Wire.Response(200, "first " + request.Target), ct);
+                }
+                return;
+            }
+            await UpstreamBehaviors.Ok()(connection, ct);
+        };
+        await using var scenario = await ProxyScenario.StartAsync(handler);
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/one"));
+        Assert.Equal("first /one", (await client.ReadResponseAsync()).BodyText);
+        await (await scenario.Upstream.WaitForConnectionAsync()).PeerClosed.WaitAsync(TestDefaults.Timeout);
+        await Task.Delay(50);
+
+        await client.SendAsync(Wire.Get("/two"));
+        var response = await client.ReadResponseAsync();
+
+        Assert.Equal(200, response.Status);
+        Assert.Equal("GET /two", response.BodyText);
+        Assert.Equal(2, scenario.Upstream.ConnectionCount);
+    }
+
+    [Fact]
+    public async Task PooledConnection_ClosedAfterReadingNextRequest_GetIsRetriedOnce()
+    {
+        // The first upstream connection answers one request, then reads the next and closes without a response byte:
+        // from the proxy's side, exactly a keep-alive connection that died under the request.
+        var first = 1;
+        UpstreamHandler handler = async (connection, ct) =>
+        {
+            if (Interlocked.Exchange(ref first, 0) == 1)
+            {
+                if (await connection.ReadRequestAsync(ct) is { } request)
+                {
+                    await connection.WriteAsync(Wire.Response(200, "first " + request.Target), ct);
+                }
+                await connection.ReadRequestAsync(ct);
+                return;
+            }
+            await UpstreamBehaviors.Ok()(connection, ct);
+        };
+        await using var scenario = await ProxyScenario.StartAsync(handler);
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/one"));
+        Assert.Equal("first /one", (await client.ReadResponseAsync()).BodyText);
+        await client.SendAsync(Wire.Get("/two"));
+        var response = await client.ReadResponseAsync();
+
+        Assert.Equal(200, response.Status);
+        Assert.Equal("GET /two", response.BodyText);
+        Assert.Equal(2, scenario.Upstream.ConnectionCount);
+        Assert.Equal(2, scenario.Upstream.Requests.Count(r => r.Target == "/two"));
+    }
+
+    [Fact]
+    public async Task Upstream_Fails_ProxyKeepsServingOtherRequests()
+    {
+        var calls = 0;
+        UpstreamHandler handler = async (connection, ct) =>
+        {
+            if (Interlocked.Increment(ref calls) == 1)
+            {
+                await UpstreamBehaviors.FixedThenClose("GARBAGE\r\n\r\n")(connection, ct);
+                return;
+            }
+            await UpstreamBehaviors.Ok()(connection, ct);
+        };
+        await using var scenario = await ProxyScenario.StartAsync(handler);
+
+        var (bad, client1) = await scenario.SendAsync(Wire.Get("/bad"));
+        await using var _ = client1;
+        ProxyAssert.ErrorAnswer(bad, 502);
+        var (good, client2) = await scenario.SendAsync(Wire.Get("/good"));
+        await using var __ = client2;
+
+        Assert.Equal("GET /good", good.BodyText);
+    }
+}

@@ -1,0 +1,119 @@
+using System.Net.WebSockets;
+using System.Text;
+using Proxy.FunctionalTests.Infrastructure;
+
+namespace Proxy.FunctionalTests;
+
+/// <summary>Upgrade: after the upstream's 101 the proxy tunnels bytes both ways.</summary>
+public sealed class WebSocketTests
+{
+    [Fact]
+    public async Task ClientWebSocket_ThroughProxyToKestrel_EchoesTextAndBinary()
+    {
+        await using var upstream = await KestrelWebSocketUpstream.StartAsync();
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
+        using var ws = Clients.CreateWebSocket();
+        using var cts = new CancellationTokenSource(TestDefaults.Timeout);
+
+        await ws.ConnectAsync(new Uri($"ws://127.0.0.1:{proxy.Public.Port}/ws"), cts.Token);
+        Assert.Equal(WebSocketState.Open, ws.State);
+
+        await ws.SendAsync("hello through the proxy"u8.ToArray(), WebSocketMessageType.Text, true, cts.Token);
+        var (type, payload) = await Clients.ReceiveMessageAsync(ws, cts.Token);
+        Assert.Equal(WebSocketMessageType.Text, type);
+        Assert.Equal("hello through the proxy", Encoding.UTF8.GetString(payload));
+
+        var big = new byte[1024 * 1024];
+        new BodyGenerator(big.Length).Fill(big);
+        await ws.SendAsync(big, WebSocketMessageType.Binary, true, cts.Token);
+        (type, payload) = await Clients.ReceiveMessageAsync(ws, cts.Token);
+        Assert.Equal(WebSocketMessageType.Binary, type);
+        Assert.Equal(big, payload);
+
+        await ws.CloseAsync(WebSocketCloseStatus.NormalClosure, "done", cts.Token);
+        Assert.Equal(WebSocketState.Closed, ws.State);
+        Assert.Equal(WebSocketCloseStatus.NormalClosure, ws.CloseStatus);
+    }
+
+    [Fact]
+    public async Task ClientWebSocket_ManyMessagesBothWays_ArriveInOrder()
+    {
+        await using var upstream = await KestrelWebSocketUpstream.StartAsync();
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
+        using var ws = Clients.CreateWebSocket();
+        using var cts = new CancellationTokenSource(TestDefaults.Timeout);
+        await ws.ConnectAsync(new Uri($"ws://127.0.0.1:{proxy.Public.Port}/ws"), cts.Token);
+
+        var receiving = Task.Run(async () =>
+        {
+            for (var i = 0; i < 200; i++)
+            {
+                var (_, payload) = await Clients.ReceiveMessageAsync(ws, cts.Token);
+                Assert.Equal($"message {i}", Encoding.UTF8.GetString(payload));
+            }
+        });
+        for (var i = 0; i < 200; i++)
+        {
+            await ws.SendAsync(Encoding.UTF8.GetBytes($"message {i}"), WebSocketMessageType.Text, true, cts.Token);
+        }
+        await receiving;
+        await ws.CloseAsync(WebSocketCloseStatus.NormalClosure, null, cts.Token);
+    }
+
+    [Fact]
+    public async Task Upgrade_RawClient_ForwardsUpgradeFieldsAndTunnelsBytes()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.SwitchingProtocolsEcho());
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/ws", "example.test",
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="));
+        var response = await client.ReadResponseAsync();
+        Assert.Equal(101, response.Status);
+        Assert.Equal("websocket", response.Header("upgrade"), ignoreCase: true);
+        Assert.True(response.ConnectionHas("upgrade"), response.ToString());
+        Assert.Equal("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", response.Header("sec-websocket-accept"));
+
+        var forwarded = await scenario.Upstream.WaitForRequestAsync();
+        Assert.True(forwarded.ConnectionHas("upgrade"), forwarded.ToString());
+        Assert.Equal("websocket", forwarded.Header("upgrade"), ignoreCase: true);
+        Assert.Equal("dGhlIHNhbXBsZSBub25jZQ==", forwarded.Header("sec-websocket-key"));
+
+        // Not HTTP any more: arbitrary bytes, including ones that look like a request, go through untouched.
+        var payload = "GET /not-a-request HTTP/1.1\r\n\r\n\0\u0001\u00ff binary";
+        await client.SendAsync(payload);
+        var echoed = new CollectSink();
+        using (var cts = new CancellationTokenSource(TestDefaults.Timeout))
+        {
+            await client.Reader.ReadExactlyAsync(Encoding.Latin1.GetByteCount(payload), echoed, cts.Token);
+        }
+        Assert.Equal(payload, Encoding.Latin1.GetString(echoed.ToArray()));
+
+        // Closing our side ends the tunnel: the upstream sees the close, then so do we.
+        client.ShutdownSend();
+        var rest = await client.ReadToCloseAsync();
+        Assert.True(rest.Closed);
+        Assert.Empty(rest.Bytes);
+        Assert.Single(scenario.Upstream.Requests);
+    }
+
+    [Fact]
+    public async Task Upgrade_UpstreamDeclines_ResponseIsForwardedAsHttp()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Fixed(Wire.Response(200, "no upgrade for you")));
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/ws", "example.test",
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="));
+        var response = await client.ReadResponseAsync();
+
+        Assert.Equal(200, response.Status);
+        Assert.Equal("no upgrade for you", response.BodyText);
+    }
+}
