@@ -159,8 +159,16 @@ internal sealed class BodyPump
                 destination.Write("0\r\n\r\n"u8);
             }
 
-            // Stalled source: for chunked framing, examine everything so an incomplete chunk line waits for more.
-            source.AdvanceTo(consumed, buffer.End);
+            if (done)
+            {
+                // Bytes after the body (a pipelined request) are not examined: the next read must see them at once.
+                source.AdvanceTo(consumed);
+            }
+            else
+            {
+                // Everything was looked at: an incomplete chunk line waits for more bytes.
+                source.AdvanceTo(consumed, buffer.End);
+            }
 
             if (destination is not null)
             {

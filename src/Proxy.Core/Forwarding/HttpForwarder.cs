@@ -300,7 +300,7 @@ internal sealed class HttpForwarder
     private void ReturnOrRelease(UpstreamConnection upstream, ResponseHead response)
     {
         _active = null;
-        if (response.KeepAlive && !_client.Head.IsUpgrade)
+        if (response.KeepAlive && !_client.Head.IsUpgrade && !HasUnexpectedBytes(upstream))
         {
             upstream.Destination.Pool!.Return(upstream);
         }
@@ -308,6 +308,21 @@ internal sealed class HttpForwarder
         {
             upstream.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Bytes already received past the end of the response (a body on a HEAD or 304, or garbage) would be read as
+    /// the next response on this connection: such a connection is not reused. The check reads only what is buffered.
+    /// </summary>
+    private static bool HasUnexpectedBytes(UpstreamConnection upstream)
+    {
+        if (!upstream.Input.TryRead(out ReadResult result))
+        {
+            return false;
+        }
+        bool extra = !result.Buffer.IsEmpty || result.IsCompleted;
+        upstream.Input.AdvanceTo(result.Buffer.Start);
+        return extra;
     }
 
     /// <summary>Drops the active upstream connection (not reusable after a failure).</summary>

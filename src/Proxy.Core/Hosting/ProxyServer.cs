@@ -149,6 +149,12 @@ public sealed class ProxyServer : IAsyncDisposable
             connection.Abort();
             aborted++;
         }
+        // Aborted connections unwind on their own threads; give them a moment to leave the registry.
+        var unwind = DateTime.UtcNow + TimeSpan.FromSeconds(2);
+        while (_runtime.Registry.Count > 0 && DateTime.UtcNow < unwind)
+        {
+            await Task.Delay(10).ConfigureAwait(false);
+        }
         foreach (ClusterModel cluster in _runtime.Current.Clusters.Values)
         {
             foreach (DestinationState destination in cluster.Destinations)

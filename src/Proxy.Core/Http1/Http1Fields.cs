@@ -21,17 +21,22 @@ internal struct FieldFacts
     public static FieldFacts Create() => new() { HostIndex = -1, ContentLength = -1 };
 
     /// <summary>
-    /// Transfer-Encoding verdict (RFC 9112 sections 6.1 and 6.3). "chunked" twice or not last makes
-    /// the length undeterminable: 400 (a MUST, so it wins over 501 for "gzip" alone). A known-final
-    /// chunked with other codings before it ("gzip, chunked") is well framed but not supported: 501.
+    /// Transfer-Encoding verdict (RFC 9112 sections 6.1 and 6.3). Any coding other than chunked is one we
+    /// do not implement: 501 (RFC 9112 section 6.1), also for "gzip" alone, where section 6.3 would allow
+    /// 400; either way the connection closes without reading a body, so nothing can be smuggled. "chunked"
+    /// twice is malformed: 400.
     /// </summary>
     public readonly RejectReason TransferEncodingVerdict()
     {
-        if (ChunkedCount > 1 || !LastCodingChunked)
+        if (ChunkedCount > 1)
         {
             return RejectReason.InvalidTransferEncoding;
         }
-        return UnsupportedCoding ? RejectReason.UnsupportedTransferCoding : RejectReason.None;
+        if (UnsupportedCoding)
+        {
+            return RejectReason.UnsupportedTransferCoding;
+        }
+        return LastCodingChunked ? RejectReason.None : RejectReason.InvalidTransferEncoding;
     }
 }
 

@@ -28,6 +28,8 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
     private PipeReader? _timedReader;
     private TimeSpan _upstreamTimeout;
     private volatile bool _draining;
+    /// <summary>Set when we close after an error answer: the client may still be sending what we did not read.</summary>
+    private bool _lingerOnClose;
     private volatile bool _waitingForRequest;
     private int _aborted;
 
@@ -68,9 +70,10 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
         {
             await ProcessRequestsAsync().ConfigureAwait(false);
         }
-        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
         {
             // The peer went away or the connection was aborted; nothing to answer.
+            ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", e.ToString()));
         }
         catch (Exception e)
         {
@@ -290,6 +293,7 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
             ("method", head.MethodLength > 0 ? Encoding.ASCII.GetString(head.MethodBytes) : null),
             ("target", head.TargetLength > 0 ? SafeTarget(head) : null));
 
+        _lingerOnClose |= close;
         string reason = StatusCodes.ReasonPhrase(status);
         byte[] body = Encoding.ASCII.GetBytes($"{status} {reason}: {details}\n");
         PipeWriter output = Output;
@@ -411,7 +415,7 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
         catch (Exception)
         {
         }
-        if (Volatile.Read(ref _aborted) == 0)
+        if (Volatile.Read(ref _aborted) == 0 && _lingerOnClose)
         {
             try
             {
@@ -454,6 +458,7 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
 
     public override void Abort()
     {
+        _forwarder.AbortUpstream();
         if (Interlocked.Exchange(ref _aborted, 1) != 0)
         {
             return;

@@ -63,8 +63,22 @@ internal sealed class UpstreamConnection
             return;
         }
         Abort();
-        Input.Complete();
-        Output.Complete();
+        // Completing a StreamPipeWriter flushes what is buffered; on an aborted socket that throws, and the
+        // bytes are meant to be dropped anyway.
+        try
+        {
+            Output.Complete();
+        }
+        catch (Exception)
+        {
+        }
+        try
+        {
+            Input.Complete();
+        }
+        catch (Exception)
+        {
+        }
         _stream.Dispose();
         Destination.Pool?.OnConnectionClosed();
     }
