@@ -50,6 +50,7 @@ internal sealed class HttpForwarder
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> ForwardToAsync(ClusterModel cluster, DestinationState destination)
     {
         RequestHead head = _client.Head;
@@ -119,6 +120,7 @@ internal sealed class HttpForwarder
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> RequestBodyFailedAsync(PumpResult result)
     {
         switch (result)
@@ -336,6 +338,7 @@ internal sealed class HttpForwarder
     /// <summary>Called from the heartbeat on a write timeout.</summary>
     public void AbortUpstream() => _active?.Abort();
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> FlushUpstreamAsync(UpstreamConnection upstream)
     {
         _client.ArmWrite();

@@ -212,6 +212,7 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
     /// Answers locally after consuming the request body, so the connection can stay open. With
     /// <c>Expect: 100-continue</c> the body is never invited: answer and close instead (RFC 9110 section 10.1.1).
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     internal async ValueTask<bool> LocalReplyAsync(int status, string details)
     {
         bool keepAlive = await DiscardBodyAsync().ConfigureAwait(false);
@@ -219,6 +220,7 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
         return keepAlive;
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> DirectResponseAsync(DirectResponseModel respond)
     {
         bool keepAlive = await DiscardBodyAsync().ConfigureAwait(false);
@@ -240,6 +242,7 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
     }
 
     /// <summary>Reads and drops the request body. False when the connection cannot be reused afterwards.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> DiscardBodyAsync()
     {
         RequestHead head = Head;
