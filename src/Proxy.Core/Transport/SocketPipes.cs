@@ -13,10 +13,10 @@ internal static class SocketPipes
     private const int SegmentSize = 4096;
 
     private static readonly StreamPipeReaderOptions s_readerOptions = new(
-        pool: MemoryPool<byte>.Shared, bufferSize: SegmentSize, minimumReadSize: 1024, leaveOpen: true, useZeroByteReads: true);
+        pool: BlockMemoryPool.Instance, bufferSize: SegmentSize, minimumReadSize: 1024, leaveOpen: true, useZeroByteReads: true);
 
     private static readonly StreamPipeWriterOptions s_writerOptions = new(
-        pool: MemoryPool<byte>.Shared, minimumBufferSize: SegmentSize, leaveOpen: true);
+        pool: BlockMemoryPool.Instance, minimumBufferSize: SegmentSize, leaveOpen: true);
 
     public static (NetworkStream Stream, PipeReader Input, PipeWriter Output) Create(Socket socket)
     {
