@@ -1,5 +1,4 @@
 using System.Net;
-using System.Security.Cryptography;
 using System.Text;
 using Proxy.Http;
 using Proxy.Model;
@@ -77,9 +76,18 @@ internal static class ConfigCompiler
         };
     }
 
-    /// <summary>First 12 hex digits of the SHA-256 of the file text: short enough for a log line, long enough not to collide.</summary>
+    /// <summary>12 hex digits identifying the file text: short enough for a log line, long enough not to collide by chance.</summary>
     public static string ComputeVersion(string text)
-        => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text)))[..12];
+    {
+        // FNV-1a over the UTF-8 text: a version tag, not a security property. A cryptographic hash would load
+        // OpenSSL into every process just for this (about 5 MiB of resident memory).
+        ulong hash = 14695981039346656037UL;
+        foreach (byte b in Encoding.UTF8.GetBytes(text))
+        {
+            hash = (hash ^ b) * 1099511628211UL;
+        }
+        return hash.ToString("x16")[..12];
+    }
 
     public static HttpLimits MergeLimits(HttpLimits inherited, LimitsConfig overrides) => inherited with
     {

@@ -245,12 +245,13 @@ public class ConfigCompileTests
     }
 
     [Fact]
-    public void Compile_Text_VersionIsSha256Prefix()
+    public void Compile_Text_VersionIsStableAndFollowsTheText()
     {
         var snapshot = Compile(ContractExample);
 
-        var expected = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(ContractExample)))[..12];
-        Assert.Equal(expected, snapshot.Version);
+        Assert.Matches("^[0-9a-f]{12}$", snapshot.Version);
+        Assert.Equal(snapshot.Version, Compile(ContractExample).Version);
+        Assert.NotEqual(snapshot.Version, Compile(ContractExample + "\n# changed\n").Version);
         Assert.Equal("contract.yaml", snapshot.SourcePath);
     }
 
