@@ -15,12 +15,17 @@ internal static class SocketPipes
     private static readonly StreamPipeReaderOptions s_readerOptions = new(
         pool: BlockMemoryPool.Instance, bufferSize: SegmentSize, minimumReadSize: 1024, leaveOpen: true, useZeroByteReads: true);
 
+    // Upstream connections are few and busy: reading straight into a block saves the extra recv() of a
+    // zero-byte read on every response. Idle pooled connections are capped by max_connections.
+    private static readonly StreamPipeReaderOptions s_upstreamReaderOptions = new(
+        pool: BlockMemoryPool.Instance, bufferSize: SegmentSize, minimumReadSize: 1024, leaveOpen: true, useZeroByteReads: false);
+
     private static readonly StreamPipeWriterOptions s_writerOptions = new(
         pool: BlockMemoryPool.Instance, minimumBufferSize: SegmentSize, leaveOpen: true);
 
-    public static (NetworkStream Stream, PipeReader Input, PipeWriter Output) Create(Socket socket)
+    public static (NetworkStream Stream, PipeReader Input, PipeWriter Output) Create(Socket socket, bool upstream = false)
     {
         var stream = new NetworkStream(socket, ownsSocket: false);
-        return (stream, PipeReader.Create(stream, s_readerOptions), PipeWriter.Create(stream, s_writerOptions));
+        return (stream, PipeReader.Create(stream, upstream ? s_upstreamReaderOptions : s_readerOptions), PipeWriter.Create(stream, s_writerOptions));
     }
 }

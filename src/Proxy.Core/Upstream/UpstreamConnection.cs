@@ -16,7 +16,7 @@ internal sealed class UpstreamConnection
     {
         _socket = socket;
         Destination = destination;
-        (_stream, Input, Output) = SocketPipes.Create(socket);
+        (_stream, Input, Output) = SocketPipes.Create(socket, upstream: true);
     }
 
     public DestinationState Destination { get; }
@@ -29,11 +29,16 @@ internal sealed class UpstreamConnection
     public long IdleSince { get; set; }
 
     /// <summary>
-    /// True when the peer has closed (or sent unsolicited bytes on) an idle connection. A non-blocking poll:
-    /// cheaper than sending a request into a dead connection and retrying.
+    /// True when the peer has closed (or sent unsolicited bytes on) an idle connection. A non-blocking poll,
+    /// made only for connections idle for more than a second: peers close idle connections after seconds, and
+    /// under load a connection is back in use within microseconds, where the poll would be a wasted syscall.
     /// </summary>
     public bool LooksDead()
     {
+        if (Environment.TickCount64 - IdleSince < 1000)
+        {
+            return false;
+        }
         try
         {
             return _socket.Poll(0, SelectMode.SelectRead) || !_socket.Connected;
