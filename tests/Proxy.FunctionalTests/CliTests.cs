@@ -60,6 +60,97 @@ public sealed partial class CliTests : IDisposable
         Assert.Matches(@"\d+\.\d+", result.StdoutText);
     }
 
+    [Fact]
+    public async Task Run_Sigterm_FinishesInFlightRequestAndExits0()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Delayed(TimeSpan.FromSeconds(1.5)));
+        int port = Ports.ClosedPort();
+        var path = Write("run.yaml", $$"""
+            server: { shutdown_timeout: 10s }
+            listeners:
+              - { name: public, address: "127.0.0.1:{{port}}" }
+            routes:
+              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+            clusters:
+              backend:
+                destinations: [{ address: "{{upstream.Address}}" }]
+            """);
+        var proxyDll = ProxyDll();
+        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+        var start = new System.Diagnostics.ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { proxyDll, "run", "--config", path })
+        {
+            start.ArgumentList.Add(a);
+        }
+        using var process = System.Diagnostics.Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        try
+        {
+            using var client = new HttpClient { Timeout = TimeSpan.FromSeconds(20) };
+            if (!await WaitUntilListeningAsync(port, process))
+            {
+                Assert.Fail($"proxy did not start (exit {(process.HasExited ? process.ExitCode : -1)}):\n{await stdout}\n{await stderr}");
+            }
+
+            var inFlight = client.GetAsync($"http://127.0.0.1:{port}/slow");
+            await upstream.WaitForRequestAsync();
+            using (var kill = System.Diagnostics.Process.Start("kill", ["-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+            {
+                await kill.WaitForExitAsync();
+            }
+
+            using var response = await inFlight;
+            Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
+            Assert.Equal("GET /slow", await response.Content.ReadAsStringAsync());
+            using var exit = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+            await process.WaitForExitAsync(exit.Token);
+            Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}\n{await stdout}\n{await stderr}");
+            Assert.Contains("\"event\":\"shutdown_completed\"", await stdout, StringComparison.Ordinal);
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill();
+            }
+        }
+    }
+
+    private static async Task<bool> WaitUntilListeningAsync(int port, System.Diagnostics.Process process)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (DateTime.UtcNow < deadline && !process.HasExited)
+        {
+            using var probe = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+            try
+            {
+                await probe.ConnectAsync(System.Net.IPAddress.Loopback, port);
+                return true;
+            }
+            catch (System.Net.Sockets.SocketException)
+            {
+                await Task.Delay(100);
+            }
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// The host's own build output (src/Proxy/bin/...). The copy next to the tests cannot run the server: this
+    /// test project references the ASP.NET Core shared framework, which supplies Microsoft.Extensions.ObjectPool
+    /// in place of the package, so the package assembly the host needs is not copied here.
+    /// </summary>
+    private static string ProxyDll()
+    {
+        string local = Path.Combine(AppContext.BaseDirectory, "proxy.dll");
+        string hostOutput = local.Replace(
+            Path.Combine("tests", "Proxy.FunctionalTests", "bin"), Path.Combine("src", "Proxy", "bin"), StringComparison.Ordinal);
+        string path = File.Exists(hostOutput) ? hostOutput : local;
+        Assert.True(File.Exists(path), "proxy.dll not found: " + path);
+        return path;
+    }
+
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 
     [GeneratedRegex(@"^.+:\d+:\d+: ")]
@@ -74,8 +165,7 @@ public sealed partial class CliTests : IDisposable
 
     private static Task<ProcessResult> RunProxyAsync(params string[] arguments)
     {
-        var proxyDll = Path.Combine(AppContext.BaseDirectory, "proxy.dll");
-        Assert.True(File.Exists(proxyDll), "proxy.dll not found next to the tests: " + proxyDll);
+        var proxyDll = ProxyDll();
         // The dotnet CLI tells child processes which host runs them; fall back to PATH.
         var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
         return ProcessRunner.RunAsync(dotnet, [proxyDll, .. arguments], timeout: TimeSpan.FromSeconds(30));

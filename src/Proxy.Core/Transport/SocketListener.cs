@@ -59,6 +59,13 @@ internal sealed class SocketListener
     {
         while (true)
         {
+            // At the connection cap, stop accepting (like nginx and HAProxy): new connections wait in the kernel's
+            // backlog until one closes, instead of being accepted and dropped. Polled: only runs while overloaded.
+            while (_runtime.Registry.Count >= _runtime.Current.Server.MaxConnections)
+            {
+                await Task.Delay(5).ConfigureAwait(false);
+            }
+
             Socket client;
             try
             {
@@ -80,13 +87,6 @@ internal sealed class SocketListener
                 continue;
             }
 
-            var snapshot = _runtime.Current;
-            if (_runtime.Registry.Count >= snapshot.Server.MaxConnections)
-            {
-                ProxyLog.Warn("connection_refused", ("listener", Model.Name), ("reason", "max_connections"), ("client", ProxyLog.Format(client.RemoteEndPoint)));
-                client.Close(0);
-                continue;
-            }
             client.NoDelay = true;
             var connection = new Http1ServerConnection(_runtime, Model, client);
             _ = connection.RunAsync();
