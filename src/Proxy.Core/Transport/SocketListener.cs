@@ -30,12 +30,14 @@ internal sealed class SocketListener
 
     public ListenerModel Model { get; }
 
-    public IPEndPoint EndPoint => (IPEndPoint)_socket.LocalEndPoint!;
+    /// <summary>The bound address (kept after the socket closes, so a drained listener can still be described).</summary>
+    public IPEndPoint EndPoint { get; private set; } = null!;
 
     public void Start()
     {
         _socket.Bind(Model.EndPoint);
         _socket.Listen(4096);
+        EndPoint = (IPEndPoint)_socket.LocalEndPoint!;
         _acceptLoop = AcceptLoopAsync();
         ProxyLog.Info("listener_started", ("listener", Model.Name), ("address", EndPoint.ToString()), ("handler", Model.Handler.ToString().ToLowerInvariant()));
     }
@@ -81,13 +83,16 @@ internal sealed class SocketListener
             }
 
             var snapshot = _runtime.Current;
-            if (_runtime.Registry.Count >= snapshot.Server.MaxConnections)
+            // The admin listener is exempt: an operator must be able to look inside a proxy that is full.
+            if (_runtime.Registry.Count >= snapshot.Server.MaxConnections && Model.Handler != ListenerHandler.Admin)
             {
+                Model.Metrics?.Refused();
                 ProxyLog.Warn("connection_refused", ("listener", Model.Name), ("reason", "max_connections"), ("client", ProxyLog.Format(client.RemoteEndPoint)));
                 client.Close(0);
                 continue;
             }
             client.NoDelay = true;
+            Model.Metrics?.Accepted();
             var connection = new Http1ServerConnection(_runtime, Model, client);
             _ = connection.RunAsync();
         }
