@@ -1,5 +1,6 @@
 using System.Net;
 using System.Text;
+using Proxy.Diagnostics;
 using Proxy.Http;
 using Proxy.Model;
 using Proxy.Routing;
@@ -28,8 +29,9 @@ internal static class ConfigCompiler
         // The server-wide block sits on the built-in defaults; each listener's block sits on that.
         var serverLimits = MergeLimits(HttpLimits.Default with { MaxConnections = server.MaxConnections }, config.Limits);
 
-        var listeners = new ListenerModel[config.Listeners.Count];
-        for (int i = 0; i < listeners.Length; i++)
+        // The admin listener, when configured, comes last: user listener indexes (route masks) stay as in the file.
+        var listeners = new ListenerModel[config.Listeners.Count + (config.Admin is null ? 0 : 1)];
+        for (int i = 0; i < config.Listeners.Count; i++)
         {
             var l = config.Listeners[i];
             ConfigSyntax.TryParseListenerAddress(l.Address!.Value.Value, out var endPoint, out _);
@@ -41,6 +43,26 @@ internal static class ConfigCompiler
                 Handler = l.Handler,
                 Limits = MergeLimits(serverLimits, l.Limits),
                 Forwarded = BuildForwarded(config.Forwarded, l.Forwarded),
+                Metrics = new ListenerMetrics(l.Name!.Value.Value),
+            };
+        }
+        AdminModel? admin = null;
+        if (config.Admin is { } adminConfig)
+        {
+            ConfigSyntax.TryParseListenerAddress(adminConfig.Address!.Value.Value, out var endPoint, out _);
+            admin = new AdminModel
+            {
+                EndPoint = endPoint,
+                Token = adminConfig.Token is { } token ? Encoding.UTF8.GetBytes(token.Value) : null,
+            };
+            listeners[^1] = new ListenerModel
+            {
+                Name = AdminModel.ListenerName,
+                Index = listeners.Length - 1,
+                EndPoint = endPoint,
+                Handler = ListenerHandler.Admin,
+                Limits = serverLimits,
+                Metrics = new ListenerMetrics(AdminModel.ListenerName),
             };
         }
 
@@ -62,6 +84,8 @@ internal static class ConfigCompiler
                 Cluster = r.Cluster is { } name ? clusters[name.Value] : null,
                 Respond = r.Respond is { } respond ? BuildResponse(respond) : null,
                 ListenerMask = ListenerMask(r.Listeners, config.Listeners),
+                // Labels chosen now, so a request never builds a tag list.
+                Metrics = new RouteMetrics(r.Id!.Value.Value, r.Cluster?.Value ?? ""),
             };
         }
 
@@ -73,6 +97,7 @@ internal static class ConfigCompiler
             Server = server,
             Version = ComputeVersion(text),
             SourcePath = sourcePath,
+            Admin = admin,
         };
     }
 
@@ -270,6 +295,7 @@ internal static class ConfigCompiler
             MaxConnections = c.MaxConnections ?? s_clusterDefaults.MaxConnections,
             IdleTimeout = c.IdleTimeout ?? s_clusterDefaults.IdleTimeout,
             Policy = LoadBalancingPolicies.Create(c.LoadBalancing),
+            Metrics = new ClusterMetrics(c.Name.Value),
         };
     }
 }

@@ -26,6 +26,15 @@ internal sealed record ProxyConfig
     public IReadOnlyList<ListenerConfig> Listeners { get; init; } = [];
     public IReadOnlyList<RouteConfig> Routes { get; init; } = [];
     public IReadOnlyList<ClusterConfig> Clusters { get; init; } = [];
+    public AdminConfig? Admin { get; init; }
+}
+
+/// <summary>The <c>admin:</c> block: where the admin API listens and the bearer token it requires, if any.</summary>
+internal sealed record AdminConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<string>? Address { get; init; }
+    public Located<string>? Token { get; init; }
 }
 
 internal sealed record ServerConfig

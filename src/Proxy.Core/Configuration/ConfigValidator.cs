@@ -82,8 +82,73 @@ internal static class ConfigValidator
             {
                 ValidateForwarded(forwarded, config.Forwarded, errors);
             }
+            if (config.Admin is not null && listener.Name is { Value: AdminModel.ListenerName } reserved)
+            {
+                errors.Add(reserved.Mark, $"listener name '{AdminModel.ListenerName}' is reserved for the admin API's listener when an 'admin' block is present");
+            }
+        }
+        if (config.Admin is { } admin)
+        {
+            ValidateAdmin(admin, bound, errors);
         }
         return byName;
+    }
+
+    private static void ValidateAdmin(AdminConfig admin, List<(IPEndPoint EndPoint, ListenerConfig Listener)> bound, ConfigErrorList errors)
+    {
+        if (admin.Address is { } address)
+        {
+            if (!ConfigSyntax.TryParseListenerAddress(address.Value, out var endPoint, out var error))
+            {
+                errors.Add(address.Mark, "admin " + error);
+            }
+            else if (endPoint.Port != 0)
+            {
+                foreach (var (other, otherListener) in bound)
+                {
+                    if (other.Port != endPoint.Port || other.AddressFamily != endPoint.AddressFamily)
+                    {
+                        continue;
+                    }
+                    var otherName = otherListener.Name?.Value ?? "?";
+                    int otherLine = otherListener.Address!.Value.Mark.Line;
+                    if (other.Address.Equals(endPoint.Address))
+                    {
+                        errors.Add(address.Mark, $"admin address '{address.Value}' is already used by listener '{otherName}' (line {otherLine})");
+                        break;
+                    }
+                    if (IsAny(other.Address) || IsAny(endPoint.Address))
+                    {
+                        errors.Add(address.Mark, $"admin address '{address.Value}' overlaps listener '{otherName}' (line {otherLine}): a wildcard address takes the port on every interface");
+                        break;
+                    }
+                }
+            }
+        }
+        if (admin.Token is { } token && !IsBearerToken(token.Value))
+        {
+            // Not echoed back: the value is a secret.
+            errors.Add(token.Mark, "admin token must be a bearer token (RFC 6750 section 2.1: letters, digits and -._~+/, optionally ending in '=')");
+        }
+    }
+
+    /// <summary>RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".</summary>
+    internal static bool IsBearerToken(string value)
+    {
+        int i = 0;
+        while (i < value.Length && (char.IsAsciiLetterOrDigit(value[i]) || value[i] is '-' or '.' or '_' or '~' or '+' or '/'))
+        {
+            i++;
+        }
+        if (i == 0)
+        {
+            return false;
+        }
+        while (i < value.Length && value[i] == '=')
+        {
+            i++;
+        }
+        return i == value.Length;
     }
 
     private static void ValidateForwarded(ForwardedConfig? forwarded, ForwardedConfig? inherited, ConfigErrorList errors)
@@ -165,7 +230,11 @@ internal static class ConfigValidator
 
             foreach (var name in route.Listeners)
             {
-                if (!listeners.TryGetValue(name.Value, out var listener))
+                if (!listeners.TryGetValue(name.Value, out var listener) && config.Admin is not null && name.Value == AdminModel.ListenerName)
+                {
+                    errors.Add(name.Mark, $"{label} refers to listener '{name.Value}', the admin API's listener, which never routes");
+                }
+                else if (listener.Listener is null)
                 {
                     var near = ConfigErrorList.Nearest(name.Value, listeners.Keys);
                     errors.Add(name.Mark, $"{label} refers to unknown listener '{name.Value}'" + (near is null ? "" : $"; did you mean '{near}'?"));

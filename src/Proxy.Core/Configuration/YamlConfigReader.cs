@@ -14,7 +14,8 @@ namespace Proxy.Configuration;
 /// </summary>
 internal sealed class YamlConfigReader
 {
-    private static readonly string[] s_rootKeys = ["server", "limits", "forwarded", "listeners", "routes", "clusters"];
+    private static readonly string[] s_rootKeys = ["server", "limits", "forwarded", "listeners", "routes", "clusters", "admin"];
+    private static readonly string[] s_adminKeys = ["address", "token"];
     private static readonly string[] s_serverKeys = ["shutdown_timeout", "max_connections"];
     private static readonly string[] s_limitsKeys =
         ["max_request_line", "max_header_bytes", "max_headers", "max_body_bytes", "header_timeout", "keepalive_timeout", "body_timeout"];
@@ -138,6 +139,22 @@ internal sealed class YamlConfigReader
             Listeners = listeners,
             Routes = routes,
             Clusters = clusters,
+            Admin = map.Get("admin") is { } a ? ReadAdmin(a) : null,
+        };
+    }
+
+    private AdminConfig? ReadAdmin(YamlNode node)
+    {
+        if (Map(node, "'admin'", s_adminKeys) is not { } map)
+        {
+            return null;
+        }
+        return new AdminConfig
+        {
+            Mark = map.Mark,
+            Address = RequiredString(map, "address", "'admin'"),
+            // An empty token would silently mean "no authentication": RequiredString's emptiness check refuses it.
+            Token = map.Has("token") ? RequiredString(map, "token", "'admin'") : null,
         };
     }
 

@@ -388,6 +388,7 @@ internal sealed class HttpForwarder
         }
         if (!interim)
         {
+            _client.ResponseStatus = response.StatusCode;
             if (outFraming == BodyFraming.Chunked)
             {
                 output.Write("transfer-encoding: chunked\r\n"u8);
@@ -406,6 +407,7 @@ internal sealed class HttpForwarder
 
     private void WriteUpgradeResponseHead(ResponseHead response)
     {
+        _client.ResponseStatus = 101;
         PipeWriter output = _client.Output;
         output.Write("HTTP/1.1 101 "u8);
         output.Write(response.Reason);

@@ -1,6 +1,8 @@
 using System.Net;
 using Proxy.Configuration;
 using Proxy.Diagnostics;
+using Proxy.Handlers;
+using Proxy.Http1;
 using Proxy.Model;
 using Proxy.Transport;
 using Proxy.Upstream;
@@ -11,16 +13,18 @@ namespace Proxy.Hosting;
 /// The embeddable gateway: loads a config file, binds its listeners and proxies until stopped.
 /// This is the engine's public entry point; the <c>proxy</c> command-line host is a thin shell around it.
 /// </summary>
-public sealed class ProxyServer : IAsyncDisposable
+public sealed class ProxyServer : IAsyncDisposable, IAdminHost
 {
     private readonly ProxyRuntime _runtime;
     private readonly List<SocketListener> _listeners = [];
     private int _started;
     private int _stopped;
+    private int _draining;
+    private volatile bool _bound;
 
     private ProxyServer(ProxySnapshot snapshot)
     {
-        _runtime = new ProxyRuntime(snapshot);
+        _runtime = new ProxyRuntime(snapshot) { AdminHost = this };
     }
 
     /// <summary>Creates a server from a YAML config file. Throws <see cref="InvalidDataException"/> listing every config error.</summary>
@@ -89,6 +93,12 @@ public sealed class ProxyServer : IAsyncDisposable
                 _listeners.Add(listener);
                 listener.Start();
             }
+            _bound = true;
+            if (snapshot.Admin is { Token: null } admin && !System.Net.IPAddress.IsLoopback(admin.EndPoint.Address))
+            {
+                ProxyLog.Warn("admin_unauthenticated", ("address", admin.EndPoint.ToString()),
+                    ("hint", "the admin API is reachable from other hosts without a token; set admin.token or bind 127.0.0.1"));
+            }
         }
         catch
         {
@@ -112,6 +122,86 @@ public sealed class ProxyServer : IAsyncDisposable
             }
         }
         throw new ArgumentException($"No started listener named '{listenerName}'.", nameof(listenerName));
+    }
+
+    /// <summary>True once every listener is bound, until a drain or stop begins (the admin API's <c>/readyz</c>).</summary>
+    public bool IsReady => _bound && Volatile.Read(ref _draining) == 0 && Volatile.Read(ref _stopped) == 0;
+
+    /// <summary>True once <see cref="DrainAsync"/> was called.</summary>
+    public bool IsDraining => Volatile.Read(ref _draining) != 0;
+
+    /// <summary>
+    /// Graceful drain without stopping: closes every listener except the admin one, lets requests in flight
+    /// finish and closes client connections as they become idle. Returns true when no client connection is left
+    /// (admin connections aside) within <paramref name="timeout"/>; nothing is aborted (that is <see cref="StopAsync"/>'s job).
+    /// </summary>
+    public async Task<bool> DrainAsync(TimeSpan timeout)
+    {
+        if (Interlocked.Exchange(ref _draining, 1) == 0)
+        {
+            ProxyLog.Info("drain_started", ("connections", CountClientConnections()), ("timeout_ms", (long)timeout.TotalMilliseconds));
+        }
+        SocketListener[] serving = _listeners.Where(l => l.Model.Handler != ListenerHandler.Admin).ToArray();
+        // Once the accept loops have ended, every accepted connection is in the registry, so none escapes the drain.
+        await Task.WhenAll(serving.Select(l => l.StopAsync())).ConfigureAwait(false);
+        foreach (var connection in _runtime.Registry.Connections)
+        {
+            if (!IsAdminConnection(connection))
+            {
+                connection.BeginDrain();
+            }
+        }
+        var deadline = DateTime.UtcNow + timeout;
+        int left;
+        while ((left = CountClientConnections()) > 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(20).ConfigureAwait(false);
+        }
+        ProxyLog.Info("drain_completed", ("connections_left", left));
+        return left == 0;
+    }
+
+    private static bool IsAdminConnection(TimedConnection connection)
+        => connection is Http1ServerConnection { Listener.Handler: ListenerHandler.Admin };
+
+    private int CountClientConnections()
+    {
+        int count = 0;
+        foreach (var connection in _runtime.Registry.Connections)
+        {
+            if (!IsAdminConnection(connection))
+            {
+                count++;
+            }
+        }
+        return count;
+    }
+
+    void IAdminHost.BeginDrain()
+    {
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                await DrainAsync(ShutdownTimeout).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                ProxyLog.Error("drain_failed", ("error", e.ToString()));
+            }
+        });
+    }
+
+    IPEndPoint? IAdminHost.BoundEndPoint(string listenerName)
+    {
+        foreach (var listener in _listeners)
+        {
+            if (listener.Model.Name == listenerName)
+            {
+                return listener.EndPoint;
+            }
+        }
+        return null;
     }
 
     /// <summary>Requests received since start.</summary>

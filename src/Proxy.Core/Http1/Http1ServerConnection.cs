@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
@@ -32,6 +33,11 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
     private bool _lingerOnClose;
     private volatile bool _waitingForRequest;
     private int _aborted;
+    /// <summary>Route of the current request, for metrics (null until routed).</summary>
+    private RouteModel? _route;
+
+    /// <summary>Status of the final response to the current request, for metrics; 0 while none was written.</summary>
+    internal int ResponseStatus;
 
     public Http1ServerConnection(ProxyRuntime runtime, ListenerModel listener, Socket socket)
     {
@@ -164,7 +170,9 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
             Disarm();
             _waitingForRequest = false;
             first = false;
+            long started = Stopwatch.GetTimestamp();
             bool keepAlive = await HandleRequestAsync().ConfigureAwait(false);
+            _runtime.Metrics.RequestEnded(Listener, _route, Head.Method, ResponseStatus, started);
             if (!keepAlive || _draining)
             {
                 return;
@@ -176,6 +184,8 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
     {
         RequestHead head = Head;
         _runtime.CountRequest();
+        _route = null;
+        ResponseStatus = 0;
         if (head.ContentLength > Listener.Limits.MaxBodyBytes)
         {
             return ErrorAndCloseAsync(413, RejectReason.BodyTooLarge.DetailsCode());
@@ -184,6 +194,10 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
         {
             return EchoResponder.HandleAsync(this);
         }
+        if (Listener.Handler == ListenerHandler.Admin)
+        {
+            return AdminApi.HandleAsync(this, _runtime);
+        }
         if (head.Method == Http.HttpMethod.Connect)
         {
             return ErrorAndCloseAsync(ProxyError.MethodNotAllowed.StatusCode(), ProxyError.MethodNotAllowed.DetailsCode());
@@ -191,6 +205,7 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
 
         ProxySnapshot snapshot = _runtime.Current;
         RouteModel? route = snapshot.Routes.Match(head, Listener.Index);
+        _route = route;
         if (route is null)
         {
             return LocalReplyAsync(ProxyError.NoRoute.StatusCode(), ProxyError.NoRoute.DetailsCode());
@@ -225,6 +240,7 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
     {
         bool keepAlive = await DiscardBodyAsync().ConfigureAwait(false);
         keepAlive &= Head.KeepAlive && !_draining;
+        ResponseStatus = respond.Status;
         PipeWriter output = Output;
         output.Write(respond.HeadPrefix);
         output.Write("content-length: "u8);
@@ -297,6 +313,8 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
             ("target", head.TargetLength > 0 ? SafeTarget(head) : null));
 
         _lingerOnClose |= close;
+        ResponseStatus = status;
+        _runtime.Metrics.LocalReply(Listener, status, details);
         string reason = StatusCodes.ReasonPhrase(status);
         byte[] body = Encoding.ASCII.GetBytes($"{status} {reason}: {details}\n");
         PipeWriter output = Output;

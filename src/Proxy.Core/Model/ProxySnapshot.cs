@@ -1,4 +1,5 @@
 using System.Net;
+using Proxy.Diagnostics;
 using Proxy.Http;
 using Proxy.Routing;
 using Proxy.Upstream;
@@ -18,6 +19,19 @@ internal sealed class ProxySnapshot
     /// <summary>Hash of the source file, for logs and the admin API.</summary>
     public string Version { get; init; } = "";
     public string SourcePath { get; init; } = "";
+    /// <summary>The <c>admin:</c> block; null when the file has none (no admin listener).</summary>
+    public AdminModel? Admin { get; init; }
+}
+
+/// <summary>The admin API's settings. Its listener is the last entry of <see cref="ProxySnapshot.Listeners"/>.</summary>
+internal sealed class AdminModel
+{
+    /// <summary>The name of the admin listener, reserved when an <c>admin:</c> block is present.</summary>
+    public const string ListenerName = "admin";
+
+    public required IPEndPoint EndPoint { get; init; }
+    /// <summary>UTF-8 bearer token every admin request must present; null when none is configured.</summary>
+    public byte[]? Token { get; init; }
 }
 
 /// <summary>Process-wide settings outside listeners, routes and clusters.</summary>
@@ -35,6 +49,8 @@ internal enum ListenerHandler : byte
     Proxy = 0,
     /// <summary>Built-in echo responder: answers every request with a JSON description of it.</summary>
     Echo,
+    /// <summary>The admin API (health, metrics, config); created from the <c>admin:</c> block, never routed.</summary>
+    Admin,
 }
 
 internal enum ForwardedMode : byte
@@ -81,6 +97,8 @@ internal sealed class ListenerModel
     public ListenerHandler Handler { get; init; }
     public HttpLimits Limits { get; init; } = HttpLimits.Default;
     public ForwardedModel Forwarded { get; init; } = ForwardedModel.Default;
+    /// <summary>Counters bound to this listener at compile time (null only for models built by hand in tests).</summary>
+    public ListenerMetrics? Metrics { get; set; }
 }
 
 internal sealed class HeaderMatchModel
@@ -132,6 +150,11 @@ internal sealed class RouteModel
     public DirectResponseModel? Respond { get; init; }
     /// <summary>Bit i set: the route applies on listener i. Zero: every proxy listener.</summary>
     public ulong ListenerMask { get; init; }
+    /// <summary>
+    /// Counters pre-bound to this route's labels at compile time, so a request updates them without building tags.
+    /// Settable so that a server can hand a recompiled route the handle of its predecessor (counters stay monotonic).
+    /// </summary>
+    public RouteMetrics? Metrics { get; set; }
 }
 
 internal enum LoadBalancingKind : byte
@@ -155,4 +178,6 @@ internal sealed class ClusterModel
     public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(60);
     /// <summary>Picks a destination; built from <see cref="LoadBalancing"/> at compile time.</summary>
     public required ILoadBalancingPolicy Policy { get; init; }
+    /// <summary>Upstream counters pre-bound to this cluster's name (see <see cref="RouteModel.Metrics"/>).</summary>
+    public ClusterMetrics? Metrics { get; set; }
 }

@@ -1,5 +1,7 @@
 using Microsoft.Extensions.ObjectPool;
+using Proxy.Diagnostics;
 using Proxy.Forwarding;
+using Proxy.Handlers;
 using Proxy.Http;
 using Proxy.Model;
 
@@ -17,11 +19,23 @@ internal sealed class ProxyRuntime : IDisposable
     {
         _current = snapshot;
         Registry = new ConnectionRegistry();
+        Metrics = new ProxyMetrics(this);
+        Metrics.Adopt(snapshot);
     }
 
     public ProxySnapshot Current => Volatile.Read(ref _current);
 
-    public void Publish(ProxySnapshot snapshot) => Volatile.Write(ref _current, snapshot);
+    public void Publish(ProxySnapshot snapshot)
+    {
+        // Bind the new snapshot's metric handles before any request can see it.
+        Metrics.Adopt(snapshot);
+        Volatile.Write(ref _current, snapshot);
+    }
+
+    public ProxyMetrics Metrics { get; }
+
+    /// <summary>What the admin API reads and controls beyond the snapshot (readiness, drain); set by the server.</summary>
+    public IAdminHost? AdminHost { get; set; }
 
     public ConnectionRegistry Registry { get; }
 
@@ -38,7 +52,11 @@ internal sealed class ProxyRuntime : IDisposable
     public ObjectPool<ExchangeState> ExchangeStates { get; } =
         new DefaultObjectPool<ExchangeState>(new ExchangeStatePolicy(), maximumRetained: 1024);
 
-    public void Dispose() => Registry.Dispose();
+    public void Dispose()
+    {
+        Registry.Dispose();
+        Metrics.Dispose();
+    }
 
     private sealed class ExchangeStatePolicy : PooledObjectPolicy<ExchangeState>
     {

@@ -30,12 +30,14 @@ internal sealed class SocketListener
 
     public ListenerModel Model { get; }
 
-    public IPEndPoint EndPoint => (IPEndPoint)_socket.LocalEndPoint!;
+    /// <summary>The bound address (kept after the socket closes, so a drained listener can still be described).</summary>
+    public IPEndPoint EndPoint { get; private set; } = null!;
 
     public void Start()
     {
         _socket.Bind(Model.EndPoint);
         _socket.Listen(4096);
+        EndPoint = (IPEndPoint)_socket.LocalEndPoint!;
         _acceptLoop = AcceptLoopAsync();
         ProxyLog.Info("listener_started", ("listener", Model.Name), ("address", EndPoint.ToString()), ("handler", Model.Handler.ToString().ToLowerInvariant()));
     }
@@ -61,9 +63,14 @@ internal sealed class SocketListener
         {
             // At the connection cap, stop accepting (like nginx and HAProxy): new connections wait in the kernel's
             // backlog until one closes, instead of being accepted and dropped. Polled: only runs while overloaded.
-            while (_runtime.Registry.Count >= _runtime.Current.Server.MaxConnections)
+            // The admin listener is exempt: an operator must be able to look inside a proxy that is full.
+            if (Model.Handler != ListenerHandler.Admin && _runtime.Registry.Count >= _runtime.Current.Server.MaxConnections)
             {
-                await Task.Delay(5).ConfigureAwait(false);
+                Model.Metrics?.Refused(); // counts pauses, not connections: nobody is turned away
+                while (_runtime.Registry.Count >= _runtime.Current.Server.MaxConnections)
+                {
+                    await Task.Delay(5).ConfigureAwait(false);
+                }
             }
 
             Socket client;
@@ -88,6 +95,7 @@ internal sealed class SocketListener
             }
 
             client.NoDelay = true;
+            Model.Metrics?.Accepted();
             var connection = new Http1ServerConnection(_runtime, Model, client);
             _ = connection.RunAsync();
         }

@@ -28,6 +28,7 @@ internal sealed class ConnectionPool
     private readonly TimeSpan _connectTimeout;
     private readonly TimeSpan _idleTimeout;
     private readonly IPEndPoint? _endPoint;
+    private readonly ClusterMetrics? _metrics;
     private int _open;
 
     public ConnectionPool(DestinationState destination, ClusterModel cluster)
@@ -36,6 +37,7 @@ internal sealed class ConnectionPool
         _slots = new SemaphoreSlim(cluster.MaxConnections, cluster.MaxConnections);
         _connectTimeout = cluster.ConnectTimeout;
         _idleTimeout = cluster.IdleTimeout;
+        _metrics = cluster.Metrics;
         if (IPAddress.TryParse(destination.Host, out var address))
         {
             _endPoint = new IPEndPoint(address, destination.Port);
@@ -84,6 +86,7 @@ internal sealed class ConnectionPool
         {
             if (!await _slots.WaitAsync(_connectTimeout).ConfigureAwait(false))
             {
+                _metrics?.ConnectFailed(ConnectError.PoolExhausted);
                 return (null, ConnectError.PoolExhausted);
             }
         }
@@ -101,18 +104,21 @@ internal sealed class ConnectionPool
             {
                 await socket.ConnectAsync(_destination.Host, _destination.Port, cts.Token).ConfigureAwait(false);
             }
+            _metrics?.ConnectionOpened();
             return (new UpstreamConnection(socket, _destination), ConnectError.None);
         }
         catch (OperationCanceledException)
         {
             socket.Dispose();
             OnConnectionClosed();
+            _metrics?.ConnectFailed(ConnectError.Timeout);
             return (null, ConnectError.Timeout);
         }
         catch (Exception)
         {
             socket.Dispose();
             OnConnectionClosed();
+            _metrics?.ConnectFailed(ConnectError.Refused);
             return (null, ConnectError.Refused);
         }
     }

@@ -305,8 +305,10 @@ public class ConfigCompileTests
 
         Assert.Empty(result.Errors.Select(e => e.ToString()));
         var snapshot = result.Snapshot!;
-        Assert.Equal(["public", "echo"], snapshot.Listeners.Select(l => l.Name));
+        Assert.Equal(["public", "echo", "admin"], snapshot.Listeners.Select(l => l.Name));
         Assert.Equal(ListenerHandler.Echo, snapshot.Listeners[1].Handler);
+        Assert.Equal(ListenerHandler.Admin, snapshot.Listeners[2].Handler);
+        Assert.Equal(9901, snapshot.Admin!.EndPoint.Port);
         Assert.Equal(3, snapshot.Routes.InMatchOrder.Count);
         Assert.Equal("127.0.0.1", snapshot.Clusters["echo"].Destinations[0].Host);
         Assert.Equal(9000, snapshot.Clusters["echo"].Destinations[0].Port);

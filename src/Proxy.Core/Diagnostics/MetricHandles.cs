@@ -1,0 +1,183 @@
+using System.Diagnostics;
+using Proxy.Http;
+using Proxy.Upstream;
+using HttpMethod = Proxy.Http.HttpMethod;
+
+namespace Proxy.Diagnostics;
+
+/// <summary>
+/// Label values for the request counters. A request's method and status fold into a small fixed grid, so a
+/// route's counters are one flat array indexed by (method, status class): no tags are built per request.
+/// </summary>
+internal static class RequestLabels
+{
+    /// <summary>Indexed by <see cref="HttpMethod"/>; custom methods share "OTHER" so clients cannot grow the series set.</summary>
+    public static readonly string[] Methods = ["OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"];
+
+    /// <summary>Slot 0 is "no response was sent" (the client left, or the connection was cut); 1-5 are 1xx-5xx.</summary>
+    public static readonly string[] StatusClasses = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+    public const int MethodCount = 10;
+    public const int StatusSlots = 6;
+
+    public static int StatusSlot(int status) => status is >= 100 and <= 599 ? status / 100 : 0;
+
+    public static int MethodSlot(HttpMethod method) => (uint)method < MethodCount ? (int)method : 0;
+}
+
+/// <summary>
+/// Upper bounds of the request duration histogram, in seconds (Prometheus <c>le</c>), and the same bounds in
+/// <see cref="Stopwatch"/> ticks so that recording compares integers instead of converting every duration.
+/// </summary>
+internal static class DurationBuckets
+{
+    public static readonly double[] Seconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+    public static readonly long[] Ticks = ToTicks(Seconds);
+
+    private static long[] ToTicks(double[] seconds)
+    {
+        var ticks = new long[seconds.Length];
+        for (int i = 0; i < ticks.Length; i++)
+        {
+            ticks[i] = (long)Math.Round(seconds[i] * Stopwatch.Frequency);
+        }
+        return ticks;
+    }
+
+    /// <summary>Index of the first bucket whose bound is at or above <paramref name="elapsedTicks"/>; Length means +Inf.</summary>
+    public static int Find(long elapsedTicks)
+    {
+        long[] bounds = Ticks;
+        int i = 0;
+        // 15 bounds: a linear scan over one cache line and a half beats a binary search's mispredicted branches,
+        // and most requests end in the first few buckets.
+        while (i < bounds.Length && elapsedTicks > bounds[i])
+        {
+            i++;
+        }
+        return i;
+    }
+}
+
+/// <summary>
+/// Request counters and duration histogram of one route, created when the config is compiled with its labels
+/// already chosen (route id, cluster name). A request updates it with three interlocked adds and no allocation.
+/// Counters are plain longs updated with <see cref="Interlocked"/>; readers (the exporter, OpenTelemetry
+/// callbacks) read each one atomically but not all together, which Prometheus semantics tolerate.
+/// </summary>
+internal sealed class RouteMetrics
+{
+    private readonly long[] _requests = new long[RequestLabels.MethodCount * RequestLabels.StatusSlots];
+    /// <summary>Per-bucket (not cumulative) counts; the last slot is +Inf. Made cumulative when exported.</summary>
+    private readonly long[] _buckets = new long[DurationBuckets.Seconds.Length + 1];
+    private long _durationTicks;
+
+    public RouteMetrics(string routeId, string clusterName)
+    {
+        RouteId = routeId;
+        ClusterName = clusterName;
+        Tags = [new("route", routeId), new("cluster", clusterName)];
+    }
+
+    /// <summary>The <c>route</c> label: the route id, empty for requests answered before a route was chosen.</summary>
+    public string RouteId { get; }
+
+    /// <summary>The <c>cluster</c> label: empty for direct responses and unrouted requests.</summary>
+    public string ClusterName { get; }
+
+    /// <summary>The route's tags for the OpenTelemetry histogram, built once so recording passes a span.</summary>
+    public KeyValuePair<string, object?>[] Tags { get; }
+
+    public void Record(HttpMethod method, int status, long elapsedTicks)
+    {
+        Interlocked.Increment(ref _requests[RequestLabels.MethodSlot(method) * RequestLabels.StatusSlots + RequestLabels.StatusSlot(status)]);
+        Interlocked.Increment(ref _buckets[DurationBuckets.Find(elapsedTicks)]);
+        Interlocked.Add(ref _durationTicks, elapsedTicks);
+    }
+
+    public long Requests(int methodSlot, int statusSlot)
+        => Volatile.Read(ref _requests[methodSlot * RequestLabels.StatusSlots + statusSlot]);
+
+    public long TotalRequests
+    {
+        get
+        {
+            long total = 0;
+            for (int i = 0; i < _requests.Length; i++)
+            {
+                total += Volatile.Read(ref _requests[i]);
+            }
+            return total;
+        }
+    }
+
+    /// <summary>Copies the per-bucket counts (last = +Inf) into <paramref name="destination"/>.</summary>
+    public void ReadBuckets(Span<long> destination)
+    {
+        for (int i = 0; i < _buckets.Length; i++)
+        {
+            destination[i] = Volatile.Read(ref _buckets[i]);
+        }
+    }
+
+    public double DurationSumSeconds => Volatile.Read(ref _durationTicks) / (double)Stopwatch.Frequency;
+}
+
+/// <summary>Why a new upstream connection could not be had; the <c>reason</c> label of connect failures.</summary>
+internal enum ConnectFailure : byte
+{
+    Refused = 0,
+    Timeout,
+    PoolExhausted,
+}
+
+/// <summary>Upstream counters of one cluster (see <see cref="RouteMetrics"/> for the design).</summary>
+internal sealed class ClusterMetrics
+{
+    public static readonly string[] FailureReasons = ["refused", "timeout", "pool_exhausted"];
+
+    private readonly long[] _connectFailures = new long[3];
+    private long _connectionsOpened;
+
+    public ClusterMetrics(string name) => Name = name;
+
+    public string Name { get; }
+
+    public void ConnectFailed(ConnectError error)
+    {
+        ConnectFailure reason = error switch
+        {
+            ConnectError.Timeout => ConnectFailure.Timeout,
+            ConnectError.PoolExhausted => ConnectFailure.PoolExhausted,
+            _ => ConnectFailure.Refused,
+        };
+        Interlocked.Increment(ref _connectFailures[(int)reason]);
+    }
+
+    public void ConnectionOpened() => Interlocked.Increment(ref _connectionsOpened);
+
+    public long ConnectFailures(ConnectFailure reason) => Volatile.Read(ref _connectFailures[(int)reason]);
+
+    public long ConnectionsOpened => Volatile.Read(ref _connectionsOpened);
+}
+
+/// <summary>Accept counters of one listener.</summary>
+internal sealed class ListenerMetrics
+{
+    private long _accepted;
+    private long _refused;
+
+    public ListenerMetrics(string name) => Name = name;
+
+    public string Name { get; }
+
+    public void Accepted() => Interlocked.Increment(ref _accepted);
+
+    /// <summary>Closed at once because <c>server.max_connections</c> was reached.</summary>
+    public void Refused() => Interlocked.Increment(ref _refused);
+
+    public long AcceptedCount => Volatile.Read(ref _accepted);
+
+    public long RefusedCount => Volatile.Read(ref _refused);
+}

@@ -1,0 +1,408 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using System.Reflection;
+using System.Runtime.CompilerServices;
+using Proxy.Http;
+using Proxy.Http1;
+using Proxy.Model;
+using Proxy.Transport;
+using HttpMethod = Proxy.Http.HttpMethod;
+
+namespace Proxy.Diagnostics;
+
+/// <summary>
+/// The metrics of one server. Counting happens in handles pre-bound to their labels at config compile time
+/// (<see cref="RouteMetrics"/>, <see cref="ClusterMetrics"/>, <see cref="ListenerMetrics"/>): a request does a few
+/// interlocked adds and allocates nothing. The same numbers are read two ways: <see cref="Collect"/> for our own
+/// Prometheus endpoint, and observable instruments on the meters <c>Proxy.Http</c> and <c>Proxy.Upstream</c> for
+/// OpenTelemetry or <c>dotnet-counters</c>. The duration histogram is also recorded into a real
+/// <see cref="Histogram{T}"/>, but only while something listens to it.
+/// </summary>
+internal sealed class ProxyMetrics : IDisposable
+{
+    public const string HttpMeterName = "Proxy.Http";
+    public const string UpstreamMeterName = "Proxy.Upstream";
+
+    private readonly ProxyRuntime _runtime;
+    private readonly Meter _httpMeter;
+    private readonly Meter _upstreamMeter;
+    private readonly Histogram<double> _duration;
+
+    // Registries of every handle ever adopted, in first-seen order, keyed by their labels: a recompiled config gets
+    // the handles of its predecessor so counters never go backwards. Guarded by _lock (control plane only).
+    private readonly Lock _lock = new();
+    private readonly Dictionary<(string Route, string Cluster), RouteMetrics> _routes = [];
+    private readonly List<RouteMetrics> _routeList = [];
+    private readonly Dictionary<string, ClusterMetrics> _clusters = new(StringComparer.Ordinal);
+    private readonly List<ClusterMetrics> _clusterList = [];
+    private readonly Dictionary<string, ListenerMetrics> _listeners = new(StringComparer.Ordinal);
+    private readonly List<ListenerMetrics> _listenerList = [];
+
+    /// <summary>Local replies are an error path: a dictionary lookup on constant strings is cheap enough there.</summary>
+    private readonly ConcurrentDictionary<(string Listener, int Status, string Details), StrongBox<long>> _localReplies = new();
+
+    public ProxyMetrics(ProxyRuntime runtime)
+    {
+        _runtime = runtime;
+        string version = Version;
+        _httpMeter = new Meter(HttpMeterName, version);
+        _upstreamMeter = new Meter(UpstreamMeterName, version);
+
+        _duration = _httpMeter.CreateHistogram<double>("proxy.request.duration", "s",
+            "Time from a parsed request head to the end of its response.", tags: null,
+            new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets.Seconds });
+        _httpMeter.CreateObservableCounter("proxy.requests", () => Observe(CollectRequests()), "{request}",
+            "Requests handled, by route, cluster, method and status class.");
+        _httpMeter.CreateObservableCounter("proxy.local_replies", () => Observe(CollectLocalReplies()), "{response}",
+            "Answers the proxy wrote itself, by listener, status and details code.");
+        _httpMeter.CreateObservableGauge("proxy.connections.active", () => Observe(CollectActiveConnections()), "{connection}",
+            "Open client connections, by listener.");
+        _httpMeter.CreateObservableCounter("proxy.connections.accepted", () => Observe(CollectListeners(refused: false)), "{connection}",
+            "Client connections accepted, by listener.");
+        _httpMeter.CreateObservableCounter("proxy.accept.paused", () => Observe(CollectListeners(refused: true)), "{pause}",
+            "Times a listener stopped accepting because server.max_connections was reached.");
+
+        _upstreamMeter.CreateObservableCounter("proxy.upstream.connect_failures", () => Observe(CollectConnectFailures()), "{connection}",
+            "Upstream connections that could not be opened, by cluster and reason.");
+        _upstreamMeter.CreateObservableCounter("proxy.upstream.connections.opened", () => Observe(CollectConnectionsOpened()), "{connection}",
+            "Upstream connections opened, by cluster.");
+        _upstreamMeter.CreateObservableGauge("proxy.upstream.connections.open", () => Observe(CollectDestinations(DestinationValue.Open)), "{connection}",
+            "Open upstream connections (busy and idle), by cluster and destination.");
+        _upstreamMeter.CreateObservableGauge("proxy.upstream.connections.idle", () => Observe(CollectDestinations(DestinationValue.Idle)), "{connection}",
+            "Idle pooled upstream connections, by cluster and destination.");
+        _upstreamMeter.CreateObservableGauge("proxy.upstream.requests.active", () => Observe(CollectDestinations(DestinationValue.Active)), "{request}",
+            "Requests in flight to each destination, by cluster and destination.");
+    }
+
+    /// <summary>This server's <c>Proxy.Http</c> meter (several servers in one process each have their own).</summary>
+    internal Meter HttpMeter => _httpMeter;
+
+    internal Meter UpstreamMeter => _upstreamMeter;
+
+    /// <summary>Requests that ended before a route was chosen (no match, CONNECT, body too large).</summary>
+    public RouteMetrics Unrouted { get; } = new("", "");
+
+    public static string Version =>
+        typeof(ProxyMetrics).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion?.Split('+')[0] ?? "0.0.0";
+
+    // ---- data plane -----------------------------------------------------------------------------
+
+    /// <summary>
+    /// Called once per request when its response is complete. Requests on echo and admin listeners are not
+    /// counted: they are not proxy traffic. <paramref name="startTimestamp"/> is from <see cref="Stopwatch.GetTimestamp"/>.
+    /// </summary>
+    public void RequestEnded(ListenerModel listener, RouteModel? route, HttpMethod method, int status, long startTimestamp)
+    {
+        if (listener.Handler != ListenerHandler.Proxy)
+        {
+            return;
+        }
+        long elapsed = Stopwatch.GetTimestamp() - startTimestamp;
+        RouteMetrics handle = route?.Metrics ?? Unrouted;
+        handle.Record(method, status, elapsed);
+        if (_duration.Enabled)
+        {
+            _duration.Record(elapsed / (double)Stopwatch.Frequency, handle.Tags);
+        }
+    }
+
+    /// <summary>Counts an answer the proxy wrote itself (error path: called from the one place local replies are sent).</summary>
+    public void LocalReply(ListenerModel listener, int status, string details)
+    {
+        var counter = _localReplies.GetOrAdd((listener.Name, status, details), static _ => new StrongBox<long>());
+        Interlocked.Increment(ref counter.Value);
+    }
+
+    // ---- control plane --------------------------------------------------------------------------
+
+    /// <summary>
+    /// Registers the handles of a compiled snapshot before it is published. A route, cluster or listener whose
+    /// labels were seen before gets the earlier handle, so its counters continue across a config reload.
+    /// </summary>
+    public void Adopt(ProxySnapshot snapshot)
+    {
+        lock (_lock)
+        {
+            foreach (RouteModel route in snapshot.Routes.InMatchOrder)
+            {
+                var fresh = route.Metrics ?? new RouteMetrics(route.Id, route.Cluster?.Name ?? "");
+                var key = (fresh.RouteId, fresh.ClusterName);
+                if (_routes.TryGetValue(key, out var existing))
+                {
+                    route.Metrics = existing;
+                }
+                else
+                {
+                    _routes.Add(key, fresh);
+                    _routeList.Add(fresh);
+                    route.Metrics = fresh;
+                }
+            }
+            foreach (ClusterModel cluster in snapshot.Clusters.Values)
+            {
+                if (_clusters.TryGetValue(cluster.Name, out var existing))
+                {
+                    cluster.Metrics = existing;
+                }
+                else
+                {
+                    var fresh = cluster.Metrics ?? new ClusterMetrics(cluster.Name);
+                    _clusters.Add(cluster.Name, fresh);
+                    _clusterList.Add(fresh);
+                    cluster.Metrics = fresh;
+                }
+            }
+            foreach (ListenerModel listener in snapshot.Listeners)
+            {
+                if (_listeners.TryGetValue(listener.Name, out var existing))
+                {
+                    listener.Metrics = existing;
+                }
+                else
+                {
+                    var fresh = listener.Metrics ?? new ListenerMetrics(listener.Name);
+                    _listeners.Add(listener.Name, fresh);
+                    _listenerList.Add(fresh);
+                    listener.Metrics = fresh;
+                }
+            }
+        }
+    }
+
+    /// <summary>Every metric family, for the Prometheus endpoint. Allocates freely: runs once per scrape.</summary>
+    public List<MetricFamily> Collect()
+    {
+        ProxySnapshot snapshot = _runtime.Current;
+        var families = new List<MetricFamily>
+        {
+            new("proxy_info", MetricType.Gauge, "Build and config version of the running proxy; always 1.",
+                [new([new("version", Version), new("config_version", snapshot.Version)], 1)]),
+            new("proxy_requests_total", MetricType.Counter,
+                "Requests handled on proxy listeners, by route, cluster, method and status class (status_class none: no response was sent).",
+                CollectRequests()),
+            new("proxy_request_duration_seconds", MetricType.Histogram,
+                "Time from a parsed request head to the end of its response, by route and cluster.", [])
+            {
+                Histograms = CollectDurations(),
+            },
+            new("proxy_local_replies_total", MetricType.Counter,
+                "Answers the proxy wrote itself instead of relaying an upstream response, by listener, status and details code.",
+                CollectLocalReplies()),
+            new("proxy_connections_active", MetricType.Gauge, "Open client connections, by listener.", CollectActiveConnections()),
+            new("proxy_connections_accepted_total", MetricType.Counter, "Client connections accepted, by listener.",
+                CollectListeners(refused: false)),
+            new("proxy_accept_paused_total", MetricType.Counter,
+                "Times a listener stopped accepting because server.max_connections was reached, by listener.",
+                CollectListeners(refused: true)),
+            new("proxy_upstream_connect_failures_total", MetricType.Counter,
+                "Upstream connections that could not be opened, by cluster and reason (refused, timeout, pool_exhausted).",
+                CollectConnectFailures()),
+            new("proxy_upstream_connections_opened_total", MetricType.Counter, "Upstream connections opened, by cluster.",
+                CollectConnectionsOpened()),
+            new("proxy_upstream_connections_open", MetricType.Gauge,
+                "Open upstream connections (busy and idle), by cluster and destination.", CollectDestinations(DestinationValue.Open)),
+            new("proxy_upstream_connections_idle", MetricType.Gauge,
+                "Idle pooled upstream connections, by cluster and destination.", CollectDestinations(DestinationValue.Idle)),
+            new("proxy_upstream_requests_active", MetricType.Gauge,
+                "Requests in flight to each destination, by cluster and destination.", CollectDestinations(DestinationValue.Active)),
+        };
+        return families;
+    }
+
+    private RouteMetrics[] Routes()
+    {
+        lock (_lock)
+        {
+            return [Unrouted, .. _routeList];
+        }
+    }
+
+    private List<MetricSample> CollectRequests()
+    {
+        var samples = new List<MetricSample>();
+        foreach (RouteMetrics route in Routes())
+        {
+            for (int m = 0; m < RequestLabels.MethodCount; m++)
+            {
+                for (int s = 0; s < RequestLabels.StatusSlots; s++)
+                {
+                    long value = route.Requests(m, s);
+                    // Only combinations that happened: 60 zero series per route would drown the useful ones.
+                    if (value != 0)
+                    {
+                        samples.Add(new([new("route", route.RouteId), new("cluster", route.ClusterName),
+                            new("method", RequestLabels.Methods[m]), new("status_class", RequestLabels.StatusClasses[s])], value));
+                    }
+                }
+            }
+        }
+        return samples;
+    }
+
+    private List<HistogramSample> CollectDurations()
+    {
+        var samples = new List<HistogramSample>();
+        foreach (RouteMetrics route in Routes())
+        {
+            var buckets = new long[DurationBuckets.Seconds.Length + 1];
+            route.ReadBuckets(buckets);
+            // Every configured route is shown, even before its first request; the unrouted series only once used.
+            if (ReferenceEquals(route, Unrouted) && Array.TrueForAll(buckets, b => b == 0))
+            {
+                continue;
+            }
+            samples.Add(new HistogramSample([new("route", route.RouteId), new("cluster", route.ClusterName)],
+                DurationBuckets.Seconds, buckets, route.DurationSumSeconds));
+        }
+        return samples;
+    }
+
+    private List<MetricSample> CollectLocalReplies()
+    {
+        var samples = new List<MetricSample>();
+        foreach (var (key, counter) in _localReplies.OrderBy(p => p.Key.Listener, StringComparer.Ordinal)
+            .ThenBy(p => p.Key.Status).ThenBy(p => p.Key.Details, StringComparer.Ordinal))
+        {
+            samples.Add(new([new("listener", key.Listener), new("status", key.Status.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+                new("details", key.Details)], Volatile.Read(ref counter.Value)));
+        }
+        return samples;
+    }
+
+    private List<MetricSample> CollectActiveConnections()
+    {
+        var counts = new Dictionary<string, long>(StringComparer.Ordinal);
+        foreach (ListenerModel listener in _runtime.Current.Listeners)
+        {
+            counts[listener.Name] = 0;
+        }
+        foreach (TimedConnection connection in _runtime.Registry.Connections)
+        {
+            if (connection is Http1ServerConnection http)
+            {
+                counts[http.Listener.Name] = counts.GetValueOrDefault(http.Listener.Name) + 1;
+            }
+        }
+        var samples = new List<MetricSample>(counts.Count);
+        foreach (var (name, count) in counts)
+        {
+            samples.Add(new([new("listener", name)], count));
+        }
+        return samples;
+    }
+
+    private List<MetricSample> CollectListeners(bool refused)
+    {
+        ListenerMetrics[] listeners;
+        lock (_lock)
+        {
+            listeners = [.. _listenerList];
+        }
+        var samples = new List<MetricSample>(listeners.Length);
+        foreach (var listener in listeners)
+        {
+            samples.Add(new([new("listener", listener.Name)], refused ? listener.RefusedCount : listener.AcceptedCount));
+        }
+        return samples;
+    }
+
+    private ClusterMetrics[] Clusters()
+    {
+        lock (_lock)
+        {
+            return [.. _clusterList];
+        }
+    }
+
+    private List<MetricSample> CollectConnectFailures()
+    {
+        var samples = new List<MetricSample>();
+        foreach (var cluster in Clusters())
+        {
+            for (int r = 0; r < ClusterMetrics.FailureReasons.Length; r++)
+            {
+                samples.Add(new([new("cluster", cluster.Name), new("reason", ClusterMetrics.FailureReasons[r])],
+                    cluster.ConnectFailures((ConnectFailure)r)));
+            }
+        }
+        return samples;
+    }
+
+    private List<MetricSample> CollectConnectionsOpened()
+    {
+        var samples = new List<MetricSample>();
+        foreach (var cluster in Clusters())
+        {
+            samples.Add(new([new("cluster", cluster.Name)], cluster.ConnectionsOpened));
+        }
+        return samples;
+    }
+
+    private enum DestinationValue : byte
+    {
+        Open,
+        Idle,
+        Active,
+    }
+
+    private List<MetricSample> CollectDestinations(DestinationValue what)
+    {
+        var samples = new List<MetricSample>();
+        foreach (ClusterModel cluster in _runtime.Current.Clusters.Values)
+        {
+            foreach (var destination in cluster.Destinations)
+            {
+                long value = what switch
+                {
+                    DestinationValue.Open => destination.Pool?.OpenConnections ?? 0,
+                    DestinationValue.Idle => destination.Pool?.IdleConnections ?? 0,
+                    _ => destination.ActiveRequests,
+                };
+                samples.Add(new([new("cluster", cluster.Name), new("destination", destination.Address)], value));
+            }
+        }
+        return samples;
+    }
+
+    private static IEnumerable<Measurement<long>> Observe(List<MetricSample> samples)
+    {
+        var measurements = new Measurement<long>[samples.Count];
+        for (int i = 0; i < samples.Count; i++)
+        {
+            var labels = samples[i].Labels;
+            var tags = new KeyValuePair<string, object?>[labels.Length];
+            for (int j = 0; j < labels.Length; j++)
+            {
+                tags[j] = new(labels[j].Key, labels[j].Value);
+            }
+            measurements[i] = new Measurement<long>((long)samples[i].Value, tags);
+        }
+        return measurements;
+    }
+
+    public void Dispose()
+    {
+        _httpMeter.Dispose();
+        _upstreamMeter.Dispose();
+    }
+}
+
+internal enum MetricType : byte
+{
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// <summary>One sample of a counter or gauge: its labels in output order and its value.</summary>
+internal readonly record struct MetricSample(KeyValuePair<string, string>[] Labels, double Value);
+
+/// <summary>One histogram series: per-bucket counts (not cumulative; the last is +Inf) and the sum of observations.</summary>
+internal sealed record HistogramSample(KeyValuePair<string, string>[] Labels, double[] Bounds, long[] Buckets, double Sum);
+
+/// <summary>A metric family as Prometheus groups it: one name, one type, one help text, its samples.</summary>
+internal sealed record MetricFamily(string Name, MetricType Type, string Help, List<MetricSample> Samples)
+{
+    public List<HistogramSample> Histograms { get; init; } = [];
+}
