@@ -22,7 +22,6 @@ public class UpstreamRequestWriterBenchmarks
     private readonly RequestHead _head = new();
     private readonly Pipe _pipe = new(new PipeOptions(pauseWriterThreshold: 0, useSynchronizationContext: false));
     private readonly IPAddress _client = IPAddress.Parse("203.0.113.7");
-    private readonly byte[] _clientAscii = Encoding.ASCII.GetBytes("203.0.113.7");
     private readonly DestinationState _destination = new("http://127.0.0.1:9000", "127.0.0.1", 9000, 1);
     private readonly ForwardedModel _append = new() { Mode = ForwardedMode.Append };
 
@@ -39,7 +38,7 @@ public class UpstreamRequestWriterBenchmarks
     [Benchmark]
     public long WriteUpstreamRequest()
     {
-        UpstreamRequestWriter.WriteHead(_pipe.Writer, _head, _append, _client, _clientAscii, _destination);
+        UpstreamRequestWriter.WriteHead(_pipe.Writer, _head, _append, _client, _destination);
         _pipe.Writer.FlushAsync().GetAwaiter().GetResult();
         _pipe.Reader.TryRead(out ReadResult result);
         long length = result.Buffer.Length;

@@ -68,8 +68,7 @@ internal sealed class HttpForwarder
                 _active = upstream;
                 bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
 
-                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress,
-                    _client.ClientAddress, destination);
+                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination);
 
                 if (head.HasBody)
                 {

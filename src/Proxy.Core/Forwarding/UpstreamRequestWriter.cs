@@ -16,7 +16,7 @@ internal static class UpstreamRequestWriter
     /// and framing of our own. Nothing is materialised: every field is copied from the parsed offsets.
     /// </summary>
     public static void WriteHead(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
-        byte[] clientAddressAscii, DestinationState destination)
+        DestinationState destination)
     {
         output.Write(head.MethodBytes);
         output.Write(" "u8);
@@ -85,7 +85,10 @@ internal static class UpstreamRequestWriter
                     }
                 }
             }
-            output.Write(clientAddressAscii);
+            // Formatted per request into the stack rather than kept per connection: idle connections stay small.
+            Span<byte> ip = stackalloc byte[64];
+            clientAddress.TryFormat(ip, out int ipLength);
+            output.Write(ip[..ipLength]);
             output.Write("\r\n"u8);
             if (!hasProto)
             {
