@@ -267,17 +267,30 @@ EOF
 }
 
 # ------------------------------------------------------------------------------------------ builds
-# Our proxy, published from this checkout (Release). dotnet publish is incremental, so a rerun is quick.
+# Our proxy, published from this checkout (Release). The release build is NativeAOT (AOT=1, the default):
+# same CPU per request as the JIT build in our runs, a quarter of its resident memory. AOT=0 publishes the
+# JIT build instead. dotnet publish is incremental, so a rerun is quick.
 build_proxy() {
     if [[ -n $PROXY_BIN ]]; then
         [[ -x $PROXY_BIN ]] || die "PROXY_BIN=$PROXY_BIN is not an executable"
         return 0
     fi
     mkdir -p "$WORK"
-    log "publishing proxy (Release) from $REPO_ROOT -> $WORK/proxy-publish"
-    dotnet publish "$REPO_ROOT/src/Proxy/Proxy.csproj" -c Release -o "$WORK/proxy-publish" \
+    local out args=()
+    if [[ ${AOT:-1} == 1 ]]; then
+        out=$WORK/proxy-publish-aot
+        args=(-r linux-x64 -p:PublishAot=true)
+        if ! command -v clang >/dev/null && ! command -v gcc >/dev/null; then
+            [[ $INSTALL == 1 ]] || die "NativeAOT needs clang or gcc (AOT=0 builds without)"
+            apt-get install -y -q --no-install-recommends clang zlib1g-dev >>"$WORK/apt-install.log" 2>&1 || die "installing clang failed"
+        fi
+    else
+        out=$WORK/proxy-publish
+    fi
+    log "publishing proxy (Release${args:+, NativeAOT}) from $REPO_ROOT -> $out"
+    dotnet publish "$REPO_ROOT/src/Proxy/Proxy.csproj" -c Release "${args[@]}" -o "$out" \
         >"$WORK/proxy-publish.log" 2>&1 || die "dotnet publish of the proxy failed (see $WORK/proxy-publish.log)"
-    PROXY_BIN=$WORK/proxy-publish/proxy
+    PROXY_BIN=$out/proxy
 }
 
 # YARP on Kestrel, the .NET reference point. Generated here so the repository carries no second app.

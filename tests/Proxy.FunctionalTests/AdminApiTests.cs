@@ -322,7 +322,7 @@ public sealed class AdminApiTests
     [Fact]
     public async Task Drain_RequestInFlight_FinishesWhileNewConnectionsAreRefusedAndReadyzFails()
     {
-        await using var scenario = await AdminScenario.StartAsync(UpstreamBehaviors.Delayed(TimeSpan.FromSeconds(1)));
+        await using var scenario = await AdminScenario.StartAsync(UpstreamBehaviors.Delayed(TimeSpan.FromSeconds(3)));
         var publicEndPoint = scenario.Proxy.Public;
         await using var inFlight = await scenario.Proxy.ConnectAsync();
         await inFlight.SendAsync(Wire.Get("/api/slow"));

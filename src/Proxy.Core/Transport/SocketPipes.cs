@@ -10,18 +10,18 @@ namespace Proxy.Transport;
 /// </summary>
 internal static class SocketPipes
 {
-    private const int SegmentSize = 4096;
-
     private static readonly StreamPipeReaderOptions s_readerOptions = new(
-        pool: BlockMemoryPool.Instance, bufferSize: SegmentSize, minimumReadSize: 1024, leaveOpen: true, useZeroByteReads: true);
+        pool: BlockMemoryPool.Small, bufferSize: BlockMemoryPool.Small.BlockSize, minimumReadSize: 1024, leaveOpen: true,
+        useZeroByteReads: true);
 
     // Upstream connections are few and busy: reading straight into a block saves the extra recv() of a
     // zero-byte read on every response. Idle pooled connections are capped by max_connections.
     private static readonly StreamPipeReaderOptions s_upstreamReaderOptions = new(
-        pool: BlockMemoryPool.Instance, bufferSize: SegmentSize, minimumReadSize: 1024, leaveOpen: true, useZeroByteReads: false);
+        pool: BlockMemoryPool.Large, bufferSize: BlockMemoryPool.Large.BlockSize, minimumReadSize: 2048, leaveOpen: true,
+        useZeroByteReads: false);
 
     private static readonly StreamPipeWriterOptions s_writerOptions = new(
-        pool: BlockMemoryPool.Instance, minimumBufferSize: SegmentSize, leaveOpen: true);
+        pool: BlockMemoryPool.Large, minimumBufferSize: BlockMemoryPool.Large.BlockSize, leaveOpen: true);
 
     public static (NetworkStream Stream, PipeReader Input, PipeWriter Output) Create(Socket socket, bool upstream = false)
     {
