@@ -212,7 +212,7 @@ internal static class ConfigCompiler
     public static DirectResponseModel BuildResponse(RespondConfig respond)
     {
         var head = new StringBuilder();
-        head.Append("HTTP/1.1 ").Append(respond.Status).Append(' ').Append(ReasonPhrase(respond.Status)).Append("\r\n");
+        head.Append("HTTP/1.1 ").Append(respond.Status).Append(' ').Append(StatusCodes.ReasonPhrase(respond.Status)).Append("\r\n");
         foreach (var (name, value) in respond.Headers)
         {
             head.Append(name.Value).Append(": ").Append(value.Value).Append("\r\n");
@@ -224,57 +224,6 @@ internal static class ConfigCompiler
             Body = Encoding.UTF8.GetBytes(respond.Body),
         };
     }
-
-    /// <summary>Reason phrases from RFC 9110 section 15; empty for others, which RFC 9112 section 4 allows.</summary>
-    public static string ReasonPhrase(int status) => status switch
-    {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        203 => "Non-Authoritative Information",
-        204 => "No Content",
-        205 => "Reset Content",
-        206 => "Partial Content",
-        300 => "Multiple Choices",
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        402 => "Payment Required",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        407 => "Proxy Authentication Required",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        410 => "Gone",
-        411 => "Length Required",
-        412 => "Precondition Failed",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        415 => "Unsupported Media Type",
-        416 => "Range Not Satisfiable",
-        417 => "Expectation Failed",
-        421 => "Misdirected Request",
-        422 => "Unprocessable Content",
-        426 => "Upgrade Required",
-        428 => "Precondition Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        451 => "Unavailable For Legal Reasons",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "",
-    };
 
     private static ClusterModel BuildCluster(ClusterConfig c)
     {

@@ -56,25 +56,10 @@ internal static class AdminApi
     public static async ValueTask<bool> HandleAsync(Http1ServerConnection connection, ProxyRuntime runtime)
     {
         RequestHead head = connection.Head;
-        if (head.HasBody)
+        // No endpoint reads a body; it is consumed so the connection stays usable.
+        if (!await connection.ConsumeBodyAsync().ConfigureAwait(false))
         {
-            // No endpoint reads a body; it is consumed so the connection stays usable.
-            if (!await connection.SendContinueIfExpectedAsync().ConfigureAwait(false))
-            {
-                return false;
-            }
-            PumpResult result = await connection.RequestPump.CopyAsync(connection.Input, null,
-                head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength, head.ContentLength, BodyFraming.None,
-                connection.Listener.Limits.MaxBodyBytes, connection).ConfigureAwait(false);
-            if (result != PumpResult.Completed)
-            {
-                RejectReason reason = connection.RequestPump.Reject;
-                if (result is PumpResult.TooLarge or PumpResult.SourceInvalid)
-                {
-                    await connection.SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
-                }
-                return false;
-            }
+            return false;
         }
 
         AdminResponse response = Dispatch(head, runtime);

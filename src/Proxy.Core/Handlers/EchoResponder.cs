@@ -17,27 +17,11 @@ internal static class EchoResponder
     public static async ValueTask<bool> HandleAsync(Http1ServerConnection connection)
     {
         RequestHead head = connection.Head;
-        long bodyBytes = 0;
-        if (head.HasBody)
+        if (!await connection.ConsumeBodyAsync().ConfigureAwait(false))
         {
-            if (!await connection.SendContinueIfExpectedAsync().ConfigureAwait(false))
-            {
-                return false;
-            }
-            PumpResult result = await connection.RequestPump.CopyAsync(connection.Input, null,
-                head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength, head.ContentLength, BodyFraming.None,
-                connection.Listener.Limits.MaxBodyBytes, connection).ConfigureAwait(false);
-            if (result != PumpResult.Completed)
-            {
-                RejectReason reason = connection.RequestPump.Reject;
-                if (result is PumpResult.TooLarge or PumpResult.SourceInvalid)
-                {
-                    await connection.SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
-                }
-                return false;
-            }
-            bodyBytes = connection.RequestPump.BytesRead;
+            return false;
         }
+        long bodyBytes = head.HasBody ? connection.RequestPump.BytesRead : 0;
 
         var body = new ArrayBufferWriter<byte>(512);
         using (var json = new Utf8JsonWriter(body, new JsonWriterOptions { Indented = false }))

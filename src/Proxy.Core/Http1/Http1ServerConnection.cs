@@ -288,6 +288,36 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
         return result == PumpResult.Completed;
     }
 
+    /// <summary>
+    /// Reads the request body to its end for a handler that answers itself (echo, admin): invites it with
+    /// 100-continue when asked, answers a malformed or oversized body. False when the connection cannot go on.
+    /// The byte count is in <see cref="BodyPump.BytesRead"/> of <see cref="RequestPump"/>.
+    /// </summary>
+    internal async ValueTask<bool> ConsumeBodyAsync()
+    {
+        RequestHead head = Head;
+        if (!head.HasBody)
+        {
+            return true;
+        }
+        if (!await SendContinueIfExpectedAsync().ConfigureAwait(false))
+        {
+            return false;
+        }
+        PumpResult result = await RequestPump.CopyAsync(Input, null, head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength,
+            head.ContentLength, BodyFraming.None, Listener.Limits.MaxBodyBytes, this).ConfigureAwait(false);
+        if (result == PumpResult.Completed)
+        {
+            return true;
+        }
+        if (result is PumpResult.TooLarge or PumpResult.SourceInvalid)
+        {
+            RejectReason reason = RequestPump.Reject;
+            await SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
+        }
+        return false;
+    }
+
     /// <summary>Writes "connection: close" or, for a kept HTTP/1.0 connection, "connection: keep-alive".</summary>
     internal void WriteConnectionField(PipeWriter output, bool keepAlive)
     {
