@@ -179,11 +179,13 @@ public sealed class ProxyServer : IAsyncDisposable, IAdminHost
 
     void IAdminHost.BeginDrain()
     {
+        // Start synchronously, so that /readyz answers "draining" as soon as /drain has answered.
+        Task drain = DrainAsync(ShutdownTimeout);
         _ = Task.Run(async () =>
         {
             try
             {
-                await DrainAsync(ShutdownTimeout).ConfigureAwait(false);
+                await drain.ConfigureAwait(false);
             }
             catch (Exception e)
             {
