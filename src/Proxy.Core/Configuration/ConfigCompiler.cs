@@ -72,6 +72,8 @@ internal static class ConfigCompiler
             clusters.Add(c.Name.Value, BuildCluster(c));
         }
 
+        // One filter per policy, shared by every route and listener naming it (so they share its budgets).
+        var filters = PolicyCompiler.BuildAll(config, TimeProvider.System);
         var routes = new RouteModel[config.Routes.Count];
         for (int i = 0; i < routes.Length; i++)
         {
@@ -84,6 +86,7 @@ internal static class ConfigCompiler
                 Cluster = r.Cluster is { } name ? clusters[name.Value] : null,
                 Respond = r.Respond is { } respond ? BuildResponse(respond) : null,
                 ListenerMask = ListenerMask(r.Listeners, config.Listeners),
+                Chains = PolicyCompiler.Chains(r, config.Listeners, filters),
                 // Labels chosen now, so a request never builds a tag list.
                 Metrics = new RouteMetrics(r.Id!.Value.Value, r.Cluster?.Value ?? ""),
             };
@@ -98,6 +101,7 @@ internal static class ConfigCompiler
             Version = ComputeVersion(text),
             SourcePath = sourcePath,
             Admin = admin,
+            Policies = [.. filters],
         };
     }
 

@@ -27,7 +27,24 @@ internal sealed record ProxyConfig
     public IReadOnlyList<RouteConfig> Routes { get; init; } = [];
     public IReadOnlyList<ClusterConfig> Clusters { get; init; } = [];
     public AdminConfig? Admin { get; init; }
+    /// <summary>The <c>policies:</c> section, in file order.</summary>
+    public IReadOnlyList<PolicyConfig> Policies { get; init; } = [];
 }
+
+/// <summary>
+/// One named policy: <c>name: { kind: { settings } }</c>. The reader keeps settings generic (scalars and lists of
+/// scalars with positions); each kind checks its own keys in <see cref="PolicyCompiler"/>.
+/// </summary>
+internal sealed record PolicyConfig
+{
+    public required Located<string> Name { get; init; }
+    /// <summary>The single key under the name; null when the shape was wrong (already reported).</summary>
+    public Located<string>? Kind { get; init; }
+    public IReadOnlyList<PolicySettingConfig> Settings { get; init; } = [];
+}
+
+/// <summary>A setting under a policy's kind: a scalar or a list of scalars.</summary>
+internal sealed record PolicySettingConfig(Located<string> Key, Located<string>? Scalar, IReadOnlyList<Located<string>>? List);
 
 /// <summary>The <c>admin:</c> block: where the admin API listens and the bearer token it requires, if any.</summary>
 internal sealed record AdminConfig
@@ -71,6 +88,8 @@ internal sealed record ListenerConfig
     public ListenerHandler Handler { get; init; }
     public LimitsConfig Limits { get; init; } = new();
     public ForwardedConfig? Forwarded { get; init; }
+    /// <summary>Default policies for every route on this listener; they run before the route's own.</summary>
+    public IReadOnlyList<Located<string>> Policies { get; init; } = [];
 }
 
 internal sealed record RouteConfig
@@ -81,6 +100,7 @@ internal sealed record RouteConfig
     public MatchConfig Match { get; init; } = new();
     public Located<string>? Cluster { get; init; }
     public RespondConfig? Respond { get; init; }
+    public IReadOnlyList<Located<string>> Policies { get; init; } = [];
 }
 
 internal sealed record MatchConfig

@@ -23,6 +23,7 @@ internal static class ConfigValidator
         var listenersByName = ValidateListeners(config, errors);
         var clusterNames = ValidateClusters(config, errors);
         ValidateRoutes(config, listenersByName, clusterNames, errors);
+        PolicyCompiler.Validate(config, errors);
     }
 
     private static Dictionary<string, (int Index, ListenerConfig Listener)> ValidateListeners(ProxyConfig config, ConfigErrorList errors)

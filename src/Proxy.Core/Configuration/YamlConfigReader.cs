@@ -14,14 +14,14 @@ namespace Proxy.Configuration;
 /// </summary>
 internal sealed class YamlConfigReader
 {
-    private static readonly string[] s_rootKeys = ["server", "limits", "forwarded", "listeners", "routes", "clusters", "admin"];
+    private static readonly string[] s_rootKeys = ["server", "limits", "forwarded", "listeners", "routes", "clusters", "admin", "policies"];
     private static readonly string[] s_adminKeys = ["address", "token"];
     private static readonly string[] s_serverKeys = ["shutdown_timeout", "max_connections"];
     private static readonly string[] s_limitsKeys =
         ["max_request_line", "max_header_bytes", "max_headers", "max_body_bytes", "header_timeout", "keepalive_timeout", "body_timeout"];
     private static readonly string[] s_forwardedKeys = ["mode", "trusted_networks"];
-    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded"];
-    private static readonly string[] s_routeKeys = ["id", "listeners", "match", "cluster", "respond"];
+    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies"];
+    private static readonly string[] s_routeKeys = ["id", "listeners", "match", "cluster", "respond", "policies"];
     private static readonly string[] s_matchKeys = ["path", "hosts", "methods", "headers", "query"];
     private static readonly string[] s_fieldMatchKeys = ["name", "value", "present"];
     private static readonly string[] s_respondKeys = ["status", "body", "headers"];
@@ -140,7 +140,60 @@ internal sealed class YamlConfigReader
             Routes = routes,
             Clusters = clusters,
             Admin = map.Get("admin") is { } a ? ReadAdmin(a) : null,
+            Policies = map.Get("policies") is { } p ? ReadPolicies(p) : [],
         };
+    }
+
+    private List<PolicyConfig> ReadPolicies(YamlNode node)
+    {
+        var result = new List<PolicyConfig>();
+        if (Map(node, "'policies'", null) is not { } policies)
+        {
+            return result;
+        }
+        foreach (var (key, value) in policies.Entries)
+        {
+            var name = new Located<string>(key.Value ?? "", Mark.From(key.Start));
+            if (Map(value, $"policy '{name.Value}'", null) is not { } policy)
+            {
+                result.Add(new PolicyConfig { Name = name });
+                continue;
+            }
+            if (policy.Entries.Count != 1)
+            {
+                _errors.Add(policy.Mark, $"policy '{name.Value}' must have exactly one key naming its kind (e.g. rate_limit or ip_filter), got {policy.Entries.Count}");
+                result.Add(new PolicyConfig { Name = name });
+                continue;
+            }
+            var (kindKey, settingsNode) = policy.Entries[0];
+            var kind = new Located<string>(kindKey.Value ?? "", Mark.From(kindKey.Start));
+            var settings = new List<PolicySettingConfig>();
+            if (!IsNull(settingsNode) && Map(settingsNode, $"'{kind.Value}' of policy '{name.Value}'", null) is { } settingsMap)
+            {
+                foreach (var (settingKey, settingValue) in settingsMap.Entries)
+                {
+                    var located = new Located<string>(settingKey.Value ?? "", Mark.From(settingKey.Start));
+                    if (settingValue is YamlSequenceNode sequence)
+                    {
+                        var items = new List<Located<string>>();
+                        foreach (var item in sequence.Children)
+                        {
+                            if (ScalarText(item, located.Value, "a list of strings") is { } text)
+                            {
+                                items.Add(text);
+                            }
+                        }
+                        settings.Add(new PolicySettingConfig(located, null, items));
+                    }
+                    else if (ScalarText(settingValue, located.Value, "a string or a list of strings") is { } scalar)
+                    {
+                        settings.Add(new PolicySettingConfig(located, scalar, null));
+                    }
+                }
+            }
+            result.Add(new PolicyConfig { Name = name, Kind = kind, Settings = settings });
+        }
+        return result;
     }
 
     private AdminConfig? ReadAdmin(YamlNode node)
@@ -204,6 +257,7 @@ internal sealed class YamlConfigReader
             Handler = Enum(map, "handler", s_handlers)?.Value ?? ListenerHandler.Proxy,
             Limits = ReadLimits(map.Get("limits")),
             Forwarded = map.Get("forwarded") is { } f ? ReadForwarded(f) : null,
+            Policies = StringList(map, "policies"),
         };
     }
 
@@ -221,6 +275,7 @@ internal sealed class YamlConfigReader
             Match = map.Get("match") is { } m ? ReadMatch(m) : new MatchConfig(),
             Cluster = String(map, "cluster"),
             Respond = map.Get("respond") is { } r ? ReadRespond(r) : null,
+            Policies = StringList(map, "policies"),
         };
     }
 

@@ -206,8 +206,31 @@ internal sealed class ProxyMetrics : IDisposable
                 "Idle pooled upstream connections, by cluster and destination.", CollectDestinations(DestinationValue.Idle)),
             new("proxy_upstream_requests_active", MetricType.Gauge,
                 "Requests in flight to each destination, by cluster and destination.", CollectDestinations(DestinationValue.Active)),
+            new("proxy_policy_decisions_total", MetricType.Counter,
+                "Built-in policy decisions since the config was loaded, by policy and decision (rate_limit: allowed, limited; ip_filter: denied).",
+                CollectPolicies(snapshot)),
         };
         return families;
+    }
+
+    /// <summary>The built-in filters keep their own counters; they start over when a reload builds new filters.</summary>
+    private static List<MetricSample> CollectPolicies(ProxySnapshot snapshot)
+    {
+        var samples = new List<MetricSample>();
+        foreach (var (name, filter) in snapshot.Policies)
+        {
+            switch (filter)
+            {
+                case Pipeline.Filters.RateLimitFilter rateLimit:
+                    samples.Add(new([new("policy", name), new("decision", "allowed")], rateLimit.AllowedCount));
+                    samples.Add(new([new("policy", name), new("decision", "limited")], rateLimit.LimitedCount));
+                    break;
+                case Pipeline.Filters.IpFilter ipFilter:
+                    samples.Add(new([new("policy", name), new("decision", "denied")], ipFilter.DeniedCount));
+                    break;
+            }
+        }
+        return samples;
     }
 
     private RouteMetrics[] Routes()

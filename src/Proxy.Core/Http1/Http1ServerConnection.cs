@@ -19,7 +19,7 @@ namespace Proxy.Http1;
 /// each request to a direct answer, the echo handler or the forwarder. Requests on a connection are handled
 /// one at a time (pipelined requests wait in the receive buffer), so per-request state lives here unlocked.
 /// </summary>
-internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
+internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPumpTimer
 {
     private readonly ProxyRuntime _runtime;
     private readonly Socket _socket;
@@ -222,6 +222,10 @@ internal sealed class Http1ServerConnection : TimedConnection, IBodyPumpTimer
         if (route is null)
         {
             return LocalReplyAsync(ProxyError.NoRoute.StatusCode(), ProxyError.NoRoute.DetailsCode());
+        }
+        if (route.Filters(Listener.Index) is { IsEmpty: false } chain && RunFilters(chain, route))
+        {
+            return FilterReplyAsync();
         }
         if (route.Respond is { } respond)
         {

@@ -1,6 +1,7 @@
 using System.Net;
 using Proxy.Diagnostics;
 using Proxy.Http;
+using Proxy.Pipeline;
 using Proxy.Routing;
 using Proxy.Upstream;
 
@@ -21,6 +22,8 @@ internal sealed class ProxySnapshot
     public string SourcePath { get; init; } = "";
     /// <summary>The <c>admin:</c> block; null when the file has none (no admin listener).</summary>
     public AdminModel? Admin { get; init; }
+    /// <summary>One filter per configured policy, by name, in file order (for metrics and the admin API).</summary>
+    public IReadOnlyList<KeyValuePair<string, IRequestHeadersFilter>> Policies { get; init; } = [];
 }
 
 /// <summary>The admin API's settings. Its listener is the last entry of <see cref="ProxySnapshot.Listeners"/>.</summary>
@@ -155,6 +158,15 @@ internal sealed class RouteModel
     /// Settable so that a server can hand a recompiled route the handle of its predecessor (counters stay monotonic).
     /// </summary>
     public RouteMetrics? Metrics { get; set; }
+    /// <summary>
+    /// The compiled filter chain per listener index (listener defaults, then the route's policies); empty when no
+    /// policy applies on any listener.
+    /// </summary>
+    public FilterChain[] Chains { get; init; } = [];
+
+    /// <summary>The chain this route runs on listener <paramref name="listenerIndex"/>.</summary>
+    public FilterChain Filters(int listenerIndex)
+        => (uint)listenerIndex < (uint)Chains.Length ? Chains[listenerIndex] : FilterChain.Empty;
 }
 
 internal enum LoadBalancingKind : byte

@@ -77,4 +77,6 @@ internal sealed class ExchangeState
     public RequestHead Head { get; } = new();
     public BodyPump RequestPump { get; } = new();
     public BodyPump ResponsePump { get; } = new();
+    /// <summary>The filters' view of the request and their local answer (see <see cref="Pipeline.RequestContext"/>).</summary>
+    public Pipeline.RequestContext Filters { get; } = new();
 }

@@ -1,0 +1,398 @@
+using System.Globalization;
+using System.Net;
+using Proxy.Model;
+using Proxy.Pipeline;
+using Proxy.Pipeline.Filters;
+
+namespace Proxy.Configuration;
+
+/// <summary>
+/// The <c>policies:</c> section: checks each policy's kind and settings (every error with its position), checks the
+/// references from listeners and routes, and builds one filter per policy and one <see cref="FilterChain"/> per
+/// route and listener. Validation and compilation share <see cref="Build"/>, so what validates is what runs.
+/// </summary>
+internal static class PolicyCompiler
+{
+    private static readonly string[] s_rateLimitKeys = ["key", "rate", "burst", "store"];
+    private static readonly string[] s_ipFilterKeys = ["allow", "deny"];
+    private static readonly string[] s_laterKeys = ["jwt:sub", "jwt:client_id", "consumer"];
+
+    public static void Validate(ProxyConfig config, ConfigErrorList errors)
+    {
+        var names = new Dictionary<string, PolicyConfig>(StringComparer.Ordinal);
+        foreach (var policy in config.Policies)
+        {
+            if (!IsPolicyName(policy.Name.Value))
+            {
+                errors.Add(policy.Name.Mark, $"invalid policy name '{policy.Name.Value}': use letters, digits, '.', '_' and '-'");
+            }
+            names.TryAdd(policy.Name.Value, policy);
+            if (policy.Kind is { } kind && !PolicyKinds.IsKnown(kind.Value))
+            {
+                var near = ConfigErrorList.Nearest(kind.Value, PolicyKinds.AllKinds);
+                errors.Add(kind.Mark, $"unknown policy kind '{kind.Value}' in policy '{policy.Name.Value}'"
+                    + (near is null ? $" (expected one of: {string.Join(", ", PolicyKinds.AllKinds)})" : $"; did you mean '{near}'?"));
+                continue;
+            }
+            Build(policy, errors, TimeProvider.System, validateOnly: true);
+        }
+
+        foreach (var listener in config.Listeners)
+        {
+            var label = listener.Name is { } n ? $"listener '{n.Value}'" : "listener";
+            CheckReferences(listener.Policies, label, names, errors);
+            if (listener.Policies.Count > 0 && listener.Handler != ListenerHandler.Proxy)
+            {
+                errors.Add(listener.Policies[0].Mark, $"{label} has 'handler: echo', which never routes, so its policies would never run");
+            }
+        }
+        foreach (var route in config.Routes)
+        {
+            CheckReferences(route.Policies, route.Id is { } id ? $"route '{id.Value}'" : "route", names, errors);
+        }
+    }
+
+    private static void CheckReferences(IReadOnlyList<Located<string>> references, string owner, Dictionary<string, PolicyConfig> names, ConfigErrorList errors)
+    {
+        var seen = new Dictionary<string, Located<string>>(StringComparer.Ordinal);
+        foreach (var reference in references)
+        {
+            if (!names.ContainsKey(reference.Value))
+            {
+                var near = ConfigErrorList.Nearest(reference.Value, names.Keys);
+                errors.Add(reference.Mark, $"{owner} refers to unknown policy '{reference.Value}'" + (near is null ? "" : $"; did you mean '{near}'?"));
+            }
+            if (seen.TryGetValue(reference.Value, out var first))
+            {
+                errors.Add(reference.Mark, $"{owner} lists policy '{reference.Value}' twice (first at line {first.Mark.Line}, column {first.Mark.Column})");
+            }
+            else
+            {
+                seen.Add(reference.Value, reference);
+            }
+        }
+    }
+
+    /// <summary>Builds every policy's filter (on a validated config, so nothing fails).</summary>
+    public static Dictionary<string, IRequestHeadersFilter> BuildAll(ProxyConfig config, TimeProvider time)
+    {
+        var errors = new ConfigErrorList("");
+        var filters = new Dictionary<string, IRequestHeadersFilter>(StringComparer.Ordinal);
+        foreach (var policy in config.Policies)
+        {
+            if (Build(policy, errors, time) is { } filter)
+            {
+                filters.TryAdd(policy.Name.Value, filter);
+            }
+        }
+        return filters;
+    }
+
+    /// <summary>
+    /// The chain of <paramref name="route"/> on each listener of the file (indexed like <paramref name="listeners"/>):
+    /// the listener's policies, then the route's. Empty when nothing applies anywhere, so a request tests one length.
+    /// </summary>
+    public static FilterChain[] Chains(RouteConfig route, IReadOnlyList<ListenerConfig> listeners, Dictionary<string, IRequestHeadersFilter> filters)
+    {
+        bool any = route.Policies.Count > 0;
+        foreach (var listener in listeners)
+        {
+            any |= listener.Policies.Count > 0;
+        }
+        if (!any)
+        {
+            return [];
+        }
+        var chains = new FilterChain[listeners.Count];
+        // Listeners without defaults share one chain: the route's own.
+        FilterChain? routeOnly = null;
+        for (int i = 0; i < chains.Length; i++)
+        {
+            var listenerPolicies = listeners[i].Policies;
+            if (listenerPolicies.Count == 0 && routeOnly is not null)
+            {
+                chains[i] = routeOnly;
+                continue;
+            }
+            var names = new List<string>();
+            foreach (var name in listenerPolicies)
+            {
+                names.Add(name.Value);
+            }
+            foreach (var name in route.Policies)
+            {
+                // A policy both on the listener and on the route runs once, at the listener's position.
+                if (!names.Contains(name.Value))
+                {
+                    names.Add(name.Value);
+                }
+            }
+            var chain = names.Count == 0 ? FilterChain.Empty : new FilterChain(names.Select(n => filters[n]).ToArray(), [.. names]);
+            chains[i] = chain;
+            if (listenerPolicies.Count == 0)
+            {
+                routeOnly = chain;
+            }
+        }
+        return chains;
+    }
+
+    /// <summary>
+    /// Checks one policy's settings and builds its filter; null (errors added) when they are wrong. With
+    /// <paramref name="validateOnly"/>, built-in kinds skip building (a rate-limit table is a MiB); custom kinds are
+    /// built, since their factory is their validation.
+    /// </summary>
+    public static IRequestHeadersFilter? Build(PolicyConfig policy, ConfigErrorList errors, TimeProvider time, bool validateOnly = false)
+    {
+        if (policy.Kind is not { } kind)
+        {
+            return null;
+        }
+        switch (kind.Value)
+        {
+            case "rate_limit":
+                return BuildRateLimit(policy, kind, errors, time, validateOnly);
+            case "ip_filter":
+                return BuildIpFilter(policy, kind, errors);
+        }
+        if (!PolicyKinds.TryGetCustom(kind.Value, out var factory))
+        {
+            return null;
+        }
+        var scalars = new Dictionary<string, string>(StringComparer.Ordinal);
+        var lists = new Dictionary<string, IReadOnlyList<string>>(StringComparer.Ordinal);
+        foreach (var setting in policy.Settings)
+        {
+            if (setting.List is { } list)
+            {
+                lists[setting.Key.Value] = list.Select(l => l.Value).ToArray();
+            }
+            else
+            {
+                scalars[setting.Key.Value] = setting.Scalar?.Value ?? "";
+            }
+        }
+        try
+        {
+            return factory(new PolicyDefinition(policy.Name.Value, kind.Value, scalars, lists));
+        }
+        catch (Exception e) when (e is ArgumentException or FormatException or InvalidOperationException)
+        {
+            errors.Add(kind.Mark, $"policy '{policy.Name.Value}' ({kind.Value}): {e.Message}");
+            return null;
+        }
+    }
+
+    private static RateLimitFilter? BuildRateLimit(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, bool validateOnly)
+    {
+        int before = errors.Count;
+        string name = policy.Name.Value;
+        RateLimitKeyKind keyKind = RateLimitKeyKind.ClientIp;
+        string header = "";
+        int? rate = null;
+        int window = 1;
+        int? burst = null;
+        foreach (var setting in policy.Settings)
+        {
+            if (!CheckKey(setting, s_rateLimitKeys, "rate_limit", errors) || Scalar(setting, errors) is not { } value)
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
+                case "key":
+                    if (value.Value == "client_ip")
+                    {
+                        keyKind = RateLimitKeyKind.ClientIp;
+                    }
+                    else if (value.Value == "route")
+                    {
+                        keyKind = RateLimitKeyKind.Route;
+                    }
+                    else if (value.Value.StartsWith("header:", StringComparison.Ordinal))
+                    {
+                        header = value.Value["header:".Length..];
+                        if (!ConfigSyntax.IsToken(header))
+                        {
+                            errors.Add(value.Mark, $"invalid rate_limit key '{value.Value}': after 'header:' comes a header name (a token: letters, digits and !#$%&'*+-.^_`|~)");
+                        }
+                        keyKind = RateLimitKeyKind.Header;
+                        header = header.ToLowerInvariant();
+                    }
+                    else if (s_laterKeys.Contains(value.Value))
+                    {
+                        errors.Add(value.Mark, $"rate_limit key '{value.Value}' is not supported yet; use header:NAME, client_ip or route");
+                    }
+                    else
+                    {
+                        errors.Add(value.Mark, $"unknown rate_limit key '{value.Value}'; expected header:NAME, client_ip or route");
+                    }
+                    break;
+                case "rate":
+                    if (TryParseRate(value.Value, out int n, out int w))
+                    {
+                        rate = n;
+                        window = w;
+                    }
+                    else
+                    {
+                        errors.Add(value.Mark, $"invalid rate '{value.Value}': expected N/s, N/m or N/h with N a whole number from 1 (e.g. 100/s)");
+                    }
+                    break;
+                case "burst":
+                    if (!int.TryParse(value.Value, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int b) || !value.Value.All(c => char.IsAsciiDigit(c) || c == '-'))
+                    {
+                        errors.Add(value.Mark, $"expected a whole number for 'burst', got '{value.Value}'");
+                    }
+                    else if (b < 1)
+                    {
+                        errors.Add(value.Mark, $"'burst' must be at least 1, got {b}");
+                    }
+                    else
+                    {
+                        burst = b;
+                    }
+                    break;
+                case "store":
+                    if (value.Value == "redis")
+                    {
+                        errors.Add(value.Mark, "rate_limit store 'redis' is not supported yet; use 'memory' (the default)");
+                    }
+                    else if (value.Value != "memory")
+                    {
+                        errors.Add(value.Mark, $"unknown rate_limit store '{value.Value}'; expected 'memory'");
+                    }
+                    break;
+            }
+        }
+        if (rate is null && !policy.Settings.Any(s => s.Key.Value == "rate"))
+        {
+            errors.Add(kind.Mark, $"rate_limit policy '{name}' is missing required key 'rate' (e.g. rate: 100/s)");
+        }
+        if (errors.Count != before || rate is null || validateOnly)
+        {
+            return null;
+        }
+        var options = new RateLimitOptions
+        {
+            PolicyName = name,
+            KeyKind = keyKind,
+            HeaderName = header,
+            Rate = rate.Value,
+            WindowSeconds = window,
+            // Without a burst, a full window's worth may pass at once (the draft's q over w).
+            Burst = burst ?? rate.Value,
+            // Route keys are few: a small table is plenty.
+            Capacity = keyKind == RateLimitKeyKind.Route ? 1024 : 65_536,
+        };
+        return new RateLimitFilter(options, time);
+    }
+
+    /// <summary>"100/s", "20/m", "1000/h".</summary>
+    internal static bool TryParseRate(string text, out int count, out int windowSeconds)
+    {
+        count = 0;
+        windowSeconds = 0;
+        int slash = text.IndexOf('/');
+        if (slash <= 0 || slash != text.Length - 2 || !text[..slash].All(char.IsAsciiDigit)
+            || !int.TryParse(text.AsSpan(0, slash), NumberStyles.None, CultureInfo.InvariantCulture, out count) || count < 1)
+        {
+            return false;
+        }
+        windowSeconds = text[^1] switch
+        {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => 0,
+        };
+        return windowSeconds != 0;
+    }
+
+    private static IpFilter? BuildIpFilter(PolicyConfig policy, Located<string> kind, ConfigErrorList errors)
+    {
+        int before = errors.Count;
+        var allow = new List<IPNetwork>();
+        var deny = new List<IPNetwork>();
+        Located<string>? allowKey = null;
+        foreach (var setting in policy.Settings)
+        {
+            if (!CheckKey(setting, s_ipFilterKeys, "ip_filter", errors))
+            {
+                continue;
+            }
+            if (setting.List is not { } list)
+            {
+                errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, $"expected a list of CIDRs for '{setting.Key.Value}' (e.g. [10.0.0.0/8, \"::1/128\"])");
+                continue;
+            }
+            var target = setting.Key.Value == "allow" ? allow : deny;
+            if (setting.Key.Value == "allow")
+            {
+                allowKey = setting.Key;
+            }
+            foreach (var item in list)
+            {
+                if (ConfigSyntax.TryParseCidr(item.Value, out var network, out var error))
+                {
+                    target.Add(network);
+                }
+                else
+                {
+                    errors.Add(item.Mark, error);
+                }
+            }
+        }
+        if (errors.Count != before)
+        {
+            return null;
+        }
+        if (allow.Count > 0 && deny.Count > 0 && CidrSet.Covers(deny, allow))
+        {
+            errors.Add(allowKey?.Mark ?? kind.Mark,
+                $"ip_filter policy '{policy.Name.Value}' can never pass: every address in its allow list is also in its deny list (deny wins)");
+            return null;
+        }
+        return new IpFilter(policy.Name.Value, allow, deny);
+    }
+
+    private static bool CheckKey(PolicySettingConfig setting, string[] known, string kind, ConfigErrorList errors)
+    {
+        if (Array.IndexOf(known, setting.Key.Value) >= 0)
+        {
+            return true;
+        }
+        var near = ConfigErrorList.Nearest(setting.Key.Value, known);
+        errors.Add(setting.Key.Mark, near is null
+            ? $"unknown key '{setting.Key.Value}' in {kind} (expected one of: {string.Join(", ", known)})"
+            : $"unknown key '{setting.Key.Value}' in {kind}; did you mean '{near}'?");
+        return false;
+    }
+
+    private static Located<string>? Scalar(PolicySettingConfig setting, ConfigErrorList errors)
+    {
+        if (setting.Scalar is { } scalar)
+        {
+            return scalar;
+        }
+        errors.Add(setting.Key.Mark, $"expected a single value for '{setting.Key.Value}', got a list");
+        return null;
+    }
+
+    /// <summary>Policy names appear inside structured-field strings and problem bodies: keep them plain.</summary>
+    private static bool IsPolicyName(string name)
+    {
+        if (name.Length == 0)
+        {
+            return false;
+        }
+        foreach (char c in name)
+        {
+            if (!char.IsAsciiLetterOrDigit(c) && c is not ('.' or '_' or '-'))
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+}

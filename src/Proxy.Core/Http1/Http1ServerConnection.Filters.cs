@@ -1,0 +1,92 @@
+using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
+using System.Text;
+using Proxy.Diagnostics;
+using Proxy.Http;
+using Proxy.Model;
+using Proxy.Pipeline;
+using Proxy.Transport;
+
+namespace Proxy.Http1;
+
+// The filter chain's part of the connection: run the route's request-headers phase, and write the answer a filter
+// chose. Kept in its own file so the connection's request loop changes by one call.
+internal sealed partial class Http1ServerConnection
+{
+    /// <summary>Runs the route's request-headers filters; true when one answered (its answer waits in the context).</summary>
+    private bool RunFilters(FilterChain chain, RouteModel route)
+    {
+        RequestContext context = State.Filters;
+        context.Begin(Head, RemoteAddress, route.Id, Listener.Name);
+        try
+        {
+            return chain.RunRequestHeaders(context) != FilterStatus.Continue;
+        }
+        catch (Exception e)
+        {
+            // A filter bug must not take the connection down without an answer, nor let the request through.
+            return FilterFailed(context, e);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool FilterFailed(RequestContext context, Exception e)
+    {
+        ProxyLog.Error("filter_failed", ("listener", Listener.Name), ("route", context.RouteId), ("error", e.ToString()));
+        context.Begin(Head, RemoteAddress, context.RouteId, Listener.Name);
+        context.Respond(500, "filter_failed", "text/plain"u8, "500 Internal Server Error: filter_failed\n"u8);
+        return true;
+    }
+
+    /// <summary>
+    /// Sends the answer a filter chose, after consuming the request body so the connection can stay open (with
+    /// <c>Expect: 100-continue</c> the body is never invited: answer and close, RFC 9110 section 10.1.1).
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> FilterReplyAsync()
+    {
+        bool keepAlive = await DiscardBodyAsync().ConfigureAwait(false);
+        keepAlive &= Head.KeepAlive && !_draining;
+        RequestContext context = State.Filters;
+        int status = context.ReplyStatus;
+        ResponseStatus = status;
+        _lingerOnClose |= !keepAlive;
+        _runtime.Metrics.LocalReply(Listener, status, context.ReplyDetails);
+        if (ProxyLog.IsEnabled(LogLevel.Info))
+        {
+            ProxyLog.Write(LogLevel.Info, "local_reply", ("status", status), ("details", context.ReplyDetails),
+                ("listener", Listener.Name), ("route", context.RouteId), ("client", ProxyLog.Format(RemoteEndPoint)));
+        }
+        WriteFilterReply(context, keepAlive);
+        return await FlushClientAsync().ConfigureAwait(false) && keepAlive;
+    }
+
+    /// <summary>RFC 9112 section 4 status line, the filter's fields, then framing we own, then the body, in one write.</summary>
+    private void WriteFilterReply(RequestContext context, bool keepAlive)
+    {
+        PipeWriter output = Output;
+        output.Write("HTTP/1.1 "u8);
+        output.WriteNumber(context.ReplyStatus);
+        output.Write(" "u8);
+        string reason = StatusCodes.ReasonPhrase(context.ReplyStatus);
+        Span<byte> span = output.GetSpan(reason.Length);
+        output.Advance(Encoding.ASCII.GetBytes(reason, span));
+        output.Write("\r\n"u8);
+        output.Write(context.ReplyHeaders);
+        if (!context.ReplyContentType.IsEmpty)
+        {
+            output.WriteField("content-type"u8, context.ReplyContentType);
+        }
+        output.Write("content-length: "u8);
+        output.WriteNumber(context.ReplyBody.Length);
+        output.Write("\r\ndate: "u8);
+        output.Write(DateHeader.Value);
+        output.Write("\r\n"u8);
+        WriteConnectionField(output, keepAlive);
+        output.Write("\r\n"u8);
+        if (Head.Method != Http.HttpMethod.Head)
+        {
+            output.Write(context.ReplyBody);
+        }
+    }
+}
