@@ -17,7 +17,7 @@ internal static class ConfigCompiler
 {
     // Read defaults from the model's own initialisers so they are stated in one place.
     private static readonly ServerModel s_serverDefaults = new();
-    private static readonly ClusterModel s_clusterDefaults = new() { Name = "", Destinations = [], Policy = null! };
+    private static readonly ClusterModel s_clusterDefaults = new() { Name = "", Destinations = [], Policy = null!, Health = null! };
 
     public static ProxySnapshot Compile(ProxyConfig config, string text, string sourcePath)
     {
@@ -238,8 +238,21 @@ internal static class ConfigCompiler
             ConfigSyntax.TryParseDestination(d.Address.Value, out var host, out var port, out _);
             destinations[i] = new DestinationState(d.Address.Value, host, port, d.Weight);
         }
+        HealthCheckModel? healthCheck = c.HealthCheck is { } h ? BuildHealthCheck(h) : null;
+        OutlierDetectionModel? outlier = c.OutlierDetection is { } o ? BuildOutlierDetection(o) : null;
+        RetryModel? retry = c.Retry is { } r ? BuildRetry(r) : null;
+        CircuitBreakerModel? breaker = c.CircuitBreaker is { } b ? BuildCircuitBreaker(b) : null;
+        bool panic = c.PanicMode ?? false;
         return new ClusterModel
         {
+            HealthCheck = healthCheck,
+            OutlierDetection = outlier,
+            Retry = retry,
+            CircuitBreaker = breaker,
+            PanicMode = panic,
+            Health = new ClusterHealth(c.Name.Value, destinations, outlier, panic),
+            Breaker = breaker is null ? null : new ClusterBreaker(breaker),
+            RetryBudget = retry is null ? null : new RetryBudget(retry),
             Name = c.Name.Value,
             LoadBalancing = c.LoadBalancing,
             Destinations = destinations,
@@ -251,4 +264,52 @@ internal static class ConfigCompiler
             Metrics = new ClusterMetrics(c.Name.Value),
         };
     }
+
+    private static readonly HealthCheckModel s_healthDefaults = new();
+    private static readonly OutlierDetectionModel s_outlierDefaults = new();
+    private static readonly RetryModel s_retryDefaults = new();
+    private static readonly CircuitBreakerModel s_breakerDefaults = new();
+
+    private static HealthCheckModel BuildHealthCheck(HealthCheckConfig h)
+    {
+        var interval = h.Interval?.Value ?? s_healthDefaults.Interval;
+        return new HealthCheckModel
+        {
+            Path = h.Path?.Value ?? s_healthDefaults.Path,
+            Interval = interval,
+            // An unset timeout never outlasts the interval (a probe must end before the next one starts).
+            Timeout = h.Timeout?.Value ?? (s_healthDefaults.Timeout < interval ? s_healthDefaults.Timeout : interval),
+            HealthyThreshold = h.HealthyThreshold ?? s_healthDefaults.HealthyThreshold,
+            UnhealthyThreshold = h.UnhealthyThreshold ?? s_healthDefaults.UnhealthyThreshold,
+        };
+    }
+
+    private static OutlierDetectionModel BuildOutlierDetection(OutlierDetectionConfig o) => new()
+    {
+        ConsecutiveFailures = o.ConsecutiveFailures ?? s_outlierDefaults.ConsecutiveFailures,
+        BaseEjection = o.BaseEjection ?? s_outlierDefaults.BaseEjection,
+        MaxEjectionPercent = o.MaxEjectionPercent ?? s_outlierDefaults.MaxEjectionPercent,
+    };
+
+    private static RetryModel BuildRetry(RetryConfig r)
+    {
+        var backoffBase = r.BackoffBase?.Value ?? s_retryDefaults.BackoffBase;
+        var backoffMax = r.BackoffMax?.Value ?? s_retryDefaults.BackoffMax;
+        return new RetryModel
+        {
+            Attempts = r.Attempts ?? s_retryDefaults.Attempts,
+            On = r.On ?? s_retryDefaults.On,
+            BackoffBase = backoffBase,
+            // Only one of the two given: the max never falls below the base.
+            BackoffMax = backoffMax < backoffBase ? backoffBase : backoffMax,
+            BudgetPercent = r.BudgetPercent ?? s_retryDefaults.BudgetPercent,
+        };
+    }
+
+    private static CircuitBreakerModel BuildCircuitBreaker(CircuitBreakerConfig b) => new()
+    {
+        MaxConnections = b.MaxConnections ?? s_breakerDefaults.MaxConnections,
+        MaxPending = b.MaxPending ?? s_breakerDefaults.MaxPending,
+        MaxRequests = b.MaxRequests ?? s_breakerDefaults.MaxRequests,
+    };
 }

@@ -139,6 +139,49 @@ internal sealed record ClusterConfig
     public TimeSpan? RequestTimeout { get; init; }
     public int? MaxConnections { get; init; }
     public TimeSpan? IdleTimeout { get; init; }
+    public HealthCheckConfig? HealthCheck { get; init; }
+    public OutlierDetectionConfig? OutlierDetection { get; init; }
+    public RetryConfig? Retry { get; init; }
+    public CircuitBreakerConfig? CircuitBreaker { get; init; }
+    public bool? PanicMode { get; init; }
+}
+
+/// <summary>The <c>health_check:</c> block of a cluster; every key optional (defaults in <see cref="HealthCheckModel"/>).</summary>
+internal sealed record HealthCheckConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<string>? Path { get; init; }
+    public Located<TimeSpan>? Interval { get; init; }
+    public Located<TimeSpan>? Timeout { get; init; }
+    public int? HealthyThreshold { get; init; }
+    public int? UnhealthyThreshold { get; init; }
+}
+
+internal sealed record OutlierDetectionConfig
+{
+    public required Mark Mark { get; init; }
+    public int? ConsecutiveFailures { get; init; }
+    public TimeSpan? BaseEjection { get; init; }
+    public int? MaxEjectionPercent { get; init; }
+}
+
+internal sealed record RetryConfig
+{
+    public required Mark Mark { get; init; }
+    public int? Attempts { get; init; }
+    /// <summary>Null when the key is absent (defaults); the flags of every recognised condition otherwise.</summary>
+    public RetryOn? On { get; init; }
+    public Located<TimeSpan>? BackoffBase { get; init; }
+    public Located<TimeSpan>? BackoffMax { get; init; }
+    public int? BudgetPercent { get; init; }
+}
+
+internal sealed record CircuitBreakerConfig
+{
+    public required Mark Mark { get; init; }
+    public int? MaxConnections { get; init; }
+    public int? MaxPending { get; init; }
+    public int? MaxRequests { get; init; }
 }
 
 internal sealed record DestinationConfig

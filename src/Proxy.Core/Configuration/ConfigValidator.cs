@@ -185,8 +185,33 @@ internal static class ConfigValidator
                     errors.Add(destination.Address.Mark, error);
                 }
             }
+            ValidateResilience(cluster, errors);
         }
         return names;
+    }
+
+    /// <summary>
+    /// Types and ranges were checked by the reader; this checks what needs two keys or the text of one: a probe
+    /// path that can go on a request line, a timeout within its interval, a backoff base within its max.
+    /// </summary>
+    private static void ValidateResilience(ClusterConfig cluster, ConfigErrorList errors)
+    {
+        if (cluster.HealthCheck is { } check)
+        {
+            if (check.Path is { } path
+                && (!path.Value.StartsWith('/') || path.Value.Any(c => c <= ' ' || c >= 0x7F)))
+            {
+                errors.Add(path.Mark, $"health_check 'path' must start with '/' and contain only visible ASCII characters (RFC 9112 section 3.2), got '{path.Value}'");
+            }
+            if (check.Interval is { } interval && check.Timeout is { } timeout && timeout.Value > interval.Value)
+            {
+                errors.Add(timeout.Mark, $"health_check 'timeout' ({timeout.Value.TotalMilliseconds}ms) must not be longer than its 'interval' ({interval.Value.TotalMilliseconds}ms)");
+            }
+        }
+        if (cluster.Retry is { BackoffBase: { } backoffBase, BackoffMax: { } backoffMax } && backoffBase.Value > backoffMax.Value)
+        {
+            errors.Add(backoffBase.Mark, $"retry backoff 'base' ({backoffBase.Value.TotalMilliseconds}ms) must not be greater than 'max' ({backoffMax.Value.TotalMilliseconds}ms)");
+        }
     }
 
     private static void ValidateRoutes(

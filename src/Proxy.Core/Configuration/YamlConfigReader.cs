@@ -26,7 +26,20 @@ internal sealed class YamlConfigReader
     private static readonly string[] s_fieldMatchKeys = ["name", "value", "present"];
     private static readonly string[] s_respondKeys = ["status", "body", "headers"];
     private static readonly string[] s_clusterKeys =
-        ["load_balancing", "destinations", "connect_timeout", "request_timeout", "max_connections", "idle_timeout"];
+    [
+        "load_balancing", "destinations", "connect_timeout", "request_timeout", "max_connections", "idle_timeout",
+        "health_check", "outlier_detection", "retry", "circuit_breaker", "panic_mode",
+    ];
+    private static readonly string[] s_healthCheckKeys = ["path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"];
+    private static readonly string[] s_outlierKeys = ["consecutive_failures", "base_ejection", "max_ejection_percent"];
+    private static readonly string[] s_retryKeys = ["attempts", "on", "backoff", "budget_percent"];
+    private static readonly string[] s_backoffKeys = ["base", "max"];
+    private static readonly string[] s_circuitBreakerKeys = ["max_connections", "max_pending", "max_requests"];
+    private static readonly (string Name, RetryOn Value)[] s_retryConditions =
+    [
+        ("connect_failure", RetryOn.ConnectFailure), ("reset", RetryOn.Reset),
+        ("502", RetryOn.Status502), ("503", RetryOn.Status503), ("504", RetryOn.Status504),
+    ];
     private static readonly string[] s_destinationKeys = ["address", "weight"];
 
     private static readonly (string Name, ForwardedMode Value)[] s_forwardedModes =
@@ -374,8 +387,105 @@ internal sealed class YamlConfigReader
             RequestTimeout = Duration(map, "request_timeout"),
             MaxConnections = Int(map, "max_connections", 1, int.MaxValue),
             IdleTimeout = Duration(map, "idle_timeout"),
+            HealthCheck = map.Get("health_check") is { } h ? ReadHealthCheck(h) : null,
+            OutlierDetection = map.Get("outlier_detection") is { } o ? ReadOutlierDetection(o) : null,
+            Retry = map.Get("retry") is { } r ? ReadRetry(r) : null,
+            CircuitBreaker = map.Get("circuit_breaker") is { } c ? ReadCircuitBreaker(c) : null,
+            PanicMode = Bool(map, "panic_mode")?.Value,
         };
     }
+
+    private HealthCheckConfig? ReadHealthCheck(YamlNode node)
+    {
+        if (Map(node, "'health_check'", s_healthCheckKeys) is not { } map)
+        {
+            return null;
+        }
+        return new HealthCheckConfig
+        {
+            Mark = map.Mark,
+            Path = String(map, "path"),
+            Interval = LocatedDuration(map, "interval"),
+            Timeout = LocatedDuration(map, "timeout"),
+            HealthyThreshold = Int(map, "healthy_threshold", 1, 1000),
+            UnhealthyThreshold = Int(map, "unhealthy_threshold", 1, 1000),
+        };
+    }
+
+    private OutlierDetectionConfig? ReadOutlierDetection(YamlNode node)
+    {
+        if (Map(node, "'outlier_detection'", s_outlierKeys) is not { } map)
+        {
+            return null;
+        }
+        return new OutlierDetectionConfig
+        {
+            Mark = map.Mark,
+            ConsecutiveFailures = Int(map, "consecutive_failures", 1, 1000),
+            BaseEjection = Duration(map, "base_ejection"),
+            MaxEjectionPercent = Int(map, "max_ejection_percent", 0, 100),
+        };
+    }
+
+    private RetryConfig? ReadRetry(YamlNode node)
+    {
+        if (Map(node, "'retry'", s_retryKeys) is not { } map)
+        {
+            return null;
+        }
+        RetryOn? on = null;
+        if (map.Get("on") is not null)
+        {
+            var flags = RetryOn.None;
+            foreach (var item in StringList(map, "on"))
+            {
+                var names = s_retryConditions.Select(c => c.Name).ToArray();
+                int index = Array.IndexOf(names, item.Value);
+                if (index < 0)
+                {
+                    var near = ConfigErrorList.Nearest(item.Value, names);
+                    _errors.Add(item.Mark, $"unknown retry condition '{item.Value}'"
+                        + (near is null ? "" : $"; did you mean '{near}'?") + $" (expected one of: {string.Join(", ", names)})");
+                    continue;
+                }
+                flags |= s_retryConditions[index].Value;
+            }
+            on = flags;
+        }
+        Located<TimeSpan>? backoffBase = null, backoffMax = null;
+        if (map.Get("backoff") is { } b && Map(b, "'backoff'", s_backoffKeys) is { } backoff)
+        {
+            backoffBase = LocatedDuration(backoff, "base");
+            backoffMax = LocatedDuration(backoff, "max");
+        }
+        return new RetryConfig
+        {
+            Mark = map.Mark,
+            Attempts = Int(map, "attempts", 0, 10),
+            On = on,
+            BackoffBase = backoffBase,
+            BackoffMax = backoffMax,
+            BudgetPercent = Int(map, "budget_percent", 0, 100),
+        };
+    }
+
+    private CircuitBreakerConfig? ReadCircuitBreaker(YamlNode node)
+    {
+        if (Map(node, "'circuit_breaker'", s_circuitBreakerKeys) is not { } map)
+        {
+            return null;
+        }
+        return new CircuitBreakerConfig
+        {
+            Mark = map.Mark,
+            MaxConnections = Int(map, "max_connections", 1, int.MaxValue),
+            MaxPending = Int(map, "max_pending", 0, int.MaxValue),
+            MaxRequests = Int(map, "max_requests", 1, int.MaxValue),
+        };
+    }
+
+    private Located<TimeSpan>? LocatedDuration(MapView map, string key)
+        => Duration(map, key) is { } d ? new Located<TimeSpan>(d, Mark.From(map.Get(key)!.Start)) : null;
 
     private DestinationConfig? ReadDestination(YamlNode node)
     {

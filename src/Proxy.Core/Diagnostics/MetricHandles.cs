@@ -157,6 +157,19 @@ internal sealed class ClusterMetrics
 
     public void ConnectionOpened() => Interlocked.Increment(ref _connectionsOpened);
 
+    private long _retries;
+    private long _overloaded;
+
+    /// <summary>A request was tried again (retry block), on this or another destination.</summary>
+    public void Retried() => Interlocked.Increment(ref _retries);
+
+    /// <summary>A request was refused by the circuit breaker.</summary>
+    public void Overloaded() => Interlocked.Increment(ref _overloaded);
+
+    public long Retries => Volatile.Read(ref _retries);
+
+    public long OverloadedCount => Volatile.Read(ref _overloaded);
+
     public long ConnectFailures(ConnectFailure reason) => Volatile.Read(ref _connectFailures[(int)reason]);
 
     public long ConnectionsOpened => Volatile.Read(ref _connectionsOpened);

@@ -209,6 +209,13 @@ internal sealed class ProxyMetrics : IDisposable
             new("proxy_policy_decisions_total", MetricType.Counter,
                 "Built-in policy decisions since the config was loaded, by policy and decision (rate_limit: allowed, limited; ip_filter: denied).",
                 CollectPolicies(snapshot)),
+            new("proxy_upstream_destination_healthy", MetricType.Gauge,
+                "1 when the destination may take requests (not marked down by health checks, not ejected), by cluster and destination.",
+                CollectDestinations(DestinationValue.Healthy)),
+            new("proxy_upstream_retries_total", MetricType.Counter, "Requests tried again (retry block), by cluster.",
+                CollectClusterCounter(overloaded: false)),
+            new("proxy_upstream_overloaded_total", MetricType.Counter,
+                "Requests refused by the circuit breaker with 503 upstream_overloaded, by cluster.", CollectClusterCounter(overloaded: true)),
         };
         return families;
     }
@@ -362,11 +369,22 @@ internal sealed class ProxyMetrics : IDisposable
         return samples;
     }
 
+    private List<MetricSample> CollectClusterCounter(bool overloaded)
+    {
+        var samples = new List<MetricSample>();
+        foreach (var cluster in Clusters())
+        {
+            samples.Add(new([new("cluster", cluster.Name)], overloaded ? cluster.OverloadedCount : cluster.Retries));
+        }
+        return samples;
+    }
+
     private enum DestinationValue : byte
     {
         Open,
         Idle,
         Active,
+        Healthy,
     }
 
     private List<MetricSample> CollectDestinations(DestinationValue what)
@@ -380,6 +398,7 @@ internal sealed class ProxyMetrics : IDisposable
                 {
                     DestinationValue.Open => destination.Pool?.OpenConnections ?? 0,
                     DestinationValue.Idle => destination.Pool?.IdleConnections ?? 0,
+                    DestinationValue.Healthy => destination.IsAvailable(cluster.Health.Now()) ? 1 : 0,
                     _ => destination.ActiveRequests,
                 };
                 samples.Add(new([new("cluster", cluster.Name), new("destination", destination.Address)], value));

@@ -18,6 +18,9 @@ namespace Proxy.Forwarding;
 /// </summary>
 internal sealed class HttpForwarder
 {
+    /// <summary>Tells clients and load balancers in front that the 503 is the proxy shedding load, not the upstream failing.</summary>
+    private static readonly byte[] s_overloadedField = "x-proxy-overloaded: true\r\n"u8.ToArray();
+
     private readonly Http1ServerConnection _client;
     private UpstreamConnection? _active;
 
@@ -33,173 +36,274 @@ internal sealed class HttpForwarder
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<bool> ForwardAsync(ClusterModel cluster)
     {
-        DestinationState? destination = cluster.Policy.Pick(cluster.Destinations);
-        if (destination is null)
+        ClusterBreaker? breaker = cluster.Breaker;
+        if (breaker is not null && !breaker.TryEnterRequest())
         {
-            return await FailAsync(ProxyError.NoDestination, cluster, null).ConfigureAwait(false);
+            return await FailAsync(ProxyError.UpstreamOverloaded, cluster, null).ConfigureAwait(false);
         }
-        destination.RequestStarted();
+        RetryBudget? budget = cluster.RetryBudget;
+        budget?.RequestStarted();
+        bool retrySlot = false;
         try
         {
             RequestHead head = _client.Head;
-            ConnectionPool pool = destination.Pool!;
+            ClusterHealth health = cluster.Health;
             // RFC 9110 section 9.2.2: only idempotent requests may be replayed, and only when no body was streamed.
             bool replayable = !head.HasBody && head.Method is Http.HttpMethod.Get or Http.HttpMethod.Head
                 or Http.HttpMethod.Options or Http.HttpMethod.Trace or Http.HttpMethod.Put or Http.HttpMethod.Delete;
+            DestinationState? previous = null;
 
-            for (int attempt = 0; ; attempt++)
+            // One pass per configured try (retry.attempts); each pass may also replay once on a dead pooled connection.
+            for (int retries = 0; ; retries++)
             {
-                UpstreamConnection? upstream = attempt == 0 ? pool.TryRentIdle() : null;
-                if (upstream is null)
+                DestinationState[] candidates = health.Candidates();
+                DestinationState? destination = cluster.Policy.Pick(candidates);
+                if (destination is null)
                 {
-                    var (connection, error) = await pool.ConnectAsync().ConfigureAwait(false);
-                    if (connection is null)
-                    {
-                        ProxyError e = error switch
-                        {
-                            ConnectError.Timeout => ProxyError.UpstreamConnectTimeout,
-                            ConnectError.PoolExhausted => ProxyError.UpstreamPoolExhausted,
-                            _ => ProxyError.UpstreamConnectFailed,
-                        };
-                        return await FailAsync(e, cluster, destination).ConfigureAwait(false);
-                    }
-                    upstream = connection;
+                    ProxyError none = cluster.Destinations.Length == 0 ? ProxyError.NoDestination : ProxyError.NoHealthyDestination;
+                    return await FailAsync(none, cluster, null).ConfigureAwait(false);
                 }
-                _active = upstream;
-                bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
-
-                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination);
-
-                if (head.HasBody)
+                if (previous is not null)
                 {
-                    if (!await _client.SendContinueIfExpectedAsync().ConfigureAwait(false))
-                    {
-                        ReleaseUpstream();
-                        return false;
-                    }
-                    BodyFraming framing = head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength;
-                    _client.SetUpstreamTimeout(cluster.RequestTimeout);
-                    PumpResult sent = await _client.RequestPump.CopyAsync(_client.Input, upstream.Output, framing, head.ContentLength,
-                        framing, _client.Listener.Limits.MaxBodyBytes, _client).ConfigureAwait(false);
-                    if (sent != PumpResult.Completed)
-                    {
-                        ReleaseUpstream();
-                        return await RequestBodyFailedAsync(sent).ConfigureAwait(false);
-                    }
+                    destination = ClusterHealth.Another(candidates, destination, previous);
                 }
-                else if (!await FlushUpstreamAsync(upstream).ConfigureAwait(false))
-                {
-                    ReleaseUpstream();
-                    if (mayRetry)
-                    {
-                        continue;
-                    }
-                    return await FailAsync(ProxyError.UpstreamRequestWriteFailed, cluster, destination).ConfigureAwait(false);
-                }
+                previous = destination;
 
-                // ---- response head (and any 1xx interim responses before it)
-                ResponseHead response = upstream.Response;
-                PipeReader input = upstream.Input;
-                bool receivedAny = false;
                 ProxyError failure = ProxyError.None;
-                bool retry = false;
-                while (failure == ProxyError.None && !retry)
+                RetryOn cause = RetryOn.None;
+                bool retryStatus = false;
+                destination.RequestStarted();
+                try
                 {
-                    _client.ArmUpstream(input, cluster.RequestTimeout);
-                    HeadStatus status = HeadStatus.Incomplete;
-                    while (true)
+                    ConnectionPool pool = destination.Pool!;
+                    for (int attempt = 0; ; attempt++)
                     {
-                        ReadResult result;
-                        try
+                        UpstreamConnection? upstream = attempt == 0 ? pool.TryRentIdle() : null;
+                        if (upstream is null)
                         {
-                            result = await input.ReadAsync().ConfigureAwait(false);
-                        }
-                        catch (Exception)
-                        {
-                            retry = mayRetry && !receivedAny;
-                            failure = retry ? ProxyError.None : ProxyError.UpstreamReset;
-                            break;
-                        }
-                        ReadOnlySequence<byte> buffer = result.Buffer;
-                        if (result.IsCanceled)
-                        {
-                            input.AdvanceTo(buffer.Start, buffer.End);
-                            if (_client.TakeFiredTimeout() != TimeoutKind.None)
+                            if (breaker is not null && !breaker.TryEnterPending())
                             {
-                                failure = ProxyError.UpstreamResponseTimeout;
+                                failure = ProxyError.UpstreamOverloaded;
                                 break;
                             }
-                            continue;
+                            var (connection, error) = await pool.ConnectAsync().ConfigureAwait(false);
+                            breaker?.ExitPending();
+                            if (connection is null)
+                            {
+                                failure = error switch
+                                {
+                                    ConnectError.Timeout => ProxyError.UpstreamConnectTimeout,
+                                    ConnectError.PoolExhausted => ProxyError.UpstreamPoolExhausted,
+                                    ConnectError.Overloaded => ProxyError.UpstreamOverloaded,
+                                    _ => ProxyError.UpstreamConnectFailed,
+                                };
+                                if (error is ConnectError.Refused or ConnectError.Timeout)
+                                {
+                                    cause = RetryOn.ConnectFailure;
+                                    health.ReportFailure(destination);
+                                }
+                                break;
+                            }
+                            upstream = connection;
                         }
-                        receivedAny |= !buffer.IsEmpty;
-                        status = Http1ResponseReader.TryRead(buffer, response,
-                            _client.Listener.Limits.MaxHeaderBytes + _client.Listener.Limits.MaxRequestLine,
-                            out SequencePosition consumed, out _);
-                        if (status == HeadStatus.Complete)
-                        {
-                            input.AdvanceTo(consumed);
-                            break;
-                        }
-                        if (status == HeadStatus.Rejected)
-                        {
-                            input.AdvanceTo(buffer.End);
-                            failure = ProxyError.UpstreamInvalidResponse;
-                            break;
-                        }
-                        if (result.IsCompleted)
-                        {
-                            input.AdvanceTo(buffer.End);
-                            retry = mayRetry && !receivedAny;
-                            failure = retry ? ProxyError.None : ProxyError.UpstreamReset;
-                            break;
-                        }
-                        input.AdvanceTo(buffer.Start, buffer.End);
-                    }
-                    _client.DisarmUpstream();
-                    if (status != HeadStatus.Complete)
-                    {
-                        break;
-                    }
+                        _active = upstream;
+                        bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
 
-                    int code = response.StatusCode;
-                    if (code == 101)
-                    {
-                        if (!head.IsUpgrade)
+                        UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination);
+
+                        if (head.HasBody)
                         {
-                            failure = ProxyError.UpstreamInvalidResponse;
-                            break;
+                            if (!await _client.SendContinueIfExpectedAsync().ConfigureAwait(false))
+                            {
+                                ReleaseUpstream();
+                                return false;
+                            }
+                            BodyFraming framing = head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength;
+                            _client.SetUpstreamTimeout(cluster.RequestTimeout);
+                            PumpResult sent = await _client.RequestPump.CopyAsync(_client.Input, upstream.Output, framing, head.ContentLength,
+                                framing, _client.Listener.Limits.MaxBodyBytes, _client).ConfigureAwait(false);
+                            if (sent != PumpResult.Completed)
+                            {
+                                ReleaseUpstream();
+                                return await RequestBodyFailedAsync(sent).ConfigureAwait(false);
+                            }
                         }
-                        await TunnelAsync(upstream).ConfigureAwait(false);
-                        return false;
-                    }
-                    if (code >= 200)
-                    {
-                        return await RelayResponseBodyAsync(cluster, destination, upstream).ConfigureAwait(false);
-                    }
-                    // Interim responses go to HTTP/1.1 clients only (RFC 9110 section 15.2).
-                    if (head.Version == Http.HttpVersion.Http11)
-                    {
-                        WriteResponseHead(response, BodyFraming.None, -1, interim: true, keepAlive: true);
-                        if (!await _client.FlushClientAsync().ConfigureAwait(false))
+                        else if (!await FlushUpstreamAsync(upstream).ConfigureAwait(false))
                         {
                             ReleaseUpstream();
-                            return false;
+                            if (mayRetry)
+                            {
+                                continue;
+                            }
+                            failure = ProxyError.UpstreamRequestWriteFailed;
+                            cause = RetryOn.Reset;
+                            health.ReportFailure(destination);
+                            break;
                         }
+
+                        // ---- response head (and any 1xx interim responses before it)
+                        ResponseHead response = upstream.Response;
+                        PipeReader input = upstream.Input;
+                        bool receivedAny = false;
+                        bool retryDead = false;
+                        while (failure == ProxyError.None && !retryDead && !retryStatus)
+                        {
+                            _client.ArmUpstream(input, cluster.RequestTimeout);
+                            HeadStatus status = HeadStatus.Incomplete;
+                            while (true)
+                            {
+                                ReadResult result;
+                                try
+                                {
+                                    result = await input.ReadAsync().ConfigureAwait(false);
+                                }
+                                catch (Exception)
+                                {
+                                    retryDead = mayRetry && !receivedAny;
+                                    failure = retryDead ? ProxyError.None : ProxyError.UpstreamReset;
+                                    break;
+                                }
+                                ReadOnlySequence<byte> buffer = result.Buffer;
+                                if (result.IsCanceled)
+                                {
+                                    input.AdvanceTo(buffer.Start, buffer.End);
+                                    if (_client.TakeFiredTimeout() != TimeoutKind.None)
+                                    {
+                                        failure = ProxyError.UpstreamResponseTimeout;
+                                        break;
+                                    }
+                                    continue;
+                                }
+                                receivedAny |= !buffer.IsEmpty;
+                                status = Http1ResponseReader.TryRead(buffer, response,
+                                    _client.Listener.Limits.MaxHeaderBytes + _client.Listener.Limits.MaxRequestLine,
+                                    out SequencePosition consumed, out _);
+                                if (status == HeadStatus.Complete)
+                                {
+                                    input.AdvanceTo(consumed);
+                                    break;
+                                }
+                                if (status == HeadStatus.Rejected)
+                                {
+                                    input.AdvanceTo(buffer.End);
+                                    failure = ProxyError.UpstreamInvalidResponse;
+                                    break;
+                                }
+                                if (result.IsCompleted)
+                                {
+                                    input.AdvanceTo(buffer.End);
+                                    retryDead = mayRetry && !receivedAny;
+                                    failure = retryDead ? ProxyError.None : ProxyError.UpstreamReset;
+                                    break;
+                                }
+                                input.AdvanceTo(buffer.Start, buffer.End);
+                            }
+                            _client.DisarmUpstream();
+                            if (status != HeadStatus.Complete)
+                            {
+                                break;
+                            }
+
+                            int code = response.StatusCode;
+                            if (code == 101)
+                            {
+                                if (!head.IsUpgrade)
+                                {
+                                    failure = ProxyError.UpstreamInvalidResponse;
+                                    break;
+                                }
+                                await TunnelAsync(upstream).ConfigureAwait(false);
+                                return false;
+                            }
+                            if (code >= 500)
+                            {
+                                health.ReportFailure(destination);
+                                // A 5xx that will be retried is never relayed: its connection is dropped below, body unread.
+                                if (replayable && budget is not null && budget.Model.RetriesStatus(code)
+                                    && TryTakeRetry(budget, retries, ref retrySlot))
+                                {
+                                    retryStatus = true;
+                                    break;
+                                }
+                            }
+                            else if (code >= 200)
+                            {
+                                health.ReportSuccess(destination);
+                            }
+                            if (code >= 200)
+                            {
+                                return await RelayResponseBodyAsync(cluster, destination, upstream).ConfigureAwait(false);
+                            }
+                            // Interim responses go to HTTP/1.1 clients only (RFC 9110 section 15.2).
+                            if (head.Version == Http.HttpVersion.Http11)
+                            {
+                                WriteResponseHead(response, BodyFraming.None, -1, interim: true, keepAlive: true);
+                                if (!await _client.FlushClientAsync().ConfigureAwait(false))
+                                {
+                                    ReleaseUpstream();
+                                    return false;
+                                }
+                            }
+                        }
+
+                        ReleaseUpstream();
+                        if (retryDead)
+                        {
+                            continue;
+                        }
+                        if (failure != ProxyError.None)
+                        {
+                            health.ReportFailure(destination);
+                            cause = failure == ProxyError.UpstreamReset ? RetryOn.Reset : RetryOn.None;
+                        }
+                        break;
                     }
                 }
-
-                ReleaseUpstream();
-                if (retry)
+                finally
                 {
-                    continue;
+                    destination.RequestEnded();
                 }
-                return await FailAsync(failure, cluster, destination).ConfigureAwait(false);
+
+                if (!retryStatus && (cause == RetryOn.None || !replayable || budget is null || (budget.Model.On & cause) == 0
+                    || !TryTakeRetry(budget, retries, ref retrySlot)))
+                {
+                    return await FailAsync(failure, cluster, destination).ConfigureAwait(false);
+                }
+                cluster.Metrics?.Retried();
+                TimeSpan backoff = RetryBudget.Backoff(retries + 1, budget!.Model.BackoffBase, budget.Model.BackoffMax, Random.Shared.NextDouble());
+                if (backoff > TimeSpan.Zero)
+                {
+                    await Task.Delay(backoff).ConfigureAwait(false);
+                }
             }
         }
         finally
         {
-            destination.RequestEnded();
+            if (retrySlot)
+            {
+                budget!.RetryEnded();
+            }
+            budget?.RequestEnded();
+            breaker?.ExitRequest();
         }
+    }
+
+    /// <summary>
+    /// Takes the budget for one more try of this request: within retry.attempts, not while draining, and within the
+    /// cluster's retry budget. A request holds at most one budget slot, from its first retry to its end.
+    /// </summary>
+    private bool TryTakeRetry(RetryBudget budget, int retriesDone, ref bool slot)
+    {
+        if (retriesDone >= budget.Model.Attempts || _client.Draining)
+        {
+            return false;
+        }
+        if (slot)
+        {
+            return true;
+        }
+        slot = budget.TryStartRetry();
+        return slot;
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
@@ -363,7 +467,12 @@ internal sealed class HttpForwarder
             ("cluster", cluster.Name), ("destination", destination?.Address));
         RequestHead head = _client.Head;
         bool close = head.HasBody || !head.KeepAlive || _client.Draining;
-        await _client.SendErrorAsync(error.StatusCode(), error.DetailsCode(), close).ConfigureAwait(false);
+        if (error == ProxyError.UpstreamOverloaded)
+        {
+            cluster.Metrics?.Overloaded();
+        }
+        await _client.SendErrorAsync(error.StatusCode(), error.DetailsCode(), close,
+            error == ProxyError.UpstreamOverloaded ? s_overloadedField : null).ConfigureAwait(false);
         return !close;
     }
 

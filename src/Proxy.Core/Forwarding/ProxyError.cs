@@ -18,6 +18,10 @@ internal enum ProxyError : byte
     NoRoute,
     MethodNotAllowed,
     NoDestination,
+    /// <summary>Every destination is down (health checks, ejections) and the cluster is not in panic mode.</summary>
+    NoHealthyDestination,
+    /// <summary>A circuit breaker limit (max_requests, max_pending, max_connections) was reached.</summary>
+    UpstreamOverloaded,
     UpstreamConnectFailed,
     UpstreamConnectTimeout,
     UpstreamPoolExhausted,
@@ -34,7 +38,8 @@ internal static class ProxyErrorExtensions
     {
         ProxyError.NoRoute => 404,
         ProxyError.MethodNotAllowed => 405,
-        ProxyError.NoDestination or ProxyError.UpstreamPoolExhausted => 503,
+        ProxyError.NoDestination or ProxyError.NoHealthyDestination or ProxyError.UpstreamOverloaded
+            or ProxyError.UpstreamPoolExhausted => 503,
         ProxyError.UpstreamConnectTimeout or ProxyError.UpstreamResponseTimeout => 504,
         ProxyError.RequestBodyFailed => 400,
         _ => 502,
@@ -45,6 +50,8 @@ internal static class ProxyErrorExtensions
         ProxyError.NoRoute => "no_route",
         ProxyError.MethodNotAllowed => "method_not_allowed",
         ProxyError.NoDestination => "no_destination",
+        ProxyError.NoHealthyDestination => "no_healthy_destination",
+        ProxyError.UpstreamOverloaded => "upstream_overloaded",
         ProxyError.UpstreamConnectFailed => "upstream_connect_failed",
         ProxyError.UpstreamConnectTimeout => "upstream_connect_timeout",
         ProxyError.UpstreamPoolExhausted => "upstream_pool_exhausted",
@@ -59,7 +66,7 @@ internal static class ProxyErrorExtensions
     public static ErrorSource Source(this ProxyError error) => error switch
     {
         ProxyError.NoRoute or ProxyError.MethodNotAllowed or ProxyError.RequestBodyFailed => ErrorSource.Downstream,
-        ProxyError.NoDestination => ErrorSource.Internal,
+        ProxyError.NoDestination or ProxyError.NoHealthyDestination or ProxyError.UpstreamOverloaded => ErrorSource.Internal,
         _ => ErrorSource.Upstream,
     };
 }

@@ -364,6 +364,27 @@ internal static class AdminApi
                 json.WriteNumber("active_requests", active);
                 json.WriteNumber("connections_open", open);
                 json.WriteNumber("connections_idle", idle);
+                json.WriteBoolean("panic_mode", cluster.PanicMode);
+                if (cluster.Breaker is { } breaker)
+                {
+                    json.WriteStartObject("circuit_breaker");
+                    json.WriteNumber("requests", breaker.Requests);
+                    json.WriteNumber("max_requests", breaker.Limits.MaxRequests);
+                    json.WriteNumber("pending", breaker.Pending);
+                    json.WriteNumber("max_pending", breaker.Limits.MaxPending);
+                    json.WriteNumber("connections", breaker.Connections);
+                    json.WriteNumber("max_connections", breaker.Limits.MaxConnections);
+                    json.WriteNumber("overflows", breaker.Overflows);
+                    json.WriteEndObject();
+                }
+                if (cluster.RetryBudget is { } budget)
+                {
+                    json.WriteStartObject("retry");
+                    json.WriteNumber("retries_in_flight", budget.RetriesInFlight);
+                    json.WriteNumber("retried", budget.Retried);
+                    json.WriteNumber("denied_by_budget", budget.Denied);
+                    json.WriteEndObject();
+                }
             }
             json.WriteStartArray("destinations");
             foreach (var destination in cluster.Destinations)
@@ -376,6 +397,13 @@ internal static class AdminApi
                     json.WriteNumber("active_requests", destination.ActiveRequests);
                     json.WriteNumber("connections_open", destination.Pool?.OpenConnections ?? 0);
                     json.WriteNumber("connections_idle", destination.Pool?.IdleConnections ?? 0);
+                    long now = cluster.Health.Now();
+                    // healthy: may take requests now; health_check: the active checks' verdict; ejected_ms: time left in an ejection.
+                    json.WriteBoolean("healthy", destination.IsAvailable(now));
+                    json.WriteString("health_check", cluster.HealthCheck is null ? "off" : destination.CheckHealthy ? "up" : "down");
+                    json.WriteNumber("ejected_ms", Math.Max(0, destination.EjectedUntil - now));
+                    json.WriteNumber("times_ejected", destination.Ejections);
+                    json.WriteNumber("consecutive_failures", destination.ConsecutiveFailures);
                 }
                 json.WriteEndObject();
             }

@@ -17,6 +17,7 @@ public sealed class ProxyServer : IAsyncDisposable, IAdminHost
 {
     private readonly ProxyRuntime _runtime;
     private readonly List<SocketListener> _listeners = [];
+    private readonly List<ActiveHealthChecker> _healthCheckers = [];
     private int _started;
     private int _stopped;
     private int _draining;
@@ -55,6 +56,9 @@ public sealed class ProxyServer : IAsyncDisposable, IAdminHost
     /// <summary>Waits briefly until queued log lines are written (before process exit).</summary>
     public static Task FlushLogsAsync() => ProxyLog.FlushAsync(TimeSpan.FromSeconds(2));
 
+    /// <summary>The config snapshot in use (tests look at cluster and destination state through it).</summary>
+    internal ProxySnapshot Snapshot => _runtime.Current;
+
     /// <summary>Hash of the loaded config file.</summary>
     public string ConfigVersion => _runtime.Current.Version;
 
@@ -72,6 +76,12 @@ public sealed class ProxyServer : IAsyncDisposable, IAdminHost
             foreach (DestinationState destination in cluster.Destinations)
             {
                 destination.Pool ??= new ConnectionPool(destination, cluster);
+            }
+            if (cluster.HealthCheck is not null)
+            {
+                var checker = new ActiveHealthChecker(cluster);
+                _healthCheckers.Add(checker);
+                checker.Start();
             }
         }
         _runtime.Registry.OnTick(now =>
@@ -137,10 +147,7 @@ public sealed class ProxyServer : IAsyncDisposable, IAdminHost
     /// </summary>
     public async Task<bool> DrainAsync(TimeSpan timeout)
     {
-        if (Interlocked.Exchange(ref _draining, 1) == 0)
-        {
-            ProxyLog.Info("drain_started", ("connections", CountClientConnections()), ("timeout_ms", (long)timeout.TotalMilliseconds));
-        }
+        MarkDraining(timeout);
         SocketListener[] serving = _listeners.Where(l => l.Model.Handler != ListenerHandler.Admin).ToArray();
         // Once the accept loops have ended, every accepted connection is in the registry, so none escapes the drain.
         await Task.WhenAll(serving.Select(l => l.StopAsync())).ConfigureAwait(false);
@@ -177,15 +184,23 @@ public sealed class ProxyServer : IAsyncDisposable, IAdminHost
         return count;
     }
 
+    private void MarkDraining(TimeSpan timeout)
+    {
+        if (Interlocked.Exchange(ref _draining, 1) == 0)
+        {
+            ProxyLog.Info("drain_started", ("connections", CountClientConnections()), ("timeout_ms", (long)timeout.TotalMilliseconds));
+        }
+    }
+
     void IAdminHost.BeginDrain()
     {
-        // Start synchronously, so that /readyz answers "draining" as soon as /drain has answered.
-        Task drain = DrainAsync(ShutdownTimeout);
+        // Not ready from the moment the admin API answers 202, not from whenever the thread pool runs the drain.
+        MarkDraining(ShutdownTimeout);
         _ = Task.Run(async () =>
         {
             try
             {
-                await drain.ConfigureAwait(false);
+                await DrainAsync(ShutdownTimeout).ConfigureAwait(false);
             }
             catch (Exception e)
             {
@@ -221,6 +236,10 @@ public sealed class ProxyServer : IAsyncDisposable, IAdminHost
         if (Interlocked.Exchange(ref _stopped, 1) != 0)
         {
             return;
+        }
+        foreach (var checker in _healthCheckers)
+        {
+            await checker.DisposeAsync().ConfigureAwait(false);
         }
         int inFlightAtStart = _runtime.Registry.Count;
         ProxyLog.Info("shutdown_started", ("connections", inFlightAtStart), ("timeout_ms", (long)timeout.TotalMilliseconds));

@@ -350,7 +350,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// Answers with a short text body: "{status} {reason}: {details}". One log line per answer. Error path:
     /// allocation is fine here.
     /// </summary>
-    internal async ValueTask SendErrorAsync(int status, string details, bool close)
+    internal async ValueTask SendErrorAsync(int status, string details, bool close, byte[]? extraFields = null)
     {
         RequestHead head = Head;
         ProxyLog.Write(status >= 500 ? LogLevel.Warn : LogLevel.Info, "local_reply",
@@ -371,6 +371,10 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         output.Write("\r\ndate: "u8);
         output.Write(DateHeader.Value);
         output.Write("\r\n"u8);
+        if (extraFields is not null)
+        {
+            output.Write(extraFields);
+        }
         WriteConnectionField(output, !close && Head.KeepAlive);
         output.Write("\r\n"u8);
         if (head.Method != Http.HttpMethod.Head || head.MethodLength == 0)

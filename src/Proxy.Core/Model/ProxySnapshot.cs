@@ -192,4 +192,19 @@ internal sealed class ClusterModel
     public required ILoadBalancingPolicy Policy { get; init; }
     /// <summary>Upstream counters pre-bound to this cluster's name (see <see cref="RouteModel.Metrics"/>).</summary>
     public ClusterMetrics? Metrics { get; set; }
+
+    // ---- resilience (docs/resilience.md); each block is null when the cluster's config has none
+    public HealthCheckModel? HealthCheck { get; init; }
+    public OutlierDetectionModel? OutlierDetection { get; init; }
+    public RetryModel? Retry { get; init; }
+    public CircuitBreakerModel? CircuitBreaker { get; init; }
+    /// <summary>With every destination down, spread over all of them instead of answering 503 no_healthy_destination.</summary>
+    public bool PanicMode { get; init; }
+
+    /// <summary>Which destinations may take requests now (health checks, ejections); built by the compiler.</summary>
+    public required ClusterHealth Health { get; init; }
+    /// <summary>Circuit breaker counters; null when the cluster has no <c>circuit_breaker:</c> block.</summary>
+    public ClusterBreaker? Breaker { get; init; }
+    /// <summary>Retry budget counters; null when the cluster has no <c>retry:</c> block.</summary>
+    public RetryBudget? RetryBudget { get; init; }
 }

@@ -12,6 +12,8 @@ internal enum ConnectError : byte
     Timeout,
     /// <summary>max_connections reached and no connection freed up within connect_timeout.</summary>
     PoolExhausted,
+    /// <summary>The cluster's circuit breaker max_connections is reached (no wait: refused at once).</summary>
+    Overloaded,
 }
 
 /// <summary>
@@ -29,6 +31,7 @@ internal sealed class ConnectionPool
     private readonly TimeSpan _idleTimeout;
     private readonly IPEndPoint? _endPoint;
     private readonly ClusterMetrics? _metrics;
+    private readonly ClusterBreaker? _breaker;
     private int _open;
 
     public ConnectionPool(DestinationState destination, ClusterModel cluster)
@@ -38,6 +41,7 @@ internal sealed class ConnectionPool
         _connectTimeout = cluster.ConnectTimeout;
         _idleTimeout = cluster.IdleTimeout;
         _metrics = cluster.Metrics;
+        _breaker = cluster.Breaker;
         if (IPAddress.TryParse(destination.Host, out var address))
         {
             _endPoint = new IPEndPoint(address, destination.Port);
@@ -90,6 +94,11 @@ internal sealed class ConnectionPool
                 return (null, ConnectError.PoolExhausted);
             }
         }
+        if (_breaker is not null && !_breaker.TryOpenConnection())
+        {
+            _slots.Release();
+            return (null, ConnectError.Overloaded);
+        }
         Interlocked.Increment(ref _open);
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
@@ -136,6 +145,7 @@ internal sealed class ConnectionPool
 
     internal void OnConnectionClosed()
     {
+        _breaker?.ConnectionClosed();
         Interlocked.Decrement(ref _open);
         _slots.Release();
     }

@@ -1,0 +1,320 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Proxy.FunctionalTests.Infrastructure;
+using Proxy.Model;
+
+namespace Proxy.FunctionalTests;
+
+/// <summary>
+/// Health checks, outlier ejection, the circuit breaker and retries against real upstreams that fail on purpose.
+/// Ejections and probe intervals are configured short (hundreds of milliseconds) so state changes are observed
+/// by polling the server's cluster state, never by sleeping a fixed time and hoping.
+/// </summary>
+public sealed class ResilienceTests
+{
+    private static string Yaml(string destinations, string extra, bool admin = false) => $$"""
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+        routes:
+          - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+        clusters:
+          backend:
+            destinations: [{{destinations}}]
+            connect_timeout: 1s
+        {{extra}}
+        {{(admin ? "admin: { address: \"127.0.0.1:0\" }" : "")}}
+
+        """;
+
+    private static string Quote(params string[] addresses) => string.Join(", ", addresses.Select(a => $"\"{a}\""));
+
+    private static ClusterModel Backend(TestProxy proxy) => proxy.Server.Snapshot.Clusters["backend"];
+
+    private static async Task<HttpMessage> GetAsync(TestProxy proxy, string target = "/x")
+    {
+        await using var client = await proxy.ConnectAsync();
+        await client.SendAsync(Wire.Get(target));
+        return await client.ReadResponseAsync();
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition, string what)
+    {
+        var clock = Stopwatch.StartNew();
+        while (!condition())
+        {
+            Assert.True(clock.Elapsed < TestDefaults.Timeout, "Timed out waiting until " + what);
+            await Task.Delay(20);
+        }
+    }
+
+    [Fact]
+    public async Task Outlier_DestinationAnswers5xx_EjectedThenTrafficGoesToHealthyOneAndItReturns()
+    {
+        await using var bad = FaultyUpstream.Start("bad");
+        await using var good = FaultyUpstream.Start("good");
+        bad.Status = 500;
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(bad.Address, good.Address),
+            "    outlier_detection: { consecutive_failures: 3, base_ejection: 1s, max_ejection_percent: 50 }"));
+
+        // Round robin alternates: the bad destination answers 500 three times in a row, then is ejected.
+        for (int i = 0; i < 6; i++)
+        {
+            await GetAsync(proxy);
+        }
+        Assert.Equal(3, bad.TrafficCount);
+        var badState = Backend(proxy).Destinations[0];
+        Assert.True(badState.EjectedUntil > 0, "The failing destination must be ejected.");
+
+        for (int i = 0; i < 6; i++)
+        {
+            var response = await GetAsync(proxy);
+            Assert.Equal(200, response.Status);
+            Assert.Equal("good", response.Header("x-upstream"));
+        }
+        Assert.Equal(3, bad.TrafficCount);
+
+        // Fixed, and once the ejection is over it takes traffic again.
+        bad.Status = 200;
+        await WaitUntilAsync(() => badState.EjectedUntil <= Backend(proxy).Health.Now(), "the ejection ends");
+        var served = new HashSet<string?>();
+        for (int i = 0; i < 4; i++)
+        {
+            served.Add((await GetAsync(proxy)).Header("x-upstream"));
+        }
+        Assert.Contains("bad", served);
+        Assert.Equal(0, badState.EjectedUntil);
+    }
+
+    [Fact]
+    public async Task Outlier_EveryDestinationFailing_MaxEjectionPercentKeepsOneIn()
+    {
+        await using var a = FaultyUpstream.Start("a");
+        await using var b = FaultyUpstream.Start("b");
+        a.Status = b.Status = 503;
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(a.Address, b.Address),
+            "    outlier_detection: { consecutive_failures: 2, base_ejection: 30s, max_ejection_percent: 50 }"));
+
+        for (int i = 0; i < 12; i++)
+        {
+            var response = await GetAsync(proxy);
+            // Still relayed from the destination left in, never a local 503 for lack of destinations.
+            Assert.Equal(503, response.Status);
+            Assert.NotNull(response.Header("x-upstream"));
+        }
+
+        var cluster = Backend(proxy);
+        long now = cluster.Health.Now();
+        Assert.Equal(1, cluster.Destinations.Count(d => d.EjectedUntil > now));
+        Assert.Single(cluster.Health.Candidates());
+    }
+
+    [Fact]
+    public async Task HealthCheck_HealthzAnswers503_MarkedDownThenUpAgain()
+    {
+        await using var flaky = FaultyUpstream.Start("flaky");
+        await using var steady = FaultyUpstream.Start("steady");
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(flaky.Address, steady.Address),
+            "    health_check: { path: /healthz, interval: 150ms, timeout: 150ms, healthy_threshold: 2, unhealthy_threshold: 2 }",
+            admin: true));
+        var flakyState = Backend(proxy).Destinations[0];
+        await WaitUntilAsync(() => flaky.ProbeCount >= 1, "the first probe");
+        Assert.True(flakyState.CheckHealthy);
+
+        flaky.HealthStatus = 503;
+        await WaitUntilAsync(() => !flakyState.CheckHealthy, "the destination is marked down");
+        int before = flaky.TrafficCount;
+        for (int i = 0; i < 6; i++)
+        {
+            Assert.Equal("steady", (await GetAsync(proxy)).Header("x-upstream"));
+        }
+        Assert.Equal(before, flaky.TrafficCount);
+
+        // Visible in the admin API.
+        await using (var admin = await RawClient.ConnectAsync(proxy.Server.GetEndPoint("admin")))
+        {
+            await admin.SendAsync("GET /clusters HTTP/1.1\r\nHost: admin\r\n\r\n");
+            var response = await admin.ReadResponseAsync();
+            using var json = JsonDocument.Parse(response.Body);
+            var destination = json.RootElement[0].GetProperty("destinations")[0];
+            Assert.Equal("down", destination.GetProperty("health_check").GetString());
+            Assert.False(destination.GetProperty("healthy").GetBoolean());
+        }
+
+        flaky.HealthStatus = 200;
+        await WaitUntilAsync(() => flakyState.CheckHealthy, "the destination is marked up");
+        var served = new HashSet<string?>();
+        for (int i = 0; i < 4; i++)
+        {
+            served.Add((await GetAsync(proxy)).Header("x-upstream"));
+        }
+        Assert.Contains("flaky", served);
+    }
+
+    [Fact]
+    public async Task HealthCheck_RefusedDestination_MarkedDown()
+    {
+        await using var steady = FaultyUpstream.Start("steady");
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote($"http://127.0.0.1:{Ports.ClosedPort()}", steady.Address),
+            "    health_check: { interval: 300ms, timeout: 300ms, healthy_threshold: 1, unhealthy_threshold: 1 }"));
+        var destinations = Backend(proxy).Destinations;
+
+        // A slow first probe (cold start on a busy machine) may mark the steady one down for a round: wait for both verdicts.
+        await WaitUntilAsync(() => !destinations[0].CheckHealthy && destinations[1].CheckHealthy, "the refused destination is marked down");
+        for (int i = 0; i < 4; i++)
+        {
+            Assert.Equal(200, (await GetAsync(proxy)).Status);
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task HealthCheck_AllDown_FailsClosedWith503UnlessPanicMode(bool panic)
+    {
+        await using var only = FaultyUpstream.Start("only");
+        only.HealthStatus = 503;
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(only.Address),
+            "    health_check: { interval: 150ms, timeout: 150ms, unhealthy_threshold: 1 }" + (panic ? "\n    panic_mode: true" : "")));
+        await WaitUntilAsync(() => !Backend(proxy).Destinations[0].CheckHealthy, "the destination is marked down");
+
+        var response = await GetAsync(proxy);
+
+        if (panic)
+        {
+            Assert.Equal(200, response.Status);
+            Assert.Equal("only", response.Header("x-upstream"));
+        }
+        else
+        {
+            ProxyAssert.ErrorAnswer(response, 503);
+            Assert.Contains("no_healthy_destination", response.BodyText);
+            Assert.Equal(0, only.TrafficCount);
+        }
+    }
+
+    [Fact]
+    public async Task CircuitBreaker_MaxRequestsOne_SecondConcurrentRequestRefusedAtOnce()
+    {
+        await using var slow = FaultyUpstream.Start("slow");
+        slow.Delay = TimeSpan.FromSeconds(1);
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(slow.Address),
+            "    circuit_breaker: { max_requests: 1 }"));
+
+        await using var first = await proxy.ConnectAsync();
+        await first.SendAsync(Wire.Get("/slow"));
+        await slow.Recording.WaitForRequestAsync();
+
+        var clock = Stopwatch.StartNew();
+        var refused = await GetAsync(proxy, "/second");
+        clock.Stop();
+
+        ProxyAssert.ErrorAnswer(refused, 503);
+        Assert.Equal("true", refused.Header("x-proxy-overloaded"));
+        Assert.Contains("upstream_overloaded", refused.BodyText);
+        Assert.True(clock.Elapsed < TimeSpan.FromMilliseconds(500), $"Refused after {clock.Elapsed.TotalMilliseconds} ms, not at once.");
+        Assert.Equal(1, slow.TrafficCount);
+
+        Assert.Equal(200, (await first.ReadResponseAsync()).Status);
+        // The slot is given back just after the response is flushed; then it is free again.
+        await WaitUntilAsync(() => Backend(proxy).Breaker!.Requests == 0, "the first request leaves the breaker");
+        Assert.Equal(200, (await GetAsync(proxy)).Status);
+        Assert.Equal(1, Backend(proxy).Breaker!.Overflows);
+    }
+
+    [Fact]
+    public async Task CircuitBreaker_MaxConnectionsReached_RefusesNewConnectionWithOverloaded()
+    {
+        await using var slow = FaultyUpstream.Start("slow");
+        slow.Delay = TimeSpan.FromSeconds(1);
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(slow.Address),
+            "    circuit_breaker: { max_connections: 1 }"));
+
+        await using var first = await proxy.ConnectAsync();
+        await first.SendAsync(Wire.Get("/slow"));
+        await slow.Recording.WaitForRequestAsync();
+
+        var refused = await GetAsync(proxy, "/second");
+
+        ProxyAssert.ErrorAnswer(refused, 503);
+        Assert.Equal("true", refused.Header("x-proxy-overloaded"));
+        Assert.Equal(1, slow.Recording.ConnectionCount);
+        Assert.Equal(200, (await first.ReadResponseAsync()).Status);
+    }
+
+    [Fact]
+    public async Task Retry_RefusedDestination_SucceedsOnTheOther()
+    {
+        await using var good = FaultyUpstream.Start("good");
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote($"http://127.0.0.1:{Ports.ClosedPort()}", good.Address),
+            "    retry: { attempts: 1, on: [connect_failure], backoff: { base: 1ms, max: 5ms } }"));
+
+        for (int i = 0; i < 6; i++)
+        {
+            var response = await GetAsync(proxy);
+            Assert.Equal(200, response.Status);
+            Assert.Equal("good", response.Header("x-upstream"));
+        }
+        Assert.Equal(6, good.TrafficCount);
+        Assert.True(Backend(proxy).RetryBudget!.Retried >= 3, "Half of the picks land on the refused destination and are retried.");
+    }
+
+    [Fact]
+    public async Task Retry_503OnIdempotentRequest_RetriedAndOnlyTheLastAnswerRelayed()
+    {
+        await using var failing = FaultyUpstream.Start("failing");
+        failing.Status = 503;
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(failing.Address),
+            "    retry: { attempts: 2, on: [503], backoff: { base: 1ms, max: 5ms } }"));
+        await using var client = await proxy.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/a"));
+        var response = await client.ReadResponseAsync();
+
+        Assert.Equal(503, response.Status);
+        Assert.Equal("failing", response.BodyText);
+        Assert.Equal(3, failing.TrafficCount);
+        // Nothing of the dropped answers leaked: the next exchange on the same client connection is clean.
+        failing.Status = 200;
+        await client.SendAsync(Wire.Get("/b"));
+        var next = await client.ReadResponseAsync();
+        Assert.Equal(200, next.Status);
+        Assert.Equal("failing", next.BodyText);
+    }
+
+    [Fact]
+    public async Task Retry_PostWithBody_NotRetried()
+    {
+        await using var failing = FaultyUpstream.Start("failing");
+        failing.Status = 503;
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(failing.Address),
+            "    retry: { attempts: 2, on: [503, reset, connect_failure], backoff: { base: 1ms, max: 5ms } }"));
+        await using var client = await proxy.ConnectAsync();
+
+        await client.SendAsync("POST /orders HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\n\r\nhello");
+        var response = await client.ReadResponseAsync("POST");
+
+        Assert.Equal(503, response.Status);
+        Assert.Equal(1, failing.TrafficCount);
+        Assert.Equal(0, Backend(proxy).RetryBudget!.Retried);
+    }
+
+    [Fact]
+    public async Task Retry_BudgetSpent_ConcurrentFailuresAreNotAllRetried()
+    {
+        await using var failing = FaultyUpstream.Start("failing");
+        failing.Status = 503;
+        failing.Delay = TimeSpan.FromMilliseconds(300);
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(failing.Address),
+            "    retry: { attempts: 2, on: [503], backoff: { base: 1ms, max: 5ms }, budget_percent: 20 }"));
+
+        // Four requests fail at about the same time; 20% of four in flight rounds to the minimum of one retry in
+        // flight, so one request retries (twice) while the others relay their 503 at once.
+        var responses = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => GetAsync(proxy)));
+
+        Assert.All(responses, r => Assert.Equal(503, r.Status));
+        var budget = Backend(proxy).RetryBudget!;
+        Assert.True(failing.TrafficCount < 12, $"Without a budget 4 x 3 tries reach the upstream; got {failing.TrafficCount}.");
+        Assert.True(budget.Denied >= 1, "The budget must have refused retries.");
+        Assert.InRange(failing.TrafficCount, 5, 8);
+    }
+}
