@@ -95,10 +95,7 @@ public sealed partial class CliTests : IDisposable
 
             var inFlight = client.GetAsync($"http://127.0.0.1:{port}/slow");
             await upstream.WaitForRequestAsync();
-            using (var kill = System.Diagnostics.Process.Start("kill", ["-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
-            {
-                await kill.WaitForExitAsync();
-            }
+            Assert.Equal(0, Kill(process.Id, 15)); // SIGTERM, straight through libc: no kill(1) binary needed
 
             using var response = await inFlight;
             Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
@@ -150,6 +147,9 @@ public sealed partial class CliTests : IDisposable
         Assert.True(File.Exists(path), "proxy.dll not found: " + path);
         return path;
     }
+
+    [System.Runtime.InteropServices.DllImport("libc.so.6", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 
