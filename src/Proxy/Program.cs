@@ -105,6 +105,7 @@ internal static class Program
     private static async Task<int> RunAsync(string configPath)
     {
         ProxyServer server;
+        PosixSignalRegistration? hangup = null;
         try
         {
             var errors = ProxyServer.Validate(configPath);
@@ -116,14 +117,27 @@ internal static class Program
                 }
                 return ExitInvalidConfig;
             }
+            // The command reloads on its own when the file changes, unless the file says server.watch_config: false.
             server = ProxyServer.FromFile(configPath);
+            server.WatchConfigByDefault = true;
+            // SIGHUP: reload the config file (as nginx and HAProxy do). Registered before the listeners bind, so a
+            // SIGHUP sent as soon as the port answers never meets the default action (terminate). The outcome is
+            // logged by the server; a bad file leaves the running config in place.
+            ProxyServer reloading = server;
+            hangup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, context =>
+            {
+                context.Cancel = true;
+                _ = reloading.ReloadAsync();
+            });
             await server.StartAsync();
         }
         catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException)
         {
+            hangup?.Dispose();
             Console.Error.WriteLine($"proxy: {e.Message}");
             return ExitFailure;
         }
+        using var hangupRegistration = hangup;
 
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         void OnSignal(PosixSignalContext context)

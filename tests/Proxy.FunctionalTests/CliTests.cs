@@ -114,7 +114,7 @@ public sealed partial class CliTests : IDisposable
         }
     }
 
-    private static async Task<bool> WaitUntilListeningAsync(int port, System.Diagnostics.Process process)
+    internal static async Task<bool> WaitUntilListeningAsync(int port, System.Diagnostics.Process process)
     {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
         while (DateTime.UtcNow < deadline && !process.HasExited)
@@ -138,7 +138,7 @@ public sealed partial class CliTests : IDisposable
     /// test project references the ASP.NET Core shared framework, which supplies Microsoft.Extensions.ObjectPool
     /// in place of the package, so the package assembly the host needs is not copied here.
     /// </summary>
-    private static string ProxyDll()
+    internal static string ProxyDll()
     {
         string local = Path.Combine(AppContext.BaseDirectory, "proxy.dll");
         string hostOutput = local.Replace(

@@ -19,12 +19,19 @@ internal static class ConfigCompiler
     private static readonly ServerModel s_serverDefaults = new();
     private static readonly ClusterModel s_clusterDefaults = new() { Name = "", Destinations = [], Policy = null!, Health = null! };
 
-    public static ProxySnapshot Compile(ProxyConfig config, string text, string sourcePath)
+    /// <summary>
+    /// Compiles validated config. With <paramref name="previous"/> (a reload), a cluster whose compiled definition
+    /// equals the running one of the same name is taken over as is, so its pools, health state, breaker and budget
+    /// survive the reload; routes of the new snapshot then point at that object.
+    /// </summary>
+    public static ProxySnapshot Compile(ProxyConfig config, string text, string sourcePath,
+        IReadOnlyDictionary<string, ClusterModel>? previous = null)
     {
         var server = new ServerModel
         {
             ShutdownTimeout = config.Server.ShutdownTimeout ?? s_serverDefaults.ShutdownTimeout,
             MaxConnections = config.Server.MaxConnections ?? s_serverDefaults.MaxConnections,
+            WatchConfig = config.Server.WatchConfig,
         };
         // The server-wide block sits on the built-in defaults; each listener's block sits on that.
         var serverLimits = MergeLimits(HttpLimits.Default with { MaxConnections = server.MaxConnections }, config.Limits);
@@ -69,7 +76,12 @@ internal static class ConfigCompiler
         var clusters = new Dictionary<string, ClusterModel>(StringComparer.Ordinal);
         foreach (var c in config.Clusters)
         {
-            clusters.Add(c.Name.Value, BuildCluster(c));
+            ClusterModel built = BuildCluster(c);
+            if (previous is not null && previous.TryGetValue(built.Name, out var running) && SameDefinition(running, built))
+            {
+                built = running;
+            }
+            clusters.Add(c.Name.Value, built);
         }
 
         // One filter per policy, shared by every route and listener naming it (so they share its budgets).
@@ -227,6 +239,44 @@ internal static class ConfigCompiler
             HeadPrefix = Encoding.UTF8.GetBytes(head.ToString()),
             Body = Encoding.UTF8.GetBytes(respond.Body),
         };
+    }
+
+    /// <summary>
+    /// True when two compiled clusters behave the same: every setting and the destinations (address and weight, in
+    /// order) are equal. Compared on the compiled form so that moving a block in the file or spelling a default
+    /// out does not count as a change.
+    /// </summary>
+    internal static bool SameDefinition(ClusterModel a, ClusterModel b) => Fingerprint(a) == Fingerprint(b);
+
+    private static string Fingerprint(ClusterModel c)
+    {
+        var text = new StringBuilder();
+        text.Append(c.Name).Append('|').Append(c.LoadBalancing).Append('|').Append(c.ConnectTimeout.Ticks).Append('|')
+            .Append(c.RequestTimeout.Ticks).Append('|').Append(c.MaxConnections).Append('|').Append(c.IdleTimeout.Ticks)
+            .Append('|').Append(c.PanicMode);
+        foreach (var d in c.Destinations)
+        {
+            text.Append("|d:").Append(d.Address).Append('*').Append(d.Weight);
+        }
+        if (c.HealthCheck is { } h)
+        {
+            text.Append("|hc:").Append(h.Path).Append(',').Append(h.Interval.Ticks).Append(',').Append(h.Timeout.Ticks)
+                .Append(',').Append(h.HealthyThreshold).Append(',').Append(h.UnhealthyThreshold);
+        }
+        if (c.OutlierDetection is { } o)
+        {
+            text.Append("|od:").Append(o.ConsecutiveFailures).Append(',').Append(o.BaseEjection.Ticks).Append(',').Append(o.MaxEjectionPercent);
+        }
+        if (c.Retry is { } r)
+        {
+            text.Append("|rt:").Append(r.Attempts).Append(',').Append((int)r.On).Append(',').Append(r.BackoffBase.Ticks)
+                .Append(',').Append(r.BackoffMax.Ticks).Append(',').Append(r.BudgetPercent);
+        }
+        if (c.CircuitBreaker is { } b)
+        {
+            text.Append("|cb:").Append(b.MaxConnections).Append(',').Append(b.MaxPending).Append(',').Append(b.MaxRequests);
+        }
+        return text.ToString();
     }
 
     private static ClusterModel BuildCluster(ClusterConfig c)

@@ -23,7 +23,7 @@ internal sealed class ConfigLoadResult
 internal static class ConfigLoader
 {
     /// <summary>Loads a file. Errors name the file as <paramref name="path"/> was given; the snapshot keeps the full path.</summary>
-    public static ConfigLoadResult LoadFile(string path)
+    public static ConfigLoadResult LoadFile(string path, IReadOnlyDictionary<string, ClusterModel>? previous = null)
     {
         string text;
         try
@@ -34,13 +34,14 @@ internal static class ConfigLoader
         {
             return new ConfigLoadResult { Errors = [new ConfigError(path, 1, 1, $"cannot read config file: {e.Message}")] };
         }
-        return Load(text, path, Path.GetFullPath(path));
+        return Load(text, path, Path.GetFullPath(path), previous);
     }
 
     /// <summary>Loads YAML text; <paramref name="fileName"/> names it in errors and in <see cref="ProxySnapshot.SourcePath"/>.</summary>
-    public static ConfigLoadResult LoadText(string yaml, string fileName) => Load(yaml, fileName, fileName);
+    public static ConfigLoadResult LoadText(string yaml, string fileName, IReadOnlyDictionary<string, ClusterModel>? previous = null)
+        => Load(yaml, fileName, fileName, previous);
 
-    private static ConfigLoadResult Load(string text, string fileName, string sourcePath)
+    private static ConfigLoadResult Load(string text, string fileName, string sourcePath, IReadOnlyDictionary<string, ClusterModel>? previous)
     {
         var errors = new ConfigErrorList(fileName);
         var config = YamlConfigReader.Read(text, errors);
@@ -52,6 +53,6 @@ internal static class ConfigLoader
         {
             return new ConfigLoadResult { Errors = errors.ToSortedList() };
         }
-        return new ConfigLoadResult { Snapshot = ConfigCompiler.Compile(config, text, sourcePath) };
+        return new ConfigLoadResult { Snapshot = ConfigCompiler.Compile(config, text, sourcePath, previous) };
     }
 }

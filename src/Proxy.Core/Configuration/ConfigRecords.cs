@@ -58,6 +58,8 @@ internal sealed record ServerConfig
 {
     public TimeSpan? ShutdownTimeout { get; init; }
     public int? MaxConnections { get; init; }
+    /// <summary>Reload when the config file changes; null: the host decides (the CLI watches, embedders do not).</summary>
+    public bool? WatchConfig { get; init; }
 }
 
 /// <summary>Message limits; null means "inherit" (listener from server-wide, server-wide from the defaults).</summary>

@@ -16,7 +16,7 @@ internal sealed class YamlConfigReader
 {
     private static readonly string[] s_rootKeys = ["server", "limits", "forwarded", "listeners", "routes", "clusters", "admin", "policies"];
     private static readonly string[] s_adminKeys = ["address", "token"];
-    private static readonly string[] s_serverKeys = ["shutdown_timeout", "max_connections"];
+    private static readonly string[] s_serverKeys = ["shutdown_timeout", "max_connections", "watch_config"];
     private static readonly string[] s_limitsKeys =
         ["max_request_line", "max_header_bytes", "max_headers", "max_body_bytes", "header_timeout", "keepalive_timeout", "body_timeout"];
     private static readonly string[] s_forwardedKeys = ["mode", "trusted_networks"];
@@ -112,6 +112,7 @@ internal sealed class YamlConfigReader
             {
                 ShutdownTimeout = Duration(serverMap, "shutdown_timeout"),
                 MaxConnections = Int(serverMap, "max_connections", 1, int.MaxValue),
+                WatchConfig = Bool(serverMap, "watch_config")?.Value,
             };
 
         var listeners = new List<ListenerConfig>();

@@ -120,6 +120,22 @@ internal sealed class ProxyMetrics : IDisposable
     /// Registers the handles of a compiled snapshot before it is published. A route, cluster or listener whose
     /// labels were seen before gets the earlier handle, so its counters continue across a config reload.
     /// </summary>
+    private long _reloadsSucceeded;
+    private long _reloadsFailed;
+
+    /// <summary>Counts one config reload attempt (<c>proxy_config_reloads_total{result}</c>).</summary>
+    public void ConfigReloaded(bool success)
+    {
+        if (success)
+        {
+            Interlocked.Increment(ref _reloadsSucceeded);
+        }
+        else
+        {
+            Interlocked.Increment(ref _reloadsFailed);
+        }
+    }
+
     public void Adopt(ProxySnapshot snapshot)
     {
         lock (_lock)
@@ -216,6 +232,12 @@ internal sealed class ProxyMetrics : IDisposable
                 CollectClusterCounter(overloaded: false)),
             new("proxy_upstream_overloaded_total", MetricType.Counter,
                 "Requests refused by the circuit breaker with 503 upstream_overloaded, by cluster.", CollectClusterCounter(overloaded: true)),
+            new("proxy_config_reloads_total", MetricType.Counter,
+                "Config reload attempts (admin POST /reload, SIGHUP, file watch), by result (failure: the old config stays).",
+                [
+                    new([new("result", "success")], Interlocked.Read(ref _reloadsSucceeded)),
+                    new([new("result", "failure")], Interlocked.Read(ref _reloadsFailed)),
+                ]),
         };
         return families;
     }

@@ -39,6 +39,10 @@ internal static class UpstreamRequestWriter
             {
                 continue;
             }
+            if (head.RequestIdGenerated && f.Known == KnownHeader.None && head.Name(i).EqualsIgnoreCaseAscii(RequestId.FieldName))
+            {
+                continue; // the client's id was invalid: ours replaces it below
+            }
             if (mode != ForwardedMode.Off)
             {
                 switch (f.Known)
@@ -63,6 +67,11 @@ internal static class UpstreamRequestWriter
                 }
             }
             output.WriteField(head.Name(i), head.Value(i));
+        }
+
+        if (head.RequestIdGenerated)
+        {
+            output.WriteField(RequestId.FieldName, head.RequestIdValue);
         }
 
         if (head.HostIndex < 0)

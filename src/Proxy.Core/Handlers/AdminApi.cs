@@ -27,6 +27,15 @@ internal interface IAdminHost
 
     /// <summary>The address a listener is actually bound to (differs from the config with port 0), or null.</summary>
     IPEndPoint? BoundEndPoint(string listenerName);
+
+    /// <summary>The last reload attempt, or null when none was made.</summary>
+    Hosting.ConfigReloadResult? LastReload { get; }
+
+    /// <summary>False for a server created from YAML text: there is no file to read again.</summary>
+    bool CanReloadFromFile { get; }
+
+    /// <summary>Reads the config file again and applies it (never throws for a bad config).</summary>
+    Task<Hosting.ConfigReloadResult> ReloadAsync();
 }
 
 /// <summary>One admin answer before it is written: status, media type, body and any extra header fields.</summary>
@@ -62,7 +71,7 @@ internal static class AdminApi
             return false;
         }
 
-        AdminResponse response = Dispatch(head, runtime);
+        AdminResponse response = IsReload(head, runtime) ? await ReloadAsync(runtime.AdminHost!).ConfigureAwait(false) : Dispatch(head, runtime);
         connection.ResponseStatus = response.Status;
         bool keepAlive = head.KeepAlive && !connection.Draining;
         var output = connection.Output;
@@ -84,6 +93,47 @@ internal static class AdminApi
             output.Write(response.Body);
         }
         return await connection.FlushClientAsync().ConfigureAwait(false) && keepAlive;
+    }
+
+    /// <summary>An authorized <c>POST /reload</c> to a server that can reload: the one answer that awaits work.</summary>
+    private static bool IsReload(RequestHead head, ProxyRuntime runtime)
+        => head.Method == HttpMethod.Post && head.Path.SequenceEqual("/reload"u8) && runtime.AdminHost is { CanReloadFromFile: true }
+            && (runtime.Current.Admin?.Token is not { } token || IsAuthorized(head, token));
+
+    /// <summary>200 with the active version, or 422 with every error (the old config stays active).</summary>
+    internal static async Task<AdminResponse> ReloadAsync(IAdminHost host)
+    {
+        Hosting.ConfigReloadResult result = await host.ReloadAsync().ConfigureAwait(false);
+        var body = new ArrayBufferWriter<byte>(1024);
+        using (var json = new Utf8JsonWriter(body, new JsonWriterOptions { Indented = true }))
+        {
+            WriteReload(json, null, result);
+        }
+        body.Write("\n"u8);
+        return new AdminResponse(result.Success ? 200 : 422, "application/json", body.WrittenSpan.ToArray());
+    }
+
+    private static void WriteReload(Utf8JsonWriter json, string? name, Hosting.ConfigReloadResult result)
+    {
+        if (name is null)
+        {
+            json.WriteStartObject();
+        }
+        else
+        {
+            json.WriteStartObject(name);
+        }
+        json.WriteString("result", result.Success ? "success" : "failure");
+        json.WriteString("version", result.Version);
+        json.WriteBoolean("changed", result.Changed);
+        json.WriteString("at", result.At.ToString("O", CultureInfo.InvariantCulture));
+        json.WriteStartArray("errors");
+        foreach (var error in result.Errors)
+        {
+            json.WriteStringValue(error);
+        }
+        json.WriteEndArray();
+        json.WriteEndObject();
     }
 
     /// <summary>Chooses the answer to one request (no I/O, so unit tests can call it with a parsed head).</summary>
@@ -152,7 +202,10 @@ internal static class AdminApi
         }
         if (path.SequenceEqual("/reload"u8))
         {
-            return isPost ? AdminResponse.Text(501, "not implemented: config reload is not available yet") : MethodNotAllowed("POST");
+            // An authorized POST to a file-based server was answered by ReloadAsync before Dispatch.
+            return isPost
+                ? AdminResponse.Text(409, "cannot reload: the server was created from YAML text, not a file")
+                : MethodNotAllowed("POST");
         }
         return AdminResponse.Text(404, "not found; endpoints: " + Endpoints);
     }
@@ -203,9 +256,26 @@ internal static class AdminApi
         json.WriteStartObject();
         WriteSetting(json, "version", snapshot.Version);
         WriteSetting(json, "source", snapshot.SourcePath);
+        // The active version is "version" above; the last attempt tells whether a newer file was refused.
+        if (host?.LastReload is { } reload)
+        {
+            WriteReload(json, "last_reload", reload);
+        }
+        else
+        {
+            json.WriteNull("last_reload");
+        }
         json.WriteStartObject("server");
         WriteSetting(json, "shutdown_timeout", FormatDuration(snapshot.Server.ShutdownTimeout));
         json.WriteNumber("max_connections", snapshot.Server.MaxConnections);
+        if (snapshot.Server.WatchConfig is { } watch)
+        {
+            json.WriteBoolean("watch_config", watch);
+        }
+        else
+        {
+            json.WriteNull("watch_config");
+        }
         json.WriteEndObject();
         if (snapshot.Admin is { } admin)
         {

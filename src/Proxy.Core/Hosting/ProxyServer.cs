@@ -13,34 +13,43 @@ namespace Proxy.Hosting;
 /// The embeddable gateway: loads a config file, binds its listeners and proxies until stopped.
 /// This is the engine's public entry point; the <c>proxy</c> command-line host is a thin shell around it.
 /// </summary>
-public sealed class ProxyServer : IAsyncDisposable, IAdminHost
+public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
 {
     private readonly ProxyRuntime _runtime;
-    private readonly List<SocketListener> _listeners = [];
-    private readonly List<ActiveHealthChecker> _healthCheckers = [];
+    /// <summary>Accepting listeners; replaced as a whole (copy on write) by a reload so readers need no lock.</summary>
+    private volatile SocketListener[] _listeners = [];
+    /// <summary>Health checkers by the cluster object they probe; changed only under the reload gate (or at start/stop).</summary>
+    private readonly Dictionary<ClusterModel, ActiveHealthChecker> _healthCheckers = new(ReferenceEqualityComparer.Instance);
     private int _started;
     private int _stopped;
     private int _draining;
     private volatile bool _bound;
 
-    private ProxyServer(ProxySnapshot snapshot)
+    private ProxyServer(ProxySnapshot snapshot, string? configPath)
     {
         _runtime = new ProxyRuntime(snapshot) { AdminHost = this };
+        _configPath = configPath;
     }
 
-    /// <summary>Creates a server from a YAML config file. Throws <see cref="InvalidDataException"/> listing every config error.</summary>
-    public static ProxyServer FromFile(string path) => FromResult(ConfigLoader.LoadFile(path));
+    /// <summary>
+    /// Creates a server from a YAML config file, which <see cref="ReloadAsync()"/> reads again.
+    /// Throws <see cref="InvalidDataException"/> listing every config error.
+    /// </summary>
+    public static ProxyServer FromFile(string path) => FromResult(ConfigLoader.LoadFile(path), path);
 
-    /// <summary>Creates a server from YAML text (<paramref name="fileName"/> names it in error messages).</summary>
-    public static ProxyServer FromYaml(string yaml, string fileName = "inline.yaml") => FromResult(ConfigLoader.LoadText(yaml, fileName));
+    /// <summary>
+    /// Creates a server from YAML text (<paramref name="fileName"/> names it in error messages). Such a server has
+    /// no file to re-read: reload it with <see cref="ReloadAsync(string)"/>.
+    /// </summary>
+    public static ProxyServer FromYaml(string yaml, string fileName = "inline.yaml") => FromResult(ConfigLoader.LoadText(yaml, fileName), null);
 
-    private static ProxyServer FromResult(ConfigLoadResult result)
+    private static ProxyServer FromResult(ConfigLoadResult result, string? configPath)
     {
         if (!result.Success)
         {
             throw new InvalidDataException(string.Join(Environment.NewLine, result.Errors));
         }
-        return new ProxyServer(result.Snapshot!);
+        return new ProxyServer(result.Snapshot!, configPath);
     }
 
     /// <summary>Checks a config file without starting anything: every problem as "FILE:LINE:COL: message".</summary>
@@ -69,21 +78,24 @@ public sealed class ProxyServer : IAsyncDisposable, IAdminHost
         {
             throw new InvalidOperationException("The server was already started.");
         }
+        // A reload (SIGHUP before the listeners bind) either lands before the start reads the snapshot, or waits for it.
+        _reloadGate.Wait(cancellationToken);
+        try
+        {
+            StartCore(cancellationToken);
+        }
+        finally
+        {
+            _reloadGate.Release();
+        }
+        return Task.CompletedTask;
+    }
+
+    private void StartCore(CancellationToken cancellationToken)
+    {
         ProxySnapshot snapshot = _runtime.Current;
         _runtime.AllocatedAtStart = GC.GetTotalAllocatedBytes(precise: false);
-        foreach (ClusterModel cluster in snapshot.Clusters.Values)
-        {
-            foreach (DestinationState destination in cluster.Destinations)
-            {
-                destination.Pool ??= new ConnectionPool(destination, cluster);
-            }
-            if (cluster.HealthCheck is not null)
-            {
-                var checker = new ActiveHealthChecker(cluster);
-                _healthCheckers.Add(checker);
-                checker.Start();
-            }
-        }
+        StartClusters(snapshot);
         _runtime.Registry.OnTick(now =>
         {
             foreach (ClusterModel cluster in _runtime.Current.Clusters.Values)
@@ -94,16 +106,20 @@ public sealed class ProxyServer : IAsyncDisposable, IAdminHost
                 }
             }
         });
+        var started = new List<SocketListener>();
         try
         {
             foreach (ListenerModel model in snapshot.Listeners)
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 var listener = new SocketListener(_runtime, model);
-                _listeners.Add(listener);
+                started.Add(listener);
                 listener.Start();
             }
+            _listeners = [.. started];
             _bound = true;
+            _running = true;
+            UpdateWatcher(snapshot);
             if (snapshot.Admin is { Token: null } admin && !System.Net.IPAddress.IsLoopback(admin.EndPoint.Address))
             {
                 ProxyLog.Warn("admin_unauthenticated", ("address", admin.EndPoint.ToString()),
@@ -112,13 +128,12 @@ public sealed class ProxyServer : IAsyncDisposable, IAdminHost
         }
         catch
         {
-            foreach (var l in _listeners)
+            foreach (var l in started)
             {
                 _ = l.StopAsync();
             }
             throw;
         }
-        return Task.CompletedTask;
     }
 
     /// <summary>The address a listener is bound to (useful with port 0).</summary>
@@ -237,7 +252,11 @@ public sealed class ProxyServer : IAsyncDisposable, IAdminHost
         {
             return;
         }
-        foreach (var checker in _healthCheckers)
+        // A reload running now finishes first; none starts afterwards (it sees _stopped).
+        await _reloadGate.WaitAsync().ConfigureAwait(false);
+        _reloadGate.Release();
+        StopWatcher();
+        foreach (var checker in _healthCheckers.Values)
         {
             await checker.DisposeAsync().ConfigureAwait(false);
         }

@@ -123,9 +123,22 @@ internal sealed class RequestHead
         return ref f;
     }
 
+    /// <summary>
+    /// The request's X-Request-Id (the client's when valid, else generated; see <see cref="RequestId"/>), set by the
+    /// connection once the head is parsed. Kept here so the upstream writer sees it with the head it serialises.
+    /// </summary>
+    public readonly byte[] RequestIdBuffer = new byte[RequestId.MaxLength];
+    public int RequestIdLength;
+    /// <summary>True when the proxy made the id: the client's field (absent or invalid) is then not forwarded.</summary>
+    public bool RequestIdGenerated;
+
+    public ReadOnlySpan<byte> RequestIdValue => RequestIdBuffer.AsSpan(0, RequestIdLength);
+
     public void Reset()
     {
         Length = 0;
+        RequestIdLength = 0;
+        RequestIdGenerated = false;
         Method = HttpMethod.Custom;
         MethodStart = MethodLength = TargetStart = TargetLength = PathLength = 0;
         Version = HttpVersion.Unknown;

@@ -82,6 +82,7 @@ internal sealed partial class Http1ServerConnection
         output.Write("\r\ndate: "u8);
         output.Write(DateHeader.Value);
         output.Write("\r\n"u8);
+        WriteRequestIdField(output);
         WriteConnectionField(output, keepAlive);
         output.Write("\r\n"u8);
         if (Head.Method != Http.HttpMethod.Head)

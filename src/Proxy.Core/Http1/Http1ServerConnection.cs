@@ -59,7 +59,73 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
 
     public PipeReader Input { get; }
     public PipeWriter Output { get; }
-    public ListenerModel Listener { get; }
+    /// <summary>
+    /// This connection's listener settings, re-read by name from the snapshot a request starts with, so a reload
+    /// that changes limits or reorders listeners applies from the next request (the head of that next request is
+    /// read with the limits of the one before).
+    /// </summary>
+    public ListenerModel Listener { get; private set; }
+
+    /// <summary>The accept loop this connection came from (a reload that removes that listener drains it).</summary>
+    internal object? Origin { get; init; }
+
+    /// <summary>The snapshot the current request started with (read once per request).</summary>
+    private ProxySnapshot? _snapshot;
+
+    /// <summary>Keeps the client's X-Request-Id when valid, else generates one into the head's buffer (no allocation).</summary>
+    private static void AssignRequestId(RequestHead head)
+    {
+        if (head.TryGetHeader(RequestId.FieldName, out ReadOnlySpan<byte> incoming) && RequestId.IsValid(incoming))
+        {
+            incoming.CopyTo(head.RequestIdBuffer);
+            head.RequestIdLength = incoming.Length;
+            head.RequestIdGenerated = false;
+            return;
+        }
+        head.RequestIdLength = RequestId.Generate(head.RequestIdBuffer);
+        head.RequestIdGenerated = true;
+    }
+
+    /// <summary>
+    /// Writes <c>x-request-id: ID\r\n</c> for the current request into a response head (local replies call it; the
+    /// forwarder calls it for relayed responses). A head rejected before routing gets a fresh id here.
+    /// </summary>
+    internal void WriteRequestIdField(PipeWriter output)
+    {
+        RequestHead head = Head;
+        if (head.RequestIdLength == 0)
+        {
+            head.RequestIdLength = RequestId.Generate(head.RequestIdBuffer);
+            head.RequestIdGenerated = true;
+        }
+        output.WriteField(RequestId.FieldName, head.RequestIdValue);
+    }
+
+    /// <summary>Reads the current snapshot for a new request; after a reload, finds this listener's new model.</summary>
+    private ProxySnapshot BeginSnapshot()
+    {
+        ProxySnapshot current = _runtime.Current;
+        if (!ReferenceEquals(current, _snapshot))
+        {
+            _snapshot = current;
+            RefreshListener(current);
+        }
+        return current;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void RefreshListener(ProxySnapshot snapshot)
+    {
+        foreach (ListenerModel model in snapshot.Listeners)
+        {
+            if (model.Name == Listener.Name && model.Handler == Listener.Handler)
+            {
+                Listener = model;
+                return;
+            }
+        }
+        // The listener was removed: its connections are being drained; keep the old settings until they close.
+    }
     public RequestHead Head => State.Head;
     public BodyPump RequestPump => State.RequestPump;
     public BodyPump ResponsePump => State.ResponsePump;
@@ -196,6 +262,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     private ValueTask<bool> HandleRequestAsync()
     {
         RequestHead head = Head;
+        ProxySnapshot snapshot = BeginSnapshot();
+        AssignRequestId(head);
         _runtime.CountRequest();
         _route = null;
         ResponseStatus = 0;
@@ -216,7 +284,6 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             return ErrorAndCloseAsync(ProxyError.MethodNotAllowed.StatusCode(), ProxyError.MethodNotAllowed.DetailsCode());
         }
 
-        ProxySnapshot snapshot = _runtime.Current;
         RouteModel? route = snapshot.Routes.Match(head, Listener.Index);
         _route = route;
         if (route is null)
@@ -265,6 +332,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         output.Write("\r\ndate: "u8);
         output.Write(DateHeader.Value);
         output.Write("\r\n"u8);
+        WriteRequestIdField(output);
         WriteConnectionField(output, keepAlive);
         output.Write("\r\n"u8);
         if (Head.Method != Http.HttpMethod.Head)
@@ -375,6 +443,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             output.Write(extraFields);
         }
+        WriteRequestIdField(output);
         WriteConnectionField(output, !close && Head.KeepAlive);
         output.Write("\r\n"u8);
         if (head.Method != Http.HttpMethod.Head || head.MethodLength == 0)

@@ -44,6 +44,8 @@ internal sealed class ServerModel
     public TimeSpan ShutdownTimeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>Cap on open client connections across all listeners.</summary>
     public int MaxConnections { get; init; } = 10_000;
+    /// <summary><c>server.watch_config</c>: reload when the file changes; null when not set (the host's default applies).</summary>
+    public bool? WatchConfig { get; init; }
 }
 
 internal enum ListenerHandler : byte

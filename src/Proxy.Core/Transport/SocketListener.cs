@@ -19,7 +19,7 @@ internal sealed class SocketListener
     public SocketListener(ProxyRuntime runtime, ListenerModel model)
     {
         _runtime = runtime;
-        Model = model;
+        _model = model;
         _socket = new Socket(model.EndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         if (model.EndPoint.AddressFamily == AddressFamily.InterNetworkV6 && model.EndPoint.Address.Equals(IPAddress.IPv6Any))
         {
@@ -28,7 +28,17 @@ internal sealed class SocketListener
         _socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
     }
 
-    public ListenerModel Model { get; }
+    private volatile ListenerModel _model;
+
+    /// <summary>
+    /// The listener's settings; a reload that keeps the listener's address swaps in the new model, which
+    /// connections accepted from then on start with (existing ones re-read it by name on each request).
+    /// </summary>
+    public ListenerModel Model
+    {
+        get => _model;
+        set => _model = value;
+    }
 
     /// <summary>The bound address (kept after the socket closes, so a drained listener can still be described).</summary>
     public IPEndPoint EndPoint { get; private set; } = null!;
@@ -61,12 +71,13 @@ internal sealed class SocketListener
     {
         while (true)
         {
+            ListenerModel model = Model;
             // At the connection cap, stop accepting (like nginx and HAProxy): new connections wait in the kernel's
             // backlog until one closes, instead of being accepted and dropped. Polled: only runs while overloaded.
             // The admin listener is exempt: an operator must be able to look inside a proxy that is full.
-            if (Model.Handler != ListenerHandler.Admin && _runtime.Registry.Count >= _runtime.Current.Server.MaxConnections)
+            if (model.Handler != ListenerHandler.Admin && _runtime.Registry.Count >= _runtime.Current.Server.MaxConnections)
             {
-                Model.Metrics?.Refused(); // counts pauses, not connections: nobody is turned away
+                model.Metrics?.Refused(); // counts pauses, not connections: nobody is turned away
                 while (_runtime.Registry.Count >= _runtime.Current.Server.MaxConnections)
                 {
                     await Task.Delay(5).ConfigureAwait(false);
@@ -95,8 +106,9 @@ internal sealed class SocketListener
             }
 
             client.NoDelay = true;
-            Model.Metrics?.Accepted();
-            var connection = new Http1ServerConnection(_runtime, Model, client);
+            model = Model;
+            model.Metrics?.Accepted();
+            var connection = new Http1ServerConnection(_runtime, model, client) { Origin = this };
             _ = connection.RunAsync();
         }
     }

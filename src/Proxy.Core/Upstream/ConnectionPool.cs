@@ -33,6 +33,8 @@ internal sealed class ConnectionPool
     private readonly ClusterMetrics? _metrics;
     private readonly ClusterBreaker? _breaker;
     private int _open;
+    /// <summary>Set under the idle lock once a reload dropped the cluster: returned connections are closed, not kept.</summary>
+    private bool _retired;
 
     public ConnectionPool(DestinationState destination, ClusterModel cluster)
     {
@@ -139,8 +141,26 @@ internal sealed class ConnectionPool
         connection.IdleSince = Environment.TickCount64;
         lock (_idle)
         {
-            _idle.Push(connection);
+            if (!_retired)
+            {
+                _idle.Push(connection);
+                return;
+            }
         }
+        connection.Dispose();
+    }
+
+    /// <summary>
+    /// A reload replaced or removed the cluster: closes the idle connections now, and each busy one when its
+    /// exchange ends (requests in flight finish on the snapshot they started with).
+    /// </summary>
+    public void Retire()
+    {
+        lock (_idle)
+        {
+            _retired = true;
+        }
+        CloseIdle();
     }
 
     internal void OnConnectionClosed()

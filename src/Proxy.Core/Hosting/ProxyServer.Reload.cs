@@ -1,0 +1,317 @@
+using Proxy.Configuration;
+using Proxy.Diagnostics;
+using Proxy.Handlers;
+using Proxy.Http1;
+using Proxy.Model;
+using Proxy.Transport;
+using Proxy.Upstream;
+
+namespace Proxy.Hosting;
+
+/// <summary>The outcome of one config reload.</summary>
+public sealed class ConfigReloadResult
+{
+    internal ConfigReloadResult(bool success, string version, IReadOnlyList<string> errors, bool changed)
+    {
+        Success = success;
+        Version = version;
+        Errors = errors;
+        Changed = changed;
+    }
+
+    /// <summary>True when the new config is active (or was identical to the active one).</summary>
+    public bool Success { get; }
+
+    /// <summary>The version active after the attempt: the new one on success, the old one on failure.</summary>
+    public string Version { get; }
+
+    /// <summary>Every problem found ("FILE:LINE:COL: message", or a bind failure); empty on success.</summary>
+    public IReadOnlyList<string> Errors { get; }
+
+    /// <summary>False when the file had the active version's exact text, so nothing was swapped.</summary>
+    public bool Changed { get; }
+
+    /// <summary>When the attempt ended (UTC).</summary>
+    public DateTimeOffset At { get; } = DateTimeOffset.UtcNow;
+}
+
+// Hot reload: parse, validate and compile off the hot path, bind new listeners, then publish the snapshot with one
+// atomic swap. Requests in flight keep the snapshot they started with; clusters whose compiled definition is
+// unchanged are the same objects in the new snapshot (pools, health, breaker and budget carry over).
+public sealed partial class ProxyServer
+{
+    /// <summary>The file the server was created from; null for <see cref="FromYaml"/>.</summary>
+    private readonly string? _configPath;
+    /// <summary>One reload at a time; StopAsync waits for a running one.</summary>
+    private readonly SemaphoreSlim _reloadGate = new(1, 1);
+    private FileSystemWatcher? _watcher;
+    private Timer? _watchDebounce;
+    private volatile ConfigReloadResult? _lastReload;
+    /// <summary>Set under the reload gate once StartAsync bound the listeners: from then on a reload diffs them.</summary>
+    private bool _running;
+
+    /// <summary>How long a burst of file events must be quiet before the watcher reloads (editors write in steps).</summary>
+    internal static readonly TimeSpan WatchDebounce = TimeSpan.FromMilliseconds(200);
+
+    /// <summary>
+    /// Whether to watch the config file when the file does not say (<c>server.watch_config</c> absent).
+    /// The <c>proxy</c> command sets it to true; embedders opt in here or in the file. Set before <see cref="StartAsync"/>.
+    /// </summary>
+    public bool WatchConfigByDefault { get; set; }
+
+    /// <summary>The last reload attempt, or null when none was made.</summary>
+    public ConfigReloadResult? LastReload => _lastReload;
+
+    /// <summary>True while the config file is watched for changes.</summary>
+    public bool IsWatchingConfig => Volatile.Read(ref _watcher) is not null;
+
+    /// <summary>
+    /// Reads the config file the server was created from again and, when it is valid, makes it active: new listeners
+    /// bind, removed ones stop accepting and drain, unchanged clusters keep their connections and health state.
+    /// An invalid file (or a listener that cannot bind) leaves the running config untouched; every error is logged,
+    /// counted in <c>proxy_config_reloads_total{result="failure"}</c> and returned. Never throws for a bad config.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The server was created with <see cref="FromYaml"/>.</exception>
+    public Task<ConfigReloadResult> ReloadAsync()
+    {
+        string path = _configPath ?? throw new InvalidOperationException(
+            "The server was created from YAML text, not a file: call ReloadAsync(string yaml).");
+        return ReloadCoreAsync(previous => ConfigLoader.LoadFile(path, previous), "file");
+    }
+
+    /// <summary>Like <see cref="ReloadAsync()"/> with the given YAML text instead of the file (embedders, tests).</summary>
+    public Task<ConfigReloadResult> ReloadAsync(string yaml)
+    {
+        ArgumentNullException.ThrowIfNull(yaml);
+        string fileName = _configPath ?? _runtime.Current.SourcePath;
+        return ReloadCoreAsync(previous => ConfigLoader.LoadText(yaml, fileName, previous), "text");
+    }
+
+    private async Task<ConfigReloadResult> ReloadCoreAsync(Func<IReadOnlyDictionary<string, ClusterModel>, ConfigLoadResult> load, string trigger)
+    {
+        await _reloadGate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            ProxySnapshot current = _runtime.Current;
+            if (Volatile.Read(ref _stopped) != 0 || Volatile.Read(ref _draining) != 0)
+            {
+                return Fail(current, ["the server is stopping or draining: reload refused"], trigger);
+            }
+            // Control plane work (YAML, validation, compile) runs on the thread pool, never on a socket thread.
+            ConfigLoadResult result = await Task.Run(() => load(current.Clusters)).ConfigureAwait(false);
+            if (!result.Success)
+            {
+                return Fail(current, result.Errors.Select(e => e.ToString()).ToArray(), trigger);
+            }
+            ProxySnapshot next = result.Snapshot!;
+            if (next.Version == current.Version)
+            {
+                var same = new ConfigReloadResult(true, current.Version, [], changed: false);
+                _lastReload = same;
+                _runtime.Metrics.ConfigReloaded(success: true);
+                ProxyLog.Info("config_reload_unchanged", ("version", current.Version), ("trigger", trigger));
+                return same;
+            }
+            if (!_running)
+            {
+                // Not started: nothing is bound or pooled yet; StartAsync will use the new snapshot.
+                _runtime.Publish(next);
+                return Succeed(current, next, trigger);
+            }
+            return await ApplyAsync(current, next, trigger).ConfigureAwait(false);
+        }
+        finally
+        {
+            _reloadGate.Release();
+        }
+    }
+
+    private async Task<ConfigReloadResult> ApplyAsync(ProxySnapshot current, ProxySnapshot next, string trigger)
+    {
+        // 1. Listeners: keep those whose address and handler are unchanged, bind the new ones before publishing so a
+        //    port already in use fails the reload with the old config intact.
+        SocketListener[] running = _listeners;
+        var kept = new List<SocketListener>();
+        var added = new List<SocketListener>();
+        var keptModels = new List<(SocketListener Listener, ListenerModel Model)>();
+        foreach (ListenerModel model in next.Listeners)
+        {
+            SocketListener? same = running.FirstOrDefault(l => l.Model.Name == model.Name
+                && l.Model.Handler == model.Handler && l.Model.EndPoint.Equals(model.EndPoint));
+            if (same is not null)
+            {
+                kept.Add(same);
+                keptModels.Add((same, model));
+                continue;
+            }
+            var listener = new SocketListener(_runtime, model);
+            try
+            {
+                listener.Start();
+                added.Add(listener);
+            }
+            catch (Exception e) when (e is System.Net.Sockets.SocketException or IOException or UnauthorizedAccessException)
+            {
+                await Task.WhenAll(added.Select(l => l.StopAsync())).ConfigureAwait(false);
+                _ = listener.StopAsync();
+                return Fail(current, [$"listener '{model.Name}' cannot bind {model.EndPoint}: {e.Message}"], trigger);
+            }
+        }
+        SocketListener[] removed = running.Where(l => !kept.Contains(l)).ToArray();
+
+        // 2. Clusters: pools for new ones (taken-over clusters already have theirs), health checkers for new ones.
+        StartClusters(next);
+
+        // 3. The swap. From here every new request (and every new accept) sees the new config.
+        _runtime.Publish(next);
+        foreach (var (listener, model) in keptModels)
+        {
+            listener.Model = model;
+        }
+        _listeners = [.. kept, .. added];
+
+        // 4. Retire what the new snapshot no longer uses: requests in flight still hold the old objects and finish.
+        var nextClusters = new HashSet<ClusterModel>(next.Clusters.Values, ReferenceEqualityComparer.Instance);
+        foreach (ClusterModel old in current.Clusters.Values)
+        {
+            if (nextClusters.Contains(old))
+            {
+                continue;
+            }
+            if (_healthCheckers.Remove(old, out var checker))
+            {
+                await checker.DisposeAsync().ConfigureAwait(false);
+            }
+            foreach (DestinationState destination in old.Destinations)
+            {
+                destination.Pool?.Retire();
+            }
+        }
+        await Task.WhenAll(removed.Select(l => l.StopAsync())).ConfigureAwait(false);
+        foreach (var listener in removed)
+        {
+            ProxyLog.Info("listener_removed", ("listener", listener.Model.Name), ("address", listener.EndPoint.ToString()));
+        }
+        if (removed.Length > 0)
+        {
+            foreach (var connection in _runtime.Registry.Connections)
+            {
+                if (connection is Http1ServerConnection { Origin: SocketListener origin } && removed.Contains(origin))
+                {
+                    connection.BeginDrain();
+                }
+            }
+        }
+        UpdateWatcher(next);
+        return Succeed(current, next, trigger);
+    }
+
+    private ConfigReloadResult Succeed(ProxySnapshot current, ProxySnapshot next, string trigger)
+    {
+        var result = new ConfigReloadResult(true, next.Version, [], changed: true);
+        _lastReload = result;
+        _runtime.Metrics.ConfigReloaded(success: true);
+        ProxyLog.Info("config_reloaded", ("version", next.Version), ("previous_version", current.Version), ("trigger", trigger));
+        return result;
+    }
+
+    private ConfigReloadResult Fail(ProxySnapshot current, string[] errors, string trigger)
+    {
+        var result = new ConfigReloadResult(false, current.Version, errors, changed: false);
+        _lastReload = result;
+        _runtime.Metrics.ConfigReloaded(success: false);
+        // One line per error (each is greppable on its own), then a summary.
+        foreach (var error in errors)
+        {
+            ProxyLog.Error("config_reload_error", ("error", error));
+        }
+        ProxyLog.Error("config_reload_failed", ("errors", errors.Length), ("active_version", current.Version), ("trigger", trigger));
+        return result;
+    }
+
+    /// <summary>Pools for every destination without one, and a health checker for every checked cluster without one.</summary>
+    private void StartClusters(ProxySnapshot snapshot)
+    {
+        foreach (ClusterModel cluster in snapshot.Clusters.Values)
+        {
+            foreach (DestinationState destination in cluster.Destinations)
+            {
+                destination.Pool ??= new ConnectionPool(destination, cluster);
+            }
+            if (cluster.HealthCheck is not null && !_healthCheckers.ContainsKey(cluster))
+            {
+                var checker = new ActiveHealthChecker(cluster);
+                _healthCheckers.Add(cluster, checker);
+                checker.Start();
+            }
+        }
+    }
+
+    // ---- file watch -----------------------------------------------------------------------------
+
+    /// <summary>Starts or stops watching to match the snapshot's <c>server.watch_config</c> (or the host's default).</summary>
+    private void UpdateWatcher(ProxySnapshot snapshot)
+    {
+        bool watch = _configPath is not null && (snapshot.Server.WatchConfig ?? WatchConfigByDefault);
+        if (!watch)
+        {
+            StopWatcher();
+            return;
+        }
+        if (_watcher is not null)
+        {
+            return;
+        }
+        string fullPath = Path.GetFullPath(_configPath!);
+        // The directory, not the file: editors and config managers replace the file by a rename, which a watch on
+        // the old file would miss.
+        var watcher = new FileSystemWatcher(Path.GetDirectoryName(fullPath)!, Path.GetFileName(fullPath))
+        {
+            NotifyFilter = NotifyFilters.LastWrite | NotifyFilters.FileName | NotifyFilters.Size | NotifyFilters.CreationTime,
+        };
+        _watchDebounce = new Timer(_ => OnWatchQuiet(), null, Timeout.Infinite, Timeout.Infinite);
+        watcher.Changed += OnConfigFileEvent;
+        watcher.Created += OnConfigFileEvent;
+        watcher.Renamed += OnConfigFileEvent;
+        watcher.EnableRaisingEvents = true;
+        Volatile.Write(ref _watcher, watcher);
+        ProxyLog.Info("config_watch_started", ("path", fullPath));
+    }
+
+    private void OnConfigFileEvent(object sender, FileSystemEventArgs e)
+        => _watchDebounce?.Change(WatchDebounce, Timeout.InfiniteTimeSpan);
+
+    private void OnWatchQuiet()
+    {
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                if (Volatile.Read(ref _stopped) == 0 && File.Exists(_configPath))
+                {
+                    await ReloadCoreAsync(previous => ConfigLoader.LoadFile(_configPath!, previous), "watch").ConfigureAwait(false);
+                }
+            }
+            catch (Exception e)
+            {
+                ProxyLog.Error("config_reload_failed", ("error", e.ToString()), ("trigger", "watch"));
+            }
+        });
+    }
+
+    private void StopWatcher()
+    {
+        if (Interlocked.Exchange(ref _watcher, null) is { } watcher)
+        {
+            watcher.EnableRaisingEvents = false;
+            watcher.Dispose();
+        }
+        Interlocked.Exchange(ref _watchDebounce, null)?.Dispose();
+    }
+
+    ConfigReloadResult? IAdminHost.LastReload => _lastReload;
+
+    bool IAdminHost.CanReloadFromFile => _configPath is not null;
+
+    Task<ConfigReloadResult> IAdminHost.ReloadAsync() => ReloadAsync();
+}

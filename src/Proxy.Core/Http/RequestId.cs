@@ -1,0 +1,37 @@
+using System.Security.Cryptography;
+
+namespace Proxy.Http;
+
+/// <summary>
+/// X-Request-Id: a client's id is kept when it is sane (1..128 visible ASCII bytes, RFC 9110 section 5.5 field
+/// value without spaces), otherwise the proxy makes one. Generated ids are 16 lower-case hex digits of a process
+/// counter multiplied by a random odd number plus a random offset: unique within the process (an odd multiplier
+/// is a bijection modulo 2^64), not guessable across restarts, and formatted into the request's own buffer.
+/// </summary>
+internal static class RequestId
+{
+    public const int MaxLength = 128;
+    public const int GeneratedLength = 16;
+
+    public static ReadOnlySpan<byte> FieldName => "x-request-id"u8;
+
+    private static readonly ulong s_multiplier = (ulong)RandomNumberGenerator.GetInt32(int.MaxValue) << 33 | (ulong)RandomNumberGenerator.GetInt32(int.MaxValue) << 1 | 1;
+    private static readonly ulong s_offset = (ulong)RandomNumberGenerator.GetInt32(int.MaxValue) << 32 | (uint)RandomNumberGenerator.GetInt32(int.MaxValue);
+    private static long s_counter;
+
+    /// <summary>1..128 bytes, each visible ASCII (0x21..0x7E): safe to log and to echo back in a header.</summary>
+    public static bool IsValid(ReadOnlySpan<byte> value)
+        => value.Length is > 0 and <= MaxLength && !value.ContainsAnyExceptInRange((byte)0x21, (byte)0x7E);
+
+    /// <summary>Writes a new id into <paramref name="destination"/> (at least 16 bytes) and returns its length.</summary>
+    public static int Generate(Span<byte> destination)
+    {
+        ulong value = unchecked((ulong)Interlocked.Increment(ref s_counter) * s_multiplier + s_offset);
+        for (int i = GeneratedLength - 1; i >= 0; i--)
+        {
+            destination[i] = (byte)"0123456789abcdef"[(int)(value & 0xF)];
+            value >>= 4;
+        }
+        return GeneratedLength;
+    }
+}

@@ -1,0 +1,370 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
+using Proxy.FunctionalTests.Infrastructure;
+using Proxy.Hosting;
+
+namespace Proxy.FunctionalTests;
+
+/// <summary>Hot reload (<see cref="ProxyServer.ReloadAsync()"/>, admin POST /reload, SIGHUP, file watch) over real sockets.</summary>
+public sealed class ReloadTests : IDisposable
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("proxy-reload-tests-").FullName;
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    private string PathOf(string name) => Path.Combine(_directory, name);
+
+    private static string Config(string routes, int backendPort = 1, string extraListeners = "", string admin = "", string server = "server: { watch_config: false }")
+        => $$"""
+        {{server}}
+        {{admin}}
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+        {{extraListeners}}
+        routes:
+        {{routes}}
+        clusters:
+          backend:
+            destinations: [{ address: "http://127.0.0.1:{{backendPort.ToString(CultureInfo.InvariantCulture)}}" }]
+        """;
+
+    private const string HelloRoute = """
+          - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello\n" } }
+        """;
+
+    private const string HelloAndByeRoutes = """
+          - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello\n" } }
+          - { id: bye, match: { path: /bye }, respond: { status: 200, body: "bye\n" } }
+        """;
+
+    private const string Invalid = """
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+        routes:
+          - { id: r1, match: { path: /a }, cluster: missing_cluster }
+        """;
+
+    private async Task<ProxyServer> StartFromFileAsync(string yaml, string name = "proxy.yaml")
+    {
+        string path = PathOf(name);
+        await File.WriteAllTextAsync(path, yaml);
+        var server = ProxyServer.FromFile(path);
+        await server.StartAsync();
+        return server;
+    }
+
+    private static async Task<(int Status, string Body)> GetAsync(IPEndPoint endPoint, string path)
+    {
+        using var client = new HttpClient { Timeout = TestDefaults.Timeout };
+        using var response = await client.GetAsync($"http://127.0.0.1:{endPoint.Port}{path}");
+        return ((int)response.StatusCode, await response.Content.ReadAsStringAsync());
+    }
+
+    [Fact]
+    public async Task Reload_FileGainsRoute_NewRouteAnswers()
+    {
+        await using var server = await StartFromFileAsync(Config(HelloRoute));
+        var endPoint = server.GetEndPoint("public");
+        Assert.Equal(404, (await GetAsync(endPoint, "/bye")).Status);
+        string before = server.ConfigVersion;
+
+        await File.WriteAllTextAsync(PathOf("proxy.yaml"), Config(HelloAndByeRoutes));
+        ConfigReloadResult result = await server.ReloadAsync();
+
+        Assert.True(result.Success, string.Join("\n", result.Errors));
+        Assert.True(result.Changed);
+        Assert.NotEqual(before, result.Version);
+        Assert.Equal(result.Version, server.ConfigVersion);
+        Assert.Equal((200, "bye\n"), await GetAsync(endPoint, "/bye"));
+        // The listener kept its socket: same port.
+        Assert.Equal(endPoint, server.GetEndPoint("public"));
+    }
+
+    [Fact]
+    public async Task Reload_InvalidFile_KeepsOldRoutesAndReportsErrors()
+    {
+        const string admin = "admin: { address: 127.0.0.1:0 }";
+        await using var server = await StartFromFileAsync(Config(HelloRoute, admin: admin));
+        var endPoint = server.GetEndPoint("public");
+        var adminEndPoint = server.GetEndPoint("admin");
+        string version = server.ConfigVersion;
+
+        await File.WriteAllTextAsync(PathOf("proxy.yaml"), Invalid);
+        using var client = new HttpClient { Timeout = TestDefaults.Timeout };
+        using var reload = await client.PostAsync($"http://127.0.0.1:{adminEndPoint.Port}/reload", null);
+        string reloadBody = await reload.Content.ReadAsStringAsync();
+
+        Assert.Equal(422, (int)reload.StatusCode);
+        using (var json = JsonDocument.Parse(reloadBody))
+        {
+            Assert.Equal("failure", json.RootElement.GetProperty("result").GetString());
+            Assert.Equal(version, json.RootElement.GetProperty("version").GetString());
+            var errors = json.RootElement.GetProperty("errors").EnumerateArray().Select(e => e.GetString()!).ToArray();
+            Assert.Contains(errors, e => e.Contains("missing_cluster", StringComparison.Ordinal) && e.Contains("proxy.yaml:", StringComparison.Ordinal));
+        }
+        Assert.Equal((200, "hello\n"), await GetAsync(endPoint, "/hello"));
+        Assert.Equal(version, server.ConfigVersion);
+
+        string config = await client.GetStringAsync($"http://127.0.0.1:{adminEndPoint.Port}/config");
+        using (var json = JsonDocument.Parse(config))
+        {
+            Assert.Equal(version, json.RootElement.GetProperty("version").GetString());
+            var last = json.RootElement.GetProperty("last_reload");
+            Assert.Equal("failure", last.GetProperty("result").GetString());
+            Assert.NotEmpty(last.GetProperty("errors").EnumerateArray());
+        }
+        string metrics = await client.GetStringAsync($"http://127.0.0.1:{adminEndPoint.Port}/metrics");
+        Assert.Contains("proxy_config_reloads_total{result=\"failure\"} 1", metrics, StringComparison.Ordinal);
+        Assert.Contains("proxy_config_reloads_total{result=\"success\"} 0", metrics, StringComparison.Ordinal);
+
+        // The file fixed: the same endpoint answers 200 with the new version.
+        await File.WriteAllTextAsync(PathOf("proxy.yaml"), Config(HelloAndByeRoutes, admin: admin));
+        using var fixedReload = await client.PostAsync($"http://127.0.0.1:{adminEndPoint.Port}/reload", null);
+        Assert.Equal(200, (int)fixedReload.StatusCode);
+        Assert.Equal(server.ConfigVersion, JsonDocument.Parse(await fixedReload.Content.ReadAsStringAsync()).RootElement.GetProperty("version").GetString());
+        Assert.NotEqual(version, server.ConfigVersion);
+    }
+
+    [Fact]
+    public async Task Reload_YamlServer_ReloadFromFileThrowsAndTextOverloadWorks()
+    {
+        await using var proxy = await TestProxy.StartAsync(Config(HelloRoute));
+
+        await Assert.ThrowsAsync<InvalidOperationException>(() => proxy.Server.ReloadAsync());
+        var result = await proxy.Server.ReloadAsync(Config(HelloAndByeRoutes));
+
+        Assert.True(result.Success);
+        Assert.Equal((200, "bye\n"), await GetAsync(proxy.Public, "/bye"));
+    }
+
+    [Fact]
+    public async Task Reload_UnchangedCluster_UpstreamSeesNoNewConnection()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        const string routes = """
+              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+            """;
+        await using var server = await StartFromFileAsync(Config(routes, upstream.Port));
+        var endPoint = server.GetEndPoint("public");
+        var pool = server.Snapshot.Clusters["backend"].Destinations[0].Pool;
+        Assert.Equal(200, (await GetAsync(endPoint, "/one")).Status);
+        Assert.Equal(1, upstream.ConnectionCount);
+
+        var result = await server.ReloadAsync(Config(HelloRoute + "\n" + routes, upstream.Port));
+
+        Assert.True(result.Success, string.Join("\n", result.Errors));
+        Assert.Same(pool, server.Snapshot.Clusters["backend"].Destinations[0].Pool);
+        Assert.Equal(200, (await GetAsync(endPoint, "/two")).Status);
+        Assert.Equal((200, "hello\n"), await GetAsync(endPoint, "/hello"));
+        Assert.Equal(1, upstream.ConnectionCount);
+    }
+
+    [Fact]
+    public async Task Reload_ChangedCluster_NewPoolAndOldIdleConnectionsClosed()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        const string routes = """
+              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+            """;
+        await using var proxy = await TestProxy.StartAsync(Config(routes, upstream.Port));
+        var oldPool = proxy.Server.Snapshot.Clusters["backend"].Destinations[0].Pool!;
+        Assert.Equal(200, (await GetAsync(proxy.Public, "/one")).Status);
+
+        var result = await proxy.Server.ReloadAsync(Config(routes, upstream.Port).Replace("destinations:", "connect_timeout: 3s\n    destinations:", StringComparison.Ordinal));
+
+        Assert.True(result.Success, string.Join("\n", result.Errors));
+        Assert.NotSame(oldPool, proxy.Server.Snapshot.Clusters["backend"].Destinations[0].Pool);
+        Assert.Equal(0, oldPool.IdleConnections);
+        Assert.True(await upstream.Connections[0].WaitForPeerCloseAsync(TestDefaults.Timeout));
+        Assert.Equal(200, (await GetAsync(proxy.Public, "/two")).Status);
+        Assert.Equal(2, upstream.ConnectionCount);
+    }
+
+    [Fact]
+    public async Task Reload_ListenerAddedThenRemoved_AcceptsThenStops()
+    {
+        const string second = "  - { name: second, address: 127.0.0.1:0 }";
+        await using var proxy = await TestProxy.StartAsync(Config(HelloRoute));
+        Assert.Throws<ArgumentException>(() => proxy.Server.GetEndPoint("second"));
+
+        Assert.True((await proxy.Server.ReloadAsync(Config(HelloRoute, extraListeners: second))).Success);
+        var added = proxy.Server.GetEndPoint("second");
+        Assert.Equal((200, "hello\n"), await GetAsync(added, "/hello"));
+        // A keep-alive connection on the listener about to go away.
+        await using var idle = await RawClient.ConnectAsync(added);
+        await idle.SendAsync("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+        Assert.Equal(200, (await idle.ReadResponseAsync()).Status);
+
+        Assert.True((await proxy.Server.ReloadAsync(Config(HelloRoute))).Success);
+
+        Assert.Throws<ArgumentException>(() => proxy.Server.GetEndPoint("second"));
+        using var probe = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await Assert.ThrowsAsync<SocketException>(async () => await probe.ConnectAsync(added));
+        await idle.AssertClosedAsync(); // the removed listener's idle connection is drained
+        Assert.Equal((200, "hello\n"), await GetAsync(proxy.Public, "/hello"));
+    }
+
+    [Fact]
+    public async Task Reload_FiftySwapsUnderLoad_NoFailedRequests()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        string routesA = """
+              - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello\n" } }
+              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+            """;
+        string routesB = """
+              - { id: hello2, match: { path: /hello }, respond: { status: 200, body: "hello\n" } }
+              - { id: extra, match: { path: /extra }, respond: { status: 204 } }
+              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+            """;
+        await using var server = await StartFromFileAsync(Config(routesA, upstream.Port));
+        var endPoint = server.GetEndPoint("public");
+        using var stop = new CancellationTokenSource();
+        long ok = 0;
+        var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
+
+        async Task LoopAsync(string path)
+        {
+            using var client = new HttpClient { Timeout = TestDefaults.Timeout };
+            while (!stop.IsCancellationRequested)
+            {
+                try
+                {
+                    using var response = await client.GetAsync($"http://127.0.0.1:{endPoint.Port}{path}");
+                    _ = await response.Content.ReadAsStringAsync();
+                    if (response.StatusCode == HttpStatusCode.OK)
+                    {
+                        Interlocked.Increment(ref ok);
+                    }
+                    else
+                    {
+                        failures.Enqueue($"{path}: {(int)response.StatusCode}");
+                    }
+                }
+                catch (Exception e)
+                {
+                    failures.Enqueue($"{path}: {e.GetType().Name} {e.Message}");
+                }
+            }
+        }
+
+        var loops = new[] { LoopAsync("/hello"), LoopAsync("/hello"), LoopAsync("/api/x"), LoopAsync("/api/y") };
+        int succeeded = 0, failed = 0;
+        for (int i = 0; i < 50; i++)
+        {
+            string yaml = (i % 5) switch
+            {
+                4 => Invalid,
+                _ when i % 2 == 0 => Config(routesB, upstream.Port),
+                _ => Config(routesA, upstream.Port),
+            };
+            await File.WriteAllTextAsync(PathOf("proxy.yaml"), yaml);
+            var result = await server.ReloadAsync();
+            if (result.Success)
+            {
+                succeeded++;
+            }
+            else
+            {
+                failed++;
+            }
+            await Task.Delay(40);
+        }
+        stop.Cancel();
+        await Task.WhenAll(loops);
+
+        Assert.True(failures.IsEmpty, string.Join("\n", failures.Take(20)));
+        Assert.Equal(10, failed);
+        Assert.Equal(40, succeeded);
+        Assert.True(Interlocked.Read(ref ok) > 100, $"only {ok} requests");
+        // The backend cluster never changed: one pool throughout, a handful of connections at most.
+        Assert.InRange(upstream.ConnectionCount, 1, 8);
+    }
+
+    [Fact]
+    public async Task Watch_FileChanged_ReloadsWithinAFewHundredMilliseconds()
+    {
+        await using var server = await StartFromFileAsync(Config(HelloRoute, server: "server: { watch_config: true }"));
+        Assert.True(server.IsWatchingConfig);
+        var endPoint = server.GetEndPoint("public");
+
+        await File.WriteAllTextAsync(PathOf("proxy.yaml"), Config(HelloAndByeRoutes, server: "server: { watch_config: true }"));
+
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (server.LastReload is not { Success: true } && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+        Assert.True(server.LastReload is { Success: true }, "the file watch did not reload");
+        Assert.Equal((200, "bye\n"), await GetAsync(endPoint, "/bye"));
+    }
+
+    [Fact]
+    public async Task Watch_DisabledInFile_NotWatching()
+    {
+        await using var server = await StartFromFileAsync(Config(HelloRoute));
+
+        Assert.False(server.IsWatchingConfig);
+    }
+
+    [Fact]
+    public async Task Run_Sighup_ReloadsConfig()
+    {
+        int port = Ports.ClosedPort();
+        string Yaml(string routes) => $$"""
+            server: { watch_config: false }
+            listeners:
+              - { name: public, address: "127.0.0.1:{{port}}" }
+            routes:
+            {{routes}}
+            """;
+        string path = PathOf("run.yaml");
+        await File.WriteAllTextAsync(path, Yaml(HelloRoute));
+        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+        var start = new System.Diagnostics.ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { CliTests.ProxyDll(), "run", "--config", path })
+        {
+            start.ArgumentList.Add(a);
+        }
+        using var process = System.Diagnostics.Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        try
+        {
+            var endPoint = new IPEndPoint(IPAddress.Loopback, port);
+            if (!await CliTests.WaitUntilListeningAsync(port, process))
+            {
+                Assert.Fail($"proxy did not start (exit {(process.HasExited ? process.ExitCode : -1)}):\n{await stdout}\n{await stderr}");
+            }
+            Assert.Equal(404, (await GetAsync(endPoint, "/bye")).Status);
+
+            await File.WriteAllTextAsync(path, Yaml(HelloAndByeRoutes));
+            using (var kill = System.Diagnostics.Process.Start("kill", ["-HUP", process.Id.ToString(CultureInfo.InvariantCulture)]))
+            {
+                await kill.WaitForExitAsync();
+            }
+
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+            int status = 0;
+            while (DateTime.UtcNow < deadline && !process.HasExited && (status = (await GetAsync(endPoint, "/bye")).Status) != 200)
+            {
+                await Task.Delay(50);
+            }
+            if (process.HasExited)
+            {
+                Assert.Fail($"proxy exited {process.ExitCode}:\n{await stdout}\n{await stderr}");
+            }
+            Assert.True(status == 200, $"SIGHUP did not reload (last status {status})");
+            Assert.False(process.HasExited);
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill();
+            }
+        }
+    }
+}
