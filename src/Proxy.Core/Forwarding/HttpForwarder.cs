@@ -536,6 +536,9 @@ internal sealed class HttpForwarder
 
     // ---- heads -----------------------------------------------------------------------------------
 
+    private static bool IsRequestIdField(ReadOnlySpan<byte> name)
+        => name.Length == RequestId.FieldName.Length && System.Text.Ascii.EqualsIgnoreCase(name, RequestId.FieldName);
+
     private void WriteResponseHead(ResponseHead response, BodyFraming outFraming, long contentLength, bool interim, bool keepAlive)
     {
         PipeWriter output = _client.Output;
@@ -547,7 +550,8 @@ internal sealed class HttpForwarder
         HeaderField[] fields = response.Fields;
         for (int i = 0; i < response.FieldCount; i++)
         {
-            if (!fields[i].HopByHop)
+            // The final response carries the proxy's request id (below); an upstream's echo of it would duplicate it.
+            if (!fields[i].HopByHop && (interim || !IsRequestIdField(response.Name(i))))
             {
                 output.WriteField(response.Name(i), response.Value(i));
             }
@@ -555,6 +559,7 @@ internal sealed class HttpForwarder
         if (!interim)
         {
             _client.ResponseStatus = response.StatusCode;
+            _client.WriteRequestIdField(output);
             if (outFraming == BodyFraming.Chunked)
             {
                 output.Write("transfer-encoding: chunked\r\n"u8);
