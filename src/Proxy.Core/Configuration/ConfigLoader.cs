@@ -47,6 +47,7 @@ internal static class ConfigLoader
         var config = YamlConfigReader.Read(text, errors);
         if (config is not null)
         {
+            config = config with { BaseDirectory = BaseDirectoryOf(sourcePath) };
             ConfigValidator.Validate(config, errors);
         }
         if (config is null || errors.Count != 0)
@@ -54,5 +55,17 @@ internal static class ConfigLoader
             return new ConfigLoadResult { Errors = errors.ToSortedList() };
         }
         return new ConfigLoadResult { Snapshot = ConfigCompiler.Compile(config, text, sourcePath, previous) };
+    }
+
+    private static string BaseDirectoryOf(string sourcePath)
+    {
+        try
+        {
+            return Path.GetDirectoryName(Path.GetFullPath(sourcePath)) ?? Directory.GetCurrentDirectory();
+        }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException)
+        {
+            return Directory.GetCurrentDirectory();
+        }
     }
 }

@@ -29,6 +29,8 @@ internal sealed record ProxyConfig
     public AdminConfig? Admin { get; init; }
     /// <summary>The <c>policies:</c> section, in file order.</summary>
     public IReadOnlyList<PolicyConfig> Policies { get; init; } = [];
+    /// <summary>The config file's directory: relative paths in the file (a jwt policy's jwks_file) resolve against it.</summary>
+    public string BaseDirectory { get; init; } = "";
 }
 
 /// <summary>

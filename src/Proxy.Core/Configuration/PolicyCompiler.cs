@@ -15,6 +15,7 @@ internal static class PolicyCompiler
 {
     private static readonly string[] s_rateLimitKeys = ["key", "rate", "burst", "store"];
     private static readonly string[] s_ipFilterKeys = ["allow", "deny"];
+    private static readonly string[] s_jwtKeys = ["issuer", "audiences", "jwks_file", "jwks_url", "required_scopes", "clock_skew"];
     private static readonly string[] s_laterKeys = ["jwt:sub", "jwt:client_id", "consumer"];
 
     public static void Validate(ProxyConfig config, ConfigErrorList errors)
@@ -34,7 +35,7 @@ internal static class PolicyCompiler
                     + (near is null ? $" (expected one of: {string.Join(", ", PolicyKinds.AllKinds)})" : $"; did you mean '{near}'?"));
                 continue;
             }
-            Build(policy, errors, TimeProvider.System, validateOnly: true);
+            Build(policy, errors, TimeProvider.System, config.BaseDirectory, validateOnly: true);
         }
 
         foreach (var listener in config.Listeners)
@@ -80,7 +81,7 @@ internal static class PolicyCompiler
         var filters = new Dictionary<string, IRequestHeadersFilter>(StringComparer.Ordinal);
         foreach (var policy in config.Policies)
         {
-            if (Build(policy, errors, time) is { } filter)
+            if (Build(policy, errors, time, config.BaseDirectory) is { } filter)
             {
                 filters.TryAdd(policy.Name.Value, filter);
             }
@@ -142,7 +143,7 @@ internal static class PolicyCompiler
     /// <paramref name="validateOnly"/>, built-in kinds skip building (a rate-limit table is a MiB); custom kinds are
     /// built, since their factory is their validation.
     /// </summary>
-    public static IRequestHeadersFilter? Build(PolicyConfig policy, ConfigErrorList errors, TimeProvider time, bool validateOnly = false)
+    public static IRequestHeadersFilter? Build(PolicyConfig policy, ConfigErrorList errors, TimeProvider time, string baseDirectory = "", bool validateOnly = false)
     {
         if (policy.Kind is not { } kind)
         {
@@ -154,6 +155,8 @@ internal static class PolicyCompiler
                 return BuildRateLimit(policy, kind, errors, time, validateOnly);
             case "ip_filter":
                 return BuildIpFilter(policy, kind, errors);
+            case "jwt":
+                return BuildJwt(policy, kind, errors, time, baseDirectory);
         }
         if (!PolicyKinds.TryGetCustom(kind.Value, out var factory))
         {
@@ -354,6 +357,162 @@ internal static class PolicyCompiler
             return null;
         }
         return new IpFilter(policy.Name.Value, allow, deny);
+    }
+
+    private static JwtFilter? BuildJwt(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory)
+    {
+        int before = errors.Count;
+        string name = policy.Name.Value;
+        string? issuer = null;
+        List<string>? audiences = null;
+        var scopes = new List<string>();
+        TimeSpan skew = TimeSpan.FromSeconds(30);
+        JsonWebKey[]? keys = null;
+        bool hasJwks = false;
+        foreach (var setting in policy.Settings)
+        {
+            if (!CheckKey(setting, s_jwtKeys, "jwt", errors))
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
+                case "audiences":
+                case "required_scopes":
+                    if (setting.List is not { } list)
+                    {
+                        errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, $"expected a list for '{setting.Key.Value}' (e.g. [orders-api])");
+                        continue;
+                    }
+                    if (setting.Key.Value == "audiences")
+                    {
+                        audiences = [];
+                        if (list.Count == 0)
+                        {
+                            errors.Add(setting.Key.Mark, $"jwt policy '{name}' has an empty 'audiences' list: no token could pass");
+                        }
+                    }
+                    foreach (var item in list)
+                    {
+                        if (item.Value.Length == 0)
+                        {
+                            errors.Add(item.Mark, $"empty value in '{setting.Key.Value}'");
+                        }
+                        else if (setting.Key.Value == "audiences")
+                        {
+                            audiences!.Add(item.Value);
+                        }
+                        else if (!IsScopeToken(item.Value))
+                        {
+                            // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+                            errors.Add(item.Mark, $"invalid scope '{item.Value}': a scope is printable ASCII without spaces, '\"' or '\\' (RFC 6749 section 3.3)");
+                        }
+                        else
+                        {
+                            scopes.Add(item.Value);
+                        }
+                    }
+                    if (setting.Key.Value == "required_scopes" && list.Count > 64)
+                    {
+                        errors.Add(setting.Key.Mark, $"jwt policy '{name}' requires {list.Count} scopes; at most 64 are supported");
+                    }
+                    continue;
+            }
+            if (Scalar(setting, errors) is not { } value)
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
+                case "issuer":
+                    if (value.Value.Length == 0)
+                    {
+                        errors.Add(value.Mark, "'issuer' must not be empty");
+                    }
+                    issuer = value.Value;
+                    break;
+                case "clock_skew":
+                    if (!ConfigValues.TryParseDuration(value.Value, out skew) || skew > TimeSpan.FromHours(1))
+                    {
+                        errors.Add(value.Mark, $"invalid clock_skew '{value.Value}': expected a duration from 0s to 1h (e.g. 30s)");
+                    }
+                    break;
+                case "jwks_url":
+                    hasJwks = true;
+                    errors.Add(setting.Key.Mark, "jwks_url is not supported yet; use jwks_file");
+                    break;
+                case "jwks_file":
+                    hasJwks = true;
+                    keys = LoadJwks(value, baseDirectory, errors);
+                    break;
+            }
+        }
+        if (issuer is null)
+        {
+            errors.Add(kind.Mark, $"jwt policy '{name}' is missing required key 'issuer' (the expected \"iss\" claim)");
+        }
+        if (audiences is null)
+        {
+            errors.Add(kind.Mark, $"jwt policy '{name}' is missing required key 'audiences' (the accepted \"aud\" values)");
+        }
+        if (!hasJwks)
+        {
+            errors.Add(kind.Mark, $"jwt policy '{name}' is missing required key 'jwks_file' (a JSON Web Key Set, RFC 7517)");
+        }
+        if (errors.Count != before || keys is null || issuer is null || audiences is null)
+        {
+            return null;
+        }
+        return new JwtFilter(new JwtOptions
+        {
+            PolicyName = name,
+            Issuer = issuer,
+            Audiences = audiences,
+            RequiredScopes = scopes,
+            ClockSkew = skew,
+            Keys = keys,
+        }, time);
+    }
+
+    /// <summary>Reads the JWKS at compile time; a path is relative to the config file's directory.</summary>
+    private static JsonWebKey[]? LoadJwks(Located<string> file, string baseDirectory, ConfigErrorList errors)
+    {
+        if (file.Value.Length == 0)
+        {
+            errors.Add(file.Mark, "'jwks_file' must not be empty");
+            return null;
+        }
+        byte[] bytes;
+        try
+        {
+            bytes = File.ReadAllBytes(Path.Combine(baseDirectory, file.Value));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            errors.Add(file.Mark, $"cannot read jwks_file '{file.Value}': {e.Message}");
+            return null;
+        }
+        try
+        {
+            return JsonWebKeySet.Parse(bytes);
+        }
+        catch (FormatException e)
+        {
+            errors.Add(file.Mark, $"jwks_file '{file.Value}': {e.Message}");
+            return null;
+        }
+    }
+
+    private static bool IsScopeToken(string scope)
+    {
+        foreach (char c in scope)
+        {
+            if (c is < '!' or > '~' or '"' or '\\')
+            {
+                return false;
+            }
+        }
+        return true;
     }
 
     private static bool CheckKey(PolicySettingConfig setting, string[] known, string kind, ConfigErrorList errors)

@@ -257,6 +257,10 @@ internal sealed class ProxyMetrics : IDisposable
                 case Pipeline.Filters.IpFilter ipFilter:
                     samples.Add(new([new("policy", name), new("decision", "denied")], ipFilter.DeniedCount));
                     break;
+                case Pipeline.Filters.JwtFilter jwt:
+                    samples.Add(new([new("policy", name), new("decision", "allowed")], jwt.AllowedCount));
+                    samples.Add(new([new("policy", name), new("decision", "rejected")], jwt.RejectedCount));
+                    break;
             }
         }
         return samples;

@@ -1,0 +1,599 @@
+using System.Buffers;
+using System.Buffers.Text;
+using System.Runtime.CompilerServices;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+
+namespace Proxy.Pipeline.Filters;
+
+/// <summary>The outcome of checking one token; each maps to one answer and one details code.</summary>
+internal enum JwtResult : byte
+{
+    Valid = 0,
+    /// <summary>No Authorization field, or not the Bearer scheme (RFC 6750 section 3.1: no error code then).</summary>
+    Missing,
+    /// <summary>Not a compact JWS, bad base64url or JSON, or too long.</summary>
+    Malformed,
+    /// <summary>Algorithm refused (none, unknown, crit, wrong for the key), no matching key, or a bad signature.</summary>
+    Invalid,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    InsufficientScope,
+}
+
+/// <summary>The compiled settings of one <c>jwt</c> policy.</summary>
+internal sealed record JwtOptions
+{
+    public required string PolicyName { get; init; }
+    public required string Issuer { get; init; }
+    /// <summary>Accepted "aud" values: a token passes when any of its audiences is one of these.</summary>
+    public required IReadOnlyList<string> Audiences { get; init; }
+    /// <summary>Scopes a token must all carry (in "scope" or "scp"); at most 64.</summary>
+    public IReadOnlyList<string> RequiredScopes { get; init; } = [];
+    public TimeSpan ClockSkew { get; init; } = TimeSpan.FromSeconds(30);
+    public required IReadOnlyList<JsonWebKey> Keys { get; init; }
+    /// <summary>Verified tokens remembered (rounded up to a power of two).</summary>
+    public int CacheCapacity { get; init; } = 4096;
+}
+
+/// <summary>
+/// The built-in <c>jwt</c> policy: requires a bearer token (RFC 6750 section 2.1) that is a compact JWS (RFC 7515
+/// section 7.1) signed by a key from the policy's JWKS, with the expected issuer and audience, inside its validity
+/// window (RFC 7519 section 4.1) and carrying the required scopes. Refusals are RFC 6750 section 3 challenges with an
+/// RFC 9457 problem body. A token that passed is remembered until it expires (<see cref="VerifiedTokenCache"/>), so
+/// a repeated token costs a lookup and allocates nothing.
+/// </summary>
+internal sealed class JwtFilter : IRequestHeadersFilter
+{
+    /// <summary>Longest token accepted; real tokens are a few hundred bytes to a few KiB.</summary>
+    public const int MaxTokenBytes = 8 * 1024;
+
+    private const int MaxScopes = 64;
+
+    private static readonly byte[] s_problemJson = "application/problem+json"u8.ToArray();
+
+    // Indexed by JwtResult.
+    private static readonly string[] s_details =
+        ["", "jwt_missing", "jwt_malformed", "jwt_invalid", "jwt_expired", "jwt_not_yet_valid", "jwt_issuer", "jwt_audience", "jwt_scope"];
+
+    // Fixed texts only: nothing from the token or the keys goes into an answer.
+    private static readonly string[] s_descriptions =
+    [
+        "", "", "The token is not a well-formed JWS", "The token signature, algorithm or key is not accepted", "The token has expired",
+        "The token is not valid yet", "The token issuer is not accepted", "The token audience is not accepted", "The token lacks a required scope",
+    ];
+
+    private readonly byte[] _issuer;
+    private readonly byte[][] _audiences;
+    private readonly byte[][] _scopes;
+    private readonly ulong _allScopes;
+    private readonly long _skewSeconds;
+    private readonly JsonWebKey[] _keys;
+    private readonly VerifiedTokenCache _cache;
+    private readonly TimeProvider _time;
+    private readonly byte[][] _challenges;
+    private readonly byte[][] _bodies;
+    private long _verifications;
+    private long _allowed;
+    private long _rejected;
+
+    public JwtFilter(JwtOptions options, TimeProvider? time = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfZero(options.Audiences.Count);
+        ArgumentOutOfRangeException.ThrowIfZero(options.Keys.Count);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(options.RequiredScopes.Count, MaxScopes);
+        Options = options;
+        _time = time ?? TimeProvider.System;
+        _issuer = Encoding.UTF8.GetBytes(options.Issuer);
+        _audiences = options.Audiences.Select(Encoding.UTF8.GetBytes).ToArray();
+        _scopes = options.RequiredScopes.Select(Encoding.UTF8.GetBytes).ToArray();
+        _allScopes = _scopes.Length == MaxScopes ? ulong.MaxValue : (1UL << _scopes.Length) - 1;
+        _skewSeconds = (long)Math.Ceiling(options.ClockSkew.TotalSeconds);
+        _keys = [.. options.Keys];
+        _cache = new VerifiedTokenCache(options.CacheCapacity);
+
+        string name = options.PolicyName;
+        _challenges = new byte[s_details.Length][];
+        _bodies = new byte[s_details.Length][];
+        for (int i = 1; i < s_details.Length; i++)
+        {
+            var result = (JwtResult)i;
+            // RFC 6750 section 3: auth-param values are quoted strings; policy names and scopes are validated to
+            // need no escaping.
+            string challenge = $"Bearer realm=\"{name}\"";
+            string detail;
+            if (result == JwtResult.Missing)
+            {
+                detail = $"A bearer token is required by policy '{name}'.";
+            }
+            else if (result == JwtResult.InsufficientScope)
+            {
+                challenge += $", error=\"insufficient_scope\", error_description=\"{s_descriptions[i]}\", scope=\"{string.Join(' ', options.RequiredScopes)}\"";
+                detail = $"Policy '{name}' requires the scopes: {string.Join(' ', options.RequiredScopes)}.";
+            }
+            else
+            {
+                challenge += $", error=\"invalid_token\", error_description=\"{s_descriptions[i]}\"";
+                detail = $"{s_descriptions[i]} (policy '{name}').";
+            }
+            _challenges[i] = Encoding.ASCII.GetBytes(challenge);
+            _bodies[i] = result == JwtResult.InsufficientScope
+                ? RateLimitFilter.BuildProblem(403, "Forbidden", detail)
+                : RateLimitFilter.BuildProblem(401, "Unauthorized", detail);
+        }
+    }
+
+    public JwtOptions Options { get; }
+
+    /// <summary>Full verifications (signature checks) since the policy was compiled; cache hits do not count.</summary>
+    public long VerificationCount => Volatile.Read(ref _verifications);
+
+    /// <summary>Requests let through since the policy was compiled.</summary>
+    public long AllowedCount => Volatile.Read(ref _allowed);
+
+    /// <summary>Requests answered 401 or 403 since the policy was compiled.</summary>
+    public long RejectedCount => Volatile.Read(ref _rejected);
+
+    public static string DetailsCode(JwtResult result) => s_details[(int)result];
+
+    public FilterStatus OnRequestHeaders(RequestContext context)
+    {
+        JwtResult result = TryGetBearer(context, out ReadOnlySpan<byte> token) ? Validate(token) : JwtResult.Missing;
+        if (result == JwtResult.Valid)
+        {
+            Interlocked.Increment(ref _allowed);
+            return FilterStatus.Continue;
+        }
+        return Reject(context, result);
+    }
+
+    /// <summary>Checks a token: from the cache when it passed before, else fully (then remembered when it passes).</summary>
+    public JwtResult Validate(ReadOnlySpan<byte> token)
+    {
+        if (token.IsEmpty || token.Length > MaxTokenBytes)
+        {
+            return JwtResult.Malformed;
+        }
+        long now = _time.GetUtcNow().ToUnixTimeSeconds();
+        // Only the tail is hashed: it is signature bytes, which differ between any two tokens an issuer signs, and a
+        // hit still compares the whole token, so a crafted collision costs its sender a miss and nothing else.
+        ulong hash = RateLimitFilter.Hash(token[Math.Max(0, token.Length - 48)..]);
+        if (_cache.Contains(token, hash, now))
+        {
+            return JwtResult.Valid;
+        }
+        JwtResult result = Verify(token, now, out long expires);
+        if (result == JwtResult.Valid)
+        {
+            // Skew included: the cache must not turn a token away earlier than a full check would.
+            _cache.Add(token, hash, expires + _skewSeconds);
+        }
+        return result;
+    }
+
+    /// <summary>A full check without the cache (tests and benchmarks measure this path).</summary>
+    public JwtResult Verify(ReadOnlySpan<byte> token, long now, out long expires)
+    {
+        expires = 0;
+        if (token.IsEmpty || token.Length > MaxTokenBytes)
+        {
+            return JwtResult.Malformed;
+        }
+        Interlocked.Increment(ref _verifications);
+
+        // RFC 7515 section 7.1: BASE64URL(header) '.' BASE64URL(payload) '.' BASE64URL(signature); a JWE has five
+        // parts and is refused by the third-part check.
+        int first = token.IndexOf((byte)'.');
+        if (first <= 0)
+        {
+            return JwtResult.Malformed;
+        }
+        int second = token[(first + 1)..].IndexOf((byte)'.');
+        if (second <= 0)
+        {
+            return JwtResult.Malformed;
+        }
+        second += first + 1;
+        ReadOnlySpan<byte> signatureText = token[(second + 1)..];
+        if (signatureText.IsEmpty || signatureText.Contains((byte)'.'))
+        {
+            return JwtResult.Malformed;
+        }
+        ReadOnlySpan<byte> signingInput = token[..second];
+
+        // Decoded parts are 3/4 of their text, so one buffer the token's size holds all three.
+        byte[] rented = ArrayPool<byte>.Shared.Rent(token.Length);
+        try
+        {
+            Span<byte> buffer = rented;
+            if (!Decode(token[..first], buffer, out int headerLength))
+            {
+                return JwtResult.Malformed;
+            }
+            ReadOnlySpan<byte> header = buffer[..headerLength];
+            buffer = buffer[headerLength..];
+            if (!Decode(signatureText, buffer, out int signatureLength))
+            {
+                return JwtResult.Malformed;
+            }
+            ReadOnlySpan<byte> signature = buffer[..signatureLength];
+            buffer = buffer[signatureLength..];
+            if (!Decode(token[(first + 1)..second], buffer, out int payloadLength))
+            {
+                return JwtResult.Malformed;
+            }
+            ReadOnlySpan<byte> payload = buffer[..payloadLength];
+
+            JwtResult result = ReadHeader(header, out JwsAlgorithm algorithm, out JsonWebKey? key);
+            if (result != JwtResult.Valid)
+            {
+                return result;
+            }
+            if (!VerifySignature(key!, algorithm, signingInput, signature))
+            {
+                return JwtResult.Invalid;
+            }
+            // The claims are read only once the signature vouches for them.
+            return CheckClaims(payload, now, out expires);
+        }
+        catch (JsonException)
+        {
+            // Utf8JsonReader reports malformed JSON only by throwing; this path is a refusal, not steady state.
+            return JwtResult.Malformed;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    private static bool Decode(ReadOnlySpan<byte> text, Span<byte> destination, out int written)
+    {
+        // RFC 7515 section 2: base64url without padding; Base64Url also accepts padding, which no issuer sends.
+        OperationStatus status = Base64Url.DecodeFromUtf8(text, destination, out int consumed, out written);
+        return status == OperationStatus.Done && consumed == text.Length && written > 0;
+    }
+
+    /// <summary>The JOSE header (RFC 7515 section 4.1): "alg" picks the algorithm, "kid" the key; "crit" is refused.</summary>
+    private JwtResult ReadHeader(ReadOnlySpan<byte> header, out JwsAlgorithm algorithm, out JsonWebKey? key)
+    {
+        algorithm = JwsAlgorithm.Unknown;
+        key = null;
+        bool hasKid = false;
+        var reader = new Utf8JsonReader(header);
+        if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+        {
+            return JwtResult.Malformed;
+        }
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            if (reader.ValueTextEquals("alg"u8))
+            {
+                reader.Read();
+                if (reader.TokenType != JsonTokenType.String)
+                {
+                    return JwtResult.Malformed;
+                }
+                // "none" (RFC 7518 section 3.6) and anything unknown parse to Unknown; an escaped name is never genuine.
+                algorithm = reader.ValueIsEscaped ? JwsAlgorithm.Unknown : JsonWebKeySet.ParseAlgorithm(reader.ValueSpan);
+                if (algorithm == JwsAlgorithm.Unknown)
+                {
+                    return JwtResult.Invalid;
+                }
+            }
+            else if (reader.ValueTextEquals("kid"u8))
+            {
+                reader.Read();
+                if (reader.TokenType != JsonTokenType.String)
+                {
+                    return JwtResult.Malformed;
+                }
+                hasKid = true;
+                key = null;
+                foreach (JsonWebKey candidate in _keys)
+                {
+                    if (candidate.Kid is { } kid && reader.ValueTextEquals(kid))
+                    {
+                        key = candidate;
+                        break;
+                    }
+                }
+            }
+            else if (reader.ValueTextEquals("crit"u8))
+            {
+                // Section 4.1.11: extensions listed in "crit" must be understood; we understand none.
+                return JwtResult.Invalid;
+            }
+            else
+            {
+                reader.Read();
+                reader.Skip();
+            }
+        }
+        if (reader.TokenType != JsonTokenType.EndObject || algorithm == JwsAlgorithm.Unknown)
+        {
+            return algorithm == JwsAlgorithm.Unknown ? JwtResult.Invalid : JwtResult.Malformed;
+        }
+        if (!hasKid && _keys.Length == 1)
+        {
+            key = _keys[0];
+        }
+        // The key must be of the algorithm's family: this is what stops "HS256 with the RSA public key as secret".
+        return key is not null && key.Accepts(algorithm) ? JwtResult.Valid : JwtResult.Invalid;
+    }
+
+    private static bool VerifySignature(JsonWebKey key, JwsAlgorithm algorithm, ReadOnlySpan<byte> data, ReadOnlySpan<byte> signature)
+    {
+        try
+        {
+            switch (algorithm)
+            {
+                case JwsAlgorithm.RS256 or JwsAlgorithm.RS384 or JwsAlgorithm.RS512:
+                    // RFC 7518 section 3.3: RSASSA-PKCS1-v1_5.
+                    return signature.Length == key.Rsa!.KeySize / 8
+                        && key.Rsa.VerifyData(data, signature, Hash(algorithm), RSASignaturePadding.Pkcs1);
+                case JwsAlgorithm.PS256 or JwsAlgorithm.PS384 or JwsAlgorithm.PS512:
+                    // Section 3.5: RSASSA-PSS with MGF1 and a salt as long as the hash, which is .NET's Pss.
+                    return signature.Length == key.Rsa!.KeySize / 8
+                        && key.Rsa.VerifyData(data, signature, Hash(algorithm), RSASignaturePadding.Pss);
+                case JwsAlgorithm.ES256 or JwsAlgorithm.ES384 or JwsAlgorithm.ES512:
+                    // Section 3.4: the signature is R || S, each as long as the curve's field (P-521: 66 bytes).
+                    int field = algorithm switch { JwsAlgorithm.ES256 => 32, JwsAlgorithm.ES384 => 48, _ => 66 };
+                    return signature.Length == 2 * field
+                        && key.ECDsa!.VerifyData(data, signature, Hash(algorithm), DSASignatureFormat.IeeeP1363FixedFieldConcatenation);
+                default:
+                    // Section 3.2: HMAC; compared in constant time so the answer's timing says nothing about the MAC.
+                    byte[] secret = key.Secret!;
+                    Span<byte> mac = stackalloc byte[64];
+                    int length = algorithm switch
+                    {
+                        JwsAlgorithm.HS256 => HMACSHA256.HashData(secret, data, mac),
+                        JwsAlgorithm.HS384 => HMACSHA384.HashData(secret, data, mac),
+                        _ => HMACSHA512.HashData(secret, data, mac),
+                    };
+                    // The key must be at least as long as the hash output (section 3.2).
+                    return secret.Length >= length && CryptographicOperations.FixedTimeEquals(mac[..length], signature);
+            }
+        }
+        catch (CryptographicException)
+        {
+            return false;
+        }
+    }
+
+    private static HashAlgorithmName Hash(JwsAlgorithm algorithm) => algorithm switch
+    {
+        JwsAlgorithm.RS256 or JwsAlgorithm.PS256 or JwsAlgorithm.ES256 => HashAlgorithmName.SHA256,
+        JwsAlgorithm.RS384 or JwsAlgorithm.PS384 or JwsAlgorithm.ES384 => HashAlgorithmName.SHA384,
+        _ => HashAlgorithmName.SHA512,
+    };
+
+    /// <summary>The claims (RFC 7519 section 4.1): "exp" is required, "nbf" optional, "iss" and "aud" must match.</summary>
+    private JwtResult CheckClaims(ReadOnlySpan<byte> payload, long now, out long expires)
+    {
+        expires = 0;
+        bool hasExpiry = false;
+        long notBefore = long.MinValue;
+        bool issuerMatches = false;
+        bool audienceMatches = false;
+        ulong scopes = 0;
+        var reader = new Utf8JsonReader(payload);
+        if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+        {
+            return JwtResult.Malformed;
+        }
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            if (reader.ValueTextEquals("exp"u8))
+            {
+                reader.Read();
+                if (!TryReadTime(ref reader, out expires))
+                {
+                    return JwtResult.Malformed;
+                }
+                hasExpiry = true;
+            }
+            else if (reader.ValueTextEquals("nbf"u8))
+            {
+                reader.Read();
+                if (!TryReadTime(ref reader, out notBefore))
+                {
+                    return JwtResult.Malformed;
+                }
+            }
+            else if (reader.ValueTextEquals("iss"u8))
+            {
+                reader.Read();
+                issuerMatches = reader.TokenType == JsonTokenType.String && reader.ValueTextEquals(_issuer);
+            }
+            else if (reader.ValueTextEquals("aud"u8))
+            {
+                // Section 4.1.3: a string or an array of strings.
+                reader.Read();
+                if (reader.TokenType == JsonTokenType.StartArray)
+                {
+                    while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+                    {
+                        audienceMatches |= reader.TokenType == JsonTokenType.String && IsAudience(ref reader);
+                        reader.Skip();
+                    }
+                }
+                else
+                {
+                    audienceMatches = reader.TokenType == JsonTokenType.String && IsAudience(ref reader);
+                }
+            }
+            else if (reader.ValueTextEquals("scope"u8))
+            {
+                // RFC 8693 section 4.2 / RFC 6749 section 3.3: space-separated scope tokens.
+                reader.Read();
+                if (reader.TokenType == JsonTokenType.String)
+                {
+                    scopes |= MatchScopeList(ref reader);
+                }
+                else
+                {
+                    reader.Skip();
+                }
+            }
+            else if (reader.ValueTextEquals("scp"u8))
+            {
+                // Azure AD and Okta: an array of scopes (or, from some issuers, a space-separated string).
+                reader.Read();
+                if (reader.TokenType == JsonTokenType.StartArray)
+                {
+                    while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+                    {
+                        if (reader.TokenType == JsonTokenType.String)
+                        {
+                            scopes |= MatchScope(ref reader);
+                        }
+                        reader.Skip();
+                    }
+                }
+                else if (reader.TokenType == JsonTokenType.String)
+                {
+                    scopes |= MatchScopeList(ref reader);
+                }
+            }
+            else
+            {
+                reader.Read();
+                reader.Skip();
+            }
+        }
+        if (reader.TokenType != JsonTokenType.EndObject || !hasExpiry)
+        {
+            return JwtResult.Malformed;
+        }
+        // Section 4.1.4: the current time must be before "exp"; section 4.1.5: not before "nbf". Skew both ways.
+        if (now >= expires + _skewSeconds)
+        {
+            return JwtResult.Expired;
+        }
+        if (notBefore != long.MinValue && now + _skewSeconds < notBefore)
+        {
+            return JwtResult.NotYetValid;
+        }
+        if (!issuerMatches)
+        {
+            return JwtResult.WrongIssuer;
+        }
+        if (!audienceMatches)
+        {
+            return JwtResult.WrongAudience;
+        }
+        return (scopes & _allScopes) == _allScopes ? JwtResult.Valid : JwtResult.InsufficientScope;
+    }
+
+    /// <summary>NumericDate (RFC 7519 section 2): seconds since the epoch, possibly with a fraction (dropped).</summary>
+    private static bool TryReadTime(ref Utf8JsonReader reader, out long seconds)
+    {
+        seconds = 0;
+        if (reader.TokenType != JsonTokenType.Number)
+        {
+            return false;
+        }
+        if (reader.TryGetInt64(out seconds))
+        {
+            return true;
+        }
+        if (reader.TryGetDouble(out double value) && value is > -1e15 and < 1e15)
+        {
+            seconds = (long)Math.Floor(value);
+            return true;
+        }
+        return false;
+    }
+
+    private bool IsAudience(ref Utf8JsonReader reader)
+    {
+        foreach (byte[] audience in _audiences)
+        {
+            if (reader.ValueTextEquals(audience))
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private ulong MatchScope(ref Utf8JsonReader reader)
+    {
+        ulong found = 0;
+        for (int i = 0; i < _scopes.Length; i++)
+        {
+            if (reader.ValueTextEquals(_scopes[i]))
+            {
+                found |= 1UL << i;
+            }
+        }
+        return found;
+    }
+
+    private ulong MatchScopeList(ref Utf8JsonReader reader)
+    {
+        if (_scopes.Length == 0)
+        {
+            return 0;
+        }
+        if (!reader.ValueIsEscaped && !reader.HasValueSequence)
+        {
+            return MatchScopeList(reader.ValueSpan);
+        }
+        // Escapes in a scope string are legal JSON but rare: unescape into a rented buffer.
+        byte[] rented = ArrayPool<byte>.Shared.Rent(reader.ValueSpan.Length);
+        try
+        {
+            int length = reader.CopyString(rented);
+            return MatchScopeList(rented.AsSpan(0, length));
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    private ulong MatchScopeList(ReadOnlySpan<byte> list)
+    {
+        ulong found = 0;
+        foreach (Range range in list.Split((byte)' '))
+        {
+            ReadOnlySpan<byte> scope = list[range];
+            for (int i = 0; i < _scopes.Length; i++)
+            {
+                if (scope.SequenceEqual(_scopes[i]))
+                {
+                    found |= 1UL << i;
+                }
+            }
+        }
+        return found;
+    }
+
+    /// <summary>RFC 6750 section 2.1: <c>Authorization: Bearer 1*SP b64token</c>; the scheme is case-insensitive (RFC 9110 section 11.1).</summary>
+    private static bool TryGetBearer(RequestContext context, out ReadOnlySpan<byte> token)
+    {
+        token = default;
+        if (!context.TryGetHeader("authorization"u8, out ReadOnlySpan<byte> value)
+            || value.Length < 8 || !Ascii.EqualsIgnoreCase(value[..6], "Bearer"u8) || value[6] != (byte)' ')
+        {
+            return false;
+        }
+        token = value[7..].Trim((byte)' ');
+        return !token.IsEmpty;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private FilterStatus Reject(RequestContext context, JwtResult result)
+    {
+        Interlocked.Increment(ref _rejected);
+        int i = (int)result;
+        // RFC 6750 section 3: every 401 and 403 from a bearer-protected resource carries the challenge.
+        context.AddResponseHeader("www-authenticate"u8, _challenges[i]);
+        return context.Respond(result == JwtResult.InsufficientScope ? 403 : 401, s_details[i], s_problemJson, _bodies[i]);
+    }
+}
