@@ -149,7 +149,7 @@ public sealed partial class CliTests : IDisposable
     }
 
     [System.Runtime.InteropServices.DllImport("libc.so.6", EntryPoint = "kill", SetLastError = true)]
-    private static extern int Kill(int pid, int signal);
+    internal static extern int Kill(int pid, int signal);
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 

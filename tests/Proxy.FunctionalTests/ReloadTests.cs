@@ -341,10 +341,7 @@ public sealed class ReloadTests : IDisposable
             Assert.Equal(404, (await GetAsync(endPoint, "/bye")).Status);
 
             await File.WriteAllTextAsync(path, Yaml(HelloAndByeRoutes));
-            using (var kill = System.Diagnostics.Process.Start("kill", ["-HUP", process.Id.ToString(CultureInfo.InvariantCulture)]))
-            {
-                await kill.WaitForExitAsync();
-            }
+            Assert.Equal(0, CliTests.Kill(process.Id, 1)); // SIGHUP through libc: no kill(1) binary needed
 
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
             int status = 0;
