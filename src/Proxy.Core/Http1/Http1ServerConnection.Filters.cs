@@ -77,17 +77,6 @@ internal sealed partial class Http1ServerConnection
         {
             output.WriteField("content-type"u8, context.ReplyContentType);
         }
-        output.Write("content-length: "u8);
-        output.WriteNumber(context.ReplyBody.Length);
-        output.Write("\r\ndate: "u8);
-        output.Write(DateHeader.Value);
-        output.Write("\r\n"u8);
-        WriteRequestIdField(output);
-        WriteConnectionField(output, keepAlive);
-        output.Write("\r\n"u8);
-        if (Head.Method != Http.HttpMethod.Head)
-        {
-            output.Write(context.ReplyBody);
-        }
+        WriteLocalReplyTail(output, context.ReplyBody, extraFields: null, keepAlive);
     }
 }

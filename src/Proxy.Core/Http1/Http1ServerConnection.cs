@@ -327,18 +327,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         ResponseStatus = respond.Status;
         PipeWriter output = Output;
         output.Write(respond.HeadPrefix);
-        output.Write("content-length: "u8);
-        output.WriteNumber(respond.Body.Length);
-        output.Write("\r\ndate: "u8);
-        output.Write(DateHeader.Value);
-        output.Write("\r\n"u8);
-        WriteRequestIdField(output);
-        WriteConnectionField(output, keepAlive);
-        output.Write("\r\n"u8);
-        if (Head.Method != Http.HttpMethod.Head)
-        {
-            output.Write(respond.Body);
-        }
+        WriteLocalReplyTail(output, respond.Body, extraFields: null, keepAlive);
         return await FlushClientAsync().ConfigureAwait(false) && keepAlive;
     }
 
@@ -434,7 +423,18 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         byte[] body = Encoding.ASCII.GetBytes($"{status} {reason}: {details}\n");
         PipeWriter output = Output;
         output.Write(Encoding.ASCII.GetBytes($"HTTP/1.1 {status} {reason}\r\n"));
-        output.Write("content-type: text/plain\r\ncontent-length: "u8);
+        output.Write("content-type: text/plain\r\n"u8);
+        WriteLocalReplyTail(output, body, extraFields, keepAlive: !close && Head.KeepAlive);
+        await FlushClientAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The end of every answer the proxy makes itself: length, date, extra fields, request id, connection, the empty
+    /// line, then the body (none for HEAD, RFC 9110 section 9.3.2).
+    /// </summary>
+    internal void WriteLocalReplyTail(PipeWriter output, ReadOnlySpan<byte> body, byte[]? extraFields, bool keepAlive)
+    {
+        output.Write("content-length: "u8);
         output.WriteNumber(body.Length);
         output.Write("\r\ndate: "u8);
         output.Write(DateHeader.Value);
@@ -444,13 +444,13 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             output.Write(extraFields);
         }
         WriteRequestIdField(output);
-        WriteConnectionField(output, !close && Head.KeepAlive);
+        WriteConnectionField(output, keepAlive);
         output.Write("\r\n"u8);
+        RequestHead head = Head;
         if (head.Method != Http.HttpMethod.Head || head.MethodLength == 0)
         {
             output.Write(body);
         }
-        await FlushClientAsync().ConfigureAwait(false);
     }
 
     private static string SafeTarget(RequestHead head)
