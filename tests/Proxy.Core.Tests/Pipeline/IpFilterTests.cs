@@ -90,6 +90,9 @@ public class IpFilterTests
             Assert.True(filter.IsAllowed(v4));
             Assert.True(filter.IsAllowed(v6));
         }
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        // Per call: nothing. The runtime may allocate a few bytes once on this thread while it re-tiers the loop's
+        // code (seen: 40 B once under load); a per-call allocation over these calls would be hundreds of kilobytes.
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated < 1024, $"{allocated} bytes allocated over the loop");
     }
 }

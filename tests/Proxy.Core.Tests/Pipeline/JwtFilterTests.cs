@@ -268,7 +268,10 @@ public class JwtFilterTests
         {
             filter.OnRequestHeaders(context);
         }
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        // Per call: nothing. The runtime may allocate a few bytes once on this thread while it re-tiers the loop's
+        // code (seen: 40 B once under load); a per-call allocation over these calls would be hundreds of kilobytes.
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated < 1024, $"{allocated} bytes allocated over the loop");
         Assert.Equal(1, filter.VerificationCount);
     }
 

@@ -238,7 +238,10 @@ public class RateLimitTests
         {
             filter.OnRequestHeaders(context);
         }
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        // Per call: nothing. The runtime may allocate a few bytes once on this thread while it re-tiers the loop's
+        // code (seen: 40 B once under load); a per-call allocation over these calls would be hundreds of kilobytes.
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated < 1024, $"{allocated} bytes allocated over the loop");
     }
 
     internal static RequestContext Context(string raw, IPAddress? client = null, string routeId = "r")
