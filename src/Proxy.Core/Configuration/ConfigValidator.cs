@@ -57,24 +57,11 @@ internal static class ConfigValidator
                 else if (endPoint.Port != 0)
                 {
                     // Port 0 asks the OS for a fresh port each time, so several such listeners never clash.
-                    foreach (var (other, otherListener) in bound)
+                    if (FindClash(endPoint, bound) is var (otherName, otherLine, same))
                     {
-                        if (other.Port != endPoint.Port || other.AddressFamily != endPoint.AddressFamily)
-                        {
-                            continue;
-                        }
-                        var otherName = otherListener.Name?.Value ?? "?";
-                        int otherLine = otherListener.Address!.Value.Mark.Line;
-                        if (other.Address.Equals(endPoint.Address))
-                        {
-                            errors.Add(address.Mark, $"duplicate listener address '{address.Value}': already used by listener '{otherName}' (line {otherLine})");
-                            break;
-                        }
-                        if (IsAny(other.Address) || IsAny(endPoint.Address))
-                        {
-                            errors.Add(address.Mark, $"listener address '{address.Value}' overlaps listener '{otherName}' (line {otherLine}): a wildcard address takes the port on every interface");
-                            break;
-                        }
+                        errors.Add(address.Mark, same
+                            ? $"duplicate listener address '{address.Value}': already used by listener '{otherName}' (line {otherLine})"
+                            : $"listener address '{address.Value}' overlaps listener '{otherName}' (line {otherLine}): a wildcard address takes the port on every interface");
                     }
                     bound.Add((endPoint, listener));
                 }
@@ -95,6 +82,27 @@ internal static class ConfigValidator
         return byName;
     }
 
+    /// <summary>
+    /// The first bound listener that takes the same port and family as <paramref name="endPoint"/>: on the same
+    /// address (<c>Same</c>), or where either side is a wildcard address.
+    /// </summary>
+    private static (string Name, int Line, bool Same)? FindClash(IPEndPoint endPoint, List<(IPEndPoint EndPoint, ListenerConfig Listener)> bound)
+    {
+        foreach (var (other, otherListener) in bound)
+        {
+            if (other.Port != endPoint.Port || other.AddressFamily != endPoint.AddressFamily)
+            {
+                continue;
+            }
+            bool same = other.Address.Equals(endPoint.Address);
+            if (same || IsAny(other.Address) || IsAny(endPoint.Address))
+            {
+                return (otherListener.Name?.Value ?? "?", otherListener.Address!.Value.Mark.Line, same);
+            }
+        }
+        return null;
+    }
+
     private static void ValidateAdmin(AdminConfig admin, List<(IPEndPoint EndPoint, ListenerConfig Listener)> bound, ConfigErrorList errors)
     {
         if (admin.Address is { } address)
@@ -103,27 +111,11 @@ internal static class ConfigValidator
             {
                 errors.Add(address.Mark, "admin " + error);
             }
-            else if (endPoint.Port != 0)
+            else if (endPoint.Port != 0 && FindClash(endPoint, bound) is var (otherName, otherLine, same))
             {
-                foreach (var (other, otherListener) in bound)
-                {
-                    if (other.Port != endPoint.Port || other.AddressFamily != endPoint.AddressFamily)
-                    {
-                        continue;
-                    }
-                    var otherName = otherListener.Name?.Value ?? "?";
-                    int otherLine = otherListener.Address!.Value.Mark.Line;
-                    if (other.Address.Equals(endPoint.Address))
-                    {
-                        errors.Add(address.Mark, $"admin address '{address.Value}' is already used by listener '{otherName}' (line {otherLine})");
-                        break;
-                    }
-                    if (IsAny(other.Address) || IsAny(endPoint.Address))
-                    {
-                        errors.Add(address.Mark, $"admin address '{address.Value}' overlaps listener '{otherName}' (line {otherLine}): a wildcard address takes the port on every interface");
-                        break;
-                    }
-                }
+                errors.Add(address.Mark, same
+                    ? $"admin address '{address.Value}' is already used by listener '{otherName}' (line {otherLine})"
+                    : $"admin address '{address.Value}' overlaps listener '{otherName}' (line {otherLine}): a wildcard address takes the port on every interface");
             }
         }
         if (admin.Token is { } token && !IsBearerToken(token.Value))

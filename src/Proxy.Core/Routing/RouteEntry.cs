@@ -294,33 +294,24 @@ internal sealed class RouteEntry
         return true;
     }
 
-    // Every one of my predicates must be implied by one of theirs: the same requirement, or for a
-    // bare presence check, any positive predicate on the same name.
     private static bool HeadersCover(HeaderMatchModel[] mine, HeaderMatchModel[] theirs)
-    {
-        foreach (HeaderMatchModel m in mine)
-        {
-            bool implied = false;
-            foreach (HeaderMatchModel t in theirs)
-            {
-                implied |= t.NameLower.AsSpan().SequenceEqual(m.NameLower) && Implies(t.Present, t.Value, m.Present, m.Value);
-            }
-            if (!implied)
-            {
-                return false;
-            }
-        }
-        return true;
-    }
+        => PredicatesCover(mine, theirs, static h => (h.NameLower, h.Present, h.Value));
 
     private static bool QueryCovers(QueryMatchModel[] mine, QueryMatchModel[] theirs)
+        => PredicatesCover(mine, theirs, static q => (q.NameBytes, q.Present, q.Value));
+
+    // Every one of my predicates must be implied by one of theirs: the same requirement, or for a
+    // bare presence check, any positive predicate on the same name. Config time only.
+    private static bool PredicatesCover<T>(T[] mine, T[] theirs, Func<T, (byte[] Name, bool Present, byte[]? Value)> view)
     {
-        foreach (QueryMatchModel m in mine)
+        foreach (T mineItem in mine)
         {
+            var m = view(mineItem);
             bool implied = false;
-            foreach (QueryMatchModel t in theirs)
+            foreach (T theirItem in theirs)
             {
-                implied |= t.NameBytes.AsSpan().SequenceEqual(m.NameBytes) && Implies(t.Present, t.Value, m.Present, m.Value);
+                var t = view(theirItem);
+                implied |= t.Name.AsSpan().SequenceEqual(m.Name) && Implies(t.Present, t.Value, m.Present, m.Value);
             }
             if (!implied)
             {
