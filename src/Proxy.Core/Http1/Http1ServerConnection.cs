@@ -22,8 +22,7 @@ namespace Proxy.Http1;
 internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPumpTimer
 {
     private readonly ProxyRuntime _runtime;
-    private readonly Socket _socket;
-    private readonly NetworkStream _stream;
+    private readonly ClientTransport _transport;
     /// <summary>Rented when a request starts and returned while the connection waits for the next one, so an
     /// idle keep-alive connection holds no head buffer (10,000 idle connections must stay cheap).</summary>
     private ExchangeState? _state;
@@ -41,24 +40,19 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// <summary>Status of the final response to the current request, for metrics; 0 while none was written.</summary>
     internal int ResponseStatus;
 
-    public Http1ServerConnection(ProxyRuntime runtime, ListenerModel listener, Socket socket)
+    public Http1ServerConnection(ProxyRuntime runtime, ListenerModel listener, ClientTransport transport)
     {
         _runtime = runtime;
         Listener = listener;
-        _socket = socket;
-        (_stream, Input, Output) = SocketPipes.Create(socket);
-        var remote = socket.RemoteEndPoint as IPEndPoint;
-        RemoteAddress = remote?.Address ?? IPAddress.None;
-        if (RemoteAddress.IsIPv4MappedToIPv6)
-        {
-            RemoteAddress = RemoteAddress.MapToIPv4();
-        }
-        RemoteEndPoint = remote;
+        _transport = transport;
+        Input = transport.Input;
+        Output = transport.Output;
         _forwarder = new HttpForwarder(this);
     }
 
     public PipeReader Input { get; }
     public PipeWriter Output { get; }
+    public ClientTransport Transport => _transport;
     /// <summary>
     /// This connection's listener settings, re-read by name from the snapshot a request starts with, so a reload
     /// that changes limits or reorders listeners applies from the next request (the head of that next request is
@@ -140,8 +134,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             _runtime.ExchangeStates.Return(state);
         }
     }
-    public IPAddress RemoteAddress { get; }
-    public IPEndPoint? RemoteEndPoint { get; }
+    public IPAddress RemoteAddress => _transport.RemoteAddress;
+    public IPEndPoint? RemoteEndPoint => _transport.RemoteEndPoint;
     public bool Draining => _draining;
 
     public async Task RunAsync()
@@ -165,7 +159,6 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             Disarm();
             _forwarder.ReleaseUpstream();
             await CloseGracefullyAsync().ConfigureAwait(false);
-            _stream.Dispose();
             _runtime.Registry.Remove(this);
             ReleaseState();
         }
@@ -560,7 +553,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             try
             {
-                _socket.Shutdown(SocketShutdown.Send);
+                _transport.ShutdownSend();
                 _timedReader = Input;
                 Arm(TimeoutKind.RequestBody, s_lingerTime);
                 long discarded = 0;
@@ -591,7 +584,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
         }
         Interlocked.Exchange(ref _aborted, 1);
-        _socket.Dispose();
+        _transport.Dispose();
     }
 
     private const long LingerMaxBytes = 1024 * 1024;
@@ -606,7 +599,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         }
         try
         {
-            _socket.Close(0);
+            _transport.Abort();
         }
         catch (Exception)
         {

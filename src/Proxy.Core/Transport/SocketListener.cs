@@ -108,7 +108,7 @@ internal sealed class SocketListener
             client.NoDelay = true;
             model = Model;
             model.Metrics?.Accepted();
-            var connection = new Http1ServerConnection(_runtime, model, client) { Origin = this };
+            var connection = new Http1ServerConnection(_runtime, model, new SocketTransport(client)) { Origin = this };
             _ = connection.RunAsync();
         }
     }

@@ -1,0 +1,67 @@
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.Sockets;
+
+namespace Proxy.Transport;
+
+/// <summary>
+/// The byte stream under one client connection, as the HTTP layer sees it: a pipe pair plus the few socket-level
+/// actions a server needs (half-close for a lingering close, abortive close). Plain TCP is <see cref="SocketTransport"/>;
+/// TLS wraps a socket in a stream; an HTTP/2 stream can be bridged in memory. The HTTP/1.1 connection never touches a
+/// <see cref="Socket"/> directly, so every kind of transport gets the same parser, limits, routing and filters.
+/// </summary>
+internal abstract class ClientTransport : IDisposable
+{
+    protected ClientTransport(IPEndPoint? remoteEndPoint)
+    {
+        RemoteEndPoint = remoteEndPoint;
+        IPAddress address = remoteEndPoint?.Address ?? IPAddress.None;
+        RemoteAddress = address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
+    }
+
+    public abstract PipeReader Input { get; }
+    public abstract PipeWriter Output { get; }
+
+    /// <summary>The peer's address (IPv4-mapped IPv6 addresses unmapped), for filters, logs and X-Forwarded-For.</summary>
+    public IPAddress RemoteAddress { get; }
+    public IPEndPoint? RemoteEndPoint { get; }
+
+    /// <summary>True when the client reached us over TLS (X-Forwarded-Proto: https).</summary>
+    public virtual bool IsSecure => false;
+
+    /// <summary>Sends FIN while still reading: the first half of a lingering close.</summary>
+    public abstract void ShutdownSend();
+
+    /// <summary>Closes at once (RST where the transport has one): for timeouts and broken exchanges.</summary>
+    public abstract void Abort();
+
+    /// <summary>Releases the transport after both pipes were completed.</summary>
+    public abstract void Dispose();
+}
+
+/// <summary>Plain TCP: pipes over a <see cref="NetworkStream"/> with the shared socket pipe options.</summary>
+internal sealed class SocketTransport : ClientTransport
+{
+    private readonly Socket _socket;
+    private readonly NetworkStream _stream;
+
+    public SocketTransport(Socket socket)
+        : base(socket.RemoteEndPoint as IPEndPoint)
+    {
+        _socket = socket;
+        (_stream, Input, Output) = SocketPipes.Create(socket);
+    }
+
+    public override PipeReader Input { get; }
+    public override PipeWriter Output { get; }
+
+    public override void ShutdownSend() => _socket.Shutdown(SocketShutdown.Send);
+
+    public override void Abort() => _socket.Close(0);
+
+    public override void Dispose()
+    {
+        _stream.Dispose();
+        _socket.Dispose();
+    }
+}
