@@ -140,11 +140,12 @@ public sealed class RateLimitStoreTests
             }
         }
 
-        public ValueTask DisposeAsync()
+        public async ValueTask DisposeAsync()
         {
+            // The proxies are gone by now; their shared client would keep reconnecting to the dead port.
+            await Proxy.Pipeline.Filters.RedisRateLimitStore.CloseConnectionsAsync(Address);
             Kill();
             _process.Dispose();
-            return ValueTask.CompletedTask;
         }
 
         private static int FreePort()
@@ -226,6 +227,35 @@ public sealed class RateLimitStoreTests
         long retry = long.Parse(refused.Header("retry-after")!, CultureInfo.InvariantCulture);
         long untilMidnight = 86_400 - DateTimeOffset.UtcNow.ToUnixTimeSeconds() % 86_400;
         Assert.InRange(retry, untilMidnight - 5, untilMidnight + 5);
+    }
+
+    [Fact]
+    public async Task Redis_LocalBudget_SparesRoundTripsAndNeverExceedsTheLimit()
+    {
+        await using var redis = await RedisProcess.StartAsync();
+        string policy = $"    rate_limit: {{ key: header:x-api-key, rate: 1/h, burst: 10, store: redis, redis: {{ address: \"{redis.Address}\", local_budget: 5 }} }}";
+        var (upstreamA, proxyA) = await StartAsync(policy);
+        await using var _ = upstreamA;
+        await using var __ = proxyA;
+        var (upstreamB, proxyB) = await StartAsync(policy);
+        await using var ___ = upstreamB;
+        await using var ____ = proxyB;
+        await using var clientA = await proxyA.ConnectAsync();
+        await using var clientB = await proxyB.ConnectAsync();
+
+        // Each proxy leases 5 units in one round trip and spends them locally: together exactly the burst of 10.
+        int allowed = 0;
+        for (int i = 0; i < 8; i++)
+        {
+            allowed += (await GetAsync(clientA, "/orders/a", "X-API-Key: k")).Status == 200 ? 1 : 0;
+            allowed += (await GetAsync(clientB, "/orders/b", "X-API-Key: k")).Status == 200 ? 1 : 0;
+        }
+        Assert.Equal(10, allowed);
+        var filterA = Assert.IsType<Proxy.Pipeline.Filters.RateLimitFilter>(proxyA.Server.Snapshot.Policies.Single().Value);
+        var filterB = Assert.IsType<Proxy.Pipeline.Filters.RateLimitFilter>(proxyB.Server.Snapshot.Policies.Single().Value);
+        // One lease per proxy, then one refused round trip per request after the leases ran out (3 each).
+        Assert.Equal(4, filterA.Redis!.RoundTrips);
+        Assert.Equal(4, filterB.Redis!.RoundTrips);
     }
 
     [Theory]

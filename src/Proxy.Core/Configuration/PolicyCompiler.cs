@@ -15,7 +15,7 @@ internal static class PolicyCompiler
 {
     private static readonly string[] s_rateLimitKeys = ["key", "rate", "burst", "quota", "plans", "default_plan", "store", "redis", "max_keys"];
     private static readonly string[] s_rateLimitPlanKeys = ["rate", "burst", "quota"];
-    private static readonly string[] s_redisKeys = ["address", "on_error", "timeout"];
+    private static readonly string[] s_redisKeys = ["address", "on_error", "timeout", "local_budget"];
     private static readonly string[] s_ipFilterKeys = ["allow", "deny"];
     private static readonly string[] s_jwtKeys = ["issuer", "audiences", "jwks_file", "jwks_url", "required_scopes", "clock_skew"];
 
@@ -441,6 +441,7 @@ internal static class PolicyCompiler
         string? address = null;
         bool allow = true;
         TimeSpan timeout = TimeSpan.FromMilliseconds(250);
+        int localBudget = 0;
         foreach (var setting in settings)
         {
             if (!CheckKey(setting, s_redisKeys, "redis", errors) || Scalar(setting, errors) is not { } value)
@@ -463,6 +464,13 @@ internal static class PolicyCompiler
                     }
                     allow = value.Value != "deny";
                     break;
+                case "local_budget":
+                    if (!value.Value.All(char.IsAsciiDigit) || !int.TryParse(value.Value, NumberStyles.None, CultureInfo.InvariantCulture, out localBudget)
+                        || localBudget < 1 || localBudget > 10_000)
+                    {
+                        errors.Add(value.Mark, $"invalid local_budget '{value.Value}': expected a whole number from 1 to 10000 (units leased per Redis round trip)");
+                    }
+                    break;
                 case "timeout":
                     if (!ConfigValues.TryParseDuration(value.Value, out timeout) || timeout <= TimeSpan.Zero || timeout > TimeSpan.FromSeconds(10))
                     {
@@ -475,7 +483,7 @@ internal static class PolicyCompiler
         {
             errors.Add(key.Mark, "the 'redis' block is missing required key 'address' (e.g. address: 127.0.0.1:6379)");
         }
-        return errors.Count == before ? new RedisStoreOptions { Address = address!, OnErrorAllow = allow, Timeout = timeout } : null;
+        return errors.Count == before ? new RedisStoreOptions { Address = address!, OnErrorAllow = allow, Timeout = timeout, LocalBudget = localBudget } : null;
     }
 
     /// <summary>host:port, the host a name or an address ([v6] in brackets), as StackExchange.Redis takes it.</summary>

@@ -343,10 +343,10 @@ public class RateLimitPlanTests
     [Fact]
     public void Config_RedisBlock_Compiles()
     {
-        var result = Load("    rate_limit: { rate: 5/s, store: redis, redis: { address: \"127.0.0.1:6390\", on_error: deny, timeout: 100ms } }");
+        var result = Load("    rate_limit: { rate: 5/s, store: redis, redis: { address: \"127.0.0.1:6390\", on_error: deny, timeout: 100ms, local_budget: 20 } }");
         Assert.Empty(result.Errors);
         var filter = Assert.IsType<RateLimitFilter>(result.Snapshot!.Policies.Single().Value);
-        Assert.Equal(new RedisStoreOptions { Address = "127.0.0.1:6390", OnErrorAllow = false, Timeout = TimeSpan.FromMilliseconds(100) }, filter.Options.Redis);
+        Assert.Equal(new RedisStoreOptions { Address = "127.0.0.1:6390", OnErrorAllow = false, Timeout = TimeSpan.FromMilliseconds(100), LocalBudget = 20 }, filter.Options.Redis);
     }
 
     [Theory]
@@ -363,6 +363,7 @@ public class RateLimitPlanTests
     [InlineData("    rate_limit: { rate: 1/s, store: redis, redis: { on_error: allow } }", "t.yaml:3:44: the 'redis' block is missing required key 'address' (e.g. address: 127.0.0.1:6379)")]
     [InlineData("    rate_limit: { rate: 1/s, store: redis, redis: { address: localhost } }", "t.yaml:3:62: invalid redis address 'localhost': expected host:port with a port from 1 to 65535 (e.g. 127.0.0.1:6379)")]
     [InlineData("    rate_limit: { rate: 1/s, store: redis, redis: { address: \"h:1\", on_error: maybe } }", "t.yaml:3:79: invalid on_error 'maybe': expected 'allow' (let requests through while Redis is unreachable) or 'deny' (answer 503)")]
+    [InlineData("    rate_limit: { rate: 1/s, store: redis, redis: { address: \"h:1\", local_budget: 0 } }", "t.yaml:3:83: invalid local_budget '0': expected a whole number from 1 to 10000 (units leased per Redis round trip)")]
     [InlineData("    rate_limit: { rate: 1/s, redis: { address: \"h:1\" } }", "t.yaml:3:30: rate_limit policy 'p' has a 'redis' block but not 'store: redis'")]
     [InlineData("    rate_limit: { rate: 1/s, store: disk }", "t.yaml:3:37: unknown rate_limit store 'disk'; expected 'memory' or 'redis'")]
     [InlineData("    rate_limit: { key: \"jwt:subject\", rate: 1/s }", "t.yaml:3:24: unknown rate_limit key 'jwt:subject'; expected header:NAME, client_ip, route, jwt:sub, jwt:client_id or consumer")]

@@ -107,6 +107,8 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
     private readonly CompiledPlan[] _plans;
     private readonly CompiledPlan _defaultPlan;
     private readonly RedisRateLimitStore? _redis;
+    private readonly LocalBudgetTable? _budget;
+    private readonly int _leaseUnits;
     private readonly byte[] _storeErrorBody;
     private long _allowed;
     private long _limited;
@@ -149,6 +151,8 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
         if (options.Redis is { } redis)
         {
             _redis = new RedisRateLimitStore(options.PolicyName, redis);
+            _leaseUnits = Math.Max(1, redis.LocalBudget);
+            _budget = _leaseUnits > 1 ? new LocalBudgetTable(options.Capacity) : null;
             // The tables stay empty with Redis; keep them minimal.
             _table = new GcraTable(GcraTable.Ways);
         }
@@ -185,6 +189,14 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
     {
         if (_redis is not null)
         {
+            if (_budget is not null && _budget.TryTake(KeyHash(context), _time.GetTimestamp()))
+            {
+                // A unit leased from Redis earlier: already charged there, so no round trip. What remains in Redis
+                // is unknown here, so only RateLimit-Policy goes on the response.
+                Interlocked.Increment(ref _allowed);
+                context.AddResponseHeader("ratelimit-policy"u8, SelectPlan(context).PolicyField);
+                return FilterStatus.Continue;
+            }
             // Shared state needs a round trip: the chain runner calls ResumeRequestHeadersAsync.
             return FilterStatus.Pause;
         }
@@ -208,11 +220,17 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
         RedisDecision result;
         try
         {
-            result = await redis.DecideAsync(key, plan, window, quotaReset).ConfigureAwait(false);
+            result = await redis.DecideAsync(key, plan, window, quotaReset, _leaseUnits).ConfigureAwait(false);
         }
         catch (Exception e)
         {
             return StoreFailed(context, e);
+        }
+        if (result.Granted > 1 && _budget is not null)
+        {
+            // This request spends one unit; the rest stay here for 10 seconds (a unit left unspent is wasted: the
+            // limit admits fewer, never more).
+            _budget.Grant(KeyHash(context), (int)result.Granted - 1, _time.GetTimestamp() + 10 * _time.TimestampFrequency);
         }
         var decision = new Decision
         {

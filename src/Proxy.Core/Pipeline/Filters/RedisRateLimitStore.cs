@@ -15,10 +15,15 @@ internal sealed record RedisStoreOptions
     public bool OnErrorAllow { get; init; } = true;
     /// <summary>How long a decision may wait for Redis before <c>on_error</c> applies.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromMilliseconds(250);
+    /// <summary>
+    /// Units a proxy leases per round trip and spends locally (<c>local_budget</c>); 0 or 1: one round trip per
+    /// request.
+    /// </summary>
+    public int LocalBudget { get; init; }
 }
 
 /// <summary>What the script decided; microseconds from Redis' clock, counts as integers.</summary>
-internal readonly record struct RedisDecision(RateLimitFilter.Outcome Outcome, long RateRemaining, long RateResetMicros, long RetryAfterMicros, long QuotaRemaining);
+internal readonly record struct RedisDecision(RateLimitFilter.Outcome Outcome, long RateRemaining, long RateResetMicros, long RetryAfterMicros, long QuotaRemaining, long Granted);
 
 /// <summary>
 /// Rate-limit state shared by every proxy instance that points at one Redis: GCRA and the quota counter in one
@@ -38,17 +43,21 @@ internal readonly record struct RedisDecision(RateLimitFilter.Outcome Outcome, l
 internal sealed class RedisRateLimitStore
 {
     // KEYS[1] GCRA key, KEYS[2] quota key. ARGV[1] interval (us, 0: no rate), ARGV[2] tolerance (us), ARGV[3] quota
-    // (0: none), ARGV[4] quota key lifetime (s). Returns {outcome (0 allowed, 1 rate, 2 quota), rate remaining,
-    // rate reset (us), retry after (us), quota remaining}. The quota is checked first and charged last, so a request
-    // refused by either is charged to neither. Numbers are doubles in Lua: microseconds since 1970 (~2^51) are exact.
+    // (0: none), ARGV[4] quota key lifetime (s), ARGV[5] units wanted (1, or the local budget). Takes as many units as
+    // fit, at least one: GCRA with cost g (TAT += g * T) and the quota counter += g. Returns {outcome (0 allowed,
+    // 1 rate, 2 quota), rate remaining, rate reset (us), retry after (us), quota remaining, units granted}. The quota
+    // is checked first and charged last, so a request refused by either is charged to neither. Numbers are doubles
+    // in Lua: microseconds since 1970 (~2^51) are exact.
     internal const string Script = """
         local interval = tonumber(ARGV[1])
         local tolerance = tonumber(ARGV[2])
         local quota = tonumber(ARGV[3])
+        local want = tonumber(ARGV[5])
         local used = 0
         if quota > 0 then
           used = tonumber(redis.call('GET', KEYS[2]) or '0')
-          if used >= quota then return {2, -1, 0, 0, 0} end
+          if used >= quota then return {2, -1, 0, 0, 0, 0} end
+          if quota - used < want then want = quota - used end
         end
         local remaining, reset = -1, 0
         if interval > 0 then
@@ -56,20 +65,22 @@ internal sealed class RedisRateLimitStore
           local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
           local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
           if tat < now then tat = now end
-          local debt = tat + interval - now
-          if debt > tolerance then
-            return {1, 0, tat - now, debt - tolerance, quota > 0 and quota - used or -1}
+          local fit = math.floor((tolerance - (tat - now)) / interval)
+          if fit < 1 then
+            return {1, 0, tat - now, tat + interval - now - tolerance, quota > 0 and quota - used or -1, 0}
           end
-          redis.call('SET', KEYS[1], string.format('%.0f', tat + interval), 'PX', math.ceil(debt / 1000) + 1)
+          if fit < want then want = fit end
+          local debt = tat + want * interval - now
+          redis.call('SET', KEYS[1], string.format('%.0f', tat + want * interval), 'PX', math.ceil(debt / 1000) + 1)
           remaining = math.floor((tolerance - debt) / interval)
           reset = debt
         end
         if quota > 0 then
-          used = redis.call('INCR', KEYS[2])
-          if used == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4])) end
-          return {0, remaining, reset, 0, quota - used}
+          used = redis.call('INCRBY', KEYS[2], want)
+          if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4])) end
+          return {0, remaining, reset, 0, quota - used, want}
         end
-        return {0, remaining, reset, 0, -1}
+        return {0, remaining, reset, 0, -1, want}
         """;
 
     private static readonly byte[] s_scriptSha1 = SHA1.HashData(Encoding.UTF8.GetBytes(Script));
@@ -79,6 +90,7 @@ internal sealed class RedisRateLimitStore
     private readonly string _policyName;
     private readonly Lazy<Task<ConnectionMultiplexer>> _connection;
     private long _lastErrorLog;
+    private long _roundTrips;
     private long _errorsSinceLog;
 
     public RedisRateLimitStore(string policyName, RedisStoreOptions options)
@@ -91,6 +103,9 @@ internal sealed class RedisRateLimitStore
     }
 
     public RedisStoreOptions Options { get; }
+
+    /// <summary>Scripts run (decisions that went to Redis).</summary>
+    public long RoundTrips => Volatile.Read(ref _roundTrips);
 
     private static ConfigurationOptions Configure(RedisStoreOptions options)
     {
@@ -109,6 +124,28 @@ internal sealed class RedisRateLimitStore
         return config;
     }
 
+    /// <summary>
+    /// Closes and forgets the process's connections to <paramref name="address"/> (tests: a stopped server's client
+    /// would otherwise keep reconnecting, and allocating, for the rest of the process).
+    /// </summary>
+    internal static async Task CloseConnectionsAsync(string address)
+    {
+        foreach (var (key, connection) in s_connections)
+        {
+            if (key.StartsWith(address + "|", StringComparison.Ordinal) && s_connections.TryRemove(key, out _) && connection.IsValueCreated)
+            {
+                try
+                {
+                    await (await connection.Value.ConfigureAwait(false)).DisposeAsync().ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is RedisException or ObjectDisposedException)
+                {
+                    // Already broken: nothing left to close.
+                }
+            }
+        }
+    }
+
     /// <summary>The GCRA key for a bucket's bytes: prefix plus a 16-byte SHA-256 digest.</summary>
     public byte[] Key(ReadOnlySpan<byte> material)
     {
@@ -121,8 +158,9 @@ internal sealed class RedisRateLimitStore
     }
 
     /// <summary>One decision: EVALSHA, falling back to EVAL when the server lost or never had the script.</summary>
-    public async Task<RedisDecision> DecideAsync(byte[] rateKey, RateLimitFilter.CompiledPlan plan, long window, long quotaResetSeconds)
+    public async Task<RedisDecision> DecideAsync(byte[] rateKey, RateLimitFilter.CompiledPlan plan, long window, long quotaResetSeconds, int want)
     {
+        Interlocked.Increment(ref _roundTrips);
         ConnectionMultiplexer connection = await _connection.Value.ConfigureAwait(false);
         IDatabase db = connection.GetDatabase();
         RateLimitPlan limits = plan.Limits;
@@ -149,6 +187,7 @@ internal sealed class RedisRateLimitStore
             limits.Quota,
             // The key outlives its window by a minute so clocks a little apart still find it.
             quotaResetSeconds + 60,
+            want,
         ];
         RedisResult result;
         try
@@ -160,7 +199,7 @@ internal sealed class RedisRateLimitStore
             result = await db.ScriptEvaluateAsync(Script, keys, args).ConfigureAwait(false);
         }
         var values = (long[])result!;
-        return new RedisDecision((RateLimitFilter.Outcome)values[0], values[1], values[2], values[3], values[4]);
+        return new RedisDecision((RateLimitFilter.Outcome)values[0], values[1], values[2], values[3], values[4], values[5]);
     }
 
     /// <summary>
