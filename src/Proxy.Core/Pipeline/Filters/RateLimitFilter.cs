@@ -110,6 +110,7 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
     private readonly LocalBudgetTable? _budget;
     private readonly int _leaseUnits;
     private readonly byte[] _storeErrorBody;
+    private readonly WindowClock?[] _windowClocks = new WindowClock?[4];
     private long _allowed;
     private long _limited;
     private long _quotaExceeded;
@@ -215,7 +216,7 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
         long quotaReset = 0;
         if (plan.Limits.Quota > 0)
         {
-            window = QuotaWindow(plan.Limits.QuotaPeriod, _time.GetUtcNow(), out quotaReset);
+            window = CurrentWindow(plan.Limits.QuotaPeriod, _time.GetTimestamp(), out quotaReset);
         }
         RedisDecision result;
         try
@@ -274,7 +275,7 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
         long window = 0;
         if (limits.Quota > 0)
         {
-            window = QuotaWindow(limits.QuotaPeriod, _time.GetUtcNow(), out decision.QuotaResetSeconds);
+            window = CurrentWindow(limits.QuotaPeriod, _time.GetTimestamp(), out decision.QuotaResetSeconds);
             if (!_quotas!.TryConsume(hash, window, limits.Quota, out decision.QuotaRemaining))
             {
                 decision.Outcome = Outcome.QuotaExceeded;
@@ -302,6 +303,33 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
         }
         return decision;
     }
+
+    /// <summary>
+    /// The current quota window of <paramref name="period"/> and the seconds until it ends (rounded up), from a
+    /// cached boundary: the wall clock and calendar are consulted once per window, not per request.
+    /// </summary>
+    private long CurrentWindow(QuotaPeriod period, long now, out long resetSeconds)
+    {
+        // Immutable and swapped whole, so a reader sees a window with its own end (a race recomputes the same one).
+        WindowClock? clock = Volatile.Read(ref _windowClocks[(int)period]);
+        if (clock is null || now >= clock.EndsAt || now < clock.StartedAt)
+        {
+            clock = NextWindow(period, now);
+        }
+        resetSeconds = Seconds(clock.EndsAt - now);
+        return clock.Window;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private WindowClock NextWindow(QuotaPeriod period, long now)
+    {
+        long window = QuotaWindow(period, _time.GetUtcNow(), out long reset);
+        var clock = new WindowClock(window, now, now + reset * _time.TimestampFrequency);
+        Volatile.Write(ref _windowClocks[(int)period], clock);
+        return clock;
+    }
+
+    private sealed record WindowClock(long Window, long StartedAt, long EndsAt);
 
     /// <summary>
     /// The calendar window (UTC) a quota counts in, as a number (hours, days or months since 1970), and the seconds
