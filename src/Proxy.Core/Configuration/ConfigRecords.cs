@@ -45,8 +45,12 @@ internal sealed record PolicyConfig
     public IReadOnlyList<PolicySettingConfig> Settings { get; init; } = [];
 }
 
-/// <summary>A setting under a policy's kind: a scalar or a list of scalars.</summary>
-internal sealed record PolicySettingConfig(Located<string> Key, Located<string>? Scalar, IReadOnlyList<Located<string>>? List);
+/// <summary>A setting under a policy's kind: a scalar, a list of scalars, or a map of settings (<see cref="Map"/>).</summary>
+internal sealed record PolicySettingConfig(Located<string> Key, Located<string>? Scalar, IReadOnlyList<Located<string>>? List)
+{
+    /// <summary>The nested settings when the value is a map (<c>redis: { address: ... }</c>); null otherwise.</summary>
+    public IReadOnlyList<PolicySettingConfig>? Map { get; init; }
+}
 
 /// <summary>The <c>admin:</c> block: where the admin API listens and the bearer token it requires, if any.</summary>
 internal sealed record AdminConfig

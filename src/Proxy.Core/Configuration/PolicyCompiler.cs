@@ -13,10 +13,11 @@ namespace Proxy.Configuration;
 /// </summary>
 internal static class PolicyCompiler
 {
-    private static readonly string[] s_rateLimitKeys = ["key", "rate", "burst", "store"];
+    private static readonly string[] s_rateLimitKeys = ["key", "rate", "burst", "quota", "plans", "default_plan", "store", "redis", "max_keys"];
+    private static readonly string[] s_rateLimitPlanKeys = ["rate", "burst", "quota"];
+    private static readonly string[] s_redisKeys = ["address", "on_error", "timeout", "local_budget"];
     private static readonly string[] s_ipFilterKeys = ["allow", "deny"];
     private static readonly string[] s_jwtKeys = ["issuer", "audiences", "jwks_file", "jwks_url", "required_scopes", "clock_skew"];
-    private static readonly string[] s_laterKeys = ["jwt:sub", "jwt:client_id", "consumer"];
 
     public static void Validate(ProxyConfig config, ConfigErrorList errors)
     {
@@ -192,12 +193,63 @@ internal static class PolicyCompiler
         string name = policy.Name.Value;
         RateLimitKeyKind keyKind = RateLimitKeyKind.ClientIp;
         string header = "";
-        int? rate = null;
-        int window = 1;
-        int? burst = null;
+        var plans = new List<RateLimitPlan>();
+        Located<string>? defaultPlan = null;
+        Located<string>? store = null;
+        PolicySettingConfig? redisSetting = null;
+        RedisStoreOptions? redis = null;
+        int capacity = 0;
         foreach (var setting in policy.Settings)
         {
-            if (!CheckKey(setting, s_rateLimitKeys, "rate_limit", errors) || Scalar(setting, errors) is not { } value)
+            if (!CheckKey(setting, s_rateLimitKeys, "rate_limit", errors))
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
+                case "plans":
+                    if (setting.Map is not { } planMap)
+                    {
+                        errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, "expected a map of plans for 'plans' (e.g. plans: { free: { rate: 10/s, burst: 20, quota: 10000/day } })");
+                        continue;
+                    }
+                    if (planMap.Count == 0)
+                    {
+                        errors.Add(setting.Key.Mark, $"rate_limit policy '{name}' has an empty 'plans' map");
+                    }
+                    foreach (var planSetting in planMap)
+                    {
+                        if (!IsPolicyName(planSetting.Key.Value))
+                        {
+                            errors.Add(planSetting.Key.Mark, $"invalid plan name '{planSetting.Key.Value}': use letters, digits, '.', '_' and '-'");
+                        }
+                        if (planSetting.Map is not { } planSettings)
+                        {
+                            errors.Add(planSetting.Scalar?.Mark ?? planSetting.Key.Mark, $"expected a map for plan '{planSetting.Key.Value}' (e.g. {{ rate: 10/s, burst: 20, quota: 10000/day }})");
+                            continue;
+                        }
+                        if (ReadLimits(planSettings, s_rateLimitPlanKeys, $"plan '{planSetting.Key.Value}'", planSetting.Key, errors) is { } limits)
+                        {
+                            plans.Add(limits with { Name = planSetting.Key.Value });
+                        }
+                    }
+                    continue;
+                case "redis":
+                    redisSetting = setting;
+                    if (setting.Map is not { } redisMap)
+                    {
+                        errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, "expected a map for 'redis' (e.g. redis: { address: 127.0.0.1:6379, on_error: allow })");
+                        continue;
+                    }
+                    redis = ReadRedis(redisMap, setting.Key, errors);
+                    continue;
+                case "rate":
+                case "burst":
+                case "quota":
+                    // Read below with the plans' reader.
+                    continue;
+            }
+            if (Scalar(setting, errors) is not { } value)
             {
                 continue;
             }
@@ -212,6 +264,18 @@ internal static class PolicyCompiler
                     {
                         keyKind = RateLimitKeyKind.Route;
                     }
+                    else if (value.Value == "jwt:sub")
+                    {
+                        keyKind = RateLimitKeyKind.Subject;
+                    }
+                    else if (value.Value == "jwt:client_id")
+                    {
+                        keyKind = RateLimitKeyKind.ClientId;
+                    }
+                    else if (value.Value == "consumer")
+                    {
+                        keyKind = RateLimitKeyKind.Consumer;
+                    }
                     else if (value.Value.StartsWith("header:", StringComparison.Ordinal))
                     {
                         header = value.Value["header:".Length..];
@@ -222,20 +286,110 @@ internal static class PolicyCompiler
                         keyKind = RateLimitKeyKind.Header;
                         header = header.ToLowerInvariant();
                     }
-                    else if (s_laterKeys.Contains(value.Value))
+                    else
                     {
-                        errors.Add(value.Mark, $"rate_limit key '{value.Value}' is not supported yet; use header:NAME, client_ip or route");
+                        errors.Add(value.Mark, $"unknown rate_limit key '{value.Value}'; expected header:NAME, client_ip, route, jwt:sub, jwt:client_id or consumer");
+                    }
+                    break;
+                case "default_plan":
+                    defaultPlan = value;
+                    break;
+                case "max_keys":
+                    if (!value.Value.All(char.IsAsciiDigit) || !int.TryParse(value.Value, NumberStyles.None, CultureInfo.InvariantCulture, out int keys)
+                        || keys < 1024 || keys > 16_777_216)
+                    {
+                        errors.Add(value.Mark, $"invalid max_keys '{value.Value}': expected a whole number from 1024 to 16777216 (memory: 16 bytes per key, 32 with a quota)");
                     }
                     else
                     {
-                        errors.Add(value.Mark, $"unknown rate_limit key '{value.Value}'; expected header:NAME, client_ip or route");
+                        capacity = keys;
                     }
                     break;
+                case "store":
+                    store = value;
+                    if (value.Value is not ("memory" or "redis"))
+                    {
+                        errors.Add(value.Mark, $"unknown rate_limit store '{value.Value}'; expected 'memory' or 'redis'");
+                    }
+                    break;
+            }
+        }
+
+        // The policy's own limits: for every request without a plan, unless default_plan names one.
+        RateLimitPlan? ownLimits = ReadLimits(policy.Settings, s_rateLimitPlanKeys, null, kind, errors, ignoreUnknown: true);
+        RateLimitPlan own = ownLimits ?? new RateLimitPlan();
+        if (ownLimits is { HasLimits: false } && !policy.Settings.Any(s => s.Key.Value == "plans"))
+        {
+            errors.Add(kind.Mark, $"rate_limit policy '{name}' is missing required key 'rate' (e.g. rate: 100/s); or give it a 'quota' or 'plans'");
+        }
+        var planNames = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var plan in plans)
+        {
+            planNames.Add(plan.Name);
+        }
+        if (defaultPlan is { } d && !planNames.Contains(d.Value))
+        {
+            var near = ConfigErrorList.Nearest(d.Value, planNames);
+            errors.Add(d.Mark, plans.Count == 0
+                ? $"default_plan '{d.Value}' in rate_limit policy '{name}', which has no 'plans'"
+                : $"default_plan '{d.Value}' is not a plan of rate_limit policy '{name}'" + (near is null ? $" (plans: {string.Join(", ", planNames)})" : $"; did you mean '{near}'?"));
+        }
+        if (store is { Value: "redis" } redisStore && redisSetting is null)
+        {
+            errors.Add(redisStore.Mark, $"rate_limit policy '{name}' has 'store: redis' but no 'redis' block (e.g. redis: {{ address: 127.0.0.1:6379, on_error: allow }})");
+        }
+        if (redisSetting is not null && store is not { Value: "redis" })
+        {
+            errors.Add(redisSetting.Key.Mark, $"rate_limit policy '{name}' has a 'redis' block but not 'store: redis'");
+        }
+        if (errors.Count != before || validateOnly)
+        {
+            return null;
+        }
+        var options = new RateLimitOptions
+        {
+            PolicyName = name,
+            KeyKind = keyKind,
+            HeaderName = header,
+            Rate = own.Rate,
+            WindowSeconds = own.WindowSeconds,
+            Burst = own.Burst,
+            Quota = own.Quota,
+            QuotaPeriod = own.QuotaPeriod,
+            Plans = plans,
+            DefaultPlan = defaultPlan?.Value,
+            // Route keys are few: a small table is plenty.
+            Capacity = capacity != 0 ? capacity : keyKind == RateLimitKeyKind.Route ? 1024 : 65_536,
+            Redis = redis,
+        };
+        return new RateLimitFilter(options, time);
+    }
+
+    /// <summary>
+    /// <c>rate</c>, <c>burst</c> and <c>quota</c> of a plan, or (with <paramref name="ignoreUnknown"/>) of the policy
+    /// itself; null after an error.
+    /// </summary>
+    private static RateLimitPlan? ReadLimits(IReadOnlyList<PolicySettingConfig> settings, string[] known, string? owner, Located<string> ownerMark, ConfigErrorList errors, bool ignoreUnknown = false)
+    {
+        int before = errors.Count;
+        var plan = new RateLimitPlan();
+        Located<string>? burstValue = null;
+        foreach (var setting in settings)
+        {
+            if (ignoreUnknown ? Array.IndexOf(known, setting.Key.Value) < 0 : !CheckKey(setting, known, $"rate_limit {owner}", errors))
+            {
+                continue;
+            }
+            if (Scalar(setting, errors) is not { } value)
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
                 case "rate":
                     if (TryParseRate(value.Value, out int n, out int w))
                     {
-                        rate = n;
-                        window = w;
+                        plan = plan with { Rate = n, WindowSeconds = w };
                     }
                     else
                     {
@@ -243,6 +397,7 @@ internal static class PolicyCompiler
                     }
                     break;
                 case "burst":
+                    burstValue = value;
                     if (!int.TryParse(value.Value, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int b) || !value.Value.All(c => char.IsAsciiDigit(c) || c == '-'))
                     {
                         errors.Add(value.Mark, $"expected a whole number for 'burst', got '{value.Value}'");
@@ -253,42 +408,116 @@ internal static class PolicyCompiler
                     }
                     else
                     {
-                        burst = b;
+                        plan = plan with { Burst = b };
                     }
                     break;
-                case "store":
-                    if (value.Value == "redis")
+                case "quota":
+                    if (TryParseQuota(value.Value, out int q, out QuotaPeriod period))
                     {
-                        errors.Add(value.Mark, "rate_limit store 'redis' is not supported yet; use 'memory' (the default)");
+                        plan = plan with { Quota = q, QuotaPeriod = period };
                     }
-                    else if (value.Value != "memory")
+                    else
                     {
-                        errors.Add(value.Mark, $"unknown rate_limit store '{value.Value}'; expected 'memory'");
+                        errors.Add(value.Mark, $"invalid quota '{value.Value}': expected N/hour, N/day or N/month with N a whole number from 1 (e.g. 10000/day)");
                     }
                     break;
             }
         }
-        if (rate is null && !policy.Settings.Any(s => s.Key.Value == "rate"))
+        if (owner is not null && errors.Count == before && !plan.HasLimits)
         {
-            errors.Add(kind.Mark, $"rate_limit policy '{name}' is missing required key 'rate' (e.g. rate: 100/s)");
+            errors.Add(ownerMark.Mark, $"rate_limit {owner} has neither 'rate' nor 'quota'");
         }
-        if (errors.Count != before || rate is null || validateOnly)
+        // At the policy's level without any limit, "missing 'rate'" says it better.
+        if (burstValue is { } bv && errors.Count == before && plan.Rate == 0 && (owner is not null || plan.Quota > 0))
         {
-            return null;
+            errors.Add(bv.Mark, $"'burst' without 'rate'{(owner is null ? "" : $" in {owner}")}: a burst only applies to a rate");
         }
-        var options = new RateLimitOptions
+        return errors.Count == before ? plan : null;
+    }
+
+    private static RedisStoreOptions? ReadRedis(IReadOnlyList<PolicySettingConfig> settings, Located<string> key, ConfigErrorList errors)
+    {
+        int before = errors.Count;
+        string? address = null;
+        bool allow = true;
+        TimeSpan timeout = TimeSpan.FromMilliseconds(250);
+        int localBudget = 0;
+        foreach (var setting in settings)
         {
-            PolicyName = name,
-            KeyKind = keyKind,
-            HeaderName = header,
-            Rate = rate.Value,
-            WindowSeconds = window,
-            // Without a burst, a full window's worth may pass at once (the draft's q over w).
-            Burst = burst ?? rate.Value,
-            // Route keys are few: a small table is plenty.
-            Capacity = keyKind == RateLimitKeyKind.Route ? 1024 : 65_536,
+            if (!CheckKey(setting, s_redisKeys, "redis", errors) || Scalar(setting, errors) is not { } value)
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
+                case "address":
+                    address = value.Value;
+                    if (!IsHostPort(value.Value))
+                    {
+                        errors.Add(value.Mark, $"invalid redis address '{value.Value}': expected host:port with a port from 1 to 65535 (e.g. 127.0.0.1:6379)");
+                    }
+                    break;
+                case "on_error":
+                    if (value.Value is not ("allow" or "deny"))
+                    {
+                        errors.Add(value.Mark, $"invalid on_error '{value.Value}': expected 'allow' (let requests through while Redis is unreachable) or 'deny' (answer 503)");
+                    }
+                    allow = value.Value != "deny";
+                    break;
+                case "local_budget":
+                    if (!value.Value.All(char.IsAsciiDigit) || !int.TryParse(value.Value, NumberStyles.None, CultureInfo.InvariantCulture, out localBudget)
+                        || localBudget < 1 || localBudget > 10_000)
+                    {
+                        errors.Add(value.Mark, $"invalid local_budget '{value.Value}': expected a whole number from 1 to 10000 (units leased per Redis round trip)");
+                    }
+                    break;
+                case "timeout":
+                    if (!ConfigValues.TryParseDuration(value.Value, out timeout) || timeout <= TimeSpan.Zero || timeout > TimeSpan.FromSeconds(10))
+                    {
+                        errors.Add(value.Mark, $"invalid redis timeout '{value.Value}': expected a duration above 0 and at most 10s (e.g. 250ms)");
+                    }
+                    break;
+            }
+        }
+        if (address is null)
+        {
+            errors.Add(key.Mark, "the 'redis' block is missing required key 'address' (e.g. address: 127.0.0.1:6379)");
+        }
+        return errors.Count == before ? new RedisStoreOptions { Address = address!, OnErrorAllow = allow, Timeout = timeout, LocalBudget = localBudget } : null;
+    }
+
+    /// <summary>host:port, the host a name or an address ([v6] in brackets), as StackExchange.Redis takes it.</summary>
+    private static bool IsHostPort(string text)
+    {
+        int colon = text.LastIndexOf(':');
+        if (colon <= 0 || colon == text.Length - 1 || !text[(colon + 1)..].All(char.IsAsciiDigit)
+            || !int.TryParse(text.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out int port) || port is < 1 or > 65535)
+        {
+            return false;
+        }
+        string host = text[..colon];
+        return host.StartsWith('[') ? host.EndsWith(']') && IPAddress.TryParse(host[1..^1], out _) : !host.Contains(':') && !host.Any(char.IsWhiteSpace);
+    }
+
+    /// <summary>"10000/day", "500/hour", "1000000/month".</summary>
+    internal static bool TryParseQuota(string text, out int count, out QuotaPeriod period)
+    {
+        count = 0;
+        period = QuotaPeriod.None;
+        int slash = text.IndexOf('/');
+        if (slash <= 0 || !text[..slash].All(char.IsAsciiDigit)
+            || !int.TryParse(text.AsSpan(0, slash), NumberStyles.None, CultureInfo.InvariantCulture, out count) || count < 1)
+        {
+            return false;
+        }
+        period = text[(slash + 1)..] switch
+        {
+            "hour" => QuotaPeriod.Hour,
+            "day" => QuotaPeriod.Day,
+            "month" => QuotaPeriod.Month,
+            _ => QuotaPeriod.None,
         };
-        return new RateLimitFilter(options, time);
+        return period != QuotaPeriod.None;
     }
 
     /// <summary>"100/s", "20/m", "1000/h".</summary>
@@ -534,7 +763,7 @@ internal static class PolicyCompiler
         {
             return scalar;
         }
-        errors.Add(setting.Key.Mark, $"expected a single value for '{setting.Key.Value}', got a list");
+        errors.Add(setting.Key.Mark, $"expected a single value for '{setting.Key.Value}', got {(setting.Map is null ? "a list" : "a map")}");
         return null;
     }
 

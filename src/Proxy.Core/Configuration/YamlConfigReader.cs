@@ -184,30 +184,45 @@ internal sealed class YamlConfigReader
             var settings = new List<PolicySettingConfig>();
             if (!IsNull(settingsNode) && Map(settingsNode, $"'{kind.Value}' of policy '{name.Value}'", null) is { } settingsMap)
             {
-                foreach (var (settingKey, settingValue) in settingsMap.Entries)
-                {
-                    var located = new Located<string>(settingKey.Value ?? "", Mark.From(settingKey.Start));
-                    if (settingValue is YamlSequenceNode sequence)
-                    {
-                        var items = new List<Located<string>>();
-                        foreach (var item in sequence.Children)
-                        {
-                            if (ScalarText(item, located.Value, "a list of strings") is { } text)
-                            {
-                                items.Add(text);
-                            }
-                        }
-                        settings.Add(new PolicySettingConfig(located, null, items));
-                    }
-                    else if (ScalarText(settingValue, located.Value, "a string or a list of strings") is { } scalar)
-                    {
-                        settings.Add(new PolicySettingConfig(located, scalar, null));
-                    }
-                }
+                settings = ReadPolicySettings(settingsMap, depth: 0);
             }
             result.Add(new PolicyConfig { Name = name, Kind = kind, Settings = settings });
         }
         return result;
+    }
+
+    /// <summary>
+    /// A policy's settings: scalars, lists of scalars, and (two levels deep at most: <c>plans: { free: { rate } }</c>)
+    /// maps of settings; the kind checks the keys.
+    /// </summary>
+    private List<PolicySettingConfig> ReadPolicySettings(MapView map, int depth)
+    {
+        var settings = new List<PolicySettingConfig>();
+        foreach (var (settingKey, settingValue) in map.Entries)
+        {
+            var located = new Located<string>(settingKey.Value ?? "", Mark.From(settingKey.Start));
+            if (settingValue is YamlSequenceNode sequence)
+            {
+                var items = new List<Located<string>>();
+                foreach (var item in sequence.Children)
+                {
+                    if (ScalarText(item, located.Value, "a list of strings") is { } text)
+                    {
+                        items.Add(text);
+                    }
+                }
+                settings.Add(new PolicySettingConfig(located, null, items));
+            }
+            else if (settingValue is YamlMappingNode && depth < 2 && Map(settingValue, $"'{located.Value}'", null) is { } nested)
+            {
+                settings.Add(new PolicySettingConfig(located, null, null) { Map = ReadPolicySettings(nested, depth + 1) });
+            }
+            else if (ScalarText(settingValue, located.Value, "a string or a list of strings") is { } scalar)
+            {
+                settings.Add(new PolicySettingConfig(located, scalar, null));
+            }
+        }
+        return settings;
     }
 
     private AdminConfig? ReadAdmin(YamlNode node)

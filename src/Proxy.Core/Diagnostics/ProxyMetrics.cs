@@ -223,7 +223,7 @@ internal sealed class ProxyMetrics : IDisposable
             new("proxy_upstream_requests_active", MetricType.Gauge,
                 "Requests in flight to each destination, by cluster and destination.", CollectDestinations(DestinationValue.Active)),
             new("proxy_policy_decisions_total", MetricType.Counter,
-                "Built-in policy decisions since the config was loaded, by policy and decision (rate_limit: allowed, limited; ip_filter: denied).",
+                "Built-in policy decisions since the config was loaded, by policy and decision (rate_limit: allowed, limited, quota_exceeded, store_error; ip_filter: denied).",
                 CollectPolicies(snapshot)),
             new("proxy_upstream_destination_healthy", MetricType.Gauge,
                 "1 when the destination may take requests (not marked down by health checks, not ejected), by cluster and destination.",
@@ -253,6 +253,8 @@ internal sealed class ProxyMetrics : IDisposable
                 case Pipeline.Filters.RateLimitFilter rateLimit:
                     samples.Add(new([new("policy", name), new("decision", "allowed")], rateLimit.AllowedCount));
                     samples.Add(new([new("policy", name), new("decision", "limited")], rateLimit.LimitedCount));
+                    samples.Add(new([new("policy", name), new("decision", "quota_exceeded")], rateLimit.QuotaExceededCount));
+                    samples.Add(new([new("policy", name), new("decision", "store_error")], rateLimit.StoreErrorCount));
                     break;
                 case Pipeline.Filters.IpFilter ipFilter:
                     samples.Add(new([new("policy", name), new("decision", "denied")], ipFilter.DeniedCount));

@@ -559,6 +559,7 @@ internal sealed class HttpForwarder
         if (!interim)
         {
             _client.ResponseStatus = response.StatusCode;
+            _client.WriteFilterFields(output);
             _client.WriteRequestIdField(output);
             if (outFraming == BodyFraming.Chunked)
             {

@@ -13,19 +13,60 @@ namespace Proxy.Http1;
 // chose. Kept in its own file so the connection's request loop changes by one call.
 internal sealed partial class Http1ServerConnection
 {
-    /// <summary>Runs the route's request-headers filters; true when one answered (its answer waits in the context).</summary>
-    private bool RunFilters(FilterChain chain, RouteModel route)
+    /// <summary>
+    /// Runs the route's request-headers filters: <see cref="FilterStatus.Respond"/> when one answered (its answer
+    /// waits in the context), <see cref="FilterStatus.Pause"/> when one needs I/O (<see cref="ResumeFiltersAsync"/>).
+    /// </summary>
+    private FilterStatus RunFilters(FilterChain chain, RouteModel route)
     {
         RequestContext context = State.Filters;
         context.Begin(Head, RemoteAddress, route.Id, Listener.Name);
         try
         {
-            return chain.RunRequestHeaders(context) != FilterStatus.Continue;
+            return chain.RunRequestHeaders(context);
         }
         catch (Exception e)
         {
             // A filter bug must not take the connection down without an answer, nor let the request through.
-            return FilterFailed(context, e);
+            FilterFailed(context, e);
+            return FilterStatus.Respond;
+        }
+    }
+
+    /// <summary>Finishes a chain a filter paused for I/O, then answers or goes on like the synchronous path.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> ResumeFiltersAsync(FilterChain chain, RouteModel route)
+    {
+        RequestContext context = State.Filters;
+        FilterStatus status;
+        try
+        {
+            status = await chain.ResumeRequestHeadersAsync(context).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            FilterFailed(context, e);
+            status = FilterStatus.Respond;
+        }
+        return status == FilterStatus.Continue
+            ? await AfterFilters(route).ConfigureAwait(false)
+            : await FilterReplyAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>A request the filters let through: the route's own answer, or the upstream's.</summary>
+    private ValueTask<bool> AfterFilters(RouteModel route)
+        => route.Respond is { } respond ? DirectResponseAsync(respond) : _forwarder.ForwardAsync(route.Cluster!);
+
+    /// <summary>
+    /// The header lines filters added for a request they let through (RateLimit fields), written into the forwarded
+    /// or route-answered response head. Nothing when the route ran no filters (the context then holds a previous
+    /// request's lines).
+    /// </summary>
+    internal void WriteFilterFields(PipeWriter output)
+    {
+        if (_route?.Filters(Listener.Index) is { IsEmpty: false })
+        {
+            output.Write(State.Filters.ReplyHeaders);
         }
     }
 

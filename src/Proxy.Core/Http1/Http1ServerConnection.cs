@@ -10,6 +10,7 @@ using Proxy.Forwarding;
 using Proxy.Handlers;
 using Proxy.Http;
 using Proxy.Model;
+using Proxy.Pipeline;
 using Proxy.Transport;
 
 namespace Proxy.Http1;
@@ -283,15 +284,15 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             return LocalReplyAsync(ProxyError.NoRoute.StatusCode(), ProxyError.NoRoute.DetailsCode());
         }
-        if (route.Filters(Listener.Index) is { IsEmpty: false } chain && RunFilters(chain, route))
+        if (route.Filters(Listener.Index) is { IsEmpty: false } chain)
         {
-            return FilterReplyAsync();
+            FilterStatus status = RunFilters(chain, route);
+            if (status != FilterStatus.Continue)
+            {
+                return status == FilterStatus.Pause ? ResumeFiltersAsync(chain, route) : FilterReplyAsync();
+            }
         }
-        if (route.Respond is { } respond)
-        {
-            return DirectResponseAsync(respond);
-        }
-        return _forwarder.ForwardAsync(route.Cluster!);
+        return AfterFilters(route);
     }
 
     private async ValueTask<bool> ErrorAndCloseAsync(int status, string details)
@@ -320,6 +321,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         ResponseStatus = respond.Status;
         PipeWriter output = Output;
         output.Write(respond.HeadPrefix);
+        WriteFilterFields(output);
         WriteLocalReplyTail(output, respond.Body, extraFields: null, keepAlive);
         return await FlushClientAsync().ConfigureAwait(false) && keepAlive;
     }

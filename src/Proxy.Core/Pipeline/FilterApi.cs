@@ -11,6 +11,13 @@ public enum FilterStatus : byte
     /// reaches the upstream.
     /// </summary>
     Respond = 1,
+
+    /// <summary>
+    /// The filter needs I/O before it can decide (a shared rate-limit store): the chain runner awaits its
+    /// <see cref="IAsyncRequestHeadersFilter.ResumeRequestHeadersAsync"/>, then goes on. Only filters implementing
+    /// <see cref="IAsyncRequestHeadersFilter"/> may return it.
+    /// </summary>
+    Pause = 2,
 }
 
 /// <summary>
@@ -30,4 +37,20 @@ public interface IRequestHeadersFilter
     /// <see cref="RequestContext.Respond"/> to answer locally.
     /// </summary>
     FilterStatus OnRequestHeaders(RequestContext context);
+}
+
+/// <summary>
+/// A request-headers filter that sometimes needs I/O to decide. <see cref="IRequestHeadersFilter.OnRequestHeaders"/>
+/// runs first, synchronously: answer from local state when possible, and return <see cref="FilterStatus.Pause"/>
+/// only when the decision needs a round trip. The runner then awaits <see cref="ResumeRequestHeadersAsync"/> (off the
+/// synchronous path, so a request that never pauses costs no state machine) and runs the next filters after it.
+/// </summary>
+public interface IAsyncRequestHeadersFilter : IRequestHeadersFilter
+{
+    /// <summary>
+    /// Finishes a decision <see cref="IRequestHeadersFilter.OnRequestHeaders"/> paused: <see cref="FilterStatus.Continue"/>
+    /// or the result of <see cref="RequestContext.Respond"/> (not <see cref="FilterStatus.Pause"/> again). The context
+    /// and the request head stay valid until the returned task completes.
+    /// </summary>
+    ValueTask<FilterStatus> ResumeRequestHeadersAsync(RequestContext context);
 }

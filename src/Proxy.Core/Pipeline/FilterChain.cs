@@ -23,22 +23,62 @@ internal sealed class FilterChain
 
     public bool IsEmpty => RequestHeaders.Length == 0;
 
-    /// <summary>Runs the request-headers phase; <see cref="FilterStatus.Respond"/> when a filter answered.</summary>
-    public FilterStatus RunRequestHeaders(RequestContext context)
+    /// <summary>
+    /// Runs the request-headers phase from the first filter: <see cref="FilterStatus.Respond"/> when a filter
+    /// answered, <see cref="FilterStatus.Pause"/> when one needs I/O (finish with <see cref="ResumeRequestHeadersAsync"/>).
+    /// </summary>
+    public FilterStatus RunRequestHeaders(RequestContext context) => Run(context, 0);
+
+    /// <summary>Finishes a paused phase: awaits the paused filter, then runs the rest (pausing again if needed).</summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
+    public async ValueTask<FilterStatus> ResumeRequestHeadersAsync(RequestContext context)
     {
-        foreach (IRequestHeadersFilter filter in RequestHeaders)
+        while (true)
         {
-            if (filter.OnRequestHeaders(context) != FilterStatus.Continue)
+            int index = context.PausedAt;
+            FilterStatus status = RequestHeaders[index] is IAsyncRequestHeadersFilter filter
+                ? await filter.ResumeRequestHeadersAsync(context).ConfigureAwait(false)
+                : FilterStatus.Respond;
+            if (status != FilterStatus.Continue)
             {
-                // A filter that returns Respond without calling Respond would leave no answer: treat it as a 500
-                // rather than forwarding a request a filter meant to stop.
-                if (context.ReplyStatus == 0)
-                {
-                    return context.Respond(500, "filter_no_reply", "text/plain"u8, "500 Internal Server Error: filter_no_reply\n"u8);
-                }
-                return FilterStatus.Respond;
+                return Stopped(context);
+            }
+            status = Run(context, index + 1);
+            if (status != FilterStatus.Pause)
+            {
+                return status;
             }
         }
+    }
+
+    private FilterStatus Run(RequestContext context, int start)
+    {
+        IRequestHeadersFilter[] filters = RequestHeaders;
+        for (int i = start; i < filters.Length; i++)
+        {
+            FilterStatus status = filters[i].OnRequestHeaders(context);
+            if (status == FilterStatus.Continue)
+            {
+                continue;
+            }
+            if (status == FilterStatus.Pause && filters[i] is IAsyncRequestHeadersFilter)
+            {
+                context.PausedAt = i;
+                return FilterStatus.Pause;
+            }
+            return Stopped(context);
+        }
         return FilterStatus.Continue;
+    }
+
+    private static FilterStatus Stopped(RequestContext context)
+    {
+        // A filter that stops without calling Respond (or pauses without being able to resume) would leave no
+        // answer: treat it as a 500 rather than forwarding a request a filter meant to stop.
+        if (context.ReplyStatus == 0)
+        {
+            return context.Respond(500, "filter_no_reply", "text/plain"u8, "500 Internal Server Error: filter_no_reply\n"u8);
+        }
+        return FilterStatus.Respond;
     }
 }

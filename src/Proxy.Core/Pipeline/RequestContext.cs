@@ -52,6 +52,12 @@ public sealed class RequestContext
     /// </summary>
     public IPAddress ClientAddress => _clientAddress;
 
+    /// <summary>
+    /// The verified identity, set by authentication filters (JWT, API keys) for the filters after them; empty until
+    /// one does.
+    /// </summary>
+    public RequestIdentity Identity { get; } = new();
+
     /// <summary>The id of the route the request matched.</summary>
     public string RouteId => _routeId;
 
@@ -78,8 +84,10 @@ public sealed class RequestContext
     }
 
     /// <summary>
-    /// Adds a header line to the local answer; call before <see cref="Respond"/>. The proxy writes Content-Type,
-    /// Content-Length, Date and Connection itself. Throws <see cref="ArgumentException"/> on CR, LF or NUL.
+    /// Adds a header line to the response: to the local answer when a filter then calls <see cref="Respond"/>,
+    /// otherwise (the chain continues) to the response the client gets, forwarded from the upstream or written by the
+    /// route's <c>respond</c>. The proxy writes Content-Type, Content-Length, Date and Connection itself. Throws
+    /// <see cref="ArgumentException"/> on CR, LF or NUL.
     /// </summary>
     public void AddResponseHeader(ReadOnlySpan<byte> name, ReadOnlySpan<byte> value)
     {
@@ -129,6 +137,12 @@ public sealed class RequestContext
 
     internal string ReplyDetails { get; private set; } = "";
 
+    /// <summary>The parsed head the context was bound to (tests rebind it per simulated request).</summary>
+    internal RequestHead Head => _head;
+
+    /// <summary>The filter that returned <see cref="FilterStatus.Pause"/> (index in the chain).</summary>
+    internal int PausedAt { get; set; }
+
     internal ReadOnlySpan<byte> ReplyHeaders => _reply.AsSpan(0, _replyHeadersLength);
 
     internal ReadOnlySpan<byte> ReplyBody => _reply.AsSpan(_replyHeadersLength, _replyBodyLength);
@@ -146,6 +160,7 @@ public sealed class RequestContext
         _replyBodyLength = 0;
         ReplyStatus = 0;
         ReplyDetails = "";
+        Identity.Reset();
     }
 
     private Span<byte> Reserve(int offset, int length)

@@ -58,23 +58,22 @@ public class PolicyConfigTests
     [InlineData("jwt:sub")]
     [InlineData("jwt:client_id")]
     [InlineData("consumer")]
-    public void Validate_LaterKeys_NotSupportedYet(string key)
+    public void Validate_IdentityKeys_Accepted(string key)
     {
-        Assert.Equal([$"t.yaml:3:24: rate_limit key '{key}' is not supported yet; use header:NAME, client_ip or route"],
-            PolicyErrors("  p:", $"    rate_limit: {{ key: \"{key}\", rate: 1/s }}"));
+        Assert.Empty(PolicyErrors("  p:", $"    rate_limit: {{ key: \"{key}\", rate: 1/s }}"));
     }
 
     [Fact]
-    public void Validate_RedisStore_NotSupportedYet()
+    public void Validate_RedisStoreWithoutBlock_ReportsStorePosition()
     {
-        Assert.Equal(["t.yaml:3:37: rate_limit store 'redis' is not supported yet; use 'memory' (the default)"],
+        Assert.Equal(["t.yaml:3:37: rate_limit policy 'p' has 'store: redis' but no 'redis' block (e.g. redis: { address: 127.0.0.1:6379, on_error: allow })"],
             PolicyErrors("  p:", "    rate_limit: { rate: 1/s, store: redis }"));
     }
 
     [Fact]
     public void Validate_MissingRate_ReportsKindPosition()
     {
-        Assert.Equal(["t.yaml:3:5: rate_limit policy 'p' is missing required key 'rate' (e.g. rate: 100/s)"],
+        Assert.Equal(["t.yaml:3:5: rate_limit policy 'p' is missing required key 'rate' (e.g. rate: 100/s); or give it a 'quota' or 'plans'"],
             PolicyErrors("  p:", "    rate_limit: { burst: 5 }"));
     }
 

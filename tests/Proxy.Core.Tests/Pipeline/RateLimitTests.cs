@@ -16,6 +16,11 @@ internal sealed class ManualTime : TimeProvider
 
     public override long GetTimestamp() => Now;
 
+    /// <summary>Wall-clock time moves with the timestamp (quota windows): <see cref="Start"/> at <see cref="Now"/> = 1e9.</summary>
+    public DateTimeOffset Start { get; set; } = new(2026, 11, 28, 12, 0, 0, TimeSpan.Zero);
+
+    public override DateTimeOffset GetUtcNow() => Start.AddTicks((Now - 1_000_000_000) * 10);
+
     public void Advance(TimeSpan by) => Now += (long)(by.TotalSeconds * TimestampFrequency);
 }
 
@@ -195,9 +200,10 @@ public class RateLimitTests
     {
         var time = new ManualTime();
         var filter = Filter(time, rate: 100, burst: 2);
-        var context = Context("GET /orders HTTP/1.1\r\nHost: a\r\nX-API-Key: k1\r\n\r\n");
-        Assert.Equal(FilterStatus.Continue, filter.OnRequestHeaders(context));
-        Assert.Equal(FilterStatus.Continue, filter.OnRequestHeaders(context));
+        const string raw = "GET /orders HTTP/1.1\r\nHost: a\r\nX-API-Key: k1\r\n\r\n";
+        Assert.Equal(FilterStatus.Continue, filter.OnRequestHeaders(Context(raw)));
+        Assert.Equal(FilterStatus.Continue, filter.OnRequestHeaders(Context(raw)));
+        var context = Context(raw);
         Assert.Equal(FilterStatus.Respond, filter.OnRequestHeaders(context));
         Assert.Equal(429, context.ReplyStatus);
         Assert.Equal("rate_limited", context.ReplyDetails);
@@ -232,10 +238,13 @@ public class RateLimitTests
         var time = new ManualTime();
         var filter = Filter(time, rate: 1_000_000, burst: 1_000_000);
         var context = Context("GET / HTTP/1.1\r\nHost: a\r\nx-api-key: k\r\n\r\n");
+        var head = context.Head;
         filter.OnRequestHeaders(context);
         long before = GC.GetAllocatedBytesForCurrentThread();
         for (int i = 0; i < 10_000; i++)
         {
+            // As the connection does per request: the RateLimit fields of an allowed request start over.
+            context.Begin(head, IPAddress.Loopback, "r", "public");
             filter.OnRequestHeaders(context);
         }
         // Per call: nothing. The runtime may allocate a few bytes once on this thread while it re-tiers the loop's
