@@ -313,6 +313,10 @@ internal static class ConfigCompiler
             text.Append("|rt:").Append(r.Attempts).Append(',').Append((int)r.On).Append(',').Append(r.BackoffBase.Ticks)
                 .Append(',').Append(r.BackoffMax.Ticks).Append(',').Append(r.BudgetPercent).Append(',').Append(r.PerTryTimeout.Ticks);
         }
+        if (c.Affinity is { } a)
+        {
+            text.Append("|sa:").Append(a.Mode).Append(',').Append(Encoding.ASCII.GetString(a.Name)).Append(',').Append(a.Ttl.Ticks);
+        }
         if (c.CircuitBreaker is { } b)
         {
             text.Append("|cb:").Append(b.MaxConnections).Append(',').Append(b.MaxPending).Append(',').Append(b.MaxRequests);
@@ -344,6 +348,7 @@ internal static class ConfigCompiler
             Health = new ClusterHealth(c.Name.Value, destinations, outlier, panic),
             Breaker = breaker is null ? null : new ClusterBreaker(breaker),
             RetryBudget = retry is null ? null : new RetryBudget(retry),
+            Affinity = c.SessionAffinity is { } affinity ? BuildAffinity(affinity, destinations) : null,
             Name = c.Name.Value,
             LoadBalancing = c.LoadBalancing,
             Destinations = destinations,
@@ -355,6 +360,36 @@ internal static class ConfigCompiler
             IdleTimeout = c.IdleTimeout ?? s_clusterDefaults.IdleTimeout,
             Policy = LoadBalancingPolicies.Create(c.LoadBalancing),
             Metrics = new ClusterMetrics(c.Name.Value),
+        };
+    }
+
+    /// <summary>Default names: a cookie <c>proxy_affinity</c>, a header <c>x-proxy-affinity</c>.</summary>
+    private static SessionAffinityModel BuildAffinity(SessionAffinityConfig a, DestinationState[] destinations)
+    {
+        bool cookie = a.Mode == AffinityMode.Cookie;
+        string name = a.Name?.Value ?? (cookie ? "proxy_affinity" : "x-proxy-affinity");
+        var keys = new byte[destinations.Length][];
+        var fields = new byte[cookie ? destinations.Length : 0][];
+        for (int i = 0; i < destinations.Length; i++)
+        {
+            string key = SessionAffinityModel.Fnv1a(Encoding.UTF8.GetBytes(destinations[i].Address)).ToString("x16");
+            keys[i] = Encoding.ASCII.GetBytes(key);
+            if (cookie)
+            {
+                // RFC 6265 section 4.1: Path=/ so every path of the site carries it; HttpOnly as scripts have no use for it.
+                string field = $"set-cookie: {name}={key}; Path=/; HttpOnly"
+                    + (a.Ttl is { } ttl ? $"; Max-Age={(long)ttl.TotalSeconds}" : "") + "\r\n";
+                fields[i] = Encoding.ASCII.GetBytes(field);
+            }
+        }
+        return new SessionAffinityModel
+        {
+            Mode = a.Mode,
+            Name = Encoding.ASCII.GetBytes(cookie ? name : name.ToLowerInvariant()),
+            Ttl = a.Ttl ?? TimeSpan.Zero,
+            Destinations = destinations,
+            Keys = keys,
+            SetCookieFields = fields,
         };
     }
 

@@ -178,6 +178,16 @@ internal sealed record ClusterConfig
     public RetryConfig? Retry { get; init; }
     public CircuitBreakerConfig? CircuitBreaker { get; init; }
     public bool? PanicMode { get; init; }
+    public SessionAffinityConfig? SessionAffinity { get; init; }
+}
+
+/// <summary>A cluster's <c>session_affinity:</c> block.</summary>
+internal sealed record SessionAffinityConfig
+{
+    public required Mark Mark { get; init; }
+    public AffinityMode Mode { get; init; }
+    public Located<string>? Name { get; init; }
+    public TimeSpan? Ttl { get; init; }
 }
 
 /// <summary>The <c>health_check:</c> block of a cluster; every key optional (defaults in <see cref="HealthCheckModel"/>).</summary>

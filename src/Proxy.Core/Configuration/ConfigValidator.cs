@@ -178,6 +178,10 @@ internal static class ConfigValidator
                 }
             }
             ValidateResilience(cluster, errors);
+            if (cluster.SessionAffinity is { Name: { } affinityName } && !ConfigSyntax.IsToken(affinityName.Value))
+            {
+                errors.Add(affinityName.Mark, $"session_affinity 'name' must be a token (RFC 9110 section 5.6.2, RFC 6265 section 4.1.1), got '{affinityName.Value}'");
+            }
         }
         return names;
     }

@@ -33,7 +33,10 @@ internal sealed class YamlConfigReader
     [
         "load_balancing", "destinations", "connect_timeout", "request_timeout", "max_connections", "idle_timeout",
         "health_check", "outlier_detection", "retry", "circuit_breaker", "panic_mode", "response_timeout", "stream_idle_timeout",
+        "session_affinity",
     ];
+    private static readonly string[] s_affinityKeys = ["mode", "name", "ttl"];
+    private static readonly (string Name, AffinityMode Value)[] s_affinityModes = [("cookie", AffinityMode.Cookie), ("header", AffinityMode.Header)];
     private static readonly string[] s_healthCheckKeys = ["path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"];
     private static readonly string[] s_outlierKeys = ["consecutive_failures", "base_ejection", "max_ejection_percent"];
     private static readonly string[] s_retryKeys = ["attempts", "on", "backoff", "budget_percent", "per_try_timeout"];
@@ -457,6 +460,22 @@ internal sealed class YamlConfigReader
             Retry = map.Get("retry") is { } r ? ReadRetry(r) : null,
             CircuitBreaker = map.Get("circuit_breaker") is { } c ? ReadCircuitBreaker(c) : null,
             PanicMode = Bool(map, "panic_mode")?.Value,
+            SessionAffinity = map.Get("session_affinity") is { } a ? ReadSessionAffinity(a) : null,
+        };
+    }
+
+    private SessionAffinityConfig? ReadSessionAffinity(YamlNode node)
+    {
+        if (Map(node, "'session_affinity'", s_affinityKeys) is not { } map)
+        {
+            return null;
+        }
+        return new SessionAffinityConfig
+        {
+            Mark = map.Mark,
+            Mode = Enum(map, "mode", s_affinityModes)?.Value ?? AffinityMode.Cookie,
+            Name = String(map, "name"),
+            Ttl = Duration(map, "ttl"),
         };
     }
 

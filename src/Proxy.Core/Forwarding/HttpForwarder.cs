@@ -30,6 +30,10 @@ internal sealed class HttpForwarder
     private readonly ReusableValueTaskSource<bool> _work = new();
     private RouteModel? _route;
     private Task? _loop;
+    /// <summary>The destination the request's session affinity value pinned it to (null: none or unavailable).</summary>
+    private DestinationState? _affinityPinned;
+    /// <summary>Session affinity's Set-Cookie field to add to the final response head, when the request needs a (new) cookie.</summary>
+    private byte[]? _setCookie;
 
     /// <summary>
     /// Forwards the current request and relays the response. The work runs in <see cref="ForwardLoopAsync"/>, one
@@ -65,6 +69,8 @@ internal sealed class HttpForwarder
         {
             RouteModel route = _route!;
             ClusterModel cluster = route.SelectCluster(_client.Head);
+            _affinityPinned = null;
+            _setCookie = null;
             bool outcome = false;
             Exception? loopError = null;
             try
@@ -97,7 +103,13 @@ internal sealed class HttpForwarder
                     for (int retries = 0; ; retries++)
                     {
                         DestinationState[] candidates = health.Candidates();
-                        DestinationState? destination = cluster.Policy.Pick(candidates);
+                        // Session affinity decides the first try only: a retry goes elsewhere like any other.
+                        DestinationState? destination = null;
+                        if (retries == 0 && cluster.Affinity is { } affinity)
+                        {
+                            destination = _affinityPinned = affinity.Find(head, candidates);
+                        }
+                        destination ??= cluster.Policy.Pick(candidates);
                         if (destination is null)
                         {
                             ProxyError none = cluster.Destinations.Length == 0 ? ProxyError.NoDestination : ProxyError.NoHealthyDestination;
@@ -282,6 +294,11 @@ internal sealed class HttpForwarder
                                     }
                                     if (code >= 200)
                                     {
+                                        if (cluster.Affinity is { } pinning && !ReferenceEquals(_affinityPinned, destination))
+                                        {
+                                            // No valid cookie for the destination that answered: (re)pin the client to it.
+                                            _setCookie = pinning.SetCookieFor(destination);
+                                        }
                                         outcome = await RelayResponseBodyAsync(cluster, destination, upstream).ConfigureAwait(false);
                                         goto Done;
                                     }
@@ -607,6 +624,13 @@ internal sealed class HttpForwarder
         }
         if (!interim)
         {
+            if (_setCookie is { } setCookie)
+            {
+                // The one hook of session affinity in the response: appended after the upstream's own fields
+                // (several Set-Cookie fields are allowed, RFC 6265 section 3).
+                output.Write(setCookie);
+                _setCookie = null;
+            }
             _client.ResponseStatus = response.StatusCode;
             _client.WriteRequestIdField(output);
             if (outFraming == BodyFraming.Chunked)

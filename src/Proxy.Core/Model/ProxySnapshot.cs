@@ -240,6 +240,8 @@ internal sealed class ClusterModel
     public required ClusterHealth Health { get; init; }
     /// <summary>Circuit breaker counters; null when the cluster has no <c>circuit_breaker:</c> block.</summary>
     public ClusterBreaker? Breaker { get; init; }
+    /// <summary>The <c>session_affinity:</c> block; null when the cluster has none.</summary>
+    public SessionAffinityModel? Affinity { get; init; }
     /// <summary>Retry budget counters; null when the cluster has no <c>retry:</c> block.</summary>
     public RetryBudget? RetryBudget { get; init; }
 }

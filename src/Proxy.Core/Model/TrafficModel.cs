@@ -124,3 +124,115 @@ internal readonly record struct UpstreamTimeouts(TimeSpan Request, TimeSpan Resp
         Response > TimeSpan.Zero ? Response : fallback.Response,
         StreamIdle > TimeSpan.Zero ? StreamIdle : fallback.StreamIdle);
 }
+
+internal enum AffinityMode : byte
+{
+    Cookie,
+    Header,
+}
+
+/// <summary>
+/// A cluster's <c>session_affinity:</c> block (docs/resilience.md, "Session affinity"): requests carrying a
+/// destination's key in a cookie or header go back to that destination while it is available. Keys and the
+/// Set-Cookie fields are encoded per destination at compile time.
+/// </summary>
+internal sealed class SessionAffinityModel
+{
+    public required AffinityMode Mode { get; init; }
+    /// <summary>Cookie name as configured, or the header name in lower case.</summary>
+    public required byte[] Name { get; init; }
+    public TimeSpan Ttl { get; init; }
+    /// <summary>The cluster's destinations, in order; <see cref="Keys"/> and <see cref="SetCookieFields"/> share the index.</summary>
+    public required Upstream.DestinationState[] Destinations { get; init; }
+    /// <summary>
+    /// Per destination: 16 hex digits of a 64-bit FNV-1a hash of its address. Stable across restarts and reloads
+    /// (it depends on the address only) and reveals nothing of the address.
+    /// </summary>
+    public required byte[][] Keys { get; init; }
+    /// <summary>Per destination: <c>set-cookie: {name}={key}; Path=/; HttpOnly[; Max-Age=ttl]\r\n</c> (cookie mode).</summary>
+    public byte[][] SetCookieFields { get; init; } = [];
+
+    /// <summary>The request's affinity value (cookie or header); false when it has none.</summary>
+    public bool TryGetValue(RequestHead head, out ReadOnlySpan<byte> value)
+    {
+        if (Mode == AffinityMode.Cookie)
+        {
+            return CanaryModel.TryGetCookie(head, Name, out value);
+        }
+        return head.TryGetHeader(Name, out value);
+    }
+
+    /// <summary>
+    /// The destination the request is pinned to, if it is among <paramref name="candidates"/> (available now):
+    /// the one whose key equals the value; in header mode, a value that is no key (a user or session id the client
+    /// sends) picks by rendezvous hashing over the candidates, so a value keeps its destination while that stays up
+    /// and only the values of a destination that leaves move. Null: let the balancer pick (and, in cookie mode,
+    /// set a fresh cookie).
+    /// </summary>
+    public Upstream.DestinationState? Find(RequestHead head, Upstream.DestinationState[] candidates)
+    {
+        if (!TryGetValue(head, out ReadOnlySpan<byte> value) || value.IsEmpty)
+        {
+            return null;
+        }
+        for (int i = 0; i < Keys.Length; i++)
+        {
+            if (value.SequenceEqual(Keys[i]))
+            {
+                Upstream.DestinationState pinned = Destinations[i];
+                return Array.IndexOf(candidates, pinned) >= 0 ? pinned : null;
+            }
+        }
+        if (Mode == AffinityMode.Cookie || candidates.Length == 0)
+        {
+            return null;
+        }
+        ulong valueHash = Fnv1a(value);
+        Upstream.DestinationState? best = null;
+        ulong bestScore = 0;
+        foreach (Upstream.DestinationState candidate in candidates)
+        {
+            int index = Array.IndexOf(Destinations, candidate);
+            ulong score = Mix(valueHash ^ (index >= 0 ? KeyHash(index) : 0));
+            if (best is null || score > bestScore)
+            {
+                best = candidate;
+                bestScore = score;
+            }
+        }
+        return best;
+    }
+
+    /// <summary>The Set-Cookie field that pins to <paramref name="destination"/>; null in header mode.</summary>
+    public byte[]? SetCookieFor(Upstream.DestinationState destination)
+    {
+        if (Mode != AffinityMode.Cookie)
+        {
+            return null;
+        }
+        int index = Array.IndexOf(Destinations, destination);
+        return index >= 0 ? SetCookieFields[index] : null;
+    }
+
+    private ulong KeyHash(int index) => Fnv1a(Keys[index]);
+
+    public static ulong Fnv1a(ReadOnlySpan<byte> bytes)
+    {
+        ulong hash = 14695981039346656037UL;
+        foreach (byte b in bytes)
+        {
+            hash = (hash ^ b) * 1099511628211UL;
+        }
+        return hash;
+    }
+
+    /// <summary>A finaliser (splitmix64's) so that scores of nearby inputs are unrelated.</summary>
+    private static ulong Mix(ulong x)
+    {
+        x ^= x >> 30;
+        x *= 0xbf58476d1ce4e5b9UL;
+        x ^= x >> 27;
+        x *= 0x94d049bb133111ebUL;
+        return x ^ (x >> 31);
+    }
+}

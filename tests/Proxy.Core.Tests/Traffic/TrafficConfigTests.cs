@@ -146,4 +146,40 @@ public class TrafficConfigTests
     [Fact]
     public void Read_PerIpLimitZero_Reported()
         => Assert.Contains("'max_connections_per_ip' must be at least 1", AllErrors(Config("cluster: stable", limits: "max_connections_per_ip: 0")));
+
+    [Fact]
+    public void Compile_SessionAffinityCookie_EncodesKeysAndSetCookie()
+    {
+        var stable = Compile(Config("cluster: stable", "    session_affinity: { mode: cookie, name: sid, ttl: 10m }")).Clusters["stable"];
+        var affinity = stable.Affinity!;
+        Assert.Equal(AffinityMode.Cookie, affinity.Mode);
+        string key = System.Text.Encoding.ASCII.GetString(affinity.Keys[0]);
+        Assert.Matches("^[0-9a-f]{16}$", key);
+        Assert.Equal($"set-cookie: sid={key}; Path=/; HttpOnly; Max-Age=600\r\n", System.Text.Encoding.ASCII.GetString(affinity.SetCookieFor(stable.Destinations[0])!));
+    }
+
+    [Fact]
+    public void Compile_SessionAffinitySameAddress_SameKeyAcrossLoads()
+    {
+        var first = Compile(Config("cluster: stable", "    session_affinity: {}")).Clusters["stable"].Affinity!;
+        var second = Compile(Config("cluster: stable", "    session_affinity: { mode: cookie }")).Clusters["stable"].Affinity!;
+        Assert.Equal(first.Keys[0], second.Keys[0]);
+        Assert.Equal("proxy_affinity"u8.ToArray(), first.Name);
+    }
+
+    [Fact]
+    public void Compile_SessionAffinityHeader_DefaultNameNoCookie()
+    {
+        var stable = Compile(Config("cluster: stable", "    session_affinity: { mode: header }")).Clusters["stable"];
+        Assert.Equal("x-proxy-affinity"u8.ToArray(), stable.Affinity!.Name);
+        Assert.Null(stable.Affinity.SetCookieFor(stable.Destinations[0]));
+    }
+
+    [Fact]
+    public void Validate_SessionAffinityBadName_Reported()
+        => Assert.Contains("session_affinity 'name' must be a token", AllErrors(Config("cluster: stable", "    session_affinity: { name: \"a;b\" }")));
+
+    [Fact]
+    public void Read_SessionAffinityUnknownMode_SuggestsNearest()
+        => Assert.Contains("did you mean 'cookie'", AllErrors(Config("cluster: stable", "    session_affinity: { mode: cookies }")));
 }

@@ -1,0 +1,180 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using BenchmarkDotNet.Attributes;
+using Proxy.Hosting;
+
+namespace Proxy.Benchmarks.Upstream;
+
+/// <summary>
+/// What the resilience machinery costs per proxied request, side by side in one run: the same warm keep-alive round
+/// trip over loopback (client -> proxy -> upstream -> proxy -> client, as in EndToEnd/ProxyRoundTripBenchmarks) with
+/// the cluster's resilience blocks off, with health checks + outlier detection + retries + circuit breaker on, and
+/// with that plus the traffic features (route timeouts and per-try timeout, per-IP caps, a canary header rule and a
+/// weighted split evaluated on every request). The upstream never fails, so this is the steady-state price of the
+/// bookkeeping, which is what every request pays.
+/// </summary>
+[MemoryDiagnoser]
+public class ResilienceOverheadBenchmarks
+{
+    public enum Machinery
+    {
+        Off,
+        Resilience,
+        ResilienceAndTraffic,
+    }
+
+    private static readonly byte[] s_response = Encoding.ASCII.GetBytes(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + new string('x', 99) + "\n");
+
+    private ProxyServer? _proxy;
+    private Socket? _upstreamListener;
+    private Socket? _client;
+    private byte[] _request = [];
+    private readonly byte[] _receive = new byte[64 * 1024];
+    private int _responseLength;
+
+    [Params(Machinery.Off, Machinery.Resilience, Machinery.ResilienceAndTraffic)]
+    public Machinery Mode { get; set; }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        _upstreamListener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        _upstreamListener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _upstreamListener.Listen(16);
+        int port = ((IPEndPoint)_upstreamListener.LocalEndPoint!).Port;
+        new Thread(UpstreamLoop) { IsBackground = true }.Start();
+
+        const string resilience = """
+                health_check: { path: /healthz, interval: 1s, timeout: 500ms }
+                outlier_detection: { consecutive_failures: 5, base_ejection: 30s, max_ejection_percent: 50 }
+                retry: { attempts: 2, on: [connect_failure, reset, 502, 503, 504], backoff: { base: 25ms, max: 250ms }, budget_percent: 20 }
+                circuit_breaker: { max_connections: 1024, max_pending: 1024, max_requests: 10000 }
+            """;
+        string cluster = Mode switch
+        {
+            Machinery.Off => "",
+            Machinery.Resilience => resilience,
+            _ => resilience.Replace("budget_percent: 20 }", "budget_percent: 20, per_try_timeout: 5s }", StringComparison.Ordinal),
+        };
+        string traffic = Mode == Machinery.ResilienceAndTraffic
+            ? """, clusters: [{ name: origin, weight: 99 }, { name: twin, weight: 1 }], canary: { cluster: twin, header: { name: x-canary, value: "1" } }, request_timeout: 30s, response_timeout: 10s"""
+            : ", cluster: origin";
+        string limits = Mode == Machinery.ResilienceAndTraffic ? "limits: { max_connections_per_ip: 1000, max_requests_per_ip: 1000 }" : "";
+        string yaml = $$"""
+            {{limits}}
+            listeners:
+              - { name: bench, address: 127.0.0.1:0 }
+            routes:
+              - { id: all, match: { path: "/{**rest}" }{{traffic}} }
+            clusters:
+              origin:
+                destinations: [{ address: "http://127.0.0.1:{{port}}" }]
+            {{cluster}}
+              twin:
+                destinations: [{ address: "http://127.0.0.1:{{port}}" }]
+            {{cluster}}
+
+            """;
+        _proxy = ProxyServer.FromYaml(yaml);
+        _proxy.StartAsync().GetAwaiter().GetResult();
+
+        _request = Encoding.ASCII.GetBytes("GET /api/items?page=2 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n");
+        _client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        _client.Connect(_proxy.GetEndPoint("bench"));
+        _client.Send(_request);
+        _responseLength = ReadResponse(0);
+    }
+
+    [Benchmark]
+    public int ProxiedRequest()
+    {
+        _client!.Send(_request);
+        return ReadResponse(_responseLength);
+    }
+
+    private int ReadResponse(int expected)
+    {
+        int total = 0;
+        while (true)
+        {
+            int n = _client!.Receive(_receive.AsSpan(total));
+            if (n == 0)
+            {
+                throw new InvalidOperationException("proxy closed the connection");
+            }
+            total += n;
+            if (expected > 0 ? total >= expected : EndsWithBody(total))
+            {
+                return total;
+            }
+        }
+    }
+
+    private bool EndsWithBody(int total)
+    {
+        int headEnd = _receive.AsSpan(0, total).IndexOf("\r\n\r\n"u8);
+        return headEnd >= 0 && total >= headEnd + 4 + 100;
+    }
+
+    /// <summary>One blocking thread per upstream connection, each with its own buffer (health probes open their own).</summary>
+    private void UpstreamLoop()
+    {
+        while (true)
+        {
+            Socket connection;
+            try
+            {
+                connection = _upstreamListener!.Accept();
+            }
+            catch (Exception)
+            {
+                return;
+            }
+            connection.NoDelay = true;
+            new Thread(() => Serve(connection)) { IsBackground = true }.Start();
+        }
+    }
+
+    private static void Serve(Socket connection)
+    {
+        var buffer = new byte[16 * 1024];
+        int filled = 0;
+        try
+        {
+            while (true)
+            {
+                int n = connection.Receive(buffer.AsSpan(filled));
+                if (n == 0)
+                {
+                    return;
+                }
+                filled += n;
+                int end;
+                while ((end = buffer.AsSpan(0, filled).IndexOf("\r\n\r\n"u8)) >= 0)
+                {
+                    connection.Send(s_response);
+                    int rest = filled - (end + 4);
+                    buffer.AsSpan(end + 4, rest).CopyTo(buffer);
+                    filled = rest;
+                }
+            }
+        }
+        catch (Exception)
+        {
+        }
+        finally
+        {
+            connection.Dispose();
+        }
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        _client?.Dispose();
+        _proxy?.StopAsync(TimeSpan.FromSeconds(1)).GetAwaiter().GetResult();
+        _upstreamListener?.Dispose();
+    }
+}
