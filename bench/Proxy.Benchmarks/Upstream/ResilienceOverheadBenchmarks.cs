@@ -170,6 +170,81 @@ public class ResilienceOverheadBenchmarks
         }
     }
 
+    /// <summary>
+    /// The side-by-side run (<c>dotnet run -c Release --project bench/Proxy.Benchmarks -- resilience-ab [rounds]</c>):
+    /// the three proxies run at once in this process and take turns, 2,000 requests each per round in a rotating
+    /// order, so drift in the machine's load (other processes, frequency) hits all three alike; BenchmarkDotNet's
+    /// one-after-the-other runs cannot cancel that on a shared machine. Prints the median time per request of each
+    /// and its cost relative to Off.
+    /// </summary>
+    public static void RunSideBySide(int rounds)
+    {
+        Machinery[] modes = [Machinery.Off, Machinery.Resilience, Machinery.ResilienceAndTraffic];
+        var benches = new ResilienceOverheadBenchmarks[modes.Length];
+        var perRequest = new List<double>[modes.Length];
+        for (int m = 0; m < modes.Length; m++)
+        {
+            benches[m] = new ResilienceOverheadBenchmarks { Mode = modes[m] };
+            benches[m].Setup();
+            perRequest[m] = [];
+        }
+        const int Block = 2000;
+        for (int warm = 0; warm < 3; warm++)
+        {
+            foreach (var bench in benches)
+            {
+                for (int i = 0; i < Block; i++)
+                {
+                    bench.ProxiedRequest();
+                }
+            }
+        }
+        var ratios = new List<double>[modes.Length];
+        for (int m = 0; m < modes.Length; m++)
+        {
+            ratios[m] = [];
+        }
+        var clock = new System.Diagnostics.Stopwatch();
+        var roundTimes = new double[modes.Length];
+        for (int round = 0; round < rounds; round++)
+        {
+            for (int k = 0; k < modes.Length; k++)
+            {
+                int m = (round + k) % modes.Length;
+                clock.Restart();
+                for (int i = 0; i < Block; i++)
+                {
+                    benches[m].ProxiedRequest();
+                }
+                roundTimes[m] = clock.Elapsed.TotalMicroseconds / Block;
+                perRequest[m].Add(roundTimes[m]);
+            }
+            for (int m = 0; m < modes.Length; m++)
+            {
+                ratios[m].Add(roundTimes[m] / roundTimes[0]);
+            }
+        }
+        Console.WriteLine($"side by side, {rounds} rounds x {Block} requests per proxy per round (one warm keep-alive connection each):");
+        for (int m = 0; m < modes.Length; m++)
+        {
+            Console.WriteLine($"  {modes[m],-22} median {Median(perRequest[m]),8:0.00} us/request   median per-round ratio to Off {Median(ratios[m]):0.000} ({(Median(ratios[m]) - 1) * 100:+0.0;-0.0}%)");
+        }
+        foreach (var bench in benches)
+        {
+            foreach (var cluster in bench._proxy!.Snapshot.Clusters.Values)
+            {
+                Console.WriteLine($"  {bench.Mode}/{cluster.Name}: connections opened {cluster.Metrics?.ConnectionsOpened}, retries {cluster.Metrics?.Retries}");
+            }
+            bench.Cleanup();
+        }
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+
     [GlobalCleanup]
     public void Cleanup()
     {
