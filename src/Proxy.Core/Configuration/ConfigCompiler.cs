@@ -90,17 +90,22 @@ internal static class ConfigCompiler
         for (int i = 0; i < routes.Length; i++)
         {
             var r = config.Routes[i];
+            WeightedClustersModel? split = BuildSplit(r, clusters);
             routes[i] = new RouteModel
             {
                 Id = r.Id!.Value.Value,
                 Order = i,
                 Match = BuildMatch(r.Match),
-                Cluster = r.Cluster is { } name ? clusters[name.Value] : null,
+                Cluster = r.Cluster is { } name ? clusters[name.Value] : split?.Clusters[0],
+                Split = split,
+                Canary = r.Canary is { } canary ? BuildCanary(canary, clusters) : null,
+                Timeouts = new UpstreamTimeouts(r.RequestTimeout ?? TimeSpan.Zero, r.ResponseTimeout ?? TimeSpan.Zero,
+                    r.StreamIdleTimeout ?? TimeSpan.Zero),
                 Respond = r.Respond is { } respond ? BuildResponse(respond) : null,
                 ListenerMask = ListenerMask(r.Listeners, config.Listeners),
                 Chains = PolicyCompiler.Chains(r, config.Listeners, filters),
                 // Labels chosen now, so a request never builds a tag list.
-                Metrics = new RouteMetrics(r.Id!.Value.Value, r.Cluster?.Value ?? ""),
+                Metrics = new RouteMetrics(r.Id!.Value.Value, r.Cluster?.Value ?? split?.Clusters[0].Name ?? ""),
             };
         }
 
@@ -114,6 +119,40 @@ internal static class ConfigCompiler
             SourcePath = sourcePath,
             Admin = admin,
             Policies = [.. filters],
+        };
+    }
+
+    /// <summary>A route's <c>clusters:</c> as a weighted split; null without one. Zero-weight entries are dropped.</summary>
+    private static WeightedClustersModel? BuildSplit(RouteConfig r, Dictionary<string, ClusterModel> clusters)
+    {
+        if (r.Clusters.Count == 0)
+        {
+            return null;
+        }
+        var picked = new List<ClusterModel>();
+        var weights = new List<int>();
+        foreach (var entry in r.Clusters)
+        {
+            if (entry.Weight > 0)
+            {
+                picked.Add(clusters[entry.Name!.Value.Value]);
+                weights.Add(entry.Weight);
+            }
+        }
+        return new WeightedClustersModel([.. picked], [.. weights]);
+    }
+
+    private static CanaryModel BuildCanary(CanaryConfig c, Dictionary<string, ClusterModel> clusters)
+    {
+        FieldMatchConfig field = c.Header ?? c.Cookie!;
+        string name = field.Name!.Value.Value;
+        return new CanaryModel
+        {
+            Cluster = clusters[c.Cluster!.Value.Value],
+            // Field names are case-insensitive (RFC 9110 section 5.1); cookie names are not (RFC 6265 section 5.4).
+            HeaderName = c.Header is not null ? Encoding.ASCII.GetBytes(name.ToLowerInvariant()) : null,
+            CookieName = c.Header is null ? Encoding.ASCII.GetBytes(name) : null,
+            Value = field.Value is { } v ? Encoding.UTF8.GetBytes(v.Value) : null,
         };
     }
 
@@ -139,6 +178,8 @@ internal static class ConfigCompiler
         HeaderTimeout = overrides.HeaderTimeout ?? inherited.HeaderTimeout,
         KeepAliveTimeout = overrides.KeepAliveTimeout ?? inherited.KeepAliveTimeout,
         BodyTimeout = overrides.BodyTimeout ?? inherited.BodyTimeout,
+        MaxConnectionsPerIp = overrides.MaxConnectionsPerIp ?? inherited.MaxConnectionsPerIp,
+        MaxRequestsPerIp = overrides.MaxRequestsPerIp ?? inherited.MaxRequestsPerIp,
     };
 
     /// <summary>A listener's block overrides the server-wide one key by key; missing keys are inherited.</summary>
@@ -252,7 +293,7 @@ internal static class ConfigCompiler
     {
         var text = new StringBuilder();
         text.Append(c.Name).Append('|').Append(c.LoadBalancing).Append('|').Append(c.ConnectTimeout.Ticks).Append('|')
-            .Append(c.RequestTimeout.Ticks).Append('|').Append(c.MaxConnections).Append('|').Append(c.IdleTimeout.Ticks)
+            .Append(c.RequestTimeout.Ticks).Append('|').Append(c.ResponseTimeout.Ticks).Append('|').Append(c.StreamIdleTimeout.Ticks).Append('|').Append(c.MaxConnections).Append('|').Append(c.IdleTimeout.Ticks)
             .Append('|').Append(c.PanicMode);
         foreach (var d in c.Destinations)
         {
@@ -270,7 +311,11 @@ internal static class ConfigCompiler
         if (c.Retry is { } r)
         {
             text.Append("|rt:").Append(r.Attempts).Append(',').Append((int)r.On).Append(',').Append(r.BackoffBase.Ticks)
-                .Append(',').Append(r.BackoffMax.Ticks).Append(',').Append(r.BudgetPercent);
+                .Append(',').Append(r.BackoffMax.Ticks).Append(',').Append(r.BudgetPercent).Append(',').Append(r.PerTryTimeout.Ticks);
+        }
+        if (c.Affinity is { } a)
+        {
+            text.Append("|sa:").Append(a.Mode).Append(',').Append(Encoding.ASCII.GetString(a.Name)).Append(',').Append(a.Ttl.Ticks);
         }
         if (c.CircuitBreaker is { } b)
         {
@@ -303,15 +348,48 @@ internal static class ConfigCompiler
             Health = new ClusterHealth(c.Name.Value, destinations, outlier, panic),
             Breaker = breaker is null ? null : new ClusterBreaker(breaker),
             RetryBudget = retry is null ? null : new RetryBudget(retry),
+            Affinity = c.SessionAffinity is { } affinity ? BuildAffinity(affinity, destinations) : null,
             Name = c.Name.Value,
             LoadBalancing = c.LoadBalancing,
             Destinations = destinations,
             ConnectTimeout = c.ConnectTimeout ?? s_clusterDefaults.ConnectTimeout,
             RequestTimeout = c.RequestTimeout ?? s_clusterDefaults.RequestTimeout,
+            ResponseTimeout = c.ResponseTimeout ?? s_clusterDefaults.ResponseTimeout,
+            StreamIdleTimeout = c.StreamIdleTimeout ?? s_clusterDefaults.StreamIdleTimeout,
             MaxConnections = c.MaxConnections ?? s_clusterDefaults.MaxConnections,
             IdleTimeout = c.IdleTimeout ?? s_clusterDefaults.IdleTimeout,
             Policy = LoadBalancingPolicies.Create(c.LoadBalancing),
             Metrics = new ClusterMetrics(c.Name.Value),
+        };
+    }
+
+    /// <summary>Default names: a cookie <c>proxy_affinity</c>, a header <c>x-proxy-affinity</c>.</summary>
+    private static SessionAffinityModel BuildAffinity(SessionAffinityConfig a, DestinationState[] destinations)
+    {
+        bool cookie = a.Mode == AffinityMode.Cookie;
+        string name = a.Name?.Value ?? (cookie ? "proxy_affinity" : "x-proxy-affinity");
+        var keys = new byte[destinations.Length][];
+        var fields = new byte[cookie ? destinations.Length : 0][];
+        for (int i = 0; i < destinations.Length; i++)
+        {
+            string key = SessionAffinityModel.Fnv1a(Encoding.UTF8.GetBytes(destinations[i].Address)).ToString("x16");
+            keys[i] = Encoding.ASCII.GetBytes(key);
+            if (cookie)
+            {
+                // RFC 6265 section 4.1: Path=/ so every path of the site carries it; HttpOnly as scripts have no use for it.
+                string field = $"set-cookie: {name}={key}; Path=/; HttpOnly"
+                    + (a.Ttl is { } ttl ? $"; Max-Age={(long)ttl.TotalSeconds}" : "") + "\r\n";
+                fields[i] = Encoding.ASCII.GetBytes(field);
+            }
+        }
+        return new SessionAffinityModel
+        {
+            Mode = a.Mode,
+            Name = Encoding.ASCII.GetBytes(cookie ? name : name.ToLowerInvariant()),
+            Ttl = a.Ttl ?? TimeSpan.Zero,
+            Destinations = destinations,
+            Keys = keys,
+            SetCookieFields = fields,
         };
     }
 
@@ -348,11 +426,13 @@ internal static class ConfigCompiler
         return new RetryModel
         {
             Attempts = r.Attempts ?? s_retryDefaults.Attempts,
-            On = r.On ?? s_retryDefaults.On,
+            // A per-try timeout exists to be retried: it brings its own condition, not spelled in 'on'.
+            On = (r.On ?? s_retryDefaults.On) | (r.PerTryTimeout is not null ? RetryOn.PerTryTimeout : RetryOn.None),
             BackoffBase = backoffBase,
             // Only one of the two given: the max never falls below the base.
             BackoffMax = backoffMax < backoffBase ? backoffBase : backoffMax,
             BudgetPercent = r.BudgetPercent ?? s_retryDefaults.BudgetPercent,
+            PerTryTimeout = r.PerTryTimeout ?? TimeSpan.Zero,
         };
     }
 

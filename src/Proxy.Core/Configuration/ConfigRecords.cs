@@ -78,6 +78,10 @@ internal sealed record LimitsConfig
     public TimeSpan? HeaderTimeout { get; init; }
     public TimeSpan? KeepAliveTimeout { get; init; }
     public TimeSpan? BodyTimeout { get; init; }
+    /// <summary>Open connections per client IP address (concurrency, not rate).</summary>
+    public int? MaxConnectionsPerIp { get; init; }
+    /// <summary>Requests in flight per client IP address.</summary>
+    public int? MaxRequestsPerIp { get; init; }
 }
 
 internal sealed record ForwardedConfig
@@ -109,6 +113,30 @@ internal sealed record RouteConfig
     public Located<string>? Cluster { get; init; }
     public RespondConfig? Respond { get; init; }
     public IReadOnlyList<Located<string>> Policies { get; init; } = [];
+    /// <summary>The <c>clusters:</c> weighted split; empty when absent (the route uses <c>cluster:</c>).</summary>
+    public IReadOnlyList<WeightedClusterConfig> Clusters { get; init; } = [];
+    public Mark ClustersMark { get; init; }
+    public CanaryConfig? Canary { get; init; }
+    public TimeSpan? RequestTimeout { get; init; }
+    public TimeSpan? ResponseTimeout { get; init; }
+    public TimeSpan? StreamIdleTimeout { get; init; }
+}
+
+/// <summary>One entry of a route's <c>clusters:</c> list.</summary>
+internal sealed record WeightedClusterConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<string>? Name { get; init; }
+    public int Weight { get; init; } = 1;
+}
+
+/// <summary>A route's <c>canary:</c> block: <c>{ cluster, header: { name, value } }</c> or <c>{ cluster, cookie: { name, value } }</c>.</summary>
+internal sealed record CanaryConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<string>? Cluster { get; init; }
+    public FieldMatchConfig? Header { get; init; }
+    public FieldMatchConfig? Cookie { get; init; }
 }
 
 internal sealed record MatchConfig
@@ -145,6 +173,8 @@ internal sealed record ClusterConfig
     public IReadOnlyList<DestinationConfig> Destinations { get; init; } = [];
     public TimeSpan? ConnectTimeout { get; init; }
     public TimeSpan? RequestTimeout { get; init; }
+    public TimeSpan? ResponseTimeout { get; init; }
+    public TimeSpan? StreamIdleTimeout { get; init; }
     public int? MaxConnections { get; init; }
     public TimeSpan? IdleTimeout { get; init; }
     public HealthCheckConfig? HealthCheck { get; init; }
@@ -152,6 +182,16 @@ internal sealed record ClusterConfig
     public RetryConfig? Retry { get; init; }
     public CircuitBreakerConfig? CircuitBreaker { get; init; }
     public bool? PanicMode { get; init; }
+    public SessionAffinityConfig? SessionAffinity { get; init; }
+}
+
+/// <summary>A cluster's <c>session_affinity:</c> block.</summary>
+internal sealed record SessionAffinityConfig
+{
+    public required Mark Mark { get; init; }
+    public AffinityMode Mode { get; init; }
+    public Located<string>? Name { get; init; }
+    public TimeSpan? Ttl { get; init; }
 }
 
 /// <summary>The <c>health_check:</c> block of a cluster; every key optional (defaults in <see cref="HealthCheckModel"/>).</summary>
@@ -182,6 +222,7 @@ internal sealed record RetryConfig
     public Located<TimeSpan>? BackoffBase { get; init; }
     public Located<TimeSpan>? BackoffMax { get; init; }
     public int? BudgetPercent { get; init; }
+    public TimeSpan? PerTryTimeout { get; init; }
 }
 
 internal sealed record CircuitBreakerConfig

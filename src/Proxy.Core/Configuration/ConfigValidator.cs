@@ -178,6 +178,10 @@ internal static class ConfigValidator
                 }
             }
             ValidateResilience(cluster, errors);
+            if (cluster.SessionAffinity is { Name: { } affinityName } && !ConfigSyntax.IsToken(affinityName.Value))
+            {
+                errors.Add(affinityName.Mark, $"session_affinity 'name' must be a token (RFC 9110 section 5.6.2, RFC 6265 section 4.1.1), got '{affinityName.Value}'");
+            }
         }
         return names;
     }
@@ -203,6 +207,72 @@ internal static class ConfigValidator
         if (cluster.Retry is { BackoffBase: { } backoffBase, BackoffMax: { } backoffMax } && backoffBase.Value > backoffMax.Value)
         {
             errors.Add(backoffBase.Mark, $"retry backoff 'base' ({backoffBase.Value.TotalMilliseconds}ms) must not be greater than 'max' ({backoffMax.Value.TotalMilliseconds}ms)");
+        }
+    }
+
+    /// <summary>A route's <c>clusters:</c> split and <c>canary:</c> block (docs/routing.md, "Canary and weighted routing").</summary>
+    private static void ValidateTraffic(RouteConfig route, string label, HashSet<string> clusters, ConfigErrorList errors)
+    {
+        void Known(Located<string> name)
+        {
+            if (!clusters.Contains(name.Value))
+            {
+                var near = ConfigErrorList.Nearest(name.Value, clusters);
+                errors.Add(name.Mark, $"{label} refers to unknown cluster '{name.Value}'" + (near is null ? "" : $"; did you mean '{near}'?"));
+            }
+        }
+        if (route.Clusters.Count > 0)
+        {
+            if (route.Cluster is { } single)
+            {
+                errors.Add(single.Mark, $"{label} has both 'cluster' and 'clusters'; use 'clusters' with weights to split traffic, or 'cluster' alone");
+            }
+            if (route.Respond is not null)
+            {
+                errors.Add(route.ClustersMark, $"{label} has both 'clusters' and 'respond'; a route either forwards or answers, so keep one");
+            }
+            var seen = new HashSet<string>(StringComparer.Ordinal);
+            long total = 0;
+            foreach (var entry in route.Clusters)
+            {
+                total += entry.Weight;
+                if (entry.Name is not { } name)
+                {
+                    continue;
+                }
+                Known(name);
+                if (!seen.Add(name.Value))
+                {
+                    errors.Add(name.Mark, $"{label} lists cluster '{name.Value}' twice in 'clusters'; give it one entry with the summed weight");
+                }
+            }
+            if (total == 0)
+            {
+                errors.Add(route.ClustersMark, $"{label}: the weights in 'clusters' add up to 0; at least one must be positive");
+            }
+        }
+        if (route.Canary is { } canary)
+        {
+            if (route.Respond is not null)
+            {
+                errors.Add(canary.Mark, $"{label} has 'canary' and 'respond'; a canary only applies to a route that forwards");
+            }
+            if (canary.Cluster is { } target)
+            {
+                Known(target);
+            }
+            if ((canary.Header is null) == (canary.Cookie is null))
+            {
+                errors.Add(canary.Mark, $"{label}: 'canary' needs exactly one of 'header' or 'cookie' to select its requests");
+            }
+            if (canary.Header?.Name is { } header && !ConfigSyntax.IsToken(header.Value))
+            {
+                errors.Add(header.Mark, $"canary header name '{header.Value}' is not a valid field name (RFC 9110 section 5.1)");
+            }
+            if (canary.Cookie?.Name is { } cookie && !ConfigSyntax.IsToken(cookie.Value))
+            {
+                errors.Add(cookie.Mark, $"canary cookie name '{cookie.Value}' is not a valid cookie name (RFC 6265 section 4.1.1: a token)");
+            }
         }
     }
 
@@ -232,7 +302,7 @@ internal static class ConfigValidator
                 }
             }
 
-            if (route.Cluster is null && route.Respond is null)
+            if (route.Cluster is null && route.Respond is null && route.Clusters.Count == 0)
             {
                 errors.Add(route.Mark, $"{label} needs either 'cluster' (forward) or 'respond' (answer directly)");
             }
@@ -245,6 +315,7 @@ internal static class ConfigValidator
                 var near = ConfigErrorList.Nearest(cluster.Value, clusters);
                 errors.Add(cluster.Mark, $"{label} refers to unknown cluster '{cluster.Value}'" + (near is null ? "" : $"; did you mean '{near}'?"));
             }
+            ValidateTraffic(route, label, clusters, errors);
 
             foreach (var name in route.Listeners)
             {

@@ -18,21 +18,28 @@ internal sealed class YamlConfigReader
     private static readonly string[] s_adminKeys = ["address", "token"];
     private static readonly string[] s_serverKeys = ["shutdown_timeout", "max_connections", "watch_config"];
     private static readonly string[] s_limitsKeys =
-        ["max_request_line", "max_header_bytes", "max_headers", "max_body_bytes", "header_timeout", "keepalive_timeout", "body_timeout"];
+        ["max_request_line", "max_header_bytes", "max_headers", "max_body_bytes", "header_timeout", "keepalive_timeout", "body_timeout",
+         "max_connections_per_ip", "max_requests_per_ip"];
     private static readonly string[] s_forwardedKeys = ["mode", "trusted_networks"];
     private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies"];
-    private static readonly string[] s_routeKeys = ["id", "listeners", "match", "cluster", "respond", "policies"];
+    private static readonly string[] s_routeKeys =
+        ["id", "listeners", "match", "cluster", "respond", "policies", "clusters", "canary", "request_timeout", "response_timeout", "stream_idle_timeout"];
+    private static readonly string[] s_weightedClusterKeys = ["name", "weight"];
+    private static readonly string[] s_canaryKeys = ["cluster", "header", "cookie"];
     private static readonly string[] s_matchKeys = ["path", "hosts", "methods", "headers", "query"];
     private static readonly string[] s_fieldMatchKeys = ["name", "value", "present"];
     private static readonly string[] s_respondKeys = ["status", "body", "headers"];
     private static readonly string[] s_clusterKeys =
     [
         "load_balancing", "destinations", "connect_timeout", "request_timeout", "max_connections", "idle_timeout",
-        "health_check", "outlier_detection", "retry", "circuit_breaker", "panic_mode",
+        "health_check", "outlier_detection", "retry", "circuit_breaker", "panic_mode", "response_timeout", "stream_idle_timeout",
+        "session_affinity",
     ];
+    private static readonly string[] s_affinityKeys = ["mode", "name", "ttl"];
+    private static readonly (string Name, AffinityMode Value)[] s_affinityModes = [("cookie", AffinityMode.Cookie), ("header", AffinityMode.Header)];
     private static readonly string[] s_healthCheckKeys = ["path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"];
     private static readonly string[] s_outlierKeys = ["consecutive_failures", "base_ejection", "max_ejection_percent"];
-    private static readonly string[] s_retryKeys = ["attempts", "on", "backoff", "budget_percent"];
+    private static readonly string[] s_retryKeys = ["attempts", "on", "backoff", "budget_percent", "per_try_timeout"];
     private static readonly string[] s_backoffKeys = ["base", "max"];
     private static readonly string[] s_circuitBreakerKeys = ["max_connections", "max_pending", "max_requests"];
     private static readonly (string Name, RetryOn Value)[] s_retryConditions =
@@ -255,6 +262,8 @@ internal sealed class YamlConfigReader
             HeaderTimeout = Duration(map, "header_timeout"),
             KeepAliveTimeout = Duration(map, "keepalive_timeout"),
             BodyTimeout = Duration(map, "body_timeout"),
+            MaxConnectionsPerIp = Int(map, "max_connections_per_ip", 1, int.MaxValue),
+            MaxRequestsPerIp = Int(map, "max_requests_per_ip", 1, int.MaxValue),
         };
     }
 
@@ -305,6 +314,62 @@ internal sealed class YamlConfigReader
             Cluster = String(map, "cluster"),
             Respond = map.Get("respond") is { } r ? ReadRespond(r) : null,
             Policies = StringList(map, "policies"),
+            Clusters = WeightedClusters(map),
+            ClustersMark = map.Get("clusters") is { } cs ? Mark.From(cs.Start) : map.Mark,
+            Canary = map.Get("canary") is { } canary ? ReadCanary(canary) : null,
+            RequestTimeout = Duration(map, "request_timeout"),
+            ResponseTimeout = Duration(map, "response_timeout"),
+            StreamIdleTimeout = Duration(map, "stream_idle_timeout"),
+        };
+    }
+
+    /// <summary>A route's <c>clusters:</c>: entries <c>{ name, weight }</c> or a bare name (weight 1).</summary>
+    private List<WeightedClusterConfig> WeightedClusters(MapView map)
+    {
+        var result = new List<WeightedClusterConfig>();
+        foreach (var item in List(map, "clusters"))
+        {
+            if (item is YamlScalarNode scalar && !IsNull(scalar))
+            {
+                result.Add(new WeightedClusterConfig
+                {
+                    Mark = Mark.From(scalar.Start),
+                    Name = new Located<string>(scalar.Value ?? "", Mark.From(scalar.Start)),
+                });
+            }
+            else if (Map(item, "a weighted cluster (a map { name, weight } or a name)", s_weightedClusterKeys) is { } m)
+            {
+                result.Add(new WeightedClusterConfig
+                {
+                    Mark = m.Mark,
+                    Name = RequiredString(m, "name", "a weighted cluster"),
+                    Weight = Int(m, "weight", 0, 1_000_000) ?? 1,
+                });
+            }
+        }
+        return result;
+    }
+
+    private CanaryConfig? ReadCanary(YamlNode node)
+    {
+        if (Map(node, "'canary'", s_canaryKeys) is not { } map)
+        {
+            return null;
+        }
+        FieldMatchConfig? Field(string key)
+        {
+            if (map.Get(key) is not { } n || Map(n, $"'{key}' of 'canary'", s_fieldMatchKeys) is not { } m)
+            {
+                return null;
+            }
+            return new FieldMatchConfig { Mark = m.Mark, Name = RequiredString(m, "name", $"'{key}' of 'canary'"), Value = String(m, "value") };
+        }
+        return new CanaryConfig
+        {
+            Mark = map.Mark,
+            Cluster = RequiredString(map, "cluster", "'canary'"),
+            Header = Field("header"),
+            Cookie = Field("cookie"),
         };
     }
 
@@ -401,6 +466,8 @@ internal sealed class YamlConfigReader
             Destinations = destinations,
             ConnectTimeout = Duration(map, "connect_timeout"),
             RequestTimeout = Duration(map, "request_timeout"),
+            ResponseTimeout = Duration(map, "response_timeout"),
+            StreamIdleTimeout = Duration(map, "stream_idle_timeout"),
             MaxConnections = Int(map, "max_connections", 1, int.MaxValue),
             IdleTimeout = Duration(map, "idle_timeout"),
             HealthCheck = map.Get("health_check") is { } h ? ReadHealthCheck(h) : null,
@@ -408,6 +475,22 @@ internal sealed class YamlConfigReader
             Retry = map.Get("retry") is { } r ? ReadRetry(r) : null,
             CircuitBreaker = map.Get("circuit_breaker") is { } c ? ReadCircuitBreaker(c) : null,
             PanicMode = Bool(map, "panic_mode")?.Value,
+            SessionAffinity = map.Get("session_affinity") is { } a ? ReadSessionAffinity(a) : null,
+        };
+    }
+
+    private SessionAffinityConfig? ReadSessionAffinity(YamlNode node)
+    {
+        if (Map(node, "'session_affinity'", s_affinityKeys) is not { } map)
+        {
+            return null;
+        }
+        return new SessionAffinityConfig
+        {
+            Mark = map.Mark,
+            Mode = Enum(map, "mode", s_affinityModes)?.Value ?? AffinityMode.Cookie,
+            Name = String(map, "name"),
+            Ttl = Duration(map, "ttl"),
         };
     }
 
@@ -482,6 +565,7 @@ internal sealed class YamlConfigReader
             BackoffBase = backoffBase,
             BackoffMax = backoffMax,
             BudgetPercent = Int(map, "budget_percent", 0, 100),
+            PerTryTimeout = Duration(map, "per_try_timeout"),
         };
     }
 

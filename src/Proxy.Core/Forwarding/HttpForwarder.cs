@@ -19,7 +19,7 @@ namespace Proxy.Forwarding;
 internal sealed class HttpForwarder
 {
     /// <summary>Tells clients and load balancers in front that the 503 is the proxy shedding load, not the upstream failing.</summary>
-    private static readonly byte[] s_overloadedField = "x-proxy-overloaded: true\r\n"u8.ToArray();
+    internal static readonly byte[] OverloadedField = "x-proxy-overloaded: true\r\n"u8.ToArray();
 
     private readonly Http1ServerConnection _client;
     private UpstreamConnection? _active;
@@ -28,8 +28,12 @@ internal sealed class HttpForwarder
 
     private readonly ReusableValueTaskSource<bool> _result = new();
     private readonly ReusableValueTaskSource<bool> _work = new();
-    private ClusterModel? _cluster;
+    private RouteModel? _route;
     private Task? _loop;
+    /// <summary>The destination the request's session affinity value pinned it to (null: none or unavailable).</summary>
+    private DestinationState? _affinityPinned;
+    /// <summary>Session affinity's Set-Cookie field to add to the final response head, when the request needs a (new) cookie.</summary>
+    private byte[]? _setCookie;
 
     /// <summary>
     /// Forwards the current request and relays the response. The work runs in <see cref="ForwardLoopAsync"/>, one
@@ -39,9 +43,9 @@ internal sealed class HttpForwarder
     /// with under many connections (measured at 64 connections on one core against an nginx origin: 148 bytes per
     /// request with nested async methods, 77 with one pooled method per request, 0.1 with this loop).
     /// </summary>
-    public ValueTask<bool> ForwardAsync(ClusterModel cluster)
+    public ValueTask<bool> ForwardAsync(RouteModel route)
     {
-        _cluster = cluster;
+        _route = route;
         _result.Reset();
         if (_loop is null)
         {
@@ -55,7 +59,7 @@ internal sealed class HttpForwarder
     }
 
     /// <summary>
-    /// One iteration per request: forwards <see cref="_cluster"/>, publishes the outcome, waits for the next request.
+    /// One iteration per request: forwards to <see cref="_route"/>'s cluster for this request, publishes the outcome, waits for the next request.
     /// Runs inline from <see cref="ForwardAsync"/> until its first real wait. Never ends while the connection lives;
     /// an abandoned loop is collected with its connection.
     /// </summary>
@@ -63,11 +67,20 @@ internal sealed class HttpForwarder
     {
         while (true)
         {
-            ClusterModel cluster = _cluster!;
+            RouteModel route = _route!;
+            ClusterModel cluster = route.SelectCluster(_client.Head);
+            _affinityPinned = null;
+            _setCookie = null;
             bool outcome = false;
             Exception? loopError = null;
             try
             {
+                // Timeouts (docs/resilience.md, "Timeouts"): the route's where set, else the cluster's. The whole-exchange
+                // deadline is one absolute tick count that every upstream wait below is clamped to.
+                UpstreamTimeouts timeouts = route.Timeouts.Over(cluster.Timeouts);
+                long exchangeDeadline = timeouts.Request > TimeSpan.Zero
+                    ? Environment.TickCount64 + (long)timeouts.Request.TotalMilliseconds : long.MaxValue;
+                _client.SetExchangeDeadline(exchangeDeadline);
                 ClusterBreaker? breaker = cluster.Breaker;
                 if (breaker is not null && !breaker.TryEnterRequest())
                 {
@@ -90,7 +103,13 @@ internal sealed class HttpForwarder
                     for (int retries = 0; ; retries++)
                     {
                         DestinationState[] candidates = health.Candidates();
-                        DestinationState? destination = cluster.Policy.Pick(candidates);
+                        // Session affinity decides the first try only: a retry goes elsewhere like any other.
+                        DestinationState? destination = null;
+                        if (retries == 0 && cluster.Affinity is { } affinity)
+                        {
+                            destination = _affinityPinned = affinity.Find(head, candidates);
+                        }
+                        destination ??= cluster.Policy.Pick(candidates);
                         if (destination is null)
                         {
                             ProxyError none = cluster.Destinations.Length == 0 ? ProxyError.NoDestination : ProxyError.NoHealthyDestination;
@@ -154,7 +173,7 @@ internal sealed class HttpForwarder
                                         goto Done;
                                     }
                                     BodyFraming framing = head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength;
-                                    _client.SetUpstreamTimeout(cluster.RequestTimeout);
+                                    _client.SetUpstreamTimeout(timeouts.StreamIdle);
                                     PumpResult sent = await _client.RequestPump.CopyAsync(_client.Input, upstream.Output, framing, head.ContentLength,
                                         framing, _client.Listener.Limits.MaxBodyBytes, _client).ConfigureAwait(false);
                                     if (sent != PumpResult.Completed)
@@ -184,7 +203,13 @@ internal sealed class HttpForwarder
                                 bool retryDead = false;
                                 while (failure == ProxyError.None && !retryDead && !retryStatus)
                                 {
-                                    _client.ArmUpstream(input, cluster.RequestTimeout);
+                                    ProxyError headTimeout = HeadWait(timeouts.Response, cluster.Retry, exchangeDeadline, out TimeSpan wait);
+                                    if (wait <= TimeSpan.Zero)
+                                    {
+                                        failure = ProxyError.UpstreamRequestTimeout;
+                                        break;
+                                    }
+                                    _client.ArmUpstream(input, wait);
                                     HeadStatus status = HeadStatus.Incomplete;
                                     while (true)
                                     {
@@ -205,7 +230,7 @@ internal sealed class HttpForwarder
                                             input.AdvanceTo(buffer.Start, buffer.End);
                                             if (_client.TakeFiredTimeout() != TimeoutKind.None)
                                             {
-                                                failure = ProxyError.UpstreamResponseTimeout;
+                                                failure = headTimeout;
                                                 break;
                                             }
                                             continue;
@@ -269,6 +294,11 @@ internal sealed class HttpForwarder
                                     }
                                     if (code >= 200)
                                     {
+                                        if (cluster.Affinity is { } pinning && !ReferenceEquals(_affinityPinned, destination))
+                                        {
+                                            // No valid cookie for the destination that answered: (re)pin the client to it.
+                                            _setCookie = pinning.SetCookieFor(destination);
+                                        }
                                         outcome = await RelayResponseBodyAsync(cluster, destination, upstream).ConfigureAwait(false);
                                         goto Done;
                                     }
@@ -293,7 +323,12 @@ internal sealed class HttpForwarder
                                 if (failure != ProxyError.None)
                                 {
                                     health.ReportFailure(destination);
-                                    cause = failure == ProxyError.UpstreamReset ? RetryOn.Reset : RetryOn.None;
+                                    cause = failure switch
+                                    {
+                                        ProxyError.UpstreamReset => RetryOn.Reset,
+                                        ProxyError.UpstreamPerTryTimeout => RetryOn.PerTryTimeout,
+                                        _ => RetryOn.None,
+                                    };
                                 }
                                 break;
                             }
@@ -303,9 +338,14 @@ internal sealed class HttpForwarder
                             destination.RequestEnded();
                         }
 
-                        if (!retryStatus && (cause == RetryOn.None || !replayable || budget is null || (budget.Model.On & cause) == 0
-                            || !TryTakeRetry(budget, retries, ref retrySlot)))
+                        if ((!retryStatus && (cause == RetryOn.None || !replayable || budget is null || (budget.Model.On & cause) == 0
+                            || !TryTakeRetry(budget, retries, ref retrySlot))) || Environment.TickCount64 >= exchangeDeadline)
                         {
+                            if (failure == ProxyError.None)
+                            {
+                                // A 5xx kept for a retry that the deadline then ruled out: its connection is gone, so answer it as a timeout.
+                                failure = ProxyError.UpstreamRequestTimeout;
+                            }
                             outcome = await FailAsync(failure, cluster, destination).ConfigureAwait(false);
                             goto Done;
                         }
@@ -332,6 +372,7 @@ internal sealed class HttpForwarder
             {
                 loopError = e;
             }
+            _client.SetExchangeDeadline(long.MaxValue);
             // Reset before publishing: publishing may run the connection inline up to its next ForwardAsync call.
             _work.Reset();
             if (loopError is null)
@@ -344,6 +385,31 @@ internal sealed class HttpForwarder
             }
             await _work.Task.ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// How long to wait for a response head: the response timeout, shortened by the per-try timeout and by what is left
+    /// of the whole-exchange deadline; returns the error to answer if that wait runs out (which of the three bound it).
+    /// </summary>
+    private static ProxyError HeadWait(TimeSpan response, RetryModel? retry, long exchangeDeadline, out TimeSpan wait)
+    {
+        wait = response;
+        ProxyError error = ProxyError.UpstreamResponseTimeout;
+        if (retry is { PerTryTimeout: var perTry } && perTry > TimeSpan.Zero && perTry < wait)
+        {
+            wait = perTry;
+            error = ProxyError.UpstreamPerTryTimeout;
+        }
+        if (exchangeDeadline != long.MaxValue)
+        {
+            long left = exchangeDeadline - Environment.TickCount64;
+            if (left <= (long)wait.TotalMilliseconds)
+            {
+                wait = TimeSpan.FromMilliseconds(left);
+                error = ProxyError.UpstreamRequestTimeout;
+            }
+        }
+        return error;
     }
 
     /// <summary>
@@ -429,7 +495,7 @@ internal sealed class HttpForwarder
             return await _client.FlushClientAsync().ConfigureAwait(false) && keepAlive;
         }
 
-        _client.SetUpstreamTimeout(cluster.RequestTimeout);
+        _client.SetUpstreamTimeout(_route!.Timeouts.Over(cluster.Timeouts).StreamIdle);
         PumpResult copied = await _client.ResponsePump.CopyAsync(input, _client.Output, inFraming, response.ContentLength,
             outFraming, long.MaxValue, _client).ConfigureAwait(false);
         if (copied != PumpResult.Completed)
@@ -530,7 +596,7 @@ internal sealed class HttpForwarder
             cluster.Metrics?.Overloaded();
         }
         await _client.SendErrorAsync(error.StatusCode(), error.DetailsCode(), close,
-            error == ProxyError.UpstreamOverloaded ? s_overloadedField : null).ConfigureAwait(false);
+            error == ProxyError.UpstreamOverloaded ? OverloadedField : null).ConfigureAwait(false);
         return !close;
     }
 
@@ -558,6 +624,13 @@ internal sealed class HttpForwarder
         }
         if (!interim)
         {
+            if (_setCookie is { } setCookie)
+            {
+                // The one hook of session affinity in the response: appended after the upstream's own fields
+                // (several Set-Cookie fields are allowed, RFC 6265 section 3).
+                output.Write(setCookie);
+                _setCookie = null;
+            }
             _client.ResponseStatus = response.StatusCode;
             _client.WriteFilterFields(output);
             _client.WriteRequestIdField(output);

@@ -26,6 +26,10 @@ internal enum ProxyError : byte
     UpstreamConnectTimeout,
     UpstreamPoolExhausted,
     UpstreamResponseTimeout,
+    /// <summary>The route's or cluster's <c>request_timeout</c> (the whole exchange) ran out before the response head.</summary>
+    UpstreamRequestTimeout,
+    /// <summary>The last try's <c>retry.per_try_timeout</c> ran out.</summary>
+    UpstreamPerTryTimeout,
     UpstreamReset,
     UpstreamInvalidResponse,
     UpstreamRequestWriteFailed,
@@ -40,7 +44,8 @@ internal static class ProxyErrorExtensions
         ProxyError.MethodNotAllowed => 405,
         ProxyError.NoDestination or ProxyError.NoHealthyDestination or ProxyError.UpstreamOverloaded
             or ProxyError.UpstreamPoolExhausted => 503,
-        ProxyError.UpstreamConnectTimeout or ProxyError.UpstreamResponseTimeout => 504,
+        ProxyError.UpstreamConnectTimeout or ProxyError.UpstreamResponseTimeout or ProxyError.UpstreamRequestTimeout
+            or ProxyError.UpstreamPerTryTimeout => 504,
         ProxyError.RequestBodyFailed => 400,
         _ => 502,
     };
@@ -56,6 +61,8 @@ internal static class ProxyErrorExtensions
         ProxyError.UpstreamConnectTimeout => "upstream_connect_timeout",
         ProxyError.UpstreamPoolExhausted => "upstream_pool_exhausted",
         ProxyError.UpstreamResponseTimeout => "upstream_response_timeout",
+        ProxyError.UpstreamRequestTimeout => "upstream_request_timeout",
+        ProxyError.UpstreamPerTryTimeout => "upstream_per_try_timeout",
         ProxyError.UpstreamReset => "upstream_reset",
         ProxyError.UpstreamInvalidResponse => "upstream_invalid_response",
         ProxyError.UpstreamRequestWriteFailed => "upstream_request_write_failed",

@@ -12,6 +12,10 @@ public sealed record HttpLimits
     /// <summary>Longest wait for the next body byte from a client before 408.</summary>
     public TimeSpan BodyTimeout { get; init; } = TimeSpan.FromSeconds(30);
     public int MaxConnections { get; init; } = 10_000;
+    /// <summary>Open connections per client IP address; 0: no cap (docs/resilience.md, "Per-client caps").</summary>
+    public int MaxConnectionsPerIp { get; init; }
+    /// <summary>Requests in flight per client IP address; 0: no cap.</summary>
+    public int MaxRequestsPerIp { get; init; }
 
     public static HttpLimits Default { get; } = new();
 }

@@ -55,7 +55,7 @@ internal sealed partial class Http1ServerConnection
 
     /// <summary>A request the filters let through: the route's own answer, or the upstream's.</summary>
     private ValueTask<bool> AfterFilters(RouteModel route)
-        => route.Respond is { } respond ? DirectResponseAsync(respond) : _forwarder.ForwardAsync(route.Cluster!);
+        => route.Respond is { } respond ? DirectResponseAsync(respond) : _forwarder.ForwardAsync(route);
 
     /// <summary>
     /// The header lines filters added for a request they let through (RateLimit fields), written into the forwarded

@@ -139,8 +139,16 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     public IPEndPoint? RemoteEndPoint => _transport.RemoteEndPoint;
     public bool Draining => _draining;
 
+    /// <summary>This client's counters in the per-IP tables; set when a per-IP cap applies.</summary>
+    private ClientIpSlots _ipSlots;
+    private bool _ipConnectionHeld;
+
     public async Task RunAsync()
     {
+        if (!TryEnterConnectionPerIp())
+        {
+            return;
+        }
         _runtime.Registry.Add(this);
         try
         {
@@ -162,6 +170,74 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             await CloseGracefullyAsync().ConfigureAwait(false);
             _runtime.Registry.Remove(this);
             ReleaseState();
+            if (_ipConnectionHeld)
+            {
+                _runtime.ConnectionsPerIp.Exit(_ipSlots);
+            }
+        }
+    }
+
+    /// <summary>
+    /// <c>limits.max_connections_per_ip</c>: past the cap the connection is closed at once, before any byte is read
+    /// (HAProxy's <c>tcp-request connection reject</c>): answering would mean reading the request of the client being
+    /// shed, and an answer sent before the request is read can be destroyed by the RST of the close anyway.
+    /// </summary>
+    private bool TryEnterConnectionPerIp()
+    {
+        HttpLimits limits = Listener.Limits;
+        _ipSlots = ClientIpLimiter.Slots(RemoteAddress);
+        if (limits.MaxConnectionsPerIp <= 0 || Listener.Handler == ListenerHandler.Admin)
+        {
+            return true;
+        }
+        if (_runtime.ConnectionsPerIp.TryEnter(_ipSlots, limits.MaxConnectionsPerIp))
+        {
+            _ipConnectionHeld = true;
+            return true;
+        }
+        ProxyLog.Write(LogLevel.Debug, "client_connection_refused", ("client", ProxyLog.Format(RemoteEndPoint)), ("details", "client_ip_connection_limit"));
+        Interlocked.Exchange(ref _aborted, 1);
+        try
+        {
+            Input.Complete();
+            Output.Complete();
+            _transport.ShutdownSend();
+        }
+        catch (Exception)
+        {
+        }
+        _transport.Dispose();
+        return false;
+    }
+
+    /// <summary>
+    /// <c>limits.max_requests_per_ip</c>: a request past the cap gets 503 with <c>x-proxy-overloaded</c> and the
+    /// connection closes (its body, if any, is not read).
+    /// </summary>
+    private ValueTask<bool> HandleRequestPerIpAsync()
+    {
+        int cap = Listener.Limits.MaxRequestsPerIp;
+        // No cap: no extra async frame on the hot path.
+        return cap <= 0 || Listener.Handler == ListenerHandler.Admin ? HandleRequestAsync() : HandleCappedRequestAsync(cap);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> HandleCappedRequestAsync(int cap)
+    {
+        if (!_runtime.RequestsPerIp.TryEnter(_ipSlots, cap))
+        {
+            _route = null;
+            ResponseStatus = 0;
+            await SendErrorAsync(503, "client_ip_request_limit", close: true, HttpForwarder.OverloadedField).ConfigureAwait(false);
+            return false;
+        }
+        try
+        {
+            return await HandleRequestAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            _runtime.RequestsPerIp.Exit(_ipSlots);
         }
     }
 
@@ -244,7 +320,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             _waitingForRequest = false;
             first = false;
             long started = Stopwatch.GetTimestamp();
-            bool keepAlive = await HandleRequestAsync().ConfigureAwait(false);
+            bool keepAlive = await HandleRequestPerIpAsync().ConfigureAwait(false);
             _runtime.Metrics.RequestEnded(Listener, _route, Head.Method, ResponseStatus, started);
             if (!keepAlive || _draining)
             {
@@ -499,6 +575,23 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
 
     internal void SetUpstreamTimeout(TimeSpan timeout) => _upstreamTimeout = timeout;
 
+    /// <summary>Tick count by which the current exchange with the upstream must end (request_timeout); MaxValue: none.</summary>
+    private long _exchangeDeadline = long.MaxValue;
+
+    internal void SetExchangeDeadline(long deadline) => _exchangeDeadline = deadline;
+
+    /// <summary>An upstream wait, shortened to what is left of the exchange deadline.</summary>
+    private TimeSpan UpstreamWait(TimeSpan timeout)
+    {
+        long deadline = _exchangeDeadline;
+        if (deadline == long.MaxValue)
+        {
+            return timeout;
+        }
+        long left = Math.Max(0, deadline - Environment.TickCount64);
+        return left < (long)timeout.TotalMilliseconds ? TimeSpan.FromMilliseconds(left) : timeout;
+    }
+
     public void ArmRead(PipeReader source)
     {
         _timedReader = source;
@@ -508,7 +601,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         }
         else
         {
-            Arm(TimeoutKind.Upstream, _upstreamTimeout);
+            Arm(TimeoutKind.Upstream, UpstreamWait(_upstreamTimeout));
         }
     }
 

@@ -151,7 +151,14 @@ internal sealed class RouteModel
     /// <summary>Position in the file (0-based); breaks ties in precedence.</summary>
     public required int Order { get; init; }
     public required RouteMatchModel Match { get; init; }
+    /// <summary>The cluster this route forwards to; with <see cref="Split"/>, the split's first cluster (for labels).</summary>
     public ClusterModel? Cluster { get; init; }
+    /// <summary>The <c>clusters:</c> weighted split; null when the route names one <c>cluster:</c>.</summary>
+    public WeightedClustersModel? Split { get; init; }
+    /// <summary>The <c>canary:</c> block: a header or cookie that sends a request to another cluster.</summary>
+    public CanaryModel? Canary { get; init; }
+    /// <summary>The route's own upstream timeouts; unset ones (zero) take the chosen cluster's.</summary>
+    public UpstreamTimeouts Timeouts { get; init; }
     public DirectResponseModel? Respond { get; init; }
     /// <summary>Bit i set: the route applies on listener i. Zero: every proxy listener.</summary>
     public ulong ListenerMask { get; init; }
@@ -165,6 +172,23 @@ internal sealed class RouteModel
     /// policy applies on any listener.
     /// </summary>
     public FilterChain[] Chains { get; init; } = [];
+
+    /// <summary>
+    /// The cluster for one request: the canary when its header or cookie matches, else a weighted draw, else the
+    /// single cluster. Allocates nothing (Random.Shared is thread-safe and allocation-free per call).
+    /// </summary>
+    public ClusterModel SelectCluster(Http.RequestHead head)
+    {
+        if (Canary is { } canary && canary.Matches(head))
+        {
+            return canary.Cluster;
+        }
+        if (Split is { } split)
+        {
+            return split.Pick(Random.Shared.Next(split.Total));
+        }
+        return Cluster!;
+    }
 
     /// <summary>The chain this route runs on listener <paramref name="listenerIndex"/>.</summary>
     public FilterChain Filters(int listenerIndex)
@@ -185,7 +209,16 @@ internal sealed class ClusterModel
     public LoadBalancingKind LoadBalancing { get; init; }
     public required DestinationState[] Destinations { get; init; }
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(2);
-    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// Whole exchange with the upstream, from the start of forwarding to the last byte of the response;
+    /// <see cref="TimeSpan.Zero"/>: none (the default, so long streams are not cut).
+    /// </summary>
+    public TimeSpan RequestTimeout { get; init; }
+    /// <summary>Longest wait for the response head once the request was sent (first byte).</summary>
+    public TimeSpan ResponseTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Longest wait for more response body bytes (an idle timeout: a steady stream is never cut).</summary>
+    public TimeSpan StreamIdleTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    public UpstreamTimeouts Timeouts => new(RequestTimeout, ResponseTimeout, StreamIdleTimeout);
     /// <summary>Per destination cap on open upstream connections.</summary>
     public int MaxConnections { get; init; } = 256;
     /// <summary>How long an idle pooled upstream connection is kept.</summary>
@@ -207,6 +240,8 @@ internal sealed class ClusterModel
     public required ClusterHealth Health { get; init; }
     /// <summary>Circuit breaker counters; null when the cluster has no <c>circuit_breaker:</c> block.</summary>
     public ClusterBreaker? Breaker { get; init; }
+    /// <summary>The <c>session_affinity:</c> block; null when the cluster has none.</summary>
+    public SessionAffinityModel? Affinity { get; init; }
     /// <summary>Retry budget counters; null when the cluster has no <c>retry:</c> block.</summary>
     public RetryBudget? RetryBudget { get; init; }
 }

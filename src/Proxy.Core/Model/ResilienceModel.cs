@@ -36,6 +36,8 @@ internal enum RetryOn : byte
     Status502 = 4,
     Status503 = 8,
     Status504 = 16,
+    /// <summary>The try's <c>per_try_timeout</c> ran out before its response head; set whenever a per-try timeout is.</summary>
+    PerTryTimeout = 32,
 }
 
 /// <summary>A cluster's <c>retry:</c> block.</summary>
@@ -48,6 +50,8 @@ internal sealed class RetryModel
     public TimeSpan BackoffMax { get; init; } = TimeSpan.FromMilliseconds(250);
     /// <summary>Retries in flight may be at most this percent of the cluster's requests in flight (never fewer than one).</summary>
     public int BudgetPercent { get; init; } = 20;
+    /// <summary>Longest wait for one try's response head (<c>per_try_timeout</c>); zero: none. A try that runs out is retried.</summary>
+    public TimeSpan PerTryTimeout { get; init; }
 
     public bool RetriesStatus(int status) => status switch
     {

@@ -39,6 +39,12 @@ internal sealed class ProxyRuntime : IDisposable
 
     public ConnectionRegistry Registry { get; }
 
+    /// <summary>Open connections per client address (<c>limits.max_connections_per_ip</c>).</summary>
+    public ClientIpLimiter ConnectionsPerIp { get; } = new();
+
+    /// <summary>Requests in flight per client address (<c>limits.max_requests_per_ip</c>).</summary>
+    public ClientIpLimiter RequestsPerIp { get; } = new();
+
     private long _requests;
 
     /// <summary>Requests received on every connection since start (one interlocked add per request).</summary>

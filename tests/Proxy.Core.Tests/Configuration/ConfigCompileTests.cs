@@ -236,7 +236,10 @@ public class ConfigCompileTests
         var cluster = snapshot.Clusters["c"];
         Assert.Equal(LoadBalancingKind.RoundRobin, cluster.LoadBalancing);
         Assert.Equal(TimeSpan.FromSeconds(2), cluster.ConnectTimeout);
-        Assert.Equal(TimeSpan.FromSeconds(30), cluster.RequestTimeout);
+        // request_timeout bounds the whole exchange and is off by default; the 30 s waits are response and stream idle.
+        Assert.Equal(TimeSpan.Zero, cluster.RequestTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(30), cluster.ResponseTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(30), cluster.StreamIdleTimeout);
         Assert.Equal(256, cluster.MaxConnections);
         Assert.Equal(TimeSpan.FromSeconds(60), cluster.IdleTimeout);
         Assert.Equal(TimeSpan.FromSeconds(30), snapshot.Server.ShutdownTimeout);

@@ -1,5 +1,19 @@
 namespace Proxy.FunctionalTests.Infrastructure;
 
+/// <summary>How a <see cref="FaultyUpstream"/> misbehaves on ordinary requests (beyond its status and delay).</summary>
+internal enum UpstreamFault
+{
+    None,
+    /// <summary>Reads the request, then aborts the connection with a RST before any byte of the answer.</summary>
+    ResetBeforeHead,
+    /// <summary>Never answers (the connection stays open).</summary>
+    StallHead,
+    /// <summary>Sends the head and half of a 64-byte body, then stalls with the connection open.</summary>
+    StallBody,
+    /// <summary>Sends a 64-byte body one byte every <see cref="FaultyUpstream.TrickleInterval"/>.</summary>
+    TrickleBody,
+}
+
 /// <summary>
 /// A keep-alive upstream whose faults a test switches while it runs: the status of ordinary requests, the status
 /// of its health endpoint, and a delay before each ordinary answer. Answers carry <c>x-upstream: {name}</c> and the
@@ -10,6 +24,7 @@ internal sealed class FaultyUpstream : IAsyncDisposable
     private volatile int _status = 200;
     private volatile int _healthStatus = 200;
     private long _delayMs;
+    private volatile UpstreamFault _fault;
 
     private FaultyUpstream(string name, string healthPath)
     {
@@ -37,6 +52,11 @@ internal sealed class FaultyUpstream : IAsyncDisposable
         set => Interlocked.Exchange(ref _delayMs, (long)value.TotalMilliseconds);
     }
 
+    public UpstreamFault Fault { get => _fault; set => _fault = value; }
+
+    /// <summary>Pause between body bytes for <see cref="UpstreamFault.TrickleBody"/>.</summary>
+    public TimeSpan TrickleInterval { get; set; } = TimeSpan.FromMilliseconds(50);
+
     /// <summary>Requests received other than health probes.</summary>
     public int TrafficCount => Recording.Requests.Count(r => r.Target != HealthPath);
 
@@ -55,6 +75,27 @@ internal sealed class FaultyUpstream : IAsyncDisposable
             if (Delay > TimeSpan.Zero)
             {
                 await Task.Delay(Delay, ct);
+            }
+            switch (Fault)
+            {
+                case UpstreamFault.ResetBeforeHead:
+                    connection.Reset();
+                    return;
+                case UpstreamFault.StallHead:
+                    await Task.Delay(Timeout.Infinite, ct);
+                    return;
+                case UpstreamFault.StallBody:
+                    await connection.WriteAsync($"HTTP/1.1 {Status} OK\r\ncontent-length: 64\r\nx-upstream: {Name}\r\n\r\n" + new string('a', 32), ct);
+                    await Task.Delay(Timeout.Infinite, ct);
+                    return;
+                case UpstreamFault.TrickleBody:
+                    await connection.WriteAsync($"HTTP/1.1 {Status} OK\r\ncontent-length: 64\r\nx-upstream: {Name}\r\n\r\n", ct);
+                    for (int i = 0; i < 64; i++)
+                    {
+                        await Task.Delay(TrickleInterval, ct);
+                        await connection.WriteAsync("a", ct);
+                    }
+                    continue;
             }
             await connection.WriteAsync(Wire.Response(Status, Name, ("x-upstream", Name)), ct);
             if (request.ConnectionHas("close"))

@@ -1,0 +1,161 @@
+using System.Diagnostics;
+using Proxy.FunctionalTests.Infrastructure;
+
+namespace Proxy.FunctionalTests;
+
+/// <summary>
+/// The upstream timeouts (docs/resilience.md, "Timeouts") against a <see cref="FaultyUpstream"/> that stalls or
+/// trickles. Deadlines are enforced by a once-a-second heartbeat, so a timeout T fires between T and about T + 1 s:
+/// the bounds below allow for that, and for a loaded CI machine, on the upper side only.
+/// </summary>
+public sealed class UpstreamTimeoutTests
+{
+    private static string Yaml(string destinations, string clusterExtra = "", string routeExtra = "") => $$"""
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+        routes:
+          - { id: all, match: { path: "/{**rest}" }, cluster: backend {{routeExtra}} }
+        clusters:
+          backend:
+            destinations: [{{destinations}}]
+            connect_timeout: 1s
+        {{clusterExtra}}
+
+        """;
+
+    private static async Task<(HttpMessage Response, TimeSpan Elapsed)> TimedGetAsync(TestProxy proxy)
+    {
+        await using var client = await proxy.ConnectAsync();
+        var clock = Stopwatch.StartNew();
+        await client.SendAsync(Wire.Get("/x"));
+        var response = await client.ReadResponseAsync(timeout: TimeSpan.FromSeconds(15));
+        return (response, clock.Elapsed);
+    }
+
+    private static void AssertTimeout(HttpMessage response, string details)
+    {
+        ProxyAssert.ErrorAnswer(response, 504);
+        Assert.Contains(details, response.BodyText, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ResponseTimeout_ClusterUpstreamNeverAnswers_Returns504WithinBound()
+    {
+        await using var upstream = FaultyUpstream.Start("slow");
+        upstream.Fault = UpstreamFault.StallHead;
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{upstream.Address}\"", "    response_timeout: 1s"));
+
+        var (response, elapsed) = await TimedGetAsync(proxy);
+
+        AssertTimeout(response, "upstream_response_timeout");
+        Assert.InRange(elapsed, TimeSpan.FromMilliseconds(950), TimeSpan.FromSeconds(3.5));
+    }
+
+    [Fact]
+    public async Task ResponseTimeout_RouteOverridesCluster_RouteValueApplies()
+    {
+        await using var upstream = FaultyUpstream.Start("slow");
+        upstream.Delay = TimeSpan.FromSeconds(3);
+        // The cluster would wait 10 s; the route says 1 s.
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{upstream.Address}\"", "    response_timeout: 10s", ", response_timeout: 1s"));
+
+        var (response, elapsed) = await TimedGetAsync(proxy);
+
+        AssertTimeout(response, "upstream_response_timeout");
+        Assert.InRange(elapsed, TimeSpan.FromMilliseconds(950), TimeSpan.FromSeconds(2.9));
+    }
+
+    [Fact]
+    public async Task RequestTimeout_RouteWholeExchangeWhileBodyTrickles_ConnectionCutNear1s()
+    {
+        await using var upstream = FaultyUpstream.Start("trickle");
+        upstream.Fault = UpstreamFault.TrickleBody;
+        upstream.TrickleInterval = TimeSpan.FromMilliseconds(100); // 64 bytes take 6.4 s; each gap is far below any idle timeout
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{upstream.Address}\"", routeExtra: ", request_timeout: 1500ms"));
+        await using var client = await proxy.ConnectAsync();
+        var clock = Stopwatch.StartNew();
+
+        await client.SendAsync(Wire.Get("/x"));
+        var head = await client.ReadResponseHeadAsync();
+        var rest = await client.ReadToCloseAsync(TimeSpan.FromSeconds(10));
+
+        // The head was relayed, so no 504 is possible any more: the proxy cuts the connection at the deadline.
+        Assert.Equal(200, head.Status);
+        Assert.True(rest.Closed);
+        Assert.True(rest.Bytes.Length < 64, $"The body must be cut, got {rest.Bytes.Length} bytes.");
+        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(1400), TimeSpan.FromSeconds(4));
+    }
+
+    [Fact]
+    public async Task RequestTimeout_RouteShorterThanResponseTimeout_Returns504RequestTimeout()
+    {
+        await using var upstream = FaultyUpstream.Start("slow");
+        upstream.Fault = UpstreamFault.StallHead;
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{upstream.Address}\"", "    response_timeout: 20s", ", request_timeout: 1s"));
+
+        var (response, elapsed) = await TimedGetAsync(proxy);
+
+        AssertTimeout(response, "upstream_request_timeout");
+        Assert.InRange(elapsed, TimeSpan.FromMilliseconds(950), TimeSpan.FromSeconds(3.5));
+    }
+
+    [Fact]
+    public async Task StreamIdleTimeout_BodyStalls_ConnectionCutAfterIdleButTrickleSurvives()
+    {
+        await using var stalled = FaultyUpstream.Start("stalled");
+        stalled.Fault = UpstreamFault.StallBody;
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{stalled.Address}\"", "    stream_idle_timeout: 1s"));
+        await using var client = await proxy.ConnectAsync();
+        var clock = Stopwatch.StartNew();
+
+        await client.SendAsync(Wire.Get("/x"));
+        var head = await client.ReadResponseHeadAsync();
+        var rest = await client.ReadToCloseAsync(TimeSpan.FromSeconds(10));
+
+        Assert.Equal(200, head.Status);
+        Assert.True(rest.Closed);
+        Assert.Equal(32, rest.Bytes.Length);
+        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(950), TimeSpan.FromSeconds(3.5));
+
+        // A body that keeps moving (a byte every 100 ms, 6.4 s in all) is never cut by a 1 s idle timeout.
+        stalled.Fault = UpstreamFault.TrickleBody;
+        stalled.TrickleInterval = TimeSpan.FromMilliseconds(100);
+        await using var second = await proxy.ConnectAsync();
+        await second.SendAsync(Wire.Get("/x"));
+        var whole = await second.ReadResponseAsync(timeout: TimeSpan.FromSeconds(15));
+        Assert.Equal(64, whole.Body.Length);
+    }
+
+    [Fact]
+    public async Task PerTryTimeout_FirstDestinationStalls_RetriedOnSecondWithinBound()
+    {
+        await using var slow = FaultyUpstream.Start("slow");
+        await using var fast = FaultyUpstream.Start("fast");
+        slow.Fault = UpstreamFault.StallHead;
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{slow.Address}\", \"{fast.Address}\"",
+            "    response_timeout: 10s\n    retry: { attempts: 1, per_try_timeout: 1s, backoff: { base: 1ms, max: 1ms } }"));
+
+        // Round robin starts at the stalled destination: its try times out, the retry goes to the other one.
+        var (response, elapsed) = await TimedGetAsync(proxy);
+
+        Assert.Equal(200, response.Status);
+        Assert.Equal("fast", response.Header("x-upstream"));
+        Assert.Equal(1, slow.TrafficCount);
+        Assert.InRange(elapsed, TimeSpan.FromMilliseconds(950), TimeSpan.FromSeconds(3.5));
+    }
+
+    [Fact]
+    public async Task PerTryTimeout_EveryTryStalls_Returns504PerTryTimeout()
+    {
+        await using var slow = FaultyUpstream.Start("slow");
+        slow.Fault = UpstreamFault.StallHead;
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{slow.Address}\"",
+            "    retry: { attempts: 1, per_try_timeout: 1s, backoff: { base: 1ms, max: 1ms } }"));
+
+        var (response, elapsed) = await TimedGetAsync(proxy);
+
+        AssertTimeout(response, "upstream_per_try_timeout");
+        Assert.Equal(2, slow.TrafficCount);
+        Assert.InRange(elapsed, TimeSpan.FromMilliseconds(1900), TimeSpan.FromSeconds(5.5));
+    }
+}
