@@ -118,6 +118,7 @@ internal sealed class Http2ServerConnection : TimedConnection
             {
                 SendGoAway(error);
             }
+            _lingerOnClose = error != Http2ErrorCode.NO_ERROR;
         }
         catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or OperationCanceledException)
         {
@@ -401,8 +402,10 @@ internal sealed class Http2ServerConnection : TimedConnection
     {
         // CONTINUATION floods (CVE-2024-27316 family): the encoded block is capped like the decoded list, so
         // an endless block of fields that decode to nothing (or to repeated small ones) is cut off early.
+        // The encoded block may be at most twice the decoded limit (HPACK rarely expands; the decoder stops a list
+        // past the limit with COMPRESSION_ERROR first), in at most one frame per KiB of the limit (at least 8).
         _headerBlockBytes += (int)fragment.Length;
-        if (_headerBlockBytes > _limits.MaxHeaderListSize || ++_headerFrames > 1 + _limits.MaxHeaderListSize / 1024)
+        if (_headerBlockBytes > 2 * _limits.MaxHeaderListSize || ++_headerFrames > Math.Max(8, _limits.MaxHeaderListSize / 1024))
         {
             return Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM);
         }
@@ -1025,8 +1028,11 @@ internal sealed class Http2ServerConnection : TimedConnection
         }
     }
 
+    private volatile bool _aborted;
+
     public override void Abort()
     {
+        _aborted = true;
         _closeRequested = true;
         try
         {
@@ -1079,6 +1085,36 @@ internal sealed class Http2ServerConnection : TimedConnection
         Arm(TimeoutKind.Write, s_tick);
     }
 
+    private bool _lingerOnClose;
+
+    /// <summary>
+    /// After a connection error: FIN, then read and drop what the client still sends for a moment. Closing with
+    /// unread input makes the kernel send RST, which can destroy the GOAWAY before the client reads it (the same
+    /// reason as HTTP/1.1's lingering close). Error path: the timer allocation is fine.
+    /// </summary>
+    private async Task LingerAsync()
+    {
+        try
+        {
+            _transport.ShutdownSend();
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+            long discarded = 0;
+            while (discarded < 1024 * 1024)
+            {
+                ReadResult result = await _transport.Input.ReadAsync(cts.Token).ConfigureAwait(false);
+                discarded += result.Buffer.Length;
+                _transport.Input.AdvanceTo(result.Buffer.End);
+                if (result.IsCompleted || result.IsCanceled)
+                {
+                    break;
+                }
+            }
+        }
+        catch (Exception)
+        {
+        }
+    }
+
     private async Task CloseAsync(Task writer)
     {
         Http2Stream[] open;
@@ -1110,6 +1146,10 @@ internal sealed class Http2ServerConnection : TimedConnection
         }
         catch (Exception)
         {
+        }
+        if (_lingerOnClose && !_aborted)
+        {
+            await LingerAsync().ConfigureAwait(false);
         }
         try
         {
