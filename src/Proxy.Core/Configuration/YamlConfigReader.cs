@@ -260,7 +260,7 @@ internal sealed class YamlConfigReader
             MaxConcurrentStreams = Int(map, "max_concurrent_streams", 1, 100_000),
             // RFC 9113 section 6.5.2: SETTINGS_MAX_FRAME_SIZE within [2^14, 2^24-1]; windows at most 2^31-1.
             MaxHeaderListSize = (int?)Size(map, "max_header_list_size", 1024, 16 * 1024 * 1024),
-            InitialWindowSize = (int?)Size(map, "initial_window_size", 1024, int.MaxValue),
+            InitialWindowSize = (int?)Size(map, "initial_window_size", 65_535, int.MaxValue),
             ConnectionWindowSize = (int?)Size(map, "connection_window_size", 65_535, int.MaxValue),
             MaxFrameSize = (int?)Size(map, "max_frame_size", 16_384, 16_777_215),
             RapidResetMax = rapid is null ? null : Int(rapid, "max", 1, int.MaxValue),
