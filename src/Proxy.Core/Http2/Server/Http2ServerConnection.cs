@@ -569,7 +569,7 @@ internal sealed class Http2ServerConnection : TimedConnection
             if (!_framesClosed)
             {
                 Http2FrameWriter.WriteSettingsAck(_frames.Writer);
-                Commit(Http2FrameHeader.Size);
+                Commit();
             }
             WakeAllLocked();
         }
@@ -592,7 +592,7 @@ internal sealed class Http2ServerConnection : TimedConnection
             if (!_framesClosed)
             {
                 Http2FrameWriter.WritePing(_frames.Writer, opaque, ack: true);
-                Commit(Http2FrameWriter.PingFrameLength);
+                Commit();
             }
         }
         return Http2FrameError.None;
@@ -671,7 +671,7 @@ internal sealed class Http2ServerConnection : TimedConnection
             if (streamIncrement > 0 && !_framesClosed)
             {
                 Http2FrameWriter.WriteWindowUpdate(_frames.Writer, stream.Id, streamIncrement);
-                Commit(Http2FrameWriter.WindowUpdateFrameLength);
+                Commit();
             }
             CreditConnectionLocked(connectionIncrement);
         }
@@ -698,7 +698,7 @@ internal sealed class Http2ServerConnection : TimedConnection
             _pendingConnectionCredit = 0;
             Interlocked.Add(ref _receiveWindow, credit);
             Http2FrameWriter.WriteWindowUpdate(_frames.Writer, 0, credit);
-            Commit(Http2FrameWriter.WindowUpdateFrameLength);
+            Commit();
         }
     }
 
@@ -717,25 +717,24 @@ internal sealed class Http2ServerConnection : TimedConnection
         lock (_lock)
         {
             Http2FrameWriter.WriteSettings(_frames.Writer, settings);
-            int length = Http2FrameHeader.Size + settings.Length * 6;
             int raise = _limits.ConnectionWindowSize - FlowControlWindow.DefaultInitialSize;
             if (raise > 0)
             {
                 Http2FrameWriter.WriteWindowUpdate(_frames.Writer, 0, raise);
-                length += Http2FrameWriter.WindowUpdateFrameLength;
             }
             else
             {
                 _receiveWindow = FlowControlWindow.DefaultInitialSize;
             }
-            Commit(length);
+            Commit();
         }
     }
 
     /// <summary>Makes written frames visible to the writer loop. Under <see cref="_lock"/>.</summary>
-    private void Commit(int length)
+    private void Commit()
     {
-        _unsent += length;
+        // Exact octets (the writer loop subtracts what it copied): an estimate would drift and stall DATA for good.
+        _unsent += _frames.Writer.UnflushedBytes;
         // No pause threshold on this pipe: the flush completes synchronously.
         ValueTask<FlushResult> flush = _frames.Writer.FlushAsync();
         if (!flush.IsCompleted)
@@ -749,7 +748,7 @@ internal sealed class Http2ServerConnection : TimedConnection
         if (!_framesClosed)
         {
             Http2FrameWriter.WriteRstStream(_frames.Writer, streamId, code);
-            Commit(Http2FrameWriter.RstStreamFrameLength);
+            Commit();
         }
     }
 
@@ -763,7 +762,7 @@ internal sealed class Http2ServerConnection : TimedConnection
             }
             _goAwaySent = true;
             Http2FrameWriter.WriteGoAway(_frames.Writer, _lastStreamId, code, default);
-            Commit(Http2FrameHeader.Size + 8);
+            Commit();
         }
         if (code != Http2ErrorCode.NO_ERROR)
         {
@@ -816,7 +815,7 @@ internal sealed class Http2ServerConnection : TimedConnection
             }
             int maxFrame = (int)_peer.MaxFrameSize;
             Http2FrameWriter.WriteHeaders(_frames.Writer, stream.Id, block[..length], endStream, maxFrame);
-            Commit(length + Http2FrameHeader.Size * (1 + length / maxFrame));
+            Commit();
             return true;
         }
     }
@@ -856,7 +855,7 @@ internal sealed class Http2ServerConnection : TimedConnection
                 bool last = endStream && offset + size == data.Length;
                 Http2FrameWriter.WriteData(_frames.Writer, stream.Id, data.Slice(offset, size), last);
                 offset += size;
-                Commit(Http2FrameHeader.Size + size);
+                Commit();
             }
             return allowed;
         }
@@ -872,7 +871,7 @@ internal sealed class Http2ServerConnection : TimedConnection
                 return false;
             }
             Http2FrameWriter.WriteData(_frames.Writer, stream.Id, ReadOnlySpan<byte>.Empty, endStream: true);
-            Commit(Http2FrameHeader.Size);
+            Commit();
             return true;
         }
     }
