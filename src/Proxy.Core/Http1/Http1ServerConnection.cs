@@ -221,7 +221,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                     }
                 }
 
-                if (first && buffer.FirstSpan[0] == (byte)'P' && _transport is not Http2StreamTransport)
+                if (first && !buffer.IsEmpty && buffer.FirstSpan[0] == (byte)'P' && _transport is not Http2StreamTransport)
                 {
                     // h2c with prior knowledge (RFC 9113 section 3.3) on the same port: only the first bytes of a
                     // connection are looked at, and "POST"/"PUT"/"PATCH" differ from "PRI " by the second octet.
