@@ -14,7 +14,7 @@
 #   S2  one keep-alive connection, latency p50/p99            wrk -t1 -c1
 #   S3  64 keep-alive connections, 16 KiB response            wrk -t2 -c64 /static/16k.bin
 #   S4  HTTP/2 cleartext (prior knowledge), 16 conns x 10 streams   h2load -t1 -c16 -m10
-#       (skipped for Proxy unless PROXY_H2_PORT names an h2c listener in PROXY_CONFIG)
+#       (Proxy serves h2c on its HTTP/1.1 listener, so PROXY_H2_PORT defaults to PROXY_PORT)
 #   S5  a new connection per request (Connection: close)      wrk -t2 -c32
 #
 # Knobs (default):
@@ -27,11 +27,13 @@
 #             one worker per proxy; 0: no pinning, one worker per CPU; "1 0": both, one after the other
 #   WORKERS   override the worker/thread count of the proxies
 #   PROXY_BIN (publish from this checkout)  PROXY_CONFIG (generated)  PROXY_ENV ("")  YARP_ENV ("")
-#   PROXY_PORT (8084) PROXY_H2_PORT ("")   WORK (/tmp/proxy-bench)   RESULTS_DIR ($WORK/results)
+#   PROXY_PORT (8084) PROXY_H2_PORT (PROXY_PORT)   WORK (/tmp/proxy-bench)   RESULTS_DIR ($WORK/results)
 #   INSTALL (1)   apt-get install missing tools
 set -uo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# A cleartext Proxy listener detects the HTTP/2 preface (h2c with prior knowledge) on the same port.
+PROXY_H2_PORT=${PROXY_H2_PORT:-$PROXY_PORT}
 
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-2}

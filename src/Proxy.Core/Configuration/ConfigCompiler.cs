@@ -180,6 +180,20 @@ internal static class ConfigCompiler
         BodyTimeout = overrides.BodyTimeout ?? inherited.BodyTimeout,
         MaxConnectionsPerIp = overrides.MaxConnectionsPerIp ?? inherited.MaxConnectionsPerIp,
         MaxRequestsPerIp = overrides.MaxRequestsPerIp ?? inherited.MaxRequestsPerIp,
+        Http2 = overrides.Http2 is { } h2 ? MergeHttp2Limits(inherited.Http2, h2) : inherited.Http2,
+    };
+
+    public static Http2Limits MergeHttp2Limits(Http2Limits inherited, Http2LimitsConfig overrides) => inherited with
+    {
+        MaxConcurrentStreams = overrides.MaxConcurrentStreams ?? inherited.MaxConcurrentStreams,
+        MaxHeaderListSize = overrides.MaxHeaderListSize ?? inherited.MaxHeaderListSize,
+        InitialWindowSize = overrides.InitialWindowSize ?? inherited.InitialWindowSize,
+        ConnectionWindowSize = overrides.ConnectionWindowSize ?? inherited.ConnectionWindowSize,
+        MaxFrameSize = overrides.MaxFrameSize ?? inherited.MaxFrameSize,
+        RapidResetMax = overrides.RapidResetMax ?? inherited.RapidResetMax,
+        RapidResetWindow = overrides.RapidResetWindow ?? inherited.RapidResetWindow,
+        MaxControlFramesPerSecond = overrides.MaxControlFramesPerSecond ?? inherited.MaxControlFramesPerSecond,
+        SendStallTimeout = overrides.SendStallTimeout ?? inherited.SendStallTimeout,
     };
 
     /// <summary>A listener's block overrides the server-wide one key by key; missing keys are inherited.</summary>

@@ -82,6 +82,21 @@ internal sealed record LimitsConfig
     public int? MaxConnectionsPerIp { get; init; }
     /// <summary>Requests in flight per client IP address.</summary>
     public int? MaxRequestsPerIp { get; init; }
+    public Http2LimitsConfig? Http2 { get; init; }
+}
+
+/// <summary>HTTP/2 server limits (<c>limits.http2</c>); null means "inherit", like <see cref="LimitsConfig"/>.</summary>
+internal sealed record Http2LimitsConfig
+{
+    public int? MaxConcurrentStreams { get; init; }
+    public int? MaxHeaderListSize { get; init; }
+    public int? InitialWindowSize { get; init; }
+    public int? ConnectionWindowSize { get; init; }
+    public int? MaxFrameSize { get; init; }
+    public int? RapidResetMax { get; init; }
+    public TimeSpan? RapidResetWindow { get; init; }
+    public int? MaxControlFramesPerSecond { get; init; }
+    public TimeSpan? SendStallTimeout { get; init; }
 }
 
 internal sealed record ForwardedConfig

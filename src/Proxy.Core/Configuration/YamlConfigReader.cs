@@ -19,7 +19,11 @@ internal sealed class YamlConfigReader
     private static readonly string[] s_serverKeys = ["shutdown_timeout", "max_connections", "watch_config"];
     private static readonly string[] s_limitsKeys =
         ["max_request_line", "max_header_bytes", "max_headers", "max_body_bytes", "header_timeout", "keepalive_timeout", "body_timeout",
-         "max_connections_per_ip", "max_requests_per_ip"];
+         "max_connections_per_ip", "max_requests_per_ip", "http2"];
+    private static readonly string[] s_http2LimitsKeys =
+        ["max_concurrent_streams", "max_header_list_size", "initial_window_size", "connection_window_size", "max_frame_size",
+         "rapid_reset", "max_control_frames_per_second", "send_stall_timeout"];
+    private static readonly string[] s_rapidResetKeys = ["max", "window"];
     private static readonly string[] s_forwardedKeys = ["mode", "trusted_networks"];
     private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies"];
     private static readonly string[] s_routeKeys =
@@ -264,6 +268,29 @@ internal sealed class YamlConfigReader
             BodyTimeout = Duration(map, "body_timeout"),
             MaxConnectionsPerIp = Int(map, "max_connections_per_ip", 1, int.MaxValue),
             MaxRequestsPerIp = Int(map, "max_requests_per_ip", 1, int.MaxValue),
+            Http2 = map.Get("http2") is { } http2 ? ReadHttp2Limits(http2) : null,
+        };
+    }
+
+    private Http2LimitsConfig? ReadHttp2Limits(YamlNode node)
+    {
+        if (Map(node, "'limits.http2'", s_http2LimitsKeys) is not { } map)
+        {
+            return null;
+        }
+        MapView? rapid = map.Get("rapid_reset") is { } rapidNode ? Map(rapidNode, "'rapid_reset'", s_rapidResetKeys) : null;
+        return new Http2LimitsConfig
+        {
+            MaxConcurrentStreams = Int(map, "max_concurrent_streams", 1, 100_000),
+            // RFC 9113 section 6.5.2: SETTINGS_MAX_FRAME_SIZE within [2^14, 2^24-1]; windows at most 2^31-1.
+            MaxHeaderListSize = (int?)Size(map, "max_header_list_size", 1024, 16 * 1024 * 1024),
+            InitialWindowSize = (int?)Size(map, "initial_window_size", 65_535, int.MaxValue),
+            ConnectionWindowSize = (int?)Size(map, "connection_window_size", 65_535, int.MaxValue),
+            MaxFrameSize = (int?)Size(map, "max_frame_size", 16_384, 16_777_215),
+            RapidResetMax = rapid is null ? null : Int(rapid, "max", 1, int.MaxValue),
+            RapidResetWindow = rapid is null ? null : Duration(rapid, "window"),
+            MaxControlFramesPerSecond = Int(map, "max_control_frames_per_second", 1, int.MaxValue),
+            SendStallTimeout = Duration(map, "send_stall_timeout"),
         };
     }
 

@@ -9,6 +9,8 @@ using Proxy.Diagnostics;
 using Proxy.Forwarding;
 using Proxy.Handlers;
 using Proxy.Http;
+using Proxy.Http2;
+using Proxy.Http2.Server;
 using Proxy.Model;
 using Proxy.Pipeline;
 using Proxy.Transport;
@@ -167,7 +169,10 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             Disarm();
             _forwarder.ReleaseUpstream();
-            await CloseGracefullyAsync().ConfigureAwait(false);
+            if (!_handedOff)
+            {
+                await CloseGracefullyAsync().ConfigureAwait(false);
+            }
             _runtime.Registry.Remove(this);
             ReleaseState();
             if (_ipConnectionHeld)
@@ -186,7 +191,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     {
         HttpLimits limits = Listener.Limits;
         _ipSlots = ClientIpLimiter.Slots(RemoteAddress);
-        if (limits.MaxConnectionsPerIp <= 0 || Listener.Handler == ListenerHandler.Admin)
+        if (limits.MaxConnectionsPerIp <= 0 || Listener.Handler == ListenerHandler.Admin || _transport.IsStream)
         {
             return true;
         }
@@ -293,6 +298,24 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                     }
                 }
 
+                if (first && !buffer.IsEmpty && buffer.FirstSpan[0] == (byte)'P' && _transport is not Http2StreamTransport)
+                {
+                    // h2c with prior knowledge (RFC 9113 section 3.3) on the same port: only the first bytes of a
+                    // connection are looked at, and "POST"/"PUT"/"PATCH" differ from "PRI " by the second octet.
+                    PrefaceCheck preface = Http2Preface.Check(buffer);
+                    if (preface == PrefaceCheck.NeedMore && !result.IsCompleted)
+                    {
+                        Input.AdvanceTo(buffer.Start, buffer.End);
+                        continue;
+                    }
+                    if (preface == PrefaceCheck.Yes)
+                    {
+                        Input.AdvanceTo(buffer.Start);
+                        await HandOffToHttp2Async().ConfigureAwait(false);
+                        return;
+                    }
+                }
+
                 HeadStatus status = Http1RequestReader.TryRead(buffer, Head, limits, out SequencePosition consumed, out RejectReason reason);
                 if (status == HeadStatus.Complete)
                 {
@@ -327,6 +350,20 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                 return;
             }
         }
+    }
+
+    /// <summary>Set when the connection turned out to speak HTTP/2: the HTTP/2 connection owns the transport then.</summary>
+    private bool _handedOff;
+
+    /// <summary>Runs the rest of the connection as HTTP/2; it registers itself, so this one leaves the registry.</summary>
+    private async Task HandOffToHttp2Async()
+    {
+        Disarm();
+        _waitingForRequest = false;
+        _handedOff = true;
+        _runtime.Registry.Remove(this);
+        ReleaseState();
+        await new Http2ServerConnection(_runtime, Listener, _transport).RunAsync().ConfigureAwait(false);
     }
 
     private ValueTask<bool> HandleRequestAsync()

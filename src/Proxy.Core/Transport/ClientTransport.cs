@@ -26,6 +26,12 @@ internal abstract class ClientTransport : IDisposable
     public IPAddress RemoteAddress { get; }
     public IPEndPoint? RemoteEndPoint { get; }
 
+    /// <summary>
+    /// True for one HTTP/2 stream carried over a client connection: per-connection limits (connections per client IP)
+    /// were already applied to the connection that carries it.
+    /// </summary>
+    public virtual bool IsStream => false;
+
     /// <summary>True when the client reached us over TLS (X-Forwarded-Proto: https).</summary>
     public virtual bool IsSecure => false;
 

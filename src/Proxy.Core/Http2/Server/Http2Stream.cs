@@ -1,0 +1,517 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
+using Proxy.Http;
+using Proxy.Http1;
+using Proxy.Http2.FlowControl;
+using Proxy.Transport;
+
+namespace Proxy.Http2.Server;
+
+/// <summary>
+/// One request stream (RFC 9113 section 5.1), bridged onto the HTTP/1.1 pipeline: the connection's read loop
+/// writes the synthesised request head and the DATA payloads into <see cref="RequestPipe"/>; an
+/// <see cref="Http1ServerConnection"/> runs the request over <see cref="Transport"/> exactly as for an HTTP/1.1
+/// client (routing, filters, forwarding, limits, metrics); this class reads the HTTP/1.1 response it writes into
+/// <see cref="ResponsePipe"/> and sends it as HEADERS and DATA within the client's windows. When the window is
+/// closed the pump stops reading, the response pipe fills to its pause threshold, and the HTTP/1.1 side stops
+/// reading the upstream: a slow client never makes the proxy buffer more than the pipe.
+/// <para>Concurrency: the read loop owns the request side (under <see cref="RequestLock"/> against the close
+/// path); the pump runs on the thread pool; windows and frame writes are under the connection's lock.</para>
+/// </summary>
+internal sealed class Http2Stream : IThreadPoolWorkItem
+{
+    private static readonly PipeOptions s_requestPipeOptions = new(
+        pool: BlockMemoryPool.Large, pauseWriterThreshold: 0, resumeWriterThreshold: 0,
+        minimumSegmentSize: BlockMemoryPool.Large.BlockSize, useSynchronizationContext: false);
+    private static readonly PipeOptions s_responsePipeOptions = new(
+        pool: BlockMemoryPool.Large, pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024,
+        minimumSegmentSize: BlockMemoryPool.Large.BlockSize, useSynchronizationContext: false);
+
+    private const int MaxResponseHeadBytes = 64 * 1024;
+
+    private readonly Http2ServerConnection _connection;
+    private readonly ResponseHead _responseHead = new();
+    private ChunkedDecoder _chunked;
+    private Http1ServerConnection? _bridge;
+
+    public Http2Stream(Http2ServerConnection connection, ClientTransport transport)
+    {
+        _connection = connection;
+        Transport = new Http2StreamTransport(this, transport);
+    }
+
+    public int Id { get; private set; }
+    public Pipe RequestPipe { get; } = new(s_requestPipeOptions);
+    public Pipe ResponsePipe { get; } = new(s_responsePipeOptions);
+    public Http2StreamTransport Transport { get; }
+    public Http2Signal Signal { get; } = new();
+    public Lock RequestLock { get; } = new();
+
+    /// <summary>Send window (client's SETTINGS_INITIAL_WINDOW_SIZE, WINDOW_UPDATEs); under the connection lock.</summary>
+    public FlowControlWindow SendWindow;
+
+    // ---- request side (read loop, under RequestLock for the pipe) ----
+
+    /// <summary>Receive window left for this stream's DATA; the read loop subtracts, the bridge's consumption adds.</summary>
+    public int ReceiveWindow;
+    public bool RequestChunked;
+    public long DeclaredLength;
+    public long ReceivedBody;
+    /// <summary>END_STREAM received (half-closed remote).</summary>
+    public bool RequestEnded;
+    /// <summary>The request writer was completed (END_STREAM, reset, or the stream finished).</summary>
+    public bool RequestClosed;
+    public bool IsHead;
+    public int HeadBytes;
+    private long _credited;
+    private int _pendingCredit;
+
+    // ---- state shared with the connection (heartbeat, read loop) ----
+
+    /// <summary>Tick count since the pump has been waiting for window or output room; 0 when not waiting.</summary>
+    public long StallSince;
+    public volatile bool StallTimedOut;
+    /// <summary>The client reset the stream (no RST_STREAM goes back).</summary>
+    public volatile bool ResetByPeer;
+    /// <summary>The connection is closing or the bridge gave up: the pump stops.</summary>
+    public volatile bool Aborted;
+    /// <summary>The response ended with END_STREAM.</summary>
+    public bool ResponseComplete;
+
+    public void Start(int id, Http2RequestHead head, bool endStream, int sendWindow, int receiveWindow)
+    {
+        Id = id;
+        SendWindow = new FlowControlWindow(0);
+        SendWindow.TryApplyInitialSizeChange(0, (uint)sendWindow);
+        ReceiveWindow = receiveWindow;
+        RequestChunked = head.Chunked;
+        DeclaredLength = head.ContentLength;
+        IsHead = head.IsHead;
+        ReceivedBody = 0;
+        RequestEnded = endStream;
+        RequestClosed = false;
+        _credited = 0;
+        _pendingCredit = 0;
+        StallSince = 0;
+        StallTimedOut = ResetByPeer = Aborted = false;
+        ResponseComplete = false;
+        Transport.Consumed = 0;
+        Signal.Reset();
+        _chunked.Reset();
+
+        PipeWriter writer = RequestPipe.Writer;
+        head.WriteTo(writer);
+        HeadBytes = head.Http1Length;
+        if (endStream)
+        {
+            writer.Complete();
+            RequestClosed = true;
+        }
+        else
+        {
+            FlushRequest(writer);
+        }
+    }
+
+    /// <summary>Thread-pool entry: runs the bridged exchange and the response pump.</summary>
+    public void Execute() => _ = RunAsync();
+
+    private async Task RunAsync()
+    {
+        Task bridge;
+        try
+        {
+            _bridge = new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport);
+            bridge = _bridge.RunAsync();
+        }
+        catch (Exception)
+        {
+            bridge = Task.CompletedTask;
+            Aborted = true;
+        }
+        Http2ErrorCode reset = await PumpResponseAsync().ConfigureAwait(false);
+        ResponsePipe.Reader.Complete();
+        if (reset != Http2ErrorCode.NO_ERROR || !RequestEnded)
+        {
+            // The client may still be sending: end the request side so the bridge stops waiting for it.
+            CloseRequest();
+        }
+        try
+        {
+            await bridge.ConfigureAwait(false);
+        }
+        catch (Exception)
+        {
+        }
+        _bridge = null;
+        _connection.OnStreamFinished(this, reset);
+    }
+
+    // ---- request side -------------------------------------------------------------------------
+
+    /// <summary>Read loop: a DATA payload for the bridge (RFC 9112 section 7.1 framing when the head said chunked).</summary>
+    public void WriteRequestData(in ReadOnlySequence<byte> data, bool endStream)
+    {
+        lock (RequestLock)
+        {
+            if (RequestClosed)
+            {
+                return;
+            }
+            PipeWriter writer = RequestPipe.Writer;
+            if (!data.IsEmpty)
+            {
+                if (RequestChunked)
+                {
+                    Span<byte> size = writer.GetSpan(12);
+                    int n = WriteHex(size, data.Length);
+                    size[n] = (byte)'\r';
+                    size[n + 1] = (byte)'\n';
+                    writer.Advance(n + 2);
+                }
+                foreach (ReadOnlyMemory<byte> segment in data)
+                {
+                    writer.Write(segment.Span);
+                }
+                if (RequestChunked)
+                {
+                    writer.Write("\r\n"u8);
+                }
+            }
+            if (endStream)
+            {
+                if (RequestChunked)
+                {
+                    writer.Write("0\r\n\r\n"u8);
+                }
+                FlushRequest(writer);
+                writer.Complete();
+                RequestClosed = true;
+                return;
+            }
+            FlushRequest(writer);
+        }
+    }
+
+    private void FlushRequest(PipeWriter writer)
+    {
+        // No pause threshold (flow control bounds the pipe), so the flush completes at once.
+        ValueTask<FlushResult> flush = writer.FlushAsync();
+        if (flush.IsCompleted)
+        {
+            if (flush.Result.IsCompleted)
+            {
+                // The bridge stopped reading (it answered and closed): further DATA is dropped.
+                writer.Complete();
+                RequestClosed = true;
+            }
+        }
+        else
+        {
+            _ = flush.AsTask();
+        }
+    }
+
+    /// <summary>Ends the request side (reset, early answer, connection closing); safe from any thread.</summary>
+    public void CloseRequest()
+    {
+        lock (RequestLock)
+        {
+            if (!RequestClosed)
+            {
+                RequestClosed = true;
+                RequestPipe.Writer.Complete();
+            }
+        }
+    }
+
+    private static int WriteHex(Span<byte> destination, long value)
+    {
+        int digits = 1;
+        for (long v = value >> 4; v != 0; v >>= 4)
+        {
+            digits++;
+        }
+        for (int i = digits - 1; i >= 0; i--)
+        {
+            int d = (int)(value & 0xF);
+            destination[i] = (byte)(d < 10 ? '0' + d : 'a' + d - 10);
+            value >>= 4;
+        }
+        return digits;
+    }
+
+    /// <summary>
+    /// Bridge thread: the HTTP/1.1 side consumed input up to <paramref name="consumedTotal"/> octets. Body octets
+    /// consumed go back to the client as window (section 6.9): the stream's when half its window is used, the
+    /// connection's through <see cref="Http2ServerConnection.Credit"/>.
+    /// </summary>
+    public void OnRequestConsumed(long consumedTotal)
+    {
+        long body = Math.Min(consumedTotal - HeadBytes, Volatile.Read(ref ReceivedBody));
+        long delta = body - _credited;
+        if (delta <= 0)
+        {
+            return;
+        }
+        _credited = body;
+        _pendingCredit += (int)delta;
+        int streamCredit = 0;
+        if (!Volatile.Read(ref RequestEnded) && _pendingCredit >= _connection.StreamWindowUpdateThreshold)
+        {
+            streamCredit = _pendingCredit;
+            _pendingCredit = 0;
+            Interlocked.Add(ref ReceiveWindow, streamCredit);
+        }
+        _connection.Credit(this, streamCredit, (int)delta);
+    }
+
+    /// <summary>Octets received but never credited back to the connection window (the stream is finishing).</summary>
+    public int TakeUncredited()
+    {
+        long received = Volatile.Read(ref ReceivedBody);
+        long left = received - _credited;
+        _credited = received;
+        return (int)Math.Max(left, 0);
+    }
+
+    // ---- aborts -------------------------------------------------------------------------------
+
+    /// <summary>The client sent RST_STREAM, or the connection is going away: stop everything at once.</summary>
+    public void Abort(bool byPeer)
+    {
+        if (byPeer)
+        {
+            ResetByPeer = true;
+        }
+        Aborted = true;
+        WakePump();
+        CloseRequest();
+        _bridge?.Abort();
+    }
+
+    /// <summary>The HTTP/1.1 side gave up (its write deadline passed, or it aborted its transport).</summary>
+    public void AbortFromBridge()
+    {
+        Aborted = true;
+        WakePump();
+    }
+
+    private void WakePump()
+    {
+        Signal.Set();
+        ResponsePipe.Reader.CancelPendingRead();
+        ResponsePipe.Writer.CancelPendingFlush();
+        RequestPipe.Reader.CancelPendingRead();
+    }
+
+    // ---- response pump ------------------------------------------------------------------------
+
+    private enum Phase : byte
+    {
+        Head,
+        Length,
+        Chunked,
+        UntilClose,
+        Done,
+    }
+
+    /// <summary>
+    /// Reads the bridged HTTP/1.1 response and sends it as HEADERS + DATA. Returns the RST_STREAM code to send
+    /// (NO_ERROR when the response ended normally).
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<Http2ErrorCode> PumpResponseAsync()
+    {
+        PipeReader reader = ResponsePipe.Reader;
+        Phase phase = Phase.Head;
+        long remaining = 0;
+        bool headersSent = false;
+        try
+        {
+            while (true)
+            {
+                ReadResult result = await reader.ReadAsync().ConfigureAwait(false);
+                if (Aborted)
+                {
+                    reader.AdvanceTo(result.Buffer.Start);
+                    return AbortCode(headersSent);
+                }
+                ReadOnlySequence<byte> buffer = result.Buffer;
+                SequencePosition examined = buffer.End;
+                while (true)
+                {
+                    if (phase == Phase.Head)
+                    {
+                        HeadStatus status = Http1ResponseReader.TryRead(buffer, _responseHead, MaxResponseHeadBytes,
+                            out SequencePosition consumed, out _);
+                        if (status == HeadStatus.Incomplete)
+                        {
+                            break;
+                        }
+                        if (status == HeadStatus.Rejected || _responseHead.StatusCode == 101)
+                        {
+                            reader.AdvanceTo(buffer.End);
+                            return Http2ErrorCode.INTERNAL_ERROR;
+                        }
+                        buffer = buffer.Slice(consumed);
+                        int code = _responseHead.StatusCode;
+                        if (code < 200)
+                        {
+                            // 1xx (100 Continue): a HEADERS frame without END_STREAM, then the final response (section 8.1).
+                            if (!_connection.SendHeaders(this, _responseHead, endStream: false))
+                            {
+                                reader.AdvanceTo(buffer.Start);
+                                return AbortCode(true);
+                            }
+                            headersSent = true;
+                            continue;
+                        }
+                        bool noBody = IsHead || code == 204 || code == 304 || _responseHead.ContentLength == 0;
+                        if (!_connection.SendHeaders(this, _responseHead, endStream: noBody))
+                        {
+                            reader.AdvanceTo(buffer.Start);
+                            return AbortCode(true);
+                        }
+                        headersSent = true;
+                        if (noBody)
+                        {
+                            phase = Phase.Done;
+                            break;
+                        }
+                        phase = _responseHead.Chunked ? Phase.Chunked : _responseHead.ContentLength > 0 ? Phase.Length : Phase.UntilClose;
+                        remaining = _responseHead.ContentLength;
+                        continue;
+                    }
+                    if (phase == Phase.Length)
+                    {
+                        if (buffer.IsEmpty)
+                        {
+                            break;
+                        }
+                        ReadOnlySequence<byte> data = buffer.Length > remaining ? buffer.Slice(0, remaining) : buffer;
+                        remaining -= data.Length;
+                        if (!await SendDataAsync(data, endStream: remaining == 0).ConfigureAwait(false))
+                        {
+                            reader.AdvanceTo(buffer.Start);
+                            return AbortCode(true);
+                        }
+                        buffer = buffer.Slice(data.End);
+                        if (remaining == 0)
+                        {
+                            phase = Phase.Done;
+                            break;
+                        }
+                        continue;
+                    }
+                    if (phase == Phase.Chunked)
+                    {
+                        ChunkStatus chunk = _chunked.Read(buffer, out ReadOnlySequence<byte> data, out SequencePosition consumed, out _);
+                        if (chunk == ChunkStatus.Error)
+                        {
+                            reader.AdvanceTo(buffer.End);
+                            return Http2ErrorCode.INTERNAL_ERROR;
+                        }
+                        if (chunk == ChunkStatus.Data)
+                        {
+                            if (!await SendDataAsync(data, endStream: false).ConfigureAwait(false))
+                            {
+                                reader.AdvanceTo(buffer.Start);
+                                return AbortCode(true);
+                            }
+                            buffer = buffer.Slice(consumed);
+                            continue;
+                        }
+                        buffer = buffer.Slice(consumed);
+                        if (chunk == ChunkStatus.Done)
+                        {
+                            // Trailers of the HTTP/1.1 response are dropped by the decoder (not in this slice).
+                            if (!await SendDataAsync(default, endStream: true).ConfigureAwait(false))
+                            {
+                                reader.AdvanceTo(buffer.Start);
+                                return AbortCode(true);
+                            }
+                            phase = Phase.Done;
+                        }
+                        break;
+                    }
+                    if (phase == Phase.UntilClose)
+                    {
+                        if (!buffer.IsEmpty)
+                        {
+                            if (!await SendDataAsync(buffer, endStream: false).ConfigureAwait(false))
+                            {
+                                reader.AdvanceTo(buffer.Start);
+                                return AbortCode(true);
+                            }
+                            buffer = buffer.Slice(buffer.End);
+                        }
+                        if (result.IsCompleted)
+                        {
+                            if (!await SendDataAsync(default, endStream: true).ConfigureAwait(false))
+                            {
+                                reader.AdvanceTo(buffer.Start);
+                                return AbortCode(true);
+                            }
+                            phase = Phase.Done;
+                        }
+                        break;
+                    }
+                    break; // Done
+                }
+                reader.AdvanceTo(buffer.Start, examined);
+                if (phase == Phase.Done)
+                {
+                    ResponseComplete = true;
+                    return Http2ErrorCode.NO_ERROR;
+                }
+                if (result.IsCompleted || result.IsCanceled)
+                {
+                    // The bridge ended without a whole response: nothing was processed when no head came
+                    // (REFUSED_STREAM lets the client retry, section 8.7), otherwise the response is cut.
+                    return Aborted ? AbortCode(headersSent) : headersSent ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
+                }
+            }
+        }
+        catch (Exception)
+        {
+            return Http2ErrorCode.INTERNAL_ERROR;
+        }
+    }
+
+    private Http2ErrorCode AbortCode(bool headersSent) =>
+        ResetByPeer ? Http2ErrorCode.NO_ERROR : StallTimedOut ? Http2ErrorCode.CANCEL : headersSent ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
+
+    /// <summary>Sends <paramref name="data"/> as DATA frames as the windows allow; false when the stream was aborted or stalled too long.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> SendDataAsync(ReadOnlySequence<byte> data, bool endStream)
+    {
+        while (true)
+        {
+            if (data.IsEmpty)
+            {
+                // An empty DATA frame with END_STREAM takes no window (section 6.9.1 counts payload octets only).
+                return !endStream || _connection.TrySendEnd(this);
+            }
+            int sent = _connection.TrySendData(this, data, endStream);
+            if (sent < 0)
+            {
+                return false;
+            }
+            if (sent == data.Length)
+            {
+                return true;
+            }
+            data = data.Slice(sent);
+            if (sent == 0)
+            {
+                await Signal.WaitAsync().ConfigureAwait(false);
+                if (StallTimedOut || Aborted)
+                {
+                    return false;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+using System.Net;
+using Proxy.FunctionalTests.Infrastructure;
+using Proxy.Http2;
+using Proxy.Http2.HPack;
+
+namespace Proxy.FunctionalTests.Http2;
+
+/// <summary>
+/// Frame-level negative tests over a raw socket: each RFC 9113 section 8 violation and each known HTTP/2 attack gets
+/// the exact stream or connection error, and the proxy serves normal requests afterwards.
+/// </summary>
+public sealed class Http2AttackTests
+{
+    private static async Task<TestProxy> StartProxyAsync(string http2Limits) =>
+        await TestProxy.StartAsync(Http2ServerTests.WithHttp2Limits(new ProxyConfig { BackendPort = Ports.ClosedPort() }, http2Limits));
+
+    /// <summary>A new connection gets a normal answer over HTTP/2 and HTTP/1.1: the process is healthy.</summary>
+    private static async Task AssertHealthyAsync(TestProxy proxy)
+    {
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+        await client.SendHeadersAsync(1, endStream: true, Http2TestClient.Get("/hello"));
+        var response = await client.ReadResponseAsync(1);
+        Assert.Equal(200, response.Status);
+        Assert.Equal("hello\n", response.BodyText);
+        using var http = Clients.CreateHttpClient();
+        Assert.Equal("hello\n", await http.GetStringAsync(new Uri(proxy.PublicUri, "/hello")));
+    }
+
+    /// <summary>Sends, tolerating the server closing the connection while we write (it may GOAWAY mid-flood).</summary>
+    private static async Task SendIgnoringCloseAsync(Func<Task> send)
+    {
+        try
+        {
+            await send();
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    private static (string, string)[] Post(string path) =>
+        [(":method", "POST"), (":scheme", "http"), (":authority", "example.test"), (":path", path)];
+
+    [Fact]
+    public async Task MaxConcurrentStreams_OneTooMany_RefusedStreamAndOthersFinish()
+    {
+        await using var proxy = await StartProxyAsync("max_concurrent_streams: 2");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        // POSTs without END_STREAM stay open: the direct route waits for the body.
+        await client.SendHeadersAsync(1, endStream: false, Post("/hello"));
+        await client.SendHeadersAsync(3, endStream: false, Post("/hello"));
+        await client.SendHeadersAsync(5, endStream: false, Post("/hello"));
+        var refused = await client.WaitForRstAsync(5);
+        await client.SendDataAsync(1, "x"u8, endStream: true);
+        var first = await client.ReadResponseAsync(1);
+
+        Assert.Equal(Http2ErrorCode.REFUSED_STREAM, refused.ErrorCode);
+        Assert.Equal(200, first.Status);
+        await AssertHealthyAsync(proxy);
+    }
+
+    [Fact]
+    public async Task HeaderList_AboveLimit_GoAwayCompressionError()
+    {
+        await using var proxy = await StartProxyAsync("max_header_list_size: 4KiB");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        await client.SendHeadersAsync(1, endStream: true, [.. Http2TestClient.Get("/hello"), ("x-big", new string('a', 6000))]);
+        var goAway = await client.WaitForGoAwayAsync();
+
+        Assert.Equal(Http2ErrorCode.COMPRESSION_ERROR, goAway.ErrorCode);
+        Assert.True(await client.WaitForCloseAsync());
+        await AssertHealthyAsync(proxy);
+    }
+
+    [Fact]
+    public async Task HpackBomb_OneEntryReferencedManyTimes_GoAwayCompressionError()
+    {
+        await using var proxy = await StartProxyAsync("max_header_list_size: 32KiB");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+        // One 4,000-octet dynamic entry, then 30 one-octet references to it: ~120 KB decoded from ~4 KB sent.
+        var fields = new List<(string, string)>(Http2TestClient.Get("/hello"));
+        for (int i = 0; i < 31; i++)
+        {
+            fields.Add(("x-bomb", new string('b', 4000)));
+        }
+        byte[] block = client.Encode(HPackIndexing.Auto, [.. fields]);
+        Assert.True(block.Length < 4200, $"the bomb should be small on the wire, got {block.Length}");
+
+        await client.SendFrameAsync(Http2FrameType.HEADERS, Http2Flags.END_HEADERS | Http2Flags.END_STREAM, 1, block);
+        var goAway = await client.WaitForGoAwayAsync();
+
+        Assert.Equal(Http2ErrorCode.COMPRESSION_ERROR, goAway.ErrorCode);
+        await AssertHealthyAsync(proxy);
+    }
+
+    [Fact]
+    public async Task ContinuationFlood_EndlessHeaderBlock_GoAwayEnhanceYourCalm()
+    {
+        await using var proxy = await StartProxyAsync("max_header_list_size: 32KiB");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        await client.SendFrameAsync(Http2FrameType.HEADERS, Http2Flags.None, 1, client.Encode(Http2TestClient.Get("/hello")));
+        await SendIgnoringCloseAsync(async () =>
+        {
+            for (int i = 0; i < 200; i++)
+            {
+                await client.SendFrameAsync(Http2FrameType.CONTINUATION, Http2Flags.None, 1, client.Encode(("x-a", "b")));
+            }
+        });
+        var goAway = await client.WaitForGoAwayAsync();
+
+        Assert.Equal(Http2ErrorCode.ENHANCE_YOUR_CALM, goAway.ErrorCode);
+        await AssertHealthyAsync(proxy);
+    }
+
+    [Fact]
+    public async Task RapidReset_ManyStreamsCancelled_GoAwayEnhanceYourCalm()
+    {
+        await using var proxy = await StartProxyAsync("rapid_reset: { max: 10, window: 10s }");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        await SendIgnoringCloseAsync(async () =>
+        {
+            for (int id = 1; id < 80; id += 2)
+            {
+                await client.SendHeadersAsync(id, endStream: false, Post("/hello"));
+                await client.SendRstAsync(id);
+            }
+        });
+        var goAway = await client.WaitForGoAwayAsync();
+
+        Assert.Equal(Http2ErrorCode.ENHANCE_YOUR_CALM, goAway.ErrorCode);
+        await AssertHealthyAsync(proxy);
+    }
+
+    [Theory]
+    [InlineData("settings")]
+    [InlineData("ping")]
+    [InlineData("empty-data")]
+    [InlineData("priority")]
+    public async Task ControlFrameFlood_AboveLimit_GoAwayEnhanceYourCalm(string kind)
+    {
+        await using var proxy = await StartProxyAsync("max_control_frames_per_second: 50");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+        if (kind == "empty-data")
+        {
+            await client.SendHeadersAsync(1, endStream: false, Post("/hello"));
+        }
+
+        await SendIgnoringCloseAsync(async () =>
+        {
+            for (int i = 0; i < 200; i++)
+            {
+                switch (kind)
+                {
+                    case "settings":
+                        await client.SendFrameAsync(Http2FrameType.SETTINGS, Http2Flags.None, 0, []);
+                        break;
+                    case "ping":
+                        await client.SendFrameAsync(Http2FrameType.PING, Http2Flags.None, 0, new byte[8]);
+                        break;
+                    case "empty-data":
+                        await client.SendFrameAsync(Http2FrameType.DATA, Http2Flags.None, 1, []);
+                        break;
+                    default:
+                        await client.SendFrameAsync(Http2FrameType.PRIORITY, Http2Flags.None, 3, [0, 0, 0, 0, 16]);
+                        break;
+                }
+            }
+        });
+        var goAway = await client.WaitForGoAwayAsync();
+
+        Assert.Equal(Http2ErrorCode.ENHANCE_YOUR_CALM, goAway.ErrorCode);
+        await AssertHealthyAsync(proxy);
+    }
+
+    [Fact]
+    public async Task ZeroWindow_ClientNeverOpensIt_StreamResetAfterStallTimeout()
+    {
+        await using var proxy = await StartProxyAsync("send_stall_timeout: 1s");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public,
+            new Http2Setting(Http2SettingsParameter.SETTINGS_INITIAL_WINDOW_SIZE, 0));
+        client.AutoWindowUpdate = false;
+
+        await client.SendHeadersAsync(1, endStream: true, Http2TestClient.Get("/hello"));
+        var headers = await client.WaitForAsync(f => f.Type == Http2FrameType.HEADERS && f.StreamId == 1);
+        var reset = await client.WaitForRstAsync(1, TimeSpan.FromSeconds(8));
+
+        Assert.False(headers.Has(Http2Flags.END_STREAM));
+        Assert.Equal(Http2ErrorCode.CANCEL, reset.ErrorCode);
+        await AssertHealthyAsync(proxy);
+    }
+
+    public static TheoryData<string> MalformedRequests => new()
+    {
+        "uppercase-name", "connection-header", "te-gzip", "transfer-encoding", "missing-path", "missing-scheme",
+        "pseudo-after-regular", "response-pseudo", "duplicate-path", "empty-path", "value-with-newline", "value-leading-space",
+    };
+
+    private static (string, string)[] Malformed(string kind) => kind switch
+    {
+        "uppercase-name" => [.. Http2TestClient.Get("/hello"), ("X-Upper", "1")],
+        "connection-header" => [.. Http2TestClient.Get("/hello"), ("connection", "keep-alive")],
+        "te-gzip" => [.. Http2TestClient.Get("/hello"), ("te", "gzip")],
+        "transfer-encoding" => [.. Http2TestClient.Get("/hello"), ("transfer-encoding", "chunked")],
+        "missing-path" => [(":method", "GET"), (":scheme", "http"), (":authority", "example.test")],
+        "missing-scheme" => [(":method", "GET"), (":path", "/hello"), (":authority", "example.test")],
+        "pseudo-after-regular" => [(":method", "GET"), (":scheme", "http"), ("accept", "*/*"), (":path", "/hello")],
+        "response-pseudo" => [.. Http2TestClient.Get("/hello"), (":status", "200")],
+        "duplicate-path" => [.. Http2TestClient.Get("/hello"), (":path", "/other")],
+        "empty-path" => [(":method", "GET"), (":scheme", "http"), (":authority", "example.test"), (":path", "")],
+        "value-with-newline" => [.. Http2TestClient.Get("/hello"), ("x-a", "1\r\nx-injected: 2")],
+        "value-leading-space" => [.. Http2TestClient.Get("/hello"), ("x-a", " 1")],
+        _ => throw new ArgumentOutOfRangeException(nameof(kind)),
+    };
+
+    [Theory]
+    [MemberData(nameof(MalformedRequests))]
+    public async Task MalformedRequest_StreamProtocolError_ConnectionGoesOn(string kind)
+    {
+        await using var proxy = await StartProxyAsync("max_concurrent_streams: 100");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        await client.SendHeadersAsync(1, endStream: true, Malformed(kind));
+        var reset = await client.WaitForRstAsync(1);
+        await client.SendHeadersAsync(3, endStream: true, Http2TestClient.Get("/hello"));
+        var next = await client.ReadResponseAsync(3);
+
+        Assert.Equal(Http2ErrorCode.PROTOCOL_ERROR, reset.ErrorCode);
+        Assert.Equal(200, next.Status);
+    }
+
+    [Theory]
+    [InlineData(10, 5)]
+    [InlineData(3, 5)]
+    public async Task ContentLength_DisagreesWithData_StreamProtocolError(int declared, int sent)
+    {
+        await using var proxy = await StartProxyAsync("max_concurrent_streams: 100");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        await client.SendHeadersAsync(1, endStream: false, [.. Post("/hello"), ("content-length", declared.ToString())]);
+        await client.SendDataAsync(1, new byte[sent], endStream: true);
+        var reset = await client.WaitForRstAsync(1);
+
+        Assert.Equal(Http2ErrorCode.PROTOCOL_ERROR, reset.ErrorCode);
+        await AssertHealthyAsync(proxy);
+    }
+
+    [Theory]
+    [InlineData("even-stream-id")]
+    [InlineData("interleaved-continuation")]
+    [InlineData("data-on-idle-stream")]
+    [InlineData("push-promise")]
+    [InlineData("stream-id-goes-back")]
+    public async Task ConnectionLevelViolation_GoAwayProtocolError(string kind)
+    {
+        await using var proxy = await StartProxyAsync("max_concurrent_streams: 100");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+        byte[] get = client.Encode(Http2TestClient.Get("/hello"));
+
+        switch (kind)
+        {
+            case "even-stream-id":
+                await client.SendFrameAsync(Http2FrameType.HEADERS, Http2Flags.END_HEADERS | Http2Flags.END_STREAM, 2, get);
+                break;
+            case "interleaved-continuation":
+                await client.SendFrameAsync(Http2FrameType.HEADERS, Http2Flags.END_STREAM, 1, get);
+                await client.SendFrameAsync(Http2FrameType.PING, Http2Flags.None, 0, new byte[8]);
+                break;
+            case "data-on-idle-stream":
+                await client.SendFrameAsync(Http2FrameType.DATA, Http2Flags.None, 7, [1, 2, 3]);
+                break;
+            case "push-promise":
+                await client.SendFrameAsync(Http2FrameType.PUSH_PROMISE, Http2Flags.END_HEADERS, 1, [0, 0, 0, 2, .. get]);
+                break;
+            default:
+                await client.SendFrameAsync(Http2FrameType.HEADERS, Http2Flags.END_HEADERS | Http2Flags.END_STREAM, 5, get);
+                await client.ReadResponseAsync(5);
+                await client.SendFrameAsync(Http2FrameType.HEADERS, Http2Flags.END_HEADERS | Http2Flags.END_STREAM, 3,
+                    client.Encode(Http2TestClient.Get("/hello")));
+                break;
+        }
+        var goAway = await client.WaitForGoAwayAsync();
+
+        Assert.Equal(kind == "stream-id-goes-back" ? Http2ErrorCode.STREAM_CLOSED : Http2ErrorCode.PROTOCOL_ERROR, goAway.ErrorCode);
+        await AssertHealthyAsync(proxy);
+    }
+
+    [Fact]
+    public async Task BadPreface_ConnectionClosedWithoutAnswer()
+    {
+        await using var proxy = await StartProxyAsync("max_concurrent_streams: 100");
+        await using var raw = await RawClient.ConnectAsync(proxy.Public);
+
+        await raw.SendAsync("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + "garbage-that-is-not-a-settings-frame");
+        var closed = await raw.ReadToCloseAsync();
+
+        Assert.True(closed.Closed || closed.Reset);
+        await AssertHealthyAsync(proxy);
+    }
+}
