@@ -106,6 +106,8 @@ internal static class Program
     {
         ProxyServer server;
         PosixSignalRegistration? hangup = null;
+        PosixSignalRegistration? reopen = null;
+        OpenTelemetry.Trace.TracerProvider? tracing = null;
         try
         {
             var errors = ProxyServer.Validate(configPath);
@@ -129,15 +131,31 @@ internal static class Program
                 context.Cancel = true;
                 _ = reloading.ReloadAsync();
             });
+            // SIGUSR1 (10 on Linux; PosixSignal has no name for it but takes raw numbers): reopen the access log
+            // file after logrotate renamed it, as nginx does. Registered before binding, like SIGHUP.
+            if (OperatingSystem.IsLinux())
+            {
+                reopen = PosixSignalRegistration.Create((PosixSignal)10, context =>
+                {
+                    context.Cancel = true;
+                    reloading.ReopenLogs();
+                });
+            }
+            // The OTLP exporter is built before the listeners bind, so the first request is already traced.
+            tracing = Telemetry.StartTracing(server.Snapshot.Observability.Tracing, Version);
             await server.StartAsync();
         }
         catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException)
         {
             hangup?.Dispose();
+            reopen?.Dispose();
+            tracing?.Dispose();
             Console.Error.WriteLine($"proxy: {e.Message}");
             return ExitFailure;
         }
         using var hangupRegistration = hangup;
+        using var reopenRegistration = reopen;
+        using var tracingProvider = tracing;
 
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         void OnSignal(PosixSignalContext context)
@@ -150,6 +168,7 @@ internal static class Program
 
         await stop.Task;
         await server.StopAsync(server.ShutdownTimeout);
+        tracingProvider?.Dispose(); // exports the spans still batched
         await ProxyServer.FlushLogsAsync();
         return ExitOk;
     }

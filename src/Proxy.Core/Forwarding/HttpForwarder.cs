@@ -143,7 +143,7 @@ internal sealed class HttpForwarder
                                 _active = upstream;
                                 bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
 
-                                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination);
+                                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination, _client.Telemetry);
 
                                 if (head.HasBody)
                                 {
@@ -559,6 +559,7 @@ internal sealed class HttpForwarder
         if (!interim)
         {
             _client.ResponseStatus = response.StatusCode;
+            _client.Telemetry?.UpstreamResponseReceived(_client.Head, response.StatusCode);
             _client.WriteRequestIdField(output);
             if (outFraming == BodyFraming.Chunked)
             {
