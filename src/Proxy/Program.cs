@@ -17,6 +17,9 @@ internal static class Program
         Commands:
           run        Start the gateway (default config: ./proxy.yaml)
           validate   Check a config file; prints FILE:LINE:COL: message for every problem
+          lint       Check a config file, then list what to harden: routes without authentication or rate
+                     limit, catch-all routes on listeners reachable from other hosts, clusters on default
+                     timeouts (FILE:LINE:COL: code: message; exit 0 even with findings)
 
         Options:
           -c, --config FILE   Config file (default ./proxy.yaml)
@@ -71,6 +74,7 @@ internal static class Program
         {
             "run" => await RunAsync(configPath),
             "validate" => Validate(configPath),
+            "lint" => Lint(configPath),
             _ => UnknownCommand(command),
         };
     }
@@ -99,6 +103,26 @@ internal static class Program
             return ExitInvalidConfig;
         }
         Console.WriteLine($"{configPath}: ok");
+        return ExitOk;
+    }
+
+    private static int Lint(string configPath)
+    {
+        var (errors, findings) = Proxy.Configuration.ConfigLint.Run(configPath);
+        foreach (var error in errors)
+        {
+            Console.WriteLine(error);
+        }
+        if (errors.Count > 0)
+        {
+            Console.Error.WriteLine($"{configPath}: {errors.Count} problem(s)");
+            return ExitInvalidConfig;
+        }
+        foreach (var finding in findings)
+        {
+            Console.WriteLine(finding);
+        }
+        Console.Error.WriteLine($"{configPath}: valid; {findings.Count} finding(s) to review");
         return ExitOk;
     }
 

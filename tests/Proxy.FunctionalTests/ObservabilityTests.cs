@@ -114,6 +114,35 @@ public sealed class ObservabilityTests : IDisposable
         Assert.Empty(root.GetProperty("anomalies").EnumerateArray());
     }
 
+    private static Task<ProcessResult> RunProxyAsync(params string[] arguments)
+    {
+        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+        return ProcessRunner.RunAsync(dotnet, [CliTests.ProxyDll(), .. arguments], timeout: TimeSpan.FromSeconds(30));
+    }
+
+    [Fact]
+    public async Task Lint_ValidConfigWithFindings_PrintsThemAndExits0()
+    {
+        string path = Path.Combine(_directory, "lint.yaml");
+        await File.WriteAllTextAsync(path, """
+            listeners:
+              - { name: public, address: "0.0.0.0:8080" }
+            routes:
+              - { id: everything, match: { path: "/{**rest}" }, cluster: backend }
+            clusters:
+              backend: { destinations: ["http://127.0.0.1:1"], connect_timeout: 1s, request_timeout: 5s }
+            """);
+        var result = await RunProxyAsync("lint", "--config", path);
+        Assert.True(result.ExitCode == 0, result.ToString());
+        var lines = result.StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(3, lines.Length);
+        Assert.All(lines, l => Assert.StartsWith(path + ":4:5: ", l, StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.Contains("public_catch_all: route 'everything'", StringComparison.Ordinal));
+
+        await File.WriteAllTextAsync(path, "listeners: []\n");
+        Assert.Equal(2, (await RunProxyAsync("lint", "--config", path)).ExitCode);
+    }
+
     /// <summary>The real binary: OTLP export of the spans, and access log rotation by rename + SIGUSR1.</summary>
     [Fact]
     public async Task Run_OtlpAndSigusr1_SpansExportedAndLogReopened()

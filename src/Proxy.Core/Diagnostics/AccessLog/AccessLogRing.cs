@@ -63,6 +63,9 @@ internal sealed class AccessLogRing
         }
     }
 
+    /// <summary>Records claimed and not yet released (racy snapshot, for the writer's wake-up heuristic).</summary>
+    public long ApproximateCount => Volatile.Read(ref _enqueue.Value) - Volatile.Read(ref _dequeue.Value);
+
     public ref AccessLogRecord RecordAt(long position) => ref _slots[position & _mask].Record;
 
     public void Publish(long position) => Volatile.Write(ref _slots[position & _mask].Sequence, position + 1);
