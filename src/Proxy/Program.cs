@@ -17,6 +17,9 @@ internal static class Program
         Commands:
           run        Start the gateway (default config: ./proxy.yaml)
           validate   Check a config file; prints FILE:LINE:COL: message for every problem
+          lint       Check a config file, then list what to harden: routes without authentication or rate
+                     limit, catch-all routes on listeners reachable from other hosts, clusters on default
+                     timeouts (FILE:LINE:COL: code: message; exit 0 even with findings)
 
         Options:
           -c, --config FILE   Config file (default ./proxy.yaml)
@@ -71,6 +74,7 @@ internal static class Program
         {
             "run" => await RunAsync(configPath),
             "validate" => Validate(configPath),
+            "lint" => Lint(configPath),
             _ => UnknownCommand(command),
         };
     }
@@ -102,10 +106,32 @@ internal static class Program
         return ExitOk;
     }
 
+    private static int Lint(string configPath)
+    {
+        var (errors, findings) = Proxy.Configuration.ConfigLint.Run(configPath);
+        foreach (var error in errors)
+        {
+            Console.WriteLine(error);
+        }
+        if (errors.Count > 0)
+        {
+            Console.Error.WriteLine($"{configPath}: {errors.Count} problem(s)");
+            return ExitInvalidConfig;
+        }
+        foreach (var finding in findings)
+        {
+            Console.WriteLine(finding);
+        }
+        Console.Error.WriteLine($"{configPath}: valid; {findings.Count} finding(s) to review");
+        return ExitOk;
+    }
+
     private static async Task<int> RunAsync(string configPath)
     {
         ProxyServer server;
         PosixSignalRegistration? hangup = null;
+        PosixSignalRegistration? reopen = null;
+        OpenTelemetry.Trace.TracerProvider? tracing = null;
         try
         {
             var errors = ProxyServer.Validate(configPath);
@@ -129,15 +155,31 @@ internal static class Program
                 context.Cancel = true;
                 _ = reloading.ReloadAsync();
             });
+            // SIGUSR1 (10 on Linux; PosixSignal has no name for it but takes raw numbers): reopen the access log
+            // file after logrotate renamed it, as nginx does. Registered before binding, like SIGHUP.
+            if (OperatingSystem.IsLinux())
+            {
+                reopen = PosixSignalRegistration.Create((PosixSignal)10, context =>
+                {
+                    context.Cancel = true;
+                    reloading.ReopenLogs();
+                });
+            }
+            // The OTLP exporter is built before the listeners bind, so the first request is already traced.
+            tracing = Telemetry.StartTracing(server.Snapshot.Observability.Tracing, Version);
             await server.StartAsync();
         }
         catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException)
         {
             hangup?.Dispose();
+            reopen?.Dispose();
+            tracing?.Dispose();
             Console.Error.WriteLine($"proxy: {e.Message}");
             return ExitFailure;
         }
         using var hangupRegistration = hangup;
+        using var reopenRegistration = reopen;
+        using var tracingProvider = tracing;
 
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         void OnSignal(PosixSignalContext context)
@@ -150,6 +192,7 @@ internal static class Program
 
         await stop.Task;
         await server.StopAsync(server.ShutdownTimeout);
+        tracingProvider?.Dispose(); // exports the spans still batched
         await ProxyServer.FlushLogsAsync();
         return ExitOk;
     }

@@ -119,6 +119,7 @@ internal static class ConfigCompiler
             SourcePath = sourcePath,
             Admin = admin,
             Policies = [.. filters],
+            Observability = ObservabilityCompiler.Compile(config.Observability),
         };
     }
 

@@ -31,6 +31,8 @@ internal sealed record ProxyConfig
     public IReadOnlyList<PolicyConfig> Policies { get; init; } = [];
     /// <summary>The config file's directory: relative paths in the file (a jwt policy's jwks_file) resolve against it.</summary>
     public string BaseDirectory { get; init; } = "";
+    /// <summary>The <c>tracing:</c>, <c>access_log:</c> and <c>insights:</c> blocks (see ObservabilityConfig.cs).</summary>
+    public ObservabilityConfig Observability { get; init; } = new();
 }
 
 /// <summary>

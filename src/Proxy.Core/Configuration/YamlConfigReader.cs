@@ -12,9 +12,9 @@ namespace Proxy.Configuration;
 /// we word ourselves (with a suggestion) instead of an exception that stops at the first problem.
 /// Reports shape errors only; meaning is checked by <see cref="ConfigValidator"/>.
 /// </summary>
-internal sealed class YamlConfigReader
+internal sealed partial class YamlConfigReader
 {
-    private static readonly string[] s_rootKeys = ["server", "limits", "forwarded", "listeners", "routes", "clusters", "admin", "policies"];
+    private static readonly string[] s_rootKeys = ["server", "limits", "forwarded", "listeners", "routes", "clusters", "admin", "policies", "tracing", "access_log", "insights"];
     private static readonly string[] s_adminKeys = ["address", "token"];
     private static readonly string[] s_serverKeys = ["shutdown_timeout", "max_connections", "watch_config"];
     private static readonly string[] s_limitsKeys =
@@ -166,6 +166,7 @@ internal sealed class YamlConfigReader
             Clusters = clusters,
             Admin = map.Get("admin") is { } a ? ReadAdmin(a) : null,
             Policies = map.Get("policies") is { } p ? ReadPolicies(p) : [],
+            Observability = ReadObservability(map),
         };
     }
 

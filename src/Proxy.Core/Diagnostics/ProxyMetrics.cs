@@ -232,6 +232,14 @@ internal sealed class ProxyMetrics : IDisposable
                 CollectClusterCounter(overloaded: false)),
             new("proxy_upstream_overloaded_total", MetricType.Counter,
                 "Requests refused by the circuit breaker with 503 upstream_overloaded, by cluster.", CollectClusterCounter(overloaded: true)),
+            new("proxy_access_log_lines_total", MetricType.Counter, "Access log lines written.",
+                [new([], _runtime.Observability.AccessLogWritten)]),
+            new("proxy_access_log_dropped_total", MetricType.Counter,
+                "Access log lines dropped because the buffer was full (the writer could not keep up); requests never wait for the log.",
+                [new([], _runtime.Observability.AccessLogDropped)]),
+            new("proxy_traffic_anomalies_total", MetricType.Counter,
+                "Intervals in which a route's rate, error ratio or p99 latency exceeded insights.spike_factor times its baseline, by route and kind (rate, error_ratio, latency_p99).",
+                _runtime.Observability.Insights.AnomalyCounts()),
             new("proxy_config_reloads_total", MetricType.Counter,
                 "Config reload attempts (admin POST /reload, SIGHUP, file watch), by result (failure: the old config stays).",
                 [
@@ -267,6 +275,9 @@ internal sealed class ProxyMetrics : IDisposable
         }
         return samples;
     }
+
+    /// <summary>Every route handle so far, the unrouted one first (for traffic insights).</summary>
+    internal IReadOnlyList<RouteMetrics> RouteHandles() => Routes();
 
     private RouteMetrics[] Routes()
     {

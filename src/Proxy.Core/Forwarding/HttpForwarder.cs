@@ -162,7 +162,7 @@ internal sealed class HttpForwarder
                                 _active = upstream;
                                 bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
 
-                                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination);
+                                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination, _client.Telemetry);
 
                                 if (head.HasBody)
                                 {
@@ -633,6 +633,7 @@ internal sealed class HttpForwarder
             }
             _client.ResponseStatus = response.StatusCode;
             _client.WriteFilterFields(output);
+            _client.Telemetry?.UpstreamResponseReceived(_client.Head, response.StatusCode);
             _client.WriteRequestIdField(output);
             if (outFraming == BodyFraming.Chunked)
             {

@@ -1,5 +1,6 @@
 using System.IO.Pipelines;
 using System.Net;
+using Proxy.Diagnostics.Tracing;
 using Proxy.Http;
 using Proxy.Model;
 using Proxy.Upstream;
@@ -16,8 +17,11 @@ internal static class UpstreamRequestWriter
     /// and framing of our own. Nothing is materialised: every field is copied from the parsed offsets.
     /// </summary>
     public static void WriteHead(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
-        DestinationState destination)
+        DestinationState destination, RequestTelemetry? telemetry = null)
     {
+        // Tracing on: the client's traceparent/tracestate are replaced by ours (W3C Trace Context section 3.2.1).
+        bool tracing = telemetry?.Tracing is not null;
+        telemetry?.UpstreamRequestStarting(head, destination);
         output.Write(head.MethodBytes);
         output.Write(" "u8);
         output.Write(head.Target);
@@ -42,6 +46,10 @@ internal static class UpstreamRequestWriter
             if (head.RequestIdGenerated && f.Known == KnownHeader.None && head.Name(i).EqualsIgnoreCaseAscii(RequestId.FieldName))
             {
                 continue; // the client's id was invalid: ours replaces it below
+            }
+            if (tracing && f.Known == KnownHeader.None && TraceContext.IsTraceField(head.Name(i)))
+            {
+                continue;
             }
             if (mode != ForwardedMode.Off)
             {
@@ -72,6 +80,10 @@ internal static class UpstreamRequestWriter
         if (head.RequestIdGenerated)
         {
             output.WriteField(RequestId.FieldName, head.RequestIdValue);
+        }
+        if (tracing)
+        {
+            telemetry!.WriteTraceFields(output, head);
         }
 
         if (head.HostIndex < 0)

@@ -60,7 +60,7 @@ internal static class AdminApi
 
     public const string Redacted = "<redacted>";
 
-    private const string Endpoints = "GET /healthz /readyz /metrics /config /routes /clusters; POST /drain /reload";
+    private const string Endpoints = "GET /healthz /readyz /metrics /config /routes /clusters /insights; POST /drain /reload";
 
     public static async ValueTask<bool> HandleAsync(Http1ServerConnection connection, ProxyRuntime runtime)
     {
@@ -187,6 +187,10 @@ internal static class AdminApi
         {
             return isGet ? Json(json => WriteClusters(json, snapshot)) : MethodNotAllowed("GET, HEAD");
         }
+        if (path.SequenceEqual("/insights"u8))
+        {
+            return isGet ? Json(json => WriteInsights(json, runtime.Observability.Insights.Snapshot())) : MethodNotAllowed("GET, HEAD");
+        }
         if (path.SequenceEqual("/drain"u8))
         {
             if (!isPost)
@@ -233,6 +237,81 @@ internal static class AdminApi
     }
 
     // ---- JSON documents -------------------------------------------------------------------------
+
+    /// <summary><c>GET /insights</c>: top routes by count and by p99, top clients, status codes, recent anomalies.</summary>
+    private static void WriteInsights(Utf8JsonWriter json, Diagnostics.Insights.TrafficInsights.Report report)
+    {
+        static double R(double v) => Math.Round(v, 3);
+        json.WriteStartObject();
+        json.WriteBoolean("enabled", report.Model.Enabled);
+        json.WriteNumber("interval_seconds", report.Model.Interval.TotalSeconds);
+        json.WriteNumber("baseline_intervals", report.Model.BaselineIntervals);
+        json.WriteNumber("spike_factor", report.Model.SpikeFactor);
+        json.WriteNumber("min_requests", report.Model.MinRequests);
+        void Routes(string name, IEnumerable<Diagnostics.Insights.TrafficInsights.RouteView> routes)
+        {
+            json.WriteStartArray(name);
+            foreach (var r in routes)
+            {
+                json.WriteStartObject();
+                json.WriteString("route", r.Route);
+                json.WriteString("cluster", r.Cluster);
+                json.WriteNumber("requests", r.Requests);
+                json.WriteNumber("errors_5xx", r.Errors);
+                json.WriteNumber("mean_ms", R(r.MeanMs));
+                json.WriteStartObject("last_interval");
+                json.WriteNumber("requests", r.LastRequests);
+                json.WriteNumber("rate", R(r.Rate));
+                json.WriteNumber("error_ratio", R(r.ErrorRatio));
+                json.WriteNumber("p50_ms", R(r.P50Ms));
+                json.WriteNumber("p99_ms", R(r.P99Ms));
+                json.WriteEndObject();
+                json.WriteStartObject("baseline");
+                json.WriteNumber("intervals", r.Samples);
+                json.WriteNumber("rate", R(r.BaselineRate));
+                json.WriteNumber("error_ratio", R(r.BaselineErrorRatio));
+                json.WriteNumber("p99_ms", R(r.BaselineP99Ms));
+                json.WriteEndObject();
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+        }
+        Routes("top_routes_by_requests", report.Routes.OrderByDescending(r => r.Requests).Take(10));
+        Routes("top_routes_by_latency", report.Routes.OrderByDescending(r => r.P99Ms).ThenByDescending(r => r.MeanMs).Take(10));
+        json.WriteStartArray("top_clients");
+        foreach (var c in report.Clients)
+        {
+            json.WriteStartObject();
+            json.WriteString("client", c.Address.ToString());
+            json.WriteNumber("requests", c.Requests);
+            json.WriteNumber("mean_ms", R(c.MeanMs));
+            json.WriteEndObject();
+        }
+        json.WriteEndArray();
+        json.WriteStartArray("top_status");
+        foreach (var (status, count) in report.Statuses.Take(10))
+        {
+            json.WriteStartObject();
+            json.WriteNumber("status", status);
+            json.WriteNumber("requests", count);
+            json.WriteEndObject();
+        }
+        json.WriteEndArray();
+        json.WriteStartArray("anomalies");
+        foreach (var a in report.Anomalies)
+        {
+            json.WriteStartObject();
+            json.WriteString("at", a.At.ToString("O", CultureInfo.InvariantCulture));
+            json.WriteString("route", a.Route);
+            json.WriteString("kind", a.Kind);
+            json.WriteNumber("value", Math.Round(a.Value, 6));
+            json.WriteNumber("baseline", Math.Round(a.Baseline, 6));
+            json.WriteNumber("factor", a.Factor);
+            json.WriteEndObject();
+        }
+        json.WriteEndArray();
+        json.WriteEndObject();
+    }
 
     private static AdminResponse Json(Action<Utf8JsonWriter> write)
     {

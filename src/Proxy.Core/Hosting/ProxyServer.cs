@@ -65,6 +65,9 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
     /// <summary>Waits briefly until queued log lines are written (before process exit).</summary>
     public static Task FlushLogsAsync() => ProxyLog.FlushAsync(TimeSpan.FromSeconds(2));
 
+    /// <summary>Reopens the access log file at its configured path, after rotation by rename (the host does it on SIGUSR1).</summary>
+    public void ReopenLogs() => _runtime.Observability.ReopenAccessLog();
+
     /// <summary>The config snapshot in use (tests look at cluster and destination state through it).</summary>
     internal ProxySnapshot Snapshot => _runtime.Current;
 

@@ -345,6 +345,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             long started = Stopwatch.GetTimestamp();
             bool keepAlive = await HandleRequestPerIpAsync().ConfigureAwait(false);
             _runtime.Metrics.RequestEnded(Listener, _route, Head.Method, ResponseStatus, started);
+            ObserveRequestEnd(started);
             if (!keepAlive || _draining)
             {
                 return;

@@ -24,6 +24,8 @@ internal sealed class ProxySnapshot
     public AdminModel? Admin { get; init; }
     /// <summary>One filter per configured policy, by name, in file order (for metrics and the admin API).</summary>
     public IReadOnlyList<KeyValuePair<string, IRequestHeadersFilter>> Policies { get; init; } = [];
+    /// <summary>Tracing, access log and insights settings (<c>tracing:</c>, <c>access_log:</c>, <c>insights:</c>).</summary>
+    public ObservabilityModel Observability { get; init; } = ObservabilityModel.Off;
 }
 
 /// <summary>The admin API's settings. Its listener is the last entry of <see cref="ProxySnapshot.Listeners"/>.</summary>

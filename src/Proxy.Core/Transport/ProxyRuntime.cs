@@ -21,6 +21,8 @@ internal sealed class ProxyRuntime : IDisposable
         Registry = new ConnectionRegistry();
         Metrics = new ProxyMetrics(this);
         Metrics.Adopt(snapshot);
+        Observability = new ProxyObservability(Metrics.RouteHandles);
+        Observability.Apply(snapshot);
     }
 
     public ProxySnapshot Current => Volatile.Read(ref _current);
@@ -29,10 +31,14 @@ internal sealed class ProxyRuntime : IDisposable
     {
         // Bind the new snapshot's metric handles before any request can see it.
         Metrics.Adopt(snapshot);
+        Observability.Apply(snapshot);
         Volatile.Write(ref _current, snapshot);
     }
 
     public ProxyMetrics Metrics { get; }
+
+    /// <summary>Access log writer and traffic insights (tracing and log settings are per snapshot).</summary>
+    public ProxyObservability Observability { get; }
 
     /// <summary>What the admin API reads and controls beyond the snapshot (readiness, drain); set by the server.</summary>
     public IAdminHost? AdminHost { get; set; }
@@ -61,6 +67,7 @@ internal sealed class ProxyRuntime : IDisposable
     public void Dispose()
     {
         Registry.Dispose();
+        Observability.Dispose();
         Metrics.Dispose();
     }
 

@@ -1,0 +1,141 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using BenchmarkDotNet.Attributes;
+using Proxy.Hosting;
+
+namespace Proxy.Benchmarks.Observability;
+
+/// <summary>
+/// One proxied request over loopback, with the access log (to a file), tracing (sampling 0, traceparent
+/// propagated) and insights on, against the same request with all three off: the cost of observability per request.
+/// Metrics are always on. Same shape as <see cref="EndToEnd.ProxyRoundTripBenchmarks"/>.
+/// </summary>
+[MemoryDiagnoser]
+public class ObservabilityRoundTripBenchmarks
+{
+    private static readonly byte[] s_response = Encoding.ASCII.GetBytes(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + new string('x', 99) + "\n");
+
+    private ProxyServer? _proxy;
+    private Socket? _upstreamListener;
+    private Socket? _client;
+    private byte[] _request = [];
+    private readonly byte[] _receive = new byte[64 * 1024];
+    private int _responseLength;
+    private string _log = "";
+
+    [Params(false, true)]
+    public bool Observability { get; set; }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        Environment.SetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", "1");
+        _upstreamListener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        _upstreamListener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _upstreamListener.Listen(16);
+        int upstreamPort = ((IPEndPoint)_upstreamListener.LocalEndPoint!).Port;
+        new Thread(UpstreamLoop) { IsBackground = true }.Start();
+
+        _log = Path.Combine(Path.GetTempPath(), $"proxy-bench-{Environment.ProcessId}.log");
+        string observability = Observability
+            ? $$"""
+              tracing: { sampling: 0 }
+              access_log: { path: "{{_log}}" }
+              insights: { enabled: true }
+              """
+            : "insights: { enabled: false }";
+        string yaml = $$"""
+            listeners:
+              - { name: bench, address: 127.0.0.1:0 }
+            routes:
+              - { id: all, match: { path: "/{**rest}" }, cluster: origin }
+            clusters:
+              origin:
+                destinations: [{ address: "http://127.0.0.1:{{upstreamPort}}" }]
+            {{observability}}
+            """;
+        _proxy = ProxyServer.FromYaml(yaml);
+        _proxy.StartAsync().GetAwaiter().GetResult();
+        _request = Encoding.ASCII.GetBytes("GET /api/items?page=2 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n"
+            + "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n");
+        _client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        _client.Connect(_proxy.GetEndPoint("bench"));
+        _client.Send(_request);
+        _responseLength = ReadResponse(0);
+    }
+
+    [Benchmark]
+    public int ProxiedRequest()
+    {
+        _client!.Send(_request);
+        return ReadResponse(_responseLength);
+    }
+
+    private int ReadResponse(int expected)
+    {
+        int total = 0;
+        while (true)
+        {
+            int n = _client!.Receive(_receive.AsSpan(total));
+            if (n == 0)
+            {
+                throw new InvalidOperationException("proxy closed the connection");
+            }
+            total += n;
+            if (expected > 0 ? total >= expected : HeadAndBodyComplete(total))
+            {
+                return total;
+            }
+        }
+    }
+
+    private bool HeadAndBodyComplete(int total)
+    {
+        int end = _receive.AsSpan(0, total).IndexOf("\r\n\r\n"u8);
+        return end >= 0 && total >= end + 4 + 100;
+    }
+
+    private void UpstreamLoop()
+    {
+        using Socket socket = _upstreamListener!.Accept();
+        socket.NoDelay = true;
+        var buffer = new byte[64 * 1024];
+        int filled = 0;
+        while (true)
+        {
+            int n;
+            try
+            {
+                n = socket.Receive(buffer.AsSpan(filled));
+            }
+            catch (SocketException)
+            {
+                return;
+            }
+            if (n == 0)
+            {
+                return;
+            }
+            filled += n;
+            // Requests have no body: answer each complete head.
+            int end;
+            while ((end = buffer.AsSpan(0, filled).IndexOf("\r\n\r\n"u8)) >= 0)
+            {
+                socket.Send(s_response);
+                buffer.AsSpan(end + 4, filled - end - 4).CopyTo(buffer);
+                filled -= end + 4;
+            }
+        }
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        _client?.Dispose();
+        _proxy?.StopAsync(TimeSpan.FromSeconds(1)).GetAwaiter().GetResult();
+        _upstreamListener?.Dispose();
+        File.Delete(_log);
+    }
+}

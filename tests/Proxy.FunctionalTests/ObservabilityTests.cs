@@ -1,0 +1,227 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using Proxy.FunctionalTests.Infrastructure;
+
+namespace Proxy.FunctionalTests;
+
+/// <summary>Tracing (traceparent out, OTLP export), the JSON access log (rotation on SIGUSR1) and GET /insights, over real sockets.</summary>
+public sealed class ObservabilityTests : IDisposable
+{
+    private const string ClientTrace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    private const string ClientParent = "00f067aa0ba902b7";
+    private readonly string _directory = Directory.CreateTempSubdirectory("proxy-observability-").FullName;
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    private static async Task<List<JsonElement>> WaitForLinesAsync(string path, int count)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (true)
+        {
+            string[] lines = File.Exists(path) ? File.ReadAllLines(path) : [];
+            if (lines.Length >= count || DateTime.UtcNow > deadline)
+            {
+                Assert.True(lines.Length >= count, $"{lines.Length} access log line(s) in {path}, expected {count}");
+                return lines.Select(l => JsonDocument.Parse(l).RootElement.Clone()).ToList();
+            }
+            await Task.Delay(20);
+        }
+    }
+
+    private static async Task<HttpMessage> GetAsync(IPEndPoint endPoint, string target, params string[] headers)
+    {
+        await using var client = await RawClient.ConnectAsync(endPoint);
+        await client.SendAsync(Wire.Get(target, "example.test", headers));
+        return await client.ReadResponseAsync();
+    }
+
+    [Fact]
+    public async Task AccessLog_ProxiedRequests_LinesParseAndCarryRequestIdAndTraceId()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        string log = Path.Combine(_directory, "access.log");
+        string yaml = new ProxyConfig { BackendPort = upstream.Port }.Render() + $$"""
+            admin: { address: "127.0.0.1:0" }
+            tracing: { sampling: 0 }
+            access_log: { path: "{{log}}" }
+            """;
+        await using var proxy = await TestProxy.StartAsync(yaml);
+
+        var first = await GetAsync(proxy.Public, "/api/orders?id=1", $"traceparent: 00-{ClientTrace}-{ClientParent}-01");
+        var second = await GetAsync(proxy.Public, "/hello");
+        Assert.Equal(200, first.Status);
+
+        var lines = await WaitForLinesAsync(log, 2);
+        var proxied = lines.Single(l => l.GetProperty("route").GetString() == "all");
+        Assert.Equal(first.Header("x-request-id"), proxied.GetProperty("request_id").GetString());
+        Assert.Equal("backend", proxied.GetProperty("cluster").GetString());
+        Assert.Equal(upstream.Address, proxied.GetProperty("destination").GetString());
+        Assert.Equal("/api/orders", proxied.GetProperty("path").GetString());
+        Assert.Equal("GET", proxied.GetProperty("method").GetString());
+        Assert.Equal(200, proxied.GetProperty("status").GetInt32());
+        Assert.Equal("127.0.0.1", proxied.GetProperty("client").GetString());
+        Assert.True(proxied.GetProperty("upstream_ms").GetDouble() >= 0);
+        Assert.True(proxied.GetProperty("duration_ms").GetDouble() >= proxied.GetProperty("upstream_ms").GetDouble());
+        Assert.Equal("GET /api/orders?id=1".Length, proxied.GetProperty("bytes_out").GetInt64()); // the Ok upstream echoes "METHOD target"
+        Assert.True(proxied.GetProperty("bytes_in").GetInt64() > 40);
+        Assert.Equal(ClientTrace, proxied.GetProperty("trace_id").GetString());
+        Assert.True(DateTime.UtcNow - proxied.GetProperty("time").GetDateTime().ToUniversalTime() < TimeSpan.FromMinutes(1));
+
+        // The upstream saw the same trace, with the span id the access log names as the upstream call's.
+        var forwarded = (await upstream.WaitForRequestAsync()).Header("traceparent")!.Split('-');
+        Assert.Equal(ClientTrace, forwarded[1]);
+        Assert.Equal(proxied.GetProperty("span_id").GetString(), forwarded[2]);
+
+        var direct = lines.Single(l => l.GetProperty("route").GetString() == "hello");
+        Assert.Equal(second.Header("x-request-id"), direct.GetProperty("request_id").GetString());
+        Assert.Equal(JsonValueKind.Null, direct.GetProperty("upstream_ms").ValueKind);
+        Assert.Matches("^[0-9a-f]{32}$", direct.GetProperty("trace_id").GetString()!);
+
+        using var http = new HttpClient();
+        string metrics = await http.GetStringAsync($"http://127.0.0.1:{proxy.Server.GetEndPoint("admin").Port}/metrics");
+        Assert.Contains("proxy_access_log_dropped_total 0", metrics);
+        Assert.Matches(@"proxy_access_log_lines_total [2-9]", metrics);
+    }
+
+    [Fact]
+    public async Task Insights_AfterTraffic_ListsRoutesClientsAndStatuses()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        string yaml = new ProxyConfig { BackendPort = upstream.Port }.Render() + """
+            admin: { address: "127.0.0.1:0" }
+            """;
+        await using var proxy = await TestProxy.StartAsync(yaml);
+        for (int i = 0; i < 3; i++)
+        {
+            await GetAsync(proxy.Public, "/api/x");
+        }
+        await GetAsync(proxy.Public, "/hello");
+
+        using var http = new HttpClient();
+        using var insights = JsonDocument.Parse(await http.GetStringAsync($"http://127.0.0.1:{proxy.Server.GetEndPoint("admin").Port}/insights"));
+        var root = insights.RootElement;
+        var top = root.GetProperty("top_routes_by_requests").EnumerateArray().ToList();
+        Assert.Equal("all", top[0].GetProperty("route").GetString());
+        Assert.Equal(3, top[0].GetProperty("requests").GetInt64());
+        Assert.Equal("hello", top[1].GetProperty("route").GetString());
+        var client = Assert.Single(root.GetProperty("top_clients").EnumerateArray());
+        Assert.Equal("127.0.0.1", client.GetProperty("client").GetString());
+        Assert.Equal(4, client.GetProperty("requests").GetInt64());
+        var status = Assert.Single(root.GetProperty("top_status").EnumerateArray());
+        Assert.Equal((200, 4), (status.GetProperty("status").GetInt32(), status.GetProperty("requests").GetInt64()));
+        Assert.Empty(root.GetProperty("anomalies").EnumerateArray());
+    }
+
+    private static Task<ProcessResult> RunProxyAsync(params string[] arguments)
+    {
+        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+        return ProcessRunner.RunAsync(dotnet, [CliTests.ProxyDll(), .. arguments], timeout: TimeSpan.FromSeconds(30));
+    }
+
+    [Fact]
+    public async Task Lint_ValidConfigWithFindings_PrintsThemAndExits0()
+    {
+        string path = Path.Combine(_directory, "lint.yaml");
+        await File.WriteAllTextAsync(path, """
+            listeners:
+              - { name: public, address: "0.0.0.0:8080" }
+            routes:
+              - { id: everything, match: { path: "/{**rest}" }, cluster: backend }
+            clusters:
+              backend: { destinations: ["http://127.0.0.1:1"], connect_timeout: 1s, request_timeout: 5s }
+            """);
+        var result = await RunProxyAsync("lint", "--config", path);
+        Assert.True(result.ExitCode == 0, result.ToString());
+        var lines = result.StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(3, lines.Length);
+        Assert.All(lines, l => Assert.StartsWith(path + ":4:5: ", l, StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.Contains("public_catch_all: route 'everything'", StringComparison.Ordinal));
+
+        await File.WriteAllTextAsync(path, "listeners: []\n");
+        Assert.Equal(2, (await RunProxyAsync("lint", "--config", path)).ExitCode);
+    }
+
+    /// <summary>The real binary: OTLP export of the spans, and access log rotation by rename + SIGUSR1.</summary>
+    [Fact]
+    public async Task Run_OtlpAndSigusr1_SpansExportedAndLogReopened()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var collector = RecordingUpstream.Start(UpstreamBehaviors.Ok()); // answers OTLP/HTTP POSTs with 200
+        int port = Ports.ClosedPort();
+        string log = Path.Combine(_directory, "run-access.log");
+        string config = Path.Combine(_directory, "run.yaml");
+        await File.WriteAllTextAsync(config, $$"""
+            server: { watch_config: false }
+            listeners:
+              - { name: public, address: "127.0.0.1:{{port}}" }
+            routes:
+              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+            clusters:
+              backend: { destinations: ["{{upstream.Address}}"] }
+            tracing: { sampling: 0, otlp: { endpoint: "{{collector.Address}}", protocol: http/protobuf } }
+            access_log: { path: "{{log}}", fields: [time, route, status, request_id, trace_id] }
+            """);
+        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+        var start = new ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { CliTests.ProxyDll(), "run", "--config", config })
+        {
+            start.ArgumentList.Add(a);
+        }
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        try
+        {
+            var endPoint = new IPEndPoint(IPAddress.Loopback, port);
+            if (!await CliTests.WaitUntilListeningAsync(port, process))
+            {
+                Assert.Fail($"proxy did not start:\n{await stdout}\n{await stderr}");
+            }
+            var response = await GetAsync(endPoint, "/traced", $"traceparent: 00-{ClientTrace}-{ClientParent}-01");
+            Assert.Equal(200, response.Status);
+            var upstreamParent = (await upstream.WaitForRequestAsync()).Header("traceparent")!.Split('-');
+            Assert.Equal(ClientTrace, upstreamParent[1]);
+            Assert.NotEqual(ClientParent, upstreamParent[2]);
+            var firstLine = Assert.Single(await WaitForLinesAsync(log, 1));
+            Assert.Equal(response.Header("x-request-id"), firstLine.GetProperty("request_id").GetString());
+
+            // logrotate's way: rename, then signal; the next line goes to a new file at the configured path.
+            File.Move(log, log + ".1");
+            Assert.Equal(0, CliTests.Kill(process.Id, 10)); // SIGUSR1
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+            while (!File.Exists(log) && DateTime.UtcNow < deadline && !process.HasExited)
+            {
+                await Task.Delay(20);
+            }
+            Assert.True(File.Exists(log), $"SIGUSR1 did not reopen the access log:\n{(process.HasExited ? await stderr : "")}");
+            var second = await GetAsync(endPoint, "/after-rotation");
+            var secondLine = Assert.Single(await WaitForLinesAsync(log, 1));
+            Assert.Equal(second.Header("x-request-id"), secondLine.GetProperty("request_id").GetString());
+            Assert.Single(File.ReadAllLines(log + ".1"));
+
+            // SIGTERM flushes the batched spans: the collector receives them with the client's trace id.
+            Assert.Equal(0, CliTests.Kill(process.Id, 15));
+            using (var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20)))
+            {
+                await process.WaitForExitAsync(cts.Token);
+            }
+            byte[] traceId = Convert.FromHexString(ClientTrace);
+            var exports = collector.Requests.Where(r => r.Method == "POST" && r.Target == "/v1/traces").ToList();
+            Assert.True(exports.Count > 0, $"no OTLP export; collector saw: {string.Join(", ", collector.Requests.Select(r => r.StartLine))}\n{await stdout}\n{await stderr}");
+            byte[] all = exports.SelectMany(r => r.Body).ToArray();
+            Assert.True(all.AsSpan().IndexOf(traceId) >= 0, "the exported spans do not carry the client's trace id");
+            Assert.True(all.AsSpan().IndexOf(Encoding.ASCII.GetBytes("GET all")) >= 0, "no server span named 'GET all'");
+            Assert.True(all.AsSpan().IndexOf(Convert.FromHexString(upstreamParent[2])) >= 0, "no client span with the forwarded span id");
+            Assert.Equal("application/x-protobuf", exports[0].Header("content-type"));
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill();
+            }
+        }
+    }
+}
