@@ -70,6 +70,10 @@ internal static class ConfigValidator
             {
                 ValidateForwarded(forwarded, config.Forwarded, errors);
             }
+            if (listener.Tls is { } tls)
+            {
+                Proxy.Transport.Tls.TlsConfigCompiler.ValidateListener(tls, config.BaseDirectory, errors);
+            }
             if (config.Admin is not null && listener.Name is { Value: AdminModel.ListenerName } reserved)
             {
                 errors.Add(reserved.Mark, $"listener name '{AdminModel.ListenerName}' is reserved for the admin API's listener when an 'admin' block is present");
@@ -178,6 +182,7 @@ internal static class ConfigValidator
                 }
             }
             ValidateResilience(cluster, errors);
+            Proxy.Transport.Tls.TlsConfigCompiler.ValidateCluster(cluster, config.BaseDirectory, errors);
         }
         return names;
     }

@@ -20,7 +20,16 @@ internal sealed class YamlConfigReader
     private static readonly string[] s_limitsKeys =
         ["max_request_line", "max_header_bytes", "max_headers", "max_body_bytes", "header_timeout", "keepalive_timeout", "body_timeout"];
     private static readonly string[] s_forwardedKeys = ["mode", "trusted_networks"];
-    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies"];
+    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies", "tls"];
+    private static readonly string[] s_tlsKeys = ["certificates", "client_certificates", "handshake_timeout"];
+    private static readonly string[] s_tlsCertificateKeys = ["cert", "key", "hosts"];
+    private static readonly string[] s_clientCertificateKeys = ["mode", "ca", "forward_header"];
+    private static readonly string[] s_upstreamTlsKeys = ["sni", "ca", "insecure_skip_verify", "client_cert", "client_key"];
+    private static readonly (string Name, Proxy.Transport.Tls.ClientCertificateMode Value)[] s_clientCertificateModes =
+    [
+        ("none", Proxy.Transport.Tls.ClientCertificateMode.None), ("request", Proxy.Transport.Tls.ClientCertificateMode.Request),
+        ("require", Proxy.Transport.Tls.ClientCertificateMode.Require),
+    ];
     private static readonly string[] s_routeKeys = ["id", "listeners", "match", "cluster", "respond", "policies"];
     private static readonly string[] s_matchKeys = ["path", "hosts", "methods", "headers", "query"];
     private static readonly string[] s_fieldMatchKeys = ["name", "value", "present"];
@@ -28,7 +37,7 @@ internal sealed class YamlConfigReader
     private static readonly string[] s_clusterKeys =
     [
         "load_balancing", "destinations", "connect_timeout", "request_timeout", "max_connections", "idle_timeout",
-        "health_check", "outlier_detection", "retry", "circuit_breaker", "panic_mode",
+        "health_check", "outlier_detection", "retry", "circuit_breaker", "panic_mode", "tls",
     ];
     private static readonly string[] s_healthCheckKeys = ["path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"];
     private static readonly string[] s_outlierKeys = ["consecutive_failures", "base_ejection", "max_ejection_percent"];
@@ -272,6 +281,64 @@ internal sealed class YamlConfigReader
             Limits = ReadLimits(map.Get("limits")),
             Forwarded = map.Get("forwarded") is { } f ? ReadForwarded(f) : null,
             Policies = StringList(map, "policies"),
+            Tls = map.Get("tls") is { } t ? ReadListenerTls(t) : null,
+        };
+    }
+
+    private ListenerTlsConfig? ReadListenerTls(YamlNode node)
+    {
+        if (Map(node, "'tls'", s_tlsKeys) is not { } map)
+        {
+            return null;
+        }
+        var certificates = new List<TlsCertificateConfig>();
+        foreach (var item in List(map, "certificates"))
+        {
+            if (Map(item, "a certificate", s_tlsCertificateKeys) is { } c)
+            {
+                certificates.Add(new TlsCertificateConfig
+                {
+                    Mark = c.Mark,
+                    Cert = RequiredString(c, "cert", "certificate"),
+                    Key = RequiredString(c, "key", "certificate"),
+                    Hosts = StringList(c, "hosts"),
+                });
+            }
+        }
+        ClientCertificatesConfig? clients = null;
+        if (map.Get("client_certificates") is { } cc && Map(cc, "'client_certificates'", s_clientCertificateKeys) is { } ccMap)
+        {
+            clients = new ClientCertificatesConfig
+            {
+                Mark = ccMap.Mark,
+                Mode = Enum(ccMap, "mode", s_clientCertificateModes),
+                Ca = String(ccMap, "ca"),
+                ForwardHeader = String(ccMap, "forward_header"),
+            };
+        }
+        return new ListenerTlsConfig
+        {
+            Mark = map.Mark,
+            Certificates = certificates,
+            ClientCertificates = clients,
+            HandshakeTimeout = Duration(map, "handshake_timeout"),
+        };
+    }
+
+    private UpstreamTlsConfig? ReadUpstreamTls(YamlNode node)
+    {
+        if (Map(node, "'tls'", s_upstreamTlsKeys) is not { } map)
+        {
+            return null;
+        }
+        return new UpstreamTlsConfig
+        {
+            Mark = map.Mark,
+            Sni = String(map, "sni"),
+            Ca = String(map, "ca"),
+            InsecureSkipVerify = Bool(map, "insecure_skip_verify")?.Value,
+            ClientCert = String(map, "client_cert"),
+            ClientKey = String(map, "client_key"),
         };
     }
 
@@ -393,6 +460,7 @@ internal sealed class YamlConfigReader
             Retry = map.Get("retry") is { } r ? ReadRetry(r) : null,
             CircuitBreaker = map.Get("circuit_breaker") is { } c ? ReadCircuitBreaker(c) : null,
             PanicMode = Bool(map, "panic_mode")?.Value,
+            Tls = map.Get("tls") is { } t ? ReadUpstreamTls(t) : null,
         };
     }
 

@@ -143,7 +143,8 @@ internal sealed class HttpForwarder
                                 _active = upstream;
                                 bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
 
-                                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination);
+                                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination,
+                                    _client.Transport, _client.Listener.Tls?.ForwardHeader);
 
                                 if (head.HasBody)
                                 {

@@ -2,6 +2,7 @@ using System.IO.Pipelines;
 using System.Net;
 using Proxy.Http;
 using Proxy.Model;
+using Proxy.Transport;
 using Proxy.Upstream;
 
 namespace Proxy.Forwarding;
@@ -14,9 +15,12 @@ internal static class UpstreamRequestWriter
     /// <summary>
     /// Writes the upstream request head: request line, the client's fields minus hop-by-hop ones, X-Forwarded-*,
     /// and framing of our own. Nothing is materialised: every field is copied from the parsed offsets.
+    /// The client's <c>transport</c>, when given, makes X-Forwarded-Proto https over TLS and carries the verified client
+    /// certificate; <c>clientCertificateHeader</c> is the listener's <c>client_certificates.forward_header</c> (lower
+    /// case): incoming copies are dropped, and the subject, when there is one, is written under that name.
     /// </summary>
     public static void WriteHead(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
-        DestinationState destination)
+        DestinationState destination, ClientTransport? transport = null, byte[]? clientCertificateHeader = null)
     {
         output.Write(head.MethodBytes);
         output.Write(" "u8);
@@ -42,6 +46,10 @@ internal static class UpstreamRequestWriter
             if (head.RequestIdGenerated && f.Known == KnownHeader.None && head.Name(i).EqualsIgnoreCaseAscii(RequestId.FieldName))
             {
                 continue; // the client's id was invalid: ours replaces it below
+            }
+            if (clientCertificateHeader is not null && f.Known == KnownHeader.None && head.Name(i).EqualsIgnoreCaseAscii(clientCertificateHeader))
+            {
+                continue; // only the proxy vouches for a client certificate: a client's own copy is dropped
             }
             if (mode != ForwardedMode.Off)
             {
@@ -74,6 +82,11 @@ internal static class UpstreamRequestWriter
             output.WriteField(RequestId.FieldName, head.RequestIdValue);
         }
 
+        if (clientCertificateHeader is not null && transport?.ClientCertificateSubjectBytes is { } subject)
+        {
+            output.WriteField(clientCertificateHeader, subject);
+        }
+
         if (head.HostIndex < 0)
         {
             // HTTP/1.0 without Host: name the destination (RFC 9112 section 3.2 requires Host in 1.1).
@@ -101,7 +114,7 @@ internal static class UpstreamRequestWriter
             output.Write("\r\n"u8);
             if (!hasProto)
             {
-                output.Write("x-forwarded-proto: http\r\n"u8);
+                output.Write(transport is { IsSecure: true } ? "x-forwarded-proto: https\r\n"u8 : "x-forwarded-proto: http\r\n"u8);
             }
             if (!hasHost && head.HostIndex >= 0)
             {
