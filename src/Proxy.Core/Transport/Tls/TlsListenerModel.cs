@@ -105,17 +105,6 @@ internal sealed class TlsListenerModel
     }
 
     internal void CountHandshakeFailure() => Interlocked.Increment(ref _handshakeFailures);
-
-    /// <summary>A short text of the configuration (paths, hosts, mode) for the cluster/listener change detection.</summary>
-    public string Describe()
-    {
-        var text = new System.Text.StringBuilder();
-        foreach (var s in Sources)
-        {
-            text.Append(s.CertPath).Append(',').Append(s.KeyPath).Append(',').Append(string.Join(' ', s.Hosts)).Append(';');
-        }
-        return text.Append(ClientCertificates).Append(CaPath).Append(HandshakeTimeout.Ticks).ToString();
-    }
 }
 
 /// <summary>
