@@ -20,6 +20,8 @@ internal static class Program
           lint       Check a config file, then list what to harden: routes without authentication or rate
                      limit, catch-all routes on listeners reachable from other hosts, clusters on default
                      timeouts (FILE:LINE:COL: code: message; exit 0 even with findings)
+          dev-cert   Write a self-signed certificate and key (PEM) for local TLS
+                     [--out DIR (default ./certs)] [--hosts localhost,127.0.0.1,::1]
 
         Options:
           -c, --config FILE   Config file (default ./proxy.yaml)
@@ -52,6 +54,10 @@ internal static class Program
         }
 
         string command = args[0];
+        if (command == "dev-cert")
+        {
+            return DevCert(args);
+        }
         string configPath = "proxy.yaml";
         for (int i = 1; i < args.Length; i++)
         {
@@ -82,6 +88,51 @@ internal static class Program
     private static string Version =>
         typeof(ProxyServer).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion?.Split('+')[0]
         ?? "0.0.0";
+
+    /// <summary><c>proxy dev-cert [--out DIR] [--hosts a,b]</c>: a self-signed certificate for local TLS.</summary>
+    private static int DevCert(string[] args)
+    {
+        string directory = "certs";
+        string[] hosts = ["localhost", "127.0.0.1", "::1"];
+        for (int i = 1; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--out" when i + 1 < args.Length:
+                    directory = args[++i];
+                    break;
+                case "--hosts" when i + 1 < args.Length:
+                    hosts = args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+                    break;
+                case "-h" or "--help":
+                    Console.WriteLine(Usage);
+                    return ExitOk;
+                default:
+                    Console.Error.WriteLine($"proxy dev-cert: unknown argument '{args[i]}'");
+                    Console.Error.WriteLine(Usage);
+                    return ExitInvalidConfig;
+            }
+        }
+        if (hosts.Length == 0)
+        {
+            Console.Error.WriteLine("proxy dev-cert: --hosts needs at least one name");
+            return ExitInvalidConfig;
+        }
+        try
+        {
+            var now = DateTimeOffset.UtcNow;
+            using var certificate = Proxy.Transport.Tls.DevCertificate.Create(hosts, now.AddMinutes(-5), now.AddDays(365));
+            var (certPath, keyPath) = Proxy.Transport.Tls.DevCertificate.WritePem(certificate, directory, "dev-cert");
+            Console.WriteLine($"wrote {certPath} and {keyPath} (self-signed, {string.Join(", ", hosts)}, valid until {certificate.NotAfter.ToUniversalTime():yyyy-MM-dd})");
+            Console.WriteLine($"trust it with: curl --cacert {certPath} https://localhost:8443/");
+            return ExitOk;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"proxy dev-cert: {e.Message}");
+            return ExitFailure;
+        }
+    }
 
     private static int UnknownCommand(string command)
     {

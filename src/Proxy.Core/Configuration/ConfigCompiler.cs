@@ -51,6 +51,7 @@ internal static class ConfigCompiler
                 Limits = MergeLimits(serverLimits, l.Limits),
                 Forwarded = BuildForwarded(config.Forwarded, l.Forwarded),
                 Metrics = new ListenerMetrics(l.Name!.Value.Value),
+                Tls = l.Tls is { } tls ? Proxy.Transport.Tls.TlsConfigCompiler.BuildListener(l.Name!.Value.Value, tls, config.BaseDirectory) : null,
             };
         }
         AdminModel? admin = null;
@@ -76,7 +77,7 @@ internal static class ConfigCompiler
         var clusters = new Dictionary<string, ClusterModel>(StringComparer.Ordinal);
         foreach (var c in config.Clusters)
         {
-            ClusterModel built = BuildCluster(c);
+            ClusterModel built = BuildCluster(c, config.BaseDirectory);
             if (previous is not null && previous.TryGetValue(built.Name, out var running) && SameDefinition(running, built))
             {
                 built = running;
@@ -310,6 +311,10 @@ internal static class ConfigCompiler
         text.Append(c.Name).Append('|').Append(c.LoadBalancing).Append('|').Append(c.ConnectTimeout.Ticks).Append('|')
             .Append(c.RequestTimeout.Ticks).Append('|').Append(c.ResponseTimeout.Ticks).Append('|').Append(c.StreamIdleTimeout.Ticks).Append('|').Append(c.MaxConnections).Append('|').Append(c.IdleTimeout.Ticks)
             .Append('|').Append(c.PanicMode);
+        if (c.Tls is { } tls)
+        {
+            text.Append("|tls:").Append(tls.Description);
+        }
         foreach (var d in c.Destinations)
         {
             text.Append("|d:").Append(d.Address).Append('*').Append(d.Weight);
@@ -339,14 +344,14 @@ internal static class ConfigCompiler
         return text.ToString();
     }
 
-    private static ClusterModel BuildCluster(ClusterConfig c)
+    private static ClusterModel BuildCluster(ClusterConfig c, string baseDirectory)
     {
         var destinations = new DestinationState[c.Destinations.Count];
         for (int i = 0; i < destinations.Length; i++)
         {
             var d = c.Destinations[i];
             ConfigSyntax.TryParseDestination(d.Address.Value, out var host, out var port, out _);
-            destinations[i] = new DestinationState(d.Address.Value, host, port, d.Weight);
+            destinations[i] = new DestinationState(d.Address.Value, host, port, d.Weight, ConfigSyntax.IsSecureDestination(d.Address.Value));
         }
         HealthCheckModel? healthCheck = c.HealthCheck is { } h ? BuildHealthCheck(h) : null;
         OutlierDetectionModel? outlier = c.OutlierDetection is { } o ? BuildOutlierDetection(o) : null;
@@ -375,6 +380,7 @@ internal static class ConfigCompiler
             IdleTimeout = c.IdleTimeout ?? s_clusterDefaults.IdleTimeout,
             Policy = LoadBalancingPolicies.Create(c.LoadBalancing),
             Metrics = new ClusterMetrics(c.Name.Value),
+            Tls = Proxy.Transport.Tls.TlsConfigCompiler.BuildCluster(c, baseDirectory),
         };
     }
 

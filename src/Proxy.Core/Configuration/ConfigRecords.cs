@@ -119,6 +119,46 @@ internal sealed record ListenerConfig
     public ForwardedConfig? Forwarded { get; init; }
     /// <summary>Default policies for every route on this listener; they run before the route's own.</summary>
     public IReadOnlyList<Located<string>> Policies { get; init; } = [];
+    /// <summary>The <c>tls:</c> block; null for a cleartext listener.</summary>
+    public ListenerTlsConfig? Tls { get; init; }
+}
+
+/// <summary>A listener's <c>tls:</c> block (docs/tls.md).</summary>
+internal sealed record ListenerTlsConfig
+{
+    public required Mark Mark { get; init; }
+    public IReadOnlyList<TlsCertificateConfig> Certificates { get; init; } = [];
+    public ClientCertificatesConfig? ClientCertificates { get; init; }
+    public TimeSpan? HandshakeTimeout { get; init; }
+}
+
+/// <summary>One <c>certificates:</c> entry: PEM chain, PEM key, and the SNI names it serves (empty: its DNS names).</summary>
+internal sealed record TlsCertificateConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<string>? Cert { get; init; }
+    public Located<string>? Key { get; init; }
+    public IReadOnlyList<Located<string>> Hosts { get; init; } = [];
+}
+
+/// <summary><c>client_certificates: { mode, ca, forward_header }</c> (mTLS).</summary>
+internal sealed record ClientCertificatesConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<Proxy.Transport.Tls.ClientCertificateMode>? Mode { get; init; }
+    public Located<string>? Ca { get; init; }
+    public Located<string>? ForwardHeader { get; init; }
+}
+
+/// <summary>A cluster's <c>tls:</c> block for its https:// destinations.</summary>
+internal sealed record UpstreamTlsConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<string>? Sni { get; init; }
+    public Located<string>? Ca { get; init; }
+    public bool? InsecureSkipVerify { get; init; }
+    public Located<string>? ClientCert { get; init; }
+    public Located<string>? ClientKey { get; init; }
 }
 
 internal sealed record RouteConfig
@@ -199,6 +239,8 @@ internal sealed record ClusterConfig
     public RetryConfig? Retry { get; init; }
     public CircuitBreakerConfig? CircuitBreaker { get; init; }
     public bool? PanicMode { get; init; }
+    /// <summary>TLS settings for https:// destinations; null: defaults (SNI from the address, system trust store).</summary>
+    public UpstreamTlsConfig? Tls { get; init; }
     public SessionAffinityConfig? SessionAffinity { get; init; }
 }
 

@@ -76,8 +76,11 @@ internal static class ConfigSyntax
         return true;
     }
 
+    /// <summary>True for an https:// destination (TLS to the upstream).</summary>
+    public static bool IsSecureDestination(string text) => text.StartsWith("https://", StringComparison.OrdinalIgnoreCase);
+
     /// <summary>
-    /// An upstream destination: an absolute http:// URL with a host and an optional port (default 80), and
+    /// An upstream destination: an absolute http:// or https:// URL with a host and an optional port (default 80 or 443), and
     /// no path, query or credentials, since the engine forwards the client's path unchanged.
     /// IPv6 hosts keep their brackets ("[::1]") so the Host header can be written from them directly.
     /// </summary>
@@ -85,16 +88,12 @@ internal static class ConfigSyntax
     {
         host = "";
         port = 0;
-        if (text.StartsWith("https://", StringComparison.OrdinalIgnoreCase))
-        {
-            error = $"destination '{text}': https:// upstreams are not supported yet; use http://";
-            return false;
-        }
-        if (!text.StartsWith("http://", StringComparison.OrdinalIgnoreCase)
+        // https:// destinations speak TLS (the cluster's tls: block, docs/tls.md); the default port follows the scheme.
+        if (!(text.StartsWith("http://", StringComparison.OrdinalIgnoreCase) || text.StartsWith("https://", StringComparison.OrdinalIgnoreCase))
             || !Uri.TryCreate(text, UriKind.Absolute, out var uri)
-            || uri.Scheme != Uri.UriSchemeHttp)
+            || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
         {
-            error = $"destination '{text}' must be an absolute http:// URL such as http://127.0.0.1:9000";
+            error = $"destination '{text}' must be an absolute http:// or https:// URL such as http://127.0.0.1:9000";
             return false;
         }
         if (uri.Host.Length == 0)

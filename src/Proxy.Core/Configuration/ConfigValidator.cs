@@ -70,6 +70,10 @@ internal static class ConfigValidator
             {
                 ValidateForwarded(forwarded, config.Forwarded, errors);
             }
+            if (listener.Tls is { } tls)
+            {
+                Proxy.Transport.Tls.TlsConfigCompiler.ValidateListener(tls, config.BaseDirectory, errors);
+            }
             if (config.Admin is not null && listener.Name is { Value: AdminModel.ListenerName } reserved)
             {
                 errors.Add(reserved.Mark, $"listener name '{AdminModel.ListenerName}' is reserved for the admin API's listener when an 'admin' block is present");
@@ -182,6 +186,7 @@ internal static class ConfigValidator
             {
                 errors.Add(affinityName.Mark, $"session_affinity 'name' must be a token (RFC 9110 section 5.6.2, RFC 6265 section 4.1.1), got '{affinityName.Value}'");
             }
+            Proxy.Transport.Tls.TlsConfigCompiler.ValidateCluster(cluster, config.BaseDirectory, errors);
         }
         return names;
     }

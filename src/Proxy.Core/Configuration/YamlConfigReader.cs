@@ -25,7 +25,16 @@ internal sealed partial class YamlConfigReader
          "rapid_reset", "max_control_frames_per_second", "send_stall_timeout"];
     private static readonly string[] s_rapidResetKeys = ["max", "window"];
     private static readonly string[] s_forwardedKeys = ["mode", "trusted_networks"];
-    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies"];
+    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies", "tls"];
+    private static readonly string[] s_tlsKeys = ["certificates", "client_certificates", "handshake_timeout"];
+    private static readonly string[] s_tlsCertificateKeys = ["cert", "key", "hosts"];
+    private static readonly string[] s_clientCertificateKeys = ["mode", "ca", "forward_header"];
+    private static readonly string[] s_upstreamTlsKeys = ["sni", "ca", "insecure_skip_verify", "client_cert", "client_key"];
+    private static readonly (string Name, Proxy.Transport.Tls.ClientCertificateMode Value)[] s_clientCertificateModes =
+    [
+        ("none", Proxy.Transport.Tls.ClientCertificateMode.None), ("request", Proxy.Transport.Tls.ClientCertificateMode.Request),
+        ("require", Proxy.Transport.Tls.ClientCertificateMode.Require),
+    ];
     private static readonly string[] s_routeKeys =
         ["id", "listeners", "match", "cluster", "respond", "policies", "clusters", "canary", "request_timeout", "response_timeout", "stream_idle_timeout"];
     private static readonly string[] s_weightedClusterKeys = ["name", "weight"];
@@ -37,7 +46,7 @@ internal sealed partial class YamlConfigReader
     [
         "load_balancing", "destinations", "connect_timeout", "request_timeout", "max_connections", "idle_timeout",
         "health_check", "outlier_detection", "retry", "circuit_breaker", "panic_mode", "response_timeout", "stream_idle_timeout",
-        "session_affinity",
+        "session_affinity", "tls",
     ];
     private static readonly string[] s_affinityKeys = ["mode", "name", "ttl"];
     private static readonly (string Name, AffinityMode Value)[] s_affinityModes = [("cookie", AffinityMode.Cookie), ("header", AffinityMode.Header)];
@@ -324,6 +333,64 @@ internal sealed partial class YamlConfigReader
             Limits = ReadLimits(map.Get("limits")),
             Forwarded = map.Get("forwarded") is { } f ? ReadForwarded(f) : null,
             Policies = StringList(map, "policies"),
+            Tls = map.Get("tls") is { } t ? ReadListenerTls(t) : null,
+        };
+    }
+
+    private ListenerTlsConfig? ReadListenerTls(YamlNode node)
+    {
+        if (Map(node, "'tls'", s_tlsKeys) is not { } map)
+        {
+            return null;
+        }
+        var certificates = new List<TlsCertificateConfig>();
+        foreach (var item in List(map, "certificates"))
+        {
+            if (Map(item, "a certificate", s_tlsCertificateKeys) is { } c)
+            {
+                certificates.Add(new TlsCertificateConfig
+                {
+                    Mark = c.Mark,
+                    Cert = RequiredString(c, "cert", "certificate"),
+                    Key = RequiredString(c, "key", "certificate"),
+                    Hosts = StringList(c, "hosts"),
+                });
+            }
+        }
+        ClientCertificatesConfig? clients = null;
+        if (map.Get("client_certificates") is { } cc && Map(cc, "'client_certificates'", s_clientCertificateKeys) is { } ccMap)
+        {
+            clients = new ClientCertificatesConfig
+            {
+                Mark = ccMap.Mark,
+                Mode = Enum(ccMap, "mode", s_clientCertificateModes),
+                Ca = String(ccMap, "ca"),
+                ForwardHeader = String(ccMap, "forward_header"),
+            };
+        }
+        return new ListenerTlsConfig
+        {
+            Mark = map.Mark,
+            Certificates = certificates,
+            ClientCertificates = clients,
+            HandshakeTimeout = Duration(map, "handshake_timeout"),
+        };
+    }
+
+    private UpstreamTlsConfig? ReadUpstreamTls(YamlNode node)
+    {
+        if (Map(node, "'tls'", s_upstreamTlsKeys) is not { } map)
+        {
+            return null;
+        }
+        return new UpstreamTlsConfig
+        {
+            Mark = map.Mark,
+            Sni = String(map, "sni"),
+            Ca = String(map, "ca"),
+            InsecureSkipVerify = Bool(map, "insecure_skip_verify")?.Value,
+            ClientCert = String(map, "client_cert"),
+            ClientKey = String(map, "client_key"),
         };
     }
 
@@ -503,6 +570,7 @@ internal sealed partial class YamlConfigReader
             Retry = map.Get("retry") is { } r ? ReadRetry(r) : null,
             CircuitBreaker = map.Get("circuit_breaker") is { } c ? ReadCircuitBreaker(c) : null,
             PanicMode = Bool(map, "panic_mode")?.Value,
+            Tls = map.Get("tls") is { } t ? ReadUpstreamTls(t) : null,
             SessionAffinity = map.Get("session_affinity") is { } a ? ReadSessionAffinity(a) : null,
         };
     }

@@ -162,7 +162,8 @@ internal sealed class HttpForwarder
                                 _active = upstream;
                                 bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
 
-                                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination, _client.Telemetry);
+                                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination,
+                                    _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader);
 
                                 if (head.HasBody)
                                 {

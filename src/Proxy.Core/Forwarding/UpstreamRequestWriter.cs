@@ -3,6 +3,7 @@ using System.Net;
 using Proxy.Diagnostics.Tracing;
 using Proxy.Http;
 using Proxy.Model;
+using Proxy.Transport;
 using Proxy.Upstream;
 
 namespace Proxy.Forwarding;
@@ -15,9 +16,13 @@ internal static class UpstreamRequestWriter
     /// <summary>
     /// Writes the upstream request head: request line, the client's fields minus hop-by-hop ones, X-Forwarded-*,
     /// and framing of our own. Nothing is materialised: every field is copied from the parsed offsets.
+    /// The client's <c>transport</c>, when given, makes X-Forwarded-Proto https over TLS and carries the verified client
+    /// certificate; <c>clientCertificateHeader</c> is the listener's <c>client_certificates.forward_header</c> (lower
+    /// case): incoming copies are dropped, and the subject, when there is one, is written under that name.
     /// </summary>
     public static void WriteHead(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
-        DestinationState destination, RequestTelemetry? telemetry = null)
+        DestinationState destination, RequestTelemetry? telemetry = null, ClientTransport? transport = null,
+        byte[]? clientCertificateHeader = null)
     {
         // Tracing on: the client's traceparent/tracestate are replaced by ours (W3C Trace Context section 3.2.1).
         bool tracing = telemetry?.Tracing is not null;
@@ -50,6 +55,10 @@ internal static class UpstreamRequestWriter
             if (tracing && f.Known == KnownHeader.None && TraceContext.IsTraceField(head.Name(i)))
             {
                 continue;
+            }
+            if (clientCertificateHeader is not null && f.Known == KnownHeader.None && head.Name(i).EqualsIgnoreCaseAscii(clientCertificateHeader))
+            {
+                continue; // only the proxy vouches for a client certificate: a client's own copy is dropped
             }
             if (mode != ForwardedMode.Off)
             {
@@ -86,6 +95,11 @@ internal static class UpstreamRequestWriter
             telemetry!.WriteTraceFields(output, head);
         }
 
+        if (clientCertificateHeader is not null && transport?.ClientCertificateSubjectBytes is { } subject)
+        {
+            output.WriteField(clientCertificateHeader, subject);
+        }
+
         if (head.HostIndex < 0)
         {
             // HTTP/1.0 without Host: name the destination (RFC 9112 section 3.2 requires Host in 1.1).
@@ -113,7 +127,7 @@ internal static class UpstreamRequestWriter
             output.Write("\r\n"u8);
             if (!hasProto)
             {
-                output.Write("x-forwarded-proto: http\r\n"u8);
+                output.Write(transport is { IsSecure: true } ? "x-forwarded-proto: https\r\n"u8 : "x-forwarded-proto: http\r\n"u8);
             }
             if (!hasHost && head.HostIndex >= 0)
             {

@@ -20,7 +20,7 @@ internal sealed partial class Http1ServerConnection
     private FilterStatus RunFilters(FilterChain chain, RouteModel route)
     {
         RequestContext context = State.Filters;
-        context.Begin(Head, RemoteAddress, route.Id, Listener.Name);
+        context.Begin(Head, RemoteAddress, route.Id, Listener.Name, _transport.ClientCertificateSubject);
         try
         {
             return chain.RunRequestHeaders(context);
@@ -74,7 +74,7 @@ internal sealed partial class Http1ServerConnection
     private bool FilterFailed(RequestContext context, Exception e)
     {
         ProxyLog.Error("filter_failed", ("listener", Listener.Name), ("route", context.RouteId), ("error", e.ToString()));
-        context.Begin(Head, RemoteAddress, context.RouteId, Listener.Name);
+        context.Begin(Head, RemoteAddress, context.RouteId, Listener.Name, _transport.ClientCertificateSubject);
         context.Respond(500, "filter_failed", "text/plain"u8, "500 Internal Server Error: filter_failed\n"u8);
         return true;
     }

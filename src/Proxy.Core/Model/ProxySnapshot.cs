@@ -106,6 +106,8 @@ internal sealed class ListenerModel
     public ForwardedModel Forwarded { get; init; } = ForwardedModel.Default;
     /// <summary>Counters bound to this listener at compile time (null only for models built by hand in tests).</summary>
     public ListenerMetrics? Metrics { get; set; }
+    /// <summary>The <c>tls:</c> block: certificates by SNI, client certificates; null for a cleartext listener.</summary>
+    public Proxy.Transport.Tls.TlsListenerModel? Tls { get; init; }
 }
 
 internal sealed class HeaderMatchModel
@@ -237,6 +239,8 @@ internal sealed class ClusterModel
     public CircuitBreakerModel? CircuitBreaker { get; init; }
     /// <summary>With every destination down, spread over all of them instead of answering 503 no_healthy_destination.</summary>
     public bool PanicMode { get; init; }
+    /// <summary>TLS for the cluster's https:// destinations; null when it has none.</summary>
+    public Proxy.Transport.Tls.UpstreamTlsModel? Tls { get; init; }
 
     /// <summary>Which destinations may take requests now (health checks, ejections); built by the compiler.</summary>
     public required ClusterHealth Health { get; init; }

@@ -22,6 +22,7 @@ public sealed class RequestContext
     private IPAddress _clientAddress = IPAddress.None;
     private string _routeId = "";
     private string _listenerName = "";
+    private string? _clientCertificateSubject;
 
     // The local answer: extra header lines ("name: value\r\n"...) then the body, in one buffer kept across
     // requests so that answering (a 429 under a flood) allocates nothing once the buffer has grown.
@@ -63,6 +64,12 @@ public sealed class RequestContext
 
     /// <summary>The name of the listener the request arrived on.</summary>
     public string ListenerName => _listenerName;
+
+    /// <summary>
+    /// The subject of the client's TLS certificate ("CN=alice, O=Example") when the listener asks for client certificates
+    /// and the client presented one that chains to the configured CA; null otherwise (cleartext, no certificate).
+    /// </summary>
+    public string? ClientCertificateSubject => _clientCertificateSubject;
 
     /// <summary>
     /// The first field named <paramref name="name"/> (ASCII, compared case-insensitively, RFC 9110 section 5.1).
@@ -150,9 +157,10 @@ public sealed class RequestContext
     internal ReadOnlySpan<byte> ReplyContentType => _contentType;
 
     /// <summary>Binds the context to a request before its chain runs.</summary>
-    internal void Begin(RequestHead head, IPAddress clientAddress, string routeId, string listenerName)
+    internal void Begin(RequestHead head, IPAddress clientAddress, string routeId, string listenerName, string? clientCertificateSubject = null)
     {
         _head = head;
+        _clientCertificateSubject = clientCertificateSubject;
         _clientAddress = clientAddress;
         _routeId = routeId;
         _listenerName = listenerName;

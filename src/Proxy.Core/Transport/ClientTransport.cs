@@ -35,6 +35,12 @@ internal abstract class ClientTransport : IDisposable
     /// <summary>True when the client reached us over TLS (X-Forwarded-Proto: https).</summary>
     public virtual bool IsSecure => false;
 
+    /// <summary>TLS with a verified client certificate (mTLS): its subject ("CN=client, O=Example"); null otherwise.</summary>
+    public virtual string? ClientCertificateSubject => null;
+
+    /// <summary><see cref="ClientCertificateSubject"/> as a field value (UTF-8, no control characters), for forwarding.</summary>
+    public virtual byte[]? ClientCertificateSubjectBytes => null;
+
     /// <summary>Sends FIN while still reading: the first half of a lingering close.</summary>
     public abstract void ShutdownSend();
 

@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using Proxy.Diagnostics;
 using Proxy.Http1;
 using Proxy.Model;
+using Proxy.Transport.Tls;
 
 namespace Proxy.Transport;
 
@@ -15,6 +16,11 @@ internal sealed class SocketListener
     private readonly ProxyRuntime _runtime;
     private readonly Socket _socket;
     private Task? _acceptLoop;
+    /// <summary>Checks the TLS certificate files for changes (stat only) once per <see cref="CertificateCheckInterval"/>.</summary>
+    private Timer? _certificateCheck;
+
+    /// <summary>How often TLS listeners look at their certificate files' modification times.</summary>
+    internal static TimeSpan CertificateCheckInterval { get; set; } = TimeSpan.FromSeconds(1);
 
     public SocketListener(ProxyRuntime runtime, ListenerModel model)
     {
@@ -37,7 +43,20 @@ internal sealed class SocketListener
     public ListenerModel Model
     {
         get => _model;
-        set => _model = value;
+        set
+        {
+            _model = value;
+            EnsureCertificateCheck();
+        }
+    }
+
+    /// <summary>Starts the certificate check once the listener serves TLS (at start, or when a reload turns TLS on).</summary>
+    private void EnsureCertificateCheck()
+    {
+        if (_model.Tls is not null && _certificateCheck is null && _acceptLoop is not null)
+        {
+            _certificateCheck = new Timer(static state => ((SocketListener)state!).CheckCertificates(), this, CertificateCheckInterval, CertificateCheckInterval);
+        }
     }
 
     /// <summary>The bound address (kept after the socket closes, so a drained listener can still be described).</summary>
@@ -49,11 +68,25 @@ internal sealed class SocketListener
         _socket.Listen(4096);
         EndPoint = (IPEndPoint)_socket.LocalEndPoint!;
         _acceptLoop = AcceptLoopAsync();
+        EnsureCertificateCheck();
         ProxyLog.Info("listener_started", ("listener", Model.Name), ("address", EndPoint.ToString()), ("handler", Model.Handler.ToString().ToLowerInvariant()));
+    }
+
+    private void CheckCertificates()
+    {
+        try
+        {
+            Model.Tls?.RefreshIfChanged();
+        }
+        catch (Exception e)
+        {
+            ProxyLog.Error("tls_certificate_reload_failed", ("listener", Model.Name), ("error", e.ToString()));
+        }
     }
 
     public async Task StopAsync()
     {
+        _certificateCheck?.Dispose();
         try
         {
             _socket.Close();
@@ -108,6 +141,14 @@ internal sealed class SocketListener
             client.NoDelay = true;
             model = Model;
             model.Metrics?.Accepted();
+            if (model.Tls is not null)
+            {
+                // The handshake (a key exchange and a signature, plus waiting for the client) runs on the thread
+                // pool so that the next accept never waits for it.
+                ThreadPool.UnsafeQueueUserWorkItem(static state => _ = TlsTransport.AcceptAsync(state.Runtime, state.Model, state.Client, state.Origin),
+                    (Runtime: _runtime, Model: model, Client: client, Origin: (object)this), preferLocal: false);
+                continue;
+            }
             var connection = new Http1ServerConnection(_runtime, model, new SocketTransport(client)) { Origin = this };
             _ = connection.RunAsync();
         }

@@ -33,6 +33,11 @@ internal static class SocketPipes
     public static (NetworkStream Stream, PipeReader Input, PipeWriter Output) Create(Socket socket, bool upstream = false)
     {
         var stream = new NetworkStream(socket, ownsSocket: false);
-        return (stream, PipeReader.Create(stream, upstream ? s_upstreamReaderOptions : s_readerOptions), PipeWriter.Create(stream, s_writerOptions));
+        var (input, output) = Create(stream, upstream);
+        return (stream, input, output);
     }
+
+    /// <summary>Pipes over any stream (an SslStream over the socket's NetworkStream) with the same options.</summary>
+    public static (PipeReader Input, PipeWriter Output) Create(Stream stream, bool upstream = false)
+        => (PipeReader.Create(stream, upstream ? s_upstreamReaderOptions : s_readerOptions), PipeWriter.Create(stream, s_writerOptions));
 }

@@ -1,7 +1,9 @@
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
 using Proxy.Diagnostics;
 using Proxy.Model;
+using Proxy.Transport.Tls;
 
 namespace Proxy.Upstream;
 
@@ -14,6 +16,8 @@ internal enum ConnectError : byte
     PoolExhausted,
     /// <summary>The cluster's circuit breaker max_connections is reached (no wait: refused at once).</summary>
     Overloaded,
+    /// <summary>An https:// destination: the TLS handshake failed (untrusted or expired certificate, name mismatch, protocol).</summary>
+    TlsFailed,
 }
 
 /// <summary>
@@ -32,6 +36,8 @@ internal sealed class ConnectionPool
     private readonly IPEndPoint? _endPoint;
     private readonly ClusterMetrics? _metrics;
     private readonly ClusterBreaker? _breaker;
+    /// <summary>Client options for an https:// destination (built once, copied by each SslStream); null for http://.</summary>
+    private readonly SslClientAuthenticationOptions? _tls;
     private int _open;
     /// <summary>Set under the idle lock once a reload dropped the cluster: returned connections are closed, not kept.</summary>
     private bool _retired;
@@ -47,6 +53,10 @@ internal sealed class ConnectionPool
         if (IPAddress.TryParse(destination.Host, out var address))
         {
             _endPoint = new IPEndPoint(address, destination.Port);
+        }
+        if (destination.Secure)
+        {
+            _tls = (cluster.Tls ?? UpstreamTlsModel.Default).ClientOptions(destination.Host);
         }
     }
 
@@ -103,8 +113,10 @@ internal sealed class ConnectionPool
         }
         Interlocked.Increment(ref _open);
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        SslStream? tls = null;
         try
         {
+            // One deadline for connect and handshake: connect_timeout bounds the whole wait for a usable connection.
             var remaining = _connectTimeout - TimeSpan.FromMilliseconds(Environment.TickCount64 - started);
             using var cts = new CancellationTokenSource(remaining > TimeSpan.Zero ? remaining : TimeSpan.FromMilliseconds(1));
             if (_endPoint is not null)
@@ -115,11 +127,31 @@ internal sealed class ConnectionPool
             {
                 await socket.ConnectAsync(_destination.Host, _destination.Port, cts.Token).ConfigureAwait(false);
             }
+            if (_tls is not null)
+            {
+                tls = new SslStream(new NetworkStream(socket, ownsSocket: false), leaveInnerStreamOpen: false);
+                try
+                {
+                    await tls.AuthenticateAsClientAsync(_tls, cts.Token).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    TlsLog.UpstreamHandshakeFailed(_destination.Address, _tls.TargetHost ?? "", e);
+                    tls.Dispose();
+                    socket.Dispose();
+                    OnConnectionClosed();
+                    _metrics?.ConnectFailed(ConnectError.TlsFailed);
+                    return (null, ConnectError.TlsFailed);
+                }
+                _metrics?.ConnectionOpened();
+                return (new UpstreamConnection(socket, tls, _destination), ConnectError.None);
+            }
             _metrics?.ConnectionOpened();
             return (new UpstreamConnection(socket, _destination), ConnectError.None);
         }
         catch (OperationCanceledException)
         {
+            tls?.Dispose();
             socket.Dispose();
             OnConnectionClosed();
             _metrics?.ConnectFailed(ConnectError.Timeout);
@@ -127,6 +159,7 @@ internal sealed class ConnectionPool
         }
         catch (Exception)
         {
+            tls?.Dispose();
             socket.Dispose();
             OnConnectionClosed();
             _metrics?.ConnectFailed(ConnectError.Refused);

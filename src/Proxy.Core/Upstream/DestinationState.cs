@@ -6,14 +6,18 @@ namespace Proxy.Upstream;
 /// </summary>
 internal sealed class DestinationState
 {
-    public DestinationState(string address, string host, int port, int weight)
+    public DestinationState(string address, string host, int port, int weight, bool secure = false)
     {
         Address = address;
         Host = host;
         Port = port;
         Weight = weight;
-        HostHeader = System.Text.Encoding.ASCII.GetBytes(port == 80 ? host : host + ":" + port);
+        Secure = secure;
+        HostHeader = System.Text.Encoding.ASCII.GetBytes(port == (secure ? 443 : 80) ? host : host + ":" + port);
     }
+
+    /// <summary>An https:// destination: connections speak TLS (the cluster's <c>tls:</c> settings).</summary>
+    public bool Secure { get; }
 
     /// <summary>As configured, for logs ("http://127.0.0.1:9000").</summary>
     public string Address { get; }

@@ -1,4 +1,5 @@
 using System.IO.Pipelines;
+using System.Net.Security;
 using System.Net.Sockets;
 using Proxy.Http;
 using Proxy.Transport;
@@ -9,14 +10,27 @@ namespace Proxy.Upstream;
 internal sealed class UpstreamConnection
 {
     private readonly Socket _socket;
-    private readonly NetworkStream _stream;
+    /// <summary>The socket's NetworkStream, or for an https:// destination the SslStream over it (which owns it).</summary>
+    private readonly Stream _stream;
+    private readonly bool _secure;
     private int _disposed;
 
     public UpstreamConnection(Socket socket, DestinationState destination)
     {
         _socket = socket;
         Destination = destination;
-        (_stream, Input, Output) = SocketPipes.Create(socket, upstream: true);
+        (var stream, Input, Output) = SocketPipes.Create(socket, upstream: true);
+        _stream = stream;
+    }
+
+    /// <summary>A connection whose TLS handshake completed; <paramref name="tls"/> owns the socket's NetworkStream.</summary>
+    public UpstreamConnection(Socket socket, SslStream tls, DestinationState destination)
+    {
+        _socket = socket;
+        Destination = destination;
+        _stream = tls;
+        _secure = true;
+        (Input, Output) = SocketPipes.Create(tls, upstream: true);
     }
 
     public DestinationState Destination { get; }
@@ -41,7 +55,17 @@ internal sealed class UpstreamConnection
         }
         try
         {
-            return _socket.Poll(0, SelectMode.SelectRead) || !_socket.Connected;
+            if (!_socket.Connected)
+            {
+                return true;
+            }
+            if (!_socket.Poll(0, SelectMode.SelectRead))
+            {
+                return false;
+            }
+            // Over TLS, bytes on an idle connection are usually a TLS 1.3 NewSessionTicket (RFC 8446 section 4.6.1)
+            // that SslStream reads with the next response: only end of stream (readable, nothing to read) is dead.
+            return !_secure || _socket.Available == 0;
         }
         catch (Exception)
         {

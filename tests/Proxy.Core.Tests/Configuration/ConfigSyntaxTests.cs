@@ -40,6 +40,8 @@ public class ConfigSyntaxTests
     [InlineData("http://backend", "backend", 80)]
     [InlineData("http://Backend.Example.com/", "backend.example.com", 80)]
     [InlineData("http://[::1]:9000", "[::1]", 9000)]
+    [InlineData("https://127.0.0.1:9443", "127.0.0.1", 9443)]
+    [InlineData("https://api.example.com", "api.example.com", 443)]
     public void TryParseDestination_Valid_ReturnsHostAndPort(string text, string host, int port)
     {
         Assert.True(ConfigSyntax.TryParseDestination(text, out var h, out var p, out var error), error);
@@ -48,9 +50,8 @@ public class ConfigSyntaxTests
     }
 
     [Theory]
-    [InlineData("https://127.0.0.1:9443", "not supported yet")]
-    [InlineData("127.0.0.1:9000", "absolute http:// URL")]
-    [InlineData("ftp://host", "absolute http:// URL")]
+    [InlineData("127.0.0.1:9000", "absolute http:// or https:// URL")]
+    [InlineData("ftp://host", "absolute http:// or https:// URL")]
     [InlineData("http://host:9000/api", "path")]
     [InlineData("http://host?x=1", "path, query")]
     [InlineData("http://user:pw@host", "credentials")]

@@ -359,8 +359,8 @@ public class ConfigValidationTests
         Assert.Equal(
             [
                 "t.yaml:5:21: unknown load_balancing 'round_robbin'; did you mean 'round_robin'? (expected one of: round_robin, least_requests, power_of_two, random)",
-                "t.yaml:7:9: destination 'https://127.0.0.1:9443': https:// upstreams are not supported yet; use http://",
-                "t.yaml:8:20: destination '127.0.0.1:9001' must be an absolute http:// URL such as http://127.0.0.1:9000",
+                "t.yaml:7:9: destination 'ftp://127.0.0.1:9443' must be an absolute http:// or https:// URL such as http://127.0.0.1:9000",
+                "t.yaml:8:20: destination '127.0.0.1:9001' must be an absolute http:// or https:// URL such as http://127.0.0.1:9000",
                 "t.yaml:8:46: 'weight' must be between 1 and 1000000, got 0",
                 "t.yaml:10:19: cluster 'empty' has no destinations; list at least one",
                 "t.yaml:12:5: cluster 'none' is missing required key 'destinations'",
@@ -371,7 +371,7 @@ public class ConfigValidationTests
                 "  b:",
                 "    load_balancing: round_robbin",
                 "    destinations:",
-                "      - https://127.0.0.1:9443",
+                "      - ftp://127.0.0.1:9443",
                 "      - { address: \"127.0.0.1:9001\", weight: 0 }",
                 "  empty:",
                 "    destinations: []",
@@ -438,7 +438,7 @@ public class ConfigValidationTests
                 "t.yaml:4:30: invalid listener address '127.0.0.1:99999': port 99999 is out of range (0-65535)",
                 "t.yaml:6:29: path 'nope' must start with '/'",
                 "t.yaml:6:46: route 'r' refers to unknown cluster 'missing'",
-                "t.yaml:8:23: destination 'ftp://x' must be an absolute http:// URL such as http://127.0.0.1:9000",
+                "t.yaml:8:23: destination 'ftp://x' must be an absolute http:// or https:// URL such as http://127.0.0.1:9000",
                 "t.yaml:8:51: unknown load_balancing 'fastest'; expected one of: round_robin, least_requests, power_of_two, random",
             ],
             errors);

@@ -23,12 +23,19 @@ internal sealed class Http2StreamTransport : ClientTransport
     {
         _stream = stream;
         _isSecure = connection.IsSecure;
+        _connection = connection;
         _input = new CountingReader(this);
     }
 
     private readonly bool _isSecure;
+    /// <summary>The client connection carrying this stream (TLS details: the verified client certificate).</summary>
+    private readonly ClientTransport _connection;
 
     public override bool IsSecure => _isSecure;
+
+    public override string? ClientCertificateSubject => _connection.ClientCertificateSubject;
+
+    public override byte[]? ClientCertificateSubjectBytes => _connection.ClientCertificateSubjectBytes;
 
     public override PipeReader Input => _input;
 

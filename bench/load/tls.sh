@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# TLS HTTP/1.1 side by side: Proxy and nginx each terminating TLS (same ECDSA P-256 certificate, TLS 1.3, keep-alive)
+# in front of the same nginx origin, wrk over https. Steady state: wrk keeps its connections, so this measures
+# record encryption and proxying, not handshakes (HANDSHAKES=1 adds a run with a new connection per request).
+#
+#   bench/load/tls.sh                              # proxy and nginx, 5 s each after warm-up
+#   DURATION=10 TARGETS="nginx proxy" bench/load/tls.sh
+#   AOT=1 bench/load/tls.sh                        # NativeAOT build of the proxy (default here: JIT, quicker to build)
+#
+# Knobs: TARGETS ("nginx proxy")  DURATION (5)  WARMUP (2)  PREWARM (10)  CONNECTIONS (64)  HANDSHAKES (0)
+#        TLS_NGINX_PORT (8443)  TLS_PROXY_PORT (8444)  plus common.sh's PIN CPUs (proxy on PROXY_CPUS, wrk and origin on 0).
+set -uo pipefail
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-2}
+PREWARM=${PREWARM:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+HANDSHAKES=${HANDSHAKES:-0}
+TARGETS=${TARGETS:-nginx proxy}
+TLS_NGINX_PORT=${TLS_NGINX_PORT:-8443}
+TLS_PROXY_PORT=${TLS_PROXY_PORT:-8444}
+AOT=${AOT:-0}
+HZ=$(getconf CLK_TCK)
+
+ensure_tools nginx wrk openssl curl taskset pgrep
+raise_nofile
+mkdir -p "$RUN"; fresh_run_dir
+trap stop_all EXIT
+require_free_ports "$ORIGIN_PORT" "$TLS_NGINX_PORT" "$TLS_PROXY_PORT"
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/tls.key" -out "$RUN/tls.pem" \
+    -days 30 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1 || die "openssl req failed"
+
+write_nginx_tls_conf() {
+    mkdir -p "$RUN/tmp-nginx"
+    cat >"$RUN/nginx-tls.conf" <<CONF
+user $(id -un);
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+pid $RUN/nginx-tls.pid;
+error_log $RUN/nginx-tls-error.log warn;
+events { worker_connections $((NOFILE - 100)); use epoll; }
+http {
+    access_log off;
+    server_tokens off;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $RUN/tmp-nginx/body;
+    proxy_temp_path $RUN/tmp-nginx/proxy;
+    fastcgi_temp_path $RUN/tmp-nginx/fastcgi;
+    uwsgi_temp_path $RUN/tmp-nginx/uwsgi;
+    scgi_temp_path $RUN/tmp-nginx/scgi;
+    upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 256; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$TLS_NGINX_PORT ssl backlog=4096;
+        ssl_certificate $RUN/tls.pem;
+        ssl_certificate_key $RUN/tls.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+CONF
+}
+
+write_proxy_tls_yaml() {
+    cat >"$RUN/proxy-tls.yaml" <<CONF
+listeners:
+  - name: bench
+    address: 127.0.0.1:$TLS_PROXY_PORT
+    tls: { certificates: [{ cert: "$RUN/tls.pem", key: "$RUN/tls.key" }] }
+routes:
+  - { id: all, match: { path: "/{**rest}" }, cluster: origin }
+clusters:
+  origin:
+    destinations: [{ address: "http://127.0.0.1:$ORIGIN_PORT" }]
+CONF
+}
+
+https_ok() { [[ $(curl -s -m 2 --cacert "$RUN/tls.pem" -o /dev/null -w '%{http_code}' "$1" 2>/dev/null) == 200 ]]; }
+
+wait_https() { # NAME URL
+    local i
+    for i in $(seq 1 150); do
+        https_ok "$2" && return 0
+        kill -0 "${PIDS[$1]}" 2>/dev/null || { log "$1 exited"; tail -20 "$RUN/$1.out" >&2; return 1; }
+        sleep 0.2
+    done
+    return 1
+}
+
+port_of() { case $1 in nginx) echo "$TLS_NGINX_PORT" ;; proxy) echo "$TLS_PROXY_PORT" ;; esac; }
+
+[[ " $TARGETS " == *" proxy "* ]] && build_proxy
+start_origin "$ORIGIN_CPUS"
+
+printf '%-8s %-10s %12s %10s %10s %14s\n' target load "req/s" "p50" "p99" "proxy us/req"
+for t in $TARGETS; do
+    case $t in
+    nginx) write_nginx_tls_conf
+        start_bg nginx "$PROXY_CPUS" nginx -p "$RUN" -c "$RUN/nginx-tls.conf" -e "$RUN/nginx-tls-error.log" -g 'daemon off;' ;;
+    proxy) write_proxy_tls_yaml
+        start_bg proxy "$PROXY_CPUS" env DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_PROCESSOR_COUNT=1 "$PROXY_BIN" run --config "$RUN/proxy-tls.yaml" ;;
+    *) die "unknown target $t (nginx proxy)" ;;
+    esac
+    url="https://127.0.0.1:$(port_of "$t")/"
+    wait_https "$t" "$url" || die "$t did not answer 200 at $url"
+    [[ $t == proxy ]] && pin "$LG_CPUS" timeout $((PREWARM + 20)) wrk -t2 -c"$CONNECTIONS" -d"${PREWARM}s" "$url" >/dev/null 2>&1
+    loads=("keepalive")
+    [[ $HANDSHAKES == 1 ]] && loads+=("handshake")
+    for load in "${loads[@]}"; do
+        extra=()
+        [[ $load == handshake ]] && extra=(-H "Connection: close")
+        pin "$LG_CPUS" timeout $((WARMUP + 20)) wrk -t2 -c"$CONNECTIONS" -d"${WARMUP}s" "${extra[@]}" "$url" >/dev/null 2>&1
+        mapfile -t pids < <(tree_pids "${PIDS[$t]}")
+        c0=$(cpu_ticks "${pids[@]}")
+        out=$(pin "$LG_CPUS" timeout $((DURATION + 30)) wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${extra[@]}" "$url" 2>&1)
+        c1=$(cpu_ticks "${pids[@]}")
+        rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+        total=$(awk '/requests in/ {print $1}' <<<"$out")
+        p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+        us=$(awk -v c=$((c1 - c0)) -v hz="$HZ" -v n="${total:-0}" 'BEGIN { if (n > 0) printf "%.1f", c / hz * 1e6 / n; else print "-" }')
+        printf '%-8s %-10s %12s %10s %10s %14s\n' "$t" "$load" "${rps:--}" "${p50:--}" "${p99:--}" "$us"
+    done
+    stop_proc "$t"
+done

@@ -1,0 +1,301 @@
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Text;
+using Proxy.Diagnostics;
+using Proxy.Http1;
+using Proxy.Http2.Server;
+using Proxy.Model;
+
+namespace Proxy.Transport.Tls;
+
+/// <summary>
+/// TLS over an accepted socket: pipes over an <see cref="SslStream"/> (same pipe options as plain TCP; SslStream
+/// supports zero-byte reads, so an idle TLS connection holds no pipe buffer either). Built only after a completed
+/// handshake, so everything here describes a verified session.
+/// </summary>
+internal sealed class TlsTransport : ClientTransport
+{
+    private readonly Socket _socket;
+    private readonly NetworkStream _network;
+    private readonly SslStream _ssl;
+
+    private TlsTransport(Socket socket, NetworkStream network, SslStream ssl)
+        : base(socket.RemoteEndPoint as IPEndPoint)
+    {
+        _socket = socket;
+        _network = network;
+        _ssl = ssl;
+        (Input, Output) = SocketPipes.Create(ssl);
+        NegotiatedProtocol = ssl.NegotiatedApplicationProtocol;
+        ServerName = ssl.TargetHostName;
+        // Only a certificate that passed validation gets here (the validation callback refuses the others), so the
+        // subject is a verified one. Read once per connection: requests reuse the string and its bytes.
+        if (ssl.RemoteCertificate is { } certificate)
+        {
+            string subject = certificate.Subject;
+            ClientCertificateSubject = subject;
+            ClientCertificateSubjectBytes = FieldValue(subject);
+            certificate.Dispose();
+        }
+    }
+
+    public override PipeReader Input { get; }
+    public override PipeWriter Output { get; }
+    public override bool IsSecure => true;
+
+    /// <summary>The protocol ALPN selected (empty when the client offered none).</summary>
+    public SslApplicationProtocol NegotiatedProtocol { get; }
+
+    /// <summary>The SNI name the client sent ("" when none).</summary>
+    public string ServerName { get; }
+
+    public override string? ClientCertificateSubject { get; }
+    public override byte[]? ClientCertificateSubjectBytes { get; }
+
+    /// <summary>Sends close_notify, then FIN, while the connection keeps reading (the lingering close).</summary>
+    public override void ShutdownSend() => _ = ShutdownSendAsync();
+
+    private async Task ShutdownSendAsync()
+    {
+        try
+        {
+            await _ssl.ShutdownAsync().ConfigureAwait(false);
+            _socket.Shutdown(SocketShutdown.Send);
+        }
+        catch (Exception)
+        {
+            // The peer is gone or the connection was disposed meanwhile: nothing left to say.
+        }
+    }
+
+    public override void Abort() => _socket.Close(0);
+
+    public override void Dispose()
+    {
+        try
+        {
+            _ssl.Dispose();
+        }
+        catch (Exception)
+        {
+        }
+        _network.Dispose();
+        _socket.Dispose();
+    }
+
+    /// <summary>
+    /// Runs the handshake for an accepted socket and then the connection. Called on the thread pool, never on the
+    /// accept loop: a slow or hostile client hello only costs its own connection, bounded by the handshake timeout.
+    /// Every failure (garbage, timeout, unknown CA, missing client certificate) ends in a clean close and one log line,
+    /// rate-limited, never an exception out of here.
+    /// </summary>
+    public static async Task AcceptAsync(ProxyRuntime runtime, ListenerModel model, Socket socket, object origin)
+    {
+        TlsListenerModel tls = model.Tls!;
+        var network = new NetworkStream(socket, ownsSocket: false);
+        var ssl = new SslStream(network, leaveInnerStreamOpen: true);
+        TlsTransport transport;
+        try
+        {
+            using (var timeout = new CancellationTokenSource(tls.HandshakeTimeout))
+            {
+                await ssl.AuthenticateAsServerAsync(s_selectOptions, tls, timeout.Token).ConfigureAwait(false);
+            }
+            transport = new TlsTransport(socket, network, ssl);
+        }
+        catch (Exception e)
+        {
+            tls.CountHandshakeFailure();
+            TlsLog.HandshakeFailed(tls.ListenerName, socket, SafeServerName(ssl), e);
+            Close(socket, network, ssl);
+            return;
+        }
+
+        // In TLS 1.3 the server's handshake ends before the client has checked our certificate (RFC 8446 section
+        // 4.4.4: its Finished comes after ours); a client that refuses it (unknown name, expired, untrusted) answers
+        // with an alert or just closes. Waiting here for the first bytes (what the connection does next anyway; the
+        // pipe reads with a zero-byte read, so no buffer is held) turns that into a handshake failure with its log line
+        // instead of a silent close. Nothing is consumed: the connection reads the same bytes again.
+        try
+        {
+            using var firstBytes = new CancellationTokenSource(model.Limits.HeaderTimeout);
+            ReadResult first = await transport.Input.ReadAsync(firstBytes.Token).ConfigureAwait(false);
+            transport.Input.AdvanceTo(first.Buffer.Start);
+            if (first.IsCompleted && first.Buffer.IsEmpty)
+            {
+                throw new IOException("the client closed the connection right after the handshake (did it refuse the certificate?)");
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // Silence until the header timeout: the same quiet close as an idle cleartext client.
+            transport.Release();
+            return;
+        }
+        catch (Exception e)
+        {
+            tls.CountHandshakeFailure();
+            TlsLog.HandshakeFailed(tls.ListenerName, socket, transport.ServerName, e);
+            transport.Release();
+            return;
+        }
+
+        if (transport.NegotiatedProtocol == SslApplicationProtocol.Http2)
+        {
+            await new Http2ServerConnection(runtime, model, transport).RunAsync().ConfigureAwait(false);
+            return;
+        }
+        var connection = new Http1ServerConnection(runtime, model, transport) { Origin = origin };
+        await connection.RunAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>Completes both pipes and closes (before any connection owned them).</summary>
+    private void Release()
+    {
+        try
+        {
+            Input.Complete();
+            Output.Complete();
+        }
+        catch (Exception)
+        {
+        }
+        Dispose();
+    }
+
+    private static void Close(Socket socket, NetworkStream network, SslStream ssl)
+    {
+        try
+        {
+            ssl.Dispose();
+            network.Dispose();
+            socket.Close(0);
+        }
+        catch (Exception)
+        {
+        }
+    }
+
+    private static readonly ServerOptionsSelectionCallback s_selectOptions =
+        static (_, hello, state, _) => ValueTask.FromResult(((TlsListenerModel)state!).Select(hello.ServerName));
+
+    private static string SafeServerName(SslStream ssl)
+    {
+        try
+        {
+            return ssl.TargetHostName;
+        }
+        catch (Exception)
+        {
+            return "";
+        }
+    }
+
+    /// <summary>The subject as a field value: control characters would break the header block, so they become '?'.</summary>
+    private static byte[] FieldValue(string subject)
+    {
+        byte[] bytes = Encoding.UTF8.GetBytes(subject);
+        for (int i = 0; i < bytes.Length; i++)
+        {
+            if (bytes[i] < 0x20 || bytes[i] == 0x7F)
+            {
+                bytes[i] = (byte)'?';
+            }
+        }
+        return bytes;
+    }
+}
+
+/// <summary>
+/// Log lines for failed handshakes, client side and upstream side: at most <see cref="LinesPerSecond"/> a second
+/// process-wide, the rest counted and reported in the next line written (a scan or a flood of garbage must not become
+/// a log flood). Each failure is otherwise exactly one line.
+/// </summary>
+internal static class TlsLog
+{
+    public const int LinesPerSecond = 10;
+
+    private static readonly LogRateLimiter s_limiter = new(LinesPerSecond);
+
+    public static void HandshakeFailed(string listener, Socket socket, string serverName, Exception e)
+    {
+        if (!s_limiter.TryTake(Environment.TickCount64, out long suppressed))
+        {
+            return;
+        }
+        string client;
+        try
+        {
+            client = ProxyLog.Format(socket.RemoteEndPoint as IPEndPoint);
+        }
+        catch (Exception)
+        {
+            client = "";
+        }
+        var (reason, detail) = Classify(e);
+        ProxyLog.Write(LogLevel.Info, "tls_handshake_failed", ("listener", listener), ("client", client), ("sni", serverName),
+            ("reason", reason), ("error", detail), ("suppressed", suppressed));
+    }
+
+    public static void UpstreamHandshakeFailed(string destination, string serverName, Exception e)
+    {
+        if (!s_limiter.TryTake(Environment.TickCount64, out long suppressed))
+        {
+            return;
+        }
+        var (reason, detail) = Classify(e);
+        ProxyLog.Write(LogLevel.Warn, "upstream_tls_handshake_failed", ("destination", destination), ("sni", serverName),
+            ("reason", reason), ("error", detail), ("suppressed", suppressed));
+    }
+
+    /// <summary>A stable reason code plus the innermost message (OpenSSL's words: "unknown ca", "certificate expired").</summary>
+    internal static (string Reason, string Detail) Classify(Exception e)
+    {
+        Exception inner = e;
+        while (inner.InnerException is not null)
+        {
+            inner = inner.InnerException;
+        }
+        string reason = e switch
+        {
+            OperationCanceledException => "handshake_timeout",
+            AuthenticationException when e.Message.Contains("remote certificate", StringComparison.OrdinalIgnoreCase) => "certificate_rejected",
+            AuthenticationException => "handshake_failed",
+            IOException => "connection_closed",
+            _ => "handshake_error",
+        };
+        return (reason, inner.Message);
+    }
+}
+
+/// <summary>
+/// Allows <c>perSecond</c> events per wall-clock second and counts the rest; the count is handed to the next allowed
+/// event. Lock-free; at a second boundary a racing thread may let one extra line through, which is harmless.
+/// </summary>
+internal sealed class LogRateLimiter(int perSecond)
+{
+    private long _second = -1;
+    private int _taken;
+    private long _suppressed;
+
+    public bool TryTake(long nowMilliseconds, out long suppressed)
+    {
+        long second = nowMilliseconds / 1000;
+        long current = Interlocked.Read(ref _second);
+        if (second != current && Interlocked.CompareExchange(ref _second, second, current) == current)
+        {
+            Interlocked.Exchange(ref _taken, 0);
+        }
+        if (Interlocked.Increment(ref _taken) > perSecond)
+        {
+            Interlocked.Increment(ref _suppressed);
+            suppressed = 0;
+            return false;
+        }
+        suppressed = Interlocked.Exchange(ref _suppressed, 0);
+        return true;
+    }
+}

@@ -1,0 +1,336 @@
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
+using Proxy.Core.Tests.Tls;
+using Proxy.FunctionalTests.Infrastructure;
+using Proxy.Transport;
+using Proxy.Transport.Tls;
+
+namespace Proxy.FunctionalTests.Tls;
+
+/// <summary>TLS listeners with real clients: SNI, ALPN, mTLS, bad handshakes, certificate reload, curl.</summary>
+public sealed class TlsListenerTests : IDisposable
+{
+    private readonly TestPki _pki = new();
+    private readonly X509Certificate2 _ca = TestPki.CreateCa();
+    private readonly X509Certificate2 _clientCa = TestPki.CreateCa("Proxy Test Client CA");
+    private readonly (string Cert, string Key) _example;
+    private readonly (string Cert, string Key) _other;
+    private readonly string _clientCaPath;
+
+    public TlsListenerTests()
+    {
+        _example = _pki.Write(TestPki.Issue(_ca, "example.test", ["example.test", "*.example.test"]), "example", _ca);
+        _other = _pki.Write(TestPki.Issue(_ca, "other.test", ["other.test"], rsa: true), "other", _ca);
+        _clientCaPath = _pki.WriteCa("client-ca", _clientCa);
+    }
+
+    private string Certificates => $"[{{ cert: \"{_example.Cert}\", key: \"{_example.Key}\", hosts: [example.test, \"*.example.test\"] }}, "
+        + $"{{ cert: \"{_other.Cert}\", key: \"{_other.Key}\", hosts: [other.test] }}]";
+
+    private static Task<TestProxy> StartAsync(string tls, int backendPort = 9) => TestProxy.StartAsync($$"""
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+          - { name: secure, address: 127.0.0.1:0, tls: {{tls}} }
+        routes:
+          - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello\n", headers: { content-type: text/plain } } }
+          - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+        clusters:
+          backend:
+            destinations: [{ address: "http://127.0.0.1:{{backendPort}}" }]
+        """);
+
+    private static int SecurePort(TestProxy proxy) => proxy.Server.GetEndPoint("secure").Port;
+
+    private static TlsListenerModel Model(TestProxy proxy) => proxy.Server.Snapshot.Listeners.Single(l => l.Name == "secure").Tls!;
+
+    [Fact]
+    public async Task Get_HttpClientOverTls_ForwardsWithProtoHttps()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await StartAsync($"{{ certificates: {Certificates} }}", upstream.Port);
+        using var client = TlsClients.Create(SecurePort(proxy), _ca);
+
+        using var response = await client.GetAsync($"https://example.test:{SecurePort(proxy)}/api/x");
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var request = await upstream.WaitForRequestAsync();
+        Assert.Equal("https", request.Header("x-forwarded-proto"));
+        // The cleartext listener still says http.
+        using var plain = Clients.CreateHttpClient();
+        using var _ = await plain.GetAsync($"http://127.0.0.1:{proxy.Public.Port}/api/y");
+        Assert.Equal("http", (await upstream.WaitForRequestAsync(2)).Header("x-forwarded-proto"));
+    }
+
+    [Theory]
+    [InlineData("example.test", "CN=example.test")]
+    [InlineData("api.example.test", "CN=example.test")]
+    [InlineData("other.test", "CN=other.test")]
+    [InlineData("unknown.test", "CN=example.test")]
+    [InlineData(null, "CN=example.test")]
+    public async Task Handshake_ServerName_SelectsCertificate(string? serverName, string subject)
+    {
+        await using var proxy = await StartAsync($"{{ certificates: {Certificates} }}");
+
+        var (stream, certificate) = await TlsClients.HandshakeAsync(SecurePort(proxy), serverName);
+        await using var _ = stream;
+
+        Assert.StartsWith(subject + ",", certificate.Subject);
+        Assert.Equal(SslApplicationProtocol.Http11, stream.NegotiatedApplicationProtocol);
+        Assert.Contains("200 OK", await TlsClients.GetAsync(stream, serverName ?? "127.0.0.1"));
+    }
+
+    [Theory]
+    [InlineData(SslProtocols.Tls12)]
+    [InlineData(SslProtocols.Tls13)]
+    public async Task Handshake_Tls12And13_AreAccepted(SslProtocols protocol)
+    {
+        await using var proxy = await StartAsync($"{{ certificates: {Certificates} }}");
+
+        var (stream, _) = await TlsClients.HandshakeAsync(SecurePort(proxy), "example.test", protocols: protocol);
+        await using var _ = stream;
+
+        Assert.Equal(protocol, stream.SslProtocol);
+    }
+
+    [Fact]
+    public async Task Curl_WithCaCertAndResolve_GetsAnswer()
+    {
+        await using var proxy = await StartAsync($"{{ certificates: {Certificates} }}");
+        int port = SecurePort(proxy);
+        string ca = _pki.WriteCa("curl-ca", _ca);
+
+        var result = await Curl.RunAsync(["--cacert", ca, "--resolve", $"api.example.test:{port}:127.0.0.1", $"https://api.example.test:{port}/hello"]);
+
+        Assert.True(result.ExitCode == 0, result.ToString());
+        Assert.Equal("hello\n", result.StdoutText);
+    }
+
+    [Fact]
+    public async Task Curl_UnknownServerName_GetsDefaultCertificateAndRefusesIt()
+    {
+        await using var proxy = await StartAsync($"{{ certificates: {Certificates} }}");
+        int port = SecurePort(proxy);
+        string ca = _pki.WriteCa("curl-ca", _ca);
+
+        var result = await Curl.RunAsync(["--cacert", ca, "--resolve", $"unknown.test:{port}:127.0.0.1", $"https://unknown.test:{port}/hello"]);
+
+        // curl exit 60: the peer certificate (the default one, for example.test) does not name unknown.test.
+        Assert.Equal(60, result.ExitCode);
+        await WaitForAsync(() => Model(proxy).HandshakeFailures == 1);
+    }
+
+    [Fact]
+    public async Task Handshake_Garbage_ClosesCleanlyCountsOnceAndKeepsServing()
+    {
+        await using var proxy = await StartAsync($"{{ certificates: {Certificates} }}");
+        int port = SecurePort(proxy);
+
+        for (int i = 0; i < 20; i++)
+        {
+            await using var raw = await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
+            await raw.SendAsync("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            await raw.ReadToCloseAsync();
+        }
+
+        await WaitForAsync(() => Model(proxy).HandshakeFailures == 20);
+        var (stream, _) = await TlsClients.HandshakeAsync(port, "example.test");
+        await using var _ = stream;
+        Assert.Contains("200 OK", await TlsClients.GetAsync(stream, "example.test"));
+    }
+
+    [Fact]
+    public async Task Handshake_ClientSendsNothing_ClosedAfterHandshakeTimeout()
+    {
+        await using var proxy = await StartAsync($"{{ certificates: {Certificates}, handshake_timeout: 300ms }}");
+
+        await using var raw = await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, SecurePort(proxy)));
+        var started = DateTime.UtcNow;
+        await raw.ReadToCloseAsync(TimeSpan.FromSeconds(5));
+
+        Assert.InRange(DateTime.UtcNow - started, TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(4));
+        await WaitForAsync(() => Model(proxy).HandshakeFailures == 1);
+    }
+
+    [Fact]
+    public async Task Handshake_SlowClient_DoesNotBlockOtherAccepts()
+    {
+        await using var proxy = await StartAsync($"{{ certificates: {Certificates}, handshake_timeout: 5s }}");
+        int port = SecurePort(proxy);
+        var idle = new List<RawClient>();
+        for (int i = 0; i < 20; i++)
+        {
+            idle.Add(await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port)));
+        }
+
+        using var client = TlsClients.Create(port, _ca);
+        using var response = await client.GetAsync($"https://example.test:{port}/hello");
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        foreach (var c in idle)
+        {
+            await c.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Handshake_ExpiredServerCertificate_ClientRefusesServerCountsAndStaysUp()
+    {
+        var expired = _pki.Write(TestPki.Issue(_ca, "expired.test", ["expired.test"],
+            notBefore: DateTimeOffset.UtcNow.AddDays(-30), notAfter: DateTimeOffset.UtcNow.AddDays(-1)), "expired", _ca);
+        await using var proxy = await StartAsync($"{{ certificates: [{{ cert: \"{expired.Cert}\", key: \"{expired.Key}\" }}] }}");
+        int port = SecurePort(proxy);
+        using var client = TlsClients.Create(port, _ca);
+
+        await Assert.ThrowsAsync<HttpRequestException>(() => client.GetAsync($"https://expired.test:{port}/hello"));
+
+        await WaitForAsync(() => Model(proxy).HandshakeFailures >= 1);
+        var (stream, certificate) = await TlsClients.HandshakeAsync(port, "expired.test");
+        await using var _ = stream;
+        Assert.True(certificate.NotAfter < DateTime.Now);
+    }
+
+    [Fact]
+    public async Task MutualTls_Require_ValidCertificateForwardsSubjectAndStripsSpoofedHeader()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await StartAsync(
+            $"{{ certificates: {Certificates}, client_certificates: {{ mode: require, ca: \"{_clientCaPath}\", forward_header: x-client-cert-subject }} }}",
+            upstream.Port);
+        int port = SecurePort(proxy);
+        using var alice = TestPki.Issue(_clientCa, "alice", [], client: true);
+        using var client = TlsClients.Create(port, _ca, alice);
+        using var message = new HttpRequestMessage(HttpMethod.Get, $"https://example.test:{port}/api");
+        message.Headers.Add("X-Client-Cert-Subject", "CN=mallory");
+
+        using var response = await client.SendAsync(message);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var request = await upstream.WaitForRequestAsync();
+        Assert.Equal("CN=alice, O=Proxy Tests", request.Header("x-client-cert-subject"));
+        Assert.Single(request.Headers, h => h.Key.Equals("x-client-cert-subject", StringComparison.OrdinalIgnoreCase));
+    }
+
+    [Fact]
+    public async Task MutualTls_Require_NoCertificateFailsHandshake()
+    {
+        await using var proxy = await StartAsync(
+            $"{{ certificates: {Certificates}, client_certificates: {{ mode: require, ca: \"{_clientCaPath}\" }} }}");
+        int port = SecurePort(proxy);
+        using var client = TlsClients.Create(port, _ca);
+
+        await Assert.ThrowsAsync<HttpRequestException>(() => client.GetAsync($"https://example.test:{port}/hello"));
+        await WaitForAsync(() => Model(proxy).HandshakeFailures == 1);
+    }
+
+    [Fact]
+    public async Task MutualTls_Require_CertificateFromOtherCaOrExpiredFails()
+    {
+        await using var proxy = await StartAsync(
+            $"{{ certificates: {Certificates}, client_certificates: {{ mode: require, ca: \"{_clientCaPath}\" }} }}");
+        int port = SecurePort(proxy);
+        using var stranger = TestPki.Issue(TestPki.CreateCa("Stranger CA"), "mallory", [], client: true);
+        using var expired = TestPki.Issue(_clientCa, "old", [], client: true,
+            notBefore: DateTimeOffset.UtcNow.AddDays(-10), notAfter: DateTimeOffset.UtcNow.AddDays(-1));
+
+        foreach (var certificate in new[] { stranger, expired })
+        {
+            using var client = TlsClients.Create(port, _ca, certificate);
+            await Assert.ThrowsAsync<HttpRequestException>(() => client.GetAsync($"https://example.test:{port}/hello"));
+        }
+        await WaitForAsync(() => Model(proxy).HandshakeFailures == 2);
+    }
+
+    [Fact]
+    public async Task MutualTls_Request_WithoutCertificateServedWithoutSubject()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await StartAsync(
+            $"{{ certificates: {Certificates}, client_certificates: {{ mode: request, ca: \"{_clientCaPath}\", forward_header: x-client-cert-subject }} }}",
+            upstream.Port);
+        int port = SecurePort(proxy);
+        using var anonymous = TlsClients.Create(port, _ca);
+        using var bob = TestPki.Issue(_clientCa, "bob", [], client: true);
+        using var withCertificate = TlsClients.Create(port, _ca, bob);
+
+        using var first = await anonymous.GetAsync($"https://example.test:{port}/a");
+        using var second = await withCertificate.GetAsync($"https://example.test:{port}/b");
+
+        Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, second.StatusCode);
+        Assert.Null((await upstream.WaitForRequestAsync(1)).Header("x-client-cert-subject"));
+        Assert.Equal("CN=bob, O=Proxy Tests", (await upstream.WaitForRequestAsync(2)).Header("x-client-cert-subject"));
+    }
+
+    [Fact]
+    public async Task MutualTls_Curl_PresentsCertificate()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await StartAsync(
+            $"{{ certificates: {Certificates}, client_certificates: {{ mode: require, ca: \"{_clientCaPath}\", forward_header: x-client-cert-subject }} }}",
+            upstream.Port);
+        int port = SecurePort(proxy);
+        var carol = _pki.Write(TestPki.Issue(_clientCa, "carol", [], client: true, rsa: true), "carol");
+        string ca = _pki.WriteCa("curl-ca", _ca);
+
+        var result = await Curl.RunAsync(["--cacert", ca, "--cert", carol.Cert, "--key", carol.Key,
+            "--resolve", $"example.test:{port}:127.0.0.1", $"https://example.test:{port}/api"]);
+
+        Assert.True(result.ExitCode == 0, result.ToString());
+        Assert.Equal("CN=carol, O=Proxy Tests", (await upstream.WaitForRequestAsync()).Header("x-client-cert-subject"));
+    }
+
+    [Fact]
+    public async Task Reload_CertificateFileReplaced_NewHandshakesGetNewCertificateOldConnectionKeepsWorking()
+    {
+        var files = _pki.Write(TestPki.Issue(_ca, "first", ["example.test"]), "rotating", _ca);
+        await using var proxy = await StartAsync($"{{ certificates: [{{ cert: \"{files.Cert}\", key: \"{files.Key}\" }}] }}");
+        int port = SecurePort(proxy);
+        var (old, before) = await TlsClients.HandshakeAsync(port, "example.test");
+        await using var _ = old;
+        Assert.StartsWith("CN=first,", before.Subject);
+
+        _pki.Write(TestPki.Issue(_ca, "second", ["example.test"]), "rotating", _ca);
+
+        string subject = "";
+        await WaitForAsync(async () =>
+        {
+            var (stream, certificate) = await TlsClients.HandshakeAsync(port, "example.test");
+            await stream.DisposeAsync();
+            subject = certificate.Subject;
+            return subject.StartsWith("CN=second,", StringComparison.Ordinal);
+        });
+        Assert.Contains("200 OK", await TlsClients.GetAsync(old, "example.test"));
+    }
+
+    [Fact]
+    public async Task Reload_BrokenCertificateFile_KeepsServingOldCertificate()
+    {
+        var files = _pki.Write(TestPki.Issue(_ca, "first", ["example.test"]), "rotating", _ca);
+        await using var proxy = await StartAsync($"{{ certificates: [{{ cert: \"{files.Cert}\", key: \"{files.Key}\" }}] }}");
+        int port = SecurePort(proxy);
+
+        File.WriteAllText(files.Cert, "not a certificate");
+        await Task.Delay(SocketListener.CertificateCheckInterval * 2.5);
+
+        var (stream, certificate) = await TlsClients.HandshakeAsync(port, "example.test");
+        await using var _ = stream;
+        Assert.StartsWith("CN=first,", certificate.Subject);
+    }
+
+    private static async Task WaitForAsync(Func<bool> condition) => await WaitForAsync(() => Task.FromResult(condition()));
+
+    private static async Task WaitForAsync(Func<Task<bool>> condition)
+    {
+        var deadline = DateTime.UtcNow + TestDefaults.Timeout;
+        while (!await condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "condition not reached in time");
+            await Task.Delay(50);
+        }
+    }
+
+    public void Dispose() => _pki.Dispose();
+}
