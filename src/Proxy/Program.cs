@@ -17,6 +17,8 @@ internal static class Program
         Commands:
           run        Start the gateway (default config: ./proxy.yaml)
           validate   Check a config file; prints FILE:LINE:COL: message for every problem
+          hash-key   Print the SHA-256 (hex) of an API key, for an api_key policy's 'sha256:'
+                     (proxy hash-key KEY, or the key on standard input: proxy hash-key -)
 
         Options:
           -c, --config FILE   Config file (default ./proxy.yaml)
@@ -49,6 +51,10 @@ internal static class Program
         }
 
         string command = args[0];
+        if (command == "hash-key")
+        {
+            return HashKey(args);
+        }
         string configPath = "proxy.yaml";
         for (int i = 1; i < args.Length; i++)
         {
@@ -84,6 +90,28 @@ internal static class Program
         Console.Error.WriteLine($"proxy: unknown command '{command}'");
         Console.Error.WriteLine(Usage);
         return ExitInvalidConfig;
+    }
+
+    /// <summary>
+    /// Prints the lower-case hex SHA-256 of the key's UTF-8 bytes. Reading it from standard input keeps the key out of
+    /// the shell history and the process list; a trailing newline there is not part of the key.
+    /// </summary>
+    private static int HashKey(string[] args)
+    {
+        string? key = args.Length switch
+        {
+            1 => Console.In.ReadLine(),
+            2 when args[1] == "-" => Console.In.ReadLine(),
+            2 => args[1],
+            _ => null,
+        };
+        if (string.IsNullOrEmpty(key))
+        {
+            Console.Error.WriteLine("proxy: hash-key needs a non-empty key (proxy hash-key KEY, or proxy hash-key - to read it from standard input)");
+            return ExitInvalidConfig;
+        }
+        Console.WriteLine(Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key))));
+        return ExitOk;
     }
 
     private static int Validate(string configPath)

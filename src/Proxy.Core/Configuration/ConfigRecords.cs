@@ -45,8 +45,21 @@ internal sealed record PolicyConfig
     public IReadOnlyList<PolicySettingConfig> Settings { get; init; } = [];
 }
 
-/// <summary>A setting under a policy's kind: a scalar or a list of scalars.</summary>
-internal sealed record PolicySettingConfig(Located<string> Key, Located<string>? Scalar, IReadOnlyList<Located<string>>? List);
+/// <summary>
+/// A setting under a policy's kind: a scalar, a list of scalars, a map (<see cref="Map"/>, e.g. <c>forward_identity</c>)
+/// or a list of maps (<see cref="Maps"/>, e.g. an api_key policy's <c>keys</c>). Exactly one of the four is set.
+/// </summary>
+internal sealed record PolicySettingConfig(Located<string> Key, Located<string>? Scalar, IReadOnlyList<Located<string>>? List)
+{
+    /// <summary>The entries of a map value, in file order.</summary>
+    public IReadOnlyList<PolicySettingConfig>? Map { get; init; }
+
+    /// <summary>The items of a list of maps, each with its position.</summary>
+    public IReadOnlyList<PolicyMapItem>? Maps { get; init; }
+}
+
+/// <summary>One map in a list of maps under a policy setting.</summary>
+internal sealed record PolicyMapItem(Mark Mark, IReadOnlyList<PolicySettingConfig> Entries);
 
 /// <summary>The <c>admin:</c> block: where the admin API listens and the bearer token it requires, if any.</summary>
 internal sealed record AdminConfig

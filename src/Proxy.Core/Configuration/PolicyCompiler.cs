@@ -11,7 +11,7 @@ namespace Proxy.Configuration;
 /// references from listeners and routes, and builds one filter per policy and one <see cref="FilterChain"/> per
 /// route and listener. Validation and compilation share <see cref="Build"/>, so what validates is what runs.
 /// </summary>
-internal static class PolicyCompiler
+internal static partial class PolicyCompiler
 {
     private static readonly string[] s_rateLimitKeys = ["key", "rate", "burst", "store"];
     private static readonly string[] s_ipFilterKeys = ["allow", "deny"];
@@ -157,6 +157,9 @@ internal static class PolicyCompiler
                 return BuildIpFilter(policy, kind, errors);
             case "jwt":
                 return BuildJwt(policy, kind, errors, time, baseDirectory);
+            // Identity and WAF kinds: PolicyCompiler.Identity.cs.
+            case "api_key":
+                return BuildApiKey(policy, kind, errors, baseDirectory);
         }
         if (!PolicyKinds.TryGetCustom(kind.Value, out var factory))
         {

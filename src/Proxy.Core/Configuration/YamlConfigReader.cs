@@ -186,28 +186,71 @@ internal sealed class YamlConfigReader
             {
                 foreach (var (settingKey, settingValue) in settingsMap.Entries)
                 {
-                    var located = new Located<string>(settingKey.Value ?? "", Mark.From(settingKey.Start));
-                    if (settingValue is YamlSequenceNode sequence)
+                    if (ReadPolicySetting(settingKey, settingValue, depth: 0) is { } setting)
                     {
-                        var items = new List<Located<string>>();
-                        foreach (var item in sequence.Children)
-                        {
-                            if (ScalarText(item, located.Value, "a list of strings") is { } text)
-                            {
-                                items.Add(text);
-                            }
-                        }
-                        settings.Add(new PolicySettingConfig(located, null, items));
-                    }
-                    else if (ScalarText(settingValue, located.Value, "a string or a list of strings") is { } scalar)
-                    {
-                        settings.Add(new PolicySettingConfig(located, scalar, null));
+                        settings.Add(setting);
                     }
                 }
             }
             result.Add(new PolicyConfig { Name = name, Kind = kind, Settings = settings });
         }
         return result;
+    }
+
+    /// <summary>
+    /// A policy setting: a scalar, a list of scalars, a map or a list of maps (nested at most two levels deep, which
+    /// is what the built-in kinds use: <c>keys: [{ sha256: ..., consumer: ... }]</c>).
+    /// </summary>
+    private PolicySettingConfig? ReadPolicySetting(YamlScalarNode settingKey, YamlNode settingValue, int depth)
+    {
+        var located = new Located<string>(settingKey.Value ?? "", Mark.From(settingKey.Start));
+        if (settingValue is YamlMappingNode && depth < 2 && Map(settingValue, $"'{located.Value}'", null) is { } nested)
+        {
+            var entries = new List<PolicySettingConfig>();
+            foreach (var (k, v) in nested.Entries)
+            {
+                if (ReadPolicySetting(k, v, depth + 1) is { } entry)
+                {
+                    entries.Add(entry);
+                }
+            }
+            return new PolicySettingConfig(located, null, null) { Map = entries };
+        }
+        if (settingValue is YamlSequenceNode sequence)
+        {
+            if (depth < 2 && sequence.Children.Count > 0 && sequence.Children.All(c => c is YamlMappingNode))
+            {
+                var maps = new List<PolicyMapItem>();
+                foreach (var item in sequence.Children)
+                {
+                    if (Map(item, $"an item of '{located.Value}'", null) is { } itemMap)
+                    {
+                        var entries = new List<PolicySettingConfig>();
+                        foreach (var (k, v) in itemMap.Entries)
+                        {
+                            if (ReadPolicySetting(k, v, depth + 1) is { } entry)
+                            {
+                                entries.Add(entry);
+                            }
+                        }
+                        maps.Add(new PolicyMapItem(itemMap.Mark, entries));
+                    }
+                }
+                return new PolicySettingConfig(located, null, null) { Maps = maps };
+            }
+            var items = new List<Located<string>>();
+            foreach (var item in sequence.Children)
+            {
+                if (ScalarText(item, located.Value, "a list of strings") is { } text)
+                {
+                    items.Add(text);
+                }
+            }
+            return new PolicySettingConfig(located, null, items);
+        }
+        return ScalarText(settingValue, located.Value, "a string or a list of strings") is { } scalar
+            ? new PolicySettingConfig(located, scalar, null)
+            : null;
     }
 
     private AdminConfig? ReadAdmin(YamlNode node)

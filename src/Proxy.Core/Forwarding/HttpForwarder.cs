@@ -143,7 +143,7 @@ internal sealed class HttpForwarder
                                 _active = upstream;
                                 bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
 
-                                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination);
+                                UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination, _client.FilterContext);
 
                                 if (head.HasBody)
                                 {

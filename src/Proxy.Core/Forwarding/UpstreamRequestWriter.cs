@@ -14,10 +14,16 @@ internal static class UpstreamRequestWriter
     /// <summary>
     /// Writes the upstream request head: request line, the client's fields minus hop-by-hop ones, X-Forwarded-*,
     /// and framing of our own. Nothing is materialised: every field is copied from the parsed offsets.
+    /// The route's filter context (<c>edits</c>), when its filters ran: fields they asked to drop are skipped and fields
+    /// they added are written after the client's (identity forwarding).
     /// </summary>
     public static void WriteHead(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
-        DestinationState destination)
+        DestinationState destination, Pipeline.RequestContext? edits = null)
     {
+        if (edits is { HasUpstreamEdits: false })
+        {
+            edits = null;
+        }
         output.Write(head.MethodBytes);
         output.Write(" "u8);
         output.Write(head.Target);
@@ -38,6 +44,10 @@ internal static class UpstreamRequestWriter
             if (f.HopByHop)
             {
                 continue;
+            }
+            if (edits is not null && edits.IsRemovedUpstream(head.Name(i)))
+            {
+                continue; // a filter owns this name (e.g. x-auth-subject): the client's copy must not reach the upstream
             }
             if (head.RequestIdGenerated && f.Known == KnownHeader.None && head.Name(i).EqualsIgnoreCaseAscii(RequestId.FieldName))
             {
@@ -72,6 +82,11 @@ internal static class UpstreamRequestWriter
         if (head.RequestIdGenerated)
         {
             output.WriteField(RequestId.FieldName, head.RequestIdValue);
+        }
+
+        if (edits is not null)
+        {
+            output.Write(edits.UpstreamAddedFields);
         }
 
         if (head.HostIndex < 0)

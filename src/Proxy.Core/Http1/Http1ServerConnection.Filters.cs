@@ -13,6 +13,12 @@ namespace Proxy.Http1;
 // chose. Kept in its own file so the connection's request loop changes by one call.
 internal sealed partial class Http1ServerConnection
 {
+    /// <summary>
+    /// The filters' context of the current request when its route ran a chain (its upstream field edits apply),
+    /// else null. Read by the forwarder while writing the upstream request.
+    /// </summary>
+    internal RequestContext? FilterContext => _route?.Filters(Listener.Index) is { IsEmpty: false } ? _state?.Filters : null;
+
     /// <summary>Runs the route's request-headers filters; true when one answered (its answer waits in the context).</summary>
     private bool RunFilters(FilterChain chain, RouteModel route)
     {

@@ -11,7 +11,7 @@ namespace Proxy.Pipeline;
 /// connection's request state and reset before each request's chain runs: do not keep a reference to it, or to
 /// a span it returned, after the phase returns.
 /// </summary>
-public sealed class RequestContext
+public sealed partial class RequestContext
 {
     /// <summary>Cap on a local answer's extra headers plus body: local replies are short by design.</summary>
     public const int MaxReplyBytes = 16 * 1024;
@@ -51,6 +51,9 @@ public sealed class RequestContext
     /// IPv4). X-Forwarded-For is not consulted.
     /// </summary>
     public IPAddress ClientAddress => _clientAddress;
+
+    /// <summary>Who the request is from, as set by the authentication filters that ran before (empty until then).</summary>
+    public RequestIdentity Identity { get; } = new();
 
     /// <summary>The id of the route the request matched.</summary>
     public string RouteId => _routeId;
@@ -146,6 +149,8 @@ public sealed class RequestContext
         _replyBodyLength = 0;
         ReplyStatus = 0;
         ReplyDetails = "";
+        Identity.Reset();
+        ResetUpstreamEdits();
     }
 
     private Span<byte> Reserve(int offset, int length)

@@ -1,0 +1,262 @@
+using Proxy.Pipeline.Filters;
+
+namespace Proxy.Configuration;
+
+// The identity and WAF policy kinds: api_key, introspection, deny. Kept apart from the rate-limit and ip_filter
+// compile code so that each part can change without touching the other.
+internal static partial class PolicyCompiler
+{
+    private static readonly string[] s_apiKeyKeys = ["header", "query", "keys", "keys_file", "forward_identity"];
+    private static readonly string[] s_forwardIdentityKeys = ["subject", "client_id", "consumer", "plan"];
+    private static readonly string[] s_apiKeyEntryKeys = ["sha256", "consumer", "plan"];
+
+    private static ApiKeyFilter? BuildApiKey(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, string baseDirectory)
+    {
+        int before = errors.Count;
+        string name = policy.Name.Value;
+        string? header = null;
+        string? query = null;
+        var keys = new List<ApiKeyEntry>();
+        var seen = new Dictionary<string, Mark>(StringComparer.Ordinal);
+        IdentityForwardingOptions? forward = null;
+        foreach (var setting in policy.Settings)
+        {
+            if (!CheckKey(setting, s_apiKeyKeys, "api_key", errors))
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
+                case "forward_identity":
+                    forward = ReadForwardIdentity(setting, errors);
+                    continue;
+                case "keys":
+                    if (setting.List is { Count: 0 })
+                    {
+                        continue; // an empty list: reported below as "no keys"
+                    }
+                    if (setting.Maps is not { } items)
+                    {
+                        errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, "expected a list of maps for 'keys' (e.g. [{ sha256: <64 hex digits>, consumer: alice, plan: free }])");
+                        continue;
+                    }
+                    foreach (var item in items)
+                    {
+                        ReadApiKeyEntry(item, keys, seen, errors);
+                    }
+                    continue;
+            }
+            if (Scalar(setting, errors) is not { } value)
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
+                case "header":
+                    if (!ConfigSyntax.IsToken(value.Value))
+                    {
+                        errors.Add(value.Mark, $"invalid header name '{value.Value}' (a token: letters, digits and !#$%&'*+-.^_`|~)");
+                    }
+                    header = value.Value.ToLowerInvariant();
+                    break;
+                case "query":
+                    if (value.Value.Length == 0 || value.Value.Any(c => c is '&' or '=' or '#' or '%' || c <= ' ' || c > '~'))
+                    {
+                        errors.Add(value.Mark, $"invalid query parameter name '{value.Value}' (printable ASCII without '&', '=', '#', '%' or spaces)");
+                    }
+                    query = value.Value;
+                    break;
+                case "keys_file":
+                    LoadApiKeysFile(value, baseDirectory, keys, seen, errors);
+                    break;
+            }
+        }
+        if (header is not null && query is not null)
+        {
+            errors.Add(kind.Mark, $"api_key policy '{name}' has both 'header' and 'query'; choose one");
+        }
+        if (errors.Count == before && keys.Count == 0)
+        {
+            errors.Add(kind.Mark, $"api_key policy '{name}' can never pass: it has no keys (add 'keys' or 'keys_file')");
+        }
+        if (errors.Count != before)
+        {
+            return null;
+        }
+        return new ApiKeyFilter(new ApiKeyOptions
+        {
+            PolicyName = name,
+            // Kong's and most gateways' default.
+            Header = query is null ? header ?? "x-api-key" : "",
+            QueryParameter = query ?? "",
+            Keys = keys,
+            ForwardIdentity = forward,
+        });
+    }
+
+    /// <summary><c>forward_identity: { subject: x-auth-subject, client_id: ..., consumer: ..., plan: ... }</c>.</summary>
+    private static IdentityForwardingOptions? ReadForwardIdentity(PolicySettingConfig setting, ConfigErrorList errors)
+    {
+        if (setting.Map is not { } entries)
+        {
+            errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, "expected a map for 'forward_identity' (e.g. { subject: x-auth-subject, consumer: x-consumer })");
+            return null;
+        }
+        var options = new IdentityForwardingOptions();
+        var used = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var entry in entries)
+        {
+            if (!CheckKey(entry, s_forwardIdentityKeys, "forward_identity", errors) || Scalar(entry, errors) is not { } value)
+            {
+                continue;
+            }
+            string header = value.Value.ToLowerInvariant();
+            if (!ConfigSyntax.IsToken(header))
+            {
+                errors.Add(value.Mark, $"invalid header name '{value.Value}' (a token: letters, digits and !#$%&'*+-.^_`|~)");
+                continue;
+            }
+            if (header is "host" or "authorization" or "content-length" or "transfer-encoding" or "connection" or "te" or "upgrade"
+                || header.StartsWith("x-forwarded-", StringComparison.Ordinal))
+            {
+                errors.Add(value.Mark, $"'{value.Value}' cannot carry the identity: the proxy or the HTTP framing owns that header");
+                continue;
+            }
+            if (!used.Add(header))
+            {
+                errors.Add(value.Mark, $"header '{value.Value}' is used twice in forward_identity");
+                continue;
+            }
+            options = entry.Key.Value switch
+            {
+                "subject" => options with { Subject = header },
+                "client_id" => options with { ClientId = header },
+                "consumer" => options with { Consumer = header },
+                _ => options with { Plan = header },
+            };
+        }
+        return options;
+    }
+
+    private static void ReadApiKeyEntry(PolicyMapItem item, List<ApiKeyEntry> keys, Dictionary<string, Mark> seen, ConfigErrorList errors)
+    {
+        Located<string>? hash = null;
+        Located<string>? consumer = null;
+        string plan = "";
+        foreach (var entry in item.Entries)
+        {
+            if (!CheckKey(entry, s_apiKeyEntryKeys, "an api_key key", errors) || Scalar(entry, errors) is not { } value)
+            {
+                continue;
+            }
+            switch (entry.Key.Value)
+            {
+                case "sha256":
+                    hash = value;
+                    break;
+                case "consumer":
+                    consumer = value;
+                    break;
+                case "plan":
+                    plan = value.Value;
+                    break;
+            }
+        }
+        if (hash is null)
+        {
+            errors.Add(item.Mark, "an api_key key is missing 'sha256' (the key's SHA-256 in hex; `proxy hash-key KEY` prints it)");
+            return;
+        }
+        if (consumer is null || consumer.Value.Value.Length == 0)
+        {
+            errors.Add(item.Mark, "an api_key key is missing 'consumer' (who the key belongs to)");
+            return;
+        }
+        if (AddApiKey(hash.Value, consumer.Value.Value, plan, keys, seen) is { } error)
+        {
+            errors.Add(hash.Value.Mark, error);
+        }
+    }
+
+    /// <summary>Adds one key; the error message when it is refused.</summary>
+    private static string? AddApiKey(Located<string> hash, string consumer, string plan, List<ApiKeyEntry> keys, Dictionary<string, Mark> seen)
+    {
+        if (!TryParseSha256(hash.Value, out byte[] bytes))
+        {
+            return "invalid sha256: expected 64 hex digits (`proxy hash-key KEY` prints them); keys are never written in clear";
+        }
+        string normal = Convert.ToHexStringLower(bytes);
+        if (seen.TryGetValue(normal, out var first))
+        {
+            return $"the same API key is listed twice (first at line {first.Line}, column {first.Column})";
+        }
+        if (!IsIdentityValue(consumer) || !IsIdentityValue(plan))
+        {
+            return "consumer and plan must be printable ASCII without '\"' or '\\' (they are forwarded in headers and problem bodies)";
+        }
+        seen.Add(normal, hash.Mark);
+        keys.Add(new ApiKeyEntry(bytes, consumer, plan));
+        return null;
+    }
+
+    /// <summary>
+    /// A keys file: one key per line, <c>SHA256HEX CONSUMER [PLAN]</c> separated by spaces; blank lines and lines
+    /// starting with '#' are skipped. Relative to the config file's directory; read when the config is loaded.
+    /// </summary>
+    private static void LoadApiKeysFile(Located<string> file, string baseDirectory, List<ApiKeyEntry> keys, Dictionary<string, Mark> seen, ConfigErrorList errors)
+    {
+        string[] lines;
+        try
+        {
+            lines = File.ReadAllLines(Path.Combine(baseDirectory, file.Value));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            errors.Add(file.Mark, $"cannot read keys_file '{file.Value}': {e.Message}");
+            return;
+        }
+        for (int i = 0; i < lines.Length; i++)
+        {
+            string line = lines[i].Trim();
+            if (line.Length == 0 || line[0] == '#')
+            {
+                continue;
+            }
+            string[] parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (parts.Length is < 2 or > 3)
+            {
+                errors.Add(file.Mark, $"keys_file '{file.Value}' line {i + 1}: expected 'SHA256HEX CONSUMER [PLAN]'");
+                continue;
+            }
+            var located = new Located<string>(parts[0], new Mark(file.Mark.Line, file.Mark.Column));
+            if (AddApiKey(located, parts[1], parts.Length == 3 ? parts[2] : "", keys, seen) is { } error)
+            {
+                errors.Add(file.Mark, $"keys_file '{file.Value}' line {i + 1}: {error}");
+            }
+        }
+    }
+
+    internal static bool TryParseSha256(string hex, out byte[] bytes)
+    {
+        bytes = [];
+        if (hex.Length != 64 || !hex.All(char.IsAsciiHexDigit))
+        {
+            return false;
+        }
+        bytes = Convert.FromHexString(hex);
+        return true;
+    }
+
+    /// <summary>Values that go into forwarded headers, problem bodies and quoted strings without escaping.</summary>
+    private static bool IsIdentityValue(string value)
+    {
+        foreach (char c in value)
+        {
+            if (c is < ' ' or > '~' or '"' or '\\')
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+}
