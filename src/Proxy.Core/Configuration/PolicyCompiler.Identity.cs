@@ -7,6 +7,8 @@ namespace Proxy.Configuration;
 internal static partial class PolicyCompiler
 {
     private static readonly string[] s_apiKeyKeys = ["header", "query", "keys", "keys_file", "forward_identity"];
+    // Claims the jwt policy reads itself: a roles claim or required claim of that name would shadow them.
+    private static readonly string[] s_reservedClaims = ["exp", "nbf", "iss", "aud", "scope", "scp", "sub"];
     private static readonly string[] s_forwardIdentityKeys = ["subject", "client_id", "consumer", "plan"];
     private static readonly string[] s_apiKeyEntryKeys = ["sha256", "consumer", "plan"];
 
@@ -92,6 +94,66 @@ internal static partial class PolicyCompiler
             Keys = keys,
             ForwardIdentity = forward,
         });
+    }
+
+    /// <summary><c>required_roles: [admin, editor]</c>: role names as they appear in the roles claim.</summary>
+    private static List<string> ReadRoles(PolicySettingConfig setting, string name, ConfigErrorList errors)
+    {
+        var roles = new List<string>();
+        if (setting.List is not { } list)
+        {
+            errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, "expected a list for 'required_roles' (e.g. [admin])");
+            return roles;
+        }
+        foreach (var item in list)
+        {
+            if (item.Value.Length == 0 || !IsIdentityValue(item.Value) || item.Value.Contains(' '))
+            {
+                errors.Add(item.Mark, $"invalid role '{item.Value}': a role is printable ASCII without spaces, '\"' or '\\'");
+            }
+            else
+            {
+                roles.Add(item.Value);
+            }
+        }
+        if (list.Count == 0)
+        {
+            errors.Add(setting.Key.Mark, $"jwt policy '{name}' has an empty 'required_roles' list; remove the key to require no role");
+        }
+        else if (list.Count > 64)
+        {
+            errors.Add(setting.Key.Mark, $"jwt policy '{name}' requires {list.Count} roles; at most 64 are supported");
+        }
+        return roles;
+    }
+
+    /// <summary><c>required_claims: { tenant: acme, email_verified: "true" }</c>.</summary>
+    private static List<KeyValuePair<string, string>> ReadRequiredClaims(PolicySettingConfig setting, string name, ConfigErrorList errors)
+    {
+        var claims = new List<KeyValuePair<string, string>>();
+        if (setting.Map is not { } entries)
+        {
+            errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, "expected a map for 'required_claims' (e.g. { tenant: acme })");
+            return claims;
+        }
+        foreach (var entry in entries)
+        {
+            if (Scalar(entry, errors) is not { } value)
+            {
+                continue;
+            }
+            if (entry.Key.Value.Length == 0 || s_reservedClaims.Contains(entry.Key.Value))
+            {
+                errors.Add(entry.Key.Mark, $"'{entry.Key.Value}' cannot be a required claim: use issuer, audiences, required_scopes (or nothing, for exp, nbf and sub)");
+                continue;
+            }
+            claims.Add(new(entry.Key.Value, value.Value));
+        }
+        if (claims.Count > 64)
+        {
+            errors.Add(setting.Key.Mark, $"jwt policy '{name}' requires {claims.Count} claims; at most 64 are supported");
+        }
+        return claims;
     }
 
     /// <summary><c>forward_identity: { subject: x-auth-subject, client_id: ..., consumer: ..., plan: ... }</c>.</summary>

@@ -15,7 +15,11 @@ internal static partial class PolicyCompiler
 {
     private static readonly string[] s_rateLimitKeys = ["key", "rate", "burst", "store"];
     private static readonly string[] s_ipFilterKeys = ["allow", "deny"];
-    private static readonly string[] s_jwtKeys = ["issuer", "audiences", "jwks_file", "jwks_url", "required_scopes", "clock_skew"];
+    private static readonly string[] s_jwtKeys =
+    [
+        "issuer", "audiences", "jwks_file", "jwks_url", "jwks_refresh", "jwks_min_refetch", "required_scopes", "scopes_mode",
+        "required_roles", "roles_mode", "roles_claim", "required_claims", "forward_identity", "clock_skew",
+    ];
     private static readonly string[] s_laterKeys = ["jwt:sub", "jwt:client_id", "consumer"];
 
     public static void Validate(ProxyConfig config, ConfigErrorList errors)
@@ -369,6 +373,11 @@ internal static partial class PolicyCompiler
         string? issuer = null;
         List<string>? audiences = null;
         var scopes = new List<string>();
+        var roles = new List<string>();
+        var claims = new List<KeyValuePair<string, string>>();
+        bool allScopes = true, allRoles = true;
+        string rolesClaim = "roles";
+        IdentityForwardingOptions? forward = null;
         TimeSpan skew = TimeSpan.FromSeconds(30);
         JsonWebKey[]? keys = null;
         bool hasJwks = false;
@@ -380,6 +389,15 @@ internal static partial class PolicyCompiler
             }
             switch (setting.Key.Value)
             {
+                case "forward_identity":
+                    forward = ReadForwardIdentity(setting, errors);
+                    continue;
+                case "required_claims":
+                    claims = ReadRequiredClaims(setting, name, errors);
+                    continue;
+                case "required_roles":
+                    roles = ReadRoles(setting, name, errors);
+                    continue;
                 case "audiences":
                 case "required_scopes":
                     if (setting.List is not { } list)
@@ -434,6 +452,28 @@ internal static partial class PolicyCompiler
                     }
                     issuer = value.Value;
                     break;
+                case "scopes_mode":
+                case "roles_mode":
+                    if (value.Value is not ("all" or "any"))
+                    {
+                        errors.Add(value.Mark, $"invalid {setting.Key.Value} '{value.Value}': expected 'all' or 'any'");
+                    }
+                    else if (setting.Key.Value == "scopes_mode")
+                    {
+                        allScopes = value.Value == "all";
+                    }
+                    else
+                    {
+                        allRoles = value.Value == "all";
+                    }
+                    break;
+                case "roles_claim":
+                    if (value.Value.Length == 0 || s_reservedClaims.Contains(value.Value))
+                    {
+                        errors.Add(value.Mark, $"invalid roles_claim '{value.Value}': name a claim other than {string.Join(", ", s_reservedClaims)}");
+                    }
+                    rolesClaim = value.Value;
+                    break;
                 case "clock_skew":
                     if (!ConfigValues.TryParseDuration(value.Value, out skew) || skew > TimeSpan.FromHours(1))
                     {
@@ -472,6 +512,12 @@ internal static partial class PolicyCompiler
             Issuer = issuer,
             Audiences = audiences,
             RequiredScopes = scopes,
+            AllScopes = allScopes,
+            RequiredRoles = roles,
+            AllRoles = allRoles,
+            RolesClaim = rolesClaim,
+            RequiredClaims = claims,
+            ForwardIdentity = forward,
             ClockSkew = skew,
             Keys = keys,
         }, time);
