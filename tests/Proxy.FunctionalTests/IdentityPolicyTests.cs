@@ -130,4 +130,24 @@ public sealed class IdentityPolicyTests
         Problem(await GetAsync(client, "/orders/1?api_key=alice"), 401);
         Assert.Single(upstream.Requests);
     }
+
+    [Fact]
+    public async Task IpFilter_TrustedProxy_UsesRightMostUntrustedForwardedFor()
+    {
+        var (upstream, proxy) = await StartAsync("""
+              partners:
+                ip_filter: { allow: [203.0.113.0/24], trusted_proxies: [127.0.0.0/8] }
+            """, "partners");
+        await using var _ = upstream;
+        await using var __ = proxy;
+        await using var client = await proxy.ConnectAsync();
+
+        Assert.Equal(200, (await GetAsync(client, "/orders/1", "X-Forwarded-For: 198.51.100.1, 203.0.113.9, 127.0.0.5")).Status);
+        // A forged allowed address on the left does not help: the right-most untrusted entry decides.
+        var denied = await GetAsync(client, "/orders/1", "X-Forwarded-For: 203.0.113.9, 198.51.100.1");
+        Problem(denied, 403);
+        var garbage = await GetAsync(client, "/orders/1", "X-Forwarded-For: 203.0.113.9, not-an-ip");
+        Problem(garbage, 403);
+        Assert.Single(upstream.Requests);
+    }
 }

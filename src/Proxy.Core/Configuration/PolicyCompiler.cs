@@ -14,7 +14,7 @@ namespace Proxy.Configuration;
 internal static partial class PolicyCompiler
 {
     private static readonly string[] s_rateLimitKeys = ["key", "rate", "burst", "store"];
-    private static readonly string[] s_ipFilterKeys = ["allow", "deny"];
+    private static readonly string[] s_ipFilterKeys = ["allow", "deny", "trusted_proxies"];
     private static readonly string[] s_jwtKeys =
     [
         "issuer", "audiences", "jwks_file", "jwks_url", "jwks_refresh", "jwks_min_refetch", "required_scopes", "scopes_mode",
@@ -324,6 +324,7 @@ internal static partial class PolicyCompiler
         int before = errors.Count;
         var allow = new List<IPNetwork>();
         var deny = new List<IPNetwork>();
+        var trusted = new List<IPNetwork>();
         Located<string>? allowKey = null;
         foreach (var setting in policy.Settings)
         {
@@ -336,10 +337,16 @@ internal static partial class PolicyCompiler
                 errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, $"expected a list of CIDRs for '{setting.Key.Value}' (e.g. [10.0.0.0/8, \"::1/128\"])");
                 continue;
             }
-            var target = setting.Key.Value == "allow" ? allow : deny;
+            var target = setting.Key.Value switch { "allow" => allow, "deny" => deny, _ => trusted };
             if (setting.Key.Value == "allow")
             {
                 allowKey = setting.Key;
+                if (list.Count == 0)
+                {
+                    // Written out, an empty allow list reads as "nobody", but means "everybody not denied": say so.
+                    errors.Add(setting.Key.Mark, $"ip_filter policy '{policy.Name.Value}' has an empty 'allow' list, which would allow every address rather than none; "
+                        + "remove 'allow' to allow every address not denied, or list the allowed networks");
+                }
             }
             foreach (var item in list)
             {
@@ -357,13 +364,18 @@ internal static partial class PolicyCompiler
         {
             return null;
         }
+        if (allow.Count == 0 && deny.Count > 0 && CidrSet.Covers(deny, [IPNetwork.Parse("0.0.0.0/0"), IPNetwork.Parse("::/0")]))
+        {
+            errors.Add(kind.Mark, $"ip_filter policy '{policy.Name.Value}' can never pass: its deny list covers every IPv4 and IPv6 address");
+            return null;
+        }
         if (allow.Count > 0 && deny.Count > 0 && CidrSet.Covers(deny, allow))
         {
             errors.Add(allowKey?.Mark ?? kind.Mark,
                 $"ip_filter policy '{policy.Name.Value}' can never pass: every address in its allow list is also in its deny list (deny wins)");
             return null;
         }
-        return new IpFilter(policy.Name.Value, allow, deny);
+        return new IpFilter(policy.Name.Value, allow, deny, trusted);
     }
 
     private static JwtFilter? BuildJwt(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory)
