@@ -150,4 +150,30 @@ public sealed class IdentityPolicyTests
         Problem(garbage, 403);
         Assert.Single(upstream.Requests);
     }
+
+    [Theory]
+    [InlineData("GET /orders/1?id=1%20UNION%20SELECT%20password HTTP/1.1", "sql_injection")]
+    [InlineData("GET /orders/1?q=%3Cscript%3Ealert(1)%3C/script%3E HTTP/1.1", "xss")]
+    [InlineData("GET /orders/..%2f..%2fetc%2fpasswd HTTP/1.1", "path_traversal")]
+    [InlineData("DELETE /orders/1 HTTP/1.1", "methods")]
+    [InlineData("GET /orders/wp-login.php HTTP/1.1", "patterns")]
+    public async Task Deny_Signature_Returns403NamingRuleAndUpstreamSeesNothing(string requestLine, string rule)
+    {
+        var (upstream, proxy) = await StartAsync("""
+              waf:
+                deny: { path_traversal: true, sql_injection: true, xss: true, methods: [GET, POST], patterns: [wp-login] }
+            """, "waf");
+        await using var _ = upstream;
+        await using var __ = proxy;
+        await using var client = await proxy.ConnectAsync();
+
+        await client.SendAsync($"{requestLine}\r\nHost: example.test\r\n\r\n");
+        var response = await client.ReadResponseAsync();
+
+        var problem = Problem(response, 403);
+        Assert.Equal(rule, problem.GetProperty("rule").GetString());
+        Assert.Equal(0, upstream.ConnectionCount);
+        // An ordinary request on the same connection still passes.
+        Assert.Equal(200, (await GetAsync(client, "/orders/1?expand=items")).Status);
+    }
 }

@@ -12,6 +12,107 @@ internal static partial class PolicyCompiler
     private static readonly string[] s_forwardIdentityKeys = ["subject", "client_id", "consumer", "plan"];
     private static readonly string[] s_apiKeyEntryKeys = ["sha256", "consumer", "plan"];
 
+    private static readonly string[] s_denyKeys = ["path_traversal", "sql_injection", "xss", "methods", "patterns"];
+    private static readonly string[] s_standardMethods = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+    private static DenyFilter? BuildDeny(PolicyConfig policy, Located<string> kind, ConfigErrorList errors)
+    {
+        int before = errors.Count;
+        string name = policy.Name.Value;
+        bool traversal = false, sql = false, xss = false;
+        List<string>? methods = null;
+        var patterns = new List<string>();
+        foreach (var setting in policy.Settings)
+        {
+            if (!CheckKey(setting, s_denyKeys, "deny", errors))
+            {
+                continue;
+            }
+            if (setting.Key.Value is "methods" or "patterns")
+            {
+                if (setting.List is not { } list)
+                {
+                    errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, $"expected a list for '{setting.Key.Value}' (e.g. [GET, POST])");
+                    continue;
+                }
+                if (setting.Key.Value == "methods")
+                {
+                    methods = [];
+                    if (list.Count == 0)
+                    {
+                        errors.Add(setting.Key.Mark, $"deny policy '{name}' can never pass: its 'methods' list (the methods let through) is empty");
+                    }
+                }
+                foreach (var item in list)
+                {
+                    if (setting.Key.Value == "patterns")
+                    {
+                        if (item.Value.Length == 0 || item.Value.Any(c => c > '~' || c < ' '))
+                        {
+                            errors.Add(item.Mark, "a deny pattern is a non-empty string of printable ASCII (matched case-insensitively)");
+                        }
+                        else
+                        {
+                            patterns.Add(item.Value);
+                        }
+                    }
+                    else if (!ConfigSyntax.IsToken(item.Value))
+                    {
+                        errors.Add(item.Mark, $"invalid method '{item.Value}' (a token, e.g. GET)");
+                    }
+                    else if (!s_standardMethods.Contains(item.Value) && s_standardMethods.Contains(item.Value.ToUpperInvariant()))
+                    {
+                        errors.Add(item.Mark, $"methods are case-sensitive (RFC 9110 section 9.1); did you mean '{item.Value.ToUpperInvariant()}'?");
+                    }
+                    else
+                    {
+                        methods!.Add(item.Value);
+                    }
+                }
+                continue;
+            }
+            if (Scalar(setting, errors) is not { } value)
+            {
+                continue;
+            }
+            if (value.Value is not ("true" or "false"))
+            {
+                errors.Add(value.Mark, $"expected true or false for '{setting.Key.Value}', got '{value.Value}'");
+                continue;
+            }
+            bool on = value.Value == "true";
+            switch (setting.Key.Value)
+            {
+                case "path_traversal":
+                    traversal = on;
+                    break;
+                case "sql_injection":
+                    sql = on;
+                    break;
+                default:
+                    xss = on;
+                    break;
+            }
+        }
+        if (errors.Count == before && !traversal && !sql && !xss && methods is null && patterns.Count == 0)
+        {
+            errors.Add(kind.Mark, $"deny policy '{name}' checks nothing: enable path_traversal, sql_injection or xss, or list methods or patterns");
+        }
+        if (errors.Count != before)
+        {
+            return null;
+        }
+        return new DenyFilter(new DenyOptions
+        {
+            PolicyName = name,
+            PathTraversal = traversal,
+            SqlInjection = sql,
+            Xss = xss,
+            Methods = methods ?? [],
+            Patterns = patterns,
+        });
+    }
+
     private static ApiKeyFilter? BuildApiKey(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, string baseDirectory)
     {
         int before = errors.Count;

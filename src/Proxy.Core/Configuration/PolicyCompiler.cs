@@ -164,6 +164,8 @@ internal static partial class PolicyCompiler
             // Identity and WAF kinds: PolicyCompiler.Identity.cs.
             case "api_key":
                 return BuildApiKey(policy, kind, errors, baseDirectory);
+            case "deny":
+                return BuildDeny(policy, kind, errors);
         }
         if (!PolicyKinds.TryGetCustom(kind.Value, out var factory))
         {

@@ -45,7 +45,7 @@ public delegate IRequestHeadersFilter PolicyFactory(PolicyDefinition definition)
 public static class PolicyKinds
 {
     /// <summary>Kinds the engine itself implements; they cannot be registered again.</summary>
-    public static IReadOnlyList<string> BuiltIn { get; } = ["rate_limit", "ip_filter", "jwt", "api_key"];
+    public static IReadOnlyList<string> BuiltIn { get; } = ["rate_limit", "ip_filter", "jwt", "api_key", "deny"];
 
     private static readonly ConcurrentDictionary<string, PolicyFactory> s_custom = new(StringComparer.Ordinal);
 
