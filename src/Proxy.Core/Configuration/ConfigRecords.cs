@@ -107,6 +107,8 @@ internal sealed record ListenerConfig
     public ForwardedConfig? Forwarded { get; init; }
     /// <summary>Default policies for every route on this listener; they run before the route's own.</summary>
     public IReadOnlyList<Located<string>> Policies { get; init; } = [];
+    /// <summary><c>public: true</c>: reachable from untrusted networks, so every route on it must authenticate.</summary>
+    public Located<bool>? Public { get; init; }
 }
 
 internal sealed record RouteConfig
@@ -118,6 +120,8 @@ internal sealed record RouteConfig
     public Located<string>? Cluster { get; init; }
     public RespondConfig? Respond { get; init; }
     public IReadOnlyList<Located<string>> Policies { get; init; } = [];
+    /// <summary><c>allow_anonymous: true</c>: the route is meant to be reachable without authentication on a public listener.</summary>
+    public Located<bool>? AllowAnonymous { get; init; }
 }
 
 internal sealed record MatchConfig

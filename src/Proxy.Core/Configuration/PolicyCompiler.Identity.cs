@@ -1,3 +1,4 @@
+using Proxy.Model;
 using Proxy.Pipeline.Filters;
 
 namespace Proxy.Configuration;
@@ -11,6 +12,62 @@ internal static partial class PolicyCompiler
     private static readonly string[] s_reservedClaims = ["exp", "nbf", "iss", "aud", "scope", "scp", "sub"];
     private static readonly string[] s_forwardIdentityKeys = ["subject", "client_id", "consumer", "plan"];
     private static readonly string[] s_apiKeyEntryKeys = ["sha256", "consumer", "plan"];
+
+    /// <summary>Kinds that establish who the client is; a route on a public listener needs one of them.</summary>
+    private static readonly string[] s_authenticationKinds = ["jwt", "api_key", "introspection"];
+
+    /// <summary>
+    /// Checks each route against the chain it runs on each of its listeners (the listener's policies, then its own):
+    /// a deny policy whose method allow list excludes every method the route matches can never pass, and a route on
+    /// a <c>public: true</c> listener must run an authentication policy unless it says <c>allow_anonymous: true</c>.
+    /// </summary>
+    private static void ValidateChains(ProxyConfig config, Dictionary<string, PolicyConfig> names, ConfigErrorList errors)
+    {
+        foreach (var route in config.Routes)
+        {
+            string label = route.Id is { } id ? $"route '{id.Value}'" : "route";
+            bool anonymousOk = route.AllowAnonymous?.Value == true;
+            var reported = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var listener in config.Listeners)
+            {
+                if (listener.Handler != ListenerHandler.Proxy || !RouteIsOn(route, listener))
+                {
+                    continue;
+                }
+                var chain = listener.Policies.Concat(route.Policies).Select(p => p.Value).Distinct(StringComparer.Ordinal).ToList();
+                var kinds = chain.Select(n => names.TryGetValue(n, out var p) ? p.Kind?.Value : null).ToList();
+                if (listener.Public?.Value == true && !anonymousOk && !kinds.Any(k => k is not null && s_authenticationKinds.Contains(k))
+                    && reported.Add("public:" + listener.Name?.Value))
+                {
+                    errors.Add(route.Mark, $"{label} has no authentication policy (jwt, api_key or introspection) on public listener '{listener.Name?.Value}'; "
+                        + "add one, or set 'allow_anonymous: true' on the route if it is meant to be open");
+                }
+                if (route.Match.Methods.Count == 0)
+                {
+                    continue;
+                }
+                for (int i = 0; i < chain.Count; i++)
+                {
+                    if (kinds[i] != "deny" || DenyMethods(names[chain[i]]) is not { Count: > 0 } allowed || !reported.Add("deny:" + chain[i]))
+                    {
+                        continue;
+                    }
+                    if (!route.Match.Methods.Any(m => allowed.Contains(m.Value.ToUpperInvariant())))
+                    {
+                        errors.Add(route.Match.Methods[0].Mark,
+                            $"{label} can never pass: it matches only {string.Join(", ", route.Match.Methods.Select(m => m.Value.ToUpperInvariant()))}, "
+                            + $"and policy '{chain[i]}' lets through only {string.Join(", ", allowed)}");
+                    }
+                }
+            }
+        }
+    }
+
+    private static bool RouteIsOn(RouteConfig route, ListenerConfig listener)
+        => route.Listeners.Count == 0 || route.Listeners.Any(l => l.Value == listener.Name?.Value);
+
+    private static List<string>? DenyMethods(PolicyConfig policy)
+        => policy.Settings.FirstOrDefault(s => s.Key.Value == "methods")?.List?.Select(m => m.Value).ToList();
 
     private static readonly string[] s_denyKeys = ["path_traversal", "sql_injection", "xss", "methods", "patterns"];
     private static readonly string[] s_standardMethods = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];

@@ -55,6 +55,8 @@ internal static partial class PolicyCompiler
         {
             CheckReferences(route.Policies, route.Id is { } id ? $"route '{id.Value}'" : "route", names, errors);
         }
+        // Conflicts between a route and the chain it gets: PolicyCompiler.Identity.cs.
+        ValidateChains(config, names, errors);
     }
 
     private static void CheckReferences(IReadOnlyList<Located<string>> references, string owner, Dictionary<string, PolicyConfig> names, ConfigErrorList errors)

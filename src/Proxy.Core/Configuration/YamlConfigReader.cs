@@ -20,8 +20,8 @@ internal sealed class YamlConfigReader
     private static readonly string[] s_limitsKeys =
         ["max_request_line", "max_header_bytes", "max_headers", "max_body_bytes", "header_timeout", "keepalive_timeout", "body_timeout"];
     private static readonly string[] s_forwardedKeys = ["mode", "trusted_networks"];
-    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies"];
-    private static readonly string[] s_routeKeys = ["id", "listeners", "match", "cluster", "respond", "policies"];
+    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies", "public"];
+    private static readonly string[] s_routeKeys = ["id", "listeners", "match", "cluster", "respond", "policies", "allow_anonymous"];
     private static readonly string[] s_matchKeys = ["path", "hosts", "methods", "headers", "query"];
     private static readonly string[] s_fieldMatchKeys = ["name", "value", "present"];
     private static readonly string[] s_respondKeys = ["status", "body", "headers"];
@@ -315,6 +315,7 @@ internal sealed class YamlConfigReader
             Limits = ReadLimits(map.Get("limits")),
             Forwarded = map.Get("forwarded") is { } f ? ReadForwarded(f) : null,
             Policies = StringList(map, "policies"),
+            Public = Bool(map, "public"),
         };
     }
 
@@ -333,6 +334,7 @@ internal sealed class YamlConfigReader
             Cluster = String(map, "cluster"),
             Respond = map.Get("respond") is { } r ? ReadRespond(r) : null,
             Policies = StringList(map, "policies"),
+            AllowAnonymous = Bool(map, "allow_anonymous"),
         };
     }
 
