@@ -162,7 +162,7 @@ internal static partial class PolicyCompiler
             case "ip_filter":
                 return BuildIpFilter(policy, kind, errors);
             case "jwt":
-                return BuildJwt(policy, kind, errors, time, baseDirectory);
+                return BuildJwt(policy, kind, errors, time, baseDirectory, validateOnly);
             // Identity and WAF kinds: PolicyCompiler.Identity.cs.
             case "api_key":
                 return BuildApiKey(policy, kind, errors, baseDirectory);
@@ -382,8 +382,11 @@ internal static partial class PolicyCompiler
         return new IpFilter(policy.Name.Value, allow, deny, trusted);
     }
 
-    private static JwtFilter? BuildJwt(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory)
+    private static JwtFilter? BuildJwt(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory, bool validateOnly = false)
     {
+        Uri? jwksUrl = null;
+        Located<string>? jwksFile = null;
+        TimeSpan refresh = TimeSpan.FromMinutes(5), minRefetch = TimeSpan.FromSeconds(30);
         int before = errors.Count;
         string name = policy.Name.Value;
         string? issuer = null;
@@ -498,10 +501,29 @@ internal static partial class PolicyCompiler
                     break;
                 case "jwks_url":
                     hasJwks = true;
-                    errors.Add(setting.Key.Mark, "jwks_url is not supported yet; use jwks_file");
+                    if (!Uri.TryCreate(value.Value, UriKind.Absolute, out jwksUrl) || jwksUrl.Scheme is not ("http" or "https"))
+                    {
+                        errors.Add(value.Mark, $"invalid jwks_url '{value.Value}': expected an absolute http:// or https:// URL");
+                    }
+                    break;
+                case "jwks_refresh":
+                case "jwks_min_refetch":
+                    if (!ConfigValues.TryParseDuration(value.Value, out var period) || period < TimeSpan.FromSeconds(1) || period > TimeSpan.FromDays(1))
+                    {
+                        errors.Add(value.Mark, $"invalid {setting.Key.Value} '{value.Value}': expected a duration from 1s to 24h (e.g. 5m)");
+                    }
+                    else if (setting.Key.Value == "jwks_refresh")
+                    {
+                        refresh = period;
+                    }
+                    else
+                    {
+                        minRefetch = period;
+                    }
                     break;
                 case "jwks_file":
                     hasJwks = true;
+                    jwksFile = value;
                     keys = LoadJwks(value, baseDirectory, errors);
                     break;
             }
@@ -516,11 +538,23 @@ internal static partial class PolicyCompiler
         }
         if (!hasJwks)
         {
-            errors.Add(kind.Mark, $"jwt policy '{name}' is missing required key 'jwks_file' (a JSON Web Key Set, RFC 7517)");
+            errors.Add(kind.Mark, $"jwt policy '{name}' is missing required key 'jwks_file' or 'jwks_url' (a JSON Web Key Set, RFC 7517)");
         }
-        if (errors.Count != before || keys is null || issuer is null || audiences is null)
+        if (jwksFile is not null && jwksUrl is not null)
         {
+            errors.Add(jwksFile.Value.Mark, $"jwt policy '{name}' has both 'jwks_file' and 'jwks_url'; choose one");
+        }
+        if (errors.Count != before || (keys is null && jwksUrl is null) || issuer is null || audiences is null || (validateOnly && jwksUrl is not null))
+        {
+            // Validation never fetches: a down key server must not fail `proxy validate` (nor slow it down).
             return null;
+        }
+        JwksSource? source = null;
+        if (jwksUrl is not null)
+        {
+            // First fetch now, in the background: config load does not wait for (or fail on) the key server.
+            source = new JwksSource(name, new JwksSourceOptions { Url = jwksUrl, Refresh = refresh, MinRefetch = minRefetch }, time);
+            source.Start();
         }
         return new JwtFilter(new JwtOptions
         {
@@ -535,7 +569,8 @@ internal static partial class PolicyCompiler
             RequiredClaims = claims,
             ForwardIdentity = forward,
             ClockSkew = skew,
-            Keys = keys,
+            Keys = keys ?? [],
+            KeySource = source,
         }, time);
     }
 

@@ -22,6 +22,8 @@ internal enum JwtResult : byte
     WrongIssuer,
     WrongAudience,
     InsufficientScope,
+    /// <summary>The policy's remote key set has not been fetched yet (jwks_url down since start).</summary>
+    KeysUnavailable,
     /// <summary>Signed and valid, but without a required role (403, like a missing scope).</summary>
     InsufficientRole,
     /// <summary>Signed and valid, but a required claim is absent or has another value (403).</summary>
@@ -50,7 +52,10 @@ internal sealed record JwtOptions
     /// <summary>Headers that carry the verified identity upstream; null when the policy forwards nothing.</summary>
     public IdentityForwardingOptions? ForwardIdentity { get; init; }
     public TimeSpan ClockSkew { get; init; } = TimeSpan.FromSeconds(30);
-    public required IReadOnlyList<JsonWebKey> Keys { get; init; }
+    /// <summary>Keys from a jwks_file; empty when <see cref="KeySource"/> supplies them.</summary>
+    public IReadOnlyList<JsonWebKey> Keys { get; init; } = [];
+    /// <summary>A remote key set (jwks_url), fetched and refreshed in the background.</summary>
+    public JwksSource? KeySource { get; init; }
     /// <summary>Verified tokens remembered (rounded up to a power of two).</summary>
     public int CacheCapacity { get; init; } = 4096;
 }
@@ -73,14 +78,14 @@ internal sealed class JwtFilter : IRequestHeadersFilter
 
     // Indexed by JwtResult.
     private static readonly string[] s_details =
-        ["", "jwt_missing", "jwt_malformed", "jwt_invalid", "jwt_expired", "jwt_not_yet_valid", "jwt_issuer", "jwt_audience", "jwt_scope", "jwt_role", "jwt_claim"];
+        ["", "jwt_missing", "jwt_malformed", "jwt_invalid", "jwt_expired", "jwt_not_yet_valid", "jwt_issuer", "jwt_audience", "jwt_scope", "jwt_keys_unavailable", "jwt_role", "jwt_claim"];
 
     // Fixed texts only: nothing from the token or the keys goes into an answer.
     private static readonly string[] s_descriptions =
     [
         "", "", "The token is not a well-formed JWS", "The token signature, algorithm or key is not accepted", "The token has expired",
         "The token is not valid yet", "The token issuer is not accepted", "The token audience is not accepted", "The token lacks a required scope",
-        "The token lacks a required role", "The token lacks a required claim value",
+        "The token signing keys are not available", "The token lacks a required role", "The token lacks a required claim value",
     ];
 
     private readonly byte[] _issuer;
@@ -98,6 +103,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     private readonly IdentityForwarding? _forwarding;
     private readonly long _skewSeconds;
     private readonly JsonWebKey[] _keys;
+    private readonly JwksSource? _source;
     private readonly VerifiedTokenCache _cache;
     private readonly TimeProvider _time;
     private readonly byte[][] _challenges;
@@ -109,7 +115,11 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     public JwtFilter(JwtOptions options, TimeProvider? time = null)
     {
         ArgumentOutOfRangeException.ThrowIfZero(options.Audiences.Count);
-        ArgumentOutOfRangeException.ThrowIfZero(options.Keys.Count);
+        if (options.KeySource is null)
+        {
+            ArgumentOutOfRangeException.ThrowIfZero(options.Keys.Count);
+        }
+        _source = options.KeySource;
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.RequiredScopes.Count, MaxScopes);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.RequiredRoles.Count, MaxScopes);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.RequiredClaims.Count, MaxScopes);
@@ -297,6 +307,15 @@ internal sealed class JwtFilter : IRequestHeadersFilter
             ReadOnlySpan<byte> payload = buffer[..payloadLength];
 
             JwtResult result = ReadHeader(header, out JwsAlgorithm algorithm, out JsonWebKey? key);
+            if (result == JwtResult.Invalid && key is null && _source is not null)
+            {
+                // A kid we do not hold may be a rotated-in key: fetch again (rate-limited), refuse this token.
+                _source.OnUnknownKey();
+                if (_source.Keys.Length == 0)
+                {
+                    return JwtResult.KeysUnavailable;
+                }
+            }
             if (result != JwtResult.Valid)
             {
                 return result;
@@ -332,6 +351,8 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         algorithm = JwsAlgorithm.Unknown;
         key = null;
         bool hasKid = false;
+        // One read of the current set: a background refresh may swap it while this token is checked.
+        JsonWebKey[] keys = _source?.Keys ?? _keys;
         var reader = new Utf8JsonReader(header);
         if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
         {
@@ -362,7 +383,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
                 }
                 hasKid = true;
                 key = null;
-                foreach (JsonWebKey candidate in _keys)
+                foreach (JsonWebKey candidate in keys)
                 {
                     if (candidate.Kid is { } kid && reader.ValueTextEquals(kid))
                     {
@@ -386,9 +407,9 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         {
             return algorithm == JwsAlgorithm.Unknown ? JwtResult.Invalid : JwtResult.Malformed;
         }
-        if (!hasKid && _keys.Length == 1)
+        if (!hasKid && keys.Length == 1)
         {
-            key = _keys[0];
+            key = keys[0];
         }
         // The key must be of the algorithm's family: this is what stops "HS256 with the RSA public key as secret".
         return key is not null && key.Accepts(algorithm) ? JwtResult.Valid : JwtResult.Invalid;
