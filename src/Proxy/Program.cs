@@ -22,6 +22,8 @@ internal static class Program
                      timeouts (FILE:LINE:COL: code: message; exit 0 even with findings)
           dev-cert   Write a self-signed certificate and key (PEM) for local TLS
                      [--out DIR (default ./certs)] [--hosts localhost,127.0.0.1,::1]
+          hash-key   Print the SHA-256 (hex) of an API key, for an api_key policy's 'sha256:'
+                     (proxy hash-key KEY, or the key on standard input: proxy hash-key -)
 
         Options:
           -c, --config FILE   Config file (default ./proxy.yaml)
@@ -57,6 +59,10 @@ internal static class Program
         if (command == "dev-cert")
         {
             return DevCert(args);
+        }
+        if (command == "hash-key")
+        {
+            return HashKey(args);
         }
         string configPath = "proxy.yaml";
         for (int i = 1; i < args.Length; i++)
@@ -139,6 +145,28 @@ internal static class Program
         Console.Error.WriteLine($"proxy: unknown command '{command}'");
         Console.Error.WriteLine(Usage);
         return ExitInvalidConfig;
+    }
+
+    /// <summary>
+    /// Prints the lower-case hex SHA-256 of the key's UTF-8 bytes. Reading it from standard input keeps the key out of
+    /// the shell history and the process list; a trailing newline there is not part of the key.
+    /// </summary>
+    private static int HashKey(string[] args)
+    {
+        string? key = args.Length switch
+        {
+            1 => Console.In.ReadLine(),
+            2 when args[1] == "-" => Console.In.ReadLine(),
+            2 => args[1],
+            _ => null,
+        };
+        if (string.IsNullOrEmpty(key))
+        {
+            Console.Error.WriteLine("proxy: hash-key needs a non-empty key (proxy hash-key KEY, or proxy hash-key - to read it from standard input)");
+            return ExitInvalidConfig;
+        }
+        Console.WriteLine(Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key))));
+        return ExitOk;
     }
 
     private static int Validate(string configPath)

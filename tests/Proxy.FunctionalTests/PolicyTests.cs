@@ -76,6 +76,49 @@ public sealed class PolicyTests
     }
 
     [Fact]
+    public async Task ApiKeyThenRateLimit_ConsumerAndPlanFromTheKey_EachConsumerGetsItsPlansBudget()
+    {
+        // "alice" and "bob" hashed (SHA-256): alice is on the free plan (burst 2), bob on pro (burst 5).
+        var (upstream, proxy) = await StartAsync("""
+              keys:
+                api_key:
+                  header: x-api-key
+                  keys:
+                    - { sha256: 2bd806c97f0e00af1a1fc3328fa763a9269723c8db8fac4f93af71db186d6e90, consumer: alice, plan: free }
+                    - { sha256: 81b637d8fcd2c6da6359e6963113a1170de795e4b725b84d1e0b4cfd9ec58ce9, consumer: bob, plan: pro }
+                  forward_identity: { consumer: x-consumer, plan: x-plan }
+              per-plan:
+                rate_limit:
+                  key: consumer
+                  plans:
+                    free: { rate: 1/h, burst: 2 }
+                    pro: { rate: 1/h, burst: 5 }
+            """, "", "keys, per-plan");
+        await using var _ = upstream;
+        await using var __ = proxy;
+        await using var client = await proxy.ConnectAsync();
+
+        var statuses = new List<int>();
+        for (int i = 0; i < 3; i++)
+        {
+            statuses.Add((await GetAsync(client, "/orders/1", "X-API-Key: alice")).Status);
+        }
+        for (int i = 0; i < 6; i++)
+        {
+            statuses.Add((await GetAsync(client, "/orders/1", "X-API-Key: bob", "X-Consumer: mallory")).Status);
+        }
+        var unknown = await GetAsync(client, "/orders/1", "X-API-Key: eve");
+
+        Assert.Equal([200, 200, 429, 200, 200, 200, 200, 200, 429], statuses);
+        Assert.Equal(401, unknown.Status);
+        Assert.Equal(7, upstream.Requests.Length);
+        Assert.Equal("alice", upstream.Requests[0].Header("x-consumer"));
+        Assert.Equal("free", upstream.Requests[0].Header("x-plan"));
+        Assert.Equal("bob", upstream.Requests[6].Header("x-consumer")); // the client's own copy was dropped
+        Assert.Single(upstream.Requests[6].Headers, h => h.Key.Equals("x-consumer", StringComparison.OrdinalIgnoreCase));
+    }
+
+    [Fact]
     public async Task RateLimit_DifferentKeys_HaveSeparateBudgets()
     {
         var (upstream, proxy) = await StartAsync("""

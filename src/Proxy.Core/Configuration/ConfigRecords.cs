@@ -47,12 +47,21 @@ internal sealed record PolicyConfig
     public IReadOnlyList<PolicySettingConfig> Settings { get; init; } = [];
 }
 
-/// <summary>A setting under a policy's kind: a scalar, a list of scalars, or a map of settings (<see cref="Map"/>).</summary>
+/// <summary>
+/// A setting under a policy's kind: a scalar, a list of scalars, a map (<see cref="Map"/>, e.g. <c>forward_identity</c>)
+/// or a list of maps (<see cref="Maps"/>, e.g. an api_key policy's <c>keys</c>). Exactly one of the four is set.
+/// </summary>
 internal sealed record PolicySettingConfig(Located<string> Key, Located<string>? Scalar, IReadOnlyList<Located<string>>? List)
 {
-    /// <summary>The nested settings when the value is a map (<c>redis: { address: ... }</c>); null otherwise.</summary>
+    /// <summary>The entries of a map value, in file order.</summary>
     public IReadOnlyList<PolicySettingConfig>? Map { get; init; }
+
+    /// <summary>The items of a list of maps, each with its position.</summary>
+    public IReadOnlyList<PolicyMapItem>? Maps { get; init; }
 }
+
+/// <summary>One map in a list of maps under a policy setting.</summary>
+internal sealed record PolicyMapItem(Mark Mark, IReadOnlyList<PolicySettingConfig> Entries);
 
 /// <summary>The <c>admin:</c> block: where the admin API listens and the bearer token it requires, if any.</summary>
 internal sealed record AdminConfig
@@ -119,6 +128,8 @@ internal sealed record ListenerConfig
     public ForwardedConfig? Forwarded { get; init; }
     /// <summary>Default policies for every route on this listener; they run before the route's own.</summary>
     public IReadOnlyList<Located<string>> Policies { get; init; } = [];
+    /// <summary><c>public: true</c>: reachable from untrusted networks, so every route on it must authenticate.</summary>
+    public Located<bool>? Public { get; init; }
     /// <summary>The <c>tls:</c> block; null for a cleartext listener.</summary>
     public ListenerTlsConfig? Tls { get; init; }
 }
@@ -170,6 +181,8 @@ internal sealed record RouteConfig
     public Located<string>? Cluster { get; init; }
     public RespondConfig? Respond { get; init; }
     public IReadOnlyList<Located<string>> Policies { get; init; } = [];
+    /// <summary><c>allow_anonymous: true</c>: the route is meant to be reachable without authentication on a public listener.</summary>
+    public Located<bool>? AllowAnonymous { get; init; }
     /// <summary>The <c>clusters:</c> weighted split; empty when absent (the route uses <c>cluster:</c>).</summary>
     public IReadOnlyList<WeightedClusterConfig> Clusters { get; init; } = [];
     public Mark ClustersMark { get; init; }

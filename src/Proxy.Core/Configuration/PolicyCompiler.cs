@@ -11,13 +11,17 @@ namespace Proxy.Configuration;
 /// references from listeners and routes, and builds one filter per policy and one <see cref="FilterChain"/> per
 /// route and listener. Validation and compilation share <see cref="Build"/>, so what validates is what runs.
 /// </summary>
-internal static class PolicyCompiler
+internal static partial class PolicyCompiler
 {
     private static readonly string[] s_rateLimitKeys = ["key", "rate", "burst", "quota", "plans", "default_plan", "store", "redis", "max_keys"];
     private static readonly string[] s_rateLimitPlanKeys = ["rate", "burst", "quota"];
     private static readonly string[] s_redisKeys = ["address", "on_error", "timeout", "local_budget"];
-    private static readonly string[] s_ipFilterKeys = ["allow", "deny"];
-    private static readonly string[] s_jwtKeys = ["issuer", "audiences", "jwks_file", "jwks_url", "required_scopes", "clock_skew"];
+    private static readonly string[] s_ipFilterKeys = ["allow", "deny", "trusted_proxies"];
+    private static readonly string[] s_jwtKeys =
+    [
+        "issuer", "audiences", "jwks_file", "jwks_url", "jwks_refresh", "jwks_min_refetch", "required_scopes", "scopes_mode",
+        "required_roles", "roles_mode", "roles_claim", "required_claims", "forward_identity", "clock_skew",
+    ];
 
     public static void Validate(ProxyConfig config, ConfigErrorList errors)
     {
@@ -52,6 +56,8 @@ internal static class PolicyCompiler
         {
             CheckReferences(route.Policies, route.Id is { } id ? $"route '{id.Value}'" : "route", names, errors);
         }
+        // Conflicts between a route and the chain it gets: PolicyCompiler.Identity.cs.
+        ValidateChains(config, names, errors);
     }
 
     private static void CheckReferences(IReadOnlyList<Located<string>> references, string owner, Dictionary<string, PolicyConfig> names, ConfigErrorList errors)
@@ -157,7 +163,12 @@ internal static class PolicyCompiler
             case "ip_filter":
                 return BuildIpFilter(policy, kind, errors);
             case "jwt":
-                return BuildJwt(policy, kind, errors, time, baseDirectory);
+                return BuildJwt(policy, kind, errors, time, baseDirectory, validateOnly);
+            // Identity and WAF kinds: PolicyCompiler.Identity.cs.
+            case "api_key":
+                return BuildApiKey(policy, kind, errors, baseDirectory);
+            case "deny":
+                return BuildDeny(policy, kind, errors);
         }
         if (!PolicyKinds.TryGetCustom(kind.Value, out var factory))
         {
@@ -546,6 +557,7 @@ internal static class PolicyCompiler
         int before = errors.Count;
         var allow = new List<IPNetwork>();
         var deny = new List<IPNetwork>();
+        var trusted = new List<IPNetwork>();
         Located<string>? allowKey = null;
         foreach (var setting in policy.Settings)
         {
@@ -558,10 +570,16 @@ internal static class PolicyCompiler
                 errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, $"expected a list of CIDRs for '{setting.Key.Value}' (e.g. [10.0.0.0/8, \"::1/128\"])");
                 continue;
             }
-            var target = setting.Key.Value == "allow" ? allow : deny;
+            var target = setting.Key.Value switch { "allow" => allow, "deny" => deny, _ => trusted };
             if (setting.Key.Value == "allow")
             {
                 allowKey = setting.Key;
+                if (list.Count == 0)
+                {
+                    // Written out, an empty allow list reads as "nobody", but means "everybody not denied": say so.
+                    errors.Add(setting.Key.Mark, $"ip_filter policy '{policy.Name.Value}' has an empty 'allow' list, which would allow every address rather than none; "
+                        + "remove 'allow' to allow every address not denied, or list the allowed networks");
+                }
             }
             foreach (var item in list)
             {
@@ -579,22 +597,35 @@ internal static class PolicyCompiler
         {
             return null;
         }
+        if (allow.Count == 0 && deny.Count > 0 && CidrSet.Covers(deny, [IPNetwork.Parse("0.0.0.0/0"), IPNetwork.Parse("::/0")]))
+        {
+            errors.Add(kind.Mark, $"ip_filter policy '{policy.Name.Value}' can never pass: its deny list covers every IPv4 and IPv6 address");
+            return null;
+        }
         if (allow.Count > 0 && deny.Count > 0 && CidrSet.Covers(deny, allow))
         {
             errors.Add(allowKey?.Mark ?? kind.Mark,
                 $"ip_filter policy '{policy.Name.Value}' can never pass: every address in its allow list is also in its deny list (deny wins)");
             return null;
         }
-        return new IpFilter(policy.Name.Value, allow, deny);
+        return new IpFilter(policy.Name.Value, allow, deny, trusted);
     }
 
-    private static JwtFilter? BuildJwt(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory)
+    private static JwtFilter? BuildJwt(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory, bool validateOnly = false)
     {
+        Uri? jwksUrl = null;
+        Located<string>? jwksFile = null;
+        TimeSpan refresh = TimeSpan.FromMinutes(5), minRefetch = TimeSpan.FromSeconds(30);
         int before = errors.Count;
         string name = policy.Name.Value;
         string? issuer = null;
         List<string>? audiences = null;
         var scopes = new List<string>();
+        var roles = new List<string>();
+        var claims = new List<KeyValuePair<string, string>>();
+        bool allScopes = true, allRoles = true;
+        string rolesClaim = "roles";
+        IdentityForwardingOptions? forward = null;
         TimeSpan skew = TimeSpan.FromSeconds(30);
         JsonWebKey[]? keys = null;
         bool hasJwks = false;
@@ -606,6 +637,15 @@ internal static class PolicyCompiler
             }
             switch (setting.Key.Value)
             {
+                case "forward_identity":
+                    forward = ReadForwardIdentity(setting, errors);
+                    continue;
+                case "required_claims":
+                    claims = ReadRequiredClaims(setting, name, errors);
+                    continue;
+                case "required_roles":
+                    roles = ReadRoles(setting, name, errors);
+                    continue;
                 case "audiences":
                 case "required_scopes":
                     if (setting.List is not { } list)
@@ -660,6 +700,28 @@ internal static class PolicyCompiler
                     }
                     issuer = value.Value;
                     break;
+                case "scopes_mode":
+                case "roles_mode":
+                    if (value.Value is not ("all" or "any"))
+                    {
+                        errors.Add(value.Mark, $"invalid {setting.Key.Value} '{value.Value}': expected 'all' or 'any'");
+                    }
+                    else if (setting.Key.Value == "scopes_mode")
+                    {
+                        allScopes = value.Value == "all";
+                    }
+                    else
+                    {
+                        allRoles = value.Value == "all";
+                    }
+                    break;
+                case "roles_claim":
+                    if (value.Value.Length == 0 || s_reservedClaims.Contains(value.Value))
+                    {
+                        errors.Add(value.Mark, $"invalid roles_claim '{value.Value}': name a claim other than {string.Join(", ", s_reservedClaims)}");
+                    }
+                    rolesClaim = value.Value;
+                    break;
                 case "clock_skew":
                     if (!ConfigValues.TryParseDuration(value.Value, out skew) || skew > TimeSpan.FromHours(1))
                     {
@@ -668,10 +730,29 @@ internal static class PolicyCompiler
                     break;
                 case "jwks_url":
                     hasJwks = true;
-                    errors.Add(setting.Key.Mark, "jwks_url is not supported yet; use jwks_file");
+                    if (!Uri.TryCreate(value.Value, UriKind.Absolute, out jwksUrl) || jwksUrl.Scheme is not ("http" or "https"))
+                    {
+                        errors.Add(value.Mark, $"invalid jwks_url '{value.Value}': expected an absolute http:// or https:// URL");
+                    }
+                    break;
+                case "jwks_refresh":
+                case "jwks_min_refetch":
+                    if (!ConfigValues.TryParseDuration(value.Value, out var period) || period < TimeSpan.FromSeconds(1) || period > TimeSpan.FromDays(1))
+                    {
+                        errors.Add(value.Mark, $"invalid {setting.Key.Value} '{value.Value}': expected a duration from 1s to 24h (e.g. 5m)");
+                    }
+                    else if (setting.Key.Value == "jwks_refresh")
+                    {
+                        refresh = period;
+                    }
+                    else
+                    {
+                        minRefetch = period;
+                    }
                     break;
                 case "jwks_file":
                     hasJwks = true;
+                    jwksFile = value;
                     keys = LoadJwks(value, baseDirectory, errors);
                     break;
             }
@@ -686,11 +767,23 @@ internal static class PolicyCompiler
         }
         if (!hasJwks)
         {
-            errors.Add(kind.Mark, $"jwt policy '{name}' is missing required key 'jwks_file' (a JSON Web Key Set, RFC 7517)");
+            errors.Add(kind.Mark, $"jwt policy '{name}' is missing required key 'jwks_file' or 'jwks_url' (a JSON Web Key Set, RFC 7517)");
         }
-        if (errors.Count != before || keys is null || issuer is null || audiences is null)
+        if (jwksFile is not null && jwksUrl is not null)
         {
+            errors.Add(jwksFile.Value.Mark, $"jwt policy '{name}' has both 'jwks_file' and 'jwks_url'; choose one");
+        }
+        if (errors.Count != before || (keys is null && jwksUrl is null) || issuer is null || audiences is null || (validateOnly && jwksUrl is not null))
+        {
+            // Validation never fetches: a down key server must not fail `proxy validate` (nor slow it down).
             return null;
+        }
+        JwksSource? source = null;
+        if (jwksUrl is not null)
+        {
+            // First fetch now, in the background: config load does not wait for (or fail on) the key server.
+            source = new JwksSource(name, new JwksSourceOptions { Url = jwksUrl, Refresh = refresh, MinRefetch = minRefetch }, time);
+            source.Start();
         }
         return new JwtFilter(new JwtOptions
         {
@@ -698,8 +791,15 @@ internal static class PolicyCompiler
             Issuer = issuer,
             Audiences = audiences,
             RequiredScopes = scopes,
+            AllScopes = allScopes,
+            RequiredRoles = roles,
+            AllRoles = allRoles,
+            RolesClaim = rolesClaim,
+            RequiredClaims = claims,
+            ForwardIdentity = forward,
             ClockSkew = skew,
-            Keys = keys,
+            Keys = keys ?? [],
+            KeySource = source,
         }, time);
     }
 

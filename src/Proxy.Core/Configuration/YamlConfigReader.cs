@@ -25,7 +25,7 @@ internal sealed partial class YamlConfigReader
          "rapid_reset", "max_control_frames_per_second", "send_stall_timeout"];
     private static readonly string[] s_rapidResetKeys = ["max", "window"];
     private static readonly string[] s_forwardedKeys = ["mode", "trusted_networks"];
-    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies", "tls"];
+    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies", "tls", "public"];
     private static readonly string[] s_tlsKeys = ["certificates", "client_certificates", "handshake_timeout"];
     private static readonly string[] s_tlsCertificateKeys = ["cert", "key", "hosts"];
     private static readonly string[] s_clientCertificateKeys = ["mode", "ca", "forward_header"];
@@ -36,7 +36,8 @@ internal sealed partial class YamlConfigReader
         ("require", Proxy.Transport.Tls.ClientCertificateMode.Require),
     ];
     private static readonly string[] s_routeKeys =
-        ["id", "listeners", "match", "cluster", "respond", "policies", "clusters", "canary", "request_timeout", "response_timeout", "stream_idle_timeout"];
+        ["id", "listeners", "match", "cluster", "respond", "policies", "clusters", "canary", "request_timeout", "response_timeout", "stream_idle_timeout",
+         "allow_anonymous"];
     private static readonly string[] s_weightedClusterKeys = ["name", "weight"];
     private static readonly string[] s_canaryKeys = ["cluster", "header", "cookie"];
     private static readonly string[] s_matchKeys = ["path", "hosts", "methods", "headers", "query"];
@@ -205,7 +206,13 @@ internal sealed partial class YamlConfigReader
             var settings = new List<PolicySettingConfig>();
             if (!IsNull(settingsNode) && Map(settingsNode, $"'{kind.Value}' of policy '{name.Value}'", null) is { } settingsMap)
             {
-                settings = ReadPolicySettings(settingsMap, depth: 0);
+                foreach (var (settingKey, settingValue) in settingsMap.Entries)
+                {
+                    if (ReadPolicySetting(settingKey, settingValue, depth: 0) is { } setting)
+                    {
+                        settings.Add(setting);
+                    }
+                }
             }
             result.Add(new PolicyConfig { Name = name, Kind = kind, Settings = settings });
         }
@@ -213,37 +220,59 @@ internal sealed partial class YamlConfigReader
     }
 
     /// <summary>
-    /// A policy's settings: scalars, lists of scalars, and (two levels deep at most: <c>plans: { free: { rate } }</c>)
-    /// maps of settings; the kind checks the keys.
+    /// A policy setting: a scalar, a list of scalars, a map or a list of maps (nested at most two levels deep, which
+    /// is what the built-in kinds use: <c>keys: [{ sha256: ..., consumer: ... }]</c>).
     /// </summary>
-    private List<PolicySettingConfig> ReadPolicySettings(MapView map, int depth)
+    private PolicySettingConfig? ReadPolicySetting(YamlScalarNode settingKey, YamlNode settingValue, int depth)
     {
-        var settings = new List<PolicySettingConfig>();
-        foreach (var (settingKey, settingValue) in map.Entries)
+        var located = new Located<string>(settingKey.Value ?? "", Mark.From(settingKey.Start));
+        if (settingValue is YamlMappingNode && depth < 2 && Map(settingValue, $"'{located.Value}'", null) is { } nested)
         {
-            var located = new Located<string>(settingKey.Value ?? "", Mark.From(settingKey.Start));
-            if (settingValue is YamlSequenceNode sequence)
+            var entries = new List<PolicySettingConfig>();
+            foreach (var (k, v) in nested.Entries)
             {
-                var items = new List<Located<string>>();
+                if (ReadPolicySetting(k, v, depth + 1) is { } entry)
+                {
+                    entries.Add(entry);
+                }
+            }
+            return new PolicySettingConfig(located, null, null) { Map = entries };
+        }
+        if (settingValue is YamlSequenceNode sequence)
+        {
+            if (depth < 2 && sequence.Children.Count > 0 && sequence.Children.All(c => c is YamlMappingNode))
+            {
+                var maps = new List<PolicyMapItem>();
                 foreach (var item in sequence.Children)
                 {
-                    if (ScalarText(item, located.Value, "a list of strings") is { } text)
+                    if (Map(item, $"an item of '{located.Value}'", null) is { } itemMap)
                     {
-                        items.Add(text);
+                        var entries = new List<PolicySettingConfig>();
+                        foreach (var (k, v) in itemMap.Entries)
+                        {
+                            if (ReadPolicySetting(k, v, depth + 1) is { } entry)
+                            {
+                                entries.Add(entry);
+                            }
+                        }
+                        maps.Add(new PolicyMapItem(itemMap.Mark, entries));
                     }
                 }
-                settings.Add(new PolicySettingConfig(located, null, items));
+                return new PolicySettingConfig(located, null, null) { Maps = maps };
             }
-            else if (settingValue is YamlMappingNode && depth < 2 && Map(settingValue, $"'{located.Value}'", null) is { } nested)
+            var items = new List<Located<string>>();
+            foreach (var item in sequence.Children)
             {
-                settings.Add(new PolicySettingConfig(located, null, null) { Map = ReadPolicySettings(nested, depth + 1) });
+                if (ScalarText(item, located.Value, "a list of strings") is { } text)
+                {
+                    items.Add(text);
+                }
             }
-            else if (ScalarText(settingValue, located.Value, "a string or a list of strings") is { } scalar)
-            {
-                settings.Add(new PolicySettingConfig(located, scalar, null));
-            }
+            return new PolicySettingConfig(located, null, items);
         }
-        return settings;
+        return ScalarText(settingValue, located.Value, "a string or a list of strings") is { } scalar
+            ? new PolicySettingConfig(located, scalar, null)
+            : null;
     }
 
     private AdminConfig? ReadAdmin(YamlNode node)
@@ -333,6 +362,7 @@ internal sealed partial class YamlConfigReader
             Limits = ReadLimits(map.Get("limits")),
             Forwarded = map.Get("forwarded") is { } f ? ReadForwarded(f) : null,
             Policies = StringList(map, "policies"),
+            Public = Bool(map, "public"),
             Tls = map.Get("tls") is { } t ? ReadListenerTls(t) : null,
         };
     }
@@ -409,6 +439,7 @@ internal sealed partial class YamlConfigReader
             Cluster = String(map, "cluster"),
             Respond = map.Get("respond") is { } r ? ReadRespond(r) : null,
             Policies = StringList(map, "policies"),
+            AllowAnonymous = Bool(map, "allow_anonymous"),
             Clusters = WeightedClusters(map),
             ClustersMark = map.Get("clusters") is { } cs ? Mark.From(cs.Start) : map.Mark,
             Canary = map.Get("canary") is { } canary ? ReadCanary(canary) : null,

@@ -271,6 +271,12 @@ internal sealed class ProxyMetrics : IDisposable
                     samples.Add(new([new("policy", name), new("decision", "allowed")], jwt.AllowedCount));
                     samples.Add(new([new("policy", name), new("decision", "rejected")], jwt.RejectedCount));
                     break;
+                case Pipeline.Filters.IPolicyDecisionCounters counters:
+                    foreach (var (decision, count) in counters.Decisions)
+                    {
+                        samples.Add(new([new("policy", name), new("decision", decision)], count));
+                    }
+                    break;
             }
         }
         return samples;

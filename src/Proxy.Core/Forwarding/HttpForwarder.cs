@@ -163,7 +163,7 @@ internal sealed class HttpForwarder
                                 bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
 
                                 UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination,
-                                    _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader);
+                                    _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader, _client.FilterContext);
 
                                 if (head.HasBody)
                                 {

@@ -19,11 +19,17 @@ internal static class UpstreamRequestWriter
     /// The client's <c>transport</c>, when given, makes X-Forwarded-Proto https over TLS and carries the verified client
     /// certificate; <c>clientCertificateHeader</c> is the listener's <c>client_certificates.forward_header</c> (lower
     /// case): incoming copies are dropped, and the subject, when there is one, is written under that name.
+    /// The route's filter context (<c>edits</c>), when its filters ran: fields they asked to drop are skipped and fields
+    /// they added are written after the client's (identity forwarding).
     /// </summary>
     public static void WriteHead(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
         DestinationState destination, RequestTelemetry? telemetry = null, ClientTransport? transport = null,
-        byte[]? clientCertificateHeader = null)
+        byte[]? clientCertificateHeader = null, Pipeline.RequestContext? edits = null)
     {
+        if (edits is { HasUpstreamEdits: false })
+        {
+            edits = null;
+        }
         // Tracing on: the client's traceparent/tracestate are replaced by ours (W3C Trace Context section 3.2.1).
         bool tracing = telemetry?.Tracing is not null;
         telemetry?.UpstreamRequestStarting(head, destination);
@@ -47,6 +53,10 @@ internal static class UpstreamRequestWriter
             if (f.HopByHop)
             {
                 continue;
+            }
+            if (edits is not null && edits.IsRemovedUpstream(head.Name(i)))
+            {
+                continue; // a filter owns this name (e.g. x-auth-subject): the client's copy must not reach the upstream
             }
             if (head.RequestIdGenerated && f.Known == KnownHeader.None && head.Name(i).EqualsIgnoreCaseAscii(RequestId.FieldName))
             {
@@ -98,6 +108,11 @@ internal static class UpstreamRequestWriter
         if (clientCertificateHeader is not null && transport?.ClientCertificateSubjectBytes is { } subject)
         {
             output.WriteField(clientCertificateHeader, subject);
+        }
+
+        if (edits is not null)
+        {
+            output.Write(edits.UpstreamAddedFields);
         }
 
         if (head.HostIndex < 0)

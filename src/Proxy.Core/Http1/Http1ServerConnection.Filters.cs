@@ -14,6 +14,12 @@ namespace Proxy.Http1;
 internal sealed partial class Http1ServerConnection
 {
     /// <summary>
+    /// The filters' context of the current request when its route ran a chain (its upstream field edits apply),
+    /// else null. Read by the forwarder while writing the upstream request.
+    /// </summary>
+    internal RequestContext? FilterContext => _route?.Filters(Listener.Index) is { IsEmpty: false } ? _state?.Filters : null;
+
+    /// <summary>
     /// Runs the route's request-headers filters: <see cref="FilterStatus.Respond"/> when one answered (its answer
     /// waits in the context), <see cref="FilterStatus.Pause"/> when one needs I/O (<see cref="ResumeFiltersAsync"/>).
     /// </summary>

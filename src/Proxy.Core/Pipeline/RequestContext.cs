@@ -11,7 +11,7 @@ namespace Proxy.Pipeline;
 /// connection's request state and reset before each request's chain runs: do not keep a reference to it, or to
 /// a span it returned, after the phase returns.
 /// </summary>
-public sealed class RequestContext
+public sealed partial class RequestContext
 {
     /// <summary>Cap on a local answer's extra headers plus body: local replies are short by design.</summary>
     public const int MaxReplyBytes = 16 * 1024;
@@ -169,6 +169,7 @@ public sealed class RequestContext
         ReplyStatus = 0;
         ReplyDetails = "";
         Identity.Reset();
+        ResetUpstreamEdits();
     }
 
     private Span<byte> Reserve(int offset, int length)

@@ -35,7 +35,7 @@ public sealed class RequestIdentity
     }
 
     /// <summary>True when any field is set.</summary>
-    public bool IsSet => _used != 0;
+    public bool IsSet => (_lengths[0] | _lengths[1] | _lengths[2] | _lengths[3]) != 0;
 
     /// <summary>The verified subject (a JWT's <c>sub</c> claim); empty when unknown.</summary>
     public ReadOnlySpan<byte> Subject => Get(SubjectField);
@@ -61,6 +61,23 @@ public sealed class RequestIdentity
     /// <summary>Sets <see cref="Plan"/> (copied).</summary>
     public void SetPlan(ReadOnlySpan<byte> value) => Set(PlanField, value);
 
+    /// <summary>True when no filter has set anything.</summary>
+    public bool IsAnonymous => !IsSet;
+
+    /// <summary>Sets the token identity (the built-in JWT filter: <c>sub</c>, and <c>client_id</c> or <c>azp</c>).</summary>
+    internal void SetToken(byte[]? subject, byte[]? clientId)
+    {
+        SetSubject(subject);
+        SetClientId(clientId);
+    }
+
+    /// <summary>Sets the consumer identity (the built-in API key filter: the key's consumer and plan).</summary>
+    internal void SetConsumer(byte[]? consumer, byte[]? plan)
+    {
+        SetConsumer((ReadOnlySpan<byte>)consumer);
+        SetPlan(plan);
+    }
+
     /// <summary>Forgets every field (the context calls this before each request's chain).</summary>
     internal void Reset()
     {
@@ -76,6 +93,13 @@ public sealed class RequestIdentity
 
     private void Set(int field, ReadOnlySpan<byte> value)
     {
+        if (value.Length <= _lengths[field])
+        {
+            // A value no longer than the one it replaces reuses its bytes (a filter that runs twice on one context).
+            value.CopyTo(_buffer.AsSpan(_offsets[field]));
+            _lengths[field] = value.Length;
+            return;
+        }
         int needed = _used + value.Length;
         if (needed > MaxBytes)
         {

@@ -82,10 +82,14 @@ public sealed class JwtConfigTests : IDisposable
     }
 
     [Fact]
-    public void Validate_JwksUrl_NotSupportedYet()
+    public void Validate_JwksUrlMalformedOrBesideFile_Reported()
     {
-        var errors = Errors("      issuer: i", "      audiences: [a]", "      jwks_url: https://idp.example.test/jwks");
-        Assert.Equal(["6:7: jwks_url is not supported yet; use jwks_file"], errors);
+        Assert.Empty(Errors("      issuer: i", "      audiences: [a]", "      jwks_url: https://idp.example.test/jwks", "      jwks_refresh: 10m", "      jwks_min_refetch: 1m"));
+        var errors = Errors("      issuer: i", "      audiences: [a]", "      jwks_url: ftp://idp.example.test/jwks", "      jwks_refresh: 0s");
+        Assert.Equal(["6:17: invalid jwks_url 'ftp://idp.example.test/jwks': expected an absolute http:// or https:// URL",
+            "7:21: invalid jwks_refresh '0s': expected a duration from 1s to 24h (e.g. 5m)"], errors);
+        Assert.Equal(["6:18: jwt policy 'jwt-internal' has both 'jwks_file' and 'jwks_url'; choose one"],
+            Errors("      issuer: i", "      audiences: [a]", "      jwks_file: keys/jwks.json", "      jwks_url: http://127.0.0.1:1/jwks"));
     }
 
     [Fact]

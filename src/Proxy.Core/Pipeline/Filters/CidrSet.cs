@@ -58,6 +58,16 @@ internal sealed class CidrSet
         return ContainsV6(value);
     }
 
+    /// <summary>As <see cref="Contains(IPAddress)"/> for an address parsed by <see cref="IpText"/> (no object needed).</summary>
+    public bool Contains(UInt128 value, bool isV4)
+    {
+        if (isV4)
+        {
+            return ContainsV4((uint)value);
+        }
+        return value >> 32 == 0xffffu ? ContainsV4((uint)value) || ContainsV6(value) : ContainsV6(value);
+    }
+
     private bool ContainsV4(uint value)
     {
         foreach (var (prefix, mask) in _v4)

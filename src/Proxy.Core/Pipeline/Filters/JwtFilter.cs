@@ -22,6 +22,12 @@ internal enum JwtResult : byte
     WrongIssuer,
     WrongAudience,
     InsufficientScope,
+    /// <summary>The policy's remote key set has not been fetched yet (jwks_url down since start).</summary>
+    KeysUnavailable,
+    /// <summary>Signed and valid, but without a required role (403, like a missing scope).</summary>
+    InsufficientRole,
+    /// <summary>Signed and valid, but a required claim is absent or has another value (403).</summary>
+    ClaimMismatch,
 }
 
 /// <summary>The compiled settings of one <c>jwt</c> policy.</summary>
@@ -33,8 +39,23 @@ internal sealed record JwtOptions
     public required IReadOnlyList<string> Audiences { get; init; }
     /// <summary>Scopes a token must all carry (in "scope" or "scp"); at most 64.</summary>
     public IReadOnlyList<string> RequiredScopes { get; init; } = [];
+    /// <summary>True: every required scope must be present; false: any one of them suffices.</summary>
+    public bool AllScopes { get; init; } = true;
+    /// <summary>Roles a token must carry in <see cref="RolesClaim"/>; at most 64.</summary>
+    public IReadOnlyList<string> RequiredRoles { get; init; } = [];
+    /// <summary>True: every required role must be present; false: any one of them suffices.</summary>
+    public bool AllRoles { get; init; } = true;
+    /// <summary>The claim holding roles: an array of strings, or a space-separated string.</summary>
+    public string RolesClaim { get; init; } = "roles";
+    /// <summary>Claims that must equal the given value (a string claim, or an array of strings containing it); at most 64.</summary>
+    public IReadOnlyList<KeyValuePair<string, string>> RequiredClaims { get; init; } = [];
+    /// <summary>Headers that carry the verified identity upstream; null when the policy forwards nothing.</summary>
+    public IdentityForwardingOptions? ForwardIdentity { get; init; }
     public TimeSpan ClockSkew { get; init; } = TimeSpan.FromSeconds(30);
-    public required IReadOnlyList<JsonWebKey> Keys { get; init; }
+    /// <summary>Keys from a jwks_file; empty when <see cref="KeySource"/> supplies them.</summary>
+    public IReadOnlyList<JsonWebKey> Keys { get; init; } = [];
+    /// <summary>A remote key set (jwks_url), fetched and refreshed in the background.</summary>
+    public JwksSource? KeySource { get; init; }
     /// <summary>Verified tokens remembered (rounded up to a power of two).</summary>
     public int CacheCapacity { get; init; } = 4096;
 }
@@ -57,21 +78,32 @@ internal sealed class JwtFilter : IRequestHeadersFilter
 
     // Indexed by JwtResult.
     private static readonly string[] s_details =
-        ["", "jwt_missing", "jwt_malformed", "jwt_invalid", "jwt_expired", "jwt_not_yet_valid", "jwt_issuer", "jwt_audience", "jwt_scope"];
+        ["", "jwt_missing", "jwt_malformed", "jwt_invalid", "jwt_expired", "jwt_not_yet_valid", "jwt_issuer", "jwt_audience", "jwt_scope", "jwt_keys_unavailable", "jwt_role", "jwt_claim"];
 
     // Fixed texts only: nothing from the token or the keys goes into an answer.
     private static readonly string[] s_descriptions =
     [
         "", "", "The token is not a well-formed JWS", "The token signature, algorithm or key is not accepted", "The token has expired",
         "The token is not valid yet", "The token issuer is not accepted", "The token audience is not accepted", "The token lacks a required scope",
+        "The token signing keys are not available", "The token lacks a required role", "The token lacks a required claim value",
     ];
 
     private readonly byte[] _issuer;
     private readonly byte[][] _audiences;
     private readonly byte[][] _scopes;
     private readonly ulong _allScopes;
+    private readonly bool _scopesAll;
+    private readonly byte[][] _roles;
+    private readonly ulong _allRoles;
+    private readonly bool _rolesAll;
+    private readonly byte[] _rolesClaim;
+    private readonly byte[][] _claimNames;
+    private readonly byte[][] _claimValues;
+    private readonly ulong _allClaims;
+    private readonly IdentityForwarding? _forwarding;
     private readonly long _skewSeconds;
     private readonly JsonWebKey[] _keys;
+    private readonly JwksSource? _source;
     private readonly VerifiedTokenCache _cache;
     private readonly TimeProvider _time;
     private readonly byte[][] _challenges;
@@ -83,14 +115,29 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     public JwtFilter(JwtOptions options, TimeProvider? time = null)
     {
         ArgumentOutOfRangeException.ThrowIfZero(options.Audiences.Count);
-        ArgumentOutOfRangeException.ThrowIfZero(options.Keys.Count);
+        if (options.KeySource is null)
+        {
+            ArgumentOutOfRangeException.ThrowIfZero(options.Keys.Count);
+        }
+        _source = options.KeySource;
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.RequiredScopes.Count, MaxScopes);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(options.RequiredRoles.Count, MaxScopes);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(options.RequiredClaims.Count, MaxScopes);
         Options = options;
         _time = time ?? TimeProvider.System;
         _issuer = Encoding.UTF8.GetBytes(options.Issuer);
         _audiences = options.Audiences.Select(Encoding.UTF8.GetBytes).ToArray();
         _scopes = options.RequiredScopes.Select(Encoding.UTF8.GetBytes).ToArray();
-        _allScopes = _scopes.Length == MaxScopes ? ulong.MaxValue : (1UL << _scopes.Length) - 1;
+        _allScopes = Mask(_scopes.Length);
+        _scopesAll = options.AllScopes;
+        _roles = options.RequiredRoles.Select(Encoding.UTF8.GetBytes).ToArray();
+        _allRoles = Mask(_roles.Length);
+        _rolesAll = options.AllRoles;
+        _rolesClaim = Encoding.UTF8.GetBytes(options.RolesClaim);
+        _claimNames = options.RequiredClaims.Select(c => Encoding.UTF8.GetBytes(c.Key)).ToArray();
+        _claimValues = options.RequiredClaims.Select(c => Encoding.UTF8.GetBytes(c.Value)).ToArray();
+        _allClaims = Mask(_claimNames.Length);
+        _forwarding = options.ForwardIdentity is { IsEmpty: false } forward ? new IdentityForwarding(forward) : null;
         _skewSeconds = (long)Math.Ceiling(options.ClockSkew.TotalSeconds);
         _keys = [.. options.Keys];
         _cache = new VerifiedTokenCache(options.CacheCapacity);
@@ -112,7 +159,23 @@ internal sealed class JwtFilter : IRequestHeadersFilter
             else if (result == JwtResult.InsufficientScope)
             {
                 challenge += $", error=\"insufficient_scope\", error_description=\"{s_descriptions[i]}\", scope=\"{string.Join(' ', options.RequiredScopes)}\"";
-                detail = $"Policy '{name}' requires the scopes: {string.Join(' ', options.RequiredScopes)}.";
+                detail = options.AllScopes || options.RequiredScopes.Count == 1
+                    ? $"Policy '{name}' requires the scopes: {string.Join(' ', options.RequiredScopes)}."
+                    : $"Policy '{name}' requires one of the scopes: {string.Join(' ', options.RequiredScopes)}.";
+            }
+            else if (result == JwtResult.InsufficientRole)
+            {
+                // RFC 6750 section 3.1: insufficient_scope is the code for "more privileges than the token carries".
+                challenge += $", error=\"insufficient_scope\", error_description=\"{s_descriptions[i]}\"";
+                detail = options.AllRoles || options.RequiredRoles.Count == 1
+                    ? $"Policy '{name}' requires the roles: {string.Join(' ', options.RequiredRoles)}."
+                    : $"Policy '{name}' requires one of the roles: {string.Join(' ', options.RequiredRoles)}.";
+            }
+            else if (result == JwtResult.ClaimMismatch)
+            {
+                challenge += $", error=\"insufficient_scope\", error_description=\"{s_descriptions[i]}\"";
+                // Names only: the expected values may be internal (tenant ids) and are not echoed.
+                detail = $"Policy '{name}' requires the claims: {string.Join(' ', options.RequiredClaims.Select(c => c.Key))}.";
             }
             else
             {
@@ -120,7 +183,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
                 detail = $"{s_descriptions[i]} (policy '{name}').";
             }
             _challenges[i] = Encoding.ASCII.GetBytes(challenge);
-            _bodies[i] = result == JwtResult.InsufficientScope
+            _bodies[i] = IsForbidden(result)
                 ? RateLimitFilter.BuildProblem(403, "Forbidden", detail)
                 : RateLimitFilter.BuildProblem(401, "Unauthorized", detail);
         }
@@ -139,11 +202,18 @@ internal sealed class JwtFilter : IRequestHeadersFilter
 
     public static string DetailsCode(JwtResult result) => s_details[(int)result];
 
+    private static ulong Mask(int count) => count == MaxScopes ? ulong.MaxValue : (1UL << count) - 1;
+
+    private static bool IsForbidden(JwtResult result) => result is JwtResult.InsufficientScope or JwtResult.InsufficientRole or JwtResult.ClaimMismatch;
+
     public FilterStatus OnRequestHeaders(RequestContext context)
     {
-        JwtResult result = TryGetBearer(context, out ReadOnlySpan<byte> token) ? Validate(token) : JwtResult.Missing;
+        byte[]? subject = null, clientId = null;
+        JwtResult result = TryGetBearer(context, out ReadOnlySpan<byte> token) ? Validate(token, out subject, out clientId) : JwtResult.Missing;
         if (result == JwtResult.Valid)
         {
+            context.Identity.SetToken(subject, clientId);
+            _forwarding?.Apply(context);
             Interlocked.Increment(ref _allowed);
             return FilterStatus.Continue;
         }
@@ -151,8 +221,13 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     }
 
     /// <summary>Checks a token: from the cache when it passed before, else fully (then remembered when it passes).</summary>
-    public JwtResult Validate(ReadOnlySpan<byte> token)
+    public JwtResult Validate(ReadOnlySpan<byte> token) => Validate(token, out _, out _);
+
+    /// <summary>As <see cref="Validate(ReadOnlySpan{byte})"/>, also giving the token's "sub" and client id (arrays owned by the cache).</summary>
+    internal JwtResult Validate(ReadOnlySpan<byte> token, out byte[]? subject, out byte[]? clientId)
     {
+        subject = null;
+        clientId = null;
         if (token.IsEmpty || token.Length > MaxTokenBytes)
         {
             return JwtResult.Malformed;
@@ -161,23 +236,27 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         // Only the tail is hashed: it is signature bytes, which differ between any two tokens an issuer signs, and a
         // hit still compares the whole token, so a crafted collision costs its sender a miss and nothing else.
         ulong hash = RateLimitFilter.Hash(token[Math.Max(0, token.Length - 48)..]);
-        if (_cache.Contains(token, hash, now))
+        if (_cache.TryGet(token, hash, now, out subject, out clientId))
         {
             return JwtResult.Valid;
         }
-        JwtResult result = Verify(token, now, out long expires);
+        JwtResult result = Verify(token, now, out long expires, out subject, out clientId);
         if (result == JwtResult.Valid)
         {
             // Skew included: the cache must not turn a token away earlier than a full check would.
-            _cache.Add(token, hash, expires + _skewSeconds);
+            _cache.Add(token, hash, expires + _skewSeconds, subject, clientId);
         }
         return result;
     }
 
     /// <summary>A full check without the cache (tests and benchmarks measure this path).</summary>
-    public JwtResult Verify(ReadOnlySpan<byte> token, long now, out long expires)
+    public JwtResult Verify(ReadOnlySpan<byte> token, long now, out long expires) => Verify(token, now, out expires, out _, out _);
+
+    private JwtResult Verify(ReadOnlySpan<byte> token, long now, out long expires, out byte[]? subject, out byte[]? clientId)
     {
         expires = 0;
+        subject = null;
+        clientId = null;
         if (token.IsEmpty || token.Length > MaxTokenBytes)
         {
             return JwtResult.Malformed;
@@ -228,6 +307,15 @@ internal sealed class JwtFilter : IRequestHeadersFilter
             ReadOnlySpan<byte> payload = buffer[..payloadLength];
 
             JwtResult result = ReadHeader(header, out JwsAlgorithm algorithm, out JsonWebKey? key);
+            if (result == JwtResult.Invalid && key is null && _source is not null)
+            {
+                // A kid we do not hold may be a rotated-in key: fetch again (rate-limited), refuse this token.
+                _source.OnUnknownKey();
+                if (_source.Keys.Length == 0)
+                {
+                    return JwtResult.KeysUnavailable;
+                }
+            }
             if (result != JwtResult.Valid)
             {
                 return result;
@@ -237,7 +325,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
                 return JwtResult.Invalid;
             }
             // The claims are read only once the signature vouches for them.
-            return CheckClaims(payload, now, out expires);
+            return CheckClaims(payload, now, out expires, out subject, out clientId);
         }
         catch (JsonException)
         {
@@ -263,6 +351,8 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         algorithm = JwsAlgorithm.Unknown;
         key = null;
         bool hasKid = false;
+        // One read of the current set: a background refresh may swap it while this token is checked.
+        JsonWebKey[] keys = _source?.Keys ?? _keys;
         var reader = new Utf8JsonReader(header);
         if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
         {
@@ -293,7 +383,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
                 }
                 hasKid = true;
                 key = null;
-                foreach (JsonWebKey candidate in _keys)
+                foreach (JsonWebKey candidate in keys)
                 {
                     if (candidate.Kid is { } kid && reader.ValueTextEquals(kid))
                     {
@@ -317,9 +407,9 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         {
             return algorithm == JwsAlgorithm.Unknown ? JwtResult.Invalid : JwtResult.Malformed;
         }
-        if (!hasKid && _keys.Length == 1)
+        if (!hasKid && keys.Length == 1)
         {
-            key = _keys[0];
+            key = keys[0];
         }
         // The key must be of the algorithm's family: this is what stops "HS256 with the RSA public key as secret".
         return key is not null && key.Accepts(algorithm) ? JwtResult.Valid : JwtResult.Invalid;
@@ -372,9 +462,14 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     };
 
     /// <summary>The claims (RFC 7519 section 4.1): "exp" is required, "nbf" optional, "iss" and "aud" must match.</summary>
-    private JwtResult CheckClaims(ReadOnlySpan<byte> payload, long now, out long expires)
+    private JwtResult CheckClaims(ReadOnlySpan<byte> payload, long now, out long expires, out byte[]? subject, out byte[]? clientId)
     {
         expires = 0;
+        subject = null;
+        clientId = null;
+        byte[]? authorizedParty = null;
+        ulong roles = 0;
+        ulong claims = 0;
         bool hasExpiry = false;
         long notBefore = long.MinValue;
         bool issuerMatches = false;
@@ -387,7 +482,47 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         }
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
         {
-            if (reader.ValueTextEquals("exp"u8))
+            // Configured claims first: a required claim or the roles claim may share a name with a registered one.
+            int claim = _claimNames.Length == 0 ? -1 : ClaimIndex(ref reader);
+            bool isRoles = _roles.Length > 0 && reader.ValueTextEquals(_rolesClaim);
+            if (claim >= 0 || isRoles)
+            {
+                reader.Read();
+                if (isRoles)
+                {
+                    roles |= MatchList(ref reader, _roles);
+                }
+                if (claim >= 0)
+                {
+                    claims |= MatchClaims(ref reader);
+                }
+                if (reader.TokenType is JsonTokenType.StartArray or JsonTokenType.StartObject)
+                {
+                    reader.Skip();
+                }
+                continue;
+            }
+            if (reader.ValueTextEquals("sub"u8))
+            {
+                reader.Read();
+                subject = reader.TokenType == JsonTokenType.String ? StringBytes(ref reader) : null;
+                reader.Skip();
+            }
+            else if (reader.ValueTextEquals("client_id"u8))
+            {
+                // RFC 9068 section 2.2: the OAuth client the token was issued to.
+                reader.Read();
+                clientId = reader.TokenType == JsonTokenType.String ? StringBytes(ref reader) : null;
+                reader.Skip();
+            }
+            else if (reader.ValueTextEquals("azp"u8))
+            {
+                // OpenID Connect Core section 2: the authorized party, used when there is no client_id.
+                reader.Read();
+                authorizedParty = reader.TokenType == JsonTokenType.String ? StringBytes(ref reader) : null;
+                reader.Skip();
+            }
+            else if (reader.ValueTextEquals("exp"u8))
             {
                 reader.Read();
                 if (!TryReadTime(ref reader, out expires))
@@ -486,7 +621,110 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         {
             return JwtResult.WrongAudience;
         }
-        return (scopes & _allScopes) == _allScopes ? JwtResult.Valid : JwtResult.InsufficientScope;
+        clientId ??= authorizedParty;
+        if (_scopes.Length > 0 && !(_scopesAll ? (scopes & _allScopes) == _allScopes : scopes != 0))
+        {
+            return JwtResult.InsufficientScope;
+        }
+        if (_roles.Length > 0 && !(_rolesAll ? (roles & _allRoles) == _allRoles : roles != 0))
+        {
+            return JwtResult.InsufficientRole;
+        }
+        return (claims & _allClaims) == _allClaims ? JwtResult.Valid : JwtResult.ClaimMismatch;
+    }
+
+    /// <summary>A string claim's value as bytes (unescaped); allocated once per full verification, then cached.</summary>
+    private static byte[] StringBytes(ref Utf8JsonReader reader)
+        => reader.ValueIsEscaped || reader.HasValueSequence ? Encoding.UTF8.GetBytes(reader.GetString()!) : reader.ValueSpan.ToArray();
+
+    private int ClaimIndex(ref Utf8JsonReader reader)
+    {
+        for (int i = 0; i < _claimNames.Length; i++)
+        {
+            if (reader.ValueTextEquals(_claimNames[i]))
+            {
+                return i;
+            }
+        }
+        return -1;
+    }
+
+    /// <summary>
+    /// Bits of the required claims whose expected value the current value matches: a string equal to it, an array
+    /// holding it, or a number or boolean whose JSON text is it (<c>email_verified: "true"</c>).
+    /// </summary>
+    private ulong MatchClaims(ref Utf8JsonReader reader)
+    {
+        ulong found = 0;
+        if (reader.TokenType == JsonTokenType.StartArray)
+        {
+            var copy = reader;
+            while (copy.Read() && copy.TokenType != JsonTokenType.EndArray)
+            {
+                found |= MatchClaimValue(ref copy);
+                copy.Skip();
+            }
+            return found;
+        }
+        return MatchClaimValue(ref reader);
+    }
+
+    private ulong MatchClaimValue(ref Utf8JsonReader reader)
+    {
+        ulong found = 0;
+        for (int i = 0; i < _claimNames.Length; i++)
+        {
+            bool match = reader.TokenType switch
+            {
+                JsonTokenType.String => reader.ValueTextEquals(_claimValues[i]),
+                JsonTokenType.Number or JsonTokenType.True or JsonTokenType.False => !reader.HasValueSequence && reader.ValueSpan.SequenceEqual(_claimValues[i]),
+                _ => false,
+            };
+            if (match)
+            {
+                found |= 1UL << i;
+            }
+        }
+        return found;
+    }
+
+    /// <summary>Bits of <paramref name="wanted"/> present in a claim that is an array of strings or a space-separated string.</summary>
+    private static ulong MatchList(ref Utf8JsonReader reader, byte[][] wanted)
+    {
+        ulong found = 0;
+        if (reader.TokenType == JsonTokenType.StartArray)
+        {
+            var copy = reader;
+            while (copy.Read() && copy.TokenType != JsonTokenType.EndArray)
+            {
+                if (copy.TokenType == JsonTokenType.String)
+                {
+                    for (int i = 0; i < wanted.Length; i++)
+                    {
+                        if (copy.ValueTextEquals(wanted[i]))
+                        {
+                            found |= 1UL << i;
+                        }
+                    }
+                }
+                copy.Skip();
+            }
+        }
+        else if (reader.TokenType == JsonTokenType.String && !reader.ValueIsEscaped && !reader.HasValueSequence)
+        {
+            foreach (Range range in reader.ValueSpan.Split((byte)' '))
+            {
+                ReadOnlySpan<byte> item = reader.ValueSpan[range];
+                for (int i = 0; i < wanted.Length; i++)
+                {
+                    if (item.SequenceEqual(wanted[i]))
+                    {
+                        found |= 1UL << i;
+                    }
+                }
+            }
+        }
+        return found;
     }
 
     /// <summary>NumericDate (RFC 7519 section 2): seconds since the epoch, possibly with a fraction (dropped).</summary>
@@ -594,6 +832,6 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         int i = (int)result;
         // RFC 6750 section 3: every 401 and 403 from a bearer-protected resource carries the challenge.
         context.AddResponseHeader("www-authenticate"u8, _challenges[i]);
-        return context.Respond(result == JwtResult.InsufficientScope ? 403 : 401, s_details[i], s_problemJson, _bodies[i]);
+        return context.Respond(IsForbidden(result) ? 403 : 401, s_details[i], s_problemJson, _bodies[i]);
     }
 }

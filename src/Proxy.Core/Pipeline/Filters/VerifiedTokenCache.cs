@@ -14,11 +14,14 @@ namespace Proxy.Pipeline.Filters;
 /// </remarks>
 internal sealed class VerifiedTokenCache
 {
-    private sealed class Entry(ulong hash, byte[] token, long expires)
+    private sealed class Entry(ulong hash, byte[] token, long expires, byte[]? subject, byte[]? clientId)
     {
         public readonly ulong Hash = hash;
         public readonly byte[] Token = token;
         public readonly long Expires = expires;
+        // The token's identity, read once at verification: a hit hands these out without touching the token again.
+        public readonly byte[]? Subject = subject;
+        public readonly byte[]? ClientId = clientId;
     }
 
     private readonly Entry?[] _slots;
@@ -34,13 +37,24 @@ internal sealed class VerifiedTokenCache
     public int Capacity => _slots.Length;
 
     /// <summary>True when <paramref name="token"/> was verified and is still before its expiry (unix seconds, skew included).</summary>
-    public bool Contains(ReadOnlySpan<byte> token, ulong hash, long now)
+    public bool Contains(ReadOnlySpan<byte> token, ulong hash, long now) => TryGet(token, hash, now, out _, out _);
+
+    /// <summary>As <see cref="Contains"/>, also giving the identity remembered with the token (arrays never changed).</summary>
+    public bool TryGet(ReadOnlySpan<byte> token, ulong hash, long now, out byte[]? subject, out byte[]? clientId)
     {
         Entry? entry = Volatile.Read(ref _slots[(int)hash & _mask]);
-        return entry is not null && entry.Hash == hash && now < entry.Expires && token.SequenceEqual(entry.Token);
+        if (entry is not null && entry.Hash == hash && now < entry.Expires && token.SequenceEqual(entry.Token))
+        {
+            subject = entry.Subject;
+            clientId = entry.ClientId;
+            return true;
+        }
+        subject = null;
+        clientId = null;
+        return false;
     }
 
     /// <summary>Remembers a verified token until <paramref name="expires"/> (unix seconds, exclusive).</summary>
-    public void Add(ReadOnlySpan<byte> token, ulong hash, long expires)
-        => Volatile.Write(ref _slots[(int)hash & _mask], new Entry(hash, token.ToArray(), expires));
+    public void Add(ReadOnlySpan<byte> token, ulong hash, long expires, byte[]? subject = null, byte[]? clientId = null)
+        => Volatile.Write(ref _slots[(int)hash & _mask], new Entry(hash, token.ToArray(), expires, subject, clientId));
 }

@@ -1,0 +1,482 @@
+using Proxy.Model;
+using Proxy.Pipeline.Filters;
+
+namespace Proxy.Configuration;
+
+// The identity and WAF policy kinds: api_key, introspection, deny. Kept apart from the rate-limit and ip_filter
+// compile code so that each part can change without touching the other.
+internal static partial class PolicyCompiler
+{
+    private static readonly string[] s_apiKeyKeys = ["header", "query", "keys", "keys_file", "forward_identity"];
+    // Claims the jwt policy reads itself: a roles claim or required claim of that name would shadow them.
+    private static readonly string[] s_reservedClaims = ["exp", "nbf", "iss", "aud", "scope", "scp", "sub"];
+    private static readonly string[] s_forwardIdentityKeys = ["subject", "client_id", "consumer", "plan"];
+    private static readonly string[] s_apiKeyEntryKeys = ["sha256", "consumer", "plan"];
+
+    /// <summary>Kinds that establish who the client is; a route on a public listener needs one of them.</summary>
+    private static readonly string[] s_authenticationKinds = ["jwt", "api_key", "introspection"];
+
+    /// <summary>
+    /// Checks each route against the chain it runs on each of its listeners (the listener's policies, then its own):
+    /// a deny policy whose method allow list excludes every method the route matches can never pass, and a route on
+    /// a <c>public: true</c> listener must run an authentication policy unless it says <c>allow_anonymous: true</c>.
+    /// </summary>
+    private static void ValidateChains(ProxyConfig config, Dictionary<string, PolicyConfig> names, ConfigErrorList errors)
+    {
+        foreach (var route in config.Routes)
+        {
+            string label = route.Id is { } id ? $"route '{id.Value}'" : "route";
+            bool anonymousOk = route.AllowAnonymous?.Value == true;
+            var reported = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var listener in config.Listeners)
+            {
+                if (listener.Handler != ListenerHandler.Proxy || !RouteIsOn(route, listener))
+                {
+                    continue;
+                }
+                var chain = listener.Policies.Concat(route.Policies).Select(p => p.Value).Distinct(StringComparer.Ordinal).ToList();
+                var kinds = chain.Select(n => names.TryGetValue(n, out var p) ? p.Kind?.Value : null).ToList();
+                if (listener.Public?.Value == true && !anonymousOk && !kinds.Any(k => k is not null && s_authenticationKinds.Contains(k))
+                    && reported.Add("public:" + listener.Name?.Value))
+                {
+                    errors.Add(route.Mark, $"{label} has no authentication policy (jwt, api_key or introspection) on public listener '{listener.Name?.Value}'; "
+                        + "add one, or set 'allow_anonymous: true' on the route if it is meant to be open");
+                }
+                if (route.Match.Methods.Count == 0)
+                {
+                    continue;
+                }
+                for (int i = 0; i < chain.Count; i++)
+                {
+                    if (kinds[i] != "deny" || DenyMethods(names[chain[i]]) is not { Count: > 0 } allowed || !reported.Add("deny:" + chain[i]))
+                    {
+                        continue;
+                    }
+                    if (!route.Match.Methods.Any(m => allowed.Contains(m.Value.ToUpperInvariant())))
+                    {
+                        errors.Add(route.Match.Methods[0].Mark,
+                            $"{label} can never pass: it matches only {string.Join(", ", route.Match.Methods.Select(m => m.Value.ToUpperInvariant()))}, "
+                            + $"and policy '{chain[i]}' lets through only {string.Join(", ", allowed)}");
+                    }
+                }
+            }
+        }
+    }
+
+    private static bool RouteIsOn(RouteConfig route, ListenerConfig listener)
+        => route.Listeners.Count == 0 || route.Listeners.Any(l => l.Value == listener.Name?.Value);
+
+    private static List<string>? DenyMethods(PolicyConfig policy)
+        => policy.Settings.FirstOrDefault(s => s.Key.Value == "methods")?.List?.Select(m => m.Value).ToList();
+
+    private static readonly string[] s_denyKeys = ["path_traversal", "sql_injection", "xss", "methods", "patterns"];
+    private static readonly string[] s_standardMethods = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+    private static DenyFilter? BuildDeny(PolicyConfig policy, Located<string> kind, ConfigErrorList errors)
+    {
+        int before = errors.Count;
+        string name = policy.Name.Value;
+        bool traversal = false, sql = false, xss = false;
+        List<string>? methods = null;
+        var patterns = new List<string>();
+        foreach (var setting in policy.Settings)
+        {
+            if (!CheckKey(setting, s_denyKeys, "deny", errors))
+            {
+                continue;
+            }
+            if (setting.Key.Value is "methods" or "patterns")
+            {
+                if (setting.List is not { } list)
+                {
+                    errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, $"expected a list for '{setting.Key.Value}' (e.g. [GET, POST])");
+                    continue;
+                }
+                if (setting.Key.Value == "methods")
+                {
+                    methods = [];
+                    if (list.Count == 0)
+                    {
+                        errors.Add(setting.Key.Mark, $"deny policy '{name}' can never pass: its 'methods' list (the methods let through) is empty");
+                    }
+                }
+                foreach (var item in list)
+                {
+                    if (setting.Key.Value == "patterns")
+                    {
+                        if (item.Value.Length == 0 || item.Value.Any(c => c > '~' || c < ' '))
+                        {
+                            errors.Add(item.Mark, "a deny pattern is a non-empty string of printable ASCII (matched case-insensitively)");
+                        }
+                        else
+                        {
+                            patterns.Add(item.Value);
+                        }
+                    }
+                    else if (!ConfigSyntax.IsToken(item.Value))
+                    {
+                        errors.Add(item.Mark, $"invalid method '{item.Value}' (a token, e.g. GET)");
+                    }
+                    else if (!s_standardMethods.Contains(item.Value) && s_standardMethods.Contains(item.Value.ToUpperInvariant()))
+                    {
+                        errors.Add(item.Mark, $"methods are case-sensitive (RFC 9110 section 9.1); did you mean '{item.Value.ToUpperInvariant()}'?");
+                    }
+                    else
+                    {
+                        methods!.Add(item.Value);
+                    }
+                }
+                continue;
+            }
+            if (Scalar(setting, errors) is not { } value)
+            {
+                continue;
+            }
+            if (value.Value is not ("true" or "false"))
+            {
+                errors.Add(value.Mark, $"expected true or false for '{setting.Key.Value}', got '{value.Value}'");
+                continue;
+            }
+            bool on = value.Value == "true";
+            switch (setting.Key.Value)
+            {
+                case "path_traversal":
+                    traversal = on;
+                    break;
+                case "sql_injection":
+                    sql = on;
+                    break;
+                default:
+                    xss = on;
+                    break;
+            }
+        }
+        if (errors.Count == before && !traversal && !sql && !xss && methods is null && patterns.Count == 0)
+        {
+            errors.Add(kind.Mark, $"deny policy '{name}' checks nothing: enable path_traversal, sql_injection or xss, or list methods or patterns");
+        }
+        if (errors.Count != before)
+        {
+            return null;
+        }
+        return new DenyFilter(new DenyOptions
+        {
+            PolicyName = name,
+            PathTraversal = traversal,
+            SqlInjection = sql,
+            Xss = xss,
+            Methods = methods ?? [],
+            Patterns = patterns,
+        });
+    }
+
+    private static ApiKeyFilter? BuildApiKey(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, string baseDirectory)
+    {
+        int before = errors.Count;
+        string name = policy.Name.Value;
+        string? header = null;
+        string? query = null;
+        var keys = new List<ApiKeyEntry>();
+        var seen = new Dictionary<string, Mark>(StringComparer.Ordinal);
+        IdentityForwardingOptions? forward = null;
+        foreach (var setting in policy.Settings)
+        {
+            if (!CheckKey(setting, s_apiKeyKeys, "api_key", errors))
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
+                case "forward_identity":
+                    forward = ReadForwardIdentity(setting, errors);
+                    continue;
+                case "keys":
+                    if (setting.List is { Count: 0 })
+                    {
+                        continue; // an empty list: reported below as "no keys"
+                    }
+                    if (setting.Maps is not { } items)
+                    {
+                        errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, "expected a list of maps for 'keys' (e.g. [{ sha256: <64 hex digits>, consumer: alice, plan: free }])");
+                        continue;
+                    }
+                    foreach (var item in items)
+                    {
+                        ReadApiKeyEntry(item, keys, seen, errors);
+                    }
+                    continue;
+            }
+            if (Scalar(setting, errors) is not { } value)
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
+                case "header":
+                    if (!ConfigSyntax.IsToken(value.Value))
+                    {
+                        errors.Add(value.Mark, $"invalid header name '{value.Value}' (a token: letters, digits and !#$%&'*+-.^_`|~)");
+                    }
+                    header = value.Value.ToLowerInvariant();
+                    break;
+                case "query":
+                    if (value.Value.Length == 0 || value.Value.Any(c => c is '&' or '=' or '#' or '%' || c <= ' ' || c > '~'))
+                    {
+                        errors.Add(value.Mark, $"invalid query parameter name '{value.Value}' (printable ASCII without '&', '=', '#', '%' or spaces)");
+                    }
+                    query = value.Value;
+                    break;
+                case "keys_file":
+                    LoadApiKeysFile(value, baseDirectory, keys, seen, errors);
+                    break;
+            }
+        }
+        if (header is not null && query is not null)
+        {
+            errors.Add(kind.Mark, $"api_key policy '{name}' has both 'header' and 'query'; choose one");
+        }
+        if (errors.Count == before && keys.Count == 0)
+        {
+            errors.Add(kind.Mark, $"api_key policy '{name}' can never pass: it has no keys (add 'keys' or 'keys_file')");
+        }
+        if (errors.Count != before)
+        {
+            return null;
+        }
+        return new ApiKeyFilter(new ApiKeyOptions
+        {
+            PolicyName = name,
+            // Kong's and most gateways' default.
+            Header = query is null ? header ?? "x-api-key" : "",
+            QueryParameter = query ?? "",
+            Keys = keys,
+            ForwardIdentity = forward,
+        });
+    }
+
+    /// <summary><c>required_roles: [admin, editor]</c>: role names as they appear in the roles claim.</summary>
+    private static List<string> ReadRoles(PolicySettingConfig setting, string name, ConfigErrorList errors)
+    {
+        var roles = new List<string>();
+        if (setting.List is not { } list)
+        {
+            errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, "expected a list for 'required_roles' (e.g. [admin])");
+            return roles;
+        }
+        foreach (var item in list)
+        {
+            if (item.Value.Length == 0 || !IsIdentityValue(item.Value) || item.Value.Contains(' '))
+            {
+                errors.Add(item.Mark, $"invalid role '{item.Value}': a role is printable ASCII without spaces, '\"' or '\\'");
+            }
+            else
+            {
+                roles.Add(item.Value);
+            }
+        }
+        if (list.Count == 0)
+        {
+            errors.Add(setting.Key.Mark, $"jwt policy '{name}' has an empty 'required_roles' list; remove the key to require no role");
+        }
+        else if (list.Count > 64)
+        {
+            errors.Add(setting.Key.Mark, $"jwt policy '{name}' requires {list.Count} roles; at most 64 are supported");
+        }
+        return roles;
+    }
+
+    /// <summary><c>required_claims: { tenant: acme, email_verified: "true" }</c>.</summary>
+    private static List<KeyValuePair<string, string>> ReadRequiredClaims(PolicySettingConfig setting, string name, ConfigErrorList errors)
+    {
+        var claims = new List<KeyValuePair<string, string>>();
+        if (setting.Map is not { } entries)
+        {
+            errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, "expected a map for 'required_claims' (e.g. { tenant: acme })");
+            return claims;
+        }
+        foreach (var entry in entries)
+        {
+            if (Scalar(entry, errors) is not { } value)
+            {
+                continue;
+            }
+            if (entry.Key.Value.Length == 0 || s_reservedClaims.Contains(entry.Key.Value))
+            {
+                errors.Add(entry.Key.Mark, $"'{entry.Key.Value}' cannot be a required claim: use issuer, audiences, required_scopes (or nothing, for exp, nbf and sub)");
+                continue;
+            }
+            claims.Add(new(entry.Key.Value, value.Value));
+        }
+        if (claims.Count > 64)
+        {
+            errors.Add(setting.Key.Mark, $"jwt policy '{name}' requires {claims.Count} claims; at most 64 are supported");
+        }
+        return claims;
+    }
+
+    /// <summary><c>forward_identity: { subject: x-auth-subject, client_id: ..., consumer: ..., plan: ... }</c>.</summary>
+    private static IdentityForwardingOptions? ReadForwardIdentity(PolicySettingConfig setting, ConfigErrorList errors)
+    {
+        if (setting.Map is not { } entries)
+        {
+            errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, "expected a map for 'forward_identity' (e.g. { subject: x-auth-subject, consumer: x-consumer })");
+            return null;
+        }
+        var options = new IdentityForwardingOptions();
+        var used = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var entry in entries)
+        {
+            if (!CheckKey(entry, s_forwardIdentityKeys, "forward_identity", errors) || Scalar(entry, errors) is not { } value)
+            {
+                continue;
+            }
+            string header = value.Value.ToLowerInvariant();
+            if (!ConfigSyntax.IsToken(header))
+            {
+                errors.Add(value.Mark, $"invalid header name '{value.Value}' (a token: letters, digits and !#$%&'*+-.^_`|~)");
+                continue;
+            }
+            if (header is "host" or "authorization" or "content-length" or "transfer-encoding" or "connection" or "te" or "upgrade"
+                || header.StartsWith("x-forwarded-", StringComparison.Ordinal))
+            {
+                errors.Add(value.Mark, $"'{value.Value}' cannot carry the identity: the proxy or the HTTP framing owns that header");
+                continue;
+            }
+            if (!used.Add(header))
+            {
+                errors.Add(value.Mark, $"header '{value.Value}' is used twice in forward_identity");
+                continue;
+            }
+            options = entry.Key.Value switch
+            {
+                "subject" => options with { Subject = header },
+                "client_id" => options with { ClientId = header },
+                "consumer" => options with { Consumer = header },
+                _ => options with { Plan = header },
+            };
+        }
+        return options;
+    }
+
+    private static void ReadApiKeyEntry(PolicyMapItem item, List<ApiKeyEntry> keys, Dictionary<string, Mark> seen, ConfigErrorList errors)
+    {
+        Located<string>? hash = null;
+        Located<string>? consumer = null;
+        string plan = "";
+        foreach (var entry in item.Entries)
+        {
+            if (!CheckKey(entry, s_apiKeyEntryKeys, "an api_key key", errors) || Scalar(entry, errors) is not { } value)
+            {
+                continue;
+            }
+            switch (entry.Key.Value)
+            {
+                case "sha256":
+                    hash = value;
+                    break;
+                case "consumer":
+                    consumer = value;
+                    break;
+                case "plan":
+                    plan = value.Value;
+                    break;
+            }
+        }
+        if (hash is null)
+        {
+            errors.Add(item.Mark, "an api_key key is missing 'sha256' (the key's SHA-256 in hex; `proxy hash-key KEY` prints it)");
+            return;
+        }
+        if (consumer is null || consumer.Value.Value.Length == 0)
+        {
+            errors.Add(item.Mark, "an api_key key is missing 'consumer' (who the key belongs to)");
+            return;
+        }
+        if (AddApiKey(hash.Value, consumer.Value.Value, plan, keys, seen) is { } error)
+        {
+            errors.Add(hash.Value.Mark, error);
+        }
+    }
+
+    /// <summary>Adds one key; the error message when it is refused.</summary>
+    private static string? AddApiKey(Located<string> hash, string consumer, string plan, List<ApiKeyEntry> keys, Dictionary<string, Mark> seen)
+    {
+        if (!TryParseSha256(hash.Value, out byte[] bytes))
+        {
+            return "invalid sha256: expected 64 hex digits (`proxy hash-key KEY` prints them); keys are never written in clear";
+        }
+        string normal = Convert.ToHexStringLower(bytes);
+        if (seen.TryGetValue(normal, out var first))
+        {
+            return $"the same API key is listed twice (first at line {first.Line}, column {first.Column})";
+        }
+        if (!IsIdentityValue(consumer) || !IsIdentityValue(plan))
+        {
+            return "consumer and plan must be printable ASCII without '\"' or '\\' (they are forwarded in headers and problem bodies)";
+        }
+        seen.Add(normal, hash.Mark);
+        keys.Add(new ApiKeyEntry(bytes, consumer, plan));
+        return null;
+    }
+
+    /// <summary>
+    /// A keys file: one key per line, <c>SHA256HEX CONSUMER [PLAN]</c> separated by spaces; blank lines and lines
+    /// starting with '#' are skipped. Relative to the config file's directory; read when the config is loaded.
+    /// </summary>
+    private static void LoadApiKeysFile(Located<string> file, string baseDirectory, List<ApiKeyEntry> keys, Dictionary<string, Mark> seen, ConfigErrorList errors)
+    {
+        string[] lines;
+        try
+        {
+            lines = File.ReadAllLines(Path.Combine(baseDirectory, file.Value));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            errors.Add(file.Mark, $"cannot read keys_file '{file.Value}': {e.Message}");
+            return;
+        }
+        for (int i = 0; i < lines.Length; i++)
+        {
+            string line = lines[i].Trim();
+            if (line.Length == 0 || line[0] == '#')
+            {
+                continue;
+            }
+            string[] parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (parts.Length is < 2 or > 3)
+            {
+                errors.Add(file.Mark, $"keys_file '{file.Value}' line {i + 1}: expected 'SHA256HEX CONSUMER [PLAN]'");
+                continue;
+            }
+            var located = new Located<string>(parts[0], new Mark(file.Mark.Line, file.Mark.Column));
+            if (AddApiKey(located, parts[1], parts.Length == 3 ? parts[2] : "", keys, seen) is { } error)
+            {
+                errors.Add(file.Mark, $"keys_file '{file.Value}' line {i + 1}: {error}");
+            }
+        }
+    }
+
+    internal static bool TryParseSha256(string hex, out byte[] bytes)
+    {
+        bytes = [];
+        if (hex.Length != 64 || !hex.All(char.IsAsciiHexDigit))
+        {
+            return false;
+        }
+        bytes = Convert.FromHexString(hex);
+        return true;
+    }
+
+    /// <summary>Values that go into forwarded headers, problem bodies and quoted strings without escaping.</summary>
+    private static bool IsIdentityValue(string value)
+    {
+        foreach (char c in value)
+        {
+            if (c is < ' ' or > '~' or '"' or '\\')
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+}

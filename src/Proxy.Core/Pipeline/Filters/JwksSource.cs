@@ -1,0 +1,160 @@
+using Proxy.Diagnostics;
+
+namespace Proxy.Pipeline.Filters;
+
+/// <summary>Where a <c>jwt</c> policy's remote key set comes from and how often it is refreshed.</summary>
+internal sealed record JwksSourceOptions
+{
+    public required Uri Url { get; init; }
+    /// <summary>Refetch period (<c>jwks_refresh</c>).</summary>
+    public TimeSpan Refresh { get; init; } = TimeSpan.FromMinutes(5);
+    /// <summary>Least time between two fetches caused by an unknown <c>kid</c> (<c>jwks_min_refetch</c>).</summary>
+    public TimeSpan MinRefetch { get; init; } = TimeSpan.FromSeconds(30);
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(10);
+}
+
+/// <summary>
+/// A JWKS fetched over HTTP (RFC 7517 section 5) in the background: once when the policy is compiled, then every
+/// <c>jwks_refresh</c>, and early when a token names an unknown <c>kid</c> (key rotation), at most once per
+/// <c>jwks_min_refetch</c> so a flood of made-up kids cannot turn into a flood of fetches. A failed fetch keeps the
+/// last good set. The data plane only reads <see cref="Keys"/> (one volatile read) and never waits for a fetch.
+/// </summary>
+/// <remarks>
+/// Concurrency: <see cref="Keys"/> is an immutable array swapped whole; fetches are serialised by <c>_fetching</c>.
+/// Lifetime: the timer holds only a weak reference to this source, so when a reload drops the policy's filter, the
+/// timer stops itself at its next tick.
+/// </remarks>
+internal sealed class JwksSource
+{
+    private static readonly HttpClient s_client = new(new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(5) });
+
+    private readonly TimeProvider _time;
+    private readonly string _policyName;
+    private ITimer? _timer;
+    private JsonWebKey[] _keys = [];
+    private long _lastFetchTimestamp = long.MinValue;
+    private int _fetching;
+    private long _fetchCount;
+
+    public JwksSource(string policyName, JwksSourceOptions options, TimeProvider? time = null)
+    {
+        _policyName = policyName;
+        Options = options;
+        _time = time ?? TimeProvider.System;
+    }
+
+    public JwksSourceOptions Options { get; }
+
+    /// <summary>The current keys; empty until the first successful fetch.</summary>
+    public JsonWebKey[] Keys => Volatile.Read(ref _keys);
+
+    /// <summary>Completed fetch attempts (successful or not).</summary>
+    public long FetchCount => Volatile.Read(ref _fetchCount);
+
+    /// <summary>Starts the first fetch and the refresh timer.</summary>
+    public void Start()
+    {
+        // The callback state holds the source weakly and the timer through a box, so the timer can stop itself
+        // once the source (and the filter owning it) is gone.
+        var box = new ITimer?[1];
+        _timer = _time.CreateTimer(static state =>
+        {
+            var (reference, timer) = ((WeakReference<JwksSource>, ITimer?[]))state!;
+            if (reference.TryGetTarget(out var source))
+            {
+                source.TriggerFetch(force: true);
+            }
+            else
+            {
+                timer[0]?.Dispose();
+            }
+        }, (new WeakReference<JwksSource>(this), box), Options.Refresh, Options.Refresh);
+        box[0] = _timer;
+        TriggerFetch(force: true);
+    }
+
+    /// <summary>
+    /// Called on the data plane when a token names a kid the set does not hold: fetches again unless the last fetch
+    /// started less than <c>jwks_min_refetch</c> ago. Never blocks; the token at hand is refused either way.
+    /// </summary>
+    public void OnUnknownKey() => TriggerFetch(force: false);
+
+    /// <summary>Fetches now and waits (tests and the first fetch of a reload).</summary>
+    public Task<bool> FetchAsync() => FetchCoreAsync();
+
+    private void TriggerFetch(bool force)
+    {
+        long now = _time.GetTimestamp();
+        long last = Volatile.Read(ref _lastFetchTimestamp);
+        if (!force && last != long.MinValue && _time.GetElapsedTime(last, now) < Options.MinRefetch)
+        {
+            return;
+        }
+        if (Interlocked.CompareExchange(ref _fetching, 1, 0) != 0)
+        {
+            return;
+        }
+        Volatile.Write(ref _lastFetchTimestamp, now);
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                await FetchOnceAsync().ConfigureAwait(false);
+            }
+            finally
+            {
+                Volatile.Write(ref _fetching, 0);
+            }
+        });
+    }
+
+    private async Task<bool> FetchCoreAsync()
+    {
+        while (Interlocked.CompareExchange(ref _fetching, 1, 0) != 0)
+        {
+            await Task.Delay(10).ConfigureAwait(false);
+        }
+        try
+        {
+            Volatile.Write(ref _lastFetchTimestamp, _time.GetTimestamp());
+            return await FetchOnceAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            Volatile.Write(ref _fetching, 0);
+        }
+    }
+
+    private async Task<bool> FetchOnceAsync()
+    {
+        try
+        {
+            using var cts = new CancellationTokenSource(Options.Timeout);
+            using var response = await s_client.GetAsync(Options.Url, cts.Token).ConfigureAwait(false);
+            if (!response.IsSuccessStatusCode)
+            {
+                ProxyLog.Error("jwks_fetch_failed", ("policy", _policyName), ("url", Options.Url.ToString()), ("error", $"HTTP {(int)response.StatusCode}"));
+                return false;
+            }
+            byte[] body = await response.Content.ReadAsByteArrayAsync(cts.Token).ConfigureAwait(false);
+            JsonWebKey[] keys = JsonWebKeySet.Parse(body);
+            if (keys.Length == 0)
+            {
+                ProxyLog.Error("jwks_fetch_failed", ("policy", _policyName), ("url", Options.Url.ToString()), ("error", "no usable signing key"));
+                return false;
+            }
+            Volatile.Write(ref _keys, keys);
+            return true;
+        }
+        catch (Exception e) when (e is HttpRequestException or OperationCanceledException or FormatException or IOException)
+        {
+            // The last good set stays in use; an empty set (never fetched) refuses tokens with jwt_keys_unavailable.
+            ProxyLog.Error("jwks_fetch_failed", ("policy", _policyName), ("url", Options.Url.ToString()), ("error", e.Message));
+            return false;
+        }
+        finally
+        {
+            Interlocked.Increment(ref _fetchCount);
+        }
+    }
+}

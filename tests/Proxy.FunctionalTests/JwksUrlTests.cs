@@ -1,0 +1,144 @@
+using System.Buffers.Text;
+using System.Globalization;
+using System.IdentityModel.Tokens.Jwt;
+using System.Security.Cryptography;
+using Microsoft.IdentityModel.Tokens;
+using Proxy.FunctionalTests.Infrastructure;
+
+namespace Proxy.FunctionalTests;
+
+/// <summary>jwt with jwks_url: keys served over HTTP by a test server, rotation picked up through an unknown kid.</summary>
+public sealed class JwksUrlTests : IDisposable
+{
+    private const string Issuer = "https://idp.example.test";
+
+    private readonly RSA _old = RSA.Create(2048);
+    private readonly RSA _new = RSA.Create(2048);
+    private volatile string _jwks;
+    private int _jwksRequests;
+
+    public JwksUrlTests() => _jwks = Jwks((_old, "k1"));
+
+    public void Dispose()
+    {
+        _old.Dispose();
+        _new.Dispose();
+    }
+
+    private static string Jwks(params (RSA Key, string Kid)[] keys)
+        => "{\"keys\":[" + string.Join(",", keys.Select(k =>
+        {
+            var p = k.Key.ExportParameters(false);
+            return $$"""{"kty":"RSA","kid":"{{k.Kid}}","n":"{{Base64Url.EncodeToString(p.Modulus)}}","e":"{{Base64Url.EncodeToString(p.Exponent)}}"}""";
+        })) + "]}";
+
+    private RecordingUpstream StartKeyServer() => RecordingUpstream.Start(UpstreamBehaviors.Respond((_, _) =>
+    {
+        Interlocked.Increment(ref _jwksRequests);
+        string body = _jwks;
+        return $"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {body.Length}\r\n\r\n{body}";
+    }));
+
+    private static string Mint(RSA key, string kid)
+    {
+        var now = DateTime.UtcNow;
+        return new JwtSecurityTokenHandler().CreateEncodedJwt(new SecurityTokenDescriptor
+        {
+            Issuer = Issuer,
+            Audience = "orders-api",
+            IssuedAt = now,
+            NotBefore = now.AddMinutes(-1),
+            Expires = now.AddMinutes(10),
+            SigningCredentials = new SigningCredentials(new RsaSecurityKey(key) { KeyId = kid }, "RS256"),
+        });
+    }
+
+    private static string Policy(int keyPort) => $$"""
+          jwt-remote:
+            jwt:
+              issuer: {{Issuer}}
+              audiences: [orders-api]
+              jwks_url: http://127.0.0.1:{{keyPort.ToString(CultureInfo.InvariantCulture)}}/.well-known/jwks.json
+              jwks_refresh: 1h
+              jwks_min_refetch: 1s
+        """;
+
+    private static async Task<HttpMessage> GetUntilAsync(RawClient client, string token, int status)
+    {
+        // Fetches run in the background: poll briefly instead of sleeping a fixed time.
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (true)
+        {
+            var response = await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {token}");
+            if (response.Status == status || DateTime.UtcNow > deadline)
+            {
+                return response;
+            }
+            await Task.Delay(100);
+        }
+    }
+
+    [Fact]
+    public async Task JwksUrl_KeyRotation_UnknownKidRefetchesAndAccepts()
+    {
+        await using var keys = StartKeyServer();
+        var (upstream, proxy) = await IdentityPolicyTests.StartAsync(Policy(keys.Port), "jwt-remote");
+        await using var _ = upstream;
+        await using var __ = proxy;
+        await using var client = await proxy.ConnectAsync();
+
+        Assert.Equal(200, (await GetUntilAsync(client, Mint(_old, "k1"), 200)).Status);
+
+        // The issuer rotates: k2 appears in its set. The first k2 token is refused (kid unknown) and triggers a refetch.
+        _jwks = Jwks((_new, "k2"), (_old, "k1"));
+        string rotated = Mint(_new, "k2");
+        Assert.Equal(200, (await GetUntilAsync(client, rotated, 200)).Status);
+        // During the overlap both keys verify.
+        Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {Mint(_old, "k1")}")).Status);
+    }
+
+    [Fact]
+    public async Task JwksUrl_UnknownKidFlood_RefetchesAtMostOncePerInterval()
+    {
+        await using var keys = StartKeyServer();
+        var (upstream, proxy) = await IdentityPolicyTests.StartAsync(Policy(keys.Port).Replace("jwks_min_refetch: 1s", "jwks_min_refetch: 1h"), "jwt-remote");
+        await using var _ = upstream;
+        await using var __ = proxy;
+        await using var client = await proxy.ConnectAsync();
+        Assert.Equal(200, (await GetUntilAsync(client, Mint(_old, "k1"), 200)).Status);
+        int before = Volatile.Read(ref _jwksRequests);
+
+        for (int i = 0; i < 20; i++)
+        {
+            var refused = await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {Mint(_new, $"made-up-{i}")}");
+            IdentityPolicyTests.Problem(refused, 401);
+        }
+        await Task.Delay(300);
+
+        // The first fetch started at load, less than an hour ago: no refetch at all.
+        Assert.Equal(before, Volatile.Read(ref _jwksRequests));
+    }
+
+    [Fact]
+    public async Task JwksUrl_KeyServerDown_LoadsAndAnswers401KeysUnavailable()
+    {
+        // A port nothing listens on: bind and release one.
+        int port;
+        using (var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0))
+        {
+            probe.Start();
+            port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
+        }
+        var (upstream, proxy) = await IdentityPolicyTests.StartAsync(Policy(port), "jwt-remote");
+        await using var _ = upstream;
+        await using var __ = proxy;
+        await using var client = await proxy.ConnectAsync();
+
+        var response = await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {Mint(_old, "k1")}");
+
+        IdentityPolicyTests.Problem(response, 401);
+        Assert.Equal("Bearer realm=\"jwt-remote\", error=\"invalid_token\", error_description=\"The token signing keys are not available\"",
+            response.Header("www-authenticate"));
+        Assert.Equal(0, upstream.ConnectionCount);
+    }
+}
