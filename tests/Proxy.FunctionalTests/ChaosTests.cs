@@ -11,6 +11,9 @@ namespace Proxy.FunctionalTests;
 /// requests answered 200 must stay above <see cref="SuccessFloor"/>, and the memory the process keeps after a full
 /// collection must not grow. Lasts <c>PROXY_CHAOS_SECONDS</c> (default 10 in the suite; bench/load/chaos.sh runs 60).
 /// </summary>
+// Alone, after the parallel tests: its 16 busy workers would otherwise starve the timing-sensitive tests, and its
+// memory check would see their allocations.
+[Collection(MemorySensitiveCollection.Name)]
 public sealed class ChaosTests(ITestOutputHelper output)
 {
     private const double SuccessFloor = 0.99;
