@@ -57,6 +57,68 @@ public sealed class SteadyStateAllocationTests
             (IsOptimized() ? "" : " (Proxy.Core is a Debug build: run the tests with -c Release)"));
     }
 
+    /// <summary>
+    /// Sixteen connections at once, each driven by its own blocking client thread: reads then often find their data
+    /// already waiting and complete synchronously, and the upstream pool serves several connections: paths a single
+    /// sequential connection never takes.
+    /// </summary>
+    [Fact]
+    public async Task ProxiedRequests_SixteenBusyConnections_AllocateUnder100BytesEach()
+    {
+        using var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        upstream.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        upstream.Listen(64);
+        var upstreamThread = new Thread(() => ServeFixedResponses(upstream)) { IsBackground = true };
+        upstreamThread.Start();
+        var config = new ProxyConfig { BackendPort = ((IPEndPoint)upstream.LocalEndPoint!).Port };
+        await using var proxy = await TestProxy.StartAsync(config);
+        byte[] request = Encoding.ASCII.GetBytes(
+            "GET /api/items?page=2 HTTP/1.1\r\nHost: example.test\r\nUser-Agent: test\r\nAccept: */*\r\n\r\n");
+
+        const int Connections = 16, Warmup = 1500, Requests = 3000;
+        using var warm = new Barrier(Connections + 1);
+        using var measured = new Barrier(Connections + 1);
+        var clients = new Thread[Connections];
+        Exception? failure = null;
+        for (int c = 0; c < Connections; c++)
+        {
+            clients[c] = new Thread(() =>
+            {
+                try
+                {
+                    using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+                    client.ReceiveTimeout = 10_000;
+                    client.Connect(proxy.Public);
+                    byte[] receive = new byte[16 * 1024];
+                    int length = RoundTrip(client, request, receive, expected: 0);
+                    for (int i = 0; i < Warmup; i++)
+                    {
+                        RoundTrip(client, request, receive, length);
+                    }
+                    warm.SignalAndWait();
+                    for (int i = 0; i < Requests; i++)
+                    {
+                        RoundTrip(client, request, receive, length);
+                    }
+                    measured.SignalAndWait();
+                }
+                catch (Exception e)
+                {
+                    failure = e;
+                    warm.RemoveParticipant();
+                    measured.RemoveParticipant();
+                }
+            }) { IsBackground = true };
+            clients[c].Start();
+        }
+        warm.SignalAndWait();
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        measured.SignalAndWait();
+        long perRequest = (GC.GetTotalAllocatedBytes(precise: true) - before) / (Connections * Requests);
+        Assert.Null(failure);
+        Assert.True(perRequest < 100, $"{perRequest} bytes allocated per proxied request over {Connections} busy connections");
+    }
+
     private static bool IsOptimized()
     {
         var debuggable = typeof(ProxyServer).Assembly.GetCustomAttributes(typeof(System.Diagnostics.DebuggableAttribute), false);

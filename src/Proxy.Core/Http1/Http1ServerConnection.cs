@@ -659,8 +659,6 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         _timedReader?.CancelPendingRead();
     }
 
-    protected override void OnHeartbeat(long now) => _transport.OnHeartbeat(now);
-
     public override void BeginDrain()
     {
         _draining = true;

@@ -49,35 +49,23 @@ internal abstract class ClientTransport : IDisposable
 
     /// <summary>Releases the transport after both pipes were completed.</summary>
     public abstract void Dispose();
-
-    /// <summary>Called by the one-second heartbeat (control plane): a chance to release memory of idle waits.</summary>
-    public virtual void OnHeartbeat(long now)
-    {
-    }
 }
 
-/// <summary>
-/// Plain TCP: reads through <see cref="SocketPipeReader"/> (receives straight into blocks while busy, parks idle
-/// waits without a block), writes through a stream pipe writer with the shared socket options.
-/// </summary>
+/// <summary>Plain TCP: pipes over a <see cref="NetworkStream"/> with the shared socket pipe options.</summary>
 internal sealed class SocketTransport : ClientTransport
 {
     private readonly Socket _socket;
     private readonly NetworkStream _stream;
-    private readonly SocketPipeReader _reader;
 
     public SocketTransport(Socket socket)
         : base(socket.RemoteEndPoint as IPEndPoint)
     {
         _socket = socket;
-        _reader = new SocketPipeReader(socket, BlockMemoryPool.Small);
-        (_stream, Output) = SocketPipes.CreateWriter(socket);
+        (_stream, Input, Output) = SocketPipes.Create(socket);
     }
 
-    public override PipeReader Input => _reader;
+    public override PipeReader Input { get; }
     public override PipeWriter Output { get; }
-
-    public override void OnHeartbeat(long now) => _reader.ParkIfIdle(now);
 
     public override void ShutdownSend() => _socket.Shutdown(SocketShutdown.Send);
 

@@ -50,12 +50,6 @@ internal abstract class TimedConnection
             FiredTimeout = _armedKind;
             OnTimeout(_armedKind);
         }
-        OnHeartbeat(now);
-    }
-
-    /// <summary>Runs on the heartbeat thread after the deadline check (control plane; must not block).</summary>
-    protected virtual void OnHeartbeat(long now)
-    {
     }
 
     /// <summary>Runs on the heartbeat thread: must only cancel a pending read or abort sockets, never block.</summary>

@@ -23,13 +23,6 @@ internal static class SocketPipes
     private static readonly StreamPipeWriterOptions s_writerOptions = new(
         pool: BlockMemoryPool.Large, minimumBufferSize: BlockMemoryPool.Large.BlockSize, leaveOpen: true);
 
-    /// <summary>A stream and a pipe writer over a client socket (reads go through <see cref="SocketPipeReader"/>).</summary>
-    public static (NetworkStream Stream, PipeWriter Output) CreateWriter(Socket socket)
-    {
-        var stream = new NetworkStream(socket, ownsSocket: false);
-        return (stream, PipeWriter.Create(stream, s_writerOptions));
-    }
-
     public static (NetworkStream Stream, PipeReader Input, PipeWriter Output) Create(Socket socket, bool upstream = false)
     {
         var stream = new NetworkStream(socket, ownsSocket: false);
