@@ -1,7 +1,12 @@
+using System.Buffers.Text;
 using System.Diagnostics;
+using System.Globalization;
+using System.IdentityModel.Tokens.Jwt;
 using System.Net;
+using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using Microsoft.IdentityModel.Tokens;
 using Proxy.FunctionalTests.Infrastructure;
 
 namespace Proxy.FunctionalTests;
@@ -83,6 +88,71 @@ public sealed class ObservabilityTests : IDisposable
         string metrics = await http.GetStringAsync($"http://127.0.0.1:{proxy.Server.GetEndPoint("admin").Port}/metrics");
         Assert.Contains("proxy_access_log_dropped_total 0", metrics);
         Assert.Matches(@"proxy_access_log_lines_total [2-9]", metrics);
+    }
+
+    [Fact]
+    public async Task AccessLog_PolicyRoutes_LinesCarryConsumerAndPolicyOutcome()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        using var rsa = RSA.Create(2048);
+        var key = rsa.ExportParameters(false);
+        string jwks = Path.Combine(_directory, "jwks.json");
+        File.WriteAllText(jwks, $$"""
+            { "keys": [{ "kty": "RSA", "kid": "k1", "n": "{{Base64Url.EncodeToString(key.Modulus)}}", "e": "{{Base64Url.EncodeToString(key.Exponent)}}" }] }
+            """);
+        string log = Path.Combine(_directory, "access.log");
+        await using var proxy = await TestProxy.StartAsync($$"""
+            policies:
+              keys:
+                api_key:
+                  header: x-api-key
+                  keys: [{ sha256: {{IdentityPolicyTests.Sha("alice")}}, consumer: alice, plan: free }]
+              one-per-consumer:
+                rate_limit: { key: consumer, rate: 1/h, burst: 1 }
+              token:
+                jwt: { issuer: https://idp.example.test, audiences: [reports], jwks_file: "{{jwks}}" }
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: orders, match: { path: "/orders/{**rest}" }, cluster: backend, policies: [keys, one-per-consumer] }
+              - { id: reports, match: { path: "/reports/{**rest}" }, cluster: backend, policies: [token] }
+              - { id: open, match: { path: "/open/{**rest}" }, cluster: backend }
+            clusters:
+              backend: { destinations: ["http://127.0.0.1:{{upstream.Port.ToString(CultureInfo.InvariantCulture)}}"] }
+            access_log: { path: "{{log}}" }
+            """);
+        var now = DateTime.UtcNow;
+        string token = new JwtSecurityTokenHandler().CreateEncodedJwt(new SecurityTokenDescriptor
+        {
+            Issuer = "https://idp.example.test",
+            Audience = "reports",
+            IssuedAt = now,
+            NotBefore = now.AddMinutes(-1),
+            Expires = now.AddMinutes(10),
+            Claims = new Dictionary<string, object> { ["sub"] = "svc-reports" },
+            SigningCredentials = new SigningCredentials(new RsaSecurityKey(rsa) { KeyId = "k1" }, "RS256"),
+        });
+
+        // One connection: the pooled filter context still holds alice when the unprotected route runs.
+        await using var client = await proxy.ConnectAsync();
+        var allowed = await IdentityPolicyTests.GetAsync(client, "/orders/1", "x-api-key: alice");
+        var limited = await IdentityPolicyTests.GetAsync(client, "/orders/2", "x-api-key: alice");
+        var anonymous = await IdentityPolicyTests.GetAsync(client, "/open/1", "x-api-key: alice"); // no policy ran: nobody verified it
+        var noKey = await IdentityPolicyTests.GetAsync(client, "/orders/3");
+        var subject = await IdentityPolicyTests.GetAsync(client, "/reports/1", $"authorization: Bearer {token}");
+        Assert.Equal(new[] { 200, 429, 200, 401, 200 }, new[] { allowed.Status, limited.Status, anonymous.Status, noKey.Status, subject.Status });
+
+        var lines = await WaitForLinesAsync(log, 5);
+        JsonElement Line(HttpMessage response) => lines.Single(l => l.GetProperty("request_id").GetString() == response.Header("x-request-id"));
+        (string?, string?) ConsumerAndPolicy(HttpMessage response)
+            => (Line(response).GetProperty("consumer").GetString(), Line(response).GetProperty("policy").GetString());
+
+        Assert.Equal<(string?, string?)>(("alice", null), ConsumerAndPolicy(allowed));
+        Assert.Equal<(string?, string?)>(("alice", "rate_limited"), ConsumerAndPolicy(limited));
+        Assert.Equal(JsonValueKind.Null, Line(anonymous).GetProperty("consumer").ValueKind);
+        Assert.Equal(JsonValueKind.Null, Line(anonymous).GetProperty("policy").ValueKind);
+        Assert.Equal<(string?, string?)>((null, "api_key_missing"), ConsumerAndPolicy(noKey));
+        Assert.Equal<(string?, string?)>(("svc-reports", null), ConsumerAndPolicy(subject)); // no consumer: the JWT subject
     }
 
     [Fact]

@@ -207,6 +207,45 @@ public sealed class ReloadTests : IDisposable
     }
 
     [Fact]
+    public async Task Reload_ListenerRemoved_Http2ConnectionGetsGoAwayAfterInFlightRequestFinishes()
+    {
+        const string second = "  - { name: second, address: 127.0.0.1:0 }";
+        const string routes = HelloRoute + "\n  - { id: slow, match: { path: /slow }, cluster: backend }";
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var upstream = RecordingUpstream.Start(async (connection, ct) =>
+        {
+            while (await connection.ReadRequestAsync(ct) is { } request)
+            {
+                await release.Task.WaitAsync(ct);
+                await connection.WriteAsync(Wire.Response(200, $"{request.Method} {request.Target}"), ct);
+            }
+        });
+        await using var proxy = await TestProxy.StartAsync(Config(routes, upstream.Port, extraListeners: second));
+        var added = proxy.Server.GetEndPoint("second");
+        using var http = Http2.Http2ServerTests.CreateH2Client();
+        using (var warm = await http.GetAsync($"http://127.0.0.1:{added.Port}/hello"))
+        {
+            Assert.Equal(HttpVersion.Version20, warm.Version); // h2c prior knowledge: an Http2ServerConnection
+        }
+        Task<HttpResponseMessage> inFlight = http.GetAsync($"http://127.0.0.1:{added.Port}/slow");
+        await upstream.WaitForRequestAsync();
+
+        Assert.True((await proxy.Server.ReloadAsync(Config(routes, upstream.Port))).Success);
+        release.SetResult();
+
+        // The stream open at the reload finishes on the old connection...
+        using (var response = await inFlight)
+        {
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            Assert.Equal("GET /slow", await response.Content.ReadAsStringAsync());
+        }
+        // ...but the connection got GOAWAY (it came before the response on the wire), so the client must open a new
+        // one, which the removed listener refuses. Undrained, the old connection would have answered this with 200.
+        await Assert.ThrowsAsync<HttpRequestException>(() => http.GetAsync($"http://127.0.0.1:{added.Port}/hello"));
+        Assert.Equal((200, "hello\n"), await GetAsync(proxy.Public, "/hello"));
+    }
+
+    [Fact]
     public async Task Reload_FiftySwapsUnderLoad_NoFailedRequests()
     {
         await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());

@@ -89,6 +89,8 @@ public class TracePropagationBenchmarks
         ReadOnlySpan<byte> path = _head.Path;
         path.CopyTo(r.Path);
         r.PathLength = path.Length;
+        r.SetConsumer("alice"u8);
+        r.Policy = null;
         _log.Publish(position);
         return true;
     }

@@ -84,6 +84,7 @@ internal enum AccessLogField : byte
     BytesOut,
     Client,
     Consumer,
+    Policy,
     TraceId,
     SpanId,
     RequestId,
@@ -95,7 +96,7 @@ internal static class AccessLogFields
     public static readonly string[] Names =
     [
         "time", "listener", "route", "cluster", "destination", "method", "path", "status", "duration_ms", "upstream_ms",
-        "bytes_in", "bytes_out", "client", "consumer", "trace_id", "span_id", "request_id",
+        "bytes_in", "bytes_out", "client", "consumer", "policy", "trace_id", "span_id", "request_id",
     ];
 
     public static readonly AccessLogField[] All = Enumerable.Range(0, Names.Length).Select(i => (AccessLogField)i).ToArray();

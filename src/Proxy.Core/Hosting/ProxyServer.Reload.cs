@@ -1,7 +1,6 @@
 using Proxy.Configuration;
 using Proxy.Diagnostics;
 using Proxy.Handlers;
-using Proxy.Http1;
 using Proxy.Model;
 using Proxy.Transport;
 using Proxy.Upstream;
@@ -196,7 +195,8 @@ public sealed partial class ProxyServer
         {
             foreach (var connection in _runtime.Registry.Connections)
             {
-                if (connection is Http1ServerConnection { Origin: SocketListener origin } && removed.Contains(origin))
+                // HTTP/1.1 connections and HTTP/2 connections (h2c or ALPN h2) alike: both carry their accept loop.
+                if (connection.Origin is SocketListener origin && removed.Contains(origin))
                 {
                     connection.BeginDrain();
                 }

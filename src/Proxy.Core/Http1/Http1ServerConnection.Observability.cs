@@ -5,6 +5,7 @@ using Proxy.Diagnostics.AccessLog;
 using Proxy.Diagnostics.Tracing;
 using Proxy.Http;
 using Proxy.Model;
+using Proxy.Pipeline;
 
 namespace Proxy.Http1;
 
@@ -102,5 +103,19 @@ internal sealed partial class Http1ServerConnection
         ReadOnlySpan<byte> id = head.RequestIdValue;
         id.CopyTo(r.RequestId);
         r.RequestIdLength = id.Length;
+        // Only a route that ran a chain has a context for this request (otherwise it holds an earlier request's state).
+        if (FilterContext is { } context)
+        {
+            RequestIdentity identity = context.Identity;
+            ReadOnlySpan<byte> consumer = identity.Consumer;
+            r.SetConsumer(consumer.IsEmpty ? identity.Subject : consumer);
+            // Details codes are constants passed to Respond: the reference is kept, nothing is copied.
+            r.Policy = context.ReplyDetails.Length != 0 ? context.ReplyDetails : null;
+        }
+        else
+        {
+            r.SetConsumer(default);
+            r.Policy = null;
+        }
     }
 }

@@ -63,9 +63,6 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// </summary>
     public ListenerModel Listener { get; private set; }
 
-    /// <summary>The accept loop this connection came from (a reload that removes that listener drains it).</summary>
-    internal object? Origin { get; init; }
-
     /// <summary>The snapshot the current request started with (read once per request).</summary>
     private ProxySnapshot? _snapshot;
 
@@ -364,7 +361,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         _handedOff = true;
         _runtime.Registry.Remove(this);
         ReleaseState();
-        await new Http2ServerConnection(_runtime, Listener, _transport).RunAsync().ConfigureAwait(false);
+        // The same origin: a reload that removes this listener must drain the HTTP/2 connection too.
+        await new Http2ServerConnection(_runtime, Listener, _transport) { Origin = Origin }.RunAsync().ConfigureAwait(false);
     }
 
     private ValueTask<bool> HandleRequestAsync()

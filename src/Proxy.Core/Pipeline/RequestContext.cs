@@ -115,8 +115,9 @@ public sealed partial class RequestContext
 
     /// <summary>
     /// Answers the request locally and returns <see cref="FilterStatus.Respond"/> for the phase to return.
-    /// <paramref name="details"/> is a stable snake_case code ("rate_limited") for logs and metrics: pass a constant,
-    /// never text from the request. The body and the headers added before share <see cref="MaxReplyBytes"/>.
+    /// <paramref name="details"/> is a stable snake_case code ("rate_limited") for logs, metrics and the access log's
+    /// <c>policy</c> field (kept by reference): pass a constant, never text from the request. The body and the
+    /// headers added before share <see cref="MaxReplyBytes"/>.
     /// </summary>
     public FilterStatus Respond(int status, string details, ReadOnlySpan<byte> contentType, ReadOnlySpan<byte> body)
     {

@@ -34,6 +34,12 @@ internal abstract class TimedConnection
     public long Id { get; } = Interlocked.Increment(ref s_nextId);
     private static long s_nextId;
 
+    /// <summary>
+    /// The accept loop this connection came from (a reload that removes that listener drains it); null for the
+    /// per-stream bridges of an HTTP/2 connection, which drain with their connection (GOAWAY).
+    /// </summary>
+    internal object? Origin { get; init; }
+
     protected void Arm(TimeoutKind kind, TimeSpan timeout)
     {
         _armedKind = kind;

@@ -94,6 +94,44 @@ public sealed class AccessLogAndInsightsTests : IDisposable
     }
 
     [Fact]
+    public void Writer_ConsumerAndPolicy_WrittenAsStringsOrNull()
+    {
+        string path = Path.Combine(_directory, "consumer.log");
+        var writer = new AccessLogWriter(new AccessLogModel { Path = path, Fields = [AccessLogField.Consumer, AccessLogField.Policy] });
+        Assert.True(writer.TryClaim(out long p));
+        writer.RecordAt(p).SetConsumer("alice"u8);
+        writer.RecordAt(p).Policy = "rate_limited";
+        writer.Publish(p);
+        Assert.True(writer.TryClaim(out p));
+        writer.RecordAt(p).SetConsumer(default);
+        writer.RecordAt(p).Policy = null;
+        writer.Publish(p);
+        writer.Stop(TimeSpan.FromSeconds(5));
+        Assert.Equal(new[] { "{\"consumer\":\"alice\",\"policy\":\"rate_limited\"}", "{\"consumer\":null,\"policy\":null}" }, File.ReadAllLines(path));
+    }
+
+    [Fact]
+    public void SetConsumer_LongerThanBuffer_CutOnCharacterBoundaryAndFlagged()
+    {
+        // 63 ASCII bytes then a 2-byte character: byte 64 would split it, so the cut falls before it.
+        string name = new string('a', 63) + "\u00e9\u00e9";
+        var record = new AccessLogRecord();
+        record.SetConsumer(System.Text.Encoding.UTF8.GetBytes(name));
+        Assert.True(record.ConsumerTruncated);
+        Assert.Equal(63, record.ConsumerLength);
+
+        string path = Path.Combine(_directory, "long.log");
+        var writer = new AccessLogWriter(new AccessLogModel { Path = path, Fields = [AccessLogField.Consumer] });
+        Assert.True(writer.TryClaim(out long p));
+        writer.RecordAt(p).SetConsumer(System.Text.Encoding.UTF8.GetBytes(new string('b', 62) + "\u00e9\u00e9"));
+        writer.Publish(p);
+        writer.Stop(TimeSpan.FromSeconds(5));
+        using var json = JsonDocument.Parse(File.ReadAllText(path));
+        Assert.Equal(new string('b', 62) + "\u00e9", json.RootElement.GetProperty("consumer").GetString());
+        Assert.True(json.RootElement.GetProperty("consumer_truncated").GetBoolean());
+    }
+
+    [Fact]
     public void Writer_Full_DropsAndCounts()
     {
         var writer = new AccessLogWriter(new AccessLogModel { Path = Path.Combine(_directory, "x.log"), Buffer = 16 });

@@ -17,6 +17,14 @@ internal struct RequestIdBytes
     private byte _element;
 }
 
+[InlineArray(MaxConsumer)]
+internal struct ConsumerBytes
+{
+    /// <summary>Consumer names and JWT subjects are short; a longer one is cut here (and flagged in the line).</summary>
+    public const int MaxConsumer = 64;
+    private byte _element;
+}
+
 /// <summary>
 /// One request as the access log sees it: fixed size, filled on the I/O thread by copying values (no formatting, no
 /// allocation: strings here are references to names that already exist in the config snapshot or the destination),
@@ -35,6 +43,8 @@ internal struct AccessLogRecord
     public string? Route;
     public string? Cluster;
     public string? Destination;
+    /// <summary>The details code of the filter that answered (a static string such as <c>rate_limited</c>); null when the chain let the request through.</summary>
+    public string? Policy;
     public string Method;
     public IPAddress? Client;
     public int ClientPort;
@@ -45,8 +55,34 @@ internal struct AccessLogRecord
     /// <summary>The upstream call's span id is set (a trace, and an upstream request was written).</summary>
     public bool HasSpan;
     public int RequestIdLength;
+    /// <summary>Bytes of <see cref="Consumer"/> in use; 0 for an anonymous request.</summary>
+    public int ConsumerLength;
+    public bool ConsumerTruncated;
     public PathBytes Path;
     public TraceIdHex TraceId;
     public SpanIdHex SpanId;
     public RequestIdBytes RequestId;
+    /// <summary>The verified consumer (an API key's owner), else the JWT subject: bytes as the key store or token had them.</summary>
+    public ConsumerBytes Consumer;
+
+    /// <summary>
+    /// Copies the identity into <see cref="Consumer"/>, cut at <see cref="ConsumerBytes.MaxConsumer"/> bytes on a UTF-8
+    /// character boundary (a cut inside a character would make the writer fall back to Latin-1 for a valid name).
+    /// </summary>
+    public void SetConsumer(ReadOnlySpan<byte> value)
+    {
+        ConsumerTruncated = value.Length > ConsumerBytes.MaxConsumer;
+        if (ConsumerTruncated)
+        {
+            int cut = ConsumerBytes.MaxConsumer;
+            // Back off over continuation bytes (10xxxxxx, RFC 3629 section 3) to the start of the cut character.
+            while (cut > 0 && (value[cut] & 0xC0) == 0x80)
+            {
+                cut--;
+            }
+            value = value[..cut];
+        }
+        value.CopyTo(Consumer);
+        ConsumerLength = value.Length;
+    }
 }

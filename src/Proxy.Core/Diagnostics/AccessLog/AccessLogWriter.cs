@@ -243,8 +243,10 @@ internal sealed class AccessLogWriter : IDisposable
                     WriteClient(ref r);
                     break;
                 case AccessLogField.Consumer:
-                    // No identity is attached to requests yet; the key is kept so a line's shape does not change later.
-                    _json.WriteNull("consumer"u8);
+                    WriteConsumer(ref r);
+                    break;
+                case AccessLogField.Policy:
+                    WriteNullable("policy"u8, r.Policy);
                     break;
                 case AccessLogField.TraceId:
                     if (r.HasTrace)
@@ -304,6 +306,29 @@ internal sealed class AccessLogWriter : IDisposable
         if (r.PathTruncated)
         {
             _json.WriteBoolean("path_truncated"u8, true);
+        }
+    }
+
+    private void WriteConsumer(ref AccessLogRecord r)
+    {
+        if (r.ConsumerLength == 0)
+        {
+            _json.WriteNull("consumer"u8);
+            return;
+        }
+        ReadOnlySpan<byte> consumer = ((ReadOnlySpan<byte>)r.Consumer)[..r.ConsumerLength];
+        // Identities are opaque bytes (a key store's or a token's); invalid UTF-8 is written as Latin-1, like the path.
+        if (System.Text.Unicode.Utf8.IsValid(consumer))
+        {
+            _json.WriteString("consumer"u8, consumer);
+        }
+        else
+        {
+            _json.WriteString("consumer"u8, System.Text.Encoding.Latin1.GetString(consumer));
+        }
+        if (r.ConsumerTruncated)
+        {
+            _json.WriteBoolean("consumer_truncated"u8, true);
         }
     }
 

@@ -145,7 +145,7 @@ internal sealed class TlsTransport : ClientTransport
 
         if (transport.NegotiatedProtocol == SslApplicationProtocol.Http2)
         {
-            await new Http2ServerConnection(runtime, model, transport).RunAsync().ConfigureAwait(false);
+            await new Http2ServerConnection(runtime, model, transport) { Origin = origin }.RunAsync().ConfigureAwait(false);
             return;
         }
         var connection = new Http1ServerConnection(runtime, model, transport) { Origin = origin };
