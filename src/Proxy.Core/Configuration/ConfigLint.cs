@@ -56,9 +56,9 @@ internal static class ConfigLint
             // A check holds only when every listener the route is served on provides it (or the route itself does).
             bool Has(string kind) => route.Policies.Any(p => kinds.GetValueOrDefault(p.Value) == kind)
                 || listeners.All(l => l.Policies.Any(p => kinds.GetValueOrDefault(p.Value) == kind));
-            if (!Has("jwt"))
+            if (!Has("jwt") && !Has("api_key") && !Has("introspection"))
             {
-                Add(route.Mark, "no_authentication", $"route '{id}' has no authentication (no jwt policy on the route or on all of its listeners)");
+                Add(route.Mark, "no_authentication", $"route '{id}' has no authentication (no jwt, api_key or introspection policy on the route or on all of its listeners)");
             }
             if (!Has("rate_limit"))
             {

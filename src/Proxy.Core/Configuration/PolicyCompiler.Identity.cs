@@ -1,3 +1,4 @@
+using System.Globalization;
 using Proxy.Model;
 using Proxy.Pipeline.Filters;
 
@@ -252,6 +253,132 @@ internal static partial class PolicyCompiler
             Keys = keys,
             ForwardIdentity = forward,
         });
+    }
+
+    private static readonly string[] s_introspectionKeys =
+        ["url", "client_id", "client_secret", "required_scopes", "cache_max", "cache_ttl", "timeout", "forward_identity"];
+
+    private static IntrospectionFilter? BuildIntrospection(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, bool validateOnly)
+    {
+        int before = errors.Count;
+        string name = policy.Name.Value;
+        Uri? url = null;
+        string? clientId = null;
+        string? clientSecret = null;
+        var scopes = new List<string>();
+        int cacheMax = 10_000;
+        TimeSpan cacheTtl = TimeSpan.FromMinutes(5);
+        TimeSpan timeout = TimeSpan.FromSeconds(2);
+        IdentityForwardingOptions? forward = null;
+        foreach (var setting in policy.Settings)
+        {
+            if (!CheckKey(setting, s_introspectionKeys, "introspection", errors))
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
+                case "forward_identity":
+                    forward = ReadForwardIdentity(setting, errors);
+                    continue;
+                case "required_scopes":
+                    if (setting.List is not { } list)
+                    {
+                        errors.Add(setting.Scalar?.Mark ?? setting.Key.Mark, "expected a list for 'required_scopes' (e.g. [orders.read])");
+                        continue;
+                    }
+                    foreach (var item in list)
+                    {
+                        if (item.Value.Length == 0 || !IsScopeToken(item.Value))
+                        {
+                            // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+                            errors.Add(item.Mark, $"invalid scope '{item.Value}': a scope is printable ASCII without spaces, '\"' or '\\' (RFC 6749 section 3.3)");
+                        }
+                        else
+                        {
+                            scopes.Add(item.Value);
+                        }
+                    }
+                    if (list.Count > 64)
+                    {
+                        errors.Add(setting.Key.Mark, $"introspection policy '{name}' requires {list.Count} scopes; at most 64 are supported");
+                    }
+                    continue;
+            }
+            if (Scalar(setting, errors) is not { } value)
+            {
+                continue;
+            }
+            switch (setting.Key.Value)
+            {
+                case "url":
+                    if (!Uri.TryCreate(value.Value, UriKind.Absolute, out url) || url.Scheme is not ("http" or "https"))
+                    {
+                        errors.Add(value.Mark, $"invalid introspection url '{value.Value}': expected an absolute http:// or https:// URL (RFC 7662 section 2)");
+                        url = null;
+                    }
+                    break;
+                case "client_id":
+                    if (value.Value.Length == 0)
+                    {
+                        errors.Add(value.Mark, "'client_id' must not be empty");
+                    }
+                    clientId = value.Value;
+                    break;
+                case "client_secret":
+                    if (value.Value.Length == 0)
+                    {
+                        errors.Add(value.Mark, "'client_secret' must not be empty");
+                    }
+                    clientSecret = value.Value;
+                    break;
+                case "cache_max":
+                    if (!value.Value.All(char.IsAsciiDigit) || !int.TryParse(value.Value, NumberStyles.None, CultureInfo.InvariantCulture, out cacheMax)
+                        || cacheMax < 1 || cacheMax > 16_777_216)
+                    {
+                        errors.Add(value.Mark, $"invalid cache_max '{value.Value}': expected a whole number from 1 to 16777216 (answers remembered)");
+                    }
+                    break;
+                case "cache_ttl":
+                    if (!ConfigValues.TryParseDuration(value.Value, out cacheTtl) || cacheTtl < TimeSpan.FromSeconds(1) || cacheTtl > TimeSpan.FromDays(1))
+                    {
+                        errors.Add(value.Mark, $"invalid cache_ttl '{value.Value}': expected a duration from 1s to 24h (e.g. 5m)");
+                    }
+                    break;
+                case "timeout":
+                    if (!ConfigValues.TryParseDuration(value.Value, out timeout) || timeout < TimeSpan.FromMilliseconds(10) || timeout > TimeSpan.FromMinutes(1))
+                    {
+                        errors.Add(value.Mark, $"invalid timeout '{value.Value}': expected a duration from 10ms to 1m (e.g. 2s)");
+                    }
+                    break;
+            }
+        }
+        if (url is null && errors.Count == before)
+        {
+            errors.Add(kind.Mark, $"introspection policy '{name}' is missing required key 'url' (the RFC 7662 introspection endpoint)");
+        }
+        if (clientId is null || clientSecret is null)
+        {
+            // RFC 7662 section 2.1: the endpoint requires the caller to authenticate.
+            errors.Add(kind.Mark, $"introspection policy '{name}' is missing required key '{(clientId is null ? "client_id" : "client_secret")}' (the proxy's credentials at the introspection endpoint)");
+        }
+        if (errors.Count != before || url is null || clientId is null || clientSecret is null || validateOnly)
+        {
+            // Validation never calls the endpoint.
+            return null;
+        }
+        return new IntrospectionFilter(new IntrospectionOptions
+        {
+            PolicyName = name,
+            Url = url,
+            ClientId = clientId,
+            ClientSecret = clientSecret,
+            RequiredScopes = scopes,
+            CacheMax = cacheMax,
+            CacheTtl = cacheTtl,
+            Timeout = timeout,
+            ForwardIdentity = forward,
+        }, time);
     }
 
     /// <summary><c>required_roles: [admin, editor]</c>: role names as they appear in the roles claim.</summary>

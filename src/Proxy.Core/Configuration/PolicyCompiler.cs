@@ -169,6 +169,8 @@ internal static partial class PolicyCompiler
                 return BuildApiKey(policy, kind, errors, baseDirectory);
             case "deny":
                 return BuildDeny(policy, kind, errors);
+            case "introspection":
+                return BuildIntrospection(policy, kind, errors, time, validateOnly);
         }
         if (!PolicyKinds.TryGetCustom(kind.Value, out var factory))
         {

@@ -39,13 +39,13 @@ public sealed class PolicyDefinition
 public delegate IRequestHeadersFilter PolicyFactory(PolicyDefinition definition);
 
 /// <summary>
-/// The registry of policy kinds beyond the built-in ones (<c>rate_limit</c>, <c>ip_filter</c>, <c>jwt</c>, <c>api_key</c>, ...). Register a kind
+/// The registry of policy kinds beyond the built-in ones (<c>rate_limit</c>, <c>ip_filter</c>, <c>jwt</c>, <c>api_key</c>, <c>introspection</c>, ...). Register a kind
 /// before loading a config that uses it; registration is process-wide and cannot be undone.
 /// </summary>
 public static class PolicyKinds
 {
     /// <summary>Kinds the engine itself implements; they cannot be registered again.</summary>
-    public static IReadOnlyList<string> BuiltIn { get; } = ["rate_limit", "ip_filter", "jwt", "api_key", "deny"];
+    public static IReadOnlyList<string> BuiltIn { get; } = ["rate_limit", "ip_filter", "jwt", "api_key", "deny", "introspection"];
 
     private static readonly ConcurrentDictionary<string, PolicyFactory> s_custom = new(StringComparer.Ordinal);
 
