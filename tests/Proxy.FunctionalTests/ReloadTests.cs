@@ -151,6 +151,12 @@ public sealed class ReloadTests : IDisposable
         var pool = server.Snapshot.Clusters["backend"].Destinations[0].Pool;
         Assert.Equal(200, (await GetAsync(endPoint, "/one")).Status);
         Assert.Equal(1, upstream.ConnectionCount);
+        // The client can have the whole response a moment before the forwarder puts the connection back in the pool.
+        for (int i = 0; i < 500 && pool!.IdleConnections == 0; i++)
+        {
+            await Task.Delay(10);
+        }
+        Assert.Equal(1, pool!.IdleConnections);
 
         var result = await server.ReloadAsync(Config(HelloRoute + "\n" + routes, upstream.Port));
 
