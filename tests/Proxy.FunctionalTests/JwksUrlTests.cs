@@ -122,13 +122,8 @@ public sealed class JwksUrlTests : IDisposable
     [Fact]
     public async Task JwksUrl_KeyServerDown_LoadsAndAnswers401KeysUnavailable()
     {
-        // A port nothing listens on: bind and release one.
-        int port;
-        using (var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0))
-        {
-            probe.Start();
-            port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
-        }
+        // A port nothing listens on (outside the range other tests' listeners get theirs from).
+        int port = Ports.ClosedPort();
         var (upstream, proxy) = await IdentityPolicyTests.StartAsync(Policy(port), "jwt-remote");
         await using var _ = upstream;
         await using var __ = proxy;

@@ -293,7 +293,9 @@ public class RateLimitPlanTests
             }
         }
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.True(allocated < 4096, $"{allocated} bytes allocated during the flood");
+        // Per key this would be tens of megabytes; the runtime may allocate a few kilobytes once while it re-tiers
+        // the loop (seen: 7,000 B in a clean-clone run).
+        Assert.True(allocated < 64 * 1024, $"{allocated} bytes allocated during the flood");
         Assert.Equal(bound, filter.Table.MemoryBytes + filter.Quotas.MemoryBytes);
         // A key hammered during the flood still gets limited: recent owed keys survive eviction of rested ones.
         context.Begin(head, IPAddress.Loopback, "r", "public");

@@ -45,8 +45,36 @@ internal static class Ports
     /// <summary>A loopback port that was just free: bound, then released, so connecting to it is refused.</summary>
     public static int ClosedPort()
     {
-        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)socket.LocalEndPoint!).Port;
+        // Below the kernel's ephemeral range: a port the kernel hands out for "port 0" would soon be reused by
+        // another test's listener or client socket running in parallel (seen: a "closed" port answered by another
+        // test's upstream). Ports here are only ever taken by tests that ask for them explicitly.
+        int low = EphemeralLow();
+        for (int attempt = 0; attempt < 200; attempt++)
+        {
+            int port = Random.Shared.Next(Math.Max(1024, low - 12000), low);
+            using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            try
+            {
+                socket.Bind(new IPEndPoint(IPAddress.Loopback, port));
+                return port;
+            }
+            catch (SocketException)
+            {
+            }
+        }
+        throw new InvalidOperationException("no free port below the ephemeral range");
+    }
+
+    private static int EphemeralLow()
+    {
+        try
+        {
+            string range = File.ReadAllText("/proc/sys/net/ipv4/ip_local_port_range");
+            return int.Parse(range.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)[0], System.Globalization.CultureInfo.InvariantCulture);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+        {
+            return 32768;
+        }
     }
 }
