@@ -19,11 +19,8 @@ public class ProxyRoundTripBenchmarks
 
     private ProxyServer? _proxy;
     private Socket? _upstreamListener;
-    private Socket? _client;
+    private RoundTripClient? _client;
     private Thread? _upstreamThread;
-    private byte[] _request = [];
-    private readonly byte[] _receive = new byte[64 * 1024];
-    private int _responseLength;
 
     /// <summary>Run socket continuations on the epoll thread instead of hopping to the thread pool.</summary>
     [Params(false, true)]
@@ -54,44 +51,14 @@ public class ProxyRoundTripBenchmarks
         _proxy.StartAsync().GetAwaiter().GetResult();
         var endPoint = _proxy.GetEndPoint("bench");
 
-        _request = Encoding.ASCII.GetBytes(
-            "GET /api/items?page=2 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n");
-        _client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        _client.Connect(endPoint);
-        // Learn the exact response length through the proxy once.
-        _client.Send(_request);
-        _responseLength = ReadResponse(0);
+        _client = new RoundTripClient(endPoint, Encoding.ASCII.GetBytes(
+            "GET /api/items?page=2 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"));
     }
 
     [Benchmark]
     public int ProxiedRequest()
     {
-        _client!.Send(_request);
-        return ReadResponse(_responseLength);
-    }
-
-    private int ReadResponse(int expected)
-    {
-        int total = 0;
-        while (true)
-        {
-            int n = _client!.Receive(_receive.AsSpan(total));
-            if (n == 0)
-            {
-                throw new InvalidOperationException("proxy closed the connection");
-            }
-            total += n;
-            if (expected > 0 ? total >= expected : EndsWithBody(total))
-            {
-                return total;
-            }
-        }
-    }
-
-    private bool EndsWithBody(int total)
-    {
-        int headEnd = _receive.AsSpan(0, total).IndexOf("\r\n\r\n"u8);
-        return headEnd >= 0 && total >= headEnd + 4 + 100;
+        return _client!.RoundTrip();
     }
 
     private void UpstreamLoop()

@@ -19,10 +19,7 @@ public class ObservabilityRoundTripBenchmarks
 
     private ProxyServer? _proxy;
     private Socket? _upstreamListener;
-    private Socket? _client;
-    private byte[] _request = [];
-    private readonly byte[] _receive = new byte[64 * 1024];
-    private int _responseLength;
+    private EndToEnd.RoundTripClient? _client;
     private string _log = "";
 
     [Params(false, true)]
@@ -58,43 +55,14 @@ public class ObservabilityRoundTripBenchmarks
             """;
         _proxy = ProxyServer.FromYaml(yaml);
         _proxy.StartAsync().GetAwaiter().GetResult();
-        _request = Encoding.ASCII.GetBytes("GET /api/items?page=2 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n"
-            + "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n");
-        _client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        _client.Connect(_proxy.GetEndPoint("bench"));
-        _client.Send(_request);
-        _responseLength = ReadResponse(0);
+        _client = new EndToEnd.RoundTripClient(_proxy.GetEndPoint("bench"), Encoding.ASCII.GetBytes("GET /api/items?page=2 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n"
+            + "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"));
     }
 
     [Benchmark]
     public int ProxiedRequest()
     {
-        _client!.Send(_request);
-        return ReadResponse(_responseLength);
-    }
-
-    private int ReadResponse(int expected)
-    {
-        int total = 0;
-        while (true)
-        {
-            int n = _client!.Receive(_receive.AsSpan(total));
-            if (n == 0)
-            {
-                throw new InvalidOperationException("proxy closed the connection");
-            }
-            total += n;
-            if (expected > 0 ? total >= expected : HeadAndBodyComplete(total))
-            {
-                return total;
-            }
-        }
-    }
-
-    private bool HeadAndBodyComplete(int total)
-    {
-        int end = _receive.AsSpan(0, total).IndexOf("\r\n\r\n"u8);
-        return end >= 0 && total >= end + 4 + 100;
+        return _client!.RoundTrip();
     }
 
     private void UpstreamLoop()

@@ -29,10 +29,7 @@ public class ResilienceOverheadBenchmarks
 
     private ProxyServer? _proxy;
     private Socket? _upstreamListener;
-    private Socket? _client;
-    private byte[] _request = [];
-    private readonly byte[] _receive = new byte[64 * 1024];
-    private int _responseLength;
+    private EndToEnd.RoundTripClient? _client;
 
     [Params(Machinery.Off, Machinery.Resilience, Machinery.ResilienceAndTraffic)]
     public Machinery Mode { get; set; }
@@ -80,42 +77,13 @@ public class ResilienceOverheadBenchmarks
         _proxy = ProxyServer.FromYaml(yaml);
         _proxy.StartAsync().GetAwaiter().GetResult();
 
-        _request = Encoding.ASCII.GetBytes("GET /api/items?page=2 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n");
-        _client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        _client.Connect(_proxy.GetEndPoint("bench"));
-        _client.Send(_request);
-        _responseLength = ReadResponse(0);
+        _client = new EndToEnd.RoundTripClient(_proxy.GetEndPoint("bench"), Encoding.ASCII.GetBytes("GET /api/items?page=2 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"));
     }
 
     [Benchmark]
     public int ProxiedRequest()
     {
-        _client!.Send(_request);
-        return ReadResponse(_responseLength);
-    }
-
-    private int ReadResponse(int expected)
-    {
-        int total = 0;
-        while (true)
-        {
-            int n = _client!.Receive(_receive.AsSpan(total));
-            if (n == 0)
-            {
-                throw new InvalidOperationException("proxy closed the connection");
-            }
-            total += n;
-            if (expected > 0 ? total >= expected : EndsWithBody(total))
-            {
-                return total;
-            }
-        }
-    }
-
-    private bool EndsWithBody(int total)
-    {
-        int headEnd = _receive.AsSpan(0, total).IndexOf("\r\n\r\n"u8);
-        return headEnd >= 0 && total >= headEnd + 4 + 100;
+        return _client!.RoundTrip();
     }
 
     /// <summary>One blocking thread per upstream connection, each with its own buffer (health probes open their own).</summary>

@@ -15,9 +15,6 @@ namespace Proxy.FunctionalTests.Tls;
 [Collection(MemorySensitiveCollection.Name)]
 public sealed class TlsSteadyStateTests
 {
-    private static readonly byte[] s_response = Encoding.ASCII.GetBytes(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + new string('x', 99) + "\n");
-
     [Fact]
     public async Task ProxiedRequests_WarmTlsConnection_AllocateLittleEach()
     {
@@ -27,7 +24,7 @@ public sealed class TlsSteadyStateTests
         using var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         upstream.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         upstream.Listen(4);
-        new Thread(() => Serve(upstream)) { IsBackground = true }.Start();
+        new Thread(() => SteadyStateAllocationTests.ServeFixedResponses(upstream)) { IsBackground = true }.Start();
         await using var proxy = await TestProxy.StartAsync($$"""
             listeners:
               - { name: public, address: 127.0.0.1:0, tls: { certificates: [{ cert: "{{cert}}", key: "{{key}}" }] } }
@@ -73,54 +70,6 @@ public sealed class TlsSteadyStateTests
             {
                 return total;
             }
-        }
-    }
-
-    private static void Serve(Socket listener)
-    {
-        while (true)
-        {
-            Socket connection;
-            try
-            {
-                connection = listener.Accept();
-            }
-            catch (Exception)
-            {
-                return;
-            }
-            new Thread(() =>
-            {
-                byte[] buffer = new byte[64 * 1024];
-                int filled = 0;
-                try
-                {
-                    while (true)
-                    {
-                        int n = connection.Receive(buffer.AsSpan(filled));
-                        if (n == 0)
-                        {
-                            return;
-                        }
-                        filled += n;
-                        int end;
-                        while ((end = buffer.AsSpan(0, filled).IndexOf("\r\n\r\n"u8)) >= 0)
-                        {
-                            connection.Send(s_response);
-                            int rest = filled - (end + 4);
-                            buffer.AsSpan(end + 4, rest).CopyTo(buffer);
-                            filled = rest;
-                        }
-                    }
-                }
-                catch (Exception)
-                {
-                }
-                finally
-                {
-                    connection.Dispose();
-                }
-            }) { IsBackground = true }.Start();
         }
     }
 }
