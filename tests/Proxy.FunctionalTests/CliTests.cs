@@ -70,6 +70,7 @@ public sealed partial class CliTests : IDisposable
             listeners:
               - { name: public, address: "127.0.0.1:{{port}}" }
             routes:
+              - { id: ready, match: { path: /ready }, respond: { status: 200, body: "ready" } }
               - { id: all, match: { path: "/{**rest}" }, cluster: backend }
             clusters:
               backend:
@@ -92,6 +93,9 @@ public sealed partial class CliTests : IDisposable
             {
                 Assert.Fail($"proxy did not start (exit {(process.HasExited ? process.ExitCode : -1)}):\n{await stdout}\n{await stderr}");
             }
+            // A connect alone does not prove that this proxy answers on the port (seen in CI: the request after a
+            // successful connect was refused): wait for its own answer.
+            Assert.True(await WaitUntilAnsweringAsync(client, $"http://127.0.0.1:{port}/ready", process), "the proxy never answered /ready");
 
             var inFlight = client.GetAsync($"http://127.0.0.1:{port}/slow");
             await upstream.WaitForRequestAsync();
@@ -112,6 +116,27 @@ public sealed partial class CliTests : IDisposable
                 process.Kill();
             }
         }
+    }
+
+    private static async Task<bool> WaitUntilAnsweringAsync(HttpClient client, string url, System.Diagnostics.Process process)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (DateTime.UtcNow < deadline && !process.HasExited)
+        {
+            try
+            {
+                using var response = await client.GetAsync(url);
+                if (response.StatusCode == System.Net.HttpStatusCode.OK && await response.Content.ReadAsStringAsync() == "ready")
+                {
+                    return true;
+                }
+            }
+            catch (HttpRequestException)
+            {
+            }
+            await Task.Delay(100);
+        }
+        return false;
     }
 
     internal static async Task<bool> WaitUntilListeningAsync(int port, System.Diagnostics.Process process)
