@@ -183,15 +183,16 @@ http {
 EOF
 }
 
-write_nginx_proxy_conf() { # WORKERS -> $RUN/nginx-proxy.conf
+write_nginx_conf() { # NAME WORKERS LISTEN_LINES -> $RUN/NAME.conf
+    # nginx as the reverse proxy under comparison: HTTP/1.1 with a keep-alive pool to the origin; the caller gives the
+    # server's listen (and TLS) directives.
     mkdir -p "$RUN/tmp-nginx"
-    cat >"$RUN/nginx-proxy.conf" <<EOF
-# nginx as the reverse proxy under comparison: HTTP/1.1 with a keep-alive pool to the origin.
+    cat >"$RUN/$1.conf" <<EOF
 user $(id -un);
-worker_processes $1;
+worker_processes $2;
 worker_rlimit_nofile $NOFILE;
-pid $RUN/nginx-proxy.pid;
-error_log $RUN/nginx-proxy-error.log warn;
+pid $RUN/$1.pid;
+error_log $RUN/$1-error.log warn;
 events { worker_connections $((NOFILE - 100)); use epoll; }
 http {
     access_log off;
@@ -211,8 +212,7 @@ http {
         keepalive_timeout 60s;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT backlog=4096;
-        listen 127.0.0.1:$NGINX_H2_PORT http2 backlog=4096;
+$3
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -222,6 +222,11 @@ http {
     }
 }
 EOF
+}
+
+write_nginx_proxy_conf() { # WORKERS -> $RUN/nginx-proxy.conf
+    write_nginx_conf nginx-proxy "$1" "        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        listen 127.0.0.1:$NGINX_H2_PORT http2 backlog=4096;"
 }
 
 write_haproxy_conf() { # THREADS -> $RUN/haproxy.cfg

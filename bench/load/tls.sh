@@ -33,37 +33,12 @@ require_free_ports "$ORIGIN_PORT" "$TLS_NGINX_PORT" "$TLS_PROXY_PORT"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/tls.key" -out "$RUN/tls.pem" \
     -days 30 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1 || die "openssl req failed"
 
-write_nginx_tls_conf() {
-    mkdir -p "$RUN/tmp-nginx"
-    cat >"$RUN/nginx-tls.conf" <<CONF
-user $(id -un);
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-pid $RUN/nginx-tls.pid;
-error_log $RUN/nginx-tls-error.log warn;
-events { worker_connections $((NOFILE - 100)); use epoll; }
-http {
-    access_log off;
-    server_tokens off;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    client_body_temp_path $RUN/tmp-nginx/body;
-    proxy_temp_path $RUN/tmp-nginx/proxy;
-    fastcgi_temp_path $RUN/tmp-nginx/fastcgi;
-    uwsgi_temp_path $RUN/tmp-nginx/uwsgi;
-    scgi_temp_path $RUN/tmp-nginx/scgi;
-    upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 256; keepalive_requests 1000000; }
-    server {
-        listen 127.0.0.1:$TLS_NGINX_PORT ssl backlog=4096;
+write_nginx_tls_conf() { # -> $RUN/nginx-tls.conf
+    write_nginx_conf nginx-tls 1 "        listen 127.0.0.1:$TLS_NGINX_PORT ssl backlog=4096;
         ssl_certificate $RUN/tls.pem;
         ssl_certificate_key $RUN/tls.key;
         ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache shared:SSL:10m;
-        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
-}
-CONF
+        ssl_session_cache shared:SSL:10m;"
 }
 
 write_proxy_tls_yaml() {
