@@ -229,14 +229,17 @@ write_nginx_proxy_conf() { # WORKERS -> $RUN/nginx-proxy.conf
         listen 127.0.0.1:$NGINX_H2_PORT http2 backlog=4096;"
 }
 
-write_haproxy_conf() { # THREADS -> $RUN/haproxy.cfg
-    cat >"$RUN/haproxy.cfg" <<EOF
+write_haproxy_conf() { # THREADS [NAME BIND_LINES] -> $RUN/NAME.cfg (default haproxy.cfg, the cleartext h1 + h2c binds)
+    local name=${2:-haproxy}
+    local binds=${3:-"    bind 127.0.0.1:$HAPROXY_PORT
+    bind 127.0.0.1:$HAPROXY_H2_PORT proto h2"}
+    cat >"$RUN/$name.cfg" <<EOF
 # HAProxy as the reverse proxy under comparison: http mode, keep-alive on both sides.
 global
     nbthread $1
     # two descriptors per proxied connection, within the open-file limit
     maxconn $(((NOFILE - 200) / 2))
-    pidfile $RUN/haproxy.pid
+    pidfile $RUN/$name.pid
 
 defaults
     mode http
@@ -250,8 +253,7 @@ defaults
     timeout http-keep-alive 30s
 
 frontend fe
-    bind 127.0.0.1:$HAPROXY_PORT
-    bind 127.0.0.1:$HAPROXY_H2_PORT proto h2
+$binds
     default_backend be
 
 backend be

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# TLS HTTP/1.1 side by side: Proxy and nginx each terminating TLS (same ECDSA P-256 certificate, TLS 1.3, keep-alive)
-# in front of the same nginx origin, wrk over https. Steady state: wrk keeps its connections, so this measures
-# record encryption and proxying, not handshakes (HANDSHAKES=1 adds a run with a new connection per request).
+# TLS side by side: Proxy, nginx and HAProxy each terminating TLS (same ECDSA P-256 certificate, TLS 1.2/1.3, ALPN h2
+# and http/1.1) in front of the same nginx origin. Loads: HTTP/1.1 keep-alive with wrk over https, and HTTP/2 over TLS
+# with h2load (16 connections x 10 streams, as S4 in run.sh). Steady state: the clients keep their connections, so this
+# measures record encryption and proxying, not handshakes (HANDSHAKES=1 adds a wrk run with a new connection per request).
 #
-#   bench/load/tls.sh                              # proxy and nginx, 5 s each after warm-up
-#   DURATION=10 TARGETS="nginx proxy" bench/load/tls.sh
+#   bench/load/tls.sh                              # nginx, haproxy and proxy; h1 and h2, 5 s each after warm-up
+#   DURATION=10 TARGETS="nginx proxy" LOADS=h2 bench/load/tls.sh
 #   AOT=1 bench/load/tls.sh                        # NativeAOT build of the proxy (default here: JIT, quicker to build)
 #
-# Knobs: TARGETS ("nginx proxy")  DURATION (5)  WARMUP (2)  PREWARM (10)  CONNECTIONS (64)  HANDSHAKES (0)
-#        TLS_NGINX_PORT (8443)  TLS_PROXY_PORT (8444)  plus common.sh's PIN CPUs (proxy on PROXY_CPUS, wrk and origin on 0).
+# Knobs: TARGETS ("nginx haproxy proxy")  LOADS ("h1 h2")  DURATION (5)  WARMUP (2)  PREWARM (10)  CONNECTIONS (64)
+#        HANDSHAKES (0)  TLS_NGINX_PORT (8443)  TLS_PROXY_PORT (8444)  TLS_HAPROXY_PORT (8445)
+#        plus common.sh's PIN CPUs (proxy on PROXY_CPUS, load generator and origin on 0).
 set -uo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -18,27 +20,34 @@ WARMUP=${WARMUP:-2}
 PREWARM=${PREWARM:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 HANDSHAKES=${HANDSHAKES:-0}
-TARGETS=${TARGETS:-nginx proxy}
+TARGETS=${TARGETS:-nginx haproxy proxy}
+LOADS=${LOADS:-h1 h2}
 TLS_NGINX_PORT=${TLS_NGINX_PORT:-8443}
 TLS_PROXY_PORT=${TLS_PROXY_PORT:-8444}
+TLS_HAPROXY_PORT=${TLS_HAPROXY_PORT:-8445}
 AOT=${AOT:-0}
 HZ=$(getconf CLK_TCK)
 
-ensure_tools nginx wrk openssl curl taskset pgrep
+ensure_tools nginx haproxy wrk h2load openssl curl taskset pgrep
 raise_nofile
 mkdir -p "$RUN"; fresh_run_dir
 trap stop_all EXIT
-require_free_ports "$ORIGIN_PORT" "$TLS_NGINX_PORT" "$TLS_PROXY_PORT"
+require_free_ports "$ORIGIN_PORT" "$TLS_NGINX_PORT" "$TLS_PROXY_PORT" "$TLS_HAPROXY_PORT"
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/tls.key" -out "$RUN/tls.pem" \
     -days 30 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1 || die "openssl req failed"
+cat "$RUN/tls.pem" "$RUN/tls.key" >"$RUN/tls-haproxy.pem"   # HAProxy takes certificate and key in one file
 
 write_nginx_tls_conf() { # -> $RUN/nginx-tls.conf
-    write_nginx_conf nginx-tls 1 "        listen 127.0.0.1:$TLS_NGINX_PORT ssl backlog=4096;
+    write_nginx_conf nginx-tls 1 "        listen 127.0.0.1:$TLS_NGINX_PORT ssl http2 backlog=4096;
         ssl_certificate $RUN/tls.pem;
         ssl_certificate_key $RUN/tls.key;
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:10m;"
+}
+
+write_haproxy_tls_conf() { # -> $RUN/haproxy-tls.cfg
+    write_haproxy_conf 1 haproxy-tls "    bind 127.0.0.1:$TLS_HAPROXY_PORT ssl crt $RUN/tls-haproxy.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2"
 }
 
 write_proxy_tls_yaml() {
@@ -67,36 +76,55 @@ wait_https() { # NAME URL
     return 1
 }
 
-port_of() { case $1 in nginx) echo "$TLS_NGINX_PORT" ;; proxy) echo "$TLS_PROXY_PORT" ;; esac; }
+port_of() { case $1 in nginx) echo "$TLS_NGINX_PORT" ;; proxy) echo "$TLS_PROXY_PORT" ;; haproxy) echo "$TLS_HAPROXY_PORT" ;; esac; }
 
 [[ " $TARGETS " == *" proxy "* ]] && build_proxy
 start_origin "$ORIGIN_CPUS"
+
+load_cmd_tls() { # LOAD SECONDS : sets LOAD_CMD for $url and target $t
+    case $1 in
+    h1) LOAD_CMD=(wrk -t2 -c"$CONNECTIONS" -d"$2s" --latency "$url") ;;
+    handshake) LOAD_CMD=(wrk -t2 -c"$CONNECTIONS" -d"$2s" --latency -H "Connection: close" "$url") ;;
+    h2) LOAD_CMD=(h2load -t1 -c16 -m10 -D "$2" --log-file="$RUN/h2load-$t.log" "$url") ;;
+    *) die "unknown load $1 (h1 h2 handshake)" ;;
+    esac
+}
 
 printf '%-8s %-10s %12s %10s %10s %14s\n' target load "req/s" "p50" "p99" "proxy us/req"
 for t in $TARGETS; do
     case $t in
     nginx) write_nginx_tls_conf
         start_bg nginx "$PROXY_CPUS" nginx -p "$RUN" -c "$RUN/nginx-tls.conf" -e "$RUN/nginx-tls-error.log" -g 'daemon off;' ;;
+    haproxy) write_haproxy_tls_conf
+        start_bg haproxy "$PROXY_CPUS" haproxy -db -f "$RUN/haproxy-tls.cfg" ;;
     proxy) write_proxy_tls_yaml
         start_bg proxy "$PROXY_CPUS" env DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_PROCESSOR_COUNT=1 "$PROXY_BIN" run --config "$RUN/proxy-tls.yaml" ;;
-    *) die "unknown target $t (nginx proxy)" ;;
+    *) die "unknown target $t (nginx haproxy proxy)" ;;
     esac
     url="https://127.0.0.1:$(port_of "$t")/"
     wait_https "$t" "$url" || die "$t did not answer 200 at $url"
     [[ $t == proxy ]] && pin "$LG_CPUS" timeout $((PREWARM + 20)) wrk -t2 -c"$CONNECTIONS" -d"${PREWARM}s" "$url" >/dev/null 2>&1
-    loads=("keepalive")
+    loads=($LOADS)
     [[ $HANDSHAKES == 1 ]] && loads+=("handshake")
     for load in "${loads[@]}"; do
-        extra=()
-        [[ $load == handshake ]] && extra=(-H "Connection: close")
-        pin "$LG_CPUS" timeout $((WARMUP + 20)) wrk -t2 -c"$CONNECTIONS" -d"${WARMUP}s" "${extra[@]}" "$url" >/dev/null 2>&1
+        load_cmd_tls "$load" "$WARMUP"
+        pin "$LG_CPUS" timeout $((WARMUP + 20)) "${LOAD_CMD[@]}" >/dev/null 2>&1
         mapfile -t pids < <(tree_pids "${PIDS[$t]}")
         c0=$(cpu_ticks "${pids[@]}")
-        out=$(pin "$LG_CPUS" timeout $((DURATION + 30)) wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${extra[@]}" "$url" 2>&1)
+        load_cmd_tls "$load" "$DURATION"
+        out=$(pin "$LG_CPUS" timeout $((DURATION + 30)) "${LOAD_CMD[@]}" 2>&1)
         c1=$(cpu_ticks "${pids[@]}")
-        rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-        total=$(awk '/requests in/ {print $1}' <<<"$out")
-        p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+        if [[ $load == h2 ]]; then
+            rps=$(awk '/^finished in/{for(i=1;i<=NF;i++) if($i ~ /^req\/s/) {v=$(i-1); gsub(/,/,"",v); print v}}' <<<"$out")
+            total=$(awk '/^requests:/{gsub(/,/,""); print $8}' <<<"$out")
+            # h2load prints no percentiles; its log file has one line per request, the 3rd field in microseconds.
+            read -r p50 p99 < <(cut -f3 "$RUN/h2load-$t.log" 2>/dev/null | sort -n | awk '{a[NR]=$1} END { if (!NR) { print "- -"; exit }
+                n50=int(NR*0.50); n99=int(NR*0.99); if (n50<1) n50=1; if (n99<1) n99=1; printf "%.2fms %.2fms\n", a[n50]/1000, a[n99]/1000 }')
+        else
+            rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+            total=$(awk '/requests in/ {print $1}' <<<"$out")
+            p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+        fi
         us=$(awk -v c=$((c1 - c0)) -v hz="$HZ" -v n="${total:-0}" 'BEGIN { if (n > 0) printf "%.1f", c / hz * 1e6 / n; else print "-" }')
         printf '%-8s %-10s %12s %10s %10s %14s\n' "$t" "$load" "${rps:--}" "${p50:--}" "${p99:--}" "$us"
     done
