@@ -454,6 +454,7 @@ internal static class ConfigCompiler
             BackoffMax = backoffMax < backoffBase ? backoffBase : backoffMax,
             BudgetPercent = r.BudgetPercent ?? s_retryDefaults.BudgetPercent,
             PerTryTimeout = r.PerTryTimeout ?? TimeSpan.Zero,
+            NonIdempotent = r.NonIdempotent ?? false,
         };
     }
 

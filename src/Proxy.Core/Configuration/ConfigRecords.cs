@@ -295,6 +295,7 @@ internal sealed record RetryConfig
     public Located<TimeSpan>? BackoffMax { get; init; }
     public int? BudgetPercent { get; init; }
     public TimeSpan? PerTryTimeout { get; init; }
+    public bool? NonIdempotent { get; init; }
 }
 
 internal sealed record CircuitBreakerConfig

@@ -45,6 +45,20 @@ internal sealed class BodyPump
     public RejectReason Reject { get; private set; }
 
     /// <summary>
+    /// Set by a caller that relays the body itself in another framing (an HTTP/2 upstream sends request trailers as
+    /// a HEADERS frame): the trailer section of a chunked source is then kept after <see cref="CopyAsync"/> completes,
+    /// readable through <see cref="TrailerSection"/> until <see cref="ReleaseTrailers"/> or the next copy. Otherwise the
+    /// section is written to a chunked destination (or dropped) and its buffer returned at once.
+    /// </summary>
+    public bool KeepTrailers { get; set; }
+
+    /// <summary>The last chunked body's trailer section (see <see cref="ChunkedDecoder.TrailerSection"/>); empty when none or released.</summary>
+    public ReadOnlySpan<byte> TrailerSection => _decoder.TrailerSection;
+
+    /// <summary>Hands a kept trailer buffer back to the pool.</summary>
+    public void ReleaseTrailers() => _decoder.ReleaseTrailers();
+
+    /// <summary>
     /// Copies a body. The destination may already hold an unflushed head: the first flush sends it along with
     /// the first body bytes, so a small message leaves in one send.
     /// </summary>
@@ -55,13 +69,11 @@ internal sealed class BodyPump
     {
         BytesRead = 0;
         Reject = RejectReason.None;
+        // A kept section of the previous body is not wanted any more.
+        _decoder.Reset();
         if (inFraming == BodyFraming.None)
         {
             return PumpResult.Completed;
-        }
-        if (inFraming == BodyFraming.Chunked)
-        {
-            _decoder.Reset();
         }
         long remaining = contentLength;
 
@@ -113,6 +125,7 @@ internal sealed class BodyPump
                         if (status == ChunkStatus.Error)
                         {
                             source.AdvanceTo(at, buffer.End);
+                            _decoder.ReleaseTrailers();
                             Reject = reason;
                             return PumpResult.SourceInvalid;
                         }
@@ -156,7 +169,12 @@ internal sealed class BodyPump
 
             if (done && destination is not null && outFraming == BodyFraming.Chunked)
             {
-                destination.Write("0\r\n\r\n"u8);
+                WriteLastChunk(destination);
+            }
+            if (done && !KeepTrailers)
+            {
+                // Idle connections hold no buffer: the section was relayed (or has nowhere to go, RFC 9110 section 6.5.1: it may be discarded).
+                _decoder.ReleaseTrailers();
             }
 
             if (done)
@@ -201,6 +219,22 @@ internal sealed class BodyPump
                 return PumpResult.SourceFailed;
             }
         }
+    }
+
+    /// <summary>
+    /// The last chunk and the trailer section (RFC 9112 section 7.1.2): the source's trailer fields when it was chunked,
+    /// minus those that must not be forwarded (<see cref="TrailerFilter"/>), then the empty line.
+    /// </summary>
+    private void WriteLastChunk(PipeWriter destination)
+    {
+        if (!_decoder.HasTrailers)
+        {
+            destination.Write(ChunkedWriter.LastChunk);
+            return;
+        }
+        destination.Write("0\r\n"u8);
+        TrailerFields.WriteHttp1(destination, _decoder.TrailerSection);
+        destination.Write("\r\n"u8);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

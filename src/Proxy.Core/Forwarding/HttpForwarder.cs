@@ -80,6 +80,12 @@ internal sealed class HttpForwarder
                 UpstreamTimeouts timeouts = route.Timeouts.Over(cluster.Timeouts);
                 long exchangeDeadline = timeouts.Request > TimeSpan.Zero
                     ? Environment.TickCount64 + (long)timeouts.Request.TotalMilliseconds : long.MaxValue;
+                bool grpc = _client.IsGrpc;
+                if (grpc)
+                {
+                    // The client's own deadline bounds the exchange too (the header is forwarded: the upstream may cut it further).
+                    exchangeDeadline = GrpcDeadline(_client.Head, exchangeDeadline);
+                }
                 _client.SetExchangeDeadline(exchangeDeadline);
                 ClusterBreaker? breaker = cluster.Breaker;
                 if (breaker is not null && !breaker.TryEnterRequest())
@@ -95,8 +101,10 @@ internal sealed class HttpForwarder
                     RequestHead head = _client.Head;
                     ClusterHealth health = cluster.Health;
                     // RFC 9110 section 9.2.2: only idempotent requests may be replayed, and only when no body was streamed.
-                    bool replayable = !head.HasBody && head.Method is Http.HttpMethod.Get or Http.HttpMethod.Head
-                        or Http.HttpMethod.Options or Http.HttpMethod.Trace or Http.HttpMethod.Put or Http.HttpMethod.Delete;
+                    // retry.non_idempotent opts a cluster into replaying other methods (bodiless gRPC POSTs).
+                    bool replayable = !head.HasBody && (head.Method is Http.HttpMethod.Get or Http.HttpMethod.Head
+                        or Http.HttpMethod.Options or Http.HttpMethod.Trace or Http.HttpMethod.Put or Http.HttpMethod.Delete
+                        || cluster.Retry is { NonIdempotent: true });
                     DestinationState? previous = null;
 
                     // One pass per configured try (retry.attempts); each pass may also replay once on a dead pooled connection.
@@ -292,6 +300,13 @@ internal sealed class HttpForwarder
                                     else if (code >= 200)
                                     {
                                         health.ReportSuccess(destination);
+                                        // retry.on: unavailable: a trailers-only grpc-status 14 is retried like a retryable 5xx.
+                                        if (grpc && replayable && budget is not null && (budget.Model.On & RetryOn.Unavailable) != 0
+                                            && GrpcStatus.IsUnavailable(response) && TryTakeRetry(budget, retries, ref retrySlot))
+                                        {
+                                            retryStatus = true;
+                                            break;
+                                        }
                                     }
                                     if (code >= 200)
                                     {
@@ -490,7 +505,9 @@ internal sealed class HttpForwarder
 
         WriteResponseHead(response, outFraming, response.ContentLength, interim: false, keepAlive);
 
-        if (inFraming == BodyFraming.None)
+        // "content-length: 0" (a gRPC trailers-only answer, an empty 200) has nothing to read: a pump would wait for
+        // bytes a keep-alive upstream never sends.
+        if (inFraming == BodyFraming.None || (inFraming == BodyFraming.ContentLength && response.ContentLength == 0))
         {
             ReturnOrRelease(upstream, response);
             return await _client.FlushClientAsync().ConfigureAwait(false) && keepAlive;
@@ -597,8 +614,15 @@ internal sealed class HttpForwarder
             cluster.Metrics?.Overloaded();
         }
         await _client.SendErrorAsync(error.StatusCode(), error.DetailsCode(), close,
-            error == ProxyError.UpstreamOverloaded ? OverloadedField : null).ConfigureAwait(false);
+            error == ProxyError.UpstreamOverloaded ? OverloadedField : null, GrpcStatus.ForError(error)).ConfigureAwait(false);
         return !close;
+    }
+
+    /// <summary>The exchange deadline shortened to the request's grpc-timeout, when it has a valid one.</summary>
+    private static long GrpcDeadline(RequestHead head, long exchangeDeadline)
+    {
+        long timeout = GrpcTimeout.Find(head);
+        return timeout < 0 ? exchangeDeadline : Math.Min(exchangeDeadline, Environment.TickCount64 + timeout);
     }
 
     // ---- heads -----------------------------------------------------------------------------------

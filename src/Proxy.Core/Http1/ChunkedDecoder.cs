@@ -33,8 +33,10 @@ internal struct ChunkedDecoder
 {
     /// <summary>Longest chunk-size line (size, extensions) we read: extensions are never used, only a cost.</summary>
     public const int MaxChunkLine = 4 * 1024;
-    /// <summary>Largest trailer section; trailers are validated and dropped.</summary>
+    /// <summary>Largest trailer section we accept (validated, then kept for the relay in a pooled buffer).</summary>
     public const int MaxTrailerBytes = 32 * 1024;
+    /// <summary>First rent for a trailer section: gRPC's grpc-status + grpc-message fit with room to spare.</summary>
+    private const int InitialTrailerBuffer = 256;
     /// <summary>16 hex digits hold a 64-bit size; more is an overflow attempt (or padding we refuse).</summary>
     private const int MaxSizeDigits = 16;
 
@@ -64,6 +66,9 @@ internal struct ChunkedDecoder
     private long _remaining;
     private long _payloadBytes;
     private RejectReason _error;
+    /// <summary>The trailer section's field lines as received (CRLF each, no final empty line); rented only when one arrives.</summary>
+    private byte[]? _trailers;
+    private int _trailerLength;
 
     /// <summary>Payload bytes handed out so far (the caller enforces its body limit on this).</summary>
     public readonly long PayloadBytes => _payloadBytes;
@@ -71,7 +76,51 @@ internal struct ChunkedDecoder
     /// <summary>True once the last chunk and trailer section were read.</summary>
     public readonly bool IsDone => _state == State.Done;
 
-    public void Reset() => this = default;
+    /// <summary>
+    /// The validated trailer section of the body just read (RFC 9112 section 7.1.2): its field lines, each with CRLF,
+    /// without the final empty line; empty when there was none. Valid from <see cref="ChunkStatus.Done"/> until
+    /// <see cref="Reset"/> or <see cref="ReleaseTrailers"/>. Read it with <see cref="TrailerFields"/>, which also drops
+    /// the fields that must not be forwarded.
+    /// </summary>
+    public readonly ReadOnlySpan<byte> TrailerSection => _trailers is null ? default : _trailers.AsSpan(0, _trailerLength);
+
+    /// <summary>True when the body ended with at least one trailer field.</summary>
+    public readonly bool HasTrailers => _trailerLength > 0;
+
+    /// <summary>Forgets the state, handing a trailer buffer back to the pool.</summary>
+    public void Reset()
+    {
+        ReleaseTrailers();
+        this = default;
+    }
+
+    /// <summary>Returns the trailer buffer to the pool (the section reads empty afterwards).</summary>
+    public void ReleaseTrailers()
+    {
+        if (_trailers is { } buffer)
+        {
+            _trailers = null;
+            _trailerLength = 0;
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>Keeps one byte of a trailer field line; the section is already capped at <see cref="MaxTrailerBytes"/>.</summary>
+    private void KeepTrailerByte(byte b)
+    {
+        byte[]? buffer = _trailers;
+        if (buffer is null || _trailerLength == buffer.Length)
+        {
+            buffer = ArrayPool<byte>.Shared.Rent(Math.Max(InitialTrailerBuffer, _trailerLength * 2));
+            if (_trailers is { } old)
+            {
+                old.AsSpan(0, _trailerLength).CopyTo(buffer);
+                ArrayPool<byte>.Shared.Return(old);
+            }
+            _trailers = buffer;
+        }
+        buffer[_trailerLength++] = b;
+    }
 
     public ChunkStatus Read(in ReadOnlySequence<byte> buffer, out ReadOnlySequence<byte> data,
         out SequencePosition consumed, out RejectReason reason)
@@ -239,7 +288,8 @@ internal struct ChunkedDecoder
 
     /// <summary>
     /// Trailer fields (RFC 9112 section 7.1.2) follow the header field-line rules: token name, no
-    /// whitespace before the colon, no obs-fold, no CTL in the value, CRLF only. They are dropped.
+    /// whitespace before the colon, no obs-fold, no CTL in the value, CRLF only. Every byte of a field line is kept
+    /// (<see cref="TrailerSection"/>); the empty line that ends the section is not.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private RejectReason StepTrailer(byte b)
@@ -261,27 +311,37 @@ internal struct ChunkedDecoder
                     return RejectReason.InvalidTrailer;
                 }
                 _state = State.TrailerName;
+                KeepTrailerByte(b);
                 return RejectReason.None;
             case State.TrailerName:
                 if (b == (byte)':')
                 {
                     _state = State.TrailerValue;
-                    return RejectReason.None;
                 }
-                return Http1Syntax.Token.Contains(b) ? RejectReason.None : RejectReason.InvalidTrailer;
+                else if (!Http1Syntax.Token.Contains(b))
+                {
+                    return RejectReason.InvalidTrailer;
+                }
+                KeepTrailerByte(b);
+                return RejectReason.None;
             case State.TrailerValue:
                 if (b == (byte)'\r')
                 {
                     _state = State.TrailerLf;
-                    return RejectReason.None;
                 }
-                return Http1Syntax.InvalidFieldValue.Contains(b) ? RejectReason.InvalidTrailer : RejectReason.None;
+                else if (Http1Syntax.InvalidFieldValue.Contains(b))
+                {
+                    return RejectReason.InvalidTrailer;
+                }
+                KeepTrailerByte(b);
+                return RejectReason.None;
             case State.TrailerLf:
                 if (b != (byte)'\n')
                 {
                     return RejectReason.InvalidTrailer;
                 }
                 _state = State.TrailerLineStart;
+                KeepTrailerByte(b);
                 return RejectReason.None;
             case State.TrailerEndLf:
                 if (b != (byte)'\n')

@@ -2,6 +2,7 @@ using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
 using System.Text;
 using Proxy.Diagnostics;
+using Proxy.Forwarding;
 using Proxy.Http;
 using Proxy.Model;
 using Proxy.Pipeline;
@@ -96,7 +97,7 @@ internal sealed partial class Http1ServerConnection
         keepAlive &= Head.KeepAlive && !_draining;
         RequestContext context = State.Filters;
         int status = context.ReplyStatus;
-        ResponseStatus = status;
+        ResponseStatus = IsGrpc ? 200 : status;
         _lingerOnClose |= !keepAlive;
         _runtime.Metrics.LocalReply(Listener, status, context.ReplyDetails);
         if (ProxyLog.IsEnabled(LogLevel.Info))
@@ -112,6 +113,12 @@ internal sealed partial class Http1ServerConnection
     private void WriteFilterReply(RequestContext context, bool keepAlive)
     {
         PipeWriter output = Output;
+        if (IsGrpc)
+        {
+            // The filter's fields (WWW-Authenticate, RateLimit) still go along; its body and content type do not.
+            WriteGrpcReply(output, GrpcStatus.ForHttpStatus(context.ReplyStatus), context.ReplyDetails, context.ReplyHeaders, null, keepAlive);
+            return;
+        }
         output.Write("HTTP/1.1 "u8);
         output.WriteNumber(context.ReplyStatus);
         output.Write(" "u8);

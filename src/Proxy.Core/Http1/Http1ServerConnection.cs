@@ -43,6 +43,12 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// <summary>Status of the final response to the current request, for metrics; 0 while none was written.</summary>
     internal int ResponseStatus;
 
+    /// <summary>
+    /// The current request is gRPC (content-type application/grpc*), decided once when its head is handled: local
+    /// replies then go out as gRPC trailers-only responses (<see cref="GrpcStatus"/>). False before a head is parsed.
+    /// </summary>
+    internal bool IsGrpc;
+
     public Http1ServerConnection(ProxyRuntime runtime, ListenerModel listener, ClientTransport transport)
     {
         _runtime = runtime;
@@ -339,10 +345,12 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             Disarm();
             _waitingForRequest = false;
             first = false;
+            IsGrpc = GrpcStatus.IsGrpcRequest(Head);
             long started = Stopwatch.GetTimestamp();
             bool keepAlive = await HandleRequestPerIpAsync().ConfigureAwait(false);
             _runtime.Metrics.RequestEnded(Listener, _route, Head.Method, ResponseStatus, started);
             ObserveRequestEnd(started);
+            IsGrpc = false;
             if (!keepAlive || _draining)
             {
                 return;
@@ -514,7 +522,9 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// Answers with a short text body: "{status} {reason}: {details}". One log line per answer. Error path:
     /// allocation is fine here.
     /// </summary>
-    internal async ValueTask SendErrorAsync(int status, string details, bool close, byte[]? extraFields = null)
+    /// <para>A gRPC request gets HTTP 200 with <c>grpc-status</c> (<paramref name="grpcStatus"/>, or the one for
+    /// <paramref name="status"/>) and <c>grpc-message</c> in the head and no body, a gRPC trailers-only response.</para>
+    internal async ValueTask SendErrorAsync(int status, string details, bool close, byte[]? extraFields = null, int grpcStatus = -1)
     {
         RequestHead head = Head;
         ProxyLog.Write(status >= 500 ? LogLevel.Warn : LogLevel.Info, "local_reply",
@@ -526,6 +536,14 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         _lingerOnClose |= close;
         ResponseStatus = status;
         _runtime.Metrics.LocalReply(Listener, status, details);
+        if (IsGrpc)
+        {
+            ResponseStatus = 200;
+            WriteGrpcReply(Output, grpcStatus >= 0 ? grpcStatus : GrpcStatus.ForHttpStatus(status), details, default, extraFields,
+                keepAlive: !close && Head.KeepAlive);
+            await FlushClientAsync().ConfigureAwait(false);
+            return;
+        }
         string reason = StatusCodes.ReasonPhrase(status);
         byte[] body = Encoding.ASCII.GetBytes($"{status} {reason}: {details}\n");
         PipeWriter output = Output;
@@ -533,6 +551,23 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         output.Write("content-type: text/plain\r\n"u8);
         WriteLocalReplyTail(output, body, extraFields, keepAlive: !close && Head.KeepAlive);
         await FlushClientAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A gRPC trailers-only local reply: HTTP 200, content-type application/grpc, the status and message (our details
+    /// code: lower-case ASCII and '_', so no percent-encoding is needed), filter fields, then the usual tail with
+    /// content-length 0. An HTTP/2 client gets it as one HEADERS frame with END_STREAM.
+    /// </summary>
+    internal void WriteGrpcReply(PipeWriter output, int grpcStatus, string details, ReadOnlySpan<byte> fields, byte[]? extraFields, bool keepAlive)
+    {
+        output.Write(GrpcStatus.ReplyHead);
+        output.Write(GrpcStatus.StatusField(grpcStatus));
+        output.Write("grpc-message: "u8);
+        Span<byte> span = output.GetSpan(details.Length);
+        output.Advance(Encoding.ASCII.GetBytes(details, span));
+        output.Write("\r\n"u8);
+        output.Write(fields);
+        WriteLocalReplyTail(output, default, extraFields, keepAlive);
     }
 
     /// <summary>

@@ -38,6 +38,8 @@ internal enum RetryOn : byte
     Status504 = 16,
     /// <summary>The try's <c>per_try_timeout</c> ran out before its response head; set whenever a per-try timeout is.</summary>
     PerTryTimeout = 32,
+    /// <summary>A gRPC response head with <c>grpc-status: 14</c> (UNAVAILABLE, trailers-only); Envoy's <c>retry_grpc_on: unavailable</c>.</summary>
+    Unavailable = 64,
 }
 
 /// <summary>A cluster's <c>retry:</c> block.</summary>
@@ -52,6 +54,12 @@ internal sealed class RetryModel
     public int BudgetPercent { get; init; } = 20;
     /// <summary>Longest wait for one try's response head (<c>per_try_timeout</c>); zero: none. A try that runs out is retried.</summary>
     public TimeSpan PerTryTimeout { get; init; }
+    /// <summary>
+    /// <c>non_idempotent</c>: requests of any method may be replayed (RFC 9110 section 9.2.2 allows it when the
+    /// user agent knows the request is safe to repeat; gRPC calls are POSTs). Bodies are never buffered for a replay,
+    /// so a request with a body is still tried once.
+    /// </summary>
+    public bool NonIdempotent { get; init; }
 
     public bool RetriesStatus(int status) => status switch
     {

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Text;
+using Proxy.Http1;
 using Proxy.Http2.HPack;
 
 namespace Proxy.Http2.Server;
@@ -76,6 +77,12 @@ internal sealed class Http2RequestHead
         IsHead = IsConnect = false;
     }
 
+    /// <summary>
+    /// After a trailer block (<see cref="Reset"/> with <c>trailers: true</c>) completed without error: its fields as
+    /// HTTP/1.1 field lines (<c>name: value CRLF</c>, forbidden trailer fields dropped), ready to follow the last chunk.
+    /// </summary>
+    public ReadOnlySpan<byte> TrailerSection => _trailers ? _fields.AsSpan(0, _fieldsLength) : default;
+
     /// <summary>The sink handed to <see cref="HPackDecoder.Decode{THandler}(ReadOnlySpan{byte}, bool, ref THandler)"/>.</summary>
     public Sink AsSink() => new(this);
 
@@ -119,7 +126,13 @@ internal sealed class Http2RequestHead
         }
         if (_trailers)
         {
-            return; // trailers are validated and dropped (the HTTP/1.1 side drops them too)
+            // Kept as HTTP/1.1 field lines for the bridged chunked body's trailer section (RFC 9112 section 7.1.2),
+            // minus the fields no trailer may carry (RFC 9110 section 6.5.1).
+            if (!TrailerFilter.IsForbidden(name))
+            {
+                AppendField(name, value);
+            }
+            return;
         }
         switch (name.Length)
         {
@@ -156,6 +169,11 @@ internal sealed class Http2RequestHead
                 ContentLength = length;
                 break;
         }
+        AppendField(name, value);
+    }
+
+    private void AppendField(ReadOnlySpan<byte> name, ReadOnlySpan<byte> value)
+    {
         // name ": " value CRLF
         int size = name.Length + value.Length + 4;
         if (!Ensure(ref _fields, _fieldsLength + size))

@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Text;
 using Proxy.Diagnostics;
 using Proxy.Http;
+using Proxy.Http1;
 using Proxy.Http2.FlowControl;
 using Proxy.Http2.HPack;
 using Proxy.Model;
@@ -461,7 +462,7 @@ internal sealed class Http2ServerConnection : TimedConnection
             return Http2FrameError.Stream(Http2ErrorCode.PROTOCOL_ERROR);
         }
         Volatile.Write(ref stream.RequestEnded, true);
-        stream.WriteRequestData(ReadOnlySequence<byte>.Empty, endStream: true);
+        stream.WriteRequestData(ReadOnlySequence<byte>.Empty, endStream: true, _head.TrailerSection);
         return Http2FrameError.None;
     }
 
@@ -817,6 +818,50 @@ internal sealed class Http2ServerConnection : TimedConnection
             Http2FrameWriter.WriteHeaders(_frames.Writer, stream.Id, block[..length], endStream, maxFrame);
             Commit();
             return true;
+        }
+    }
+
+    /// <summary>
+    /// A trailer section (HTTP/1.1 field lines, see <see cref="TrailerFields"/>) as a HEADERS frame with END_STREAM
+    /// (RFC 9113 section 8.1): names lower-cased (section 8.2.1), no pseudo-header (HTTP/1.1 names are tokens, so none
+    /// can appear), forbidden trailer fields dropped. Returns 1 when sent, 0 when no field was left to send (the caller
+    /// ends the stream with empty DATA), -1 when the stream or connection is gone.
+    /// </summary>
+    public int SendTrailers(Http2Stream stream, ReadOnlySpan<byte> section)
+    {
+        Span<byte> lower = stackalloc byte[256];
+        lock (_lock)
+        {
+            if (_framesClosed || stream.Aborted)
+            {
+                return -1;
+            }
+            // Worst case per field: name + value + two 5-octet length prefixes + one index octet; a line is at least 3 octets.
+            int needed = section.Length * 5 + 64;
+            if (_headerScratch.Length < needed)
+            {
+                _headerScratch = new byte[Math.Max(needed, _headerScratch.Length * 2)];
+            }
+            Span<byte> block = _headerScratch;
+            _encoder.TryBeginHeaderBlock(block, out int length);
+            int count = 0;
+            var fields = new TrailerFields(section);
+            while (fields.MoveNext(out ReadOnlySpan<byte> name, out ReadOnlySpan<byte> value, out _))
+            {
+                Span<byte> lowered = name.Length <= lower.Length ? lower[..name.Length] : new byte[name.Length];
+                Ascii.ToLower(name, lowered, out _);
+                // "grpc-status: 0" ends every gRPC call: the dynamic table makes it one octet after the first.
+                _encoder.TryEncode(lowered, value, HPackIndexing.Auto, block[length..], out int written);
+                length += written;
+                count++;
+            }
+            if (count == 0)
+            {
+                return 0;
+            }
+            Http2FrameWriter.WriteHeaders(_frames.Writer, stream.Id, block[..length], endStream: true, (int)_peer.MaxFrameSize);
+            Commit();
+            return 1;
         }
     }
 

@@ -150,8 +150,12 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
 
     // ---- request side -------------------------------------------------------------------------
 
-    /// <summary>Read loop: a DATA payload for the bridge (RFC 9112 section 7.1 framing when the head said chunked).</summary>
-    public void WriteRequestData(in ReadOnlySequence<byte> data, bool endStream)
+    /// <summary>
+    /// Read loop: a DATA payload for the bridge (RFC 9112 section 7.1 framing when the head said chunked). At the end
+    /// of a chunked body, <paramref name="trailers"/> (the client's trailer HEADERS as HTTP/1.1 field lines) become the
+    /// trailer section; a body with a declared length has no place for them, and they are dropped (RFC 9110 section 6.5).
+    /// </summary>
+    public void WriteRequestData(in ReadOnlySequence<byte> data, bool endStream, ReadOnlySpan<byte> trailers = default)
     {
         lock (RequestLock)
         {
@@ -183,7 +187,9 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
             {
                 if (RequestChunked)
                 {
-                    writer.Write("0\r\n\r\n"u8);
+                    writer.Write("0\r\n"u8);
+                    writer.Write(trailers);
+                    writer.Write("\r\n"u8);
                 }
                 FlushRequest(writer);
                 writer.Complete();
@@ -426,8 +432,12 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
                         buffer = buffer.Slice(consumed);
                         if (chunk == ChunkStatus.Done)
                         {
-                            // Trailers of the HTTP/1.1 response are dropped by the decoder (not in this slice).
-                            if (!await SendDataAsync(default, endStream: true).ConfigureAwait(false))
+                            // The bridged response's trailer section becomes a trailing HEADERS frame with END_STREAM
+                            // (RFC 9113 section 8.1); none (or none left after filtering): an empty END_STREAM DATA frame.
+                            int trailers = _chunked.HasTrailers ? _connection.SendTrailers(this, _chunked.TrailerSection) : 0;
+                            bool sent = trailers > 0 || (trailers == 0 && await SendDataAsync(default, endStream: true).ConfigureAwait(false));
+                            _chunked.ReleaseTrailers();
+                            if (!sent)
                             {
                                 reader.AdvanceTo(buffer.Start);
                                 return AbortCode(true);

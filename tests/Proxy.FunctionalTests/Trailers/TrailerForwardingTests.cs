@@ -1,0 +1,57 @@
+using Proxy.FunctionalTests.Infrastructure;
+
+namespace Proxy.FunctionalTests.Trailers;
+
+/// <summary>HTTP/1.1 chunked trailer sections relayed both ways (RFC 9112 section 7.1.2), minus the fields no trailer may carry.</summary>
+public sealed class TrailerForwardingTests
+{
+    [Fact]
+    public async Task RequestTrailers_ChunkedToUpstream_ForwardedExactlyWithoutForbiddenFields()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok());
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync("POST /upload HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n"
+            + "5\r\nhello\r\n0\r\nX-Checksum: abc\r\nContent-Length: 5\r\nHost: evil.test\r\nTE: trailers\r\nConnection: close\r\ngrpc-status:  0\r\n\r\n");
+        var response = await client.ReadResponseAsync();
+
+        Assert.Equal(200, response.Status);
+        var forwarded = await scenario.Upstream.WaitForRequestAsync();
+        Assert.Equal("hello", forwarded.BodyText);
+        // The kept lines go out as they came (name case and value whitespace included), the rest are gone.
+        Assert.EndsWith("5\r\nhello\r\n0\r\nX-Checksum: abc\r\ngrpc-status:  0\r\n\r\n", scenario.Upstream.ReceivedText, StringComparison.Ordinal);
+        ProxyAssert.UpstreamHadNoErrors(scenario.Upstream);
+
+        // The connection is still in step: the next request works.
+        await client.SendAsync(Wire.Get("/next"));
+        Assert.Equal(200, (await client.ReadResponseAsync()).Status);
+    }
+
+    [Fact]
+    public async Task ResponseTrailers_ChunkedToClient_ExactBytesWithoutForbiddenFields()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Fixed(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\ntrailer: grpc-status\r\n\r\n"
+            + "5\r\nhello\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\nx-sum: 1\r\n\r\n"));
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync("GET /t HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n");
+        var result = await client.ReadToCloseAsync();
+
+        Assert.Contains("transfer-encoding: chunked\r\n", result.Text, StringComparison.Ordinal);
+        Assert.EndsWith("\r\n\r\n5\r\nhello\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\nx-sum: 1\r\n\r\n", result.Text, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ResponseTrailers_Http10Client_DroppedWithCloseDelimitedBody()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Fixed(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n"));
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync("GET /t HTTP/1.0\r\nHost: example.test\r\n\r\n");
+        var result = await client.ReadToCloseAsync();
+
+        Assert.EndsWith("\r\n\r\nhello", result.Text, StringComparison.Ordinal);
+    }
+}
