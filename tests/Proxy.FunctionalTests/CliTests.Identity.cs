@@ -54,3 +54,34 @@ public sealed partial class CliTests
         Assert.Contains("route 'open' has no authentication policy (jwt, api_key or introspection) on public listener 'edge'", output);
     }
 }
+
+public sealed partial class CliTests
+{
+    /// <summary>
+    /// The host process itself loads libsodium (NSec's native dependency, from the build output's
+    /// runtimes/linux-x64/native) to import an Ed25519 key, and refuses an Ed448 one with a positioned error.
+    /// </summary>
+    [Fact]
+    public async Task Validate_EdDsaJwks_LoadsEd25519AndRefusesEd448()
+    {
+        using var ed = NSec.Cryptography.Key.Create(NSec.Cryptography.SignatureAlgorithm.Ed25519);
+        string x = System.Buffers.Text.Base64Url.EncodeToString(ed.PublicKey.Export(NSec.Cryptography.KeyBlobFormat.RawPublicKey));
+        Write("ed25519.json", $$"""{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed1","x":"{{x}}"}]}""");
+        Write("ed448.json", """{"keys":[{"kty":"OKP","crv":"Ed448","kid":"e448","x":"AQAB"}]}""");
+        string Config(string jwks) => $$"""
+            policies:
+              ed: { jwt: { issuer: "https://idp.example.test", audiences: [orders-api], jwks_file: {{jwks}} } }
+            listeners:
+              - { name: edge, address: "127.0.0.1:0" }
+            routes:
+              - { id: r, match: { path: /r }, respond: { status: 200 }, policies: [ed] }
+            """;
+
+        var good = await RunProxyAsync("validate", "--config", Write("ed25519.yaml", Config("ed25519.json")));
+        var bad = await RunProxyAsync("validate", "--config", Write("ed448.yaml", Config("ed448.json")));
+
+        Assert.True(good.ExitCode == 0, good.ToString());
+        Assert.True(bad.ExitCode == 2, bad.ToString());
+        Assert.Contains("ed448.yaml:2:88: jwks_file 'ed448.json': JWKS key 'e448': curve 'Ed448' is not supported (EdDSA keys must be Ed25519)", bad.StdoutText);
+    }
+}

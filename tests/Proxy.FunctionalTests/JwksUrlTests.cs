@@ -98,6 +98,31 @@ public sealed class JwksUrlTests : IDisposable
     }
 
     [Fact]
+    public async Task JwksUrl_EdDsaKeyRotatedIn_AcceptsEd25519TokenAndRefusesTampered()
+    {
+        // RFC 8037: an OKP/Ed25519 key served over HTTP beside the RSA one, tokens signed with NSec at test time.
+        using var ed = NSec.Cryptography.Key.Create(NSec.Cryptography.SignatureAlgorithm.Ed25519);
+        string x = Base64Url.EncodeToString(ed.PublicKey.Export(NSec.Cryptography.KeyBlobFormat.RawPublicKey));
+        await using var keys = StartKeyServer();
+        var (upstream, proxy) = await IdentityPolicyTests.StartAsync(Policy(keys.Port), "jwt-remote");
+        await using var _ = upstream;
+        await using var __ = proxy;
+        await using var client = await proxy.ConnectAsync();
+        Assert.Equal(200, (await GetUntilAsync(client, Mint(_old, "k1"), 200)).Status);
+
+        _jwks = Jwks((_old, "k1"))[..^2] + $$""",{"kty":"OKP","crv":"Ed25519","kid":"ed1","x":"{{x}}"}]}""";
+        long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        string payload = $$"""{"iss":"{{Issuer}}","aud":"orders-api","sub":"ed-user","exp":{{now + 600}}}""";
+        string input = $"{Base64Url.EncodeToString("""{"alg":"EdDSA","kid":"ed1"}"""u8)}.{Base64Url.EncodeToString(System.Text.Encoding.UTF8.GetBytes(payload))}";
+        byte[] signature = NSec.Cryptography.SignatureAlgorithm.Ed25519.Sign(ed, System.Text.Encoding.ASCII.GetBytes(input));
+        Assert.Equal(200, (await GetUntilAsync(client, $"{input}.{Base64Url.EncodeToString(signature)}", 200)).Status);
+
+        signature[0] ^= 1;
+        var refused = await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {input}.{Base64Url.EncodeToString(signature)}");
+        IdentityPolicyTests.Problem(refused, 401);
+    }
+
+    [Fact]
     public async Task JwksUrl_UnknownKidFlood_RefetchesAtMostOncePerInterval()
     {
         await using var keys = StartKeyServer();

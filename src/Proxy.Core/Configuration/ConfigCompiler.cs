@@ -27,6 +27,9 @@ internal static class ConfigCompiler
     public static ProxySnapshot Compile(ProxyConfig config, string text, string sourcePath,
         IReadOnlyDictionary<string, ClusterModel>? previous = null)
     {
+        // Read before the policies are compiled: should a file change in between, the version names the older
+        // content, so the next reload sees a difference and compiles again (never the other way round).
+        string version = ComputeVersion(text, PolicyCompiler.ReadReferencedFiles(config));
         var server = new ServerModel
         {
             ShutdownTimeout = config.Server.ShutdownTimeout ?? s_serverDefaults.ShutdownTimeout,
@@ -116,7 +119,7 @@ internal static class ConfigCompiler
             Routes = RouteTable.Build(routes),
             Clusters = clusters,
             Server = server,
-            Version = ComputeVersion(text),
+            Version = version,
             SourcePath = sourcePath,
             Admin = admin,
             Policies = [.. filters],
@@ -159,7 +162,14 @@ internal static class ConfigCompiler
     }
 
     /// <summary>12 hex digits identifying the file text: short enough for a log line, long enough not to collide by chance.</summary>
-    public static string ComputeVersion(string text)
+    public static string ComputeVersion(string text) => ComputeVersion(text, []);
+
+    /// <summary>
+    /// As <see cref="ComputeVersion(string)"/>, also over the files the policies read at compile time (jwks_file,
+    /// keys_file, client_secret_file): a reload after only such a file changed (a rotated secret) must not be
+    /// taken for "unchanged" and skipped.
+    /// </summary>
+    public static string ComputeVersion(string text, IReadOnlyList<byte[]> files)
     {
         // FNV-1a over the UTF-8 text: a version tag, not a security property. A cryptographic hash would load
         // OpenSSL into every process just for this (about 5 MiB of resident memory).
@@ -167,6 +177,15 @@ internal static class ConfigCompiler
         foreach (byte b in Encoding.UTF8.GetBytes(text))
         {
             hash = (hash ^ b) * 1099511628211UL;
+        }
+        foreach (byte[] file in files)
+        {
+            // A separator, so moving bytes between the text and a file changes the tag.
+            hash = (hash ^ 0x1F) * 1099511628211UL;
+            foreach (byte b in file)
+            {
+                hash = (hash ^ b) * 1099511628211UL;
+            }
         }
         return hash.ToString("x16")[..12];
     }

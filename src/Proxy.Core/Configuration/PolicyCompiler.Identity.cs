@@ -43,6 +43,7 @@ internal static partial class PolicyCompiler
                     errors.Add(route.Mark, $"{label} has no authentication policy (jwt, api_key or introspection) on public listener '{listener.Name?.Value}'; "
                         + "add one, or set 'allow_anonymous: true' on the route if it is meant to be open");
                 }
+                CheckJwtPairs(route, label, chain, kinds, names, reported, errors);
                 if (route.Match.Methods.Count == 0)
                 {
                     continue;
@@ -63,6 +64,42 @@ internal static partial class PolicyCompiler
             }
         }
     }
+
+    /// <summary>
+    /// Two <c>jwt</c> policies on one chain both check the one bearer token: with different issuers, or audience
+    /// lists that share nothing, no token can pass both.
+    /// </summary>
+    private static void CheckJwtPairs(RouteConfig route, string label, List<string> chain, List<string?> kinds,
+        Dictionary<string, PolicyConfig> names, HashSet<string> reported, ConfigErrorList errors)
+    {
+        for (int i = 0; i < chain.Count; i++)
+        {
+            for (int j = i + 1; j < chain.Count; j++)
+            {
+                if (kinds[i] != "jwt" || kinds[j] != "jwt" || !reported.Add($"jwt:{chain[i]}:{chain[j]}"))
+                {
+                    continue;
+                }
+                PolicyConfig a = names[chain[i]], b = names[chain[j]];
+                string? issuerA = JwtSetting(a, "issuer")?.Scalar?.Value, issuerB = JwtSetting(b, "issuer")?.Scalar?.Value;
+                var audiencesA = JwtSetting(a, "audiences")?.List?.Select(v => v.Value).ToList();
+                var audiencesB = JwtSetting(b, "audiences")?.List?.Select(v => v.Value).ToList();
+                if (issuerA is not null && issuerB is not null && issuerA != issuerB)
+                {
+                    errors.Add(route.Mark, $"{label} can never pass: jwt policies '{chain[i]}' and '{chain[j]}' both check the bearer token "
+                        + $"but require different issuers ('{issuerA}' and '{issuerB}')");
+                }
+                else if (audiencesA is { Count: > 0 } && audiencesB is { Count: > 0 } && !audiencesA.Intersect(audiencesB, StringComparer.Ordinal).Any())
+                {
+                    errors.Add(route.Mark, $"{label} can never pass: jwt policies '{chain[i]}' and '{chain[j]}' both check the bearer token "
+                        + "but accept no audience in common");
+                }
+            }
+        }
+    }
+
+    private static PolicySettingConfig? JwtSetting(PolicyConfig policy, string key)
+        => policy.Settings.FirstOrDefault(s => s.Key.Value == key);
 
     private static bool RouteIsOn(RouteConfig route, ListenerConfig listener)
         => route.Listeners.Count == 0 || route.Listeners.Any(l => l.Value == listener.Name?.Value);
@@ -256,10 +293,11 @@ internal static partial class PolicyCompiler
     }
 
     private static readonly string[] s_introspectionKeys =
-        ["url", "client_id", "client_secret", "required_scopes", "cache_max", "cache_ttl", "timeout", "forward_identity"];
+        ["url", "client_id", "client_secret", "client_secret_file", "required_scopes", "cache_max", "cache_ttl", "timeout", "forward_identity"];
 
-    private static IntrospectionFilter? BuildIntrospection(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, bool validateOnly)
+    private static IntrospectionFilter? BuildIntrospection(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory, bool validateOnly)
     {
+        Located<string>? inlineSecret = null, secretFile = null;
         int before = errors.Count;
         string name = policy.Name.Value;
         Uri? url = null;
@@ -326,11 +364,30 @@ internal static partial class PolicyCompiler
                     clientId = value.Value;
                     break;
                 case "client_secret":
+                    inlineSecret = value;
                     if (value.Value.Length == 0)
                     {
                         errors.Add(value.Mark, "'client_secret' must not be empty");
                     }
-                    clientSecret = value.Value;
+                    else if (secretFile is not null)
+                    {
+                        errors.Add(value.Mark, $"introspection policy '{name}' has both 'client_secret' and 'client_secret_file'; choose one");
+                    }
+                    else
+                    {
+                        clientSecret = value.Value;
+                    }
+                    break;
+                case "client_secret_file":
+                    secretFile = value;
+                    if (inlineSecret is not null)
+                    {
+                        errors.Add(value.Mark, $"introspection policy '{name}' has both 'client_secret' and 'client_secret_file'; choose one");
+                    }
+                    else
+                    {
+                        clientSecret = ReadSecretFile(value, baseDirectory, errors);
+                    }
                     break;
                 case "cache_max":
                     if (!value.Value.All(char.IsAsciiDigit) || !int.TryParse(value.Value, NumberStyles.None, CultureInfo.InvariantCulture, out cacheMax)
@@ -357,10 +414,10 @@ internal static partial class PolicyCompiler
         {
             errors.Add(kind.Mark, $"introspection policy '{name}' is missing required key 'url' (the RFC 7662 introspection endpoint)");
         }
-        if (clientId is null || clientSecret is null)
+        if (clientId is null || (clientSecret is null && inlineSecret is null && secretFile is null))
         {
             // RFC 7662 section 2.1: the endpoint requires the caller to authenticate.
-            errors.Add(kind.Mark, $"introspection policy '{name}' is missing required key '{(clientId is null ? "client_id" : "client_secret")}' (the proxy's credentials at the introspection endpoint)");
+            errors.Add(kind.Mark, $"introspection policy '{name}' is missing required key '{(clientId is null ? "client_id" : "client_secret' or 'client_secret_file")}' (the proxy's credentials at the introspection endpoint)");
         }
         if (errors.Count != before || url is null || clientId is null || clientSecret is null || validateOnly)
         {
@@ -379,6 +436,66 @@ internal static partial class PolicyCompiler
             Timeout = timeout,
             ForwardIdentity = forward,
         }, time);
+    }
+
+    private static readonly string[] s_fileSettings = ["jwks_file", "keys_file", "client_secret_file"];
+
+    /// <summary>
+    /// The contents of every file a policy reads at compile time, in config order, for the config version; an
+    /// unreadable file gives nothing here (compiling it reports the error).
+    /// </summary>
+    public static IReadOnlyList<byte[]> ReadReferencedFiles(ProxyConfig config)
+    {
+        var files = new List<byte[]>();
+        foreach (var policy in config.Policies)
+        {
+            foreach (var setting in policy.Settings)
+            {
+                if (setting.Scalar is { Value.Length: > 0 } file && Array.IndexOf(s_fileSettings, setting.Key.Value) >= 0)
+                {
+                    try
+                    {
+                        files.Add(File.ReadAllBytes(Path.Combine(config.BaseDirectory, file.Value)));
+                    }
+                    catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+                    {
+                        files.Add([]);
+                    }
+                }
+            }
+        }
+        return files;
+    }
+
+    /// <summary>
+    /// <c>client_secret_file</c>: the secret read at compile time (so every reload reads it again, and the file is
+    /// part of the config version: ConfigCompiler), relative to the config file, trimmed of surrounding whitespace
+    /// (editors and <c>echo</c> add a newline). Errors name the file, never its content.
+    /// </summary>
+    private static string? ReadSecretFile(Located<string> file, string baseDirectory, ConfigErrorList errors)
+    {
+        if (file.Value.Length == 0)
+        {
+            errors.Add(file.Mark, "'client_secret_file' must not be empty");
+            return null;
+        }
+        string text;
+        try
+        {
+            text = File.ReadAllText(Path.Combine(baseDirectory, file.Value));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            errors.Add(file.Mark, $"cannot read client_secret_file '{file.Value}': {e.Message}");
+            return null;
+        }
+        string secret = text.Trim();
+        if (secret.Length == 0)
+        {
+            errors.Add(file.Mark, $"client_secret_file '{file.Value}' is empty");
+            return null;
+        }
+        return secret;
     }
 
     /// <summary><c>required_roles: [admin, editor]</c>: role names as they appear in the roles claim.</summary>

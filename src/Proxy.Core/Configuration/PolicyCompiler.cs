@@ -170,7 +170,7 @@ internal static partial class PolicyCompiler
             case "deny":
                 return BuildDeny(policy, kind, errors);
             case "introspection":
-                return BuildIntrospection(policy, kind, errors, time, validateOnly);
+                return BuildIntrospection(policy, kind, errors, time, baseDirectory, validateOnly);
         }
         if (!PolicyKinds.TryGetCustom(kind.Value, out var factory))
         {
@@ -718,12 +718,21 @@ internal static partial class PolicyCompiler
                     }
                     break;
                 case "roles_claim":
-                    if (value.Value.Length == 0 || s_reservedClaims.Contains(value.Value))
+                {
+                    // A dotted name is a path into nested objects (realm_access.roles); the top-level claim it starts
+                    // from must not be one the filter reads itself.
+                    string[] path = value.Value.Split('.');
+                    if (value.Value.Length == 0 || s_reservedClaims.Contains(path[0]))
                     {
                         errors.Add(value.Mark, $"invalid roles_claim '{value.Value}': name a claim other than {string.Join(", ", s_reservedClaims)}");
                     }
+                    else if (Array.IndexOf(path, "") >= 0 || path.Length > JwtFilter.MaxRolesPathSegments)
+                    {
+                        errors.Add(value.Mark, $"invalid roles_claim '{value.Value}': expected a claim name or a dotted path of at most {JwtFilter.MaxRolesPathSegments} non-empty names into nested objects (e.g. realm_access.roles)");
+                    }
                     rolesClaim = value.Value;
                     break;
+                }
                 case "clock_skew":
                     if (!ConfigValues.TryParseDuration(value.Value, out skew) || skew > TimeSpan.FromHours(1))
                     {

@@ -249,7 +249,7 @@ public class IntrospectionTests
     {
         Assert.Equal([
             "t.yaml:3:5: introspection policy 'opaque' is missing required key 'url' (the RFC 7662 introspection endpoint)",
-            "t.yaml:3:5: introspection policy 'opaque' is missing required key 'client_secret' (the proxy's credentials at the introspection endpoint)",
+            "t.yaml:3:5: introspection policy 'opaque' is missing required key 'client_secret' or 'client_secret_file' (the proxy's credentials at the introspection endpoint)",
         ], Errors("  opaque:", "    introspection: { client_id: gw }"));
     }
 

@@ -50,7 +50,7 @@ public sealed class JwtConfigTests : IDisposable
         Assert.Equal(["orders-api"], filter.Options.Audiences);
         Assert.Equal(["orders.read"], filter.Options.RequiredScopes);
         Assert.Equal(TimeSpan.FromSeconds(30), filter.Options.ClockSkew);
-        Assert.Equal(4, filter.Options.Keys.Count);
+        Assert.Equal(5, filter.Options.Keys.Count);
     }
 
     [Fact]
@@ -105,7 +105,9 @@ public sealed class JwtConfigTests : IDisposable
     [InlineData("[]", "expected an object with a \"keys\" array")]
     [InlineData("{\"keys\":[]}", "the JWKS holds no signature keys")]
     [InlineData("{\"keys\":[{\"kid\":\"a\",\"n\":\"AQAB\",\"e\":\"AQAB\"}]}", "JWKS key 'a' has no \"kty\"")]
-    [InlineData("{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"AQAB\"}]}", "unsupported kty 'OKP'")]
+    [InlineData("{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed448\",\"x\":\"AQAB\"}]}", "curve 'Ed448' is not supported (EdDSA keys must be Ed25519)")]
+    [InlineData("{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"AQAB\"}]}", "must be a 32-byte Ed25519 public key")]
+    [InlineData("{\"keys\":[{\"kty\":\"DSA\",\"x\":\"AQAB\"}]}", "unsupported kty 'DSA' (expected RSA, EC, OKP or oct)")]
     [InlineData("{\"keys\":[{\"kty\":\"RSA\",\"n\":\"AQAB\",\"e\":\"AQAB\"}]}", "at least 2048 are required")]
     [InlineData("{\"keys\":[{\"kty\":\"oct\",\"k\":\"c2hvcnQ\"}]}", "HMAC keys need at least 32")]
     [InlineData("{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":\"AQAB\",\"y\":\"AQAB\"}]}", "coordinates must be 32 bytes")]

@@ -34,6 +34,8 @@ public class JwtFilterTests
     [InlineData("ES256")]
     [InlineData("ES384")]
     [InlineData("HS256")]
+    [InlineData("HS384")]
+    [InlineData("HS512")]
     public void Validate_TokenFromIdentityModel_IsValid(string algorithm)
     {
         Assert.Equal(JwtResult.Valid, Check(s_keys.Mint(algorithm)));

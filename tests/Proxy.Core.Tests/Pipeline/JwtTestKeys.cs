@@ -43,6 +43,7 @@ internal sealed class JwtTestKeys
               { "kty": "EC", "kid": "ec1", "crv": "P-256", "x": "{{B64(ec.Q.X!)}}", "y": "{{B64(ec.Q.Y!)}}" },
               { "kty": "EC", "kid": "ec384", "crv": "P-384", "x": "{{B64(ec384.Q.X!)}}", "y": "{{B64(ec384.Q.Y!)}}" },
               { "kty": "oct", "kid": "hmac1", "alg": "HS256", "k": "{{B64(Secret)}}" },
+              { "kty": "oct", "kid": "hmac2", "k": "{{B64(Secret)}}" },
               { "kty": "RSA", "kid": "enc1", "use": "enc", "n": "{{B64(rsa.Modulus!)}}", "e": "{{B64(rsa.Exponent!)}}" }
             ] }
             """;
@@ -56,6 +57,8 @@ internal sealed class JwtTestKeys
         "ES256" => new SigningCredentials(new ECDsaSecurityKey(Ec256) { KeyId = "ec1" }, algorithm),
         "ES384" => new SigningCredentials(new ECDsaSecurityKey(Ec384) { KeyId = "ec384" }, algorithm),
         "HS256" => new SigningCredentials(new SymmetricSecurityKey(Secret) { KeyId = "hmac1" }, algorithm),
+        // The "hmac1" key is pinned to HS256; the same secret under "hmac2" (no alg) verifies HS384/HS512.
+        "HS384" or "HS512" => new SigningCredentials(new SymmetricSecurityKey(Secret) { KeyId = "hmac2" }, algorithm),
         _ => throw new ArgumentException(algorithm),
     };
 

@@ -67,4 +67,28 @@ public class PolicyConflictTests
             "  - { id: any, match: { path: /any }, respond: { status: 200 } }");
         Assert.Equal(["t.yaml:6:48: route 'writes' can never pass: it matches only PUT, DELETE, and policy 'reads' lets through only GET, HEAD"], errors);
     }
+
+    [Theory]
+    [InlineData("https://a.test", "[x, y]", "https://b.test", "[x]", "require different issuers ('https://a.test' and 'https://b.test')")]
+    [InlineData("https://a.test", "[x, y]", "https://a.test", "[z]", "accept no audience in common")]
+    [InlineData("https://a.test", "[x, y]", "https://a.test", "[y, z]", null)]
+    public void Validate_TwoJwtPoliciesOnOneChain_ConflictsReported(string issuerA, string audiencesA, string issuerB, string audiencesB, string? message)
+    {
+        var errors = Errors(
+            "policies:",
+            $"  a: {{ jwt: {{ issuer: \"{issuerA}\", audiences: {audiencesA}, jwks_url: \"http://127.0.0.1:1/jwks\" }} }}",
+            $"  b: {{ jwt: {{ issuer: \"{issuerB}\", audiences: {audiencesB}, jwks_url: \"http://127.0.0.1:1/jwks\" }} }}",
+            "listeners:",
+            "  - { name: edge, address: \"127.0.0.1:8080\", policies: [a] }",
+            "routes:",
+            "  - { id: r, match: { path: /r }, respond: { status: 200 }, policies: [b] }");
+        if (message is null)
+        {
+            Assert.Empty(errors);
+        }
+        else
+        {
+            Assert.Equal([$"t.yaml:7:5: route 'r' can never pass: jwt policies 'a' and 'b' both check the bearer token but {message}"], errors);
+        }
+    }
 }

@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using NSec.Cryptography;
 
 namespace Proxy.Pipeline.Filters;
 
@@ -12,6 +13,8 @@ internal enum JwsAlgorithm : byte
     PS256, PS384, PS512,
     ES256, ES384, ES512,
     HS256, HS384, HS512,
+    /// <summary>RFC 8037 section 3.1: EdDSA; with the only curve we accept, Ed25519 (RFC 8032 section 5.1).</summary>
+    EdDSA,
 }
 
 /// <summary>Key families (RFC 7518 section 6.1 "kty").</summary>
@@ -20,12 +23,15 @@ internal enum JwkKeyType : byte
     Rsa = 0,
     EC,
     Oct,
+    /// <summary>RFC 8037 section 2: Octet Key Pair (Ed25519 here).</summary>
+    Okp,
 }
 
 /// <summary>
 /// One verification key from a JWKS. Immutable after load; <see cref="RSA"/> and <see cref="ECDsa"/> public-key
 /// verification is safe to call concurrently on .NET's OpenSSL and CNG implementations (each call gets its own
-/// operation context).
+/// operation context), and an NSec <see cref="PublicKey"/> is an immutable 32-byte value that libsodium's
+/// stateless verify only reads.
 /// </summary>
 internal sealed class JsonWebKey
 {
@@ -39,6 +45,8 @@ internal sealed class JsonWebKey
     /// <summary>For EC keys: the algorithm its curve implies (ES256 for P-256, RFC 7518 section 3.4).</summary>
     public JwsAlgorithm CurveAlgorithm { get; init; }
     public byte[]? Secret { get; init; }
+    /// <summary>For OKP keys: the Ed25519 public key, imported once at load so a verification allocates nothing.</summary>
+    public PublicKey? Ed25519 { get; init; }
 
     /// <summary>
     /// True when a token signed with <paramref name="algorithm"/> may be checked with this key. This is the guard
@@ -54,6 +62,7 @@ internal sealed class JsonWebKey
         {
             JwkKeyType.Rsa => algorithm is >= JwsAlgorithm.RS256 and <= JwsAlgorithm.PS512,
             JwkKeyType.EC => algorithm == CurveAlgorithm,
+            JwkKeyType.Okp => algorithm == JwsAlgorithm.EdDSA,
             _ => algorithm is >= JwsAlgorithm.HS256 and <= JwsAlgorithm.HS512,
         };
     }
@@ -79,6 +88,9 @@ internal static class JsonWebKeySet
         _ when name.SequenceEqual("HS256"u8) => JwsAlgorithm.HS256,
         _ when name.SequenceEqual("HS384"u8) => JwsAlgorithm.HS384,
         _ when name.SequenceEqual("HS512"u8) => JwsAlgorithm.HS512,
+        _ when name.SequenceEqual("EdDSA"u8) => JwsAlgorithm.EdDSA,
+        // RFC 9864 section 2.2: the fully-specified name for exactly what "EdDSA" means with the only curve we accept.
+        _ when name.SequenceEqual("Ed25519"u8) => JwsAlgorithm.EdDSA,
         _ => JwsAlgorithm.Unknown,
     };
 
@@ -153,7 +165,7 @@ internal static class JsonWebKeySet
             algorithm = ParseAlgorithm(Encoding.UTF8.GetBytes(alg));
             if (algorithm == JwsAlgorithm.Unknown)
             {
-                throw new FormatException($"{label} has unsupported alg '{alg}' (expected RS256/384/512, PS256/384/512, ES256/384/512 or HS256/384/512)");
+                throw new FormatException($"{label} has unsupported alg '{alg}' (expected RS256/384/512, PS256/384/512, ES256/384/512, EdDSA or HS256/384/512)");
             }
         }
         string? kty = OptionalString(key, "kty", index);
@@ -216,16 +228,64 @@ internal static class JsonWebKeySet
                 }
                 result = new JsonWebKey { KeyType = JwkKeyType.Oct, Kid = kidBytes, Algorithm = algorithm, Secret = secret };
                 break;
+            case "OKP":
+                result = ParseOkp(key, index, label, kidBytes, algorithm);
+                break;
             case null:
                 throw new FormatException($"{label} has no \"kty\"");
             default:
-                throw new FormatException($"{label} has unsupported kty '{kty}' (expected RSA, EC or oct)");
+                throw new FormatException($"{label} has unsupported kty '{kty}' (expected RSA, EC, OKP or oct)");
         }
         if (algorithm != JwsAlgorithm.Unknown && !result.Accepts(algorithm))
         {
             throw new FormatException($"{label}: alg '{algorithm}' does not fit kty '{kty}'");
         }
         return result;
+    }
+
+    /// <summary>RFC 8037 section 2: <c>{"kty":"OKP","crv":"Ed25519","x":BASE64URL(public key)}</c>.</summary>
+    private static JsonWebKey ParseOkp(JsonElement key, int index, string label, byte[]? kid, JwsAlgorithm algorithm)
+    {
+        string crv = OptionalString(key, "crv", index) ?? throw new FormatException($"{label}: OKP key without \"crv\"");
+        switch (crv)
+        {
+            case "Ed25519":
+                break;
+            case "Ed448":
+                // NSec (libsodium) has no Ed448, and no issuer we know of signs with it.
+                throw new FormatException($"{label}: curve 'Ed448' is not supported (EdDSA keys must be Ed25519)");
+            case "X25519" or "X448":
+                // Section 3.2: ECDH-ES curves; a signature key set should not hold them without "use": "enc".
+                throw new FormatException($"{label}: curve '{crv}' is for key agreement, not signatures (EdDSA keys must be Ed25519)");
+            default:
+                throw new FormatException($"{label}: unsupported curve '{crv}' (EdDSA keys must be Ed25519)");
+        }
+        if (key.TryGetProperty("d", out _))
+        {
+            // A private key in a published key set is a leak; refuse it rather than quietly use the public half.
+            throw new FormatException($"{label}: OKP key carries a private part \"d\"; publish only the public key");
+        }
+        byte[] x = Required(key, "x", label);
+        // RFC 8032 section 5.1.5: an Ed25519 public key is 32 bytes.
+        if (x.Length != 32 || !TryImportEd25519(x, label, out PublicKey? publicKey))
+        {
+            throw new FormatException($"{label}: \"x\" must be a 32-byte Ed25519 public key (RFC 8037 section 2)");
+        }
+        return new JsonWebKey { KeyType = JwkKeyType.Okp, Kid = kid, Algorithm = algorithm, Ed25519 = publicKey };
+    }
+
+    private static bool TryImportEd25519(byte[] x, string label, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out PublicKey? publicKey)
+    {
+        try
+        {
+            return PublicKey.TryImport(SignatureAlgorithm.Ed25519, x, KeyBlobFormat.RawPublicKey, out publicKey);
+        }
+        catch (Exception e) when (e is PlatformNotSupportedException or DllNotFoundException or TypeInitializationException)
+        {
+            // NSec loads libsodium on first use; a binary shipped without libsodium.so would otherwise crash on
+            // an unhandled exception here. As a config error, every other key type keeps working.
+            throw new FormatException($"{label}: Ed25519 is unavailable because libsodium could not be loaded; ship libsodium.so next to the proxy executable ({(e.InnerException ?? e).GetType().Name})");
+        }
     }
 
     private static string? OptionalString(JsonElement key, string name, int index)

@@ -45,7 +45,11 @@ internal sealed record JwtOptions
     public IReadOnlyList<string> RequiredRoles { get; init; } = [];
     /// <summary>True: every required role must be present; false: any one of them suffices.</summary>
     public bool AllRoles { get; init; } = true;
-    /// <summary>The claim holding roles: an array of strings, or a space-separated string.</summary>
+    /// <summary>
+    /// The claim holding roles: an array of strings, or a space-separated string. A dotted name is a path into
+    /// nested objects (<c>realm_access.roles</c>, as Keycloak issues); a top-level name containing a dot cannot be
+    /// named. At most <see cref="JwtFilter.MaxRolesPathSegments"/> segments.
+    /// </summary>
     public string RolesClaim { get; init; } = "roles";
     /// <summary>Claims that must equal the given value (a string claim, or an array of strings containing it); at most 64.</summary>
     public IReadOnlyList<KeyValuePair<string, string>> RequiredClaims { get; init; } = [];
@@ -74,6 +78,9 @@ internal sealed class JwtFilter : IRequestHeadersFilter
 
     private const int MaxScopes = 64;
 
+    /// <summary>Deepest roles_claim path (<c>a.b.c.d</c>); Keycloak's deepest is three (<c>resource_access.CLIENT.roles</c>).</summary>
+    public const int MaxRolesPathSegments = 8;
+
     private static readonly byte[] s_problemJson = "application/problem+json"u8.ToArray();
 
     // Indexed by JwtResult.
@@ -96,7 +103,8 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     private readonly byte[][] _roles;
     private readonly ulong _allRoles;
     private readonly bool _rolesAll;
-    private readonly byte[] _rolesClaim;
+    /// <summary>The roles_claim path split at '.' once, at compile time: one UTF-8 name per nesting level.</summary>
+    private readonly byte[][] _rolesPath;
     private readonly byte[][] _claimNames;
     private readonly byte[][] _claimValues;
     private readonly ulong _allClaims;
@@ -133,7 +141,8 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         _roles = options.RequiredRoles.Select(Encoding.UTF8.GetBytes).ToArray();
         _allRoles = Mask(_roles.Length);
         _rolesAll = options.AllRoles;
-        _rolesClaim = Encoding.UTF8.GetBytes(options.RolesClaim);
+        _rolesPath = options.RolesClaim.Split('.').Select(Encoding.UTF8.GetBytes).ToArray();
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(_rolesPath.Length, MaxRolesPathSegments);
         _claimNames = options.RequiredClaims.Select(c => Encoding.UTF8.GetBytes(c.Key)).ToArray();
         _claimValues = options.RequiredClaims.Select(c => Encoding.UTF8.GetBytes(c.Value)).ToArray();
         _allClaims = Mask(_claimNames.Length);
@@ -434,6 +443,11 @@ internal sealed class JwtFilter : IRequestHeadersFilter
                     int field = algorithm switch { JwsAlgorithm.ES256 => 32, JwsAlgorithm.ES384 => 48, _ => 66 };
                     return signature.Length == 2 * field
                         && key.ECDsa!.VerifyData(data, signature, Hash(algorithm), DSASignatureFormat.IeeeP1363FixedFieldConcatenation);
+                case JwsAlgorithm.EdDSA:
+                    // RFC 8037 section 3.1: Ed25519 over the signing input, a 64-byte signature (RFC 8032 section
+                    // 5.1.6). NSec verifies spans with the key imported at load: nothing is allocated here.
+                    return signature.Length == NSec.Cryptography.SignatureAlgorithm.Ed25519.SignatureSize
+                        && NSec.Cryptography.SignatureAlgorithm.Ed25519.Verify(key.Ed25519!, data, signature);
                 default:
                     // Section 3.2: HMAC; compared in constant time so the answer's timing says nothing about the MAC.
                     byte[] secret = key.Secret!;
@@ -484,13 +498,13 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         {
             // Configured claims first: a required claim or the roles claim may share a name with a registered one.
             int claim = _claimNames.Length == 0 ? -1 : ClaimIndex(ref reader);
-            bool isRoles = _roles.Length > 0 && reader.ValueTextEquals(_rolesClaim);
+            bool isRoles = _roles.Length > 0 && reader.ValueTextEquals(_rolesPath[0]);
             if (claim >= 0 || isRoles)
             {
                 reader.Read();
                 if (isRoles)
                 {
-                    roles |= MatchList(ref reader, _roles);
+                    roles |= MatchRoles(ref reader, 1);
                 }
                 if (claim >= 0)
                 {
@@ -684,6 +698,37 @@ internal sealed class JwtFilter : IRequestHeadersFilter
             {
                 found |= 1UL << i;
             }
+        }
+        return found;
+    }
+
+    /// <summary>
+    /// Bits of the required roles found under the roles path from <paramref name="level"/> on; the reader is on the
+    /// value of segment <c>level - 1</c> and is not moved (the caller skips the value). Nested levels are walked
+    /// on a copy of the reader (a struct: no allocation); recursion is bounded by <see cref="MaxRolesPathSegments"/>.
+    /// </summary>
+    private ulong MatchRoles(ref Utf8JsonReader reader, int level)
+    {
+        if (level == _rolesPath.Length)
+        {
+            return MatchList(ref reader, _roles);
+        }
+        if (reader.TokenType != JsonTokenType.StartObject)
+        {
+            // The path goes through a string, number or array: no roles there.
+            return 0;
+        }
+        ulong found = 0;
+        var copy = reader;
+        while (copy.Read() && copy.TokenType == JsonTokenType.PropertyName)
+        {
+            bool match = copy.ValueTextEquals(_rolesPath[level]);
+            copy.Read();
+            if (match)
+            {
+                found |= MatchRoles(ref copy, level + 1);
+            }
+            copy.Skip();
         }
         return found;
     }
