@@ -350,7 +350,8 @@ internal static class ConfigCompiler
         if (c.Retry is { } r)
         {
             text.Append("|rt:").Append(r.Attempts).Append(',').Append((int)r.On).Append(',').Append(r.BackoffBase.Ticks)
-                .Append(',').Append(r.BackoffMax.Ticks).Append(',').Append(r.BudgetPercent).Append(',').Append(r.PerTryTimeout.Ticks);
+                .Append(',').Append(r.BackoffMax.Ticks).Append(',').Append(r.BudgetPercent).Append(',').Append(r.PerTryTimeout.Ticks)
+                .Append(',').Append(r.NonIdempotent).Append(',').Append(r.MaxReplayBodyBytes);
         }
         if (c.Affinity is { } a)
         {
@@ -474,6 +475,7 @@ internal static class ConfigCompiler
             BudgetPercent = r.BudgetPercent ?? s_retryDefaults.BudgetPercent,
             PerTryTimeout = r.PerTryTimeout ?? TimeSpan.Zero,
             NonIdempotent = r.NonIdempotent ?? false,
+            MaxReplayBodyBytes = r.MaxReplayBodyBytes ?? s_retryDefaults.MaxReplayBodyBytes,
         };
     }
 

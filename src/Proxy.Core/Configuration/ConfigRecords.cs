@@ -296,6 +296,7 @@ internal sealed record RetryConfig
     public int? BudgetPercent { get; init; }
     public TimeSpan? PerTryTimeout { get; init; }
     public bool? NonIdempotent { get; init; }
+    public long? MaxReplayBodyBytes { get; init; }
 }
 
 internal sealed record CircuitBreakerConfig

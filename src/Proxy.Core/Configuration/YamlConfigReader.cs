@@ -53,7 +53,7 @@ internal sealed partial class YamlConfigReader
     private static readonly (string Name, AffinityMode Value)[] s_affinityModes = [("cookie", AffinityMode.Cookie), ("header", AffinityMode.Header)];
     private static readonly string[] s_healthCheckKeys = ["path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"];
     private static readonly string[] s_outlierKeys = ["consecutive_failures", "base_ejection", "max_ejection_percent"];
-    private static readonly string[] s_retryKeys = ["attempts", "on", "backoff", "budget_percent", "per_try_timeout", "non_idempotent"];
+    private static readonly string[] s_retryKeys = ["attempts", "on", "backoff", "budget_percent", "per_try_timeout", "non_idempotent", "max_replay_body_bytes"];
     private static readonly string[] s_backoffKeys = ["base", "max"];
     private static readonly string[] s_circuitBreakerKeys = ["max_connections", "max_pending", "max_requests"];
     private static readonly (string Name, RetryOn Value)[] s_retryConditions =
@@ -694,6 +694,7 @@ internal sealed partial class YamlConfigReader
             BudgetPercent = Int(map, "budget_percent", 0, 100),
             PerTryTimeout = Duration(map, "per_try_timeout"),
             NonIdempotent = Bool(map, "non_idempotent")?.Value,
+            MaxReplayBodyBytes = Size(map, "max_replay_body_bytes", 0, RetryModel.MaxReplayBodyLimit),
         };
     }
 

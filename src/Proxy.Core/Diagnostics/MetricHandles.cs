@@ -168,6 +168,13 @@ internal sealed class ClusterMetrics
 
     public long Retries => Volatile.Read(ref _retries);
 
+    private long _retriesSkippedBodyTooLarge;
+
+    /// <summary>A replayable request's body passed retry.max_replay_body_bytes: its copy was dropped and it will not be retried.</summary>
+    public void RetrySkippedBodyTooLarge() => Interlocked.Increment(ref _retriesSkippedBodyTooLarge);
+
+    public long RetriesSkippedBodyTooLarge => Volatile.Read(ref _retriesSkippedBodyTooLarge);
+
     public long OverloadedCount => Volatile.Read(ref _overloaded);
 
     public long ConnectFailures(ConnectFailure reason) => Volatile.Read(ref _connectFailures[(int)reason]);

@@ -230,6 +230,9 @@ internal sealed class ProxyMetrics : IDisposable
                 CollectDestinations(DestinationValue.Healthy)),
             new("proxy_upstream_retries_total", MetricType.Counter, "Requests tried again (retry block), by cluster.",
                 CollectClusterCounter(overloaded: false)),
+            new("proxy_upstream_retries_skipped_total", MetricType.Counter,
+                "Requests that could have been retried but lost the ability, by cluster and reason (body_too_large: the request body passed retry.max_replay_body_bytes, so no copy was kept to replay).",
+                CollectRetriesSkipped()),
             new("proxy_upstream_overloaded_total", MetricType.Counter,
                 "Requests refused by the circuit breaker with 503 upstream_overloaded, by cluster.", CollectClusterCounter(overloaded: true)),
             new("proxy_access_log_lines_total", MetricType.Counter, "Access log lines written.",
@@ -410,6 +413,16 @@ internal sealed class ProxyMetrics : IDisposable
         foreach (var cluster in Clusters())
         {
             samples.Add(new([new("cluster", cluster.Name)], cluster.ConnectionsOpened));
+        }
+        return samples;
+    }
+
+    private List<MetricSample> CollectRetriesSkipped()
+    {
+        var samples = new List<MetricSample>();
+        foreach (var cluster in Clusters())
+        {
+            samples.Add(new([new("cluster", cluster.Name), new("reason", "body_too_large")], cluster.RetriesSkippedBodyTooLarge));
         }
         return samples;
     }

@@ -60,12 +60,13 @@ internal sealed class BodyPump
 
     /// <summary>
     /// Copies a body. The destination may already hold an unflushed head: the first flush sends it along with
-    /// the first body bytes, so a small message leaves in one send.
+    /// the first body bytes, so a small message leaves in one send. A <paramref name="replay"/> buffer, when given, keeps
+    /// a copy of the decoded content and trailer section for a retry (it drops the copy itself past its limit).
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<PumpResult> CopyAsync(
         PipeReader source, PipeWriter? destination, BodyFraming inFraming, long contentLength,
-        BodyFraming outFraming, long maxBytes, IBodyPumpTimer timer)
+        BodyFraming outFraming, long maxBytes, IBodyPumpTimer timer, RequestReplayBuffer? replay = null)
     {
         BytesRead = 0;
         Reject = RejectReason.None;
@@ -109,6 +110,7 @@ internal sealed class BodyPump
                     {
                         ReadOnlySequence<byte> slice = buffer.Slice(0, take);
                         WriteData(destination, outFraming, slice);
+                        replay?.Append(slice);
                         consumed = slice.End;
                         remaining -= take;
                         BytesRead += take;
@@ -139,6 +141,7 @@ internal sealed class BodyPump
                                 return PumpResult.TooLarge;
                             }
                             WriteData(destination, outFraming, data);
+                            replay?.Append(data);
                         }
                         consumed = at;
                         rest = buffer.Slice(at);
@@ -167,6 +170,10 @@ internal sealed class BodyPump
                 }
             }
 
+            if (done && replay is not null && _decoder.HasTrailers)
+            {
+                replay.SetTrailers(_decoder.TrailerSection);
+            }
             if (done && destination is not null && outFraming == BodyFraming.Chunked)
             {
                 WriteLastChunk(destination);

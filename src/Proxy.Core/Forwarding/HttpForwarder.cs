@@ -34,6 +34,8 @@ internal sealed class HttpForwarder
     private DestinationState? _affinityPinned;
     /// <summary>Session affinity's Set-Cookie field to add to the final response head, when the request needs a (new) cookie.</summary>
     private byte[]? _setCookie;
+    /// <summary>The kept copy of a replayable request body (retry.max_replay_body_bytes); created by the first request that needs one.</summary>
+    private RequestReplayBuffer? _replay;
 
     /// <summary>
     /// Forwards the current request and relays the response. The work runs in <see cref="ForwardLoopAsync"/>, one
@@ -100,11 +102,18 @@ internal sealed class HttpForwarder
                 {
                     RequestHead head = _client.Head;
                     ClusterHealth health = cluster.Health;
-                    // RFC 9110 section 9.2.2: only idempotent requests may be replayed, and only when no body was streamed.
-                    // retry.non_idempotent opts a cluster into replaying other methods (bodiless gRPC POSTs).
-                    bool replayable = !head.HasBody && (head.Method is Http.HttpMethod.Get or Http.HttpMethod.Head
+                    // RFC 9110 section 9.2.2: only idempotent requests may be replayed; retry.non_idempotent opts a cluster into
+                    // replaying other methods (gRPC calls are POSTs). A body is replayable while its kept copy fits the limit.
+                    bool replayable = head.Method is Http.HttpMethod.Get or Http.HttpMethod.Head
                         or Http.HttpMethod.Options or Http.HttpMethod.Trace or Http.HttpMethod.Put or Http.HttpMethod.Delete
-                        || cluster.Retry is { NonIdempotent: true });
+                        || cluster.Retry is { NonIdempotent: true };
+                    RequestReplayBuffer? replay = null;
+                    if (replayable && head.HasBody)
+                    {
+                        replay = StartReplay(cluster, head);
+                        replayable = replay is not null;
+                    }
+                    bool bodySent = false;
                     DestinationState? previous = null;
 
                     // One pass per configured try (retry.attempts); each pass may also replay once on a dead pooled connection.
@@ -173,7 +182,24 @@ internal sealed class HttpForwarder
                                 UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination,
                                     _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader, _client.FilterContext);
 
-                                if (head.HasBody)
+                                if (bodySent)
+                                {
+                                    // A retry: the client's body went to an earlier try; send the kept copy in the same framing.
+                                    replay!.WriteHttp1(upstream.Output, head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength);
+                                    if (!await FlushUpstreamAsync(upstream).ConfigureAwait(false))
+                                    {
+                                        ReleaseUpstream();
+                                        if (mayRetry)
+                                        {
+                                            continue;
+                                        }
+                                        failure = ProxyError.UpstreamRequestWriteFailed;
+                                        cause = RetryOn.Reset;
+                                        health.ReportFailure(destination);
+                                        break;
+                                    }
+                                }
+                                else if (head.HasBody)
                                 {
                                     if (!await _client.SendContinueIfExpectedAsync().ConfigureAwait(false))
                                     {
@@ -184,12 +210,20 @@ internal sealed class HttpForwarder
                                     BodyFraming framing = head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength;
                                     _client.SetUpstreamTimeout(timeouts.StreamIdle);
                                     PumpResult sent = await _client.RequestPump.CopyAsync(_client.Input, upstream.Output, framing, head.ContentLength,
-                                        framing, _client.Listener.Limits.MaxBodyBytes, _client).ConfigureAwait(false);
+                                        framing, _client.Listener.Limits.MaxBodyBytes, _client, replay).ConfigureAwait(false);
                                     if (sent != PumpResult.Completed)
                                     {
+                                        // Never retried: the client's side of the body failed (or the upstream stopped taking it mid-way).
                                         ReleaseUpstream();
                                         outcome = await RequestBodyFailedAsync(sent).ConfigureAwait(false);
                                         goto Done;
+                                    }
+                                    bodySent = true;
+                                    if (replay is { IsOverLimit: true })
+                                    {
+                                        BodyTooLargeToReplay(cluster);
+                                        replay = null;
+                                        replayable = mayRetry = false;
                                     }
                                 }
                                 else if (!await FlushUpstreamAsync(upstream).ConfigureAwait(false))
@@ -315,6 +349,8 @@ internal sealed class HttpForwarder
                                             // No valid cookie for the destination that answered: (re)pin the client to it.
                                             _setCookie = pinning.SetCookieFor(destination);
                                         }
+                                        // The answer is final: the kept body is not needed while a long response streams.
+                                        replay?.Reset();
                                         outcome = await RelayResponseBodyAsync(cluster, destination, upstream).ConfigureAwait(false);
                                         goto Done;
                                     }
@@ -388,6 +424,8 @@ internal sealed class HttpForwarder
             {
                 loopError = e;
             }
+            // Every path (answered, failed, client gone) gives the kept body's blocks back here.
+            _replay?.Reset();
             _client.SetExchangeDeadline(long.MaxValue);
             // Reset before publishing: publishing may run the connection inline up to its next ForwardAsync call.
             _work.Reset();
@@ -426,6 +464,33 @@ internal sealed class HttpForwarder
             }
         }
         return error;
+    }
+
+    /// <summary>
+    /// Arms the replay buffer for a request body, or returns null when the cluster keeps no copy (no retry block,
+    /// <c>max_replay_body_bytes: 0</c>) or the declared length already passes the limit (counted like an overflow).
+    /// </summary>
+    private RequestReplayBuffer? StartReplay(ClusterModel cluster, RequestHead head)
+    {
+        if (cluster.Retry is not { MaxReplayBodyBytes: > 0 and var limit })
+        {
+            return null;
+        }
+        if (!head.Chunked && head.ContentLength > limit)
+        {
+            BodyTooLargeToReplay(cluster);
+            return null;
+        }
+        RequestReplayBuffer replay = _replay ??= new RequestReplayBuffer(BlockMemoryPool.Large);
+        replay.Start(limit);
+        return replay;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void BodyTooLargeToReplay(ClusterModel cluster)
+    {
+        cluster.RetryBudget?.BodyTooLarge();
+        cluster.Metrics?.RetrySkippedBodyTooLarge();
     }
 
     /// <summary>

@@ -532,6 +532,7 @@ internal static class AdminApi
                     json.WriteNumber("retries_in_flight", budget.RetriesInFlight);
                     json.WriteNumber("retried", budget.Retried);
                     json.WriteNumber("denied_by_budget", budget.Denied);
+                    json.WriteNumber("skipped_body_too_large", budget.SkippedBodyTooLarge);
                     json.WriteEndObject();
                 }
             }

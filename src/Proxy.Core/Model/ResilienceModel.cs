@@ -56,10 +56,20 @@ internal sealed class RetryModel
     public TimeSpan PerTryTimeout { get; init; }
     /// <summary>
     /// <c>non_idempotent</c>: requests of any method may be replayed (RFC 9110 section 9.2.2 allows it when the
-    /// user agent knows the request is safe to repeat; gRPC calls are POSTs). Bodies are never buffered for a replay,
-    /// so a request with a body is still tried once.
+    /// user agent knows the request is safe to repeat; gRPC calls are POSTs). A request with a body is replayed only
+    /// while its body fits <see cref="MaxReplayBodyBytes"/>.
     /// </summary>
     public bool NonIdempotent { get; init; }
+
+    /// <summary>Largest value <c>max_replay_body_bytes</c> accepts: a kept copy is memory held per request in flight.</summary>
+    public const long MaxReplayBodyLimit = 16 * 1024 * 1024;
+
+    /// <summary>
+    /// <c>max_replay_body_bytes</c>: a request body (content plus trailer section) up to this size is kept in pooled blocks
+    /// while it streams to the first try, so a retry can send it again; a larger one drops its copy and is not retried
+    /// (Envoy's per_request_buffer_limit_bytes). Zero: requests with a body are never retried.
+    /// </summary>
+    public long MaxReplayBodyBytes { get; init; } = 64 * 1024;
 
     public bool RetriesStatus(int status) => status switch
     {

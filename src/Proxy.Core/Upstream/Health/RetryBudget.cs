@@ -16,6 +16,7 @@ internal sealed class RetryBudget
     private int _retries;
     private long _retried;
     private long _denied;
+    private long _bodyTooLarge;
 
     public RetryBudget(RetryModel model) => Model = model;
 
@@ -26,6 +27,11 @@ internal sealed class RetryBudget
     public long Retried => Interlocked.Read(ref _retried);
     /// <summary>Retries wanted but refused by the budget since start.</summary>
     public long Denied => Interlocked.Read(ref _denied);
+    /// <summary>Requests whose body passed <c>max_replay_body_bytes</c> since start: their copy was dropped, so they could not be retried.</summary>
+    public long SkippedBodyTooLarge => Interlocked.Read(ref _bodyTooLarge);
+
+    /// <summary>A replayable request's body outgrew the replay limit (see <see cref="SkippedBodyTooLarge"/>).</summary>
+    public void BodyTooLarge() => Interlocked.Increment(ref _bodyTooLarge);
 
     public void RequestStarted() => Interlocked.Increment(ref _requests);
     public void RequestEnded() => Interlocked.Decrement(ref _requests);
