@@ -1,4 +1,5 @@
 using System.Net;
+using System.Runtime.CompilerServices;
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
@@ -23,13 +24,19 @@ internal sealed class H2Upstream : IAsyncDisposable
 {
     private readonly WebApplication _app;
 
-    private H2Upstream(WebApplication app, int port)
+    private H2Upstream(WebApplication app, int port, StrongBox<long> written)
     {
         _app = app;
         Port = port;
+        _written = written;
     }
 
+    private readonly StrongBox<long> _written;
+
     public int Port { get; }
+
+    /// <summary>Body bytes <c>/stream/{n}</c> handed to Kestrel so far (written, not necessarily received).</summary>
+    public long BytesWritten => Interlocked.Read(ref _written.Value);
 
     public static async Task<H2Upstream> StartAsync(HttpProtocols protocols = HttpProtocols.Http2, X509Certificate2? certificate = null, int port = 0,
         int maxStreams = 100)
@@ -50,7 +57,20 @@ internal sealed class H2Upstream : IAsyncDisposable
             });
         });
         var app = builder.Build();
+        var written = new StrongBox<long>();
         app.MapGrpcService<GreeterService>();
+        app.MapGet("/stream/{n:int}", async (HttpContext c, int n) =>
+        {
+            c.Response.ContentLength = n;
+            var chunk = new byte[16 * 1024];
+            Array.Fill(chunk, (byte)'s');
+            for (int sent = 0; sent < n; sent += chunk.Length)
+            {
+                int size = Math.Min(chunk.Length, n - sent);
+                await c.Response.Body.WriteAsync(chunk.AsMemory(0, size));
+                Interlocked.Add(ref written.Value, size);
+            }
+        });
         app.MapGet("/info", (HttpContext c) =>
             $"{c.Request.Protocol}|{c.Connection.Id}|{c.Request.Host}|{c.Request.Headers["x-forwarded-for"]}|{c.Request.Headers.TE}");
         app.MapPost("/echo", async (HttpContext c) =>
@@ -85,7 +105,7 @@ internal sealed class H2Upstream : IAsyncDisposable
         using var cts = new CancellationTokenSource(TestDefaults.Timeout);
         await app.StartAsync(cts.Token);
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        return new H2Upstream(app, new Uri(address).Port);
+        return new H2Upstream(app, new Uri(address).Port, written);
     }
 
     public async ValueTask DisposeAsync()

@@ -97,6 +97,44 @@ public sealed class Http2UpstreamTests : IDisposable
     }
 
     [Fact]
+    public async Task H2c_SlowClient_BackpressuresUpstreamStream()
+    {
+        const int total = 64 * 1024 * 1024;
+        await using var upstream = await H2Upstream.StartAsync();
+        await using var proxy = await StartProxyAsync("h2c", $"http://127.0.0.1:{upstream.Port}");
+        await using var client = await proxy.ConnectAsync();
+        client.Socket.ReceiveBufferSize = 64 * 1024;
+
+        await client.SendAsync($"GET /stream/{total} HTTP/1.1\r\nHost: x\r\n\r\n");
+        // The client reads nothing: wait until the upstream is stuck (no progress for 500 ms).
+        long buffered = 0;
+        for (int i = 0; i < 40; i++)
+        {
+            await Task.Delay(500);
+            long now = upstream.BytesWritten;
+            if (now > 0 && now == buffered)
+            {
+                break;
+            }
+            buffered = now;
+        }
+
+        // Windows, pipes and socket buffers hold a few MiB at most; without backpressure all 64 MiB would be gone.
+        Assert.InRange(buffered, 1, 16 * 1024 * 1024);
+        var sink = new CountingSink();
+        var response = await client.ReadResponseAsync(sink: sink, timeout: TimeSpan.FromSeconds(30));
+        Assert.Equal(200, response.Status);
+        Assert.Equal(total, sink.Count);
+    }
+
+    private sealed class CountingSink : IBodySink
+    {
+        public long Count { get; private set; }
+
+        public void Write(ReadOnlySpan<byte> data) => Count += data.Length;
+    }
+
+    [Fact]
     public async Task H2c_ConcurrentRequests_MultiplexOverFewConnections()
     {
         await using var upstream = await H2Upstream.StartAsync();

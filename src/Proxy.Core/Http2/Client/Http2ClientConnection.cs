@@ -15,8 +15,9 @@ namespace Proxy.Http2.Client;
 /// streams and sending bodies, the read loop's acknowledgements) take turns through one write gate, which also
 /// keeps header blocks in HPACK encoding order and stream ids increasing on the wire (section 5.1.1).
 /// <para>
-/// Concurrency: <c>_sync</c> guards the stream table, the windows and the counters; a stream's own lock guards the
-/// delivery into its pipe (see <see cref="Http2ClientStream"/>); lock order is stream, then <c>_sync</c>.
+/// Concurrency: <c>_sync</c> guards the stream table, the windows and the counters; a stream's own lock guards its
+/// state (see <see cref="Http2ClientStream"/>); lock order is stream, then <c>_sync</c>. Nothing that can resume a
+/// forwarder inline (pipe flush, completion, cancelled read) runs under either lock.
 /// </para>
 /// </summary>
 internal sealed class Http2ClientConnection
@@ -345,13 +346,18 @@ internal sealed class Http2ClientConnection
         }
         int resetId = 0;
         bool closeNow;
+        bool recycle;
         lock (stream)
         {
             stream.Released = true;
-            if (!stream.WriterCompleted)
+            // The read loop may be flushing or completing the pipe outside its lock (the forwarder can be running
+            // inline from it right now): it then recycles the stream when it is done.
+            recycle = !stream.Delivering;
+            stream.RecyclePending = !recycle;
+            if (recycle && !stream.WriterCompleted)
             {
                 stream.WriterCompleted = true;
-                stream.ResponseWriter.Complete();
+                stream.ResponseWriter.Complete(); // the reader is complete: no continuation runs here
             }
             lock (_sync)
             {
@@ -364,8 +370,11 @@ internal sealed class Http2ClientConnection
                     _windowWaiters.Remove(stream);
                     stream.WaitingForWindow = false;
                 }
-                stream.ResetPipe();
-                _free.Push(stream);
+                if (recycle)
+                {
+                    stream.ResetPipe();
+                    _free.Push(stream);
+                }
                 _active--;
                 IdleSince = Environment.TickCount64;
                 closeNow = _active == 0 && (_goingAway || _pool.Retired) && !_closed;
@@ -392,6 +401,7 @@ internal sealed class Http2ClientConnection
             id = stream.Id;
             AbortStream(stream, Http2ErrorCode.CANCEL, refused: false);
         }
+        CompleteResponse(stream);
         return id == 0 ? ValueTask.CompletedTask : WriteResetAsync(id, Http2ErrorCode.CANCEL);
     }
 
@@ -514,13 +524,19 @@ internal sealed class Http2ClientConnection
                 }
                 if (Find(header.StreamId) is { } stream)
                 {
+                    bool reset = false;
                     lock (stream)
                     {
                         if (!stream.Released && stream.Id == header.StreamId)
                         {
                             // REFUSED_STREAM: not processed at all, safe to retry (section 8.7).
                             AbortStream(stream, code, refused: code == Http2ErrorCode.REFUSED_STREAM);
+                            reset = true;
                         }
+                    }
+                    if (reset)
+                    {
+                        CompleteResponse(stream);
                     }
                 }
                 return Http2FrameError.None;
@@ -588,11 +604,11 @@ internal sealed class Http2ClientConnection
                 : Http2FrameError.None;                                     // a stream we reset: ignored (section 5.4.2)
         }
         bool end = header.HasFlag(Http2Flags.END_STREAM);
-        ValueTask<FlushResult> flush = default;
-        bool flushed = false;
+        bool flush = false;
+        bool aborted = false;
         lock (stream)
         {
-            if (stream.Released || stream.Id != header.StreamId || stream.WriterCompleted)
+            if (stream.Released || stream.Id != header.StreamId || stream.WriterCompleted || stream.Delivering)
             {
                 return Http2FrameError.None;
             }
@@ -608,9 +624,9 @@ internal sealed class Http2ClientConnection
                 // Above the window, or DATA before the response head (section 8.1): a malformed stream.
                 AbortStream(stream, code != Http2ErrorCode.NO_ERROR ? code : Http2ErrorCode.PROTOCOL_ERROR, refused: false);
                 _ = WriteResetAsync(header.StreamId, code != Http2ErrorCode.NO_ERROR ? code : Http2ErrorCode.PROTOCOL_ERROR).AsTask();
-                return Http2FrameError.None;
+                aborted = true;
             }
-            if (!data.IsEmpty)
+            else if (!data.IsEmpty)
             {
                 foreach (ReadOnlyMemory<byte> segment in data)
                 {
@@ -618,20 +634,29 @@ internal sealed class Http2ClientConnection
                 }
                 if (!end)
                 {
-                    // No pause threshold: completes at once, resuming the forwarder inline on this thread (under the
-                    // stream's lock, which it may re-enter; it takes no other lock before its next asynchronous wait).
-                    flush = stream.ResponseWriter.FlushAsync();
-                    flushed = true;
+                    stream.Delivering = true;
+                    flush = true;
                 }
             }
-            if (end)
+            if (end && !aborted)
             {
-                EndStream(stream);
+                stream.EndReceived = true;
             }
         }
-        if (flushed && !flush.IsCompleted)
+        if (flush)
         {
-            _ = flush.AsTask();
+            // No pause threshold: completes at once, resuming the forwarder inline on this thread, outside our locks
+            // (Delivering keeps a release in the meantime from recycling the pipe under us).
+            ValueTask<FlushResult> flushing = stream.ResponseWriter.FlushAsync();
+            if (!flushing.IsCompleted)
+            {
+                _ = flushing.AsTask();
+            }
+            EndDelivery(stream);
+        }
+        else if (end || aborted)
+        {
+            CompleteResponse(stream);
         }
         return Http2FrameError.None;
     }
@@ -711,9 +736,10 @@ internal sealed class Http2ClientConnection
             return Http2FrameError.None;
         }
         bool wake = false;
+        bool end = false;
         lock (stream)
         {
-            if (stream.Released)
+            if (stream.Released || stream.WriterCompleted || stream.Delivering)
             {
                 return Http2FrameError.None;
             }
@@ -725,27 +751,36 @@ internal sealed class Http2ClientConnection
             {
                 AbortStream(stream, Http2ErrorCode.PROTOCOL_ERROR, refused: false);
                 _ = WriteResetAsync(stream.Id, Http2ErrorCode.PROTOCOL_ERROR).AsTask();
-                return Http2FrameError.None;
+                end = true;
             }
-            if (trailers)
+            else if (trailers)
             {
                 stream.HasTrailers = true;
-                EndStream(stream);
+                stream.EndReceived = end = true;
             }
             else if (stream.Head.StatusCode >= 200)
             {
                 stream.MarkHeadReady();
-                wake = true;
                 if (_continuationEndStream)
                 {
-                    EndStream(stream);
+                    stream.EndReceived = end = true; // completing the pipe wakes the forwarder
+                }
+                else
+                {
+                    wake = true;
+                    stream.Delivering = true;
                 }
             }
             // A 1xx interim head is dropped: the final one follows on the same stream (section 8.1).
         }
-        if (wake)
+        if (end)
+        {
+            CompleteResponse(stream);
+        }
+        else if (wake)
         {
             stream.ResponseReader.CancelPendingRead();
+            EndDelivery(stream);
         }
         return Http2FrameError.None;
     }
@@ -861,12 +896,18 @@ internal sealed class Http2ClientConnection
         // Streams above the last id were never processed: they end "refused" and are retried elsewhere (section 6.8).
         foreach (Http2ClientStream stream in _wake)
         {
+            bool refused = false;
             lock (stream)
             {
                 if (!stream.Released)
                 {
                     AbortStream(stream, Http2ErrorCode.REFUSED_STREAM, refused: true);
+                    refused = true;
                 }
+            }
+            if (refused)
+            {
+                CompleteResponse(stream);
             }
         }
         _wake.Clear();
@@ -969,18 +1010,92 @@ internal sealed class Http2ClientConnection
         }
     }
 
-    /// <summary>Completes the response side of a stream normally (END_STREAM). Caller holds the stream's lock.</summary>
-    private static void EndStream(Http2ClientStream stream)
+    /// <summary>
+    /// Completes the stream's response pipe (END_STREAM, reset, connection loss). Called with none of our locks held:
+    /// completing wakes the forwarder inline, and it runs until its next asynchronous wait (possibly through its whole
+    /// response and into the client's next request). When another thread is already flushing the pipe, that thread
+    /// completes it when done (<see cref="EndDelivery"/>); pipe writer calls never overlap.
+    /// </summary>
+    private void CompleteResponse(Http2ClientStream stream)
     {
-        stream.EndReceived = true;
-        if (!stream.WriterCompleted)
+        lock (stream)
         {
+            if (stream.WriterCompleted)
+            {
+                return;
+            }
+            if (stream.Delivering)
+            {
+                stream.CompletePending = true;
+                return;
+            }
             stream.WriterCompleted = true;
+            if (stream.Released)
+            {
+                stream.ResponseWriter.Complete(); // the reader is complete: nothing runs inline
+                return;
+            }
+            stream.Delivering = true;
+        }
+        stream.ResponseWriter.Complete();
+        EndDelivery(stream);
+    }
+
+    /// <summary>
+    /// After a flush, a completion or a wake-up made outside the stream's lock: completes the pipe if that was asked
+    /// meanwhile, and recycles the stream if the forwarder released it meanwhile.
+    /// </summary>
+    private void EndDelivery(Http2ClientStream stream)
+    {
+        while (true)
+        {
+            bool complete = false;
+            bool recycle = false;
+            lock (stream)
+            {
+                if (stream.Released)
+                {
+                    if (!stream.WriterCompleted)
+                    {
+                        stream.WriterCompleted = true;
+                        stream.ResponseWriter.Complete(); // the reader is complete: nothing runs inline
+                    }
+                    stream.Delivering = stream.CompletePending = false;
+                    recycle = stream.RecyclePending;
+                    stream.RecyclePending = false;
+                }
+                else if (stream.CompletePending && !stream.WriterCompleted)
+                {
+                    stream.CompletePending = false;
+                    stream.WriterCompleted = true;
+                    complete = true; // still Delivering
+                }
+                else
+                {
+                    stream.Delivering = stream.CompletePending = false;
+                }
+            }
+            if (recycle)
+            {
+                lock (_sync)
+                {
+                    stream.ResetPipe();
+                    _free.Push(stream);
+                }
+                return;
+            }
+            if (!complete)
+            {
+                return;
+            }
             stream.ResponseWriter.Complete();
         }
     }
 
-    /// <summary>Ends a stream abnormally: its reader sees the end, its pump's window wait fails. Caller holds the stream's lock.</summary>
+    /// <summary>
+    /// Marks a stream ended abnormally and fails its pump's window wait. Caller holds the stream's lock, and calls
+    /// <see cref="CompleteResponse"/> after releasing it so the forwarder sees the end.
+    /// </summary>
     private void AbortStream(Http2ClientStream stream, Http2ErrorCode code, bool refused)
     {
         bool signal;
@@ -1000,11 +1115,6 @@ internal sealed class Http2ClientConnection
                 _windowWaiters.Remove(stream);
                 stream.WaitingForWindow = false;
             }
-        }
-        if (!stream.WriterCompleted)
-        {
-            stream.WriterCompleted = true;
-            stream.ResponseWriter.Complete();
         }
         if (signal)
         {
@@ -1028,12 +1138,18 @@ internal sealed class Http2ClientConnection
         }
         foreach (Http2ClientStream stream in streams)
         {
+            bool lost = false;
             lock (stream)
             {
                 if (!stream.Released)
                 {
                     AbortStream(stream, code == Http2ErrorCode.NO_ERROR ? Http2ErrorCode.CANCEL : code, refused: false);
+                    lost = true;
                 }
+            }
+            if (lost)
+            {
+                CompleteResponse(stream);
             }
         }
         _pool.ConnectionClosed(this);

@@ -16,8 +16,10 @@ namespace Proxy.Http2.Client;
 /// <see cref="HeadReady"/> plus a cancelled read, so the forwarder's one wait (and the client connection's heartbeat
 /// timer, which cancels reads on a timeout) covers head, body and trailers alike.
 /// </para>
-/// Concurrency: the read loop delivers under <c>lock (this)</c>; the forwarder releases under the same lock, so a
-/// late frame never reaches a stream that went back to the pool. Windows are guarded by the connection's lock.
+/// Concurrency: state changes happen under <c>lock (this)</c>; pipe flushes, completions and wake-ups happen outside
+/// it (they run the forwarder inline), guarded by <see cref="Delivering"/>, so a release meanwhile defers recycling
+/// to the delivering thread and a late frame never reaches a stream that went back to the pool. Windows are guarded
+/// by the connection's lock.
 /// </summary>
 internal sealed class Http2ClientStream : IValueTaskSource<bool>
 {
@@ -65,6 +67,12 @@ internal sealed class Http2ClientStream : IValueTaskSource<bool>
 
     internal bool WriterCompleted;
     internal bool Released;
+    /// <summary>A thread is flushing, completing or waking the pipe outside the lock; pipe writer calls must not overlap.</summary>
+    internal bool Delivering;
+    /// <summary>Released while <see cref="Delivering"/>: the delivering thread returns the stream to the pool.</summary>
+    internal bool RecyclePending;
+    /// <summary>The response ended while <see cref="Delivering"/>: the delivering thread completes the pipe.</summary>
+    internal bool CompletePending;
     /// <summary>A header block is being decoded for this stream: the head while false, trailers once true.</summary>
     internal bool DecodingTrailers;
 
@@ -87,6 +95,7 @@ internal sealed class Http2ClientStream : IValueTaskSource<bool>
         EndReceived = EndSent = Aborted = Refused = HasTrailers = false;
         ResetCode = Http2ErrorCode.NO_ERROR;
         WriterCompleted = Released = DecodingTrailers = WaitingForWindow = false;
+        Delivering = RecyclePending = CompletePending = false;
         SendWindow = new FlowControlWindow(sendWindow);
         ReceiveWindow = new FlowControlWindow(receiveWindow);
         ReceiveUnacked = 0;
