@@ -329,7 +329,7 @@ internal static class ConfigCompiler
         var text = new StringBuilder();
         text.Append(c.Name).Append('|').Append(c.LoadBalancing).Append('|').Append(c.ConnectTimeout.Ticks).Append('|')
             .Append(c.RequestTimeout.Ticks).Append('|').Append(c.ResponseTimeout.Ticks).Append('|').Append(c.StreamIdleTimeout.Ticks).Append('|').Append(c.MaxConnections).Append('|').Append(c.IdleTimeout.Ticks)
-            .Append('|').Append(c.PanicMode);
+            .Append('|').Append(c.PanicMode).Append('|').Append(c.Protocol).Append('|').Append(c.Http2MaxStreams);
         if (c.Tls is { } tls)
         {
             text.Append("|tls:").Append(tls.Description);
@@ -401,6 +401,8 @@ internal static class ConfigCompiler
             Policy = LoadBalancingPolicies.Create(c.LoadBalancing),
             Metrics = new ClusterMetrics(c.Name.Value),
             Tls = Proxy.Transport.Tls.TlsConfigCompiler.BuildCluster(c, baseDirectory),
+            Protocol = c.Protocol?.Value ?? Proxy.Upstream.UpstreamProtocol.Http1,
+            Http2MaxStreams = c.Http2MaxStreams ?? s_clusterDefaults.Http2MaxStreams,
         };
     }
 

@@ -255,6 +255,10 @@ internal sealed record ClusterConfig
     /// <summary>TLS settings for https:// destinations; null: defaults (SNI from the address, system trust store).</summary>
     public UpstreamTlsConfig? Tls { get; init; }
     public SessionAffinityConfig? SessionAffinity { get; init; }
+    /// <summary><c>protocol</c>: http1 (default), h2, h2c, auto.</summary>
+    public Located<Proxy.Upstream.UpstreamProtocol>? Protocol { get; init; }
+    /// <summary><c>http2.max_streams_per_connection</c>.</summary>
+    public int? Http2MaxStreams { get; init; }
 }
 
 /// <summary>A cluster's <c>session_affinity:</c> block.</summary>

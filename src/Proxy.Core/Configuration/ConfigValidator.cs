@@ -187,8 +187,33 @@ internal static class ConfigValidator
                 errors.Add(affinityName.Mark, $"session_affinity 'name' must be a token (RFC 9110 section 5.6.2, RFC 6265 section 4.1.1), got '{affinityName.Value}'");
             }
             Proxy.Transport.Tls.TlsConfigCompiler.ValidateCluster(cluster, config.BaseDirectory, errors);
+            ValidateProtocol(cluster, errors);
         }
         return names;
+    }
+
+    /// <summary>
+    /// h2 is HTTP/2 over TLS only (ALPN), h2c cleartext only (prior knowledge): a destination of the other scheme
+    /// could never be reached, so it is a configuration error rather than a run-time 502 (docs/http2.md).
+    /// </summary>
+    private static void ValidateProtocol(ClusterConfig cluster, ConfigErrorList errors)
+    {
+        if (cluster.Protocol is not { } protocol)
+        {
+            return;
+        }
+        foreach (var destination in cluster.Destinations)
+        {
+            bool secure = ConfigSyntax.IsSecureDestination(destination.Address.Value);
+            if (protocol.Value == Proxy.Upstream.UpstreamProtocol.H2 && !secure)
+            {
+                errors.Add(destination.Address.Mark, $"cluster '{cluster.Name.Value}' has protocol h2 (HTTP/2 over TLS) but destination '{destination.Address.Value}' is not https://; use protocol h2c for cleartext HTTP/2");
+            }
+            else if (protocol.Value == Proxy.Upstream.UpstreamProtocol.H2c && secure)
+            {
+                errors.Add(destination.Address.Mark, $"cluster '{cluster.Name.Value}' has protocol h2c (cleartext HTTP/2) but destination '{destination.Address.Value}' is https://; use protocol h2 for HTTP/2 over TLS");
+            }
+        }
     }
 
     /// <summary>

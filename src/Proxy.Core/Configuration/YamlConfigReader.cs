@@ -47,7 +47,13 @@ internal sealed partial class YamlConfigReader
     [
         "load_balancing", "destinations", "connect_timeout", "request_timeout", "max_connections", "idle_timeout",
         "health_check", "outlier_detection", "retry", "circuit_breaker", "panic_mode", "response_timeout", "stream_idle_timeout",
-        "session_affinity", "tls",
+        "session_affinity", "tls", "protocol", "http2",
+    ];
+    private static readonly string[] s_clusterHttp2Keys = ["max_streams_per_connection"];
+    private static readonly (string Name, Proxy.Upstream.UpstreamProtocol Value)[] s_upstreamProtocols =
+    [
+        ("http1", Proxy.Upstream.UpstreamProtocol.Http1), ("h2", Proxy.Upstream.UpstreamProtocol.H2),
+        ("h2c", Proxy.Upstream.UpstreamProtocol.H2c), ("auto", Proxy.Upstream.UpstreamProtocol.Auto),
     ];
     private static readonly string[] s_affinityKeys = ["mode", "name", "ttl"];
     private static readonly (string Name, AffinityMode Value)[] s_affinityModes = [("cookie", AffinityMode.Cookie), ("header", AffinityMode.Header)];
@@ -603,6 +609,9 @@ internal sealed partial class YamlConfigReader
             PanicMode = Bool(map, "panic_mode")?.Value,
             Tls = map.Get("tls") is { } t ? ReadUpstreamTls(t) : null,
             SessionAffinity = map.Get("session_affinity") is { } a ? ReadSessionAffinity(a) : null,
+            Protocol = Enum(map, "protocol", s_upstreamProtocols),
+            Http2MaxStreams = map.Get("http2") is { } h2 && Map(h2, "'http2'", s_clusterHttp2Keys) is { } http2
+                ? Int(http2, "max_streams_per_connection", 1, 10_000) : null,
         };
     }
 

@@ -16,7 +16,7 @@ namespace Proxy.Forwarding;
 /// X-Forwarded-* written by us), bodies are re-framed and streamed through <see cref="BodyPump"/> so neither
 /// side's body is ever buffered whole.
 /// </summary>
-internal sealed class HttpForwarder
+internal sealed partial class HttpForwarder
 {
     /// <summary>Tells clients and load balancers in front that the 503 is the proxy shedding load, not the upstream failing.</summary>
     internal static readonly byte[] OverloadedField = "x-proxy-overloaded: true\r\n"u8.ToArray();
@@ -148,6 +148,27 @@ internal sealed class HttpForwarder
                             ConnectionPool pool = destination.Pool!;
                             for (int attempt = 0; ; attempt++)
                             {
+                                // HTTP/2 destinations (cluster protocol h2, h2c, auto over TLS): HttpForwarder.Http2.cs.
+                                if (pool.Http2 is { UseHttp2: true } http2)
+                                {
+                                    Http2Step step = await ForwardHttp2Async(http2, cluster, destination, timeouts, exchangeDeadline, attempt).ConfigureAwait(false);
+                                    if (step == Http2Step.Answered)
+                                    {
+                                        outcome = _http2Outcome;
+                                        goto Done;
+                                    }
+                                    if (step == Http2Step.Replay)
+                                    {
+                                        continue;
+                                    }
+                                    if (step == Http2Step.Failed)
+                                    {
+                                        failure = _http2Failure;
+                                        cause = _http2Cause;
+                                        break;
+                                    }
+                                    // UseHttp2 went false (auto, the peer picked http/1.1): on to the HTTP/1.1 path below.
+                                }
                                 UpstreamConnection? upstream = attempt == 0 ? pool.TryRentIdle() : null;
                                 if (upstream is null)
                                 {

@@ -26,6 +26,43 @@ internal static class UpstreamRequestWriter
         DestinationState destination, RequestTelemetry? telemetry = null, ClientTransport? transport = null,
         byte[]? clientCertificateHeader = null, Pipeline.RequestContext? edits = null)
     {
+        output.Write(head.MethodBytes);
+        output.Write(" "u8);
+        output.Write(head.Target);
+        output.Write(Http11Suffix);
+
+        WriteFields(output, head, forwarded, clientAddress, destination, telemetry, transport, clientCertificateHeader, edits);
+
+        if (head.Chunked)
+        {
+            output.Write("transfer-encoding: chunked\r\n"u8);
+        }
+        else if (head.ContentLength >= 0)
+        {
+            output.Write("content-length: "u8);
+            output.WriteNumber(head.ContentLength);
+            output.Write("\r\n"u8);
+        }
+
+        if (head.IsUpgrade && head.TryGetHeader("upgrade"u8, out ReadOnlySpan<byte> protocol))
+        {
+            output.Write("connection: upgrade\r\n"u8);
+            output.WriteField("upgrade"u8, protocol);
+        }
+        output.Write("\r\n"u8);
+    }
+
+    /// <summary>
+    /// The field lines both protocols send upstream: the client's end-to-end fields minus what filters, tracing and
+    /// forwarding replace, then ours (request id, trace context, client certificate, filter additions, Host when the
+    /// client sent none, X-Forwarded-*). No framing and no connection fields: HTTP/1.1 adds its own after these, and
+    /// the HTTP/2 client turns the lines into a field block (Http2/Client/Http2RequestEncoder), so both protocols
+    /// share one source of truth for what is added and removed.
+    /// </summary>
+    public static void WriteFields(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
+        DestinationState destination, RequestTelemetry? telemetry = null, ClientTransport? transport = null,
+        byte[]? clientCertificateHeader = null, Pipeline.RequestContext? edits = null)
+    {
         if (edits is { HasUpstreamEdits: false })
         {
             edits = null;
@@ -33,10 +70,6 @@ internal static class UpstreamRequestWriter
         // Tracing on: the client's traceparent/tracestate are replaced by ours (W3C Trace Context section 3.2.1).
         bool tracing = telemetry?.Tracing is not null;
         telemetry?.UpstreamRequestStarting(head, destination);
-        output.Write(head.MethodBytes);
-        output.Write(" "u8);
-        output.Write(head.Target);
-        output.Write(Http11Suffix);
 
         ForwardedMode mode = forwarded.Mode;
         if (mode == ForwardedMode.Trust)
@@ -149,24 +182,6 @@ internal static class UpstreamRequestWriter
                 output.WriteField("x-forwarded-host"u8, head.Host);
             }
         }
-
-        if (head.Chunked)
-        {
-            output.Write("transfer-encoding: chunked\r\n"u8);
-        }
-        else if (head.ContentLength >= 0)
-        {
-            output.Write("content-length: "u8);
-            output.WriteNumber(head.ContentLength);
-            output.Write("\r\n"u8);
-        }
-
-        if (head.IsUpgrade && head.TryGetHeader("upgrade"u8, out ReadOnlySpan<byte> protocol))
-        {
-            output.Write("connection: upgrade\r\n"u8);
-            output.WriteField("upgrade"u8, protocol);
-        }
-        output.Write("\r\n"u8);
     }
 
 }

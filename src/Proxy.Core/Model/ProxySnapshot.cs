@@ -241,6 +241,11 @@ internal sealed class ClusterModel
     public bool PanicMode { get; init; }
     /// <summary>TLS for the cluster's https:// destinations; null when it has none.</summary>
     public Proxy.Transport.Tls.UpstreamTlsModel? Tls { get; init; }
+    /// <summary><c>protocol</c>: HTTP/1.1 (default), h2, h2c or auto (docs/http2.md, "HTTP/2 to upstreams").</summary>
+    public UpstreamProtocol Protocol { get; init; }
+    /// <summary><c>http2.max_streams_per_connection</c>: our cap on concurrent streams per upstream HTTP/2 connection
+    /// (the peer's SETTINGS_MAX_CONCURRENT_STREAMS lowers it further).</summary>
+    public int Http2MaxStreams { get; init; } = 100;
 
     /// <summary>Which destinations may take requests now (health checks, ejections); built by the compiler.</summary>
     public required ClusterHealth Health { get; init; }

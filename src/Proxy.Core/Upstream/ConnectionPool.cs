@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Authentication;
 using Proxy.Diagnostics;
 using Proxy.Model;
 using Proxy.Transport.Tls;
@@ -41,6 +42,7 @@ internal sealed class ConnectionPool
     private int _open;
     /// <summary>Set under the idle lock once a reload dropped the cluster: returned connections are closed, not kept.</summary>
     private bool _retired;
+    private readonly UpstreamProtocol _protocol;
 
     public ConnectionPool(DestinationState destination, ClusterModel cluster)
     {
@@ -54,11 +56,20 @@ internal sealed class ConnectionPool
         {
             _endPoint = new IPEndPoint(address, destination.Port);
         }
+        _protocol = cluster.Protocol;
         if (destination.Secure)
         {
-            _tls = (cluster.Tls ?? UpstreamTlsModel.Default).ClientOptions(destination.Host);
+            _tls = (cluster.Tls ?? UpstreamTlsModel.Default).ClientOptions(destination.Host, _protocol);
+        }
+        // auto on a cleartext destination is HTTP/1.1 (no ALPN to ask with; docs/http2.md).
+        if (_protocol is UpstreamProtocol.H2 or UpstreamProtocol.H2c || (_protocol == UpstreamProtocol.Auto && destination.Secure))
+        {
+            Http2 = new Proxy.Http2.Client.Http2ConnectionPool(this, destination, cluster);
         }
     }
+
+    /// <summary>The multiplexed HTTP/2 pool when the cluster's protocol is h2, h2c or auto over TLS; null for HTTP/1.1.</summary>
+    public Proxy.Http2.Client.Http2ConnectionPool? Http2 { get; }
 
     public int OpenConnections => Volatile.Read(ref _open);
 
@@ -143,11 +154,23 @@ internal sealed class ConnectionPool
                     _metrics?.ConnectFailed(ConnectError.TlsFailed);
                     return (null, ConnectError.TlsFailed);
                 }
+                bool h2 = tls.NegotiatedApplicationProtocol == SslApplicationProtocol.Http2;
+                if (_protocol == UpstreamProtocol.H2 && !h2)
+                {
+                    // protocol h2 requires the peer to pick h2 (RFC 9113 section 3.2): fail the connect, not the exchange.
+                    TlsLog.UpstreamHandshakeFailed(_destination.Address, _tls.TargetHost ?? "",
+                        new AuthenticationException("the upstream did not select h2 in ALPN (protocol: h2)"));
+                    tls.Dispose();
+                    socket.Dispose();
+                    OnConnectionClosed();
+                    _metrics?.ConnectFailed(ConnectError.TlsFailed);
+                    return (null, ConnectError.TlsFailed);
+                }
                 _metrics?.ConnectionOpened();
-                return (new UpstreamConnection(socket, tls, _destination), ConnectError.None);
+                return (new UpstreamConnection(socket, tls, _destination) { IsHttp2 = h2 && _protocol != UpstreamProtocol.Http1 }, ConnectError.None);
             }
             _metrics?.ConnectionOpened();
-            return (new UpstreamConnection(socket, _destination), ConnectError.None);
+            return (new UpstreamConnection(socket, _destination) { IsHttp2 = _protocol == UpstreamProtocol.H2c }, ConnectError.None);
         }
         catch (OperationCanceledException)
         {
@@ -193,6 +216,7 @@ internal sealed class ConnectionPool
         {
             _retired = true;
         }
+        Http2?.Retire();
         CloseIdle();
     }
 
@@ -206,6 +230,7 @@ internal sealed class ConnectionPool
     /// <summary>Closes connections idle for longer than idle_timeout (heartbeat).</summary>
     public void EvictIdle(long now)
     {
+        Http2?.EvictIdle(now);
         List<UpstreamConnection>? expired = null;
         lock (_idle)
         {
@@ -246,6 +271,7 @@ internal sealed class ConnectionPool
     /// <summary>Closes every idle connection (shutdown).</summary>
     public void CloseIdle()
     {
+        Http2?.CloseIdle();
         UpstreamConnection[] all;
         lock (_idle)
         {

@@ -34,6 +34,8 @@ internal sealed class UpstreamConnection
     }
 
     public DestinationState Destination { get; }
+    /// <summary>Speaks HTTP/2: h2c by configuration, or "h2" chosen in ALPN (set by the pool when it connects).</summary>
+    public bool IsHttp2 { get; init; }
     public PipeReader Input { get; }
     public PipeWriter Output { get; }
     public ResponseHead Response { get; } = new();

@@ -6,11 +6,14 @@ namespace Proxy.Transport.Tls;
 
 /// <summary>
 /// TLS to a cluster's https:// destinations: SNI, which CAs to trust (the system store, or a configured bundle), an
-/// optional client certificate. ALPN offers http/1.1 only until the HTTP/2 upstream pool exists.
+/// optional client certificate. ALPN follows the cluster's <c>protocol</c>: http/1.1 only, h2 only, or both (auto).
 /// </summary>
 internal sealed class UpstreamTlsModel
 {
     private static readonly List<SslApplicationProtocol> s_alpn = [SslApplicationProtocol.Http11];
+    private static readonly List<SslApplicationProtocol> s_alpnH2 = [SslApplicationProtocol.Http2];
+    // RFC 7301 section 3.1: in order of preference; auto prefers h2.
+    private static readonly List<SslApplicationProtocol> s_alpnAuto = [SslApplicationProtocol.Http2, SslApplicationProtocol.Http11];
     private static readonly RemoteCertificateValidationCallback s_acceptAny = static (_, _, _, _) => true;
 
     /// <summary>An https:// destination in a cluster without a <c>tls:</c> block: SNI from the address, system trust.</summary>
@@ -28,7 +31,7 @@ internal sealed class UpstreamTlsModel
     public string Description { get; init; } = "";
 
     /// <summary>Options for one destination, built once per connection pool and shared by its handshakes (SslStream copies them).</summary>
-    public SslClientAuthenticationOptions ClientOptions(string host)
+    public SslClientAuthenticationOptions ClientOptions(string host, Proxy.Upstream.UpstreamProtocol protocol = Proxy.Upstream.UpstreamProtocol.Http1)
     {
         // IPv6 hosts keep their brackets in the model (for the Host header); the certificate names the bare address.
         string target = ServerName ?? (host.StartsWith('[') ? host[1..^1] : host);
@@ -36,7 +39,12 @@ internal sealed class UpstreamTlsModel
         {
             TargetHost = target,
             EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
-            ApplicationProtocols = s_alpn,
+            ApplicationProtocols = protocol switch
+            {
+                Proxy.Upstream.UpstreamProtocol.H2 => s_alpnH2,
+                Proxy.Upstream.UpstreamProtocol.Auto => s_alpnAuto,
+                _ => s_alpn,
+            },
             AllowRenegotiation = false,
             CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
             ClientCertificateContext = ClientCertificate,

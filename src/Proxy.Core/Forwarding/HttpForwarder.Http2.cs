@@ -1,0 +1,534 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
+using Proxy.Diagnostics;
+using Proxy.Http;
+using Proxy.Http1;
+using Proxy.Http2.Client;
+using Proxy.Model;
+using Proxy.Transport;
+using Proxy.Upstream;
+
+namespace Proxy.Forwarding;
+
+/// <summary>
+/// The HTTP/2 upstream exchange (cluster <c>protocol: h2 | h2c | auto</c>, docs/http2.md): one stream on a
+/// multiplexed connection, the request body pumped concurrently with reading the response (full duplex, which gRPC
+/// bidirectional streaming needs), the response relayed to the HTTP/1.1 client with upstream trailers as the chunked
+/// trailer section (RFC 9112 section 7.1.2). Timeouts, health reporting and retries follow the HTTP/1.1 path; the
+/// hook in <see cref="ForwardLoopAsync"/> maps the outcome.
+/// </summary>
+internal sealed partial class HttpForwarder
+{
+    private enum Http2Step : byte
+    {
+        /// <summary>The client got an answer (relayed, or a local error); <see cref="_http2Outcome"/> says if its connection stays.</summary>
+        Answered,
+        /// <summary>The try failed before any response: <see cref="_http2Failure"/> and <see cref="_http2Cause"/> go to the retry logic.</summary>
+        Failed,
+        /// <summary>The request was never processed (GOAWAY, REFUSED_STREAM) and had no body: send it again.</summary>
+        Replay,
+        /// <summary>An <c>auto</c> destination chose http/1.1: continue on the HTTP/1.1 path.</summary>
+        UseHttp1,
+    }
+
+    private FieldLineWriter? _http2Fields;
+    private byte[] _http2Authority = new byte[64];
+    private ChunkedDecoder _http2Chunked;
+    private RejectReason _http2Reject;
+    private bool _http2Outcome;
+    private ProxyError _http2Failure;
+    private RetryOn _http2Cause;
+
+    /// <summary>One try on an HTTP/2 destination.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<Http2Step> ForwardHttp2Async(Http2ConnectionPool pool, ClusterModel cluster, DestinationState destination,
+        UpstreamTimeouts timeouts, long exchangeDeadline, int attempt)
+    {
+        ClusterHealth health = cluster.Health;
+        _http2Failure = ProxyError.None;
+        _http2Cause = RetryOn.None;
+        _http2Outcome = false;
+        var (stream, error) = await pool.RentStreamAsync(cluster.Breaker).ConfigureAwait(false);
+        if (stream is null)
+        {
+            if (error == ConnectError.None)
+            {
+                return Http2Step.UseHttp1;
+            }
+            _http2Failure = error switch
+            {
+                ConnectError.Timeout => ProxyError.UpstreamConnectTimeout,
+                ConnectError.PoolExhausted => ProxyError.UpstreamPoolExhausted,
+                ConnectError.Overloaded => ProxyError.UpstreamOverloaded,
+                _ => ProxyError.UpstreamConnectFailed,
+            };
+            if (error is ConnectError.Refused or ConnectError.Timeout)
+            {
+                _http2Cause = RetryOn.ConnectFailure;
+                health.ReportFailure(destination);
+            }
+            return Http2Step.Failed;
+        }
+
+        Http2ClientConnection connection = stream.Connection;
+        RequestHead head = _client.Head;
+        bool hasBody = head.HasBody;
+        bool pumping = false;
+        ValueTask<PumpResult> pump = default;
+        try
+        {
+            // ---- request head: the shared field lines, re-encoded as an HTTP/2 field block
+            FieldLineWriter fields = _http2Fields ??= new FieldLineWriter();
+            fields.Reset();
+            UpstreamRequestWriter.WriteFields(fields, head, _client.Listener.Forwarded, _client.RemoteAddress, destination,
+                _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader, _client.FilterContext);
+            int authorityLength = CopyAuthority(head, destination);
+            // RFC 9113 section 8.2.2: "te" may only say "trailers"; gRPC servers want it to know trailers are understood.
+            bool teTrailers = WantsTrailers(head);
+
+            if (hasBody && !await _client.SendContinueIfExpectedAsync().ConfigureAwait(false))
+            {
+                return Http2Step.Answered;
+            }
+            if (!await connection.SendHeadersAsync(stream, head, destination.Secure, _http2Authority, authorityLength,
+                fields.Buffer, fields.Length, endStream: !hasBody, teTrailers).ConfigureAwait(false))
+            {
+                if (stream.Refused && attempt < 3)
+                {
+                    return Http2Step.Replay;
+                }
+                _http2Failure = ProxyError.UpstreamRequestWriteFailed;
+                _http2Cause = RetryOn.Reset;
+                health.ReportFailure(destination);
+                return Http2Step.Failed;
+            }
+            if (hasBody)
+            {
+                // Full duplex: the body goes up while the response is read (gRPC streams answer before the request ends).
+                pump = PumpHttp2RequestAsync(stream);
+                pumping = true;
+            }
+
+            // ---- response head
+            PipeReader reader = stream.ResponseReader;
+            ProxyError failure = ProxyError.None;
+            ProxyError headTimeout = HeadWait(timeouts.Response, cluster.Retry, exchangeDeadline, out TimeSpan wait);
+            if (wait <= TimeSpan.Zero)
+            {
+                failure = ProxyError.UpstreamRequestTimeout;
+            }
+            else
+            {
+                _client.ArmUpstream(reader, wait);
+                while (!stream.HeadReady)
+                {
+                    ReadResult result;
+                    try
+                    {
+                        result = await reader.ReadAsync().ConfigureAwait(false);
+                    }
+                    catch (Exception)
+                    {
+                        failure = ProxyError.UpstreamReset;
+                        break;
+                    }
+                    reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+                    if (stream.HeadReady)
+                    {
+                        break;
+                    }
+                    if (result.IsCanceled)
+                    {
+                        if (_client.TakeFiredTimeout() != TimeoutKind.None)
+                        {
+                            failure = headTimeout;
+                            break;
+                        }
+                        continue;
+                    }
+                    if (result.IsCompleted)
+                    {
+                        failure = ProxyError.UpstreamReset;
+                        break;
+                    }
+                }
+                _client.DisarmUpstream();
+                _client.TakeFiredTimeout();
+            }
+
+            if (failure != ProxyError.None)
+            {
+                if (pumping)
+                {
+                    pumping = false;
+                    bool pumpEnded = pump.IsCompleted;
+                    PumpResult sent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
+                    if (sent is PumpResult.TooLarge or PumpResult.SourceInvalid)
+                    {
+                        await _client.SendErrorAsync(_http2Reject.StatusCode(), _http2Reject.DetailsCode(), close: true).ConfigureAwait(false);
+                        return Http2Step.Answered;
+                    }
+                    if (pumpEnded && sent is PumpResult.SourceFailed or PumpResult.Cancelled)
+                    {
+                        return Http2Step.Answered; // the client broke its own request (and we reset the stream): nobody to answer
+                    }
+                }
+                if (stream.Refused && !hasBody && attempt < 3)
+                {
+                    return Http2Step.Replay;
+                }
+                health.ReportFailure(destination);
+                _http2Failure = failure;
+                _http2Cause = failure switch
+                {
+                    ProxyError.UpstreamReset => RetryOn.Reset,
+                    ProxyError.UpstreamPerTryTimeout => RetryOn.PerTryTimeout,
+                    _ => RetryOn.None,
+                };
+                return Http2Step.Failed;
+            }
+
+            // ---- final response
+            int code = stream.Head.StatusCode;
+            if (code >= 500)
+            {
+                health.ReportFailure(destination);
+            }
+            else
+            {
+                health.ReportSuccess(destination);
+            }
+            if (cluster.Affinity is { } pinning && !ReferenceEquals(_affinityPinned, destination))
+            {
+                _setCookie = pinning.SetCookieFor(destination);
+            }
+            _http2Outcome = await RelayHttp2ResponseAsync(cluster, destination, stream, teTrailers).ConfigureAwait(false);
+            if (pumping)
+            {
+                pumping = false;
+                bool finished = pump.IsCompleted;
+                PumpResult sent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
+                // The upstream answered before the request ended (RFC 9113 section 8.1): the rest of the client's body is unread.
+                _http2Outcome &= finished && sent == PumpResult.Completed;
+            }
+            return Http2Step.Answered;
+        }
+        finally
+        {
+            if (pumping)
+            {
+                await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
+            }
+            await connection.ReleaseAsync(stream).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Ends a request pump that may still run: the stream is reset and the client read woken, then the pump is awaited (once).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<PumpResult> StopHttp2PumpAsync(Http2ClientStream stream, ValueTask<PumpResult> pump)
+    {
+        if (!pump.IsCompleted)
+        {
+            await stream.Connection.CancelAsync(stream).ConfigureAwait(false);
+            _client.Input.CancelPendingRead();
+        }
+        return await pump.ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Copies the client's request body (Content-Length or chunked, RFC 9112 section 6) into DATA frames. The send
+    /// windows pace it: nothing is read from the client while the upstream's window is closed. The chunked trailer
+    /// section is not kept by <see cref="ChunkedDecoder"/>, so the last DATA frame carries END_STREAM.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<PumpResult> PumpHttp2RequestAsync(Http2ClientStream stream)
+    {
+        RequestHead head = _client.Head;
+        PipeReader source = _client.Input;
+        Http2ClientConnection connection = stream.Connection;
+        bool chunked = head.Chunked;
+        long remaining = head.ContentLength;
+        long maxBytes = _client.Listener.Limits.MaxBodyBytes;
+        long total = 0;
+        _http2Reject = RejectReason.None;
+        if (chunked)
+        {
+            _http2Chunked.Reset();
+        }
+        while (true)
+        {
+            ReadResult result;
+            try
+            {
+                result = await source.ReadAsync().ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                await connection.CancelAsync(stream).ConfigureAwait(false);
+                return PumpResult.SourceFailed;
+            }
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            if (result.IsCanceled)
+            {
+                source.AdvanceTo(buffer.Start);
+                await connection.CancelAsync(stream).ConfigureAwait(false);
+                return PumpResult.Cancelled;
+            }
+            SequencePosition consumed = buffer.Start;
+            bool done = false;
+            if (!chunked)
+            {
+                long take = Math.Min(remaining, buffer.Length);
+                ReadOnlySequence<byte> slice = buffer.Slice(0, take);
+                remaining -= take;
+                done = remaining == 0;
+                if ((take > 0 || done) && !await connection.SendDataAsync(stream, slice, done).ConfigureAwait(false))
+                {
+                    source.AdvanceTo(buffer.Start);
+                    return PumpResult.DestinationFailed;
+                }
+                consumed = slice.End;
+            }
+            else
+            {
+                ReadOnlySequence<byte> rest = buffer;
+                while (true)
+                {
+                    ChunkStatus status = _http2Chunked.Read(rest, out ReadOnlySequence<byte> data, out SequencePosition at, out RejectReason reason);
+                    if (status == ChunkStatus.Error)
+                    {
+                        source.AdvanceTo(at, buffer.End);
+                        _http2Reject = reason;
+                        await connection.CancelAsync(stream).ConfigureAwait(false);
+                        return PumpResult.SourceInvalid;
+                    }
+                    if (status == ChunkStatus.Data)
+                    {
+                        total += data.Length;
+                        if (total > maxBytes)
+                        {
+                            source.AdvanceTo(at);
+                            _http2Reject = RejectReason.BodyTooLarge;
+                            await connection.CancelAsync(stream).ConfigureAwait(false);
+                            return PumpResult.TooLarge;
+                        }
+                        if (!await connection.SendDataAsync(stream, data, endStream: false).ConfigureAwait(false))
+                        {
+                            source.AdvanceTo(consumed, buffer.End);
+                            return PumpResult.DestinationFailed;
+                        }
+                    }
+                    consumed = at;
+                    rest = buffer.Slice(at);
+                    if (status == ChunkStatus.Done)
+                    {
+                        done = true;
+                        if (!await connection.SendDataAsync(stream, ReadOnlySequence<byte>.Empty, endStream: true).ConfigureAwait(false))
+                        {
+                            source.AdvanceTo(consumed);
+                            return PumpResult.DestinationFailed;
+                        }
+                        break;
+                    }
+                    if (status == ChunkStatus.NeedMore)
+                    {
+                        break;
+                    }
+                }
+            }
+            if (done)
+            {
+                source.AdvanceTo(consumed);
+                return PumpResult.Completed;
+            }
+            source.AdvanceTo(consumed, buffer.End);
+            if (result.IsCompleted)
+            {
+                await connection.CancelAsync(stream).ConfigureAwait(false);
+                return PumpResult.SourceFailed;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Relays the final response: head through the shared head writer, then the body as it arrives, returning the
+    /// stream window as the client takes the bytes. Framing (RFC 9112 section 6.3): Content-Length when the upstream
+    /// gave one and the client did not ask for trailers (or the whole response is already here), otherwise chunked so
+    /// trailers can follow the body. A reset or lost connection mid-body cuts the client connection, as on HTTP/1.1.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> RelayHttp2ResponseAsync(ClusterModel cluster, DestinationState destination, Http2ClientStream stream, bool teTrailers)
+    {
+        RequestHead request = _client.Head;
+        ResponseHead response = stream.Head;
+        PipeReader reader = stream.ResponseReader;
+        SetReasonPhrase(response);
+        int code = response.StatusCode;
+        bool http11Client = request.Version == Http.HttpVersion.Http11;
+
+        BodyFraming outFraming;
+        long length = response.ContentLength;
+        if (request.Method == Http.HttpMethod.Head || code is 204 or 304)
+        {
+            outFraming = BodyFraming.None;
+        }
+        else if (stream.EndReceived && !stream.HasTrailers && reader.TryRead(out ReadResult ready))
+        {
+            // Everything is here (a trailers-only gRPC answer, a small body): say how long it is.
+            length = ready.IsCompleted ? ready.Buffer.Length : -1;
+            reader.AdvanceTo(ready.Buffer.Start);
+            outFraming = length >= 0 ? BodyFraming.ContentLength : http11Client ? BodyFraming.Chunked : BodyFraming.CloseDelimited;
+        }
+        else if (length >= 0 && !teTrailers)
+        {
+            outFraming = BodyFraming.ContentLength;
+        }
+        else
+        {
+            outFraming = http11Client ? BodyFraming.Chunked : BodyFraming.CloseDelimited;
+        }
+        bool keepAlive = request.KeepAlive && !_client.Draining && outFraming != BodyFraming.CloseDelimited;
+
+        WriteResponseHead(response, outFraming, length, interim: false, keepAlive);
+        if (outFraming == BodyFraming.None || (outFraming == BodyFraming.ContentLength && length == 0))
+        {
+            return await _client.FlushClientAsync().ConfigureAwait(false) && keepAlive;
+        }
+        // The head goes now: a streaming response may hold its first body bytes for long.
+        if (!await _client.FlushClientAsync().ConfigureAwait(false))
+        {
+            _client.Abort();
+            return false;
+        }
+
+        PipeWriter output = _client.Output;
+        long remaining = length;
+        _client.SetUpstreamTimeout(_route!.Timeouts.Over(cluster.Timeouts).StreamIdle);
+        while (true)
+        {
+            _client.ArmRead(reader);
+            ReadResult result;
+            try
+            {
+                result = await reader.ReadAsync().ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                _client.DisarmPump();
+                return AbortHttp2Relay(cluster, destination, stream, "source_failed");
+            }
+            _client.DisarmPump();
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            if (result.IsCanceled && buffer.IsEmpty)
+            {
+                reader.AdvanceTo(buffer.Start);
+                if (_client.TakeFiredTimeout() != TimeoutKind.None)
+                {
+                    return AbortHttp2Relay(cluster, destination, stream, "stream_idle_timeout");
+                }
+                continue;
+            }
+            long received = buffer.Length;
+            if (received > 0)
+            {
+                if (outFraming == BodyFraming.ContentLength)
+                {
+                    if (received > remaining)
+                    {
+                        reader.AdvanceTo(buffer.End);
+                        return AbortHttp2Relay(cluster, destination, stream, "content_length_mismatch");
+                    }
+                    remaining -= received;
+                    output.Write(buffer);
+                }
+                else if (outFraming == BodyFraming.Chunked)
+                {
+                    output.WriteChunkHeader(received);
+                    output.Write(buffer);
+                    output.Write("\r\n"u8);
+                }
+                else
+                {
+                    output.Write(buffer);
+                }
+            }
+            reader.AdvanceTo(buffer.End);
+            bool end = result.IsCompleted;
+            if (end)
+            {
+                if (stream.Aborted || (outFraming == BodyFraming.ContentLength && remaining != 0))
+                {
+                    return AbortHttp2Relay(cluster, destination, stream, stream.Aborted ? "upstream_reset" : "content_length_mismatch");
+                }
+                if (outFraming == BodyFraming.Chunked)
+                {
+                    // RFC 9112 section 7.1.2: the upstream's trailers become the trailer section of the last chunk.
+                    output.Write("0\r\n"u8);
+                    ResponseHead trailers = stream.Trailers;
+                    for (int i = 0; i < trailers.FieldCount; i++)
+                    {
+                        if (!trailers.Fields[i].HopByHop)
+                        {
+                            output.WriteField(trailers.Name(i), trailers.Value(i));
+                        }
+                    }
+                    output.Write("\r\n"u8);
+                }
+            }
+            if (!await _client.FlushClientAsync().ConfigureAwait(false))
+            {
+                _client.Abort();
+                return false;
+            }
+            if (end)
+            {
+                return keepAlive;
+            }
+            if (received > 0)
+            {
+                await stream.Connection.ConsumedAsync(stream, (int)received).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private bool AbortHttp2Relay(ClusterModel cluster, DestinationState destination, Http2ClientStream stream, string reason)
+    {
+        _client.TakeFiredTimeout();
+        ProxyLog.Warn("upstream_body_failed", ("cluster", cluster.Name), ("destination", destination.Address),
+            ("result", "h2"), ("reason", reason), ("h2_error", stream.ResetCode.ToString()));
+        _client.Abort();
+        return false;
+    }
+
+    private int CopyAuthority(RequestHead head, DestinationState destination)
+    {
+        ReadOnlySpan<byte> authority = head.HostIndex >= 0 ? head.Host : destination.HostHeader;
+        if (_http2Authority.Length < authority.Length)
+        {
+            _http2Authority = new byte[authority.Length];
+        }
+        authority.CopyTo(_http2Authority);
+        return authority.Length;
+    }
+
+    private static bool WantsTrailers(RequestHead head)
+        => head.TryGetHeader("te"u8, out ReadOnlySpan<byte> te) && te.IndexOf("trailers"u8) >= 0;
+
+    /// <summary>HTTP/2 has no reason phrase (RFC 9113 section 8.3.2): the HTTP/1.1 client gets the standard one.</summary>
+    private static void SetReasonPhrase(ResponseHead response)
+    {
+        string reason = StatusCodes.ReasonPhrase(response.StatusCode);
+        int start = response.Length;
+        int needed = start + reason.Length;
+        if (response.Buffer.Length < needed)
+        {
+            Array.Resize(ref response.Buffer, Math.Max(needed, response.Buffer.Length * 2));
+        }
+        int written = System.Text.Encoding.ASCII.GetBytes(reason, response.Buffer.AsSpan(start));
+        response.Length = start + written;
+        response.ReasonStart = start;
+        response.ReasonLength = written;
+        response.Version = Http.HttpVersion.Http11;
+    }
+}

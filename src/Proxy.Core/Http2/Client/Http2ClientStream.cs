@@ -1,0 +1,125 @@
+using System.IO.Pipelines;
+using System.Threading.Tasks.Sources;
+using Proxy.Http;
+using Proxy.Http2.FlowControl;
+using Proxy.Transport;
+
+namespace Proxy.Http2.Client;
+
+/// <summary>
+/// One request/response exchange on an upstream HTTP/2 connection (RFC 9113 section 5.1, client side). Pooled per
+/// connection and reset between exchanges, so a warm connection opens streams without allocating.
+/// <para>
+/// The response arrives through <see cref="ResponseReader"/>: the connection's read loop writes DATA payloads into a
+/// pipe (unbounded by the pipe, bounded by the stream's receive window, which is only reopened as the forwarder
+/// consumes the bytes: a slow client backpressures the upstream stream and nothing else). The head is signalled by
+/// <see cref="HeadReady"/> plus a cancelled read, so the forwarder's one wait (and the client connection's heartbeat
+/// timer, which cancels reads on a timeout) covers head, body and trailers alike.
+/// </para>
+/// Concurrency: state changes happen under <c>lock (this)</c>; pipe flushes, completions and wake-ups happen outside
+/// it (they run the forwarder inline), guarded by <see cref="Delivering"/>, so a release meanwhile defers recycling
+/// to the delivering thread and a late frame never reaches a stream that went back to the pool. Windows are guarded
+/// by the connection's lock.
+/// </summary>
+internal sealed class Http2ClientStream : IValueTaskSource<bool>
+{
+    private static readonly PipeOptions s_responseOptions = new(
+        pool: BlockMemoryPool.Large, readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline,
+        pauseWriterThreshold: 0, resumeWriterThreshold: 0, minimumSegmentSize: BlockMemoryPool.Large.BlockSize,
+        useSynchronizationContext: false);
+
+    private readonly Pipe _response = new(s_responseOptions);
+    /// <summary>Window waits resume on the thread pool: the waker is the connection's read loop, which must not run a request pump inline.</summary>
+    private ManualResetValueTaskSourceCore<bool> _windowSignal = new() { RunContinuationsAsynchronously = true };
+
+    public Http2ClientStream(Http2ClientConnection connection) => Connection = connection;
+
+    public Http2ClientConnection Connection { get; }
+
+    /// <summary>0 until the HEADERS frame is written.</summary>
+    public int Id { get; internal set; }
+
+    public ResponseHead Head { get; } = new();
+    public ResponseHead Trailers { get; } = new();
+
+    /// <summary>Response body bytes (DATA payloads, padding removed); completes at END_STREAM, reset or connection loss.</summary>
+    public PipeReader ResponseReader => _response.Reader;
+    internal PipeWriter ResponseWriter => _response.Writer;
+
+    private volatile bool _headReady;
+    /// <summary>The final (non-1xx) response head is in <see cref="Head"/>.</summary>
+    public bool HeadReady => _headReady;
+
+    /// <summary>END_STREAM received: the response (head, body, trailers) is complete.</summary>
+    public bool EndReceived { get; internal set; }
+    /// <summary>END_STREAM sent: the request is complete.</summary>
+    public bool EndSent { get; internal set; }
+    /// <summary>The stream ended abnormally: RST_STREAM from the peer, a stream error of ours, GOAWAY or connection loss.</summary>
+    public bool Aborted { get; internal set; }
+    /// <summary>
+    /// The peer never processed the request (RST_STREAM REFUSED_STREAM, or an id above a GOAWAY's last stream id):
+    /// safe to retry on another connection as if it was never sent (RFC 9113 section 8.7).
+    /// </summary>
+    public bool Refused { get; internal set; }
+    public bool HasTrailers { get; internal set; }
+    /// <summary>The error code of an abnormal end (peer's RST_STREAM or ours), for logs.</summary>
+    public Http2ErrorCode ResetCode { get; internal set; }
+
+    internal bool WriterCompleted;
+    internal bool Released;
+    /// <summary>A thread is flushing, completing or waking the pipe outside the lock; pipe writer calls must not overlap.</summary>
+    internal bool Delivering;
+    /// <summary>Released while <see cref="Delivering"/>: the delivering thread returns the stream to the pool.</summary>
+    internal bool RecyclePending;
+    /// <summary>The response ended while <see cref="Delivering"/>: the delivering thread completes the pipe.</summary>
+    internal bool CompletePending;
+    /// <summary>A header block is being decoded for this stream: the head while false, trailers once true.</summary>
+    internal bool DecodingTrailers;
+
+    // ---- flow control (guarded by the connection's lock)
+    internal FlowControlWindow SendWindow;
+    internal FlowControlWindow ReceiveWindow;
+    /// <summary>Bytes the forwarder consumed (or padding received) not yet returned to the peer with WINDOW_UPDATE.</summary>
+    internal int ReceiveUnacked;
+    internal bool WaitingForWindow;
+
+    internal void MarkHeadReady() => _headReady = true;
+
+    /// <summary>Prepares a pooled stream for a new exchange.</summary>
+    internal void Reset(int sendWindow, int receiveWindow)
+    {
+        Id = 0;
+        Head.Reset();
+        Trailers.Reset();
+        _headReady = false;
+        EndReceived = EndSent = Aborted = Refused = HasTrailers = false;
+        ResetCode = Http2ErrorCode.NO_ERROR;
+        WriterCompleted = Released = DecodingTrailers = WaitingForWindow = false;
+        Delivering = RecyclePending = CompletePending = false;
+        SendWindow = new FlowControlWindow(sendWindow);
+        ReceiveWindow = new FlowControlWindow(receiveWindow);
+        ReceiveUnacked = 0;
+    }
+
+    /// <summary>After both pipe ends completed: ready for the next exchange.</summary>
+    internal void ResetPipe() => _response.Reset();
+
+    // ---- send-window wait
+
+    internal ValueTask<bool> WindowWait => new(this, _windowSignal.Version);
+
+    internal void PrepareWindowWait()
+    {
+        _windowSignal.Reset();
+        WaitingForWindow = true;
+    }
+
+    internal void SignalWindow(bool open) => _windowSignal.SetResult(open);
+
+    bool IValueTaskSource<bool>.GetResult(short token) => _windowSignal.GetResult(token);
+
+    ValueTaskSourceStatus IValueTaskSource<bool>.GetStatus(short token) => _windowSignal.GetStatus(token);
+
+    void IValueTaskSource<bool>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+        => _windowSignal.OnCompleted(continuation, state, token, flags);
+}

@@ -1,0 +1,156 @@
+using System.Net;
+using System.Runtime.CompilerServices;
+using System.Security.Cryptography.X509Certificates;
+using Grpc.Core;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Proxy.FunctionalTests.Infrastructure;
+
+namespace Proxy.FunctionalTests.Grpc;
+
+/// <summary>
+/// Kestrel (tests only) as an HTTP/2 upstream: cleartext with prior knowledge (h2c), or TLS with ALPN, plus the
+/// gRPC Greeter service. Plain routes:
+/// <c>/info</c> "protocol|connection id|host|x-forwarded-for|te", <c>/echo</c> the request body back,
+/// <c>/bytes/{n}</c> n bytes of 'x', <c>/slow</c> the connection id after 200 ms, <c>/trailers</c> a body then trailers.
+/// </summary>
+internal sealed class H2Upstream : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+
+    private H2Upstream(WebApplication app, int port, StrongBox<long> written)
+    {
+        _app = app;
+        Port = port;
+        _written = written;
+    }
+
+    private readonly StrongBox<long> _written;
+
+    public int Port { get; }
+
+    /// <summary>Body bytes <c>/stream/{n}</c> handed to Kestrel so far (written, not necessarily received).</summary>
+    public long BytesWritten => Interlocked.Read(ref _written.Value);
+
+    public static async Task<H2Upstream> StartAsync(HttpProtocols protocols = HttpProtocols.Http2, X509Certificate2? certificate = null, int port = 0,
+        int maxStreams = 100)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.Services.AddGrpc();
+        builder.WebHost.UseKestrel(o =>
+        {
+            o.Limits.Http2.MaxStreamsPerConnection = maxStreams;
+            o.Listen(IPAddress.Loopback, port, listen =>
+            {
+                listen.Protocols = protocols;
+                if (certificate is not null)
+                {
+                    listen.UseHttps(certificate);
+                }
+            });
+        });
+        var app = builder.Build();
+        var written = new StrongBox<long>();
+        app.MapGrpcService<GreeterService>();
+        app.MapGet("/stream/{n:int}", async (HttpContext c, int n) =>
+        {
+            c.Response.ContentLength = n;
+            var chunk = new byte[16 * 1024];
+            Array.Fill(chunk, (byte)'s');
+            for (int sent = 0; sent < n; sent += chunk.Length)
+            {
+                int size = Math.Min(chunk.Length, n - sent);
+                await c.Response.Body.WriteAsync(chunk.AsMemory(0, size));
+                Interlocked.Add(ref written.Value, size);
+            }
+        });
+        app.MapGet("/info", (HttpContext c) =>
+            $"{c.Request.Protocol}|{c.Connection.Id}|{c.Request.Host}|{c.Request.Headers["x-forwarded-for"]}|{c.Request.Headers.TE}");
+        app.MapPost("/echo", async (HttpContext c) =>
+        {
+            if (c.Request.ContentLength is { } length)
+            {
+                c.Response.Headers["x-request-length"] = length.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            }
+            await c.Request.Body.CopyToAsync(c.Response.Body);
+        });
+        app.MapGet("/bytes/{n:int}", async (HttpContext c, int n) =>
+        {
+            c.Response.ContentLength = n;
+            var chunk = new byte[16 * 1024];
+            Array.Fill(chunk, (byte)'x');
+            for (int sent = 0; sent < n; sent += chunk.Length)
+            {
+                await c.Response.Body.WriteAsync(chunk.AsMemory(0, Math.Min(chunk.Length, n - sent)));
+            }
+        });
+        app.MapGet("/slow", async (HttpContext c) =>
+        {
+            await Task.Delay(200);
+            return c.Connection.Id;
+        });
+        app.MapGet("/trailers", async (HttpContext c) =>
+        {
+            c.Response.DeclareTrailer("x-checksum");
+            await c.Response.WriteAsync("body-before-trailers");
+            c.Response.AppendTrailer("x-checksum", "abc123");
+        });
+        using var cts = new CancellationTokenSource(TestDefaults.Timeout);
+        await app.StartAsync(cts.Token);
+        var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        return new H2Upstream(app, new Uri(address).Port, written);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        using var cts = new CancellationTokenSource(TestDefaults.Timeout);
+        try
+        {
+            await _app.StopAsync(cts.Token);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        await _app.DisposeAsync();
+    }
+}
+
+/// <summary>The Greeter of greeter.proto: one method per streaming shape.</summary>
+internal sealed class GreeterService : Greeter.GreeterBase
+{
+    public override Task<HelloReply> SayHello(HelloRequest request, ServerCallContext context)
+        => Task.FromResult(new HelloReply { Message = "Hello " + request.Name });
+
+    public override async Task SayHellos(HelloRequest request, IServerStreamWriter<HelloReply> responseStream, ServerCallContext context)
+    {
+        for (int i = 0; i < request.Count; i++)
+        {
+            await responseStream.WriteAsync(new HelloReply { Message = $"Hello {request.Name} {i}" });
+        }
+    }
+
+    public override async Task<HelloReply> CountNames(IAsyncStreamReader<HelloRequest> requestStream, ServerCallContext context)
+    {
+        int count = 0;
+        while (await requestStream.MoveNext())
+        {
+            count++;
+        }
+        return new HelloReply { Message = count.ToString(System.Globalization.CultureInfo.InvariantCulture) };
+    }
+
+    public override async Task Chat(IAsyncStreamReader<HelloRequest> requestStream, IServerStreamWriter<HelloReply> responseStream, ServerCallContext context)
+    {
+        while (await requestStream.MoveNext())
+        {
+            await responseStream.WriteAsync(new HelloReply { Message = "Hi " + requestStream.Current.Name });
+        }
+    }
+}

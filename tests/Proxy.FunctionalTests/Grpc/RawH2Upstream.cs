@@ -1,0 +1,154 @@
+using System.Buffers;
+using System.Net;
+using System.Net.Sockets;
+using Proxy.Http2;
+
+namespace Proxy.FunctionalTests.Grpc;
+
+internal enum RawH2Behavior
+{
+    /// <summary>HEADERS :status 200, DATA "ok{connection}" with END_STREAM.</summary>
+    Ok,
+    /// <summary>GOAWAY with a last stream id below the request's: the request was never processed.</summary>
+    GoAwayUnprocessed,
+    /// <summary>HEADERS 200, DATA "partial", then RST_STREAM INTERNAL_ERROR: a stream reset mid-body.</summary>
+    ResetMidBody,
+}
+
+/// <summary>
+/// A minimal cleartext HTTP/2 server over a raw socket, for what Kestrel cannot be told to do on cue: GOAWAY with a
+/// chosen last stream id, RST_STREAM mid-body. It PINGs every new connection and counts the acknowledgements. Request
+/// header blocks are not decoded (responses use only the static table, so no HPACK state is needed).
+/// </summary>
+internal sealed class RawH2Upstream : IAsyncDisposable
+{
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly Func<int, RawH2Behavior> _behavior;
+    private readonly Task _accept;
+    private readonly List<TcpClient> _clients = [];
+    private int _requests;
+    private int _connections;
+    private int _pingAcks;
+
+    public RawH2Upstream(Func<int, RawH2Behavior> behavior)
+    {
+        _behavior = behavior;
+        _listener.Start();
+        _accept = AcceptAsync();
+    }
+
+    public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+    public int Connections => Volatile.Read(ref _connections);
+    public int PingAcks => Volatile.Read(ref _pingAcks);
+
+    private async Task AcceptAsync()
+    {
+        while (true)
+        {
+            TcpClient client;
+            try
+            {
+                client = await _listener.AcceptTcpClientAsync();
+            }
+            catch (Exception)
+            {
+                return;
+            }
+            lock (_clients)
+            {
+                _clients.Add(client);
+            }
+            int index = Interlocked.Increment(ref _connections);
+            _ = Task.Run(() => ServeAsync(client, index));
+        }
+    }
+
+    private async Task ServeAsync(TcpClient client, int connection)
+    {
+        try
+        {
+            NetworkStream stream = client.GetStream();
+            var preface = new byte[Http2Preface.Length];
+            await stream.ReadExactlyAsync(preface);
+            var output = new ArrayBufferWriter<byte>();
+            Http2FrameWriter.WriteSettings(output, []);
+            Http2FrameWriter.WritePing(output, 42, ack: false);
+            await SendAsync(stream, output);
+            var header = new byte[Http2FrameHeader.Size];
+            while (true)
+            {
+                await stream.ReadExactlyAsync(header);
+                int length = (header[0] << 16) | (header[1] << 8) | header[2];
+                var type = (Http2FrameType)header[3];
+                var flags = (Http2Flags)header[4];
+                int streamId = (int)(System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(5)) & 0x7FFF_FFFF);
+                var payload = new byte[length];
+                await stream.ReadExactlyAsync(payload);
+                switch (type)
+                {
+                    case Http2FrameType.SETTINGS when (flags & Http2Flags.ACK) == 0:
+                        Http2FrameWriter.WriteSettingsAck(output);
+                        break;
+                    case Http2FrameType.PING when (flags & Http2Flags.ACK) != 0:
+                        Interlocked.Increment(ref _pingAcks);
+                        break;
+                    case Http2FrameType.HEADERS when (flags & Http2Flags.END_STREAM) != 0:
+                        Answer(output, streamId, connection, _behavior(Interlocked.Increment(ref _requests)));
+                        break;
+                }
+                await SendAsync(stream, output);
+            }
+        }
+        catch (Exception)
+        {
+        }
+        finally
+        {
+            client.Dispose();
+        }
+    }
+
+    private static void Answer(ArrayBufferWriter<byte> output, int streamId, int connection, RawH2Behavior behavior)
+    {
+        // 0x88: indexed field 8 of the static table, ":status: 200" (RFC 7541 appendix A).
+        ReadOnlySpan<byte> status200 = [0x88];
+        switch (behavior)
+        {
+            case RawH2Behavior.Ok:
+                Http2FrameWriter.WriteHeaders(output, streamId, status200, endStream: false, 16384);
+                Http2FrameWriter.WriteData(output, streamId, System.Text.Encoding.ASCII.GetBytes($"ok{connection}"), endStream: true);
+                break;
+            case RawH2Behavior.GoAwayUnprocessed:
+                Http2FrameWriter.WriteGoAway(output, streamId - 2 < 0 ? 0 : streamId - 2, Http2ErrorCode.NO_ERROR, default);
+                break;
+            case RawH2Behavior.ResetMidBody:
+                Http2FrameWriter.WriteHeaders(output, streamId, status200, endStream: false, 16384);
+                Http2FrameWriter.WriteData(output, streamId, "partial"u8, endStream: false);
+                Http2FrameWriter.WriteRstStream(output, streamId, Http2ErrorCode.INTERNAL_ERROR);
+                break;
+        }
+    }
+
+    private static async Task SendAsync(NetworkStream stream, ArrayBufferWriter<byte> output)
+    {
+        if (output.WrittenCount == 0)
+        {
+            return;
+        }
+        await stream.WriteAsync(output.WrittenMemory);
+        output.ResetWrittenCount();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _listener.Stop();
+        lock (_clients)
+        {
+            foreach (var client in _clients)
+            {
+                client.Dispose();
+            }
+        }
+        await _accept;
+    }
+}
