@@ -300,6 +300,7 @@ internal sealed class HttpForwarder
                                             // No valid cookie for the destination that answered: (re)pin the client to it.
                                             _setCookie = pinning.SetCookieFor(destination);
                                         }
+                                        EndRetry(budget, ref retrySlot);
                                         outcome = await RelayResponseBodyAsync(cluster, destination, upstream).ConfigureAwait(false);
                                         goto Done;
                                     }
@@ -347,6 +348,7 @@ internal sealed class HttpForwarder
                                 // A 5xx kept for a retry that the deadline then ruled out: its connection is gone, so answer it as a timeout.
                                 failure = ProxyError.UpstreamRequestTimeout;
                             }
+                            EndRetry(budget, ref retrySlot);
                             outcome = await FailAsync(failure, cluster, destination).ConfigureAwait(false);
                             goto Done;
                         }
@@ -411,6 +413,19 @@ internal sealed class HttpForwarder
             }
         }
         return error;
+    }
+
+    /// <summary>
+    /// Gives the retry slot back once the answer is chosen (no try follows), before it is written: the client's next
+    /// request, sent as soon as this answer arrives, must never find the slot still held by this one.
+    /// </summary>
+    private static void EndRetry(RetryBudget? budget, ref bool slot)
+    {
+        if (slot)
+        {
+            slot = false;
+            budget!.RetryEnded();
+        }
     }
 
     /// <summary>
