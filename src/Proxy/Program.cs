@@ -211,6 +211,7 @@ internal static class Program
         PosixSignalRegistration? hangup = null;
         PosixSignalRegistration? reopen = null;
         OpenTelemetry.Trace.TracerProvider? tracing = null;
+        OpenTelemetry.Metrics.MeterProvider? metrics = null;
         try
         {
             var errors = ProxyServer.Validate(configPath);
@@ -246,6 +247,11 @@ internal static class Program
             }
             // The OTLP exporter is built before the listeners bind, so the first request is already traced.
             tracing = Telemetry.StartTracing(server.Snapshot.Observability.Tracing, Version);
+            metrics = Telemetry.StartMetrics(server.Snapshot.Observability.Metrics, Version);
+            if (metrics is { } provider)
+            {
+                server.Drained = () => Telemetry.Flush(provider);
+            }
             await server.StartAsync();
         }
         catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException)
@@ -253,12 +259,14 @@ internal static class Program
             hangup?.Dispose();
             reopen?.Dispose();
             tracing?.Dispose();
+            metrics?.Dispose();
             Console.Error.WriteLine($"proxy: {e.Message}");
             return ExitFailure;
         }
         using var hangupRegistration = hangup;
         using var reopenRegistration = reopen;
         using var tracingProvider = tracing;
+        using var meterProvider = metrics;
 
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         void OnSignal(PosixSignalContext context)
@@ -272,6 +280,7 @@ internal static class Program
         await stop.Task;
         await server.StopAsync(server.ShutdownTimeout);
         tracingProvider?.Dispose(); // exports the spans still batched
+        meterProvider?.Dispose(); // the last export ran in server.Drained, before the meters ended
         await ProxyServer.FlushLogsAsync();
         return ExitOk;
     }

@@ -136,4 +136,44 @@ public sealed class ClientIpLimitTests
         }
         Assert.Equal(200, served.Status);
     }
+
+    [Theory]
+    [InlineData("connection")]
+    [InlineData("request")]
+    public async Task ClientIpCaps_Refusals_CountedByKindInMetrics(string kind)
+    {
+        await using var upstream = FaultyUpstream.Start("up");
+        upstream.Delay = TimeSpan.FromMilliseconds(1500);
+        string limits = kind == "connection" ? "max_connections_per_ip: 1" : "max_requests_per_ip: 1";
+        await using var proxy = await TestProxy.StartAsync(Yaml(upstream.Address, limits) + "admin: { address: \"127.0.0.1:0\" }\n");
+        using var http = new HttpClient();
+        string metricsUri = $"http://127.0.0.1:{proxy.Server.GetEndPoint("admin").Port}/metrics";
+        string before = await http.GetStringAsync(metricsUri);
+        Assert.Contains("proxy_client_ip_refused_total{kind=\"connection\"} 0", before, StringComparison.Ordinal);
+        Assert.Contains("proxy_client_ip_refused_total{kind=\"request\"} 0", before, StringComparison.Ordinal);
+
+        // One request in flight (the upstream has it): its connection and its request are both counted.
+        await using var held = await proxy.ConnectAsync();
+        await held.SendAsync(Wire.Get("/x"));
+        await upstream.Recording.WaitForRequestAsync(1);
+        for (int i = 0; i < 2; i++)
+        {
+            await using var other = await proxy.ConnectAsync();
+            await other.SendAsync(Wire.Get("/x"));
+            if (kind == "connection")
+            {
+                Assert.True((await other.ReadToCloseAsync(TimeSpan.FromSeconds(5))).Closed);
+            }
+            else
+            {
+                ProxyAssert.ErrorAnswer(await other.ReadResponseAsync(), 503);
+            }
+        }
+        Assert.Equal(200, (await held.ReadResponseAsync()).Status);
+
+        string after = await http.GetStringAsync(metricsUri);
+        Assert.Contains($"proxy_client_ip_refused_total{{kind=\"{kind}\"}} 2", after, StringComparison.Ordinal);
+        Assert.Contains($"proxy_client_ip_refused_total{{kind=\"{(kind == "connection" ? "request" : "connection")}\"}} 0", after,
+            StringComparison.Ordinal);
+    }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using System.Text.RegularExpressions;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Model;
 
@@ -29,6 +30,12 @@ public sealed class ResilienceTests
     private static string Quote(params string[] addresses) => string.Join(", ", addresses.Select(a => $"\"{a}\""));
 
     private static ClusterModel Backend(TestProxy proxy) => proxy.Server.Snapshot.Clusters["backend"];
+
+    private static async Task<string> MetricsAsync(TestProxy proxy)
+    {
+        using var http = new HttpClient();
+        return await http.GetStringAsync($"http://127.0.0.1:{proxy.Server.GetEndPoint("admin").Port}/metrics");
+    }
 
     private static async Task<HttpMessage> GetAsync(TestProxy proxy, string target = "/x")
     {
@@ -109,6 +116,25 @@ public sealed class ResilienceTests
     }
 
     [Fact]
+    public async Task HealthCheck_ExpectedStatuses_ListedStatusPassesOthersFail()
+    {
+        await using var flaky = FaultyUpstream.Start("flaky");
+        await using var steady = FaultyUpstream.Start("steady");
+        flaky.HealthStatus = 404;
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(flaky.Address, steady.Address),
+            "    health_check: { path: /healthz, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1, expected_statuses: [2xx, 404] }"));
+        var flakyState = Backend(proxy).Destinations[0];
+
+        // 404 is listed: probes pass and the destination stays in.
+        await WaitUntilAsync(() => flaky.ProbeCount >= 3, "three probes");
+        Assert.True(flakyState.CheckHealthy);
+
+        // 503 is not: one failing probe (unhealthy_threshold 1) takes it out.
+        flaky.HealthStatus = 503;
+        await WaitUntilAsync(() => !flakyState.CheckHealthy, "the destination is marked down");
+    }
+
+    [Fact]
     public async Task HealthCheck_HealthzAnswers503_MarkedDownThenUpAgain()
     {
         await using var flaky = FaultyUpstream.Start("flaky");
@@ -139,6 +165,10 @@ public sealed class ResilienceTests
             Assert.Equal("down", destination.GetProperty("health_check").GetString());
             Assert.False(destination.GetProperty("healthy").GetBoolean());
         }
+        // And in the metrics: the flaky destination's gauge is 0, the steady one's 1.
+        string metrics = await MetricsAsync(proxy);
+        Assert.Matches($@"proxy_upstream_destination_healthy\{{cluster=""backend"",destination=""{Regex.Escape(flaky.Address)}""\}} 0\n", metrics);
+        Assert.Matches($@"proxy_upstream_destination_healthy\{{cluster=""backend"",destination=""{Regex.Escape(steady.Address)}""\}} 1\n", metrics);
 
         flaky.HealthStatus = 200;
         await WaitUntilAsync(() => flakyState.CheckHealthy, "the destination is marked up");
@@ -198,7 +228,7 @@ public sealed class ResilienceTests
         await using var slow = FaultyUpstream.Start("slow");
         slow.Delay = TimeSpan.FromSeconds(1);
         await using var proxy = await TestProxy.StartAsync(Yaml(Quote(slow.Address),
-            "    circuit_breaker: { max_requests: 1 }"));
+            "    circuit_breaker: { max_requests: 1 }", admin: true));
 
         await using var first = await proxy.ConnectAsync();
         await first.SendAsync(Wire.Get("/slow"));
@@ -219,6 +249,7 @@ public sealed class ResilienceTests
         await WaitUntilAsync(() => Backend(proxy).Breaker!.Requests == 0, "the first request leaves the breaker");
         Assert.Equal(200, (await GetAsync(proxy)).Status);
         Assert.Equal(1, Backend(proxy).Breaker!.Overflows);
+        Assert.Contains("proxy_upstream_overloaded_total{cluster=\"backend\"} 1\n", await MetricsAsync(proxy), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -246,8 +277,7 @@ public sealed class ResilienceTests
     {
         await using var good = FaultyUpstream.Start("good");
         await using var proxy = await TestProxy.StartAsync(Yaml(Quote($"http://127.0.0.1:{Ports.ClosedPort()}", good.Address),
-            // budget_percent 100: the previous request's retry slot is released just after its answer reaches the
-            // client, so the next request can find it still taken; this test is about the retry, not the budget.
+            // budget_percent 100: this test is about the retry, not the budget (Retry_SequentialRequests_BudgetSlotFree covers that).
             "    retry: { attempts: 1, on: [connect_failure], backoff: { base: 1ms, max: 5ms }, budget_percent: 100 }"));
 
         for (int i = 0; i < 6; i++)
@@ -258,6 +288,30 @@ public sealed class ResilienceTests
         }
         Assert.Equal(6, good.TrafficCount);
         Assert.True(Backend(proxy).RetryBudget!.Retried >= 3, "Half of the picks land on the refused destination and are retried.");
+    }
+
+    [Fact]
+    public async Task Retry_SequentialRequestsEachRetried_BudgetSlotFreeForTheNext()
+    {
+        await using var failing = FaultyUpstream.Start("failing");
+        failing.Status = 503;
+        // budget_percent 0: one retry in flight at a time (the minimum). Each request is retried once and answered the
+        // second 503; the slot must be free again by the time the client has that answer and sends its next request
+        // (on a new connection, so nothing on the proxy's side orders the two).
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(failing.Address),
+            "    retry: { attempts: 1, on: [503], backoff: { base: 1ms, max: 2ms }, budget_percent: 0 }", admin: true));
+
+        const int requests = 40;
+        for (int i = 0; i < requests; i++)
+        {
+            Assert.Equal(503, (await GetAsync(proxy)).Status);
+        }
+
+        var budget = Backend(proxy).RetryBudget!;
+        Assert.Equal(0, budget.Denied);
+        Assert.Equal(requests, budget.Retried);
+        Assert.Equal(2 * requests, failing.TrafficCount);
+        Assert.Contains($"proxy_upstream_retries_total{{cluster=\"backend\"}} {requests}\n", await MetricsAsync(proxy), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -452,6 +452,7 @@ internal static class ConfigCompiler
             Timeout = h.Timeout?.Value ?? (s_healthDefaults.Timeout < interval ? s_healthDefaults.Timeout : interval),
             HealthyThreshold = h.HealthyThreshold ?? s_healthDefaults.HealthyThreshold,
             UnhealthyThreshold = h.UnhealthyThreshold ?? s_healthDefaults.UnhealthyThreshold,
+            ExpectedStatuses = h.ExpectedStatuses ?? s_healthDefaults.ExpectedStatuses,
         };
     }
 

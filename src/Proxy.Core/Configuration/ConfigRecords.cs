@@ -279,6 +279,7 @@ internal sealed record HealthCheckConfig
     public Located<TimeSpan>? Timeout { get; init; }
     public int? HealthyThreshold { get; init; }
     public int? UnhealthyThreshold { get; init; }
+    public (int Low, int High)[]? ExpectedStatuses { get; init; }
 }
 
 internal sealed record OutlierDetectionConfig

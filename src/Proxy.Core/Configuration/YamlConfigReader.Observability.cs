@@ -4,10 +4,11 @@ using YamlDotNet.RepresentationModel;
 
 namespace Proxy.Configuration;
 
-/// <summary>The <c>tracing:</c>, <c>access_log:</c> and <c>insights:</c> blocks, as read (shape already checked).</summary>
+/// <summary>The <c>tracing:</c>, <c>metrics:</c>, <c>access_log:</c> and <c>insights:</c> blocks, as read (shape already checked).</summary>
 internal sealed record ObservabilityConfig
 {
     public TracingConfig? Tracing { get; init; }
+    public MetricsConfig? Metrics { get; init; }
     public AccessLogConfig? AccessLog { get; init; }
     public InsightsConfig? Insights { get; init; }
 }
@@ -17,6 +18,13 @@ internal sealed record TracingConfig
     public double? Sampling { get; init; }
     public string? OtlpEndpoint { get; init; }
     public OtlpProtocol? OtlpProtocol { get; init; }
+}
+
+internal sealed record MetricsConfig
+{
+    public string? OtlpEndpoint { get; init; }
+    public OtlpProtocol? OtlpProtocol { get; init; }
+    public TimeSpan? OtlpInterval { get; init; }
 }
 
 internal sealed record AccessLogConfig
@@ -41,6 +49,8 @@ internal sealed partial class YamlConfigReader
 {
     private static readonly string[] s_tracingKeys = ["sampling", "otlp"];
     private static readonly string[] s_otlpKeys = ["endpoint", "protocol"];
+    private static readonly string[] s_metricsKeys = ["otlp"];
+    private static readonly string[] s_metricsOtlpKeys = ["endpoint", "protocol", "interval"];
     private static readonly string[] s_accessLogKeys = ["path", "fields", "buffer"];
     private static readonly string[] s_insightsKeys = ["enabled", "interval", "baseline_intervals", "spike_factor", "min_requests"];
     private static readonly (string, OtlpProtocol)[] s_otlpProtocols = [("http/protobuf", OtlpProtocol.HttpProtobuf), ("grpc", OtlpProtocol.Grpc)];
@@ -48,6 +58,7 @@ internal sealed partial class YamlConfigReader
     private ObservabilityConfig ReadObservability(MapView root) => new()
     {
         Tracing = root.Get("tracing") is { } t ? ReadTracing(t) : null,
+        Metrics = root.Get("metrics") is { } m ? ReadMetrics(m) : null,
         AccessLog = root.Get("access_log") is { } a ? ReadAccessLog(a) : null,
         Insights = root.Get("insights") is { } i ? ReadInsights(i) : null,
     };
@@ -62,20 +73,47 @@ internal sealed partial class YamlConfigReader
         OtlpProtocol? protocol = null;
         if (map.Get("otlp") is { } otlpNode && Map(otlpNode, "'otlp'", s_otlpKeys) is { } otlp)
         {
-            if (RequiredString(otlp, "endpoint", "'otlp'") is { } e)
-            {
-                if (Uri.TryCreate(e.Value, UriKind.Absolute, out var uri) && uri.Scheme is "http" or "https")
-                {
-                    endpoint = e.Value.TrimEnd('/');
-                }
-                else
-                {
-                    _errors.Add(e.Mark, $"otlp endpoint must be an http:// or https:// URL, got '{e.Value}'");
-                }
-            }
-            protocol = Enum(otlp, "protocol", s_otlpProtocols)?.Value;
+            (endpoint, protocol) = ReadOtlp(otlp);
         }
         return new TracingConfig { Sampling = Fraction(map, "sampling"), OtlpEndpoint = endpoint, OtlpProtocol = protocol };
+    }
+
+    /// <summary><c>metrics: { otlp: { endpoint, protocol, interval } }</c>: the same <c>otlp</c> keys as tracing, plus the export period.</summary>
+    private MetricsConfig? ReadMetrics(YamlNode node)
+    {
+        if (Map(node, "'metrics'", s_metricsKeys) is not { } map)
+        {
+            return null;
+        }
+        if (map.Get("otlp") is not { } otlpNode || Map(otlpNode, "'otlp'", s_metricsOtlpKeys) is not { } otlp)
+        {
+            return new MetricsConfig();
+        }
+        var (endpoint, protocol) = ReadOtlp(otlp);
+        TimeSpan? interval = Duration(otlp, "interval");
+        if (interval is { } i && (i < MetricsModel.MinInterval || i > TimeSpan.FromHours(1)))
+        {
+            _errors.Add(otlp.KeyMark("interval"), $"'interval' must be between {MetricsModel.MinInterval.TotalMilliseconds:0}ms and 1h");
+            interval = null;
+        }
+        return new MetricsConfig { OtlpEndpoint = endpoint, OtlpProtocol = protocol, OtlpInterval = interval };
+    }
+
+    private (string? Endpoint, OtlpProtocol? Protocol) ReadOtlp(MapView otlp)
+    {
+        string? endpoint = null;
+        if (RequiredString(otlp, "endpoint", "'otlp'") is { } e)
+        {
+            if (Uri.TryCreate(e.Value, UriKind.Absolute, out var uri) && uri.Scheme is "http" or "https")
+            {
+                endpoint = e.Value.TrimEnd('/');
+            }
+            else
+            {
+                _errors.Add(e.Mark, $"otlp endpoint must be an http:// or https:// URL, got '{e.Value}'");
+            }
+        }
+        return (endpoint, Enum(otlp, "protocol", s_otlpProtocols)?.Value);
     }
 
     private AccessLogConfig? ReadAccessLog(YamlNode node)
@@ -183,6 +221,14 @@ internal static class ObservabilityCompiler
                 OtlpProtocol = t.OtlpProtocol ?? OtlpProtocol.HttpProtobuf,
             }
             : null;
+        MetricsModel? metrics = config.Metrics is { OtlpEndpoint: { } endpoint } m
+            ? new MetricsModel
+            {
+                OtlpEndpoint = endpoint,
+                OtlpProtocol = m.OtlpProtocol ?? OtlpProtocol.HttpProtobuf,
+                OtlpInterval = m.OtlpInterval ?? MetricsModel.DefaultInterval,
+            }
+            : null;
         AccessLogModel? accessLog = config.AccessLog is { } a
             ? new AccessLogModel
             {
@@ -202,6 +248,6 @@ internal static class ObservabilityCompiler
                 MinRequests = i.MinRequests ?? defaults.MinRequests,
             }
             : defaults;
-        return new ObservabilityModel { Tracing = tracing, AccessLog = accessLog, Insights = insights };
+        return new ObservabilityModel { Tracing = tracing, Metrics = metrics, AccessLog = accessLog, Insights = insights };
     }
 }

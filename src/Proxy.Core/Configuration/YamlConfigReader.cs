@@ -14,7 +14,7 @@ namespace Proxy.Configuration;
 /// </summary>
 internal sealed partial class YamlConfigReader
 {
-    private static readonly string[] s_rootKeys = ["server", "limits", "forwarded", "listeners", "routes", "clusters", "admin", "policies", "tracing", "access_log", "insights"];
+    private static readonly string[] s_rootKeys = ["server", "limits", "forwarded", "listeners", "routes", "clusters", "admin", "policies", "tracing", "metrics", "access_log", "insights"];
     private static readonly string[] s_adminKeys = ["address", "token"];
     private static readonly string[] s_serverKeys = ["shutdown_timeout", "max_connections", "watch_config"];
     private static readonly string[] s_limitsKeys =
@@ -57,7 +57,7 @@ internal sealed partial class YamlConfigReader
     ];
     private static readonly string[] s_affinityKeys = ["mode", "name", "ttl"];
     private static readonly (string Name, AffinityMode Value)[] s_affinityModes = [("cookie", AffinityMode.Cookie), ("header", AffinityMode.Header)];
-    private static readonly string[] s_healthCheckKeys = ["path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"];
+    private static readonly string[] s_healthCheckKeys = ["path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold", "expected_statuses"];
     private static readonly string[] s_outlierKeys = ["consecutive_failures", "base_ejection", "max_ejection_percent"];
     private static readonly string[] s_retryKeys = ["attempts", "on", "backoff", "budget_percent", "per_try_timeout", "non_idempotent", "max_replay_body_bytes"];
     private static readonly string[] s_backoffKeys = ["base", "max"];
@@ -644,7 +644,44 @@ internal sealed partial class YamlConfigReader
             Timeout = LocatedDuration(map, "timeout"),
             HealthyThreshold = Int(map, "healthy_threshold", 1, 1000),
             UnhealthyThreshold = Int(map, "unhealthy_threshold", 1, 1000),
+            ExpectedStatuses = map.Has("expected_statuses") ? ExpectedStatuses(map) : null,
         };
+    }
+
+    /// <summary><c>expected_statuses: [200, 204, 3xx]</c>: status codes (100..599) or whole classes.</summary>
+    private (int Low, int High)[]? ExpectedStatuses(MapView map)
+    {
+        var ranges = new List<(int, int)>();
+        bool bad = false;
+        foreach (var item in StringList(map, "expected_statuses"))
+        {
+            string text = item.Value;
+            if (text.Length == 3 && text[0] is >= '1' and <= '5' && (text.EndsWith("xx", StringComparison.OrdinalIgnoreCase)))
+            {
+                int low = (text[0] - '0') * 100;
+                ranges.Add((low, low + 99));
+            }
+            else if (int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int code)
+                && code is >= 100 and <= 599)
+            {
+                ranges.Add((code, code));
+            }
+            else
+            {
+                _errors.Add(item.Mark, $"expected_statuses entries are status codes (100..599) or classes (2xx), got '{text}'");
+                bad = true;
+            }
+        }
+        if (ranges.Count == 0)
+        {
+            if (bad)
+            {
+                return null;
+            }
+            _errors.Add(map.KeyMark("expected_statuses"), "expected_statuses must list at least one status (leave it out for 2xx)");
+            return null;
+        }
+        return [.. ranges];
     }
 
     private OutlierDetectionConfig? ReadOutlierDetection(YamlNode node)

@@ -8,6 +8,9 @@ internal sealed record ObservabilityModel
     /// <summary>Null: no <c>tracing:</c> block, so <c>traceparent</c> passes through untouched and no span is made.</summary>
     public TracingModel? Tracing { get; init; }
 
+    /// <summary>Null: no OTLP metrics export (the Prometheus endpoint and in-process meter listeners work regardless).</summary>
+    public MetricsModel? Metrics { get; init; }
+
     /// <summary>Null: no access log.</summary>
     public AccessLogModel? AccessLog { get; init; }
 
@@ -31,6 +34,24 @@ internal sealed record TracingModel
     public string? OtlpEndpoint { get; init; }
 
     public OtlpProtocol OtlpProtocol { get; init; } = OtlpProtocol.HttpProtobuf;
+}
+
+/// <summary>
+/// <c>metrics: { otlp: ... }</c>: periodic OTLP export of the <c>Proxy.Http</c> and <c>Proxy.Upstream</c> meters. Read
+/// once at start by the host, like the trace exporter: a reload that changes it is reported, not applied.
+/// </summary>
+internal sealed record MetricsModel
+{
+    public static readonly TimeSpan DefaultInterval = TimeSpan.FromSeconds(15);
+    public static readonly TimeSpan MinInterval = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>Base URL of an OTLP collector (<c>http://host:4318</c>); the HTTP exporter posts to <c>/v1/metrics</c> under it.</summary>
+    public required string OtlpEndpoint { get; init; }
+
+    public OtlpProtocol OtlpProtocol { get; init; } = OtlpProtocol.HttpProtobuf;
+
+    /// <summary>Time between two exports (cumulative values, so a lost export loses nothing but resolution).</summary>
+    public TimeSpan OtlpInterval { get; init; } = DefaultInterval;
 }
 
 internal sealed record AccessLogModel

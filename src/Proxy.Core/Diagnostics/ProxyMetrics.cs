@@ -60,6 +60,8 @@ internal sealed class ProxyMetrics : IDisposable
             "Open client connections, by listener.");
         _httpMeter.CreateObservableCounter("proxy.connections.accepted", () => Observe(CollectListeners(refused: false)), "{connection}",
             "Client connections accepted, by listener.");
+        _httpMeter.CreateObservableCounter("proxy.client_ip.refused", () => Observe(CollectClientIpRefused()), "{refusal}",
+            "Connections and requests refused by limits.max_connections_per_ip and max_requests_per_ip, by kind.");
         _httpMeter.CreateObservableCounter("proxy.accept.paused", () => Observe(CollectListeners(refused: true)), "{pause}",
             "Times a listener stopped accepting because server.max_connections was reached.");
 
@@ -211,6 +213,9 @@ internal sealed class ProxyMetrics : IDisposable
             new("proxy_accept_paused_total", MetricType.Counter,
                 "Times a listener stopped accepting because server.max_connections was reached, by listener.",
                 CollectListeners(refused: true)),
+            new("proxy_client_ip_refused_total", MetricType.Counter,
+                "Client connections closed unanswered past limits.max_connections_per_ip (kind connection) and requests answered 503 past limits.max_requests_per_ip (kind request).",
+                CollectClientIpRefused()),
             new("proxy_upstream_connect_failures_total", MetricType.Counter,
                 "Upstream connections that could not be opened, by cluster and reason (refused, timeout, pool_exhausted).",
                 CollectConnectFailures()),
@@ -252,6 +257,13 @@ internal sealed class ProxyMetrics : IDisposable
         };
         return families;
     }
+
+    /// <summary>The per-IP tables count their refusals themselves (one interlocked add on a refusal, nothing otherwise).</summary>
+    private List<MetricSample> CollectClientIpRefused() =>
+    [
+        new([new("kind", "connection")], _runtime.ConnectionsPerIp.Refused),
+        new([new("kind", "request")], _runtime.RequestsPerIp.Refused),
+    ];
 
     /// <summary>The built-in filters keep their own counters; they start over when a reload builds new filters.</summary>
     private static List<MetricSample> CollectPolicies(ProxySnapshot snapshot)

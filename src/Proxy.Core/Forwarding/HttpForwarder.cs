@@ -372,6 +372,7 @@ internal sealed partial class HttpForwarder
                                         }
                                         // The answer is final: the kept body is not needed while a long response streams.
                                         replay?.Reset();
+                                        EndRetry(budget, ref retrySlot);
                                         outcome = await RelayResponseBodyAsync(cluster, destination, upstream).ConfigureAwait(false);
                                         goto Done;
                                     }
@@ -419,6 +420,7 @@ internal sealed partial class HttpForwarder
                                 // A 5xx kept for a retry that the deadline then ruled out: its connection is gone, so answer it as a timeout.
                                 failure = ProxyError.UpstreamRequestTimeout;
                             }
+                            EndRetry(budget, ref retrySlot);
                             outcome = await FailAsync(failure, cluster, destination).ConfigureAwait(false);
                             goto Done;
                         }
@@ -512,6 +514,19 @@ internal sealed partial class HttpForwarder
     {
         cluster.RetryBudget?.BodyTooLarge();
         cluster.Metrics?.RetrySkippedBodyTooLarge();
+    }
+
+    /// <summary>
+    /// Gives the retry slot back once the answer is chosen (no try follows), before it is written: the client's next
+    /// request, sent as soon as this answer arrives, must never find the slot still held by this one.
+    /// </summary>
+    private static void EndRetry(RetryBudget? budget, ref bool slot)
+    {
+        if (slot)
+        {
+            slot = false;
+            budget!.RetryEnded();
+        }
     }
 
     /// <summary>

@@ -212,6 +212,15 @@ public sealed partial class ProxyServer
         _lastReload = result;
         _runtime.Metrics.ConfigReloaded(success: true);
         ProxyLog.Info("config_reloaded", ("version", next.Version), ("previous_version", current.Version), ("trigger", trigger));
+        // The `proxy` command builds its OTLP exporters (tracing.otlp, metrics.otlp) once at start; everything else in
+        // those blocks (sampling) applies now. Say so rather than let an operator believe the new endpoint is in use.
+        ObservabilityModel was = current.Observability, now = next.Observability;
+        if (was.Metrics != now.Metrics || was.Tracing?.OtlpEndpoint != now.Tracing?.OtlpEndpoint
+            || was.Tracing?.OtlpProtocol != now.Tracing?.OtlpProtocol)
+        {
+            ProxyLog.Warn("otlp_change_needs_restart", ("version", next.Version),
+                ("reason", "tracing.otlp and metrics.otlp are read at start; the exporters keep their previous settings until a restart"));
+        }
         return result;
     }
 

@@ -299,8 +299,15 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
         long allocated = GC.GetTotalAllocatedBytes(precise: true) - _runtime.AllocatedAtStart;
         ProxyLog.Info("shutdown_completed", ("aborted", aborted), ("requests", requests), ("allocated_bytes", allocated),
             ("allocated_bytes_per_request", requests > 0 ? allocated / requests : 0));
+        Drained?.Invoke();
         _runtime.Dispose();
     }
+
+    /// <summary>
+    /// Called once by <see cref="StopAsync"/> after the drain, while the meters still exist: the <c>proxy</c> command's
+    /// last OTLP metrics export, with the counts of the drained requests (disposing the runtime ends the meters).
+    /// </summary>
+    internal Action? Drained { get; set; }
 
     public async ValueTask DisposeAsync()
     {

@@ -194,7 +194,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     {
         HttpLimits limits = Listener.Limits;
         _ipSlots = ClientIpLimiter.Slots(RemoteAddress);
-        if (limits.MaxConnectionsPerIp <= 0 || Listener.Handler == ListenerHandler.Admin || _transport.IsStream)
+        if (limits.MaxConnectionsPerIp <= 0 || Listener.Handler == ListenerHandler.Admin || _transport.IsStream
+            || _transport.ClientIpCounted)
         {
             return true;
         }

@@ -13,6 +13,20 @@ internal sealed class HealthCheckModel
     public int HealthyThreshold { get; init; } = 2;
     /// <summary>Consecutive failing probes that mark a destination down.</summary>
     public int UnhealthyThreshold { get; init; } = 2;
+    /// <summary>Inclusive status ranges a probe answer must fall in to pass (<c>expected_statuses</c>); default 2xx.</summary>
+    public (int Low, int High)[] ExpectedStatuses { get; init; } = [(200, 299)];
+
+    public bool Passes(int status)
+    {
+        foreach (var (low, high) in ExpectedStatuses)
+        {
+            if (status >= low && status <= high)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
 }
 
 /// <summary>A cluster's <c>outlier_detection:</c> block: passive ejection on consecutive failures seen by real traffic.</summary>

@@ -32,6 +32,12 @@ internal abstract class ClientTransport : IDisposable
     /// </summary>
     public virtual bool IsStream => false;
 
+    /// <summary>
+    /// True when <c>limits.max_connections_per_ip</c> was already applied where the connection was accepted (TLS: before
+    /// the handshake, whatever ALPN then makes of it), so the HTTP/1.1 connection running on it must not count it again.
+    /// </summary>
+    public bool ClientIpCounted { get; init; }
+
     /// <summary>True when the client reached us over TLS (X-Forwarded-Proto: https).</summary>
     public virtual bool IsSecure => false;
 

@@ -78,7 +78,7 @@ public class ConfigValidationTests
     public void Load_UnknownKeyFarFromKnown_ListsKnownKeys()
     {
         Assert.Equal(
-            ["t.yaml:1:1: unknown key 'frobnicate' in the top level (expected one of: server, limits, forwarded, listeners, routes, clusters, admin, policies, tracing, access_log, insights)"],
+            ["t.yaml:1:1: unknown key 'frobnicate' in the top level (expected one of: server, limits, forwarded, listeners, routes, clusters, admin, policies, tracing, metrics, access_log, insights)"],
             Errors("frobnicate: 1", "listeners:", Listener));
     }
 

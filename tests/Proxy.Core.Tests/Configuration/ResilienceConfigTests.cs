@@ -60,6 +60,19 @@ public class ResilienceConfigTests
     }
 
     [Fact]
+    public void Load_HealthCheckExpectedStatuses_CodesAndClassesPass()
+    {
+        var custom = Cluster("    health_check: { expected_statuses: [204, 3xx, 404] }").HealthCheck!;
+        var defaults = Cluster("    health_check: {}").HealthCheck!;
+
+        Assert.Equal([(204, 204), (300, 399), (404, 404)], custom.ExpectedStatuses);
+        Assert.True(custom.Passes(204) && custom.Passes(301) && custom.Passes(404));
+        Assert.False(custom.Passes(200) || custom.Passes(403) || custom.Passes(503));
+        Assert.True(defaults.Passes(200) && defaults.Passes(299));
+        Assert.False(defaults.Passes(300) || defaults.Passes(503));
+    }
+
+    [Fact]
     public void Load_NoResilienceKeys_EverythingOff()
     {
         var cluster = Cluster();
@@ -107,6 +120,8 @@ public class ResilienceConfigTests
     [InlineData("    retry: { backoff: { min: 1s } }", "t.yaml:6:25: unknown key 'min' in 'backoff'; did you mean 'max'?")]
     [InlineData("    circuit_breaker: { max_requests: 0 }", "t.yaml:6:38: 'max_requests' must be at least 1, got 0")]
     [InlineData("    circuit_breaker: { max_pending: -1 }", "t.yaml:6:37: 'max_pending' must be at least 0, got -1")]
+    [InlineData("    health_check: { expected_statuses: [200, 700] }", "t.yaml:6:46: expected_statuses entries are status codes (100..599) or classes (2xx), got '700'")]
+    [InlineData("    health_check: { expected_statuses: [] }", "t.yaml:6:21: expected_statuses must list at least one status (leave it out for 2xx)")]
     [InlineData("    panic_mode: maybe", "t.yaml:6:17: expected true or false for 'panic_mode', got 'maybe'")]
     [InlineData("    retry: 3", "t.yaml:6:12: expected a map for 'retry', got '3'")]
     public void Load_InvalidResilienceKey_ReportsPosition(string line, string expected)

@@ -49,6 +49,26 @@ public sealed class ObservabilityConfigTests
     }
 
     [Fact]
+    public void Load_MetricsOtlp_CompiledWithDefaults()
+    {
+        var full = Load("metrics: { otlp: { endpoint: \"http://127.0.0.1:4318/\", protocol: grpc, interval: 5s } }");
+        var minimal = Load("metrics: { otlp: { endpoint: \"https://collector.example:4318\" } }");
+        var none = Load("metrics: { }");
+
+        Assert.True(full.Success, string.Join("\n", full.Errors));
+        var metrics = full.Snapshot!.Observability.Metrics!;
+        Assert.Equal("http://127.0.0.1:4318", metrics.OtlpEndpoint);
+        Assert.Equal(OtlpProtocol.Grpc, metrics.OtlpProtocol);
+        Assert.Equal(TimeSpan.FromSeconds(5), metrics.OtlpInterval);
+        Assert.True(minimal.Success, string.Join("\n", minimal.Errors));
+        Assert.Equal(OtlpProtocol.HttpProtobuf, minimal.Snapshot!.Observability.Metrics!.OtlpProtocol);
+        Assert.Equal(MetricsModel.DefaultInterval, minimal.Snapshot.Observability.Metrics.OtlpInterval);
+        Assert.True(none.Success, string.Join("\n", none.Errors));
+        Assert.Null(none.Snapshot!.Observability.Metrics);
+        Assert.Null(Load("").Snapshot!.Observability.Metrics);
+    }
+
+    [Fact]
     public void Load_EmptyAccessLogBlockAndPercentSampling_Defaults()
     {
         var result = Load("""
@@ -72,6 +92,11 @@ public sealed class ObservabilityConfigTests
     [InlineData("access_log: { path: \"\" }", "'path' must not be empty")]
     [InlineData("insights: { spike_factor: 1 }", "'spike_factor' must be a number above 1")]
     [InlineData("insights: { intervall: 1s }", "did you mean 'interval'?")]
+    [InlineData("metrics: { otlp: { endpoint: localhost:4318 } }", "otlp endpoint must be an http:// or https:// URL")]
+    [InlineData("metrics: { otlp: { endpoint: \"http://x:4318\", interval: 10ms } }", "'interval' must be between 100ms and 1h")]
+    [InlineData("metrics: { otlp: { endpoint: \"http://x:4318\", protocol: thrift } }", "unknown protocol 'thrift'")]
+    [InlineData("metrics: { otlp: { interval: 1s } }", "'endpoint'")]
+    [InlineData("metrics: { prometheus: true }", "prometheus")]
     public void Load_BadValue_PreciseError(string extra, string expected)
     {
         var result = Load(extra);

@@ -94,6 +94,43 @@ internal sealed class TlsTransport : ClientTransport
     /// </summary>
     public static async Task AcceptAsync(ProxyRuntime runtime, ListenerModel model, Socket socket, object origin)
     {
+        // limits.max_connections_per_ip counts every accepted connection once, whatever ALPN makes of it (an HTTP/2
+        // connection never passes through the HTTP/1.1 entry that counts cleartext ones), and is checked before the
+        // handshake: a client over its cap costs no key exchange.
+        int cap = model.Handler == ListenerHandler.Admin ? 0 : model.Limits.MaxConnectionsPerIp;
+        if (cap <= 0)
+        {
+            await HandshakeAndRunAsync(runtime, model, socket, origin, counted: false).ConfigureAwait(false);
+            return;
+        }
+        IPAddress address = (socket.RemoteEndPoint as IPEndPoint)?.Address ?? IPAddress.None;
+        ClientIpSlots slots = ClientIpLimiter.Slots(address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address);
+        if (!runtime.ConnectionsPerIp.TryEnter(slots, cap))
+        {
+            ProxyLog.Write(LogLevel.Debug, "client_connection_refused", ("client", ProxyLog.Format(socket.RemoteEndPoint as IPEndPoint)),
+                ("details", "client_ip_connection_limit"));
+            try
+            {
+                socket.Shutdown(SocketShutdown.Both);
+            }
+            catch (Exception)
+            {
+            }
+            socket.Dispose();
+            return;
+        }
+        try
+        {
+            await HandshakeAndRunAsync(runtime, model, socket, origin, counted: true).ConfigureAwait(false);
+        }
+        finally
+        {
+            runtime.ConnectionsPerIp.Exit(slots);
+        }
+    }
+
+    private static async Task HandshakeAndRunAsync(ProxyRuntime runtime, ListenerModel model, Socket socket, object origin, bool counted)
+    {
         TlsListenerModel tls = model.Tls!;
         var network = new NetworkStream(socket, ownsSocket: false);
         var ssl = new SslStream(network, leaveInnerStreamOpen: true);
@@ -104,7 +141,7 @@ internal sealed class TlsTransport : ClientTransport
             {
                 await ssl.AuthenticateAsServerAsync(s_selectOptions, tls, timeout.Token).ConfigureAwait(false);
             }
-            transport = new TlsTransport(socket, network, ssl);
+            transport = new TlsTransport(socket, network, ssl) { ClientIpCounted = counted };
         }
         catch (Exception e)
         {

@@ -125,7 +125,7 @@ internal sealed class ActiveHealthChecker : IAsyncDisposable
             {
                 return (false, "invalid_response");
             }
-            return status is >= 200 and < 300 ? (true, "status_" + status) : (false, "status_" + status);
+            return (model.Passes(status), "status_" + status);
         }
         catch (OperationCanceledException)
         {
