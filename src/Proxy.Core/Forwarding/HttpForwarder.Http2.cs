@@ -30,6 +30,8 @@ internal sealed partial class HttpForwarder
         Replay,
         /// <summary>An <c>auto</c> destination chose http/1.1: continue on the HTTP/1.1 path.</summary>
         UseHttp1,
+        /// <summary>A retryable status (retry.on 5xx, or a trailers-only grpc-status 14 with <c>unavailable</c>) took a retry slot: try again.</summary>
+        RetryStatus,
     }
 
     private FieldLineWriter? _http2Fields;
@@ -39,13 +41,18 @@ internal sealed partial class HttpForwarder
     private bool _http2Outcome;
     private ProxyError _http2Failure;
     private RetryOn _http2Cause;
+    /// <summary>In: the request holds a retry slot; out: it holds one after this try (a status retry may take it).</summary>
+    private bool _http2RetrySlot;
+    /// <summary>Out: the client's body was read in part (never retried: it cannot be read again) or whole (kept for a retry when within the limit).</summary>
+    private bool _http2BodyTouched, _http2BodySent;
 
     /// <summary>One try on an HTTP/2 destination.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Http2Step> ForwardHttp2Async(Http2ConnectionPool pool, ClusterModel cluster, DestinationState destination,
-        UpstreamTimeouts timeouts, long exchangeDeadline, int attempt)
+        UpstreamTimeouts timeouts, long exchangeDeadline, int attempt, RequestReplayBuffer? replay, bool fromReplay, int retries)
     {
         ClusterHealth health = cluster.Health;
+        _http2BodyTouched = _http2BodySent = false;
         _http2Failure = ProxyError.None;
         _http2Cause = RetryOn.None;
         _http2Outcome = false;
@@ -87,7 +94,7 @@ internal sealed partial class HttpForwarder
             // RFC 9113 section 8.2.2: "te" may only say "trailers"; gRPC servers want it to know trailers are understood.
             bool teTrailers = WantsTrailers(head);
 
-            if (hasBody && !await _client.SendContinueIfExpectedAsync().ConfigureAwait(false))
+            if (hasBody && !fromReplay && !await _client.SendContinueIfExpectedAsync().ConfigureAwait(false))
             {
                 return Http2Step.Answered;
             }
@@ -106,8 +113,9 @@ internal sealed partial class HttpForwarder
             if (hasBody)
             {
                 // Full duplex: the body goes up while the response is read (gRPC streams answer before the request ends).
-                pump = PumpHttp2RequestAsync(stream);
+                pump = PumpHttp2RequestAsync(stream, replay, fromReplay);
                 pumping = true;
+                _http2BodyTouched = !fromReplay;
             }
 
             // ---- response head
@@ -164,6 +172,7 @@ internal sealed partial class HttpForwarder
                     pumping = false;
                     bool pumpEnded = pump.IsCompleted;
                     PumpResult sent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
+                    _http2BodySent = pumpEnded && sent == PumpResult.Completed;
                     if (sent is PumpResult.TooLarge or PumpResult.SourceInvalid)
                     {
                         await _client.SendErrorAsync(_http2Reject.StatusCode(), _http2Reject.DetailsCode(), close: true).ConfigureAwait(false);
@@ -199,6 +208,23 @@ internal sealed partial class HttpForwarder
             {
                 health.ReportSuccess(destination);
             }
+            if (retries >= 0 && cluster.RetryBudget is { } budget && IsRetryableAnswer(budget.Model, stream.Head))
+            {
+                // Only a request whose whole body went up (and was kept) can go again; a pump still running is not waited for.
+                bool bodyDone = !pumping || pump.IsCompleted;
+                if (pumping && bodyDone)
+                {
+                    pumping = false;
+                    _http2BodySent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false) == PumpResult.Completed;
+                    bodyDone = _http2BodySent && replay is not { IsOverLimit: true };
+                }
+                bool slot = _http2RetrySlot;
+                if (bodyDone && TryTakeRetry(budget, retries, ref slot))
+                {
+                    _http2RetrySlot = slot;
+                    return Http2Step.RetryStatus; // the stream is reset by the release below, its body unread
+                }
+            }
             if (cluster.Affinity is { } pinning && !ReferenceEquals(_affinityPinned, destination))
             {
                 _setCookie = pinning.SetCookieFor(destination);
@@ -224,6 +250,11 @@ internal sealed partial class HttpForwarder
         }
     }
 
+    /// <summary>retry.on: a retryable 5xx, or (gRPC, <c>unavailable</c>) a trailers-only grpc-status 14, as on the HTTP/1.1 path.</summary>
+    private bool IsRetryableAnswer(RetryModel model, ResponseHead response)
+        => response.StatusCode >= 500 ? model.RetriesStatus(response.StatusCode)
+            : _client.IsGrpc && (model.On & RetryOn.Unavailable) != 0 && GrpcStatus.IsUnavailable(response);
+
     /// <summary>Ends a request pump that may still run: the stream is reset and the client read woken, then the pump is awaited (once).</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<PumpResult> StopHttp2PumpAsync(Http2ClientStream stream, ValueTask<PumpResult> pump)
@@ -242,8 +273,12 @@ internal sealed partial class HttpForwarder
     /// section is not kept by <see cref="ChunkedDecoder"/>, so the last DATA frame carries END_STREAM.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<PumpResult> PumpHttp2RequestAsync(Http2ClientStream stream)
+    private async ValueTask<PumpResult> PumpHttp2RequestAsync(Http2ClientStream stream, RequestReplayBuffer? replay, bool fromReplay)
     {
+        if (fromReplay)
+        {
+            return await SendReplayAsync(stream, replay!).ConfigureAwait(false);
+        }
         RequestHead head = _client.Head;
         PipeReader source = _client.Input;
         Http2ClientConnection connection = stream.Connection;
@@ -281,6 +316,7 @@ internal sealed partial class HttpForwarder
             {
                 long take = Math.Min(remaining, buffer.Length);
                 ReadOnlySequence<byte> slice = buffer.Slice(0, take);
+                replay?.Append(slice);
                 remaining -= take;
                 done = remaining == 0;
                 if ((take > 0 || done) && !await connection.SendDataAsync(stream, slice, done).ConfigureAwait(false))
@@ -313,6 +349,7 @@ internal sealed partial class HttpForwarder
                             await connection.CancelAsync(stream).ConfigureAwait(false);
                             return PumpResult.TooLarge;
                         }
+                        replay?.Append(data);
                         if (!await connection.SendDataAsync(stream, data, endStream: false).ConfigureAwait(false))
                         {
                             source.AdvanceTo(consumed, buffer.End);
@@ -324,7 +361,14 @@ internal sealed partial class HttpForwarder
                     if (status == ChunkStatus.Done)
                     {
                         done = true;
-                        if (!await connection.SendDataAsync(stream, ReadOnlySequence<byte>.Empty, endStream: true).ConfigureAwait(false))
+                        // The client's trailer section (if any) ends the stream as a trailing HEADERS frame (RFC 9113 section 8.1).
+                        if (_http2Chunked.HasTrailers)
+                        {
+                            replay?.SetTrailers(_http2Chunked.TrailerSection);
+                            KeepRequestTrailers(stream, _http2Chunked.TrailerSection);
+                            _http2Chunked.ReleaseTrailers();
+                        }
+                        if (!await EndRequestAsync(stream).ConfigureAwait(false))
                         {
                             source.AdvanceTo(consumed);
                             return PumpResult.DestinationFailed;
@@ -349,6 +393,45 @@ internal sealed partial class HttpForwarder
                 return PumpResult.SourceFailed;
             }
         }
+    }
+
+    /// <summary>Copies a trailer section into the stream's reusable buffer, so it outlives the decoder's pooled one.</summary>
+    private static void KeepRequestTrailers(Http2ClientStream stream, ReadOnlySpan<byte> section)
+    {
+        if (stream.RequestTrailers.Length < section.Length)
+        {
+            stream.RequestTrailers = new byte[Math.Max(section.Length, 256)];
+        }
+        section.CopyTo(stream.RequestTrailers);
+        stream.RequestTrailersLength = section.Length;
+    }
+
+    /// <summary>Ends the request: trailing HEADERS when trailers were kept, else an empty DATA frame with END_STREAM.</summary>
+    private static ValueTask<bool> EndRequestAsync(Http2ClientStream stream)
+    {
+        if (stream.RequestTrailersLength > 0)
+        {
+            return stream.Connection.SendTrailersAsync(stream); // clears RequestTrailersLength once encoded
+        }
+        return stream.Connection.SendDataAsync(stream, ReadOnlySequence<byte>.Empty, endStream: true);
+    }
+
+    /// <summary>A retry: the client's body went to an earlier try; send the kept copy (and its trailers) instead.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private static async ValueTask<PumpResult> SendReplayAsync(Http2ClientStream stream, RequestReplayBuffer replay)
+    {
+        for (int i = 0; i < replay.SegmentCount; i++)
+        {
+            if (!await stream.Connection.SendDataAsync(stream, new ReadOnlySequence<byte>(replay.GetSegment(i)), endStream: false).ConfigureAwait(false))
+            {
+                return PumpResult.DestinationFailed;
+            }
+        }
+        if (!replay.TrailerSection.IsEmpty)
+        {
+            KeepRequestTrailers(stream, replay.TrailerSection);
+        }
+        return await EndRequestAsync(stream).ConfigureAwait(false) ? PumpResult.Completed : PumpResult.DestinationFailed;
     }
 
     /// <summary>

@@ -151,7 +151,29 @@ internal sealed partial class HttpForwarder
                                 // HTTP/2 destinations (cluster protocol h2, h2c, auto over TLS): HttpForwarder.Http2.cs.
                                 if (pool.Http2 is { UseHttp2: true } http2)
                                 {
-                                    Http2Step step = await ForwardHttp2Async(http2, cluster, destination, timeouts, exchangeDeadline, attempt).ConfigureAwait(false);
+                                    _http2RetrySlot = retrySlot;
+                                    Http2Step step = await ForwardHttp2Async(http2, cluster, destination, timeouts, exchangeDeadline, attempt,
+                                        replay, bodySent, replayable && budget is not null ? retries : -1).ConfigureAwait(false);
+                                    retrySlot = _http2RetrySlot;
+                                    if (_http2BodySent)
+                                    {
+                                        bodySent = true;
+                                    }
+                                    else if (_http2BodyTouched)
+                                    {
+                                        replayable = false; // part of the body is gone: it can be neither replayed nor read again
+                                    }
+                                    if (replay is { IsOverLimit: true })
+                                    {
+                                        BodyTooLargeToReplay(cluster);
+                                        replay = null;
+                                        replayable = false;
+                                    }
+                                    if (step == Http2Step.RetryStatus)
+                                    {
+                                        retryStatus = true;
+                                        break;
+                                    }
                                     if (step == Http2Step.Answered)
                                     {
                                         outcome = _http2Outcome;

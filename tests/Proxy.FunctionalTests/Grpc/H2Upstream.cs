@@ -35,11 +35,16 @@ internal sealed class H2Upstream : IAsyncDisposable
 
     public int Port { get; }
 
+    private StrongBox<long> _calls = new();
+
+    /// <summary>gRPC calls the <c>unavailable</c> upstream turned away.</summary>
+    public long RefusedCalls => Interlocked.Read(ref _calls.Value);
+
     /// <summary>Body bytes <c>/stream/{n}</c> handed to Kestrel so far (written, not necessarily received).</summary>
     public long BytesWritten => Interlocked.Read(ref _written.Value);
 
     public static async Task<H2Upstream> StartAsync(HttpProtocols protocols = HttpProtocols.Http2, X509Certificate2? certificate = null, int port = 0,
-        int maxStreams = 100)
+        int maxStreams = 100, bool unavailable = false)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
@@ -58,7 +63,31 @@ internal sealed class H2Upstream : IAsyncDisposable
         });
         var app = builder.Build();
         var written = new StrongBox<long>();
+        var calls = new StrongBox<long>();
+        if (unavailable)
+        {
+            // A destination that is "down" for gRPC: reads the call, then answers trailers-only grpc-status 14.
+            app.Use(async (HttpContext c, RequestDelegate next) =>
+            {
+                if (c.Request.ContentType?.StartsWith("application/grpc", StringComparison.Ordinal) != true)
+                {
+                    await next(c);
+                    return;
+                }
+                Interlocked.Increment(ref calls.Value);
+                await c.Request.Body.CopyToAsync(Stream.Null);
+                c.Response.ContentType = "application/grpc";
+                c.Response.Headers["grpc-status"] = "14";
+                c.Response.Headers["grpc-message"] = "draining";
+            });
+        }
         app.MapGrpcService<GreeterService>();
+        app.MapPost("/request-trailers", async (HttpContext c) =>
+        {
+            // The client's trailers, as the upstream received them (RFC 9113 section 8.1 trailing HEADERS).
+            string body = await new StreamReader(c.Request.Body).ReadToEndAsync();
+            return $"{body}|{c.Request.GetTrailer("x-client-sum")}";
+        });
         app.MapGet("/stream/{n:int}", async (HttpContext c, int n) =>
         {
             c.Response.ContentLength = n;
@@ -105,7 +134,7 @@ internal sealed class H2Upstream : IAsyncDisposable
         using var cts = new CancellationTokenSource(TestDefaults.Timeout);
         await app.StartAsync(cts.Token);
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        return new H2Upstream(app, new Uri(address).Port, written);
+        return new H2Upstream(app, new Uri(address).Port, written) { _calls = calls };
     }
 
     public async ValueTask DisposeAsync()
@@ -125,8 +154,18 @@ internal sealed class H2Upstream : IAsyncDisposable
 /// <summary>The Greeter of greeter.proto: one method per streaming shape.</summary>
 internal sealed class GreeterService : Greeter.GreeterBase
 {
-    public override Task<HelloReply> SayHello(HelloRequest request, ServerCallContext context)
-        => Task.FromResult(new HelloReply { Message = "Hello " + request.Name });
+    public override async Task<HelloReply> SayHello(HelloRequest request, ServerCallContext context)
+    {
+        switch (request.Name)
+        {
+            case "fail":
+                throw new RpcException(new Status(StatusCode.NotFound, "nobody is called fail"), new Metadata { { "x-detail", "from-upstream" } });
+            case "slow":
+                await Task.Delay(TimeSpan.FromSeconds(5), context.CancellationToken);
+                break;
+        }
+        return new HelloReply { Message = "Hello " + request.Name };
+    }
 
     public override async Task SayHellos(HelloRequest request, IServerStreamWriter<HelloReply> responseStream, ServerCallContext context)
     {

@@ -254,6 +254,56 @@ internal sealed class Http2ClientConnection
         }
     }
 
+    /// <summary>
+    /// Ends the request with a trailing HEADERS frame (RFC 9113 section 8.1) carrying the field lines in
+    /// <see cref="Http2ClientStream.RequestTrailers"/> (names lowercased, fields forbidden in trailers already dropped by
+    /// the chunked decoder). False when the stream or connection died.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    public async ValueTask<bool> SendTrailersAsync(Http2ClientStream stream)
+    {
+        await _writeGate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (IsClosed || stream.Aborted)
+            {
+                stream.RequestTrailersLength = 0;
+                return false;
+            }
+            // A field costs at most its name and value plus a few octets of prefixes; each line spends 4 on ": " and CRLF.
+            int bound = 2 * stream.RequestTrailersLength + 64;
+            if (_headerBlock.Length < bound)
+            {
+                _headerBlock = new byte[Math.Max(bound, _headerBlock.Length * 2)];
+            }
+            int section = stream.RequestTrailersLength;
+            stream.RequestTrailersLength = 0;
+            if (!Http2RequestEncoder.TryEncodeTrailers(_encoder, stream.RequestTrailers.AsSpan(0, section), _headerBlock, out int length))
+            {
+                FailConnection(Http2ErrorCode.INTERNAL_ERROR);
+                return false;
+            }
+            Http2FrameWriter.WriteHeaders(_output, stream.Id, _headerBlock.AsSpan(0, length), endStream: true, (int)_peer.MaxFrameSize);
+            stream.EndSent = true;
+            FlushResult flush = await _output.FlushAsync().ConfigureAwait(false);
+            if (flush.IsCompleted || flush.IsCanceled)
+            {
+                FailConnection(Http2ErrorCode.NO_ERROR);
+                return false;
+            }
+            return true;
+        }
+        catch (Exception)
+        {
+            FailConnection(Http2ErrorCode.NO_ERROR);
+            return false;
+        }
+        finally
+        {
+            _writeGate.Release();
+        }
+    }
+
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> WriteDataAsync(Http2ClientStream stream, ReadOnlySequence<byte> data, bool endStream)
     {

@@ -42,6 +42,10 @@ internal sealed class Http2ClientStream : IValueTaskSource<bool>
     public ResponseHead Head { get; } = new();
     public ResponseHead Trailers { get; } = new();
 
+    /// <summary>The request's trailer section (field lines) while it is sent; kept with the pooled stream, grown when needed.</summary>
+    public byte[] RequestTrailers = [];
+    public int RequestTrailersLength;
+
     /// <summary>Response body bytes (DATA payloads, padding removed); completes at END_STREAM, reset or connection loss.</summary>
     public PipeReader ResponseReader => _response.Reader;
     internal PipeWriter ResponseWriter => _response.Writer;

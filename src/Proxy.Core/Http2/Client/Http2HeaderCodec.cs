@@ -1,5 +1,6 @@
 using System.Buffers.Text;
 using Proxy.Http;
+using Proxy.Http1;
 using Proxy.Http2.HPack;
 
 namespace Proxy.Http2.Client;
@@ -157,6 +158,29 @@ internal static class Http2RequestEncoder
             Span<byte> digits = stackalloc byte[20];
             Utf8Formatter.TryFormat(head.ContentLength, digits, out int length);
             if (!Encode(encoder, "content-length"u8, digits[..length], destination, ref total))
+            {
+                return false;
+            }
+        }
+        written = total;
+        return true;
+    }
+
+    /// <summary>Encodes a trailer section (HTTP/1.1 field lines, see <see cref="TrailerFields"/>) as a field block: lowercase names, no pseudo-fields.</summary>
+    public static bool TryEncodeTrailers(HPackEncoder encoder, ReadOnlySpan<byte> section, Span<byte> destination, out int written)
+    {
+        written = 0;
+        if (!encoder.TryBeginHeaderBlock(destination, out int total))
+        {
+            return false;
+        }
+        Span<byte> lower = stackalloc byte[256];
+        var fields = new TrailerFields(section);
+        while (fields.MoveNext(out ReadOnlySpan<byte> name, out ReadOnlySpan<byte> value, out _))
+        {
+            Span<byte> nameLower = name.Length <= lower.Length ? lower[..name.Length] : new byte[name.Length];
+            System.Text.Ascii.ToLower(name, nameLower, out _);
+            if (!Encode(encoder, nameLower, value, destination, ref total))
             {
                 return false;
             }
