@@ -1,6 +1,8 @@
-// A custom policy kind: a filter that rejects requests without a given header, registered before the config loads
-// and then used from YAML like the built-in kinds.
+// Custom policy kinds: a filter that rejects requests without a given header (request-headers phase), and one that
+// takes part in two later phases (response headers: adds the time the upstream took; logging: reports slow
+// requests). Registered before the config loads, then used from YAML like the built-in kinds.
 //   dotnet run --project samples/custom-filter
+using System.Buffers.Text;
 using System.Text;
 using Proxy.Hosting;
 using Proxy.Pipeline;
@@ -16,17 +18,41 @@ PolicyKinds.Register("require_header", definition =>
     return new RequireHeaderFilter(definition.Name, name);
 });
 
-const string Yaml = """
+PolicyKinds.Register("upstream_timing", definition =>
+{
+    int slowMs = 100;
+    if (definition.Settings.TryGetValue("slow_ms", out var text) && (!int.TryParse(text, out slowMs) || slowMs < 0))
+    {
+        throw new ArgumentException($"'slow_ms' must be a whole number of milliseconds, got '{text}'");
+    }
+    return new UpstreamTimingFilter(TimeSpan.FromMilliseconds(slowMs));
+});
+
+// An origin to forward to: another embedded server answering from its own route, so the sample needs no network.
+await using var origin = ProxyServer.FromYaml("""
+    listeners:
+      - { name: origin, address: 127.0.0.1:0 }
+    routes:
+      - { id: origin, match: { path: "/{**rest}" }, respond: { status: 200, body: "from the origin\n" } }
+    """, "origin.yaml");
+await origin.StartAsync();
+
+string yaml = $$"""
     policies:
       tenant-required:
         require_header: { name: x-tenant }
+      timing:
+        upstream_timing: { slow_ms: 0 }
     listeners:
       - { name: public, address: 127.0.0.1:0 }
     routes:
       - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello, tenant\n" }, policies: [tenant-required] }
+      - { id: api, match: { path: "/api/{**rest}" }, cluster: origin, policies: [timing] }
+    clusters:
+      origin: { destinations: ["http://{{origin.GetEndPoint("origin")}}"] }
     """;
 
-await using var server = ProxyServer.FromYaml(Yaml, "custom-filter.yaml");
+await using var server = ProxyServer.FromYaml(yaml, "custom-filter.yaml");
 await server.StartAsync();
 var url = $"http://{server.GetEndPoint("public")}/hello";
 
@@ -40,7 +66,13 @@ using (var accepted = await client.SendAsync(request))
 {
     Console.Write($"with x-tenant:    {(int)accepted.StatusCode} {await accepted.Content.ReadAsStringAsync()}");
 }
+using (var timed = await client.GetAsync($"http://{server.GetEndPoint("public")}/api/items"))
+{
+    Console.Write($"through /api:     {(int)timed.StatusCode} x-upstream-ms: {string.Join(",", timed.Headers.GetValues("x-upstream-ms"))}, "
+        + await timed.Content.ReadAsStringAsync());
+}
 await server.StopAsync(TimeSpan.FromSeconds(5));
+await origin.StopAsync(TimeSpan.FromSeconds(5));
 
 /// <summary>
 /// Built once per policy and shared by every connection: immutable, and it allocates nothing per request (the header
@@ -58,5 +90,35 @@ internal sealed class RequireHeaderFilter(string policyName, string headerName) 
             return FilterStatus.Continue;
         }
         return context.Respond(400, "missing_required_header", "text/plain; charset=utf-8"u8, _body);
+    }
+}
+
+/// <summary>
+/// Two phases in one filter: the response-headers phase adds <c>x-upstream-ms</c> (how long the upstream took to send
+/// its response head, formatted into a stack buffer: no allocation), and the logging phase reports requests slower than
+/// the threshold (the slow path may allocate: it is rare by definition). It must not throw there: a logging filter
+/// that throws is caught and counted, but its report is lost.
+/// </summary>
+internal sealed class UpstreamTimingFilter(TimeSpan slow) : IResponseHeadersFilter, IResponseCompleteFilter
+{
+    public void OnResponseHeaders(RequestContext context)
+    {
+        if (context.IsLocalReply)
+        {
+            return;
+        }
+        Span<byte> value = stackalloc byte[32];
+        Utf8Formatter.TryFormat(context.UpstreamDuration.TotalMilliseconds, value, out int written, new System.Buffers.StandardFormat('F', 1));
+        context.AddResponseHeader("x-upstream-ms"u8, value[..written]);
+    }
+
+    public void OnResponseComplete(RequestContext context)
+    {
+        if (context.Duration >= slow)
+        {
+            Console.WriteLine($"slow request: route {context.RouteId}, status {context.ResponseStatus} ({context.Outcome}), "
+                + $"{context.Duration.TotalMilliseconds:F1} ms total, {context.UpstreamDuration.TotalMilliseconds:F1} ms upstream, "
+                + $"{context.RequestBytes} bytes in, {context.ResponseBytes} bytes of body out");
+        }
     }
 }

@@ -39,6 +39,9 @@ internal static class ConfigCompiler
         // The server-wide block sits on the built-in defaults; each listener's block sits on that.
         var serverLimits = MergeLimits(HttpLimits.Default with { MaxConnections = server.MaxConnections }, config.Limits);
 
+        // One filter per policy, shared by every route and listener naming it (so they share its budgets).
+        var filters = PolicyCompiler.BuildAll(config, TimeProvider.System);
+
         // The admin listener, when configured, comes last: user listener indexes (route masks) stay as in the file.
         var listeners = new ListenerModel[config.Listeners.Count + (config.Admin is null ? 0 : 1)];
         for (int i = 0; i < config.Listeners.Count; i++)
@@ -55,6 +58,7 @@ internal static class ConfigCompiler
                 Forwarded = BuildForwarded(config.Forwarded, l.Forwarded),
                 Metrics = new ListenerMetrics(l.Name!.Value.Value),
                 Tls = l.Tls is { } tls ? Proxy.Transport.Tls.TlsConfigCompiler.BuildListener(l.Name!.Value.Value, tls, config.BaseDirectory) : null,
+                Unmatched = PolicyCompiler.Unmatched(l, filters),
             };
         }
         AdminModel? admin = null;
@@ -88,8 +92,6 @@ internal static class ConfigCompiler
             clusters.Add(c.Name.Value, built);
         }
 
-        // One filter per policy, shared by every route and listener naming it (so they share its budgets).
-        var filters = PolicyCompiler.BuildAll(config, TimeProvider.System);
         var routes = new RouteModel[config.Routes.Count];
         for (int i = 0; i < routes.Length; i++)
         {

@@ -82,10 +82,10 @@ internal static partial class PolicyCompiler
     }
 
     /// <summary>Builds every policy's filter (on a validated config, so nothing fails).</summary>
-    public static Dictionary<string, IRequestHeadersFilter> BuildAll(ProxyConfig config, TimeProvider time)
+    public static Dictionary<string, IProxyFilter> BuildAll(ProxyConfig config, TimeProvider time)
     {
         var errors = new ConfigErrorList("");
-        var filters = new Dictionary<string, IRequestHeadersFilter>(StringComparer.Ordinal);
+        var filters = new Dictionary<string, IProxyFilter>(StringComparer.Ordinal);
         foreach (var policy in config.Policies)
         {
             if (Build(policy, errors, time, config.BaseDirectory) is { } filter)
@@ -100,7 +100,7 @@ internal static partial class PolicyCompiler
     /// The chain of <paramref name="route"/> on each listener of the file (indexed like <paramref name="listeners"/>):
     /// the listener's policies, then the route's. Empty when nothing applies anywhere, so a request tests one length.
     /// </summary>
-    public static FilterChain[] Chains(RouteConfig route, IReadOnlyList<ListenerConfig> listeners, Dictionary<string, IRequestHeadersFilter> filters)
+    public static FilterChain[] Chains(RouteConfig route, IReadOnlyList<ListenerConfig> listeners, Dictionary<string, IProxyFilter> filters)
     {
         bool any = route.Policies.Count > 0;
         foreach (var listener in listeners)
@@ -146,11 +146,28 @@ internal static partial class PolicyCompiler
     }
 
     /// <summary>
+    /// A listener's chain for requests no route matched: its default policies that take part in the response-headers
+    /// or logging phase (the only phases such a request runs); null when there are none.
+    /// </summary>
+    public static FilterChain? Unmatched(ListenerConfig listener, Dictionary<string, IProxyFilter> filters)
+    {
+        var names = new List<string>();
+        foreach (var name in listener.Policies)
+        {
+            if (filters.TryGetValue(name.Value, out var filter) && filter is (IResponseHeadersFilter or IResponseCompleteFilter) && !names.Contains(name.Value))
+            {
+                names.Add(name.Value);
+            }
+        }
+        return names.Count == 0 ? null : new FilterChain(names.Select(n => filters[n]).ToArray(), [.. names]);
+    }
+
+    /// <summary>
     /// Checks one policy's settings and builds its filter; null (errors added) when they are wrong. With
     /// <paramref name="validateOnly"/>, built-in kinds skip building (a rate-limit table is a MiB); custom kinds are
     /// built, since their factory is their validation.
     /// </summary>
-    public static IRequestHeadersFilter? Build(PolicyConfig policy, ConfigErrorList errors, TimeProvider time, string baseDirectory = "", bool validateOnly = false)
+    public static IProxyFilter? Build(PolicyConfig policy, ConfigErrorList errors, TimeProvider time, string baseDirectory = "", bool validateOnly = false)
     {
         if (policy.Kind is not { } kind)
         {
@@ -171,6 +188,10 @@ internal static partial class PolicyCompiler
                 return BuildDeny(policy, kind, errors);
             case "introspection":
                 return BuildIntrospection(policy, kind, errors, time, baseDirectory, validateOnly);
+            // Header rewrites (upstream request, response): PolicyCompiler.Headers.cs.
+            case "request_headers":
+            case "response_headers":
+                return BuildHeaderRewrite(policy, kind, errors);
         }
         if (!PolicyKinds.TryGetCustom(kind.Value, out var factory))
         {

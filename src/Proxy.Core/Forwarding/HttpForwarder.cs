@@ -139,6 +139,11 @@ internal sealed partial class HttpForwarder
                         }
                         previous = destination;
 
+                        if (!_client.RunUpstreamRequestFilters(destination, retries))
+                        {
+                            outcome = await FailAsync(ProxyError.FilterFailed, cluster, destination).ConfigureAwait(false);
+                            goto Done;
+                        }
                         ProxyError failure = ProxyError.None;
                         RetryOn cause = RetryOn.None;
                         bool retryStatus = false;
@@ -626,6 +631,7 @@ internal sealed partial class HttpForwarder
         }
         bool keepAlive = request.KeepAlive && !_client.Draining && outFraming != BodyFraming.CloseDelimited;
 
+        _client.RunResponseHeadersFilters(response);
         WriteResponseHead(response, outFraming, response.ContentLength, interim: false, keepAlive);
 
         // "content-length: 0" (a gRPC trailers-only answer, an empty 200) has nothing to read: a pump would wait for

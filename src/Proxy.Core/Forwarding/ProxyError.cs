@@ -34,6 +34,8 @@ internal enum ProxyError : byte
     UpstreamInvalidResponse,
     UpstreamRequestWriteFailed,
     RequestBodyFailed,
+    /// <summary>An upstream-request phase filter threw: the request is not sent (it may lack an edit the filter meant).</summary>
+    FilterFailed,
 }
 
 internal static class ProxyErrorExtensions
@@ -47,6 +49,7 @@ internal static class ProxyErrorExtensions
         ProxyError.UpstreamConnectTimeout or ProxyError.UpstreamResponseTimeout or ProxyError.UpstreamRequestTimeout
             or ProxyError.UpstreamPerTryTimeout => 504,
         ProxyError.RequestBodyFailed => 400,
+        ProxyError.FilterFailed => 500,
         _ => 502,
     };
 
@@ -67,13 +70,15 @@ internal static class ProxyErrorExtensions
         ProxyError.UpstreamInvalidResponse => "upstream_invalid_response",
         ProxyError.UpstreamRequestWriteFailed => "upstream_request_write_failed",
         ProxyError.RequestBodyFailed => "request_body_failed",
+        ProxyError.FilterFailed => "filter_failed",
         _ => "none",
     };
 
     public static ErrorSource Source(this ProxyError error) => error switch
     {
         ProxyError.NoRoute or ProxyError.MethodNotAllowed or ProxyError.RequestBodyFailed => ErrorSource.Downstream,
-        ProxyError.NoDestination or ProxyError.NoHealthyDestination or ProxyError.UpstreamOverloaded => ErrorSource.Internal,
+        ProxyError.NoDestination or ProxyError.NoHealthyDestination or ProxyError.UpstreamOverloaded
+            or ProxyError.FilterFailed => ErrorSource.Internal,
         _ => ErrorSource.Upstream,
     };
 }

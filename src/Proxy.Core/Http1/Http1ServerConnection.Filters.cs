@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
 using System.Text;
@@ -7,6 +8,7 @@ using Proxy.Http;
 using Proxy.Model;
 using Proxy.Pipeline;
 using Proxy.Transport;
+using Proxy.Upstream;
 
 namespace Proxy.Http1;
 
@@ -18,7 +20,31 @@ internal sealed partial class Http1ServerConnection
     /// The filters' context of the current request when its route ran a chain (its upstream field edits apply),
     /// else null. Read by the forwarder while writing the upstream request.
     /// </summary>
-    internal RequestContext? FilterContext => _route?.Filters(Listener.Index) is { IsEmpty: false } ? _state?.Filters : null;
+    internal RequestContext? FilterContext => _chain is not null ? _state?.Filters : null;
+
+    /// <summary>
+    /// The chain the current request runs (its route's on this listener, or the listener's own for a request no route
+    /// matched) once its context is bound; null when it has no filters. Reset when a request starts.
+    /// </summary>
+    private FilterChain? _chain;
+
+    /// <summary>The current request's details code for the logging phase ("" while the upstream answers).</summary>
+    private string _replyDetails = "";
+
+    /// <summary>Response body bytes the proxy wrote itself (local answers).</summary>
+    private long _localBodyBytes;
+
+    /// <summary>The upstream's final response head went to the client; <see cref="_relayedBody"/>: with a body pumped.</summary>
+    private bool _relayed, _relayedBody;
+
+    /// <summary>Forgets the previous request's filter state (called as each request starts).</summary>
+    private void ResetFilterRequest()
+    {
+        _chain = null;
+        _replyDetails = "";
+        _localBodyBytes = 0;
+        _relayed = _relayedBody = false;
+    }
 
     /// <summary>
     /// Runs the route's request-headers filters: <see cref="FilterStatus.Respond"/> when one answered (its answer
@@ -28,9 +54,12 @@ internal sealed partial class Http1ServerConnection
     {
         RequestContext context = State.Filters;
         context.Begin(Head, RemoteAddress, route.Id, Listener.Name, _transport.ClientCertificateSubject);
+        _chain = chain;
         try
         {
-            return chain.RunRequestHeaders(context);
+            FilterStatus status = chain.RunRequestHeaders(context);
+            context.MarkUpstreamEdits();
+            return status;
         }
         catch (Exception e)
         {
@@ -49,6 +78,7 @@ internal sealed partial class Http1ServerConnection
         try
         {
             status = await chain.ResumeRequestHeadersAsync(context).ConfigureAwait(false);
+            context.MarkUpstreamEdits();
         }
         catch (Exception e)
         {
@@ -71,7 +101,7 @@ internal sealed partial class Http1ServerConnection
     /// </summary>
     internal void WriteFilterFields(PipeWriter output)
     {
-        if (_route?.Filters(Listener.Index) is { IsEmpty: false })
+        if (_chain is not null)
         {
             output.Write(State.Filters.ReplyHeaders);
         }
@@ -98,6 +128,8 @@ internal sealed partial class Http1ServerConnection
         RequestContext context = State.Filters;
         int status = context.ReplyStatus;
         ResponseStatus = IsGrpc ? 200 : status;
+        _replyDetails = context.ReplyDetails;
+        RunLocalResponseHeadersFilters(ResponseStatus);
         _lingerOnClose |= !keepAlive;
         _runtime.Metrics.LocalReply(Listener, status, context.ReplyDetails);
         if (ProxyLog.IsEnabled(LogLevel.Info))
@@ -132,5 +164,106 @@ internal sealed partial class Http1ServerConnection
             output.WriteField("content-type"u8, context.ReplyContentType);
         }
         WriteLocalReplyTail(output, context.ReplyBody, extraFields: null, keepAlive);
+    }
+
+    // ---- later phases: one call each from the forwarder and the request loop ----------------------------------------
+
+    /// <summary>
+    /// The upstream-request phase for one try to <paramref name="destination"/> (<paramref name="retries"/>: 0 for
+    /// the first try). False when a filter threw: the caller fails the request with <see cref="ProxyError.FilterFailed"/>.
+    /// </summary>
+    internal bool RunUpstreamRequestFilters(DestinationState destination, int retries)
+    {
+        if (_chain is not { } chain)
+        {
+            return true;
+        }
+        // Recorded for any chain: a response-headers or logging filter may want the upstream's time.
+        RequestContext context = State.Filters;
+        context.BeginUpstreamTry(destination.Address, retries);
+        if (chain.UpstreamRequest.Length == 0)
+        {
+            return true;
+        }
+        try
+        {
+            chain.RunUpstreamRequest(context);
+            return true;
+        }
+        catch (Exception e)
+        {
+            UpstreamFilterFailed(context, e);
+            return false;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void UpstreamFilterFailed(RequestContext context, Exception e)
+        => ProxyLog.Error("filter_failed", ("phase", "upstream_request"), ("listener", Listener.Name), ("route", context.RouteId), ("error", e.ToString()));
+
+    /// <summary>
+    /// The response-headers phase on the upstream's final response head, just before the forwarder writes it: filters
+    /// remove fields (marked, so the writer skips them) and add fields (written with the filter fields).
+    /// </summary>
+    internal void RunResponseHeadersFilters(ResponseHead response)
+    {
+        _relayed = true;
+        // RFC 9112 section 6.3: no body after HEAD, 204 or 304, nor with a zero length (the pump then never runs).
+        _relayedBody = Head.Method != Http.HttpMethod.Head && response.StatusCode is not (204 or 304)
+            && (response.Chunked || response.ContentLength != 0);
+        if (_chain is { ResponseHeaders.Length: > 0 } chain)
+        {
+            RequestContext context = State.Filters;
+            context.BeginResponse(response, response.StatusCode);
+            chain.RunResponseHeaders(context);
+            context.EndResponse();
+        }
+    }
+
+    /// <summary>The response-headers phase on a local answer with <paramref name="status"/> (no upstream fields).</summary>
+    private void RunLocalResponseHeadersFilters(int status)
+    {
+        if (_chain is { ResponseHeaders.Length: > 0 } chain)
+        {
+            RequestContext context = State.Filters;
+            context.BeginResponse(null, status);
+            chain.RunResponseHeaders(context);
+            context.EndResponse();
+        }
+    }
+
+    /// <summary>The logging phase, at the very end of a request: status, outcome, bytes, durations.</summary>
+    private void RunResponseCompleteFilters(long started)
+    {
+        if (_chain is { ResponseComplete.Length: > 0 } chain && _state is { } state)
+        {
+            CompleteFilters(chain, state, started);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CompleteFilters(FilterChain chain, ExchangeState state, long started)
+    {
+        RequestContext context = state.Filters;
+        RequestHead head = state.Head;
+        RequestOutcome outcome = ResponseStatus == 0 || Volatile.Read(ref _aborted) != 0 ? RequestOutcome.Aborted
+            : _relayed ? RequestOutcome.Relayed : RequestOutcome.LocalReply;
+        long responseBytes = !_relayed ? _localBodyBytes : _relayedBody ? state.ResponsePump.BytesRead : 0;
+        context.Complete(ResponseStatus, outcome, _replyDetails, head.Length + (head.HasBody ? state.RequestPump.BytesRead : 0),
+            responseBytes, Stopwatch.GetElapsedTime(started));
+        chain.RunResponseComplete(context);
+    }
+
+    /// <summary>
+    /// Binds the context for a request no route matched when the listener has default policies: their response-headers
+    /// and logging phases still run (their request-headers phase does not: there is no route to protect).
+    /// </summary>
+    private void BeginUnmatched()
+    {
+        if (Listener.Unmatched is { } chain)
+        {
+            State.Filters.Begin(Head, RemoteAddress, "", Listener.Name, _transport.ClientCertificateSubject);
+            _chain = chain;
+        }
     }
 }

@@ -348,9 +348,11 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             first = false;
             IsGrpc = GrpcStatus.IsGrpcRequest(Head);
             long started = Stopwatch.GetTimestamp();
+            ResetFilterRequest();
             bool keepAlive = await HandleRequestPerIpAsync().ConfigureAwait(false);
             _runtime.Metrics.RequestEnded(Listener, _route, Head.Method, ResponseStatus, started);
             ObserveRequestEnd(started);
+            RunResponseCompleteFilters(started);
             IsGrpc = false;
             if (!keepAlive || _draining)
             {
@@ -403,6 +405,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         _route = route;
         if (route is null)
         {
+            BeginUnmatched();
             return LocalReplyAsync(ProxyError.NoRoute.StatusCode(), ProxyError.NoRoute.DetailsCode());
         }
         if (route.Filters(Listener.Index) is { IsEmpty: false } chain)
@@ -440,6 +443,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         bool keepAlive = await DiscardBodyAsync().ConfigureAwait(false);
         keepAlive &= Head.KeepAlive && !_draining;
         ResponseStatus = respond.Status;
+        _replyDetails = "direct_response";
+        RunLocalResponseHeadersFilters(respond.Status);
         PipeWriter output = Output;
         output.Write(respond.HeadPrefix);
         WriteFilterFields(output);
@@ -536,6 +541,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
 
         _lingerOnClose |= close;
         ResponseStatus = status;
+        _replyDetails = details;
         _runtime.Metrics.LocalReply(Listener, status, details);
         if (IsGrpc)
         {
@@ -550,6 +556,12 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         PipeWriter output = Output;
         output.Write(Encoding.ASCII.GetBytes($"HTTP/1.1 {status} {reason}\r\n"));
         output.Write("content-type: text/plain\r\n"u8);
+        if (_chain is { ResponseHeaders.Length: > 0 })
+        {
+            // Only what the response-headers phase added: the request phase's fields never went on error answers.
+            RunLocalResponseHeadersFilters(status);
+            output.Write(State.Filters.ResponsePhaseFields);
+        }
         WriteLocalReplyTail(output, body, extraFields, keepAlive: !close && Head.KeepAlive);
         await FlushClientAsync().ConfigureAwait(false);
     }
@@ -593,6 +605,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         if (head.Method != Http.HttpMethod.Head || head.MethodLength == 0)
         {
             output.Write(body);
+            _localBodyBytes = body.Length;
         }
     }
 

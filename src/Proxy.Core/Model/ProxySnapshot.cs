@@ -23,7 +23,7 @@ internal sealed class ProxySnapshot
     /// <summary>The <c>admin:</c> block; null when the file has none (no admin listener).</summary>
     public AdminModel? Admin { get; init; }
     /// <summary>One filter per configured policy, by name, in file order (for metrics and the admin API).</summary>
-    public IReadOnlyList<KeyValuePair<string, IRequestHeadersFilter>> Policies { get; init; } = [];
+    public IReadOnlyList<KeyValuePair<string, IProxyFilter>> Policies { get; init; } = [];
     /// <summary>Tracing, access log and insights settings (<c>tracing:</c>, <c>access_log:</c>, <c>insights:</c>).</summary>
     public ObservabilityModel Observability { get; init; } = ObservabilityModel.Off;
 }
@@ -108,6 +108,11 @@ internal sealed class ListenerModel
     public ListenerMetrics? Metrics { get; set; }
     /// <summary>The <c>tls:</c> block: certificates by SNI, client certificates; null for a cleartext listener.</summary>
     public Proxy.Transport.Tls.TlsListenerModel? Tls { get; init; }
+    /// <summary>
+    /// The listener's default policies, for a request no route matched: only their response-headers and logging
+    /// phases run (a 404 still gets its headers and log record). Null when the listener has no policies with those phases.
+    /// </summary>
+    public Proxy.Pipeline.FilterChain? Unmatched { get; init; }
 }
 
 internal sealed class HeaderMatchModel

@@ -21,6 +21,20 @@ public enum FilterStatus : byte
 }
 
 /// <summary>
+/// A filter of any phase: what a <see cref="PolicyFactory"/> returns. A filter implements the phase interfaces it
+/// needs (<see cref="IRequestHeadersFilter"/>, <see cref="IUpstreamRequestFilter"/>, <see cref="IResponseHeadersFilter"/>,
+/// <see cref="IResponseCompleteFilter"/>) and appears in the chain of each; one that implements none does nothing.
+/// </summary>
+/// <remarks>
+/// Phases run in this order for one request: request headers (once, after routing), upstream request (once per try),
+/// response headers (once, on the final response head), response complete (once, at the very end). A route whose
+/// filters implement none of a phase's interfaces pays one array-length test for that phase.
+/// </remarks>
+public interface IProxyFilter
+{
+}
+
+/// <summary>
 /// The request-headers phase (Pingora's <c>request_filter</c>): runs once per request after routing, before the
 /// request is forwarded or answered by its route, with the full request head available and the body not yet read.
 /// </summary>
@@ -30,7 +44,7 @@ public enum FilterStatus : byte
 /// mutable state such as counters lock-free). The phase runs on the connection's I/O thread: it must not block
 /// and should not allocate in steady state.
 /// </remarks>
-public interface IRequestHeadersFilter
+public interface IRequestHeadersFilter : IProxyFilter
 {
     /// <summary>
     /// Inspects the request. Return <see cref="FilterStatus.Continue"/> to let it through, or the result of
@@ -53,4 +67,87 @@ public interface IAsyncRequestHeadersFilter : IRequestHeadersFilter
     /// and the request head stay valid until the returned task completes.
     /// </summary>
     ValueTask<FilterStatus> ResumeRequestHeadersAsync(RequestContext context);
+}
+
+/// <summary>
+/// The upstream-request phase (Pingora's <c>upstream_request_filter</c>): runs once per try, after the destination of
+/// that try is chosen and before the proxy connects to it and writes the request head, so a retry to another
+/// destination runs it again. <see cref="RequestContext.UpstreamDestination"/> and <see cref="RequestContext.UpstreamTry"/>
+/// say where the request is going.
+/// </summary>
+/// <remarks>
+/// <para>The filter edits the request head sent upstream with <see cref="RequestContext.AddUpstreamHeader"/> and
+/// <see cref="RequestContext.RemoveUpstreamHeader"/> (replace: remove, then add). Edits made in this phase apply to this
+/// try only: each try starts again from the edits the request-headers phase left, so a retry never carries a field
+/// twice.</para>
+/// <para>It cannot answer: the decision to answer belongs to the request-headers phase, before any upstream work
+/// started (a local answer after a first try went out would depend on which try failed). A filter that throws fails
+/// the request with 500 <c>filter_failed</c> and no retry: a filter that meant to remove a credential must not let
+/// the request through with it.</para>
+/// <para>Threading and allocation as for <see cref="IRequestHeadersFilter"/>: one shared instance, thread-safe, runs
+/// on the I/O thread, must not block, should not allocate.</para>
+/// </remarks>
+public interface IUpstreamRequestFilter : IProxyFilter
+{
+    /// <summary>Edits the request head about to be sent to <see cref="RequestContext.UpstreamDestination"/>.</summary>
+    void OnUpstreamRequest(RequestContext context);
+}
+
+/// <summary>
+/// The response-headers phase (Pingora's <c>response_filter</c>, Envoy's <c>encodeHeaders</c>): runs once on the final
+/// response head before it is written to the client, both for a response relayed from the upstream and for a local
+/// answer of the route (a filter's <see cref="RequestContext.Respond"/>, a route's <c>respond</c>, a proxy error such
+/// as 502 or 504 once the route is known; see <see cref="RequestContext.IsLocalReply"/>). Interim (1xx) and 101
+/// responses skip it.
+/// </summary>
+/// <remarks>
+/// <para>The filter reads <see cref="RequestContext.ResponseStatus"/> and the upstream's fields
+/// (<see cref="RequestContext.ResponseFieldCount"/>, <see cref="RequestContext.TryGetResponseHeader"/>; a local answer
+/// has none), and edits them: <see cref="RequestContext.AddResponseHeader"/>, <see cref="RequestContext.RemoveResponseHeader"/>,
+/// <see cref="RequestContext.SetResponseHeader"/>. The body's framing (Content-Length, Transfer-Encoding, Connection)
+/// stays the proxy's: those names are refused. The status and the body cannot change.</para>
+/// <para>A filter that throws is logged (<c>filter_failed</c>) and counted; the response goes out with the edits made
+/// so far (the upstream already answered: replacing its answer by a 500 would hide what it did).</para>
+/// <para>Threading and allocation as for <see cref="IRequestHeadersFilter"/>.</para>
+/// </remarks>
+public interface IResponseHeadersFilter : IProxyFilter
+{
+    /// <summary>Reads and edits the response head about to be written to the client.</summary>
+    void OnResponseHeaders(RequestContext context);
+}
+
+/// <summary>
+/// The logging phase (Pingora's <c>logging</c>, Envoy's access loggers): runs once at the very end of every request
+/// that reached a route (and, for the listener's default policies, of a request no route matched), after the
+/// response was written, or after the exchange failed. Nothing can change any more; the context reports what
+/// happened: <see cref="RequestContext.ResponseStatus"/>, <see cref="RequestContext.Outcome"/>,
+/// <see cref="RequestContext.ResponseDetails"/>, <see cref="RequestContext.RequestBytes"/>,
+/// <see cref="RequestContext.ResponseBytes"/>, <see cref="RequestContext.Duration"/>,
+/// <see cref="RequestContext.UpstreamDuration"/>.
+/// </summary>
+/// <remarks>
+/// It must not throw: an exception is caught, logged (<c>filter_failed</c>) and counted, and the other logging
+/// filters still run. It runs on the I/O thread before the connection reads its next request: hand slow work
+/// (shipping records) to a queue instead of doing it here. Threading and allocation as for <see cref="IRequestHeadersFilter"/>.
+/// </remarks>
+public interface IResponseCompleteFilter : IProxyFilter
+{
+    /// <summary>Observes the finished exchange.</summary>
+    void OnResponseComplete(RequestContext context);
+}
+
+/// <summary>How a request ended, for the logging phase.</summary>
+public enum RequestOutcome : byte
+{
+    /// <summary>The upstream's response was relayed to the client in full.</summary>
+    Relayed = 0,
+
+    /// <summary>
+    /// The proxy answered itself: a filter, the route's <c>respond</c>, or an error (no route, upstream failure);
+    /// <see cref="RequestContext.ResponseDetails"/> holds the details code.
+    /// </summary>
+    LocalReply = 1,
+
+    /// <summary>The exchange broke off: the client went away, or the upstream failed after its head was relayed.</summary>
+    Aborted = 2,
 }

@@ -2,26 +2,117 @@ namespace Proxy.Pipeline;
 
 /// <summary>
 /// The filters one route runs on one listener, in order: the listener's default policies, then the route's own.
-/// Built when the config is compiled and never changed; a request walks the array and stops at the first filter
-/// that answers.
+/// Built when the config is compiled and never changed. Each phase has its own array (a filter implementing several
+/// phase interfaces appears in each, in chain order), so a phase no filter takes part in costs one length test.
+/// Phase order for a request: <see cref="RequestHeaders"/>, (request body: reserved, it slots in here),
+/// <see cref="UpstreamRequest"/> per try, <see cref="ResponseHeaders"/>, <see cref="ResponseComplete"/>.
 /// </summary>
 internal sealed class FilterChain
 {
     public static FilterChain Empty { get; } = new([], []);
 
-    public FilterChain(IRequestHeadersFilter[] requestHeaders, string[] policyNames)
+    /// <summary>Phase failures (a throwing response-headers or logging filter) since the process started.</summary>
+    private static long s_phaseFailures;
+
+    public FilterChain(IProxyFilter[] filters, string[] policyNames)
     {
-        RequestHeaders = requestHeaders;
+        Filters = filters;
         PolicyNames = policyNames;
+        RequestHeaders = Phase<IRequestHeadersFilter>(filters);
+        UpstreamRequest = Phase<IUpstreamRequestFilter>(filters);
+        ResponseHeaders = Phase<IResponseHeadersFilter>(filters);
+        ResponseComplete = Phase<IResponseCompleteFilter>(filters);
     }
+
+    /// <summary>Every filter in chain order, whatever its phases.</summary>
+    public IProxyFilter[] Filters { get; }
 
     /// <summary>Request-headers phase filters in run order.</summary>
     public IRequestHeadersFilter[] RequestHeaders { get; }
 
-    /// <summary>The policy behind each filter (same order), for diagnostics and tests.</summary>
+    /// <summary>Upstream-request phase filters (once per try) in run order.</summary>
+    public IUpstreamRequestFilter[] UpstreamRequest { get; }
+
+    /// <summary>Response-headers phase filters in run order.</summary>
+    public IResponseHeadersFilter[] ResponseHeaders { get; }
+
+    /// <summary>Logging phase filters in run order.</summary>
+    public IResponseCompleteFilter[] ResponseComplete { get; }
+
+    /// <summary>The policy behind each filter of <see cref="Filters"/> (same order), for diagnostics and tests.</summary>
     public string[] PolicyNames { get; }
 
-    public bool IsEmpty => RequestHeaders.Length == 0;
+    /// <summary>No filter in any phase: the request skips the context entirely.</summary>
+    public bool IsEmpty => Filters.Length == 0;
+
+    /// <summary>Response-headers and logging filters that threw, process-wide (tests and diagnostics).</summary>
+    public static long PhaseFailures => Volatile.Read(ref s_phaseFailures);
+
+    private static T[] Phase<T>(IProxyFilter[] filters)
+        where T : class, IProxyFilter
+    {
+        var phase = new List<T>();
+        foreach (IProxyFilter filter in filters)
+        {
+            if (filter is T member)
+            {
+                phase.Add(member);
+            }
+        }
+        return phase.Count == 0 ? [] : phase.ToArray();
+    }
+
+    /// <summary>Runs the upstream-request phase for one try. Exceptions propagate: the caller fails the request.</summary>
+    public void RunUpstreamRequest(RequestContext context)
+    {
+        IUpstreamRequestFilter[] filters = UpstreamRequest;
+        for (int i = 0; i < filters.Length; i++)
+        {
+            filters[i].OnUpstreamRequest(context);
+        }
+    }
+
+    /// <summary>Runs the response-headers phase; a filter that throws is logged and counted, and the next one runs.</summary>
+    public void RunResponseHeaders(RequestContext context)
+    {
+        IResponseHeadersFilter[] filters = ResponseHeaders;
+        for (int i = 0; i < filters.Length; i++)
+        {
+            try
+            {
+                filters[i].OnResponseHeaders(context);
+            }
+            catch (Exception e)
+            {
+                PhaseFailed(context, "response_headers", e);
+            }
+        }
+    }
+
+    /// <summary>Runs the logging phase; a filter that throws is logged and counted, and the next one runs.</summary>
+    public void RunResponseComplete(RequestContext context)
+    {
+        IResponseCompleteFilter[] filters = ResponseComplete;
+        for (int i = 0; i < filters.Length; i++)
+        {
+            try
+            {
+                filters[i].OnResponseComplete(context);
+            }
+            catch (Exception e)
+            {
+                PhaseFailed(context, "response_complete", e);
+            }
+        }
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static void PhaseFailed(RequestContext context, string phase, Exception e)
+    {
+        Interlocked.Increment(ref s_phaseFailures);
+        Proxy.Diagnostics.ProxyLog.Error("filter_failed", ("phase", phase), ("listener", context.ListenerName), ("route", context.RouteId),
+            ("error", e.ToString()));
+    }
 
     /// <summary>
     /// Runs the request-headers phase from the first filter: <see cref="FilterStatus.Respond"/> when a filter

@@ -34,9 +34,10 @@ public sealed class PolicyDefinition
 /// <summary>
 /// Builds the filter of one policy of a custom kind. Called when a config is validated and again when it is
 /// compiled; throw <see cref="ArgumentException"/> or <see cref="FormatException"/> with a message for the user
-/// to report a bad setting (it becomes a config error at the policy's position).
+/// to report a bad setting (it becomes a config error at the policy's position). The filter takes part in each phase
+/// whose interface it implements (see <see cref="IProxyFilter"/>).
 /// </summary>
-public delegate IRequestHeadersFilter PolicyFactory(PolicyDefinition definition);
+public delegate IProxyFilter PolicyFactory(PolicyDefinition definition);
 
 /// <summary>
 /// The registry of policy kinds beyond the built-in ones (<c>rate_limit</c>, <c>ip_filter</c>, <c>jwt</c>, <c>api_key</c>, <c>introspection</c>, ...). Register a kind
@@ -45,7 +46,7 @@ public delegate IRequestHeadersFilter PolicyFactory(PolicyDefinition definition)
 public static class PolicyKinds
 {
     /// <summary>Kinds the engine itself implements; they cannot be registered again.</summary>
-    public static IReadOnlyList<string> BuiltIn { get; } = ["rate_limit", "ip_filter", "jwt", "api_key", "deny", "introspection"];
+    public static IReadOnlyList<string> BuiltIn { get; } = ["rate_limit", "ip_filter", "jwt", "api_key", "deny", "introspection", "request_headers", "response_headers"];
 
     private static readonly ConcurrentDictionary<string, PolicyFactory> s_custom = new(StringComparer.Ordinal);
 

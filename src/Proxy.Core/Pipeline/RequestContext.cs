@@ -93,17 +93,26 @@ public sealed partial class RequestContext
     /// <summary>
     /// Adds a header line to the response: to the local answer when a filter then calls <see cref="Respond"/>,
     /// otherwise (the chain continues) to the response the client gets, forwarded from the upstream or written by the
-    /// route's <c>respond</c>. The proxy writes Content-Type, Content-Length, Date and Connection itself. Throws
-    /// <see cref="ArgumentException"/> on CR, LF or NUL.
+    /// route's <c>respond</c>. In the response-headers phase it adds to the response being written. The proxy writes
+    /// Content-Type (of a local answer), Content-Length, Transfer-Encoding, Date and Connection itself. Throws
+    /// <see cref="ArgumentException"/> on CR, LF or NUL, or for a framing field (Content-Length, Transfer-Encoding,
+    /// Connection).
     /// </summary>
     public void AddResponseHeader(ReadOnlySpan<byte> name, ReadOnlySpan<byte> value)
     {
-        if (name.IsEmpty || name.ContainsAny(s_fieldForbidden) || name.Contains((byte)':') || value.ContainsAny(s_fieldForbidden))
+        if (name.IsEmpty || name.ContainsAny(s_fieldForbidden) || name.Contains((byte)':') || value.ContainsAny(s_fieldForbidden)
+            || IsFramingField(name))
         {
             ThrowInvalidField();
         }
         int length = name.Length + value.Length + 4;
-        Span<byte> span = Reserve(_replyHeadersLength, length);
+        // The response-headers phase may add fields after Respond stored the body behind them: move the body along.
+        Reserve(_replyHeadersLength, length + _replyBodyLength);
+        if (_replyBodyLength != 0)
+        {
+            _reply.AsSpan(_replyHeadersLength, _replyBodyLength).CopyTo(_reply.AsSpan(_replyHeadersLength + length));
+        }
+        Span<byte> span = _reply.AsSpan(_replyHeadersLength, length);
         name.CopyTo(span);
         span[name.Length] = (byte)':';
         span[name.Length + 1] = (byte)' ';
@@ -171,6 +180,7 @@ public sealed partial class RequestContext
         ReplyDetails = "";
         Identity.Reset();
         ResetUpstreamEdits();
+        ResetLaterPhases();
     }
 
     private Span<byte> Reserve(int offset, int length)
