@@ -473,6 +473,7 @@ internal sealed partial class HttpForwarder
         }
         bool keepAlive = request.KeepAlive && !_client.Draining && outFraming != BodyFraming.CloseDelimited;
 
+        _client.RunResponseHeadersFilters(response);
         WriteResponseHead(response, outFraming, length, interim: false, keepAlive);
         if (outFraming == BodyFraming.None || (outFraming == BodyFraming.ContentLength && length == 0))
         {

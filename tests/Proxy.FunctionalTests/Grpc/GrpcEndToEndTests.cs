@@ -188,6 +188,32 @@ public sealed class GrpcEndToEndTests
         Assert.True(answer.Contains(expected, StringComparison.Ordinal), answer);
     }
 
+    [Fact]
+    public async Task ResponseHeadersPhase_RunsOnHttp2UpstreamAnswers()
+    {
+        await using var upstream = await H2Upstream.StartAsync();
+        await using var proxy = await TestProxy.StartAsync($$"""
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            policies:
+              down: { response_headers: { remove: [server], add: { x-frame-options: DENY } } }
+            routes:
+              - { id: all, match: { path: "/{**rest}" }, cluster: backend, policies: [down] }
+            clusters:
+              backend:
+                protocol: h2c
+                destinations: [{ address: "http://127.0.0.1:{{upstream.Port}}" }]
+            """);
+        using var client = Clients.CreateHttpClient();
+
+        using var response = await client.GetAsync(new Uri(proxy.PublicUri, "/info"));
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.StartsWith("HTTP/2|", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        Assert.Equal("DENY", response.Headers.GetValues("x-frame-options").Single());
+        Assert.False(response.Headers.Contains("server"), "Kestrel's server field should have been removed");
+    }
+
     private static byte[] GrpcFrame(HelloRequest message)
     {
         byte[] payload = Google.Protobuf.MessageExtensions.ToByteArray(message);
