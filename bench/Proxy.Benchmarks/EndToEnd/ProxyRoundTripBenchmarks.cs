@@ -18,9 +18,8 @@ public class ProxyRoundTripBenchmarks
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + new string('x', 99) + "\n");
 
     private ProxyServer? _proxy;
-    private Socket? _upstreamListener;
+    private FixedResponseUpstream? _upstream;
     private RoundTripClient? _client;
-    private Thread? _upstreamThread;
 
     /// <summary>Run socket continuations on the epoll thread instead of hopping to the thread pool.</summary>
     [Params(false, true)]
@@ -31,12 +30,8 @@ public class ProxyRoundTripBenchmarks
     {
         // Read once by the socket engine at its first use; each parameter value runs in its own process.
         Environment.SetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", InlineCompletions ? "1" : "0");
-        _upstreamListener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        _upstreamListener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _upstreamListener.Listen(16);
-        int upstreamPort = ((IPEndPoint)_upstreamListener.LocalEndPoint!).Port;
-        _upstreamThread = new Thread(UpstreamLoop) { IsBackground = true };
-        _upstreamThread.Start();
+        _upstream = new FixedResponseUpstream(s_response);
+        int upstreamPort = _upstream.Port;
 
         string yaml = $$"""
             listeners:
@@ -61,57 +56,11 @@ public class ProxyRoundTripBenchmarks
         return _client!.RoundTrip();
     }
 
-    private void UpstreamLoop()
-    {
-        var buffer = new byte[64 * 1024];
-        while (true)
-        {
-            Socket connection;
-            try
-            {
-                connection = _upstreamListener!.Accept();
-            }
-            catch (Exception)
-            {
-                return;
-            }
-            connection.NoDelay = true;
-            var thread = new Thread(() =>
-            {
-                int filled = 0;
-                try
-                {
-                    while (true)
-                    {
-                        int n = connection.Receive(buffer.AsSpan(filled));
-                        if (n == 0)
-                        {
-                            return;
-                        }
-                        filled += n;
-                        int end;
-                        while ((end = buffer.AsSpan(0, filled).IndexOf("\r\n\r\n"u8)) >= 0)
-                        {
-                            connection.Send(s_response);
-                            int rest = filled - (end + 4);
-                            buffer.AsSpan(end + 4, rest).CopyTo(buffer);
-                            filled = rest;
-                        }
-                    }
-                }
-                catch (Exception)
-                {
-                }
-            }) { IsBackground = true };
-            thread.Start();
-        }
-    }
-
     [GlobalCleanup]
     public void Cleanup()
     {
         _client?.Dispose();
         _proxy?.StopAsync(TimeSpan.FromSeconds(1)).GetAwaiter().GetResult();
-        _upstreamListener?.Dispose();
+        _upstream?.Dispose();
     }
 }

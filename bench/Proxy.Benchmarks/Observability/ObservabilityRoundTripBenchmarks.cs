@@ -18,7 +18,7 @@ public class ObservabilityRoundTripBenchmarks
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + new string('x', 99) + "\n");
 
     private ProxyServer? _proxy;
-    private Socket? _upstreamListener;
+    private EndToEnd.FixedResponseUpstream? _upstream;
     private EndToEnd.RoundTripClient? _client;
     private string _log = "";
 
@@ -29,11 +29,8 @@ public class ObservabilityRoundTripBenchmarks
     public void Setup()
     {
         Environment.SetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", "1");
-        _upstreamListener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        _upstreamListener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _upstreamListener.Listen(16);
-        int upstreamPort = ((IPEndPoint)_upstreamListener.LocalEndPoint!).Port;
-        new Thread(UpstreamLoop) { IsBackground = true }.Start();
+        _upstream = new EndToEnd.FixedResponseUpstream(s_response);
+        int upstreamPort = _upstream.Port;
 
         _log = Path.Combine(Path.GetTempPath(), $"proxy-bench-{Environment.ProcessId}.log");
         string observability = Observability
@@ -65,45 +62,12 @@ public class ObservabilityRoundTripBenchmarks
         return _client!.RoundTrip();
     }
 
-    private void UpstreamLoop()
-    {
-        using Socket socket = _upstreamListener!.Accept();
-        socket.NoDelay = true;
-        var buffer = new byte[64 * 1024];
-        int filled = 0;
-        while (true)
-        {
-            int n;
-            try
-            {
-                n = socket.Receive(buffer.AsSpan(filled));
-            }
-            catch (SocketException)
-            {
-                return;
-            }
-            if (n == 0)
-            {
-                return;
-            }
-            filled += n;
-            // Requests have no body: answer each complete head.
-            int end;
-            while ((end = buffer.AsSpan(0, filled).IndexOf("\r\n\r\n"u8)) >= 0)
-            {
-                socket.Send(s_response);
-                buffer.AsSpan(end + 4, filled - end - 4).CopyTo(buffer);
-                filled -= end + 4;
-            }
-        }
-    }
-
     [GlobalCleanup]
     public void Cleanup()
     {
         _client?.Dispose();
         _proxy?.StopAsync(TimeSpan.FromSeconds(1)).GetAwaiter().GetResult();
-        _upstreamListener?.Dispose();
+        _upstream?.Dispose();
         File.Delete(_log);
     }
 }

@@ -28,7 +28,7 @@ public class ResilienceOverheadBenchmarks
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + new string('x', 99) + "\n");
 
     private ProxyServer? _proxy;
-    private Socket? _upstreamListener;
+    private EndToEnd.FixedResponseUpstream? _upstream;
     private EndToEnd.RoundTripClient? _client;
 
     [Params(Machinery.Off, Machinery.Resilience, Machinery.ResilienceAndTraffic)]
@@ -37,11 +37,8 @@ public class ResilienceOverheadBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        _upstreamListener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        _upstreamListener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _upstreamListener.Listen(16);
-        int port = ((IPEndPoint)_upstreamListener.LocalEndPoint!).Port;
-        new Thread(UpstreamLoop) { IsBackground = true }.Start();
+        _upstream = new EndToEnd.FixedResponseUpstream(s_response);
+        int port = _upstream.Port;
 
         const string resilience = """
                 health_check: { path: /healthz, interval: 1s, timeout: 500ms }
@@ -84,58 +81,6 @@ public class ResilienceOverheadBenchmarks
     public int ProxiedRequest()
     {
         return _client!.RoundTrip();
-    }
-
-    /// <summary>One blocking thread per upstream connection, each with its own buffer (health probes open their own).</summary>
-    private void UpstreamLoop()
-    {
-        while (true)
-        {
-            Socket connection;
-            try
-            {
-                connection = _upstreamListener!.Accept();
-            }
-            catch (Exception)
-            {
-                return;
-            }
-            connection.NoDelay = true;
-            new Thread(() => Serve(connection)) { IsBackground = true }.Start();
-        }
-    }
-
-    private static void Serve(Socket connection)
-    {
-        var buffer = new byte[16 * 1024];
-        int filled = 0;
-        try
-        {
-            while (true)
-            {
-                int n = connection.Receive(buffer.AsSpan(filled));
-                if (n == 0)
-                {
-                    return;
-                }
-                filled += n;
-                int end;
-                while ((end = buffer.AsSpan(0, filled).IndexOf("\r\n\r\n"u8)) >= 0)
-                {
-                    connection.Send(s_response);
-                    int rest = filled - (end + 4);
-                    buffer.AsSpan(end + 4, rest).CopyTo(buffer);
-                    filled = rest;
-                }
-            }
-        }
-        catch (Exception)
-        {
-        }
-        finally
-        {
-            connection.Dispose();
-        }
     }
 
     /// <summary>
@@ -233,6 +178,6 @@ public class ResilienceOverheadBenchmarks
     {
         _client?.Dispose();
         _proxy?.StopAsync(TimeSpan.FromSeconds(1)).GetAwaiter().GetResult();
-        _upstreamListener?.Dispose();
+        _upstream?.Dispose();
     }
 }

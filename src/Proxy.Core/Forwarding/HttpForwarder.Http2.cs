@@ -63,13 +63,7 @@ internal sealed partial class HttpForwarder
             {
                 return Http2Step.UseHttp1;
             }
-            _http2Failure = error switch
-            {
-                ConnectError.Timeout => ProxyError.UpstreamConnectTimeout,
-                ConnectError.PoolExhausted => ProxyError.UpstreamPoolExhausted,
-                ConnectError.Overloaded => ProxyError.UpstreamOverloaded,
-                _ => ProxyError.UpstreamConnectFailed,
-            };
+            _http2Failure = ConnectFailure(error);
             if (error is ConnectError.Refused or ConnectError.Timeout)
             {
                 _http2Cause = RetryOn.ConnectFailure;

@@ -208,13 +208,7 @@ internal sealed partial class HttpForwarder
                                     breaker?.ExitPending();
                                     if (connection is null)
                                     {
-                                        failure = error switch
-                                        {
-                                            ConnectError.Timeout => ProxyError.UpstreamConnectTimeout,
-                                            ConnectError.PoolExhausted => ProxyError.UpstreamPoolExhausted,
-                                            ConnectError.Overloaded => ProxyError.UpstreamOverloaded,
-                                            _ => ProxyError.UpstreamConnectFailed,
-                                        };
+                                        failure = ConnectFailure(error);
                                         if (error is ConnectError.Refused or ConnectError.Timeout)
                                         {
                                             cause = RetryOn.ConnectFailure;
@@ -490,6 +484,15 @@ internal sealed partial class HttpForwarder
             await _work.Task.ConfigureAwait(false);
         }
     }
+
+    /// <summary>The answer for a connection that could not be had (both upstream protocols).</summary>
+    private static ProxyError ConnectFailure(ConnectError error) => error switch
+    {
+        ConnectError.Timeout => ProxyError.UpstreamConnectTimeout,
+        ConnectError.PoolExhausted => ProxyError.UpstreamPoolExhausted,
+        ConnectError.Overloaded => ProxyError.UpstreamOverloaded,
+        _ => ProxyError.UpstreamConnectFailed,
+    };
 
     /// <summary>
     /// How long to wait for a response head: the response timeout, shortened by the per-try timeout and by what is left

@@ -177,13 +177,7 @@ internal sealed class Http2ClientConnection
             }
             Http2FrameWriter.WriteHeaders(_output, stream.Id, _headerBlock.AsSpan(0, length), endStream, (int)_peer.MaxFrameSize);
             stream.EndSent = endStream;
-            FlushResult flush = await _output.FlushAsync().ConfigureAwait(false);
-            if (flush.IsCompleted || flush.IsCanceled)
-            {
-                FailConnection(Http2ErrorCode.NO_ERROR);
-                return false;
-            }
-            return true;
+            return await FlushWrittenAsync().ConfigureAwait(false);
         }
         catch (Exception)
         {
@@ -285,13 +279,7 @@ internal sealed class Http2ClientConnection
             }
             Http2FrameWriter.WriteHeaders(_output, stream.Id, _headerBlock.AsSpan(0, length), endStream: true, (int)_peer.MaxFrameSize);
             stream.EndSent = true;
-            FlushResult flush = await _output.FlushAsync().ConfigureAwait(false);
-            if (flush.IsCompleted || flush.IsCanceled)
-            {
-                FailConnection(Http2ErrorCode.NO_ERROR);
-                return false;
-            }
-            return true;
+            return await FlushWrittenAsync().ConfigureAwait(false);
         }
         catch (Exception)
         {
@@ -302,6 +290,18 @@ internal sealed class Http2ClientConnection
         {
             _writeGate.Release();
         }
+    }
+
+    /// <summary>Flushes the frames just written (under the write gate); a completed or cancelled output fails the connection.</summary>
+    private async ValueTask<bool> FlushWrittenAsync()
+    {
+        FlushResult flush = await _output.FlushAsync().ConfigureAwait(false);
+        if (flush.IsCompleted || flush.IsCanceled)
+        {
+            FailConnection(Http2ErrorCode.NO_ERROR);
+            return false;
+        }
+        return true;
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
@@ -319,13 +319,7 @@ internal sealed class Http2ClientConnection
             {
                 stream.EndSent = true;
             }
-            FlushResult flush = await _output.FlushAsync().ConfigureAwait(false);
-            if (flush.IsCompleted || flush.IsCanceled)
-            {
-                FailConnection(Http2ErrorCode.NO_ERROR);
-                return false;
-            }
-            return true;
+            return await FlushWrittenAsync().ConfigureAwait(false);
         }
         catch (Exception)
         {
