@@ -208,6 +208,16 @@ internal static class Program
     private static async Task<int> RunAsync(string configPath)
     {
         ProxyServer server;
+        // SIGTERM/SIGINT: drain and stop. Registered before the listeners bind: a SIGTERM sent as soon as the port
+        // answers must never meet the default action (terminate at once, dropping requests in flight; seen in CI).
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = true; // we shut down ourselves, gracefully
+            stop.TrySetResult();
+        }
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         PosixSignalRegistration? hangup = null;
         PosixSignalRegistration? reopen = null;
         OpenTelemetry.Trace.TracerProvider? tracing = null;
@@ -267,15 +277,6 @@ internal static class Program
         using var reopenRegistration = reopen;
         using var tracingProvider = tracing;
         using var meterProvider = metrics;
-
-        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        void OnSignal(PosixSignalContext context)
-        {
-            context.Cancel = true; // we shut down ourselves, gracefully
-            stop.TrySetResult();
-        }
-        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
-        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
 
         await stop.Task;
         await server.StopAsync(server.ShutdownTimeout);
