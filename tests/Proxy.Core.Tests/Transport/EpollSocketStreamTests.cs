@@ -56,11 +56,13 @@ public class EpollSocketStreamTests
     }
 
     [Fact]
-    public async Task ZeroByteRead_NoData_WaitsUntilDataArrives()
+    public async Task ZeroByteRead_AfterShortRead_WaitsUntilDataArrives()
     {
         var (server, client) = Pair();
         using var _ = client;
         var stream = new EpollSocketStream(server);
+        client.Send("a"u8);
+        Assert.Equal(1, await Within(stream.ReadAsync(new byte[16]))); // short: drained
 
         ValueTask<int> wait = stream.ReadAsync(Memory<byte>.Empty);
         await Task.Delay(50);
@@ -167,6 +169,33 @@ public class EpollSocketStreamTests
         await write.AsTask().WaitAsync(s_timeout);
 
         Assert.True(payload.AsSpan().SequenceEqual(received));
+        SocketPipes.Close(server, stream);
+    }
+
+    [Fact]
+    public async Task WriteAsync_WhileReadWaits_WatchesWritesToo()
+    {
+        var (server, client) = Pair();
+        using var _ = client;
+        server.SendBufferSize = 4096;
+        client.ReceiveBufferSize = 4096;
+        var stream = new EpollSocketStream(server);
+        // The parked read registers the socket for reads only; the blocked write must add EPOLLOUT (EPOLL_CTL_MOD).
+        ValueTask<int> read = stream.ReadAsync(new byte[16]);
+        byte[] payload = Payload(512 * 1024);
+
+        ValueTask write = stream.WriteAsync(payload);
+        var received = new byte[payload.Length];
+        int filled = 0;
+        while (filled < received.Length)
+        {
+            filled += client.Receive(received.AsSpan(filled, Math.Min(4096, received.Length - filled)));
+        }
+        await write.AsTask().WaitAsync(s_timeout);
+        client.Send("r"u8);
+
+        Assert.True(payload.AsSpan().SequenceEqual(received));
+        Assert.Equal(1, await Within(read));
         SocketPipes.Close(server, stream);
     }
 

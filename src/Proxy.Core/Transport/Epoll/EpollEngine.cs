@@ -70,7 +70,7 @@ internal sealed unsafe class EpollEngine
     /// Adds <paramref name="fd"/> to the epoll set and sets <see cref="EpollSocketStream.Token"/> before the first
     /// event can arrive (EPOLL_CTL_ADD reports an already-ready socket at once).
     /// </summary>
-    public void Register(EpollSocketStream stream, int fd)
+    public void Register(EpollSocketStream stream, int fd, uint events)
     {
         int index;
         ulong token;
@@ -97,12 +97,23 @@ internal sealed unsafe class EpollEngine
             Volatile.Write(ref _slots[index], stream);
         }
         byte* evt = stackalloc byte[16];
-        EpollNative.WriteEvent(evt, EpollNative.EPOLLIN | EpollNative.EPOLLOUT | EpollNative.EPOLLRDHUP | EpollNative.EPOLLET, token);
+        EpollNative.WriteEvent(evt, events | EpollNative.EPOLLET, token);
         if (EpollNative.EpollCtl(_epfd, EpollNative.EPOLL_CTL_ADD, fd, evt) != 0)
         {
             int errno = Marshal.GetLastPInvokeError();
             Release(token);
             throw new IOException($"epoll_ctl(ADD) failed: errno {errno}");
+        }
+    }
+
+    /// <summary>Changes the events of a registered socket (EPOLL_CTL_MOD reports a level that is already there).</summary>
+    public void Modify(ulong token, int fd, uint events)
+    {
+        byte* evt = stackalloc byte[16];
+        EpollNative.WriteEvent(evt, events | EpollNative.EPOLLET, token);
+        if (EpollNative.EpollCtl(_epfd, EpollNative.EPOLL_CTL_MOD, fd, evt) != 0)
+        {
+            throw new IOException($"epoll_ctl(MOD) failed: errno {Marshal.GetLastPInvokeError()}");
         }
     }
 

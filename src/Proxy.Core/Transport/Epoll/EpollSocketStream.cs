@@ -10,7 +10,8 @@ namespace Proxy.Transport.Epoll;
 /// A <see cref="Stream"/> over a connected <see cref="Socket"/> driven by an <see cref="EpollEngine"/> instead of the
 /// runtime's socket engine, so a proxied request costs one recv() and one send() per side:
 /// <list type="bullet">
-/// <item>The socket is registered once, edge-triggered. Each direction remembers whether it is ready: an event marks
+/// <item>The socket is registered once, edge-triggered, the first time an operation has to wait (until then every
+/// operation just tries its syscall, as the runtime does). Each direction remembers whether it is ready: an event marks
 /// it ready; a recv()/send() that moved less than asked (or EAGAIN) marks it drained, because with edge-triggered epoll
 /// a short read means the queue is empty and the next arrival raises a new event.</item>
 /// <item>A zero-byte read (the pipes' "wait for data before renting a buffer") completes at once when ready and
@@ -22,7 +23,7 @@ namespace Proxy.Transport.Epoll;
 /// engine thread: no allocation per read or write in steady state.
 ///
 /// Ownership: the stream holds a reference on the socket's handle (<see cref="SafeHandle.DangerousAddRef"/>) while
-/// registered, so the fd cannot be closed and reused under the epoll registration; each syscall takes its own
+/// registered with the engine, so the fd cannot be closed and reused under the epoll registration; each syscall takes its own
 /// reference too, so a close racing with it fails it (EBADF) instead of hitting a reused fd. Dispose this stream
 /// BEFORE closing the socket (SocketPipes.Abort/Close do it in that order): Socket.Close spins while our reference
 /// is held. As a safety net, a Socket.Close from another thread disconnects the socket while it spins (an abortive
@@ -46,8 +47,23 @@ internal sealed class EpollSocketStream : Stream
     private readonly EpollEngine _engine;
     private readonly Operation _read;
     private readonly Operation _write;
-    /// <summary>1 once out of the epoll set with our handle reference released (at EPOLLHUP or Dispose).</summary>
-    private int _detached;
+    private const int Unregistered = 0;
+    private const int Registered = 1;
+    private const int Detached = 2;
+    private const uint ReadEvents = EpollNative.EPOLLIN | EpollNative.EPOLLRDHUP;
+
+    /// <summary>
+    /// Registration is lazy, like the runtime's: a socket whose operations all complete at once (a short-lived
+    /// connection whose request is there on accept) never costs an epoll_ctl or an engine wake-up. Until registered,
+    /// every operation tries its syscall; the first EAGAIN registers (EPOLL_CTL_ADD reports what became ready since)
+    /// and parks. Detached (EPOLLHUP or Dispose): out of the epoll set, our handle reference released.
+    /// Transitions happen under <see cref="_lock"/>, so an ADD can never follow the release of the fd.
+    /// </summary>
+    private int _registration;
+    /// <summary>EPOLLOUT is added (EPOLL_CTL_MOD) only once a write has to wait: most never do, and an EPOLLOUT in the
+    /// initial mask would wake the engine for every new socket just to say it is writable.</summary>
+    private bool _watchingWrites;
+    private readonly Lock _lock = new();
     private volatile bool _disposed;
 
     /// <summary>Registers <paramref name="socket"/> (connected, or connecting when <paramref name="connecting"/>).</summary>
@@ -57,23 +73,17 @@ internal sealed class EpollSocketStream : Stream
         _handle = socket.SafeHandle;
         _read = new Operation(this, isRead: true);
         _write = new Operation(this, isRead: false);
-        // Reads start drained: EPOLL_CTL_ADD reports data that is already queued as an event. Writes start ready
-        // (-1 never equals an even sequence) except while connecting, where EPOLLOUT says the connect finished.
+        // A connected socket starts ready both ways (-1 never equals an even sequence): a client usually sends its
+        // request right behind the connect, and trying recv() at once keeps the first request on the accepting thread
+        // instead of handing it to the engine thread through the initial EPOLL_CTL_ADD event (at worst one EAGAIN).
+        // A connecting socket has nothing to read, and EPOLLOUT says when the connect finished.
+        _read.Drained = connecting ? 0 : -1;
         _write.Drained = connecting ? 0 : -1;
-        bool added = false;
-        _handle.DangerousAddRef(ref added);
         _fd = (int)_handle.DangerousGetHandle();
         _engine = EpollEngine.Next();
-        try
+        if (connecting && !EnsureWatching(writes: true))
         {
-            _engine.Register(this, _fd);
-        }
-        catch
-        {
-            _detached = 1;
-            _disposed = true;
-            _handle.DangerousRelease();
-            throw;
+            throw new ObjectDisposedException(nameof(Socket));
         }
     }
 
@@ -88,7 +98,58 @@ internal sealed class EpollSocketStream : Stream
     public override long Length => throw new NotSupportedException();
     public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
 
-    private bool IsDetached => Volatile.Read(ref _detached) != 0;
+    private bool IsDetached => Volatile.Read(ref _registration) == Detached;
+
+    /// <summary>
+    /// Makes sure events for this direction will come before an operation parks; false when detached (no event will
+    /// ever come). The caller read its state before its failed syscall: whatever became ready since is reported by
+    /// the ADD or MOD itself, which bumps the sequence and makes the park fail and the syscall run again.
+    /// </summary>
+    private bool EnsureWatching(bool writes)
+    {
+        if (Volatile.Read(ref _registration) == Registered && (!writes || Volatile.Read(ref _watchingWrites)))
+        {
+            return true;
+        }
+        lock (_lock)
+        {
+            if (_registration == Detached)
+            {
+                return false;
+            }
+            if (_registration == Unregistered)
+            {
+                // The registration's reference: the fd stays this socket's until EPOLL_CTL_DEL (Detach).
+                bool added = false;
+                try
+                {
+                    _handle.DangerousAddRef(ref added);
+                    _engine.Register(this, _fd, writes ? ReadEvents | EpollNative.EPOLLOUT : ReadEvents);
+                }
+                catch (Exception e)
+                {
+                    if (added)
+                    {
+                        _handle.DangerousRelease();
+                    }
+                    Volatile.Write(ref _registration, Detached);
+                    if (e is ObjectDisposedException)
+                    {
+                        return false; // the socket was closed meanwhile
+                    }
+                    throw;
+                }
+                _watchingWrites = writes;
+                Volatile.Write(ref _registration, Registered);
+            }
+            else if (writes && !_watchingWrites)
+            {
+                _engine.Modify(Token, _fd, ReadEvents | EpollNative.EPOLLOUT);
+                Volatile.Write(ref _watchingWrites, true);
+            }
+            return true;
+        }
+    }
 
     /// <summary>
     /// Connects <paramref name="socket"/> without the runtime's engine (a ConnectAsync would register the fd with it,
@@ -138,13 +199,16 @@ internal sealed class EpollSocketStream : Stream
         while (true)
         {
             int state = Volatile.Read(ref op.State);
-            if (state != op.Drained)
+            bool registered = Volatile.Read(ref _registration) == Registered;
+            if (state != op.Drained || !registered)
             {
-                if (buffer.IsEmpty)
+                if (buffer.IsEmpty && registered)
                 {
                     // Zero-byte read: ready is all it asks, and ready costs no syscall.
                     return new ValueTask<int>(0);
                 }
+                // Unregistered, there are no events to know readiness from: ask the kernel (a zero-byte recv()
+                // returns 0 when data or end of stream is there, EAGAIN otherwise), as the runtime does.
                 int n = Receive(buffer.Span, state, out int errno);
                 if (n >= 0)
                 {
@@ -153,6 +217,10 @@ internal sealed class EpollSocketStream : Stream
                 if (errno != EpollNative.EAGAIN)
                 {
                     return ValueTask.FromException<int>(Error(errno));
+                }
+                if (!EnsureWatching(writes: false))
+                {
+                    return ValueTask.FromException<int>(Error(9));
                 }
                 continue;
             }
@@ -178,17 +246,25 @@ internal sealed class EpollSocketStream : Stream
         while (!buffer.IsEmpty)
         {
             int state = Volatile.Read(ref op.State);
-            if (state != op.Drained)
+            if (state != op.Drained || !Volatile.Read(ref _watchingWrites))
             {
                 int n = Send(buffer.Span, state, out int errno);
+                if (n == buffer.Length)
+                {
+                    break;
+                }
                 if (n >= 0)
                 {
                     buffer = buffer.Slice(n);
-                    continue;
                 }
-                if (errno != EpollNative.EAGAIN)
+                else if (errno != EpollNative.EAGAIN)
                 {
                     return ValueTask.FromException(Error(errno));
+                }
+                // Partial or EAGAIN: the socket buffer is full; from here on EPOLLOUT says when it has room.
+                if (!EnsureWatching(writes: true))
+                {
+                    return ValueTask.FromException(Error(9));
                 }
                 continue;
             }
@@ -306,11 +382,16 @@ internal sealed class EpollSocketStream : Stream
     /// </summary>
     private void Detach()
     {
-        if (Interlocked.Exchange(ref _detached, 1) != 0)
+        lock (_lock)
         {
-            return;
+            if (_registration != Registered)
+            {
+                Volatile.Write(ref _registration, Detached);
+                return;
+            }
+            _engine.Deregister(Token, _fd);
+            Volatile.Write(ref _registration, Detached);
         }
-        _engine.Deregister(Token, _fd);
         _handle.DangerousRelease();
     }
 
