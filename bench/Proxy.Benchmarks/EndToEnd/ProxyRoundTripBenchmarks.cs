@@ -25,11 +25,16 @@ public class ProxyRoundTripBenchmarks
     [Params(false, true)]
     public bool InlineCompletions { get; set; }
 
+    /// <summary>"epoll": our edge-triggered engine (PROXY_SOCKET_ENGINE=epoll) drives the proxy's sockets.</summary>
+    [Params("dotnet", "epoll")]
+    public string SocketEngine { get; set; } = "dotnet";
+
     [GlobalSetup]
     public void Setup()
     {
         // Read once by the socket engine at its first use; each parameter value runs in its own process.
         Environment.SetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", InlineCompletions ? "1" : "0");
+        Environment.SetEnvironmentVariable("PROXY_SOCKET_ENGINE", SocketEngine);
         _upstream = new FixedResponseUpstream(s_response);
         int upstreamPort = _upstream.Port;
 

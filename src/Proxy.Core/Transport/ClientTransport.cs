@@ -57,11 +57,11 @@ internal abstract class ClientTransport : IDisposable
     public abstract void Dispose();
 }
 
-/// <summary>Plain TCP: pipes over a <see cref="NetworkStream"/> with the shared socket pipe options.</summary>
+/// <summary>Plain TCP: pipes over the socket's stream (<see cref="SocketPipes.OpenStream"/>) with the shared socket pipe options.</summary>
 internal sealed class SocketTransport : ClientTransport
 {
     private readonly Socket _socket;
-    private readonly NetworkStream _stream;
+    private readonly Stream _stream;
 
     public SocketTransport(Socket socket)
         : base(socket.RemoteEndPoint as IPEndPoint)
@@ -75,11 +75,7 @@ internal sealed class SocketTransport : ClientTransport
 
     public override void ShutdownSend() => _socket.Shutdown(SocketShutdown.Send);
 
-    public override void Abort() => _socket.Close(0);
+    public override void Abort() => SocketPipes.Abort(_socket, _stream);
 
-    public override void Dispose()
-    {
-        _stream.Dispose();
-        _socket.Dispose();
-    }
+    public override void Dispose() => SocketPipes.Close(_socket, _stream);
 }

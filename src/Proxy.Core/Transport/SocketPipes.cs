@@ -1,6 +1,8 @@
 using System.Buffers;
 using System.IO.Pipelines;
+using System.Net;
 using System.Net.Sockets;
+using Proxy.Transport.Epoll;
 
 namespace Proxy.Transport;
 
@@ -23,9 +25,58 @@ internal static class SocketPipes
     private static readonly StreamPipeWriterOptions s_writerOptions = new(
         pool: BlockMemoryPool.Large, minimumBufferSize: BlockMemoryPool.Large.BlockSize, leaveOpen: true);
 
-    public static (NetworkStream Stream, PipeReader Input, PipeWriter Output) Create(Socket socket, bool upstream = false)
+    /// <summary>
+    /// PROXY_SOCKET_ENGINE=epoll (Linux): sockets are driven by our edge-triggered <see cref="EpollEngine"/> instead of
+    /// the runtime's engine. Read once at start-up; default is the runtime's engine.
+    /// </summary>
+    public static bool UseEpoll { get; } = EpollEngine.IsSupported
+        && string.Equals(Environment.GetEnvironmentVariable("PROXY_SOCKET_ENGINE"), "epoll", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// The stream over a connected socket (for plain pipes, or under an SslStream): an <see cref="EpollSocketStream"/>
+    /// when <see cref="UseEpoll"/>, else a <see cref="NetworkStream"/>. Neither owns the socket; close it through
+    /// <see cref="Abort"/> or <see cref="Close"/>, which leave the engine before the fd goes.
+    /// </summary>
+    public static Stream OpenStream(Socket socket)
+        => UseEpoll ? new EpollSocketStream(socket) : new NetworkStream(socket, ownsSocket: false);
+
+    /// <summary>
+    /// Connects an outgoing socket and returns its stream: through the epoll engine when enabled (the runtime's
+    /// ConnectAsync would register the fd with the runtime's engine too), else ConnectAsync and a NetworkStream.
+    /// </summary>
+    public static async ValueTask<Stream> ConnectAsync(Socket socket, EndPoint endPoint, CancellationToken cancellationToken)
     {
-        var stream = new NetworkStream(socket, ownsSocket: false);
+        if (UseEpoll)
+        {
+            return await EpollSocketStream.ConnectAsync(socket, endPoint, cancellationToken).ConfigureAwait(false);
+        }
+        await socket.ConnectAsync(endPoint, cancellationToken).ConfigureAwait(false);
+        return new NetworkStream(socket, ownsSocket: false);
+    }
+
+    /// <summary>
+    /// Abortive close (RST), safe from any thread, pending reads and writes fail. An epoll stream leaves its engine
+    /// first: Socket.Close spins while the stream's handle reference is held (on the engine thread, for ever).
+    /// </summary>
+    public static void Abort(Socket socket, Stream? stream)
+    {
+        if (stream is EpollSocketStream epoll)
+        {
+            epoll.Dispose();
+        }
+        socket.Close(0);
+    }
+
+    /// <summary>Graceful close: the stream first (see <see cref="Abort"/>), then the socket.</summary>
+    public static void Close(Socket socket, Stream? stream)
+    {
+        stream?.Dispose();
+        socket.Dispose();
+    }
+
+    public static (Stream Stream, PipeReader Input, PipeWriter Output) Create(Socket socket, bool upstream = false)
+    {
+        Stream stream = OpenStream(socket);
         var (input, output) = Create(stream, upstream);
         return (stream, input, output);
     }

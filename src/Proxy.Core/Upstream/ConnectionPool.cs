@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Security.Authentication;
 using Proxy.Diagnostics;
 using Proxy.Model;
+using Proxy.Transport;
 using Proxy.Transport.Tls;
 
 namespace Proxy.Upstream;
@@ -130,17 +131,21 @@ internal sealed class ConnectionPool
             // One deadline for connect and handshake: connect_timeout bounds the whole wait for a usable connection.
             var remaining = _connectTimeout - TimeSpan.FromMilliseconds(Environment.TickCount64 - started);
             using var cts = new CancellationTokenSource(remaining > TimeSpan.Zero ? remaining : TimeSpan.FromMilliseconds(1));
+            Stream network;
             if (_endPoint is not null)
             {
-                await socket.ConnectAsync(_endPoint, cts.Token).ConfigureAwait(false);
+                network = await SocketPipes.ConnectAsync(socket, _endPoint, cts.Token).ConfigureAwait(false);
             }
             else
             {
+                // A host name (every address tried in turn): the runtime connects, and its engine then owns the
+                // socket, so the stream is a NetworkStream whatever PROXY_SOCKET_ENGINE says.
                 await socket.ConnectAsync(_destination.Host, _destination.Port, cts.Token).ConfigureAwait(false);
+                network = new NetworkStream(socket, ownsSocket: false);
             }
             if (_tls is not null)
             {
-                tls = new SslStream(new NetworkStream(socket, ownsSocket: false), leaveInnerStreamOpen: false);
+                tls = new SslStream(network, leaveInnerStreamOpen: false);
                 try
                 {
                     await tls.AuthenticateAsClientAsync(_tls, cts.Token).ConfigureAwait(false);
@@ -167,10 +172,10 @@ internal sealed class ConnectionPool
                     return (null, ConnectError.TlsFailed);
                 }
                 _metrics?.ConnectionOpened();
-                return (new UpstreamConnection(socket, tls, _destination) { IsHttp2 = h2 && _protocol != UpstreamProtocol.Http1 }, ConnectError.None);
+                return (new UpstreamConnection(socket, network, tls, _destination) { IsHttp2 = h2 && _protocol != UpstreamProtocol.Http1 }, ConnectError.None);
             }
             _metrics?.ConnectionOpened();
-            return (new UpstreamConnection(socket, _destination) { IsHttp2 = _protocol == UpstreamProtocol.H2c }, ConnectError.None);
+            return (new UpstreamConnection(socket, network, _destination) { IsHttp2 = _protocol == UpstreamProtocol.H2c }, ConnectError.None);
         }
         catch (OperationCanceledException)
         {

@@ -12,22 +12,26 @@ internal sealed class UpstreamConnection
     private readonly Socket _socket;
     /// <summary>The socket's NetworkStream, or for an https:// destination the SslStream over it (which owns it).</summary>
     private readonly Stream _stream;
+    /// <summary>The stream straight over the socket (the same as <see cref="_stream"/> without TLS), for <see cref="Abort"/>.</summary>
+    private readonly Stream _network;
     private readonly bool _secure;
     private int _disposed;
 
-    public UpstreamConnection(Socket socket, DestinationState destination)
+    /// <summary>A connected socket and its stream (<see cref="SocketPipes.ConnectAsync"/>).</summary>
+    public UpstreamConnection(Socket socket, Stream network, DestinationState destination)
     {
         _socket = socket;
         Destination = destination;
-        (var stream, Input, Output) = SocketPipes.Create(socket, upstream: true);
-        _stream = stream;
+        _stream = _network = network;
+        (Input, Output) = SocketPipes.Create(network, upstream: true);
     }
 
-    /// <summary>A connection whose TLS handshake completed; <paramref name="tls"/> owns the socket's NetworkStream.</summary>
-    public UpstreamConnection(Socket socket, SslStream tls, DestinationState destination)
+    /// <summary>A connection whose TLS handshake completed; <paramref name="tls"/> owns <paramref name="network"/>.</summary>
+    public UpstreamConnection(Socket socket, Stream network, SslStream tls, DestinationState destination)
     {
         _socket = socket;
         Destination = destination;
+        _network = network;
         _stream = tls;
         _secure = true;
         (Input, Output) = SocketPipes.Create(tls, upstream: true);
@@ -80,7 +84,7 @@ internal sealed class UpstreamConnection
     {
         try
         {
-            _socket.Close(0);
+            SocketPipes.Abort(_socket, _network);
         }
         catch (Exception)
         {

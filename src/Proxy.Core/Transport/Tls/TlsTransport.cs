@@ -19,10 +19,10 @@ namespace Proxy.Transport.Tls;
 internal sealed class TlsTransport : ClientTransport
 {
     private readonly Socket _socket;
-    private readonly NetworkStream _network;
+    private readonly Stream _network;
     private readonly SslStream _ssl;
 
-    private TlsTransport(Socket socket, NetworkStream network, SslStream ssl)
+    private TlsTransport(Socket socket, Stream network, SslStream ssl)
         : base(socket.RemoteEndPoint as IPEndPoint)
     {
         _socket = socket;
@@ -71,7 +71,7 @@ internal sealed class TlsTransport : ClientTransport
         }
     }
 
-    public override void Abort() => _socket.Close(0);
+    public override void Abort() => SocketPipes.Abort(_socket, _network);
 
     public override void Dispose()
     {
@@ -82,8 +82,7 @@ internal sealed class TlsTransport : ClientTransport
         catch (Exception)
         {
         }
-        _network.Dispose();
-        _socket.Dispose();
+        SocketPipes.Close(_socket, _network);
     }
 
     /// <summary>
@@ -132,7 +131,7 @@ internal sealed class TlsTransport : ClientTransport
     private static async Task HandshakeAndRunAsync(ProxyRuntime runtime, ListenerModel model, Socket socket, object origin, bool counted)
     {
         TlsListenerModel tls = model.Tls!;
-        var network = new NetworkStream(socket, ownsSocket: false);
+        Stream network = SocketPipes.OpenStream(socket);
         var ssl = new SslStream(network, leaveInnerStreamOpen: true);
         TlsTransport transport;
         try
@@ -203,13 +202,12 @@ internal sealed class TlsTransport : ClientTransport
         Dispose();
     }
 
-    private static void Close(Socket socket, NetworkStream network, SslStream ssl)
+    private static void Close(Socket socket, Stream network, SslStream ssl)
     {
         try
         {
             ssl.Dispose();
-            network.Dispose();
-            socket.Close(0);
+            SocketPipes.Abort(socket, network);
         }
         catch (Exception)
         {

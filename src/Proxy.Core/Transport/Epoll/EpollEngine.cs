@@ -1,0 +1,192 @@
+using System.Runtime.InteropServices;
+
+namespace Proxy.Transport.Epoll;
+
+/// <summary>
+/// One epoll instance and the thread that waits on it. Sockets are registered once, edge-triggered, for both
+/// directions (EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET): the kernel then reports each change of readiness once, and the
+/// <see cref="EpollSocketStream"/> remembers it, so a read or write makes a syscall only when it can succeed and no
+/// epoll_ctl is needed per operation. (The runtime's engine is edge-triggered as well, but its Socket tries recv()
+/// before waiting, and a zero-byte read costs a recv() that fails with EAGAIN and another one that returns 0:
+/// about two wasted recv() per proxied request; see docs/performance.md.)
+///
+/// Completions run inline on this thread, like DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1: the code after an
+/// await on a socket must never block. One engine per processor; sockets are assigned round robin.
+///
+/// An event carries a 64-bit token (slot index | generation &lt;&lt; 32) rather than a pointer or GCHandle: an event
+/// fetched by epoll_wait can still be handled after another thread deregistered its socket, and the generation makes
+/// such a stale event (or one for a slot already reused) fall on nothing instead of on freed memory.
+/// </summary>
+internal sealed unsafe class EpollEngine
+{
+    private const int MaxEvents = 256;
+
+    private static readonly Lazy<EpollEngine[]> s_engines = new(CreateEngines);
+    private static int s_next;
+
+    private readonly int _epfd;
+    private readonly Lock _lock = new();
+    // Guarded by _lock for writes; the engine thread reads the array reference and its elements without the lock
+    // (a stale read finds a stream whose token no longer matches, or null, and drops the event).
+    private EpollSocketStream?[] _slots = new EpollSocketStream?[256];
+    private int[] _free = new int[256];
+    private int _freeCount;
+    private int _used;
+    private uint _generation;
+
+    private EpollEngine(int index)
+    {
+        _epfd = EpollNative.EpollCreate1(EpollNative.EPOLL_CLOEXEC);
+        if (_epfd < 0)
+        {
+            throw new IOException($"epoll_create1 failed: errno {Marshal.GetLastPInvokeError()}");
+        }
+        var thread = new Thread(Run) { IsBackground = true, Name = $"proxy-epoll-{index}" };
+        thread.UnsafeStart();
+    }
+
+    /// <summary>True when the engine can run here (Linux only).</summary>
+    public static bool IsSupported => OperatingSystem.IsLinux();
+
+    /// <summary>The next engine, round robin.</summary>
+    public static EpollEngine Next()
+    {
+        EpollEngine[] engines = s_engines.Value;
+        uint i = (uint)Interlocked.Increment(ref s_next);
+        return engines[i % (uint)engines.Length];
+    }
+
+    private static EpollEngine[] CreateEngines()
+    {
+        var engines = new EpollEngine[Math.Max(1, Environment.ProcessorCount)];
+        for (int i = 0; i < engines.Length; i++)
+        {
+            engines[i] = new EpollEngine(i);
+        }
+        return engines;
+    }
+
+    /// <summary>
+    /// Adds <paramref name="fd"/> to the epoll set and sets <see cref="EpollSocketStream.Token"/> before the first
+    /// event can arrive (EPOLL_CTL_ADD reports an already-ready socket at once).
+    /// </summary>
+    public void Register(EpollSocketStream stream, int fd, uint events)
+    {
+        int index;
+        ulong token;
+        lock (_lock)
+        {
+            if (_freeCount > 0)
+            {
+                index = _free[--_freeCount];
+            }
+            else
+            {
+                if (_used == _slots.Length)
+                {
+                    // Grow by copy: the engine thread may still read the old array, whose entries stay valid objects.
+                    Array.Resize(ref _free, _slots.Length * 2);
+                    var slots = new EpollSocketStream?[_slots.Length * 2];
+                    Array.Copy(_slots, slots, _slots.Length);
+                    Volatile.Write(ref _slots, slots);
+                }
+                index = _used++;
+            }
+            token = (ulong)(uint)index | ((ulong)++_generation << 32);
+            stream.Token = token;
+            Volatile.Write(ref _slots[index], stream);
+        }
+        byte* evt = stackalloc byte[16];
+        EpollNative.WriteEvent(evt, events | EpollNative.EPOLLET, token);
+        if (EpollNative.EpollCtl(_epfd, EpollNative.EPOLL_CTL_ADD, fd, evt) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            Release(token);
+            throw new IOException($"epoll_ctl(ADD) failed: errno {errno}");
+        }
+    }
+
+    /// <summary>Changes the events of a registered socket (EPOLL_CTL_MOD reports a level that is already there).</summary>
+    public void Modify(ulong token, int fd, uint events)
+    {
+        byte* evt = stackalloc byte[16];
+        EpollNative.WriteEvent(evt, events | EpollNative.EPOLLET, token);
+        if (EpollNative.EpollCtl(_epfd, EpollNative.EPOLL_CTL_MOD, fd, evt) != 0)
+        {
+            throw new IOException($"epoll_ctl(MOD) failed: errno {Marshal.GetLastPInvokeError()}");
+        }
+    }
+
+    /// <summary>
+    /// Removes <paramref name="fd"/> from the epoll set (the caller still holds a reference on the socket's handle,
+    /// so the fd is the socket's) and frees the slot. Events already fetched for it find the slot empty or reused.
+    /// </summary>
+    public void Deregister(ulong token, int fd)
+    {
+        byte* evt = stackalloc byte[16];
+        EpollNative.WriteEvent(evt, 0, 0); // kernels before 2.6.9 required a non-null event for DEL
+        _ = EpollNative.EpollCtl(_epfd, EpollNative.EPOLL_CTL_DEL, fd, evt);
+        Release(token);
+    }
+
+    private void Release(ulong token)
+    {
+        int index = (int)(uint)token;
+        lock (_lock)
+        {
+            if (_slots[index] is { } stream && stream.Token == token)
+            {
+                Volatile.Write(ref _slots[index], null);
+                _free[_freeCount++] = index;
+            }
+        }
+    }
+
+    private void Run()
+    {
+        int size = EpollNative.EventSize;
+        int dataOffset = EpollNative.EventDataOffset;
+        byte* events = (byte*)NativeMemory.Alloc((nuint)(MaxEvents * size));
+        while (true)
+        {
+            int count = EpollNative.EpollWait(_epfd, events, MaxEvents, -1);
+            if (count < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == EpollNative.EINTR)
+                {
+                    continue;
+                }
+                // EBADF/EINVAL cannot happen on our own epoll fd; if they ever do, spinning would burn a core.
+                Environment.FailFast($"epoll_wait failed: errno {errno}");
+            }
+            for (int i = 0; i < count; i++)
+            {
+                byte* e = events + (i * size);
+                uint flags = *(uint*)e;
+                ulong token = System.Runtime.CompilerServices.Unsafe.ReadUnaligned<ulong>(e + dataOffset);
+                int index = (int)(uint)token;
+                // Read the array per event: a socket registered during this batch may live in a grown copy.
+                EpollSocketStream?[] slots = Volatile.Read(ref _slots);
+                if ((uint)index >= (uint)slots.Length)
+                {
+                    continue;
+                }
+                EpollSocketStream? stream = Volatile.Read(ref slots[index]);
+                if (stream is null || stream.Token != token)
+                {
+                    continue;
+                }
+                try
+                {
+                    stream.OnEvents(flags);
+                }
+                catch (Exception ex)
+                {
+                    // Continuations run inline here; an escaping exception must not stop every socket of this engine.
+                    Console.Error.WriteLine($"epoll engine: unhandled exception in a completion: {ex}");
+                }
+            }
+        }
+    }
+}

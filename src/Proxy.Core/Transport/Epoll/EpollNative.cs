@@ -1,0 +1,94 @@
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace Proxy.Transport.Epoll;
+
+/// <summary>
+/// The few libc calls the epoll engine needs, through source-generated <see cref="LibraryImportAttribute"/> stubs
+/// (no runtime marshalling, so they work under NativeAOT and trimming). Every call reports errno through
+/// <see cref="Marshal.GetLastPInvokeError"/>. Linux only: callers check <see cref="OperatingSystem.IsLinux"/>.
+/// </summary>
+internal static unsafe partial class EpollNative
+{
+    private const string Libc = "libc";
+
+    // <sys/epoll.h>
+    public const uint EPOLLIN = 0x001;
+    public const uint EPOLLOUT = 0x004;
+    public const uint EPOLLERR = 0x008;
+    public const uint EPOLLHUP = 0x010;
+    public const uint EPOLLRDHUP = 0x2000;
+    public const uint EPOLLET = 1u << 31;
+    public const int EPOLL_CTL_ADD = 1;
+    public const int EPOLL_CTL_DEL = 2;
+    public const int EPOLL_CTL_MOD = 3;
+    public const int EPOLL_CLOEXEC = 0x80000;
+
+    // <sys/socket.h>
+    public const int MSG_DONTWAIT = 0x40;
+    public const int MSG_NOSIGNAL = 0x4000;
+
+    // <poll.h>
+    public const short POLLIN = 0x001;
+    public const short POLLOUT = 0x004;
+
+    // <errno.h> (Linux numbering)
+    public const int EINTR = 4;
+    public const int EAGAIN = 11;
+
+    /// <summary>
+    /// struct epoll_event is packed on x86-64 (12 bytes: events at 0, data at 4) and naturally aligned elsewhere
+    /// (16 bytes: data at 8); the engine reads its event buffer with the stride of the running architecture.
+    /// </summary>
+    public static readonly int EventSize = RuntimeInformation.ProcessArchitecture is Architecture.X64 or Architecture.X86 ? 12 : 16;
+    public static readonly int EventDataOffset = EventSize == 12 ? 4 : 8;
+
+    [LibraryImport(Libc, EntryPoint = "epoll_create1", SetLastError = true)]
+    public static partial int EpollCreate1(int flags);
+
+    [LibraryImport(Libc, EntryPoint = "epoll_ctl", SetLastError = true)]
+    public static partial int EpollCtl(int epfd, int op, int fd, byte* evt);
+
+    [LibraryImport(Libc, EntryPoint = "epoll_wait", SetLastError = true)]
+    public static partial int EpollWait(int epfd, byte* events, int maxEvents, int timeout);
+
+    [LibraryImport(Libc, EntryPoint = "recv", SetLastError = true)]
+    public static partial nint Recv(int fd, byte* buffer, nuint length, int flags);
+
+    [LibraryImport(Libc, EntryPoint = "send", SetLastError = true)]
+    public static partial nint Send(int fd, byte* buffer, nuint length, int flags);
+
+    [LibraryImport(Libc, EntryPoint = "poll", SetLastError = true)]
+    public static partial int Poll(PollFd* fds, nuint count, int timeout);
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short Revents;
+    }
+
+    /// <summary>Writes one struct epoll_event into <paramref name="destination"/> with the architecture's layout.</summary>
+    public static void WriteEvent(byte* destination, uint events, ulong data)
+    {
+        *(uint*)destination = events;
+        Unsafe.WriteUnaligned(destination + EventDataOffset, data);
+    }
+
+    /// <summary>The errno of a failed send/recv as the <see cref="SocketError"/> NetworkStream would report.</summary>
+    public static SocketError ToSocketError(int errno) => errno switch
+    {
+        104 => SocketError.ConnectionReset,     // ECONNRESET
+        32 => SocketError.Shutdown,             // EPIPE: we shut down sending, or the peer reset
+        107 => SocketError.NotConnected,        // ENOTCONN
+        110 => SocketError.TimedOut,            // ETIMEDOUT
+        111 => SocketError.ConnectionRefused,   // ECONNREFUSED
+        103 => SocketError.ConnectionAborted,   // ECONNABORTED
+        113 => SocketError.HostUnreachable,     // EHOSTUNREACH
+        101 => SocketError.NetworkUnreachable,  // ENETUNREACH
+        9 => SocketError.OperationAborted,      // EBADF
+        _ => SocketError.SocketError,
+    };
+}
