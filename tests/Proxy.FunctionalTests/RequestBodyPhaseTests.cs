@@ -289,6 +289,27 @@ public sealed class RequestBodyPhaseTests
     }
 
     [Fact]
+    public async Task BodyPhase_Http2Client_BodyCheckedAndForwarded()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{upstream.Address}\"",
+            "{ request_body: { max_bytes: 64KiB, content_types: [application/json], json: true } }"));
+        using var http = Proxy.FunctionalTests.Http2.Http2ServerTests.CreateH2Client();
+
+        using var bad = await http.PostAsync(new Uri(proxy.PublicUri, "/orders"), new StringContent("{oops", Encoding.UTF8, "application/json"));
+        using var good = await http.PostAsync(new Uri(proxy.PublicUri, "/orders"), new StringContent("{\"a\":1}", Encoding.UTF8, "application/json"));
+        using var large = await http.PostAsync(new Uri(proxy.PublicUri, "/orders"), new ByteArrayContent(Body(70_000)));
+
+        Assert.Equal(HttpVersion.Version20, good.Version);
+        Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, good.StatusCode);
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, large.StatusCode);
+        Assert.Equal("{\"a\":1}", (await upstream.WaitForRequestAsync()).BodyText);
+        Assert.Single(upstream.Requests);
+        await WaitForBlocksReturnedAsync();
+    }
+
+    [Fact]
     public async Task BodyPhase_ExpectContinue_100SentThenBodyBufferedAndForwarded()
     {
         await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
