@@ -1,7 +1,9 @@
 // Custom policy kinds: a filter that rejects requests without a given header (request-headers phase), and one that
 // takes part in two later phases (response headers: adds the time the upstream took; logging: reports slow
-// requests). Registered before the config loads, then used from YAML like the built-in kinds.
+// requests), and a request-body filter that refuses bodies containing a word. Registered before the config loads,
+// then used from YAML like the built-in kinds.
 //   dotnet run --project samples/custom-filter
+using System.Buffers;
 using System.Buffers.Text;
 using System.Text;
 using Proxy.Hosting;
@@ -28,6 +30,15 @@ PolicyKinds.Register("upstream_timing", definition =>
     return new UpstreamTimingFilter(TimeSpan.FromMilliseconds(slowMs));
 });
 
+PolicyKinds.Register("forbid_word", definition =>
+{
+    if (!definition.Settings.TryGetValue("word", out var word) || word.Length == 0)
+    {
+        throw new ArgumentException("'word' is required: the text a request body must not contain");
+    }
+    return new ForbidWordFilter(word);
+});
+
 // An origin to forward to: another embedded server answering from its own route, so the sample needs no network.
 await using var origin = ProxyServer.FromYaml("""
     listeners:
@@ -43,11 +54,14 @@ string yaml = $$"""
         require_header: { name: x-tenant }
       timing:
         upstream_timing: { slow_ms: 0 }
+      no-secrets:
+        forbid_word: { word: secret }
     listeners:
       - { name: public, address: 127.0.0.1:0 }
     routes:
       - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello, tenant\n" }, policies: [tenant-required] }
       - { id: api, match: { path: "/api/{**rest}" }, cluster: origin, policies: [timing] }
+      - { id: notes, match: { path: /notes }, cluster: origin, policies: [no-secrets] }
     clusters:
       origin: { destinations: ["http://{{origin.GetEndPoint("origin")}}"] }
     """;
@@ -70,6 +84,11 @@ using (var timed = await client.GetAsync($"http://{server.GetEndPoint("public")}
 {
     Console.Write($"through /api:     {(int)timed.StatusCode} x-upstream-ms: {string.Join(",", timed.Headers.GetValues("x-upstream-ms"))}, "
         + await timed.Content.ReadAsStringAsync());
+}
+foreach (string note in new[] { "a public note", "my secret note" })
+{
+    using var posted = await client.PostAsync($"http://{server.GetEndPoint("public")}/notes", new StringContent(note));
+    Console.Write($"POST \"{note}\": {(int)posted.StatusCode} {await posted.Content.ReadAsStringAsync()}");
 }
 await server.StopAsync(TimeSpan.FromSeconds(5));
 await origin.StopAsync(TimeSpan.FromSeconds(5));
@@ -120,5 +139,31 @@ internal sealed class UpstreamTimingFilter(TimeSpan slow) : IResponseHeadersFilt
                 + $"{context.Duration.TotalMilliseconds:F1} ms total, {context.UpstreamDuration.TotalMilliseconds:F1} ms upstream, "
                 + $"{context.RequestBytes} bytes in, {context.ResponseBytes} bytes of body out");
         }
+    }
+}
+
+/// <summary>
+/// A request-body phase filter: the route buffers each body (up to <see cref="MaxBodyBytes"/>; larger bodies get 413
+/// before this runs) and hands it over whole. The body is a sequence over pooled blocks, valid only during the call; the
+/// search runs over it in place, so a word split across two blocks (or two chunks on the wire) is still found.
+/// </summary>
+internal sealed class ForbidWordFilter(string word) : IRequestBodyFilter
+{
+    private readonly byte[] _word = Encoding.UTF8.GetBytes(word);
+
+    public long MaxBodyBytes => 64 * 1024;
+
+    public FilterStatus OnRequestBody(RequestContext context, ReadOnlySequence<byte> body)
+    {
+        var reader = new SequenceReader<byte>(body);
+        while (reader.TryAdvanceTo(_word[0], advancePastDelimiter: false))
+        {
+            if (reader.IsNext(_word, advancePast: false))
+            {
+                return context.Respond(422, "forbidden_word", "text/plain"u8, "the body contains a forbidden word\n"u8);
+            }
+            reader.Advance(1);
+        }
+        return FilterStatus.Continue;
     }
 }

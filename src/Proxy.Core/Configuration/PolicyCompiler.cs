@@ -192,6 +192,9 @@ internal static partial class PolicyCompiler
             case "request_headers":
             case "response_headers":
                 return BuildHeaderRewrite(policy, kind, errors);
+            // The request-body phase: PolicyCompiler.Body.cs.
+            case "request_body":
+                return BuildRequestBody(policy, kind, errors);
         }
         if (!PolicyKinds.TryGetCustom(kind.Value, out var factory))
         {

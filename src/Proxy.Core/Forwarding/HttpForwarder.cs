@@ -108,12 +108,19 @@ internal sealed partial class HttpForwarder
                         or Http.HttpMethod.Options or Http.HttpMethod.Trace or Http.HttpMethod.Put or Http.HttpMethod.Delete
                         || cluster.Retry is { NonIdempotent: true };
                     RequestReplayBuffer? replay = null;
-                    if (replayable && head.HasBody)
+                    // The request-body phase already read the body whole: every try, the first included, sends it from the
+                    // buffer (the HTTP/1.1 "bodySent" path, HTTP/2's fromReplay), and a retry needs no copy of its own.
+                    bool bodySent = false;
+                    if (_client.BufferedBody is { } buffered)
+                    {
+                        replay = buffered;
+                        bodySent = true;
+                    }
+                    else if (replayable && head.HasBody)
                     {
                         replay = StartReplay(cluster, head);
                         replayable = replay is not null;
                     }
-                    bool bodySent = false;
                     DestinationState? previous = null;
 
                     // One pass per configured try (retry.attempts); each pass may also replay once on a dead pooled connection.
@@ -226,7 +233,7 @@ internal sealed partial class HttpForwarder
 
                                 if (bodySent)
                                 {
-                                    // A retry: the client's body went to an earlier try; send the kept copy in the same framing.
+                                    // A retry, or a body the request-body phase buffered: send the kept copy in the client's framing.
                                     replay!.WriteHttp1(upstream.Output, head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength);
                                     if (!await FlushUpstreamAsync(upstream).ConfigureAwait(false))
                                     {
@@ -740,7 +747,8 @@ internal sealed partial class HttpForwarder
         ProxyLog.Warn("upstream_error", ("details", error.DetailsCode()), ("status", error.StatusCode()),
             ("cluster", cluster.Name), ("destination", destination?.Address));
         RequestHead head = _client.Head;
-        bool close = head.HasBody || !head.KeepAlive || _client.Draining;
+        // A body the request-body phase read whole left nothing unread: the connection may stay.
+        bool close = (head.HasBody && _client.BufferedBody is null) || !head.KeepAlive || _client.Draining;
         if (error == ProxyError.UpstreamOverloaded)
         {
             cluster.Metrics?.Overloaded();

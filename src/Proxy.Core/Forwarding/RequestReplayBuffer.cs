@@ -26,6 +26,8 @@ internal sealed class RequestReplayBuffer
     private long _length;
     private long _limit;
     private byte[]? _trailers;
+    // Sequence nodes over the blocks for the request-body phase (AsSequence): created once, relinked per request.
+    private Segment[] _segments = [];
     private int _trailerLength;
     // Blocks held by every buffer in the process: one interlocked add per 16 KiB block, so tests and diagnostics can
     // prove that each exchange gives its blocks back (the pool's own free count moves with every socket read).
@@ -65,6 +67,42 @@ internal sealed class RequestReplayBuffer
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)index, (uint)_blockCount);
         int length = index < _blockCount - 1 ? _blockSize : (int)(_length - (long)index * _blockSize);
         return _blocks[index].Memory[..length];
+    }
+
+    /// <summary>
+    /// The kept content as one sequence over the blocks (the request-body phase hands it to filters). Valid until the
+    /// next change to the buffer; allocates only the first time a body needs more nodes than any before it.
+    /// </summary>
+    public ReadOnlySequence<byte> AsSequence()
+    {
+        if (_blockCount == 0)
+        {
+            return ReadOnlySequence<byte>.Empty;
+        }
+        if (_blockCount == 1)
+        {
+            return new ReadOnlySequence<byte>(GetSegment(0));
+        }
+        if (_segments.Length < _blockCount)
+        {
+            int old = _segments.Length;
+            Array.Resize(ref _segments, _blocks.Length);
+            for (int i = old; i < _segments.Length; i++)
+            {
+                _segments[i] = new Segment();
+            }
+        }
+        Segment? previous = null;
+        for (int i = 0; i < _blockCount; i++)
+        {
+            Segment segment = _segments[i];
+            segment.Set(GetSegment(i), previous is null ? 0 : previous.RunningIndex + previous.Memory.Length);
+            previous?.Link(segment);
+            previous = segment;
+        }
+        previous!.Link(null);
+        Segment last = _segments[_blockCount - 1];
+        return new ReadOnlySequence<byte>(_segments[0], 0, last, last.Memory.Length);
     }
 
     /// <summary>Keeps a copy of the next body bytes; past the limit drops everything kept and returns false.</summary>
@@ -239,5 +277,16 @@ internal sealed class RequestReplayBuffer
             _trailers = null;
         }
         _trailerLength = 0;
+    }
+
+    private sealed class Segment : ReadOnlySequenceSegment<byte>
+    {
+        public void Set(ReadOnlyMemory<byte> memory, long runningIndex)
+        {
+            Memory = memory;
+            RunningIndex = runningIndex;
+        }
+
+        public void Link(Segment? next) => Next = next;
     }
 }

@@ -90,9 +90,122 @@ internal sealed partial class Http1ServerConnection
             : await FilterReplyAsync().ConfigureAwait(false);
     }
 
-    /// <summary>A request the filters let through: the route's own answer, or the upstream's.</summary>
+    /// <summary>
+    /// A request the request-headers phase let through: the request-body phase when the chain has one (the body is
+    /// buffered whole first), then the route's own answer or the upstream's. Routes without body filters pay this one test.
+    /// </summary>
     private ValueTask<bool> AfterFilters(RouteModel route)
+        => _chain is { RequestBody.Length: > 0 } chain ? RequestBodyPhaseAsync(chain, route) : AfterBody(route);
+
+    private ValueTask<bool> AfterBody(RouteModel route)
         => route.Respond is { } respond ? DirectResponseAsync(respond) : _forwarder.ForwardAsync(route);
+
+    // ---- request-body phase (Envoy's decodeData with StopIterationAndBuffer) ------------------------------------------
+
+    /// <summary>The body the request-body phase read, in pooled blocks; created by the first request that needs it, reused.</summary>
+    private RequestReplayBuffer? _bodyBuffer;
+
+    /// <summary>
+    /// The current request's body was taken off the connection by the request-body phase: it is in <see cref="_bodyBuffer"/>
+    /// (when the phase completed) and must not be read again. Cleared, and the blocks given back, when the request ends.
+    /// </summary>
+    private bool _bodyTaken;
+
+    /// <summary>
+    /// The current request's body, buffered whole by the request-body phase: the forwarder sends it from here on the
+    /// first try and on retries. Null when the route streams its bodies.
+    /// </summary>
+    internal RequestReplayBuffer? BufferedBody => _bodyTaken ? _bodyBuffer : null;
+
+    /// <summary>Gives the buffered body's blocks back at the end of a request (every path: answered, failed, client gone).</summary>
+    private void ReleaseRequestBody()
+    {
+        if (_bodyTaken)
+        {
+            _bodyTaken = false;
+            _bodyBuffer!.Reset();
+        }
+    }
+
+    /// <summary>
+    /// Reads the whole body into <see cref="_bodyBuffer"/> (inviting it with 100-continue when asked), refuses it with
+    /// 413 past the chain's limit before anything is sent upstream, runs the body filters over it, then answers or
+    /// forwards. A request without a body runs the filters over an empty sequence.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> RequestBodyPhaseAsync(FilterChain chain, RouteModel route)
+    {
+        RequestHead head = Head;
+        long limit = Math.Min(chain.MaxRequestBodyBytes, Listener.Limits.MaxBodyBytes);
+        RequestReplayBuffer buffer = _bodyBuffer ??= new RequestReplayBuffer(BlockMemoryPool.Large);
+        buffer.Start(limit);
+        _bodyTaken = true;
+        if (head.HasBody)
+        {
+            // A declared length past the limit is refused unread; with 100-continue the body was never invited.
+            if (!head.Chunked && head.ContentLength > limit)
+            {
+                return await RequestBodyTooLargeAsync(chain).ConfigureAwait(false);
+            }
+            if (!await SendContinueIfExpectedAsync().ConfigureAwait(false))
+            {
+                return false;
+            }
+            PumpResult result = await RequestPump.CopyAsync(Input, null, head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength,
+                head.ContentLength, BodyFraming.None, limit, this, buffer).ConfigureAwait(false);
+            // The trailer section counts against the limit too: the buffer drops the copy when it passes.
+            if (result == PumpResult.TooLarge || (result == PumpResult.Completed && buffer.IsOverLimit))
+            {
+                return await RequestBodyTooLargeAsync(chain).ConfigureAwait(false);
+            }
+            if (result != PumpResult.Completed)
+            {
+                return await RequestBodyReadFailedAsync(result).ConfigureAwait(false);
+            }
+        }
+        RequestContext context = State.Filters;
+        FilterStatus status;
+        try
+        {
+            status = chain.RunRequestBody(context, buffer.AsSequence());
+        }
+        catch (Exception e)
+        {
+            FilterFailed(context, e);
+            status = FilterStatus.Respond;
+        }
+        return status == FilterStatus.Continue
+            ? await AfterBody(route).ConfigureAwait(false)
+            : await FilterReplyAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// 413 for a body past the phase's limit, closing the connection (the rest of the body is unread). The details code
+    /// says whose limit it was: the body filters' (<c>request_body_too_large</c>) or the listener's max_body_bytes.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private async ValueTask<bool> RequestBodyTooLargeAsync(FilterChain chain)
+    {
+        string details = chain.MaxRequestBodyBytes <= Listener.Limits.MaxBodyBytes ? "request_body_too_large" : RejectReason.BodyTooLarge.DetailsCode();
+        await SendErrorAsync(413, details, close: true).ConfigureAwait(false);
+        return false;
+    }
+
+    /// <summary>The client's side of the body failed while buffering: answer what can be answered, then close.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private async ValueTask<bool> RequestBodyReadFailedAsync(PumpResult result)
+    {
+        if (result == PumpResult.SourceInvalid)
+        {
+            RejectReason reason = RequestPump.Reject;
+            await SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
+        }
+        else if (result == PumpResult.Cancelled && TakeFiredTimeout() != TimeoutKind.None)
+        {
+            await SendErrorAsync(408, RejectReason.BodyTimeout.DetailsCode(), close: true).ConfigureAwait(false);
+        }
+        return false;
+    }
 
     /// <summary>
     /// The header lines filters added for a request they let through (RateLimit fields), written into the forwarded

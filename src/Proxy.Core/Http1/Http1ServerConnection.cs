@@ -349,7 +349,15 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             IsGrpc = GrpcStatus.IsGrpcRequest(Head);
             long started = Stopwatch.GetTimestamp();
             ResetFilterRequest();
-            bool keepAlive = await HandleRequestPerIpAsync().ConfigureAwait(false);
+            bool keepAlive;
+            try
+            {
+                keepAlive = await HandleRequestPerIpAsync().ConfigureAwait(false);
+            }
+            finally
+            {
+                ReleaseRequestBody();
+            }
             _runtime.Metrics.RequestEnded(Listener, _route, Head.Method, ResponseStatus, started);
             ObserveRequestEnd(started);
             RunResponseCompleteFilters(started);
@@ -457,8 +465,9 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     private async ValueTask<bool> DiscardBodyAsync()
     {
         RequestHead head = Head;
-        if (!head.HasBody)
+        if (!head.HasBody || _bodyTaken)
         {
+            // Taken: the request-body phase read it whole already.
             return true;
         }
         if (head.ExpectContinue)

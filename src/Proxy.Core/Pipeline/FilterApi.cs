@@ -1,3 +1,5 @@
+using System.Buffers;
+
 namespace Proxy.Pipeline;
 
 /// <summary>What a filter phase tells the chain runner (Envoy's <c>FilterHeadersStatus</c>, reduced to what we run).</summary>
@@ -22,11 +24,12 @@ public enum FilterStatus : byte
 
 /// <summary>
 /// A filter of any phase: what a <see cref="PolicyFactory"/> returns. A filter implements the phase interfaces it
-/// needs (<see cref="IRequestHeadersFilter"/>, <see cref="IUpstreamRequestFilter"/>, <see cref="IResponseHeadersFilter"/>,
+/// needs (<see cref="IRequestHeadersFilter"/>, <see cref="IRequestBodyFilter"/>, <see cref="IUpstreamRequestFilter"/>, <see cref="IResponseHeadersFilter"/>,
 /// <see cref="IResponseCompleteFilter"/>) and appears in the chain of each; one that implements none does nothing.
 /// </summary>
 /// <remarks>
-/// Phases run in this order for one request: request headers (once, after routing), upstream request (once per try),
+/// Phases run in this order for one request: request headers (once, after routing), request body (once, only on routes
+/// with a body filter, the body buffered whole), upstream request (once per try),
 /// response headers (once, on the final response head), response complete (once, at the very end). A route whose
 /// filters implement none of a phase's interfaces pays one array-length test for that phase.
 /// </remarks>
@@ -67,6 +70,39 @@ public interface IAsyncRequestHeadersFilter : IRequestHeadersFilter
     /// and the request head stay valid until the returned task completes.
     /// </summary>
     ValueTask<FilterStatus> ResumeRequestHeadersAsync(RequestContext context);
+}
+
+/// <summary>
+/// The request-body phase (Envoy's <c>decodeData</c> returning <c>StopIterationAndBuffer</c>): runs once per request,
+/// after the request-headers phase let the request through and before anything is sent upstream (or the route answers),
+/// with the whole request body buffered. Only routes whose chain holds such a filter buffer bodies; every other route
+/// streams the body to the upstream as it arrives.
+/// </summary>
+/// <remarks>
+/// <para>Limit: each filter declares <see cref="MaxBodyBytes"/>, the largest body it accepts. The chain buffers up to
+/// the smallest of its filters' limits (past it at least one filter would refuse, so there is no point reading further),
+/// also bounded by the listener's <c>max_body_bytes</c>. A body past the limit is answered with 413
+/// <c>request_body_too_large</c> (a gRPC call gets RESOURCE_EXHAUSTED) before any filter of the phase runs and before
+/// anything reaches the upstream: at once when Content-Length declares it, else when the chunked body passes it.</para>
+/// <para>The body is the decoded content (chunked framing removed; the trailer section is kept and forwarded but not
+/// shown). The body is valid only during the call: it lives in pooled blocks that go back to the pool
+/// when the request ends; copy what must outlive the call. After the phase the buffered body is forwarded unchanged,
+/// on the first try and on every retry.</para>
+/// <para>A request without a body (GET, Content-Length: 0) runs the phase with an empty sequence. With
+/// <c>Expect: 100-continue</c> the proxy sends "100 Continue" before reading the body (RFC 9110 section 10.1.1).</para>
+/// <para>Threading and allocation as for <see cref="IRequestHeadersFilter"/>: one shared instance, thread-safe, runs on
+/// the I/O thread, must not block, should not allocate. A filter that throws answers 500 <c>filter_failed</c>.</para>
+/// </remarks>
+public interface IRequestBodyFilter : IProxyFilter
+{
+    /// <summary>The largest body (content bytes) this filter accepts; a larger one is refused with 413 before the phase runs.</summary>
+    long MaxBodyBytes { get; }
+
+    /// <summary>
+    /// Inspects the whole request body. Return <see cref="FilterStatus.Continue"/> to let it through, or the result of
+    /// <see cref="RequestContext.Respond"/> to answer locally (nothing reaches the upstream).
+    /// </summary>
+    FilterStatus OnRequestBody(RequestContext context, ReadOnlySequence<byte> body);
 }
 
 /// <summary>

@@ -4,7 +4,7 @@ namespace Proxy.Pipeline;
 /// The filters one route runs on one listener, in order: the listener's default policies, then the route's own.
 /// Built when the config is compiled and never changed. Each phase has its own array (a filter implementing several
 /// phase interfaces appears in each, in chain order), so a phase no filter takes part in costs one length test.
-/// Phase order for a request: <see cref="RequestHeaders"/>, (request body: reserved, it slots in here),
+/// Phase order for a request: <see cref="RequestHeaders"/>, <see cref="RequestBody"/> (body buffered whole),
 /// <see cref="UpstreamRequest"/> per try, <see cref="ResponseHeaders"/>, <see cref="ResponseComplete"/>.
 /// </summary>
 internal sealed class FilterChain
@@ -19,6 +19,12 @@ internal sealed class FilterChain
         Filters = filters;
         PolicyNames = policyNames;
         RequestHeaders = Phase<IRequestHeadersFilter>(filters);
+        RequestBody = Phase<IRequestBodyFilter>(filters);
+        MaxRequestBodyBytes = long.MaxValue;
+        foreach (IRequestBodyFilter filter in RequestBody)
+        {
+            MaxRequestBodyBytes = Math.Min(MaxRequestBodyBytes, Math.Max(0, filter.MaxBodyBytes));
+        }
         UpstreamRequest = Phase<IUpstreamRequestFilter>(filters);
         ResponseHeaders = Phase<IResponseHeadersFilter>(filters);
         ResponseComplete = Phase<IResponseCompleteFilter>(filters);
@@ -29,6 +35,15 @@ internal sealed class FilterChain
 
     /// <summary>Request-headers phase filters in run order.</summary>
     public IRequestHeadersFilter[] RequestHeaders { get; }
+
+    /// <summary>Request-body phase filters in run order; empty: the route streams bodies and never buffers them.</summary>
+    public IRequestBodyFilter[] RequestBody { get; }
+
+    /// <summary>
+    /// The largest body the request-body phase buffers: the smallest <see cref="IRequestBodyFilter.MaxBodyBytes"/> of its
+    /// filters (a larger body would be refused by at least one of them). <see cref="long.MaxValue"/> without body filters.
+    /// </summary>
+    public long MaxRequestBodyBytes { get; }
 
     /// <summary>Upstream-request phase filters (once per try) in run order.</summary>
     public IUpstreamRequestFilter[] UpstreamRequest { get; }
@@ -60,6 +75,23 @@ internal sealed class FilterChain
             }
         }
         return phase.Count == 0 ? [] : phase.ToArray();
+    }
+
+    /// <summary>
+    /// Runs the request-body phase over the buffered body: <see cref="FilterStatus.Respond"/> when a filter answered.
+    /// Exceptions propagate: the caller answers 500 <c>filter_failed</c>.
+    /// </summary>
+    public FilterStatus RunRequestBody(RequestContext context, in System.Buffers.ReadOnlySequence<byte> body)
+    {
+        IRequestBodyFilter[] filters = RequestBody;
+        for (int i = 0; i < filters.Length; i++)
+        {
+            if (filters[i].OnRequestBody(context, body) != FilterStatus.Continue)
+            {
+                return Stopped(context);
+            }
+        }
+        return FilterStatus.Continue;
     }
 
     /// <summary>Runs the upstream-request phase for one try. Exceptions propagate: the caller fails the request.</summary>

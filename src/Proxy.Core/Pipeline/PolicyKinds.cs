@@ -46,7 +46,7 @@ public delegate IProxyFilter PolicyFactory(PolicyDefinition definition);
 public static class PolicyKinds
 {
     /// <summary>Kinds the engine itself implements; they cannot be registered again.</summary>
-    public static IReadOnlyList<string> BuiltIn { get; } = ["rate_limit", "ip_filter", "jwt", "api_key", "deny", "introspection", "request_headers", "response_headers"];
+    public static IReadOnlyList<string> BuiltIn { get; } = ["rate_limit", "ip_filter", "jwt", "api_key", "deny", "introspection", "request_headers", "response_headers", "request_body"];
 
     private static readonly ConcurrentDictionary<string, PolicyFactory> s_custom = new(StringComparer.Ordinal);
 
