@@ -385,47 +385,22 @@ public sealed class RequestBodyPhaseTests
         client.ReceiveTimeout = 5000;
         client.Connect(proxy.Public);
         byte[] receive = new byte[16 * 1024];
-        int responseLength = RoundTrip(client, request, receive, expected: 0);
+        int responseLength = SteadyStateAllocationTests.RoundTrip(client, request, receive, expected: 0);
+        Assert.StartsWith("HTTP/1.1 200", Encoding.ASCII.GetString(receive, 0, 12));
         for (int i = 0; i < 3000; i++)
         {
-            RoundTrip(client, request, receive, responseLength);
+            SteadyStateAllocationTests.RoundTrip(client, request, receive, responseLength);
         }
 
         const int Requests = 5000;
         long before = GC.GetTotalAllocatedBytes(precise: true);
         for (int i = 0; i < Requests; i++)
         {
-            RoundTrip(client, request, receive, responseLength);
+            SteadyStateAllocationTests.RoundTrip(client, request, receive, responseLength);
         }
         long perRequest = (GC.GetTotalAllocatedBytes(precise: true) - before) / Requests;
 
         Assert.True(perRequest < 100, $"{perRequest} bytes allocated per buffered JSON POST in steady state");
-    }
-
-    private static int RoundTrip(Socket client, byte[] request, byte[] receive, int expected)
-    {
-        client.Send(request);
-        int total = 0;
-        while (true)
-        {
-            int n = client.Receive(receive.AsSpan(total));
-            Assert.True(n > 0, "the proxy closed the connection");
-            total += n;
-            if (expected > 0)
-            {
-                if (total >= expected)
-                {
-                    return total;
-                }
-                continue;
-            }
-            int headEnd = receive.AsSpan(0, total).IndexOf("\r\n\r\n"u8);
-            if (headEnd >= 0 && total >= headEnd + 4 + 100)
-            {
-                Assert.StartsWith("HTTP/1.1 200", Encoding.ASCII.GetString(receive, 0, 12));
-                return total;
-            }
-        }
     }
 }
 
