@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
 using Proxy.Http;
 using Proxy.Upstream;
 using HttpMethod = Proxy.Http.HttpMethod;
@@ -89,12 +90,31 @@ internal sealed class RouteMetrics
     /// <summary>The route's tags for the OpenTelemetry histogram, built once so recording passes a span.</summary>
     public KeyValuePair<string, object?>[] Tags { get; }
 
-    public void Record(HttpMethod method, int status, long elapsedTicks)
+    private long _requestBodyBytes;
+    private long _responseBodyBytes;
+
+    /// <summary>
+    /// One request: its counter, its duration, and the body bytes it moved (content only: no heads, no chunk framing;
+    /// the bytes add skipped when zero, as for most GETs and empty answers).
+    /// </summary>
+    public void Record(HttpMethod method, int status, long elapsedTicks, long requestBodyBytes = 0, long responseBodyBytes = 0)
     {
         Interlocked.Increment(ref _requests[RequestLabels.MethodSlot(method) * RequestLabels.StatusSlots + RequestLabels.StatusSlot(status)]);
         Interlocked.Increment(ref _buckets[DurationBuckets.Find(elapsedTicks)]);
         Interlocked.Add(ref _durationTicks, elapsedTicks);
+        if (requestBodyBytes > 0)
+        {
+            Interlocked.Add(ref _requestBodyBytes, requestBodyBytes);
+        }
+        if (responseBodyBytes > 0)
+        {
+            Interlocked.Add(ref _responseBodyBytes, responseBodyBytes);
+        }
     }
+
+    public long RequestBodyBytes => Volatile.Read(ref _requestBodyBytes);
+
+    public long ResponseBodyBytes => Volatile.Read(ref _responseBodyBytes);
 
     public long Requests(int methodSlot, int statusSlot)
         => Volatile.Read(ref _requests[methodSlot * RequestLabels.StatusSlots + statusSlot]);
@@ -140,9 +160,81 @@ internal sealed class ClusterMetrics
     private readonly long[] _connectFailures = new long[3];
     private long _connectionsOpened;
 
-    public ClusterMetrics(string name) => Name = name;
+    public ClusterMetrics(string name)
+    {
+        Name = name;
+        Tags = [new("cluster", name)];
+    }
 
     public string Name { get; }
+
+    /// <summary>The cluster's tags for the OpenTelemetry histograms, built once so recording passes a span.</summary>
+    public KeyValuePair<string, object?>[] Tags { get; }
+
+    /// <summary>
+    /// The server's OpenTelemetry histograms, set when the handle is adopted (<see cref="ProxyMetrics.Adopt"/>); recorded
+    /// into only while something listens. The Prometheus numbers are the interlocked buckets below either way.
+    /// </summary>
+    internal Histogram<double>? UpstreamDurationInstrument { get; set; }
+    internal Histogram<double>? PoolWaitInstrument { get; set; }
+
+    private readonly long[] _upstreamBuckets = new long[DurationBuckets.Seconds.Length + 1];
+    private long _upstreamTicks;
+    private readonly long[] _waitBuckets = new long[DurationBuckets.Seconds.Length + 1];
+    private long _waitTicks;
+
+    /// <summary>
+    /// An upstream's final response head arrived, <paramref name="elapsedTicks"/> after its try started (before the
+    /// pooled connection was rented or a new one connected: Envoy's upstream_rq_time). Two interlocked adds.
+    /// </summary>
+    public void UpstreamResponded(long elapsedTicks)
+    {
+        Interlocked.Increment(ref _upstreamBuckets[DurationBuckets.Find(elapsedTicks)]);
+        Interlocked.Add(ref _upstreamTicks, elapsedTicks);
+        if (UpstreamDurationInstrument is { Enabled: true } histogram)
+        {
+            histogram.Record(elapsedTicks / (double)Stopwatch.Frequency, Tags);
+        }
+    }
+
+    /// <summary>
+    /// A request found no ready upstream connection (HTTP/1.1: none idle, a connect was needed; HTTP/2: every connection
+    /// at its stream cap) and waited <paramref name="elapsedTicks"/> for one, successfully or not. Connect path only.
+    /// </summary>
+    public void PoolWaited(long elapsedTicks)
+    {
+        Interlocked.Increment(ref _waitBuckets[DurationBuckets.Find(elapsedTicks)]);
+        Interlocked.Add(ref _waitTicks, elapsedTicks);
+        if (PoolWaitInstrument is { Enabled: true } histogram)
+        {
+            histogram.Record(elapsedTicks / (double)Stopwatch.Frequency, Tags);
+        }
+    }
+
+    /// <summary>Copies the per-bucket counts (last = +Inf) of the upstream duration or, with <paramref name="poolWait"/>, the pool wait.</summary>
+    public void ReadBuckets(bool poolWait, Span<long> destination)
+    {
+        long[] buckets = poolWait ? _waitBuckets : _upstreamBuckets;
+        for (int i = 0; i < buckets.Length; i++)
+        {
+            destination[i] = Volatile.Read(ref buckets[i]);
+        }
+    }
+
+    public double SumSeconds(bool poolWait) => Volatile.Read(ref poolWait ? ref _waitTicks : ref _upstreamTicks) / (double)Stopwatch.Frequency;
+
+    public long PoolWaits
+    {
+        get
+        {
+            long total = 0;
+            for (int i = 0; i < _waitBuckets.Length; i++)
+            {
+                total += Volatile.Read(ref _waitBuckets[i]);
+            }
+            return total;
+        }
+    }
 
     public void ConnectFailed(ConnectError error)
     {

@@ -28,6 +28,8 @@ internal sealed class ProxyMetrics : IDisposable
     private readonly Meter _httpMeter;
     private readonly Meter _upstreamMeter;
     private readonly Histogram<double> _duration;
+    private readonly Histogram<double> _upstreamDuration;
+    private readonly Histogram<double> _poolWait;
 
     // Registries of every handle ever adopted, in first-seen order, keyed by their labels: a recompiled config gets
     // the handles of its predecessor so counters never go backwards. Guarded by _lock (control plane only).
@@ -54,6 +56,12 @@ internal sealed class ProxyMetrics : IDisposable
             new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets.Seconds });
         _httpMeter.CreateObservableCounter("proxy.requests", () => Observe(CollectRequests()), "{request}",
             "Requests handled, by route, cluster, method and status class.");
+        _httpMeter.CreateObservableCounter("proxy.request.body.bytes", () => Observe(CollectBodyBytes(response: false)), "By",
+            "Request body bytes received from clients (content, without heads or chunk framing), by route and cluster.");
+        _httpMeter.CreateObservableCounter("proxy.response.body.bytes", () => Observe(CollectBodyBytes(response: true)), "By",
+            "Response body bytes sent to clients (content, without heads or chunk framing), by route and cluster.");
+        _httpMeter.CreateObservableGauge("proxy.http2.streams.active", () => Observe(CollectServerStreams()), "{stream}",
+            "Open HTTP/2 streams on client connections, by listener.");
         _httpMeter.CreateObservableCounter("proxy.local_replies", () => Observe(CollectLocalReplies()), "{response}",
             "Answers the proxy wrote itself, by listener, status and details code.");
         _httpMeter.CreateObservableGauge("proxy.connections.active", () => Observe(CollectActiveConnections()), "{connection}",
@@ -65,6 +73,16 @@ internal sealed class ProxyMetrics : IDisposable
         _httpMeter.CreateObservableCounter("proxy.accept.paused", () => Observe(CollectListeners(refused: true)), "{pause}",
             "Times a listener stopped accepting because server.max_connections was reached.");
 
+        _upstreamDuration = _upstreamMeter.CreateHistogram<double>("proxy.upstream.duration", "s",
+            "Time from the start of an upstream try (connection rent or connect) to the upstream's response head.", tags: null,
+            new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets.Seconds });
+        _poolWait = _upstreamMeter.CreateHistogram<double>("proxy.upstream.pool.wait.duration", "s",
+            "Time a request waited for an upstream connection or HTTP/2 stream when none was ready.", tags: null,
+            new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets.Seconds });
+        _upstreamMeter.CreateObservableCounter("proxy.upstream.pool.waits", () => Observe(CollectPoolWaits()), "{request}",
+            "Requests that found no ready upstream connection and waited for one, by cluster.");
+        _upstreamMeter.CreateObservableGauge("proxy.upstream.http2.streams.active", () => Observe(CollectDestinations(DestinationValue.Http2Streams)), "{stream}",
+            "Open HTTP/2 streams to each destination, by cluster and destination.");
         _upstreamMeter.CreateObservableCounter("proxy.upstream.connect_failures", () => Observe(CollectConnectFailures()), "{connection}",
             "Upstream connections that could not be opened, by cluster and reason.");
         _upstreamMeter.CreateObservableCounter("proxy.upstream.connections.opened", () => Observe(CollectConnectionsOpened()), "{connection}",
@@ -94,7 +112,8 @@ internal sealed class ProxyMetrics : IDisposable
     /// Called once per request when its response is complete. Requests on echo and admin listeners are not
     /// counted: they are not proxy traffic. <paramref name="startTimestamp"/> is from <see cref="Stopwatch.GetTimestamp"/>.
     /// </summary>
-    public void RequestEnded(ListenerModel listener, RouteModel? route, HttpMethod method, int status, long startTimestamp)
+    public void RequestEnded(ListenerModel listener, RouteModel? route, HttpMethod method, int status, long startTimestamp,
+        long requestBodyBytes = 0, long responseBodyBytes = 0)
     {
         if (listener.Handler != ListenerHandler.Proxy)
         {
@@ -102,7 +121,7 @@ internal sealed class ProxyMetrics : IDisposable
         }
         long elapsed = Stopwatch.GetTimestamp() - startTimestamp;
         RouteMetrics handle = route?.Metrics ?? Unrouted;
-        handle.Record(method, status, elapsed);
+        handle.Record(method, status, elapsed, requestBodyBytes, responseBodyBytes);
         if (_duration.Enabled)
         {
             _duration.Record(elapsed / (double)Stopwatch.Frequency, handle.Tags);
@@ -166,6 +185,8 @@ internal sealed class ProxyMetrics : IDisposable
                 else
                 {
                     var fresh = cluster.Metrics ?? new ClusterMetrics(cluster.Name);
+                    fresh.UpstreamDurationInstrument = _upstreamDuration;
+                    fresh.PoolWaitInstrument = _poolWait;
                     _clusters.Add(cluster.Name, fresh);
                     _clusterList.Add(fresh);
                     cluster.Metrics = fresh;
@@ -204,6 +225,14 @@ internal sealed class ProxyMetrics : IDisposable
             {
                 Histograms = CollectDurations(),
             },
+            new("proxy_request_body_bytes_total", MetricType.Counter,
+                "Request body bytes received from clients on proxy listeners (content: no heads, no chunk framing), by route and cluster.",
+                CollectBodyBytes(response: false)),
+            new("proxy_response_body_bytes_total", MetricType.Counter,
+                "Response body bytes sent to clients on proxy listeners (content: no heads, no chunk framing), by route and cluster.",
+                CollectBodyBytes(response: true)),
+            new("proxy_http2_streams_active", MetricType.Gauge, "Open HTTP/2 streams on client connections, by listener.",
+                CollectServerStreams()),
             new("proxy_local_replies_total", MetricType.Counter,
                 "Answers the proxy wrote itself instead of relaying an upstream response, by listener, status and details code.",
                 CollectLocalReplies()),
@@ -221,6 +250,21 @@ internal sealed class ProxyMetrics : IDisposable
                 CollectConnectFailures()),
             new("proxy_upstream_connections_opened_total", MetricType.Counter, "Upstream connections opened, by cluster.",
                 CollectConnectionsOpened()),
+            new("proxy_upstream_duration_seconds", MetricType.Histogram,
+                "Time from the start of an upstream try (connection rent or connect) to the upstream's final response head, by cluster.", [])
+            {
+                Histograms = CollectClusterHistograms(poolWait: false),
+            },
+            new("proxy_upstream_pool_waits_total", MetricType.Counter,
+                "Requests that found no ready upstream connection (HTTP/1.1: none idle; HTTP/2: every connection at its stream cap) and waited for one, by cluster.",
+                CollectPoolWaits()),
+            new("proxy_upstream_pool_wait_seconds", MetricType.Histogram,
+                "Time those requests waited for a connection or stream (connect included; also when the wait failed), by cluster.", [])
+            {
+                Histograms = CollectClusterHistograms(poolWait: true),
+            },
+            new("proxy_upstream_http2_streams_active", MetricType.Gauge,
+                "Open HTTP/2 streams to each destination, by cluster and destination.", CollectDestinations(DestinationValue.Http2Streams)),
             new("proxy_upstream_connections_open", MetricType.Gauge,
                 "Open upstream connections (busy and idle), by cluster and destination.", CollectDestinations(DestinationValue.Open)),
             new("proxy_upstream_connections_idle", MetricType.Gauge,
@@ -351,6 +395,70 @@ internal sealed class ProxyMetrics : IDisposable
         return samples;
     }
 
+    private List<MetricSample> CollectBodyBytes(bool response)
+    {
+        var samples = new List<MetricSample>();
+        foreach (RouteMetrics route in Routes())
+        {
+            long value = response ? route.ResponseBodyBytes : route.RequestBodyBytes;
+            // As for the duration: every configured route from the start, the unrouted series once used.
+            if (ReferenceEquals(route, Unrouted) && route.RequestBodyBytes == 0 && route.ResponseBodyBytes == 0)
+            {
+                continue;
+            }
+            samples.Add(new([new("route", route.RouteId), new("cluster", route.ClusterName)], value));
+        }
+        return samples;
+    }
+
+    private List<HistogramSample> CollectClusterHistograms(bool poolWait)
+    {
+        var samples = new List<HistogramSample>();
+        foreach (ClusterMetrics cluster in Clusters())
+        {
+            var buckets = new long[DurationBuckets.Seconds.Length + 1];
+            cluster.ReadBuckets(poolWait, buckets);
+            samples.Add(new HistogramSample([new("cluster", cluster.Name)], DurationBuckets.Seconds, buckets, cluster.SumSeconds(poolWait)));
+        }
+        return samples;
+    }
+
+    private List<MetricSample> CollectPoolWaits()
+    {
+        var samples = new List<MetricSample>();
+        foreach (ClusterMetrics cluster in Clusters())
+        {
+            samples.Add(new([new("cluster", cluster.Name)], cluster.PoolWaits));
+        }
+        return samples;
+    }
+
+    /// <summary>Read from the connections at scrape time: the streams' data plane pays nothing for this gauge.</summary>
+    private List<MetricSample> CollectServerStreams()
+    {
+        var counts = new Dictionary<string, long>(StringComparer.Ordinal);
+        foreach (ListenerModel listener in _runtime.Current.Listeners)
+        {
+            if (listener.Handler == ListenerHandler.Proxy)
+            {
+                counts[listener.Name] = 0;
+            }
+        }
+        foreach (TimedConnection connection in _runtime.Registry.Connections)
+        {
+            if (connection is Http2.Server.Http2ServerConnection h2)
+            {
+                counts[h2.Listener.Name] = counts.GetValueOrDefault(h2.Listener.Name) + h2.ActiveStreams;
+            }
+        }
+        var samples = new List<MetricSample>(counts.Count);
+        foreach (var (name, count) in counts)
+        {
+            samples.Add(new([new("listener", name)], count));
+        }
+        return samples;
+    }
+
     private List<MetricSample> CollectLocalReplies()
     {
         var samples = new List<MetricSample>();
@@ -458,6 +566,7 @@ internal sealed class ProxyMetrics : IDisposable
         Idle,
         Active,
         Healthy,
+        Http2Streams,
     }
 
     private List<MetricSample> CollectDestinations(DestinationValue what)
@@ -472,6 +581,7 @@ internal sealed class ProxyMetrics : IDisposable
                     DestinationValue.Open => destination.Pool?.OpenConnections ?? 0,
                     DestinationValue.Idle => destination.Pool?.IdleConnections ?? 0,
                     DestinationValue.Healthy => destination.IsAvailable(cluster.Health.Now()) ? 1 : 0,
+                    DestinationValue.Http2Streams => destination.Pool?.Http2?.ActiveStreams ?? 0,
                     _ => destination.ActiveRequests,
                 };
                 samples.Add(new([new("cluster", cluster.Name), new("destination", destination.Address)], value));

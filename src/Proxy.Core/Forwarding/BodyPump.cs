@@ -42,6 +42,12 @@ internal sealed class BodyPump
     private ChunkedDecoder _decoder;
 
     public long BytesRead { get; private set; }
+
+    /// <summary>Forgets the previous body's count (a request that sends or relays no body must not report it).</summary>
+    public void ResetCount() => BytesRead = 0;
+
+    /// <summary>Counts bytes moved outside this pump (the HTTP/2 upstream path relays bodies itself).</summary>
+    public void Count(long bytes) => BytesRead += bytes;
     public RejectReason Reject { get; private set; }
 
     /// <summary>
@@ -198,6 +204,10 @@ internal sealed class BodyPump
             if (destination is not null)
             {
                 FlushResult flush;
+                if (done)
+                {
+                    timer.LastFlush(this);
+                }
                 timer.ArmWrite();
                 try
                 {
@@ -270,4 +280,7 @@ internal interface IBodyPumpTimer
     void ArmRead(PipeReader source);
     void ArmWrite();
     void DisarmPump();
+
+    /// <summary>Called before the flush that carries the body's last bytes (the owner may release per-request slots).</summary>
+    void LastFlush(BodyPump pump);
 }

@@ -311,6 +311,7 @@ internal sealed partial class HttpForwarder
                 long take = Math.Min(remaining, buffer.Length);
                 ReadOnlySequence<byte> slice = buffer.Slice(0, take);
                 replay?.Append(slice);
+                _client.RequestPump.Count(take);
                 remaining -= take;
                 done = remaining == 0;
                 if ((take > 0 || done) && !await connection.SendDataAsync(stream, slice, done).ConfigureAwait(false))
@@ -344,6 +345,7 @@ internal sealed partial class HttpForwarder
                             return PumpResult.TooLarge;
                         }
                         replay?.Append(data);
+                        _client.RequestPump.Count(data.Length);
                         if (!await connection.SendDataAsync(stream, data, endStream: false).ConfigureAwait(false))
                         {
                             source.AdvanceTo(consumed, buffer.End);
@@ -467,11 +469,12 @@ internal sealed partial class HttpForwarder
         }
         bool keepAlive = request.KeepAlive && !_client.Draining && outFraming != BodyFraming.CloseDelimited;
 
-        _client.RunResponseHeadersFilters(response);
+        UpstreamResponded(cluster);
+        _client.RunResponseHeadersFilters(response, _respondedAt);
         WriteResponseHead(response, outFraming, length, interim: false, keepAlive);
         if (outFraming == BodyFraming.None || (outFraming == BodyFraming.ContentLength && length == 0))
         {
-            return await _client.FlushClientAsync().ConfigureAwait(false) && keepAlive;
+            return await _client.FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
         }
         // The head goes now: a streaming response may hold its first body bytes for long.
         if (!await _client.FlushClientAsync().ConfigureAwait(false))
@@ -510,6 +513,7 @@ internal sealed partial class HttpForwarder
             long received = buffer.Length;
             if (received > 0)
             {
+                _client.ResponsePump.Count(received);
                 if (outFraming == BodyFraming.ContentLength)
                 {
                     if (received > remaining)
@@ -554,7 +558,7 @@ internal sealed partial class HttpForwarder
                     output.Write("\r\n"u8);
                 }
             }
-            if (!await _client.FlushClientAsync().ConfigureAwait(false))
+            if (!await (end ? _client.FlushAnswerAsync() : _client.FlushClientAsync()).ConfigureAwait(false))
             {
                 _client.Abort();
                 return false;

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
 using Proxy.Diagnostics;
@@ -34,6 +35,13 @@ internal sealed partial class HttpForwarder
     private DestinationState? _affinityPinned;
     /// <summary>Session affinity's Set-Cookie field to add to the final response head, when the request needs a (new) cookie.</summary>
     private byte[]? _setCookie;
+    /// <summary>
+    /// <see cref="Stopwatch"/> timestamp of the current try's start (before the pooled connection is rented or a new one
+    /// connected); the upstream-request phase's context records the same value, so the try costs one clock read.
+    /// </summary>
+    private long _tryStarted;
+    /// <summary>Timestamp of the final response head, shared by the metric, the response-headers phase and the access log.</summary>
+    private long _respondedAt;
     /// <summary>The kept copy of a replayable request body (retry.max_replay_body_bytes); created by the first request that needs one.</summary>
     private RequestReplayBuffer? _replay;
 
@@ -146,7 +154,8 @@ internal sealed partial class HttpForwarder
                         }
                         previous = destination;
 
-                        if (!_client.RunUpstreamRequestFilters(destination, retries))
+                        _tryStarted = Stopwatch.GetTimestamp();
+                        if (!_client.RunUpstreamRequestFilters(destination, retries, _tryStarted))
                         {
                             outcome = await FailAsync(ProxyError.FilterFailed, cluster, destination).ConfigureAwait(false);
                             goto Done;
@@ -211,7 +220,10 @@ internal sealed partial class HttpForwarder
                                         failure = ProxyError.UpstreamOverloaded;
                                         break;
                                     }
+                                    // No idle connection: the request waits for a connect (and maybe a max_connections slot).
+                                    long waitStarted = Stopwatch.GetTimestamp();
                                     var (connection, error) = await pool.ConnectAsync().ConfigureAwait(false);
+                                    cluster.Metrics?.PoolWaited(Stopwatch.GetTimestamp() - waitStarted);
                                     breaker?.ExitPending();
                                     if (connection is null)
                                     {
@@ -641,7 +653,8 @@ internal sealed partial class HttpForwarder
         }
         bool keepAlive = request.KeepAlive && !_client.Draining && outFraming != BodyFraming.CloseDelimited;
 
-        _client.RunResponseHeadersFilters(response);
+        UpstreamResponded(cluster);
+        _client.RunResponseHeadersFilters(response, _respondedAt);
         WriteResponseHead(response, outFraming, response.ContentLength, interim: false, keepAlive);
 
         // "content-length: 0" (a gRPC trailers-only answer, an empty 200) has nothing to read: a pump would wait for
@@ -649,7 +662,7 @@ internal sealed partial class HttpForwarder
         if (inFraming == BodyFraming.None || (inFraming == BodyFraming.ContentLength && response.ContentLength == 0))
         {
             ReturnOrRelease(upstream, response);
-            return await _client.FlushClientAsync().ConfigureAwait(false) && keepAlive;
+            return await _client.FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
         }
 
         _client.SetUpstreamTimeout(_route!.Timeouts.Over(cluster.Timeouts).StreamIdle);
@@ -677,6 +690,16 @@ internal sealed partial class HttpForwarder
             ReturnOrRelease(upstream, response);
         }
         return keepAlive;
+    }
+
+    /// <summary>
+    /// The final response head of the try that is relayed arrived: one clock read, recorded as the cluster's upstream
+    /// duration and kept for the response-headers phase and the access log. A 5xx that is retried is not counted.
+    /// </summary>
+    private void UpstreamResponded(ClusterModel cluster)
+    {
+        _respondedAt = Stopwatch.GetTimestamp();
+        cluster.Metrics?.UpstreamResponded(_respondedAt - _tryStarted);
     }
 
     private void ReturnOrRelease(UpstreamConnection upstream, ResponseHead response)
@@ -798,7 +821,7 @@ internal sealed partial class HttpForwarder
             }
             _client.ResponseStatus = response.StatusCode;
             _client.WriteFilterFields(output);
-            _client.Telemetry?.UpstreamResponseReceived(_client.Head, response.StatusCode);
+            _client.Telemetry?.UpstreamResponseReceived(_client.Head, response.StatusCode, _respondedAt);
             _client.WriteRequestIdField(output);
             if (outFraming == BodyFraming.Chunked)
             {

@@ -37,6 +37,15 @@ internal sealed partial class Http1ServerConnection
     /// <summary>The upstream's final response head went to the client; <see cref="_relayedBody"/>: with a body pumped.</summary>
     private bool _relayed, _relayedBody;
 
+    /// <summary>
+    /// Request body bytes read from the client for the current request (content: chunk framing not counted), on
+    /// every path: pumped to an HTTP/1.1 or HTTP/2 upstream, or read and dropped before a local answer.
+    /// </summary>
+    internal long RequestBodyBytes => Head.HasBody ? RequestPump.BytesRead : 0;
+
+    /// <summary>Response body bytes sent to the client: the proxy's own answer's, or the upstream's as relayed (content).</summary>
+    internal long ResponseBodyBytes => !_relayed ? _localBodyBytes : _relayedBody ? ResponsePump.BytesRead : 0;
+
     /// <summary>Forgets the previous request's filter state (called as each request starts).</summary>
     private void ResetFilterRequest()
     {
@@ -44,6 +53,12 @@ internal sealed partial class Http1ServerConnection
         _replyDetails = "";
         _localBodyBytes = 0;
         _relayed = _relayedBody = false;
+        // The byte counts of the metrics and the access log read the pumps: a request that never pumped reads 0, not the last one's.
+        if (_state is { } state)
+        {
+            state.RequestPump.ResetCount();
+            state.ResponsePump.ResetCount();
+        }
     }
 
     /// <summary>
@@ -251,7 +266,7 @@ internal sealed partial class Http1ServerConnection
                 ("listener", Listener.Name), ("route", context.RouteId), ("client", ProxyLog.Format(RemoteEndPoint)));
         }
         WriteFilterReply(context, keepAlive);
-        return await FlushClientAsync().ConfigureAwait(false) && keepAlive;
+        return await FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
     }
 
     /// <summary>RFC 9112 section 4 status line, the filter's fields, then framing we own, then the body, in one write.</summary>
@@ -285,7 +300,7 @@ internal sealed partial class Http1ServerConnection
     /// The upstream-request phase for one try to <paramref name="destination"/> (<paramref name="retries"/>: 0 for
     /// the first try). False when a filter threw: the caller fails the request with <see cref="ProxyError.FilterFailed"/>.
     /// </summary>
-    internal bool RunUpstreamRequestFilters(DestinationState destination, int retries)
+    internal bool RunUpstreamRequestFilters(DestinationState destination, int retries, long startedAt)
     {
         if (_chain is not { } chain)
         {
@@ -293,7 +308,7 @@ internal sealed partial class Http1ServerConnection
         }
         // Recorded for any chain: a response-headers or logging filter may want the upstream's time.
         RequestContext context = State.Filters;
-        context.BeginUpstreamTry(destination.Address, retries);
+        context.BeginUpstreamTry(destination.Address, retries, startedAt);
         if (chain.UpstreamRequest.Length == 0)
         {
             return true;
@@ -318,7 +333,7 @@ internal sealed partial class Http1ServerConnection
     /// The response-headers phase on the upstream's final response head, just before the forwarder writes it: filters
     /// remove fields (marked, so the writer skips them) and add fields (written with the filter fields).
     /// </summary>
-    internal void RunResponseHeadersFilters(ResponseHead response)
+    internal void RunResponseHeadersFilters(ResponseHead response, long respondedAt)
     {
         _relayed = true;
         // RFC 9112 section 6.3: no body after HEAD, 204 or 304, nor with a zero length (the pump then never runs).
@@ -327,7 +342,7 @@ internal sealed partial class Http1ServerConnection
         if (_chain is { ResponseHeaders.Length: > 0 } chain)
         {
             RequestContext context = State.Filters;
-            context.BeginResponse(response, response.StatusCode);
+            context.BeginResponse(response, response.StatusCode, respondedAt);
             chain.RunResponseHeaders(context);
             context.EndResponse();
         }
@@ -361,7 +376,7 @@ internal sealed partial class Http1ServerConnection
         RequestHead head = state.Head;
         RequestOutcome outcome = ResponseStatus == 0 || Volatile.Read(ref _aborted) != 0 ? RequestOutcome.Aborted
             : _relayed ? RequestOutcome.Relayed : RequestOutcome.LocalReply;
-        long responseBytes = !_relayed ? _localBodyBytes : _relayedBody ? state.ResponsePump.BytesRead : 0;
+        long responseBytes = ResponseBodyBytes;
         context.Complete(ResponseStatus, outcome, _replyDetails, head.Length + (head.HasBody ? state.RequestPump.BytesRead : 0),
             responseBytes, Stopwatch.GetElapsedTime(started));
         chain.RunResponseComplete(context);

@@ -240,14 +240,40 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             await SendErrorAsync(503, "client_ip_request_limit", close: true, HttpForwarder.OverloadedField).ConfigureAwait(false);
             return false;
         }
+        _ipRequestHeld = true;
         try
         {
             return await HandleRequestAsync().ConfigureAwait(false);
         }
         finally
         {
+            // Normally released already, just before the answer's last flush (ReleaseRequestSlot); here on the other paths.
+            ReleaseRequestSlot();
+        }
+    }
+
+    /// <summary>True while the current request holds its <c>limits.max_requests_per_ip</c> slot.</summary>
+    private bool _ipRequestHeld;
+
+    /// <summary>
+    /// Gives the per-IP request slot back once the answer is complete in the output but not yet flushed: a client
+    /// that sends its next request as soon as it has read this answer must never find the slot still held by this
+    /// one (the same reasoning as the retry budget's EndRetry in HttpForwarder). Idempotent.
+    /// </summary>
+    internal void ReleaseRequestSlot()
+    {
+        if (_ipRequestHeld)
+        {
+            _ipRequestHeld = false;
             _runtime.RequestsPerIp.Exit(_ipSlots);
         }
+    }
+
+    /// <summary>Flushes the last bytes of the answer: the per-IP request slot is released first (<see cref="ReleaseRequestSlot"/>).</summary>
+    internal ValueTask<bool> FlushAnswerAsync()
+    {
+        ReleaseRequestSlot();
+        return FlushClientAsync();
     }
 
     private async Task ProcessRequestsAsync()
@@ -358,7 +384,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             {
                 ReleaseRequestBody();
             }
-            _runtime.Metrics.RequestEnded(Listener, _route, Head.Method, ResponseStatus, started);
+            _runtime.Metrics.RequestEnded(Listener, _route, Head.Method, ResponseStatus, started, RequestBodyBytes, ResponseBodyBytes);
             ObserveRequestEnd(started);
             RunResponseCompleteFilters(started);
             IsGrpc = false;
@@ -457,7 +483,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         output.Write(respond.HeadPrefix);
         WriteFilterFields(output);
         WriteLocalReplyTail(output, respond.Body, extraFields: null, keepAlive);
-        return await FlushClientAsync().ConfigureAwait(false) && keepAlive;
+        return await FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
     }
 
     /// <summary>Reads and drops the request body. False when the connection cannot be reused afterwards.</summary>
@@ -557,7 +583,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             ResponseStatus = 200;
             WriteGrpcReply(Output, grpcStatus >= 0 ? grpcStatus : GrpcStatus.ForHttpStatus(status), details, default, extraFields,
                 keepAlive: !close && Head.KeepAlive);
-            await FlushClientAsync().ConfigureAwait(false);
+            await FlushAnswerAsync().ConfigureAwait(false);
             return;
         }
         string reason = StatusCodes.ReasonPhrase(status);
@@ -572,7 +598,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             output.Write(State.Filters.ResponsePhaseFields);
         }
         WriteLocalReplyTail(output, body, extraFields, keepAlive: !close && Head.KeepAlive);
-        await FlushClientAsync().ConfigureAwait(false);
+        await FlushAnswerAsync().ConfigureAwait(false);
     }
 
     /// <summary>
@@ -702,6 +728,15 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     public void ArmWrite() => Arm(TimeoutKind.Write, Listener.Limits.BodyTimeout);
 
     public void DisarmPump() => Disarm();
+
+    /// <summary>The response pump is about to flush the body's last bytes: the answer is complete.</summary>
+    public void LastFlush(BodyPump pump)
+    {
+        if (ReferenceEquals(pump, State.ResponsePump))
+        {
+            ReleaseRequestSlot();
+        }
+    }
 
     protected override void OnTimeout(TimeoutKind kind)
     {

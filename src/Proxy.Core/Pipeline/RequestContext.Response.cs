@@ -160,18 +160,19 @@ public sealed partial class RequestContext
     }
 
     /// <summary>Before a try's upstream-request phase: drops the previous try's edits, records where this one goes.</summary>
-    internal void BeginUpstreamTry(string destination, int attempt)
+    // startedAt: the forwarder's timestamp of the try's start (shared with the upstream duration metric); 0: read the clock.
+    internal void BeginUpstreamTry(string destination, int attempt, long startedAt = 0)
     {
         _upstreamAddedLength = _upstreamAddedMark;
         _upstreamRemovedLength = _upstreamRemovedMark;
         _upstreamDestination = destination;
         _upstreamTry = attempt;
-        _upstreamStartedTicks = Stopwatch.GetTimestamp();
+        _upstreamStartedTicks = startedAt != 0 ? startedAt : Stopwatch.GetTimestamp();
         _upstreamRespondedTicks = 0;
     }
 
     /// <summary>Before the response-headers phase: the head about to be written (null: a local answer with <paramref name="status"/>).</summary>
-    internal void BeginResponse(ResponseHead? response, int status)
+    internal void BeginResponse(ResponseHead? response, int status, long respondedAt = 0)
     {
         _response = response;
         _responseStatus = status;
@@ -179,7 +180,7 @@ public sealed partial class RequestContext
         _responsePhaseStart = _replyHeadersLength;
         if (response is not null && _upstreamStartedTicks != 0)
         {
-            _upstreamRespondedTicks = Stopwatch.GetTimestamp();
+            _upstreamRespondedTicks = respondedAt != 0 ? respondedAt : Stopwatch.GetTimestamp();
         }
         _inResponsePhase = true;
     }

@@ -74,6 +74,9 @@ internal sealed class ConnectionPool
 
     public int OpenConnections => Volatile.Read(ref _open);
 
+    /// <summary>The cluster's counters (null when the pool was built without them, as in unit tests).</summary>
+    internal ClusterMetrics? Metrics => _metrics;
+
     public int IdleConnections
     {
         get

@@ -135,6 +135,9 @@ public sealed class ProxyMetricsTests : IDisposable
             "proxy_connections_active", "proxy_connections_accepted_total", "proxy_accept_paused_total",
             "proxy_upstream_connect_failures_total", "proxy_upstream_connections_opened_total", "proxy_upstream_connections_open",
             "proxy_upstream_connections_idle", "proxy_upstream_requests_active",
+            "proxy_request_body_bytes_total", "proxy_response_body_bytes_total", "proxy_http2_streams_active",
+            "proxy_upstream_duration_seconds", "proxy_upstream_pool_waits_total", "proxy_upstream_pool_wait_seconds",
+            "proxy_upstream_http2_streams_active",
         })
         {
             Assert.True(scrape.Types.ContainsKey(name), $"no TYPE for {name}");
@@ -144,6 +147,30 @@ public sealed class ProxyMetricsTests : IDisposable
         Assert.Equal(0, scrape.Value("proxy_upstream_connect_failures_total", ("cluster", "backend"), ("reason", "timeout")));
         Assert.Equal(0, scrape.Value("proxy_connections_active", ("listener", "admin")));
         Assert.Equal(1, scrape.Value("proxy_info", ("config_version", _runtime.Current.Version)));
+    }
+
+    [Fact]
+    public void RequestEnded_BodyBytesAndUpstreamTimes_ExportedPerRouteAndCluster()
+    {
+        _runtime.Metrics.RequestEnded(Listener("public"), Route("api"), HttpMethod.Post, 200, Stopwatch.GetTimestamp(), 100, 7);
+        _runtime.Metrics.RequestEnded(Listener("public"), Route("api"), HttpMethod.Get, 200, Stopwatch.GetTimestamp(), 0, 5);
+        ClusterMetrics cluster = _runtime.Current.Clusters["backend"].Metrics!;
+        cluster.UpstreamResponded(Ticks(0.002));
+        cluster.UpstreamResponded(Ticks(0.2));
+        cluster.PoolWaited(Ticks(0.0004));
+
+        var scrape = Scrape();
+
+        Assert.Equal(100, scrape.Value("proxy_request_body_bytes_total", ("route", "api"), ("cluster", "backend")));
+        Assert.Equal(12, scrape.Value("proxy_response_body_bytes_total", ("route", "api"), ("cluster", "backend")));
+        Assert.Empty(scrape.Find("proxy_request_body_bytes_total", ("route", "")));
+        Assert.Equal(2, scrape.Value("proxy_upstream_duration_seconds_count", ("cluster", "backend")));
+        Assert.Equal(0, scrape.Value("proxy_upstream_duration_seconds_bucket", ("cluster", "backend"), ("le", "0.001")));
+        Assert.Equal(1, scrape.Value("proxy_upstream_duration_seconds_bucket", ("cluster", "backend"), ("le", "0.0025")));
+        Assert.Equal(2, scrape.Value("proxy_upstream_duration_seconds_bucket", ("cluster", "backend"), ("le", "0.25")));
+        Assert.Equal(0.202, scrape.Value("proxy_upstream_duration_seconds_sum", ("cluster", "backend")), 6);
+        Assert.Equal(1, scrape.Value("proxy_upstream_pool_waits_total", ("cluster", "backend")));
+        Assert.Equal(1, scrape.Value("proxy_upstream_pool_wait_seconds_bucket", ("cluster", "backend"), ("le", "0.0005")));
     }
 
     [Fact]

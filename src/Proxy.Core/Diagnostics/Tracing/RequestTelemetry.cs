@@ -219,9 +219,10 @@ internal sealed class RequestTelemetry
     }
 
     /// <summary>The upstream's final response head arrived (status relayed to the client).</summary>
-    public void UpstreamResponseReceived(RequestHead request, int status)
+    // respondedAt: the forwarder's timestamp of the head (shared with the upstream duration metric); 0: read the clock.
+    public void UpstreamResponseReceived(RequestHead request, int status, long respondedAt = 0)
     {
-        UpstreamResponded = Stopwatch.GetTimestamp();
+        UpstreamResponded = respondedAt != 0 ? respondedAt : Stopwatch.GetTimestamp();
         ResponseHasBody = request.Method != Http.HttpMethod.Head && status is not (204 or 304);
         _client?.SetTag(ProxyTracing.Tags.Status, status);
         if (status >= 500)

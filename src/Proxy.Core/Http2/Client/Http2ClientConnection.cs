@@ -130,6 +130,7 @@ internal sealed class Http2ClientConnection
                 return null;
             }
             _active++;
+            _pool.StreamReserved();
             if (!_free.TryPop(out Http2ClientStream? stream))
             {
                 stream = new Http2ClientStream(this);

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Proxy.Model;
 using Proxy.Upstream;
@@ -51,8 +52,38 @@ internal sealed class Http2ConnectionPool
     /// A reserved stream on a connection with room, opening a connection when every one is full. (null, None): an
     /// <c>auto</c> destination answered ALPN with http/1.1; the connection went to the HTTP/1.1 pool for the caller.
     /// </summary>
+    public ValueTask<(Http2ClientStream? Stream, ConnectError Error)> RentStreamAsync(ClusterBreaker? breaker)
+    {
+        // The common case, a connection with room, completes synchronously and is not timed.
+        lock (_connections)
+        {
+            foreach (Http2ClientConnection connection in _connections)
+            {
+                if (connection.TryReserveStream() is { } stream)
+                {
+                    return new ValueTask<(Http2ClientStream?, ConnectError)>((stream, ConnectError.None));
+                }
+            }
+        }
+        return WaitForStreamAsync(breaker);
+    }
+
+    /// <summary>Every connection is at its stream cap (or there is none): the wait is counted as a pool wait.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    public async ValueTask<(Http2ClientStream? Stream, ConnectError Error)> RentStreamAsync(ClusterBreaker? breaker)
+    private async ValueTask<(Http2ClientStream? Stream, ConnectError Error)> WaitForStreamAsync(ClusterBreaker? breaker)
+    {
+        long started = Stopwatch.GetTimestamp();
+        var result = await RentOrOpenAsync(breaker).ConfigureAwait(false);
+        // (null, None) is an auto destination that turned out to speak HTTP/1.1: its request takes that path, not counted here.
+        if (result.Stream is not null || result.Error != ConnectError.None)
+        {
+            _pool.Metrics?.PoolWaited(Stopwatch.GetTimestamp() - started);
+        }
+        return result;
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<(Http2ClientStream? Stream, ConnectError Error)> RentOrOpenAsync(ClusterBreaker? breaker)
     {
         for (int round = 0; round < 16; round++)
         {
@@ -130,9 +161,15 @@ internal sealed class Http2ConnectionPool
         return ConnectError.None;
     }
 
-    internal void StreamReleased(Http2ClientConnection connection)
-    {
-    }
+    /// <summary>Streams reserved and not yet released on this destination's connections (one interlocked add each way).</summary>
+    private int _activeStreams;
+
+    /// <summary>Open streams to this destination, for the <c>proxy_upstream_http2_streams_active</c> gauge.</summary>
+    public int ActiveStreams => Volatile.Read(ref _activeStreams);
+
+    internal void StreamReserved() => Interlocked.Increment(ref _activeStreams);
+
+    internal void StreamReleased(Http2ClientConnection connection) => Interlocked.Decrement(ref _activeStreams);
 
     /// <summary>GOAWAY: no new streams on it; it closes by itself once its last stream ends.</summary>
     internal void ConnectionGoingAway(Http2ClientConnection connection)
