@@ -44,6 +44,14 @@ internal static class Program
             Environment.SetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", "1");
             NativeEnvironment.TrySet("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", "1");
         }
+        // Our edge-triggered epoll engine drives the sockets unless PROXY_SOCKET_ENGINE says otherwise ("dotnet"): it
+        // saves the EAGAIN receive the runtime's engine tries before every wait (measured on S1, 64 keep-alive
+        // connections, alternating runs on a quiet machine: 4.1 instead of 5.8 syscalls and 24 instead of 28-32 us of
+        // CPU per proxied request; docs/performance.md). The library alone keeps the runtime's engine by default.
+        if (Environment.GetEnvironmentVariable("PROXY_SOCKET_ENGINE") is null)
+        {
+            Environment.SetEnvironmentVariable("PROXY_SOCKET_ENGINE", "epoll");
+        }
         if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
         {
             Console.WriteLine(Usage);

@@ -127,6 +127,8 @@ public sealed class MetricsTests
             && s.Value("proxy_upstream_http2_streams_active", ("cluster", "h2")) == 1);
         Assert.Equal(1, during.Value("proxy_http2_streams_active", ("listener", "public")));
         Assert.Equal(1, during.Value("proxy_upstream_http2_streams_active", ("cluster", "h2")));
+        // The HTTP/2 client connection is one open client connection of its listener (not zero, not one per stream).
+        Assert.Equal(1, during.Value("proxy_connections_active", ("listener", "public")));
         using (var response = await slow)
         {
             Assert.Equal(HttpStatusCode.OK, response.StatusCode);

@@ -241,7 +241,8 @@ public sealed class ResilienceTests
         ProxyAssert.ErrorAnswer(refused, 503);
         Assert.Equal("true", refused.Header("x-proxy-overloaded"));
         Assert.Contains("upstream_overloaded", refused.BodyText);
-        Assert.True(clock.Elapsed < TimeSpan.FromMilliseconds(500), $"Refused after {clock.Elapsed.TotalMilliseconds} ms, not at once.");
+        // At once: well before the slow upstream's 1 s answer (the bound leaves room for a loaded CI machine).
+        Assert.True(clock.Elapsed < TimeSpan.FromMilliseconds(900), $"Refused after {clock.Elapsed.TotalMilliseconds} ms, not at once.");
         Assert.Equal(1, slow.TrafficCount);
 
         Assert.Equal(200, (await first.ReadResponseAsync()).Status);
@@ -250,6 +251,36 @@ public sealed class ResilienceTests
         Assert.Equal(200, (await GetAsync(proxy)).Status);
         Assert.Equal(1, Backend(proxy).Breaker!.Overflows);
         Assert.Contains("proxy_upstream_overloaded_total{cluster=\"backend\"} 1\n", await MetricsAsync(proxy), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task CircuitBreaker_MaxPendingOne_RequestBeyondTheOneWaitingForAConnectionRefusedAtOnce()
+    {
+        await using var slow = FaultyUpstream.Start("slow");
+        slow.Delay = TimeSpan.FromSeconds(1);
+        // One pooled connection: while it serves /slow, the next request waits for it (pending); the one after that
+        // finds the pending queue full and is refused without waiting.
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(slow.Address),
+            "    max_connections: 1\n    circuit_breaker: { max_pending: 1 }", admin: true));
+
+        await using var first = await proxy.ConnectAsync();
+        await first.SendAsync(Wire.Get("/slow"));
+        await slow.Recording.WaitForRequestAsync();
+        await using var second = await proxy.ConnectAsync();
+        await second.SendAsync(Wire.Get("/waiting"));
+        await WaitUntilAsync(() => Backend(proxy).Breaker!.Pending == 1, "the second request waits for a connection");
+
+        var clock = Stopwatch.StartNew();
+        var refused = await GetAsync(proxy, "/third");
+        clock.Stop();
+
+        ProxyAssert.ErrorAnswer(refused, 503);
+        Assert.Equal("true", refused.Header("x-proxy-overloaded"));
+        Assert.Contains("upstream_overloaded", refused.BodyText);
+        Assert.True(clock.Elapsed < TimeSpan.FromMilliseconds(900), $"Refused after {clock.Elapsed.TotalMilliseconds} ms, not at once.");
+        Assert.Equal(1, Backend(proxy).Breaker!.Overflows);
+        Assert.Contains("proxy_upstream_overloaded_total{cluster=\"backend\"} 1\n", await MetricsAsync(proxy), StringComparison.Ordinal);
+        Assert.Equal(200, (await first.ReadResponseAsync()).Status);
     }
 
     [Fact]

@@ -214,6 +214,50 @@ public sealed class RetryReplayTests
     }
 
     [Fact]
+    public async Task Retry_PostOnRouteWithRetryNonIdempotent_RetriedWhileOtherRoutesAreNot()
+    {
+        await using var failing = FaultyUpstream.Start("failing");
+        failing.Status = 503;
+        await using var good = FaultyUpstream.Start("good");
+        // The cluster allows retries of idempotent requests only; one route opts its POSTs in (the issue's "unless the
+        // route says otherwise"), the other does not.
+        await using var proxy = await TestProxy.StartAsync($$"""
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: orders, match: { path: "/orders" }, cluster: backend, retry_non_idempotent: true }
+              - { id: other, match: { path: "/{**rest}" }, cluster: backend }
+            clusters:
+              backend:
+                destinations: [{{Quote(failing.Address, good.Address)}}]
+                load_balancing: round_robin
+                retry: { attempts: 1, on: [503], backoff: { base: 1ms, max: 1ms }, budget_percent: 100 }
+            """);
+
+        for (int i = 0; i < 2; i++)
+        {
+            await using var client = await proxy.ConnectAsync();
+            await client.SendAsync("POST /orders HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\n\r\nhello");
+            var response = await client.ReadResponseAsync("POST");
+            Assert.Equal(200, response.Status);
+            Assert.Equal("good", response.Header("x-upstream"));
+        }
+        Assert.True(Backend(proxy).RetryBudget!.Retried >= 1);
+
+        long retried = Backend(proxy).RetryBudget!.Retried;
+        var statuses = new List<int>();
+        for (int i = 0; i < 2; i++)
+        {
+            await using var client = await proxy.ConnectAsync();
+            await client.SendAsync("POST /payments HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\n\r\nhello");
+            statuses.Add((await client.ReadResponseAsync("POST")).Status);
+        }
+        Assert.Contains(503, statuses); // round robin: one of the two lands on the failing destination, never retried
+        Assert.Equal(retried, Backend(proxy).RetryBudget!.Retried);
+        await WaitForBlocksReturnedAsync();
+    }
+
+    [Fact]
     public async Task Retry_PostWithBodyWithoutOptIn_NeverRetried()
     {
         await using var failing = FaultyUpstream.Start("failing");

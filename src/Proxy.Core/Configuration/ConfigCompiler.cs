@@ -108,6 +108,7 @@ internal static class ConfigCompiler
                 Timeouts = new UpstreamTimeouts(r.RequestTimeout ?? TimeSpan.Zero, r.ResponseTimeout ?? TimeSpan.Zero,
                     r.StreamIdleTimeout ?? TimeSpan.Zero),
                 Respond = r.Respond is { } respond ? BuildResponse(respond) : null,
+                RetryNonIdempotent = r.RetryNonIdempotent?.Value ?? false,
                 ListenerMask = ListenerMask(r.Listeners, config.Listeners),
                 Chains = PolicyCompiler.Chains(r, config.Listeners, filters),
                 // Labels chosen now, so a request never builds a tag list.

@@ -190,6 +190,8 @@ internal sealed record RouteConfig
     public TimeSpan? RequestTimeout { get; init; }
     public TimeSpan? ResponseTimeout { get; init; }
     public TimeSpan? StreamIdleTimeout { get; init; }
+    /// <summary><c>retry_non_idempotent</c>: the cluster's retry policy may replay this route's POST/PATCH requests too.</summary>
+    public Located<bool>? RetryNonIdempotent { get; init; }
 }
 
 /// <summary>One entry of a route's <c>clusters:</c> list.</summary>

@@ -37,7 +37,7 @@ internal sealed partial class YamlConfigReader
     ];
     private static readonly string[] s_routeKeys =
         ["id", "listeners", "match", "cluster", "respond", "policies", "clusters", "canary", "request_timeout", "response_timeout", "stream_idle_timeout",
-         "allow_anonymous"];
+         "allow_anonymous", "retry_non_idempotent"];
     private static readonly string[] s_weightedClusterKeys = ["name", "weight"];
     private static readonly string[] s_canaryKeys = ["cluster", "header", "cookie"];
     private static readonly string[] s_matchKeys = ["path", "hosts", "methods", "headers", "query"];
@@ -452,6 +452,7 @@ internal sealed partial class YamlConfigReader
             RequestTimeout = Duration(map, "request_timeout"),
             ResponseTimeout = Duration(map, "response_timeout"),
             StreamIdleTimeout = Duration(map, "stream_idle_timeout"),
+            RetryNonIdempotent = Bool(map, "retry_non_idempotent"),
         };
     }
 

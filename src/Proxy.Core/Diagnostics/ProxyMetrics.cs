@@ -480,9 +480,16 @@ internal sealed class ProxyMetrics : IDisposable
         }
         foreach (TimedConnection connection in _runtime.Registry.Connections)
         {
-            if (connection is Http1ServerConnection http)
+            // An HTTP/1.1 connection that turned into HTTP/2 (h2c preface, ALPN h2) is registered as its HTTP/2 connection.
+            ListenerModel? listener = connection switch
             {
-                counts[http.Listener.Name] = counts.GetValueOrDefault(http.Listener.Name) + 1;
+                Http1ServerConnection http => http.Listener,
+                Http2.Server.Http2ServerConnection h2 => h2.Listener,
+                _ => null,
+            };
+            if (listener is not null)
+            {
+                counts[listener.Name] = counts.GetValueOrDefault(listener.Name) + 1;
             }
         }
         var samples = new List<MetricSample>(counts.Count);

@@ -168,6 +168,11 @@ internal sealed class RouteModel
     public CanaryModel? Canary { get; init; }
     /// <summary>The route's own upstream timeouts; unset ones (zero) take the chosen cluster's.</summary>
     public UpstreamTimeouts Timeouts { get; init; }
+    /// <summary>
+    /// <c>retry_non_idempotent</c>: requests of any method on this route may be retried under the cluster's retry
+    /// policy (RFC 9110 section 9.2.2 leaves it to whoever knows the method is safe to repeat, like a gRPC call).
+    /// </summary>
+    public bool RetryNonIdempotent { get; init; }
     public DirectResponseModel? Respond { get; init; }
     /// <summary>Bit i set: the route applies on listener i. Zero: every proxy listener.</summary>
     public ulong ListenerMask { get; init; }
