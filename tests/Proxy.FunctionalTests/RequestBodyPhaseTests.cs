@@ -6,6 +6,7 @@ using Proxy.Forwarding;
 using Proxy.FunctionalTests.Grpc;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Pipeline;
+using static Proxy.FunctionalTests.RetryReplayTests;
 
 namespace Proxy.FunctionalTests;
 
@@ -36,44 +37,9 @@ public sealed class RequestBodyPhaseTests
 
         """;
 
-    /// <summary>Binary content with every byte value, so a lost, added or re-encoded byte shows.</summary>
-    private static byte[] Body(int length)
-    {
-        var bytes = new byte[length];
-        for (int i = 0; i < length; i++)
-        {
-            bytes[i] = (byte)(i * 7 + i / 256);
-        }
-        return bytes;
-    }
-
-    private static byte[] Request(string head, byte[] body) => [.. Encoding.ASCII.GetBytes(head), .. body];
-
+    /// <summary>A POST with a content-length body (the body helpers come from <see cref="RetryReplayTests"/>).</summary>
     private static byte[] Post(string target, byte[] body, string extra = "")
         => Request($"POST {target} HTTP/1.1\r\nHost: example.test\r\nContent-Length: {body.Length}\r\n{extra}\r\n", body);
-
-    private static byte[] Chunked(byte[] body, int chunk)
-    {
-        var wire = new List<byte>();
-        for (int at = 0; at < body.Length; at += chunk)
-        {
-            int n = Math.Min(chunk, body.Length - at);
-            wire.AddRange(Encoding.ASCII.GetBytes($"{n:x}\r\n"));
-            wire.AddRange(body.AsSpan(at, n).ToArray());
-            wire.AddRange("\r\n"u8.ToArray());
-        }
-        return [.. wire];
-    }
-
-    private static async Task WaitForBlocksReturnedAsync()
-    {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
-        while (RequestReplayBuffer.BlocksHeld != 0 && DateTime.UtcNow < deadline)
-        {
-            await Task.Delay(10);
-        }
-        Assert.Equal(0, RequestReplayBuffer.BlocksHeld);
-    }
 
     [Fact]
     public async Task BodyPhase_ContentLengthBody_ReachesUpstreamByteIdentical()

@@ -33,8 +33,10 @@ public sealed class RetryReplayTests
 
     private static ClusterModel Backend(TestProxy proxy) => proxy.Server.Snapshot.Clusters["backend"];
 
+    // The body helpers below are shared with RequestBodyPhaseTests (buffered bodies use the same replay buffer).
+
     /// <summary>Binary content with every byte value, so a lost, added or re-encoded byte shows.</summary>
-    private static byte[] Body(int length)
+    internal static byte[] Body(int length)
     {
         var bytes = new byte[length];
         for (int i = 0; i < length; i++)
@@ -44,9 +46,9 @@ public sealed class RetryReplayTests
         return bytes;
     }
 
-    private static byte[] Request(string head, byte[] body) => [.. Encoding.ASCII.GetBytes(head), .. body];
+    internal static byte[] Request(string head, byte[] body) => [.. Encoding.ASCII.GetBytes(head), .. body];
 
-    private static byte[] Chunked(byte[] body, int chunk)
+    internal static byte[] Chunked(byte[] body, int chunk)
     {
         var wire = new List<byte>();
         for (int at = 0; at < body.Length; at += chunk)
@@ -59,7 +61,7 @@ public sealed class RetryReplayTests
         return [.. wire];
     }
 
-    private static async Task WaitForBlocksReturnedAsync()
+    internal static async Task WaitForBlocksReturnedAsync()
     {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
         while (RequestReplayBuffer.BlocksHeld != 0 && DateTime.UtcNow < deadline)

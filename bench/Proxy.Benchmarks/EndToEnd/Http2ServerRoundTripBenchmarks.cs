@@ -23,7 +23,7 @@ public class Http2ServerRoundTripBenchmarks
     private static readonly byte[] s_settingsAck = [0, 0, 0, 0x4, 0x1, 0, 0, 0, 0];
 
     private ProxyServer? _proxy;
-    private Socket? _upstreamListener;
+    private FixedResponseUpstream? _upstream;
     private Socket? _client;
     private readonly byte[] _request = BuildRequest();
     private readonly byte[] _receive = new byte[64 * 1024];
@@ -33,11 +33,8 @@ public class Http2ServerRoundTripBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        _upstreamListener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        _upstreamListener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _upstreamListener.Listen(16);
-        int upstreamPort = ((IPEndPoint)_upstreamListener.LocalEndPoint!).Port;
-        new Thread(UpstreamLoop) { IsBackground = true }.Start();
+        _upstream = new FixedResponseUpstream(s_response);
+        int upstreamPort = _upstream.Port;
 
         string yaml = $$"""
             listeners:
@@ -64,7 +61,7 @@ public class Http2ServerRoundTripBenchmarks
     {
         _client?.Dispose();
         _proxy?.StopAsync(TimeSpan.FromSeconds(2)).GetAwaiter().GetResult();
-        _upstreamListener?.Dispose();
+        _upstream?.Dispose();
     }
 
     [Benchmark]
@@ -126,56 +123,5 @@ public class Http2ServerRoundTripBenchmarks
         frame[4] = 0x5;
         block.CopyTo(frame, 9);
         return frame;
-    }
-
-    private void UpstreamLoop()
-    {
-        while (true)
-        {
-            Socket connection;
-            try
-            {
-                connection = _upstreamListener!.Accept();
-            }
-            catch (Exception)
-            {
-                return;
-            }
-            connection.NoDelay = true;
-            new Thread(() => Serve(connection)) { IsBackground = true }.Start();
-        }
-    }
-
-    private static void Serve(Socket connection)
-    {
-        byte[] buffer = new byte[64 * 1024];
-        int filled = 0;
-        try
-        {
-            while (true)
-            {
-                int n = connection.Receive(buffer.AsSpan(filled));
-                if (n == 0)
-                {
-                    return;
-                }
-                filled += n;
-                int end;
-                while ((end = buffer.AsSpan(0, filled).IndexOf("\r\n\r\n"u8)) >= 0)
-                {
-                    connection.Send(s_response);
-                    int rest = filled - (end + 4);
-                    buffer.AsSpan(end + 4, rest).CopyTo(buffer);
-                    filled = rest;
-                }
-            }
-        }
-        catch (Exception)
-        {
-        }
-        finally
-        {
-            connection.Dispose();
-        }
     }
 }
