@@ -353,8 +353,13 @@ internal sealed class Http2ClientConnection
         return increment == 0 ? ValueTask.CompletedTask : WriteWindowUpdateAsync(stream.Id, increment);
     }
 
+    private ValueTask WriteWindowUpdateAsync(int streamId, int increment) => WriteControlFrameAsync(Http2FrameType.WINDOW_UPDATE, streamId, (uint)increment);
+
+    private ValueTask WriteResetAsync(int streamId, Http2ErrorCode code) => WriteControlFrameAsync(Http2FrameType.RST_STREAM, streamId, (uint)code);
+
+    /// <summary>WINDOW_UPDATE or RST_STREAM for one stream, under the write gate; a write failure fails the connection.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteWindowUpdateAsync(int streamId, int increment)
+    private async ValueTask WriteControlFrameAsync(Http2FrameType type, int streamId, uint value)
     {
         await _writeGate.WaitAsync().ConfigureAwait(false);
         try
@@ -363,7 +368,14 @@ internal sealed class Http2ClientConnection
             {
                 return;
             }
-            Http2FrameWriter.WriteWindowUpdate(_output, streamId, increment);
+            if (type == Http2FrameType.WINDOW_UPDATE)
+            {
+                Http2FrameWriter.WriteWindowUpdate(_output, streamId, (int)value);
+            }
+            else
+            {
+                Http2FrameWriter.WriteRstStream(_output, streamId, (Http2ErrorCode)value);
+            }
             await _output.FlushAsync().ConfigureAwait(false);
         }
         catch (Exception)
@@ -448,29 +460,6 @@ internal sealed class Http2ClientConnection
         }
         CompleteResponse(stream);
         return id == 0 ? ValueTask.CompletedTask : WriteResetAsync(id, Http2ErrorCode.CANCEL);
-    }
-
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteResetAsync(int streamId, Http2ErrorCode code)
-    {
-        await _writeGate.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            if (IsClosed)
-            {
-                return;
-            }
-            Http2FrameWriter.WriteRstStream(_output, streamId, code);
-            await _output.FlushAsync().ConfigureAwait(false);
-        }
-        catch (Exception)
-        {
-            FailConnection(Http2ErrorCode.NO_ERROR);
-        }
-        finally
-        {
-            _writeGate.Release();
-        }
     }
 
     /// <summary>Idle eviction, reload, shutdown: closes the connection (streams in flight end aborted).</summary>
