@@ -48,9 +48,6 @@ internal abstract class TimedConnection
 
     protected void Disarm() => Volatile.Write(ref _deadline, long.MaxValue);
 
-    /// <summary>Heartbeat entry: this connection's deadline, plus whatever it owns (an HTTP/2 connection's stream bridges).</summary>
-    internal virtual void Heartbeat(long now) => CheckDeadline(now);
-
     internal void CheckDeadline(long now)
     {
         if (Volatile.Read(ref _deadline) <= now)
@@ -122,7 +119,7 @@ internal sealed class ConnectionRegistry : IDisposable
         {
             try
             {
-                pair.Value.Heartbeat(now);
+                pair.Value.CheckDeadline(now);
             }
             catch (Exception)
             {

@@ -1088,29 +1088,6 @@ internal sealed class Http2ServerConnection : TimedConnection
     }
 
     /// <summary>
-    /// The stream bridges are not in the registry (they are not client connections: no connection count, no drain of
-    /// their own); their deadlines (head, body, upstream, write) are checked here, on the same heartbeat.
-    /// </summary>
-    internal override void Heartbeat(long now)
-    {
-        base.Heartbeat(now);
-        lock (_lock)
-        {
-            foreach (Http2Stream stream in _streams.Values)
-            {
-                try
-                {
-                    stream.Bridge?.CheckDeadline(now);
-                }
-                catch (Exception)
-                {
-                    // As in the registry: a timeout action only cancels reads or aborts; a race with the stream's end is harmless.
-                }
-            }
-        }
-    }
-
-    /// <summary>
     /// Heartbeat (about once a second): preface and idle deadlines, and zero-window stalls. A stream that
     /// waited longer than send_stall_timeout for window is reset (CANCEL); a socket that accepts nothing for as
     /// long is aborted. Never blocks: flags, signals and a cancelled read.

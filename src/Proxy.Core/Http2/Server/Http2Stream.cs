@@ -1,8 +1,6 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
-using Proxy.Diagnostics;
-using Proxy.Forwarding;
 using Proxy.Http;
 using Proxy.Http1;
 using Proxy.Http2.FlowControl;
@@ -35,11 +33,7 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     private readonly Http2ServerConnection _connection;
     private readonly ResponseHead _responseHead = new();
     private ChunkedDecoder _chunked;
-    /// <summary>Created by the first stream, reset and reused by the next ones (see <see cref="RunLoopAsync"/>).</summary>
-    private Http1ServerConnection? _bridgeInstance;
-    private volatile Http1ServerConnection? _bridge;
-    private readonly ReusableValueTaskSource<bool> _next = new();
-    private Task? _loop;
+    private Http1ServerConnection? _bridge;
 
     public Http2Stream(Http2ServerConnection connection, ClientTransport transport)
     {
@@ -120,74 +114,38 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
         }
     }
 
-    /// <summary>
-    /// Thread-pool entry: runs the bridged exchange and the response pump. The first stream starts
-    /// <see cref="RunLoopAsync"/>; the streams that reuse this pooled object resume it, so a stream allocates no
-    /// state machine (one async method per stream would rent a box per request, as the forwarder's loop explains).
-    /// </summary>
-    public void Execute()
-    {
-        if (_loop is null)
-        {
-            _loop = RunLoopAsync();
-        }
-        else
-        {
-            _next.SetResult(true);
-        }
-    }
+    /// <summary>Thread-pool entry: runs the bridged exchange and the response pump.</summary>
+    public void Execute() => _ = RunAsync();
 
-    /// <summary>The bridge of the stream running now (null between streams), for <see cref="Abort"/> and the heartbeat.</summary>
-    public Http1ServerConnection? Bridge => _bridge;
-
-    /// <summary>
-    /// One iteration per stream this object carries. Never ends while the stream object is pooled; a stream that is
-    /// not pooled again (connection closing, pipes not reusable) leaves its loop waiting, collected with it.
-    /// </summary>
-    private async Task RunLoopAsync()
+    private async Task RunAsync()
     {
-        while (true)
+        Task bridge;
+        try
         {
-            ValueTask bridge;
-            try
-            {
-                // The bridge and what it owns (forwarder and its loop, pumps) live as long as this pooled stream.
-                _bridgeInstance ??= new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport);
-                _bridge = _bridgeInstance;
-                bridge = _bridgeInstance.RunStreamAsync();
-            }
-            catch (Exception)
-            {
-                bridge = ValueTask.CompletedTask;
-                Aborted = true;
-            }
-            Http2ErrorCode reset = await PumpResponseAsync().ConfigureAwait(false);
-            ResponsePipe.Reader.Complete();
-            if (reset != Http2ErrorCode.NO_ERROR || !RequestEnded)
-            {
-                // The client may still be sending: end the request side so the bridge stops waiting for it.
-                CloseRequest();
-            }
-            try
-            {
-                await bridge.ConfigureAwait(false);
-            }
-            catch (Exception)
-            {
-            }
-            _bridge = null;
-            // Armed before the stream can be pooled: the next Start + Execute may come from the read loop at once.
-            _next.Reset();
-            try
-            {
-                _connection.OnStreamFinished(this, reset);
-            }
-            catch (Exception e)
-            {
-                ProxyLog.Error("http2_stream_failed", ("error", e.ToString()));
-            }
-            await _next.Task.ConfigureAwait(false);
+            _bridge = new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport);
+            bridge = _bridge.RunAsync();
         }
+        catch (Exception)
+        {
+            bridge = Task.CompletedTask;
+            Aborted = true;
+        }
+        Http2ErrorCode reset = await PumpResponseAsync().ConfigureAwait(false);
+        ResponsePipe.Reader.Complete();
+        if (reset != Http2ErrorCode.NO_ERROR || !RequestEnded)
+        {
+            // The client may still be sending: end the request side so the bridge stops waiting for it.
+            CloseRequest();
+        }
+        try
+        {
+            await bridge.ConfigureAwait(false);
+        }
+        catch (Exception)
+        {
+        }
+        _bridge = null;
+        _connection.OnStreamFinished(this, reset);
     }
 
     // ---- request side -------------------------------------------------------------------------
