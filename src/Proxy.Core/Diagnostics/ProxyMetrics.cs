@@ -483,7 +483,8 @@ internal sealed class ProxyMetrics : IDisposable
             // An HTTP/1.1 connection that turned into HTTP/2 (h2c preface, ALPN h2) is registered as its HTTP/2 connection.
             ListenerModel? listener = connection switch
             {
-                Http1ServerConnection http => http.Listener,
+                // A bridged HTTP/2 stream runs as an HTTP/1.1 connection too: its HTTP/2 connection is the one counted.
+                Http1ServerConnection http when !http.Transport.IsStream => http.Listener,
                 Http2.Server.Http2ServerConnection h2 => h2.Listener,
                 _ => null,
             };
