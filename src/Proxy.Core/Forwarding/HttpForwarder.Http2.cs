@@ -115,6 +115,7 @@ internal sealed partial class HttpForwarder
             // ---- response head
             PipeReader reader = stream.ResponseReader;
             ProxyError failure = ProxyError.None;
+            bool clientGone = false;
             ProxyError headTimeout = HeadWait(timeouts.Response, cluster.Retry, exchangeDeadline, out TimeSpan wait);
             if (wait <= TimeSpan.Zero)
             {
@@ -136,6 +137,12 @@ internal sealed partial class HttpForwarder
                         break;
                     }
                     reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+                    // 1xx heads go out as they come (103 Early Hints is worth sending before the final head exists).
+                    if (stream.HasInterim && !await RelayInterimAsync(stream).ConfigureAwait(false))
+                    {
+                        clientGone = true;
+                        break;
+                    }
                     if (stream.HeadReady)
                     {
                         break;
@@ -157,8 +164,16 @@ internal sealed partial class HttpForwarder
                 }
                 _client.DisarmUpstream();
                 _client.TakeFiredTimeout();
+                // Interim heads that came with the final one (the read loop keeps them in order, before HeadReady).
+                clientGone |= failure == ProxyError.None && stream.HasInterim && !await RelayInterimAsync(stream).ConfigureAwait(false);
             }
 
+            if (clientGone)
+            {
+                // The client left while we relayed a 1xx: nobody to answer (the stream is reset by the release below).
+                _client.Abort();
+                return Http2Step.Answered;
+            }
             if (failure != ProxyError.None)
             {
                 if (pumping)
@@ -242,6 +257,21 @@ internal sealed partial class HttpForwarder
             }
             await connection.ReleaseAsync(stream).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// Relays the 1xx interim heads the stream holds (RFC 9110 section 15.2) the way the HTTP/1.1 path does: to an
+    /// HTTP/1.1 client (an HTTP/2 client's bridge turns each into a HEADERS frame without END_STREAM), dropped for
+    /// HTTP/1.0. False when the client is gone. Not on the common path: only called when a 1xx arrived.
+    /// </summary>
+    private ValueTask<bool> RelayInterimAsync(Http2ClientStream stream)
+    {
+        bool http11 = _client.Head.Version == Http.HttpVersion.Http11;
+        if (!stream.TakeInterim(http11 ? _client.Output : null))
+        {
+            return ValueTask.FromResult(true);
+        }
+        return _client.FlushClientAsync();
     }
 
     /// <summary>retry.on: a retryable 5xx, or (gRPC, <c>unavailable</c>) a trailers-only grpc-status 14, as on the HTTP/1.1 path.</summary>

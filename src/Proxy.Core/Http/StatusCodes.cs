@@ -7,6 +7,7 @@ internal static class StatusCodes
     {
         100 => "Continue",
         101 => "Switching Protocols",
+        103 => "Early Hints", // RFC 8297
         200 => "OK",
         201 => "Created",
         202 => "Accepted",

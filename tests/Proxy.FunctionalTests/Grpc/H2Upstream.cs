@@ -18,7 +18,8 @@ namespace Proxy.FunctionalTests.Grpc;
 /// Kestrel (tests only) as an HTTP/2 upstream: cleartext with prior knowledge (h2c), or TLS with ALPN, plus the
 /// gRPC Greeter service. Plain routes:
 /// <c>/info</c> "protocol|connection id|host|x-forwarded-for|te", <c>/echo</c> the request body back,
-/// <c>/bytes/{n}</c> n bytes of 'x', <c>/slow</c> the connection id after 200 ms, <c>/trailers</c> a body then trailers.
+/// <c>/bytes/{n}</c> n bytes of 'x', <c>/slow</c> the connection id after 200 ms, <c>/trailers</c> a body then trailers,
+/// <c>/healthz</c> the request's protocol (counted in <see cref="HealthProbes"/>).
 /// </summary>
 internal sealed class H2Upstream : IAsyncDisposable
 {
@@ -39,6 +40,11 @@ internal sealed class H2Upstream : IAsyncDisposable
 
     /// <summary>gRPC calls the <c>unavailable</c> upstream turned away.</summary>
     public long RefusedCalls => Interlocked.Read(ref _calls.Value);
+
+    private StrongBox<long> _probes = new();
+
+    /// <summary>Requests to <c>/healthz</c> (health check probes) so far.</summary>
+    public long HealthProbes => Interlocked.Read(ref _probes.Value);
 
     /// <summary>Body bytes <c>/stream/{n}</c> handed to Kestrel so far (written, not necessarily received).</summary>
     public long BytesWritten => Interlocked.Read(ref _written.Value);
@@ -120,6 +126,13 @@ internal sealed class H2Upstream : IAsyncDisposable
                 await c.Response.Body.WriteAsync(chunk.AsMemory(0, Math.Min(chunk.Length, n - sent)));
             }
         });
+        var probes = new StrongBox<long>();
+        app.MapGet("/healthz", (HttpContext c) =>
+        {
+            // Active health checks (ActiveHealthChecker) must reach an HTTP/2-only server in HTTP/2.
+            Interlocked.Increment(ref probes.Value);
+            return c.Request.Protocol;
+        });
         app.MapGet("/slow", async (HttpContext c) =>
         {
             await Task.Delay(200);
@@ -134,7 +147,7 @@ internal sealed class H2Upstream : IAsyncDisposable
         using var cts = new CancellationTokenSource(TestDefaults.Timeout);
         await app.StartAsync(cts.Token);
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        return new H2Upstream(app, new Uri(address).Port, written) { _calls = calls };
+        return new H2Upstream(app, new Uri(address).Port, written) { _calls = calls, _probes = probes };
     }
 
     public async ValueTask DisposeAsync()

@@ -13,6 +13,10 @@ internal enum RawH2Behavior
     GoAwayUnprocessed,
     /// <summary>HEADERS 200, DATA "partial", then RST_STREAM INTERNAL_ERROR: a stream reset mid-body.</summary>
     ResetMidBody,
+    /// <summary>HEADERS :status 103 (link, and a hop-by-hop keep-alive) without END_STREAM, then the Ok answer (RFC 9113 section 8.1).</summary>
+    EarlyHints,
+    /// <summary>HEADERS :status 101 without END_STREAM, then the Ok answer: malformed, 101 does not exist in HTTP/2 (section 8.6).</summary>
+    SwitchingProtocols,
 }
 
 /// <summary>
@@ -121,12 +125,31 @@ internal sealed class RawH2Upstream : IAsyncDisposable
             case RawH2Behavior.GoAwayUnprocessed:
                 Http2FrameWriter.WriteGoAway(output, streamId - 2 < 0 ? 0 : streamId - 2, Http2ErrorCode.NO_ERROR, default);
                 break;
+            case RawH2Behavior.EarlyHints:
+            case RawH2Behavior.SwitchingProtocols:
+                var block = new ArrayBufferWriter<byte>();
+                Literal(block, ":status", behavior == RawH2Behavior.EarlyHints ? "103" : "101");
+                Literal(block, "link", "</style.css>; rel=preload");
+                Literal(block, "keep-alive", "timeout=5");
+                Http2FrameWriter.WriteHeaders(output, streamId, block.WrittenSpan, endStream: false, 16384);
+                Http2FrameWriter.WriteHeaders(output, streamId, status200, endStream: false, 16384);
+                Http2FrameWriter.WriteData(output, streamId, System.Text.Encoding.ASCII.GetBytes($"ok{connection}"), endStream: true);
+                break;
             case RawH2Behavior.ResetMidBody:
                 Http2FrameWriter.WriteHeaders(output, streamId, status200, endStream: false, 16384);
                 Http2FrameWriter.WriteData(output, streamId, "partial"u8, endStream: false);
                 Http2FrameWriter.WriteRstStream(output, streamId, Http2ErrorCode.INTERNAL_ERROR);
                 break;
         }
+    }
+
+    /// <summary>A literal field without indexing, new name, no Huffman (RFC 7541 section 6.2.2); lengths below 127.</summary>
+    private static void Literal(ArrayBufferWriter<byte> block, string name, string value)
+    {
+        block.Write(new byte[] { 0x00, (byte)name.Length });
+        block.Write(System.Text.Encoding.ASCII.GetBytes(name));
+        block.Write(new byte[] { (byte)value.Length });
+        block.Write(System.Text.Encoding.ASCII.GetBytes(value));
     }
 
     private static async Task SendAsync(NetworkStream stream, ArrayBufferWriter<byte> output)

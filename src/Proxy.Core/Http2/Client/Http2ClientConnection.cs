@@ -779,8 +779,9 @@ internal sealed class Http2ClientConnection
             }
             bool trailers = _continuationTrailers;
             ResponseFieldSink sink = _continuationSink;
+            // Section 8.1: a 1xx head never ends the stream; section 8.6: 101 does not exist in HTTP/2.
             bool malformed = sink.Malformed || (!trailers && !sink.StatusSeen) || (trailers && !_continuationEndStream)
-                || (!trailers && _continuationEndStream && stream.Head.StatusCode < 200);
+                || (!trailers && _continuationEndStream && stream.Head.StatusCode < 200) || (!trailers && stream.Head.StatusCode == 101);
             if (malformed)
             {
                 AbortStream(stream, Http2ErrorCode.PROTOCOL_ERROR, refused: false);
@@ -805,7 +806,13 @@ internal sealed class Http2ClientConnection
                     stream.Delivering = true;
                 }
             }
-            // A 1xx interim head is dropped: the final one follows on the same stream (section 8.1).
+            else
+            {
+                // A 1xx interim head (RFC 9110 section 15.2): kept as HTTP/1.1 bytes for the forwarder to relay before
+                // the final head, which follows on the same stream (section 8.1) and reuses Head. Past the cap it is dropped.
+                wake = stream.AddInterim();
+                stream.Delivering = wake;
+            }
         }
         if (end)
         {

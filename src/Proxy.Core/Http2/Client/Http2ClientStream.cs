@@ -89,6 +89,95 @@ internal sealed class Http2ClientStream : IValueTaskSource<bool>
 
     internal void MarkHeadReady() => _headReady = true;
 
+    // ---- 1xx interim responses (RFC 9110 section 15.2, RFC 9113 section 8.1)
+
+    /// <summary>Cap on interim heads held for the forwarder: a peer that streams 1xx heads cannot make us buffer more.</summary>
+    internal const int MaxInterimBytes = 16 * 1024;
+
+    /// <summary>
+    /// Interim heads received and not yet taken by the forwarder, already in their HTTP/1.1 form (status line, end-to-end
+    /// fields, empty line). Filled by the read loop and drained by the forwarder, both under <c>lock (this)</c>; the
+    /// final head reuses <see cref="Head"/>, so an interim head has to be copied out before its block ends. The buffer
+    /// is allocated on the first 1xx and kept with the pooled stream: the no-1xx path never touches it.
+    /// </summary>
+    private byte[] _interim = [];
+    private int _interimLength;
+
+    /// <summary>An interim head is waiting for the forwarder (read without the lock: a stale false is caught at the next wake-up).</summary>
+    public bool HasInterim => Volatile.Read(ref _interimLength) > 0;
+
+    /// <summary>Read loop, under <c>lock (this)</c>: keeps the 1xx head in <see cref="Head"/> as HTTP/1.1 bytes; false when over the cap (dropped).</summary>
+    internal bool AddInterim()
+    {
+        ResponseHead head = Head;
+        string reason = StatusCodes.ReasonPhrase(head.StatusCode);
+        // "HTTP/1.1 NNN reason\r\n" + "name: value\r\n" per field + "\r\n".
+        int needed = 17 + reason.Length;
+        for (int i = 0; i < head.FieldCount; i++)
+        {
+            needed += head.Fields[i].NameLength + head.Fields[i].ValueLength + 4;
+        }
+        if (_interimLength + needed > MaxInterimBytes)
+        {
+            return false;
+        }
+        if (_interim.Length < _interimLength + needed)
+        {
+            Array.Resize(ref _interim, Math.Min(MaxInterimBytes, Math.Max(_interimLength + needed, 512)));
+        }
+        Span<byte> span = _interim.AsSpan(_interimLength);
+        "HTTP/1.1 "u8.CopyTo(span);
+        int at = 9;
+        span[at++] = (byte)('0' + head.StatusCode / 100);
+        span[at++] = (byte)('0' + head.StatusCode / 10 % 10);
+        span[at++] = (byte)('0' + head.StatusCode % 10);
+        span[at++] = (byte)' ';
+        at += System.Text.Encoding.ASCII.GetBytes(reason, span[at..]);
+        span[at++] = (byte)'\r';
+        span[at++] = (byte)'\n';
+        for (int i = 0; i < head.FieldCount; i++)
+        {
+            // Hop-by-hop fields are for the upstream connection only (RFC 9110 section 7.6.1), as on the HTTP/1.1 path.
+            if (head.Fields[i].HopByHop)
+            {
+                continue;
+            }
+            ReadOnlySpan<byte> name = head.Name(i);
+            name.CopyTo(span[at..]);
+            at += name.Length;
+            span[at++] = (byte)':';
+            span[at++] = (byte)' ';
+            ReadOnlySpan<byte> value = head.Value(i);
+            value.CopyTo(span[at..]);
+            at += value.Length;
+            span[at++] = (byte)'\r';
+            span[at++] = (byte)'\n';
+        }
+        span[at++] = (byte)'\r';
+        span[at++] = (byte)'\n';
+        Volatile.Write(ref _interimLength, _interimLength + at);
+        return true;
+    }
+
+    /// <summary>
+    /// Forwarder: moves the waiting interim heads to <paramref name="output"/> (or drops them when
+    /// <paramref name="output"/> is null: an HTTP/1.0 client, RFC 9110 section 15.2). Returns true when any was written.
+    /// </summary>
+    public bool TakeInterim(PipeWriter? output)
+    {
+        lock (this)
+        {
+            int length = _interimLength;
+            if (length == 0)
+            {
+                return false;
+            }
+            output?.Write(_interim.AsSpan(0, length));
+            Volatile.Write(ref _interimLength, 0);
+            return output is not null;
+        }
+    }
+
     /// <summary>Prepares a pooled stream for a new exchange.</summary>
     internal void Reset(int sendWindow, int receiveWindow)
     {
@@ -103,6 +192,7 @@ internal sealed class Http2ClientStream : IValueTaskSource<bool>
         SendWindow = new FlowControlWindow(sendWindow);
         ReceiveWindow = new FlowControlWindow(receiveWindow);
         ReceiveUnacked = 0;
+        _interimLength = 0;
     }
 
     /// <summary>After both pipe ends completed: ready for the next exchange.</summary>

@@ -80,10 +80,7 @@ internal static class TlsConfigCompiler
         {
             anySecure |= ConfigSyntax.IsSecureDestination(destination.Address.Value);
         }
-        if (anySecure && cluster.HealthCheck is { } check)
-        {
-            errors.Add(check.Mark, $"cluster '{cluster.Name.Value}': health_check probes speak plain HTTP and do not support https:// destinations yet");
-        }
+        // health_check probes on https:// destinations connect as the pools do (TLS, ALPN): ActiveHealthChecker.
         if (cluster.Tls is not { } tls)
         {
             return;
