@@ -31,6 +31,12 @@ internal sealed partial class HttpForwarder
     private readonly ReusableValueTaskSource<bool> _work = new();
     private RouteModel? _route;
     private Task? _loop;
+    /// <summary>
+    /// The loop published its last outcome and has nothing left to do for it (it waits for, or is about to wait for,
+    /// the next request). Only a parked forwarder may be handed a request by a new owner: an HTTP/2 stream's reused
+    /// bridge checks it, since a bridge that ended early (abort, error) can leave its loop still running an exchange.
+    /// </summary>
+    private volatile bool _parked = true;
     /// <summary>The destination the request's session affinity value pinned it to (null: none or unavailable).</summary>
     private DestinationState? _affinityPinned;
     /// <summary>Session affinity's Set-Cookie field to add to the final response head, when the request needs a (new) cookie.</summary>
@@ -55,6 +61,13 @@ internal sealed partial class HttpForwarder
     /// </summary>
     public ValueTask<bool> ForwardAsync(RouteModel route)
     {
+        if (!_parked)
+        {
+            // A second request while the loop still runs the previous one would corrupt both; fail this one instead
+            // (the caller's connection ends) rather than let a second awaiter break the result source.
+            throw new InvalidOperationException("The forwarder is still running the previous request.");
+        }
+        _parked = false;
         _route = route;
         _result.Reset();
         if (_loop is null)
@@ -67,6 +80,9 @@ internal sealed partial class HttpForwarder
         }
         return _result.Task;
     }
+
+    /// <summary>True when the last request's outcome was published (see <see cref="_parked"/>).</summary>
+    public bool IsParked => _parked;
 
     /// <summary>
     /// One iteration per request: forwards to <see cref="_route"/>'s cluster for this request, publishes the outcome, waits for the next request.
@@ -492,6 +508,8 @@ internal sealed partial class HttpForwarder
             _client.SetExchangeDeadline(long.MaxValue);
             // Reset before publishing: publishing may run the connection inline up to its next ForwardAsync call.
             _work.Reset();
+            // Parked before publishing too: what publishing runs inline may decide on reuse before the loop's await below.
+            _parked = true;
             if (loopError is null)
             {
                 _result.SetResult(outcome);

@@ -186,6 +186,51 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     }
 
     /// <summary>
+    /// One HTTP/2 stream's exchange (the transport is an <see cref="Http2StreamTransport"/>). A pooled
+    /// <see cref="Http2Stream"/> runs the streams it carries on the same instance, with its forwarder (whose loop stays
+    /// alive between streams) and pumps, so a proxied HTTP/2 request allocates no bridge. A bridge is not a client
+    /// connection: it is not in the registry (its HTTP/2 connection is, and checks the bridge's deadlines from its
+    /// heartbeat) and takes no per-IP connection slot. Returns whether the instance may serve another stream: only
+    /// after an exchange that ended normally, with nothing of it still running (the forwarder parked); after an abort,
+    /// a timeout or an error, work of this exchange may still be in flight, and the stream takes a fresh bridge.
+    /// Pooled builder: the stream awaits the task, so the box goes back to the pool.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    internal async ValueTask<bool> RunStreamAsync()
+    {
+        // Per-exchange state a previous stream may have left (the per-request fields are reset by the request loop).
+        Volatile.Write(ref _aborted, 0);
+        _draining = false;
+        _lingerOnClose = false;
+        _timedReader = null;
+        FiredTimeout = TimeoutKind.None;
+        bool clean = false;
+        try
+        {
+            await ProcessRequestsAsync().ConfigureAwait(false);
+            clean = true;
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
+        {
+            ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", e.ToString()));
+        }
+        catch (Exception e)
+        {
+            ProxyLog.Error("connection_failed", ("listener", Listener.Name), ("client", ProxyLog.Format(RemoteEndPoint)), ("error", e.ToString()));
+        }
+        finally
+        {
+            // Read before the close, which marks the instance closed (aborted) itself.
+            clean = clean && Volatile.Read(ref _aborted) == 0 && FiredTimeout == TimeoutKind.None && _forwarder.IsParked;
+            Disarm();
+            _forwarder.ReleaseUpstream();
+            await CloseGracefullyAsync().ConfigureAwait(false);
+            ReleaseState();
+        }
+        return clean;
+    }
+
+    /// <summary>
     /// <c>limits.max_connections_per_ip</c>: past the cap the connection is closed at once, before any byte is read
     /// (HAProxy's <c>tcp-request connection reject</c>): answering would mean reading the request of the client being
     /// shed, and an answer sent before the request is read can be destroyed by the RST of the close anyway.
@@ -276,7 +321,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         return FlushClientAsync();
     }
 
-    private async Task ProcessRequestsAsync()
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ProcessRequestsAsync()
     {
         bool first = true;
         while (true)

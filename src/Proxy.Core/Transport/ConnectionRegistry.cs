@@ -48,6 +48,9 @@ internal abstract class TimedConnection
 
     protected void Disarm() => Volatile.Write(ref _deadline, long.MaxValue);
 
+    /// <summary>Heartbeat entry: this connection's deadline, plus whatever it owns (an HTTP/2 connection's stream bridges).</summary>
+    internal virtual void Heartbeat(long now) => CheckDeadline(now);
+
     internal void CheckDeadline(long now)
     {
         if (Volatile.Read(ref _deadline) <= now)
@@ -119,7 +122,7 @@ internal sealed class ConnectionRegistry : IDisposable
         {
             try
             {
-                pair.Value.CheckDeadline(now);
+                pair.Value.Heartbeat(now);
             }
             catch (Exception)
             {

@@ -1003,6 +1003,7 @@ internal sealed class Http2ServerConnection : TimedConnection
     public void OnStreamFinished(Http2Stream stream, Http2ErrorCode reset)
     {
         int uncredited = stream.TakeUncredited();
+        stream.MarkFinished();
         bool reusable;
         bool closeNow;
         lock (_lock)
@@ -1084,6 +1085,29 @@ internal sealed class Http2ServerConnection : TimedConnection
         }
         catch (Exception)
         {
+        }
+    }
+
+    /// <summary>
+    /// The stream bridges are not in the registry (they are not client connections: no connection count, no drain of
+    /// their own); their deadlines (head, body, upstream, write) are checked here, on the same heartbeat.
+    /// </summary>
+    internal override void Heartbeat(long now)
+    {
+        base.Heartbeat(now);
+        lock (_lock)
+        {
+            foreach (Http2Stream stream in _streams.Values)
+            {
+                try
+                {
+                    stream.Bridge?.CheckDeadline(now);
+                }
+                catch (Exception)
+                {
+                    // As in the registry: a timeout action only cancels reads or aborts; a race with the stream's end is harmless.
+                }
+            }
         }
     }
 

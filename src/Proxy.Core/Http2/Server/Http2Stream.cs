@@ -1,6 +1,8 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
+using Proxy.Diagnostics;
+using Proxy.Forwarding;
 using Proxy.Http;
 using Proxy.Http1;
 using Proxy.Http2.FlowControl;
@@ -33,7 +35,11 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     private readonly Http2ServerConnection _connection;
     private readonly ResponseHead _responseHead = new();
     private ChunkedDecoder _chunked;
-    private Http1ServerConnection? _bridge;
+    /// <summary>Created by the first stream, reset and reused by the next ones (see <see cref="RunLoopAsync"/>).</summary>
+    private Http1ServerConnection? _bridgeInstance;
+    private volatile Http1ServerConnection? _bridge;
+    private readonly ReusableValueTaskSource<bool> _next = new();
+    private bool _loopStarted;
 
     public Http2Stream(Http2ServerConnection connection, ClientTransport transport)
     {
@@ -66,6 +72,8 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     public int HeadBytes;
     private long _credited;
     private int _pendingCredit;
+    /// <summary>Between <see cref="MarkFinished"/> and the next <see cref="Start"/>; under <see cref="RequestLock"/>.</summary>
+    private bool _finished;
 
     // ---- state shared with the connection (heartbeat, read loop) ----
 
@@ -82,6 +90,7 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     public void Start(int id, Http2RequestHead head, bool endStream, int sendWindow, int receiveWindow)
     {
         Id = id;
+        _finished = false;
         SendWindow = new FlowControlWindow(0);
         SendWindow.TryApplyInitialSizeChange(0, (uint)sendWindow);
         ReceiveWindow = receiveWindow;
@@ -114,38 +123,89 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
         }
     }
 
-    /// <summary>Thread-pool entry: runs the bridged exchange and the response pump.</summary>
-    public void Execute() => _ = RunAsync();
-
-    private async Task RunAsync()
+    /// <summary>
+    /// Thread-pool entry: runs the bridged exchange and the response pump. The first stream starts
+    /// <see cref="RunLoopAsync"/>; the streams that reuse this pooled object resume it, so a stream allocates no
+    /// state machine (one async method per stream would rent a box per request, as the forwarder's loop explains).
+    /// </summary>
+    public void Execute()
     {
-        Task bridge;
-        try
+        if (!_loopStarted)
         {
-            _bridge = new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport);
-            bridge = _bridge.RunAsync();
+            // Set before the loop runs: its first stream can end, and the object be pooled, started again and handed
+            // to another thread, before RunLoopAsync returns here (a direct answer runs to the end synchronously).
+            // Testing the returned task instead would let that second Execute start a second loop on this object,
+            // and the two loops' awaits on one _next would break it (InvalidOperationException in OnCompleted).
+            _loopStarted = true;
+            _ = RunLoopAsync();
         }
-        catch (Exception)
+        else
         {
-            bridge = Task.CompletedTask;
-            Aborted = true;
+            _next.SetResult(true);
         }
-        Http2ErrorCode reset = await PumpResponseAsync().ConfigureAwait(false);
-        ResponsePipe.Reader.Complete();
-        if (reset != Http2ErrorCode.NO_ERROR || !RequestEnded)
+    }
+
+    /// <summary>The bridge of the stream running now (null between streams), for <see cref="Abort"/> and the heartbeat.</summary>
+    public Http1ServerConnection? Bridge => _bridge;
+
+    /// <summary>
+    /// One iteration per stream this object carries. Never ends while the stream object is pooled; a stream that is
+    /// not pooled again (connection closing, pipes not reusable) leaves its loop waiting, collected with it.
+    /// </summary>
+    private async Task RunLoopAsync()
+    {
+        while (true)
         {
-            // The client may still be sending: end the request side so the bridge stops waiting for it.
-            CloseRequest();
+            ValueTask<bool> bridge;
+            try
+            {
+                // The bridge and what it owns (forwarder and its loop, pumps) live as long as this pooled stream, as
+                // long as each exchange ends cleanly (see the reuse decision below).
+                _bridgeInstance ??= new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport);
+                _bridge = _bridgeInstance;
+                bridge = _bridgeInstance.RunStreamAsync();
+            }
+            catch (Exception)
+            {
+                bridge = ValueTask.FromResult(false);
+                Aborted = true;
+            }
+            Http2ErrorCode reset = await PumpResponseAsync().ConfigureAwait(false);
+            ResponsePipe.Reader.Complete();
+            if (reset != Http2ErrorCode.NO_ERROR || !RequestEnded)
+            {
+                // The client may still be sending: end the request side so the bridge stops waiting for it.
+                CloseRequest();
+            }
+            bool bridgeReusable;
+            try
+            {
+                bridgeReusable = await bridge.ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                bridgeReusable = false;
+            }
+            _bridge = null;
+            if (!bridgeReusable || reset != Http2ErrorCode.NO_ERROR || Aborted || !ResponseComplete)
+            {
+                // An exchange that did not end cleanly may leave work of its own running (the forwarder's loop in an
+                // upstream wait, a timer, a pump): handing that instance the next stream would run two exchanges on
+                // one forwarder. The next stream gets a fresh bridge; this one finishes alone and is collected.
+                _bridgeInstance = null;
+            }
+            // Armed before the stream can be pooled: the next Start + Execute may come from the read loop at once.
+            _next.Reset();
+            try
+            {
+                _connection.OnStreamFinished(this, reset);
+            }
+            catch (Exception e)
+            {
+                ProxyLog.Error("http2_stream_failed", ("error", e.ToString()));
+            }
+            await _next.Task.ConfigureAwait(false);
         }
-        try
-        {
-            await bridge.ConfigureAwait(false);
-        }
-        catch (Exception)
-        {
-        }
-        _bridge = null;
-        _connection.OnStreamFinished(this, reset);
     }
 
     // ---- request side -------------------------------------------------------------------------
@@ -287,14 +347,32 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     /// <summary>The client sent RST_STREAM, or the connection is going away: stop everything at once.</summary>
     public void Abort(bool byPeer)
     {
-        if (byPeer)
+        lock (RequestLock)
         {
-            ResetByPeer = true;
+            if (_finished)
+            {
+                // Found by the read loop just before it finished: the object may already be pooled, and a cancelled
+                // read left on its reset pipes would cut the next stream it carries.
+                return;
+            }
+            if (byPeer)
+            {
+                ResetByPeer = true;
+            }
+            Aborted = true;
+            WakePump();
+            CloseRequest();
+            _bridge?.Abort();
         }
-        Aborted = true;
-        WakePump();
-        CloseRequest();
-        _bridge?.Abort();
+    }
+
+    /// <summary>The stream left the connection's table; from here on <see cref="Abort"/> is a no-op until the next <see cref="Start"/>.</summary>
+    public void MarkFinished()
+    {
+        lock (RequestLock)
+        {
+            _finished = true;
+        }
     }
 
     /// <summary>The HTTP/1.1 side gave up (its write deadline passed, or it aborted its transport).</summary>

@@ -1,0 +1,95 @@
+using System.Net;
+using Proxy.FunctionalTests.Infrastructure;
+
+namespace Proxy.FunctionalTests.Http2;
+
+/// <summary>
+/// A pooled HTTP/2 stream carries many requests in turn and keeps its bridge (and the bridge's forwarder) across
+/// them when an exchange ends cleanly. These tests mix clean exchanges with every way one can end early (the client
+/// resets the stream, the upstream resets its connection, the request times out) on a few multiplexed
+/// connections, and check that no answer reaches the wrong stream and that the proxy keeps serving.
+/// </summary>
+public sealed class Http2StreamReuseTests
+{
+    [Fact]
+    public async Task MixedOutcomes_ManyStreamsOnFewConnections_EveryAnswerMatchesItsRequest()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            while (await connection.ReadRequestAsync(ct) is { } request)
+            {
+                string target = request.Target;
+                if (target.StartsWith("/reset", StringComparison.Ordinal))
+                {
+                    connection.Reset();
+                    return;
+                }
+                if (target.StartsWith("/hang", StringComparison.Ordinal))
+                {
+                    await Task.Delay(Timeout.Infinite, ct); // the proxy's request_timeout answers 504
+                }
+                if (target.StartsWith("/slow", StringComparison.Ordinal))
+                {
+                    await Task.Delay(20, ct);
+                }
+                await connection.WriteAsync(Wire.Response(200, $"{request.Method} {target}", ("content-type", "text/plain")), ct);
+            }
+        }, config => config with { RequestTimeout = "1s" });
+
+        using HttpClient client = Http2ServerTests.CreateH2Client();
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(3);
+        long answered = 0, mismatched = 0, cancelled = 0, failed = 0;
+        async Task WorkerAsync(int worker)
+        {
+            var random = new Random(worker);
+            for (int i = 0; DateTime.UtcNow < deadline; i++)
+            {
+                int pick = random.Next(20);
+                string kind = pick switch { < 6 => "ok", < 10 => "hello", < 13 => "slow", < 15 => "reset", 15 => "hang", _ => "cancel" };
+                string target = $"/{kind}/{worker}/{i}";
+                long started = Environment.TickCount64;
+                using var cts = new CancellationTokenSource(kind == "cancel" ? TimeSpan.FromMilliseconds(random.Next(1, 15)) : TestDefaults.Timeout);
+                try
+                {
+                    using HttpResponseMessage response = await client.GetAsync(
+                        kind switch { "cancel" => $"{scenario.Proxy.PublicUri}slow/{worker}/{i}", "hello" => $"{scenario.Proxy.PublicUri}hello", _ => $"{scenario.Proxy.PublicUri}{target[1..]}" }, cts.Token);
+                    string body = await response.Content.ReadAsStringAsync(cts.Token);
+                    if (response.StatusCode == HttpStatusCode.OK)
+                    {
+                        Interlocked.Increment(ref answered);
+                        string expected = kind switch { "cancel" => $"GET /slow/{worker}/{i}", "hello" => "hello\n", _ => $"GET {target}" };
+                        if (body != expected)
+                        {
+                            Interlocked.Increment(ref mismatched);
+                        }
+                    }
+                    else
+                    {
+                        Assert.True(kind is "reset" or "hang", $"{target}: {(int)response.StatusCode} {body} after {Environment.TickCount64 - started} ms");
+                        Interlocked.Increment(ref failed);
+                    }
+                }
+                catch (OperationCanceledException) when (kind == "cancel")
+                {
+                    Interlocked.Increment(ref cancelled);
+                }
+            }
+        }
+
+        var workers = new Task[12];
+        for (int w = 0; w < workers.Length; w++)
+        {
+            workers[w] = WorkerAsync(w);
+        }
+        await Task.WhenAll(workers);
+
+        Assert.Equal(0, mismatched);
+        Assert.True(answered > 100, $"answered {answered}");
+        Assert.True(cancelled > 0 && failed > 0, $"cancelled {cancelled}, failed {failed}: the mix did not exercise early ends");
+        // Still serving, on the same connections (their pooled streams carried the early ends).
+        for (int i = 0; i < 20; i++)
+        {
+            Assert.Equal($"GET /after/{i}", await client.GetStringAsync($"{scenario.Proxy.PublicUri}after/{i}"));
+        }
+    }
+}
