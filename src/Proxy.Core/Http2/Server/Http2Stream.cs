@@ -33,6 +33,9 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     private readonly Http2ServerConnection _connection;
     private readonly ResponseHead _responseHead = new();
     private ChunkedDecoder _chunked;
+    /// <summary>The Sec-WebSocket-Key of the bridged upgrade (an extended CONNECT for websocket), to check the 101's accept.</summary>
+    private readonly byte[] _webSocketKey = new byte[Http2RequestHead.WebSocketKeyLength];
+    private bool _isWebSocket;
     private Http1ServerConnection? _bridge;
 
     public Http2Stream(Http2ServerConnection connection, ClientTransport transport)
@@ -63,6 +66,11 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     /// <summary>The request writer was completed (END_STREAM, reset, or the stream finished).</summary>
     public bool RequestClosed;
     public bool IsHead;
+    /// <summary>
+    /// An extended CONNECT (RFC 8441): the request is an HTTP/1.1 upgrade, its DATA are tunnel bytes (not a body, so
+    /// no body size limit), and a 101 from the bridge becomes <c>:status 200</c> followed by the tunnel.
+    /// </summary>
+    public bool IsTunnel;
     public int HeadBytes;
     private long _credited;
     private int _pendingCredit;
@@ -88,6 +96,12 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
         RequestChunked = head.Chunked;
         DeclaredLength = head.ContentLength;
         IsHead = head.IsHead;
+        IsTunnel = head.IsExtendedConnect;
+        _isWebSocket = head.IsWebSocket;
+        if (_isWebSocket)
+        {
+            head.WebSocketKey.CopyTo(_webSocketKey);
+        }
         ReceivedBody = 0;
         RequestEnded = endStream;
         RequestClosed = false;
@@ -356,13 +370,27 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
                         {
                             break;
                         }
-                        if (status == HeadStatus.Rejected || _responseHead.StatusCode == 101)
+                        if (status == HeadStatus.Rejected || (_responseHead.StatusCode == 101 && !AcceptTunnel()))
                         {
                             reader.AdvanceTo(buffer.End);
                             return Http2ErrorCode.INTERNAL_ERROR;
                         }
                         buffer = buffer.Slice(consumed);
                         int code = _responseHead.StatusCode;
+                        if (code == 101)
+                        {
+                            // RFC 8441 section 5: the upgrade succeeded; the client gets a 2xx without END_STREAM and the
+                            // rest of both directions is tunnel bytes in DATA frames, until END_STREAM or RST_STREAM.
+                            _responseHead.StatusCode = 200;
+                            if (!_connection.SendHeaders(this, _responseHead, endStream: false))
+                            {
+                                reader.AdvanceTo(buffer.Start);
+                                return AbortCode(true);
+                            }
+                            headersSent = true;
+                            phase = Phase.UntilClose;
+                            continue;
+                        }
                         if (code < 200)
                         {
                             // 1xx (100 Continue): a HEADERS frame without END_STREAM, then the final response (section 8.1).
@@ -488,6 +516,34 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
         {
             return Http2ErrorCode.INTERNAL_ERROR;
         }
+    }
+
+    /// <summary>
+    /// A 101 from the bridge: only the answer to our own extended CONNECT's upgrade is valid (an HTTP/2 response cannot
+    /// switch protocols, RFC 9113 section 8.6), and for websocket its Sec-WebSocket-Accept must match the key we sent
+    /// (RFC 6455 section 4.1). The accept field means nothing to the HTTP/2 client (RFC 8441 section 5): it is marked
+    /// hop-by-hop so the HEADERS frame leaves it out, like the 101's Connection and Upgrade.
+    /// </summary>
+    private bool AcceptTunnel()
+    {
+        if (!IsTunnel)
+        {
+            return false;
+        }
+        if (!_isWebSocket)
+        {
+            return true;
+        }
+        HeaderField[] fields = _responseHead.Fields;
+        for (int i = 0; i < _responseHead.FieldCount; i++)
+        {
+            if (_responseHead.Name(i).EqualsIgnoreCaseAscii("sec-websocket-accept"u8))
+            {
+                fields[i].HopByHop = true;
+                return WebSocketHandshake.IsValidAccept(_webSocketKey, _responseHead.Value(i));
+            }
+        }
+        return false;
     }
 
     private Http2ErrorCode AbortCode(bool headersSent) =>
