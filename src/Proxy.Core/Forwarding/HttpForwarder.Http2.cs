@@ -75,6 +75,8 @@ internal sealed partial class HttpForwarder
         Http2ClientConnection connection = stream.Connection;
         RequestHead head = _client.Head;
         bool hasBody = head.HasBody;
+        // An HTTP/1.1 WebSocket upgrade goes up as an extended CONNECT (RFC 8441), when the upstream allows it.
+        bool webSocket = IsWebSocketUpgrade(head);
         bool pumping = false;
         ValueTask<PumpResult> pump = default;
         try
@@ -92,8 +94,12 @@ internal sealed partial class HttpForwarder
             {
                 return Http2Step.Answered;
             }
+            if (webSocket && !await ExtendedConnectAllowedAsync(connection, cluster, destination, timeouts).ConfigureAwait(false))
+            {
+                return Http2Step.Answered;
+            }
             if (!await connection.SendHeadersAsync(stream, head, destination.Secure, _http2Authority, authorityLength,
-                fields.Buffer, fields.Length, endStream: !hasBody, teTrailers).ConfigureAwait(false))
+                fields.Buffer, fields.Length, endStream: !hasBody && !webSocket, teTrailers, webSocket ? s_webSocketProtocol : null).ConfigureAwait(false))
             {
                 if (stream.Refused && attempt < 3)
                 {
@@ -216,6 +222,14 @@ internal sealed partial class HttpForwarder
             else
             {
                 health.ReportSuccess(destination);
+            }
+            if (webSocket && code is >= 200 and < 300)
+            {
+                // RFC 8441 section 5: a 2xx accepts the extended CONNECT; the client gets its RFC 6455 101, then the tunnel.
+                EndRetry(cluster.RetryBudget, ref _http2RetrySlot);
+                UpstreamResponded(cluster);
+                _http2Outcome = await TunnelHttp2Async(stream).ConfigureAwait(false);
+                return Http2Step.Answered;
             }
             if (retries >= 0 && cluster.RetryBudget is { } budget && IsRetryableAnswer(budget.Model, stream.Head))
             {

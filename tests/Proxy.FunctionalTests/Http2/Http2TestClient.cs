@@ -246,6 +246,14 @@ internal sealed class Http2TestClient : IAsyncDisposable
         }
     }
 
+    /// <summary>Decodes a HEADERS frame's block (END_HEADERS expected) into its fields, pseudo-headers included.</summary>
+    public List<(string Name, string Value)> DecodeHeaders(Http2Frame frame)
+    {
+        var sink = new ListSink { Fields = [] };
+        Assert.Equal(HPackError.None, _decoder.Decode(frame.Payload, frame.Has(Http2Flags.END_HEADERS), ref sink));
+        return sink.Fields;
+    }
+
     private struct ListSink : IHeaderSink
     {
         public List<(string, string)> Fields;

@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
@@ -12,26 +13,27 @@ namespace Proxy.FunctionalTests.Infrastructure;
 
 /// <summary>
 /// A real WebSocket server (Kestrel, allowed in tests only) on 127.0.0.1:0 that echoes every message on <c>/ws</c>
-/// with the same type, and answers other requests with 200 "kestrel".
+/// with the same type, and answers other requests with 200 "kestrel". With <see cref="HttpProtocols.Http2"/> it is
+/// an h2c upstream (prior knowledge) that takes WebSockets as RFC 8441 extended CONNECTs.
 /// </summary>
 internal sealed class KestrelWebSocketUpstream : IAsyncDisposable
 {
     private readonly WebApplication _app;
 
-    private KestrelWebSocketUpstream(WebApplication app, int port)
-    {
-        _app = app;
-        Port = port;
-    }
+    private KestrelWebSocketUpstream(WebApplication app) => _app = app;
 
-    public int Port { get; }
+    public int Port { get; private set; }
 
-    public static async Task<KestrelWebSocketUpstream> StartAsync()
+    /// <summary>The request protocol of the last accepted WebSocket ("HTTP/1.1", or "HTTP/2" for an extended CONNECT).</summary>
+    public string? LastWebSocketProtocol { get; private set; }
+
+    public static async Task<KestrelWebSocketUpstream> StartAsync(HttpProtocols protocols = HttpProtocols.Http1)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
-        builder.WebHost.UseKestrel(o => o.Listen(IPAddress.Loopback, 0));
+        builder.WebHost.UseKestrel(o => o.Listen(IPAddress.Loopback, 0, listen => listen.Protocols = protocols));
         var app = builder.Build();
+        var upstream = new KestrelWebSocketUpstream(app);
         app.UseWebSockets();
         app.Run(async context =>
         {
@@ -40,13 +42,15 @@ internal sealed class KestrelWebSocketUpstream : IAsyncDisposable
                 await context.Response.WriteAsync("kestrel");
                 return;
             }
+            upstream.LastWebSocketProtocol = context.Request.Protocol;
             using var socket = await context.WebSockets.AcceptWebSocketAsync();
             await EchoAsync(socket, context.RequestAborted);
         });
         using var cts = new CancellationTokenSource(TestDefaults.Timeout);
         await app.StartAsync(cts.Token);
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        return new KestrelWebSocketUpstream(app, new Uri(address).Port);
+        upstream.Port = new Uri(address).Port;
+        return upstream;
     }
 
     private static async Task EchoAsync(WebSocket socket, CancellationToken cancellationToken)

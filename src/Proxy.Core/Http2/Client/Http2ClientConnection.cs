@@ -82,6 +82,27 @@ internal sealed class Http2ClientConnection
     /// <summary>GOAWAY received or sent: no new streams (section 6.8).</summary>
     public bool IsGoingAway => Volatile.Read(ref _goingAway);
 
+    // Completed by the peer's first SETTINGS frame or by the connection's end; one per connection (control plane).
+    private readonly TaskCompletionSource _peerSettingsSeen = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>
+    /// Completes when the peer's first SETTINGS frame was applied (or the connection ended). Ordinary requests never
+    /// wait for it (section 3.4); an extended CONNECT must, to know whether the peer allows it (RFC 8441 section 3).
+    /// </summary>
+    public Task PeerSettingsSeen => _peerSettingsSeen.Task;
+
+    /// <summary>The peer sent SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441 section 3).</summary>
+    public bool EnableConnectProtocol
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return _peer.EnableConnectProtocol && !_closed;
+            }
+        }
+    }
+
     /// <summary>
     /// Sends the connection preface, our SETTINGS and the connection window increase (section 3.4), then starts the
     /// read loop. Requests may follow at once: the peer's SETTINGS are applied whenever they arrive (section 3.4).
@@ -147,7 +168,7 @@ internal sealed class Http2ClientConnection
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<bool> SendHeadersAsync(Http2ClientStream stream, RequestHead head, bool secure, byte[] authority,
-        int authorityLength, byte[] fieldLines, int fieldLinesLength, bool endStream, bool teTrailers)
+        int authorityLength, byte[] fieldLines, int fieldLinesLength, bool endStream, bool teTrailers, byte[]? protocol = null)
     {
         await _writeGate.WaitAsync().ConfigureAwait(false);
         try
@@ -161,6 +182,9 @@ internal sealed class Http2ClientConnection
                 }
                 stream.Id = _nextStreamId;
                 _nextStreamId += 2;
+                // The window was set when the stream was reserved, maybe before the peer's SETTINGS arrived; a change
+                // since then reached only registered streams (section 6.9.2), so take the value in force now (no DATA yet).
+                stream.SendWindow = new FlowControlWindow((int)Math.Min(_peer.InitialWindowSize, Http2Settings.MaxWindowSize));
                 _streams.Add(stream.Id, stream);
             }
             int bound = Http2RequestEncoder.MaxBlockLength(head, authorityLength, fieldLinesLength);
@@ -170,7 +194,7 @@ internal sealed class Http2ClientConnection
             }
             bool sendLength = !head.Chunked && head.ContentLength >= 0;
             if (!Http2RequestEncoder.TryEncode(_encoder, head, secure ? "https"u8 : "http"u8, authority.AsSpan(0, authorityLength),
-                fieldLines.AsSpan(0, fieldLinesLength), sendLength, teTrailers, _headerBlock, out int length))
+                fieldLines.AsSpan(0, fieldLinesLength), sendLength, teTrailers, _headerBlock, out int length, protocol))
             {
                 // Cannot happen with the bound above; if it did, the encoder's table is ahead of the peer's.
                 FailConnection(Http2ErrorCode.INTERNAL_ERROR);
@@ -882,6 +906,7 @@ internal sealed class Http2ClientConnection
             _pendingTableSize = next.HeaderTableSize;
         }
         _settingsAckDue = true;
+        _peerSettingsSeen.TrySetResult();
         return Http2FrameError.None;
     }
 
@@ -1193,6 +1218,7 @@ internal sealed class Http2ClientConnection
                 CompleteResponse(stream);
             }
         }
+        _peerSettingsSeen.TrySetResult();
         _pool.ConnectionClosed(this);
         _transport.Abort();
         _ = DisposeTransportAsync();

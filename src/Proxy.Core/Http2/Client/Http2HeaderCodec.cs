@@ -103,9 +103,12 @@ internal static class Http2RequestEncoder
     /// <summary>
     /// Encodes the block into <paramref name="destination"/>. A false return leaves the dynamic table ahead of the
     /// peer's, so the connection must then fail: callers size <paramref name="destination"/> with <see cref="MaxBlockLength"/>.
+    /// A <paramref name="protocol"/> makes the request an extended CONNECT (RFC 8441 section 4): <c>:method CONNECT</c>
+    /// and <c>:protocol</c>, the HTTP/1.1 upgrade's Sec-WebSocket-Key left out (RFC 8441 section 5 has none).
     /// </summary>
     public static bool TryEncode(HPackEncoder encoder, RequestHead head, ReadOnlySpan<byte> scheme, ReadOnlySpan<byte> authority,
-        ReadOnlySpan<byte> fieldLines, bool sendContentLength, bool teTrailers, Span<byte> destination, out int written)
+        ReadOnlySpan<byte> fieldLines, bool sendContentLength, bool teTrailers, Span<byte> destination, out int written,
+        ReadOnlySpan<byte> protocol = default)
     {
         written = 0;
         if (!encoder.TryBeginHeaderBlock(destination, out int used))
@@ -114,7 +117,9 @@ internal static class Http2RequestEncoder
         }
         int total = used;
         // :path for OPTIONS * is "*" (section 8.3.1); the request target is relayed as it came, in origin form.
-        if (!Encode(encoder, ":method"u8, head.MethodBytes, destination, ref total)
+        bool extendedConnect = !protocol.IsEmpty;
+        if (!Encode(encoder, ":method"u8, extendedConnect ? "CONNECT"u8 : head.MethodBytes, destination, ref total)
+            || (extendedConnect && !Encode(encoder, ":protocol"u8, protocol, destination, ref total))
             || !Encode(encoder, ":scheme"u8, scheme, destination, ref total)
             || !Encode(encoder, ":authority"u8, authority, destination, ref total)
             || !Encode(encoder, ":path"u8, head.Target, destination, ref total))
@@ -138,7 +143,7 @@ internal static class Http2RequestEncoder
             }
             ReadOnlySpan<byte> name = line[..colon];
             ReadOnlySpan<byte> value = line[(colon + 1)..].TrimStart((byte)' ');
-            if (IsConnectionSpecific(name))
+            if (IsConnectionSpecific(name) || (extendedConnect && name.EqualsIgnoreCaseAscii("sec-websocket-key"u8)))
             {
                 continue;
             }

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Text;
+using System.Security.Cryptography;
 using Proxy.Http1;
 using Proxy.Http2.HPack;
 
@@ -50,8 +51,14 @@ internal sealed class Http2RequestHead
     private int _cookiesLength;
     // Offsets into _pseudo; -1 when absent.
     private int _methodStart, _methodLength, _pathStart, _pathLength, _authorityStart, _authorityLength, _schemeStart, _schemeLength;
+    private int _protocolStart, _protocolLength;
+    // The Sec-WebSocket-Key the proxy sends on the bridged HTTP/1.1 upgrade (RFC 6455 section 4.1): base64 of 16 random octets.
+    private readonly byte[] _webSocketKey = new byte[WebSocketKeyLength];
     private bool _regularSeen;
     private bool _trailers;
+
+    /// <summary>Length of a Sec-WebSocket-Key: 16 octets in base64 (RFC 6455 section 4.1).</summary>
+    public const int WebSocketKeyLength = 24;
 
     public Http2RequestHead(int maxHeaderListSize) => _limit = maxHeaderListSize;
 
@@ -64,6 +71,18 @@ internal sealed class Http2RequestHead
 
     public bool IsConnect { get; private set; }
 
+    /// <summary>
+    /// An extended CONNECT (RFC 8441 section 4: <c>:method CONNECT</c> with <c>:protocol</c>): bridged as an HTTP/1.1
+    /// <c>GET</c> with <c>Upgrade: &lt;protocol&gt;</c> (RFC 9110 section 7.8), and the stream becomes a tunnel once it is accepted.
+    /// </summary>
+    public bool IsExtendedConnect { get; private set; }
+
+    /// <summary>The extended CONNECT asks for <c>websocket</c>: the bridged request carries a <see cref="WebSocketKey"/> of ours.</summary>
+    public bool IsWebSocket { get; private set; }
+
+    /// <summary>The Sec-WebSocket-Key written into the bridged request (valid when <see cref="IsWebSocket"/>).</summary>
+    public ReadOnlySpan<byte> WebSocketKey => _webSocketKey;
+
     /// <summary>Starts a new block: a request's header section, or (<paramref name="trailers"/>) its trailer section.</summary>
     public void Reset(bool trailers)
     {
@@ -71,10 +90,12 @@ internal sealed class Http2RequestHead
         _fieldsLength = _pseudoLength = _cookiesLength = 0;
         _methodStart = _pathStart = _authorityStart = _schemeStart = -1;
         _methodLength = _pathLength = _authorityLength = 0;
+        _protocolStart = -1;
+        _protocolLength = 0;
         _regularSeen = false;
         Error = Http2RequestError.None;
         ContentLength = -1;
-        IsHead = IsConnect = false;
+        IsHead = IsConnect = IsExtendedConnect = IsWebSocket = false;
     }
 
     /// <summary>
@@ -159,6 +180,12 @@ internal sealed class Http2RequestHead
             case 17 when name.SequenceEqual("transfer-encoding"u8):
                 Error = Http2RequestError.ConnectionSpecific; // section 8.2.2
                 return;
+            case 17 when name.SequenceEqual("sec-websocket-key"u8):
+                if (_protocolStart >= 0)
+                {
+                    return; // RFC 8441 section 5: not used over HTTP/2; the bridged upgrade carries a key of ours
+                }
+                break;
             case 14 when name.SequenceEqual("content-length"u8):
                 if (!Utf8Parser.TryParse(value, out long length, out int used) || used != value.Length || length < 0
                     || (ContentLength >= 0 && ContentLength != length))
@@ -227,9 +254,15 @@ internal sealed class Http2RequestHead
             start = ref _schemeStart;
             length = ref _schemeLength;
         }
+        else if (name.SequenceEqual(":protocol"u8))
+        {
+            // RFC 8441 section 4: allowed because our SETTINGS carry SETTINGS_ENABLE_CONNECT_PROTOCOL = 1; Complete checks the method.
+            start = ref _protocolStart;
+            length = ref _protocolLength;
+        }
         else
         {
-            // :status is a response pseudo-header; :protocol needs SETTINGS_ENABLE_CONNECT_PROTOCOL, which we do not send.
+            // :status is a response pseudo-header.
             Error = Http2RequestError.UnknownPseudo;
             return;
         }
@@ -306,7 +339,32 @@ internal sealed class Http2RequestHead
         ReadOnlySpan<byte> method = _pseudo.AsSpan(_methodStart, _methodLength);
         IsConnect = method.SequenceEqual("CONNECT"u8);
         IsHead = method.SequenceEqual("HEAD"u8);
-        if (IsConnect)
+        if (_protocolStart >= 0)
+        {
+            // RFC 8441 section 4: :protocol only on CONNECT, and then :scheme and :path are required like any request's.
+            if (!IsConnect || _protocolLength == 0)
+            {
+                return Error = Http2RequestError.UnknownPseudo;
+            }
+            if (_schemeStart < 0 || _pathStart < 0 || _pathLength == 0 || _authorityStart < 0)
+            {
+                return Error = Http2RequestError.MissingPseudo;
+            }
+            if (endStream || ContentLength >= 0)
+            {
+                return Error = Http2RequestError.InvalidContentLength; // a tunnel: its DATA is the protocol's, never a body
+            }
+            IsConnect = false;
+            IsExtendedConnect = true;
+            IsWebSocket = System.Text.Ascii.EqualsIgnoreCase(_pseudo.AsSpan(_protocolStart, _protocolLength), "websocket"u8);
+            if (IsWebSocket)
+            {
+                Span<byte> nonce = stackalloc byte[16];
+                RandomNumberGenerator.Fill(nonce);
+                Base64.EncodeToUtf8(nonce, _webSocketKey, out _, out _);
+            }
+        }
+        else if (IsConnect)
         {
             // Section 8.5: :authority only.
             if (_schemeStart >= 0 || _pathStart >= 0 || _authorityStart < 0)
@@ -328,15 +386,15 @@ internal sealed class Http2RequestHead
 
     private bool _endStream;
 
-    /// <summary>True when the HTTP/1.1 head says <c>transfer-encoding: chunked</c> (a body of unknown length).</summary>
-    public bool Chunked => !_endStream && ContentLength < 0;
+    /// <summary>True when the HTTP/1.1 head says <c>transfer-encoding: chunked</c> (a body of unknown length); never on a tunnel.</summary>
+    public bool Chunked => !_endStream && ContentLength < 0 && !IsExtendedConnect;
 
     /// <summary>Octets <see cref="WriteTo"/> writes.</summary>
     public int Http1Length
     {
         get
         {
-            int length = _methodLength + 1 + (IsConnect ? _authorityLength : _pathLength) + 11 + _fieldsLength + 2;
+            int length = (IsExtendedConnect ? 3 : _methodLength) + 1 + (IsConnect ? _authorityLength : _pathLength) + 11 + _fieldsLength + 2;
             if (_authorityStart >= 0)
             {
                 length += 8 + _authorityLength;
@@ -349,6 +407,14 @@ internal sealed class Http2RequestHead
             {
                 length += "transfer-encoding: chunked\r\n".Length;
             }
+            if (IsExtendedConnect)
+            {
+                length += "connection: upgrade\r\nupgrade: \r\n".Length + _protocolLength;
+                if (IsWebSocket)
+                {
+                    length += "sec-websocket-key: \r\n".Length + WebSocketKeyLength;
+                }
+            }
             return length;
         }
     }
@@ -359,7 +425,8 @@ internal sealed class Http2RequestHead
     /// </summary>
     public void WriteTo(IBufferWriter<byte> output)
     {
-        output.Write(_pseudo.AsSpan(_methodStart, _methodLength));
+        // RFC 8441 section 5: the extended CONNECT is the HTTP/1.1 upgrade's GET (RFC 6455 section 4.1).
+        output.Write(IsExtendedConnect ? "GET"u8 : _pseudo.AsSpan(_methodStart, _methodLength));
         output.Write(" "u8);
         output.Write(IsConnect ? _pseudo.AsSpan(_authorityStart, _authorityLength) : _pseudo.AsSpan(_pathStart, _pathLength));
         output.Write(" HTTP/1.1\r\n"u8);
@@ -379,6 +446,18 @@ internal sealed class Http2RequestHead
         if (Chunked)
         {
             output.Write("transfer-encoding: chunked\r\n"u8);
+        }
+        if (IsExtendedConnect)
+        {
+            output.Write("connection: upgrade\r\nupgrade: "u8);
+            output.Write(_pseudo.AsSpan(_protocolStart, _protocolLength));
+            output.Write("\r\n"u8);
+            if (IsWebSocket)
+            {
+                output.Write("sec-websocket-key: "u8);
+                output.Write(_webSocketKey);
+                output.Write("\r\n"u8);
+            }
         }
         output.Write("\r\n"u8);
     }

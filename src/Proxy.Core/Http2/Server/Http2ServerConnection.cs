@@ -307,7 +307,7 @@ internal sealed class Http2ServerConnection : TimedConnection
             CreditConnection((int)data.Length);
             return Http2FrameError.Stream(Http2ErrorCode.PROTOCOL_ERROR);
         }
-        if (received > _httpLimits.MaxBodyBytes + 1)
+        if (received > _httpLimits.MaxBodyBytes + 1 && !stream.IsTunnel)
         {
             // The bridge answers 413 from the declared or counted length; past the limit we stop buffering.
             CreditConnection((int)data.Length);
@@ -714,6 +714,8 @@ internal sealed class Http2ServerConnection : TimedConnection
             new(Http2SettingsParameter.SETTINGS_INITIAL_WINDOW_SIZE, (uint)_limits.InitialWindowSize),
             new(Http2SettingsParameter.SETTINGS_MAX_FRAME_SIZE, (uint)_limits.MaxFrameSize),
             new(Http2SettingsParameter.SETTINGS_MAX_HEADER_LIST_SIZE, (uint)_limits.MaxHeaderListSize),
+            // RFC 8441 section 3: extended CONNECT (WebSockets over HTTP/2), bridged as an HTTP/1.1 upgrade.
+            new(Http2SettingsParameter.SETTINGS_ENABLE_CONNECT_PROTOCOL, 1),
         ];
         lock (_lock)
         {

@@ -40,6 +40,9 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     private volatile Http1ServerConnection? _bridge;
     private readonly ReusableValueTaskSource<bool> _next = new();
     private bool _loopStarted;
+    /// <summary>The Sec-WebSocket-Key of the bridged upgrade (an extended CONNECT for websocket), to check the 101's accept.</summary>
+    private readonly byte[] _webSocketKey = new byte[Http2RequestHead.WebSocketKeyLength];
+    private bool _isWebSocket;
 
     public Http2Stream(Http2ServerConnection connection, ClientTransport transport)
     {
@@ -69,6 +72,11 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     /// <summary>The request writer was completed (END_STREAM, reset, or the stream finished).</summary>
     public bool RequestClosed;
     public bool IsHead;
+    /// <summary>
+    /// An extended CONNECT (RFC 8441): the request is an HTTP/1.1 upgrade, its DATA are tunnel bytes (not a body, so
+    /// no body size limit), and a 101 from the bridge becomes <c>:status 200</c> followed by the tunnel.
+    /// </summary>
+    public bool IsTunnel;
     public int HeadBytes;
     private long _credited;
     private int _pendingCredit;
@@ -97,6 +105,12 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
         RequestChunked = head.Chunked;
         DeclaredLength = head.ContentLength;
         IsHead = head.IsHead;
+        IsTunnel = head.IsExtendedConnect;
+        _isWebSocket = head.IsWebSocket;
+        if (_isWebSocket)
+        {
+            head.WebSocketKey.CopyTo(_webSocketKey);
+        }
         ReceivedBody = 0;
         RequestEnded = endStream;
         RequestClosed = false;
@@ -187,11 +201,12 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
                 bridgeReusable = false;
             }
             _bridge = null;
-            if (!bridgeReusable || reset != Http2ErrorCode.NO_ERROR || Aborted || !ResponseComplete)
+            if (!bridgeReusable || reset != Http2ErrorCode.NO_ERROR || Aborted || !ResponseComplete || IsTunnel)
             {
                 // An exchange that did not end cleanly may leave work of its own running (the forwarder's loop in an
                 // upstream wait, a timer, a pump): handing that instance the next stream would run two exchanges on
-                // one forwarder. The next stream gets a fresh bridge; this one finishes alone and is collected.
+                // one forwarder. The next stream gets a fresh bridge; this one finishes alone and is collected. A
+                // tunnel's bridge is not reused either: its connection was handed to the byte copy, as in HTTP/1.1.
                 _bridgeInstance = null;
             }
             // Armed before the stream can be pooled: the next Start + Execute may come from the read loop at once.
@@ -434,13 +449,42 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
                         {
                             break;
                         }
-                        if (status == HeadStatus.Rejected || _responseHead.StatusCode == 101)
+                        if (status == HeadStatus.Rejected || (_responseHead.StatusCode == 101 && !AcceptTunnel()))
                         {
                             reader.AdvanceTo(buffer.End);
                             return Http2ErrorCode.INTERNAL_ERROR;
                         }
                         buffer = buffer.Slice(consumed);
                         int code = _responseHead.StatusCode;
+                        if (IsTunnel && code is >= 200 and < 300)
+                        {
+                            // RFC 8441 section 5: a 2xx to an extended CONNECT tells the client its tunnel is open. An
+                            // upstream that ignored the upgrade and answered 2xx has opened none: 502, and the stream ends.
+                            HeaderField[] ignored = _responseHead.Fields;
+                            for (int i = 0; i < _responseHead.FieldCount; i++)
+                            {
+                                ignored[i].HopByHop = true;
+                            }
+                            _responseHead.StatusCode = 502;
+                            _connection.SendHeaders(this, _responseHead, endStream: true);
+                            ProxyLog.Warn("upstream_ignored_upgrade", ("stream", Id), ("status", code));
+                            reader.AdvanceTo(buffer.End);
+                            return Http2ErrorCode.CANCEL;
+                        }
+                        if (code == 101)
+                        {
+                            // RFC 8441 section 5: the upgrade succeeded; the client gets a 2xx without END_STREAM and the
+                            // rest of both directions is tunnel bytes in DATA frames, until END_STREAM or RST_STREAM.
+                            _responseHead.StatusCode = 200;
+                            if (!_connection.SendHeaders(this, _responseHead, endStream: false))
+                            {
+                                reader.AdvanceTo(buffer.Start);
+                                return AbortCode(true);
+                            }
+                            headersSent = true;
+                            phase = Phase.UntilClose;
+                            continue;
+                        }
                         if (code < 200)
                         {
                             // 1xx (100 Continue): a HEADERS frame without END_STREAM, then the final response (section 8.1).
@@ -566,6 +610,34 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
         {
             return Http2ErrorCode.INTERNAL_ERROR;
         }
+    }
+
+    /// <summary>
+    /// A 101 from the bridge: only the answer to our own extended CONNECT's upgrade is valid (an HTTP/2 response cannot
+    /// switch protocols, RFC 9113 section 8.6), and for websocket its Sec-WebSocket-Accept must match the key we sent
+    /// (RFC 6455 section 4.1). The accept field means nothing to the HTTP/2 client (RFC 8441 section 5): it is marked
+    /// hop-by-hop so the HEADERS frame leaves it out, like the 101's Connection and Upgrade.
+    /// </summary>
+    private bool AcceptTunnel()
+    {
+        if (!IsTunnel)
+        {
+            return false;
+        }
+        if (!_isWebSocket)
+        {
+            return true;
+        }
+        HeaderField[] fields = _responseHead.Fields;
+        for (int i = 0; i < _responseHead.FieldCount; i++)
+        {
+            if (_responseHead.Name(i).EqualsIgnoreCaseAscii("sec-websocket-accept"u8))
+            {
+                fields[i].HopByHop = true;
+                return WebSocketHandshake.IsValidAccept(_webSocketKey, _responseHead.Value(i));
+            }
+        }
+        return false;
     }
 
     private Http2ErrorCode AbortCode(bool headersSent) =>

@@ -62,6 +62,25 @@ public class Http2RequestEncoderTests
     }
 
     [Fact]
+    public void TryEncode_WithProtocol_ExtendedConnectWithoutWebSocketKey()
+    {
+        var head = Head("GET", "/ws?room=1");
+        byte[] lines = "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nUpgrade: websocket\r\nOrigin: http://a\r\n"u8.ToArray();
+        var block = new byte[Http2RequestEncoder.MaxBlockLength(head, 16, lines.Length)];
+
+        Assert.True(Http2RequestEncoder.TryEncode(new HPackEncoder(), head, "http"u8, "api.test"u8, lines, false, false, block, out int written,
+            "websocket"u8));
+        var sink = new Collect();
+        Assert.Equal(HPackError.None, new HPackDecoder().Decode(block.AsSpan(0, written), endHeaders: true, ref sink));
+
+        // RFC 8441 section 4 and 5: CONNECT + :protocol, :scheme and :path kept, no key (nor the upgrade field).
+        Assert.Equal(
+            [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"), (":authority", "api.test"), (":path", "/ws?room=1"),
+             ("sec-websocket-version", "13"), ("origin", "http://a")],
+            sink.Fields);
+    }
+
+    [Fact]
     public void TryEncode_SameHeadTwice_SecondBlockUsesDynamicTableAndIsSmaller()
     {
         var encoder = new HPackEncoder();
