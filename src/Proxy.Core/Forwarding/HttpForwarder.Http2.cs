@@ -46,230 +46,324 @@ internal sealed partial class HttpForwarder
     /// <summary>Out: the client's body was read in part (never retried: it cannot be read again) or whole (kept for a retry when within the limit).</summary>
     private bool _http2BodyTouched, _http2BodySent;
 
-    /// <summary>One try on an HTTP/2 destination.</summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<Http2Step> ForwardHttp2Async(Http2ConnectionPool pool, ClusterModel cluster, DestinationState destination,
+    // The current try's arguments, handed from ForwardHttp2Async to Http2LoopAsync.
+    private Http2ConnectionPool? _h2Pool;
+    private ClusterModel? _h2Cluster;
+    private DestinationState? _h2Destination;
+    private UpstreamTimeouts _h2Timeouts;
+    private long _h2ExchangeDeadline;
+    private int _h2Attempt;
+    private RequestReplayBuffer? _h2Replay;
+    private bool _h2FromReplay;
+    private int _h2Retries;
+    private readonly ReusableValueTaskSource<Http2Step> _http2Result = new();
+    private readonly ReusableValueTaskSource<bool> _http2Work = new();
+    private Task? _http2Loop;
+
+    /// <summary>
+    /// One try on an HTTP/2 destination. The work runs in <see cref="Http2LoopAsync"/>, one long-lived loop per
+    /// forwarder, for the reason <see cref="ForwardAsync"/> gives: a try is rented on the client's thread and ends on
+    /// the upstream connection's read loop thread, so a pooled box per try often missed the pooling builder's
+    /// per-thread cache (GC allocation sampling, one warm h2c connection: about 14 B per request from that box; none
+    /// with this loop).
+    /// </summary>
+    private ValueTask<Http2Step> ForwardHttp2Async(Http2ConnectionPool pool, ClusterModel cluster, DestinationState destination,
         UpstreamTimeouts timeouts, long exchangeDeadline, int attempt, RequestReplayBuffer? replay, bool fromReplay, int retries)
     {
-        ClusterHealth health = cluster.Health;
-        _http2BodyTouched = _http2BodySent = false;
-        _http2Failure = ProxyError.None;
-        _http2Cause = RetryOn.None;
-        _http2Outcome = false;
-        var (stream, error) = await pool.RentStreamAsync(cluster.Breaker).ConfigureAwait(false);
-        if (stream is null)
+        _h2Pool = pool;
+        _h2Cluster = cluster;
+        _h2Destination = destination;
+        _h2Timeouts = timeouts;
+        _h2ExchangeDeadline = exchangeDeadline;
+        _h2Attempt = attempt;
+        _h2Replay = replay;
+        _h2FromReplay = fromReplay;
+        _h2Retries = retries;
+        _http2Result.Reset();
+        if (_http2Loop is null)
         {
-            if (error == ConnectError.None)
-            {
-                return Http2Step.UseHttp1;
-            }
-            _http2Failure = ConnectFailure(error);
-            if (error is ConnectError.Refused or ConnectError.Timeout)
-            {
-                _http2Cause = RetryOn.ConnectFailure;
-                health.ReportFailure(destination);
-            }
-            return Http2Step.Failed;
+            _http2Loop = Http2LoopAsync();
         }
-
-        Http2ClientConnection connection = stream.Connection;
-        RequestHead head = _client.Head;
-        bool hasBody = head.HasBody;
-        // An HTTP/1.1 WebSocket upgrade goes up as an extended CONNECT (RFC 8441), when the upstream allows it.
-        bool webSocket = IsWebSocketUpgrade(head);
-        bool pumping = false;
-        ValueTask<PumpResult> pump = default;
-        try
+        else
         {
-            // ---- request head: the shared field lines, re-encoded as an HTTP/2 field block
-            FieldLineWriter fields = _http2Fields ??= new FieldLineWriter();
-            fields.Reset();
-            UpstreamRequestWriter.WriteFields(fields, head, _client.Listener.Forwarded, _client.RemoteAddress, destination,
-                _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader, _client.FilterContext);
-            int authorityLength = CopyAuthority(head, destination);
-            // RFC 9113 section 8.2.2: "te" may only say "trailers"; gRPC servers want it to know trailers are understood.
-            bool teTrailers = WantsTrailers(head);
+            _http2Work.SetResult(true);
+        }
+        return _http2Result.Task;
+    }
 
-            if (hasBody && !fromReplay && !await _client.SendContinueIfExpectedAsync().ConfigureAwait(false))
+    /// <summary>One iteration per try (see <see cref="ForwardHttp2Async"/>); never ends while the forwarder lives.</summary>
+    private async Task Http2LoopAsync()
+    {
+        while (true)
+        {
+            Http2ConnectionPool pool = _h2Pool!;
+            ClusterModel cluster = _h2Cluster!;
+            DestinationState destination = _h2Destination!;
+            UpstreamTimeouts timeouts = _h2Timeouts;
+            long exchangeDeadline = _h2ExchangeDeadline;
+            int attempt = _h2Attempt;
+            RequestReplayBuffer? replay = _h2Replay;
+            bool fromReplay = _h2FromReplay;
+            int retries = _h2Retries;
+            _h2Pool = null;
+            _h2Cluster = null;
+            _h2Destination = null;
+            _h2Replay = null;
+            Http2Step step = Http2Step.Failed;
+            Exception? loopError = null;
+            try
             {
-                return Http2Step.Answered;
-            }
-            if (webSocket && !await ExtendedConnectAllowedAsync(connection, cluster, destination, timeouts).ConfigureAwait(false))
-            {
-                return Http2Step.Answered;
-            }
-            if (!await connection.SendHeadersAsync(stream, head, destination.Secure, _http2Authority, authorityLength,
-                fields.Buffer, fields.Length, endStream: !hasBody && !webSocket, teTrailers, webSocket ? s_webSocketProtocol : null).ConfigureAwait(false))
-            {
-                if (stream.Refused && attempt < 3)
+                ClusterHealth health = cluster.Health;
+                _http2BodyTouched = _http2BodySent = false;
+                _http2Failure = ProxyError.None;
+                _http2Cause = RetryOn.None;
+                _http2Outcome = false;
+                var (stream, error) = await pool.RentStreamAsync(cluster.Breaker).ConfigureAwait(false);
+                if (stream is null)
                 {
-                    return Http2Step.Replay;
+                    if (error == ConnectError.None)
+                    {
+                        step = Http2Step.UseHttp1;
+                        goto Done;
+                    }
+                    _http2Failure = ConnectFailure(error);
+                    if (error is ConnectError.Refused or ConnectError.Timeout)
+                    {
+                        _http2Cause = RetryOn.ConnectFailure;
+                        health.ReportFailure(destination);
+                    }
+                    step = Http2Step.Failed;
+                    goto Done;
                 }
-                _http2Failure = ProxyError.UpstreamRequestWriteFailed;
-                _http2Cause = RetryOn.Reset;
-                health.ReportFailure(destination);
-                return Http2Step.Failed;
-            }
-            if (hasBody)
-            {
-                // Full duplex: the body goes up while the response is read (gRPC streams answer before the request ends).
-                pump = PumpHttp2RequestAsync(stream, replay, fromReplay);
-                pumping = true;
-                _http2BodyTouched = !fromReplay;
-            }
 
-            // ---- response head
-            PipeReader reader = stream.ResponseReader;
-            ProxyError failure = ProxyError.None;
-            bool clientGone = false;
-            ProxyError headTimeout = HeadWait(timeouts.Response, cluster.Retry, exchangeDeadline, out TimeSpan wait);
-            if (wait <= TimeSpan.Zero)
-            {
-                failure = ProxyError.UpstreamRequestTimeout;
-            }
-            else
-            {
-                _client.ArmUpstream(reader, wait);
-                while (!stream.HeadReady)
+                Http2ClientConnection connection = stream.Connection;
+                RequestHead head = _client.Head;
+                bool hasBody = head.HasBody;
+                // An HTTP/1.1 WebSocket upgrade goes up as an extended CONNECT (RFC 8441), when the upstream allows it.
+                bool webSocket = IsWebSocketUpgrade(head);
+                bool pumping = false;
+                ValueTask<PumpResult> pump = default;
+                try
                 {
-                    ReadResult result;
-                    try
+                    // ---- request head: the shared field lines, re-encoded as an HTTP/2 field block
+                    FieldLineWriter fields = _http2Fields ??= new FieldLineWriter();
+                    fields.Reset();
+                    UpstreamRequestWriter.WriteFields(fields, head, _client.Listener.Forwarded, _client.RemoteAddress, destination,
+                        _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader, _client.FilterContext);
+                    int authorityLength = CopyAuthority(head, destination);
+                    // RFC 9113 section 8.2.2: "te" may only say "trailers"; gRPC servers want it to know trailers are understood.
+                    bool teTrailers = WantsTrailers(head);
+
+                    if (hasBody && !fromReplay && !await _client.SendContinueIfExpectedAsync().ConfigureAwait(false))
                     {
-                        result = await reader.ReadAsync().ConfigureAwait(false);
+                        step = Http2Step.Answered;
+                        goto Done;
                     }
-                    catch (Exception)
+                    if (webSocket && !await ExtendedConnectAllowedAsync(connection, cluster, destination, timeouts).ConfigureAwait(false))
                     {
-                        failure = ProxyError.UpstreamReset;
-                        break;
+                        step = Http2Step.Answered;
+                        goto Done;
                     }
-                    reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
-                    // 1xx heads go out as they come (103 Early Hints is worth sending before the final head exists).
-                    if (stream.HasInterim && !await RelayInterimAsync(stream).ConfigureAwait(false))
+                    if (!await connection.SendHeadersAsync(stream, head, destination.Secure, _http2Authority, authorityLength,
+                        fields.Buffer, fields.Length, endStream: !hasBody && !webSocket, teTrailers, webSocket ? s_webSocketProtocol : null).ConfigureAwait(false))
                     {
-                        clientGone = true;
-                        break;
-                    }
-                    if (stream.HeadReady)
-                    {
-                        break;
-                    }
-                    if (result.IsCanceled)
-                    {
-                        if (_client.TakeFiredTimeout() != TimeoutKind.None)
+                        if (stream.Refused && attempt < 3)
                         {
-                            failure = headTimeout;
-                            break;
+                            step = Http2Step.Replay;
+                            goto Done;
                         }
-                        continue;
+                        _http2Failure = ProxyError.UpstreamRequestWriteFailed;
+                        _http2Cause = RetryOn.Reset;
+                        health.ReportFailure(destination);
+                        step = Http2Step.Failed;
+                        goto Done;
                     }
-                    if (result.IsCompleted)
+                    if (hasBody)
                     {
-                        failure = ProxyError.UpstreamReset;
-                        break;
+                        // Full duplex: the body goes up while the response is read (gRPC streams answer before the request ends).
+                        pump = PumpHttp2RequestAsync(stream, replay, fromReplay);
+                        pumping = true;
+                        _http2BodyTouched = !fromReplay;
                     }
-                }
-                _client.DisarmUpstream();
-                _client.TakeFiredTimeout();
-                // Interim heads that came with the final one (the read loop keeps them in order, before HeadReady).
-                clientGone |= failure == ProxyError.None && stream.HasInterim && !await RelayInterimAsync(stream).ConfigureAwait(false);
-            }
 
-            if (clientGone)
-            {
-                // The client left while we relayed a 1xx: nobody to answer (the stream is reset by the release below).
-                _client.Abort();
-                return Http2Step.Answered;
-            }
-            if (failure != ProxyError.None)
-            {
-                if (pumping)
-                {
-                    pumping = false;
-                    bool pumpEnded = pump.IsCompleted;
-                    PumpResult sent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
-                    _http2BodySent = pumpEnded && sent == PumpResult.Completed;
-                    if (sent is PumpResult.TooLarge or PumpResult.SourceInvalid)
+                    // ---- response head
+                    PipeReader reader = stream.ResponseReader;
+                    ProxyError failure = ProxyError.None;
+                    bool clientGone = false;
+                    ProxyError headTimeout = HeadWait(timeouts.Response, cluster.Retry, exchangeDeadline, out TimeSpan wait);
+                    if (wait <= TimeSpan.Zero)
                     {
-                        await _client.SendErrorAsync(_http2Reject.StatusCode(), _http2Reject.DetailsCode(), close: true).ConfigureAwait(false);
-                        return Http2Step.Answered;
+                        failure = ProxyError.UpstreamRequestTimeout;
                     }
-                    if (pumpEnded && sent is PumpResult.SourceFailed or PumpResult.Cancelled)
+                    else
                     {
-                        return Http2Step.Answered; // the client broke its own request (and we reset the stream): nobody to answer
+                        _client.ArmUpstream(reader, wait);
+                        while (!stream.HeadReady)
+                        {
+                            ReadResult result;
+                            try
+                            {
+                                result = await reader.ReadAsync().ConfigureAwait(false);
+                            }
+                            catch (Exception)
+                            {
+                                failure = ProxyError.UpstreamReset;
+                                break;
+                            }
+                            reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+                            // 1xx heads go out as they come (103 Early Hints is worth sending before the final head exists).
+                            if (stream.HasInterim && !await RelayInterimAsync(stream).ConfigureAwait(false))
+                            {
+                                clientGone = true;
+                                break;
+                            }
+                            if (stream.HeadReady)
+                            {
+                                break;
+                            }
+                            if (result.IsCanceled)
+                            {
+                                if (_client.TakeFiredTimeout() != TimeoutKind.None)
+                                {
+                                    failure = headTimeout;
+                                    break;
+                                }
+                                continue;
+                            }
+                            if (result.IsCompleted)
+                            {
+                                failure = ProxyError.UpstreamReset;
+                                break;
+                            }
+                        }
+                        _client.DisarmUpstream();
+                        _client.TakeFiredTimeout();
+                        // Interim heads that came with the final one (the read loop keeps them in order, before HeadReady).
+                        clientGone |= failure == ProxyError.None && stream.HasInterim && !await RelayInterimAsync(stream).ConfigureAwait(false);
                     }
-                }
-                if (stream.Refused && !hasBody && attempt < 3)
-                {
-                    return Http2Step.Replay;
-                }
-                health.ReportFailure(destination);
-                _http2Failure = failure;
-                _http2Cause = failure switch
-                {
-                    ProxyError.UpstreamReset => RetryOn.Reset,
-                    ProxyError.UpstreamPerTryTimeout => RetryOn.PerTryTimeout,
-                    _ => RetryOn.None,
-                };
-                return Http2Step.Failed;
-            }
 
-            // ---- final response
-            int code = stream.Head.StatusCode;
-            if (code >= 500)
+                    if (clientGone)
+                    {
+                        // The client left while we relayed a 1xx: nobody to answer (the stream is reset by the release below).
+                        _client.Abort();
+                        step = Http2Step.Answered;
+                        goto Done;
+                    }
+                    if (failure != ProxyError.None)
+                    {
+                        if (pumping)
+                        {
+                            pumping = false;
+                            bool pumpEnded = pump.IsCompleted;
+                            PumpResult sent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
+                            _http2BodySent = pumpEnded && sent == PumpResult.Completed;
+                            if (sent is PumpResult.TooLarge or PumpResult.SourceInvalid)
+                            {
+                                await _client.SendErrorAsync(_http2Reject.StatusCode(), _http2Reject.DetailsCode(), close: true).ConfigureAwait(false);
+                                step = Http2Step.Answered;
+                                goto Done;
+                            }
+                            if (pumpEnded && sent is PumpResult.SourceFailed or PumpResult.Cancelled)
+                            {
+                                step = Http2Step.Answered; // the client broke its own request (and we reset the stream): nobody to answer
+                                goto Done;
+                            }
+                        }
+                        if (stream.Refused && !hasBody && attempt < 3)
+                        {
+                            step = Http2Step.Replay;
+                            goto Done;
+                        }
+                        health.ReportFailure(destination);
+                        _http2Failure = failure;
+                        _http2Cause = failure switch
+                        {
+                            ProxyError.UpstreamReset => RetryOn.Reset,
+                            ProxyError.UpstreamPerTryTimeout => RetryOn.PerTryTimeout,
+                            _ => RetryOn.None,
+                        };
+                        step = Http2Step.Failed;
+                        goto Done;
+                    }
+
+                    // ---- final response
+                    int code = stream.Head.StatusCode;
+                    if (code >= 500)
+                    {
+                        health.ReportFailure(destination);
+                    }
+                    else
+                    {
+                        health.ReportSuccess(destination);
+                    }
+                    if (webSocket && code is >= 200 and < 300)
+                    {
+                        // RFC 8441 section 5: a 2xx accepts the extended CONNECT; the client gets its RFC 6455 101, then the tunnel.
+                        EndRetry(cluster.RetryBudget, ref _http2RetrySlot);
+                        UpstreamResponded(cluster);
+                        _http2Outcome = await TunnelHttp2Async(stream).ConfigureAwait(false);
+                        step = Http2Step.Answered;
+                        goto Done;
+                    }
+                    if (retries >= 0 && cluster.RetryBudget is { } budget && IsRetryableAnswer(budget.Model, stream.Head))
+                    {
+                        // Only a request whose whole body went up (and was kept) can go again; a pump still running is not waited for.
+                        bool bodyDone = !pumping || pump.IsCompleted;
+                        if (pumping && bodyDone)
+                        {
+                            pumping = false;
+                            _http2BodySent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false) == PumpResult.Completed;
+                            bodyDone = _http2BodySent && replay is not { IsOverLimit: true };
+                        }
+                        bool slot = _http2RetrySlot;
+                        if (bodyDone && TryTakeRetry(budget, retries, ref slot))
+                        {
+                            _http2RetrySlot = slot;
+                            step = Http2Step.RetryStatus; // the stream is reset by the release below, its body unread
+                            goto Done;
+                        }
+                    }
+                    if (cluster.Affinity is { } pinning && !ReferenceEquals(_affinityPinned, destination))
+                    {
+                        _setCookie = pinning.SetCookieFor(destination);
+                    }
+                    _http2Outcome = await RelayHttp2ResponseAsync(cluster, destination, stream, teTrailers).ConfigureAwait(false);
+                    if (pumping)
+                    {
+                        pumping = false;
+                        bool finished = pump.IsCompleted;
+                        PumpResult sent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
+                        // The upstream answered before the request ended (RFC 9113 section 8.1): the rest of the client's body is unread.
+                        _http2Outcome &= finished && sent == PumpResult.Completed;
+                    }
+                    step = Http2Step.Answered;
+                    goto Done;
+                }
+                finally
+                {
+                    if (pumping)
+                    {
+                        await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
+                    }
+                    await connection.ReleaseAsync(stream).ConfigureAwait(false);
+                }
+            }
+            catch (Exception e)
             {
-                health.ReportFailure(destination);
+                loopError = e;
+            }
+        Done:
+            // Reset before publishing: publishing may run the forward loop inline up to its next ForwardHttp2Async call.
+            _http2Work.Reset();
+            if (loopError is null)
+            {
+                _http2Result.SetResult(step);
             }
             else
             {
-                health.ReportSuccess(destination);
+                _http2Result.SetException(loopError);
             }
-            if (webSocket && code is >= 200 and < 300)
-            {
-                // RFC 8441 section 5: a 2xx accepts the extended CONNECT; the client gets its RFC 6455 101, then the tunnel.
-                EndRetry(cluster.RetryBudget, ref _http2RetrySlot);
-                UpstreamResponded(cluster);
-                _http2Outcome = await TunnelHttp2Async(stream).ConfigureAwait(false);
-                return Http2Step.Answered;
-            }
-            if (retries >= 0 && cluster.RetryBudget is { } budget && IsRetryableAnswer(budget.Model, stream.Head))
-            {
-                // Only a request whose whole body went up (and was kept) can go again; a pump still running is not waited for.
-                bool bodyDone = !pumping || pump.IsCompleted;
-                if (pumping && bodyDone)
-                {
-                    pumping = false;
-                    _http2BodySent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false) == PumpResult.Completed;
-                    bodyDone = _http2BodySent && replay is not { IsOverLimit: true };
-                }
-                bool slot = _http2RetrySlot;
-                if (bodyDone && TryTakeRetry(budget, retries, ref slot))
-                {
-                    _http2RetrySlot = slot;
-                    return Http2Step.RetryStatus; // the stream is reset by the release below, its body unread
-                }
-            }
-            if (cluster.Affinity is { } pinning && !ReferenceEquals(_affinityPinned, destination))
-            {
-                _setCookie = pinning.SetCookieFor(destination);
-            }
-            _http2Outcome = await RelayHttp2ResponseAsync(cluster, destination, stream, teTrailers).ConfigureAwait(false);
-            if (pumping)
-            {
-                pumping = false;
-                bool finished = pump.IsCompleted;
-                PumpResult sent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
-                // The upstream answered before the request ended (RFC 9113 section 8.1): the rest of the client's body is unread.
-                _http2Outcome &= finished && sent == PumpResult.Completed;
-            }
-            return Http2Step.Answered;
-        }
-        finally
-        {
-            if (pumping)
-            {
-                await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
-            }
-            await connection.ReleaseAsync(stream).ConfigureAwait(false);
+            await _http2Work.Task.ConfigureAwait(false);
         }
     }
 

@@ -42,6 +42,13 @@ internal sealed class UpstreamConnection
     public bool IsHttp2 { get; init; }
     public PipeReader Input { get; }
     public PipeWriter Output { get; }
+
+    /// <summary>
+    /// Completes when the connection has bytes to read (or is at its end, or failed): a zero-byte read on the stream,
+    /// which both socket engines complete without a buffer and without allocating (SslStream passes it down). After it,
+    /// a read of <see cref="Input"/> completes synchronously.
+    /// </summary>
+    public ValueTask<int> WaitForDataAsync() => _stream.ReadAsync(Memory<byte>.Empty);
     public ResponseHead Response { get; } = new();
 
     /// <summary>Requests completed on this connection; greater than zero means it came from the pool.</summary>
