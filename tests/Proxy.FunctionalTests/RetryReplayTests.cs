@@ -15,19 +15,11 @@ namespace Proxy.FunctionalTests;
 [Collection(MemorySensitiveCollection.Name)]
 public sealed class RetryReplayTests
 {
-    private static string Yaml(string destinations, string retry) => $$"""
-        listeners:
-          - { name: public, address: 127.0.0.1:0 }
-        routes:
-          - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-        clusters:
-          backend:
-            destinations: [{{destinations}}]
-            load_balancing: round_robin
-            connect_timeout: 1s
-            retry: {{retry}}
-
-        """;
+    private static string Yaml(string destinations, string retry) => ClusterYaml.Render(destinations, cluster: $"""
+        load_balancing: round_robin
+        connect_timeout: 1s
+        retry: {retry}
+        """);
 
     private static string Quote(params string[] addresses) => string.Join(", ", addresses.Select(a => $"\"{a}\""));
 
