@@ -29,20 +29,12 @@ public sealed class ChaosTests(ITestOutputHelper output)
         await using var good1 = new FlakyUpstream(Timeout.InfiniteTimeSpan);
         await using var good2 = new FlakyUpstream(Timeout.InfiniteTimeSpan);
         await using var flaky = new FlakyUpstream(TimeSpan.FromMilliseconds(400));
-        await using var proxy = await TestProxy.StartAsync($$"""
-            listeners:
-              - { name: public, address: 127.0.0.1:0 }
-            routes:
-              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-            clusters:
-              backend:
-                destinations: ["{{good1.Address}}", "{{good2.Address}}", "{{flaky.Address}}"]
-                connect_timeout: 500ms
-                response_timeout: 2s
-                outlier_detection: { consecutive_failures: 3, base_ejection: 200ms, max_ejection_percent: 34 }
-                retry: { attempts: 2, on: [connect_failure, reset, 502, 503, 504], backoff: { base: 2ms, max: 20ms }, budget_percent: 50 }
-                circuit_breaker: { max_connections: 1024, max_pending: 1024, max_requests: 10000 }
-
+        await using var proxy = await ClusterYaml.StartAsync($"\"{good1.Address}\", \"{good2.Address}\", \"{flaky.Address}\"", cluster: """
+            connect_timeout: 500ms
+            response_timeout: 2s
+            outlier_detection: { consecutive_failures: 3, base_ejection: 200ms, max_ejection_percent: 34 }
+            retry: { attempts: 2, on: [connect_failure, reset, 502, 503, 504], backoff: { base: 2ms, max: 20ms }, budget_percent: 50 }
+            circuit_breaker: { max_connections: 1024, max_pending: 1024, max_requests: 10000 }
             """);
         using var handler = new SocketsHttpHandler { MaxConnectionsPerServer = Concurrency, PooledConnectionLifetime = Timeout.InfiniteTimeSpan };
         using var client = new HttpClient(handler) { BaseAddress = proxy.PublicUri, Timeout = TimeSpan.FromSeconds(10) };

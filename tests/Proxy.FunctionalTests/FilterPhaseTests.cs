@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using Proxy.Benchmarks.EndToEnd;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Pipeline;
 
@@ -298,11 +299,8 @@ public sealed class FilterPhaseAllocationTests
     public async Task ProxiedRequests_FilterInEveryPhase_AllocateUnder100BytesEach()
     {
         PhaseProbe.EnsureRegistered();
-        using var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        upstream.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        upstream.Listen(4);
-        new Thread(() => SteadyStateAllocationTests.ServeFixedResponses(upstream)) { IsBackground = true }.Start();
-        string port = ((IPEndPoint)upstream.LocalEndPoint!).Port.ToString(CultureInfo.InvariantCulture);
+        using var upstream = new FixedResponseUpstream(SteadyStateAllocationTests.FixedResponse);
+        string port = upstream.Port.ToString(CultureInfo.InvariantCulture);
         await using var proxy = await TestProxy.StartAsync($$"""
             policies:
               phases: { test_phase_counter: {} }

@@ -22,18 +22,10 @@ public sealed class Http2HealthCheckTests : IDisposable
 
     public void Dispose() => _pki.Dispose();
 
-    private static Task<TestProxy> StartProxyAsync(string protocol, string destinations, string extra = "") => TestProxy.StartAsync($$"""
-        listeners:
-          - { name: public, address: 127.0.0.1:0 }
-        routes:
-          - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-        clusters:
-          backend:
-            protocol: {{protocol}}
-            destinations: [{{destinations}}]
-            connect_timeout: 2s
-            health_check: { path: /healthz, interval: 200ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 1 }
-            {{extra}}
+    private static Task<TestProxy> StartProxyAsync(string protocol, string destinations, string extra = "") => ClusterYaml.StartAsync(destinations, protocol, $$"""
+        connect_timeout: 2s
+        health_check: { path: /healthz, interval: 200ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 1 }
+        {{extra}}
         """);
 
     private static ClusterModel Backend(TestProxy proxy) => proxy.Server.Snapshot.Clusters["backend"];

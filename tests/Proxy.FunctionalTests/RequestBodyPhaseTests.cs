@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using Proxy.Benchmarks.EndToEnd;
 using Proxy.Forwarding;
 using Proxy.FunctionalTests.Grpc;
 using Proxy.FunctionalTests.Infrastructure;
@@ -331,12 +332,8 @@ public sealed class RequestBodyPhaseTests
     [Fact]
     public async Task BodyPhase_JsonPostsOnWarmConnection_AllocateUnder100BytesEach()
     {
-        using var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        upstream.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        upstream.Listen(4);
-        var upstreamThread = new Thread(() => SteadyStateAllocationTests.ServeFixedResponses(upstream)) { IsBackground = true };
-        upstreamThread.Start();
-        await using var proxy = await TestProxy.StartAsync(Yaml($"\"http://127.0.0.1:{((IPEndPoint)upstream.LocalEndPoint!).Port}\"",
+        using var upstream = new FixedResponseUpstream(SteadyStateAllocationTests.FixedResponse);
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"http://127.0.0.1:{upstream.Port}\"",
             "{ request_body: { max_bytes: 64KiB, content_types: [application/json], json: true } }"));
 
         var json = new StringBuilder("{\"items\":[");

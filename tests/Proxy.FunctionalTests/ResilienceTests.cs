@@ -13,19 +13,8 @@ namespace Proxy.FunctionalTests;
 /// </summary>
 public sealed class ResilienceTests
 {
-    private static string Yaml(string destinations, string extra, bool admin = false) => $$"""
-        listeners:
-          - { name: public, address: 127.0.0.1:0 }
-        routes:
-          - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-        clusters:
-          backend:
-            destinations: [{{destinations}}]
-            connect_timeout: 1s
-        {{extra}}
-        {{(admin ? "admin: { address: \"127.0.0.1:0\" }" : "")}}
-
-        """;
+    private static string Yaml(string destinations, string extra, bool admin = false)
+        => ClusterYaml.Render(destinations, cluster: "connect_timeout: 1s\n" + extra, top: admin ? "admin: { address: \"127.0.0.1:0\" }" : "");
 
     private static string Quote(params string[] addresses) => string.Join(", ", addresses.Select(a => $"\"{a}\""));
 

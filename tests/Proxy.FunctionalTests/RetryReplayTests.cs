@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using Proxy.Benchmarks.EndToEnd;
 using Proxy.Forwarding;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Model;
@@ -15,19 +16,11 @@ namespace Proxy.FunctionalTests;
 [Collection(MemorySensitiveCollection.Name)]
 public sealed class RetryReplayTests
 {
-    private static string Yaml(string destinations, string retry) => $$"""
-        listeners:
-          - { name: public, address: 127.0.0.1:0 }
-        routes:
-          - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-        clusters:
-          backend:
-            destinations: [{{destinations}}]
-            load_balancing: round_robin
-            connect_timeout: 1s
-            retry: {{retry}}
-
-        """;
+    private static string Yaml(string destinations, string retry) => ClusterYaml.Render(destinations, cluster: $"""
+        load_balancing: round_robin
+        connect_timeout: 1s
+        retry: {retry}
+        """);
 
     private static string Quote(params string[] addresses) => string.Join(", ", addresses.Select(a => $"\"{a}\""));
 
@@ -310,12 +303,8 @@ public sealed class RetryReplayTests
     [Fact]
     public async Task ReplayablePosts_WarmKeepAliveConnection_AllocateUnder100BytesEach()
     {
-        using var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        upstream.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        upstream.Listen(4);
-        var upstreamThread = new Thread(() => SteadyStateAllocationTests.ServeFixedResponses(upstream)) { IsBackground = true };
-        upstreamThread.Start();
-        await using var proxy = await TestProxy.StartAsync(Yaml(Quote($"http://127.0.0.1:{((IPEndPoint)upstream.LocalEndPoint!).Port}"),
+        using var upstream = new FixedResponseUpstream(SteadyStateAllocationTests.FixedResponse);
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote($"http://127.0.0.1:{upstream.Port}"),
             "{ attempts: 1, on: [503, reset], non_idempotent: true }"));
 
         using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };

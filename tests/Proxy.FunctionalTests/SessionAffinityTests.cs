@@ -5,18 +5,8 @@ namespace Proxy.FunctionalTests;
 /// <summary>Cluster <c>session_affinity</c> by cookie and by header (docs/resilience.md, "Session affinity").</summary>
 public sealed class SessionAffinityTests
 {
-    private static string Yaml(string destinations, string affinity, string extra = "") => $$"""
-        listeners:
-          - { name: public, address: 127.0.0.1:0 }
-        routes:
-          - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-        clusters:
-          backend:
-            destinations: [{{destinations}}]
-            session_affinity: {{affinity}}
-        {{extra}}
-
-        """;
+    private static string Yaml(string destinations, string affinity, string extra = "")
+        => ClusterYaml.Render(destinations, cluster: $"session_affinity: {affinity}\n{extra}");
 
     private static async Task<HttpMessage> GetAsync(TestProxy proxy, params string[] headers)
     {

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using Proxy.Benchmarks.EndToEnd;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Hosting;
 
@@ -14,19 +15,16 @@ namespace Proxy.FunctionalTests;
 [Collection(MemorySensitiveCollection.Name)]
 public sealed class SteadyStateAllocationTests
 {
-    private static readonly byte[] s_response = Encoding.ASCII.GetBytes(
+    /// <summary>The fixed upstream's answer in the steady-state allocation tests of every area: a 100-byte body.</summary>
+    internal static byte[] FixedResponse { get; } = Encoding.ASCII.GetBytes(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + new string('x', 99) + "\n");
 
     [Fact]
     public async Task ProxiedRequests_WarmKeepAliveConnection_AllocateUnder100BytesEach()
     {
-        using var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        upstream.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        upstream.Listen(4);
-        var upstreamThread = new Thread(() => ServeFixedResponses(upstream)) { IsBackground = true };
-        upstreamThread.Start();
+        using var upstream = new FixedResponseUpstream(FixedResponse);
 
-        var config = new ProxyConfig { BackendPort = ((IPEndPoint)upstream.LocalEndPoint!).Port };
+        var config = new ProxyConfig { BackendPort = upstream.Port };
         await using var proxy = await TestProxy.StartAsync(config);
 
         using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
@@ -65,12 +63,8 @@ public sealed class SteadyStateAllocationTests
     [Fact]
     public async Task ProxiedRequests_SixteenBusyConnections_AllocateUnder100BytesEach()
     {
-        using var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        upstream.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        upstream.Listen(64);
-        var upstreamThread = new Thread(() => ServeFixedResponses(upstream)) { IsBackground = true };
-        upstreamThread.Start();
-        var config = new ProxyConfig { BackendPort = ((IPEndPoint)upstream.LocalEndPoint!).Port };
+        using var upstream = new FixedResponseUpstream(FixedResponse);
+        var config = new ProxyConfig { BackendPort = upstream.Port };
         await using var proxy = await TestProxy.StartAsync(config);
         byte[] request = Encoding.ASCII.GetBytes(
             "GET /api/items?page=2 HTTP/1.1\r\nHost: example.test\r\nUser-Agent: test\r\nAccept: */*\r\n\r\n");
@@ -295,59 +289,6 @@ public sealed class SteadyStateAllocationTests
             {
                 return total;
             }
-        }
-    }
-
-    /// <summary>
-    /// A blocking upstream that answers every request head with the same pre-encoded 100-byte response, one thread per
-    /// connection: allocates nothing per request, so an allocation delta over many requests is the proxy's.
-    /// </summary>
-    internal static void ServeFixedResponses(Socket listener)
-    {
-        while (true)
-        {
-            Socket connection;
-            try
-            {
-                connection = listener.Accept();
-            }
-            catch (Exception)
-            {
-                return;
-            }
-            var thread = new Thread(() =>
-            {
-                byte[] buffer = new byte[64 * 1024];
-                int filled = 0;
-                try
-                {
-                    while (true)
-                    {
-                        int n = connection.Receive(buffer.AsSpan(filled));
-                        if (n == 0)
-                        {
-                            return;
-                        }
-                        filled += n;
-                        int end;
-                        while ((end = buffer.AsSpan(0, filled).IndexOf("\r\n\r\n"u8)) >= 0)
-                        {
-                            connection.Send(s_response);
-                            int rest = filled - (end + 4);
-                            buffer.AsSpan(end + 4, rest).CopyTo(buffer);
-                            filled = rest;
-                        }
-                    }
-                }
-                catch (Exception)
-                {
-                }
-                finally
-                {
-                    connection.Dispose();
-                }
-            }) { IsBackground = true };
-            thread.Start();
         }
     }
 }

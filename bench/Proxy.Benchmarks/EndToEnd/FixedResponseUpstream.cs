@@ -4,9 +4,12 @@ using System.Net.Sockets;
 namespace Proxy.Benchmarks.EndToEnd;
 
 /// <summary>
-/// The upstream of the round-trip benchmarks: answers every request head (requests have no body) with the same
-/// pre-encoded response, one blocking thread per connection with its own buffer (health probes open their own). It
-/// allocates nothing per request, so the measured allocation is the proxy's.
+/// The upstream of the round-trip benchmarks and of the functional tests' steady-state allocation tests (linked into
+/// tests/Proxy.FunctionalTests as Infrastructure/FixedResponseUpstream.cs, so both measure against one server):
+/// answers every request head with the same pre-encoded response, one blocking thread per connection with its own
+/// buffer (health probes open their own). It allocates nothing per request, so the measured allocation is the proxy's.
+/// A request body is not parsed: it stays in the buffer until the next head's CRLFCRLF, so a body must not contain
+/// CRLFCRLF, and one body plus one head must fit the 16 KiB buffer.
 /// </summary>
 internal sealed class FixedResponseUpstream : IDisposable
 {
@@ -17,7 +20,8 @@ internal sealed class FixedResponseUpstream : IDisposable
     {
         _response = response;
         _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _listener.Listen(16);
+        // Room for a pool's worth of connections opened at once (the tests' sixteen busy client connections).
+        _listener.Listen(64);
         Port = ((IPEndPoint)_listener.LocalEndPoint!).Port;
         new Thread(AcceptLoop) { IsBackground = true }.Start();
     }

@@ -167,16 +167,7 @@ public sealed class GrpcEndToEndTests
     public async Task RequestTrailers_FromAnHttp11Client_ReachTheHttp2Upstream(string trailers, string expected)
     {
         await using var upstream = await H2Upstream.StartAsync();
-        await using var proxy = await TestProxy.StartAsync($$"""
-            listeners:
-              - { name: public, address: 127.0.0.1:0 }
-            routes:
-              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-            clusters:
-              backend:
-                protocol: h2c
-                destinations: [{ address: "http://127.0.0.1:{{upstream.Port}}" }]
-            """);
+        await using var proxy = await ClusterYaml.StartAsync(ClusterYaml.Address($"http://127.0.0.1:{upstream.Port}"), "h2c");
         using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         await socket.ConnectAsync(proxy.Public);
         string request = "POST /request-trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\nConnection: close\r\n\r\n"

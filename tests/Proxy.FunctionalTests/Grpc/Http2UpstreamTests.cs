@@ -22,18 +22,8 @@ public sealed class Http2UpstreamTests : IDisposable
 
     public void Dispose() => _pki.Dispose();
 
-    private static Task<TestProxy> StartProxyAsync(string protocol, string destination, string extra = "") => TestProxy.StartAsync($$"""
-        listeners:
-          - { name: public, address: 127.0.0.1:0 }
-        routes:
-          - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-        clusters:
-          backend:
-            protocol: {{protocol}}
-            destinations: [{ address: "{{destination}}" }]
-            connect_timeout: 5s
-            {{extra}}
-        """);
+    private static Task<TestProxy> StartProxyAsync(string protocol, string destination, string extra = "")
+        => ClusterYaml.StartAsync(ClusterYaml.Address(destination), protocol, "connect_timeout: 5s\n" + extra);
 
     private static async Task<(HttpStatusCode Status, string Body)> GetAsync(HttpClient client, TestProxy proxy, string path)
     {
@@ -361,16 +351,7 @@ public sealed class Http2UpstreamTests : IDisposable
 /// <summary>Connection-level behaviour against a scripted raw HTTP/2 peer.</summary>
 public sealed class Http2UpstreamConnectionTests
 {
-    private static Task<TestProxy> StartProxyAsync(int port) => TestProxy.StartAsync($$"""
-        listeners:
-          - { name: public, address: 127.0.0.1:0 }
-        routes:
-          - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-        clusters:
-          backend:
-            protocol: h2c
-            destinations: [{ address: "http://127.0.0.1:{{port}}" }]
-        """);
+    private static Task<TestProxy> StartProxyAsync(int port) => ClusterYaml.StartAsync(ClusterYaml.Address($"http://127.0.0.1:{port}"), "h2c");
 
     [Fact]
     public async Task GoAway_RequestAboveLastStreamId_IsReplayedOnNewConnection()

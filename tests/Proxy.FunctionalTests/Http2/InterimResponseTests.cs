@@ -10,16 +10,7 @@ namespace Proxy.FunctionalTests.Http2;
 /// </summary>
 public sealed class InterimResponseTests
 {
-    private static Task<TestProxy> StartH2cProxyAsync(int port) => TestProxy.StartAsync($$"""
-        listeners:
-          - { name: public, address: 127.0.0.1:0 }
-        routes:
-          - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-        clusters:
-          backend:
-            protocol: h2c
-            destinations: [{ address: "http://127.0.0.1:{{port}}" }]
-        """);
+    private static Task<TestProxy> StartH2cProxyAsync(int port) => ClusterYaml.StartAsync(ClusterYaml.Address($"http://127.0.0.1:{port}"), "h2c");
 
     /// <summary>curl's view of an HTTP/2 exchange: every head it received, in order, then the body.</summary>
     private static async Task<string> CurlH2Async(TestProxy proxy, string path)

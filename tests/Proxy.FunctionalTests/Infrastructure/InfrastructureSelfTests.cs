@@ -291,4 +291,25 @@ public sealed class InfrastructureSelfTests
             await Task.Delay(20, cts.Token);
         }
     }
+
+    [Fact]
+    public void ClusterYaml_EveryPart_IndentsClusterKeysUnderBackend()
+    {
+        string yaml = ClusterYaml.Render(ClusterYaml.Address("http://127.0.0.1:1"), "h2c", "  connect_timeout: 1s\n\nretry: { attempts: 1 }", "admin: { address: \"127.0.0.1:0\" }");
+
+        Assert.Equal("""
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+            clusters:
+              backend:
+                protocol: h2c
+                destinations: [{ address: "http://127.0.0.1:1" }]
+                connect_timeout: 1s
+                retry: { attempts: 1 }
+            admin: { address: "127.0.0.1:0" }
+
+            """.ReplaceLineEndings("\n"), yaml);
+    }
 }

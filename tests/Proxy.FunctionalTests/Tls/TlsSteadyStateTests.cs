@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
 using System.Text;
+using Proxy.Benchmarks.EndToEnd;
 using Proxy.Core.Tests.Tls;
 using Proxy.FunctionalTests.Infrastructure;
 
@@ -21,17 +22,14 @@ public sealed class TlsSteadyStateTests
         using var pki = new TestPki();
         var ca = TestPki.CreateCa();
         var (cert, key) = pki.Write(TestPki.Issue(ca, "example.test", ["example.test"]), "server", ca);
-        using var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        upstream.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        upstream.Listen(4);
-        new Thread(() => SteadyStateAllocationTests.ServeFixedResponses(upstream)) { IsBackground = true }.Start();
+        using var upstream = new FixedResponseUpstream(SteadyStateAllocationTests.FixedResponse);
         await using var proxy = await TestProxy.StartAsync($$"""
             listeners:
               - { name: public, address: 127.0.0.1:0, tls: { certificates: [{ cert: "{{cert}}", key: "{{key}}" }] } }
             routes:
               - { id: all, match: { path: "/{**rest}" }, cluster: backend }
             clusters:
-              backend: { destinations: ["http://127.0.0.1:{{((IPEndPoint)upstream.LocalEndPoint!).Port}}"] }
+              backend: { destinations: ["http://127.0.0.1:{{upstream.Port}}"] }
             """);
         var (stream, _) = await TlsClients.HandshakeAsync(proxy.Public.Port, "example.test");
         using var ssl = stream;

@@ -49,17 +49,8 @@ public sealed class TlsUpstreamTests : IDisposable
         return (app, new Uri(address).Port);
     }
 
-    private static Task<TestProxy> StartProxyAsync(string destination, string tls) => TestProxy.StartAsync($$"""
-        listeners:
-          - { name: public, address: 127.0.0.1:0 }
-        routes:
-          - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-        clusters:
-          backend:
-            destinations: [{ address: "{{destination}}" }]
-            connect_timeout: 5s
-            {{tls}}
-        """);
+    private static Task<TestProxy> StartProxyAsync(string destination, string tls)
+        => ClusterYaml.StartAsync(ClusterYaml.Address(destination), cluster: "connect_timeout: 5s\n" + tls);
 
     private static async Task<(HttpStatusCode Status, string Body)> GetAsync(TestProxy proxy)
     {

@@ -1,5 +1,3 @@
-using System.Numerics;
-using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace Proxy.Pipeline.Filters;
@@ -15,32 +13,23 @@ namespace Proxy.Pipeline.Filters;
 /// the past is a fully rested bucket, exactly what a new key starts with, so evicting it loses nothing; only when
 /// every entry of a set is still owed time (a flood of distinct keys) does an active key lose its debt and start
 /// over with a full burst. Memory stays bounded whatever the key cardinality.</para>
-/// <para>Concurrency: one spin lock per set (a plain int taken with <see cref="Interlocked.CompareExchange(ref int, int, int)"/>),
-/// held for a few dozen instructions. Different keys rarely share a set, so contention stays on the one key being
-/// hammered, which is the contention a rate limiter is for.</para>
+/// <para>Hashing, sets, locking and the way search are <see cref="SetAssociativeTable{TEntry}"/>'s (one spin lock per
+/// set); this class keeps the GCRA arithmetic and its eviction rank.</para>
 /// </remarks>
 internal sealed class GcraTable
 {
     /// <summary>Entries per set: 8 x 16 bytes = two cache lines scanned per check.</summary>
-    public const int Ways = 8;
+    public const int Ways = SetAssociativeTable<Entry>.Ways;
 
-    private readonly Entry[] _entries;
-    private readonly int[] _locks;
-    private readonly int _setMask;
+    private readonly SetAssociativeTable<Entry> _table;
 
     /// <param name="capacity">Total buckets, rounded up to a power of two and at least <see cref="Ways"/>.</param>
-    public GcraTable(int capacity)
-    {
-        int sets = (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, (capacity + Ways - 1) / Ways));
-        _entries = new Entry[sets * Ways];
-        _locks = new int[sets];
-        _setMask = sets - 1;
-    }
+    public GcraTable(int capacity) => _table = new SetAssociativeTable<Entry>(capacity);
 
-    public int Capacity => _entries.Length;
+    public int Capacity => _table.Capacity;
 
     /// <summary>Bytes held by the table: fixed at construction.</summary>
-    public long MemoryBytes => (long)_entries.Length * Unsafe.SizeOf<Entry>() + (long)_locks.Length * sizeof(int);
+    public long MemoryBytes => _table.MemoryBytes;
 
     /// <summary>
     /// One GCRA decision for the bucket of <paramref name="hash"/> at time <paramref name="now"/>: a request costs
@@ -55,50 +44,11 @@ internal sealed class GcraTable
     /// </remarks>
     public bool TryAcquire(ulong hash, long now, long interval, long tolerance, out long remaining, out long resetAfter, out long retryAfter)
     {
-        // 0 marks an empty entry.
-        if (hash == 0)
-        {
-            hash = 1;
-        }
-        // High bits pick the set so the low bits that pick nothing still distinguish keys within a set.
-        int set = (int)(hash >> 40) & _setMask;
-        ref int gate = ref _locks[set];
-        if (Interlocked.CompareExchange(ref gate, 1, 0) != 0)
-        {
-            Contended(ref gate);
-        }
+        ref Entry victim = ref _table.FindOrClaim(hash, 0, out int set, out bool found);
         try
         {
-            ref Entry first = ref MemoryMarshal.GetArrayDataReference(_entries);
-            ref Entry slot = ref Unsafe.Add(ref first, set * Ways);
-            ref Entry victim = ref slot;
-            long tat = long.MinValue;
-            bool found = false;
-            for (int i = 0; i < Ways; i++)
-            {
-                ref Entry e = ref Unsafe.Add(ref slot, i);
-                if (e.Hash == hash)
-                {
-                    victim = ref e;
-                    tat = e.Tat;
-                    found = true;
-                    break;
-                }
-                if (e.Tat < victim.Tat || e.Hash == 0)
-                {
-                    victim = ref e;
-                    if (e.Hash == 0)
-                    {
-                        // An empty entry beats any eviction, but keep looking for the key itself.
-                        victim.Tat = long.MinValue;
-                    }
-                }
-            }
-            if (!found)
-            {
-                victim.Hash = hash;
-                tat = now;
-            }
+            // A claimed entry is a new key: it starts as a fully rested bucket.
+            long tat = found ? victim.Tat : now;
             // A rested bucket starts from now, never earlier: unused time does not bank beyond the burst.
             long effective = Math.Max(tat, now);
             long next = effective + interval;
@@ -106,7 +56,7 @@ internal sealed class GcraTable
             if (debt > tolerance)
             {
                 // Non-conforming: nothing charged. One more request fits once the debt falls to tolerance.
-                victim.Tat = found ? tat : now;
+                victim.Tat = tat;
                 retryAfter = debt - tolerance;
                 resetAfter = effective - now;
                 remaining = 0;
@@ -120,25 +70,24 @@ internal sealed class GcraTable
         }
         finally
         {
-            Volatile.Write(ref gate, 0);
+            _table.Exit(set);
         }
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void Contended(ref int gate)
-    {
-        var spin = new SpinWait();
-        do
-        {
-            spin.SpinOnce(sleep1Threshold: -1);
-        }
-        while (Interlocked.CompareExchange(ref gate, 1, 0) != 0);
     }
 
     [StructLayout(LayoutKind.Sequential)]
-    private struct Entry
+    private struct Entry : ISetEntry
     {
         public ulong Hash;
         public long Tat;
+
+        ulong ISetEntry.Hash
+        {
+            readonly get => Hash;
+            set => Hash = value;
+        }
+
+        // An empty entry goes first; then the smallest TAT: an entry whose TAT is in the past is a fully rested
+        // bucket, exactly what a new key starts with, so evicting it loses nothing.
+        public readonly long EvictionRank(long context) => Hash == 0 ? long.MinValue : Tat;
     }
 }

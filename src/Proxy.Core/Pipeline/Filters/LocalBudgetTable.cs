@@ -1,5 +1,3 @@
-using System.Numerics;
-using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace Proxy.Pipeline.Filters;
@@ -11,120 +9,62 @@ namespace Proxy.Pipeline.Filters;
 /// </summary>
 /// <remarks>
 /// Units were charged in Redis when they were leased, so spending them locally can never admit more than the shared
-/// limit; a lease that expires or is evicted unspent only wastes units (admits fewer). Concurrency: one spin lock per
-/// set, as in <see cref="GcraTable"/>.
+/// limit; a lease that expires or is evicted unspent only wastes units (admits fewer). Hashing, sets, locking (one spin
+/// lock per set) and the way search are <see cref="SetAssociativeTable{TEntry}"/>'s.
 /// </remarks>
 internal sealed class LocalBudgetTable
 {
-    public const int Ways = 8;
+    public const int Ways = SetAssociativeTable<Entry>.Ways;
 
-    private readonly Entry[] _entries;
-    private readonly int[] _locks;
-    private readonly int _setMask;
+    private readonly SetAssociativeTable<Entry> _table;
 
-    public LocalBudgetTable(int capacity)
-    {
-        int sets = (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, (capacity + Ways - 1) / Ways));
-        _entries = new Entry[sets * Ways];
-        _locks = new int[sets];
-        _setMask = sets - 1;
-    }
+    public LocalBudgetTable(int capacity) => _table = new SetAssociativeTable<Entry>(capacity);
 
-    public long MemoryBytes => (long)_entries.Length * Unsafe.SizeOf<Entry>() + (long)_locks.Length * sizeof(int);
+    public long MemoryBytes => _table.MemoryBytes;
 
     /// <summary>Spends one leased unit of <paramref name="hash"/>; false when it has none valid at <paramref name="now"/>.</summary>
     public bool TryTake(ulong hash, long now)
     {
-        hash = hash == 0 ? 1 : hash;
-        int set = (int)(hash >> 40) & _setMask;
-        ref int gate = ref Lock(set);
+        int set = _table.Enter(ref hash);
         try
         {
-            ref Entry slot = ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_entries), set * Ways);
-            for (int i = 0; i < Ways; i++)
+            ref Entry e = ref _table.Find(set, hash, out bool found);
+            if (found && e.Units > 0 && e.Expires > now)
             {
-                ref Entry e = ref Unsafe.Add(ref slot, i);
-                if (e.Hash == hash)
-                {
-                    if (e.Units > 0 && e.Expires > now)
-                    {
-                        e.Units--;
-                        return true;
-                    }
-                    return false;
-                }
+                e.Units--;
+                return true;
             }
             return false;
         }
         finally
         {
-            Volatile.Write(ref gate, 0);
+            _table.Exit(set);
         }
     }
 
     /// <summary>Records <paramref name="units"/> leased for <paramref name="hash"/> until <paramref name="expires"/> (replacing what was left).</summary>
     public void Grant(ulong hash, int units, long expires)
     {
-        hash = hash == 0 ? 1 : hash;
-        int set = (int)(hash >> 40) & _setMask;
-        ref int gate = ref Lock(set);
-        try
-        {
-            ref Entry slot = ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_entries), set * Ways);
-            int victim = 0;
-            long victimExpires = long.MaxValue;
-            for (int i = 0; i < Ways; i++)
-            {
-                ref Entry e = ref Unsafe.Add(ref slot, i);
-                if (e.Hash == hash)
-                {
-                    victim = i;
-                    break;
-                }
-                // Empty entries (Expires 0) and the lease that ends first make way.
-                if (e.Expires < victimExpires)
-                {
-                    victim = i;
-                    victimExpires = e.Expires;
-                }
-            }
-            ref Entry claimed = ref Unsafe.Add(ref slot, victim);
-            claimed.Hash = hash;
-            claimed.Units = units;
-            claimed.Expires = expires;
-        }
-        finally
-        {
-            Volatile.Write(ref gate, 0);
-        }
-    }
-
-    private ref int Lock(int set)
-    {
-        ref int gate = ref _locks[set];
-        if (Interlocked.CompareExchange(ref gate, 1, 0) != 0)
-        {
-            Contended(ref gate);
-        }
-        return ref gate;
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void Contended(ref int gate)
-    {
-        var spin = new SpinWait();
-        do
-        {
-            spin.SpinOnce(sleep1Threshold: -1);
-        }
-        while (Interlocked.CompareExchange(ref gate, 1, 0) != 0);
+        ref Entry claimed = ref _table.FindOrClaim(hash, 0, out int set, out _);
+        claimed.Units = units;
+        claimed.Expires = expires;
+        _table.Exit(set);
     }
 
     [StructLayout(LayoutKind.Sequential)]
-    private struct Entry
+    private struct Entry : ISetEntry
     {
         public ulong Hash;
         public long Expires;
         public int Units;
+
+        ulong ISetEntry.Hash
+        {
+            readonly get => Hash;
+            set => Hash = value;
+        }
+
+        // Empty entries (Expires 0) and the lease that ends first make way.
+        public readonly long EvictionRank(long context) => Expires;
     }
 }
