@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using Proxy.Benchmarks.EndToEnd;
 using Proxy.FunctionalTests.Infrastructure;
 using Xunit.Abstractions;
 
@@ -10,8 +11,7 @@ namespace Proxy.FunctionalTests.Http2;
 /// <summary>
 /// An HTTP/2 client's requests (h2c, prior knowledge) bridged to an HTTP/1.1 upstream allocate (almost) nothing once
 /// warm: the pooled stream keeps its bridge, forwarder and loops. The client is a blocking socket that sends
-/// pre-encoded frames and never decodes HPACK, and the upstream is the blocking fixed-response server of
-/// <see cref="SteadyStateAllocationTests"/>, so the process-wide allocation delta is the proxy's.
+/// pre-encoded frames and never decodes HPACK, and the upstream is the blocking <see cref="FixedResponseUpstream"/>, so the process-wide allocation delta is the proxy's.
 /// </summary>
 [Collection(MemorySensitiveCollection.Name)]
 public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
@@ -23,11 +23,8 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
     [Fact]
     public async Task ProxiedHttp2Requests_WarmConnection_AllocateUnder200BytesEach()
     {
-        using var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        upstream.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        upstream.Listen(4);
-        new Thread(() => SteadyStateAllocationTests.ServeFixedResponses(upstream)) { IsBackground = true }.Start();
-        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = ((IPEndPoint)upstream.LocalEndPoint!).Port });
+        using var upstream = new FixedResponseUpstream(SteadyStateAllocationTests.FixedResponse);
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
 
         using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         client.ReceiveTimeout = 5000;
