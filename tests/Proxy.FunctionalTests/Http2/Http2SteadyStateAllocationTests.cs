@@ -37,16 +37,24 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
         {
             h2.RoundTrip();
         }
-        const int Requests = 5000;
-        long before = GC.GetTotalAllocatedBytes(precise: true);
-        for (int i = 0; i < Requests; i++)
+        // The counter is process-wide: work left over from earlier tests (connections closing, hosts stopping) lands in
+        // it too, and the stream's pooled async boxes miss their per-thread caches more when the thread pool has grown.
+        // The best of three rounds is the proxy's own steady state; a bridge built per stream costs ~1.7 KB in each.
+        const int Requests = 3000;
+        long best = long.MaxValue;
+        for (int round = 0; round < 3; round++)
         {
-            h2.RoundTrip();
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            for (int i = 0; i < Requests; i++)
+            {
+                h2.RoundTrip();
+            }
+            long perRequest = (GC.GetTotalAllocatedBytes(precise: true) - before) / Requests;
+            output.WriteLine($"round {round}: {perRequest} bytes per proxied HTTP/2 request");
+            best = Math.Min(best, perRequest);
         }
-        long perRequest = (GC.GetTotalAllocatedBytes(precise: true) - before) / Requests;
-        output.WriteLine($"{perRequest} bytes per proxied HTTP/2 request");
 
-        Assert.True(perRequest < 200, $"{perRequest} bytes allocated per proxied HTTP/2 request in steady state");
+        Assert.True(best < 200, $"{best} bytes allocated per proxied HTTP/2 request in steady state (best of three rounds)");
     }
 
     /// <summary>A blocking h2c client: one stream at a time, request frames encoded once, only frame headers parsed.</summary>
