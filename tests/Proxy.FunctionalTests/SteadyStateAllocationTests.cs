@@ -122,10 +122,7 @@ public sealed class SteadyStateAllocationTests
     [Fact]
     public async Task ProxiedRequests_WarmH2cUpstream_AllocateUnder20BytesEach()
     {
-        using var upstream = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        upstream.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        upstream.Listen(4);
-        new Thread(() => ServeFixedH2cResponses(upstream)) { IsBackground = true }.Start();
+        using var upstream = new FixedH2cResponseUpstream();
         string yaml = $$"""
             listeners:
               - { name: public, address: 127.0.0.1:0 }
@@ -134,7 +131,7 @@ public sealed class SteadyStateAllocationTests
             clusters:
               origin:
                 protocol: h2c
-                destinations: [{ address: "http://127.0.0.1:{{((IPEndPoint)upstream.LocalEndPoint!).Port}}" }]
+                destinations: [{ address: "http://127.0.0.1:{{upstream.Port}}" }]
             """;
         await using var proxy = await TestProxy.StartAsync(yaml);
 
@@ -159,102 +156,6 @@ public sealed class SteadyStateAllocationTests
         }
         long perRequest = (GC.GetTotalAllocatedBytes(precise: true) - before) / Requests;
         Assert.True(perRequest < 20, $"{perRequest} bytes allocated per request proxied to an h2c upstream in steady state");
-    }
-
-    /// <summary>
-    /// A blocking h2c upstream (RFC 9113 section 3.4, prior knowledge) that acknowledges SETTINGS and answers every
-    /// request stream with the same pre-encoded HEADERS + DATA (a 100-byte body); allocates nothing per request.
-    /// </summary>
-    private static void ServeFixedH2cResponses(Socket listener)
-    {
-        // HEADERS (END_HEADERS): ":status: 200" indexed; content-type (static 31) and content-length (static 28) as
-        // literals without indexing (RFC 7541 section 6.2.2). Then DATA (END_STREAM) with the body.
-        byte[] block = [0x88, 0x0F, 0x10, 0x0A, .. "text/plain"u8, 0x0F, 0x0D, 0x03, .. "100"u8];
-        byte[] body = Encoding.ASCII.GetBytes(new string('x', 99) + "\n");
-        byte[] response = new byte[9 + block.Length + 9 + body.Length];
-        int data = 9 + block.Length;
-        response[2] = (byte)block.Length;
-        response[3] = 0x1;
-        response[4] = 0x4;
-        block.CopyTo(response, 9);
-        response[data + 2] = (byte)body.Length;
-        response[data + 4] = 0x1;
-        body.CopyTo(response, data + 9);
-        while (true)
-        {
-            Socket connection;
-            try
-            {
-                connection = listener.Accept();
-            }
-            catch (Exception)
-            {
-                return;
-            }
-            byte[] mine = (byte[])response.Clone();
-            new Thread(() => ServeH2cConnection(connection, mine, data)) { IsBackground = true }.Start();
-        }
-    }
-
-    private static void ServeH2cConnection(Socket connection, byte[] response, int dataFrame)
-    {
-        byte[] buffer = new byte[256 * 1024];
-        int filled = 0;
-        bool preface = false;
-        try
-        {
-            connection.Send([0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // our SETTINGS (empty)
-            while (true)
-            {
-                int n = connection.Receive(buffer.AsSpan(filled));
-                if (n == 0)
-                {
-                    return;
-                }
-                filled += n;
-                int at = 0;
-                if (!preface)
-                {
-                    if (filled < 24)
-                    {
-                        continue;
-                    }
-                    preface = true;
-                    at = 24;
-                }
-                while (filled - at >= 9)
-                {
-                    int length = (buffer[at] << 16) | (buffer[at + 1] << 8) | buffer[at + 2];
-                    if (filled - at < 9 + length)
-                    {
-                        break;
-                    }
-                    byte type = buffer[at + 3];
-                    byte flags = buffer[at + 4];
-                    if (type == 0x1 && (flags & 0x1) != 0)
-                    {
-                        // A request without a body (END_STREAM on HEADERS): answer on its stream id.
-                        buffer.AsSpan(at + 5, 4).CopyTo(response.AsSpan(5));
-                        buffer.AsSpan(at + 5, 4).CopyTo(response.AsSpan(dataFrame + 5));
-                        connection.Send(response);
-                    }
-                    else if (type == 0x4 && (flags & 0x1) == 0)
-                    {
-                        connection.Send([0, 0, 0, 0x4, 0x1, 0, 0, 0, 0]); // SETTINGS ACK
-                    }
-                    at += 9 + length;
-                }
-                buffer.AsSpan(at, filled - at).CopyTo(buffer);
-                filled -= at;
-            }
-        }
-        catch (Exception)
-        {
-        }
-        finally
-        {
-            connection.Dispose();
-        }
     }
 
     private static bool IsOptimized()

@@ -1,6 +1,4 @@
-using System.Buffers.Binary;
 using System.Net;
-using System.Net.Sockets;
 using System.Text;
 using BenchmarkDotNet.Attributes;
 using Proxy.Hosting;
@@ -9,30 +7,22 @@ namespace Proxy.Benchmarks.EndToEnd;
 
 /// <summary>
 /// One proxied request to an h2c upstream over real loopback sockets: HTTP/1.1 client -> proxy -> one stream on a
-/// warm multiplexed HTTP/2 connection -> proxy -> client. The upstream is a blocking socket loop answering every
-/// request stream with a pre-encoded HEADERS + DATA (100-byte body), so the Allocated column (all threads) is the
+/// warm multiplexed HTTP/2 connection -> proxy -> client. The upstream, <see cref="FixedH2cResponseUpstream"/>, answers
+/// every request stream with a pre-encoded HEADERS + DATA (100-byte body), so the Allocated column (all threads) is the
 /// proxy's per-request allocation on the HTTP/2 path.
 /// </summary>
 [MemoryDiagnoser]
 public class Http2UpstreamRoundTripBenchmarks
 {
-    // HEADERS (END_HEADERS): 0x88 ":status: 200"; content-type (static 31) and content-length (static 28) as
-    // literals without indexing (RFC 7541 section 6.2.2). Then DATA (END_STREAM) with the body.
-    private static readonly byte[] s_headerBlock = [0x88, 0x0F, 0x10, 0x0A, .. "text/plain"u8, 0x0F, 0x0D, 0x03, .. "100"u8];
-    private static readonly byte[] s_response = BuildResponse();
-
     private ProxyServer? _proxy;
-    private Socket? _upstreamListener;
+    private FixedH2cResponseUpstream? _upstream;
     private RoundTripClient? _client;
 
     [GlobalSetup]
     public void Setup()
     {
-        _upstreamListener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        _upstreamListener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _upstreamListener.Listen(16);
-        int upstreamPort = ((IPEndPoint)_upstreamListener.LocalEndPoint!).Port;
-        new Thread(UpstreamLoop) { IsBackground = true }.Start();
+        _upstream = new FixedH2cResponseUpstream();
+        int upstreamPort = _upstream.Port;
 
         string yaml = $$"""
             listeners:
@@ -53,112 +43,11 @@ public class Http2UpstreamRoundTripBenchmarks
     [Benchmark]
     public int ProxiedRequestOverH2c() => _client!.RoundTrip();
 
-    private static byte[] BuildResponse()
-    {
-        byte[] body = Encoding.ASCII.GetBytes(new string('x', 99) + "\n");
-        var frames = new byte[9 + s_headerBlock.Length + 9 + body.Length];
-        WriteHeader(frames, s_headerBlock.Length, type: 0x1, flags: 0x4);
-        s_headerBlock.CopyTo(frames, 9);
-        int data = 9 + s_headerBlock.Length;
-        WriteHeader(frames.AsSpan(data), body.Length, type: 0x0, flags: 0x1);
-        body.CopyTo(frames, data + 9);
-        return frames;
-    }
-
-    private static void WriteHeader(Span<byte> destination, int length, byte type, byte flags)
-    {
-        destination[0] = (byte)(length >> 16);
-        destination[1] = (byte)(length >> 8);
-        destination[2] = (byte)length;
-        destination[3] = type;
-        destination[4] = flags;
-    }
-
-    private void UpstreamLoop()
-    {
-        while (true)
-        {
-            Socket connection;
-            try
-            {
-                connection = _upstreamListener!.Accept();
-            }
-            catch (Exception)
-            {
-                return;
-            }
-            connection.NoDelay = true;
-            new Thread(() => Serve(connection)) { IsBackground = true }.Start();
-        }
-    }
-
-    /// <summary>Skips the preface, sends an empty SETTINGS, acknowledges the proxy's, answers each request stream.</summary>
-    private static void Serve(Socket connection)
-    {
-        var buffer = new byte[256 * 1024];
-        var response = (byte[])s_response.Clone();
-        int dataHeader = 9 + s_headerBlock.Length;
-        ReadOnlySpan<byte> settings = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
-        ReadOnlySpan<byte> settingsAck = [0, 0, 0, 0x4, 0x1, 0, 0, 0, 0];
-        int filled = 0;
-        bool preface = false;
-        try
-        {
-            connection.Send(settings);
-            while (true)
-            {
-                int n = connection.Receive(buffer.AsSpan(filled));
-                if (n == 0)
-                {
-                    return;
-                }
-                filled += n;
-                int at = 0;
-                if (!preface)
-                {
-                    if (filled < 24)
-                    {
-                        continue;
-                    }
-                    preface = true;
-                    at = 24;
-                }
-                while (filled - at >= 9)
-                {
-                    int length = (buffer[at] << 16) | (buffer[at + 1] << 8) | buffer[at + 2];
-                    if (filled - at < 9 + length)
-                    {
-                        break;
-                    }
-                    byte type = buffer[at + 3];
-                    byte flags = buffer[at + 4];
-                    uint stream = BinaryPrimitives.ReadUInt32BigEndian(buffer.AsSpan(at + 5)) & 0x7FFF_FFFF;
-                    if (type == 0x1 && (flags & 0x1) != 0)
-                    {
-                        BinaryPrimitives.WriteUInt32BigEndian(response.AsSpan(5), stream);
-                        BinaryPrimitives.WriteUInt32BigEndian(response.AsSpan(dataHeader + 5), stream);
-                        connection.Send(response);
-                    }
-                    else if (type == 0x4 && (flags & 0x1) == 0)
-                    {
-                        connection.Send(settingsAck);
-                    }
-                    at += 9 + length;
-                }
-                buffer.AsSpan(at, filled - at).CopyTo(buffer);
-                filled -= at;
-            }
-        }
-        catch (Exception)
-        {
-        }
-    }
-
     [GlobalCleanup]
     public void Cleanup()
     {
         _client?.Dispose();
         _proxy?.StopAsync(TimeSpan.FromSeconds(1)).GetAwaiter().GetResult();
-        _upstreamListener?.Dispose();
+        _upstream?.Dispose();
     }
 }
