@@ -217,7 +217,10 @@ public sealed class JwtEdDsaTests : IDisposable
         var result = ConfigLoader.LoadFile(path);
         Assert.True(result.Success, string.Join("\n", result.Errors));
         var filter = Assert.IsType<JwtFilter>(Assert.Single(result.Snapshot!.Policies).Value);
-        Assert.Equal(JwtResult.Valid, filter.Validate(Encoding.ASCII.GetBytes(Sign("""{"alg":"EdDSA","kid":"ed1"}"""))));
+        // A filter built from a file checks "exp" against the real clock, not the fixed test time of ValidPayload.
+        long exp = DateTimeOffset.UtcNow.AddMinutes(10).ToUnixTimeSeconds();
+        string payload = $$"""{"iss":"{{JwtTestKeys.Issuer}}","aud":"{{JwtTestKeys.Audience}}","exp":{{exp}}}""";
+        Assert.Equal(JwtResult.Valid, filter.Validate(Encoding.ASCII.GetBytes(Sign("""{"alg":"EdDSA","kid":"ed1"}""", payload))));
     }
 
     [Fact]

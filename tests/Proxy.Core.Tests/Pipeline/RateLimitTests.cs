@@ -240,17 +240,22 @@ public class RateLimitTests
         var context = Context("GET / HTTP/1.1\r\nHost: a\r\nx-api-key: k\r\n\r\n");
         var head = context.Head;
         filter.OnRequestHeaders(context);
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 10_000; i++)
+        // Per call: nothing. The runtime may allocate once on this thread while it re-tiers the loop's code (seen: 40 B,
+        // and 2,344 B once in a clean-clone CI run): the best of three rounds is the steady state, and a per-call
+        // allocation would cost hundreds of kilobytes in every round.
+        long best = long.MaxValue;
+        for (int round = 0; round < 3; round++)
         {
-            // As the connection does per request: the RateLimit fields of an allowed request start over.
-            context.Begin(head, IPAddress.Loopback, "r", "public");
-            filter.OnRequestHeaders(context);
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 10_000; i++)
+            {
+                // As the connection does per request: the RateLimit fields of an allowed request start over.
+                context.Begin(head, IPAddress.Loopback, "r", "public");
+                filter.OnRequestHeaders(context);
+            }
+            best = Math.Min(best, GC.GetAllocatedBytesForCurrentThread() - before);
         }
-        // Per call: nothing. The runtime may allocate a few bytes once on this thread while it re-tiers the loop's
-        // code (seen: 40 B once under load); a per-call allocation over these calls would be hundreds of kilobytes.
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.True(allocated < 1024, $"{allocated} bytes allocated over the loop");
+        Assert.True(best < 1024, $"{best} bytes allocated over the loop (best of three rounds)");
     }
 
     internal static RequestContext Context(string raw, IPAddress? client = null, string routeId = "r")
