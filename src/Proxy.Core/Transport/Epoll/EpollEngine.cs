@@ -1,5 +1,4 @@
 using System.Runtime.InteropServices;
-using Proxy.Diagnostics;
 
 namespace Proxy.Transport.Epoll;
 
@@ -228,7 +227,7 @@ internal sealed unsafe class EpollEngine
                 catch (Exception ex)
                 {
                     // Continuations run inline here; an escaping exception must not stop every socket of this engine.
-                    ProxyLog.Error("epoll_completion_failed", ("error", ex.ToString()));
+                    Console.Error.WriteLine($"epoll engine: unhandled exception in a completion: {ex}");
                 }
             }
         }
