@@ -8,28 +8,14 @@ namespace Proxy.Core.Tests.Http2.Server;
 /// <summary>RFC 8441 extended CONNECT, translated to the HTTP/1.1 upgrade the bridge runs.</summary>
 public sealed class Http2ExtendedConnectTests
 {
+    // The request-head tests' helpers: feed decoded fields, then render the HTTP/1.1 head the bridge reads.
+    private static Http2RequestHead Feed(bool endStream, params (string Name, string Value)[] fields)
+        => Http2RequestHeadTests.Feed(endStream, fields);
+
+    private static string Http11(Http2RequestHead head) => Http2RequestHeadTests.Http11(head);
+
     private static readonly (string, string)[] s_connect =
         [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":authority", "chat.test"), (":path", "/ws?room=1")];
-
-    private static Http2RequestHead Feed(bool endStream, params (string Name, string Value)[] fields)
-    {
-        var head = new Http2RequestHead(32 * 1024);
-        head.Reset(trailers: false);
-        foreach (var (name, value) in fields)
-        {
-            head.OnField(Encoding.ASCII.GetBytes(name), Encoding.ASCII.GetBytes(value));
-        }
-        head.Complete(endStream);
-        return head;
-    }
-
-    private static string Http11(Http2RequestHead head)
-    {
-        var output = new ArrayBufferWriter<byte>();
-        head.WriteTo(output);
-        Assert.Equal(head.Http1Length, output.WrittenCount);
-        return Encoding.ASCII.GetString(output.WrittenSpan);
-    }
 
     [Fact]
     public void WriteTo_WebSocketConnect_GetUpgradeWithOurKeyAndNoChunking()

@@ -10,7 +10,7 @@ public sealed class Http2RequestHeadTests
     private static readonly (string, string)[] s_get =
         [(":method", "GET"), (":scheme", "https"), (":authority", "example.test"), (":path", "/a?b=1")];
 
-    private static Http2RequestHead Feed(bool endStream, params (string Name, string Value)[] fields)
+    internal static Http2RequestHead Feed(bool endStream, params (string Name, string Value)[] fields)
     {
         var head = new Http2RequestHead(32 * 1024);
         head.Reset(trailers: false);
@@ -22,7 +22,7 @@ public sealed class Http2RequestHeadTests
         return head;
     }
 
-    private static string Http11(Http2RequestHead head)
+    internal static string Http11(Http2RequestHead head)
     {
         var output = new ArrayBufferWriter<byte>();
         head.WriteTo(output);
