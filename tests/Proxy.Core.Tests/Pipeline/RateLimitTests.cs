@@ -135,17 +135,23 @@ public class RateLimitTests
         Span<byte> key = stackalloc byte[8];
         // Warm the path (JIT, statics) before measuring.
         filter.TryAcquire("warm"u8, out _, out _, out _);
-        long before = GC.GetAllocatedBytesForCurrentThread();
+        // Two halves, the lower count kept: the runtime may allocate once on this thread while it re-tiers the loop
+        // (416 B once in a clean-clone CI run); a per-call allocation shows in both halves.
+        long allocated = long.MaxValue;
         int allowed = 0;
-        for (int i = 0; i < 1_000_000; i++)
+        for (int half = 0; half < 2; half++)
         {
-            BitConverter.TryWriteBytes(key, (long)i);
-            if (filter.TryAcquire(key, out _, out _, out _))
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = half * 500_000; i < (half + 1) * 500_000; i++)
             {
-                allowed++;
+                BitConverter.TryWriteBytes(key, (long)i);
+                if (filter.TryAcquire(key, out _, out _, out _))
+                {
+                    allowed++;
+                }
             }
+            allocated = Math.Min(allocated, GC.GetAllocatedBytesForCurrentThread() - before);
         }
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         Assert.Equal(0, allocated);
         Assert.Equal(memory, filter.Table.MemoryBytes);
         Assert.Equal(4096, filter.Table.Capacity);
