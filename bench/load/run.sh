@@ -4,6 +4,7 @@
 #
 #   bench/load/run.sh                                   # quick run, about 4 minutes
 #   REPS=3 DURATION=10 bench/load/run.sh                # full run, medians of 3
+#   ROUNDS=3 REPS=1 bench/load/run.sh                   # targets take turns: nginx, haproxy, proxy, nginx, ...
 #   TARGETS="direct nginx haproxy yarp proxy" bench/load/run.sh
 #   SCENARIOS="S1 S3" TARGETS="nginx proxy" bench/load/run.sh
 #   PROXY_ENV="DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1" bench/load/run.sh
@@ -23,6 +24,9 @@
 #   DURATION (5) WARMUP (2) PREWARM (10) REPS (1)   seconds measured / seconds of discarded load before
 #       each measurement / seconds of discarded S1 load after each proxy starts (lets the JIT tier up) /
 #       repetitions (the table shows the median)
+#   ROUNDS (1)   the whole target sequence this many times, each target restarted in each round, so a
+#       minutes-long slowdown of the machine hits every target alike; the paired table then gives, per round,
+#       each target's ratio to nginx measured minutes apart rather than a quarter of an hour apart
 #   PIN (1)   1: proxy alone on PROXY_CPUS (1), load generator on LG_CPUS (0), origin on ORIGIN_CPUS (0),
 #             one worker per proxy; 0: no pinning, one worker per CPU; "1 0": both, one after the other
 #   WORKERS   override the worker/thread count of the proxies
@@ -39,6 +43,7 @@ DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-2}
 PREWARM=${PREWARM:-10}
 REPS=${REPS:-1}
+ROUNDS=${ROUNDS:-1}
 PIN=${PIN:-1}
 TARGETS=${TARGETS:-direct nginx haproxy proxy}
 SCENARIOS=${SCENARIOS:-S1 S2 S3 S4 S5}
@@ -153,6 +158,9 @@ summarize() {
         k = k3($2, $3, $4); n[k]++
         rps[k] = rps[k] " " $6; p50[k] = p50[k] " " $7; p99[k] = p99[k] " " $9; err[k] += $10; other[k] = other[k] " " $16
         if ($12 != "-") { cpu[k] = cpu[k] " " ($11 > 0 ? $12 / $11 * 1e6 : 0); hwm[k] = hwm[k] " " $13 }
+        # per repetition, for the paired ratios: a target against nginx in the same round
+        rrep[k, $5] = $6; if ($12 != "-" && $11 > 0) crep[k, $5] = $12 / $11 * 1e6
+        if (!(($5) in seen_r)) { seen_r[$5] = 1; reps[++nr] = $5 }
     }
     END {
         for (a = 1; a <= nm; a++) {
@@ -173,6 +181,28 @@ summarize() {
                     s, t, n[k], r, lo(rps[k]), hi(rps[k]), vs_direct, vs_nginx, med(p50[k]), med(p99[k]),
                     (c_us >= 0 ? sprintf("%.1f", c_us) : "-"), cpu_vs,
                     ((k in hwm) ? sprintf("%.1f", med(hwm[k]) / 1024) : "-"), err[k], med(other[k])
+            }
+            # Paired ratios: each repetition of a target divided by the same repetition of nginx (with ROUNDS > 1,
+            # measured in the same round), then the median and spread of those ratios.
+            paired = 0
+            for (b = 1; b <= ns; b++) for (c = 1; c <= nt; c++) {
+                s = scs[b]; t = tgs[c]; k = k3(m, t, s); gk = k3(m, "nginx", s)
+                if (t == "nginx" || t == "direct" || !(k in n) || !(gk in n)) continue
+                rr = ""; cr = ""
+                for (i = 1; i <= nr; i++) {
+                    q = reps[i]
+                    if ((k, q) in rrep && (gk, q) in rrep && rrep[gk, q] > 0) rr = rr " " rrep[k, q] / rrep[gk, q]
+                    if ((k, q) in crep && (gk, q) in crep && crep[gk, q] > 0) cr = cr " " crep[k, q] / crep[gk, q]
+                }
+                if (rr == "") continue
+                if (!paired) {
+                    paired = 1
+                    printf "\nPaired with nginx, repetition by repetition (median (min-max) of the ratios):\n\n"
+                    print "| scenario | target | pairs | req/s vs nginx | CPU/req vs nginx |"
+                    print "|---|---|---|---|---|"
+                }
+                printf "| %s | %s | %d | %.2f (%.2f-%.2f) | %s |\n", s, t, split(rr, tmp, " "), med(rr), lo(rr), hi(rr),
+                    (cr == "" ? "-" : sprintf("%.2f (%.2f-%.2f)", med(cr), lo(cr), hi(cr)))
             }
         }
     }' "$1"
@@ -201,7 +231,7 @@ require_free_ports $ORIGIN_PORT $ORIGIN_H2_PORT $NGINX_PORT $NGINX_H2_PORT $HAPR
     echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //'); haproxy: $(haproxy -v 2>&1 | head -1 | awk '{print $3}')"
     echo "wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}'); h2load: $(h2load --version 2>&1 | head -1)"
     echo "dotnet: $(dotnet --version 2>/dev/null || echo none)"
-    echo "params: TARGETS='$TARGETS' SCENARIOS='$SCENARIOS' PIN='$PIN' DURATION=$DURATION WARMUP=$WARMUP PREWARM=$PREWARM REPS=$REPS"
+    echo "params: TARGETS='$TARGETS' SCENARIOS='$SCENARIOS' PIN='$PIN' DURATION=$DURATION WARMUP=$WARMUP PREWARM=$PREWARM REPS=$REPS ROUNDS=$ROUNDS"
 } | tee "$RESULTS/versions-$STAMP.txt" >&2
 printf "$TSV_HEADER\n" >"$RESULTS/runs-$STAMP.tsv"
 
@@ -216,21 +246,24 @@ for pinmode in $PIN; do
         log "mode: unpinned, $WORKERS worker(s) per proxy"
     fi
     start_origin "$ORIGIN_CPUS"
-    for t in $TARGETS; do
-        if ! start_target "$t" "$PROXY_CPUS" "$WORKERS"; then log "$t failed to start; skipped"; stop_proc "$t"; continue; fi
-        [[ $t == yarp ]] && log "$(grep -a -m1 '^yarp:' "$RUN/yarp.out")"
-        if [[ $t != direct ]] && ((PREWARM > 0)); then
-            # A JIT-compiled proxy needs a while under load before its hot code is fully optimised;
-            # every proxy gets the same treatment.
-            log "$t: prewarm ${PREWARM}s"
-            load_cmd S1 "$t" "$PREWARM"
-            pin "$LG_CPUS" timeout -k 5 $((PREWARM + 30)) "${LOAD[@]}" >"$RUN/prewarm-$t.txt" 2>&1
-        fi
-        # Repetitions are interleaved (S1..S5, S1..S5, ...) so slow drifts spread over all scenarios.
-        for rep in $(seq 1 "$REPS"); do
-            for sc in $SCENARIOS; do measure "$mode" "$t" "$sc" "$rep"; done
+    for round in $(seq 1 "$ROUNDS"); do
+        ((ROUNDS > 1)) && log "round $round of $ROUNDS"
+        for t in $TARGETS; do
+            if ! start_target "$t" "$PROXY_CPUS" "$WORKERS"; then log "$t failed to start; skipped"; stop_proc "$t"; continue; fi
+            [[ $t == yarp ]] && log "$(grep -a -m1 '^yarp:' "$RUN/yarp.out")"
+            if [[ $t != direct ]] && ((PREWARM > 0)); then
+                # A JIT-compiled proxy needs a while under load before its hot code is fully optimised;
+                # every proxy gets the same treatment.
+                log "$t: prewarm ${PREWARM}s"
+                load_cmd S1 "$t" "$PREWARM"
+                pin "$LG_CPUS" timeout -k 5 $((PREWARM + 30)) "${LOAD[@]}" >"$RUN/prewarm-$t.txt" 2>&1
+            fi
+            # Repetitions are interleaved (S1..S5, S1..S5, ...) so slow drifts spread over all scenarios.
+            for rep in $(seq 1 "$REPS"); do
+                for sc in $SCENARIOS; do measure "$mode" "$t" "$sc" $(((round - 1) * REPS + rep)); done
+            done
+            stop_proc "$t"
         done
-        stop_proc "$t"
     done
     stop_proc origin
 done
