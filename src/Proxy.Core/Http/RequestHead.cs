@@ -14,61 +14,37 @@ internal enum ConnectionOptions : byte
 }
 
 /// <summary>
-/// A parsed request head. The raw bytes (request line through the empty line) are copied once into
-/// <see cref="Buffer"/>; everything else is offsets into it, so parsing, routing and forwarding read
-/// the same bytes and nothing is materialised as strings. One instance per connection (or per HTTP/2
-/// stream), reset between requests; the buffer grows to the header limit at most and is kept.
+/// What a parsed request head and a parsed response head share: the raw bytes, copied once into <see cref="Buffer"/>,
+/// and the field table of offsets into them, with the framing and connection facts the parsers take from the fields.
 /// </summary>
-internal sealed class RequestHead
+internal abstract class MessageHead
 {
-    private const int InitialBuffer = 1024;
-    private const int InitialFields = 32;
-
-    public byte[] Buffer = new byte[InitialBuffer];
+    public byte[] Buffer;
     public int Length;
 
-    public HttpMethod Method;
-    public int MethodStart, MethodLength;
-    /// <summary>Request target as sent (origin-form: path and query).</summary>
-    public int TargetStart, TargetLength;
-    /// <summary>Length of the path part of the target (up to '?' or the end).</summary>
-    public int PathLength;
-    public HttpVersion Version;
-
-    public HeaderField[] Fields = new HeaderField[InitialFields];
+    public HeaderField[] Fields;
     public int FieldCount;
 
-    /// <summary>Index into <see cref="Fields"/> of the Host field, or -1.</summary>
-    public int HostIndex = -1;
-    /// <summary>Declared body length, or -1 when the request has no Content-Length.</summary>
+    /// <summary>Declared body length, or -1 when the message has no Content-Length.</summary>
     public long ContentLength = -1;
     public bool Chunked;
-    public bool ExpectContinue;
     public ConnectionOptions Connection;
     /// <summary>True when the Upgrade field is present (with <see cref="ConnectionOptions.Upgrade"/> it asks for a tunnel).</summary>
     public bool HasUpgradeField;
+    public HttpVersion Version;
+
+    protected MessageHead(int initialBuffer, int initialFields)
+    {
+        Buffer = new byte[initialBuffer];
+        Fields = new HeaderField[initialFields];
+    }
 
     public ReadOnlySpan<byte> Raw => Buffer.AsSpan(0, Length);
-    public ReadOnlySpan<byte> MethodBytes => Buffer.AsSpan(MethodStart, MethodLength);
-    public ReadOnlySpan<byte> Target => Buffer.AsSpan(TargetStart, TargetLength);
-    public ReadOnlySpan<byte> Path => Buffer.AsSpan(TargetStart, PathLength);
 
-    /// <summary>Query string without the leading '?', empty when there is none.</summary>
-    public ReadOnlySpan<byte> Query => PathLength < TargetLength
-        ? Buffer.AsSpan(TargetStart + PathLength + 1, TargetLength - PathLength - 1)
-        : default;
-
-    public ReadOnlySpan<byte> Host => HostIndex >= 0 ? Value(HostIndex) : default;
-
-    /// <summary>True when the request has a body to read (length or chunked).</summary>
-    public bool HasBody => Chunked || ContentLength > 0;
-
-    /// <summary>Whether the client wants the connection kept after this exchange (RFC 9112 section 9.3).</summary>
+    /// <summary>Whether the peer wants the connection kept after this exchange (RFC 9112 section 9.3).</summary>
     public bool KeepAlive => Version == HttpVersion.Http11
         ? (Connection & ConnectionOptions.Close) == 0
         : (Connection & (ConnectionOptions.KeepAlive | ConnectionOptions.Close)) == ConnectionOptions.KeepAlive;
-
-    public bool IsUpgrade => HasUpgradeField && (Connection & ConnectionOptions.Upgrade) != 0;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ReadOnlySpan<byte> Name(int index)
@@ -123,6 +99,61 @@ internal sealed class RequestHead
         return ref f;
     }
 
+    /// <summary>Clears what both kinds of head share.</summary>
+    protected void ResetShared()
+    {
+        Length = 0;
+        Version = HttpVersion.Unknown;
+        FieldCount = 0;
+        ContentLength = -1;
+        Chunked = false;
+        Connection = ConnectionOptions.None;
+        HasUpgradeField = false;
+    }
+}
+
+/// <summary>
+/// A parsed request head. The raw bytes (request line through the empty line) are copied once into
+/// <see cref="Buffer"/>; everything else is offsets into it, so parsing, routing and forwarding read
+/// the same bytes and nothing is materialised as strings. One instance per connection (or per HTTP/2
+/// stream), reset between requests; the buffer grows to the header limit at most and is kept.
+/// </summary>
+internal sealed class RequestHead : MessageHead
+{
+    private const int InitialBuffer = 1024;
+    private const int InitialFields = 32;
+
+    public RequestHead() : base(InitialBuffer, InitialFields)
+    {
+    }
+
+    public HttpMethod Method;
+    public int MethodStart, MethodLength;
+    /// <summary>Request target as sent (origin-form: path and query).</summary>
+    public int TargetStart, TargetLength;
+    /// <summary>Length of the path part of the target (up to '?' or the end).</summary>
+    public int PathLength;
+
+    /// <summary>Index into <see cref="MessageHead.Fields"/> of the Host field, or -1.</summary>
+    public int HostIndex = -1;
+    public bool ExpectContinue;
+
+    public ReadOnlySpan<byte> MethodBytes => Buffer.AsSpan(MethodStart, MethodLength);
+    public ReadOnlySpan<byte> Target => Buffer.AsSpan(TargetStart, TargetLength);
+    public ReadOnlySpan<byte> Path => Buffer.AsSpan(TargetStart, PathLength);
+
+    /// <summary>Query string without the leading '?', empty when there is none.</summary>
+    public ReadOnlySpan<byte> Query => PathLength < TargetLength
+        ? Buffer.AsSpan(TargetStart + PathLength + 1, TargetLength - PathLength - 1)
+        : default;
+
+    public ReadOnlySpan<byte> Host => HostIndex >= 0 ? Value(HostIndex) : default;
+
+    /// <summary>True when the request has a body to read (length or chunked).</summary>
+    public bool HasBody => Chunked || ContentLength > 0;
+
+    public bool IsUpgrade => HasUpgradeField && (Connection & ConnectionOptions.Upgrade) != 0;
+
     /// <summary>
     /// The request's X-Request-Id (the client's when valid, else generated; see <see cref="RequestId"/>), set by the
     /// connection once the head is parsed. Kept here so the upstream writer sees it with the head it serialises.
@@ -136,108 +167,36 @@ internal sealed class RequestHead
 
     public void Reset()
     {
-        Length = 0;
+        ResetShared();
         RequestIdLength = 0;
         RequestIdGenerated = false;
         Method = HttpMethod.Custom;
         MethodStart = MethodLength = TargetStart = TargetLength = PathLength = 0;
-        Version = HttpVersion.Unknown;
-        FieldCount = 0;
         HostIndex = -1;
-        ContentLength = -1;
-        Chunked = false;
         ExpectContinue = false;
-        Connection = ConnectionOptions.None;
-        HasUpgradeField = false;
     }
 }
 
 /// <summary>
-/// A parsed upstream response head, laid out like <see cref="RequestHead"/>.
+/// A parsed upstream response head.
 /// </summary>
-internal sealed class ResponseHead
+internal sealed class ResponseHead : MessageHead
 {
-    public byte[] Buffer = new byte[1024];
-    public int Length;
+    public ResponseHead() : base(1024, 32)
+    {
+    }
 
-    public HttpVersion Version;
     public int StatusCode;
     /// <summary>Reason phrase offsets (may be empty).</summary>
     public int ReasonStart, ReasonLength;
 
-    public HeaderField[] Fields = new HeaderField[32];
-    public int FieldCount;
-
-    public long ContentLength = -1;
-    public bool Chunked;
-    public ConnectionOptions Connection;
-    public bool HasUpgradeField;
-
-    public ReadOnlySpan<byte> Raw => Buffer.AsSpan(0, Length);
     public ReadOnlySpan<byte> Reason => Buffer.AsSpan(ReasonStart, ReasonLength);
-
-    public bool KeepAlive => Version == HttpVersion.Http11
-        ? (Connection & ConnectionOptions.Close) == 0
-        : (Connection & (ConnectionOptions.KeepAlive | ConnectionOptions.Close)) == ConnectionOptions.KeepAlive;
-
-    public ReadOnlySpan<byte> Name(int index)
-    {
-        ref readonly HeaderField f = ref Fields[index];
-        return Buffer.AsSpan(f.NameStart, f.NameLength);
-    }
-
-    public ReadOnlySpan<byte> Value(int index)
-    {
-        ref readonly HeaderField f = ref Fields[index];
-        return Buffer.AsSpan(f.ValueStart, f.ValueLength);
-    }
-
-    public bool TryGetHeader(ReadOnlySpan<byte> lowerCaseName, out ReadOnlySpan<byte> value)
-    {
-        for (int i = 0; i < FieldCount; i++)
-        {
-            if (Name(i).EqualsIgnoreCaseAscii(lowerCaseName))
-            {
-                value = Value(i);
-                return true;
-            }
-        }
-        value = default;
-        return false;
-    }
-
-    public Span<byte> PrepareBuffer(int length)
-    {
-        if (Buffer.Length < length)
-        {
-            Buffer = new byte[Math.Max(length, Buffer.Length * 2)];
-        }
-        Length = length;
-        return Buffer.AsSpan(0, length);
-    }
-
-    public ref HeaderField AddField()
-    {
-        if (FieldCount == Fields.Length)
-        {
-            Array.Resize(ref Fields, Fields.Length * 2);
-        }
-        ref HeaderField f = ref Fields[FieldCount++];
-        f = default;
-        return ref f;
-    }
 
     public void Reset()
     {
-        Length = 0;
-        Version = HttpVersion.Unknown;
+        ResetShared();
         StatusCode = 0;
         ReasonStart = ReasonLength = 0;
-        FieldCount = 0;
-        ContentLength = -1;
-        Chunked = false;
-        Connection = ConnectionOptions.None;
-        HasUpgradeField = false;
     }
 }
 
