@@ -92,4 +92,66 @@ public class HPackDynamicTableTests
             }
         }, iter: 300);
     }
+    /// <summary>
+    /// The encoder's hash index against a scan of the model: after random inserts, resizes, growth and clears, every
+    /// lookup (present, evicted, never added, same name with another value) finds the newest matching entry or none.
+    /// Few distinct names and values make repeats, and so duplicate entries and long bucket chains, common.
+    /// </summary>
+    [Fact]
+    public void FindExact_Indexed_MatchesModelScan()
+    {
+        Gen<(int, string, string)> op = Gen.Select(Gen.Int[0, 19], Gen.String[Gen.Char['a', 'd'], 0, 12], Gen.String[Gen.Char['0', '3'], 0, 20]);
+        Gen.Select(Gen.Int[0, 300], op.Array[1, 120]).Sample((capacity, ops) =>
+        {
+            HPackDynamicTable table = new(capacity, indexed: true);
+            List<(string Name, string Value)> model = [];
+            int maxSize = capacity;
+            foreach ((int kind, string name, string value) in ops)
+            {
+                if (kind == 0)
+                {
+                    maxSize = Math.Min(table.Capacity, name.Length * table.Capacity / 12);
+                    table.SetMaxSize(maxSize);
+                }
+                else if (kind == 1)
+                {
+                    table.EnsureCapacity(table.Capacity + value.Length * 8);
+                }
+                else if (kind > 2)
+                {
+                    table.Insert(Bytes(name), Bytes(value));
+                    model.Insert(0, (name, value));
+                    if (name.Length + value.Length + 32 > maxSize)
+                    {
+                        model.Clear();
+                    }
+                }
+                while (model.Sum(e => e.Name.Length + e.Value.Length + 32) > maxSize)
+                {
+                    model.RemoveAt(model.Count - 1);
+                }
+                Assert.Equal(model.IndexOf((name, value)), table.FindExact(Bytes(name), Bytes(value)));
+                Assert.Equal(model.IndexOf((name, value + "0")), table.FindExact(Bytes(name), Bytes(value + "0")));
+                foreach ((string n, string v) in model)
+                {
+                    Assert.Equal(model.IndexOf((n, v)), table.FindExact(Bytes(n), Bytes(v)));
+                }
+            }
+        }, iter: 300);
+    }
+
+    [Fact]
+    public void FindExact_IndexedAfterEviction_ReturnsMinusOne()
+    {
+        HPackDynamicTable table = new(100, indexed: true);
+        table.Insert(Bytes("a"), Bytes("1"));
+        table.Insert(Bytes("b"), Bytes("22"));
+        table.Insert(Bytes("c"), Bytes("333")); // "a" goes
+        Assert.Equal(-1, table.FindExact(Bytes("a"), Bytes("1")));
+        Assert.Equal(1, table.FindExact(Bytes("b"), Bytes("22")));
+        Assert.Equal(0, table.FindExact(Bytes("c"), Bytes("333")));
+        table.Insert(Bytes("a"), Bytes("1")); // "b" goes, "a" is back as the newest
+        Assert.Equal(0, table.FindExact(Bytes("a"), Bytes("1")));
+        Assert.Equal(-1, table.FindExact(Bytes("b"), Bytes("22")));
+    }
 }

@@ -92,4 +92,63 @@ public sealed class Http2StreamReuseTests
             Assert.Equal($"GET /after/{i}", await client.GetStringAsync($"{scenario.Proxy.PublicUri}after/{i}"));
         }
     }
+    /// <summary>
+    /// A pooled stream serves a request without a body from its own buffer and one with a body through its request
+    /// pipe: alternating the two on the same streams (and resetting some mid-way), every answer must still carry its
+    /// own request's method, target and body.
+    /// </summary>
+    [Fact]
+    public async Task BodylessAndBodyRequests_AlternateOnPooledStreams_EachAnswerEchoesItsRequest()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            while (await connection.ReadRequestAsync(ct) is { } request)
+            {
+                if (request.Target.StartsWith("/slow", StringComparison.Ordinal))
+                {
+                    await Task.Delay(20, ct);
+                }
+                await connection.WriteAsync(Wire.Response(200, $"{request.Method} {request.Target} {request.BodyText}", ("content-type", "text/plain")), ct);
+            }
+        });
+
+        using HttpClient client = Http2ServerTests.CreateH2Client();
+        long answered = 0, mismatched = 0;
+        async Task WorkerAsync(int worker)
+        {
+            var random = new Random(worker);
+            for (int i = 0; i < 60; i++)
+            {
+                int pick = random.Next(6);
+                string target = $"/{(pick == 5 ? "slow" : "echo")}/{worker}/{i}";
+                using var cts = new CancellationTokenSource(pick == 5 ? TimeSpan.FromMilliseconds(random.Next(1, 10)) : TestDefaults.Timeout);
+                try
+                {
+                    string body = pick % 2 == 0 ? "" : new string((char)('a' + worker), random.Next(1, 3000));
+                    using HttpResponseMessage response = body.Length == 0
+                        ? await client.GetAsync($"{scenario.Proxy.PublicUri}{target[1..]}", cts.Token)
+                        : await client.PostAsync($"{scenario.Proxy.PublicUri}{target[1..]}", new StringContent(body), cts.Token);
+                    string text = await response.Content.ReadAsStringAsync(cts.Token);
+                    Interlocked.Increment(ref answered);
+                    if (text != $"{(body.Length == 0 ? "GET" : "POST")} {target} {body}")
+                    {
+                        Interlocked.Increment(ref mismatched);
+                    }
+                }
+                catch (OperationCanceledException) when (pick == 5)
+                {
+                }
+            }
+        }
+
+        var workers = new Task[8];
+        for (int w = 0; w < workers.Length; w++)
+        {
+            workers[w] = WorkerAsync(w);
+        }
+        await Task.WhenAll(workers);
+
+        Assert.Equal(0, mismatched);
+        Assert.True(answered > 300, $"answered {answered}");
+    }
 }

@@ -38,7 +38,7 @@ internal sealed class HPackEncoder
         bool huffman = true)
     {
         _huffman = huffman;
-        _table = new HPackDynamicTable(maxTableSize);
+        _table = new HPackDynamicTable(maxTableSize, indexed: true);
         _neverIndexCookies = neverIndexCookies;
         // The peer's decoder starts at 4096 (SETTINGS_HEADER_TABLE_SIZE default); using less must be announced.
         int initial = Math.Min(maxTableSize, HPackDecoder.DefaultHeaderTableSize);

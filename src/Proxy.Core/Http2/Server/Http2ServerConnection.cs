@@ -746,6 +746,15 @@ internal sealed class Http2ServerConnection : TimedConnection
         }
     }
 
+    /// <summary>Commits frames written without a commit, if any. Under <see cref="_lock"/>.</summary>
+    private void CommitPending()
+    {
+        if (_frames.Writer.UnflushedBytes > 0)
+        {
+            Commit();
+        }
+    }
+
     private void WriteRstLocked(int streamId, Http2ErrorCode code)
     {
         if (!_framesClosed)
@@ -777,7 +786,12 @@ internal sealed class Http2ServerConnection : TimedConnection
     /// Response head as HEADERS (+ CONTINUATION): ":status", then the fields minus the connection-specific ones
     /// (RFC 9113 section 8.2.2), names lowercased (section 8.2.1). False when the stream or connection is gone.
     /// </summary>
-    public bool SendHeaders(Http2Stream stream, ResponseHead head, bool endStream)
+    /// <remarks>
+    /// <c>commit: false</c> when the caller sends DATA at once (<see cref="TrySendData"/> commits whatever is pending,
+    /// whether or not it can send): HEADERS and the first DATA then reach the writer loop in one flush of the frame
+    /// pipe, not two.
+    /// </remarks>
+    public bool SendHeaders(Http2Stream stream, ResponseHead head, bool endStream, bool commit = true)
     {
         Span<byte> lower = stackalloc byte[256];
         lock (_lock)
@@ -818,7 +832,10 @@ internal sealed class Http2ServerConnection : TimedConnection
             }
             int maxFrame = (int)_peer.MaxFrameSize;
             Http2FrameWriter.WriteHeaders(_frames.Writer, stream.Id, block[..length], endStream, maxFrame);
-            Commit();
+            if (commit)
+            {
+                Commit();
+            }
             return true;
         }
     }
@@ -877,14 +894,21 @@ internal sealed class Http2ServerConnection : TimedConnection
     {
         lock (_lock)
         {
-            if (_framesClosed || stream.Aborted)
+            if (_framesClosed)
             {
+                return -1;
+            }
+            if (stream.Aborted)
+            {
+                // HEADERS written without a commit (SendHeaders' commit: false) go out in order before the reset.
+                CommitPending();
                 return -1;
             }
             int wanted = (int)Math.Min(data.Length, 1 << 20);
             int allowed = Math.Min(Math.Min(stream.SendWindow.Available, _sendWindow.Available), wanted);
             if (allowed <= 0 || _unsent >= MaxUnsent)
             {
+                CommitPending();
                 if (stream.StallSince == 0)
                 {
                     stream.StallSince = Environment.TickCount64;
@@ -1032,7 +1056,7 @@ internal sealed class Http2ServerConnection : TimedConnection
             reusable = !_framesClosed && _pool.Count < _limits.MaxConcurrentStreams;
             closeNow = _draining && _activeStreams == 0;
         }
-        if (reusable && TryResetPipes(stream))
+        if (reusable && stream.TryResetPipes())
         {
             lock (_lock)
             {
@@ -1042,20 +1066,6 @@ internal sealed class Http2ServerConnection : TimedConnection
         if (closeNow)
         {
             _transport.Input.CancelPendingRead();
-        }
-    }
-
-    private static bool TryResetPipes(Http2Stream stream)
-    {
-        try
-        {
-            stream.RequestPipe.Reset();
-            stream.ResponsePipe.Reset();
-            return true;
-        }
-        catch (InvalidOperationException)
-        {
-            return false; // an end was not completed (an aborted exchange): let the GC have it
         }
     }
 

@@ -12,7 +12,8 @@ namespace Proxy.Http2.Server;
 
 /// <summary>
 /// One request stream (RFC 9113 section 5.1), bridged onto the HTTP/1.1 pipeline: the connection's read loop
-/// writes the synthesised request head and the DATA payloads into <see cref="RequestPipe"/>; an
+/// writes the synthesised request head and the DATA payloads into <see cref="RequestPipe"/> (a request that ended
+/// with its HEADERS is served from a buffer of the stream's own instead, see <see cref="Http2StreamTransport.ServeFixed"/>); an
 /// <see cref="Http1ServerConnection"/> runs the request over <see cref="Transport"/> exactly as for an HTTP/1.1
 /// client (routing, filters, forwarding, limits, metrics); this class reads the HTTP/1.1 response it writes into
 /// <see cref="ResponsePipe"/> and sends it as HEADERS and DATA within the client's windows. When the window is
@@ -34,6 +35,12 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
 
     private const int MaxResponseHeadBytes = 64 * 1024;
 
+    /// <summary>
+    /// The largest body-less request served from <see cref="_fixedRequest"/> rather than the request pipe: the buffer
+    /// lives as long as the pooled stream, so an outsized head (big cookies) goes through the pipe's pooled blocks.
+    /// </summary>
+    private const int MaxFixedRequestBytes = 4096;
+
     private readonly Http2ServerConnection _connection;
     private readonly ResponseHead _responseHead = new();
     private ChunkedDecoder _chunked;
@@ -45,6 +52,8 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     /// <summary>The Sec-WebSocket-Key of the bridged upgrade (an extended CONNECT for websocket), to check the 101's accept.</summary>
     private readonly byte[] _webSocketKey = new byte[Http2RequestHead.WebSocketKeyLength];
     private bool _isWebSocket;
+    /// <summary>A request that ended with its HEADERS, as HTTP/1.1 (see <see cref="Http2StreamTransport.ServeFixed"/>); reused.</summary>
+    private readonly ArrayBufferWriter<byte> _fixedRequest = new(512);
 
     public Http2Stream(Http2ServerConnection connection, ClientTransport transport)
     {
@@ -125,9 +134,19 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
         Signal.Reset();
         _chunked.Reset();
 
+        HeadBytes = head.Http1Length;
+        if (endStream && HeadBytes <= MaxFixedRequestBytes)
+        {
+            // No body can follow: the bridge reads the head from this buffer, and the request pipe stays untouched.
+            _fixedRequest.ResetWrittenCount();
+            head.WriteTo(_fixedRequest);
+            Transport.ServeFixed(_fixedRequest.WrittenMemory);
+            RequestClosed = true;
+            return;
+        }
+        Transport.ServePipe();
         PipeWriter writer = RequestPipe.Writer;
         head.WriteTo(writer);
-        HeadBytes = head.Http1Length;
         if (endStream)
         {
             writer.Complete();
@@ -404,7 +423,28 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
         Signal.Set();
         ResponsePipe.Reader.CancelPendingRead();
         ResponsePipe.Writer.CancelPendingFlush();
-        RequestPipe.Reader.CancelPendingRead();
+        Transport.Input.CancelPendingRead();
+    }
+
+    /// <summary>
+    /// Readies both pipes (or the fixed request) for the next stream this object carries; false when an end was left
+    /// open (an aborted exchange may still use it: the object is left to the GC).
+    /// </summary>
+    public bool TryResetPipes()
+    {
+        try
+        {
+            if (!Transport.ResetInput())
+            {
+                return false;
+            }
+            ResponsePipe.Reset();
+            return true;
+        }
+        catch (InvalidOperationException)
+        {
+            return false;
+        }
     }
 
     // ---- response pump ------------------------------------------------------------------------
@@ -499,7 +539,11 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
                             continue;
                         }
                         bool noBody = IsHead || code == 204 || code == 304 || _responseHead.ContentLength == 0;
-                        if (!_connection.SendHeaders(this, _responseHead, endStream: noBody))
+                        // A length-delimited body already here goes out at once (SendDataAsync's first TrySendData
+                        // commits, sent or not): HEADERS and DATA then take one flush of the frame pipe and one wake-up
+                        // of its writer loop.
+                        bool dataFollows = !noBody && !_responseHead.Chunked && _responseHead.ContentLength > 0 && !buffer.IsEmpty;
+                        if (!_connection.SendHeaders(this, _responseHead, endStream: noBody, commit: !dataFollows))
                         {
                             reader.AdvanceTo(buffer.Start);
                             return AbortCode(true);
