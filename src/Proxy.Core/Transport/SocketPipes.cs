@@ -81,7 +81,21 @@ internal static class SocketPipes
         return (stream, input, output);
     }
 
-    /// <summary>Pipes over any stream (an SslStream over the socket's NetworkStream) with the same options.</summary>
+    /// <summary>
+    /// Pipes over a stream with the same options. Over an <see cref="EpollSocketStream"/> (plain TCP on our engine) the
+    /// pipes work on the socket itself (<see cref="EpollPipeReader"/>, <see cref="EpollPipeWriter"/>): no
+    /// StreamPipeReader/Writer and no async state machine per read or flush. Over anything else (an SslStream, a
+    /// NetworkStream) they are the framework's stream pipes.
+    /// </summary>
     public static (PipeReader Input, PipeWriter Output) Create(Stream stream, bool upstream = false)
-        => (PipeReader.Create(stream, upstream ? s_upstreamReaderOptions : s_readerOptions), PipeWriter.Create(stream, s_writerOptions));
+    {
+        if (stream is EpollSocketStream epoll)
+        {
+            var input = upstream
+                ? new EpollPipeReader(epoll, BlockMemoryPool.Large, useZeroByteReads: false, minimumReadSize: 2048)
+                : new EpollPipeReader(epoll, BlockMemoryPool.Small, useZeroByteReads: true, minimumReadSize: 1024);
+            return (input, new EpollPipeWriter(epoll, BlockMemoryPool.Large));
+        }
+        return (PipeReader.Create(stream, upstream ? s_upstreamReaderOptions : s_readerOptions), PipeWriter.Create(stream, s_writerOptions));
+    }
 }

@@ -281,6 +281,72 @@ internal sealed class EpollSocketStream : Stream
         return default;
     }
 
+    /// <summary>
+    /// For <see cref="EpollPipeReader"/> (CancelPendingRead, Complete): takes a parked read back from the engine and
+    /// completes it with -1, a result no recv() gives, so the reader knows no bytes moved. No-op when nothing is parked
+    /// (the reader looks at its flags again after it parks, so a call racing with the park is not lost).
+    /// </summary>
+    internal void InterruptRead() => _read.Interrupt();
+
+    /// <summary>
+    /// For <see cref="EpollPipeWriter"/> (CancelPendingFlush, Complete): takes a parked write back from the engine and
+    /// fails it with <see cref="OperationCanceledException"/> (rare path: the allocation does not matter).
+    /// </summary>
+    internal void InterruptWrite() => _write.Interrupt();
+
+    /// <summary>
+    /// sendmsg() of several buffers in one call (MSG_DONTWAIT|MSG_NOSIGNAL). Returns the bytes sent, or -1 with errno;
+    /// a partial send or EAGAIN marks the write direction drained like <see cref="Send"/>. The caller then waits with
+    /// <see cref="WriteAsync(ReadOnlyMemory{byte}, CancellationToken)"/> on what is left of its first buffer.
+    /// </summary>
+    internal unsafe long SendVector(EpollNative.IoVec* vectors, int count, long total, out int errno)
+    {
+        int state = Volatile.Read(ref _write.State);
+        bool added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+            EpollNative.MsgHdr message = default;
+            message.Iov = vectors;
+            message.IovLen = (nuint)count;
+            nint n;
+            do
+            {
+                n = EpollNative.SendMsg(_fd, &message, EpollNative.MSG_DONTWAIT | EpollNative.MSG_NOSIGNAL);
+                errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
+            }
+            while (n < 0 && errno == EpollNative.EINTR);
+            if (n < 0)
+            {
+                if (errno == EpollNative.EAGAIN)
+                {
+                    _write.Drained = state & ~Waiting;
+                }
+                return -1;
+            }
+            if (n < total && !_write.Sticky)
+            {
+                _write.Drained = state & ~Waiting;
+            }
+            return n;
+        }
+        catch (ObjectDisposedException)
+        {
+            errno = 9;
+            return -1;
+        }
+        finally
+        {
+            if (added)
+            {
+                _handle.DangerousRelease();
+            }
+        }
+    }
+
+    /// <summary>The IOException a failed send/recv reports (the same as the stream's), for the pipes.</summary>
+    internal static IOException TransferError(int errno) => Error(errno);
+
     /// <summary>Completes when EPOLLOUT (or an error) was reported: the end of a non-blocking connect.</summary>
     private ValueTask WaitWritableAsync(CancellationToken cancellationToken)
     {
@@ -693,6 +759,22 @@ internal sealed class EpollSocketStream : Stream
             if (TryTake())
             {
                 Complete(0, new OperationCanceledException(_token));
+            }
+        }
+
+        /// <summary>Takes a parked operation back without a syscall: a read completes with -1, a write fails.</summary>
+        public void Interrupt()
+        {
+            if (TryTake())
+            {
+                if (_isRead)
+                {
+                    Complete(-1, null);
+                }
+                else
+                {
+                    Complete(0, new OperationCanceledException());
+                }
             }
         }
 

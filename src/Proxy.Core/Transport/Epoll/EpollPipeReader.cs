@@ -1,0 +1,436 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
+using System.Threading.Tasks.Sources;
+
+namespace Proxy.Transport.Epoll;
+
+/// <summary>
+/// A <see cref="PipeReader"/> straight on an <see cref="EpollSocketStream"/>'s socket: no StreamPipeReader, no async
+/// state machine per read. A read that finds data completes synchronously; one that has to wait parks on the
+/// stream's read operation (the engine's edge-triggered bookkeeping, unchanged) and continues in a cached callback on
+/// the engine thread, which completes this reader's own reusable value-task source. Semantics follow
+/// StreamPipeReader's, which the HTTP code was written against:
+/// <list type="bullet">
+/// <item>Buffers are blocks of a <see cref="BlockMemoryPool"/>, chained as sequence segments; a block is returned as
+/// soon as it is fully consumed, and all of them once everything is consumed.</item>
+/// <item>With zero-byte reads (client connections) an empty reader first waits for readiness without a buffer, so an
+/// idle connection holds no receive memory; then it rents a block and recv()s.</item>
+/// <item>ReadAsync returns at once while there are unexamined bytes; after AdvanceTo examined everything, it reads more.</item>
+/// <item>CancelPendingRead completes a pending read (or the next one) with IsCanceled; a failure of the socket
+/// surfaces as the stream's IOException; end of stream as IsCompleted.</item>
+/// </list>
+/// Threading: one reader at a time (the pipe contract). CancelPendingRead and Complete may come from other threads
+/// (heartbeat, shutdown): they set a flag and take a parked read back from the engine; the reader looks at the flags
+/// again right after it parks, so neither is lost. While a recv() into a block may be in flight on the engine thread
+/// (<see cref="InFlight"/>), Complete leaves the blocks to the continuation, which returns them.
+/// </summary>
+internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
+{
+    /// <summary>A read with a buffer is parked: the engine may be writing into the tail block.</summary>
+    private const int InFlight = 1;
+    /// <summary>Complete was called.</summary>
+    private const int Completed = 2;
+
+    private readonly EpollSocketStream _stream;
+    private readonly BlockMemoryPool _pool;
+    private readonly bool _useZeroByteReads;
+    private readonly int _minimumReadSize;
+    private readonly Action _onParkedCompleted;
+
+    private Segment? _head;
+    private int _headIndex;
+    private Segment? _tail;
+    private long _bufferedBytes;
+    private bool _examinedEverything;
+    private bool _endOfStream;
+    private Segment? _spare;
+
+    /// <summary><see cref="InFlight"/> | <see cref="Completed"/>, changed with Interlocked (Complete races with the engine).</summary>
+    private int _state;
+    private int _cancelRequested;
+
+    private ManualResetValueTaskSourceCore<ReadResult> _core;
+    private ValueTask<int> _parked;
+    private bool _parkedIsWait;
+    private CancellationToken _token;
+
+    public EpollPipeReader(EpollSocketStream stream, BlockMemoryPool pool, bool useZeroByteReads, int minimumReadSize)
+    {
+        _stream = stream;
+        _pool = pool;
+        _useZeroByteReads = useZeroByteReads;
+        _minimumReadSize = minimumReadSize;
+        _onParkedCompleted = OnParkedCompleted;
+        // The caller's continuation runs on the completing (engine) thread, as with the stream's operations.
+        _core.RunContinuationsAsynchronously = false;
+    }
+
+    /// <summary>Blocks this reader holds (for tests: an idle reader with zero-byte reads holds none).</summary>
+    internal int HeldBlocks
+    {
+        get
+        {
+            int count = 0;
+            for (Segment? s = _head; s is not null; s = s.NextSegment)
+            {
+                count++;
+            }
+            return count;
+        }
+    }
+
+    public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
+    {
+        if ((Volatile.Read(ref _state) & Completed) != 0)
+        {
+            ThrowCompleted();
+        }
+        if (TryReadCore(cancellationToken, fromCaller: true, skipWait: false, out ReadResult result))
+        {
+            return new ValueTask<ReadResult>(result);
+        }
+        return new ValueTask<ReadResult>(this, _core.Version);
+    }
+
+    public override bool TryRead(out ReadResult result)
+    {
+        if ((Volatile.Read(ref _state) & Completed) != 0)
+        {
+            ThrowCompleted();
+        }
+        return TryTakeBuffered(out result);
+    }
+
+    /// <summary>A canceled or buffered result without touching the socket (StreamPipeReader's TryRead rules).</summary>
+    private bool TryTakeBuffered(out ReadResult result)
+    {
+        if (Volatile.Read(ref _cancelRequested) != 0 && Interlocked.Exchange(ref _cancelRequested, 0) != 0)
+        {
+            result = new ReadResult(Buffer(), isCanceled: true, _endOfStream);
+            return true;
+        }
+        if (_bufferedBytes > 0 && (!_examinedEverything || _endOfStream))
+        {
+            result = new ReadResult(Buffer(), isCanceled: false, _endOfStream);
+            return true;
+        }
+        result = default;
+        return false;
+    }
+
+    /// <summary>
+    /// Produces a result now (true), or parks on the stream and returns false: the continuation then resumes here and
+    /// completes <see cref="_core"/>. Throws the socket's error.
+    /// </summary>
+    private bool TryReadCore(CancellationToken cancellationToken, bool fromCaller, bool skipWait, out ReadResult result)
+    {
+        while (true)
+        {
+            if (TryTakeBuffered(out result))
+            {
+                return true;
+            }
+            if (_endOfStream)
+            {
+                result = new ReadResult(Buffer(), isCanceled: false, isCompleted: true);
+                return true;
+            }
+            ValueTask<int> pending;
+            if (_useZeroByteReads && _bufferedBytes == 0 && !skipWait)
+            {
+                // Idle: wait for readiness before renting (costs no syscall when the engine already said ready).
+                pending = _stream.ReadAsync(Memory<byte>.Empty, cancellationToken);
+                if (!pending.IsCompleted)
+                {
+                    Park(pending, isWait: true, cancellationToken, fromCaller);
+                    return false;
+                }
+                _ = pending.GetAwaiter().GetResult();
+            }
+            skipWait = false;
+            Memory<byte> memory = WritableTail();
+            Interlocked.Or(ref _state, InFlight);
+            pending = _stream.ReadAsync(memory, cancellationToken);
+            if (!pending.IsCompleted)
+            {
+                Park(pending, isWait: false, cancellationToken, fromCaller);
+                return false;
+            }
+            int n;
+            try
+            {
+                n = pending.GetAwaiter().GetResult();
+            }
+            finally
+            {
+                Interlocked.And(ref _state, ~InFlight);
+            }
+            Commit(n);
+        }
+    }
+
+    private void Park(ValueTask<int> pending, bool isWait, CancellationToken cancellationToken, bool fromCaller)
+    {
+        if (fromCaller)
+        {
+            // Only a new ReadAsync starts a new result; a continuation parking again keeps the caller's version.
+            _core.Reset();
+        }
+        _parked = pending;
+        _parkedIsWait = isWait;
+        _token = cancellationToken;
+        pending.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onParkedCompleted);
+        // A CancelPendingRead or Complete that ran before the park found nothing to take back: take it now.
+        if (Volatile.Read(ref _cancelRequested) != 0 || (Volatile.Read(ref _state) & Completed) != 0)
+        {
+            _stream.InterruptRead();
+        }
+    }
+
+    /// <summary>Engine thread (or an interrupting thread): the parked wait or recv finished.</summary>
+    private void OnParkedCompleted()
+    {
+        ValueTask<int> parked = _parked;
+        _parked = default;
+        bool wasWait = _parkedIsWait;
+        int n = -1;
+        Exception? error = null;
+        try
+        {
+            n = parked.GetAwaiter().GetResult();
+        }
+        catch (Exception e)
+        {
+            error = e;
+        }
+        int state = wasWait ? Volatile.Read(ref _state) : Interlocked.And(ref _state, ~InFlight);
+        if ((state & Completed) != 0)
+        {
+            // Complete ran while we were parked and left the blocks to us.
+            ReleaseAll();
+            _core.SetResult(new ReadResult(default, isCanceled: false, isCompleted: true));
+            return;
+        }
+        if (error is not null)
+        {
+            _core.SetException(error);
+            return;
+        }
+        try
+        {
+            if (!wasWait && n >= 0)
+            {
+                Commit(n);
+            }
+            if (TryReadCore(_token, fromCaller: false, skipWait: wasWait && n >= 0, out ReadResult result))
+            {
+                _token = default;
+                _core.SetResult(result);
+            }
+        }
+        catch (Exception e)
+        {
+            _core.SetException(e);
+        }
+    }
+
+    /// <summary>Records <paramref name="n"/> bytes received into the tail (0: end of stream).</summary>
+    private void Commit(int n)
+    {
+        if (n <= 0)
+        {
+            if (n == 0)
+            {
+                _endOfStream = true;
+            }
+            if (_bufferedBytes == 0)
+            {
+                ReleaseAll();
+            }
+            return;
+        }
+        Segment tail = _tail!;
+        tail.SetEnd(tail.End + n);
+        _bufferedBytes += n;
+        _examinedEverything = false;
+    }
+
+    /// <summary>The free space at the tail, appending a block when it has less than the minimum read size.</summary>
+    private Memory<byte> WritableTail()
+    {
+        Segment? tail = _tail;
+        if (tail is null || tail.Capacity - tail.End < _minimumReadSize)
+        {
+            Segment? segment = _spare;
+            if (segment is null)
+            {
+                segment = new Segment();
+            }
+            else
+            {
+                _spare = segment.NextSpare;
+                segment.NextSpare = null;
+            }
+            segment.Attach(_pool.Rent(_pool.BlockSize));
+            if (tail is null)
+            {
+                segment.SetRunningIndex(0);
+                _head = segment;
+                _headIndex = 0;
+            }
+            else
+            {
+                segment.SetRunningIndex(tail.RunningIndex + tail.End);
+                tail.SetNext(segment);
+            }
+            _tail = tail = segment;
+        }
+        return tail.Writable;
+    }
+
+    private ReadOnlySequence<byte> Buffer()
+        => _head is null ? default : new ReadOnlySequence<byte>(_head, _headIndex, _tail!, _tail!.End);
+
+    public override void AdvanceTo(SequencePosition consumed) => AdvanceTo(consumed, consumed);
+
+    public override void AdvanceTo(SequencePosition consumed, SequencePosition examined)
+    {
+        if ((Volatile.Read(ref _state) & Completed) != 0)
+        {
+            ThrowCompleted();
+        }
+        if (consumed.GetObject() is not Segment consumedSegment || _head is null)
+        {
+            // default(SequencePosition): the empty buffer of an empty reader; everything there is was examined.
+            _examinedEverything = true;
+            return;
+        }
+        if (examined.GetObject() is Segment examinedSegment)
+        {
+            _examinedEverything = examinedSegment == _tail && examined.GetInteger() == _tail.End;
+        }
+        int consumedIndex = consumed.GetInteger();
+        long consumedBytes = consumedSegment.RunningIndex + consumedIndex - (_head.RunningIndex + _headIndex);
+        _bufferedBytes -= consumedBytes;
+        if (_bufferedBytes == 0)
+        {
+            // All consumed: return every block, so a connection between requests holds no receive memory.
+            ReleaseAll();
+            _examinedEverything = true;
+            return;
+        }
+        // Return the blocks before the consumed one (and it too when consumed to its end).
+        while (_head != consumedSegment)
+        {
+            Segment done = _head!;
+            _head = done.NextSegment;
+            Recycle(done);
+        }
+        if (consumedIndex == consumedSegment.End && consumedSegment != _tail)
+        {
+            _head = consumedSegment.NextSegment;
+            Recycle(consumedSegment);
+            consumedIndex = 0;
+        }
+        _headIndex = consumedIndex;
+    }
+
+    public override void CancelPendingRead()
+    {
+        Interlocked.Exchange(ref _cancelRequested, 1);
+        _stream.InterruptRead();
+    }
+
+    public override void Complete(Exception? exception = null)
+    {
+        int old = Interlocked.Or(ref _state, Completed);
+        if ((old & Completed) != 0)
+        {
+            return;
+        }
+        if ((old & InFlight) != 0)
+        {
+            // The engine may be receiving into our tail block: the continuation returns the blocks.
+            _stream.InterruptRead();
+            return;
+        }
+        ReleaseAll();
+        // A zero-byte wait holds no block; wake it so its caller sees the end rather than waiting for data.
+        _stream.InterruptRead();
+    }
+
+    private void ReleaseAll()
+    {
+        Segment? segment = _head;
+        _head = _tail = null;
+        _headIndex = 0;
+        _bufferedBytes = 0;
+        while (segment is not null)
+        {
+            Segment next = segment.NextSegment!;
+            Recycle(segment);
+            segment = next;
+        }
+    }
+
+    private void Recycle(Segment segment)
+    {
+        // Segment objects are kept for reuse (a free list as long as the longest chain seen): 0 B per read.
+        segment.Reset();
+        segment.NextSpare = _spare;
+        _spare = segment;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowCompleted() => throw new InvalidOperationException("Reading is not allowed after the reader was completed.");
+
+    ReadResult IValueTaskSource<ReadResult>.GetResult(short token) => _core.GetResult(token);
+
+    ValueTaskSourceStatus IValueTaskSource<ReadResult>.GetStatus(short token) => _core.GetStatus(token);
+
+    void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+        => _core.OnCompleted(continuation, state, token, flags);
+
+    /// <summary>One pooled block in the chain; <see cref="End"/> is how much of it holds received bytes.</summary>
+    private sealed class Segment : ReadOnlySequenceSegment<byte>
+    {
+        private IMemoryOwner<byte>? _owner;
+        private Memory<byte> _block;
+
+        public Segment? NextSpare;
+
+        public int End { get; private set; }
+        public int Capacity => _block.Length;
+        public Memory<byte> Writable => _block[End..];
+        public Segment? NextSegment => (Segment?)Next;
+
+        public void Attach(IMemoryOwner<byte> owner)
+        {
+            _owner = owner;
+            _block = owner.Memory;
+            End = 0;
+            Memory = default;
+        }
+
+        public void SetEnd(int end)
+        {
+            End = end;
+            Memory = _block[..end];
+        }
+
+        public void SetRunningIndex(long index) => RunningIndex = index;
+
+        public void SetNext(Segment next) => Next = next;
+
+        public void Reset()
+        {
+            _owner?.Dispose();
+            _owner = null;
+            _block = default;
+            Memory = default;
+            Next = null;
+            End = 0;
+        }
+    }
+}
