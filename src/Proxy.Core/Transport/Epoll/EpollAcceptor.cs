@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using Proxy.Diagnostics;
 
 namespace Proxy.Transport.Epoll;
 
@@ -94,8 +95,10 @@ internal sealed unsafe class EpollAcceptor
         {
             if (_state == Created)
             {
-                RegisterAll();
+                // Running before the add: EPOLL_CTL_ADD can report a waiting connection at once, to an engine thread
+                // that reads the state before it accepts; seeing it not yet Running, it would drop that only edge.
                 _state = Running;
+                RegisterAll();
             }
         }
     }
@@ -107,8 +110,9 @@ internal sealed unsafe class EpollAcceptor
         {
             if (_state == Paused)
             {
-                RegisterAll();
+                // As in Start: the add reports the backlog at once, and the engine must find the state Running.
                 _state = Running;
+                RegisterAll();
             }
         }
     }
@@ -180,7 +184,7 @@ internal sealed unsafe class EpollAcceptor
                 {
                     continue; // the connection was reset in the backlog: try the next one
                 }
-                if (errno is EpollNative.EAGAIN or 9 or EpollNative.EINVAL)
+                if (errno is EpollNative.EAGAIN or EpollNative.EBADF or EpollNative.EINVAL)
                 {
                     return; // drained (or closed: EBADF, EINVAL)
                 }
@@ -203,7 +207,7 @@ internal sealed unsafe class EpollAcceptor
             catch (Exception e)
             {
                 // Keep accepting: with edge-triggered events, stopping here would leave the backlog without a wake-up.
-                Console.Error.WriteLine($"epoll accept: starting a connection failed: {e}");
+                ProxyLog.Error("accept_failed", ("error", e.ToString()));
                 socket.Dispose();
             }
         }
@@ -278,7 +282,7 @@ internal sealed unsafe class EpollAcceptor
         }
         catch (ObjectDisposedException)
         {
-            errno = 9; // EBADF: the listener was closed
+            errno = EpollNative.EBADF; // the listener was closed
             return -1;
         }
         finally

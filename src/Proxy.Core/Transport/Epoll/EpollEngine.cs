@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Proxy.Diagnostics;
 
 namespace Proxy.Transport.Epoll;
 
@@ -227,7 +228,7 @@ internal sealed unsafe class EpollEngine
                 catch (Exception ex)
                 {
                     // Continuations run inline here; an escaping exception must not stop every socket of this engine.
-                    Console.Error.WriteLine($"epoll engine: unhandled exception in a completion: {ex}");
+                    ProxyLog.Error("epoll_completion_failed", ("error", ex.ToString()));
                 }
             }
         }

@@ -38,6 +38,7 @@ internal static unsafe partial class EpollNative
 
     // <errno.h> (Linux numbering)
     public const int EINTR = 4;
+    public const int EBADF = 9;
     public const int EAGAIN = 11;
     public const int EINVAL = 22;
     public const int ECONNABORTED = 103;
@@ -107,7 +108,7 @@ internal static unsafe partial class EpollNative
         103 => SocketError.ConnectionAborted,   // ECONNABORTED
         113 => SocketError.HostUnreachable,     // EHOSTUNREACH
         101 => SocketError.NetworkUnreachable,  // ENETUNREACH
-        9 => SocketError.OperationAborted,      // EBADF
+        EBADF => SocketError.OperationAborted,
         _ => SocketError.SocketError,
     };
 }

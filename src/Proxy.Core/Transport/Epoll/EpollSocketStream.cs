@@ -465,7 +465,7 @@ internal sealed class EpollSocketStream : Stream
         }
         catch (ObjectDisposedException)
         {
-            errno = 9; // EBADF: the socket was closed
+            errno = EpollNative.EBADF; // the socket was closed
             return -1;
         }
         finally
