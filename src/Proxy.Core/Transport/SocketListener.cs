@@ -3,19 +3,24 @@ using System.Net.Sockets;
 using Proxy.Diagnostics;
 using Proxy.Http1;
 using Proxy.Model;
+using Proxy.Transport.Epoll;
 using Proxy.Transport.Tls;
 
 namespace Proxy.Transport;
 
 /// <summary>
-/// The accept loop of one listener. Each accepted socket gets TCP_NODELAY and an HTTP/1.1 connection whose
-/// processing starts inline on the accepting thread until its first read goes pending.
+/// The accept loop of one listener. Each accepted socket gets an HTTP/1.1 connection whose processing starts inline
+/// on the accepting thread until its first read goes pending. With <see cref="SocketPipes.UseEpoll"/> the epoll
+/// engines accept (<see cref="EpollAcceptor"/>), so a connection runs on one thread from accept to close; otherwise
+/// a loop over the runtime's AcceptAsync.
 /// </summary>
-internal sealed class SocketListener
+internal sealed class SocketListener : IEpollAcceptHandler
 {
     private readonly ProxyRuntime _runtime;
     private readonly Socket _socket;
     private Task? _acceptLoop;
+    private EpollAcceptor? _acceptor;
+    private volatile bool _stopping;
     /// <summary>Checks the TLS certificate files for changes (stat only) once per <see cref="CertificateCheckInterval"/>.</summary>
     private Timer? _certificateCheck;
 
@@ -32,6 +37,9 @@ internal sealed class SocketListener
             _socket.DualMode = true;
         }
         _socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+        // Linux copies TCP_NODELAY from the listening socket to every accepted one (the child socket is a clone of
+        // the listener's): one setsockopt here instead of one per connection (SocketListenerTests checks it).
+        _socket.NoDelay = true;
     }
 
     private volatile ListenerModel _model;
@@ -67,7 +75,16 @@ internal sealed class SocketListener
         _socket.Bind(Model.EndPoint);
         _socket.Listen(4096);
         EndPoint = (IPEndPoint)_socket.LocalEndPoint!;
-        _acceptLoop = AcceptLoopAsync();
+        if (SocketPipes.UseEpoll)
+        {
+            _acceptor = new EpollAcceptor(_socket, this);
+            _acceptLoop = Task.CompletedTask;
+            _acceptor.Start();
+        }
+        else
+        {
+            _acceptLoop = AcceptLoopAsync();
+        }
         EnsureCertificateCheck();
         ProxyLog.Info("listener_started", ("listener", Model.Name), ("address", EndPoint.ToString()), ("handler", Model.Handler.ToString().ToLowerInvariant()));
     }
@@ -86,7 +103,10 @@ internal sealed class SocketListener
 
     public async Task StopAsync()
     {
+        _stopping = true;
         _certificateCheck?.Dispose();
+        // Out of every epoll set before the close: Socket.Close would wait for the engines' references otherwise.
+        _acceptor?.Stop();
         try
         {
             _socket.Close();
@@ -138,19 +158,64 @@ internal sealed class SocketListener
                 continue;
             }
 
-            client.NoDelay = true;
-            model = Model;
-            model.Metrics?.Accepted();
-            if (model.Tls is not null)
+            if (!OperatingSystem.IsLinux())
             {
-                // The handshake (a key exchange and a signature, plus waiting for the client) runs on the thread
-                // pool so that the next accept never waits for it.
-                ThreadPool.UnsafeQueueUserWorkItem(static state => _ = TlsTransport.AcceptAsync(state.Runtime, state.Model, state.Client, state.Origin),
-                    (Runtime: _runtime, Model: model, Client: client, Origin: (object)this), preferLocal: false);
-                continue;
+                client.NoDelay = true; // inheritance from the listening socket is only checked on Linux
             }
-            var connection = new Http1ServerConnection(_runtime, model, new SocketTransport(client)) { Origin = this };
-            _ = connection.RunAsync();
+            StartConnection(client);
         }
+    }
+
+    /// <summary>Starts a connection on an accepted socket, inline on the accepting thread.</summary>
+    private void StartConnection(Socket client)
+    {
+        ListenerModel model = Model;
+        model.Metrics?.Accepted();
+        if (model.Tls is not null)
+        {
+            // The handshake (a key exchange and a signature, plus waiting for the client) runs on the thread
+            // pool so that the next accept never waits for it.
+            ThreadPool.UnsafeQueueUserWorkItem(static state => _ = TlsTransport.AcceptAsync(state.Runtime, state.Model, state.Client, state.Origin),
+                (Runtime: _runtime, Model: model, Client: client, Origin: (object)this), preferLocal: false);
+            return;
+        }
+        var connection = new Http1ServerConnection(_runtime, model, new SocketTransport(client)) { Origin = this };
+        _ = connection.RunAsync();
+    }
+
+    // The connection cap, as in AcceptLoopAsync: the admin listener is exempt.
+    bool IEpollAcceptHandler.CanAccept()
+        => Model.Handler == ListenerHandler.Admin || _runtime.Registry.Count < _runtime.Current.Server.MaxConnections;
+
+    void IEpollAcceptHandler.OnAccepted(Socket socket) => StartConnection(socket);
+
+    void IEpollAcceptHandler.OnPaused(int errno)
+    {
+        if (errno == 0)
+        {
+            Model.Metrics?.Refused(); // counts pauses, not connections: nobody is turned away
+        }
+        else
+        {
+            ProxyLog.Error("accept_failed", ("listener", Model.Name), ("error", $"errno {errno}"));
+        }
+        _ = ResumeAsync(errno);
+    }
+
+    /// <summary>
+    /// Off the engine thread: waits until the registry is below the cap (polled, like AcceptLoopAsync: this only runs
+    /// while overloaded), or 50 ms after an accept error, then lets the engines accept again.
+    /// </summary>
+    private async Task ResumeAsync(int errno)
+    {
+        if (errno != 0)
+        {
+            await Task.Delay(50).ConfigureAwait(false);
+        }
+        while (!_stopping && _runtime.Registry.Count >= _runtime.Current.Server.MaxConnections && Model.Handler != ListenerHandler.Admin)
+        {
+            await Task.Delay(5).ConfigureAwait(false);
+        }
+        _acceptor!.Resume();
     }
 }

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Proxy.Diagnostics;
 
 namespace Proxy.Transport.Epoll;
 
@@ -23,12 +24,15 @@ internal sealed unsafe class EpollEngine
 
     private static readonly Lazy<EpollEngine[]> s_engines = new(CreateEngines);
     private static int s_next;
+    [ThreadStatic]
+    private static EpollEngine? t_current;
 
     private readonly int _epfd;
     private readonly Lock _lock = new();
     // Guarded by _lock for writes; the engine thread reads the array reference and its elements without the lock
     // (a stale read finds a stream whose token no longer matches, or null, and drops the event).
-    private EpollSocketStream?[] _slots = new EpollSocketStream?[256];
+    // Each slot holds an EpollSocketStream or an EpollAcceptor.Registration (a listening socket).
+    private object?[] _slots = new object?[256];
     private int[] _free = new int[256];
     private int _freeCount;
     private int _used;
@@ -47,6 +51,12 @@ internal sealed unsafe class EpollEngine
 
     /// <summary>True when the engine can run here (Linux only).</summary>
     public static bool IsSupported => OperatingSystem.IsLinux();
+
+    /// <summary>The engine whose thread is running, or null off the engine threads.</summary>
+    public static EpollEngine? Current => t_current;
+
+    /// <summary>Every engine (created on first use): a listening socket is registered with each.</summary>
+    public static EpollEngine[] All => s_engines.Value;
 
     /// <summary>The next engine, round robin.</summary>
     public static EpollEngine Next()
@@ -70,7 +80,12 @@ internal sealed unsafe class EpollEngine
     /// Adds <paramref name="fd"/> to the epoll set and sets <see cref="EpollSocketStream.Token"/> before the first
     /// event can arrive (EPOLL_CTL_ADD reports an already-ready socket at once).
     /// </summary>
-    public void Register(EpollSocketStream stream, int fd, uint events)
+    public void Register(EpollSocketStream stream, int fd, uint events) => Register((object)stream, fd, events);
+
+    /// <summary>Adds a listening socket (see <see cref="EpollAcceptor"/>); sets the registration's token first.</summary>
+    public void Register(EpollAcceptor.Registration registration, int fd, uint events) => Register((object)registration, fd, events);
+
+    private void Register(object handler, int fd, uint events)
     {
         int index;
         ulong token;
@@ -86,21 +101,39 @@ internal sealed unsafe class EpollEngine
                 {
                     // Grow by copy: the engine thread may still read the old array, whose entries stay valid objects.
                     Array.Resize(ref _free, _slots.Length * 2);
-                    var slots = new EpollSocketStream?[_slots.Length * 2];
+                    var slots = new object?[_slots.Length * 2];
                     Array.Copy(_slots, slots, _slots.Length);
                     Volatile.Write(ref _slots, slots);
                 }
                 index = _used++;
             }
             token = (ulong)(uint)index | ((ulong)++_generation << 32);
-            stream.Token = token;
-            Volatile.Write(ref _slots[index], stream);
+            if (handler is EpollSocketStream stream)
+            {
+                stream.Token = token;
+            }
+            else
+            {
+                ((EpollAcceptor.Registration)handler).Token = token;
+            }
+            Volatile.Write(ref _slots[index], handler);
         }
         byte* evt = stackalloc byte[16];
         EpollNative.WriteEvent(evt, events | EpollNative.EPOLLET, token);
         if (EpollNative.EpollCtl(_epfd, EpollNative.EPOLL_CTL_ADD, fd, evt) != 0)
         {
             int errno = Marshal.GetLastPInvokeError();
+            if (errno == EpollNative.EINVAL && (events & EpollNative.EPOLLEXCLUSIVE) != 0)
+            {
+                // Kernels before 4.5 know no EPOLLEXCLUSIVE: every engine then wakes for a new connection, and all
+                // but one find nothing to accept.
+                EpollNative.WriteEvent(evt, (events & ~EpollNative.EPOLLEXCLUSIVE) | EpollNative.EPOLLET, token);
+                if (EpollNative.EpollCtl(_epfd, EpollNative.EPOLL_CTL_ADD, fd, evt) == 0)
+                {
+                    return;
+                }
+                errno = Marshal.GetLastPInvokeError();
+            }
             Release(token);
             throw new IOException($"epoll_ctl(ADD) failed: errno {errno}");
         }
@@ -134,7 +167,7 @@ internal sealed unsafe class EpollEngine
         int index = (int)(uint)token;
         lock (_lock)
         {
-            if (_slots[index] is { } stream && stream.Token == token)
+            if (_slots[index] is { } handler && TokenOf(handler) == token)
             {
                 Volatile.Write(ref _slots[index], null);
                 _free[_freeCount++] = index;
@@ -142,8 +175,12 @@ internal sealed unsafe class EpollEngine
         }
     }
 
+    private static ulong TokenOf(object handler)
+        => handler is EpollSocketStream stream ? stream.Token : ((EpollAcceptor.Registration)handler).Token;
+
     private void Run()
     {
+        t_current = this;
         int size = EpollNative.EventSize;
         int dataOffset = EpollNative.EventDataOffset;
         byte* events = (byte*)NativeMemory.Alloc((nuint)(MaxEvents * size));
@@ -167,24 +204,31 @@ internal sealed unsafe class EpollEngine
                 ulong token = System.Runtime.CompilerServices.Unsafe.ReadUnaligned<ulong>(e + dataOffset);
                 int index = (int)(uint)token;
                 // Read the array per event: a socket registered during this batch may live in a grown copy.
-                EpollSocketStream?[] slots = Volatile.Read(ref _slots);
+                object?[] slots = Volatile.Read(ref _slots);
                 if ((uint)index >= (uint)slots.Length)
                 {
                     continue;
                 }
-                EpollSocketStream? stream = Volatile.Read(ref slots[index]);
-                if (stream is null || stream.Token != token)
-                {
-                    continue;
-                }
+                object? handler = Volatile.Read(ref slots[index]);
                 try
                 {
-                    stream.OnEvents(flags);
+                    // Sockets first: an exact type check on a sealed class, no interface dispatch per event.
+                    if (handler is EpollSocketStream stream)
+                    {
+                        if (stream.Token == token)
+                        {
+                            stream.OnEvents(flags);
+                        }
+                    }
+                    else if (handler is EpollAcceptor.Registration registration && registration.Token == token)
+                    {
+                        registration.Owner.OnReadable();
+                    }
                 }
                 catch (Exception ex)
                 {
                     // Continuations run inline here; an escaping exception must not stop every socket of this engine.
-                    Console.Error.WriteLine($"epoll engine: unhandled exception in a completion: {ex}");
+                    ProxyLog.Error("epoll_completion_failed", ("error", ex.ToString()));
                 }
             }
         }

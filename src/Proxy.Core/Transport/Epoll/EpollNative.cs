@@ -19,6 +19,7 @@ internal static unsafe partial class EpollNative
     public const uint EPOLLERR = 0x008;
     public const uint EPOLLHUP = 0x010;
     public const uint EPOLLRDHUP = 0x2000;
+    public const uint EPOLLEXCLUSIVE = 1u << 28;
     public const uint EPOLLET = 1u << 31;
     public const int EPOLL_CTL_ADD = 1;
     public const int EPOLL_CTL_DEL = 2;
@@ -28,6 +29,8 @@ internal static unsafe partial class EpollNative
     // <sys/socket.h>
     public const int MSG_DONTWAIT = 0x40;
     public const int MSG_NOSIGNAL = 0x4000;
+    public const int SOCK_NONBLOCK = 0x800;
+    public const int SOCK_CLOEXEC = 0x80000;
 
     // <poll.h>
     public const short POLLIN = 0x001;
@@ -35,7 +38,10 @@ internal static unsafe partial class EpollNative
 
     // <errno.h> (Linux numbering)
     public const int EINTR = 4;
+    public const int EBADF = 9;
     public const int EAGAIN = 11;
+    public const int EINVAL = 22;
+    public const int ECONNABORTED = 103;
 
     /// <summary>
     /// struct epoll_event is packed on x86-64 (12 bytes: events at 0, data at 4) and naturally aligned elsewhere
@@ -58,6 +64,20 @@ internal static unsafe partial class EpollNative
 
     [LibraryImport(Libc, EntryPoint = "send", SetLastError = true)]
     public static partial nint Send(int fd, byte* buffer, nuint length, int flags);
+
+    [LibraryImport(Libc, EntryPoint = "accept4", SetLastError = true)]
+    public static partial int Accept4(int fd, byte* address, int* addressLength, int flags);
+
+    // <fcntl.h> (variadic in C; the third argument is an int in the integer registers either way on Linux ABIs)
+    public const int F_GETFL = 3;
+    public const int F_SETFL = 4;
+    public const int O_NONBLOCK = 0x800;
+
+    [LibraryImport(Libc, EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int Fcntl(int fd, int command, int argument);
+
+    [LibraryImport(Libc, EntryPoint = "close", SetLastError = true)]
+    public static partial int Close(int fd);
 
     [LibraryImport(Libc, EntryPoint = "poll", SetLastError = true)]
     public static partial int Poll(PollFd* fds, nuint count, int timeout);
@@ -88,7 +108,7 @@ internal static unsafe partial class EpollNative
         103 => SocketError.ConnectionAborted,   // ECONNABORTED
         113 => SocketError.HostUnreachable,     // EHOSTUNREACH
         101 => SocketError.NetworkUnreachable,  // ENETUNREACH
-        9 => SocketError.OperationAborted,      // EBADF
+        EBADF => SocketError.OperationAborted,
         _ => SocketError.SocketError,
     };
 }

@@ -80,7 +80,9 @@ internal sealed class EpollSocketStream : Stream
         _read.Drained = connecting ? 0 : -1;
         _write.Drained = connecting ? 0 : -1;
         _fd = (int)_handle.DangerousGetHandle();
-        _engine = EpollEngine.Next();
+        // An accepted socket stays on the engine whose thread accepted it (EpollAcceptor): its events then arrive on
+        // the thread that already runs its connection, with no thread switch. Connects are spread round robin.
+        _engine = connecting ? EpollEngine.Next() : EpollEngine.Current ?? EpollEngine.Next();
         if (connecting && !EnsureWatching(writes: true))
         {
             throw new ObjectDisposedException(nameof(Socket));
@@ -529,7 +531,7 @@ internal sealed class EpollSocketStream : Stream
         }
         catch (ObjectDisposedException)
         {
-            errno = 9; // EBADF: the socket was closed
+            errno = EpollNative.EBADF; // the socket was closed
             return -1;
         }
         finally
