@@ -263,6 +263,9 @@ internal static class Program
                     reloading.ReopenLogs();
                 });
             }
+            // A NativeAOT binary starts with the soft open-file limit it was given (1,024 for a Debian service), where the
+            // JIT runtime raises it to the hard limit: raise it likewise, and warn when max_connections needs more.
+            OpenFileLimit.RaiseFor(server.Snapshot.Server.MaxConnections);
             // The OTLP exporter is built before the listeners bind, so the first request is already traced.
             tracing = Telemetry.StartTracing(server.Snapshot.Observability.Tracing, Version);
             metrics = Telemetry.StartMetrics(server.Snapshot.Observability.Metrics, Version);
