@@ -16,17 +16,8 @@ public class EpollPipeTests
 {
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
 
-    private static (Socket Server, Socket Client) Pair()
-    {
-        using var listener = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen();
-        var client = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        client.Connect(listener.LocalEndPoint!);
-        Socket server = listener.Accept();
-        server.NoDelay = true;
-        return (server, client);
-    }
+    /// <summary>A connected loopback pair (the client side is never registered with any engine).</summary>
+    private static (Socket Server, Socket Client) Pair() => LoopbackPair.Create();
 
     /// <summary>Direct pipes on a fresh epoll stream, as SocketPipes builds them for a client (or an upstream) socket.</summary>
     private static (EpollSocketStream Stream, EpollPipeReader Input, EpollPipeWriter Output) Pipes(Socket server, bool upstream = false)

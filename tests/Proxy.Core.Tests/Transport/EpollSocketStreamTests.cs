@@ -14,18 +14,8 @@ public class EpollSocketStreamTests
 {
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
 
-    /// <summary>A connected pair; the client side is a plain blocking Socket (never registered with any engine).</summary>
-    private static (Socket Server, Socket Client) Pair()
-    {
-        using var listener = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen();
-        var client = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        client.Connect(listener.LocalEndPoint!);
-        Socket server = listener.Accept();
-        server.NoDelay = true;
-        return (server, client);
-    }
+    /// <summary>A connected loopback pair (the client side is never registered with any engine).</summary>
+    private static (Socket Server, Socket Client) Pair() => LoopbackPair.Create();
 
     private static async Task<T> Within<T>(ValueTask<T> task) => await task.AsTask().WaitAsync(s_timeout);
 
