@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Net;
 using System.Net.Sockets;
 using System.Text;
 
@@ -12,26 +11,14 @@ namespace Proxy.Benchmarks.EndToEnd;
 /// request stream that ends with its HEADERS with the same pre-encoded HEADERS + DATA (a 100-byte body). One blocking
 /// thread per connection; it allocates nothing per request, so the measured allocation is the proxy's.
 /// </summary>
-internal sealed class FixedH2cResponseUpstream : IDisposable
+internal sealed class FixedH2cResponseUpstream : BlockingUpstream
 {
     // HEADERS (END_HEADERS): 0x88 ":status: 200"; content-type (static 31) and content-length (static 28) as
     // literals without indexing (RFC 7541 section 6.2.2). Then DATA (END_STREAM) with the body.
     private static readonly byte[] s_headerBlock = [0x88, 0x0F, 0x10, 0x0A, .. "text/plain"u8, 0x0F, 0x0D, 0x03, .. "100"u8];
     private static readonly byte[] s_response = BuildResponse();
 
-    private readonly Socket _listener = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-
-    public FixedH2cResponseUpstream()
-    {
-        _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _listener.Listen(16);
-        Port = ((IPEndPoint)_listener.LocalEndPoint!).Port;
-        new Thread(AcceptLoop) { IsBackground = true }.Start();
-    }
-
-    public int Port { get; }
-
-    public void Dispose() => _listener.Dispose();
+    public FixedH2cResponseUpstream() : base(backlog: 16) => Start();
 
     private static byte[] BuildResponse()
     {
@@ -54,26 +41,8 @@ internal sealed class FixedH2cResponseUpstream : IDisposable
         destination[4] = flags;
     }
 
-    private void AcceptLoop()
-    {
-        while (true)
-        {
-            Socket connection;
-            try
-            {
-                connection = _listener.Accept();
-            }
-            catch (Exception)
-            {
-                return;
-            }
-            connection.NoDelay = true;
-            new Thread(() => Serve(connection)) { IsBackground = true }.Start();
-        }
-    }
-
     /// <summary>Skips the preface, sends an empty SETTINGS, acknowledges the proxy's, answers each request stream.</summary>
-    private static void Serve(Socket connection)
+    protected override void Serve(Socket connection)
     {
         var buffer = new byte[256 * 1024];
         var response = (byte[])s_response.Clone();

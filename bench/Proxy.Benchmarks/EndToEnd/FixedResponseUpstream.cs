@@ -1,4 +1,3 @@
-using System.Net;
 using System.Net.Sockets;
 
 namespace Proxy.Benchmarks.EndToEnd;
@@ -11,44 +10,18 @@ namespace Proxy.Benchmarks.EndToEnd;
 /// A request body is not parsed: it stays in the buffer until the next head's CRLFCRLF, so a body must not contain
 /// CRLFCRLF, and one body plus one head must fit the 16 KiB buffer.
 /// </summary>
-internal sealed class FixedResponseUpstream : IDisposable
+internal sealed class FixedResponseUpstream : BlockingUpstream
 {
-    private readonly Socket _listener = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
     private readonly byte[] _response;
 
-    public FixedResponseUpstream(byte[] response)
+    // Room for a pool's worth of connections opened at once (the tests' sixteen busy client connections).
+    public FixedResponseUpstream(byte[] response) : base(backlog: 64)
     {
         _response = response;
-        _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        // Room for a pool's worth of connections opened at once (the tests' sixteen busy client connections).
-        _listener.Listen(64);
-        Port = ((IPEndPoint)_listener.LocalEndPoint!).Port;
-        new Thread(AcceptLoop) { IsBackground = true }.Start();
+        Start();
     }
 
-    public int Port { get; }
-
-    public void Dispose() => _listener.Dispose();
-
-    private void AcceptLoop()
-    {
-        while (true)
-        {
-            Socket connection;
-            try
-            {
-                connection = _listener.Accept();
-            }
-            catch (Exception)
-            {
-                return;
-            }
-            connection.NoDelay = true;
-            new Thread(() => Serve(connection)) { IsBackground = true }.Start();
-        }
-    }
-
-    private void Serve(Socket connection)
+    protected override void Serve(Socket connection)
     {
         var buffer = new byte[16 * 1024];
         int filled = 0;
