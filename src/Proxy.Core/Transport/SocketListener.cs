@@ -128,10 +128,10 @@ internal sealed class SocketListener : IEpollAcceptHandler
             // At the connection cap, stop accepting (like nginx and HAProxy): new connections wait in the kernel's
             // backlog until one closes, instead of being accepted and dropped. Polled: only runs while overloaded.
             // The admin listener is exempt: an operator must be able to look inside a proxy that is full.
-            if (model.Handler != ListenerHandler.Admin && _runtime.Registry.Count >= _runtime.Current.Server.MaxConnections)
+            if (AtConnectionCap)
             {
                 model.Metrics?.Refused(); // counts pauses, not connections: nobody is turned away
-                while (_runtime.Registry.Count >= _runtime.Current.Server.MaxConnections)
+                while (AtConnectionCap)
                 {
                     await Task.Delay(5).ConfigureAwait(false);
                 }
@@ -183,9 +183,14 @@ internal sealed class SocketListener : IEpollAcceptHandler
         _ = connection.RunAsync();
     }
 
-    // The connection cap, as in AcceptLoopAsync: the admin listener is exempt.
-    bool IEpollAcceptHandler.CanAccept()
-        => Model.Handler == ListenerHandler.Admin || _runtime.Registry.Count < _runtime.Current.Server.MaxConnections;
+    /// <summary>
+    /// At <c>server.max_connections</c> open client connections: stop accepting (like nginx and HAProxy) until one
+    /// closes. The admin listener is exempt: an operator must be able to look inside a proxy that is full.
+    /// </summary>
+    private bool AtConnectionCap
+        => Model.Handler != ListenerHandler.Admin && _runtime.Registry.Count >= _runtime.Current.Server.MaxConnections;
+
+    bool IEpollAcceptHandler.CanAccept() => !AtConnectionCap;
 
     void IEpollAcceptHandler.OnAccepted(Socket socket) => StartConnection(socket);
 
@@ -212,7 +217,7 @@ internal sealed class SocketListener : IEpollAcceptHandler
         {
             await Task.Delay(50).ConfigureAwait(false);
         }
-        while (!_stopping && _runtime.Registry.Count >= _runtime.Current.Server.MaxConnections && Model.Handler != ListenerHandler.Admin)
+        while (!_stopping && AtConnectionCap)
         {
             await Task.Delay(5).ConfigureAwait(false);
         }
