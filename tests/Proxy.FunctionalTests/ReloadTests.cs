@@ -398,7 +398,13 @@ public sealed class ReloadTests : IDisposable
             {
                 Assert.Fail($"proxy exited {process.ExitCode}:\n{await stdout}\n{await stderr}");
             }
-            Assert.True(status == 200, $"SIGHUP did not reload (last status {status})");
+            if (status != 200)
+            {
+                // Once seen under heavy parallel load and not reproduced: the proxy's own log says whether the signal
+                // arrived and what the reload did, so a recurrence explains itself.
+                process.Kill();
+                Assert.Fail($"SIGHUP did not reload (last status {status}); proxy output:\n{await stdout}\n{await stderr}");
+            }
             Assert.False(process.HasExited);
         }
         finally
