@@ -103,13 +103,33 @@ public sealed class TrafficRoutingTests
             "clusters: [{ name: stable, weight: 50 }, { name: canary, weight: 50 }], canary: { cluster: canary, cookie: { name: c, value: \"1\" } }"));
         var route = proxy.Server.Snapshot.Routes.Match(Head("cookie: a=b; c=0"), 0)!;
         var head = Head("cookie: a=b; c=0");
-        route.SelectCluster(head);
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 1000; i++)
+        long allocated = BestOfRounds(() => route.SelectCluster(head), iterations: 1000);
+        Assert.Equal(0, allocated);
+    }
+
+    /// <summary>
+    /// The fewest bytes this thread allocated over <paramref name="iterations"/> calls in any of three rounds, after a
+    /// warming round: the runtime may allocate once on this thread while it re-tiers a hot loop (tiered compilation,
+    /// on-stack replacement), which hits one round at most; a per-call allocation shows in every round. The unit
+    /// tests' SteadyStateAllocation does the same; this project does not reference that one.
+    /// </summary>
+    private static long BestOfRounds(Action iteration, int iterations)
+    {
+        for (int i = 0; i < iterations; i++)
         {
-            route.SelectCluster(head);
+            iteration();
         }
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        long best = long.MaxValue;
+        for (int round = 0; round < 3; round++)
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < iterations; i++)
+            {
+                iteration();
+            }
+            best = Math.Min(best, GC.GetAllocatedBytesForCurrentThread() - before);
+        }
+        return best;
     }
 
     private static Proxy.Http.RequestHead Head(string field)

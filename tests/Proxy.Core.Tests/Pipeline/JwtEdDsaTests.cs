@@ -132,15 +132,10 @@ public sealed class JwtEdDsaTests : IDisposable
         long now = JwtTestKeys.Now.ToUnixTimeSeconds();
         Assert.Equal(JwtResult.Valid, filter.Verify(token, now, out _));
         Assert.Equal(JwtResult.Valid, filter.Verify(token, now, out _));
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 100; i++)
-        {
-            filter.Verify(token, now, out _);
-        }
-        // As in JwtFilterTests: a per-call allocation would be kilobytes; the runtime may allocate a few bytes once.
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.True(allocated < 1024, $"{allocated} bytes allocated over 100 Ed25519 verifications");
-        Assert.Equal(102, filter.VerificationCount);
+        long allocated = SteadyStateAllocation.BestOfRounds(() => filter.Verify(token, now, out _), iterations: 1000);
+        Assert.True(allocated < 1024, $"{allocated} bytes allocated over 1000 Ed25519 verifications (best of three rounds)");
+        // The two checks above, a warming round and three measured rounds: every call verified the signature.
+        Assert.Equal(2 + 4 * 1000, filter.VerificationCount);
     }
 
     [Fact]
@@ -150,13 +145,8 @@ public sealed class JwtEdDsaTests : IDisposable
         var context = RateLimitTests.Context($"GET /orders HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {Sign("""{"alg":"EdDSA","kid":"ed1"}""")}\r\n\r\n");
         Assert.Equal(FilterStatus.Continue, filter.OnRequestHeaders(context));
         Assert.Equal(FilterStatus.Continue, filter.OnRequestHeaders(context));
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 100; i++)
-        {
-            filter.OnRequestHeaders(context);
-        }
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.True(allocated < 1024, $"{allocated} bytes allocated over the loop");
+        long allocated = SteadyStateAllocation.BestOfRounds(() => filter.OnRequestHeaders(context), iterations: 1000);
+        Assert.True(allocated < 1024, $"{allocated} bytes allocated over the loop (best of three rounds)");
         Assert.Equal(1, filter.VerificationCount);
     }
 

@@ -106,13 +106,8 @@ public class JwtRolesPathTests
         var context = RateLimitTests.Context($"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {Token(Keycloak)}\r\n\r\n");
         Assert.Equal(FilterStatus.Continue, filter.OnRequestHeaders(context));
         Assert.Equal(FilterStatus.Continue, filter.OnRequestHeaders(context));
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 100; i++)
-        {
-            filter.OnRequestHeaders(context);
-        }
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.True(allocated < 1024, $"{allocated} bytes allocated over the loop");
+        long allocated = SteadyStateAllocation.BestOfRounds(() => filter.OnRequestHeaders(context), iterations: 1000);
+        Assert.True(allocated < 1024, $"{allocated} bytes allocated over the loop (best of three rounds)");
     }
 
     [Fact]
@@ -127,13 +122,8 @@ public class JwtRolesPathTests
         long now = JwtTestKeys.Now.ToUnixTimeSeconds();
         Assert.Equal(JwtResult.Valid, filter.Verify(token, now, out _));
         Assert.Equal(JwtResult.Valid, filter.Verify(token, now, out _));
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 100; i++)
-        {
-            filter.Verify(token, now, out _);
-        }
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.True(allocated < 1024, $"{allocated} bytes allocated over 100 verifications");
+        long allocated = SteadyStateAllocation.BestOfRounds(() => filter.Verify(token, now, out _), iterations: 1000);
+        Assert.True(allocated < 1024, $"{allocated} bytes allocated over 1000 verifications (best of three rounds)");
     }
 
     private static string[] Errors(string rolesClaim)

@@ -41,18 +41,30 @@ public sealed class TlsSteadyStateTests
             RoundTrip(ssl, request, receive, length);
         }
 
+        // The best of three rounds: the runtime may allocate once while it re-tiers a hot loop (on this thread or the
+        // proxy's), and a test in another collection may allocate during a round; either hits one round at most,
+        // while a per-request allocation by the proxy shows in every round.
         const int Requests = 5000;
-        long before = GC.GetTotalAllocatedBytes(precise: true);
-        long clientBefore = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < Requests; i++)
+        long proxied = long.MaxValue;
+        long client = 0;
+        for (int round = 0; round < 3; round++)
         {
-            RoundTrip(ssl, request, receive, length);
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            long clientBefore = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < Requests; i++)
+            {
+                RoundTrip(ssl, request, receive, length);
+            }
+            // The client runs synchronously on this thread; the proxy's work runs on socket and pool threads.
+            long roundClient = (GC.GetAllocatedBytesForCurrentThread() - clientBefore) / Requests;
+            long roundProxied = (GC.GetTotalAllocatedBytes(precise: true) - before) / Requests - roundClient;
+            if (roundProxied < proxied)
+            {
+                (proxied, client) = (roundProxied, roundClient);
+            }
         }
-        // The client runs synchronously on this thread; the proxy's work runs on socket and pool threads.
-        long client = (GC.GetAllocatedBytesForCurrentThread() - clientBefore) / Requests;
-        long proxied = (GC.GetTotalAllocatedBytes(precise: true) - before) / Requests - client;
 
-        Assert.True(proxied < 100, $"{proxied} bytes allocated per proxied TLS request by the proxy ({client} by the client) in steady state");
+        Assert.True(proxied < 100, $"{proxied} bytes allocated per proxied TLS request by the proxy ({client} by the client) in steady state (best of three rounds)");
     }
 
     private static int RoundTrip(SslStream client, byte[] request, byte[] receive, int expected)
