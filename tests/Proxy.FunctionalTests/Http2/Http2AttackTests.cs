@@ -15,7 +15,7 @@ public sealed class Http2AttackTests
         await TestProxy.StartAsync(Http2ServerTests.WithHttp2Limits(new ProxyConfig { BackendPort = Ports.ClosedPort() }, http2Limits));
 
     /// <summary>A new connection gets a normal answer over HTTP/2 and HTTP/1.1: the process is healthy.</summary>
-    private static async Task AssertHealthyAsync(TestProxy proxy)
+    internal static async Task AssertHealthyAsync(TestProxy proxy)
     {
         await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
         await client.SendHeadersAsync(1, endStream: true, Http2TestClient.Get("/hello"));
