@@ -27,14 +27,6 @@ public sealed class Http1WireFuzzTests
         "GET /hello HTTP/1.1\r\nHost: a\r\n\r\n",
     ];
 
-    private static readonly string[] Inserts =
-    [
-        "\r\n", "\n", "\r", " ", "\t", ":", "\0", "0", "-", ",", ";ext=1", "chunked", "\x7f", "\xff", "\r\n\r\n",
-        "Content-Length: 3\r\n", "Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n", "Transfer-Encoding: gzip\r\n",
-        "Host: b\r\n", " HTTP/1.1", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", "Expect: 100-continue\r\n", "Connection: close\r\n",
-        "ffffffffffffffffff", "X: a\r\n b\r\n",
-    ];
-
     [Fact]
     public async Task MutatedRequests_AnsweredWellFormedOrRefused_NothingSmuggled()
     {
@@ -45,7 +37,7 @@ public sealed class Http1WireFuzzTests
         for (int i = 0; i < Cases; i++)
         {
             var random = new Random(Seed + i);
-            byte[] request = Mutate(random, Encoding.Latin1.GetBytes(Requests[random.Next(Requests.Length)]));
+            byte[] request = WireMutator.Mutate(random, Requests[random.Next(Requests.Length)]);
             int upstreamBefore = scenario.Upstream.Requests.Length;
 
             await using var client = await proxy.ConnectAsync();
@@ -59,7 +51,7 @@ public sealed class Http1WireFuzzTests
                 // The proxy refused early and closed while we were still writing: what it sent is read below.
             }
             var result = await client.ReadToCloseAsync(TimeSpan.FromSeconds(10));
-            string sent = Encoding.Latin1.GetString(request).Replace("\r", "\\r", StringComparison.Ordinal).Replace("\n", "\\n", StringComparison.Ordinal);
+            string sent = WireMutator.Show(request);
             Assert.True(result.Closed, $"case {i} (seed {Seed + i}): connection still open 10 s after the client's FIN; sent: {sent}");
 
             var responses = await ParseResponsesAsync(result.Bytes, i, sent);
@@ -89,34 +81,87 @@ public sealed class Http1WireFuzzTests
         Assert.Equal("hello\n", await http.GetStringAsync(new Uri(proxy.PublicUri, "/hello")));
     }
 
-    /// <summary>One to three edits: insert a token, delete a few bytes, repeat a line, or change one byte.</summary>
-    private static byte[] Mutate(Random random, byte[] request)
+    private static readonly string[] Responses =
+    [
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "HTTP/1.1 204 No Content\r\n\r\n",
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the close",
+    ];
+
+    /// <summary>
+    /// The other direction: the upstream answers with a mutated response and closes. The client gets a well-formed
+    /// answer (the relayed response, or 502), possibly cut short when the upstream's body ended early; and the next
+    /// request through the pool gets its own answer: bytes left over from a malformed response are never read as the
+    /// response to another request (response desync).
+    /// </summary>
+    [Fact]
+    public async Task MutatedUpstreamResponses_RelayedOr502_NextRequestGetsItsOwnAnswer()
     {
-        var bytes = new List<byte>(request);
-        int edits = random.Next(1, 4);
-        for (int e = 0; e < edits && bytes.Count > 0; e++)
+        int cases = Cases * 2 / 3;
+        UpstreamHandler handler = async (connection, ct) =>
         {
-            int at = random.Next(bytes.Count + 1);
-            switch (random.Next(4))
+            while (await connection.ReadRequestAsync(ct) is { } request)
             {
-                case 0:
-                case 1:
-                    bytes.InsertRange(at, Encoding.Latin1.GetBytes(Inserts[random.Next(Inserts.Length)]));
-                    break;
-                case 2:
-                    at = Math.Min(at, bytes.Count - 1);
-                    bytes.RemoveRange(at, Math.Min(random.Next(1, 6), bytes.Count - at));
-                    break;
-                default:
-                    bytes[Math.Min(at, bytes.Count - 1)] = (byte)random.Next(256);
-                    break;
+                if (request.Target.StartsWith("/fuzz/", StringComparison.Ordinal))
+                {
+                    int i = int.Parse(request.Target.AsSpan("/fuzz/".Length), System.Globalization.CultureInfo.InvariantCulture);
+                    await connection.WriteAsync(MutatedResponse(i), ct);
+                    return;
+                }
+                await connection.WriteAsync(Wire.Response(200, "answer to " + request.Target), ct);
+            }
+        };
+        await using var scenario = await ProxyScenario.StartAsync(handler, config => config with { RequestTimeout = "3s" });
+        var proxy = scenario.Proxy;
+        var statuses = new SortedDictionary<int, int>();
+        for (int i = 0; i < cases; i++)
+        {
+            byte[] sent = MutatedResponse(i);
+            await using (var client = await proxy.ConnectAsync())
+            {
+                await client.SendAsync($"GET /fuzz/{i} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+                var result = await client.ReadToCloseAsync(TimeSpan.FromSeconds(10));
+                Assert.True(result.Closed, $"case {i} (seed {Seed + i}): client connection still open 10 s later; upstream sent: {WireMutator.Show(sent)}");
+                foreach (var response in await ParseResponsesAsync(result.Bytes, i, WireMutator.Show(sent), allowCutShort: true))
+                {
+                    statuses[response.Status] = statuses.GetValueOrDefault(response.Status) + 1;
+                }
+            }
+            // Keep-alive upstream connections stay pooled between cases: this request may well reuse one.
+            await using (var control = await proxy.ConnectAsync())
+            {
+                await control.SendAsync($"GET /control/{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+                var answer = await control.ReadResponseAsync(timeout: TimeSpan.FromSeconds(10));
+                Assert.True(answer.Status == 200 && answer.BodyText == $"answer to /control/{i}",
+                    $"case {i} (seed {Seed + i}): the next request got {answer.Status} '{answer.BodyText}'; upstream had sent: {WireMutator.Show(sent)}");
             }
         }
-        return [.. bytes];
+
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(15);
+        while (proxy.Server.OpenConnections > 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+        Assert.True(proxy.Server.OpenConnections == 0, $"{proxy.Server.OpenConnections} connection(s) still open after every client left");
+        string seen = string.Join(", ", statuses.Select(s => $"{s.Key}: {s.Value}"));
+        Assert.True(statuses.GetValueOrDefault(200) > 0, "nothing was relayed: " + seen);
+        Assert.True(statuses.GetValueOrDefault(502) > 0, "nothing was refused with 502: " + seen);
     }
 
-    /// <summary>Everything the proxy sent must be a sequence of complete, well-formed responses.</summary>
-    private static async Task<List<HttpMessage>> ParseResponsesAsync(byte[] bytes, int index, string sent)
+    private static byte[] MutatedResponse(int index)
+    {
+        var random = new Random(Seed + index);
+        return WireMutator.Mutate(random, Responses[random.Next(Responses.Length)]);
+    }
+
+    /// <summary>
+    /// Everything the proxy sent must be a sequence of well-formed responses; with <paramref name="allowCutShort"/>,
+    /// the last one may end early after its head (a relayed body the upstream cut short: the proxy can only close).
+    /// </summary>
+    private static async Task<List<HttpMessage>> ParseResponsesAsync(byte[] bytes, int index, string sent, bool allowCutShort = false)
     {
         var responses = new List<HttpMessage>();
         var reader = new WireReader(new MemoryStream(bytes));
@@ -131,6 +176,10 @@ public sealed class Http1WireFuzzTests
             {
                 // The fuzz never sends HEAD, so every response has the body its framing says.
                 responses.Add(await Http1Wire.ReadResponseAsync(reader, "GET", null, cts.Token));
+            }
+            catch (EndOfStreamException) when (allowCutShort && Encoding.Latin1.GetString(bytes).Contains("\r\n\r\n", StringComparison.Ordinal))
+            {
+                return responses;
             }
             catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException)
             {
