@@ -190,44 +190,162 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// <see cref="Http2Stream"/> runs the streams it carries on the same instance, with its forwarder (whose loop stays
     /// alive between streams) and pumps, so a proxied HTTP/2 request allocates no bridge. A bridge is not a client
     /// connection: it is not in the registry (its HTTP/2 connection is, and checks the bridge's deadlines from its
-    /// heartbeat) and takes no per-IP connection slot. Returns whether the instance may serve another stream: only
-    /// after an exchange that ended normally, with nothing of it still running (the forwarder parked); after an abort,
-    /// a timeout or an error, work of this exchange may still be in flight, and the stream takes a fresh bridge.
-    /// Pooled builder: the stream awaits the task, so the box goes back to the pool.
+    /// heartbeat) and takes no per-IP connection slot. The result says whether the instance may serve another stream:
+    /// only after an exchange that ended normally, with nothing of it still running (the forwarder parked); after an
+    /// abort, a timeout or an error, work of this exchange may still be in flight, and the stream takes a fresh bridge.
+    /// <para>The exchange runs in <see cref="StreamLoopAsync"/>, one long-lived loop per bridge, and the caller awaits a
+    /// reusable source, as with the forwarder: an async method per stream suspends (for the forwarder's answer) and
+    /// rents a box from the pooling builder each time, and with many connections interleaved on one thread its caches
+    /// (one box per thread and per core) nearly always missed (two boxes, about 250 B per request at 16 connections).</para>
     /// </summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    internal async ValueTask<bool> RunStreamAsync()
+    internal ValueTask<bool> RunStreamAsync()
     {
-        // Per-exchange state a previous stream may have left (the per-request fields are reset by the request loop).
-        Volatile.Write(ref _aborted, 0);
-        _draining = false;
-        _lingerOnClose = false;
-        _timedReader = null;
-        FiredTimeout = TimeoutKind.None;
-        bool clean = false;
-        try
+        if (!_streamParked)
         {
-            await ProcessRequestsAsync().ConfigureAwait(false);
-            clean = true;
+            // Only a bridge whose last exchange ended cleanly gets another stream, and a second awaiter on the sources
+            // would break both exchanges: fail this one instead (the caller's stream is refused, and it drops the bridge).
+            throw new InvalidOperationException("The bridge is still running the previous stream.");
         }
-        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
+        _streamParked = false;
+        _streamDone ??= new ReusableValueTaskSource<bool>();
+        _streamDone.Reset();
+        if (_streamNext is null)
         {
-            ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", e.ToString()));
+            // Created before the loop runs: it runs inline up to its first wait, and a direct answer ends the stream
+            // (and waits for the next one) before this call returns.
+            _streamNext = new ReusableValueTaskSource<bool>();
+            _ = StreamLoopAsync();
         }
-        catch (Exception e)
+        else
         {
-            ProxyLog.Error("connection_failed", ("listener", Listener.Name), ("client", ProxyLog.Format(RemoteEndPoint)), ("error", e.ToString()));
+            _streamNext.SetResult(true);
         }
-        finally
+        return _streamDone.Task;
+    }
+
+    // Bridges only, created by their first stream (an HTTP/1.1 connection never needs them): see RunStreamAsync.
+    private ReusableValueTaskSource<bool>? _streamNext;
+    private ReusableValueTaskSource<bool>? _streamDone;
+    /// <summary>The loop published its last stream's result and waits (or is about to wait) for the next one.</summary>
+    private volatile bool _streamParked = true;
+
+    /// <summary>
+    /// One iteration per stream this bridge carries: its one request (RFC 9113 section 8.1: a stream carries one
+    /// exchange) read, handled and ended as <see cref="ProcessRequestsAsync"/> does a connection's first request (less
+    /// the h2c preface check), then the close and the result. Every wait of a stream (the forwarder's answer above all,
+    /// a request head still in the pipe) is in this loop, whose one box lives as long as the bridge. Never ends while
+    /// the bridge is reused; a dropped bridge's loop waits for a stream that never comes, collected with it.
+    /// </summary>
+    private async Task StreamLoopAsync()
+    {
+        while (true)
         {
-            // Read before the close, which marks the instance closed (aborted) itself.
-            clean = clean && Volatile.Read(ref _aborted) == 0 && FiredTimeout == TimeoutKind.None && _forwarder.IsParked;
-            Disarm();
-            _forwarder.ReleaseUpstream();
-            await CloseGracefullyAsync().ConfigureAwait(false);
-            ReleaseState();
+            // Per-exchange state a previous stream may have left (the per-request fields are reset by BeginRequest).
+            Volatile.Write(ref _aborted, 0);
+            _draining = false;
+            _lingerOnClose = false;
+            _timedReader = null;
+            FiredTimeout = TimeoutKind.None;
+            bool clean = false;
+            try
+            {
+                HttpLimits limits = Listener.Limits;
+                _waitingForRequest = true;
+                Arm(TimeoutKind.RequestHead, limits.HeaderTimeout);
+                _timedReader = Input;
+                bool headRead = false;
+                while (true)
+                {
+                    ReadResult result = await Input.ReadAsync().ConfigureAwait(false);
+                    ReadOnlySequence<byte> buffer = result.Buffer;
+                    if (result.IsCanceled)
+                    {
+                        Input.AdvanceTo(buffer.Start, buffer.End);
+                        TimeoutKind fired = FiredTimeout;
+                        FiredTimeout = TimeoutKind.None;
+                        if (fired == TimeoutKind.RequestHead)
+                        {
+                            _waitingForRequest = false;
+                            await SendErrorAsync(408, RejectReason.HeaderTimeout.DetailsCode(), close: true).ConfigureAwait(false);
+                            break;
+                        }
+                        if (fired != TimeoutKind.None || _draining)
+                        {
+                            break;
+                        }
+                        continue; // a stale cancellation
+                    }
+                    if (!buffer.IsEmpty)
+                    {
+                        _waitingForRequest = false;
+                    }
+                    HeadStatus status = Http1RequestReader.TryRead(buffer, Head, limits, out SequencePosition consumed, out RejectReason reason);
+                    if (status == HeadStatus.Complete)
+                    {
+                        Input.AdvanceTo(consumed);
+                        headRead = true;
+                        break;
+                    }
+                    if (status == HeadStatus.Rejected)
+                    {
+                        Input.AdvanceTo(buffer.End);
+                        Disarm();
+                        _waitingForRequest = false;
+                        await SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
+                        break;
+                    }
+                    if (result.IsCompleted)
+                    {
+                        Input.AdvanceTo(buffer.End); // the stream ended before its head was whole: nothing to answer
+                        break;
+                    }
+                    Input.AdvanceTo(buffer.Start, buffer.End);
+                }
+                if (headRead)
+                {
+                    long started = BeginRequest();
+                    try
+                    {
+                        // Whether the answer allows another request does not matter: the stream ends with this one.
+                        await HandleRequestPerIpAsync().ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        ReleaseRequestBody();
+                    }
+                    EndRequest(started);
+                }
+                clean = true;
+            }
+            catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
+            {
+                ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", e.ToString()));
+            }
+            catch (Exception e)
+            {
+                ProxyLog.Error("connection_failed", ("listener", Listener.Name), ("client", ProxyLog.Format(RemoteEndPoint)), ("error", e.ToString()));
+            }
+            try
+            {
+                // Read before the close, which marks the instance closed (aborted) itself.
+                clean = clean && Volatile.Read(ref _aborted) == 0 && FiredTimeout == TimeoutKind.None && _forwarder.IsParked;
+                Disarm();
+                _forwarder.ReleaseUpstream();
+                await CloseGracefullyAsync().ConfigureAwait(false);
+                ReleaseState();
+            }
+            catch (Exception e)
+            {
+                // The loop must go on to publish a result: the stream waits for it.
+                clean = false;
+                ProxyLog.Error("connection_failed", ("listener", Listener.Name), ("client", ProxyLog.Format(RemoteEndPoint)), ("error", e.ToString()));
+            }
+            // Reset and parked before publishing: publishing may run the stream inline up to its next RunStreamAsync.
+            _streamNext!.Reset();
+            _streamParked = true;
+            _streamDone!.SetResult(clean);
+            await _streamNext.Task.ConfigureAwait(false);
         }
-        return clean;
     }
 
     /// <summary>
@@ -415,12 +533,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                 Input.AdvanceTo(buffer.Start, buffer.End);
             }
 
-            Disarm();
-            _waitingForRequest = false;
             first = false;
-            IsGrpc = GrpcStatus.IsGrpcRequest(Head);
-            long started = Stopwatch.GetTimestamp();
-            ResetFilterRequest();
+            long started = BeginRequest();
             bool keepAlive;
             try
             {
@@ -430,15 +544,32 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             {
                 ReleaseRequestBody();
             }
-            _runtime.Metrics.RequestEnded(Listener, _route, Head.Method, ResponseStatus, started, RequestBodyBytes, ResponseBodyBytes);
-            ObserveRequestEnd(started);
-            RunResponseCompleteFilters(started);
-            IsGrpc = false;
+            EndRequest(started);
             if (!keepAlive || _draining)
             {
                 return;
             }
         }
+    }
+
+    /// <summary>A head was read: the request starts (shared by the request loop and the HTTP/2 bridge's loop). Returns its start timestamp.</summary>
+    private long BeginRequest()
+    {
+        Disarm();
+        _waitingForRequest = false;
+        IsGrpc = GrpcStatus.IsGrpcRequest(Head);
+        long started = Stopwatch.GetTimestamp();
+        ResetFilterRequest();
+        return started;
+    }
+
+    /// <summary>The request was answered (or failed): metrics, observers, the response-complete phase.</summary>
+    private void EndRequest(long started)
+    {
+        _runtime.Metrics.RequestEnded(Listener, _route, Head.Method, ResponseStatus, started, RequestBodyBytes, ResponseBodyBytes);
+        ObserveRequestEnd(started);
+        RunResponseCompleteFilters(started);
+        IsGrpc = false;
     }
 
     /// <summary>Set when the connection turned out to speak HTTP/2: the HTTP/2 connection owns the transport then.</summary>

@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Text;
 using Proxy.Benchmarks.EndToEnd;
 using Proxy.FunctionalTests.Infrastructure;
+using Proxy.Transport;
 using Xunit.Abstractions;
 
 namespace Proxy.FunctionalTests.Http2;
@@ -20,8 +21,16 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
     private const byte Data = 0x0, Headers = 0x1, Settings = 0x4, WindowUpdate = 0x8, GoAway = 0x7, RstStream = 0x3;
     private const byte EndStream = 0x1, EndHeaders = 0x4, Ack = 0x1;
 
+    /// <summary>
+    /// Bytes per request, best of five rounds. On our epoll engine (the binary's default) the proxy allocates 0-8 B per
+    /// request in these tests. On the runtime's socket engine every socket read that waits rents a box for
+    /// StreamPipeReader's async read (client and upstream connections, outside the bridge), which misses the pooling
+    /// builder's caches as the bridge's boxes did: 14-56 B with one connection, 95-110 B with sixteen, alone.
+    /// </summary>
+    private static int Bound => SocketPipes.UseEpoll ? 100 : 200;
+
     [Fact]
-    public async Task ProxiedHttp2Requests_WarmConnection_AllocateUnder400BytesEach()
+    public async Task ProxiedHttp2Requests_WarmConnection_AllocateUnderBound()
     {
         using var upstream = new FixedResponseUpstream(SteadyStateAllocationTests.FixedResponse);
         await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
@@ -38,10 +47,8 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
             h2.RoundTrip();
         }
         // The counter is process-wide: work left over from earlier tests (connections closing, hosts stopping) lands in
-        // it too, and the stream's pooled async boxes miss their per-thread caches more when the thread pool has grown.
-        // The best of five rounds is the proxy's own steady state (14-99 B alone); a parallel test can still add 600 KB to
-        // every round of three (201 and 242 B were seen in full runs), so the bound is 400 B: a bridge built per stream
-        // (~1.7 KB per request, the regression this guards) still fails it.
+        // it too, so the best of five rounds is taken (see Bound). A bridge built per stream (~1.7 KB per request) fails
+        // it; per-stream async boxes show only with many connections (next test).
         const int Requests = 3000;
         long best = long.MaxValue;
         for (int round = 0; round < 5; round++)
@@ -56,10 +63,95 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
             best = Math.Min(best, perRequest);
         }
 
-        Assert.True(best < 400, $"{best} bytes allocated per proxied HTTP/2 request in steady state (best of five rounds)");
+        Assert.True(best < Bound, $"{best} bytes allocated per proxied HTTP/2 request in steady state (best of five rounds)");
     }
 
-    /// <summary>A blocking h2c client: one stream at a time, request frames encoded once, only frame headers parsed.</summary>
+    /// <summary>
+    /// Sixteen connections with four streams each, interleaved on the proxy's threads: every per-stream wait runs in a
+    /// long-lived loop (the stream's run loop, the bridge's stream loop, the forwarder's loop). An async method per
+    /// stream that suspends rents a box from the pooling builder, whose caches (one per thread and per core) nearly
+    /// always miss with many connections: the bridge's per-stream methods cost 231-325 B per request here before its
+    /// stream loop (one connection hits the cache every time and does not show it).
+    /// </summary>
+    [Fact]
+    public async Task ProxiedHttp2Requests_SixteenConnections_AllocateNoBoxPerStream()
+    {
+        using var upstream = new FixedResponseUpstream(SteadyStateAllocationTests.FixedResponse);
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
+        const int Connections = 16, Streams = 4, Batches = 250;
+        var sockets = new Socket[Connections];
+        var clients = new RawH2c[Connections];
+        try
+        {
+            for (int c = 0; c < Connections; c++)
+            {
+                sockets[c] = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveTimeout = 5000 };
+                sockets[c].Connect(proxy.Public);
+                clients[c] = new RawH2c(sockets[c]);
+                clients[c].SendPreface();
+                Assert.Equal(Streams * 100, clients[c].RoundTrips(Streams));
+            }
+            RunAll(clients, Streams, Batches); // warm: every stream object of every connection, and their bridges
+
+            long best = long.MaxValue;
+            for (int round = 0; round < 5; round++)
+            {
+                long before = GC.GetTotalAllocatedBytes(precise: true);
+                RunAll(clients, Streams, Batches);
+                long perRequest = (GC.GetTotalAllocatedBytes(precise: true) - before) / (Connections * Streams * Batches);
+                output.WriteLine($"round {round}: {perRequest} bytes per proxied HTTP/2 request (16 connections, 4 streams each)");
+                best = Math.Min(best, perRequest);
+            }
+
+            // Alone, best of five: 1 B on the epoll engine, 95-110 B on the runtime's (231 and 235 B before the bridge's
+            // stream loop; see Bound).
+            Assert.True(best < Bound, $"{best} bytes allocated per proxied HTTP/2 request with 16 connections (best of five rounds)");
+        }
+        finally
+        {
+            foreach (Socket? socket in sockets)
+            {
+                socket?.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Each client on its own thread, <paramref name="batches"/> times <paramref name="streams"/> concurrent GETs.</summary>
+    private static void RunAll(RawH2c[] clients, int streams, int batches)
+    {
+        var threads = new Thread[clients.Length];
+        Exception? failure = null;
+        for (int c = 0; c < clients.Length; c++)
+        {
+            RawH2c client = clients[c];
+            threads[c] = new Thread(() =>
+            {
+                try
+                {
+                    for (int i = 0; i < batches; i++)
+                    {
+                        client.RoundTrips(streams);
+                    }
+                }
+                catch (Exception e)
+                {
+                    // An exception left on a thread would end the test host: the test thread rethrows it.
+                    Interlocked.CompareExchange(ref failure, e, null);
+                }
+            });
+            threads[c].Start();
+        }
+        foreach (Thread thread in threads)
+        {
+            thread.Join();
+        }
+        if (failure is not null)
+        {
+            throw new InvalidOperationException("a client failed", failure);
+        }
+    }
+
+    /// <summary>A blocking h2c client: one batch of concurrent streams at a time, request frames encoded once, only frame headers parsed.</summary>
     private sealed class RawH2c(Socket socket)
     {
         private readonly byte[] _request = BuildRequest();
@@ -80,12 +172,19 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
         }
 
         /// <summary>One GET; returns the response's DATA octets.</summary>
-        public int RoundTrip()
+        public int RoundTrip() => RoundTrips(1);
+
+        /// <summary><paramref name="streams"/> concurrent GETs (h2load's -m); returns the responses' DATA octets.</summary>
+        public int RoundTrips(int streams)
         {
-            int stream = _nextStream;
-            _nextStream += 2;
-            BinaryPrimitives.WriteInt32BigEndian(_request.AsSpan(5), stream);
-            socket.Send(_request);
+            int last = _nextStream + 2 * (streams - 1);
+            for (int i = 0; i < streams; i++)
+            {
+                BinaryPrimitives.WriteInt32BigEndian(_request.AsSpan(5), _nextStream);
+                _nextStream += 2;
+                socket.Send(_request);
+            }
+            int left = streams;
             int body = 0;
             while (true)
             {
@@ -108,13 +207,13 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
                     socket.Send(_settingsAck);
                 }
                 bool done = false;
-                if (id == stream && type is Data or Headers)
+                if (id > last - 2 * streams && id <= last && type is Data or Headers)
                 {
                     if (type == Data)
                     {
                         body += length;
                     }
-                    done = (flags & EndStream) != 0;
+                    done = (flags & EndStream) != 0 && --left == 0;
                 }
                 int frame = FrameHeaderLength + length;
                 _receive.AsSpan(frame, _filled - frame).CopyTo(_receive);
