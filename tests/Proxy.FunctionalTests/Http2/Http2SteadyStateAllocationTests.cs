@@ -25,9 +25,11 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
     /// Bytes per request, best of five rounds. On our epoll engine (the binary's default) the proxy allocates 0-8 B per
     /// request in these tests. On the runtime's socket engine every socket read that waits rents a box for
     /// StreamPipeReader's async read (client and upstream connections, outside the bridge), which misses the pooling
-    /// builder's caches as the bridge's boxes did: 14-56 B with one connection, 95-110 B with sixteen, alone.
+    /// builder's caches as the bridge's boxes did: 14-56 B with one connection, 95-110 B with sixteen, alone, and up to
+    /// 161 B in a full parallel run (the counter is process-wide). 300 B there keeps a margin for a loaded CI machine and
+    /// still fails a bridge built per stream (~1.7 KB) or the per-stream boxes back on top of the reads (~360-450 B).
     /// </summary>
-    private static int Bound => SocketPipes.UseEpoll ? 100 : 200;
+    private static int Bound => SocketPipes.UseEpoll ? 100 : 300;
 
     [Fact]
     public async Task ProxiedHttp2Requests_WarmConnection_AllocateUnderBound()
