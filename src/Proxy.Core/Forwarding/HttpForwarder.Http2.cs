@@ -307,12 +307,17 @@ internal sealed partial class HttpForwarder
                     }
                     if (retries >= 0 && cluster.RetryBudget is { } budget && IsRetryableAnswer(budget.Model, stream.Head))
                     {
-                        // Only a request whose whole body went up (and was kept) can go again; a pump still running is not waited for.
-                        bool bodyDone = !pumping || pump.IsCompleted;
+                        // Only a request whose whole body went up (and was kept) can go again. A pump still reading the client
+                        // is not waited for; one that has written END_STREAM is only finishing its last flush (an upstream that
+                        // reads the whole call before it answers, as a gRPC server turning a call away does, answers right
+                        // then, often before the pump's continuation has run): that one is awaited, never cancelled.
+                        bool endSent = stream.EndSent;
+                        bool bodyDone = !pumping || pump.IsCompleted || endSent;
                         if (pumping && bodyDone)
                         {
                             pumping = false;
-                            _http2BodySent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false) == PumpResult.Completed;
+                            PumpResult sent = endSent ? await pump.ConfigureAwait(false) : await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
+                            _http2BodySent = sent == PumpResult.Completed;
                             bodyDone = _http2BodySent && replay is not { IsOverLimit: true };
                         }
                         bool slot = _http2RetrySlot;
