@@ -105,7 +105,7 @@ internal sealed partial class HttpForwarder
                 // deadline is one absolute tick count that every upstream wait below is clamped to.
                 UpstreamTimeouts timeouts = route.Timeouts.Over(cluster.Timeouts);
                 long exchangeDeadline = timeouts.Request > TimeSpan.Zero
-                    ? Environment.TickCount64 + (long)timeouts.Request.TotalMilliseconds : long.MaxValue;
+                    ? Environment.TickCount64 + TimedConnection.Milliseconds(timeouts.Request) : long.MaxValue;
                 bool grpc = _client.IsGrpc;
                 if (grpc)
                 {
@@ -547,7 +547,7 @@ internal sealed partial class HttpForwarder
         if (exchangeDeadline != long.MaxValue)
         {
             long left = exchangeDeadline - Environment.TickCount64;
-            if (left <= (long)wait.TotalMilliseconds)
+            if (left <= TimedConnection.Milliseconds(wait))
             {
                 wait = TimeSpan.FromMilliseconds(left);
                 error = ProxyError.UpstreamRequestTimeout;
@@ -759,13 +759,37 @@ internal sealed partial class HttpForwarder
     /// <summary>Called from the heartbeat on a write timeout.</summary>
     public void AbortUpstream() => _active?.Abort();
 
+    /// <summary>
+    /// Sends what the upstream writer holds; false when the upstream stopped taking bytes. A small request head is
+    /// usually sent before FlushAsync returns: that case needs no state machine and no write deadline (nothing is left
+    /// to wait for), so the deadline is armed only when the flush really waits for the socket.
+    /// </summary>
+    private ValueTask<bool> FlushUpstreamAsync(UpstreamConnection upstream)
+    {
+        ValueTask<FlushResult> flush;
+        try
+        {
+            flush = upstream.Output.FlushAsync();
+        }
+        catch (Exception)
+        {
+            return new ValueTask<bool>(false);
+        }
+        if (flush.IsCompletedSuccessfully)
+        {
+            FlushResult result = flush.Result;
+            return new ValueTask<bool>(!result.IsCanceled && !result.IsCompleted);
+        }
+        return AwaitUpstreamFlushAsync(flush);
+    }
+
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<bool> FlushUpstreamAsync(UpstreamConnection upstream)
+    private async ValueTask<bool> AwaitUpstreamFlushAsync(ValueTask<FlushResult> flush)
     {
         _client.ArmWrite();
         try
         {
-            FlushResult result = await upstream.Output.FlushAsync().ConfigureAwait(false);
+            FlushResult result = await flush.ConfigureAwait(false);
             return !result.IsCanceled && !result.IsCompleted;
         }
         catch (Exception)

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Security.Cryptography;
 
 namespace Proxy.Http;
@@ -27,11 +28,10 @@ internal static class RequestId
     public static int Generate(Span<byte> destination)
     {
         ulong value = unchecked((ulong)Interlocked.Increment(ref s_counter) * s_multiplier + s_offset);
-        for (int i = GeneratedLength - 1; i >= 0; i--)
-        {
-            destination[i] = (byte)"0123456789abcdef"[(int)(value & 0xF)];
-            value >>= 4;
-        }
-        return GeneratedLength;
+        // Most significant digit first; the runtime's vectorised hex encoder instead of a loop of 16 table lookups.
+        Span<byte> bytes = stackalloc byte[sizeof(ulong)];
+        BinaryPrimitives.WriteUInt64BigEndian(bytes, value);
+        Convert.TryToHexStringLower(bytes, destination, out int written);
+        return written;
     }
 }

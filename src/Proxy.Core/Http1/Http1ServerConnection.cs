@@ -886,7 +886,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             return timeout;
         }
         long left = Math.Max(0, deadline - Environment.TickCount64);
-        return left < (long)timeout.TotalMilliseconds ? TimeSpan.FromMilliseconds(left) : timeout;
+        return left < Milliseconds(timeout) ? TimeSpan.FromMilliseconds(left) : timeout;
     }
 
     public void ArmRead(PipeReader source)

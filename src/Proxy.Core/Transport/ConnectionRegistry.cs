@@ -43,8 +43,15 @@ internal abstract class TimedConnection
     protected void Arm(TimeoutKind kind, TimeSpan timeout)
     {
         _armedKind = kind;
-        Volatile.Write(ref _deadline, Environment.TickCount64 + (long)timeout.TotalMilliseconds);
+        Volatile.Write(ref _deadline, Environment.TickCount64 + Milliseconds(timeout));
     }
+
+    /// <summary>
+    /// Whole milliseconds of <paramref name="timeout"/> (truncated, like <c>(long)timeout.TotalMilliseconds</c>): an
+    /// integer division where <see cref="TimeSpan.TotalMilliseconds"/> is an out-of-line call through doubles, which
+    /// showed in profiles of the per-request arming.
+    /// </summary>
+    internal static long Milliseconds(TimeSpan timeout) => timeout.Ticks / TimeSpan.TicksPerMillisecond;
 
     protected void Disarm() => Volatile.Write(ref _deadline, long.MaxValue);
 

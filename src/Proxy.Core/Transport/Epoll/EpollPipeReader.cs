@@ -272,7 +272,7 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
                 _spare = segment.NextSpare;
                 segment.NextSpare = null;
             }
-            segment.Attach(_pool.Rent(_pool.BlockSize));
+            segment.Attach(_pool.RentBlock(_pool.BlockSize));
             if (tail is null)
             {
                 segment.SetRunningIndex(0);
@@ -395,7 +395,7 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
     /// <summary>One pooled block in the chain; <see cref="End"/> is how much of it holds received bytes.</summary>
     private sealed class Segment : ReadOnlySequenceSegment<byte>
     {
-        private IMemoryOwner<byte>? _owner;
+        private BlockMemoryPool.Block? _owner;
         private Memory<byte> _block;
 
         public Segment? NextSpare;
@@ -405,7 +405,7 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
         public Memory<byte> Writable => _block[End..];
         public Segment? NextSegment => (Segment?)Next;
 
-        public void Attach(IMemoryOwner<byte> owner)
+        public void Attach(BlockMemoryPool.Block owner)
         {
             _owner = owner;
             _block = owner.Memory;

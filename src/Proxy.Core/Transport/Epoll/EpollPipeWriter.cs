@@ -94,7 +94,7 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
             _spare = segment.Next;
         }
         // Larger than a block: BlockMemoryPool serves it from the shared pool (rare; the callers ask for small spans).
-        segment.Attach(_pool.Rent(Math.Max(needed, _pool.BlockSize)));
+        segment.Attach(_pool.RentBlock(Math.Max(needed, _pool.BlockSize)));
         if (tail is null)
         {
             _head = segment;
@@ -420,7 +420,7 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
     /// <summary>One pooled block: [Start, End) written but not yet sent.</summary>
     private sealed class Segment
     {
-        private IMemoryOwner<byte>? _owner;
+        private BlockMemoryPool.Block? _owner;
         private Memory<byte> _block;
 
         public Segment? Next;
@@ -431,7 +431,7 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
         public Memory<byte> Writable => _block[End..];
         public ReadOnlyMemory<byte> Unsent => _block[Start..End];
 
-        public void Attach(IMemoryOwner<byte> owner)
+        public void Attach(BlockMemoryPool.Block owner)
         {
             _owner = owner;
             _block = owner.Memory;
