@@ -41,13 +41,16 @@ public sealed class TlsSteadyStateTests
             RoundTrip(ssl, request, receive, length);
         }
 
-        // The best of three rounds: the runtime may allocate once while it re-tiers a hot loop (on this thread or the
+        // The best of five rounds: the runtime may allocate once while it re-tiers a hot loop (on this thread or the
         // proxy's), and a test in another collection may allocate during a round; either hits one round at most,
-        // while a per-request allocation by the proxy shows in every round.
-        const int Requests = 5000;
+        // while a per-request allocation by the proxy shows in every round. On a quiet machine the proxy measures
+        // ~20 B per request; on one saturated by other work, reads that find no data wait asynchronously far more often
+        // and rent pooled boxes that miss their caches: 117-282 B were seen there. 200 B keeps that margin and still
+        // fails a per-request buffer or object on the TLS path (a SslStream or record buffer is kilobytes).
+        const int Requests = 4000;
         long proxied = long.MaxValue;
         long client = 0;
-        for (int round = 0; round < 3; round++)
+        for (int round = 0; round < 5; round++)
         {
             long before = GC.GetTotalAllocatedBytes(precise: true);
             long clientBefore = GC.GetAllocatedBytesForCurrentThread();
@@ -64,7 +67,7 @@ public sealed class TlsSteadyStateTests
             }
         }
 
-        Assert.True(proxied < 100, $"{proxied} bytes allocated per proxied TLS request by the proxy ({client} by the client) in steady state (best of three rounds)");
+        Assert.True(proxied < 200, $"{proxied} bytes allocated per proxied TLS request by the proxy ({client} by the client) in steady state (best of five rounds)");
     }
 
     private static int RoundTrip(SslStream client, byte[] request, byte[] receive, int expected)
