@@ -257,12 +257,9 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                 while (true)
                 {
                     ReadResult result = await Input.ReadAsync().ConfigureAwait(false);
-                    ReadOnlySequence<byte> buffer = result.Buffer;
                     if (result.IsCanceled)
                     {
-                        Input.AdvanceTo(buffer.Start, buffer.End);
-                        TimeoutKind fired = FiredTimeout;
-                        FiredTimeout = TimeoutKind.None;
+                        TimeoutKind fired = TakeCancellation(result);
                         if (fired == TimeoutKind.RequestHead)
                         {
                             _waitingForRequest = false;
@@ -275,31 +272,22 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                         }
                         continue; // a stale cancellation
                     }
-                    if (!buffer.IsEmpty)
+                    if (!result.Buffer.IsEmpty)
                     {
                         _waitingForRequest = false;
                     }
-                    HeadStatus status = Http1RequestReader.TryRead(buffer, Head, limits, out SequencePosition consumed, out RejectReason reason);
-                    if (status == HeadStatus.Complete)
+                    HeadStep step = TakeHead(result, limits, out RejectReason reason);
+                    if (step == HeadStep.NeedMore)
                     {
-                        Input.AdvanceTo(consumed);
-                        headRead = true;
-                        break;
+                        continue;
                     }
-                    if (status == HeadStatus.Rejected)
+                    if (step == HeadStep.Rejected)
                     {
-                        Input.AdvanceTo(buffer.End);
-                        Disarm();
-                        _waitingForRequest = false;
                         await SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
-                        break;
                     }
-                    if (result.IsCompleted)
-                    {
-                        Input.AdvanceTo(buffer.End); // the stream ended before its head was whole: nothing to answer
-                        break;
-                    }
-                    Input.AdvanceTo(buffer.Start, buffer.End);
+                    // Ended: the stream ended before its head was whole, nothing to answer.
+                    headRead = step == HeadStep.Complete;
+                    break;
                 }
                 if (headRead)
                 {
@@ -466,9 +454,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
 
                 if (result.IsCanceled)
                 {
-                    Input.AdvanceTo(buffer.Start, buffer.End);
-                    TimeoutKind fired = FiredTimeout;
-                    FiredTimeout = TimeoutKind.None;
+                    TimeoutKind fired = TakeCancellation(result);
                     if (fired == TimeoutKind.RequestHead && (headStarted || first))
                     {
                         _waitingForRequest = false;
@@ -510,27 +496,20 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                     }
                 }
 
-                HeadStatus status = Http1RequestReader.TryRead(buffer, Head, limits, out SequencePosition consumed, out RejectReason reason);
-                if (status == HeadStatus.Complete)
+                HeadStep step = TakeHead(result, limits, out RejectReason reason);
+                if (step == HeadStep.Complete)
                 {
-                    Input.AdvanceTo(consumed);
                     break;
                 }
-                if (status == HeadStatus.Rejected)
+                if (step == HeadStep.Rejected)
                 {
-                    Input.AdvanceTo(buffer.End);
-                    Disarm();
-                    _waitingForRequest = false;
                     await SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
                     return;
                 }
-                if (result.IsCompleted)
+                if (step == HeadStep.Ended)
                 {
-                    // Clean close between requests, or a truncated head: nothing to answer either way.
-                    Input.AdvanceTo(buffer.End);
-                    return;
+                    return; // clean close between requests, or a truncated head: nothing to answer either way
                 }
-                Input.AdvanceTo(buffer.Start, buffer.End);
             }
 
             first = false;
@@ -550,6 +529,57 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                 return;
             }
         }
+    }
+
+    /// <summary>What one read of a request head came to (<see cref="TakeHead"/>).</summary>
+    private enum HeadStep : byte
+    {
+        /// <summary>Not whole yet: everything examined, nothing consumed; read again.</summary>
+        NeedMore,
+        /// <summary>A whole head, parsed into <see cref="Head"/> and consumed.</summary>
+        Complete,
+        /// <summary>Malformed or over a limit: the deadline is disarmed; answer with the reason's status and close.</summary>
+        Rejected,
+        /// <summary>The input ended before a whole head: nothing to answer.</summary>
+        Ended,
+    }
+
+    /// <summary>
+    /// The part of reading a request head that does not wait, shared by the request loop and the HTTP/2 bridge's
+    /// loop: parse what arrived and consume or examine it. Synchronous, so neither loop gains an async frame.
+    /// </summary>
+    private HeadStep TakeHead(in ReadResult result, HttpLimits limits, out RejectReason reason)
+    {
+        ReadOnlySequence<byte> buffer = result.Buffer;
+        HeadStatus status = Http1RequestReader.TryRead(buffer, Head, limits, out SequencePosition consumed, out reason);
+        if (status == HeadStatus.Complete)
+        {
+            Input.AdvanceTo(consumed);
+            return HeadStep.Complete;
+        }
+        if (status == HeadStatus.Rejected)
+        {
+            Input.AdvanceTo(buffer.End);
+            Disarm();
+            _waitingForRequest = false;
+            return HeadStep.Rejected;
+        }
+        if (result.IsCompleted)
+        {
+            Input.AdvanceTo(buffer.End);
+            return HeadStep.Ended;
+        }
+        Input.AdvanceTo(buffer.Start, buffer.End);
+        return HeadStep.NeedMore;
+    }
+
+    /// <summary>A read cancelled by a deadline or a drain: examines nothing, returns the deadline that fired (None for a stale cancellation).</summary>
+    private TimeoutKind TakeCancellation(in ReadResult result)
+    {
+        Input.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+        TimeoutKind fired = FiredTimeout;
+        FiredTimeout = TimeoutKind.None;
+        return fired;
     }
 
     /// <summary>A head was read: the request starts (shared by the request loop and the HTTP/2 bridge's loop). Returns its start timestamp.</summary>
