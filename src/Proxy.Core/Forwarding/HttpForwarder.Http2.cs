@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
 using Proxy.Diagnostics;
@@ -167,7 +168,8 @@ internal sealed partial class HttpForwarder
                     if (!await connection.SendHeadersAsync(stream, head, destination.Secure, _http2Authority, authorityLength,
                         fields.Buffer, fields.Length, endStream: !hasBody && !webSocket, teTrailers, webSocket ? s_webSocketProtocol : null).ConfigureAwait(false))
                     {
-                        if (stream.Refused && attempt < 3)
+                        // Refused, or the connection died under the HEADERS (nothing of the body was read yet).
+                        if ((stream.Refused && attempt < 3) || MayReplayLost(stream, head, attempt))
                         {
                             step = Http2Step.Replay;
                             goto Done;
@@ -212,10 +214,22 @@ internal sealed partial class HttpForwarder
                             }
                             reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
                             // 1xx heads go out as they come (103 Early Hints is worth sending before the final head exists).
-                            if (stream.HasInterim && !await RelayInterimAsync(stream).ConfigureAwait(false))
+                            if (stream.HasInterim)
                             {
-                                clientGone = true;
-                                break;
+                                if (!await RelayInterimAsync(stream).ConfigureAwait(false))
+                                {
+                                    clientGone = true;
+                                    break;
+                                }
+                                // The client flush used (and cleared) the connection's one deadline: the wait for the final
+                                // head starts again, as on the HTTP/1.1 path, within the exchange's deadline.
+                                headTimeout = HeadWait(timeouts.Response, cluster.Retry, exchangeDeadline, out wait);
+                                if (wait <= TimeSpan.Zero)
+                                {
+                                    failure = ProxyError.UpstreamRequestTimeout;
+                                    break;
+                                }
+                                _client.ArmUpstream(reader, wait);
                             }
                             if (stream.HeadReady)
                             {
@@ -226,6 +240,7 @@ internal sealed partial class HttpForwarder
                                 if (_client.TakeFiredTimeout() != TimeoutKind.None)
                                 {
                                     failure = headTimeout;
+                                    connection.OnStreamTimedOut(wait);
                                     break;
                                 }
                                 continue;
@@ -270,6 +285,11 @@ internal sealed partial class HttpForwarder
                             }
                         }
                         if (stream.Refused && !hasBody && attempt < 3)
+                        {
+                            step = Http2Step.Replay;
+                            goto Done;
+                        }
+                        if (!hasBody && MayReplayLost(stream, head, attempt))
                         {
                             step = Http2Step.Replay;
                             goto Done;
@@ -386,6 +406,18 @@ internal sealed partial class HttpForwarder
         }
         return _client.FlushClientAsync();
     }
+
+    /// <summary>
+    /// The connection died before this stream saw a response byte (the peer closed it, perhaps just after answering the
+    /// previous request, or its framing broke on another stream): an idempotent request goes once more, on another
+    /// connection, as it does after a dead pooled HTTP/1.1 connection (RFC 9110 section 9.2.2).
+    /// </summary>
+    private static bool MayReplayLost(Http2ClientStream stream, RequestHead head, int attempt)
+        => stream.ConnectionLost && attempt == 0 && IsIdempotent(head.Method);
+
+    /// <summary>RFC 9110 section 9.2.2 (CONNECT is not: it opens a tunnel).</summary>
+    private static bool IsIdempotent(Http.HttpMethod method) => method is Http.HttpMethod.Get or Http.HttpMethod.Head
+        or Http.HttpMethod.Options or Http.HttpMethod.Trace or Http.HttpMethod.Put or Http.HttpMethod.Delete;
 
     /// <summary>retry.on: a retryable 5xx, or (gRPC, <c>unavailable</c>) a trailers-only grpc-status 14, as on the HTTP/1.1 path.</summary>
     private bool IsRetryableAnswer(RetryModel model, ResponseHead response)
@@ -632,6 +664,7 @@ internal sealed partial class HttpForwarder
         while (true)
         {
             _client.ArmRead(reader);
+            long armed = Stopwatch.GetTimestamp();
             ReadResult result;
             try
             {
@@ -649,6 +682,7 @@ internal sealed partial class HttpForwarder
                 reader.AdvanceTo(buffer.Start);
                 if (_client.TakeFiredTimeout() != TimeoutKind.None)
                 {
+                    stream.Connection.OnStreamTimedOut(Stopwatch.GetElapsedTime(armed));
                     return AbortHttp2Relay(cluster, destination, stream, "stream_idle_timeout");
                 }
                 continue;

@@ -128,9 +128,7 @@ internal sealed partial class HttpForwarder
                     ClusterHealth health = cluster.Health;
                     // RFC 9110 section 9.2.2: only idempotent requests may be replayed; retry.non_idempotent opts a cluster into
                     // replaying other methods (gRPC calls are POSTs). A body is replayable while its kept copy fits the limit.
-                    bool replayable = head.Method is Http.HttpMethod.Get or Http.HttpMethod.Head
-                        or Http.HttpMethod.Options or Http.HttpMethod.Trace or Http.HttpMethod.Put or Http.HttpMethod.Delete
-                        || cluster.Retry is { NonIdempotent: true } || route.RetryNonIdempotent;
+                    bool replayable = IsIdempotent(head.Method) || cluster.Retry is { NonIdempotent: true } || route.RetryNonIdempotent;
                     RequestReplayBuffer? replay = null;
                     // The request-body phase already read the body whole: every try, the first included, sends it from the
                     // buffer (the HTTP/1.1 "bodySent" path, HTTP/2's fromReplay), and a retry needs no copy of its own.

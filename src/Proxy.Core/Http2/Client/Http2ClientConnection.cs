@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
 using Proxy.Diagnostics;
@@ -53,6 +54,8 @@ internal sealed class Http2ClientConnection
     private int _goAwayLastStreamId = int.MaxValue;
     private bool _goingAway;
     private bool _closed;
+    /// <summary>Timestamp since which the read loop has held an incomplete frame with no frame completed since (0: none).</summary>
+    private long _partialFrameSince;
     /// <summary>The stream whose header block continues in CONTINUATION frames (section 6.10); 0 when none.</summary>
     private int _continuationStream;
     private Http2ClientStream? _continuationTarget;
@@ -512,6 +515,7 @@ internal sealed class Http2ClientConnection
                 }
                 ReadOnlySequence<byte> buffer = result.Buffer;
                 Http2FrameError error = Http2FrameError.None;
+                bool framed = false;
                 while (true)
                 {
                     Http2ReadStatus status = Http2FrameReader.TryReadFrame(buffer, OurMaxFrameSize, out Http2FrameHeader header,
@@ -520,6 +524,7 @@ internal sealed class Http2ClientConnection
                     {
                         break;
                     }
+                    framed = true;
                     error = OnFrame(header, payload);
                     buffer = buffer.Slice(consumed);
                     if (error.IsConnectionError)
@@ -528,6 +533,14 @@ internal sealed class Http2ClientConnection
                     }
                 }
                 input.AdvanceTo(buffer.Start, buffer.End);
+                if (buffer.IsEmpty)
+                {
+                    Volatile.Write(ref _partialFrameSince, 0);
+                }
+                else if (framed || Volatile.Read(ref _partialFrameSince) == 0)
+                {
+                    Volatile.Write(ref _partialFrameSince, Stopwatch.GetTimestamp());
+                }
                 if (error.IsConnectionError)
                 {
                     lock (_sync)
@@ -1199,6 +1212,23 @@ internal sealed class Http2ClientConnection
         }
     }
 
+    /// <summary>
+    /// A stream of this connection waited <paramref name="stall"/> for its response and got nothing. When the read loop
+    /// has held the same incomplete frame for about as long, no stream here can receive anything: the peer's framing is
+    /// broken (a length longer than what it sent: what follows would be read as that frame's payload) or it stalled
+    /// mid-frame. The connection fails, so new streams go to another and streams without a response byte may go again.
+    /// A slow stream on a connection whose frames keep completing leaves it alone. Half the stall is enough: the frame
+    /// that stalled may have started just after the stream began to wait (its head came in the same read).
+    /// </summary>
+    internal void OnStreamTimedOut(TimeSpan stall)
+    {
+        long since = Volatile.Read(ref _partialFrameSince);
+        if (since != 0 && Stopwatch.GetElapsedTime(since) >= stall / 2)
+        {
+            FailConnection(Http2ErrorCode.PROTOCOL_ERROR);
+        }
+    }
+
     /// <summary>Closes the connection: every live stream ends aborted, the socket closes, the pool forgets it. Idempotent.</summary>
     private void FailConnection(Http2ErrorCode code)
     {
@@ -1220,6 +1250,7 @@ internal sealed class Http2ClientConnection
             {
                 if (!stream.Released)
                 {
+                    stream.ConnectionLost = !stream.Aborted && !stream.HeadReady && !stream.HasInterim;
                     AbortStream(stream, code == Http2ErrorCode.NO_ERROR ? Http2ErrorCode.CANCEL : code, refused: false);
                     lost = true;
                 }

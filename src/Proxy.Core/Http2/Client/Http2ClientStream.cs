@@ -65,6 +65,11 @@ internal sealed class Http2ClientStream : IValueTaskSource<bool>
     /// safe to retry on another connection as if it was never sent (RFC 9113 section 8.7).
     /// </summary>
     public bool Refused { get; internal set; }
+    /// <summary>
+    /// The connection failed (closed by the peer, or a connection error) before this stream received any response
+    /// byte: the peer may or may not have processed the request, so only an idempotent one may go again.
+    /// </summary>
+    public bool ConnectionLost { get; internal set; }
     public bool HasTrailers { get; internal set; }
     /// <summary>The error code of an abnormal end (peer's RST_STREAM or ours), for logs.</summary>
     public Http2ErrorCode ResetCode { get; internal set; }
@@ -185,7 +190,7 @@ internal sealed class Http2ClientStream : IValueTaskSource<bool>
         Head.Reset();
         Trailers.Reset();
         _headReady = false;
-        EndReceived = EndSent = Aborted = Refused = HasTrailers = false;
+        EndReceived = EndSent = Aborted = Refused = ConnectionLost = HasTrailers = false;
         ResetCode = Http2ErrorCode.NO_ERROR;
         WriterCompleted = Released = DecodingTrailers = WaitingForWindow = false;
         Delivering = RecyclePending = CompletePending = false;
