@@ -174,10 +174,10 @@ public sealed class ResilienceTests
     {
         await using var steady = FaultyUpstream.Start("steady");
         await using var proxy = await TestProxy.StartAsync(Yaml(Quote($"http://127.0.0.1:{Ports.ClosedPort()}", steady.Address),
-            "    health_check: { interval: 300ms, timeout: 2s, healthy_threshold: 1, unhealthy_threshold: 1 }"));
+            "    health_check: { interval: 1s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 1 }"));
         var destinations = Backend(proxy).Destinations;
 
-        // A refused connect fails its probe at once whatever the timeout; the steady one's probe gets 2 s, so a loaded
+        // A refused connect fails its probe at once whatever the timeout; the steady one's probe gets 1 s, so a loaded
         // machine (a full parallel run failed this once with 300 ms) does not mark it down between the GETs below.
         // A slow first probe (cold start on a busy machine) may mark the steady one down for a round: wait for both verdicts.
         await WaitUntilAsync(() => !destinations[0].CheckHealthy && destinations[1].CheckHealthy, "the refused destination is marked down");
