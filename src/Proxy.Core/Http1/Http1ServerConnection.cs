@@ -137,7 +137,13 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         if (_state is { } state)
         {
             _state = null;
-            _runtime.ExchangeStates.Return(state);
+            // An exchange that did not end (the client or bridge aborted mid-body) may still run its body pumps on this
+            // state: pooled, it could reach another connection while they run, and two bodies would share a pump's
+            // decoder. Only a parked forwarder's state goes back; the rare other one is left to the collector.
+            if (_forwarder.IsParked)
+            {
+                _runtime.ExchangeStates.Return(state);
+            }
         }
     }
     public IPAddress RemoteAddress => _transport.RemoteAddress;
