@@ -65,12 +65,7 @@ public sealed class Http1WireFuzzTests
                 $"case {i} (seed {Seed + i}): the upstream parsed {upstreamSaw} request(s), the client got {answeredByUpstream} upstream answer(s); sent: {sent}");
         }
 
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(15);
-        while (proxy.Server.OpenConnections > 0 && DateTime.UtcNow < deadline)
-        {
-            await Task.Delay(50);
-        }
-        Assert.True(proxy.Server.OpenConnections == 0, $"{proxy.Server.OpenConnections} connection(s) still open after every client left");
+        await FuzzAssert.AllConnectionsReleasedAsync(proxy);
         Exception[] malformed = scenario.Upstream.Errors.Where(e => e is InvalidDataException or FormatException).ToArray();
         Assert.True(malformed.Length == 0, "upstream could not parse what the proxy sent: " + string.Join("; ", malformed.Select(e => e.Message)));
         // Both sides were exercised: requests went through, and the parser refused some.
@@ -131,21 +126,10 @@ public sealed class Http1WireFuzzTests
                 }
             }
             // Keep-alive upstream connections stay pooled between cases: this request may well reuse one.
-            await using (var control = await proxy.ConnectAsync())
-            {
-                await control.SendAsync($"GET /control/{i} HTTP/1.1\r\nHost: a\r\n\r\n");
-                var answer = await control.ReadResponseAsync(timeout: TimeSpan.FromSeconds(10));
-                Assert.True(answer.Status == 200 && answer.BodyText == $"answer to /control/{i}",
-                    $"case {i} (seed {Seed + i}): the next request got {answer.Status} '{answer.BodyText}'; upstream had sent: {WireMutator.Show(sent)}");
-            }
+            await FuzzAssert.ControlAnsweredAsync(proxy, i, Seed, WireMutator.Show(sent));
         }
 
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(15);
-        while (proxy.Server.OpenConnections > 0 && DateTime.UtcNow < deadline)
-        {
-            await Task.Delay(50);
-        }
-        Assert.True(proxy.Server.OpenConnections == 0, $"{proxy.Server.OpenConnections} connection(s) still open after every client left");
+        await FuzzAssert.AllConnectionsReleasedAsync(proxy);
         string seen = string.Join(", ", statuses.Select(s => $"{s.Key}: {s.Value}"));
         Assert.True(statuses.GetValueOrDefault(200) > 0, "nothing was relayed: " + seen);
         Assert.True(statuses.GetValueOrDefault(502) > 0, "nothing was refused with 502: " + seen);

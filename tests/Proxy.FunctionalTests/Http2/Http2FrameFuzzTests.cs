@@ -57,12 +57,7 @@ public sealed class Http2FrameFuzzTests
         }
 
         // Every client is gone: the proxy holds no connection of theirs (a stream or bridge left waiting would keep one).
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(15);
-        while (proxy.Server.OpenConnections > 0 && DateTime.UtcNow < deadline)
-        {
-            await Task.Delay(50);
-        }
-        Assert.True(proxy.Server.OpenConnections == 0, $"{proxy.Server.OpenConnections} connection(s) still open after every client left");
+        await FuzzAssert.AllConnectionsReleasedAsync(proxy);
         await Http2AttackTests.AssertHealthyAsync(proxy);
 
         // What the upstream received parsed as HTTP/1.1 with the tests' strict reader, and no field came from a value.

@@ -45,21 +45,10 @@ public sealed class Http2UpstreamFuzzTests
                 int status = int.Parse(text.AsSpan(9, 3), CultureInfo.InvariantCulture);
                 statuses[status] = statuses.GetValueOrDefault(status) + 1;
             }
-            await using (var control = await proxy.ConnectAsync())
-            {
-                await control.SendAsync($"GET /control/{i} HTTP/1.1\r\nHost: a\r\n\r\n");
-                var answer = await control.ReadResponseAsync(timeout: TimeSpan.FromSeconds(10));
-                Assert.True(answer.Status == 200 && answer.BodyText == $"answer to /control/{i}",
-                    $"case {i} (seed {Seed + i}): the next request got {answer.Status} '{answer.BodyText}'; upstream had sent: {script}");
-            }
+            await FuzzAssert.ControlAnsweredAsync(proxy, i, Seed, script);
         }
 
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(15);
-        while (proxy.Server.OpenConnections > 0 && DateTime.UtcNow < deadline)
-        {
-            await Task.Delay(50);
-        }
-        Assert.True(proxy.Server.OpenConnections == 0, $"{proxy.Server.OpenConnections} connection(s) still open after every client left");
+        await FuzzAssert.AllConnectionsReleasedAsync(proxy);
         string seen = string.Join(", ", statuses.Select(s => $"{s.Key}: {s.Value}"));
         Assert.True(statuses.GetValueOrDefault(200) > 0, "nothing was relayed: " + seen);
         Assert.True(statuses.GetValueOrDefault(502) > 0, "nothing was refused with 502: " + seen);
