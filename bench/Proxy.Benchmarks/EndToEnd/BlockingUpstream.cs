@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 
@@ -27,6 +28,55 @@ internal abstract class BlockingUpstream : IDisposable
 
     /// <summary>Serves one connection on its own thread; disposes it.</summary>
     protected abstract void Serve(Socket connection);
+
+    /// <summary>One whole frame read by <see cref="ReadH2cFrames"/>; false ends the connection.</summary>
+    protected delegate bool H2cFrameHandler(byte type, byte flags, int stream, ReadOnlySpan<byte> payload);
+
+    /// <summary>
+    /// The read side of the h2c upstreams (RFC 9113 section 3.4, prior knowledge): skips the client's 24-octet preface,
+    /// then hands each whole frame to <paramref name="onFrame"/> until the peer closes or the handler says stop.
+    /// Allocates nothing per frame.
+    /// </summary>
+    protected static void ReadH2cFrames(Socket connection, byte[] buffer, H2cFrameHandler onFrame)
+    {
+        int filled = 0;
+        bool preface = false;
+        while (true)
+        {
+            int n = connection.Receive(buffer.AsSpan(filled));
+            if (n == 0)
+            {
+                return;
+            }
+            filled += n;
+            int at = 0;
+            if (!preface)
+            {
+                if (filled < 24)
+                {
+                    continue;
+                }
+                preface = true;
+                at = 24;
+            }
+            while (filled - at >= 9)
+            {
+                int length = (buffer[at] << 16) | (buffer[at + 1] << 8) | buffer[at + 2];
+                if (filled - at < 9 + length)
+                {
+                    break;
+                }
+                int stream = (int)(BinaryPrimitives.ReadUInt32BigEndian(buffer.AsSpan(at + 5)) & 0x7FFF_FFFF);
+                if (!onFrame(buffer[at + 3], buffer[at + 4], stream, buffer.AsSpan(at + 9, length)))
+                {
+                    return;
+                }
+                at += 9 + length;
+            }
+            buffer.AsSpan(at, filled - at).CopyTo(buffer);
+            filled -= at;
+        }
+    }
 
     private void AcceptLoop()
     {

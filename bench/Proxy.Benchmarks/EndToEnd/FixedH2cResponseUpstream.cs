@@ -17,6 +17,8 @@ internal sealed class FixedH2cResponseUpstream : BlockingUpstream
     // literals without indexing (RFC 7541 section 6.2.2). Then DATA (END_STREAM) with the body.
     private static readonly byte[] s_headerBlock = [0x88, 0x0F, 0x10, 0x0A, .. "text/plain"u8, 0x0F, 0x0D, 0x03, .. "100"u8];
     private static readonly byte[] s_response = BuildResponse();
+    private static readonly byte[] s_settings = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    private static readonly byte[] s_settingsAck = [0, 0, 0, 0x4, 0x1, 0, 0, 0, 0];
 
     public FixedH2cResponseUpstream() : base(backlog: 16) => Start();
 
@@ -47,57 +49,24 @@ internal sealed class FixedH2cResponseUpstream : BlockingUpstream
         var buffer = new byte[256 * 1024];
         var response = (byte[])s_response.Clone();
         int dataHeader = 9 + s_headerBlock.Length;
-        ReadOnlySpan<byte> settings = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
-        ReadOnlySpan<byte> settingsAck = [0, 0, 0, 0x4, 0x1, 0, 0, 0, 0];
-        int filled = 0;
-        bool preface = false;
         try
         {
-            connection.Send(settings);
-            while (true)
+            connection.Send(s_settings);
+            ReadH2cFrames(connection, buffer, (type, flags, stream, _) =>
             {
-                int n = connection.Receive(buffer.AsSpan(filled));
-                if (n == 0)
+                if (type == 0x1 && (flags & 0x1) != 0)
                 {
-                    return;
+                    // A request without a body (END_STREAM on HEADERS): answer on its stream id.
+                    BinaryPrimitives.WriteUInt32BigEndian(response.AsSpan(5), (uint)stream);
+                    BinaryPrimitives.WriteUInt32BigEndian(response.AsSpan(dataHeader + 5), (uint)stream);
+                    connection.Send(response);
                 }
-                filled += n;
-                int at = 0;
-                if (!preface)
+                else if (type == 0x4 && (flags & 0x1) == 0)
                 {
-                    if (filled < 24)
-                    {
-                        continue;
-                    }
-                    preface = true;
-                    at = 24;
+                    connection.Send(s_settingsAck);
                 }
-                while (filled - at >= 9)
-                {
-                    int length = (buffer[at] << 16) | (buffer[at + 1] << 8) | buffer[at + 2];
-                    if (filled - at < 9 + length)
-                    {
-                        break;
-                    }
-                    byte type = buffer[at + 3];
-                    byte flags = buffer[at + 4];
-                    uint stream = BinaryPrimitives.ReadUInt32BigEndian(buffer.AsSpan(at + 5)) & 0x7FFF_FFFF;
-                    if (type == 0x1 && (flags & 0x1) != 0)
-                    {
-                        // A request without a body (END_STREAM on HEADERS): answer on its stream id.
-                        BinaryPrimitives.WriteUInt32BigEndian(response.AsSpan(5), stream);
-                        BinaryPrimitives.WriteUInt32BigEndian(response.AsSpan(dataHeader + 5), stream);
-                        connection.Send(response);
-                    }
-                    else if (type == 0x4 && (flags & 0x1) == 0)
-                    {
-                        connection.Send(settingsAck);
-                    }
-                    at += 9 + length;
-                }
-                buffer.AsSpan(at, filled - at).CopyTo(buffer);
-                filled -= at;
-            }
+                return true;
+            });
         }
         catch (Exception)
         {

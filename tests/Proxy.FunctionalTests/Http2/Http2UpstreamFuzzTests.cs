@@ -158,75 +158,40 @@ public sealed class Http2UpstreamFuzzTests
         protected override void Serve(Socket connection)
         {
             var decoder = new HPackDecoder(4096, 64 * 1024);
-            var buffer = new byte[256 * 1024];
-            int filled = 0;
-            bool preface = false;
             bool closeAtNext = false;
             try
             {
                 connection.Send(Frame(Http2FrameType.SETTINGS, 0, 0, []));
-                while (true)
+                ReadH2cFrames(connection, new byte[256 * 1024], (rawType, rawFlags, stream, payload) =>
                 {
-                    int n = connection.Receive(buffer.AsSpan(filled));
-                    if (n == 0)
+                    var type = (Http2FrameType)rawType;
+                    var flags = (Http2Flags)rawFlags;
+                    if (type == Http2FrameType.SETTINGS && (flags & Http2Flags.ACK) == 0)
                     {
-                        return;
+                        connection.Send(Frame(Http2FrameType.SETTINGS, Http2Flags.ACK, 0, []));
                     }
-                    filled += n;
-                    int at = 0;
-                    if (!preface)
+                    else if (type == Http2FrameType.PING && (flags & Http2Flags.ACK) == 0)
                     {
-                        if (filled < 24)
-                        {
-                            continue;
-                        }
-                        preface = true;
-                        at = 24;
+                        connection.Send(Frame(Http2FrameType.PING, Http2Flags.ACK, 0, payload.ToArray()));
                     }
-                    while (filled - at >= 9)
+                    else if (type == Http2FrameType.HEADERS)
                     {
-                        int length = (buffer[at] << 16) | (buffer[at + 1] << 8) | buffer[at + 2];
-                        if (filled - at < 9 + length)
+                        var sink = new PathSink();
+                        if (decoder.Decode(payload, endHeaders: true, ref sink) != HPackError.None || sink.Path is null || closeAtNext)
                         {
-                            break;
+                            return false; // undecodable, or dropped unanswered after the script's close
                         }
-                        var type = (Http2FrameType)buffer[at + 3];
-                        var flags = (Http2Flags)buffer[at + 4];
-                        int stream = (int)(BinaryPrimitives.ReadUInt32BigEndian(buffer.AsSpan(at + 5)) & 0x7FFF_FFFF);
-                        ReadOnlySpan<byte> payload = buffer.AsSpan(at + 9, length);
-                        at += 9 + length;
-                        if (type == Http2FrameType.SETTINGS && (flags & Http2Flags.ACK) == 0)
+                        if (!Answer(connection, sink.Path, stream))
                         {
-                            connection.Send(Frame(Http2FrameType.SETTINGS, Http2Flags.ACK, 0, []));
-                        }
-                        else if (type == Http2FrameType.PING && (flags & Http2Flags.ACK) == 0)
-                        {
-                            connection.Send(Frame(Http2FrameType.PING, Http2Flags.ACK, 0, payload.ToArray()));
-                        }
-                        else if (type == Http2FrameType.HEADERS)
-                        {
-                            var sink = new PathSink();
-                            if (decoder.Decode(payload, endHeaders: true, ref sink) != HPackError.None || sink.Path is null)
+                            if (!_closeAtNextRequest)
                             {
-                                return;
+                                return false; // the script drops the connection
                             }
-                            if (closeAtNext)
-                            {
-                                return; // dropped unanswered
-                            }
-                            if (!Answer(connection, sink.Path, stream))
-                            {
-                                if (!_closeAtNextRequest)
-                                {
-                                    return; // the script drops the connection
-                                }
-                                closeAtNext = true;
-                            }
+                            closeAtNext = true;
                         }
                     }
-                    buffer.AsSpan(at, filled - at).CopyTo(buffer);
-                    filled -= at;
-                }
+                    return true;
+                });
             }
             catch (Exception)
             {
