@@ -427,7 +427,17 @@ internal sealed partial class HttpForwarder
                                         // The answer is final: the kept body is not needed while a long response streams.
                                         replay?.Reset();
                                         EndRetry(budget, ref retrySlot);
-                                        outcome = await RelayResponseBodyAsync(cluster, destination, upstream).ConfigureAwait(false);
+                                        // The body's waits are awaited here, in the loop, not in a nested async method: see BeginResponseBody.
+                                        if (BeginResponseBody(cluster, upstream, out BodyFraming inFraming, out BodyFraming outFraming, out bool keepAlive))
+                                        {
+                                            PumpResult copied = await _client.ResponsePump.CopyAsync(upstream.Input, _client.Output, inFraming,
+                                                upstream.Response.ContentLength, outFraming, long.MaxValue, _client).ConfigureAwait(false);
+                                            outcome = EndResponseBody(copied, inFraming, keepAlive, cluster, destination, upstream);
+                                        }
+                                        else
+                                        {
+                                            outcome = await _client.FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
+                                        }
                                         goto Done;
                                     }
                                     // Interim responses go to HTTP/1.1 clients only (RFC 9110 section 15.2).
@@ -638,16 +648,20 @@ internal sealed partial class HttpForwarder
         }
     }
 
-    /// <summary>Relays the final response's head and body. Suspends only when the body is not yet buffered.</summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<bool> RelayResponseBodyAsync(ClusterModel cluster, DestinationState destination, UpstreamConnection upstream)
+    /// <summary>
+    /// Writes the final response's head and chooses the body's framing both ways; true when a body is to be relayed
+    /// (<see cref="BodyPump.CopyAsync"/>, then <see cref="EndResponseBody"/>), false when the head is all there is (the
+    /// upstream connection is already returned; flush the answer). Synchronous on purpose: the relay's only waits are
+    /// awaited in <see cref="ForwardLoopAsync"/>, whose box lives as long as the connection, where a nested async method
+    /// rents a box from the pooling builder each time a body that does not arrive in one read makes it suspend.
+    /// </summary>
+    private bool BeginResponseBody(ClusterModel cluster, UpstreamConnection upstream,
+        out BodyFraming inFraming, out BodyFraming outFraming, out bool keepAlive)
     {
         RequestHead request = _client.Head;
         ResponseHead response = upstream.Response;
-        PipeReader input = upstream.Input;
 
         // ---- final response: choose framing both ways (RFC 9112 section 6.3)
-        BodyFraming inFraming, outFraming;
         bool http11Client = request.Version == Http.HttpVersion.Http11;
         if (request.Method == Http.HttpMethod.Head || response.StatusCode is 204 or 304)
         {
@@ -667,7 +681,7 @@ internal sealed partial class HttpForwarder
             inFraming = BodyFraming.CloseDelimited;
             outFraming = http11Client ? BodyFraming.Chunked : BodyFraming.CloseDelimited;
         }
-        bool keepAlive = request.KeepAlive && !_client.Draining && outFraming != BodyFraming.CloseDelimited;
+        keepAlive = request.KeepAlive && !_client.Draining && outFraming != BodyFraming.CloseDelimited;
 
         UpstreamResponded(cluster);
         _client.RunResponseHeadersFilters(response, _respondedAt);
@@ -678,23 +692,20 @@ internal sealed partial class HttpForwarder
         if (inFraming == BodyFraming.None || (inFraming == BodyFraming.ContentLength && response.ContentLength == 0))
         {
             ReturnOrRelease(upstream, response);
-            return await _client.FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
+            return false;
         }
 
         _client.SetUpstreamTimeout(_route!.Timeouts.Over(cluster.Timeouts).StreamIdle);
-        PumpResult copied = await _client.ResponsePump.CopyAsync(input, _client.Output, inFraming, response.ContentLength,
-            outFraming, long.MaxValue, _client).ConfigureAwait(false);
+        return true;
+    }
+
+    /// <summary>After the response body's copy: hands the upstream connection back (or drops it) and says whether the client connection may go on.</summary>
+    private bool EndResponseBody(PumpResult copied, BodyFraming inFraming, bool keepAlive, ClusterModel cluster,
+        DestinationState destination, UpstreamConnection upstream)
+    {
         if (copied != PumpResult.Completed)
         {
-            // The head is already on its way: the only honest signal left is to cut the client connection.
-            _client.TakeFiredTimeout();
-            if (copied != PumpResult.DestinationFailed)
-            {
-                ProxyLog.Warn("upstream_body_failed", ("cluster", cluster.Name), ("destination", destination.Address),
-                    ("result", copied.ToString()), ("reason", _client.ResponsePump.Reject.DetailsCode()));
-            }
-            ReleaseUpstream();
-            _client.Abort();
+            ResponseBodyFailed(copied, cluster, destination);
             return false;
         }
         if (inFraming == BodyFraming.CloseDelimited)
@@ -703,9 +714,23 @@ internal sealed partial class HttpForwarder
         }
         else
         {
-            ReturnOrRelease(upstream, response);
+            ReturnOrRelease(upstream, upstream.Response);
         }
         return keepAlive;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ResponseBodyFailed(PumpResult copied, ClusterModel cluster, DestinationState destination)
+    {
+        // The head is already on its way: the only honest signal left is to cut the client connection.
+        _client.TakeFiredTimeout();
+        if (copied != PumpResult.DestinationFailed)
+        {
+            ProxyLog.Warn("upstream_body_failed", ("cluster", cluster.Name), ("destination", destination.Address),
+                ("result", copied.ToString()), ("reason", _client.ResponsePump.Reject.DetailsCode()));
+        }
+        ReleaseUpstream();
+        _client.Abort();
     }
 
     /// <summary>

@@ -205,27 +205,255 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
                 bridge = ValueTask.FromResult(false);
                 Aborted = true;
             }
-            // Wait here, in this long-lived loop, for the bridge's first response bytes (or the end, a cancellation, a
-            // failure) and leave them unexamined, so the pump's first read returns at once. The pump is an async method
-            // per stream: each time one suspends it rents a box from the pooling builder, whose caches hold one per
-            // thread and per core, and with many connections interleaved on one thread nearly every rent missed (about
-            // 650 B per request at 16 connections). Waiting here suspends this loop instead, whose box lives as long as
-            // the pooled stream; a response that arrives whole then goes out without the pump suspending.
-            PipeReader responses = ResponsePipe.Reader;
+            // ---- response pump: reads the bridged HTTP/1.1 response and sends it as HEADERS + DATA; reset is the
+            // RST_STREAM code to send (NO_ERROR when the response ended normally). Every wait of it (the first response
+            // bytes, each read of a body that does not arrive whole) is in this loop, whose box lives as long as the
+            // pooled stream. An async method per stream suspended there, and each suspension rented a box from the
+            // pooling builder, whose caches hold one per thread and per core: with many connections interleaved on one
+            // thread nearly every rent missed (about 650 B per request at 16 connections before the first wait moved
+            // here; with 200 KB responses still 558 B, with the forwarder's body relay, before the rest moved too: 8 B).
+            // The sends wait here too (SendData says when), for a window or the connection's output backlog.
+            Http2ErrorCode reset;
+            PipeReader reader = ResponsePipe.Reader;
+            Phase phase = Phase.Head;
+            long remaining = 0;
+            bool headersSent = false;
+            // A DATA payload not yet sent, waiting for a window (or the connection's output backlog) to open.
+            ReadOnlySequence<byte> pending;
+            SendStep step;
             try
             {
-                ReadResult first = await responses.ReadAsync().ConfigureAwait(false);
-                responses.AdvanceTo(first.Buffer.Start);
-                if (first.IsCanceled)
+                while (true)
                 {
-                    responses.CancelPendingRead(); // consumed by this read: the pump's read must see it too
+                    ReadResult result = await reader.ReadAsync().ConfigureAwait(false);
+                    if (Aborted)
+                    {
+                        reader.AdvanceTo(result.Buffer.Start);
+                        reset = AbortCode(headersSent);
+                        goto Pumped;
+                    }
+                    ReadOnlySequence<byte> buffer = result.Buffer;
+                    SequencePosition examined = buffer.End;
+                    while (true)
+                    {
+                        if (phase == Phase.Head)
+                        {
+                            HeadStatus status = Http1ResponseReader.TryRead(buffer, _responseHead, MaxResponseHeadBytes,
+                                out SequencePosition consumed, out _);
+                            if (status == HeadStatus.Incomplete)
+                            {
+                                break;
+                            }
+                            if (status == HeadStatus.Rejected || (_responseHead.StatusCode == 101 && !AcceptTunnel()))
+                            {
+                                reader.AdvanceTo(buffer.End);
+                                reset = Http2ErrorCode.INTERNAL_ERROR;
+                                goto Pumped;
+                            }
+                            buffer = buffer.Slice(consumed);
+                            int code = _responseHead.StatusCode;
+                            if (IsTunnel && code is >= 200 and < 300)
+                            {
+                                // RFC 8441 section 5: a 2xx to an extended CONNECT tells the client its tunnel is open. An
+                                // upstream that ignored the upgrade and answered 2xx has opened none: 502, and the stream ends.
+                                HeaderField[] ignored = _responseHead.Fields;
+                                for (int i = 0; i < _responseHead.FieldCount; i++)
+                                {
+                                    ignored[i].HopByHop = true;
+                                }
+                                _responseHead.StatusCode = 502;
+                                _connection.SendHeaders(this, _responseHead, endStream: true);
+                                ProxyLog.Warn("upstream_ignored_upgrade", ("stream", Id), ("status", code));
+                                reader.AdvanceTo(buffer.End);
+                                reset = Http2ErrorCode.CANCEL;
+                                goto Pumped;
+                            }
+                            if (code == 101)
+                            {
+                                // RFC 8441 section 5: the upgrade succeeded; the client gets a 2xx without END_STREAM and the
+                                // rest of both directions is tunnel bytes in DATA frames, until END_STREAM or RST_STREAM.
+                                _responseHead.StatusCode = 200;
+                                if (!_connection.SendHeaders(this, _responseHead, endStream: false))
+                                {
+                                    reader.AdvanceTo(buffer.Start);
+                                    reset = AbortCode(true);
+                                    goto Pumped;
+                                }
+                                headersSent = true;
+                                phase = Phase.UntilClose;
+                                continue;
+                            }
+                            if (code < 200)
+                            {
+                                // 1xx (100 Continue): a HEADERS frame without END_STREAM, then the final response (section 8.1).
+                                if (!_connection.SendHeaders(this, _responseHead, endStream: false))
+                                {
+                                    reader.AdvanceTo(buffer.Start);
+                                    reset = AbortCode(true);
+                                    goto Pumped;
+                                }
+                                headersSent = true;
+                                continue;
+                            }
+                            bool noBody = IsHead || code == 204 || code == 304 || _responseHead.ContentLength == 0;
+                            // A length-delimited body already here goes out at once (SendData's first TrySendData
+                            // commits, sent or not): HEADERS and DATA then take one flush of the frame pipe and one wake-up
+                            // of its writer loop.
+                            bool dataFollows = !noBody && !_responseHead.Chunked && _responseHead.ContentLength > 0 && !buffer.IsEmpty;
+                            if (!_connection.SendHeaders(this, _responseHead, endStream: noBody, commit: !dataFollows))
+                            {
+                                reader.AdvanceTo(buffer.Start);
+                                reset = AbortCode(true);
+                                goto Pumped;
+                            }
+                            headersSent = true;
+                            if (noBody)
+                            {
+                                phase = Phase.Done;
+                                break;
+                            }
+                            phase = _responseHead.Chunked ? Phase.Chunked : _responseHead.ContentLength > 0 ? Phase.Length : Phase.UntilClose;
+                            remaining = _responseHead.ContentLength;
+                            continue;
+                        }
+                        if (phase == Phase.Length)
+                        {
+                            if (buffer.IsEmpty)
+                            {
+                                break;
+                            }
+                            ReadOnlySequence<byte> data = buffer.Length > remaining ? buffer.Slice(0, remaining) : buffer;
+                            remaining -= data.Length;
+                            pending = data;
+                            while ((step = SendData(ref pending, endStream: remaining == 0)) == SendStep.Wait)
+                            {
+                                await Signal.WaitAsync().ConfigureAwait(false);
+                                if (StallTimedOut || Aborted)
+                                {
+                                    step = SendStep.Failed;
+                                    break;
+                                }
+                            }
+                            if (step == SendStep.Failed)
+                            {
+                                reader.AdvanceTo(buffer.Start);
+                                reset = AbortCode(true);
+                                goto Pumped;
+                            }
+                            buffer = buffer.Slice(data.End);
+                            if (remaining == 0)
+                            {
+                                phase = Phase.Done;
+                                break;
+                            }
+                            continue;
+                        }
+                        if (phase == Phase.Chunked)
+                        {
+                            ChunkStatus chunk = _chunked.Read(buffer, out ReadOnlySequence<byte> data, out SequencePosition consumed, out _);
+                            if (chunk == ChunkStatus.Error)
+                            {
+                                reader.AdvanceTo(buffer.End);
+                                reset = Http2ErrorCode.INTERNAL_ERROR;
+                                goto Pumped;
+                            }
+                            if (chunk == ChunkStatus.Data)
+                            {
+                                pending = data;
+                                while ((step = SendData(ref pending, endStream: false)) == SendStep.Wait)
+                                {
+                                    await Signal.WaitAsync().ConfigureAwait(false);
+                                    if (StallTimedOut || Aborted)
+                                    {
+                                        step = SendStep.Failed;
+                                        break;
+                                    }
+                                }
+                                if (step == SendStep.Failed)
+                                {
+                                    reader.AdvanceTo(buffer.Start);
+                                    reset = AbortCode(true);
+                                    goto Pumped;
+                                }
+                                buffer = buffer.Slice(consumed);
+                                continue;
+                            }
+                            buffer = buffer.Slice(consumed);
+                            if (chunk == ChunkStatus.Done)
+                            {
+                                // The bridged response's trailer section becomes a trailing HEADERS frame with END_STREAM
+                                // (RFC 9113 section 8.1); none (or none left after filtering): an empty END_STREAM DATA frame.
+                                int trailers = _chunked.HasTrailers ? _connection.SendTrailers(this, _chunked.TrailerSection) : 0;
+                                bool sent = trailers > 0 || (trailers == 0 && _connection.TrySendEnd(this));
+                                _chunked.ReleaseTrailers();
+                                if (!sent)
+                                {
+                                    reader.AdvanceTo(buffer.Start);
+                                    reset = AbortCode(true);
+                                    goto Pumped;
+                                }
+                                phase = Phase.Done;
+                            }
+                            break;
+                        }
+                        if (phase == Phase.UntilClose)
+                        {
+                            if (!buffer.IsEmpty)
+                            {
+                                pending = buffer;
+                                while ((step = SendData(ref pending, endStream: false)) == SendStep.Wait)
+                                {
+                                    await Signal.WaitAsync().ConfigureAwait(false);
+                                    if (StallTimedOut || Aborted)
+                                    {
+                                        step = SendStep.Failed;
+                                        break;
+                                    }
+                                }
+                                if (step == SendStep.Failed)
+                                {
+                                    reader.AdvanceTo(buffer.Start);
+                                    reset = AbortCode(true);
+                                    goto Pumped;
+                                }
+                                buffer = buffer.Slice(buffer.End);
+                            }
+                            if (result.IsCompleted)
+                            {
+                                if (!_connection.TrySendEnd(this))
+                                {
+                                    reader.AdvanceTo(buffer.Start);
+                                    reset = AbortCode(true);
+                                    goto Pumped;
+                                }
+                                phase = Phase.Done;
+                            }
+                            break;
+                        }
+                        break; // Done
+                    }
+                    reader.AdvanceTo(buffer.Start, examined);
+                    if (phase == Phase.Done)
+                    {
+                        ResponseComplete = true;
+                        reset = Http2ErrorCode.NO_ERROR;
+                        goto Pumped;
+                    }
+                    if (result.IsCompleted || result.IsCanceled)
+                    {
+                        // The bridge ended without a whole response: nothing was processed when no head came
+                        // (REFUSED_STREAM lets the client retry, section 8.7), otherwise the response is cut.
+                        reset = Aborted ? AbortCode(headersSent) : headersSent ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
+                        goto Pumped;
+                    }
                 }
             }
             catch (Exception)
             {
-                // The writer failed: the pump's own read throws the same and handles it.
+                reset = Http2ErrorCode.INTERNAL_ERROR;
+                goto Pumped;
             }
-            Http2ErrorCode reset = await PumpResponseAsync().ConfigureAwait(false);
+        Pumped:
             ResponsePipe.Reader.Complete();
             if (reset != Http2ErrorCode.NO_ERROR || !RequestEnded)
             {
@@ -479,206 +707,6 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     }
 
     /// <summary>
-    /// Reads the bridged HTTP/1.1 response and sends it as HEADERS + DATA. Returns the RST_STREAM code to send
-    /// (NO_ERROR when the response ended normally).
-    /// </summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<Http2ErrorCode> PumpResponseAsync()
-    {
-        PipeReader reader = ResponsePipe.Reader;
-        Phase phase = Phase.Head;
-        long remaining = 0;
-        bool headersSent = false;
-        try
-        {
-            while (true)
-            {
-                ReadResult result = await reader.ReadAsync().ConfigureAwait(false);
-                if (Aborted)
-                {
-                    reader.AdvanceTo(result.Buffer.Start);
-                    return AbortCode(headersSent);
-                }
-                ReadOnlySequence<byte> buffer = result.Buffer;
-                SequencePosition examined = buffer.End;
-                while (true)
-                {
-                    if (phase == Phase.Head)
-                    {
-                        HeadStatus status = Http1ResponseReader.TryRead(buffer, _responseHead, MaxResponseHeadBytes,
-                            out SequencePosition consumed, out _);
-                        if (status == HeadStatus.Incomplete)
-                        {
-                            break;
-                        }
-                        if (status == HeadStatus.Rejected || (_responseHead.StatusCode == 101 && !AcceptTunnel()))
-                        {
-                            reader.AdvanceTo(buffer.End);
-                            return Http2ErrorCode.INTERNAL_ERROR;
-                        }
-                        buffer = buffer.Slice(consumed);
-                        int code = _responseHead.StatusCode;
-                        if (IsTunnel && code is >= 200 and < 300)
-                        {
-                            // RFC 8441 section 5: a 2xx to an extended CONNECT tells the client its tunnel is open. An
-                            // upstream that ignored the upgrade and answered 2xx has opened none: 502, and the stream ends.
-                            HeaderField[] ignored = _responseHead.Fields;
-                            for (int i = 0; i < _responseHead.FieldCount; i++)
-                            {
-                                ignored[i].HopByHop = true;
-                            }
-                            _responseHead.StatusCode = 502;
-                            _connection.SendHeaders(this, _responseHead, endStream: true);
-                            ProxyLog.Warn("upstream_ignored_upgrade", ("stream", Id), ("status", code));
-                            reader.AdvanceTo(buffer.End);
-                            return Http2ErrorCode.CANCEL;
-                        }
-                        if (code == 101)
-                        {
-                            // RFC 8441 section 5: the upgrade succeeded; the client gets a 2xx without END_STREAM and the
-                            // rest of both directions is tunnel bytes in DATA frames, until END_STREAM or RST_STREAM.
-                            _responseHead.StatusCode = 200;
-                            if (!_connection.SendHeaders(this, _responseHead, endStream: false))
-                            {
-                                reader.AdvanceTo(buffer.Start);
-                                return AbortCode(true);
-                            }
-                            headersSent = true;
-                            phase = Phase.UntilClose;
-                            continue;
-                        }
-                        if (code < 200)
-                        {
-                            // 1xx (100 Continue): a HEADERS frame without END_STREAM, then the final response (section 8.1).
-                            if (!_connection.SendHeaders(this, _responseHead, endStream: false))
-                            {
-                                reader.AdvanceTo(buffer.Start);
-                                return AbortCode(true);
-                            }
-                            headersSent = true;
-                            continue;
-                        }
-                        bool noBody = IsHead || code == 204 || code == 304 || _responseHead.ContentLength == 0;
-                        // A length-delimited body already here goes out at once (SendDataAsync's first TrySendData
-                        // commits, sent or not): HEADERS and DATA then take one flush of the frame pipe and one wake-up
-                        // of its writer loop.
-                        bool dataFollows = !noBody && !_responseHead.Chunked && _responseHead.ContentLength > 0 && !buffer.IsEmpty;
-                        if (!_connection.SendHeaders(this, _responseHead, endStream: noBody, commit: !dataFollows))
-                        {
-                            reader.AdvanceTo(buffer.Start);
-                            return AbortCode(true);
-                        }
-                        headersSent = true;
-                        if (noBody)
-                        {
-                            phase = Phase.Done;
-                            break;
-                        }
-                        phase = _responseHead.Chunked ? Phase.Chunked : _responseHead.ContentLength > 0 ? Phase.Length : Phase.UntilClose;
-                        remaining = _responseHead.ContentLength;
-                        continue;
-                    }
-                    if (phase == Phase.Length)
-                    {
-                        if (buffer.IsEmpty)
-                        {
-                            break;
-                        }
-                        ReadOnlySequence<byte> data = buffer.Length > remaining ? buffer.Slice(0, remaining) : buffer;
-                        remaining -= data.Length;
-                        if (!await SendDataAsync(data, endStream: remaining == 0).ConfigureAwait(false))
-                        {
-                            reader.AdvanceTo(buffer.Start);
-                            return AbortCode(true);
-                        }
-                        buffer = buffer.Slice(data.End);
-                        if (remaining == 0)
-                        {
-                            phase = Phase.Done;
-                            break;
-                        }
-                        continue;
-                    }
-                    if (phase == Phase.Chunked)
-                    {
-                        ChunkStatus chunk = _chunked.Read(buffer, out ReadOnlySequence<byte> data, out SequencePosition consumed, out _);
-                        if (chunk == ChunkStatus.Error)
-                        {
-                            reader.AdvanceTo(buffer.End);
-                            return Http2ErrorCode.INTERNAL_ERROR;
-                        }
-                        if (chunk == ChunkStatus.Data)
-                        {
-                            if (!await SendDataAsync(data, endStream: false).ConfigureAwait(false))
-                            {
-                                reader.AdvanceTo(buffer.Start);
-                                return AbortCode(true);
-                            }
-                            buffer = buffer.Slice(consumed);
-                            continue;
-                        }
-                        buffer = buffer.Slice(consumed);
-                        if (chunk == ChunkStatus.Done)
-                        {
-                            // The bridged response's trailer section becomes a trailing HEADERS frame with END_STREAM
-                            // (RFC 9113 section 8.1); none (or none left after filtering): an empty END_STREAM DATA frame.
-                            int trailers = _chunked.HasTrailers ? _connection.SendTrailers(this, _chunked.TrailerSection) : 0;
-                            bool sent = trailers > 0 || (trailers == 0 && await SendDataAsync(default, endStream: true).ConfigureAwait(false));
-                            _chunked.ReleaseTrailers();
-                            if (!sent)
-                            {
-                                reader.AdvanceTo(buffer.Start);
-                                return AbortCode(true);
-                            }
-                            phase = Phase.Done;
-                        }
-                        break;
-                    }
-                    if (phase == Phase.UntilClose)
-                    {
-                        if (!buffer.IsEmpty)
-                        {
-                            if (!await SendDataAsync(buffer, endStream: false).ConfigureAwait(false))
-                            {
-                                reader.AdvanceTo(buffer.Start);
-                                return AbortCode(true);
-                            }
-                            buffer = buffer.Slice(buffer.End);
-                        }
-                        if (result.IsCompleted)
-                        {
-                            if (!await SendDataAsync(default, endStream: true).ConfigureAwait(false))
-                            {
-                                reader.AdvanceTo(buffer.Start);
-                                return AbortCode(true);
-                            }
-                            phase = Phase.Done;
-                        }
-                        break;
-                    }
-                    break; // Done
-                }
-                reader.AdvanceTo(buffer.Start, examined);
-                if (phase == Phase.Done)
-                {
-                    ResponseComplete = true;
-                    return Http2ErrorCode.NO_ERROR;
-                }
-                if (result.IsCompleted || result.IsCanceled)
-                {
-                    // The bridge ended without a whole response: nothing was processed when no head came
-                    // (REFUSED_STREAM lets the client retry, section 8.7), otherwise the response is cut.
-                    return Aborted ? AbortCode(headersSent) : headersSent ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
-                }
-            }
-        }
-        catch (Exception)
-        {
-            return Http2ErrorCode.INTERNAL_ERROR;
-        }
-    }
-
-    /// <summary>
     /// A 101 from the bridge: only the answer to our own extended CONNECT's upgrade is valid (an HTTP/2 response cannot
     /// switch protocols, RFC 9113 section 8.6), and for websocket its Sec-WebSocket-Accept must match the key we sent
     /// (RFC 6455 section 4.1). The accept field means nothing to the HTTP/2 client (RFC 8441 section 5): it is marked
@@ -709,34 +737,42 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     private Http2ErrorCode AbortCode(bool headersSent) =>
         ResetByPeer ? Http2ErrorCode.NO_ERROR : StallTimedOut ? Http2ErrorCode.CANCEL : headersSent ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
 
-    /// <summary>Sends <paramref name="data"/> as DATA frames as the windows allow; false when the stream was aborted or stalled too long.</summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<bool> SendDataAsync(ReadOnlySequence<byte> data, bool endStream)
+    private enum SendStep : byte
+    {
+        Sent,
+        /// <summary>No window (or the connection's output backlog is full): wait for <see cref="Signal"/>, then send the rest.</summary>
+        Wait,
+        /// <summary>The stream or the connection is gone.</summary>
+        Failed,
+    }
+
+    /// <summary>
+    /// Sends as much of <paramref name="data"/> as DATA frames as the windows allow, leaving the rest in it. Synchronous:
+    /// the pump awaits <see cref="Signal"/> itself when told to wait, in its long-lived loop (see <see cref="RunLoopAsync"/>),
+    /// so a send held up by flow control rents no async box.
+    /// </summary>
+    private SendStep SendData(ref ReadOnlySequence<byte> data, bool endStream)
     {
         while (true)
         {
             if (data.IsEmpty)
             {
                 // An empty DATA frame with END_STREAM takes no window (section 6.9.1 counts payload octets only).
-                return !endStream || _connection.TrySendEnd(this);
+                return !endStream || _connection.TrySendEnd(this) ? SendStep.Sent : SendStep.Failed;
             }
             int sent = _connection.TrySendData(this, data, endStream);
             if (sent < 0)
             {
-                return false;
+                return SendStep.Failed;
             }
             if (sent == data.Length)
             {
-                return true;
+                return SendStep.Sent;
             }
             data = data.Slice(sent);
             if (sent == 0)
             {
-                await Signal.WaitAsync().ConfigureAwait(false);
-                if (StallTimedOut || Aborted)
-                {
-                    return false;
-                }
+                return SendStep.Wait;
             }
         }
     }
