@@ -165,6 +165,49 @@ public class EpollPipeTests
     }
 
     [Fact]
+    public async Task ReadAsync_NewConnectionRequestAlreadyThere_OneRecv()
+    {
+        var (server, client) = Pair();
+        using var _ = client;
+        client.Send("GET / HTTP/1.1\r\n\r\n"u8);
+        await Task.Delay(20);
+        var (stream, input, _) = Pipes(server);
+
+        ReadResult result = await Within(input.ReadAsync());
+
+        Assert.Equal("GET / HTTP/1.1\r\n\r\n"u8.ToArray(), result.Buffer.ToArray());
+        // Read straight into a block: no zero-byte recv() first (the engine knows nothing of a new socket's readiness,
+        // so that wait would have cost a syscall of its own), and no registration.
+        Assert.Equal(1, stream.ReceiveCalls);
+        Assert.True(stream.IsUnwatched);
+        input.AdvanceTo(result.Buffer.End);
+        input.Complete();
+        SocketPipes.Close(server, stream);
+    }
+
+    [Fact]
+    public async Task ReadAsync_NewConnectionNothingYet_WaitsWithoutABlock()
+    {
+        var (server, client) = Pair();
+        using var _ = client;
+        var (stream, input, _) = Pipes(server);
+
+        ValueTask<ReadResult> first = input.ReadAsync();
+        await Task.Delay(50);
+
+        Assert.False(first.IsCompleted);
+        Assert.Equal(0, input.HeldBlocks); // the block tried at once went back when nothing was there
+        Assert.False(stream.IsUnwatched);
+        Assert.Equal(1, stream.ReceiveCalls); // the failed try registered the socket: the wait costs no second recv()
+        client.Send("GET /"u8);
+        ReadResult result = await Within(first);
+        Assert.Equal("GET /"u8.ToArray(), result.Buffer.ToArray());
+        input.AdvanceTo(result.Buffer.End);
+        input.Complete();
+        SocketPipes.Close(server, stream);
+    }
+
+    [Fact]
     public async Task ReadAsync_PeerShutsDown_ReturnsDataThenCompleted()
     {
         var (server, client) = Pair();

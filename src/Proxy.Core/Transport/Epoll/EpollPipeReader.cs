@@ -139,6 +139,10 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
             ValueTask<int> pending;
             if (_useZeroByteReads && _bufferedBytes == 0 && !skipWait)
             {
+                if (_stream.IsUnwatched && TryReceiveUnwatched())
+                {
+                    continue;
+                }
                 // Idle: wait for readiness before renting (costs no syscall when the engine already said ready).
                 pending = _stream.ReadAsync(Memory<byte>.Empty, cancellationToken);
                 if (!pending.IsCompleted)
@@ -168,6 +172,33 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
             }
             Commit(n);
         }
+    }
+
+    /// <summary>
+    /// A socket the engine does not watch yet (a new connection) has no readiness to wait on without a syscall: read
+    /// into a block at once (a new connection's request is usually there), and give the block back when nothing is,
+    /// so an idle connection still holds none. See <see cref="EpollSocketStream.TryReceiveUnwatched"/>.
+    /// </summary>
+    private bool TryReceiveUnwatched()
+    {
+        Memory<byte> memory = WritableTail();
+        Interlocked.Or(ref _state, InFlight);
+        int n;
+        try
+        {
+            n = _stream.TryReceiveUnwatched(memory.Span);
+        }
+        finally
+        {
+            Interlocked.And(ref _state, ~InFlight);
+        }
+        if (n < 0)
+        {
+            ReleaseAll(); // nothing was buffered: the block goes back
+            return false;
+        }
+        Commit(n);
+        return true;
     }
 
     private void Park(ValueTask<int> pending, bool isWait, CancellationToken cancellationToken, bool fromCaller)

@@ -383,6 +383,39 @@ internal sealed class EpollSocketStream : Stream
 
     public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
 
+    /// <summary>recv() calls made for this socket (tests count syscalls with it; a plain increment, owner thread only).</summary>
+    internal int ReceiveCalls;
+
+    /// <summary>True until an operation of this socket first has to wait (the engine knows nothing of its readiness yet).</summary>
+    internal bool IsUnwatched => Volatile.Read(ref _registration) == Unregistered;
+
+    /// <summary>
+    /// For a socket the engine does not watch yet: one recv() into <paramref name="buffer"/>. Returns the bytes
+    /// received (0: end of stream), or -1 when nothing is there; the socket is then watched, so the zero-byte wait that
+    /// follows parks without a syscall of its own. Returns -1 at once, without a syscall, once the socket is watched.
+    /// <para>Why: before the first wait, a zero-byte wait has no readiness to go by and costs a recv() of its own, and a
+    /// new connection's request is usually already there; a connection per request paid two recv() for it.</para>
+    /// </summary>
+    internal int TryReceiveUnwatched(Span<byte> buffer)
+    {
+        if (_disposed || Volatile.Read(ref _registration) != Unregistered)
+        {
+            return -1;
+        }
+        int n = Receive(buffer, Volatile.Read(ref _read.State), out int errno);
+        if (n >= 0)
+        {
+            return n;
+        }
+        if (errno != EpollNative.EAGAIN)
+        {
+            throw Error(errno);
+        }
+        // False when detached meanwhile: the wait that follows reports it.
+        _ = EnsureWatching(writes: false);
+        return -1;
+    }
+
     /// <summary>
     /// Blocking read, for callers that insist (none on the data plane): waits with poll(), not the engine, so it
     /// cannot deadlock even on the engine thread.
@@ -499,6 +532,7 @@ internal sealed class EpollSocketStream : Stream
     /// </summary>
     private unsafe int Receive(Span<byte> buffer, int state, out int errno)
     {
+        ReceiveCalls++;
         bool added = false;
         try
         {
