@@ -70,9 +70,17 @@ public sealed class TlsUpstreamTests : IDisposable
 
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.StartsWith("tls:127.0.0.1||HTTP/1.1|http", body);
-        // The pooled connection is reused for the next request.
+        // The pooled connection is reused for the next request. That request comes on a new client connection (a new
+        // HttpClient), which can arrive before the first exchange has handed its upstream connection back: wait for it.
+        var pool = proxy.Server.Snapshot.Clusters["backend"].Destinations[0].Pool!;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (pool.IdleConnections != 1)
+        {
+            Assert.True(clock.Elapsed < TestDefaults.Timeout, "the upstream connection never went back to the pool");
+            await Task.Delay(10);
+        }
         Assert.Equal(HttpStatusCode.OK, (await GetAsync(proxy)).Status);
-        Assert.Equal(1, proxy.Server.Snapshot.Clusters["backend"].Destinations[0].Pool!.OpenConnections);
+        Assert.Equal(1, pool.OpenConnections);
     }
 
     [Fact]
