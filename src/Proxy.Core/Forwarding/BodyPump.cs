@@ -157,6 +157,10 @@ internal sealed class BodyPump
 
             PumpResult outcome = default;
             Exception? error = null;
+            // Declared here, not in the read loop, so that they can be cleared before the loop parks (see Copied).
+            ReadResult result = default;
+            ReadOnlySequence<byte> buffer = default;
+            SequencePosition consumed = default;
             try
             {
                 BytesRead = 0;
@@ -172,7 +176,6 @@ internal sealed class BodyPump
 
                 while (true)
                 {
-                    ReadResult result;
                     timer.ArmRead(source);
                     try
                     {
@@ -191,8 +194,8 @@ internal sealed class BodyPump
                         goto Copied;
                     }
 
-                    ReadOnlySequence<byte> buffer = result.Buffer;
-                    SequencePosition consumed = buffer.Start;
+                    buffer = result.Buffer;
+                    consumed = buffer.Start;
                     bool done = false;
 
                     switch (inFraming)
@@ -341,10 +344,21 @@ internal sealed class BodyPump
                 Publish(published, outcome, error);
                 return;
             }
+            // The state machine keeps its locals while parked, and a parked pump waits in a pooled exchange state:
+            // cleared, so that it does not keep the last connection (the timer is the client connection), its pipes and
+            // their segments reachable until the state is used again.
+            source = null!;
+            destination = null;
+            timer = null!;
+            replay = null;
+            result = default;
+            buffer = default;
+            consumed = default;
             // Reset and parked before publishing: publishing may run the caller inline up to its next CopyAsync call.
             _work.Reset();
             _parked = true;
             Publish(published, outcome, error);
+            error = null;
             await _work.Task.ConfigureAwait(false);
         }
     }
