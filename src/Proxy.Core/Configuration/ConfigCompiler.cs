@@ -54,6 +54,7 @@ internal static class ConfigCompiler
                 Index = i,
                 EndPoint = endPoint,
                 Handler = l.Handler,
+                DeferAccept = l.DeferAccept,
                 Limits = MergeLimits(serverLimits, l.Limits),
                 Forwarded = BuildForwarded(config.Forwarded, l.Forwarded),
                 Metrics = new ListenerMetrics(l.Name!.Value.Value),

@@ -132,6 +132,8 @@ internal sealed record ListenerConfig
     public Located<bool>? Public { get; init; }
     /// <summary>The <c>tls:</c> block; null for a cleartext listener.</summary>
     public ListenerTlsConfig? Tls { get; init; }
+    /// <summary><c>defer_accept: true</c>: the kernel hands over a connection once its first bytes arrived (Linux TCP_DEFER_ACCEPT).</summary>
+    public bool DeferAccept { get; init; }
 }
 
 /// <summary>A listener's <c>tls:</c> block (docs/tls.md).</summary>

@@ -102,6 +102,14 @@ internal sealed class ListenerModel
     public required int Index { get; init; }
     public required IPEndPoint EndPoint { get; init; }
     public ListenerHandler Handler { get; init; }
+    /// <summary>
+    /// Accept a connection only once its first bytes arrived (Linux TCP_DEFER_ACCEPT, nginx's <c>listen ... deferred</c>,
+    /// HAProxy's <c>defer-accept</c>): a new connection's request is then read with its first recv(), with no wait, no
+    /// epoll registration and no wake-up for a handshake alone. A client that connects and sends nothing is handed over
+    /// only after the kernel's defer period (about a second plus a SYN-ACK retransmission), so header_timeout starts
+    /// later for it. Ignored on other systems.
+    /// </summary>
+    public bool DeferAccept { get; init; }
     public HttpLimits Limits { get; init; } = HttpLimits.Default;
     public ForwardedModel Forwarded { get; init; } = ForwardedModel.Default;
     /// <summary>Counters bound to this listener at compile time (null only for models built by hand in tests).</summary>

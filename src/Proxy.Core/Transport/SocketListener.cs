@@ -53,9 +53,26 @@ internal sealed class SocketListener : IEpollAcceptHandler
         get => _model;
         set
         {
+            if (value.DeferAccept != _model.DeferAccept && _acceptLoop is not null)
+            {
+                ApplyDeferAccept(value.DeferAccept); // a listening socket takes the change at once: no rebind
+            }
             _model = value;
             EnsureCertificateCheck();
         }
+    }
+
+    /// <summary>TCP_DEFER_ACCEPT in seconds (1, as nginx's <c>deferred</c> and HAProxy's <c>defer-accept</c> set it) or 0 (off); Linux only.</summary>
+    private void ApplyDeferAccept(bool on)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return;
+        }
+        const int IPPROTO_TCP = 6, TCP_DEFER_ACCEPT = 9;
+        Span<byte> seconds = stackalloc byte[sizeof(int)];
+        BitConverter.TryWriteBytes(seconds, on ? 1 : 0);
+        _socket.SetRawSocketOption(IPPROTO_TCP, TCP_DEFER_ACCEPT, seconds);
     }
 
     /// <summary>Starts the certificate check once the listener serves TLS (at start, or when a reload turns TLS on).</summary>
@@ -73,6 +90,10 @@ internal sealed class SocketListener : IEpollAcceptHandler
     public void Start()
     {
         _socket.Bind(Model.EndPoint);
+        if (Model.DeferAccept)
+        {
+            ApplyDeferAccept(true);
+        }
         _socket.Listen(4096);
         EndPoint = (IPEndPoint)_socket.LocalEndPoint!;
         if (SocketPipes.UseEpoll)
