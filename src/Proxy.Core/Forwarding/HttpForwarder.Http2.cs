@@ -660,11 +660,12 @@ internal sealed partial class HttpForwarder
 
         PipeWriter output = _client.Output;
         long remaining = length;
-        TimeSpan streamIdle = _route!.Timeouts.Over(cluster.Timeouts).StreamIdle;
-        _client.SetUpstreamTimeout(streamIdle);
+        _client.SetUpstreamTimeout(_route!.Timeouts.Over(cluster.Timeouts).StreamIdle);
         while (true)
         {
             _client.ArmRead(reader);
+            // The clock, not the configured idle timeout: the deadline that fires may be another one (request_timeout).
+            long armed = Stopwatch.GetTimestamp();
             ReadResult result;
             try
             {
@@ -682,8 +683,7 @@ internal sealed partial class HttpForwarder
                 reader.AdvanceTo(buffer.Start);
                 if (_client.TakeFiredTimeout() != TimeoutKind.None)
                 {
-                    // The read waited the whole stream_idle_timeout (the deadline was armed for it): no clock read per body read.
-                    stream.Connection.OnStreamTimedOut(streamIdle);
+                    stream.Connection.OnStreamTimedOut(Stopwatch.GetElapsedTime(armed));
                     return AbortHttp2Relay(cluster, destination, stream, "stream_idle_timeout");
                 }
                 continue;

@@ -144,12 +144,24 @@ internal sealed class Http2ClientConnection
 
     // ---- streams ---------------------------------------------------------------------------------
 
+    /// <summary>
+    /// The read loop has held the same incomplete frame for a second or more. A sound peer finishes a frame it started
+    /// within moments; one whose frame is declared longer than it sent never will, and a new stream here would wait on
+    /// it until its timeout. Such a connection takes no new stream (the pool uses or opens another); the streams waiting
+    /// on it fail it when they time out (<see cref="OnStreamTimedOut"/>).
+    /// </summary>
+    private bool StalledMidFrame()
+    {
+        long since = Volatile.Read(ref _partialFrameSince);
+        return since != 0 && Stopwatch.GetElapsedTime(since) >= TimeSpan.FromSeconds(1);
+    }
+
     /// <summary>Reserves a stream slot when the connection takes new streams and is below its concurrency limit.</summary>
     public Http2ClientStream? TryReserveStream()
     {
         lock (_sync)
         {
-            if (_closed || _goingAway || _active >= _maxStreams || _nextStreamId > int.MaxValue - 2)
+            if (_closed || _goingAway || _active >= _maxStreams || _nextStreamId > int.MaxValue - 2 || StalledMidFrame())
             {
                 return null;
             }
@@ -725,6 +737,10 @@ internal sealed class Http2ClientConnection
                 stream.EndReceived = true;
             }
         }
+        if (aborted)
+        {
+            TakeNoNewStreams();
+        }
         if (flush)
         {
             // No pause threshold: completes at once, resuming the forwarder inline on this thread, outside our locks
@@ -819,6 +835,7 @@ internal sealed class Http2ClientConnection
         }
         bool wake = false;
         bool end = false;
+        bool retire = false;
         lock (stream)
         {
             if (stream.Released || stream.WriterCompleted || stream.Delivering)
@@ -835,6 +852,7 @@ internal sealed class Http2ClientConnection
                 AbortStream(stream, Http2ErrorCode.PROTOCOL_ERROR, refused: false);
                 _ = WriteResetAsync(stream.Id, Http2ErrorCode.PROTOCOL_ERROR).AsTask();
                 end = true;
+                retire = true;
             }
             else if (trailers)
             {
@@ -861,6 +879,10 @@ internal sealed class Http2ClientConnection
                 wake = stream.AddInterim();
                 stream.Delivering = wake;
             }
+        }
+        if (retire)
+        {
+            TakeNoNewStreams();
         }
         if (end)
         {
@@ -963,6 +985,22 @@ internal sealed class Http2ClientConnection
             }
         }
         return Http2FrameError.None;
+    }
+
+    /// <summary>
+    /// After a malformed response (section 8.1.1: a stream error): the peer's framing or encoding cannot be trusted any
+    /// more (a frame declared longer than sent, say, makes what follows unreadable, and the next stream would wait on
+    /// it until its timeout). The connection takes no new stream, the streams in flight finish, and it closes when the
+    /// last one is released, as after a GOAWAY. Section 5.4 allows treating a stream error as a connection error; this
+    /// is the gentler form.
+    /// </summary>
+    private void TakeNoNewStreams()
+    {
+        _pool.ConnectionGoingAway(this);
+        lock (_sync)
+        {
+            _goingAway = true;
+        }
     }
 
     private void OnGoAway(int lastStreamId, Http2ErrorCode code)
