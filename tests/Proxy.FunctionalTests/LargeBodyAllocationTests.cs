@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
@@ -205,131 +204,26 @@ public sealed class LargeBodyAllocationTests(ITestOutputHelper output)
         }
     }
 
-    /// <summary>
-    /// A blocking h2c client (prior knowledge) that sends pre-encoded GETs and parses only frame headers, so it allocates
-    /// nothing per request. Its windows are opened wide: the proxy never waits for a WINDOW_UPDATE.
-    /// </summary>
+    /// <summary><see cref="RawH2cClient"/> with <paramref name="streams"/> concurrent GETs per batch.</summary>
     private sealed class LargeH2c(Socket socket, int streams) : IClient
     {
-        private const int FrameHeaderLength = 9;
-        private const byte Data = 0x0, Headers = 0x1, Settings = 0x4, WindowUpdate = 0x8, GoAway = 0x7, RstStream = 0x3;
-        private const byte EndStream = 0x1, EndHeaders = 0x4, Ack = 0x1;
-        private readonly byte[] _request = BuildRequest();
-        private readonly byte[] _receive = new byte[64 * 1024];
-        private readonly byte[] _settingsAck = [0, 0, 0, Settings, Ack, 0, 0, 0, 0];
-        private int _filled;
-        private int _nextStream = 1;
-
-        private void SendPreface()
-        {
-            var preface = new List<byte>();
-            preface.AddRange("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8.ToArray());
-            // SETTINGS: INITIAL_WINDOW_SIZE (0x4) = 2^30 (RFC 9113 section 6.5.2).
-            preface.AddRange(new byte[] { 0, 0, 6, Settings, 0, 0, 0, 0, 0, 0, 0x4, 0x40, 0, 0, 0 });
-            // The connection window (section 6.9.2: 65,535 whatever SETTINGS say) opened to 2^31-1.
-            preface.AddRange(new byte[] { 0, 0, 4, WindowUpdate, 0, 0, 0, 0, 0, 0x7F, 0xFF, 0, 0 });
-            socket.Send(preface.ToArray());
-        }
+        private readonly RawH2cClient _client = new(socket, "/static/200k.bin");
 
         public void Start()
         {
-            SendPreface();
-            if (RoundTrips() != streams * BodyLength)
-            {
-                throw new InvalidOperationException("a response body was cut");
-            }
+            _client.SendPreface();
+            Run(1);
         }
 
         public void Run(int batches)
         {
             for (int i = 0; i < batches; i++)
             {
-                if (RoundTrips() != streams * BodyLength)
+                if (_client.RoundTrips(streams) != streams * BodyLength)
                 {
                     throw new InvalidOperationException("a response body was cut");
                 }
             }
-        }
-
-        /// <summary>streams concurrent GETs (h2load's -m); returns the responses' DATA octets.</summary>
-        private int RoundTrips()
-        {
-            int last = _nextStream + 2 * (streams - 1);
-            for (int i = 0; i < streams; i++)
-            {
-                BinaryPrimitives.WriteInt32BigEndian(_request.AsSpan(5), _nextStream);
-                _nextStream += 2;
-                socket.Send(_request);
-            }
-            int left = streams;
-            int body = 0;
-            while (true)
-            {
-                while (_filled < FrameHeaderLength || _filled < FrameHeaderLength + Length())
-                {
-                    int n = socket.Receive(_receive.AsSpan(_filled));
-                    if (n <= 0)
-                    {
-                        throw new InvalidOperationException("the proxy closed the connection");
-                    }
-                    _filled += n;
-                }
-                int length = Length();
-                byte type = _receive[3];
-                byte flags = _receive[4];
-                int id = BinaryPrimitives.ReadInt32BigEndian(_receive.AsSpan(5)) & 0x7FFF_FFFF;
-                if (type is GoAway or RstStream)
-                {
-                    throw new InvalidOperationException($"frame type {type} from the proxy");
-                }
-                if (type == Settings && (flags & Ack) == 0)
-                {
-                    socket.Send(_settingsAck);
-                }
-                bool done = false;
-                if (id > last - 2 * streams && id <= last && type is Data or Headers)
-                {
-                    if (type == Data)
-                    {
-                        body += length;
-                    }
-                    done = (flags & EndStream) != 0 && --left == 0;
-                }
-                int frame = FrameHeaderLength + length;
-                _receive.AsSpan(frame, _filled - frame).CopyTo(_receive);
-                _filled -= frame;
-                if (done)
-                {
-                    return body;
-                }
-            }
-        }
-
-        private int Length() => (_receive[0] << 16) | (_receive[1] << 8) | _receive[2];
-
-        private static byte[] BuildRequest()
-        {
-            // HPACK (RFC 7541): :method GET (static 2), :scheme http (static 6), then :path and :authority as literals
-            // without indexing with an indexed name (section 6.2.2), so the proxy's decoder table never changes.
-            var block = new List<byte> { 0x82, 0x86 };
-            AddLiteral(block, 4, "/static/200k.bin");
-            AddLiteral(block, 1, "example.test");
-            var frame = new byte[FrameHeaderLength + block.Count];
-            frame[0] = (byte)(block.Count >> 16);
-            frame[1] = (byte)(block.Count >> 8);
-            frame[2] = (byte)block.Count;
-            frame[3] = Headers;
-            frame[4] = EndStream | EndHeaders;
-            block.CopyTo(frame, FrameHeaderLength);
-            return frame;
-        }
-
-        private static void AddLiteral(List<byte> block, int nameIndex, string value)
-        {
-            // 0000xxxx: literal without indexing, the name index as a 4-bit prefix integer (section 5.1).
-            block.Add((byte)nameIndex);
-            block.Add((byte)value.Length);
-            block.AddRange(Encoding.ASCII.GetBytes(value));
         }
     }
 }

@@ -1,7 +1,5 @@
-using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
-using System.Text;
 using Proxy.Benchmarks.EndToEnd;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Transport;
@@ -17,9 +15,7 @@ namespace Proxy.FunctionalTests.Http2;
 [Collection(MemorySensitiveCollection.Name)]
 public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
 {
-    private const int FrameHeaderLength = 9;
-    private const byte Data = 0x0, Headers = 0x1, Settings = 0x4, WindowUpdate = 0x8, GoAway = 0x7, RstStream = 0x3;
-    private const byte EndStream = 0x1, EndHeaders = 0x4, Ack = 0x1;
+    private const string Path = "/api/items?page=2", UserAgent = "test";
 
     /// <summary>
     /// Bytes per request, best of five rounds. On our epoll engine (the binary's default) the proxy allocates 0-8 B per
@@ -40,7 +36,7 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
         using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         client.ReceiveTimeout = 5000;
         client.Connect(proxy.Public);
-        var h2 = new RawH2c(client);
+        var h2 = new RawH2cClient(client, Path, UserAgent);
         h2.SendPreface();
 
         Assert.Equal(100, h2.RoundTrip());
@@ -82,14 +78,14 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
         await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
         const int Connections = 16, Streams = 4, Batches = 250;
         var sockets = new Socket[Connections];
-        var clients = new RawH2c[Connections];
+        var clients = new RawH2cClient[Connections];
         try
         {
             for (int c = 0; c < Connections; c++)
             {
                 sockets[c] = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveTimeout = 5000 };
                 sockets[c].Connect(proxy.Public);
-                clients[c] = new RawH2c(sockets[c]);
+                clients[c] = new RawH2cClient(sockets[c], Path, UserAgent);
                 clients[c].SendPreface();
                 Assert.Equal(Streams * 100, clients[c].RoundTrips(Streams));
             }
@@ -119,13 +115,13 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
     }
 
     /// <summary>Each client on its own thread, <paramref name="batches"/> times <paramref name="streams"/> concurrent GETs.</summary>
-    private static void RunAll(RawH2c[] clients, int streams, int batches)
+    private static void RunAll(RawH2cClient[] clients, int streams, int batches)
     {
         var threads = new Thread[clients.Length];
         Exception? failure = null;
         for (int c = 0; c < clients.Length; c++)
         {
-            RawH2c client = clients[c];
+            RawH2cClient client = clients[c];
             threads[c] = new Thread(() =>
             {
                 try
@@ -150,117 +146,6 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
         if (failure is not null)
         {
             throw new InvalidOperationException("a client failed", failure);
-        }
-    }
-
-    /// <summary>A blocking h2c client: one batch of concurrent streams at a time, request frames encoded once, only frame headers parsed.</summary>
-    private sealed class RawH2c(Socket socket)
-    {
-        private readonly byte[] _request = BuildRequest();
-        private readonly byte[] _receive = new byte[64 * 1024];
-        private readonly byte[] _settingsAck = [0, 0, 0, Settings, Ack, 0, 0, 0, 0];
-        private int _filled;
-        private int _nextStream = 1;
-
-        public void SendPreface()
-        {
-            var preface = new List<byte>();
-            preface.AddRange("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8.ToArray());
-            // SETTINGS: INITIAL_WINDOW_SIZE (0x4) = 2^30, so no stream ever waits for a WINDOW_UPDATE from us.
-            preface.AddRange(new byte[] { 0, 0, 6, Settings, 0, 0, 0, 0, 0, 0, 0x4, 0x40, 0, 0, 0 });
-            // The connection window (section 6.9.2 starts it at 65,535 whatever SETTINGS say) opened to 2^31-1.
-            preface.AddRange(new byte[] { 0, 0, 4, WindowUpdate, 0, 0, 0, 0, 0, 0x7F, 0xFF, 0, 0 });
-            socket.Send(preface.ToArray());
-        }
-
-        /// <summary>One GET; returns the response's DATA octets.</summary>
-        public int RoundTrip() => RoundTrips(1);
-
-        /// <summary><paramref name="streams"/> concurrent GETs (h2load's -m); returns the responses' DATA octets.</summary>
-        public int RoundTrips(int streams)
-        {
-            int last = _nextStream + 2 * (streams - 1);
-            for (int i = 0; i < streams; i++)
-            {
-                BinaryPrimitives.WriteInt32BigEndian(_request.AsSpan(5), _nextStream);
-                _nextStream += 2;
-                socket.Send(_request);
-            }
-            int left = streams;
-            int body = 0;
-            while (true)
-            {
-                while (_filled < FrameHeaderLength || _filled < FrameHeaderLength + Length())
-                {
-                    int n = socket.Receive(_receive.AsSpan(_filled));
-                    Assert.True(n > 0, "the proxy closed the connection");
-                    _filled += n;
-                }
-                int length = Length();
-                byte type = _receive[3];
-                byte flags = _receive[4];
-                int id = BinaryPrimitives.ReadInt32BigEndian(_receive.AsSpan(5)) & 0x7FFF_FFFF;
-                if (type is GoAway or RstStream)
-                {
-                    Assert.Fail($"frame type {type} from the proxy"); // formatted only when failing: no allocation per frame
-                }
-                if (type == Settings && (flags & Ack) == 0)
-                {
-                    socket.Send(_settingsAck);
-                }
-                bool done = false;
-                if (id > last - 2 * streams && id <= last && type is Data or Headers)
-                {
-                    if (type == Data)
-                    {
-                        body += length;
-                    }
-                    done = (flags & EndStream) != 0 && --left == 0;
-                }
-                int frame = FrameHeaderLength + length;
-                _receive.AsSpan(frame, _filled - frame).CopyTo(_receive);
-                _filled -= frame;
-                if (done)
-                {
-                    return body;
-                }
-            }
-        }
-
-        private int Length() => (_receive[0] << 16) | (_receive[1] << 8) | _receive[2];
-
-        private static byte[] BuildRequest()
-        {
-            // HPACK (RFC 7541): :method GET (static 2), :scheme http (static 6), then :path and :authority as literals
-            // without indexing with an indexed name (section 6.2.2), so the proxy's decoder table never changes.
-            var block = new List<byte> { 0x82, 0x86 };
-            AddLiteral(block, 4, "/api/items?page=2");
-            AddLiteral(block, 1, "example.test");
-            AddLiteral(block, 58, "test"); // user-agent
-            var frame = new byte[FrameHeaderLength + block.Count];
-            frame[0] = (byte)(block.Count >> 16);
-            frame[1] = (byte)(block.Count >> 8);
-            frame[2] = (byte)block.Count;
-            frame[3] = Headers;
-            frame[4] = EndStream | EndHeaders;
-            block.CopyTo(frame, FrameHeaderLength);
-            return frame;
-        }
-
-        private static void AddLiteral(List<byte> block, int nameIndex, string value)
-        {
-            // 0000xxxx: literal without indexing, the name index as a 4-bit prefix integer (section 5.1).
-            if (nameIndex < 15)
-            {
-                block.Add((byte)nameIndex);
-            }
-            else
-            {
-                block.Add(0x0F);
-                block.Add((byte)(nameIndex - 15));
-            }
-            block.Add((byte)value.Length);
-            block.AddRange(Encoding.ASCII.GetBytes(value));
         }
     }
 }

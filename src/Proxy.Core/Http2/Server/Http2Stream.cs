@@ -218,8 +218,11 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
             Phase phase = Phase.Head;
             long remaining = 0;
             bool headersSent = false;
-            // A DATA payload not yet sent, waiting for a window (or the connection's output backlog) to open.
+            // A DATA payload not yet sent, waiting for a window (or the connection's output backlog) to open; whether it
+            // ends the stream; where the buffer goes on from once it is sent.
             ReadOnlySequence<byte> pending;
+            bool pendingEnds;
+            SequencePosition next;
             SendStep step;
             try
             {
@@ -325,28 +328,13 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
                             ReadOnlySequence<byte> data = buffer.Length > remaining ? buffer.Slice(0, remaining) : buffer;
                             remaining -= data.Length;
                             pending = data;
-                            while ((step = SendData(ref pending, endStream: remaining == 0)) == SendStep.Wait)
-                            {
-                                await Signal.WaitAsync().ConfigureAwait(false);
-                                if (StallTimedOut || Aborted)
-                                {
-                                    step = SendStep.Failed;
-                                    break;
-                                }
-                            }
-                            if (step == SendStep.Failed)
-                            {
-                                reader.AdvanceTo(buffer.Start);
-                                reset = AbortCode(true);
-                                goto Pumped;
-                            }
-                            buffer = buffer.Slice(data.End);
-                            if (remaining == 0)
+                            pendingEnds = remaining == 0;
+                            next = data.End;
+                            if (pendingEnds)
                             {
                                 phase = Phase.Done;
-                                break;
                             }
-                            continue;
+                            goto Send;
                         }
                         if (phase == Phase.Chunked)
                         {
@@ -360,23 +348,9 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
                             if (chunk == ChunkStatus.Data)
                             {
                                 pending = data;
-                                while ((step = SendData(ref pending, endStream: false)) == SendStep.Wait)
-                                {
-                                    await Signal.WaitAsync().ConfigureAwait(false);
-                                    if (StallTimedOut || Aborted)
-                                    {
-                                        step = SendStep.Failed;
-                                        break;
-                                    }
-                                }
-                                if (step == SendStep.Failed)
-                                {
-                                    reader.AdvanceTo(buffer.Start);
-                                    reset = AbortCode(true);
-                                    goto Pumped;
-                                }
-                                buffer = buffer.Slice(consumed);
-                                continue;
+                                pendingEnds = false;
+                                next = consumed;
+                                goto Send;
                             }
                             buffer = buffer.Slice(consumed);
                             if (chunk == ChunkStatus.Done)
@@ -400,23 +374,11 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
                         {
                             if (!buffer.IsEmpty)
                             {
+                                // Sent, then this phase runs again with the buffer empty.
                                 pending = buffer;
-                                while ((step = SendData(ref pending, endStream: false)) == SendStep.Wait)
-                                {
-                                    await Signal.WaitAsync().ConfigureAwait(false);
-                                    if (StallTimedOut || Aborted)
-                                    {
-                                        step = SendStep.Failed;
-                                        break;
-                                    }
-                                }
-                                if (step == SendStep.Failed)
-                                {
-                                    reader.AdvanceTo(buffer.Start);
-                                    reset = AbortCode(true);
-                                    goto Pumped;
-                                }
-                                buffer = buffer.Slice(buffer.End);
+                                pendingEnds = false;
+                                next = buffer.End;
+                                goto Send;
                             }
                             if (result.IsCompleted)
                             {
@@ -431,6 +393,30 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
                             break;
                         }
                         break; // Done
+
+                    // The body phases' DATA: pending, then on from next (the phase already says Done when it ended the
+                    // stream). The waits are awaited here, in this loop, for a window or the connection's output backlog.
+                    Send:
+                        while ((step = SendData(ref pending, pendingEnds)) == SendStep.Wait)
+                        {
+                            await Signal.WaitAsync().ConfigureAwait(false);
+                            if (StallTimedOut || Aborted)
+                            {
+                                step = SendStep.Failed;
+                                break;
+                            }
+                        }
+                        if (step == SendStep.Failed)
+                        {
+                            reader.AdvanceTo(buffer.Start);
+                            reset = AbortCode(true);
+                            goto Pumped;
+                        }
+                        buffer = buffer.Slice(next);
+                        if (phase == Phase.Done)
+                        {
+                            break;
+                        }
                     }
                     reader.AdvanceTo(buffer.Start, examined);
                     if (phase == Phase.Done)
