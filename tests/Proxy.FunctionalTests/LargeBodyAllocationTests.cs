@@ -118,36 +118,7 @@ public sealed class LargeBodyAllocationTests(ITestOutputHelper output)
         }
     }
 
-    private static void RunAll(IClient[] clients, int batches)
-    {
-        var threads = new Thread[clients.Length];
-        Exception? failure = null;
-        for (int c = 0; c < clients.Length; c++)
-        {
-            IClient client = clients[c];
-            threads[c] = new Thread(() =>
-            {
-                try
-                {
-                    client.Run(batches);
-                }
-                catch (Exception e)
-                {
-                    // An exception left on a thread would end the test host: the test thread rethrows it.
-                    Interlocked.CompareExchange(ref failure, e, null);
-                }
-            });
-            threads[c].Start();
-        }
-        foreach (Thread thread in threads)
-        {
-            thread.Join();
-        }
-        if (failure is not null)
-        {
-            throw new InvalidOperationException("a client failed", failure);
-        }
-    }
+    private static void RunAll(IClient[] clients, int batches) => ParallelThreads.RunEach(clients.Length, c => clients[c].Run(batches));
 
     /// <summary>A blocking HTTP/1.1 keep-alive client: one GET at a time, the body counted into a small reused buffer.</summary>
     private sealed class Http1Client(Socket socket) : IClient

@@ -115,37 +115,11 @@ public sealed class Http2SteadyStateAllocationTests(ITestOutputHelper output)
     }
 
     /// <summary>Each client on its own thread, <paramref name="batches"/> times <paramref name="streams"/> concurrent GETs.</summary>
-    private static void RunAll(RawH2cClient[] clients, int streams, int batches)
+    private static void RunAll(RawH2cClient[] clients, int streams, int batches) => ParallelThreads.RunEach(clients.Length, c =>
     {
-        var threads = new Thread[clients.Length];
-        Exception? failure = null;
-        for (int c = 0; c < clients.Length; c++)
+        for (int i = 0; i < batches; i++)
         {
-            RawH2cClient client = clients[c];
-            threads[c] = new Thread(() =>
-            {
-                try
-                {
-                    for (int i = 0; i < batches; i++)
-                    {
-                        client.RoundTrips(streams);
-                    }
-                }
-                catch (Exception e)
-                {
-                    // An exception left on a thread would end the test host: the test thread rethrows it.
-                    Interlocked.CompareExchange(ref failure, e, null);
-                }
-            });
-            threads[c].Start();
+            clients[c].RoundTrips(streams);
         }
-        foreach (Thread thread in threads)
-        {
-            thread.Join();
-        }
-        if (failure is not null)
-        {
-            throw new InvalidOperationException("a client failed", failure);
-        }
-    }
+    });
 }
