@@ -70,6 +70,22 @@ public sealed class Http2UpstreamFuzzTests
         return (fuzz, await control.ReadResponseAsync(timeout: TimeSpan.FromSeconds(10)), took);
     }
 
+    /// <summary>The broken request with Connection: close, read until the proxy closes (10 s at most), then a control request on a new connection.</summary>
+    private static async Task<(CloseResult Cut, HttpMessage Control)> FuzzToCloseThenControlAsync(HostileH2cUpstream upstream)
+    {
+        await using var proxy = await ClusterYaml.StartAsync(ClusterYaml.Address($"http://127.0.0.1:{upstream.Port}"), "h2c",
+            cluster: "request_timeout: 1s");
+        CloseResult cut;
+        await using (var client = await proxy.ConnectAsync())
+        {
+            await client.SendAsync("GET /fuzz/0 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+            cut = await client.ReadToCloseAsync(TimeSpan.FromSeconds(10));
+        }
+        await using var control = await proxy.ConnectAsync();
+        await control.SendAsync("GET /control/0 HTTP/1.1\r\nHost: a\r\n\r\n");
+        return (cut, await control.ReadResponseAsync(timeout: TimeSpan.FromSeconds(10)));
+    }
+
     [Fact]
     public async Task InterimThenNothing_FinalHeadWaitStillTimesOut504()
     {
@@ -106,19 +122,10 @@ public sealed class Http2UpstreamFuzzTests
         using var upstream = new HostileH2cUpstream((_, stream) => ([
             new(Http2FrameType.HEADERS, Http2Flags.END_HEADERS, stream, HostileH2cUpstream.Block((":status", "200"))),
             new(Http2FrameType.DATA, Http2Flags.END_STREAM, stream, "hello"u8.ToArray(), DeclaredLength: 40)], false));
-        await using var proxy = await ClusterYaml.StartAsync(ClusterYaml.Address($"http://127.0.0.1:{upstream.Port}"), "h2c",
-            cluster: "request_timeout: 1s");
-        await using (var client = await proxy.ConnectAsync())
-        {
-            await client.SendAsync("GET /fuzz/0 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-            var cut = await client.ReadToCloseAsync(TimeSpan.FromSeconds(10));
-            Assert.True(cut.Closed, "the relay never gave up on the stalled body");
-            Assert.StartsWith("HTTP/1.1 200", Encoding.Latin1.GetString(cut.Bytes), StringComparison.Ordinal);
-        }
-        await using var control = await proxy.ConnectAsync();
-        await control.SendAsync("GET /control/0 HTTP/1.1\r\nHost: a\r\n\r\n");
-        var answer = await control.ReadResponseAsync(timeout: TimeSpan.FromSeconds(10));
+        var (cut, answer) = await FuzzToCloseThenControlAsync(upstream);
 
+        Assert.True(cut.Closed, "the relay never gave up on the stalled body");
+        Assert.StartsWith("HTTP/1.1 200", Encoding.Latin1.GetString(cut.Bytes), StringComparison.Ordinal);
         Assert.Equal("answer to /control/0", answer.BodyText);
     }
 
@@ -133,18 +140,9 @@ public sealed class Http2UpstreamFuzzTests
     public async Task ConnectionLeftMidFrame_NextRequestGoesElsewhere(int seed)
     {
         using var upstream = new HostileH2cUpstream((_, stream) => HostileH2cUpstream.ScriptFor(seed, stream));
-        await using var proxy = await ClusterYaml.StartAsync(ClusterYaml.Address($"http://127.0.0.1:{upstream.Port}"), "h2c",
-            cluster: "request_timeout: 1s");
-        await using (var client = await proxy.ConnectAsync())
-        {
-            await client.SendAsync("GET /fuzz/0 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-            var result = await client.ReadToCloseAsync(TimeSpan.FromSeconds(10));
-            Assert.True(result.Closed, "the first request's connection is still open 10 s later");
-        }
-        await using var control = await proxy.ConnectAsync();
-        await control.SendAsync("GET /control/0 HTTP/1.1\r\nHost: a\r\n\r\n");
-        var answer = await control.ReadResponseAsync(timeout: TimeSpan.FromSeconds(10));
+        var (first, answer) = await FuzzToCloseThenControlAsync(upstream);
 
+        Assert.True(first.Closed, "the first request's connection is still open 10 s later");
         Assert.Equal("answer to /control/0", answer.BodyText);
     }
 
