@@ -76,14 +76,7 @@ public sealed partial class CliTests : IDisposable
               backend:
                 destinations: [{ address: "{{upstream.Address}}" }]
             """);
-        var proxyDll = ProxyDll();
-        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
-        var start = new System.Diagnostics.ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { proxyDll, "run", "--config", path })
-        {
-            start.ArgumentList.Add(a);
-        }
-        using var process = System.Diagnostics.Process.Start(start)!;
+        using var process = StartProxyProcess(path);
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
         try
@@ -116,6 +109,66 @@ public sealed partial class CliTests : IDisposable
                 process.Kill();
             }
         }
+    }
+
+    /// <summary>
+    /// A proxy that only speaks plain HTTP never loads OpenSSL: its libcrypto costs 3 to 4 MiB of resident memory, and
+    /// generating request ids through RandomNumberGenerator used to load it on the first request.
+    /// </summary>
+    [Fact]
+    public async Task Run_PlainHttpTraffic_DoesNotLoadOpenSsl()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        int port = Ports.ClosedPort();
+        var path = Write("plain.yaml", $$"""
+            listeners:
+              - { name: public, address: "127.0.0.1:{{port}}" }
+            routes:
+              - { id: ready, match: { path: /ready }, respond: { status: 200, body: "ready" } }
+              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+            clusters:
+              backend:
+                destinations: [{ address: "{{upstream.Address}}" }]
+            """);
+        using var process = StartProxyProcess(path);
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        try
+        {
+            using var client = new HttpClient { Timeout = TimeSpan.FromSeconds(20) };
+            if (!await WaitUntilListeningAsync(port, process))
+            {
+                Assert.Fail($"proxy did not start (exit {(process.HasExited ? process.ExitCode : -1)}):\n{await stdout}\n{await stderr}");
+            }
+            Assert.True(await WaitUntilAnsweringAsync(client, $"http://127.0.0.1:{port}/ready", process), "the proxy never answered /ready");
+            for (int i = 0; i < 3; i++)
+            {
+                using var response = await client.GetAsync($"http://127.0.0.1:{port}/items/{i}");
+                Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
+                Assert.True(response.Headers.Contains("x-request-id"), "a generated request id");
+            }
+
+            string[] mapped = File.ReadAllLines($"/proc/{process.Id}/maps");
+            Assert.DoesNotContain(mapped, line => line.Contains("libcrypto", StringComparison.Ordinal) || line.Contains("libssl", StringComparison.Ordinal));
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill();
+            }
+        }
+    }
+
+    private static System.Diagnostics.Process StartProxyProcess(string configPath)
+    {
+        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+        var start = new System.Diagnostics.ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { ProxyDll(), "run", "--config", configPath })
+        {
+            start.ArgumentList.Add(a);
+        }
+        return System.Diagnostics.Process.Start(start)!;
     }
 
     private static async Task<bool> WaitUntilAnsweringAsync(HttpClient client, string url, System.Diagnostics.Process process)
