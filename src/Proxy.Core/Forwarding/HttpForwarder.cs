@@ -22,10 +22,40 @@ internal sealed partial class HttpForwarder
     /// <summary>Tells clients and load balancers in front that the 503 is the proxy shedding load, not the upstream failing.</summary>
     internal static readonly byte[] OverloadedField = "x-proxy-overloaded: true\r\n"u8.ToArray();
 
-    private readonly Http1ServerConnection _client;
+    /// <summary>
+    /// The connection whose requests this forwarder relays. A forwarder outlives its connection: a parked one goes back
+    /// to <see cref="ProxyRuntime.Forwarders"/> when its connection closes and serves the next one (with its loop's box
+    /// and value-task sources: a connection per request then allocates none of them). Pooled, it holds no connection.
+    /// </summary>
+    private Http1ServerConnection _client = null!;
     private UpstreamConnection? _active;
+    /// <summary>Guards <see cref="_client"/> changes against <see cref="AbortUpstream"/> from a closed connection.</summary>
+    private readonly Lock _ownerLock = new();
 
-    public HttpForwarder(Http1ServerConnection client) => _client = client;
+    /// <summary>Binds a new or pooled (parked) forwarder to <paramref name="client"/>, before its first request.</summary>
+    public void Attach(Http1ServerConnection client)
+    {
+        lock (_ownerLock)
+        {
+            _client = client;
+        }
+    }
+
+    /// <summary>
+    /// Unbinds a parked forwarder from its closed connection before it is pooled. That connection may still be told to
+    /// abort (a heartbeat or a shutdown that found it before it left the registry): <see cref="AbortUpstream"/> then
+    /// finds another owner, or none, and leaves the upstream alone.
+    /// </summary>
+    public void Detach()
+    {
+        lock (_ownerLock)
+        {
+            _client = null!;
+        }
+    }
+
+    /// <summary>Nothing of an exchange is running and no upstream connection is held: the forwarder may serve another connection.</summary>
+    public bool IsReusable => _parked && _active is null;
 
     private readonly ReusableValueTaskSource<bool> _result = new();
     private readonly ReusableValueTaskSource<bool> _work = new();
@@ -779,8 +809,20 @@ internal sealed partial class HttpForwarder
         upstream?.Dispose();
     }
 
-    /// <summary>Called from the heartbeat on a write timeout.</summary>
-    public void AbortUpstream() => _active?.Abort();
+    /// <summary>
+    /// Aborts the upstream connection of <paramref name="owner"/>'s exchange (a write timeout, an aborted client); a
+    /// no-op once the forwarder serves another connection.
+    /// </summary>
+    public void AbortUpstream(Http1ServerConnection owner)
+    {
+        lock (_ownerLock)
+        {
+            if (ReferenceEquals(_client, owner))
+            {
+                _active?.Abort();
+            }
+        }
+    }
 
     /// <summary>
     /// Sends what the upstream writer holds; false when the upstream stopped taking bytes. A small request head is

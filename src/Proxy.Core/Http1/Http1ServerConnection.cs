@@ -56,7 +56,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         _transport = transport;
         Input = transport.Input;
         Output = transport.Output;
-        _forwarder = new HttpForwarder(this);
+        _forwarder = runtime.Forwarders.Get();
+        _forwarder.Attach(this);
     }
 
     public PipeReader Input { get; }
@@ -146,6 +147,19 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             }
         }
     }
+    /// <summary>
+    /// The connection closed: its forwarder goes back to the pool for the next connection when nothing of the last
+    /// exchange still runs on it (as with <see cref="ReleaseState"/>, a forwarder still busy is left to the collector).
+    /// </summary>
+    private void ReleaseForwarder()
+    {
+        if (_forwarder.IsReusable)
+        {
+            _forwarder.Detach();
+            _runtime.Forwarders.Return(_forwarder);
+        }
+    }
+
     public IPAddress RemoteAddress => _transport.RemoteAddress;
     public IPEndPoint? RemoteEndPoint => _transport.RemoteEndPoint;
     public bool Draining => _draining;
@@ -184,6 +198,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             }
             _runtime.Registry.Remove(this);
             ReleaseState();
+            ReleaseForwarder();
             if (_ipConnectionHeld)
             {
                 _runtime.ConnectionsPerIp.Exit(_ipSlots);
@@ -956,7 +971,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         if (kind == TimeoutKind.Write)
         {
             // A peer that stops reading cannot be woken by cancelling a read: close the sockets.
-            _forwarder.AbortUpstream();
+            _forwarder.AbortUpstream(this);
             Abort();
             return;
         }
@@ -1029,7 +1044,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
 
     public override void Abort()
     {
-        _forwarder.AbortUpstream();
+        _forwarder.AbortUpstream(this);
         if (Interlocked.Exchange(ref _aborted, 1) != 0)
         {
             return;
