@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Text;
 
 namespace Proxy.Transport;
@@ -33,6 +32,11 @@ internal abstract class TimedConnection
 
     public long Id { get; } = Interlocked.Increment(ref s_nextId);
     private static long s_nextId;
+
+    // The registry's intrusive list (guarded by its lock): joining and leaving it allocates nothing.
+    internal TimedConnection? RegistryPrevious;
+    internal TimedConnection? RegistryNext;
+    internal bool InRegistry;
 
     /// <summary>
     /// The accept loop this connection came from (a reload that removes that listener drains it); null for the
@@ -80,14 +84,18 @@ internal abstract class TimedConnection
 
 /// <summary>
 /// Every open client connection, plus the one-second heartbeat that enforces their deadlines, evicts idle
-/// upstream connections and refreshes the cached Date header. Add/remove happen per connection, not per request.
+/// upstream connections and refreshes the cached Date header. Add/remove happen per connection, not per request:
+/// an intrusive doubly linked list under a lock (a dictionary allocated a node per connection).
 /// </summary>
 internal sealed class ConnectionRegistry : IDisposable
 {
-    private readonly ConcurrentDictionary<long, TimedConnection> _connections = new();
+    private readonly Lock _lock = new();
+    private TimedConnection? _first;
+    private int _count;
     private readonly List<Action<long>> _tickHandlers = [];
     private readonly Timer _heartbeat;
-    private int _count;
+    /// <summary>The heartbeat's copy of the list (its thread only), reused from tick to tick.</summary>
+    private TimedConnection[] _tickSnapshot = new TimedConnection[64];
 
     public ConnectionRegistry()
     {
@@ -98,19 +106,68 @@ internal sealed class ConnectionRegistry : IDisposable
 
     public void Add(TimedConnection connection)
     {
-        _connections[connection.Id] = connection;
-        Interlocked.Increment(ref _count);
-    }
-
-    public void Remove(TimedConnection connection)
-    {
-        if (_connections.TryRemove(connection.Id, out _))
+        lock (_lock)
         {
-            Interlocked.Decrement(ref _count);
+            if (connection.InRegistry)
+            {
+                return;
+            }
+            connection.InRegistry = true;
+            connection.RegistryPrevious = null;
+            connection.RegistryNext = _first;
+            if (_first is not null)
+            {
+                _first.RegistryPrevious = connection;
+            }
+            _first = connection;
+            Volatile.Write(ref _count, _count + 1);
         }
     }
 
-    public IEnumerable<TimedConnection> Connections => _connections.Values;
+    /// <summary>Takes <paramref name="connection"/> out; a no-op when it is not in (a connection handed to HTTP/2 leaves early).</summary>
+    public void Remove(TimedConnection connection)
+    {
+        lock (_lock)
+        {
+            if (!connection.InRegistry)
+            {
+                return;
+            }
+            connection.InRegistry = false;
+            TimedConnection? previous = connection.RegistryPrevious, next = connection.RegistryNext;
+            if (previous is null)
+            {
+                _first = next;
+            }
+            else
+            {
+                previous.RegistryNext = next;
+            }
+            if (next is not null)
+            {
+                next.RegistryPrevious = previous;
+            }
+            connection.RegistryPrevious = connection.RegistryNext = null;
+            Volatile.Write(ref _count, _count - 1);
+        }
+    }
+
+    /// <summary>A snapshot of the open connections (control plane: shutdown, reload, admin).</summary>
+    public IEnumerable<TimedConnection> Connections
+    {
+        get
+        {
+            lock (_lock)
+            {
+                var connections = new List<TimedConnection>(_count);
+                for (TimedConnection? c = _first; c is not null; c = c.RegistryNext)
+                {
+                    connections.Add(c);
+                }
+                return connections;
+            }
+        }
+    }
 
     /// <summary>Runs <paramref name="handler"/> on every heartbeat with the current tick count (control plane).</summary>
     public void OnTick(Action<long> handler)
@@ -123,19 +180,56 @@ internal sealed class ConnectionRegistry : IDisposable
 
     private void Tick()
     {
+        // A timer callback may start while the previous one still runs (a tick slower than a second): skip it, the
+        // snapshot array is the heartbeat's alone.
+        if (Interlocked.Exchange(ref _ticking, 1) != 0)
+        {
+            return;
+        }
+        try
+        {
+            TickCore();
+        }
+        finally
+        {
+            Volatile.Write(ref _ticking, 0);
+        }
+    }
+
+    private int _ticking;
+
+    private void TickCore()
+    {
         long now = Environment.TickCount64;
         DateHeader.Refresh();
-        foreach (var pair in _connections)
+        // Copied under the lock, run outside it: a timeout may abort a connection, whose close then leaves the list.
+        TimedConnection[] snapshot;
+        int count = 0;
+        lock (_lock)
+        {
+            snapshot = _tickSnapshot;
+            if (snapshot.Length < _count)
+            {
+                snapshot = _tickSnapshot = new TimedConnection[Math.Max(_count, snapshot.Length * 2)];
+            }
+            for (TimedConnection? c = _first; c is not null; c = c.RegistryNext)
+            {
+                snapshot[count++] = c;
+            }
+        }
+        for (int i = 0; i < count; i++)
         {
             try
             {
-                pair.Value.Heartbeat(now);
+                snapshot[i].Heartbeat(now);
             }
             catch (Exception)
             {
                 // A timeout action only cancels reads or disposes sockets; a race with close is harmless.
             }
         }
+        // No reference kept until the next tick: a closed connection must not stay reachable from here.
+        Array.Clear(snapshot, 0, count);
         Action<long>[] handlers;
         lock (_tickHandlers)
         {

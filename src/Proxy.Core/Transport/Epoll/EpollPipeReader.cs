@@ -32,11 +32,13 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
     /// <summary>Complete was called.</summary>
     private const int Completed = 2;
 
+    /// <summary>The parked operation's continuation: one delegate for every pipe, the pipe as its state.</summary>
+    private static readonly Action<object?> s_onParkedCompleted = static state => ((EpollPipeReader)state!).OnParkedCompleted();
+
     private readonly EpollSocketStream _stream;
     private readonly BlockMemoryPool _pool;
     private readonly bool _useZeroByteReads;
     private readonly int _minimumReadSize;
-    private readonly Action _onParkedCompleted;
 
     private Segment? _head;
     private int _headIndex;
@@ -61,7 +63,6 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
         _pool = pool;
         _useZeroByteReads = useZeroByteReads;
         _minimumReadSize = minimumReadSize;
-        _onParkedCompleted = OnParkedCompleted;
         // The caller's continuation runs on the completing (engine) thread, as with the stream's operations.
         _core.RunContinuationsAsynchronously = false;
     }
@@ -211,7 +212,7 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
         _parked = pending;
         _parkedIsWait = isWait;
         _token = cancellationToken;
-        pending.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onParkedCompleted);
+        _stream.OnPendingReadCompleted(s_onParkedCompleted, this);
         // A CancelPendingRead or Complete that ran before the park found nothing to take back: take it now.
         if (Volatile.Read(ref _cancelRequested) != 0 || (Volatile.Read(ref _state) & Completed) != 0)
         {

@@ -26,9 +26,11 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
     /// <summary>Blocks handed to one sendmsg(): a 16 KiB block each, so 256 KiB per syscall at most.</summary>
     private const int MaxVectors = 16;
 
+    /// <summary>The parked operation's continuation: one delegate for every pipe, the pipe as its state.</summary>
+    private static readonly Action<object?> s_onParkedCompleted = static state => ((EpollPipeWriter)state!).OnParkedCompleted();
+
     private readonly EpollSocketStream _stream;
     private readonly BlockMemoryPool _pool;
-    private readonly Action _onParkedCompleted;
 
     private Segment? _head;
     private Segment? _tail;
@@ -45,7 +47,6 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
     {
         _stream = stream;
         _pool = pool;
-        _onParkedCompleted = OnParkedCompleted;
         _core.RunContinuationsAsynchronously = false;
     }
 
@@ -279,7 +280,7 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
         }
         _parked = pending;
         _token = cancellationToken;
-        pending.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onParkedCompleted);
+        _stream.OnPendingWriteCompleted(s_onParkedCompleted, this);
         if (Volatile.Read(ref _cancelRequested) != 0 || (Volatile.Read(ref _state) & Completed) != 0)
         {
             _stream.InterruptWrite();

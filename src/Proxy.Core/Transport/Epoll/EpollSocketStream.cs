@@ -284,6 +284,19 @@ internal sealed class EpollSocketStream : Stream
     }
 
     /// <summary>
+    /// For the pipes: calls <paramref name="continuation"/>(<paramref name="state"/>) once the read that
+    /// <see cref="ReadAsync(Memory{byte}, CancellationToken)"/> just returned pending has completed, as awaiting that
+    /// ValueTask would (the token is the one it carries: only the next park resets the operation), but with the
+    /// pipe's static delegate instead of an Action per pipe, two per connection.
+    /// </summary>
+    internal void OnPendingReadCompleted(Action<object?> continuation, object state)
+        => _read.OnCompleted(continuation, state, _read.Core.Version, ValueTaskSourceOnCompletedFlags.None);
+
+    /// <summary>As <see cref="OnPendingReadCompleted"/>, for the write that WriteAsync just returned pending.</summary>
+    internal void OnPendingWriteCompleted(Action<object?> continuation, object state)
+        => _write.OnCompleted(continuation, state, _write.Core.Version, ValueTaskSourceOnCompletedFlags.None);
+
+    /// <summary>
     /// For <see cref="EpollPipeReader"/> (CancelPendingRead, Complete): takes a parked read back from the engine and
     /// completes it with -1, a result no recv() gives, so the reader knows no bytes moved. No-op when nothing is parked
     /// (the reader looks at its flags again after it parks, so a call racing with the park is not lost).
