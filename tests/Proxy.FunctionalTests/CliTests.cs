@@ -64,51 +64,19 @@ public sealed partial class CliTests : IDisposable
     public async Task Run_Sigterm_FinishesInFlightRequestAndExits0()
     {
         await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Delayed(TimeSpan.FromSeconds(1.5)));
-        int port = Ports.ClosedPort();
-        var path = Write("run.yaml", $$"""
-            server: { shutdown_timeout: 10s }
-            listeners:
-              - { name: public, address: "127.0.0.1:{{port}}" }
-            routes:
-              - { id: ready, match: { path: /ready }, respond: { status: 200, body: "ready" } }
-              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-            clusters:
-              backend:
-                destinations: [{ address: "{{upstream.Address}}" }]
-            """);
-        using var process = StartProxyProcess(path);
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        try
-        {
-            using var client = new HttpClient { Timeout = TimeSpan.FromSeconds(20) };
-            if (!await WaitUntilListeningAsync(port, process))
-            {
-                Assert.Fail($"proxy did not start (exit {(process.HasExited ? process.ExitCode : -1)}):\n{await stdout}\n{await stderr}");
-            }
-            // A connect alone does not prove that this proxy answers on the port (seen in CI: the request after a
-            // successful connect was refused): wait for its own answer.
-            Assert.True(await WaitUntilAnsweringAsync(client, $"http://127.0.0.1:{port}/ready", process), "the proxy never answered /ready");
+        using var proxy = await StartAnsweringAsync("run.yaml", upstream.Address, "server: { shutdown_timeout: 10s }");
 
-            var inFlight = client.GetAsync($"http://127.0.0.1:{port}/slow");
-            await upstream.WaitForRequestAsync();
-            Assert.Equal(0, Kill(process.Id, 15)); // SIGTERM, straight through libc: no kill(1) binary needed
+        var inFlight = proxy.Client.GetAsync($"http://127.0.0.1:{proxy.Port}/slow");
+        await upstream.WaitForRequestAsync();
+        Assert.Equal(0, Kill(proxy.Process.Id, 15)); // SIGTERM, straight through libc: no kill(1) binary needed
 
-            using var response = await inFlight;
-            Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
-            Assert.Equal("GET /slow", await response.Content.ReadAsStringAsync());
-            using var exit = new CancellationTokenSource(TimeSpan.FromSeconds(15));
-            await process.WaitForExitAsync(exit.Token);
-            Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}\n{await stdout}\n{await stderr}");
-            Assert.Contains("\"event\":\"shutdown_completed\"", await stdout, StringComparison.Ordinal);
-        }
-        finally
-        {
-            if (!process.HasExited)
-            {
-                process.Kill();
-            }
-        }
+        using var response = await inFlight;
+        Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal("GET /slow", await response.Content.ReadAsStringAsync());
+        using var exit = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+        await proxy.Process.WaitForExitAsync(exit.Token);
+        Assert.True(proxy.Process.ExitCode == 0, $"exit {proxy.Process.ExitCode}\n{await proxy.Stdout}\n{await proxy.Stderr}");
+        Assert.Contains("\"event\":\"shutdown_completed\"", await proxy.Stdout, StringComparison.Ordinal);
     }
 
     /// <summary>
@@ -119,8 +87,47 @@ public sealed partial class CliTests : IDisposable
     public async Task Run_PlainHttpTraffic_DoesNotLoadOpenSsl()
     {
         await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        using var proxy = await StartAnsweringAsync("plain.yaml", upstream.Address);
+
+        for (int i = 0; i < 3; i++)
+        {
+            using var response = await proxy.Client.GetAsync($"http://127.0.0.1:{proxy.Port}/items/{i}");
+            Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
+            Assert.True(response.Headers.Contains("x-request-id"), "a generated request id");
+        }
+
+        string[] mapped = File.ReadAllLines($"/proc/{proxy.Process.Id}/maps");
+        Assert.DoesNotContain(mapped, line => line.Contains("libcrypto", StringComparison.Ordinal) || line.Contains("libssl", StringComparison.Ordinal));
+    }
+
+    /// <summary>The proxy binary as a child process, with an HTTP client for it; killed on dispose if still running.</summary>
+    private sealed class ProxyProcess(System.Diagnostics.Process process, int port) : IDisposable
+    {
+        public System.Diagnostics.Process Process { get; } = process;
+        public int Port { get; } = port;
+        public Task<string> Stdout { get; } = process.StandardOutput.ReadToEndAsync();
+        public Task<string> Stderr { get; } = process.StandardError.ReadToEndAsync();
+        public HttpClient Client { get; } = new() { Timeout = TimeSpan.FromSeconds(20) };
+
+        public void Dispose()
+        {
+            Client.Dispose();
+            if (!Process.HasExited)
+            {
+                Process.Kill();
+            }
+            Process.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Starts the proxy binary on a config with a <c>/ready</c> route answered by the proxy and every other path sent to
+    /// <paramref name="upstream"/>, and returns once it answers <c>/ready</c>.
+    /// </summary>
+    private async Task<ProxyProcess> StartAnsweringAsync(string configName, string upstream, string serverBlock = "")
+    {
         int port = Ports.ClosedPort();
-        var path = Write("plain.yaml", $$"""
+        var path = Write(configName, serverBlock + "\n" + $$"""
             listeners:
               - { name: public, address: "127.0.0.1:{{port}}" }
             routes:
@@ -128,35 +135,24 @@ public sealed partial class CliTests : IDisposable
               - { id: all, match: { path: "/{**rest}" }, cluster: backend }
             clusters:
               backend:
-                destinations: [{ address: "{{upstream.Address}}" }]
+                destinations: [{ address: "{{upstream}}" }]
             """);
-        using var process = StartProxyProcess(path);
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
+        var proxy = new ProxyProcess(StartProxyProcess(path), port);
         try
         {
-            using var client = new HttpClient { Timeout = TimeSpan.FromSeconds(20) };
-            if (!await WaitUntilListeningAsync(port, process))
+            if (!await WaitUntilListeningAsync(port, proxy.Process))
             {
-                Assert.Fail($"proxy did not start (exit {(process.HasExited ? process.ExitCode : -1)}):\n{await stdout}\n{await stderr}");
+                Assert.Fail($"proxy did not start (exit {(proxy.Process.HasExited ? proxy.Process.ExitCode : -1)}):\n{await proxy.Stdout}\n{await proxy.Stderr}");
             }
-            Assert.True(await WaitUntilAnsweringAsync(client, $"http://127.0.0.1:{port}/ready", process), "the proxy never answered /ready");
-            for (int i = 0; i < 3; i++)
-            {
-                using var response = await client.GetAsync($"http://127.0.0.1:{port}/items/{i}");
-                Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
-                Assert.True(response.Headers.Contains("x-request-id"), "a generated request id");
-            }
-
-            string[] mapped = File.ReadAllLines($"/proc/{process.Id}/maps");
-            Assert.DoesNotContain(mapped, line => line.Contains("libcrypto", StringComparison.Ordinal) || line.Contains("libssl", StringComparison.Ordinal));
+            // A connect alone does not prove that this proxy answers on the port (seen in CI: the request after a
+            // successful connect was refused): wait for its own answer.
+            Assert.True(await WaitUntilAnsweringAsync(proxy.Client, $"http://127.0.0.1:{port}/ready", proxy.Process), "the proxy never answered /ready");
+            return proxy;
         }
-        finally
+        catch
         {
-            if (!process.HasExited)
-            {
-                process.Kill();
-            }
+            proxy.Dispose();
+            throw;
         }
     }
 
