@@ -28,6 +28,7 @@ internal static class RequestId
         // A version 4 GUID fixes 6 bits (version in byte 7, variant in byte 8): each half keeps 60 or 62 random bits.
         return BinaryPrimitives.ReadUInt64LittleEndian(bytes.Slice(half * 8, 8));
     }
+
     private static long s_counter;
 
     /// <summary>1..128 bytes, each visible ASCII (0x21..0x7E): safe to log and to echo back in a header.</summary>

@@ -147,6 +147,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             }
         }
     }
+
     /// <summary>
     /// The connection closed: its forwarder goes back to the pool for the next connection when nothing of the last
     /// exchange still runs on it (as with <see cref="ReleaseState"/>, a forwarder still busy is left to the collector).
