@@ -2,10 +2,10 @@ using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Text;
 
-namespace Proxy.FunctionalTests.Infrastructure;
+namespace Proxy.Benchmarks.EndToEnd;
 
 /// <summary>
-/// A blocking h2c client (prior knowledge) for allocation tests: it sends one pre-encoded GET per stream and parses only
+/// A blocking h2c client (prior knowledge) for allocation tests and benchmarks: it sends one pre-encoded GET per stream and parses only
 /// frame headers, so it allocates nothing per request and the process-wide allocation delta is the proxy's. Its windows
 /// are opened wide, so the proxy never waits for a WINDOW_UPDATE. One batch of concurrent streams at a time.
 /// </summary>
@@ -25,10 +25,11 @@ internal sealed class RawH2cClient
     /// <param name="socket">Connected to the proxy's cleartext listener.</param>
     /// <param name="path">The GET's <c>:path</c>.</param>
     /// <param name="userAgent">A <c>user-agent</c> field when not null.</param>
-    public RawH2cClient(Socket socket, string path, string? userAgent = null)
+    /// <param name="authority">The GET's <c>:authority</c>.</param>
+    public RawH2cClient(Socket socket, string path, string? userAgent = null, string authority = "example.test")
     {
         _socket = socket;
-        _request = BuildRequest(path, userAgent);
+        _request = BuildRequest(path, userAgent, authority);
     }
 
     public void SendPreface()
@@ -101,13 +102,13 @@ internal sealed class RawH2cClient
 
     private int Length() => (_receive[0] << 16) | (_receive[1] << 8) | _receive[2];
 
-    private static byte[] BuildRequest(string path, string? userAgent)
+    private static byte[] BuildRequest(string path, string? userAgent, string authority)
     {
         // HPACK (RFC 7541): :method GET (static 2), :scheme http (static 6), then :path and :authority (and user-agent) as
         // literals without indexing with an indexed name (section 6.2.2), so the proxy's decoder table never changes.
         var block = new List<byte> { 0x82, 0x86 };
         AddLiteral(block, 4, path);
-        AddLiteral(block, 1, "example.test");
+        AddLiteral(block, 1, authority);
         if (userAgent is not null)
         {
             AddLiteral(block, 58, userAgent);
