@@ -9,7 +9,8 @@ namespace Proxy.Benchmarks.EndToEnd;
 /// <summary>
 /// One proxied request over real loopback sockets: client -> proxy -> upstream -> proxy -> client, on a warm
 /// keep-alive connection. The client and the upstream are blocking sockets with pre-encoded messages that
-/// allocate nothing, so the Allocated column (all threads) is what the proxy allocates per request.
+/// allocate nothing, so the Allocated column (all threads) is what the proxy allocates per request. The socket engine is
+/// chosen once per process: compare engines out of process (without <c>--inProcess</c>, every row then uses the first).
 /// </summary>
 [MemoryDiagnoser]
 public class ProxyRoundTripBenchmarks
@@ -17,9 +18,14 @@ public class ProxyRoundTripBenchmarks
     private static readonly byte[] s_response = Encoding.ASCII.GetBytes(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + new string('x', 99) + "\n");
 
+    private static readonly byte[] s_closeRequest = Encoding.ASCII.GetBytes(
+        "GET /api/items?page=2 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nConnection: close\r\n\r\n");
+
     private ProxyServer? _proxy;
     private FixedResponseUpstream? _upstream;
     private RoundTripClient? _client;
+    private IPEndPoint? _endPoint;
+    private readonly byte[] _receive = new byte[4096];
 
     /// <summary>Run socket continuations on the epoll thread instead of hopping to the thread pool.</summary>
     [Params(false, true)]
@@ -49,7 +55,7 @@ public class ProxyRoundTripBenchmarks
             """;
         _proxy = ProxyServer.FromYaml(yaml);
         _proxy.StartAsync().GetAwaiter().GetResult();
-        var endPoint = _proxy.GetEndPoint("bench");
+        IPEndPoint endPoint = _endPoint = _proxy.GetEndPoint("bench");
 
         _client = new RoundTripClient(endPoint, Encoding.ASCII.GetBytes(
             "GET /api/items?page=2 HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"));
@@ -60,6 +66,14 @@ public class ProxyRoundTripBenchmarks
     {
         return _client!.RoundTrip();
     }
+
+    /// <summary>
+    /// A new connection per request (the load benchmark's S5): connect, one request with <c>Connection: close</c>, read
+    /// to the proxy's close. The client is libc sockets (<see cref="LibcClient"/>, no allocation), so Allocated is what
+    /// accepting, serving and closing one connection costs the proxy.
+    /// </summary>
+    [Benchmark]
+    public int ProxiedRequestOnNewConnection() => LibcClient.Exchange(_endPoint!, s_closeRequest, _receive);
 
     [GlobalCleanup]
     public void Cleanup()

@@ -2,12 +2,12 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Runtime.InteropServices;
 
-namespace Proxy.FunctionalTests.Infrastructure;
+namespace Proxy.Benchmarks.EndToEnd;
 
 /// <summary>
 /// A blocking IPv4 TCP client straight on libc's socket calls: unlike <see cref="System.Net.Sockets.Socket"/>, which
 /// allocates a handle, a socket object and addresses per connection, it allocates nothing, so a test can count the
-/// proxy's allocations per connection from the process-wide total. Linux only.
+/// proxy's allocations per connection from the process-wide total (tests and benchmarks). Linux only.
 /// </summary>
 internal static unsafe class LibcClient
 {
