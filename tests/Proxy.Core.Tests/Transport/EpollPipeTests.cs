@@ -448,6 +448,58 @@ public class EpollPipeTests
         SocketPipes.Abort(server, stream);
     }
 
+    /// <summary>
+    /// CancelPendingFlush while the peer drains slowly: the engine keeps taking the parked write to send more and parks
+    /// it again, and a cancel that lands while the engine owns it must still be honoured by that re-park. Before the
+    /// interrupt count, such a cancel was lost and the flush hung once the peer stopped reading (seen once in CI).
+    /// </summary>
+    [Fact]
+    public async Task CancelPendingFlush_WhileEngineResumesTheWrite_IsNotLost()
+    {
+        byte[] payload = Payload(512 * 1024);
+        for (int round = 0; round < 150; round++)
+        {
+            var (server, client) = Pair();
+            using var _ = client;
+            server.SendBufferSize = 4096;
+            client.ReceiveBufferSize = 4096;
+            var (stream, _, output) = Pipes(server);
+            payload.CopyTo(output.GetSpan(payload.Length));
+            output.Advance(payload.Length);
+            ValueTask<FlushResult> flush = output.FlushAsync();
+            Assert.False(flush.IsCompleted);
+
+            // The peer reads in small steps, so EPOLLOUT keeps the engine busy resuming the write; it stops right
+            // after the cancel, so a lost cancel leaves the flush parked for good.
+            using var stop = new CancellationTokenSource();
+            var drain = Task.Run(() =>
+            {
+                var buffer = new byte[1024];
+                while (!stop.IsCancellationRequested && client.Poll(1000, SelectMode.SelectRead))
+                {
+                    if (client.Receive(buffer) <= 0)
+                    {
+                        return;
+                    }
+                }
+            });
+            Thread.SpinWait(2000 + round * 200);
+            output.CancelPendingFlush();
+            stop.Cancel();
+            await drain.WaitAsync(s_timeout);
+
+            FlushResult result = await Within(flush);
+            if (!result.IsCanceled)
+            {
+                // Everything went out before the cancel took effect: the cancel applies to the next flush.
+                Assert.True((await Within(output.FlushAsync())).IsCanceled);
+            }
+            output.Complete(new OperationCanceledException());
+            Assert.Equal(0, output.HeldBlocks);
+            SocketPipes.Abort(server, stream);
+        }
+    }
+
     [Fact]
     public async Task Complete_WithUnflushedBytes_SendsThem()
     {

@@ -139,8 +139,9 @@ public class EpollSocketStreamTests
     {
         var (server, client) = Pair();
         using var _ = client;
-        server.SendBufferSize = 4096;
-        client.ReceiveBufferSize = 4096;
+        // 16 KiB, not 4 KiB: with a receive buffer that small, loopback TCP stalls on its window (2 MiB took 39 s).
+        server.SendBufferSize = 16384;
+        client.ReceiveBufferSize = 16384;
         var stream = new EpollSocketStream(server);
         byte[] payload = Payload(2 * 1024 * 1024);
 
@@ -167,8 +168,9 @@ public class EpollSocketStreamTests
     {
         var (server, client) = Pair();
         using var _ = client;
-        server.SendBufferSize = 4096;
-        client.ReceiveBufferSize = 4096;
+        // 16 KiB, not 4 KiB: with a receive buffer that small, loopback TCP stalls on its window (2 MiB took 39 s).
+        server.SendBufferSize = 16384;
+        client.ReceiveBufferSize = 16384;
         var stream = new EpollSocketStream(server);
         // The parked read registers the socket for reads only; the blocked write must add EPOLLOUT (EPOLL_CTL_MOD).
         ValueTask<int> read = stream.ReadAsync(new byte[16]);

@@ -689,6 +689,14 @@ internal sealed class EpollSocketStream : Stream
         public ManualResetValueTaskSourceCore<int> Core;
         private CancellationToken _token;
         private CancellationTokenRegistration _registration;
+        /// <summary>
+        /// Interrupt requests so far, and the count when the current operation first parked. A request that finds no
+        /// Waiting bit because the engine owns the operation (between an event and its re-park) would be lost; the
+        /// re-park compares the counts and honours it. A request older than the operation is left to the pipes' own
+        /// flags (they look at them after parking), so it never interrupts a later, unrelated operation.
+        /// </summary>
+        private int _interrupts;
+        private int _interruptsAtPark;
 
         public Operation(EpollSocketStream owner, bool isRead)
         {
@@ -702,6 +710,7 @@ internal sealed class EpollSocketStream : Stream
         public bool TryPark(int state, CancellationToken cancellationToken)
         {
             Core.Reset();
+            _interruptsAtPark = Volatile.Read(ref _interrupts);
             if (cancellationToken.CanBeCanceled)
             {
                 // Registered before parking, so the completer (who clears Waiting) always sees it to unregister.
@@ -716,10 +725,14 @@ internal sealed class EpollSocketStream : Stream
                 Buffer = default;
                 return false;
             }
-            // A cancel or Dispose that ran before we parked found nothing to take: look again now that we are parked.
+            // A cancel, interrupt or Dispose that ran before we parked found nothing to take: look again now that we are parked.
             if (cancellationToken.IsCancellationRequested)
             {
                 OnCanceled();
+            }
+            else if (Volatile.Read(ref _interrupts) != _interruptsAtPark)
+            {
+                InterruptParked();
             }
             else if (_owner.IsDetached)
             {
@@ -757,10 +770,14 @@ internal sealed class EpollSocketStream : Stream
                 {
                     if (Interlocked.CompareExchange(ref State, state | Waiting, state) == state)
                     {
-                        // Parked again; a cancel or Dispose meanwhile found no Waiting bit, so look again.
+                        // Parked again; a cancel, interrupt or Dispose meanwhile found no Waiting bit, so look again.
                         if (_token.IsCancellationRequested)
                         {
                             OnCanceled();
+                        }
+                        else if (Volatile.Read(ref _interrupts) != _interruptsAtPark)
+                        {
+                            InterruptParked();
                         }
                         else if (_owner.IsDetached)
                         {
@@ -813,6 +830,14 @@ internal sealed class EpollSocketStream : Stream
 
         /// <summary>Takes a parked operation back without a syscall: a read completes with -1, a write fails.</summary>
         public void Interrupt()
+        {
+            // Counted first (a full fence), then TryTake reads State: either it sees Waiting, or the parker's CAS
+            // comes after the count and its look at the count sees this request.
+            Interlocked.Increment(ref _interrupts);
+            InterruptParked();
+        }
+
+        private void InterruptParked()
         {
             if (TryTake())
             {
