@@ -277,7 +277,7 @@ internal sealed unsafe class EpollAcceptor
             _handle.DangerousAddRef(ref added);
             int length = 128;
             int fd = EpollNative.Accept4(_fd, address, &length, EpollNative.SOCK_NONBLOCK | EpollNative.SOCK_CLOEXEC);
-            errno = fd < 0 ? Marshal.GetLastPInvokeError() : 0;
+            errno = fd < 0 ? Marshal.GetLastSystemError() : 0;
             return fd;
         }
         catch (ObjectDisposedException)

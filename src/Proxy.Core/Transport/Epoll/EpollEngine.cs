@@ -49,6 +49,9 @@ internal sealed unsafe class EpollEngine
         thread.UnsafeStart();
     }
 
+    /// <summary>The epoll instance's fd (tests read its registrations in /proc/self/fdinfo).</summary>
+    internal int Descriptor => _epfd;
+
     /// <summary>True when the engine can run here (Linux only).</summary>
     public static bool IsSupported => OperatingSystem.IsLinux();
 
@@ -122,7 +125,7 @@ internal sealed unsafe class EpollEngine
         EpollNative.WriteEvent(evt, events | EpollNative.EPOLLET, token);
         if (EpollNative.EpollCtl(_epfd, EpollNative.EPOLL_CTL_ADD, fd, evt) != 0)
         {
-            int errno = Marshal.GetLastPInvokeError();
+            int errno = Marshal.GetLastSystemError();
             if (errno == EpollNative.EINVAL && (events & EpollNative.EPOLLEXCLUSIVE) != 0)
             {
                 // Kernels before 4.5 know no EPOLLEXCLUSIVE: every engine then wakes for a new connection, and all
@@ -132,7 +135,7 @@ internal sealed unsafe class EpollEngine
                 {
                     return;
                 }
-                errno = Marshal.GetLastPInvokeError();
+                errno = Marshal.GetLastSystemError();
             }
             Release(token);
             throw new IOException($"epoll_ctl(ADD) failed: errno {errno}");
@@ -146,7 +149,7 @@ internal sealed unsafe class EpollEngine
         EpollNative.WriteEvent(evt, events | EpollNative.EPOLLET, token);
         if (EpollNative.EpollCtl(_epfd, EpollNative.EPOLL_CTL_MOD, fd, evt) != 0)
         {
-            throw new IOException($"epoll_ctl(MOD) failed: errno {Marshal.GetLastPInvokeError()}");
+            throw new IOException($"epoll_ctl(MOD) failed: errno {Marshal.GetLastSystemError()}");
         }
     }
 
@@ -162,7 +165,12 @@ internal sealed unsafe class EpollEngine
         Release(token);
     }
 
-    private void Release(ulong token)
+    /// <summary>
+    /// Frees the slot of <paramref name="token"/> without EPOLL_CTL_DEL, for a socket whose fd is about to be closed
+    /// (the close drops the registration). Events already fetched, or still coming before the close, find the slot
+    /// empty or reused.
+    /// </summary>
+    public void Release(ulong token)
     {
         int index = (int)(uint)token;
         lock (_lock)

@@ -29,6 +29,7 @@ internal static unsafe partial class EpollNative
         public int Flags;
     }
 
-    [LibraryImport(Libc, EntryPoint = "sendmsg", SetLastError = true)]
+    [LibraryImport(Libc, EntryPoint = "sendmsg")]
+    [SuppressGCTransition]
     public static partial nint SendMsg(int fd, MsgHdr* message, int flags);
 }

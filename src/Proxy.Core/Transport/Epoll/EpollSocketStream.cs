@@ -328,7 +328,7 @@ internal sealed class EpollSocketStream : Stream
             do
             {
                 n = EpollNative.SendMsg(_fd, &message, EpollNative.MSG_DONTWAIT | EpollNative.MSG_NOSIGNAL);
-                errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
+                errno = n < 0 ? Marshal.GetLastSystemError() : 0;
             }
             while (n < 0 && errno == EpollNative.EINTR);
             if (n < 0)
@@ -482,7 +482,7 @@ internal sealed class EpollSocketStream : Stream
         if (disposing && !_disposed)
         {
             _disposed = true;
-            Detach();
+            Detach(closing: true);
             _read.TryAbortAborted();
             _write.TryAbortAborted();
         }
@@ -493,8 +493,12 @@ internal sealed class EpollSocketStream : Stream
     /// Leaves the engine: EPOLL_CTL_DEL while our handle reference still pins the fd, then releases the reference
     /// (the socket may be closed from here on). A parked operation is failed by the caller (Dispose) or, after
     /// EPOLLHUP, completes through the signal that follows.
+    /// <para>When <paramref name="closing"/> (Dispose: the socket is closed right after, see <see cref="SocketPipes"/>)
+    /// only the slot is freed. Closing the fd drops its epoll registration (the kernel removes it when the socket's
+    /// file is released), so a DEL would be a syscall per connection for nothing; an event that still comes before the
+    /// close carries a token whose slot is empty or reused, and is dropped.</para>
     /// </summary>
-    private void Detach()
+    private void Detach(bool closing = false)
     {
         lock (_lock)
         {
@@ -503,7 +507,14 @@ internal sealed class EpollSocketStream : Stream
                 Volatile.Write(ref _registration, Detached);
                 return;
             }
-            _engine.Deregister(Token, _fd);
+            if (closing)
+            {
+                _engine.Release(Token);
+            }
+            else
+            {
+                _engine.Deregister(Token, _fd);
+            }
             Volatile.Write(ref _registration, Detached);
         }
         _handle.DangerousRelease();
@@ -558,7 +569,7 @@ internal sealed class EpollSocketStream : Stream
                 do
                 {
                     n = EpollNative.Recv(_fd, p, (nuint)buffer.Length, EpollNative.MSG_DONTWAIT);
-                    errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
+                    errno = n < 0 ? Marshal.GetLastSystemError() : 0;
                 }
                 while (n < 0 && errno == EpollNative.EINTR);
             }
@@ -603,7 +614,7 @@ internal sealed class EpollSocketStream : Stream
                 do
                 {
                     n = EpollNative.Send(_fd, p, (nuint)buffer.Length, EpollNative.MSG_DONTWAIT | EpollNative.MSG_NOSIGNAL);
-                    errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
+                    errno = n < 0 ? Marshal.GetLastSystemError() : 0;
                 }
                 while (n < 0 && errno == EpollNative.EINTR);
             }
