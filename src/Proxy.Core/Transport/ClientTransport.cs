@@ -1,6 +1,7 @@
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
+using Proxy.Transport.Epoll;
 
 namespace Proxy.Transport;
 
@@ -79,3 +80,41 @@ internal sealed class SocketTransport : ClientTransport
 
     public override void Dispose() => SocketPipes.Close(_socket, _stream);
 }
+
+/// <summary>
+/// Plain TCP accepted on the epoll engines: the pipes work on the fd itself (<see cref="EpollSocketStream"/>), and the
+/// connection owns the fd through an <see cref="AcceptedSocketHandle"/>, with no runtime <see cref="Socket"/>.
+/// </summary>
+internal sealed class EpollSocketTransport : ClientTransport
+{
+    private readonly AcceptedSocketHandle _handle;
+    private readonly EpollSocketStream _stream;
+
+    public EpollSocketTransport(AcceptedSocketHandle handle, IPEndPoint? remoteEndPoint)
+        : base(remoteEndPoint)
+    {
+        _handle = handle;
+        _stream = new EpollSocketStream(handle);
+        (Input, Output) = SocketPipes.Create(_stream);
+    }
+
+    public override PipeReader Input { get; }
+    public override PipeWriter Output { get; }
+
+    public override void ShutdownSend() => _handle.ShutdownSend();
+
+    /// <summary>RST: the stream leaves its engine (its parked operations fail), then the fd closes with SO_LINGER 0.</summary>
+    public override void Abort()
+    {
+        _stream.Dispose();
+        _handle.CloseAbortively();
+    }
+
+    /// <summary>The stream first (it leaves its engine), then the fd: closed once no syscall holds it any more.</summary>
+    public override void Dispose()
+    {
+        _stream.Dispose();
+        _handle.Dispose();
+    }
+}
+

@@ -213,7 +213,25 @@ internal sealed class SocketListener : IEpollAcceptHandler
 
     bool IEpollAcceptHandler.CanAccept() => !AtConnectionCap;
 
-    void IEpollAcceptHandler.OnAccepted(Socket socket) => StartConnection(socket);
+    /// <summary>
+    /// Plain TCP runs on the accepted fd itself (<see cref="EpollSocketTransport"/>); TLS wraps it in a runtime Socket
+    /// first, as its handshake path and SslStream's callers expect.
+    /// </summary>
+    void IEpollAcceptHandler.OnAccepted(in AcceptedSocket socket)
+    {
+        ListenerModel model = Model;
+        if (model.Tls is not null)
+        {
+            if (socket.ToSocket() is { } wrapped)
+            {
+                StartConnection(wrapped);
+            }
+            return;
+        }
+        model.Metrics?.Accepted();
+        var connection = new Http1ServerConnection(_runtime, model, new EpollSocketTransport(socket.Handle, socket.RemoteEndPoint)) { Origin = this };
+        _ = connection.RunAsync();
+    }
 
     void IEpollAcceptHandler.OnPaused(int errno)
     {

@@ -25,8 +25,10 @@ public class EpollAcceptorTests
 
         public bool CanAccept() => Accepted.Count < Cap;
 
-        public void OnAccepted(Socket socket)
+        public void OnAccepted(in AcceptedSocket accepted)
         {
+            // The TLS listeners' path: the fd wrapped in a runtime Socket (the plain path is EpollSocketTransportTests').
+            Socket socket = accepted.ToSocket()!;
             if (EpollEngine.Current is null)
             {
                 OffEngineThread = true;

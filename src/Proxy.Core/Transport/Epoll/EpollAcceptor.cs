@@ -15,9 +15,9 @@ internal interface IEpollAcceptHandler
 
     /// <summary>
     /// Starts a connection on <paramref name="socket"/>, inline: the code must not block (it runs on the engine thread,
-    /// which then accepts the next connection). The callee owns the socket.
+    /// which then accepts the next connection). The callee owns the fd (its handle, or the Socket it wraps it in).
     /// </summary>
-    void OnAccepted(Socket socket);
+    void OnAccepted(in AcceptedSocket socket);
 
     /// <summary>
     /// The acceptor stopped accepting: at the cap (<paramref name="errno"/> 0) or after accept4 failed (EMFILE and
@@ -195,20 +195,16 @@ internal sealed unsafe class EpollAcceptor
                 }
                 return;
             }
-            Socket? socket = CreateSocket(fd, address);
-            if (socket is null)
-            {
-                continue;
-            }
+            var handle = new AcceptedSocketHandle(fd);
             try
             {
-                _handler.OnAccepted(socket);
+                _handler.OnAccepted(new AcceptedSocket(this, handle, ToEndPoint(address)));
             }
             catch (Exception e)
             {
                 // Keep accepting: with edge-triggered events, stopping here would leave the backlog without a wake-up.
                 ProxyLog.Error("accept_failed", ("error", e.ToString()));
-                socket.Dispose();
+                handle.Dispose(); // a no-op once a Socket took the fd
             }
         }
     }
@@ -220,16 +216,16 @@ internal sealed unsafe class EpollAcceptor
     /// getpeername: 10 syscalls per connection, measured with strace), and CreateAcceptSocket none. Should a future runtime rename the internal
     /// method, the public constructor takes over (MissingMethodException, once).
     /// </summary>
-    private Socket? CreateSocket(int fd, byte* address)
+    internal Socket? CreateSocket(AcceptedSocketHandle accepted, IPEndPoint? remoteEndPoint)
     {
-        var handle = new SafeSocketHandle(fd, ownsHandle: true);
+        SafeSocketHandle handle = accepted.TransferToSocketHandle();
         try
         {
             if (!s_publicConstructorOnly)
             {
                 try
                 {
-                    return CreateAcceptSocket(_listening, handle, ToEndPoint(address));
+                    return CreateAcceptSocket(_listening, handle, remoteEndPoint);
                 }
                 catch (MissingMethodException)
                 {

@@ -90,6 +90,24 @@ internal static unsafe partial class EpollNative
     [LibraryImport(Libc, EntryPoint = "close", SetLastError = true)]
     public static partial int Close(int fd);
 
+    // <sys/socket.h>: shutdown() and SO_LINGER for connections owned without a runtime Socket (AcceptedSocketHandle)
+    public const int SHUT_WR = 1;
+    public const int SOL_SOCKET = 1;
+    public const int SO_LINGER = 13;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Linger
+    {
+        public int OnOff;
+        public int Seconds;
+    }
+
+    [LibraryImport(Libc, EntryPoint = "shutdown", SetLastError = true)]
+    public static partial int Shutdown(int fd, int how);
+
+    [LibraryImport(Libc, EntryPoint = "setsockopt", SetLastError = true)]
+    public static partial int SetSockOpt(int fd, int level, int name, void* value, int length);
+
     [LibraryImport(Libc, EntryPoint = "poll", SetLastError = true)]
     public static partial int Poll(PollFd* fds, nuint count, int timeout);
 

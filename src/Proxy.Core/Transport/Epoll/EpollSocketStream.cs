@@ -41,8 +41,7 @@ internal sealed class EpollSocketStream : Stream
 
     private static readonly Action<object?> s_onCanceled = static state => ((Operation)state!).OnCanceled();
 
-    private readonly Socket _socket;
-    private readonly SafeSocketHandle _handle;
+    private readonly SafeHandle _handle;
     private readonly int _fd;
     private readonly EpollEngine _engine;
     private readonly Operation _read;
@@ -68,9 +67,14 @@ internal sealed class EpollSocketStream : Stream
 
     /// <summary>Registers <paramref name="socket"/> (connected, or connecting when <paramref name="connecting"/>).</summary>
     public EpollSocketStream(Socket socket, bool connecting = false)
+        : this(socket.SafeHandle, connecting)
     {
-        _socket = socket;
-        _handle = socket.SafeHandle;
+    }
+
+    /// <summary>Over an accepted connection's fd, owned without a runtime Socket (<see cref="AcceptedSocketHandle"/>).</summary>
+    public EpollSocketStream(SafeHandle handle, bool connecting = false)
+    {
+        _handle = handle;
         _read = new Operation(this, isRead: true);
         _write = new Operation(this, isRead: false);
         // A connected socket starts ready both ways (-1 never equals an even sequence): a client usually sends its
@@ -91,8 +95,6 @@ internal sealed class EpollSocketStream : Stream
 
     /// <summary>The engine's token for this registration (slot and generation); set by the engine.</summary>
     internal ulong Token;
-
-    public Socket Socket => _socket;
 
     public override bool CanRead => true;
     public override bool CanWrite => true;
