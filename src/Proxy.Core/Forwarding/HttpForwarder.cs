@@ -246,6 +246,14 @@ internal sealed partial class HttpForwarder
                                     }
                                     if (step == Http2Step.Replay)
                                     {
+                                        if (Environment.TickCount64 >= exchangeDeadline)
+                                        {
+                                            // The try that lost its connection used up the request timeout: another would
+                                            // send the request upstream after the client got its 504 (the upstream then
+                                            // answers nobody, and a broken peer leaves its new connection stalled).
+                                            failure = ProxyError.UpstreamRequestTimeout;
+                                            break;
+                                        }
                                         continue;
                                     }
                                     if (step == Http2Step.Failed)

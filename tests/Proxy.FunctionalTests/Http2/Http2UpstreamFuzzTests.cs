@@ -146,6 +146,32 @@ public sealed class Http2UpstreamFuzzTests
         Assert.Equal("answer to /control/0", answer.BodyText);
     }
 
+    /// <summary>
+    /// Seed 994 (found by a 1,500-case campaign, PROXY_FUZZ_SEED=909): a HEADERS frame declared longer than sent. The
+    /// stream times out, the stalled connection fails, and the request, which never got a byte, counted as lost on a
+    /// dead connection: it went up again on a fresh one, after its request timeout was spent. The client got its 504 at
+    /// once, but the upstream got the request a second time (answering nobody), and that second broken answer left the
+    /// new connection stalled under the next request, which waited there for its own 504. Now a try whose timeout is
+    /// spent is the last one.
+    /// </summary>
+    [Fact]
+    public async Task StalledMidFrameUntilTheTimeout_NoSecondTry_NextRequestAnswered()
+    {
+        int fuzzRequests = 0;
+        using var upstream = new HostileH2cUpstream((_, stream) =>
+        {
+            Interlocked.Increment(ref fuzzRequests);
+            return HostileH2cUpstream.ScriptFor(994, stream);
+        });
+        var (first, answer) = await FuzzToCloseThenControlAsync(upstream);
+
+        Assert.True(first.Closed, "the first request's connection is still open 10 s later");
+        Assert.StartsWith("HTTP/1.1 504", Encoding.Latin1.GetString(first.Bytes), StringComparison.Ordinal);
+        Assert.Equal(1, Volatile.Read(ref fuzzRequests));
+        Assert.Equal(200, answer.Status);
+        Assert.Equal("answer to /control/0", answer.BodyText);
+    }
+
     private static int FromEnvironment(string name, int fallback) =>
         int.TryParse(Environment.GetEnvironmentVariable(name), out int value) ? value : fallback;
 
