@@ -20,9 +20,11 @@ namespace Proxy.Http2.Server;
 /// closed the pump stops reading, the response pipe fills to its pause threshold, and the HTTP/1.1 side stops
 /// reading the upstream: a slow client never makes the proxy buffer more than the pipe.
 /// <para>Concurrency: the read loop owns the request side (under <see cref="RequestLock"/> against the close
-/// path); the pump runs on the thread pool; windows and frame writes are under the connection's lock.</para>
+/// path) and runs a new stream inline up to its first wait, after the read pass that started it; the pump then
+/// resumes on the thread pool (the response pipe's reader scheduler: a cancel from the read loop or an abort must not
+/// run it inline); windows and frame writes are under the connection's lock.</para>
 /// </summary>
-internal sealed class Http2Stream : IThreadPoolWorkItem
+internal sealed class Http2Stream
 {
     // Request side in 4 KiB blocks, as an HTTP/1.1 client connection reads: a stream's synthesised head is a few hundred
     // bytes, and a 16 KiB block per open stream was most of the memory an h2load -c16 -m10 run held (160 streams).
@@ -30,7 +32,8 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
         pool: BlockMemoryPool.Small, pauseWriterThreshold: 0, resumeWriterThreshold: 0,
         minimumSegmentSize: BlockMemoryPool.Small.BlockSize, useSynchronizationContext: false);
     private static readonly PipeOptions s_responsePipeOptions = new(
-        pool: BlockMemoryPool.Large, pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024,
+        pool: BlockMemoryPool.Large,
+        pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024,
         minimumSegmentSize: BlockMemoryPool.Large.BlockSize, useSynchronizationContext: false);
 
     private const int MaxResponseHeadBytes = 64 * 1024;
@@ -159,7 +162,8 @@ internal sealed class Http2Stream : IThreadPoolWorkItem
     }
 
     /// <summary>
-    /// Thread-pool entry: runs the bridged exchange and the response pump. The first stream starts
+    /// Entry, on the connection's read loop once the read pass that started the stream is over (see
+    /// Http2ServerConnection.RunStartedStreams): runs the bridged exchange and the response pump. The first stream starts
     /// <see cref="RunLoopAsync"/>; the streams that reuse this pooled object resume it, so a stream allocates no
     /// state machine (one async method per stream would rent a box per request, as the forwarder's loop explains).
     /// </summary>
