@@ -34,25 +34,36 @@ public class EpollSocketTransportTests
         }
     }
 
-    /// <summary>A listener on the engines, a connected client, and the server side's transport and fd.</summary>
-    private static (Socket Listener, EpollAcceptor Acceptor, Socket Client, EpollSocketTransport Server, int Fd) Connect()
+    /// <summary>A listener on the engines, a connected client, and the server side's transport and fd; Dispose stops the rest.</summary>
+    private sealed class AcceptedPair : IDisposable
     {
-        var listener = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen();
-        var handler = new TransportHandler();
-        var acceptor = new EpollAcceptor(listener, handler);
-        acceptor.Start();
-        var client = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveTimeout = 5000 };
-        client.Connect(listener.LocalEndPoint!);
-        Assert.True(handler.Accepted.TryTake(out var accepted, s_timeout), "nothing accepted");
-        return (listener, acceptor, client, accepted.Transport, accepted.Fd);
-    }
+        private readonly Socket _listener;
+        private readonly EpollAcceptor _acceptor;
 
-    private static void Stop(Socket listener, EpollAcceptor acceptor)
-    {
-        acceptor.Stop();
-        listener.Dispose();
+        public AcceptedPair()
+        {
+            _listener = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            _listener.Listen();
+            var handler = new TransportHandler();
+            _acceptor = new EpollAcceptor(_listener, handler);
+            _acceptor.Start();
+            Client = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveTimeout = 5000 };
+            Client.Connect(_listener.LocalEndPoint!);
+            Assert.True(handler.Accepted.TryTake(out var accepted, s_timeout), "nothing accepted");
+            (Server, Fd) = accepted;
+        }
+
+        public Socket Client { get; }
+        public EpollSocketTransport Server { get; }
+        public int Fd { get; }
+
+        public void Dispose()
+        {
+            _acceptor.Stop();
+            _listener.Dispose();
+            Client.Dispose();
+        }
     }
 
     private static bool FdOpen(int fd) => File.Exists($"/proc/self/fd/{fd}");
@@ -75,74 +86,53 @@ public class EpollSocketTransportTests
     [Fact]
     public async Task Accepted_EchoesBothWaysAndKnowsThePeer_DisposeClosesAfterTheData()
     {
-        var (listener, acceptor, client, server, fd) = Connect();
-        using var _ = client;
-        try
-        {
-            Assert.Equal(client.LocalEndPoint, server.RemoteEndPoint);
-            Assert.Equal(IPAddress.Loopback, server.RemoteAddress);
-            client.Send("ping"u8);
-            Assert.Equal("ping"u8.ToArray(), await ReadAsync(server.Input, 4));
-            await server.Output.WriteAsync("pong"u8.ToArray());
+        using var pair = new AcceptedPair();
+        var (client, server, fd) = (pair.Client, pair.Server, pair.Fd);
+        Assert.Equal(client.LocalEndPoint, server.RemoteEndPoint);
+        Assert.Equal(IPAddress.Loopback, server.RemoteAddress);
+        client.Send("ping"u8);
+        Assert.Equal("ping"u8.ToArray(), await ReadAsync(server.Input, 4));
+        await server.Output.WriteAsync("pong"u8.ToArray());
 
-            server.Input.Complete();
-            server.Output.Complete();
-            server.Dispose();
+        server.Input.Complete();
+        server.Output.Complete();
+        server.Dispose();
 
-            var received = new byte[8];
-            Assert.Equal(4, client.Receive(received));
-            Assert.Equal("pong"u8.ToArray(), received[..4]);
-            Assert.Equal(0, client.Receive(received)); // FIN: a graceful close
-            Assert.False(FdOpen(fd) && IsSocketOf(fd, client), "the fd is still open");
-        }
-        finally
-        {
-            Stop(listener, acceptor);
-        }
+        var received = new byte[8];
+        Assert.Equal(4, client.Receive(received));
+        Assert.Equal("pong"u8.ToArray(), received[..4]);
+        Assert.Equal(0, client.Receive(received)); // FIN: a graceful close
+        Assert.False(FdOpen(fd) && IsSocketOf(fd, client), "the fd is still open");
     }
 
     [Fact]
     public async Task ShutdownSend_ClientSeesEndOfStream_ServerStillReads()
     {
-        var (listener, acceptor, client, server, _) = Connect();
-        using var _ = client;
-        try
-        {
-            server.ShutdownSend();
+        using var pair = new AcceptedPair();
+        var (client, server) = (pair.Client, pair.Server);
+        server.ShutdownSend();
 
-            Assert.Equal(0, client.Receive(new byte[8]));
-            client.Send("late"u8);
-            Assert.Equal("late"u8.ToArray(), await ReadAsync(server.Input, 4));
-            server.Input.Complete();
-            server.Output.Complete();
-            server.Dispose();
-        }
-        finally
-        {
-            Stop(listener, acceptor);
-        }
+        Assert.Equal(0, client.Receive(new byte[8]));
+        client.Send("late"u8);
+        Assert.Equal("late"u8.ToArray(), await ReadAsync(server.Input, 4));
+        server.Input.Complete();
+        server.Output.Complete();
+        server.Dispose();
     }
 
     [Fact]
     public async Task Abort_WhileReadWaits_ReadFailsAndClientSeesReset()
     {
-        var (listener, acceptor, client, server, _) = Connect();
-        using var _ = client;
-        try
-        {
-            ValueTask<ReadResult> read = server.Input.ReadAsync();
-            Assert.False(read.IsCompleted);
+        using var pair = new AcceptedPair();
+        var (client, server) = (pair.Client, pair.Server);
+        ValueTask<ReadResult> read = server.Input.ReadAsync();
+        Assert.False(read.IsCompleted);
 
-            server.Abort();
+        server.Abort();
 
-            await Assert.ThrowsAnyAsync<Exception>(() => read.AsTask().WaitAsync(s_timeout));
-            var e = Assert.Throws<SocketException>(() => client.Receive(new byte[8]));
-            Assert.Equal(SocketError.ConnectionReset, e.SocketErrorCode);
-        }
-        finally
-        {
-            Stop(listener, acceptor);
-        }
+        await Assert.ThrowsAnyAsync<Exception>(() => read.AsTask().WaitAsync(s_timeout));
+        var e = Assert.Throws<SocketException>(() => client.Receive(new byte[8]));
+        Assert.Equal(SocketError.ConnectionReset, e.SocketErrorCode);
     }
 
     /// <summary>True when <paramref name="fd"/> in this process is the server end of <paramref name="client"/>'s connection.</summary>
