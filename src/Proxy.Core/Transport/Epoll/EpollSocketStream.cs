@@ -7,7 +7,8 @@ using System.Threading.Tasks.Sources;
 namespace Proxy.Transport.Epoll;
 
 /// <summary>
-/// A <see cref="Stream"/> over a connected <see cref="Socket"/> driven by an <see cref="EpollEngine"/> instead of the
+/// A <see cref="Stream"/> over a connected socket (a runtime <see cref="Socket"/>, or an accepted fd owned by an
+/// <see cref="AcceptedSocketHandle"/>) driven by an <see cref="EpollEngine"/> instead of the
 /// runtime's socket engine, so a proxied request costs one recv() and one send() per side:
 /// <list type="bullet">
 /// <item>The socket is registered once, edge-triggered, the first time an operation has to wait (until then every
@@ -25,8 +26,8 @@ namespace Proxy.Transport.Epoll;
 /// Ownership: the stream holds a reference on the socket's handle (<see cref="SafeHandle.DangerousAddRef"/>) while
 /// registered with the engine, so the fd cannot be closed and reused under the epoll registration; each syscall takes its own
 /// reference too, so a close racing with it fails it (EBADF) instead of hitting a reused fd. Dispose this stream
-/// BEFORE closing the socket (SocketPipes.Abort/Close do it in that order): Socket.Close spins while our reference
-/// is held. As a safety net, a Socket.Close from another thread disconnects the socket while it spins (an abortive
+/// BEFORE closing the socket (SocketPipes.Abort/Close and EpollSocketTransport do it in that order): Socket.Close spins
+/// while our reference is held (an AcceptedSocketHandle just defers its close() until the last reference goes). As a safety net, a Socket.Close from another thread disconnects the socket while it spins (an abortive
 /// close, RST); the engine sees EPOLLHUP and detaches (below), which lets the close finish. On the engine thread
 /// itself that spin would never end: there, always go through SocketPipes.
 ///
