@@ -18,7 +18,7 @@ public sealed partial class CliTests
     [Fact]
     public async Task HashKey_StandardInput_PrintsSha256HexWithoutNewline()
     {
-        var proxyDll = ProxyDll();
+        var proxyDll = ProxyBinary.DllPath();
         var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
         var result = await ProcessRunner.RunAsync(dotnet, [proxyDll, "hash-key", "-"], stdin: Encoding.UTF8.GetBytes("bob-secret\n"), timeout: TimeSpan.FromSeconds(30));
 

@@ -68,7 +68,7 @@ public sealed partial class CliTests : IDisposable
 
         var inFlight = proxy.Client.GetAsync($"http://127.0.0.1:{proxy.Port}/slow");
         await upstream.WaitForRequestAsync();
-        Assert.Equal(0, Kill(proxy.Process.Id, 15)); // SIGTERM, straight through libc: no kill(1) binary needed
+        Assert.Equal(0, ProxyBinary.Kill(proxy.Process.Id, 15)); // SIGTERM, straight through libc: no kill(1) binary needed
 
         using var response = await inFlight;
         Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
@@ -140,7 +140,7 @@ public sealed partial class CliTests : IDisposable
         var proxy = new ProxyProcess(StartProxyProcess(path), port);
         try
         {
-            if (!await WaitUntilListeningAsync(port, proxy.Process))
+            if (!await ProxyBinary.WaitUntilListeningAsync(port, proxy.Process))
             {
                 Assert.Fail($"proxy did not start (exit {(proxy.Process.HasExited ? proxy.Process.ExitCode : -1)}):\n{await proxy.Stdout}\n{await proxy.Stderr}");
             }
@@ -160,7 +160,7 @@ public sealed partial class CliTests : IDisposable
     {
         var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
         var start = new System.Diagnostics.ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { ProxyDll(), "run", "--config", configPath })
+        foreach (var a in new[] { ProxyBinary.DllPath(), "run", "--config", configPath })
         {
             start.ArgumentList.Add(a);
         }
@@ -188,42 +188,7 @@ public sealed partial class CliTests : IDisposable
         return false;
     }
 
-    internal static async Task<bool> WaitUntilListeningAsync(int port, System.Diagnostics.Process process)
-    {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (DateTime.UtcNow < deadline && !process.HasExited)
-        {
-            using var probe = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
-            try
-            {
-                await probe.ConnectAsync(System.Net.IPAddress.Loopback, port);
-                return true;
-            }
-            catch (System.Net.Sockets.SocketException)
-            {
-                await Task.Delay(100);
-            }
-        }
-        return false;
-    }
 
-    /// <summary>
-    /// The host's own build output (src/Proxy/bin/...). The copy next to the tests cannot run the server: this
-    /// test project references the ASP.NET Core shared framework, which supplies Microsoft.Extensions.ObjectPool
-    /// in place of the package, so the package assembly the host needs is not copied here.
-    /// </summary>
-    internal static string ProxyDll()
-    {
-        string local = Path.Combine(AppContext.BaseDirectory, "proxy.dll");
-        string hostOutput = local.Replace(
-            Path.Combine("tests", "Proxy.FunctionalTests", "bin"), Path.Combine("src", "Proxy", "bin"), StringComparison.Ordinal);
-        string path = File.Exists(hostOutput) ? hostOutput : local;
-        Assert.True(File.Exists(path), "proxy.dll not found: " + path);
-        return path;
-    }
-
-    [System.Runtime.InteropServices.DllImport("libc.so.6", EntryPoint = "kill", SetLastError = true)]
-    internal static extern int Kill(int pid, int signal);
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 
@@ -239,7 +204,7 @@ public sealed partial class CliTests : IDisposable
 
     private static Task<ProcessResult> RunProxyAsync(params string[] arguments)
     {
-        var proxyDll = ProxyDll();
+        var proxyDll = ProxyBinary.DllPath();
         // The dotnet CLI tells child processes which host runs them; fall back to PATH.
         var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
         return ProcessRunner.RunAsync(dotnet, [proxyDll, .. arguments], timeout: TimeSpan.FromSeconds(30));

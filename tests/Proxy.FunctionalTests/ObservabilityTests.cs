@@ -187,7 +187,7 @@ public sealed class ObservabilityTests : IDisposable
     private static Task<ProcessResult> RunProxyAsync(params string[] arguments)
     {
         var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
-        return ProcessRunner.RunAsync(dotnet, [CliTests.ProxyDll(), .. arguments], timeout: TimeSpan.FromSeconds(30));
+        return ProcessRunner.RunAsync(dotnet, [ProxyBinary.DllPath(), .. arguments], timeout: TimeSpan.FromSeconds(30));
     }
 
     [Fact]
@@ -235,7 +235,7 @@ public sealed class ObservabilityTests : IDisposable
             """);
         var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
         var start = new ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { CliTests.ProxyDll(), "run", "--config", config })
+        foreach (var a in new[] { ProxyBinary.DllPath(), "run", "--config", config })
         {
             start.ArgumentList.Add(a);
         }
@@ -245,7 +245,7 @@ public sealed class ObservabilityTests : IDisposable
         try
         {
             var endPoint = new IPEndPoint(IPAddress.Loopback, port);
-            if (!await CliTests.WaitUntilListeningAsync(port, process))
+            if (!await ProxyBinary.WaitUntilListeningAsync(port, process))
             {
                 Assert.Fail($"proxy did not start:\n{await stdout}\n{await stderr}");
             }
@@ -259,7 +259,7 @@ public sealed class ObservabilityTests : IDisposable
 
             // logrotate's way: rename, then signal; the next line goes to a new file at the configured path.
             File.Move(log, log + ".1");
-            Assert.Equal(0, CliTests.Kill(process.Id, 10)); // SIGUSR1
+            Assert.Equal(0, ProxyBinary.Kill(process.Id, 10)); // SIGUSR1
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
             while (!File.Exists(log) && DateTime.UtcNow < deadline && !process.HasExited)
             {
@@ -272,7 +272,7 @@ public sealed class ObservabilityTests : IDisposable
             Assert.Single(File.ReadAllLines(log + ".1"));
 
             // SIGTERM flushes the batched spans: the collector receives them with the client's trace id.
-            Assert.Equal(0, CliTests.Kill(process.Id, 15));
+            Assert.Equal(0, ProxyBinary.Kill(process.Id, 15));
             using (var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20)))
             {
                 await process.WaitForExitAsync(cts.Token);

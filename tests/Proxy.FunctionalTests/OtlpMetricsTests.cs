@@ -35,7 +35,7 @@ public sealed class OtlpMetricsTests : IDisposable
             """);
         var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
         var start = new ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { CliTests.ProxyDll(), "run", "--config", config })
+        foreach (var a in new[] { ProxyBinary.DllPath(), "run", "--config", config })
         {
             start.ArgumentList.Add(a);
         }
@@ -44,7 +44,7 @@ public sealed class OtlpMetricsTests : IDisposable
         var stderr = process.StandardError.ReadToEndAsync();
         try
         {
-            if (!await CliTests.WaitUntilListeningAsync(port, process))
+            if (!await ProxyBinary.WaitUntilListeningAsync(port, process))
             {
                 Assert.Fail($"proxy did not start:\n{await stdout}\n{await stderr}");
             }
@@ -79,7 +79,7 @@ public sealed class OtlpMetricsTests : IDisposable
 
             // SIGTERM: after the drain, while the meters still exist, one last export carries the same counts.
             int before = collector.Requests.Length;
-            Assert.Equal(0, CliTests.Kill(process.Id, 15));
+            Assert.Equal(0, ProxyBinary.Kill(process.Id, 15));
             using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
             await process.WaitForExitAsync(cts.Token);
             Assert.Equal(0, process.ExitCode);

@@ -369,7 +369,7 @@ public sealed class ReloadTests : IDisposable
         await File.WriteAllTextAsync(path, Yaml(HelloRoute));
         var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
         var start = new System.Diagnostics.ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { CliTests.ProxyDll(), "run", "--config", path })
+        foreach (var a in new[] { ProxyBinary.DllPath(), "run", "--config", path })
         {
             start.ArgumentList.Add(a);
         }
@@ -379,14 +379,14 @@ public sealed class ReloadTests : IDisposable
         try
         {
             var endPoint = new IPEndPoint(IPAddress.Loopback, port);
-            if (!await CliTests.WaitUntilListeningAsync(port, process))
+            if (!await ProxyBinary.WaitUntilListeningAsync(port, process))
             {
                 Assert.Fail($"proxy did not start (exit {(process.HasExited ? process.ExitCode : -1)}):\n{await stdout}\n{await stderr}");
             }
             Assert.Equal(404, (await GetAsync(endPoint, "/bye")).Status);
 
             await File.WriteAllTextAsync(path, Yaml(HelloAndByeRoutes));
-            Assert.Equal(0, CliTests.Kill(process.Id, 1)); // SIGHUP through libc: no kill(1) binary needed
+            Assert.Equal(0, ProxyBinary.Kill(process.Id, 1)); // SIGHUP through libc: no kill(1) binary needed
 
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
             int status = 0;

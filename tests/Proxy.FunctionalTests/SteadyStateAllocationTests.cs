@@ -171,7 +171,7 @@ public sealed class SteadyStateAllocationTests
 
     /// <summary>
     /// One warm keep-alive HTTP/1.1 client connection through the proxy: <paramref name="warmUp"/> requests, then the
-    /// process-wide allocated bytes per request over <paramref name="requests"/> more.
+    /// process-wide allocated bytes per request over <paramref name="requests"/> more, measured in two halves.
     /// </summary>
     private static long MeasureWarmConnection(IPEndPoint proxy, int warmUp, int requests)
     {
@@ -186,12 +186,19 @@ public sealed class SteadyStateAllocationTests
         {
             RoundTrip(client, request, receive, responseLength);
         }
-        long before = GC.GetTotalAllocatedBytes(precise: true);
-        for (int i = 0; i < requests; i++)
+        // Two windows, the lower one counts: a per-request allocation shows in both, while a burst from something
+        // else in the process (a timer or a pool left behind by an earlier test) lands in one.
+        long lowest = long.MaxValue;
+        for (int window = 0; window < 2; window++)
         {
-            RoundTrip(client, request, receive, responseLength);
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            for (int i = 0; i < requests / 2; i++)
+            {
+                RoundTrip(client, request, receive, responseLength);
+            }
+            lowest = Math.Min(lowest, (GC.GetTotalAllocatedBytes(precise: true) - before) / (requests / 2));
         }
-        return (GC.GetTotalAllocatedBytes(precise: true) - before) / requests;
+        return lowest;
     }
 
     private static bool IsOptimized()

@@ -12,7 +12,7 @@ public sealed class TlsCliTests : IDisposable
     public async Task DevCert_WritesPemPairThatServesTlsToCurl()
     {
         string dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
-        var result = await ProcessRunner.RunAsync(dotnet, [CliTests.ProxyDll(), "dev-cert", "--out", _directory, "--hosts", "localhost,127.0.0.1"],
+        var result = await ProcessRunner.RunAsync(dotnet, [ProxyBinary.DllPath(), "dev-cert", "--out", _directory, "--hosts", "localhost,127.0.0.1"],
             timeout: TimeSpan.FromSeconds(30));
 
         Assert.True(result.ExitCode == 0, result.ToString());
@@ -40,7 +40,7 @@ public sealed class TlsCliTests : IDisposable
     public async Task DevCert_UnknownArgument_Exits2()
     {
         string dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
-        var result = await ProcessRunner.RunAsync(dotnet, [CliTests.ProxyDll(), "dev-cert", "--bogus"], timeout: TimeSpan.FromSeconds(30));
+        var result = await ProcessRunner.RunAsync(dotnet, [ProxyBinary.DllPath(), "dev-cert", "--bogus"], timeout: TimeSpan.FromSeconds(30));
 
         Assert.Equal(2, result.ExitCode);
     }
