@@ -9,6 +9,7 @@ using Proxy.Http2.FlowControl;
 using Proxy.Http2.HPack;
 using Proxy.Model;
 using Proxy.Transport;
+using Proxy.Transport.Epoll;
 
 namespace Proxy.Http2.Server;
 
@@ -37,7 +38,10 @@ internal sealed class Http2ServerConnection : TimedConnection
     private readonly HPackDecoder _decoder;
     private readonly HPackEncoder _encoder = new();
     private readonly Http2RequestHead _head;
-    private readonly Pipe _frames = new(new PipeOptions(pool: BlockMemoryPool.Large, pauseWriterThreshold: 0,
+    // The write loop resumes after the engine's pass (EpollEngine.AfterBatch): every frame that pass committed goes out
+    // in one write. Inline it would write per commit; on the thread pool it waited for a worker to get the core.
+    private readonly Pipe _frames = new(new PipeOptions(pool: BlockMemoryPool.Large,
+        readerScheduler: EpollEngine.AfterBatch, pauseWriterThreshold: 0,
         resumeWriterThreshold: 0, minimumSegmentSize: BlockMemoryPool.Large.BlockSize, useSynchronizationContext: false));
 
     /// <summary>Guards frame writes, the encoder, send windows, the stream table and the stream pool.</summary>

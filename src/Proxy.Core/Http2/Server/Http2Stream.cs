@@ -32,7 +32,7 @@ internal sealed class Http2Stream
         pool: BlockMemoryPool.Small, pauseWriterThreshold: 0, resumeWriterThreshold: 0,
         minimumSegmentSize: BlockMemoryPool.Small.BlockSize, useSynchronizationContext: false);
     private static readonly PipeOptions s_responsePipeOptions = new(
-        pool: BlockMemoryPool.Large,
+        pool: BlockMemoryPool.Large, readerScheduler: Proxy.Transport.Epoll.EpollEngine.AfterBatch,
         pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024,
         minimumSegmentSize: BlockMemoryPool.Large.BlockSize, useSynchronizationContext: false);
 

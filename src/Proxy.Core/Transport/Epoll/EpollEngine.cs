@@ -1,3 +1,4 @@
+using System.IO.Pipelines;
 using System.Runtime.InteropServices;
 using Proxy.Diagnostics;
 
@@ -21,6 +22,8 @@ namespace Proxy.Transport.Epoll;
 internal sealed unsafe class EpollEngine
 {
     private const int MaxEvents = 256;
+    /// <summary>Deferred work items run per pass before the engine looks at its sockets again (see <see cref="RunDeferred"/>).</summary>
+    private const int MaxDeferredPerPass = 1024;
 
     private static readonly Lazy<EpollEngine[]> s_engines = new(CreateEngines);
     private static int s_next;
@@ -37,6 +40,8 @@ internal sealed unsafe class EpollEngine
     private int _freeCount;
     private int _used;
     private uint _generation;
+    // Engine thread only: work scheduled through AfterBatch while a pass ran, run when it ends.
+    private readonly Queue<(Action<object?> Action, object? State)> _deferred = new();
 
     private EpollEngine(int index)
     {
@@ -57,6 +62,15 @@ internal sealed unsafe class EpollEngine
 
     /// <summary>The engine whose thread is running, or null off the engine threads.</summary>
     public static EpollEngine? Current => t_current;
+
+    /// <summary>
+    /// A scheduler that, on an engine thread, runs work once the engine has handled the events of its current
+    /// epoll_wait (on the same thread, outside any lock the scheduling code held), and off the engine threads queues
+    /// it to the thread pool. An HTTP/2 connection writes its frames through it: the responses that one pass over the
+    /// sockets completed leave in one write, without a thread switch, and without waiting for a thread-pool worker to
+    /// get the core the engine thread is holding.
+    /// </summary>
+    public static PipeScheduler AfterBatch { get; } = new AfterBatchScheduler();
 
     /// <summary>Every engine (created on first use): a listening socket is registered with each.</summary>
     public static EpollEngine[] All => s_engines.Value;
@@ -194,7 +208,8 @@ internal sealed unsafe class EpollEngine
         byte* events = (byte*)NativeMemory.Alloc((nuint)(MaxEvents * size));
         while (true)
         {
-            int count = EpollNative.EpollWait(_epfd, events, MaxEvents, -1);
+            // Deferred work left over from the last pass: look at the sockets without waiting, then run it.
+            int count = EpollNative.EpollWait(_epfd, events, MaxEvents, _deferred.Count > 0 ? 0 : -1);
             if (count < 0)
             {
                 int errno = Marshal.GetLastPInvokeError();
@@ -238,6 +253,44 @@ internal sealed unsafe class EpollEngine
                     // Continuations run inline here; an escaping exception must not stop every socket of this engine.
                     ProxyLog.Error("epoll_completion_failed", ("error", ex.ToString()));
                 }
+            }
+            RunDeferred();
+        }
+    }
+
+    /// <summary>
+    /// Runs the work the pass deferred, and the work that work defers (a response pump's frames wake the connection's
+    /// writer, which then sends them all at once), up to <see cref="MaxDeferredPerPass"/> items so that sockets are
+    /// not starved; the rest runs after the next, non-blocking, look at them.
+    /// </summary>
+    private void RunDeferred()
+    {
+        for (int ran = 0; ran < MaxDeferredPerPass && _deferred.TryDequeue(out (Action<object?> Action, object? State) work); ran++)
+        {
+            try
+            {
+                work.Action(work.State);
+            }
+            catch (Exception ex)
+            {
+                ProxyLog.Error("epoll_deferred_failed", ("error", ex.ToString()));
+            }
+        }
+    }
+
+    private sealed class AfterBatchScheduler : PipeScheduler
+    {
+        public override void Schedule(Action<object?> action, object? state)
+        {
+            if (t_current is { } engine)
+            {
+                engine._deferred.Enqueue((action, state));
+            }
+            else
+            {
+                // As PipeScheduler.ThreadPool does for a pipe (the pipe flows the execution context itself): the
+                // unsafe queue takes an async state machine's continuation without allocating a work item for it.
+                System.Threading.ThreadPool.UnsafeQueueUserWorkItem(action, state, preferLocal: false);
             }
         }
     }
