@@ -24,6 +24,7 @@
 #   DURATION (5) WARMUP (2) PREWARM (10) REPS (1)   seconds measured / seconds of discarded load before
 #       each measurement / seconds of discarded S1 load after each proxy starts (lets the JIT tier up) /
 #       repetitions (the table shows the median)
+#   LATENCY_DURATION (3)   S4's percentiles come from a separate h2load run this long, with its per-request log
 #   ROUNDS (1)   the whole target sequence this many times, each target restarted in each round, so a
 #       minutes-long slowdown of the machine hits every target alike; the paired table then gives, per round,
 #       each target's ratio to nginx measured minutes apart rather than a quarter of an hour apart
@@ -41,6 +42,7 @@ PROXY_H2_PORT=${PROXY_H2_PORT:-$PROXY_PORT}
 
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-2}
+LATENCY_DURATION=${LATENCY_DURATION:-3}
 PREWARM=${PREWARM:-10}
 REPS=${REPS:-1}
 ROUNDS=${ROUNDS:-1}
@@ -112,7 +114,6 @@ measure() {
     out=$RUN/load-$mode-$t-$sc-$rep
     ((WARMUP > 0)) && pin "$LG_CPUS" timeout -k 5 "$LOAD_TIMEOUT" "${LOAD[@]}" >"$out.warmup" 2>&1
     load_cmd "$sc" "$t" "$DURATION"
-    if [[ $KIND == h2load ]]; then rm -f "$out.h2log"; LOAD=("${LOAD[@]:0:${#LOAD[@]}-1}" --log-file="$out.h2log" "${LOAD[-1]}"); fi
     [[ $t != direct ]] && mapfile -t ppids < <(tree_pids "${PIDS[$t]}")
     mapfile -t opids < <(tree_pids "${PIDS[origin]}")
     reset_hwm "${ppids[@]}"
@@ -123,6 +124,15 @@ measure() {
     ( pin "$LG_CPUS" timeout -k 5 "$LOAD_TIMEOUT" "${LOAD[@]}" >"$out.txt" 2>&1; times >"$out.times" )
     pc1=$(cpu_ticks "${ppids[@]}"); oc1=$(cpu_ticks "${opids[@]}"); sb1=$(sys_busy)
     hwm=$(hwm_kb "${ppids[@]}")
+    if [[ $KIND == h2load ]]; then
+        # h2load's percentiles come from its per-request log, written in a run of their own: the log costs h2load,
+        # on the core it shares with the origin, about a quarter of its rate, and a slower client changes how a
+        # target batches its work. Requests/s and CPU come from the run above, without it.
+        rm -f "$out.h2log"
+        load_cmd "$sc" "$t" "$LATENCY_DURATION"
+        LOAD=("${LOAD[@]:0:${#LOAD[@]}-1}" --log-file="$out.h2log" "${LOAD[-1]}")
+        pin "$LG_CPUS" timeout -k 5 "$LOAD_TIMEOUT" "${LOAD[@]}" >"$out.latency" 2>&1
+    fi
     if [[ $KIND == wrk ]]; then res=$(parse_wrk "$out.txt"); else res=$(parse_h2load "$out.txt" "$out.h2log"); rm -f "$out.h2log"; fi
     lg=$(sed -n 2p "$out.times"); lg=$(awk -v u="$(secs "${lg% *}")" -v s="$(secs "${lg#* }")" 'BEGIN{printf "%.2f", u+s}')
     local line
