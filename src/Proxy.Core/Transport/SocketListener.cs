@@ -200,7 +200,13 @@ internal sealed class SocketListener : IEpollAcceptHandler
                 (Runtime: _runtime, Model: model, Client: client, Origin: (object)this), preferLocal: false);
             return;
         }
-        var connection = new Http1ServerConnection(_runtime, model, new SocketTransport(client)) { Origin = this };
+        RunConnection(model, new SocketTransport(client));
+    }
+
+    /// <summary>Runs a plain connection (HTTP/1.1, or h2c by its preface) on its transport, inline up to its first wait.</summary>
+    private void RunConnection(ListenerModel model, ClientTransport transport)
+    {
+        var connection = new Http1ServerConnection(_runtime, model, transport) { Origin = this };
         _ = connection.RunAsync();
     }
 
@@ -229,8 +235,7 @@ internal sealed class SocketListener : IEpollAcceptHandler
             return;
         }
         model.Metrics?.Accepted();
-        var connection = new Http1ServerConnection(_runtime, model, new EpollSocketTransport(socket.Handle, socket.RemoteEndPoint)) { Origin = this };
-        _ = connection.RunAsync();
+        RunConnection(model, new EpollSocketTransport(socket.Handle, socket.RemoteEndPoint));
     }
 
     void IEpollAcceptHandler.OnPaused(int errno)

@@ -7,6 +7,7 @@ using Proxy.Http;
 using Proxy.Http1;
 using Proxy.Http2.FlowControl;
 using Proxy.Transport;
+using Proxy.Transport.Epoll;
 
 namespace Proxy.Http2.Server;
 
@@ -21,8 +22,9 @@ namespace Proxy.Http2.Server;
 /// reading the upstream: a slow client never makes the proxy buffer more than the pipe.
 /// <para>Concurrency: the read loop owns the request side (under <see cref="RequestLock"/> against the close
 /// path) and runs a new stream inline up to its first wait, after the read pass that started it; the pump then
-/// resumes on the thread pool (the response pipe's reader scheduler: a cancel from the read loop or an abort must not
-/// run it inline); windows and frame writes are under the connection's lock.</para>
+/// resumes through the response pipe's reader scheduler, <see cref="EpollEngine.AfterBatch"/>: after the engine's
+/// pass on an engine thread, else on the thread pool, never inline (a cancel from the read loop or an abort runs under
+/// a lock); windows and frame writes are under the connection's lock.</para>
 /// </summary>
 internal sealed class Http2Stream
 {
@@ -32,7 +34,7 @@ internal sealed class Http2Stream
         pool: BlockMemoryPool.Small, pauseWriterThreshold: 0, resumeWriterThreshold: 0,
         minimumSegmentSize: BlockMemoryPool.Small.BlockSize, useSynchronizationContext: false);
     private static readonly PipeOptions s_responsePipeOptions = new(
-        pool: BlockMemoryPool.Large, readerScheduler: Proxy.Transport.Epoll.EpollEngine.AfterBatch,
+        pool: BlockMemoryPool.Large, readerScheduler: EpollEngine.AfterBatch,
         pauseWriterThreshold: 64 * 1024, resumeWriterThreshold: 32 * 1024,
         minimumSegmentSize: BlockMemoryPool.Large.BlockSize, useSynchronizationContext: false);
 
