@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
 using Proxy.Transport.Epoll;
 
@@ -97,5 +98,20 @@ internal static class SocketPipes
             return (input, new EpollPipeWriter(epoll, BlockMemoryPool.Large));
         }
         return (PipeReader.Create(stream, upstream ? s_upstreamReaderOptions : s_readerOptions), PipeWriter.Create(stream, s_writerOptions));
+    }
+
+    /// <summary>
+    /// Pipes of a client connection over TLS. On our engine the reader is an <see cref="EpollPipeReader"/> that waits
+    /// on the socket before it asks the SslStream (no async state machine of the SslStream's per request; see that
+    /// class); the writer is the framework's stream pipe writer, whose flush completes synchronously while the socket
+    /// takes the bytes.
+    /// </summary>
+    public static (PipeReader Input, PipeWriter Output) CreateTls(SslStream ssl, Stream network)
+    {
+        if (network is EpollSocketStream epoll)
+        {
+            return (new EpollPipeReader(epoll, ssl, BlockMemoryPool.Small, minimumReadSize: 1024), PipeWriter.Create(ssl, s_writerOptions));
+        }
+        return Create(ssl);
     }
 }

@@ -28,7 +28,7 @@ internal sealed class TlsTransport : ClientTransport
         _socket = socket;
         _network = network;
         _ssl = ssl;
-        (Input, Output) = SocketPipes.Create(ssl);
+        (Input, Output) = SocketPipes.CreateTls(ssl, network);
         NegotiatedProtocol = ssl.NegotiatedApplicationProtocol;
         ServerName = ssl.TargetHostName;
         // Only a certificate that passed validation gets here (the validation callback refuses the others), so the

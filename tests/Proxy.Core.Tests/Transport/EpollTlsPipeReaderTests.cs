@@ -1,0 +1,264 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
+using System.Text;
+using Proxy.Core.Tests.Tls;
+using Proxy.Transport;
+using Proxy.Transport.Epoll;
+
+namespace Proxy.Core.Tests.Transport;
+
+/// <summary>
+/// <see cref="EpollPipeReader"/> over TLS (<see cref="SocketPipes.CreateTls"/>): the reader waits on the socket and
+/// only then asks the SslStream, and takes a parked wait or SslStream read back with a token rather than the socket
+/// interrupt. These tests park it in both places (idle; half a record inside the SslStream) and check that cancel,
+/// complete and the caller's token end the read, and that the SslStream still decrypts what follows.
+/// </summary>
+public class EpollTlsPipeReaderTests
+{
+    private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
+    private static readonly X509Certificate2 s_certificate = TestPki.SelfSigned("localhost", ["localhost"]);
+
+    private sealed class TlsPair : IDisposable
+    {
+        public required Socket Server { get; init; }
+        public required Socket Client { get; init; }
+        public required EpollSocketStream Network { get; init; }
+        public required SslStream ServerSsl { get; init; }
+        public required SslStream ClientSsl { get; init; }
+        public required RecordingStream ClientWire { get; init; }
+        public required EpollPipeReader Input { get; init; }
+
+        /// <summary>Encrypts <paramref name="text"/> as one record without sending it: the bytes the client would send.</summary>
+        public byte[] Record(string text)
+        {
+            ClientWire.Hold = true;
+            ClientSsl.Write(Encoding.ASCII.GetBytes(text));
+            ClientWire.Hold = false;
+            return ClientWire.TakeHeld();
+        }
+
+        public void Dispose()
+        {
+            Input.Complete();
+            ClientSsl.Dispose();
+            ServerSsl.Dispose();
+            Network.Dispose();
+            Server.Dispose();
+            Client.Dispose();
+        }
+    }
+
+    private static async Task<TlsPair> HandshakeAsync()
+    {
+        var (server, client) = LoopbackPair.Create();
+        var network = new EpollSocketStream(server);
+        var serverSsl = new SslStream(network, leaveInnerStreamOpen: true);
+        var wire = new RecordingStream(new NetworkStream(client, ownsSocket: false));
+        var clientSsl = new SslStream(wire);
+        Task serverSide = serverSsl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions { ServerCertificate = s_certificate });
+        await clientSsl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+        {
+            TargetHost = "localhost",
+            RemoteCertificateValidationCallback = static (_, _, _, _) => true,
+        }).WaitAsync(s_timeout);
+        await serverSide.WaitAsync(s_timeout);
+        var (input, output) = SocketPipes.CreateTls(serverSsl, network);
+        output.Complete();
+        return new TlsPair
+        {
+            Server = server, Client = client, Network = network, ServerSsl = serverSsl, ClientSsl = clientSsl, ClientWire = wire,
+            Input = Assert.IsType<EpollPipeReader>(input),
+        };
+    }
+
+    private static async Task<T> Within<T>(ValueTask<T> task) => await task.AsTask().WaitAsync(s_timeout);
+
+    /// <summary>Reads until <paramref name="text"/> is all there, consumes it, and returns it.</summary>
+    private static async Task<string> ReadTextAsync(PipeReader input, int length)
+    {
+        while (true)
+        {
+            ReadResult result = await Within(input.ReadAsync());
+            if (result.Buffer.Length >= length || result.IsCompleted)
+            {
+                string text = Encoding.ASCII.GetString(result.Buffer.Slice(0, Math.Min(length, result.Buffer.Length)).ToArray());
+                input.AdvanceTo(result.Buffer.GetPosition(Math.Min(length, result.Buffer.Length)));
+                return text;
+            }
+            input.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+        }
+    }
+
+    [Fact]
+    public async Task ReadAsync_RecordsAndIdleWaits_DecryptEachRequestAndHoldNoBlockWhileIdle()
+    {
+        using TlsPair pair = await HandshakeAsync();
+        for (int i = 0; i < 3; i++)
+        {
+            ValueTask<ReadResult> pending = pair.Input.ReadAsync();
+            await Task.Delay(20);
+            Assert.False(pending.IsCompleted);
+            Assert.Equal(0, pair.Input.HeldBlocks); // waiting on the socket, not inside the SslStream with a block
+            string request = $"GET /{i} HTTP/1.1\r\n\r\n";
+            pair.ClientSsl.Write(Encoding.ASCII.GetBytes(request));
+            ReadResult result = await Within(pending);
+            Assert.Equal(request, Encoding.ASCII.GetString(result.Buffer.ToArray()));
+            pair.Input.AdvanceTo(result.Buffer.End);
+        }
+    }
+
+    [Fact]
+    public async Task CancelPendingRead_WhileIdle_ReturnsCanceledAndNextReadWorks()
+    {
+        using TlsPair pair = await HandshakeAsync();
+        pair.ClientSsl.Write("first"u8);
+        Assert.Equal("first", await ReadTextAsync(pair.Input, 5));
+
+        ValueTask<ReadResult> pending = pair.Input.ReadAsync();
+        await Task.Delay(20);
+        pair.Input.CancelPendingRead();
+        ReadResult canceled = await Within(pending);
+        Assert.True(canceled.IsCanceled);
+        pair.Input.AdvanceTo(canceled.Buffer.End);
+
+        pair.ClientSsl.Write("second"u8);
+        Assert.Equal("second", await ReadTextAsync(pair.Input, 6));
+    }
+
+    [Fact]
+    public async Task CancelPendingRead_HalfARecordInside_ReturnsCanceledAndTheRecordStillDecrypts()
+    {
+        using TlsPair pair = await HandshakeAsync();
+        pair.ClientSsl.Write("first"u8);
+        Assert.Equal("first", await ReadTextAsync(pair.Input, 5));
+
+        byte[] record = pair.Record("the whole record");
+        ValueTask<ReadResult> pending = pair.Input.ReadAsync();
+        pair.Client.Send(record.AsSpan(0, record.Length / 2));
+        await Task.Delay(50); // the SslStream has read half a record and waits for the rest
+        Assert.False(pending.IsCompleted);
+        pair.Input.CancelPendingRead();
+        ReadResult canceled = await Within(pending);
+        Assert.True(canceled.IsCanceled);
+        pair.Input.AdvanceTo(canceled.Buffer.End);
+
+        pair.Client.Send(record.AsSpan(record.Length / 2));
+        Assert.Equal("the whole record", await ReadTextAsync(pair.Input, 16));
+    }
+
+    [Fact]
+    public async Task Complete_HalfARecordInside_ReadEndsAndBlocksGoBack()
+    {
+        TlsPair pair = await HandshakeAsync();
+        try
+        {
+            byte[] record = pair.Record("never finished");
+            ValueTask<ReadResult> pending = pair.Input.ReadAsync();
+            pair.Client.Send(record.AsSpan(0, record.Length / 2));
+            await Task.Delay(50);
+            Assert.False(pending.IsCompleted);
+            pair.Input.Complete();
+            ReadResult result = await Within(pending);
+            Assert.True(result.IsCompleted);
+            Assert.Equal(0, pair.Input.HeldBlocks);
+        }
+        finally
+        {
+            pair.ClientSsl.Dispose();
+            pair.ServerSsl.Dispose();
+            pair.Network.Dispose();
+            pair.Server.Dispose();
+            pair.Client.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task ReadAsync_CallerTokenCanceledWhileWaiting_ThrowsAndNextReadWorks()
+    {
+        using TlsPair pair = await HandshakeAsync();
+        pair.ClientSsl.Write("first"u8);
+        Assert.Equal("first", await ReadTextAsync(pair.Input, 5));
+
+        using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(50));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await Within(pair.Input.ReadAsync(cts.Token)));
+
+        pair.ClientSsl.Write("second"u8);
+        Assert.Equal("second", await ReadTextAsync(pair.Input, 6));
+    }
+
+    /// <summary>Passes everything through, except writes while <see cref="Hold"/> is set, which it keeps.</summary>
+    private sealed class RecordingStream(Stream inner) : Stream
+    {
+        private readonly MemoryStream _held = new();
+
+        public bool Hold { get; set; }
+
+        public byte[] TakeHeld()
+        {
+            byte[] bytes = _held.ToArray();
+            _held.SetLength(0);
+            return bytes;
+        }
+
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+        public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => inner.ReadAsync(buffer, cancellationToken);
+        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
+            => inner.ReadAsync(buffer, offset, count, cancellationToken);
+
+        public override void Write(byte[] buffer, int offset, int count)
+        {
+            if (Hold)
+            {
+                _held.Write(buffer, offset, count);
+                return;
+            }
+            inner.Write(buffer, offset, count);
+        }
+
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            if (Hold)
+            {
+                _held.Write(buffer);
+                return;
+            }
+            inner.Write(buffer);
+        }
+
+        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
+            => WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            if (Hold)
+            {
+                _held.Write(buffer.Span);
+                return ValueTask.CompletedTask;
+            }
+            return inner.WriteAsync(buffer, cancellationToken);
+        }
+
+        public override void Flush() => inner.Flush();
+        public override Task FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+            {
+                inner.Dispose();
+            }
+            base.Dispose(disposing);
+        }
+    }
+}
