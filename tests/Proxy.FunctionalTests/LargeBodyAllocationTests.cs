@@ -30,9 +30,12 @@ public sealed class LargeBodyAllocationTests(ITestOutputHelper output)
     /// 138 B on the runtime's, whose StreamPipeReader rents a box per socket read that waits (client and upstream
     /// connections, outside the relay; see Http2SteadyStateAllocationTests). HTTP/1.1: 5-12 B before and after on
     /// either engine (the per-connection relay's boxes mostly came back through the caches): kept as a guard that a
-    /// large body allocates nothing per read. The bounds keep a margin for a loaded machine (the counter is process-wide).
+    /// large body allocates nothing per read. The bounds keep a margin for a loaded machine (the counter is process-wide):
+    /// in CI, with both functional suites running at once on two cores, HTTP/2 on epoll once measured 108 B as its best
+    /// round (the others 202-573 B: with the cores taken, more waits suspend and more boxes miss the caches), against
+    /// 8 B alone. 200 still fails the box per wait that this guards against.
     /// </summary>
-    private static int Bound => SocketPipes.UseEpoll ? 100 : 300;
+    private static int Bound => SocketPipes.UseEpoll ? 200 : 300;
 
     /// <summary>
     /// HTTP/1.1 clients that read through a small socket receive buffer, so the relay's flushes to them wait and its

@@ -28,7 +28,7 @@ public class EpollTlsPipeReaderTests
         public required EpollSocketStream Network { get; init; }
         public required SslStream ServerSsl { get; init; }
         public required SslStream ClientSsl { get; init; }
-        public required RecordingStream ClientWire { get; init; }
+        public required HoldingStream ClientWire { get; init; }
         public required EpollPipeReader Input { get; init; }
 
         /// <summary>Encrypts <paramref name="text"/> as one record without sending it: the bytes the client would send.</summary>
@@ -56,7 +56,7 @@ public class EpollTlsPipeReaderTests
         var (server, client) = LoopbackPair.Create();
         var network = new EpollSocketStream(server);
         var serverSsl = new SslStream(network, leaveInnerStreamOpen: true);
-        var wire = new RecordingStream(new NetworkStream(client, ownsSocket: false));
+        var wire = new HoldingStream(new NetworkStream(client, ownsSocket: false));
         var clientSsl = new SslStream(wire);
         Task serverSide = serverSsl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions { ServerCertificate = s_certificate });
         await clientSsl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
@@ -187,78 +187,5 @@ public class EpollTlsPipeReaderTests
 
         pair.ClientSsl.Write("second"u8);
         Assert.Equal("second", await ReadTextAsync(pair.Input, 6));
-    }
-
-    /// <summary>Passes everything through, except writes while <see cref="Hold"/> is set, which it keeps.</summary>
-    private sealed class RecordingStream(Stream inner) : Stream
-    {
-        private readonly MemoryStream _held = new();
-
-        public bool Hold { get; set; }
-
-        public byte[] TakeHeld()
-        {
-            byte[] bytes = _held.ToArray();
-            _held.SetLength(0);
-            return bytes;
-        }
-
-        public override bool CanRead => true;
-        public override bool CanSeek => false;
-        public override bool CanWrite => true;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-
-        public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
-        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => inner.ReadAsync(buffer, cancellationToken);
-        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
-            => inner.ReadAsync(buffer, offset, count, cancellationToken);
-
-        public override void Write(byte[] buffer, int offset, int count)
-        {
-            if (Hold)
-            {
-                _held.Write(buffer, offset, count);
-                return;
-            }
-            inner.Write(buffer, offset, count);
-        }
-
-        public override void Write(ReadOnlySpan<byte> buffer)
-        {
-            if (Hold)
-            {
-                _held.Write(buffer);
-                return;
-            }
-            inner.Write(buffer);
-        }
-
-        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
-            => WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
-
-        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
-        {
-            if (Hold)
-            {
-                _held.Write(buffer.Span);
-                return ValueTask.CompletedTask;
-            }
-            return inner.WriteAsync(buffer, cancellationToken);
-        }
-
-        public override void Flush() => inner.Flush();
-        public override Task FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
-
-        protected override void Dispose(bool disposing)
-        {
-            if (disposing)
-            {
-                inner.Dispose();
-            }
-            base.Dispose(disposing);
-        }
     }
 }

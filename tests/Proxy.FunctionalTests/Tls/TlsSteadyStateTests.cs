@@ -17,14 +17,12 @@ namespace Proxy.FunctionalTests.Tls;
 [Collection(MemorySensitiveCollection.Name)]
 public sealed class TlsSteadyStateTests
 {
-    [Fact]
-    public async Task ProxiedRequests_WarmTlsConnection_AllocateLittleEach()
+    /// <summary>A proxy with one TLS listener (example.test) in front of <paramref name="upstream"/>.</summary>
+    private static Task<TestProxy> StartProxyAsync(TestPki pki, FixedResponseUpstream upstream)
     {
-        using var pki = new TestPki();
         var ca = TestPki.CreateCa();
         var (cert, key) = pki.Write(TestPki.Issue(ca, "example.test", ["example.test"]), "server", ca);
-        using var upstream = new FixedResponseUpstream(SteadyStateAllocationTests.FixedResponse);
-        await using var proxy = await TestProxy.StartAsync($$"""
+        return TestProxy.StartAsync($$"""
             listeners:
               - { name: public, address: 127.0.0.1:0, tls: { certificates: [{ cert: "{{cert}}", key: "{{key}}" }] } }
             routes:
@@ -32,6 +30,14 @@ public sealed class TlsSteadyStateTests
             clusters:
               backend: { destinations: ["http://127.0.0.1:{{upstream.Port}}"] }
             """);
+    }
+
+    [Fact]
+    public async Task ProxiedRequests_WarmTlsConnection_AllocateLittleEach()
+    {
+        using var pki = new TestPki();
+        using var upstream = new FixedResponseUpstream(SteadyStateAllocationTests.FixedResponse);
+        await using var proxy = await StartProxyAsync(pki, upstream);
         var (stream, _) = await TlsClients.HandshakeAsync(proxy.Public.Port, "example.test");
         using var ssl = stream;
         byte[] request = Encoding.ASCII.GetBytes("GET /api/items?page=2 HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\n\r\n");
@@ -81,17 +87,8 @@ public sealed class TlsSteadyStateTests
     public async Task ProxiedRequests_SixteenBusyTlsConnections_AllocateLittleEach()
     {
         using var pki = new TestPki();
-        var ca = TestPki.CreateCa();
-        var (cert, key) = pki.Write(TestPki.Issue(ca, "example.test", ["example.test"]), "server", ca);
         using var upstream = new FixedResponseUpstream(SteadyStateAllocationTests.FixedResponse);
-        await using var proxy = await TestProxy.StartAsync($$"""
-            listeners:
-              - { name: public, address: 127.0.0.1:0, tls: { certificates: [{ cert: "{{cert}}", key: "{{key}}" }] } }
-            routes:
-              - { id: all, match: { path: "/{**rest}" }, cluster: backend }
-            clusters:
-              backend: { destinations: ["http://127.0.0.1:{{upstream.Port}}"] }
-            """);
+        await using var proxy = await StartProxyAsync(pki, upstream);
         const int Connections = 16, PerConnection = 100;
         var clients = new SslStream[Connections];
         for (int c = 0; c < Connections; c++)

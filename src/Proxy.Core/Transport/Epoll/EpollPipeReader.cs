@@ -248,14 +248,7 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
             pending = _tlsMayHoldData ? _tls!.ReadAsync(Memory<byte>.Empty, token) : _stream.ReadAsync(Memory<byte>.Empty, token);
             if (!pending.IsCompleted)
             {
-                if (_tlsMayHoldData)
-                {
-                    ParkTls(pending, isWait: true, token, fromCaller);
-                }
-                else
-                {
-                    Park(pending, isWait: true, token, fromCaller);
-                }
+                Park(pending, isWait: true, token, fromCaller, onSslStream: _tlsMayHoldData);
                 return false;
             }
             try
@@ -278,7 +271,7 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
         if (!pending.IsCompleted)
         {
             _tlsReadLength = memory.Length;
-            ParkTls(pending, isWait: false, token, fromCaller);
+            Park(pending, isWait: false, token, fromCaller, onSslStream: true);
             return false;
         }
         try
@@ -338,23 +331,6 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
         return true;
     }
 
-    /// <summary>TLS: parks on the SslStream's pending read (or zero-byte wait); its completion resumes <see cref="OnParkedCompleted"/>.</summary>
-    private void ParkTls(ValueTask<int> pending, bool isWait, CancellationToken token, bool fromCaller)
-    {
-        if (fromCaller)
-        {
-            _core.Reset();
-        }
-        _parked = pending;
-        _parkedIsWait = isWait;
-        _token = token;
-        pending.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onTlsParked ??= OnParkedCompleted);
-        if (Volatile.Read(ref _cancelRequested) != 0 || (Volatile.Read(ref _state) & Completed) != 0)
-        {
-            InterruptTls();
-        }
-    }
-
     /// <summary>TLS: takes back a parked wait or SslStream read by canceling the token it carries.</summary>
     private void InterruptTls() => Volatile.Read(ref _tlsCancel)!.Cancel();
 
@@ -385,7 +361,12 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
         return true;
     }
 
-    private void Park(ValueTask<int> pending, bool isWait, CancellationToken cancellationToken, bool fromCaller)
+    /// <summary>
+    /// Parks on a pending wait or read: the stream's own operation (its cached callback), or with
+    /// <paramref name="onSslStream"/> a pending read of the SslStream (a continuation delegate per reader). Either way
+    /// the completion resumes <see cref="OnParkedCompleted"/>.
+    /// </summary>
+    private void Park(ValueTask<int> pending, bool isWait, CancellationToken cancellationToken, bool fromCaller, bool onSslStream = false)
     {
         if (fromCaller)
         {
@@ -395,7 +376,14 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
         _parked = pending;
         _parkedIsWait = isWait;
         _token = cancellationToken;
-        _stream.OnPendingReadCompleted(s_onParkedCompleted, this);
+        if (onSslStream)
+        {
+            pending.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onTlsParked ??= OnParkedCompleted);
+        }
+        else
+        {
+            _stream.OnPendingReadCompleted(s_onParkedCompleted, this);
+        }
         // A CancelPendingRead or Complete that ran before the park found nothing to take back: take it now.
         if (Volatile.Read(ref _cancelRequested) != 0 || (Volatile.Read(ref _state) & Completed) != 0)
         {
