@@ -108,8 +108,8 @@ public sealed class TlsReaderTests
         {
             n = 0; // closed with RST or without close_notify: closed all the same
         }
-        Assert.True(n == 0 || Encoding.ASCII.GetString(buffer, 0, n).StartsWith("HTTP/1.1 408", StringComparison.Ordinal),
-            $"expected a close or a 408, got {Encoding.ASCII.GetString(buffer, 0, n)}");
+        // No byte of the request reached the parser: the quiet close of an idle keep-alive connection, no answer.
+        Assert.True(n == 0, $"expected the connection closed, got {Encoding.ASCII.GetString(buffer, 0, n)}");
         Assert.InRange(clock.Elapsed, TimeSpan.FromSeconds(0.5), TimeSpan.FromSeconds(8));
 
         // The proxy is fine: a new connection is served.
