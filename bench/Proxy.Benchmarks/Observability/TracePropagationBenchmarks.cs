@@ -56,7 +56,9 @@ public class TracePropagationBenchmarks
         RequestTelemetry telemetry = _telemetry;
         telemetry.Prepare(s_tracing, "public", "origin");
         telemetry.UpstreamRequestStarting(_head, _destination);
-        telemetry.WriteTraceFields(_pipe.Writer, _head);
+        var headWriter = new HeadWriter(_pipe.Writer);
+        telemetry.WriteTraceFields(ref headWriter, _head);
+        headWriter.Commit();
         telemetry.UpstreamResponseReceived(_head, 200);
         telemetry.End(_head, "all", 200, default);
         telemetry.Reset();

@@ -910,7 +910,7 @@ internal sealed partial class HttpForwarder
 
     private void WriteResponseHead(ResponseHead response, BodyFraming outFraming, long contentLength, bool interim, bool keepAlive)
     {
-        PipeWriter output = _client.Output;
+        var output = new HeadWriter(_client.Output);
         output.Write("HTTP/1.1 "u8);
         output.WriteNumber(response.StatusCode);
         output.Write(" "u8);
@@ -935,9 +935,9 @@ internal sealed partial class HttpForwarder
                 _setCookie = null;
             }
             _client.ResponseStatus = response.StatusCode;
-            _client.WriteFilterFields(output);
+            output.Write(_client.FilterFields);
             _client.Telemetry?.UpstreamResponseReceived(_client.Head, response.StatusCode, _respondedAt);
-            _client.WriteRequestIdField(output);
+            output.WriteField(RequestId.FieldName, _client.ReplyRequestId());
             if (outFraming == BodyFraming.Chunked)
             {
                 output.Write("transfer-encoding: chunked\r\n"u8);
@@ -949,9 +949,10 @@ internal sealed partial class HttpForwarder
                 output.WriteNumber(contentLength);
                 output.Write("\r\n"u8);
             }
-            _client.WriteConnectionField(output, keepAlive);
+            output.Write(_client.ConnectionField(keepAlive));
         }
         output.Write("\r\n"u8);
+        output.Commit();
     }
 
     private void WriteUpgradeResponseHead(ResponseHead response)

@@ -26,30 +26,42 @@ internal static class UpstreamRequestWriter
         DestinationState destination, RequestTelemetry? telemetry = null, ClientTransport? transport = null,
         byte[]? clientCertificateHeader = null, Pipeline.RequestContext? edits = null)
     {
-        output.Write(head.MethodBytes);
-        output.Write(" "u8);
-        output.Write(head.Target);
-        output.Write(Http11Suffix);
+        var writer = new HeadWriter(output);
+        writer.Write(head.MethodBytes);
+        writer.Write(" "u8);
+        writer.Write(head.Target);
+        writer.Write(Http11Suffix);
 
-        WriteFields(output, head, forwarded, clientAddress, destination, telemetry, transport, clientCertificateHeader, edits);
+        WriteFields(ref writer, head, forwarded, clientAddress, destination, telemetry, transport, clientCertificateHeader, edits);
 
         if (head.Chunked)
         {
-            output.Write("transfer-encoding: chunked\r\n"u8);
+            writer.Write("transfer-encoding: chunked\r\n"u8);
         }
         else if (head.ContentLength >= 0)
         {
-            output.Write("content-length: "u8);
-            output.WriteNumber(head.ContentLength);
-            output.Write("\r\n"u8);
+            writer.Write("content-length: "u8);
+            writer.WriteNumber(head.ContentLength);
+            writer.Write("\r\n"u8);
         }
 
         if (head.IsUpgrade && head.TryGetHeader("upgrade"u8, out ReadOnlySpan<byte> protocol))
         {
-            output.Write("connection: upgrade\r\n"u8);
-            output.WriteField("upgrade"u8, protocol);
+            writer.Write("connection: upgrade\r\n"u8);
+            writer.WriteField("upgrade"u8, protocol);
         }
-        output.Write("\r\n"u8);
+        writer.Write("\r\n"u8);
+        writer.Commit();
+    }
+
+    /// <summary>The field lines below, into a pipe of their own (the HTTP/2 client's, re-encoded with HPACK).</summary>
+    public static void WriteFields(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
+        DestinationState destination, RequestTelemetry? telemetry = null, ClientTransport? transport = null,
+        byte[]? clientCertificateHeader = null, Pipeline.RequestContext? edits = null)
+    {
+        var writer = new HeadWriter(output);
+        WriteFields(ref writer, head, forwarded, clientAddress, destination, telemetry, transport, clientCertificateHeader, edits);
+        writer.Commit();
     }
 
     /// <summary>
@@ -59,7 +71,7 @@ internal static class UpstreamRequestWriter
     /// the HTTP/2 client turns the lines into a field block (Http2/Client/Http2RequestEncoder), so both protocols
     /// share one source of truth for what is added and removed.
     /// </summary>
-    public static void WriteFields(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
+    public static void WriteFields(ref HeadWriter writer, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
         DestinationState destination, RequestTelemetry? telemetry = null, ClientTransport? transport = null,
         byte[]? clientCertificateHeader = null, Pipeline.RequestContext? edits = null)
     {
@@ -126,60 +138,59 @@ internal static class UpstreamRequestWriter
                         break;
                 }
             }
-            output.WriteField(head.Name(i), head.Value(i));
+            writer.WriteField(head.Name(i), head.Value(i));
         }
 
         if (head.RequestIdGenerated)
         {
-            output.WriteField(RequestId.FieldName, head.RequestIdValue);
+            writer.WriteField(RequestId.FieldName, head.RequestIdValue);
         }
         if (tracing)
         {
-            telemetry!.WriteTraceFields(output, head);
+            telemetry!.WriteTraceFields(ref writer, head);
         }
 
         if (clientCertificateHeader is not null && transport?.ClientCertificateSubjectBytes is { } subject)
         {
-            output.WriteField(clientCertificateHeader, subject);
+            writer.WriteField(clientCertificateHeader, subject);
         }
 
         if (edits is not null)
         {
-            output.Write(edits.UpstreamAddedFields);
+            writer.Write(edits.UpstreamAddedFields);
         }
 
         if (head.HostIndex < 0)
         {
             // HTTP/1.0 without Host: name the destination (RFC 9112 section 3.2 requires Host in 1.1).
-            output.WriteField("host"u8, destination.HostHeader);
+            writer.WriteField("host"u8, destination.HostHeader);
         }
 
         if (mode != ForwardedMode.Off)
         {
-            output.Write("x-forwarded-for: "u8);
+            writer.Write("x-forwarded-for: "u8);
             if (mode == ForwardedMode.Append && xffCount > 0)
             {
                 for (int i = 0; i < head.FieldCount; i++)
                 {
                     if (fields[i].Known == KnownHeader.XForwardedFor && !fields[i].HopByHop)
                     {
-                        output.Write(head.Value(i));
-                        output.Write(", "u8);
+                        writer.Write(head.Value(i));
+                        writer.Write(", "u8);
                     }
                 }
             }
-            // Formatted per request into the stack rather than kept per connection: idle connections stay small.
-            Span<byte> ip = stackalloc byte[64];
-            clientAddress.TryFormat(ip, out int ipLength);
-            output.Write(ip[..ipLength]);
-            output.Write("\r\n"u8);
+            // Formatted per request rather than kept per connection: idle connections stay small.
+            clientAddress.TryFormat(writer.Reserve(64), out int ipLength);
+            writer.Advance(ipLength);
+            writer.Write("\r\n"u8);
             if (!hasProto)
             {
-                output.Write(transport is { IsSecure: true } ? "x-forwarded-proto: https\r\n"u8 : "x-forwarded-proto: http\r\n"u8);
+                writer.Write(transport is { IsSecure: true } ? "x-forwarded-proto: https\r\n"u8 : "x-forwarded-proto: http\r\n"u8);
             }
             if (!hasHost && head.HostIndex >= 0)
             {
-                output.WriteField("x-forwarded-host"u8, head.Host);
+                writer.WriteField("x-forwarded-host"u8, head.Host);
             }
         }
     }

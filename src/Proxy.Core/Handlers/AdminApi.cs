@@ -86,7 +86,7 @@ internal static class AdminApi
         output.Write("\r\ndate: "u8);
         output.Write(DateHeader.Value);
         output.Write("\r\n"u8);
-        connection.WriteConnectionField(output, keepAlive);
+        output.Write(connection.ConnectionField(keepAlive));
         output.Write("\r\n"u8);
         if (head.Method != HttpMethod.Head)
         {

@@ -52,7 +52,7 @@ internal static class EchoResponder
         output.Write("\r\ndate: "u8);
         output.Write(DateHeader.Value);
         output.Write("\r\n"u8);
-        connection.WriteConnectionField(output, keepAlive);
+        output.Write(connection.ConnectionField(keepAlive));
         output.Write("\r\n"u8);
         if (head.Method != Http.HttpMethod.Head)
         {

@@ -227,13 +227,7 @@ internal sealed partial class Http1ServerConnection
     /// or route-answered response head. Nothing when the route ran no filters (the context then holds a previous
     /// request's lines).
     /// </summary>
-    internal void WriteFilterFields(PipeWriter output)
-    {
-        if (_chain is not null)
-        {
-            output.Write(State.Filters.ReplyHeaders);
-        }
-    }
+    internal ReadOnlySpan<byte> FilterFields => _chain is not null ? State.Filters.ReplyHeaders : default;
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private bool FilterFailed(RequestContext context, Exception e)

@@ -88,10 +88,10 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     }
 
     /// <summary>
-    /// Writes <c>x-request-id: ID\r\n</c> for the current request into a response head (local replies call it; the
-    /// forwarder calls it for relayed responses). A head rejected before routing gets a fresh id here.
+    /// The value of the <c>x-request-id</c> field of the current request's response head (local replies write it; the
+    /// forwarder writes it for relayed responses). A head rejected before routing gets a fresh id here.
     /// </summary>
-    internal void WriteRequestIdField(PipeWriter output)
+    internal ReadOnlySpan<byte> ReplyRequestId()
     {
         RequestHead head = Head;
         if (head.RequestIdLength == 0)
@@ -99,7 +99,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             head.RequestIdLength = RequestId.Generate(head.RequestIdBuffer);
             head.RequestIdGenerated = true;
         }
-        output.WriteField(RequestId.FieldName, head.RequestIdValue);
+        return head.RequestIdValue;
     }
 
     /// <summary>Reads the current snapshot for a new request; after a reload, finds this listener's new model.</summary>
@@ -710,7 +710,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         RunLocalResponseHeadersFilters(respond.Status);
         PipeWriter output = Output;
         output.Write(respond.HeadPrefix);
-        WriteFilterFields(output);
+        output.Write(FilterFields);
         WriteLocalReplyTail(output, respond.Body, extraFields: null, keepAlive);
         return await FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
     }
@@ -764,18 +764,11 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         return false;
     }
 
-    /// <summary>Writes "connection: close" or, for a kept HTTP/1.0 connection, "connection: keep-alive".</summary>
-    internal void WriteConnectionField(PipeWriter output, bool keepAlive)
-    {
-        if (!keepAlive)
-        {
-            output.Write("connection: close\r\n"u8);
-        }
-        else if (Head.Version == Http.HttpVersion.Http10)
-        {
-            output.Write("connection: keep-alive\r\n"u8);
-        }
-    }
+    /// <summary>The response's connection field line: "connection: close", or "connection: keep-alive" for a kept HTTP/1.0 connection, or none.</summary>
+    internal ReadOnlySpan<byte> ConnectionField(bool keepAlive)
+        => !keepAlive ? "connection: close\r\n"u8
+            : Head.Version == Http.HttpVersion.Http10 ? "connection: keep-alive\r\n"u8
+            : default;
 
     /// <summary>Sends "100 Continue" when the client asked for it (RFC 9110 section 10.1.1), before reading the body.</summary>
     internal ValueTask<bool> SendContinueIfExpectedAsync()
@@ -853,18 +846,20 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// </summary>
     internal void WriteLocalReplyTail(PipeWriter output, ReadOnlySpan<byte> body, byte[]? extraFields, bool keepAlive)
     {
-        output.Write("content-length: "u8);
-        output.WriteNumber(body.Length);
-        output.Write("\r\ndate: "u8);
-        output.Write(DateHeader.Value);
-        output.Write("\r\n"u8);
+        var writer = new HeadWriter(output);
+        writer.Write("content-length: "u8);
+        writer.WriteNumber(body.Length);
+        writer.Write("\r\ndate: "u8);
+        writer.Write(DateHeader.Value);
+        writer.Write("\r\n"u8);
         if (extraFields is not null)
         {
-            output.Write(extraFields);
+            writer.Write(extraFields);
         }
-        WriteRequestIdField(output);
-        WriteConnectionField(output, keepAlive);
-        output.Write("\r\n"u8);
+        writer.WriteField(RequestId.FieldName, ReplyRequestId());
+        writer.Write(ConnectionField(keepAlive));
+        writer.Write("\r\n"u8);
+        writer.Commit();
         RequestHead head = Head;
         if (head.Method != Http.HttpMethod.Head || head.MethodLength == 0)
         {

@@ -113,7 +113,9 @@ public sealed class TelemetryTests
         var telemetry = Telemetry(0);
         var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: 0, useSynchronizationContext: false));
         telemetry.UpstreamRequestStarting(head, s_destination);
-        telemetry.WriteTraceFields(pipe.Writer, head);
+        var headWriter = new HeadWriter(pipe.Writer);
+        telemetry.WriteTraceFields(ref headWriter, head);
+        headWriter.Commit();
         telemetry.End(head, "all", 200, default);
         telemetry.Reset();
         await pipe.Writer.FlushAsync();
@@ -124,7 +126,9 @@ public sealed class TelemetryTests
         {
             telemetry.Prepare(telemetry.Tracing, "public", "backend");
             telemetry.UpstreamRequestStarting(head, s_destination);
-            telemetry.WriteTraceFields(pipe.Writer, head);
+            var headWriter = new HeadWriter(pipe.Writer);
+            telemetry.WriteTraceFields(ref headWriter, head);
+            headWriter.Commit();
             telemetry.End(head, "all", 200, default);
             telemetry.Reset();
             // With no pause threshold the flush completes at once, so the round runs on this thread and its
@@ -154,7 +158,9 @@ public sealed class TelemetryTests
         var pipe = new Pipe();
 
         telemetry.UpstreamRequestStarting(head, s_destination);
-        telemetry.WriteTraceFields(pipe.Writer, head);
+        var headWriter = new HeadWriter(pipe.Writer);
+        telemetry.WriteTraceFields(ref headWriter, head);
+        headWriter.Commit();
         telemetry.UpstreamResponseReceived(head, 201);
         telemetry.End(head, "orders", 201, DateTime.UtcNow.AddMilliseconds(-5));
         string upstreamSpan = Encoding.ASCII.GetString(telemetry.UpstreamSpanId);

@@ -191,16 +191,16 @@ internal sealed class RequestTelemetry
     /// Writes <c>traceparent</c> (and the client's <c>tracestate</c>, combined, when its trace continues) into the
     /// upstream request head. The writer has skipped the client's own fields of both names.
     /// </summary>
-    public void WriteTraceFields(PipeWriter output, RequestHead head)
+    public void WriteTraceFields(ref HeadWriter writer, RequestHead head)
     {
         Span<byte> value = stackalloc byte[TraceContext.TraceParentLength];
         TraceContext.FormatTraceParent(value, _traceId, _upstreamSpanId, _flags);
-        output.WriteField(TraceContext.TraceParentName, value);
+        writer.WriteField(TraceContext.TraceParentName, value);
         if (!_forwardTraceState)
         {
             return;
         }
-        output.Write("tracestate: "u8);
+        writer.Write("tracestate: "u8);
         bool first = true;
         for (int i = 0; i < head.FieldCount; i++)
         {
@@ -209,13 +209,13 @@ internal sealed class RequestTelemetry
             {
                 if (!first)
                 {
-                    output.Write(","u8);
+                    writer.Write(","u8);
                 }
-                output.Write(head.Value(i));
+                writer.Write(head.Value(i));
                 first = false;
             }
         }
-        output.Write("\r\n"u8);
+        writer.Write("\r\n"u8);
     }
 
     /// <summary>The upstream's final response head arrived (status relayed to the client).</summary>

@@ -4,7 +4,7 @@ namespace Proxy.Http2.Client;
 
 /// <summary>
 /// A reusable in-memory <see cref="PipeWriter"/>: the HTTP/2 path lets the shared HTTP/1.1 field writer
-/// (<see cref="Forwarding.UpstreamRequestWriter.WriteFields"/>) write its field lines here, then re-encodes them with
+/// (<c>UpstreamRequestWriter.WriteFields</c>) write its field lines here, then re-encodes them with
 /// HPACK. One per forwarder, grown to the largest head seen and kept: no allocation per request once warm.
 /// </summary>
 internal sealed class FieldLineWriter : PipeWriter

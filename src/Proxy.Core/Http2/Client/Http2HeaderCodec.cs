@@ -94,7 +94,7 @@ internal struct DiscardFieldSink : IHeaderSink
 }
 
 /// <summary>
-/// Turns the proxy's upstream request (the field lines <see cref="Forwarding.UpstreamRequestWriter.WriteFields"/>
+/// Turns the proxy's upstream request (the field lines <c>UpstreamRequestWriter.WriteFields</c>
 /// produced, one source of truth for what is added and removed for both protocols) into an HTTP/2 field block:
 /// pseudo-headers first (RFC 9113 section 8.3.1), lowercase names (8.2.1), no connection-specific fields (8.2.2).
 /// </summary>
