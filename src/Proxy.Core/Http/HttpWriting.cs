@@ -11,10 +11,17 @@ namespace Proxy.Http;
 /// </summary>
 internal static class HttpWriting
 {
+    /// <summary>
+    /// The most a write asks the pipe for at once. A body segment can be larger than the pipe's blocks (upstream reads
+    /// fill 32 KiB blocks, writers have 16 KiB ones), and a pipe serves a larger request from the shared array pool,
+    /// allocating an owner each time: past this, a write fills what the pipe has and continues in new blocks.
+    /// </summary>
+    private const int MaxSpanHint = 4096;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Write(this PipeWriter writer, ReadOnlySpan<byte> bytes)
     {
-        Span<byte> span = writer.GetSpan(bytes.Length);
+        Span<byte> span = writer.GetSpan(Math.Min(bytes.Length, MaxSpanHint));
         if (span.Length >= bytes.Length)
         {
             bytes.CopyTo(span);

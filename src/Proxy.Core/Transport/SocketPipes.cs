@@ -20,7 +20,7 @@ internal static class SocketPipes
     // Upstream connections are few and busy: reading straight into a block saves the extra recv() of a
     // zero-byte read on every response. Idle pooled connections are capped by max_connections.
     private static readonly StreamPipeReaderOptions s_upstreamReaderOptions = new(
-        pool: BlockMemoryPool.Large, bufferSize: BlockMemoryPool.Large.BlockSize, minimumReadSize: 2048, leaveOpen: true,
+        pool: BlockMemoryPool.UpstreamRead, bufferSize: BlockMemoryPool.UpstreamRead.BlockSize, minimumReadSize: 2048, leaveOpen: true,
         useZeroByteReads: false);
 
     private static readonly StreamPipeWriterOptions s_writerOptions = new(
@@ -93,7 +93,7 @@ internal static class SocketPipes
         if (stream is EpollSocketStream epoll)
         {
             var input = upstream
-                ? new EpollPipeReader(epoll, BlockMemoryPool.Large, useZeroByteReads: false, minimumReadSize: 2048)
+                ? new EpollPipeReader(epoll, BlockMemoryPool.UpstreamRead, useZeroByteReads: false, minimumReadSize: 2048)
                 : new EpollPipeReader(epoll, BlockMemoryPool.Small, useZeroByteReads: true, minimumReadSize: 1024);
             return (input, new EpollPipeWriter(epoll, BlockMemoryPool.Large));
         }
