@@ -910,19 +910,19 @@ internal sealed partial class HttpForwarder
 
     private void WriteResponseHead(ResponseHead response, BodyFraming outFraming, long contentLength, bool interim, bool keepAlive)
     {
-        var output = new HeadWriter(_client.Output);
-        output.Write("HTTP/1.1 "u8);
-        output.WriteNumber(response.StatusCode);
-        output.Write(" "u8);
-        output.Write(response.Reason);
-        output.Write("\r\n"u8);
+        var writer = new HeadWriter(_client.Output);
+        writer.Write("HTTP/1.1 "u8);
+        writer.WriteNumber(response.StatusCode);
+        writer.Write(" "u8);
+        writer.Write(response.Reason);
+        writer.Write("\r\n"u8);
         HeaderField[] fields = response.Fields;
         for (int i = 0; i < response.FieldCount; i++)
         {
             // The final response carries the proxy's request id (below); an upstream's echo of it would duplicate it.
             if (!fields[i].HopByHop && (interim || !IsRequestIdField(response.Name(i))))
             {
-                output.WriteField(response.Name(i), response.Value(i));
+                writer.WriteField(response.Name(i), response.Value(i));
             }
         }
         if (!interim)
@@ -931,28 +931,28 @@ internal sealed partial class HttpForwarder
             {
                 // The one hook of session affinity in the response: appended after the upstream's own fields
                 // (several Set-Cookie fields are allowed, RFC 6265 section 3).
-                output.Write(setCookie);
+                writer.Write(setCookie);
                 _setCookie = null;
             }
             _client.ResponseStatus = response.StatusCode;
-            output.Write(_client.FilterFields);
+            writer.Write(_client.FilterFields);
             _client.Telemetry?.UpstreamResponseReceived(_client.Head, response.StatusCode, _respondedAt);
-            output.WriteField(RequestId.FieldName, _client.ReplyRequestId());
+            writer.WriteField(RequestId.FieldName, _client.ReplyRequestId());
             if (outFraming == BodyFraming.Chunked)
             {
-                output.Write("transfer-encoding: chunked\r\n"u8);
+                writer.Write("transfer-encoding: chunked\r\n"u8);
             }
             else if (contentLength >= 0 && (outFraming == BodyFraming.ContentLength || response.StatusCode != 204))
             {
                 // Also for HEAD and 304: the length describes the representation (RFC 9110 section 8.6).
-                output.Write("content-length: "u8);
-                output.WriteNumber(contentLength);
-                output.Write("\r\n"u8);
+                writer.Write("content-length: "u8);
+                writer.WriteNumber(contentLength);
+                writer.Write("\r\n"u8);
             }
-            output.Write(_client.ConnectionField(keepAlive));
+            writer.Write(_client.ConnectionField(keepAlive));
         }
-        output.Write("\r\n"u8);
-        output.Commit();
+        writer.Write("\r\n"u8);
+        writer.Commit();
     }
 
     private void WriteUpgradeResponseHead(ResponseHead response)
