@@ -46,13 +46,7 @@ internal ref struct HeadWriter
         Span<byte> span = _span[_buffered..];
         if (span.Length >= length)
         {
-            name.CopyTo(span);
-            span[name.Length] = (byte)':';
-            span[name.Length + 1] = (byte)' ';
-            value.CopyTo(span[(name.Length + 2)..]);
-            span[length - 2] = (byte)'\r';
-            span[length - 1] = (byte)'\n';
-            _buffered += length;
+            _buffered += HttpWriting.FormatField(span, name, value);
             return;
         }
         Write(name);

@@ -1,4 +1,5 @@
 using System.Text;
+using Proxy.Http;
 
 namespace Proxy.Pipeline;
 
@@ -45,12 +46,7 @@ public sealed partial class RequestContext
         }
         int length = name.Length + value.Length + 4;
         Span<byte> span = ReserveEdit(ref _upstreamAdded, _upstreamAddedLength, length);
-        name.CopyTo(span);
-        span[name.Length] = (byte)':';
-        span[name.Length + 1] = (byte)' ';
-        value.CopyTo(span[(name.Length + 2)..]);
-        span[length - 2] = (byte)'\r';
-        span[length - 1] = (byte)'\n';
+        HttpWriting.FormatField(span, name, value);
         _upstreamAddedLength += length;
     }
 

@@ -113,12 +113,7 @@ public sealed partial class RequestContext
             _reply.AsSpan(_replyHeadersLength, _replyBodyLength).CopyTo(_reply.AsSpan(_replyHeadersLength + length));
         }
         Span<byte> span = _reply.AsSpan(_replyHeadersLength, length);
-        name.CopyTo(span);
-        span[name.Length] = (byte)':';
-        span[name.Length + 1] = (byte)' ';
-        value.CopyTo(span[(name.Length + 2)..]);
-        span[length - 2] = (byte)'\r';
-        span[length - 1] = (byte)'\n';
+        HttpWriting.FormatField(span, name, value);
         _replyHeadersLength += length;
     }
 
