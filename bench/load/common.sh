@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared pieces of the load benchmarks (sourced by run.sh and idle-connections.sh, not run directly):
+# Shared pieces of the load benchmarks (sourced by run.sh, tls.sh, paired.sh and idle-connections.sh, not run directly):
 # configuration of the origin and the peer proxies, building our proxy, starting and stopping
 # processes by PID, and reading CPU time and memory from /proc.
 #
@@ -261,16 +261,48 @@ backend be
 EOF
 }
 
-write_proxy_yaml() { # -> $RUN/proxy.yaml
-    cat >"$RUN/proxy.yaml" <<EOF
+# write_proxy_config FILE LISTENERS : Proxy's config for the benchmarks, every path to the origin; LISTENERS are the
+# entries under "listeners:" (see proxy_tls_listener for a TLS one).
+write_proxy_config() {
+    cat >"$1" <<EOF
 listeners:
-  - { name: bench, address: 127.0.0.1:$PROXY_PORT }
+$2
 routes:
   - { id: all, match: { path: "/{**rest}" }, cluster: origin }
 clusters:
   origin:
     destinations: [{ address: "http://127.0.0.1:$ORIGIN_PORT" }]
 EOF
+}
+
+write_proxy_yaml() { # -> $RUN/proxy.yaml
+    write_proxy_config "$RUN/proxy.yaml" "  - { name: bench, address: 127.0.0.1:$PROXY_PORT }"
+}
+
+# ------------------------------------------------------------------------------------------ TLS
+# The same ECDSA P-256 certificate for every TLS listener (tls.sh, paired.sh): $RUN/tls.pem and tls.key, and
+# $RUN/tls-haproxy.pem, which is both in one file as HAProxy takes them.
+make_tls_cert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/tls.key" -out "$RUN/tls.pem" \
+        -days 30 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1 || die "openssl req failed"
+    cat "$RUN/tls.pem" "$RUN/tls.key" >"$RUN/tls-haproxy.pem"
+}
+
+nginx_tls_listen() { # PORT : nginx's listen and ssl directives (TLS 1.2 and 1.3, ALPN h2 and http/1.1)
+    printf '%s\n' "        listen 127.0.0.1:$1 ssl http2 backlog=4096;" \
+        "        ssl_certificate $RUN/tls.pem;" \
+        "        ssl_certificate_key $RUN/tls.key;" \
+        "        ssl_protocols TLSv1.2 TLSv1.3;" \
+        "        ssl_session_cache shared:SSL:10m;"
+}
+
+haproxy_tls_bind() { # PORT
+    echo "    bind 127.0.0.1:$1 ssl crt $RUN/tls-haproxy.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2"
+}
+
+proxy_tls_listener() { # NAME PORT : a listeners entry of Proxy's YAML
+    printf '%s\n' "  - name: $1" "    address: 127.0.0.1:$2" \
+        "    tls: { certificates: [{ cert: \"$RUN/tls.pem\", key: \"$RUN/tls.key\" }] }"
 }
 
 # ------------------------------------------------------------------------------------------ builds

@@ -50,9 +50,7 @@ trap stop_all EXIT
 require_free_ports "$ORIGIN_PORT" "$NGINX_PORT" "$NGINX_H2_PORT" "$HAPROXY_PORT" "$HAPROXY_H2_PORT" "$PROXY_PORT" \
     "$TLS_NGINX_PORT" "$TLS_PROXY_PORT" "$TLS_HAPROXY_PORT"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/tls.key" -out "$RUN/tls.pem" \
-    -days 30 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1 || die "openssl req failed"
-cat "$RUN/tls.pem" "$RUN/tls.key" >"$RUN/tls-haproxy.pem"
+make_tls_cert
 
 # One process per proxy serves every scenario: cleartext HTTP/1.1, h2c and TLS listeners side by side.
 start_paired() { # NAME
@@ -60,30 +58,16 @@ start_paired() { # NAME
     nginx)
         write_nginx_conf nginx-paired 1 "        listen 127.0.0.1:$NGINX_PORT backlog=4096;
         listen 127.0.0.1:$NGINX_H2_PORT http2 backlog=4096;
-        listen 127.0.0.1:$TLS_NGINX_PORT ssl http2 backlog=4096;
-        ssl_certificate $RUN/tls.pem;
-        ssl_certificate_key $RUN/tls.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache shared:SSL:10m;"
+$(nginx_tls_listen "$TLS_NGINX_PORT")"
         start_bg nginx "$PROXY_CPUS" nginx -p "$RUN" -c "$RUN/nginx-paired.conf" -e "$RUN/nginx-paired-error.log" -g 'daemon off;' ;;
     haproxy)
         write_haproxy_conf 1 haproxy-paired "    bind 127.0.0.1:$HAPROXY_PORT
     bind 127.0.0.1:$HAPROXY_H2_PORT proto h2
-    bind 127.0.0.1:$TLS_HAPROXY_PORT ssl crt $RUN/tls-haproxy.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2"
+$(haproxy_tls_bind "$TLS_HAPROXY_PORT")"
         start_bg haproxy "$PROXY_CPUS" haproxy -db -f "$RUN/haproxy-paired.cfg" ;;
     proxy)
-        cat >"$RUN/proxy-paired.yaml" <<CONF
-listeners:
-  - { name: bench, address: 127.0.0.1:$PROXY_PORT }
-  - name: secure
-    address: 127.0.0.1:$TLS_PROXY_PORT
-    tls: { certificates: [{ cert: "$RUN/tls.pem", key: "$RUN/tls.key" }] }
-routes:
-  - { id: all, match: { path: "/{**rest}" }, cluster: origin }
-clusters:
-  origin:
-    destinations: [{ address: "http://127.0.0.1:$ORIGIN_PORT" }]
-CONF
+        write_proxy_config "$RUN/proxy-paired.yaml" "  - { name: bench, address: 127.0.0.1:$PROXY_PORT }
+$(proxy_tls_listener secure "$TLS_PROXY_PORT")"
         local envs=(DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_PROCESSOR_COUNT=1)
         [[ -n $PROXY_ENV ]] && { read -r -a extra <<<"$PROXY_ENV"; envs+=("${extra[@]}"); }
         start_bg proxy "$PROXY_CPUS" env "${envs[@]}" "$PROXY_BIN" run --config "$RUN/proxy-paired.yaml" ;;

@@ -39,34 +39,18 @@ mkdir -p "$RUN"; fresh_run_dir
 trap stop_all EXIT
 require_free_ports "$ORIGIN_PORT" "$TLS_NGINX_PORT" "$TLS_PROXY_PORT" "$TLS_HAPROXY_PORT"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/tls.key" -out "$RUN/tls.pem" \
-    -days 30 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1 || die "openssl req failed"
-cat "$RUN/tls.pem" "$RUN/tls.key" >"$RUN/tls-haproxy.pem"   # HAProxy takes certificate and key in one file
+make_tls_cert
 
 write_nginx_tls_conf() { # -> $RUN/nginx-tls.conf
-    write_nginx_conf nginx-tls 1 "        listen 127.0.0.1:$TLS_NGINX_PORT ssl http2 backlog=4096;
-        ssl_certificate $RUN/tls.pem;
-        ssl_certificate_key $RUN/tls.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache shared:SSL:10m;"
+    write_nginx_conf nginx-tls 1 "$(nginx_tls_listen "$TLS_NGINX_PORT")"
 }
 
 write_haproxy_tls_conf() { # -> $RUN/haproxy-tls.cfg
-    write_haproxy_conf 1 haproxy-tls "    bind 127.0.0.1:$TLS_HAPROXY_PORT ssl crt $RUN/tls-haproxy.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2"
+    write_haproxy_conf 1 haproxy-tls "$(haproxy_tls_bind "$TLS_HAPROXY_PORT")"
 }
 
-write_proxy_tls_yaml() {
-    cat >"$RUN/proxy-tls.yaml" <<CONF
-listeners:
-  - name: bench
-    address: 127.0.0.1:$TLS_PROXY_PORT
-    tls: { certificates: [{ cert: "$RUN/tls.pem", key: "$RUN/tls.key" }] }
-routes:
-  - { id: all, match: { path: "/{**rest}" }, cluster: origin }
-clusters:
-  origin:
-    destinations: [{ address: "http://127.0.0.1:$ORIGIN_PORT" }]
-CONF
+write_proxy_tls_yaml() { # -> $RUN/proxy-tls.yaml
+    write_proxy_config "$RUN/proxy-tls.yaml" "$(proxy_tls_listener bench "$TLS_PROXY_PORT")"
 }
 
 https_ok() { [[ $(curl -s -m 2 --cacert "$RUN/tls.pem" -o /dev/null -w '%{http_code}' "$1" 2>/dev/null) == 200 ]]; }
