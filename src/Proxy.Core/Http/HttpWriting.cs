@@ -12,9 +12,10 @@ namespace Proxy.Http;
 internal static class HttpWriting
 {
     /// <summary>
-    /// The most a write asks the pipe for at once. A body segment can be larger than the pipe's blocks (upstream reads
-    /// fill 32 KiB blocks, writers have 16 KiB ones), and a pipe serves a larger request from the shared array pool,
-    /// allocating an owner each time: past this, a write fills what the pipe has and continues in new blocks.
+    /// The most a write or a field line asks the pipe for at once. A body segment or a long field value can be larger
+    /// than the pipe's blocks (upstream reads fill 32 KiB blocks, writers have 16 KiB ones), and a pipe serves a larger
+    /// request from the shared array pool, allocating an owner each time: past this, a write fills what the pipe has
+    /// and continues in new blocks.
     /// </summary>
     private const int MaxSpanHint = 4096;
 
@@ -80,7 +81,7 @@ internal static class HttpWriting
     public static void WriteField(this PipeWriter writer, ReadOnlySpan<byte> name, ReadOnlySpan<byte> value)
     {
         int length = name.Length + value.Length + 4;
-        Span<byte> span = writer.GetSpan(length);
+        Span<byte> span = writer.GetSpan(Math.Min(length, MaxSpanHint));
         if (span.Length >= length)
         {
             FormatField(span, name, value);
