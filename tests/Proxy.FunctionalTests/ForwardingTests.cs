@@ -185,6 +185,29 @@ public sealed class ForwardingTests
     }
 
     [Fact]
+    public async Task ResponseBody_BytesPastContentLengthInSameWrite_NotRelayedAndConnectionNotReused()
+    {
+        // Head, body and more bytes in one write: the body is relayed straight from the buffer (BodyPump.TryCopyBuffered),
+        // and the bytes after it must neither reach the client nor be read as the answer to the next request.
+        await using var scenario = await ProxyScenario.StartAsync(
+            UpstreamBehaviors.Fixed("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloHTTP/1.1 500 Injected\r\ncontent-length: 0\r\n\r\n"));
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/one"));
+        var first = await client.ReadResponseAsync();
+        Assert.Equal(200, first.Status);
+        Assert.Equal("5", first.Header("content-length"));
+        Assert.Equal("hello", first.BodyText);
+
+        await client.SendAsync(Wire.Get("/two"));
+        var second = await client.ReadResponseAsync();
+        Assert.Equal(200, second.Status);
+        Assert.Equal("hello", second.BodyText);
+        Assert.Equal(0, client.Reader.Buffered);
+        Assert.Equal(2, scenario.Upstream.ConnectionCount);
+    }
+
+    [Fact]
     public async Task ResponseBody_Chunked_IsForwardedChunked()
     {
         await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Chunked("one,", "two,", "three"));

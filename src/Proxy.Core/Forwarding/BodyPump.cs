@@ -123,6 +123,39 @@ internal sealed class BodyPump
         return _result.Task;
     }
 
+    /// <summary>
+    /// Copies a Content-Length body that is already buffered in full (a small response arrives with its head) at once,
+    /// without handing it to the loop: the loop's resume and park again, with the timer armed and disarmed around a
+    /// read and a flush that do not wait, were the largest part of relaying a small body. The caller flushes. False
+    /// when the body is not all there, or a cancel is pending (left for <see cref="CopyAsync"/> to see), with nothing
+    /// consumed.
+    /// </summary>
+    public bool TryCopyBuffered(PipeReader source, PipeWriter destination, long contentLength)
+    {
+        if (!_parked || !source.TryRead(out ReadResult result))
+        {
+            return false;
+        }
+        ReadOnlySequence<byte> buffer = result.Buffer;
+        if (result.IsCanceled || buffer.Length < contentLength)
+        {
+            source.AdvanceTo(buffer.Start);
+            if (result.IsCanceled)
+            {
+                source.CancelPendingRead(); // TryRead took the cancel: the pump's read must still get it
+            }
+            return false;
+        }
+        _decoder.Reset();
+        Reject = RejectReason.None;
+        ReadOnlySequence<byte> body = buffer.Slice(0, contentLength);
+        WriteData(destination, BodyFraming.ContentLength, body);
+        // Bytes after the body are not examined: the next response (never expected) or the close must be seen at once.
+        source.AdvanceTo(body.End);
+        BytesRead = contentLength;
+        return true;
+    }
+
     /// <summary>The rare copy while the loop is still busy with an abandoned body: a loop of its own that runs once.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private ValueTask<PumpResult> CopyOnceAsync()

@@ -468,6 +468,15 @@ internal sealed partial class HttpForwarder
                                         // The body's waits are awaited here, in the loop, not in a nested async method: see BeginResponseBody.
                                         if (BeginResponseBody(cluster, upstream, out BodyFraming inFraming, out BodyFraming outFraming, out bool keepAlive))
                                         {
+                                            if (inFraming == BodyFraming.ContentLength && outFraming == BodyFraming.ContentLength
+                                                && _client.ResponsePump.TryCopyBuffered(upstream.Input, _client.Output, upstream.Response.ContentLength))
+                                            {
+                                                // The whole body came with the head: it leaves with it, in one flush. The upstream connection
+                                                // is free before that flush (the body is consumed), as EndResponseBody would free it after.
+                                                ReturnOrRelease(upstream, upstream.Response);
+                                                outcome = await _client.FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
+                                                goto Done;
+                                            }
                                             PumpResult copied = await _client.ResponsePump.CopyAsync(upstream.Input, _client.Output, inFraming,
                                                 upstream.Response.ContentLength, outFraming, long.MaxValue, _client).ConfigureAwait(false);
                                             outcome = EndResponseBody(copied, inFraming, keepAlive, cluster, destination, upstream);
