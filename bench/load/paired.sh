@@ -11,6 +11,9 @@
 #   bench/load/paired.sh                                   # haproxy and proxy against nginx, all scenarios, ~8 min
 #   TARGETS=proxy SCENARIOS="S1 T1" ROUNDS=12 bench/load/paired.sh
 #   PROXY_BIN=/path/to/proxy TARGETS=proxy bench/load/paired.sh
+#   BASELINE_BIN=/path/to/old/proxy TARGETS=proxy bench/load/paired.sh   # a change: this checkout's proxy against an
+#                                              # older build instead of nginx; run it also with the two swapped (two
+#                                              # builds' ratio moves by a few points with the order, see bench/load/README.md)
 #
 # Scenarios (per load generator; both run at once; every load is bounded by `timeout`):
 #   S1  32 keep-alive connections, 100-byte response        wrk -t1 -c32
@@ -22,7 +25,8 @@
 #
 # Knobs: TARGETS ("haproxy proxy")  SCENARIOS ("S1 S3 S4 S5 T1 T2")  ROUNDS (8)  DURATION (4 s per round)
 #        WARMUP (3)  PREWARM (10 s of S1 and T1 load after Proxy starts)  TLS_NGINX_PORT (8443)  TLS_PROXY_PORT (8444)
-#        TLS_HAPROXY_PORT (8445), plus common.sh's PROXY_BIN, PROXY_ENV and CPUs (both proxies on PROXY_CPUS; load
+#        TLS_HAPROXY_PORT (8445), BASELINE_BIN (unset: nginx is the baseline), BASELINE_PORT (8086) and
+#        TLS_BASELINE_PORT (8446), plus common.sh's PROXY_BIN, PROXY_ENV and CPUs (both proxies on PROXY_CPUS; load
 #        generators and origin on LG_CPUS and ORIGIN_CPUS).
 set -uo pipefail
 # shellcheck source=common.sh
@@ -37,6 +41,12 @@ PREWARM=${PREWARM:-10}
 TLS_NGINX_PORT=${TLS_NGINX_PORT:-8443}
 TLS_PROXY_PORT=${TLS_PROXY_PORT:-8444}
 TLS_HAPROXY_PORT=${TLS_HAPROXY_PORT:-8445}
+BASELINE_BIN=${BASELINE_BIN:-}
+BASELINE_PORT=${BASELINE_PORT:-8086}
+TLS_BASELINE_PORT=${TLS_BASELINE_PORT:-8446}
+# The reference every ratio is taken against: nginx, or with BASELINE_BIN another build of Proxy ("baseline").
+REF=nginx
+[[ -n $BASELINE_BIN ]] && { [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"; REF=baseline; }
 HZ=$(getconf CLK_TCK)
 LOAD_TIMEOUT=$((DURATION + 30))
 
@@ -48,7 +58,7 @@ raise_nofile
 mkdir -p "$RUN"; fresh_run_dir
 trap stop_all EXIT
 require_free_ports "$ORIGIN_PORT" "$NGINX_PORT" "$NGINX_H2_PORT" "$HAPROXY_PORT" "$HAPROXY_H2_PORT" "$PROXY_PORT" \
-    "$TLS_NGINX_PORT" "$TLS_PROXY_PORT" "$TLS_HAPROXY_PORT"
+    "$TLS_NGINX_PORT" "$TLS_PROXY_PORT" "$TLS_HAPROXY_PORT" "$BASELINE_PORT" "$TLS_BASELINE_PORT"
 
 make_tls_cert
 
@@ -65,14 +75,16 @@ $(nginx_tls_listen "$TLS_NGINX_PORT")"
     bind 127.0.0.1:$HAPROXY_H2_PORT proto h2
 $(haproxy_tls_bind "$TLS_HAPROXY_PORT")"
         start_bg haproxy "$PROXY_CPUS" haproxy -db -f "$RUN/haproxy-paired.cfg" ;;
-    proxy)
-        write_proxy_config "$RUN/proxy-paired.yaml" "  - { name: bench, address: 127.0.0.1:$PROXY_PORT }
-$(proxy_tls_listener secure "$TLS_PROXY_PORT")"
+    proxy | baseline)
+        local bin=$PROXY_BIN
+        [[ $1 == baseline ]] && bin=$BASELINE_BIN
+        write_proxy_config "$RUN/$1-paired.yaml" "  - { name: bench, address: 127.0.0.1:$(paired_h1_port "$1") }
+$(proxy_tls_listener secure "$(tls_port "$1")")"
         local envs=(DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_PROCESSOR_COUNT=1)
         [[ -n $PROXY_ENV ]] && { read -r -a extra <<<"$PROXY_ENV"; envs+=("${extra[@]}"); }
-        start_bg proxy "$PROXY_CPUS" env "${envs[@]}" "$PROXY_BIN" run --config "$RUN/proxy-paired.yaml" ;;
+        start_bg "$1" "$PROXY_CPUS" env "${envs[@]}" "$bin" run --config "$RUN/$1-paired.yaml" ;;
     esac
-    wait_ready "$1" "http://127.0.0.1:$(h1_port "$1")/" || die "$1 did not start"
+    wait_ready "$1" "http://127.0.0.1:$(paired_h1_port "$1")/" || die "$1 did not start"
     local i
     for i in $(seq 1 150); do
         [[ $(curl -s -m 2 --cacert "$RUN/tls.pem" -o /dev/null -w '%{http_code}' "https://127.0.0.1:$(tls_port "$1")/") == 200 ]] && return 0
@@ -81,12 +93,14 @@ $(proxy_tls_listener secure "$TLS_PROXY_PORT")"
     die "$1 did not answer 200 over TLS"
 }
 
-tls_port() { case $1 in nginx) echo "$TLS_NGINX_PORT" ;; haproxy) echo "$TLS_HAPROXY_PORT" ;; proxy) echo "$TLS_PROXY_PORT" ;; esac; }
+tls_port() { case $1 in nginx) echo "$TLS_NGINX_PORT" ;; haproxy) echo "$TLS_HAPROXY_PORT" ;; proxy) echo "$TLS_PROXY_PORT" ;; baseline) echo "$TLS_BASELINE_PORT" ;; esac; }
+# The HTTP/1.1 port: common.sh's, plus the baseline build's.
+paired_h1_port() { case $1 in baseline) echo "$BASELINE_PORT" ;; *) h1_port "$1" ;; esac; }
 # The h2c port: Proxy serves h2c (prior knowledge) on its HTTP/1.1 listener.
-h2c_port() { case $1 in proxy) echo "$PROXY_PORT" ;; *) h2_port "$1" ;; esac; }
+h2c_port() { case $1 in proxy | baseline) paired_h1_port "$1" ;; *) h2_port "$1" ;; esac; }
 
 load_cmd() { # SCENARIO TARGET SECONDS -> LOAD (command array), KIND (wrk|h2load)
-    local h1="127.0.0.1:$(h1_port "$2")" tls="127.0.0.1:$(tls_port "$2")"
+    local h1="127.0.0.1:$(paired_h1_port "$2")" tls="127.0.0.1:$(tls_port "$2")"
     case $1 in
     S1) KIND=wrk; LOAD=(wrk -t1 -c32 -d"$3s" "http://$h1/") ;;
     S3) KIND=wrk; LOAD=(wrk -t1 -c32 -d"$3s" "http://$h1/static/16k.bin") ;;
@@ -103,41 +117,43 @@ completed() { # KIND FILE
     else awk '/^requests:/ {gsub(/,/, ""); print $8}' "$2"; fi
 }
 
-# run_both SCENARIO OTHER SECONDS : both loads at once; sets N_NGINX N_OTHER (requests) C_NGINX C_OTHER (clock ticks)
+# run_both SCENARIO OTHER SECONDS : both loads at once; sets N_REF N_OTHER (requests) C_REF C_OTHER (clock ticks)
 run_both() {
     local sc=$1 o=$2 secs=$3 kind_n kind_o pn po
     local -a load_n load_o
-    load_cmd "$sc" nginx "$secs"; load_n=("${LOAD[@]}"); kind_n=$KIND
+    load_cmd "$sc" "$REF" "$secs"; load_n=("${LOAD[@]}"); kind_n=$KIND
     load_cmd "$sc" "$o" "$secs"; load_o=("${LOAD[@]}"); kind_o=$KIND
     local -a tn to
-    mapfile -t tn < <(tree_pids "${PIDS[nginx]}"); mapfile -t to < <(tree_pids "${PIDS[$o]}")
+    mapfile -t tn < <(tree_pids "${PIDS[$REF]}"); mapfile -t to < <(tree_pids "${PIDS[$o]}")
     local c0n c0o
     c0n=$(cpu_ticks "${tn[@]}"); c0o=$(cpu_ticks "${to[@]}")
-    pin "$LG_CPUS" timeout "$LOAD_TIMEOUT" "${load_n[@]}" >"$RUN/paired-nginx.txt" 2>&1 & pn=$!
+    pin "$LG_CPUS" timeout "$LOAD_TIMEOUT" "${load_n[@]}" >"$RUN/paired-ref.txt" 2>&1 & pn=$!
     pin "$LG_CPUS" timeout "$LOAD_TIMEOUT" "${load_o[@]}" >"$RUN/paired-$o.txt" 2>&1 & po=$!
     wait "$pn" "$po"
-    C_NGINX=$(($(cpu_ticks "${tn[@]}") - c0n)); C_OTHER=$(($(cpu_ticks "${to[@]}") - c0o))
-    N_NGINX=$(completed "$kind_n" "$RUN/paired-nginx.txt"); N_OTHER=$(completed "$kind_o" "$RUN/paired-$o.txt")
+    C_REF=$(($(cpu_ticks "${tn[@]}") - c0n)); C_OTHER=$(($(cpu_ticks "${to[@]}") - c0o))
+    N_REF=$(completed "$kind_n" "$RUN/paired-ref.txt"); N_OTHER=$(completed "$kind_o" "$RUN/paired-$o.txt")
 }
 
 [[ " $TARGETS " == *" proxy "* ]] && build_proxy
 start_origin "$ORIGIN_CPUS"
-start_paired nginx
+start_paired "$REF"
+prewarm() { # NAME : a JIT-free binary still has cold caches and pools: some S1 and T1 load first
+    pin "$LG_CPUS" timeout $((PREWARM + 20)) wrk -t1 -c32 -d"${PREWARM}s" "http://127.0.0.1:$(paired_h1_port "$1")/" >/dev/null 2>&1
+    pin "$LG_CPUS" timeout $((PREWARM + 20)) wrk -t1 -c32 -d"${PREWARM}s" "https://127.0.0.1:$(tls_port "$1")/" >/dev/null 2>&1
+}
+[[ $REF == baseline ]] && prewarm baseline
 
-printf '%-8s %-4s %6s %12s %12s %26s %26s\n' target sc rounds "nginx us/req" "us/req" "requests vs nginx" "CPU/request vs nginx"
+printf '%-8s %-4s %6s %12s %12s %26s %26s\n' target sc rounds "$REF us/req" "us/req" "requests vs $REF" "CPU/request vs $REF"
 for o in $TARGETS; do
     start_paired "$o"
-    if [[ $o == proxy ]]; then
-        pin "$LG_CPUS" timeout $((PREWARM + 20)) wrk -t1 -c32 -d"${PREWARM}s" "http://127.0.0.1:$PROXY_PORT/" >/dev/null 2>&1
-        pin "$LG_CPUS" timeout $((PREWARM + 20)) wrk -t1 -c32 -d"${PREWARM}s" "https://127.0.0.1:$TLS_PROXY_PORT/" >/dev/null 2>&1
-    fi
+    [[ $o == proxy ]] && prewarm proxy
     for sc in $SCENARIOS; do
         run_both "$sc" "$o" "$WARMUP"
         : >"$RUN/paired-rounds.tsv"
         for r in $(seq 1 "$ROUNDS"); do
             run_both "$sc" "$o" "$DURATION"
-            [[ ${N_NGINX:-0} -gt 0 && ${N_OTHER:-0} -gt 0 ]] || { log "$o $sc round $r: no requests completed"; continue; }
-            printf '%s\t%s\t%s\t%s\n' "$N_NGINX" "$C_NGINX" "$N_OTHER" "$C_OTHER" >>"$RUN/paired-rounds.tsv"
+            [[ ${N_REF:-0} -gt 0 && ${N_OTHER:-0} -gt 0 ]] || { log "$o $sc round $r: no requests completed"; continue; }
+            printf '%s\t%s\t%s\t%s\n' "$N_REF" "$C_REF" "$N_OTHER" "$C_OTHER" >>"$RUN/paired-rounds.tsv"
         done
         awk -F'\t' -v hz="$HZ" -v t="$o" -v sc="$sc" '
             function sorted(list, a,   n, i, j, x) { n = split(list, a, " "); for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { x = a[j]; a[j] = a[j-1]; a[j-1] = x } return n }
