@@ -137,13 +137,15 @@ internal sealed class BodyPump
             return false;
         }
         ReadOnlySequence<byte> buffer = result.Buffer;
-        if (result.IsCanceled || buffer.Length < contentLength)
+        if (result.IsCanceled)
         {
             source.AdvanceTo(buffer.Start);
-            if (result.IsCanceled)
-            {
-                source.CancelPendingRead(); // TryRead took the cancel: the pump's read must still get it
-            }
+            source.CancelPendingRead(); // TryRead took the cancel: the pump's read must still get it
+            return false;
+        }
+        if (buffer.Length < contentLength)
+        {
+            source.AdvanceTo(buffer.Start);
             return false;
         }
         _decoder.Reset();

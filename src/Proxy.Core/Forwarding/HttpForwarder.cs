@@ -468,12 +468,13 @@ internal sealed partial class HttpForwarder
                                         // The body's waits are awaited here, in the loop, not in a nested async method: see BeginResponseBody.
                                         if (BeginResponseBody(cluster, upstream, out BodyFraming inFraming, out BodyFraming outFraming, out bool keepAlive))
                                         {
-                                            if (inFraming == BodyFraming.ContentLength && outFraming == BodyFraming.ContentLength
-                                                && _client.ResponsePump.TryCopyBuffered(upstream.Input, _client.Output, upstream.Response.ContentLength))
+                                            // A Content-Length source is relayed with a Content-Length (BeginResponseBody).
+                                            if (inFraming == BodyFraming.ContentLength
+                                                && _client.ResponsePump.TryCopyBuffered(upstream.Input, _client.Output, response.ContentLength))
                                             {
                                                 // The whole body came with the head: it leaves with it, in one flush. The upstream connection
                                                 // is free before that flush (the body is consumed), as EndResponseBody would free it after.
-                                                ReturnOrRelease(upstream, upstream.Response);
+                                                ReturnOrRelease(upstream, response);
                                                 outcome = await _client.FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
                                                 goto Done;
                                             }
@@ -954,9 +955,7 @@ internal sealed partial class HttpForwarder
             else if (contentLength >= 0 && (outFraming == BodyFraming.ContentLength || response.StatusCode != 204))
             {
                 // Also for HEAD and 304: the length describes the representation (RFC 9110 section 8.6).
-                writer.Write("content-length: "u8);
-                writer.WriteNumber(contentLength);
-                writer.Write("\r\n"u8);
+                writer.WriteContentLength(contentLength);
             }
             writer.Write(_client.ConnectionField(keepAlive));
         }

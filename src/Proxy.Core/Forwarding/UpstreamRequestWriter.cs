@@ -40,9 +40,7 @@ internal static class UpstreamRequestWriter
         }
         else if (head.ContentLength >= 0)
         {
-            writer.Write("content-length: "u8);
-            writer.WriteNumber(head.ContentLength);
-            writer.Write("\r\n"u8);
+            writer.WriteContentLength(head.ContentLength);
         }
 
         if (head.IsUpgrade && head.TryGetHeader("upgrade"u8, out ReadOnlySpan<byte> protocol))

@@ -63,6 +63,14 @@ internal ref struct HeadWriter
         _buffered += written;
     }
 
+    /// <summary>"content-length: N\r\n".</summary>
+    public void WriteContentLength(long length)
+    {
+        Write("content-length: "u8);
+        WriteNumber(length);
+        Write("\r\n"u8);
+    }
+
     /// <summary>At least <paramref name="length"/> bytes to fill; say how many with <see cref="Advance"/>.</summary>
     public Span<byte> Reserve(int length)
     {

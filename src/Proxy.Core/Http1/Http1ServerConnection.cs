@@ -847,9 +847,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     internal void WriteLocalReplyTail(PipeWriter output, ReadOnlySpan<byte> body, byte[]? extraFields, bool keepAlive)
     {
         var writer = new HeadWriter(output);
-        writer.Write("content-length: "u8);
-        writer.WriteNumber(body.Length);
-        writer.Write("\r\ndate: "u8);
+        writer.WriteContentLength(body.Length);
+        writer.Write("date: "u8);
         writer.Write(DateHeader.Value);
         writer.Write("\r\n"u8);
         if (extraFields is not null)
