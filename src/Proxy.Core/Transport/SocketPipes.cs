@@ -103,14 +103,14 @@ internal static class SocketPipes
     /// <summary>
     /// Pipes of a client connection over TLS. On our engine the reader is an <see cref="EpollPipeReader"/> that waits
     /// on the socket before it asks the SslStream (no async state machine of the SslStream's per request; see that
-    /// class); the writer is the framework's stream pipe writer, whose flush completes synchronously while the socket
-    /// takes the bytes.
+    /// class); the writer is an <see cref="EpollPipeWriter"/> that hands each block to the SslStream, and whose flush
+    /// completes synchronously while the socket takes the bytes.
     /// </summary>
     public static (PipeReader Input, PipeWriter Output) CreateTls(SslStream ssl, Stream network)
     {
         if (network is EpollSocketStream epoll)
         {
-            return (new EpollPipeReader(epoll, ssl, BlockMemoryPool.Small, minimumReadSize: 1024), PipeWriter.Create(ssl, s_writerOptions));
+            return (new EpollPipeReader(epoll, ssl, BlockMemoryPool.Small, minimumReadSize: 1024), new EpollPipeWriter(epoll, ssl, BlockMemoryPool.Large));
         }
         return Create(ssl);
     }

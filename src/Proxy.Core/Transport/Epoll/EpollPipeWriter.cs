@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.IO.Pipelines;
+using System.Net.Security;
 using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
 
@@ -15,6 +16,12 @@ namespace Proxy.Transport.Epoll;
 /// every byte was handed to the kernel; Complete sends what is still buffered (blocking, like Stream.Write); a socket
 /// failure surfaces as the stream's IOException; CancelPendingFlush makes a pending (or the next) flush return
 /// IsCanceled with the unsent bytes kept.
+/// Over TLS (<see cref="EpollPipeWriter(EpollSocketStream, SslStream, BlockMemoryPool)"/>) each block goes to the
+/// SslStream as one write (one record), which encrypts it and sends it on the same socket; a write the socket cannot
+/// take at once parks on the SslStream's own task instead of the stream's write operation. It replaces the
+/// framework's stream pipe writer there, which took a lock for its cancellation source and rented and returned a
+/// pool block owner on every flush. A flush taken back over TLS (CancelPendingFlush, Complete) fails instead of
+/// returning IsCanceled: part of a record may have left, and the session cannot continue after it.
 /// Threading: one writer at a time; CancelPendingFlush and Complete may come from other threads (same flag-then-take-back
 /// scheme as <see cref="EpollPipeReader"/>); while a flush is parked (<see cref="InFlight"/>) the engine owns the
 /// blocks and Complete leaves them to the continuation.
@@ -30,7 +37,10 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
     private static readonly Action<object?> s_onParkedCompleted = static state => ((EpollPipeWriter)state!).OnParkedCompleted();
 
     private readonly EpollSocketStream _stream;
+    private readonly SslStream? _tls;
     private readonly BlockMemoryPool _pool;
+    /// <summary>TLS: the continuation of a parked SslStream write (one delegate per writer, made on first use).</summary>
+    private Action? _onTlsParked;
 
     private Segment? _head;
     private Segment? _tail;
@@ -48,6 +58,13 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
         _stream = stream;
         _pool = pool;
         _core.RunContinuationsAsynchronously = false;
+    }
+
+    /// <summary>A client connection over TLS: <paramref name="tls"/> is the authenticated SslStream over <paramref name="stream"/>.</summary>
+    public EpollPipeWriter(EpollSocketStream stream, SslStream tls, BlockMemoryPool pool)
+        : this(stream, pool)
+    {
+        _tls = tls;
     }
 
     /// <summary>Blocks this writer holds (for tests: none once a flush completed).</summary>
@@ -153,12 +170,13 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
                 result = default;
                 return true;
             }
-            if (head.Next is null || head.Next.End == 0)
+            if (_tls is not null || head.Next is null || head.Next.End == 0)
             {
                 // One block (the usual response head and small body): send() it, waiting for EPOLLOUT if need be.
+                // Over TLS every block goes this way, as one record.
                 ReadOnlyMemory<byte> pending = head.Unsent;
                 Interlocked.Or(ref _state, InFlight);
-                ValueTask write = _stream.WriteAsync(pending, cancellationToken);
+                ValueTask write = _tls is null ? _stream.WriteAsync(pending, cancellationToken) : _tls.WriteAsync(pending, cancellationToken);
                 if (!write.IsCompleted)
                 {
                     Park(write, cancellationToken, fromCaller);
@@ -280,7 +298,15 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
         }
         _parked = pending;
         _token = cancellationToken;
-        _stream.OnPendingWriteCompleted(s_onParkedCompleted, this);
+        if (_tls is null)
+        {
+            _stream.OnPendingWriteCompleted(s_onParkedCompleted, this);
+        }
+        else
+        {
+            // The SslStream waits on the stream's write operation itself; this continuation runs when its write ends.
+            pending.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onTlsParked ??= OnParkedCompleted);
+        }
         if (Volatile.Read(ref _cancelRequested) != 0 || (Volatile.Read(ref _state) & Completed) != 0)
         {
             _stream.InterruptWrite();
@@ -370,7 +396,14 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
                 {
                     if (s.End > s.Start)
                     {
-                        _stream.Write(s.Unsent.Span);
+                        if (_tls is null)
+                        {
+                            _stream.Write(s.Unsent.Span);
+                        }
+                        else
+                        {
+                            _tls.Write(s.Unsent.Span);
+                        }
                     }
                 }
             }

@@ -11,12 +11,14 @@ using Proxy.Transport.Epoll;
 namespace Proxy.Core.Tests.Transport;
 
 /// <summary>
-/// <see cref="EpollPipeReader"/> over TLS (<see cref="SocketPipes.CreateTls"/>): the reader waits on the socket and
-/// only then asks the SslStream, and takes a parked wait or SslStream read back with a token rather than the socket
-/// interrupt. These tests park it in both places (idle; half a record inside the SslStream) and check that cancel,
-/// complete and the caller's token end the read, and that the SslStream still decrypts what follows.
+/// <see cref="EpollPipeReader"/> and <see cref="EpollPipeWriter"/> over TLS (<see cref="SocketPipes.CreateTls"/>).
+/// The reader waits on the socket and only then asks the SslStream, and takes a parked wait or SslStream read back
+/// with a token rather than the socket interrupt. These tests park it in both places (idle; half a record inside the
+/// SslStream) and check that cancel, complete and the caller's token end the read, and that the SslStream still
+/// decrypts what follows. The writer hands each block to the SslStream: a client's SslStream must decrypt exactly
+/// what was written, whether the flush completes at once or waits for the socket.
 /// </summary>
-public class EpollTlsPipeReaderTests
+public class EpollTlsPipeTests
 {
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(10);
     private static readonly X509Certificate2 s_certificate = TestPki.SelfSigned("localhost", ["localhost"]);
@@ -30,6 +32,7 @@ public class EpollTlsPipeReaderTests
         public required SslStream ClientSsl { get; init; }
         public required HoldingStream ClientWire { get; init; }
         public required EpollPipeReader Input { get; init; }
+        public required EpollPipeWriter Output { get; init; }
 
         /// <summary>Encrypts <paramref name="text"/> as one record without sending it: the bytes the client would send.</summary>
         public byte[] Record(string text)
@@ -43,6 +46,7 @@ public class EpollTlsPipeReaderTests
         public void Dispose()
         {
             Input.Complete();
+            Output.Complete(new IOException("test over"));
             ClientSsl.Dispose();
             ServerSsl.Dispose();
             Network.Dispose();
@@ -51,9 +55,15 @@ public class EpollTlsPipeReaderTests
         }
     }
 
-    private static async Task<TlsPair> HandshakeAsync()
+    private static async Task<TlsPair> HandshakeAsync(int serverSendBuffer = 0)
     {
         var (server, client) = LoopbackPair.Create();
+        if (serverSendBuffer > 0)
+        {
+            // Small, but not so small that loopback TCP falls into zero-window probes (seconds each).
+            server.SendBufferSize = serverSendBuffer;
+            client.ReceiveBufferSize = 64 * 1024;
+        }
         var network = new EpollSocketStream(server);
         var serverSsl = new SslStream(network, leaveInnerStreamOpen: true);
         var wire = new HoldingStream(new NetworkStream(client, ownsSocket: false));
@@ -66,11 +76,10 @@ public class EpollTlsPipeReaderTests
         }).WaitAsync(s_timeout);
         await serverSide.WaitAsync(s_timeout);
         var (input, output) = SocketPipes.CreateTls(serverSsl, network);
-        output.Complete();
         return new TlsPair
         {
             Server = server, Client = client, Network = network, ServerSsl = serverSsl, ClientSsl = clientSsl, ClientWire = wire,
-            Input = Assert.IsType<EpollPipeReader>(input),
+            Input = Assert.IsType<EpollPipeReader>(input), Output = Assert.IsType<EpollPipeWriter>(output),
         };
     }
 
@@ -176,5 +185,103 @@ public class EpollTlsPipeReaderTests
 
         pair.ClientSsl.Write("second"u8);
         Assert.Equal("second", await ReadTextAsync(pair.Input, 6));
+    }
+
+    /// <summary>Decrypts exactly <paramref name="length"/> bytes on the client side.</summary>
+    private static async Task<byte[]> ClientReceiveAsync(SslStream client, int length)
+    {
+        var received = new byte[length];
+        int filled = 0;
+        while (filled < length)
+        {
+            int n = await client.ReadAsync(received.AsMemory(filled)).AsTask().WaitAsync(s_timeout);
+            Assert.True(n > 0, "the connection ended early");
+            filled += n;
+        }
+        return received;
+    }
+
+    private static byte[] Payload(int length)
+    {
+        var bytes = new byte[length];
+        for (int i = 0; i < bytes.Length; i++)
+        {
+            bytes[i] = (byte)(i * 31 + (i >> 8));
+        }
+        return bytes;
+    }
+
+    [Fact]
+    public async Task FlushAsync_SmallResponse_CompletesAtOnceEncryptedAndKeepsNoBlock()
+    {
+        using TlsPair pair = await HandshakeAsync();
+        for (int i = 0; i < 3; i++)
+        {
+            byte[] response = Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{i}");
+            response.CopyTo(pair.Output.GetSpan(response.Length));
+            pair.Output.Advance(response.Length);
+
+            ValueTask<FlushResult> flush = pair.Output.FlushAsync();
+
+            Assert.True(flush.IsCompletedSuccessfully); // the SslStream encrypted it and the kernel took it: no wait
+            Assert.False((await flush).IsCanceled);
+            Assert.Equal(0, pair.Output.HeldBlocks);
+            Assert.Equal(response, await ClientReceiveAsync(pair.ClientSsl, response.Length));
+        }
+    }
+
+    [Fact]
+    public async Task FlushAsync_ManyBlocksSmallSendBuffer_WaitsAndDeliversAllInOrder()
+    {
+        using TlsPair pair = await HandshakeAsync(serverSendBuffer: 16 * 1024);
+        byte[] payload = Payload(2 * 1024 * 1024 + 77);
+        // Odd-sized writes leave blocks partly filled: records of different lengths.
+        for (int offset = 0; offset < payload.Length;)
+        {
+            int chunk = Math.Min(payload.Length - offset, 5000 + (offset % 7000));
+            payload.AsSpan(offset, chunk).CopyTo(pair.Output.GetSpan(chunk));
+            pair.Output.Advance(chunk);
+            offset += chunk;
+        }
+        Assert.True(pair.Output.HeldBlocks > 1);
+
+        ValueTask<FlushResult> flush = pair.Output.FlushAsync();
+        Assert.False(flush.IsCompleted); // far more than the socket buffer: the SslStream's write waits for room
+        Task<byte[]> received = ClientReceiveAsync(pair.ClientSsl, payload.Length);
+        FlushResult result = await Within(flush);
+
+        byte[] decrypted = await received;
+        Assert.False(result.IsCanceled);
+        Assert.True(payload.AsSpan().SequenceEqual(decrypted));
+        Assert.Equal(0, pair.Output.HeldBlocks);
+    }
+
+    [Fact]
+    public async Task Complete_WithUnflushedBytes_EncryptsAndSendsThem()
+    {
+        using TlsPair pair = await HandshakeAsync();
+        "tail"u8.CopyTo(pair.Output.GetSpan(4));
+        pair.Output.Advance(4);
+
+        pair.Output.Complete();
+
+        Assert.Equal("tail"u8.ToArray(), await ClientReceiveAsync(pair.ClientSsl, 4));
+        Assert.Equal(0, pair.Output.HeldBlocks);
+    }
+
+    [Fact]
+    public async Task FlushAsync_PeerResetsWhileWaiting_ThrowsIOExceptionAndReturnsTheBlocks()
+    {
+        using TlsPair pair = await HandshakeAsync(serverSendBuffer: 16 * 1024);
+        byte[] payload = Payload(1024 * 1024);
+        payload.CopyTo(pair.Output.GetSpan(payload.Length));
+        pair.Output.Advance(payload.Length);
+        ValueTask<FlushResult> flush = pair.Output.FlushAsync();
+        Assert.False(flush.IsCompleted);
+
+        pair.Client.Close(0); // RST while the flush waits for room
+
+        await Assert.ThrowsAsync<IOException>(() => flush.AsTask().WaitAsync(s_timeout));
+        Assert.Equal(0, pair.Output.HeldBlocks);
     }
 }
