@@ -29,16 +29,6 @@ public class EpollPipeTests
 
     private static async Task<T> Within<T>(ValueTask<T> task) => await task.AsTask().WaitAsync(s_timeout);
 
-    private static byte[] Payload(int length)
-    {
-        var bytes = new byte[length];
-        for (int i = 0; i < bytes.Length; i++)
-        {
-            bytes[i] = (byte)(i * 31 + (i >> 8));
-        }
-        return bytes;
-    }
-
     private static void ReceiveExactly(Socket socket, Span<byte> destination)
     {
         int filled = 0;
@@ -85,7 +75,7 @@ public class EpollPipeTests
         var (server, client) = Pair();
         using var _ = client;
         var (stream, input, _) = Pipes(server);
-        byte[] payload = Payload(3 * BlockMemoryPool.Small.BlockSize + 123);
+        byte[] payload = LoopbackPair.Payload(3 * BlockMemoryPool.Small.BlockSize + 123);
         client.Send(payload);
 
         var received = new List<byte>();
@@ -116,7 +106,7 @@ public class EpollPipeTests
         var (server, client) = Pair();
         using var _ = client;
         var (stream, input, _) = Pipes(server);
-        byte[] payload = Payload(2 * BlockMemoryPool.Small.BlockSize);
+        byte[] payload = LoopbackPair.Payload(2 * BlockMemoryPool.Small.BlockSize);
         client.Send(payload);
         ReadResult result;
         while (true)
@@ -375,7 +365,7 @@ public class EpollPipeTests
         server.SendBufferSize = 16 * 1024;
         client.ReceiveBufferSize = 64 * 1024;
         var (stream, _, output) = Pipes(server);
-        byte[] payload = Payload(2 * 1024 * 1024 + 77);
+        byte[] payload = LoopbackPair.Payload(2 * 1024 * 1024 + 77);
         // Odd-sized writes leave blocks partly filled: the sendmsg() vectors are of different lengths.
         for (int offset = 0; offset < payload.Length;)
         {
@@ -410,7 +400,7 @@ public class EpollPipeTests
         server.SendBufferSize = 4096;
         client.ReceiveBufferSize = 4096;
         var (stream, _, output) = Pipes(server);
-        byte[] payload = Payload(1024 * 1024);
+        byte[] payload = LoopbackPair.Payload(1024 * 1024);
         await output.WriteAsync(payload.AsMemory(0, 1)); // a first flush that succeeds
         payload.CopyTo(output.GetSpan(payload.Length));
         output.Advance(payload.Length);
@@ -433,7 +423,7 @@ public class EpollPipeTests
         server.SendBufferSize = 4096;
         client.ReceiveBufferSize = 4096;
         var (stream, _, output) = Pipes(server);
-        byte[] payload = Payload(1024 * 1024);
+        byte[] payload = LoopbackPair.Payload(1024 * 1024);
         payload.CopyTo(output.GetSpan(payload.Length));
         output.Advance(payload.Length);
         ValueTask<FlushResult> flush = output.FlushAsync();
@@ -456,7 +446,7 @@ public class EpollPipeTests
     [Fact]
     public async Task CancelPendingFlush_WhileEngineResumesTheWrite_IsNotLost()
     {
-        byte[] payload = Payload(512 * 1024);
+        byte[] payload = LoopbackPair.Payload(512 * 1024);
         for (int round = 0; round < 150; round++)
         {
             var (server, client) = Pair();

@@ -19,16 +19,6 @@ public class EpollSocketStreamTests
 
     private static async Task<T> Within<T>(ValueTask<T> task) => await task.AsTask().WaitAsync(s_timeout);
 
-    private static byte[] Payload(int length)
-    {
-        var bytes = new byte[length];
-        for (int i = 0; i < bytes.Length; i++)
-        {
-            bytes[i] = (byte)(i * 31 + (i >> 8));
-        }
-        return bytes;
-    }
-
     [Fact]
     public async Task ReadAsync_DataSentBeforeRegistration_ReturnsIt()
     {
@@ -143,7 +133,7 @@ public class EpollSocketStreamTests
         server.SendBufferSize = 16384;
         client.ReceiveBufferSize = 16384;
         var stream = new EpollSocketStream(server);
-        byte[] payload = Payload(2 * 1024 * 1024);
+        byte[] payload = LoopbackPair.Payload(2 * 1024 * 1024);
 
         ValueTask write = stream.WriteAsync(payload);
         Assert.False(write.IsCompleted); // the kernel cannot take 2 MiB at once: the rest waits for EPOLLOUT
@@ -174,7 +164,7 @@ public class EpollSocketStreamTests
         var stream = new EpollSocketStream(server);
         // The parked read registers the socket for reads only; the blocked write must add EPOLLOUT (EPOLL_CTL_MOD).
         ValueTask<int> read = stream.ReadAsync(new byte[16]);
-        byte[] payload = Payload(512 * 1024);
+        byte[] payload = LoopbackPair.Payload(512 * 1024);
 
         ValueTask write = stream.WriteAsync(payload);
         var received = new byte[payload.Length];

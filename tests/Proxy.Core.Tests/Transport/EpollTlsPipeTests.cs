@@ -201,16 +201,6 @@ public class EpollTlsPipeTests
         return received;
     }
 
-    private static byte[] Payload(int length)
-    {
-        var bytes = new byte[length];
-        for (int i = 0; i < bytes.Length; i++)
-        {
-            bytes[i] = (byte)(i * 31 + (i >> 8));
-        }
-        return bytes;
-    }
-
     [Fact]
     public async Task FlushAsync_SmallResponse_CompletesAtOnceEncryptedAndKeepsNoBlock()
     {
@@ -234,7 +224,7 @@ public class EpollTlsPipeTests
     public async Task FlushAsync_ManyBlocksSmallSendBuffer_WaitsAndDeliversAllInOrder()
     {
         using TlsPair pair = await HandshakeAsync(serverSendBuffer: 16 * 1024);
-        byte[] payload = Payload(2 * 1024 * 1024 + 77);
+        byte[] payload = LoopbackPair.Payload(2 * 1024 * 1024 + 77);
         // Odd-sized writes leave blocks partly filled: records of different lengths.
         for (int offset = 0; offset < payload.Length;)
         {
@@ -273,7 +263,7 @@ public class EpollTlsPipeTests
     public async Task FlushAsync_PeerResetsWhileWaiting_ThrowsIOExceptionAndReturnsTheBlocks()
     {
         using TlsPair pair = await HandshakeAsync(serverSendBuffer: 16 * 1024);
-        byte[] payload = Payload(1024 * 1024);
+        byte[] payload = LoopbackPair.Payload(1024 * 1024);
         payload.CopyTo(pair.Output.GetSpan(payload.Length));
         pair.Output.Advance(payload.Length);
         ValueTask<FlushResult> flush = pair.Output.FlushAsync();

@@ -17,4 +17,15 @@ internal static class LoopbackPair
         server.NoDelay = true;
         return (server, client);
     }
+
+    /// <summary>A payload whose bytes depend on their offset, so a byte lost, repeated or reordered shows.</summary>
+    public static byte[] Payload(int length)
+    {
+        var bytes = new byte[length];
+        for (int i = 0; i < bytes.Length; i++)
+        {
+            bytes[i] = (byte)(i * 31 + (i >> 8));
+        }
+        return bytes;
+    }
 }
