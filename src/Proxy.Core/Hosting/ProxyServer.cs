@@ -16,6 +16,9 @@ namespace Proxy.Hosting;
 public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
 {
     private readonly ProxyRuntime _runtime;
+
+    /// <summary>The running proxy's shared state (for tests that look at its connections).</summary>
+    internal ProxyRuntime Runtime => _runtime;
     /// <summary>Accepting listeners; replaced as a whole (copy on write) by a reload so readers need no lock.</summary>
     private volatile SocketListener[] _listeners = [];
     /// <summary>Health checkers by the cluster object they probe; changed only under the reload gate (or at start/stop).</summary>

@@ -152,13 +152,15 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// The connection closed: its forwarder goes back to the pool for the next connection when nothing of the last
     /// exchange still runs on it (as with <see cref="ReleaseState"/>, a forwarder still busy is left to the collector).
     /// </summary>
-    private void ReleaseForwarder()
+    private bool ReleaseForwarder()
     {
         if (_forwarder.IsReusable)
         {
             _forwarder.Detach();
             _runtime.Forwarders.Return(_forwarder);
+            return true;
         }
+        return false;
     }
 
     public IPAddress RemoteAddress => _transport.RemoteAddress;
@@ -199,13 +201,46 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             }
             _runtime.Registry.Remove(this);
             ReleaseState();
-            ReleaseForwarder();
+            bool idle = ReleaseForwarder();
             if (_ipConnectionHeld)
             {
                 _runtime.ConnectionsPerIp.Exit(_ipSlots);
             }
+            // From here the heartbeat, a drain or an abort that still holds this connection does nothing (Enter), and
+            // the transport may serve the next connection if this one closed it cleanly with nothing in flight.
+            Interlocked.Exchange(ref _closed, 1);
+            if (idle && _closedByUs && !_handedOff && Volatile.Read(ref _outsideCalls) == 0)
+            {
+                _transport.Recycle();
+            }
         }
     }
+
+    /// <summary>Set once the connection has ended: calls from outside (heartbeat, drain, abort) then do nothing.</summary>
+    private int _closed;
+    /// <summary>Calls from outside in progress (<see cref="EnterOutsideCall"/>): while one runs, the transport is not recycled.</summary>
+    private int _outsideCalls;
+    /// <summary>The close was ours (<see cref="CloseGracefullyAsync"/>), not an abort's.</summary>
+    private bool _closedByUs;
+
+    /// <summary>
+    /// The heartbeat (timeouts), a drain or an abort may reach this connection from another thread, late: after it
+    /// ended, its transport may already serve another client. Such calls run between Enter and <see cref="ExitOutsideCall"/>:
+    /// either the call sees the connection open and the end (which marks it closed first, then looks at the count)
+    /// sees the call and keeps the transport, or the call sees it closed and does nothing.
+    /// </summary>
+    private bool EnterOutsideCall()
+    {
+        Interlocked.Increment(ref _outsideCalls);
+        if (Volatile.Read(ref _closed) != 0)
+        {
+            Interlocked.Decrement(ref _outsideCalls);
+            return false;
+        }
+        return true;
+    }
+
+    private void ExitOutsideCall() => Interlocked.Decrement(ref _outsideCalls);
 
     /// <summary>
     /// One HTTP/2 stream's exchange (the transport is an <see cref="Http2StreamTransport"/>). A pooled
@@ -963,22 +998,44 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
 
     protected override void OnTimeout(TimeoutKind kind)
     {
-        if (kind == TimeoutKind.Write)
+        if (!EnterOutsideCall())
         {
-            // A peer that stops reading cannot be woken by cancelling a read: close the sockets.
-            _forwarder.AbortUpstream(this);
-            Abort();
             return;
         }
-        _timedReader?.CancelPendingRead();
+        try
+        {
+            if (kind == TimeoutKind.Write)
+            {
+                // A peer that stops reading cannot be woken by cancelling a read: close the sockets.
+                _forwarder.AbortUpstream(this);
+                Abort();
+                return;
+            }
+            _timedReader?.CancelPendingRead();
+        }
+        finally
+        {
+            ExitOutsideCall();
+        }
     }
 
     public override void BeginDrain()
     {
-        _draining = true;
-        if (_waitingForRequest)
+        if (!EnterOutsideCall())
         {
-            Input.CancelPendingRead();
+            return;
+        }
+        try
+        {
+            _draining = true;
+            if (_waitingForRequest)
+            {
+                Input.CancelPendingRead();
+            }
+        }
+        finally
+        {
+            ExitOutsideCall();
         }
     }
 
@@ -1030,7 +1087,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         catch (Exception)
         {
         }
-        Interlocked.Exchange(ref _aborted, 1);
+        _closedByUs = Interlocked.Exchange(ref _aborted, 1) == 0;
         _transport.Dispose();
     }
 
@@ -1039,17 +1096,28 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
 
     public override void Abort()
     {
-        _forwarder.AbortUpstream(this);
-        if (Interlocked.Exchange(ref _aborted, 1) != 0)
+        if (!EnterOutsideCall())
         {
             return;
         }
         try
         {
-            _transport.Abort();
+            _forwarder.AbortUpstream(this);
+            if (Interlocked.Exchange(ref _aborted, 1) != 0)
+            {
+                return;
+            }
+            try
+            {
+                _transport.Abort();
+            }
+            catch (Exception)
+            {
+            }
         }
-        catch (Exception)
+        finally
         {
+            ExitOutsideCall();
         }
     }
 }

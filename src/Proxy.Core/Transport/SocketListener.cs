@@ -235,7 +235,7 @@ internal sealed class SocketListener : IEpollAcceptHandler
             return;
         }
         model.Metrics?.Accepted();
-        RunConnection(model, new EpollSocketTransport(socket.Handle, socket.RemoteEndPoint));
+        RunConnection(model, EpollSocketTransport.Rent(socket.Handle, socket.RemoteEndPoint));
     }
 
     void IEpollAcceptHandler.OnPaused(int errno)

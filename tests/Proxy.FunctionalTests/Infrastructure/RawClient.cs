@@ -34,11 +34,15 @@ internal sealed class RawClient : IAsyncDisposable
     public Socket Socket { get; }
     public WireReader Reader { get; }
 
-    public static async Task<RawClient> ConnectAsync(IPEndPoint endPoint, TimeSpan? timeout = null)
+    public static async Task<RawClient> ConnectAsync(IPEndPoint endPoint, TimeSpan? timeout = null, IPAddress? localAddress = null)
     {
         var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
         {
+            if (localAddress is not null)
+            {
+                socket.Bind(new IPEndPoint(localAddress, 0)); // another loopback address than 127.0.0.1, as another client
+            }
             using var cts = new CancellationTokenSource(timeout ?? TestDefaults.Timeout);
             await socket.ConnectAsync(endPoint, cts.Token);
             return new RawClient(socket);

@@ -57,6 +57,55 @@ internal sealed unsafe class EpollEngine
     /// <summary>The epoll instance's fd (tests read its registrations in /proc/self/fdinfo).</summary>
     internal int Descriptor => _epfd;
 
+    /// <summary>
+    /// Client transports closed cleanly on any thread, waiting for the next connection this engine's thread accepts
+    /// (<see cref="EpollSocketTransport"/>): pushed from anywhere, taken on this engine's thread only, so that thread
+    /// is never inside an event of a transport's old socket while it starts the next one. Last in, first out.
+    /// </summary>
+    internal FreeList<EpollSocketTransport> Transports { get; } = new(EpollSocketTransport.FreeListCapacity);
+
+    /// <summary>A small bounded stack under a lock (pushes and pops are rare next to the syscalls around them).</summary>
+    internal sealed class FreeList<T>(int capacity) where T : class
+    {
+        private readonly Lock _lock = new();
+        private readonly T?[] _items = new T?[capacity];
+        private int _count;
+
+        public int Count => Volatile.Read(ref _count);
+
+        /// <summary>False when full: the caller drops the item.</summary>
+        public bool TryPush(T item)
+        {
+            lock (_lock)
+            {
+                if (_count == _items.Length)
+                {
+                    return false;
+                }
+                _items[_count++] = item;
+                return true;
+            }
+        }
+
+        public T? TryPop()
+        {
+            if (Volatile.Read(ref _count) == 0)
+            {
+                return null;
+            }
+            lock (_lock)
+            {
+                if (_count == 0)
+                {
+                    return null;
+                }
+                T item = _items[--_count]!;
+                _items[_count] = null;
+                return item;
+            }
+        }
+    }
+
     /// <summary>True when the engine can run here (Linux only).</summary>
     public static bool IsSupported => OperatingSystem.IsLinux();
 

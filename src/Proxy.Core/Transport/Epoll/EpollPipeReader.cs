@@ -112,6 +112,27 @@ internal sealed class EpollPipeReader : PipeReader, IValueTaskSource<ReadResult>
         _tlsCancel = new CancellationTokenSource();
     }
 
+    /// <summary>
+    /// Completed with nothing parked and no block held: the reader of a plain connection that closed cleanly, which
+    /// <see cref="Reuse"/> may start over for the next socket of its stream.
+    /// </summary>
+    internal bool IsReusable => _tls is null && Volatile.Read(ref _state) == Completed && _head is null;
+
+    /// <summary>As new, keeping its spare segments (see <see cref="EpollSocketTransport"/>); the version moves on, so a stale awaiter fails.</summary>
+    internal void Reuse()
+    {
+        _core.Reset();
+        _parked = default;
+        _parkedIsWait = false;
+        _token = default;
+        _headIndex = 0;
+        _bufferedBytes = 0;
+        _examinedEverything = false;
+        _endOfStream = false;
+        _cancelRequested = 0;
+        Volatile.Write(ref _state, 0);
+    }
+
     /// <summary>Blocks this reader holds (for tests: an idle reader with zero-byte reads holds none).</summary>
     internal int HeldBlocks
     {

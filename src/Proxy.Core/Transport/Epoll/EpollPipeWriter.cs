@@ -81,6 +81,23 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
         }
     }
 
+    /// <summary>
+    /// Completed with nothing parked and no block held: the writer of a plain connection that closed cleanly, which
+    /// <see cref="Reuse"/> may start over for the next socket of its stream.
+    /// </summary>
+    internal bool IsReusable => _tls is null && Volatile.Read(ref _state) == Completed && _head is null;
+
+    /// <summary>As new, keeping its spare segments (see <see cref="EpollSocketTransport"/>); the version moves on, so a stale awaiter fails.</summary>
+    internal void Reuse()
+    {
+        _core.Reset();
+        _parked = default;
+        _token = default;
+        _unflushed = 0;
+        _cancelRequested = 0;
+        Volatile.Write(ref _state, 0);
+    }
+
     public override bool CanGetUnflushedBytes => true;
 
     public override long UnflushedBytes => _unflushed;

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
@@ -42,9 +43,10 @@ internal sealed class EpollSocketStream : Stream
 
     private static readonly Action<object?> s_onCanceled = static state => ((Operation)state!).OnCanceled();
 
-    private readonly SafeHandle _handle;
-    private readonly int _fd;
-    private readonly EpollEngine _engine;
+    // Not readonly: a client connection's stream is reused for the next accepted socket (Reuse).
+    private SafeHandle _handle;
+    private int _fd;
+    private EpollEngine _engine;
     private readonly Operation _read;
     private readonly Operation _write;
     private const int Unregistered = 0;
@@ -92,6 +94,35 @@ internal sealed class EpollSocketStream : Stream
         {
             throw new ObjectDisposedException(nameof(Socket));
         }
+    }
+
+    /// <summary>The engine this socket is (or was last) registered with.</summary>
+    internal EpollEngine Engine => _engine;
+
+    /// <summary>
+    /// True when this stream may serve another socket (<see cref="Reuse"/>): disposed (out of its engine's slots, so
+    /// an event of the old registration still in a batch carries a token that no longer matches), neither direction
+    /// parked. Only its engine's own thread may reuse it: that thread cannot be inside <see cref="OnEvents"/> for the
+    /// old registration at the same time.
+    /// </summary>
+    internal bool IsReusable => _disposed && _read.IsIdle && _write.IsIdle;
+
+    /// <summary>
+    /// Starts over on a newly accepted socket, as the constructor would for an accepted fd: unregistered, both
+    /// directions ready. On its engine's thread only, after <see cref="IsReusable"/> said yes.
+    /// </summary>
+    internal void Reuse(SafeHandle handle)
+    {
+        Debug.Assert(EpollEngine.Current == _engine);
+        _handle = handle;
+        _fd = (int)handle.DangerousGetHandle();
+        Token = 0;
+        ReceiveCalls = 0;
+        _watchingWrites = false;
+        _read.Reuse();
+        _write.Reuse();
+        Volatile.Write(ref _registration, Unregistered);
+        _disposed = false;
     }
 
     /// <summary>The engine's token for this registration (slot and generation); set by the engine.</summary>
@@ -724,6 +755,23 @@ internal sealed class EpollSocketStream : Stream
             _isRead = isRead;
             // Continuations run on the completing thread (the engine's), like the runtime's inline completions.
             Core.RunContinuationsAsynchronously = false;
+        }
+
+        /// <summary>Not parked, and no cancellation registration left: nothing of the last socket can complete it.</summary>
+        public bool IsIdle => (Volatile.Read(ref State) & Waiting) == 0 && _registration.Token == default;
+
+        /// <summary>As new, for the next socket (see <see cref="EpollSocketStream.Reuse"/>); the version moves on, so a stale awaiter fails.</summary>
+        public void Reuse()
+        {
+            Core.Reset();
+            Buffer = default;
+            _token = default;
+            _registration = default;
+            Sticky = false;
+            _interrupts = 0;
+            _interruptsAtPark = 0;
+            Drained = -1;
+            Volatile.Write(ref State, 0);
         }
 
         /// <summary>Parks this operation unless an event arrived since <paramref name="state"/> was read.</summary>
