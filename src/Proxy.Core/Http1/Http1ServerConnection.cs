@@ -208,39 +208,40 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             }
             // From here the heartbeat, a drain or an abort that still holds this connection does nothing (Enter), and
             // the transport may serve the next connection if this one closed it cleanly with nothing in flight.
-            Interlocked.Exchange(ref _closed, 1);
-            if (idle && _closedByUs && !_handedOff && Volatile.Read(ref _outsideCalls) == 0)
+            int outsideCalls = Interlocked.Or(ref _lifecycle, Ended);
+            if (idle && _closedByUs && !_handedOff && outsideCalls == 0)
             {
                 _transport.Recycle();
             }
         }
     }
 
-    /// <summary>Set once the connection has ended: calls from outside (heartbeat, drain, abort) then do nothing.</summary>
-    private int _closed;
-    /// <summary>Calls from outside in progress (<see cref="EnterOutsideCall"/>): while one runs, the transport is not recycled.</summary>
-    private int _outsideCalls;
+    /// <summary>
+    /// Calls from outside in progress (<see cref="EnterOutsideCall"/>), plus <see cref="Ended"/> once the connection
+    /// has ended: one word, so that a call and the end are ordered by the same atomic operations.
+    /// </summary>
+    private int _lifecycle;
+    private const int Ended = 1 << 30;
     /// <summary>The close was ours (<see cref="CloseGracefullyAsync"/>), not an abort's.</summary>
     private bool _closedByUs;
 
     /// <summary>
     /// The heartbeat (timeouts), a drain or an abort may reach this connection from another thread, late: after it
     /// ended, its transport may already serve another client. Such calls run between Enter and <see cref="ExitOutsideCall"/>:
-    /// either the call sees the connection open and the end (which marks it closed first, then looks at the count)
-    /// sees the call and keeps the transport, or the call sees it closed and does nothing.
+    /// either the call comes first and the end sees it running (and keeps the transport), or the end comes first and
+    /// the call sees <see cref="Ended"/> and does nothing.
     /// </summary>
     private bool EnterOutsideCall()
     {
-        Interlocked.Increment(ref _outsideCalls);
-        if (Volatile.Read(ref _closed) != 0)
+        if ((Interlocked.Increment(ref _lifecycle) & Ended) != 0)
         {
-            Interlocked.Decrement(ref _outsideCalls);
+            Interlocked.Decrement(ref _lifecycle);
             return false;
         }
         return true;
     }
 
-    private void ExitOutsideCall() => Interlocked.Decrement(ref _outsideCalls);
+    private void ExitOutsideCall() => Interlocked.Decrement(ref _lifecycle);
 
     /// <summary>
     /// One HTTP/2 stream's exchange (the transport is an <see cref="Http2StreamTransport"/>). A pooled
