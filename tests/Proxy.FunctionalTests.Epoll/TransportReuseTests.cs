@@ -89,8 +89,8 @@ public sealed class TransportReuseTests
 
     /// <summary>
     /// The old connection's heartbeat, drain and abort arrive late, while the next client uploads a body on the
-    /// transport the old one used: they must do nothing. Without the guard the heartbeat's timeout cancels the new
-    /// client's body read (the request fails with 408) and the abort resets it.
+    /// transport the old one used: they must do nothing. Without the guard they act on the transport, which is the
+    /// new client's now: its connection is closed before the answer.
     /// </summary>
     [Fact]
     public async Task LateTimeoutDrainAndAbort_OfAClosedConnection_DoNotReachTheNextOne()

@@ -71,8 +71,6 @@ internal sealed unsafe class EpollEngine
         private readonly T?[] _items = new T?[capacity];
         private int _count;
 
-        public int Count => Volatile.Read(ref _count);
-
         /// <summary>False when full: the caller drops the item.</summary>
         public bool TryPush(T item)
         {
