@@ -103,8 +103,9 @@ internal sealed class SocketTransport : ClientTransport
 /// <para>Reused: a connection that ends cleanly hands its transport back (<see cref="Recycle"/>), and the next socket
 /// accepted on the thread of the transport's engine takes it with its stream (two operations and a lock) and its pipes
 /// (with their spare segments): about nine objects that a connection per request would otherwise allocate and drop.
-/// Only the fd's handle and the peer's address are new. The free list is the engine's (<see cref="EpollEngine.Transports"/>), last
-/// in first out: the objects handed out are the ones most recently touched, still in the cache.</para>
+/// Only the fd's handle and the peer's address are new. The free list is the engine's
+/// (<see cref="EpollEngine.Transports"/>), last in first out: the objects handed out are the ones most recently touched,
+/// still in the cache.</para>
 /// </summary>
 internal sealed class EpollSocketTransport : ClientTransport
 {
