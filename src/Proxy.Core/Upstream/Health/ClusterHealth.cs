@@ -185,8 +185,11 @@ internal sealed class ClusterHealth
             {
                 return false;
             }
+            // The candidates first, then the verdict: whoever sees the new verdict (the admin API, the metrics, a test
+            // that waits for it) also sees requests routed by it. The other way round, a request sent right after
+            // "down" was read could still pick the destination from the old candidates.
+            Rebuild(Now(), destination, healthy);
             destination.CheckHealthy = healthy;
-            Rebuild(Now());
         }
         ProxyLog.Write(healthy ? LogLevel.Info : LogLevel.Warn, healthy ? "destination_healthy" : "destination_unhealthy",
             ("cluster", ClusterName), ("destination", destination.Address), ("reason", reason));
@@ -195,8 +198,11 @@ internal sealed class ClusterHealth
 
     // ---- the candidates array ----------------------------------------------------------------------
 
-    /// <summary>Recomputes the available array and the next expiry. Caller holds <see cref="_lock"/>.</summary>
-    private void Rebuild(long now)
+    /// <summary>
+    /// Recomputes the available array and the next expiry, taking <paramref name="changed"/>'s health-check verdict as
+    /// <paramref name="verdict"/> (not yet published on it). Caller holds <see cref="_lock"/>.
+    /// </summary>
+    private void Rebuild(long now, DestinationState? changed = null, bool verdict = false)
     {
         int available = 0;
         long next = long.MaxValue;
@@ -213,7 +219,7 @@ internal sealed class ClusterHealth
             {
                 next = Math.Min(next, until);
             }
-            else if (d.CheckHealthy)
+            else if (ReferenceEquals(d, changed) ? verdict : d.CheckHealthy)
             {
                 available++;
             }
@@ -234,7 +240,7 @@ internal sealed class ClusterHealth
             int i = 0;
             foreach (DestinationState d in _all)
             {
-                if (d.EjectedUntil <= now && d.CheckHealthy)
+                if (d.EjectedUntil <= now && (ReferenceEquals(d, changed) ? verdict : d.CheckHealthy))
                 {
                     result[i++] = d;
                 }
