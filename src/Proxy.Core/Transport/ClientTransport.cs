@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
@@ -13,11 +14,7 @@ namespace Proxy.Transport;
 /// </summary>
 internal abstract class ClientTransport : IDisposable
 {
-    protected ClientTransport(IPEndPoint? remoteEndPoint)
-    {
-        RemoteAddress = IPAddress.None;
-        SetPeer(remoteEndPoint);
-    }
+    protected ClientTransport(IPEndPoint? remoteEndPoint) => SetPeer(remoteEndPoint);
 
     public abstract PipeReader Input { get; }
     public abstract PipeWriter Output { get; }
@@ -26,7 +23,8 @@ internal abstract class ClientTransport : IDisposable
     public IPAddress RemoteAddress { get; private set; }
     public IPEndPoint? RemoteEndPoint { get; private set; }
 
-    /// <summary>A reused transport's new peer (<see cref="EpollSocketTransport.Rent"/>).</summary>
+    /// <summary>The peer, at construction and for a reused transport's next connection (<see cref="EpollSocketTransport.Rent"/>).</summary>
+    [MemberNotNull(nameof(RemoteAddress))]
     private protected void SetPeer(IPEndPoint? remoteEndPoint)
     {
         RemoteEndPoint = remoteEndPoint;
@@ -137,16 +135,10 @@ internal sealed class EpollSocketTransport : ClientTransport
         if (EpollEngine.Current?.Transports.TryPop() is { } transport)
         {
             transport.Reuse(handle, remoteEndPoint);
-            Interlocked.Increment(ref s_reused);
             return transport;
         }
         return new EpollSocketTransport(handle, remoteEndPoint);
     }
-
-    private static long s_reused;
-
-    /// <summary>Connections that started on a recycled transport, process-wide (for tests).</summary>
-    internal static long ReusedCount => Volatile.Read(ref s_reused);
 
     private void Reuse(AcceptedSocketHandle handle, IPEndPoint? remoteEndPoint)
     {

@@ -413,14 +413,7 @@ internal sealed class EpollPipeWriter : PipeWriter, IValueTaskSource<FlushResult
                 {
                     if (s.End > s.Start)
                     {
-                        if (_tls is null)
-                        {
-                            _stream.Write(s.Unsent.Span);
-                        }
-                        else
-                        {
-                            _tls.Write(s.Unsent.Span);
-                        }
+                        ((Stream?)_tls ?? _stream).Write(s.Unsent.Span);
                     }
                 }
             }

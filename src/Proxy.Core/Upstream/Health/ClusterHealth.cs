@@ -204,6 +204,7 @@ internal sealed class ClusterHealth
     /// </summary>
     private void Rebuild(long now, DestinationState? changed = null, bool verdict = false)
     {
+        bool Healthy(DestinationState d) => ReferenceEquals(d, changed) ? verdict : d.CheckHealthy;
         int available = 0;
         long next = long.MaxValue;
         foreach (DestinationState d in _all)
@@ -219,7 +220,7 @@ internal sealed class ClusterHealth
             {
                 next = Math.Min(next, until);
             }
-            else if (ReferenceEquals(d, changed) ? verdict : d.CheckHealthy)
+            else if (Healthy(d))
             {
                 available++;
             }
@@ -240,7 +241,7 @@ internal sealed class ClusterHealth
             int i = 0;
             foreach (DestinationState d in _all)
             {
-                if (d.EjectedUntil <= now && (ReferenceEquals(d, changed) ? verdict : d.CheckHealthy))
+                if (d.EjectedUntil <= now && Healthy(d))
                 {
                     result[i++] = d;
                 }
