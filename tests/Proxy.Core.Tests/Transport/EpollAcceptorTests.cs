@@ -287,6 +287,38 @@ public class EpollAcceptorTests
         }
     }
 
+    [Fact]
+    public async Task Start_ListenerRegisteredLevelTriggeredAndExclusiveOnEveryEngine()
+    {
+        // Level-triggered because each report accepts one connection: an accept4 that finds the backlog empty costs
+        // as much as one that accepts, so the acceptor never asks for the EAGAIN that edge-triggered events need. The
+        // burst tests above show the rest of the backlog is reported again; this one pins the mode that makes it so.
+        using Socket listener = Listen();
+        var handler = new RecordingHandler();
+        var acceptor = new EpollAcceptor(listener, handler);
+        string inode = EpollRegistrations.SocketInode((int)listener.SafeHandle.DangerousGetHandle());
+        acceptor.Start();
+        try
+        {
+            foreach (EpollEngine engine in EpollEngine.All)
+            {
+                Assert.True(EpollRegistrations.Of(engine).TryGetValue(inode, out uint events), "the listener is not in an engine's epoll set");
+                // The kernel adds EPOLLERR and EPOLLHUP to every registration.
+                Assert.Equal(EpollNative.EPOLLIN | EpollNative.EPOLLEXCLUSIVE, events & (EpollNative.EPOLLIN | EpollNative.EPOLLEXCLUSIVE));
+                Assert.Equal(0u, events & EpollNative.EPOLLET);
+            }
+
+            using Socket client = Connect(listener);
+            await handler.WaitForAsync(1);
+        }
+        finally
+        {
+            acceptor.Stop();
+            DisposeAll(handler.Accepted);
+        }
+        Assert.All(EpollEngine.All, engine => Assert.False(EpollRegistrations.Of(engine).ContainsKey(inode)));
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]

@@ -194,13 +194,13 @@ public class EpollSocketStreamTests
         var stream = new EpollSocketStream(server);
         ValueTask<int> read = stream.ReadAsync(new byte[16]); // nothing to read: parks, which registers the socket
         Assert.False(read.IsCompleted);
-        string inode = SocketInode((int)server.SafeHandle.DangerousGetHandle());
-        Assert.Contains(EpollEngine.All, engine => RegisteredInodes(engine).Contains(inode));
+        string inode = EpollRegistrations.SocketInode((int)server.SafeHandle.DangerousGetHandle());
+        Assert.Contains(EpollEngine.All, engine => EpollRegistrations.Of(engine).ContainsKey(inode));
 
         SocketPipes.Close(server, stream);
 
         await Assert.ThrowsAsync<IOException>(() => read.AsTask().WaitAsync(s_timeout));
-        Assert.DoesNotContain(EpollEngine.All, engine => RegisteredInodes(engine).Contains(inode));
+        Assert.DoesNotContain(EpollEngine.All, engine => EpollRegistrations.Of(engine).ContainsKey(inode));
         // The next socket takes a slot and gets its events.
         var (server2, client2) = Pair();
         using var __ = client2;
@@ -209,31 +209,6 @@ public class EpollSocketStreamTests
         client2.Send("x"u8);
         Assert.Equal(1, await Within(read2));
         SocketPipes.Close(server2, stream2);
-    }
-
-    /// <summary>The inode of a socket fd, from its /proc/self/fd link ("socket:[12345]"), in hex as fdinfo prints it.</summary>
-    private static string SocketInode(int fd)
-    {
-        string target = new FileInfo($"/proc/self/fd/{fd}").LinkTarget!;
-        long inode = long.Parse(target.AsSpan("socket:[".Length, target.Length - "socket:[".Length - 1));
-        return inode.ToString("x");
-    }
-
-    /// <summary>The inodes an epoll instance watches: its fdinfo has a line "tfd: N events: ... ino:HEX sdev: ..." each.</summary>
-    private static HashSet<string> RegisteredInodes(EpollEngine engine)
-    {
-        var inodes = new HashSet<string>();
-        foreach (string line in File.ReadAllLines($"/proc/self/fdinfo/{engine.Descriptor}"))
-        {
-            int at = line.IndexOf(" ino:", StringComparison.Ordinal);
-            if (line.StartsWith("tfd:", StringComparison.Ordinal) && at > 0)
-            {
-                string rest = line[(at + 5)..];
-                int end = rest.IndexOf(' ');
-                inodes.Add(end < 0 ? rest : rest[..end]);
-            }
-        }
-        return inodes;
     }
 
     [Fact]

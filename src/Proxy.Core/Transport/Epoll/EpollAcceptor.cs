@@ -31,11 +31,13 @@ internal interface IEpollAcceptHandler
 /// the engine thread its socket will live on (with the runtime's AcceptAsync, the accept completes on the runtime's
 /// socket thread and the response then arrives on ours: two threads woken per connection).
 ///
-/// The socket is registered with every engine, edge-triggered and EPOLLEXCLUSIVE (Linux 4.5): the kernel wakes one
-/// engine that waits rather than all of them, and that engine accepts until EAGAIN, starting each connection inline
-/// (<see cref="EpollSocketStream"/> registers an accepted socket on <see cref="EpollEngine.Current"/>). Another engine
-/// woken for the same burst finds EAGAIN: a connection is never lost, because each arrival after the last EAGAIN
-/// raises a new edge.
+/// The socket is registered with every engine, level-triggered and EPOLLEXCLUSIVE (Linux 4.5): the kernel wakes one
+/// engine that waits rather than all of them, and each report accepts one connection, started inline
+/// (<see cref="EpollSocketStream"/> registers an accepted socket on <see cref="EpollEngine.Current"/>). While more
+/// wait in the backlog, the next epoll_wait reports the socket again, next to the other sockets' events, as nginx
+/// does without multi_accept. Why not accept until EAGAIN (edge-triggered): on Linux an accept4 that finds the backlog
+/// empty still allocates and frees a socket and a file first, so it costs as much as one that accepts (about 6 us on
+/// the bench machine, as much as 5% of a new-connection-per-request load; see docs/performance.md).
 ///
 /// Pause (connection cap, EMFILE) removes the socket from every engine; resume adds it back, and EPOLL_CTL_ADD reports
 /// the connections that waited in the backlog meanwhile. (EPOLL_CTL_MOD cannot do it: it refuses EPOLLEXCLUSIVE.)
@@ -162,7 +164,10 @@ internal sealed unsafe class EpollAcceptor
         }
     }
 
-    /// <summary>The engine thread's handler of EPOLLIN: accepts until EAGAIN (the edge is spent), the cap, or a stop.</summary>
+    /// <summary>
+    /// The engine thread's handler of EPOLLIN: accepts one connection (level-triggered, the socket is reported again
+    /// while the backlog holds more), or pauses at the cap. A connection reset in the backlog is skipped for the next.
+    /// </summary>
     internal void OnReadable()
     {
         // sockaddr_storage (128 bytes): the peer's sockaddr_in or sockaddr_in6.
@@ -186,7 +191,7 @@ internal sealed unsafe class EpollAcceptor
                 }
                 if (errno is EpollNative.EAGAIN or EpollNative.EBADF or EpollNative.EINVAL)
                 {
-                    return; // drained (or closed: EBADF, EINVAL)
+                    return; // another engine took it (or closed: EBADF, EINVAL)
                 }
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of resources. Pause rather than spin on the same error.
                 if (Pause())
@@ -202,10 +207,10 @@ internal sealed unsafe class EpollAcceptor
             }
             catch (Exception e)
             {
-                // Keep accepting: with edge-triggered events, stopping here would leave the backlog without a wake-up.
                 ProxyLog.Error("accept_failed", ("error", e.ToString()));
                 handle.Dispose(); // a no-op once a Socket took the fd
             }
+            return;
         }
     }
 

@@ -144,9 +144,12 @@ internal sealed unsafe class EpollEngine
     /// Adds <paramref name="fd"/> to the epoll set and sets <see cref="EpollSocketStream.Token"/> before the first
     /// event can arrive (EPOLL_CTL_ADD reports an already-ready socket at once).
     /// </summary>
-    public void Register(EpollSocketStream stream, int fd, uint events) => Register((object)stream, fd, events);
+    public void Register(EpollSocketStream stream, int fd, uint events) => Register((object)stream, fd, events | EpollNative.EPOLLET);
 
-    /// <summary>Adds a listening socket (see <see cref="EpollAcceptor"/>); sets the registration's token first.</summary>
+    /// <summary>
+    /// Adds a listening socket (see <see cref="EpollAcceptor"/>), level-triggered: while connections wait in its
+    /// backlog, every epoll_wait reports it again. Sets the registration's token first.
+    /// </summary>
     public void Register(EpollAcceptor.Registration registration, int fd, uint events) => Register((object)registration, fd, events);
 
     private void Register(object handler, int fd, uint events)
@@ -183,7 +186,7 @@ internal sealed unsafe class EpollEngine
             Volatile.Write(ref _slots[index], handler);
         }
         byte* evt = stackalloc byte[16];
-        EpollNative.WriteEvent(evt, events | EpollNative.EPOLLET, token);
+        EpollNative.WriteEvent(evt, events, token);
         if (EpollNative.EpollCtl(_epfd, EpollNative.EPOLL_CTL_ADD, fd, evt) != 0)
         {
             int errno = Marshal.GetLastSystemError();
@@ -191,7 +194,7 @@ internal sealed unsafe class EpollEngine
             {
                 // Kernels before 4.5 know no EPOLLEXCLUSIVE: every engine then wakes for a new connection, and all
                 // but one find nothing to accept.
-                EpollNative.WriteEvent(evt, (events & ~EpollNative.EPOLLEXCLUSIVE) | EpollNative.EPOLLET, token);
+                EpollNative.WriteEvent(evt, events & ~EpollNative.EPOLLEXCLUSIVE, token);
                 if (EpollNative.EpollCtl(_epfd, EpollNative.EPOLL_CTL_ADD, fd, evt) == 0)
                 {
                     return;
