@@ -5,10 +5,11 @@ using Proxy.Diagnostics;
 namespace Proxy.Transport.Epoll;
 
 /// <summary>
-/// One epoll instance and the thread that waits on it. Sockets are registered once, edge-triggered, for both
+/// One epoll instance and the thread that waits on it. Connected sockets are registered once, edge-triggered, for both
 /// directions (EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET): the kernel then reports each change of readiness once, and the
 /// <see cref="EpollSocketStream"/> remembers it, so a read or write makes a syscall only when it can succeed and no
-/// epoll_ctl is needed per operation. (The runtime's engine is edge-triggered as well, but its Socket tries recv()
+/// epoll_ctl is needed per operation. Listening sockets are the exception: level-triggered, one accept per report
+/// (see <see cref="EpollAcceptor"/>). (The runtime's engine is edge-triggered as well, but its Socket tries recv()
 /// before waiting, and a zero-byte read costs a recv() that fails with EAGAIN and another one that returns 0:
 /// about two wasted recv() per proxied request; see docs/performance.md.)
 ///
