@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Proxy.FunctionalTests.Http2;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Model;
 
@@ -79,6 +80,44 @@ public sealed class ResilienceTests
         }
         Assert.Contains("bad", served);
         Assert.Equal(0, badState.EjectedUntil);
+    }
+
+    /// <summary>
+    /// Clients that leave while the upstream works on their request cut that exchange from our side: not the upstream's
+    /// failure. Under a one-failure outlier rule the destination stays in, no request is sent again for a client that is
+    /// gone (a GET on a reused connection would otherwise be retried as a dead pooled connection), and the next client is
+    /// served. Both ways of leaving: an HTTP/2 client closes its connection, an HTTP/1.1 client resets its socket.
+    /// </summary>
+    [Fact]
+    public async Task ClientGoneMidRequest_NotCountedAgainstUpstreamNorRetried()
+    {
+        await using var slow = FaultyUpstream.Start("slow");
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(slow.Address),
+            "    outlier_detection: { consecutive_failures: 1, base_ejection: 30s, max_ejection_percent: 100 }"));
+        Assert.Equal(200, (await GetAsync(proxy)).Status); // a pooled upstream connection: later requests reuse it
+        slow.Delay = TimeSpan.FromSeconds(3);
+
+        for (int i = 0; i < 3; i++)
+        {
+            await using (var client = await Http2TestClient.ConnectAsync(proxy.Public))
+            {
+                await client.SendHeadersAsync(1, endStream: true, Http2TestClient.Get("/x"));
+                await WaitUntilAsync(() => slow.TrafficCount == 2 + 2 * i, "the upstream has the HTTP/2 client's request");
+            }
+            await using (var client = await proxy.ConnectAsync())
+            {
+                await client.SendAsync(Wire.Get("/x"));
+                await WaitUntilAsync(() => slow.TrafficCount == 3 + 2 * i, "the upstream has the HTTP/1.1 client's request");
+                client.Socket.LingerState = new System.Net.Sockets.LingerOption(true, 0);
+            }
+        }
+        // Long enough for every abort to reach its exchange, and for a retry, if there were one, to reach the upstream.
+        await Task.Delay(1000);
+
+        Assert.Equal(7, slow.TrafficCount);
+        Assert.Equal(0, Backend(proxy).Destinations[0].EjectedUntil);
+        slow.Delay = TimeSpan.Zero;
+        Assert.Equal(200, (await GetAsync(proxy)).Status);
     }
 
     [Fact]

@@ -302,13 +302,12 @@ internal sealed partial class HttpForwarder
                                     if (!await FlushUpstreamAsync(upstream).ConfigureAwait(false))
                                     {
                                         ReleaseUpstream();
-                                        if (mayRetry)
+                                        if (mayRetry && !ClientGone)
                                         {
                                             continue;
                                         }
                                         failure = ProxyError.UpstreamRequestWriteFailed;
                                         cause = RetryOn.Reset;
-                                        health.ReportFailure(destination);
                                         break;
                                     }
                                 }
@@ -342,13 +341,12 @@ internal sealed partial class HttpForwarder
                                 else if (!await FlushUpstreamAsync(upstream).ConfigureAwait(false))
                                 {
                                     ReleaseUpstream();
-                                    if (mayRetry)
+                                    if (mayRetry && !ClientGone)
                                     {
                                         continue;
                                     }
                                     failure = ProxyError.UpstreamRequestWriteFailed;
                                     cause = RetryOn.Reset;
-                                    health.ReportFailure(destination);
                                     break;
                                 }
 
@@ -376,7 +374,7 @@ internal sealed partial class HttpForwarder
                                         }
                                         catch (Exception)
                                         {
-                                            retryDead = mayRetry && !receivedAny;
+                                            retryDead = mayRetry && !receivedAny && !ClientGone;
                                             failure = retryDead ? ProxyError.None : ProxyError.UpstreamReset;
                                             break;
                                         }
@@ -409,7 +407,7 @@ internal sealed partial class HttpForwarder
                                         if (result.IsCompleted)
                                         {
                                             input.AdvanceTo(buffer.End);
-                                            retryDead = mayRetry && !receivedAny;
+                                            retryDead = mayRetry && !receivedAny && !ClientGone;
                                             failure = retryDead ? ProxyError.None : ProxyError.UpstreamReset;
                                             break;
                                         }
@@ -506,7 +504,7 @@ internal sealed partial class HttpForwarder
                                 {
                                     continue;
                                 }
-                                if (failure != ProxyError.None)
+                                if (failure != ProxyError.None && !ClientGone)
                                 {
                                     health.ReportFailure(destination);
                                     cause = failure switch
@@ -524,6 +522,18 @@ internal sealed partial class HttpForwarder
                             destination.RequestEnded();
                         }
 
+                        if (failure == ProxyError.UpstreamRequestWriteFailed && !ClientGone)
+                        {
+                            health.ReportFailure(destination);
+                        }
+                        if (failure != ProxyError.None && ClientGone)
+                        {
+                            // Cut from our side (AbortUpstream): the client left, its HTTP/2 stream was reset, or shutdown's
+                            // deadline passed. Not the upstream's failure: no health report, no retry, nobody to answer.
+                            failure = ProxyError.ClientAborted;
+                            cause = RetryOn.None;
+                            retryStatus = false;
+                        }
                         if ((!retryStatus && (cause == RetryOn.None || !replayable || budget is null || (budget.Model.On & cause) == 0
                             || !TryTakeRetry(budget, retries, ref retrySlot))) || Environment.TickCount64 >= exchangeDeadline)
                         {
@@ -828,6 +838,12 @@ internal sealed partial class HttpForwarder
     }
 
     /// <summary>
+    /// The client connection was aborted: the exchange's upstream connection was cut from our side
+    /// (<see cref="AbortUpstream"/>), so a failure that follows is not the upstream's.
+    /// </summary>
+    private bool ClientGone => _client.IsAborted;
+
+    /// <summary>
     /// Aborts the upstream connection of <paramref name="owner"/>'s exchange (a write timeout, an aborted client); a
     /// no-op once the forwarder serves another connection.
     /// </summary>
@@ -892,6 +908,11 @@ internal sealed partial class HttpForwarder
     private async ValueTask<bool> FailAsync(ProxyError error, ClusterModel cluster, DestinationState? destination)
     {
         ReleaseUpstream();
+        if (error == ProxyError.ClientAborted)
+        {
+            _client.RecordClientAborted(cluster.Name, destination?.Address);
+            return false;
+        }
         ProxyLog.Warn("upstream_error", ("details", error.DetailsCode()), ("status", error.StatusCode()),
             ("cluster", cluster.Name), ("destination", destination?.Address));
         RequestHead head = _client.Head;

@@ -36,6 +36,11 @@ internal enum ProxyError : byte
     RequestBodyFailed,
     /// <summary>An upstream-request phase filter threw: the request is not sent (it may lack an edit the filter meant).</summary>
     FilterFailed,
+    /// <summary>
+    /// The client connection was aborted while its request was with the upstream (the client left, its HTTP/2 stream
+    /// was reset, or shutdown's deadline passed): logged as 499, like nginx's "client closed request"; never answered.
+    /// </summary>
+    ClientAborted,
 }
 
 internal static class ProxyErrorExtensions
@@ -50,6 +55,7 @@ internal static class ProxyErrorExtensions
             or ProxyError.UpstreamPerTryTimeout => 504,
         ProxyError.RequestBodyFailed => 400,
         ProxyError.FilterFailed => 500,
+        ProxyError.ClientAborted => 499,
         _ => 502,
     };
 
@@ -71,12 +77,13 @@ internal static class ProxyErrorExtensions
         ProxyError.UpstreamRequestWriteFailed => "upstream_request_write_failed",
         ProxyError.RequestBodyFailed => "request_body_failed",
         ProxyError.FilterFailed => "filter_failed",
+        ProxyError.ClientAborted => "client_aborted",
         _ => "none",
     };
 
     public static ErrorSource Source(this ProxyError error) => error switch
     {
-        ProxyError.NoRoute or ProxyError.MethodNotAllowed or ProxyError.RequestBodyFailed => ErrorSource.Downstream,
+        ProxyError.NoRoute or ProxyError.MethodNotAllowed or ProxyError.RequestBodyFailed or ProxyError.ClientAborted => ErrorSource.Downstream,
         ProxyError.NoDestination or ProxyError.NoHealthyDestination or ProxyError.UpstreamOverloaded
             or ProxyError.FilterFailed => ErrorSource.Internal,
         _ => ErrorSource.Upstream,

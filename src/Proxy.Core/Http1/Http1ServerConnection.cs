@@ -817,6 +817,22 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         return FlushClientAsync();
     }
 
+    /// <summary>True once the connection was aborted (or closed): nothing more reaches the client.</summary>
+    internal bool IsAborted => Volatile.Read(ref _aborted) != 0;
+
+    /// <summary>
+    /// The exchange ended because the client connection was aborted while the upstream had the request: status 499
+    /// for the access log and metrics (nginx's "client closed request"), one info line, no answer.
+    /// </summary>
+    internal void RecordClientAborted(string cluster, string? destination)
+    {
+        ProxyLog.Info("client_aborted", ("listener", Listener.Name), ("client", ProxyLog.Format(RemoteEndPoint)),
+            ("cluster", cluster), ("destination", destination));
+        ResponseStatus = 499;
+        _replyDetails = "client_aborted";
+        _runtime.Metrics.LocalReply(Listener, 499, "client_aborted");
+    }
+
     /// <summary>
     /// Answers with a short text body: "{status} {reason}: {details}". One log line per answer. Error path:
     /// allocation is fine here.
@@ -1103,8 +1119,11 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         }
         try
         {
+            // Marked before the upstream is cut: the forwarder, woken by that cut on another thread, must see the
+            // client gone (IsAborted) and not blame the upstream for it.
+            bool first = Interlocked.Exchange(ref _aborted, 1) == 0;
             _forwarder.AbortUpstream(this);
-            if (Interlocked.Exchange(ref _aborted, 1) != 0)
+            if (!first)
             {
                 return;
             }
