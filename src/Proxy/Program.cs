@@ -52,6 +52,13 @@ internal static class Program
         {
             Environment.SetEnvironmentVariable("PROXY_SOCKET_ENGINE", "epoll");
         }
+        // After a burst, give the memory it left behind back to the system once the connections have gone (one
+        // aggressive collection and malloc_trim, logged as memory_released; docs/performance.md). A process that embeds
+        // the library owns its collector and opts in itself; PROXY_RELEASE_IDLE_MEMORY=0 opts out here.
+        if (Environment.GetEnvironmentVariable("PROXY_RELEASE_IDLE_MEMORY") is null)
+        {
+            Environment.SetEnvironmentVariable("PROXY_RELEASE_IDLE_MEMORY", "1");
+        }
         if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
         {
             Console.WriteLine(Usage);

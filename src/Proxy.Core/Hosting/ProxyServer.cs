@@ -111,6 +111,7 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
                     destination.Pool?.EvictIdle(now);
                 }
             }
+            IdleMemory.OnTick(now, _runtime.Registry.Count);
         });
         var started = new List<SocketListener>();
         try

@@ -15,6 +15,9 @@ internal sealed class BlockMemoryPool : MemoryPool<byte>
 {
     private readonly Block[] _free;
     private int _count;
+    /// <summary>The fewest blocks the free list held since the last <see cref="TrimIdle"/>: that many sat unused throughout.</summary>
+    private int _lowWater;
+    private long _lastTrim = Environment.TickCount64;
     private readonly Lock _lock = new();
 
     public BlockMemoryPool(int blockSize, int maxRetained)
@@ -67,6 +70,10 @@ internal sealed class BlockMemoryPool : MemoryPool<byte>
             {
                 Block block = _free[--_count];
                 _free[_count] = null!;
+                if (_count < _lowWater)
+                {
+                    _lowWater = _count;
+                }
                 block.Rented = true;
                 return block;
             }
@@ -82,6 +89,35 @@ internal sealed class BlockMemoryPool : MemoryPool<byte>
             {
                 _free[_count++] = block;
             }
+        }
+    }
+
+    /// <summary>
+    /// Lets go of the blocks that waited in the free list through the whole time since the last trim (at least
+    /// <paramref name="periodMilliseconds"/> ago; an earlier call does nothing, so servers sharing these static pools
+    /// cannot shorten the period). Those blocks were not needed once in that time, so a steady load never rents a
+    /// new block because of this; after a burst, the free list shrinks back within one period. The oldest blocks
+    /// go (the bottom of the LIFO list); the collector reclaims them with the next full collection.
+    /// </summary>
+    /// <returns>How many blocks were let go.</returns>
+    public int TrimIdle(long now, long periodMilliseconds)
+    {
+        lock (_lock)
+        {
+            if (now - _lastTrim < periodMilliseconds)
+            {
+                return 0;
+            }
+            _lastTrim = now;
+            int idle = _lowWater;
+            if (idle > 0)
+            {
+                Array.Copy(_free, idle, _free, 0, _count - idle);
+                Array.Clear(_free, _count - idle, idle);
+                _count -= idle;
+            }
+            _lowWater = _count;
+            return idle;
         }
     }
 
