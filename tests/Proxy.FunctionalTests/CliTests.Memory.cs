@@ -25,7 +25,7 @@ public sealed partial class CliTests
             routes:
               - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello" } }
             """);
-        var start = new ProcessStartInfo(DotnetHost()) { RedirectStandardOutput = true, RedirectStandardError = true };
+        var start = new ProcessStartInfo(ProxyBinary.DotnetHost()) { RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[] { ProxyBinary.DllPath(), "run", "--config", path })
         {
             start.ArgumentList.Add(a);
@@ -87,7 +87,4 @@ public sealed partial class CliTests
             }
         }
     }
-
-    private static string DotnetHost() =>
-        Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
 }

@@ -158,8 +158,7 @@ public sealed partial class CliTests : IDisposable
 
     private static System.Diagnostics.Process StartProxyProcess(string configPath)
     {
-        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
-        var start = new System.Diagnostics.ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true };
+        var start = new System.Diagnostics.ProcessStartInfo(ProxyBinary.DotnetHost()) { RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[] { ProxyBinary.DllPath(), "run", "--config", configPath })
         {
             start.ArgumentList.Add(a);
@@ -205,8 +204,6 @@ public sealed partial class CliTests : IDisposable
     private static Task<ProcessResult> RunProxyAsync(params string[] arguments)
     {
         var proxyDll = ProxyBinary.DllPath();
-        // The dotnet CLI tells child processes which host runs them; fall back to PATH.
-        var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
-        return ProcessRunner.RunAsync(dotnet, [proxyDll, .. arguments], timeout: TimeSpan.FromSeconds(30));
+        return ProcessRunner.RunAsync(ProxyBinary.DotnetHost(), [proxyDll, .. arguments], timeout: TimeSpan.FromSeconds(30));
     }
 }

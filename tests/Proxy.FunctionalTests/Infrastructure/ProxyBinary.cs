@@ -26,6 +26,10 @@ internal static partial class ProxyBinary
         return path;
     }
 
+    /// <summary>The dotnet host that runs the tests (the CLI tells child processes which one), else dotnet on PATH.</summary>
+    public static string DotnetHost() =>
+        Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+
     /// <summary>kill(2) straight through libc: no kill(1) binary needed.</summary>
     [LibraryImport("libc.so.6", EntryPoint = "kill", SetLastError = true)]
     public static partial int Kill(int pid, int signal);
