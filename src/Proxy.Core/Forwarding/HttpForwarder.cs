@@ -522,10 +522,6 @@ internal sealed partial class HttpForwarder
                             destination.RequestEnded();
                         }
 
-                        if (failure == ProxyError.UpstreamRequestWriteFailed && !ClientGone)
-                        {
-                            health.ReportFailure(destination);
-                        }
                         if (failure != ProxyError.None && ClientGone)
                         {
                             // Cut from our side (AbortUpstream): the client left, its HTTP/2 stream was reset, or shutdown's
@@ -533,6 +529,10 @@ internal sealed partial class HttpForwarder
                             failure = ProxyError.ClientAborted;
                             cause = RetryOn.None;
                             retryStatus = false;
+                        }
+                        else if (failure == ProxyError.UpstreamRequestWriteFailed)
+                        {
+                            health.ReportFailure(destination);
                         }
                         if ((!retryStatus && (cause == RetryOn.None || !replayable || budget is null || (budget.Model.On & cause) == 0
                             || !TryTakeRetry(budget, retries, ref retrySlot))) || Environment.TickCount64 >= exchangeDeadline)
