@@ -110,6 +110,7 @@ internal static class ConfigCompiler
                     r.StreamIdleTimeout ?? TimeSpan.Zero),
                 Respond = r.Respond is { } respond ? BuildResponse(respond) : null,
                 RetryNonIdempotent = r.RetryNonIdempotent?.Value ?? false,
+                IgnoreClientAbort = r.IgnoreClientAbort?.Value ?? false,
                 ListenerMask = ListenerMask(r.Listeners, config.Listeners),
                 Chains = PolicyCompiler.Chains(r, config.Listeners, filters),
                 // Labels chosen now, so a request never builds a tag list.

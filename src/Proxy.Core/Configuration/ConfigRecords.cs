@@ -194,6 +194,8 @@ internal sealed record RouteConfig
     public TimeSpan? StreamIdleTimeout { get; init; }
     /// <summary><c>retry_non_idempotent</c>: the cluster's retry policy may replay this route's POST/PATCH requests too.</summary>
     public Located<bool>? RetryNonIdempotent { get; init; }
+    /// <summary><c>ignore_client_abort</c>: an HTTP/1.1 client's close while the upstream works does not end the exchange.</summary>
+    public Located<bool>? IgnoreClientAbort { get; init; }
 }
 
 /// <summary>One entry of a route's <c>clusters:</c> list.</summary>

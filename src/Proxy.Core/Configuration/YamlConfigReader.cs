@@ -37,7 +37,7 @@ internal sealed partial class YamlConfigReader
     ];
     private static readonly string[] s_routeKeys =
         ["id", "listeners", "match", "cluster", "respond", "policies", "clusters", "canary", "request_timeout", "response_timeout", "stream_idle_timeout",
-         "allow_anonymous", "retry_non_idempotent"];
+         "allow_anonymous", "retry_non_idempotent", "ignore_client_abort"];
     private static readonly string[] s_weightedClusterKeys = ["name", "weight"];
     private static readonly string[] s_canaryKeys = ["cluster", "header", "cookie"];
     private static readonly string[] s_matchKeys = ["path", "hosts", "methods", "headers", "query"];
@@ -454,6 +454,7 @@ internal sealed partial class YamlConfigReader
             ResponseTimeout = Duration(map, "response_timeout"),
             StreamIdleTimeout = Duration(map, "stream_idle_timeout"),
             RetryNonIdempotent = Bool(map, "retry_non_idempotent"),
+            IgnoreClientAbort = Bool(map, "ignore_client_abort"),
         };
     }
 

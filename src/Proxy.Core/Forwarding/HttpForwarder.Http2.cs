@@ -62,6 +62,12 @@ internal sealed partial class HttpForwarder
     private Task? _http2Loop;
 
     /// <summary>
+    /// The HTTP/2 stream of the current try, for <see cref="AbortUpstream"/> to wake; null outside a try. Set with a full
+    /// fence before the try looks at <see cref="ClientGone"/>, so an abort either finds the stream or is seen by the try.
+    /// </summary>
+    private Http2ClientStream? _activeStream;
+
+    /// <summary>
     /// One try on an HTTP/2 destination. The work runs in <see cref="Http2LoopAsync"/>, one long-lived loop per
     /// forwarder, for the reason <see cref="ForwardAsync"/> gives: a try is rented on the client's thread and ends on
     /// the upstream connection's read loop thread, so a pooled box per try often missed the pooling builder's
@@ -137,6 +143,7 @@ internal sealed partial class HttpForwarder
                     goto Done;
                 }
 
+                Interlocked.Exchange(ref _activeStream, stream);
                 Http2ClientConnection connection = stream.Connection;
                 RequestHead head = _client.Head;
                 bool hasBody = head.HasBody;
@@ -202,6 +209,13 @@ internal sealed partial class HttpForwarder
                         _client.ArmUpstream(reader, wait);
                         while (!stream.HeadReady)
                         {
+                            if (ClientGone)
+                            {
+                                // Aborted (the client closed, reset its stream, or shutdown's deadline passed): the
+                                // abort woke this read, or came before it.
+                                clientGone = true;
+                                break;
+                            }
                             ReadResult result;
                             try
                             {
@@ -259,9 +273,12 @@ internal sealed partial class HttpForwarder
 
                     if (clientGone)
                     {
-                        // The client left while we relayed a 1xx: nobody to answer (the stream is reset by the release below).
+                        // The client left while the upstream worked, or while we relayed a 1xx: nobody to answer, and not
+                        // the upstream's failure (no health report, no retry). The release below resets the stream, so
+                        // the upstream stops working for nobody; the exchange is recorded as 499 client_aborted.
                         _client.Abort();
-                        step = Http2Step.Answered;
+                        _http2Failure = ProxyError.ClientAborted;
+                        step = Http2Step.Failed;
                         goto Done;
                     }
                     if (failure != ProxyError.None)
@@ -370,6 +387,7 @@ internal sealed partial class HttpForwarder
                     {
                         await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
                     }
+                    Volatile.Write(ref _activeStream, null);
                     await connection.ReleaseAsync(stream).ConfigureAwait(false);
                 }
             }
@@ -685,6 +703,10 @@ internal sealed partial class HttpForwarder
                 {
                     stream.Connection.OnStreamTimedOut(Stopwatch.GetElapsedTime(armed));
                     return AbortHttp2Relay(cluster, destination, stream, "stream_idle_timeout");
+                }
+                if (ClientGone)
+                {
+                    return false; // the client left mid-body (AbortUpstream woke us): the release resets the stream
                 }
                 continue;
             }

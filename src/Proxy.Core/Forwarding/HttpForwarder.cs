@@ -844,8 +844,9 @@ internal sealed partial class HttpForwarder
     private bool ClientGone => _client.IsAborted;
 
     /// <summary>
-    /// Aborts the upstream connection of <paramref name="owner"/>'s exchange (a write timeout, an aborted client); a
-    /// no-op once the forwarder serves another connection.
+    /// Aborts the upstream side of <paramref name="owner"/>'s exchange (a write timeout, an aborted client): its HTTP/1.1
+    /// connection is cut; a wait on its HTTP/2 stream is woken, and the try, seeing the client gone, ends and resets the
+    /// stream (the shared connection stays). A no-op once the forwarder serves another connection.
     /// </summary>
     public void AbortUpstream(Http1ServerConnection owner)
     {
@@ -854,6 +855,7 @@ internal sealed partial class HttpForwarder
             if (ReferenceEquals(_client, owner))
             {
                 _active?.Abort();
+                Volatile.Read(ref _activeStream)?.ResponseReader.CancelPendingRead();
             }
         }
     }

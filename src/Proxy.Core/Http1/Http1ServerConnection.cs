@@ -1013,6 +1013,43 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         }
     }
 
+    /// <summary>
+    /// Heartbeat: the deadline, then a client that left while the upstream works on its request. Nothing reads the
+    /// client then (a request body is read through, a pipelined next request waits), so its close would go unseen
+    /// until the answer is written, and the upstream would work on, holding its connection, for nobody. Like nginx and
+    /// Envoy, a close (FIN, or RST) ends the exchange: the upstream connection is cut or its HTTP/2 stream reset, and the
+    /// exchange is recorded as 499 <c>client_aborted</c>. A client that only half-closed after its request is ended
+    /// too, since FIN looks the same; a route with <c>ignore_client_abort: true</c> keeps serving it (HAProxy's default).
+    /// Only while an upstream wait is armed, so it costs the request path nothing: one poll() per such connection per second.
+    /// </summary>
+    internal override void Heartbeat(long now)
+    {
+        base.Heartbeat(now);
+        if (Awaits(TimeoutKind.Upstream) && Volatile.Read(ref _aborted) == 0 && _route is { IgnoreClientAbort: false })
+        {
+            AbortIfClientGone();
+        }
+    }
+
+    private void AbortIfClientGone()
+    {
+        if (!EnterOutsideCall())
+        {
+            return;
+        }
+        try
+        {
+            if (_transport.PeerHungUp())
+            {
+                Abort();
+            }
+        }
+        finally
+        {
+            ExitOutsideCall();
+        }
+    }
+
     protected override void OnTimeout(TimeoutKind kind)
     {
         if (!EnterOutsideCall())

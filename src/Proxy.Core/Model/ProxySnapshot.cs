@@ -181,6 +181,12 @@ internal sealed class RouteModel
     /// policy (RFC 9110 section 9.2.2 leaves it to whoever knows the method is safe to repeat, like a gRPC call).
     /// </summary>
     public bool RetryNonIdempotent { get; init; }
+    /// <summary>
+    /// <c>ignore_client_abort</c>: an HTTP/1.1 client that closes while the upstream works is not looked for, so the
+    /// exchange runs to its end (a half-closed client still gets its answer). Off: the upstream's work is cut within a
+    /// second (nginx's <c>proxy_ignore_client_abort</c>, HAProxy's <c>option abortonclose</c> the other way round).
+    /// </summary>
+    public bool IgnoreClientAbort { get; init; }
     public DirectResponseModel? Respond { get; init; }
     /// <summary>Bit i set: the route applies on listener i. Zero: every proxy listener.</summary>
     public ulong ListenerMask { get; init; }

@@ -2,6 +2,7 @@ using System.Diagnostics.CodeAnalysis;
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using Proxy.Transport.Epoll;
 
 namespace Proxy.Transport;
@@ -59,6 +60,46 @@ internal abstract class ClientTransport : IDisposable
     /// <summary>Closes at once (RST where the transport has one): for timeouts and broken exchanges.</summary>
     public abstract void Abort();
 
+    /// <summary>
+    /// True when the client has closed its side (FIN) or reset the connection, found without reading: the heartbeat
+    /// asks while an exchange waits for the upstream and nothing reads the client (<see cref="HasHungUp"/>). False
+    /// when it cannot tell (an HTTP/2 stream: its connection sees the client go).
+    /// </summary>
+    public virtual bool PeerHungUp() => false;
+
+    /// <summary>
+    /// poll() with POLLRDHUP and no wait: the peer sent FIN (POLLRDHUP), or the connection is reset or broken (POLLHUP,
+    /// POLLERR). Bytes waiting to be read (a pipelined request, a TLS close_notify) neither hide it nor are consumed,
+    /// which a zero-byte read or Socket.Poll with Available could not promise. Linux only: false elsewhere. The handle's
+    /// reference keeps its fd from being closed, and reused by another socket, during the call.
+    /// </summary>
+    protected static unsafe bool HasHungUp(SafeHandle handle)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return false;
+        }
+        bool added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            var poll = new EpollNative.PollFd { Fd = (int)handle.DangerousGetHandle(), Events = EpollNative.POLLRDHUP };
+            return EpollNative.Poll(&poll, 1, 0) == 1
+                && (poll.Revents & (EpollNative.POLLRDHUP | EpollNative.POLLHUP | EpollNative.POLLERR)) != 0;
+        }
+        catch (ObjectDisposedException)
+        {
+            return false; // closed meanwhile: whoever closed it ends the exchange
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
     /// <summary>Releases the transport after both pipes were completed.</summary>
     public abstract void Dispose();
 
@@ -91,6 +132,8 @@ internal sealed class SocketTransport : ClientTransport
     public override void ShutdownSend() => _socket.Shutdown(SocketShutdown.Send);
 
     public override void Abort() => SocketPipes.Abort(_socket, _stream);
+
+    public override bool PeerHungUp() => HasHungUp(_socket.SafeHandle);
 
     public override void Dispose() => SocketPipes.Close(_socket, _stream);
 }
@@ -161,6 +204,8 @@ internal sealed class EpollSocketTransport : ClientTransport
         _stream.Dispose();
         _handle.CloseAbortively();
     }
+
+    public override bool PeerHungUp() => HasHungUp(_handle);
 
     /// <summary>The stream first (it leaves its engine), then the fd: closed once no syscall holds it any more.</summary>
     public override void Dispose()

@@ -59,6 +59,12 @@ internal abstract class TimedConnection
 
     protected void Disarm() => Volatile.Write(ref _deadline, long.MaxValue);
 
+    /// <summary>
+    /// A deadline of <paramref name="kind"/> is armed: what the connection waits for now. Read by the heartbeat while the
+    /// connection's thread may change it, so only a hint: at worst one tick acts on the wait just before or after.
+    /// </summary>
+    protected bool Awaits(TimeoutKind kind) => _armedKind == kind && Volatile.Read(ref _deadline) != long.MaxValue;
+
     /// <summary>Heartbeat entry: this connection's deadline, plus whatever it owns (an HTTP/2 connection's stream bridges).</summary>
     internal virtual void Heartbeat(long now) => CheckDeadline(now);
 

@@ -19,7 +19,8 @@ namespace Proxy.FunctionalTests.Grpc;
 /// gRPC Greeter service. Plain routes:
 /// <c>/info</c> "protocol|connection id|host|x-forwarded-for|te", <c>/echo</c> the request body back,
 /// <c>/bytes/{n}</c> n bytes of 'x', <c>/slow</c> the connection id after 200 ms, <c>/trailers</c> a body then trailers,
-/// <c>/healthz</c> the request's protocol (counted in <see cref="HealthProbes"/>).
+/// <c>/healthz</c> the request's protocol (counted in <see cref="HealthProbes"/>), <c>/hold</c> "late" after 8 s unless the
+/// request is cancelled first (both counted in <see cref="Counters"/>).
 /// </summary>
 internal sealed class H2Upstream : IAsyncDisposable
 {
@@ -49,12 +50,17 @@ internal sealed class H2Upstream : IAsyncDisposable
     /// <summary>Body bytes <c>/stream/{n}</c> handed to Kestrel so far (written, not necessarily received).</summary>
     public long BytesWritten => Interlocked.Read(ref _written.Value);
 
+    /// <summary>Requests that waited and were cancelled: <c>/hold</c>, and the Greeter's <c>slow</c> calls.</summary>
+    public H2UpstreamCounters Counters { get; private init; } = new();
+
     public static async Task<H2Upstream> StartAsync(HttpProtocols protocols = HttpProtocols.Http2, X509Certificate2? certificate = null, int port = 0,
         int maxStreams = 100, bool unavailable = false)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.Services.AddGrpc();
+        var counters = new H2UpstreamCounters();
+        builder.Services.AddSingleton(counters);
         builder.WebHost.UseKestrel(o =>
         {
             o.Limits.Http2.MaxStreamsPerConnection = maxStreams;
@@ -133,6 +139,20 @@ internal sealed class H2Upstream : IAsyncDisposable
             Interlocked.Increment(ref probes.Value);
             return c.Request.Protocol;
         });
+        app.MapGet("/hold", async (HttpContext c) =>
+        {
+            Interlocked.Increment(ref counters.HoldStarted);
+            try
+            {
+                await Task.Delay(TimeSpan.FromSeconds(8), c.RequestAborted);
+                return "late";
+            }
+            catch (OperationCanceledException)
+            {
+                Interlocked.Increment(ref counters.HoldCancelled);
+                return "";
+            }
+        });
         app.MapGet("/slow", async (HttpContext c) =>
         {
             await Task.Delay(200);
@@ -147,7 +167,7 @@ internal sealed class H2Upstream : IAsyncDisposable
         using var cts = new CancellationTokenSource(TestDefaults.Timeout);
         await app.StartAsync(cts.Token);
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        return new H2Upstream(app, new Uri(address).Port, written) { _calls = calls, _probes = probes };
+        return new H2Upstream(app, new Uri(address).Port, written) { _calls = calls, _probes = probes, Counters = counters };
     }
 
     public async ValueTask DisposeAsync()
@@ -164,8 +184,17 @@ internal sealed class H2Upstream : IAsyncDisposable
     }
 }
 
+/// <summary>What an <see cref="H2Upstream"/> saw of requests that waited: started, and cancelled by the client (RST_STREAM).</summary>
+internal sealed class H2UpstreamCounters
+{
+    public long HoldStarted;
+    public long HoldCancelled;
+    public long SlowCallsStarted;
+    public long SlowCallsCancelled;
+}
+
 /// <summary>The Greeter of greeter.proto: one method per streaming shape.</summary>
-internal sealed class GreeterService : Greeter.GreeterBase
+internal sealed class GreeterService(H2UpstreamCounters counters) : Greeter.GreeterBase
 {
     public override async Task<HelloReply> SayHello(HelloRequest request, ServerCallContext context)
     {
@@ -174,7 +203,16 @@ internal sealed class GreeterService : Greeter.GreeterBase
             case "fail":
                 throw new RpcException(new Status(StatusCode.NotFound, "nobody is called fail"), new Metadata { { "x-detail", "from-upstream" } });
             case "slow":
-                await Task.Delay(TimeSpan.FromSeconds(5), context.CancellationToken);
+                Interlocked.Increment(ref counters.SlowCallsStarted);
+                try
+                {
+                    await Task.Delay(TimeSpan.FromSeconds(5), context.CancellationToken);
+                }
+                catch (OperationCanceledException)
+                {
+                    Interlocked.Increment(ref counters.SlowCallsCancelled);
+                    throw;
+                }
                 break;
         }
         return new HelloReply { Message = "Hello " + request.Name };

@@ -42,6 +42,9 @@ internal static unsafe partial class EpollNative
     // <poll.h>
     public const short POLLIN = 0x001;
     public const short POLLOUT = 0x004;
+    public const short POLLERR = 0x008;
+    public const short POLLHUP = 0x010;
+    public const short POLLRDHUP = 0x2000;
 
     // <errno.h> (Linux numbering)
     public const int EINTR = 4;

@@ -73,6 +73,9 @@ internal sealed class TlsTransport : ClientTransport
 
     public override void Abort() => SocketPipes.Abort(_socket, _network);
 
+    /// <summary>At the TCP level: a client's close_notify waits unread ahead of its FIN, which is what poll reports.</summary>
+    public override bool PeerHungUp() => HasHungUp(_socket.SafeHandle);
+
     public override void Dispose()
     {
         try

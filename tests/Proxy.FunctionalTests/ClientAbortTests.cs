@@ -1,0 +1,207 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Text.Json;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Proxy.Core.Tests.Tls;
+using Proxy.FunctionalTests.Grpc;
+using Proxy.FunctionalTests.Infrastructure;
+using Proxy.FunctionalTests.Tls;
+
+namespace Proxy.FunctionalTests;
+
+/// <summary>
+/// A client that leaves while the upstream still works on its request: the upstream's work is cut (its HTTP/1.1
+/// connection closed, its HTTP/2 stream reset), so a slow backend is not kept busy for nobody, and the exchange is
+/// logged as 499 <c>client_aborted</c>. An HTTP/1.1 client's close is noticed within the heartbeat's second; an HTTP/2
+/// client's RST_STREAM at once. A route with <c>ignore_client_abort: true</c> keeps serving half-closed clients.
+/// </summary>
+public sealed class ClientAbortTests : IDisposable
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("proxy-client-abort-").FullName;
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    private static string Yaml(string destination, string protocol = "http1", string route = "", string top = "") => $$"""
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+        routes:
+          - { id: all, match: { path: "/{**rest}" }, cluster: backend{{route}} }
+        clusters:
+          backend:
+            protocol: {{protocol}}
+            destinations: [{ address: "{{destination}}" }]
+        {{top}}
+        """;
+
+    private static async Task WaitUntilAsync(Func<bool> condition, string what)
+    {
+        var clock = Stopwatch.StartNew();
+        while (!condition())
+        {
+            Assert.True(clock.Elapsed < TestDefaults.Timeout, "Timed out waiting until " + what);
+            await Task.Delay(20);
+        }
+    }
+
+    /// <summary>An HTTP/1.1 upstream that takes a request, then waits up to 8 s for the proxy to close the connection.</summary>
+    private sealed class HoldingUpstream : IAsyncDisposable
+    {
+        private readonly RecordingUpstream _upstream;
+        private readonly TaskCompletionSource<TimeSpan?> _closedAfter = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly TaskCompletionSource _received = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public HoldingUpstream(TimeSpan hold)
+        {
+            _upstream = RecordingUpstream.Start(async (connection, ct) =>
+            {
+                if (await connection.ReadRequestAsync(ct) is null)
+                {
+                    return;
+                }
+                var clock = Stopwatch.StartNew();
+                _received.TrySetResult();
+                if (await connection.WaitForPeerCloseAsync(hold))
+                {
+                    _closedAfter.TrySetResult(clock.Elapsed);
+                    return;
+                }
+                _closedAfter.TrySetResult(null);
+                await connection.WriteAsync(Wire.Response(200, "late"), ct);
+            });
+        }
+
+        public string Address => _upstream.Address;
+        public Task Received => _received.Task;
+
+        /// <summary>How long after the request the proxy closed the connection; null when it had not after the hold.</summary>
+        public Task<TimeSpan?> ClosedAfter => _closedAfter.Task;
+
+        public ValueTask DisposeAsync() => _upstream.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Http1Client_ClosesWhileHttp1UpstreamWorks_UpstreamConnectionCutAndLogged499()
+    {
+        await using var upstream = new HoldingUpstream(TimeSpan.FromSeconds(8));
+        string log = Path.Combine(_directory, "access.log");
+        await using var proxy = await TestProxy.StartAsync(Yaml(upstream.Address, top: $$"""access_log: { path: "{{log}}" }"""));
+
+        var client = await proxy.ConnectAsync();
+        await client.SendAsync(Wire.Get("/work"));
+        await upstream.Received.WaitAsync(TestDefaults.Timeout);
+        var clock = Stopwatch.StartNew();
+        await client.DisposeAsync(); // close(): FIN, as a client that gives up does
+
+        TimeSpan? closedAfter = await upstream.ClosedAfter.WaitAsync(TestDefaults.Timeout);
+        Assert.NotNull(closedAfter); // on the old proxy: the upstream kept the request for all 8 s, then answered nobody
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(4), $"the upstream connection was cut {clock.Elapsed} after the client left");
+
+        string line = (await WaitForLinesAsync(log)).Single();
+        using var entry = JsonDocument.Parse(line);
+        Assert.Equal(499, entry.RootElement.GetProperty("status").GetInt32());
+        Assert.Equal("/work", entry.RootElement.GetProperty("path").GetString());
+    }
+
+    [Fact]
+    public async Task HttpsClient_CancelsRequest_UpstreamConnectionCut()
+    {
+        using var pki = new TestPki();
+        var ca = TestPki.CreateCa();
+        var (cert, key) = pki.Write(TestPki.Issue(ca, "example.test", ["example.test"]), "example", ca);
+        await using var upstream = new HoldingUpstream(TimeSpan.FromSeconds(8));
+        await using var proxy = await TestProxy.StartAsync(Yaml(upstream.Address).Replace(
+            "  - { name: public, address: 127.0.0.1:0 }",
+            $$"""  - { name: public, address: 127.0.0.1:0, tls: { certificates: [{ cert: "{{cert}}", key: "{{key}}" }] } }""",
+            StringComparison.Ordinal));
+        using var client = TlsClients.Create(proxy.Public.Port, ca);
+
+        using var cancel = new CancellationTokenSource();
+        var call = client.GetAsync($"https://example.test:{proxy.Public.Port}/work", cancel.Token);
+        await upstream.Received.WaitAsync(TestDefaults.Timeout);
+        var clock = Stopwatch.StartNew();
+        cancel.Cancel(); // HttpClient drops the connection: close_notify (unread by us) ahead of the FIN
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => call);
+        Assert.NotNull(await upstream.ClosedAfter.WaitAsync(TestDefaults.Timeout));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(4), $"the upstream connection was cut {clock.Elapsed} after the client left");
+    }
+
+    [Fact]
+    public async Task Http1Client_HalfClosesOnIgnoreClientAbortRoute_StillGetsItsAnswer()
+    {
+        await using var upstream = new HoldingUpstream(TimeSpan.FromSeconds(2.5));
+        await using var proxy = await TestProxy.StartAsync(Yaml(upstream.Address, route: ", ignore_client_abort: true"));
+
+        await using var client = await proxy.ConnectAsync();
+        await client.SendAsync(Wire.Get("/work"));
+        await upstream.Received.WaitAsync(TestDefaults.Timeout);
+        client.ShutdownSend(); // done sending, still reading: HAProxy's default keeps such a client
+
+        Assert.Null(await upstream.ClosedAfter.WaitAsync(TestDefaults.Timeout)); // held on for the whole 2.5 s
+        var response = await client.ReadResponseAsync();
+        Assert.Equal(200, response.Status);
+        Assert.Equal("late", response.BodyText);
+    }
+
+    [Fact]
+    public async Task Http1Client_ClosesWhileHttp2UpstreamWorks_UpstreamStreamReset()
+    {
+        await using var upstream = await H2Upstream.StartAsync();
+        await using var proxy = await TestProxy.StartAsync(Yaml($"http://127.0.0.1:{upstream.Port}", protocol: "h2c"));
+
+        var client = await proxy.ConnectAsync();
+        await client.SendAsync(Wire.Get("/hold"));
+        await WaitUntilAsync(() => Interlocked.Read(ref upstream.Counters.HoldStarted) == 1, "the upstream holds the request");
+        var clock = Stopwatch.StartNew();
+        client.Socket.LingerState = new LingerOption(true, 0);
+        await client.DisposeAsync(); // RST
+
+        await WaitUntilAsync(() => Interlocked.Read(ref upstream.Counters.HoldCancelled) == 1, "the upstream's request is cancelled");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(4), $"the upstream stream was reset {clock.Elapsed} after the client left");
+
+        // The shared upstream connection serves on.
+        await using var next = await proxy.ConnectAsync();
+        await next.SendAsync(Wire.Get("/info"));
+        Assert.Equal(200, (await next.ReadResponseAsync()).Status);
+    }
+
+    [Fact]
+    public async Task GrpcClient_CancelsCall_UpstreamCallCancelledAtOnce()
+    {
+        await using var upstream = await H2Upstream.StartAsync();
+        await using var proxy = await TestProxy.StartAsync(Yaml($"http://127.0.0.1:{upstream.Port}", protocol: "h2c"));
+        using var channel = GrpcChannel.ForAddress(proxy.PublicUri,
+            new GrpcChannelOptions { HttpHandler = new SocketsHttpHandler { EnableMultipleHttp2Connections = false } });
+        var client = new Greeter.GreeterClient(channel);
+
+        using var cancel = new CancellationTokenSource();
+        var call = client.SayHelloAsync(new HelloRequest { Name = "slow" }, cancellationToken: cancel.Token);
+        await WaitUntilAsync(() => Interlocked.Read(ref upstream.Counters.SlowCallsStarted) == 1, "the upstream runs the call");
+        var clock = Stopwatch.StartNew();
+        cancel.Cancel(); // the client sends RST_STREAM (CANCEL)
+
+        var error = await Assert.ThrowsAsync<RpcException>(async () => await call);
+        Assert.Equal(StatusCode.Cancelled, error.StatusCode);
+        await WaitUntilAsync(() => Interlocked.Read(ref upstream.Counters.SlowCallsCancelled) == 1, "the upstream's call is cancelled");
+        // At once, not at the end of the upstream's 5 s (on the old proxy the call ran on for nobody).
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"the upstream call was cancelled {clock.Elapsed} after the client's");
+
+        Assert.Equal("Hello again", (await client.SayHelloAsync(new HelloRequest { Name = "again" })).Message);
+    }
+
+    private static async Task<string[]> WaitForLinesAsync(string path)
+    {
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            string[] lines = File.Exists(path) ? File.ReadAllLines(path) : [];
+            if (lines.Length > 0 || clock.Elapsed > TestDefaults.Timeout)
+            {
+                Assert.NotEmpty(lines);
+                return lines;
+            }
+            await Task.Delay(20);
+        }
+    }
+}
