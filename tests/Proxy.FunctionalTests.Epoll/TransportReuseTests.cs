@@ -152,11 +152,18 @@ public sealed class TransportReuseTests
     /// <summary>
     /// Connects until the proxy runs the new connection on <paramref name="transport"/>: each engine thread keeps its
     /// own free list, so a connection accepted on another engine gets another transport (closed and tried again).
+    /// Tried for a while, not a number of times: while the suite's other tests keep one engine busy, the other one
+    /// accepts every connection (50 quick tries once all went to the wrong engine).
     /// </summary>
     private static async Task<(RawClient Client, Http1ServerConnection Connection)> ConnectOnTransportAsync(TestProxy proxy, ClientTransport transport)
     {
-        for (int attempt = 0; attempt < 50; attempt++)
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        for (int attempt = 0; clock.Elapsed < TestDefaults.Timeout; attempt++)
         {
+            if (attempt >= 20)
+            {
+                await Task.Delay(20);
+            }
             RawClient client = await RawClient.ConnectAsync(proxy.Public);
             Http1ServerConnection connection = await FindConnectionAsync(proxy, client.Socket);
             if (ReferenceEquals(connection.Transport, transport))
@@ -168,7 +175,7 @@ public sealed class TransportReuseTests
             await client.DisposeAsync();
             await WaitForNoClientConnectionsAsync(proxy);
         }
-        throw new InvalidOperationException("no connection was accepted on the recycled transport in 50 tries");
+        throw new InvalidOperationException($"no connection was accepted on the recycled transport in {TestDefaults.Timeout}");
     }
 
     /// <summary>Waits until the public listener has no connection left (the last one finished its close).</summary>
