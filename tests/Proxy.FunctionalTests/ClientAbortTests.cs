@@ -5,6 +5,7 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using Proxy.Core.Tests.Tls;
 using Proxy.FunctionalTests.Grpc;
+using Proxy.FunctionalTests.Http2;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.FunctionalTests.Tls;
 
@@ -22,7 +23,7 @@ public sealed class ClientAbortTests : IDisposable
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 
-    private static string Yaml(string destination, string protocol = "http1", string route = "", string top = "") => $$"""
+    private static string Yaml(string destination, string protocol = "http1", string route = "", string top = "", string cluster = "") => $$"""
         listeners:
           - { name: public, address: 127.0.0.1:0 }
         routes:
@@ -31,6 +32,7 @@ public sealed class ClientAbortTests : IDisposable
           backend:
             protocol: {{protocol}}
             destinations: [{ address: "{{destination}}" }]
+            {{cluster}}
         {{top}}
         """;
 
@@ -188,6 +190,42 @@ public sealed class ClientAbortTests : IDisposable
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"the upstream call was cancelled {clock.Elapsed} after the client's");
 
         Assert.Equal("Hello again", (await client.SayHelloAsync(new HelloRequest { Name = "again" })).Message);
+    }
+
+    [Fact]
+    public async Task Http2Client_ResetsStreamWhileWaitingForAnUpstreamConnection_NothingGoesUp()
+    {
+        await using var slow = FaultyUpstream.Start("slow");
+        slow.Delay = TimeSpan.FromSeconds(1.5);
+        await using var proxy = await TestProxy.StartAsync(Yaml(slow.Address, cluster: "max_connections: 1\n    connect_timeout: 5s"));
+
+        // The only upstream connection is busy for 1.5 s ...
+        var first = Task.Run(async () =>
+        {
+            await using var client = await proxy.ConnectAsync();
+            await client.SendAsync(Wire.Get("/first"));
+            return await client.ReadResponseAsync();
+        });
+        await WaitUntilAsync(() => slow.TrafficCount == 1, "the upstream has the first request");
+        // ... so the HTTP/2 client's request waits for it, and is reset meanwhile.
+        await using (var h2 = await Http2TestClient.ConnectAsync(proxy.Public))
+        {
+            await h2.SendHeadersAsync(1, endStream: true, Http2TestClient.Get("/second"));
+            await Task.Delay(300);
+            await h2.SendRstAsync(1);
+            await h2.FlushAsync();
+            await Task.Delay(100);
+        }
+        Assert.Equal(200, (await first).Status);
+        slow.Delay = TimeSpan.Zero;
+        await Task.Delay(500);
+
+        // On the previous proxy the reset request went up once the connection was free, for nobody.
+        Assert.Equal(1, slow.TrafficCount);
+        await using var third = await proxy.ConnectAsync();
+        await third.SendAsync(Wire.Get("/third"));
+        Assert.Equal(200, (await third.ReadResponseAsync()).Status);
+        Assert.Equal(2, slow.TrafficCount);
     }
 
     private static async Task<string[]> WaitForLinesAsync(string path)

@@ -314,6 +314,46 @@ public sealed class ResilienceTests
     }
 
     [Fact]
+    public async Task MaxConnections_RequestsAboveTheCap_WaitInLineAndGetTheReturnedConnection()
+    {
+        await using var slow = FaultyUpstream.Start("slow");
+        slow.Delay = TimeSpan.FromMilliseconds(150);
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(slow.Address), "    max_connections: 1"));
+
+        // Four clients at once on one allowed connection: each waits (within connect_timeout, 1 s) for the one before
+        // it to give the connection back. The pool used to wait only for a connection to close, so the three waiting
+        // were refused with 503 upstream_pool_exhausted while the connection sat idle.
+        var responses = await Task.WhenAll(Enumerable.Range(0, 4).Select(i => GetAsync(proxy, $"/r{i}")));
+
+        Assert.All(responses, r => Assert.Equal(200, r.Status));
+        Assert.Equal(1, slow.Recording.ConnectionCount);
+        Assert.Equal(4, slow.TrafficCount);
+    }
+
+    [Fact]
+    public async Task MaxConnections_WaitRunsOut_503ThenTheLineIsClearForTheNextRequest()
+    {
+        await using var slow = FaultyUpstream.Start("slow");
+        slow.Delay = TimeSpan.FromSeconds(1.6);
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(slow.Address), "    max_connections: 1"));
+
+        var first = GetAsync(proxy, "/first");
+        await slow.Recording.WaitForRequestAsync();
+        var clock = Stopwatch.StartNew();
+        var refused = await GetAsync(proxy, "/second"); // waits connect_timeout (1 s) in line, then gives up
+
+        ProxyAssert.ErrorAnswer(refused, 503);
+        Assert.Contains("upstream_pool_exhausted", refused.BodyText);
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(900), $"Refused after {clock.Elapsed.TotalMilliseconds} ms, before connect_timeout.");
+        Assert.Equal(200, (await first).Status);
+        // The request that gave up left the line: the returned connection waits idle for the next request.
+        slow.Delay = TimeSpan.Zero;
+        Assert.Equal(200, (await GetAsync(proxy, "/third")).Status);
+        Assert.Equal(1, slow.Recording.ConnectionCount);
+        Assert.Equal(2, slow.TrafficCount);
+    }
+
+    [Fact]
     public async Task CircuitBreaker_MaxConnectionsReached_RefusesNewConnectionWithOverloaded()
     {
         await using var slow = FaultyUpstream.Start("slow");

@@ -274,7 +274,7 @@ internal sealed partial class HttpForwarder
                                     }
                                     // No idle connection: the request waits for a connect (and maybe a max_connections slot).
                                     long waitStarted = Stopwatch.GetTimestamp();
-                                    var (connection, error) = await pool.ConnectAsync().ConfigureAwait(false);
+                                    var (connection, error) = await pool.ConnectAsync(takesReturned: true).ConfigureAwait(false);
                                     cluster.Metrics?.PoolWaited(Stopwatch.GetTimestamp() - waitStarted);
                                     breaker?.ExitPending();
                                     if (connection is null)
@@ -288,6 +288,17 @@ internal sealed partial class HttpForwarder
                                         break;
                                     }
                                     upstream = connection;
+                                    // The client may have left during the connect, when there was no connection for its
+                                    // abort to cut: then nothing goes up. The fence orders the store before the read, so
+                                    // an abort from now on finds the connection (AbortUpstream) or is seen here.
+                                    Interlocked.Exchange(ref _active, upstream);
+                                    if (ClientGone)
+                                    {
+                                        _active = null;
+                                        upstream.Destination.Pool!.Return(upstream); // unused: another request may have it
+                                        failure = ProxyError.ClientAborted;
+                                        break;
+                                    }
                                 }
                                 _active = upstream;
                                 bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;

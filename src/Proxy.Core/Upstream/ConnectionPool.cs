@@ -25,14 +25,21 @@ internal enum ConnectError : byte
 /// <summary>
 /// Keep-alive connections to one destination. Idle connections sit in a LIFO stack (the most recently used
 /// one is the warmest and least likely to have been closed by the peer); opening is capped by
-/// <c>max_connections</c>, with callers waiting up to <c>connect_timeout</c> for a slot. The lock guards only
-/// the stack; it is held for a push or a pop.
+/// <c>max_connections</c>. At the cap, callers queue (first come, first served) for up to <c>connect_timeout</c>:
+/// a connection that comes back from an exchange goes straight to the oldest caller that can take one, and a
+/// connection that closes hands its slot to the oldest caller, who opens a new one. (Waiting only for a slot, as the
+/// pool first did, left callers queued while connections sat idle: under a burst above the cap, requests were turned
+/// away with 503 <c>upstream_pool_exhausted</c> that a returning connection could have served.) One lock guards the
+/// stack, the free slots and the queue; it is held for a push, a pop or a hand-over.
 /// </summary>
 internal sealed class ConnectionPool
 {
     private readonly DestinationState _destination;
     private readonly Stack<UpstreamConnection> _idle = new();
-    private readonly SemaphoreSlim _slots;
+    /// <summary>Connections that may still be opened (max_connections minus the open and opening ones); under the idle lock.</summary>
+    private int _freeSlots;
+    /// <summary>Callers waiting at the cap, oldest first; under the idle lock.</summary>
+    private readonly LinkedList<PoolWaiter> _waiters = new();
     private readonly TimeSpan _connectTimeout;
     private readonly TimeSpan _idleTimeout;
     private readonly IPEndPoint? _endPoint;
@@ -48,7 +55,7 @@ internal sealed class ConnectionPool
     public ConnectionPool(DestinationState destination, ClusterModel cluster)
     {
         _destination = destination;
-        _slots = new SemaphoreSlim(cluster.MaxConnections, cluster.MaxConnections);
+        _freeSlots = cluster.MaxConnections;
         _connectTimeout = cluster.ConnectTimeout;
         _idleTimeout = cluster.IdleTimeout;
         _metrics = cluster.Metrics;
@@ -109,21 +116,62 @@ internal sealed class ConnectionPool
         }
     }
 
-    /// <summary>Opens a new connection within connect_timeout and the max_connections cap.</summary>
-    public async ValueTask<(UpstreamConnection? Connection, ConnectError Error)> ConnectAsync()
+    /// <summary>
+    /// Opens a new connection within connect_timeout and the max_connections cap. At the cap the caller waits in line;
+    /// with <paramref name="takesReturned"/> it may be handed a kept-alive connection that an exchange just gave back
+    /// (HTTP/1.1 requests) instead of a slot to open one (an HTTP/2 pool opening a connection of its own).
+    /// </summary>
+    public async ValueTask<(UpstreamConnection? Connection, ConnectError Error)> ConnectAsync(bool takesReturned = false)
     {
         long started = Environment.TickCount64;
-        if (!_slots.Wait(0))
+        PoolWaiter? waiter = null;
+        lock (_idle)
         {
-            if (!await _slots.WaitAsync(_connectTimeout).ConfigureAwait(false))
+            if (_freeSlots > 0)
             {
-                _metrics?.ConnectFailed(ConnectError.PoolExhausted);
-                return (null, ConnectError.PoolExhausted);
+                _freeSlots--;
             }
+            else
+            {
+                waiter = new PoolWaiter(takesReturned);
+                waiter.Node = _waiters.AddLast(waiter);
+            }
+        }
+        if (waiter is not null)
+        {
+            UpstreamConnection? handed;
+            try
+            {
+                handed = await waiter.Task.WaitAsync(_connectTimeout).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                bool queued;
+                lock (_idle)
+                {
+                    queued = waiter.Node!.List is not null;
+                    if (queued)
+                    {
+                        _waiters.Remove(waiter.Node);
+                    }
+                }
+                if (queued)
+                {
+                    _metrics?.ConnectFailed(ConnectError.PoolExhausted);
+                    return (null, ConnectError.PoolExhausted);
+                }
+                // Handed a connection or a slot just as the wait ran out: take it (it is being completed now).
+                handed = await waiter.Task.ConfigureAwait(false);
+            }
+            if (handed is not null)
+            {
+                return (handed, ConnectError.None);
+            }
+            // A slot: open a connection below.
         }
         if (_breaker is not null && !_breaker.TryOpenConnection())
         {
-            _slots.Release();
+            ReleaseSlot();
             return (null, ConnectError.Overloaded);
         }
         Interlocked.Increment(ref _open);
@@ -203,15 +251,55 @@ internal sealed class ConnectionPool
     {
         connection.RequestCount++;
         connection.IdleSince = Environment.TickCount64;
+        PoolWaiter? waiter = null;
         lock (_idle)
         {
             if (!_retired)
             {
-                _idle.Push(connection);
+                waiter = TakeWaiter(takesReturned: true);
+                if (waiter is null)
+                {
+                    _idle.Push(connection);
+                    return;
+                }
+            }
+        }
+        if (waiter is null)
+        {
+            connection.Dispose();
+            return;
+        }
+        waiter.SetResult(connection);
+    }
+
+    /// <summary>The oldest waiter (that takes a returned connection, when asked), out of the queue; null if none. Under the idle lock.</summary>
+    private PoolWaiter? TakeWaiter(bool takesReturned)
+    {
+        for (LinkedListNode<PoolWaiter>? node = _waiters.First; node is not null; node = node.Next)
+        {
+            if (!takesReturned || node.Value.TakesReturned)
+            {
+                _waiters.Remove(node);
+                return node.Value;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>A connection closed (or was never opened): its slot goes to the oldest waiter, or back to the free ones.</summary>
+    private void ReleaseSlot()
+    {
+        PoolWaiter? waiter;
+        lock (_idle)
+        {
+            waiter = TakeWaiter(takesReturned: false);
+            if (waiter is null)
+            {
+                _freeSlots++;
                 return;
             }
         }
-        connection.Dispose();
+        waiter.SetResult(null);
     }
 
     /// <summary>
@@ -232,7 +320,7 @@ internal sealed class ConnectionPool
     {
         _breaker?.ConnectionClosed();
         Interlocked.Decrement(ref _open);
-        _slots.Release();
+        ReleaseSlot();
     }
 
     /// <summary>Closes connections idle for longer than idle_timeout (heartbeat).</summary>
@@ -295,4 +383,15 @@ internal sealed class ConnectionPool
             ProxyLog.Write(LogLevel.Debug, "upstream_pool_closed", ("destination", _destination.Address), ("closed", all.Length));
         }
     }
+}
+
+/// <summary>
+/// A caller waiting at the max_connections cap: completed with a returned connection, or with null for a slot to open
+/// one. Continuations run asynchronously: the hand-over happens inside another exchange's return of its connection.
+/// </summary>
+internal sealed class PoolWaiter(bool takesReturned) : TaskCompletionSource<UpstreamConnection?>(TaskCreationOptions.RunContinuationsAsynchronously)
+{
+    public bool TakesReturned { get; } = takesReturned;
+    /// <summary>Its place in the pool's queue; detached (List null) once taken out.</summary>
+    public LinkedListNode<PoolWaiter>? Node { get; set; }
 }
