@@ -8,8 +8,8 @@
 # h2load with 25 connections of 10 streams), then wait IDLE seconds with no client connected. Prints the resident
 # set (VmRSS, summed over the target's processes) before, right after the last burst and after the idle wait, and
 # the peak (VmHWM). Up to 750 requests are in flight at once: Proxy's default max_connections (256 per upstream
-# destination) makes the excess wait for a pooled connection, and answers 503 to a request that waits too long;
-# nginx and HAProxy, configured without a cap, open more upstream connections instead.
+# destination) makes the excess wait in line for a connection an exchange gives back (503 only for a request that
+# waits past connect_timeout); nginx and HAProxy, configured without a cap, open more upstream connections instead.
 #
 #   bench/load/burst-memory.sh                        # proxy and nginx
 #   TARGETS="proxy nginx haproxy" ROUNDS=6 bench/load/burst-memory.sh

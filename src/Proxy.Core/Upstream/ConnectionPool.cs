@@ -116,12 +116,28 @@ internal sealed class ConnectionPool
         }
     }
 
+    /// <summary>The cluster's connect_timeout: also how long a request waits at the max_connections cap.</summary>
+    public TimeSpan ConnectTimeout => _connectTimeout;
+
+    /// <summary>A connection may be opened now (a hint: another caller may take the slot first).</summary>
+    public bool HasFreeSlot
+    {
+        get
+        {
+            lock (_idle)
+            {
+                return _freeSlots > 0;
+            }
+        }
+    }
+
     /// <summary>
     /// Opens a new connection within connect_timeout and the max_connections cap. At the cap the caller waits in line;
     /// with <paramref name="takesReturned"/> it may be handed a kept-alive connection that an exchange just gave back
-    /// (HTTP/1.1 requests) instead of a slot to open one (an HTTP/2 pool opening a connection of its own).
+    /// (HTTP/1.1 requests) instead of a slot to open one. Without <paramref name="wait"/> (the HTTP/2 pool, which also
+    /// waits for streams to end), PoolExhausted at once when no slot is free.
     /// </summary>
-    public async ValueTask<(UpstreamConnection? Connection, ConnectError Error)> ConnectAsync(bool takesReturned = false)
+    public async ValueTask<(UpstreamConnection? Connection, ConnectError Error)> ConnectAsync(bool takesReturned = false, bool wait = true)
     {
         long started = Environment.TickCount64;
         PoolWaiter? waiter = null;
@@ -130,6 +146,10 @@ internal sealed class ConnectionPool
             if (_freeSlots > 0)
             {
                 _freeSlots--;
+            }
+            else if (!wait)
+            {
+                return (null, ConnectError.PoolExhausted); // the HTTP/2 pool waits in its own way (for a stream or a slot)
             }
             else
             {
@@ -296,8 +316,12 @@ internal sealed class ConnectionPool
             if (waiter is null)
             {
                 _freeSlots++;
-                return;
             }
+        }
+        if (waiter is null)
+        {
+            Http2?.SlotFreed();
+            return;
         }
         waiter.SetResult(null);
     }

@@ -140,6 +140,46 @@ public sealed class Http2UpstreamTests : IDisposable
     }
 
     [Fact]
+    public async Task H2c_AtMaxConnectionsEveryStreamBusy_RequestsWaitForAStreamToEnd()
+    {
+        await using var upstream = await H2Upstream.StartAsync();
+        // One connection of two streams: six requests of 200 ms each at once go two at a time (about 600 ms in all, within
+        // connect_timeout), each waiting for a stream to end, none refused for want of a new connection.
+        await using var proxy = await StartProxyAsync("h2c", $"http://127.0.0.1:{upstream.Port}",
+            "max_connections: 1\nhttp2: { max_streams_per_connection: 2 }");
+        using var client = Clients.CreateHttpClient();
+
+        var answers = await Task.WhenAll(Enumerable.Range(0, 6).Select(_ => GetAsync(client, proxy, "/slow")));
+
+        Assert.All(answers, a => Assert.Equal(HttpStatusCode.OK, a.Status));
+        Assert.Single(answers.Select(a => a.Body).Distinct());
+    }
+
+    [Fact]
+    public async Task H2c_AtMaxConnectionsNoStreamEnds_WaitRunsOutWith503()
+    {
+        await using var upstream = await H2Upstream.StartAsync();
+        await using var proxy = await ClusterYaml.StartAsync(ClusterYaml.Address($"http://127.0.0.1:{upstream.Port}"), "h2c",
+            "connect_timeout: 1s\nmax_connections: 1\nhttp2: { max_streams_per_connection: 1 }");
+        await using var holder = await proxy.ConnectAsync();
+        await holder.SendAsync(Wire.Get("/hold")); // the only stream, for 8 s
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (Interlocked.Read(ref upstream.Counters.HoldStarted) == 0)
+        {
+            Assert.True(clock.Elapsed < TestDefaults.Timeout, "the upstream never got /hold");
+            await Task.Delay(20);
+        }
+        using var client = Clients.CreateHttpClient();
+
+        clock.Restart();
+        var (status, body) = await GetAsync(client, proxy, "/info");
+
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
+        Assert.Contains("upstream_pool_exhausted", body);
+        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(900), TimeSpan.FromSeconds(5));
+    }
+
+    [Fact]
     public async Task H2c_ResponseTrailers_ReachHttp11ClientAsChunkedTrailers()
     {
         await using var upstream = await H2Upstream.StartAsync();

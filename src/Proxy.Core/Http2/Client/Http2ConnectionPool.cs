@@ -18,7 +18,6 @@ internal sealed class Http2ConnectionPool
     private readonly ConnectionPool _pool;
     private readonly List<Http2ClientConnection> _connections = [];
     private readonly TimeSpan _idleTimeout;
-    private TaskCompletionSource? _connecting;
     private volatile bool _http1;
     private volatile bool _retired;
 
@@ -82,51 +81,108 @@ internal sealed class Http2ConnectionPool
         return result;
     }
 
+    /// <summary>
+    /// Every connection is full: one caller at a time opens a connection, if the destination's <c>max_connections</c>
+    /// has a slot free now; everyone else (and the opener, at the cap) waits for something to change (a stream ends, a
+    /// connection opens or closes, a slot frees) and looks again, until <c>connect_timeout</c> has passed since the
+    /// request began to wait. (Waiting at the cap for a slot alone, as the pool first did, left requests waiting while
+    /// streams ended on the open connections: with one connection of two streams, the third request hung.)
+    /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<(Http2ClientStream? Stream, ConnectError Error)> RentOrOpenAsync(ClusterBreaker? breaker)
     {
-        for (int round = 0; round < 16; round++)
+        long deadline = Environment.TickCount64 + (long)_pool.ConnectTimeout.TotalMilliseconds;
+        // Counted before the first look, so that a stream ending between that look and the wait signals (StreamReleased).
+        Interlocked.Increment(ref _waiting);
+        try
         {
-            TaskCompletionSource? pending;
-            TaskCompletionSource? mine = null;
-            lock (_connections)
+            while (true)
             {
-                foreach (Http2ClientConnection connection in _connections)
-                {
-                    if (connection.TryReserveStream() is { } stream)
-                    {
-                        return (stream, ConnectError.None);
-                    }
-                }
-                pending = _connecting;
-                if (pending is null)
-                {
-                    _connecting = mine = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                }
-            }
-            if (pending is not null)
-            {
-                await pending.Task.ConfigureAwait(false);
-                continue;
-            }
-            try
-            {
-                ConnectError error = await OpenAsync(breaker).ConfigureAwait(false);
-                if (error != ConnectError.None || _http1)
-                {
-                    return (null, error);
-                }
-            }
-            finally
-            {
+                Task changed;
+                bool opener = false;
                 lock (_connections)
                 {
-                    _connecting = null;
+                    foreach (Http2ClientConnection connection in _connections)
+                    {
+                        if (connection.TryReserveStream() is { } stream)
+                        {
+                            return (stream, ConnectError.None);
+                        }
+                    }
+                    if (!_opening && _pool.HasFreeSlot)
+                    {
+                        _opening = opener = true;
+                    }
+                    changed = (_changed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
                 }
-                mine!.SetResult();
+                if (opener)
+                {
+                    ConnectError error;
+                    try
+                    {
+                        error = await OpenAsync(breaker).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        lock (_connections)
+                        {
+                            _opening = false;
+                        }
+                        SignalChanged();
+                    }
+                    if (_http1 || (error != ConnectError.None && error != ConnectError.PoolExhausted))
+                    {
+                        return (null, error);
+                    }
+                    continue; // opened (the stream is reserved on the next look), or the slot went to someone else
+                }
+                long left = deadline - Environment.TickCount64;
+                if (left <= 0)
+                {
+                    _pool.Metrics?.ConnectFailed(ConnectError.PoolExhausted);
+                    return (null, ConnectError.PoolExhausted);
+                }
+                try
+                {
+                    await changed.WaitAsync(TimeSpan.FromMilliseconds(left)).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                }
             }
         }
-        return (null, ConnectError.PoolExhausted);
+        finally
+        {
+            Interlocked.Decrement(ref _waiting);
+        }
+    }
+
+    /// <summary>Set while one caller opens a connection (under the list's lock).</summary>
+    private bool _opening;
+    /// <summary>Completed (and replaced) when a waiting caller may find room: under the list's lock.</summary>
+    private TaskCompletionSource? _changed;
+    /// <summary>Callers in <see cref="RentOrOpenAsync"/>: a stream's end signals only when there are some.</summary>
+    private int _waiting;
+
+    /// <summary>Wakes the waiting callers to look again.</summary>
+    private void SignalChanged()
+    {
+        TaskCompletionSource? changed;
+        lock (_connections)
+        {
+            changed = _changed;
+            _changed = null;
+        }
+        changed?.TrySetResult();
+    }
+
+    /// <summary>The destination's pool freed a slot: a waiting caller may open a connection.</summary>
+    internal void SlotFreed()
+    {
+        if (Volatile.Read(ref _waiting) > 0)
+        {
+            SignalChanged();
+        }
     }
 
     private async ValueTask<ConnectError> OpenAsync(ClusterBreaker? breaker)
@@ -135,7 +191,7 @@ internal sealed class Http2ConnectionPool
         {
             return ConnectError.Overloaded;
         }
-        var (transport, error) = await _pool.ConnectAsync().ConfigureAwait(false);
+        var (transport, error) = await _pool.ConnectAsync(wait: false).ConfigureAwait(false);
         breaker?.ExitPending();
         if (transport is null)
         {
@@ -169,7 +225,18 @@ internal sealed class Http2ConnectionPool
 
     internal void StreamReserved() => Interlocked.Increment(ref _activeStreams);
 
-    internal void StreamReleased(Http2ClientConnection connection) => Interlocked.Decrement(ref _activeStreams);
+    /// <summary>
+    /// A stream ended (its connection's count is already down). The decrement is a full fence before the read of
+    /// <see cref="_waiting"/>, which a waiter raises before it looks: either it sees the room, or it is woken.
+    /// </summary>
+    internal void StreamReleased(Http2ClientConnection connection)
+    {
+        Interlocked.Decrement(ref _activeStreams);
+        if (Volatile.Read(ref _waiting) > 0)
+        {
+            SignalChanged();
+        }
+    }
 
     /// <summary>GOAWAY: no new streams on it; it closes by itself once its last stream ends.</summary>
     internal void ConnectionGoingAway(Http2ClientConnection connection)
@@ -186,6 +253,7 @@ internal sealed class Http2ConnectionPool
         {
             _connections.Remove(connection);
         }
+        SlotFreed();
     }
 
     /// <summary>Closes connections without streams for longer than idle_timeout (heartbeat).</summary>
