@@ -106,6 +106,33 @@ public sealed class ClientAbortTests : IDisposable
     }
 
     [Fact]
+    public async Task Http1Client_ClosesWhileTheResponseBodyStalls_UpstreamConnectionCut()
+    {
+        var closedAfter = new TaskCompletionSource<TimeSpan?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var upstream = RecordingUpstream.Start(async (connection, ct) =>
+        {
+            if (await connection.ReadRequestAsync(ct) is null)
+            {
+                return;
+            }
+            // Half a body, then nothing (a stream that has no news yet): only the client's close can end this.
+            await connection.WriteAsync("HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\n" + new string('a', 32), ct);
+            var clock = Stopwatch.StartNew();
+            closedAfter.TrySetResult(await connection.WaitForPeerCloseAsync(TimeSpan.FromSeconds(8)) ? clock.Elapsed : null);
+        });
+        await using var proxy = await TestProxy.StartAsync(Yaml(upstream.Address));
+
+        var client = await proxy.ConnectAsync();
+        await client.SendAsync(Wire.Get("/events"));
+        Assert.Equal(200, (await client.ReadResponseHeadAsync()).Status);
+        await client.DisposeAsync();
+
+        TimeSpan? after = await closedAfter.Task.WaitAsync(TestDefaults.Timeout);
+        Assert.NotNull(after); // before, the upstream connection stayed until its body resumed or stream_idle_timeout
+        Assert.True(after < TimeSpan.FromSeconds(4), $"the upstream connection was cut {after} after the stall began");
+    }
+
+    [Fact]
     public async Task HttpsClient_CancelsRequest_UpstreamConnectionCut()
     {
         using var pki = new TestPki();

@@ -791,9 +791,10 @@ internal sealed partial class HttpForwarder
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ResponseBodyFailed(PumpResult copied, ClusterModel cluster, DestinationState destination)
     {
-        // The head is already on its way: the only honest signal left is to cut the client connection.
+        // The head is already on its way: the only honest signal left is to cut the client connection. A client that
+        // left (the heartbeat cut the upstream read for it) is not the upstream's failure: no warning.
         _client.TakeFiredTimeout();
-        if (copied != PumpResult.DestinationFailed)
+        if (copied != PumpResult.DestinationFailed && !ClientGone)
         {
             ProxyLog.Warn("upstream_body_failed", ("cluster", cluster.Name), ("destination", destination.Address),
                 ("result", copied.ToString()), ("reason", _client.ResponsePump.Reject.DetailsCode()));
