@@ -1025,7 +1025,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     internal override void Heartbeat(long now)
     {
         base.Heartbeat(now);
-        if (Awaits(TimeoutKind.Upstream) && Volatile.Read(ref _aborted) == 0 && _route is { IgnoreClientAbort: false })
+        if (Awaits(TimeoutKind.Upstream) && !IsAborted && _route is { IgnoreClientAbort: false })
         {
             AbortIfClientGone();
         }
