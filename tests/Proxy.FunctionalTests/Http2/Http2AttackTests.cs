@@ -284,8 +284,98 @@ public sealed class Http2AttackTests
         }
         var goAway = await client.WaitForGoAwayAsync();
 
-        Assert.Equal(kind == "stream-id-goes-back" ? Http2ErrorCode.STREAM_CLOSED : Http2ErrorCode.PROTOCOL_ERROR, goAway.ErrorCode);
+        Assert.Equal(Http2ErrorCode.PROTOCOL_ERROR, goAway.ErrorCode);
         await AssertHealthyAsync(proxy);
+    }
+
+    /// <summary>RFC 9113 section 5.1, "closed": a frame after the client's END_STREAM is a connection error
+    /// STREAM_CLOSED, even once the stream has left the proxy's table.</summary>
+    [Theory]
+    [InlineData("data")]
+    [InlineData("headers")]
+    public async Task FrameOnStreamBothSidesEnded_GoAwayStreamClosed(string frame)
+    {
+        await using var proxy = await StartProxyAsync("max_concurrent_streams: 100");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+        await client.SendHeadersAsync(1, endStream: true, Http2TestClient.Get("/hello"));
+        Assert.Equal(200, (await client.ReadResponseAsync(1)).Status);
+
+        if (frame == "data")
+        {
+            await client.SendDataAsync(1, [1, 2, 3], endStream: false);
+        }
+        else
+        {
+            await client.SendHeadersAsync(1, endStream: true, ("x-trailer", "late"));
+        }
+        var goAway = await client.WaitForGoAwayAsync();
+
+        Assert.Equal(Http2ErrorCode.STREAM_CLOSED, goAway.ErrorCode);
+        Assert.Equal(1, goAway.GoAwayLastStreamId);
+        await AssertHealthyAsync(proxy);
+    }
+
+    /// <summary>RFC 9113 section 5.1, "closed": DATA after the client's own RST_STREAM is a stream error STREAM_CLOSED;
+    /// the connection and its other streams go on.</summary>
+    [Fact]
+    public async Task DataAfterClientReset_RstStreamClosed_ConnectionGoesOn()
+    {
+        // An upstream that takes the connection (the kernel's backlog) and never answers: the stream is still waiting
+        // on it when the client resets, so the reset is the client's alone.
+        var silent = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        silent.Start();
+        try
+        {
+            string yaml = Http2ServerTests.WithHttp2Limits(
+                new ProxyConfig { BackendPort = ((IPEndPoint)silent.LocalEndpoint).Port }, "max_concurrent_streams: 100");
+            await DataAfterClientResetAsync(yaml);
+        }
+        finally
+        {
+            silent.Stop();
+        }
+    }
+
+    private static async Task DataAfterClientResetAsync(string yaml)
+    {
+        await using var proxy = await TestProxy.StartAsync(yaml);
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+        await client.SendHeadersAsync(1, endStream: false, [.. Post("/upload"), ("content-length", "10")]);
+        await client.SendRstAsync(1, Http2ErrorCode.CANCEL);
+
+        await client.SendDataAsync(1, new byte[10], endStream: true);
+        var reset = await client.WaitForAsync(f => f.Type is Http2FrameType.RST_STREAM or Http2FrameType.GOAWAY);
+        await client.SendHeadersAsync(3, endStream: true, Http2TestClient.Get("/hello"));
+        var next = await client.ReadResponseAsync(3);
+
+        Assert.Equal(Http2FrameType.RST_STREAM, reset.Type);
+        Assert.Equal(1, reset.StreamId);
+        Assert.Equal(Http2ErrorCode.STREAM_CLOSED, reset.ErrorCode);
+        Assert.Equal(200, next.Status);
+    }
+
+    /// <summary>Frames the client sent before it saw the proxy's RST_STREAM are ignored (section 5.1): here the rest of
+    /// a body and its trailers after a 413 and RST_STREAM NO_ERROR. Before, the trailers closed the whole connection
+    /// with GOAWAY STREAM_CLOSED, taking the client's other streams with it.</summary>
+    [Fact]
+    public async Task BodyAndTrailersAfterProxyReset_Ignored_ConnectionGoesOn()
+    {
+        string yaml = Http2ServerTests.WithHttp2Limits(
+            new ProxyConfig { BackendPort = Ports.ClosedPort(), MaxBodyBytes = "1KiB" }, "max_concurrent_streams: 100");
+        await using var proxy = await TestProxy.StartAsync(yaml);
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+        await client.SendHeadersAsync(1, endStream: false, [.. Post("/hello"), ("content-length", "4096")]);
+        var tooLarge = await client.ReadResponseAsync(1);
+        await client.WaitForRstAsync(1);
+
+        await client.SendDataAsync(1, new byte[4096], endStream: false);
+        await client.SendHeadersAsync(1, endStream: true, ("x-checksum", "abc"));
+        await client.SendHeadersAsync(3, endStream: true, Http2TestClient.Get("/hello"));
+        var next = await client.ReadResponseAsync(3);
+
+        Assert.Equal(413, tooLarge.Status);
+        Assert.Equal(200, next.Status);
+        Assert.Equal("hello\n", next.BodyText);
     }
 
     [Fact]

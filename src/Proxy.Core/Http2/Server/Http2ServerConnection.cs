@@ -48,6 +48,8 @@ internal sealed class Http2ServerConnection : TimedConnection
     private readonly Lock _lock = new();
     private readonly Dictionary<int, Http2Stream> _streams = [];
     private readonly Stack<Http2Stream> _pool = new();
+    /// <summary>How the last streams to leave <see cref="_streams"/> ended (under <see cref="_lock"/>).</summary>
+    private readonly ClosedStreams _closed = new();
     /// <summary>Streams started by the current read pass, run when it ends (read loop only).</summary>
     private readonly List<Http2Stream> _started = [];
     private FlowControlWindow _sendWindow = new(FlowControlWindow.DefaultInitialSize);
@@ -290,12 +292,23 @@ internal sealed class Http2ServerConnection : TimedConnection
         }
         Http2Stream? stream = Find(header.StreamId);
         int padding = length - (int)data.Length;
-        if (stream is null || stream.RequestEnded)
+        if (stream is null || stream.RequestEnded || stream.ResetByPeer)
         {
             // A closed stream: its octets go straight back to the connection window.
             CreditConnection(length);
-            // Section 5.1: DATA after END_STREAM is STREAM_CLOSED; on a stream we already finished it is expected in flight.
-            return stream is null ? Http2FrameError.None : Http2FrameError.Stream(Http2ErrorCode.STREAM_CLOSED);
+            // Section 5.1: DATA after the client's END_STREAM is STREAM_CLOSED (a connection error once the stream has
+            // closed), after its RST_STREAM a stream error; after ours it was in flight and is ignored. A reset stream
+            // may still be winding down in the table.
+            if (stream is not null && !stream.ResetByPeer)
+            {
+                return Http2FrameError.Stream(Http2ErrorCode.STREAM_CLOSED); // half-closed (remote)
+            }
+            return ClosedStreamClosure(header.StreamId) switch
+            {
+                StreamClosure.Ended => Http2FrameError.Connection(Http2ErrorCode.STREAM_CLOSED),
+                StreamClosure.ResetByPeer => Http2FrameError.Stream(Http2ErrorCode.STREAM_CLOSED),
+                _ => Http2FrameError.None,
+            };
         }
         if (length > Volatile.Read(ref stream.ReceiveWindow))
         {
@@ -346,17 +359,30 @@ internal sealed class Http2ServerConnection : TimedConnection
         if (id <= _lastStreamId)
         {
             Http2Stream? stream = Find(id);
-            if (stream is null)
+            if (stream is null || stream.ResetByPeer)
             {
-                // Section 5.1.1: a closed stream, or a new stream id not above the last one.
-                return Http2FrameError.Connection(Http2ErrorCode.STREAM_CLOSED);
+                // Closed, or reset and winding down.
+                switch (ClosedStreamClosure(id))
+                {
+                    case StreamClosure.ResetByUs:
+                        // Trailers the client sent before it saw our RST_STREAM: decoded for HPACK's sake, then dropped.
+                        _headerKind = HeaderBlockKind.Discard;
+                        break;
+                    case StreamClosure.Unknown when stream is null:
+                        // Section 5.1.1: a new stream id not above the last one (or a stream closed too long ago to tell).
+                        return Http2FrameError.Connection(Http2ErrorCode.PROTOCOL_ERROR);
+                    default:
+                        return Http2FrameError.Connection(Http2ErrorCode.STREAM_CLOSED); // section 5.1, closed state
+                }
             }
-            // Trailers (section 8.1): must end the stream.
-            if (stream.RequestEnded)
+            else if (stream.RequestEnded)
             {
-                return Http2FrameError.Connection(Http2ErrorCode.STREAM_CLOSED);
+                return Http2FrameError.Connection(Http2ErrorCode.STREAM_CLOSED); // trailers must end the stream (section 8.1)
             }
-            _headerKind = HeaderBlockKind.Trailers;
+            else
+            {
+                _headerKind = HeaderBlockKind.Trailers;
+            }
             _head.Reset(trailers: true);
         }
         else
@@ -544,6 +570,10 @@ internal sealed class Http2ServerConnection : TimedConnection
             return Http2FrameError.None;
         }
         stream.Abort(byPeer: true);
+        lock (_lock)
+        {
+            _closed.Add(header.StreamId, StreamClosure.ResetByPeer);
+        }
         // Rapid reset (CVE-2023-44487): streams opened and cancelled at once cost us work and the client nothing.
         long now = Environment.TickCount64;
         if (now - _resetWindowStart >= (long)_limits.RapidResetWindow.TotalMilliseconds)
@@ -779,8 +809,18 @@ internal sealed class Http2ServerConnection : TimedConnection
         }
     }
 
+    /// <summary>Read loop: how a stream that is no longer in the table closed, if it closed recently.</summary>
+    private StreamClosure ClosedStreamClosure(int streamId)
+    {
+        lock (_lock)
+        {
+            return _closed.Find(streamId);
+        }
+    }
+
     private void WriteRstLocked(int streamId, Http2ErrorCode code)
     {
+        _closed.Add(streamId, StreamClosure.ResetByUs);
         if (!_framesClosed)
         {
             Http2FrameWriter.WriteRstStream(_frames.Writer, streamId, code);
@@ -1074,6 +1114,10 @@ internal sealed class Http2ServerConnection : TimedConnection
                 {
                     // Section 8.1: a complete response before the request ended; the client should stop sending.
                     WriteRstLocked(stream.Id, Http2ErrorCode.NO_ERROR);
+                }
+                else
+                {
+                    _closed.Add(stream.Id, StreamClosure.Ended);
                 }
             }
             CreditConnectionLocked(uncredited);
