@@ -116,4 +116,52 @@ public sealed class WebSocketTests
         Assert.Equal(200, response.Status);
         Assert.Equal("no upgrade for you", response.BodyText);
     }
+
+    /// <summary>
+    /// An upgrade to HTTP/2 is not passed on (h2c smuggling): an upstream that switched would leave a blind tunnel in
+    /// which the client's next requests skip routing and policies. The request goes as an ordinary one; an upstream
+    /// that answers 101 anyway gets a 502, and nothing after the head reaches it.
+    /// </summary>
+    [Theory]
+    [InlineData("h2c", false)]
+    [InlineData("h2c", true)]
+    [InlineData("websocket, H2C", true)]
+    [InlineData("HTTP/2.0", true)]
+    public async Task Upgrade_ToHttp2_NotForwarded(string protocols, bool upstreamSwitches)
+    {
+        await using var scenario = await ProxyScenario.StartAsync(upstreamSwitches
+            ? UpstreamBehaviors.SwitchingProtocolsEcho()
+            : UpstreamBehaviors.Fixed(Wire.Response(200, "plain")));
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/", "example.test",
+            "Connection: Upgrade, HTTP2-Settings",
+            "Upgrade: " + protocols,
+            "HTTP2-Settings: AAMAAABkAAQAAP__"));
+        var response = await client.ReadResponseAsync();
+        var forwarded = await scenario.Upstream.WaitForRequestAsync();
+
+        Assert.False(forwarded.HasHeader("upgrade"), forwarded.ToString());
+        Assert.False(forwarded.HasHeader("http2-settings"), forwarded.ToString());
+        Assert.False(forwarded.ConnectionHas("upgrade"), forwarded.ToString());
+        Assert.Equal(upstreamSwitches ? 502 : 200, response.Status);
+    }
+
+    /// <summary>RFC 9110 section 7.8: a server MUST ignore Upgrade in an HTTP/1.0 request (and section 15.2: it must not
+    /// send an HTTP/1.0 client a 1xx, which a 101 is).</summary>
+    [Fact]
+    public async Task Upgrade_Http10Request_IgnoredAndForwardedAsOrdinaryRequest()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.SwitchingProtocolsEcho());
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync("GET /ws HTTP/1.0\r\nHost: example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+        var response = await client.ReadResponseAsync();
+        var forwarded = await scenario.Upstream.WaitForRequestAsync();
+
+        Assert.False(forwarded.HasHeader("upgrade"), forwarded.ToString());
+        Assert.NotEqual(101, response.Status);
+        Assert.Equal(502, response.Status);
+    }
 }

@@ -15,6 +15,8 @@ internal struct FieldFacts
     public bool ExpectContinue;
     public ConnectionOptions Connection;
     public bool HasUpgradeField;
+    /// <summary>An Upgrade field offers HTTP/2 (<c>h2c</c>, <c>h2</c>, <c>HTTP/2</c>), which is never passed on.</summary>
+    public bool UpgradeOffersHttp2;
     /// <summary>A Connection token other than close/keep-alive/upgrade names a field to drop.</summary>
     public bool ConnectionNamesFields;
 
@@ -178,6 +180,7 @@ internal static class Http1Fields
                 return ParseConnection(value, ref facts);
             case KnownHeader.Upgrade:
                 facts.HasUpgradeField = true;
+                facts.UpgradeOffersHttp2 |= OffersHttp2(value);
                 return RejectReason.None;
             case KnownHeader.Expect when isRequest:
                 // RFC 9110 section 10.1.1: only 100-continue is defined; other expectations are ignored
@@ -267,6 +270,27 @@ internal static class Http1Fields
             }
         }
         return RejectReason.None;
+    }
+
+    /// <summary>
+    /// <code>Upgrade = #protocol; protocol = protocol-name ["/" protocol-version]</code> (RFC 9110 section 7.8): true when
+    /// one of them is HTTP/2, by its ALPN names or as HTTP/2. Case-insensitive, to catch every spelling an upstream
+    /// might accept.
+    /// </summary>
+    internal static bool OffersHttp2(ReadOnlySpan<byte> value)
+    {
+        int position = 0;
+        while (Http1Syntax.NextListElement(value, ref position, out ReadOnlySpan<byte> protocol))
+        {
+            int slash = protocol.IndexOf((byte)'/');
+            ReadOnlySpan<byte> name = slash < 0 ? protocol : protocol[..slash];
+            if (System.Text.Ascii.EqualsIgnoreCase(name, "h2c"u8) || System.Text.Ascii.EqualsIgnoreCase(name, "h2"u8)
+                || (System.Text.Ascii.EqualsIgnoreCase(name, "http"u8) && slash >= 0 && protocol[(slash + 1)..].StartsWith("2"u8)))
+            {
+                return true;
+            }
+        }
+        return false;
     }
 
     /// <summary>Connection = #connection-option (RFC 9110 section 7.6.1); options are tokens, case-insensitive.</summary>

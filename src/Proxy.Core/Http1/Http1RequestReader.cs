@@ -170,6 +170,14 @@ internal static class Http1RequestReader
         head.ExpectContinue = facts.ExpectContinue && head.Version == HttpVersion.Http11;
         head.Connection = facts.Connection;
         head.HasUpgradeField = facts.HasUpgradeField;
+        // RFC 9110 section 7.8: Upgrade in an HTTP/1.0 request MUST be ignored. An upgrade to HTTP/2 (h2c, deprecated by
+        // RFC 9113 section 3.1) is never passed on either: after the upstream's 101 the connection would be a blind
+        // tunnel, and every request the client sent through it would skip routing and policies ("h2c smuggling"; Envoy
+        // strips it too). Either way the request goes on as an ordinary one, without Upgrade, and a 101 is then a 502.
+        if (head.Version != HttpVersion.Http11 || facts.UpgradeOffersHttp2)
+        {
+            head.Connection &= ~ConnectionOptions.Upgrade;
+        }
         if (facts.ConnectionNamesFields)
         {
             Http1Fields.MarkConnectionOptions(buffer, head.Fields, head.FieldCount);
