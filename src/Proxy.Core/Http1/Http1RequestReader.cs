@@ -294,6 +294,29 @@ internal static class Http1RequestReader
             return RejectReason.InvalidRequestTarget;
         }
         SetTarget(head, targetStart, target.Length, pathLength);
+        return target.Slice(0, pathLength).Contains((byte)'%') ? NormalizePercentEncoding(head) : RejectReason.None;
+    }
+
+    /// <summary>
+    /// RFC 3986 section 6.2.2.2: a percent-encoded unreserved character ("%61" for 'a') is the character itself. The
+    /// path is decoded in place before routing sees it, and forwarded so: a route for "/admin" must match
+    /// "/%61dmin", which the upstream will read as "/admin" (nginx and Envoy's normalize_path decode them too).
+    /// Other escapes ("%2F", "%20") stay as sent. A '%' not followed by two hex digits is not a URI (section 2.1): 400.
+    /// </summary>
+    private static RejectReason NormalizePercentEncoding(RequestHead head)
+    {
+        Span<byte> target = head.Buffer.AsSpan(head.TargetStart, head.TargetLength);
+        int pathLength = Http1Syntax.DecodeUnreserved(target.Slice(0, head.PathLength));
+        if (pathLength < 0)
+        {
+            return RejectReason.InvalidRequestTarget;
+        }
+        if (pathLength < head.PathLength)
+        {
+            target.Slice(head.PathLength).CopyTo(target.Slice(pathLength));
+            head.TargetLength -= head.PathLength - pathLength;
+            head.PathLength = pathLength;
+        }
         return RejectReason.None;
     }
 

@@ -139,6 +139,53 @@ internal static class Http1Syntax
     }
 
     /// <summary>
+    /// Decodes, in place, every percent-encoded unreserved character (ALPHA, DIGIT, '-', '.', '_', '~'; RFC 3986
+    /// section 2.3) and leaves other escapes as they are. Returns the new length, or -1 when a '%' is not followed by
+    /// two hex digits.
+    /// </summary>
+    public static int DecodeUnreserved(Span<byte> path)
+    {
+        int read = path.IndexOf((byte)'%');
+        if (read < 0)
+        {
+            return path.Length;
+        }
+        int write = read;
+        while (read < path.Length)
+        {
+            byte b = path[read];
+            if (b != (byte)'%')
+            {
+                path[write++] = b;
+                read++;
+                continue;
+            }
+            int high, low;
+            if (read + 2 >= path.Length || (high = HexValue(path[read + 1])) < 0 || (low = HexValue(path[read + 2])) < 0)
+            {
+                return -1;
+            }
+            byte decoded = (byte)((high << 4) | low);
+            if (IsUnreserved(decoded))
+            {
+                path[write++] = decoded;
+            }
+            else
+            {
+                path[write] = b;
+                path[write + 1] = path[read + 1];
+                path[write + 2] = path[read + 2];
+                write += 3;
+            }
+            read += 3;
+        }
+        return write;
+    }
+
+    private static bool IsUnreserved(byte b) =>
+        char.IsAsciiLetterOrDigit((char)b) || b is (byte)'-' or (byte)'.' or (byte)'_' or (byte)'~';
+
+    /// <summary>
     /// True when an absolute path holds a dot segment ("." or "..", also percent-encoded as "%2e",
     /// RFC 3986 sections 2.3 and 6.2.2.2 make them equivalent). A gateway that routes "/api/../admin"
     /// by prefix while the upstream normalises it to "/admin" would bypass route-level policy, so such

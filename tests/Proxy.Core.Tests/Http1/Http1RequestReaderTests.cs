@@ -498,6 +498,12 @@ public class Http1RequestReaderTests
     [InlineData("GET /api/%2e%2E/admin HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
     [InlineData("GET /api/.%2e/admin HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
     [InlineData("GET http://a/x/../y HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
+    // percent-encoding that is not '%' HEXDIG HEXDIG (RFC 3986 section 2.1)
+    [InlineData("GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
+    [InlineData("GET /a% HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
+    [InlineData("GET /a%4 HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
+    [InlineData("GET /a%4?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
+    [InlineData("GET /%g1/x HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
     // absolute-form and Host must agree
     [InlineData("GET http://a.com/ HTTP/1.1\r\nHost: b.com\r\n\r\n", RejectReason.InvalidHost)]
     [InlineData("GET http://a.com:81/ HTTP/1.1\r\nHost: a.com\r\n\r\n", RejectReason.InvalidHost)]
@@ -510,6 +516,27 @@ public class Http1RequestReaderTests
         Assert.Equal(expected, reason);
         Assert.Equal(HeadStatus.Rejected, status);
         Assert.Equal(0, consumed);
+    }
+
+    /// <summary>RFC 3986 section 6.2.2.2: escapes of unreserved characters are decoded in place (routing and the
+    /// upstream see the same path); other escapes and the query stay as sent.</summary>
+    [Theory]
+    [InlineData("/%61dmin/x", "/admin/x", "/admin/x")]
+    [InlineData("/%41%5A%30%39%2D%2E%5F%7E", "/AZ09-._~", "/AZ09-._~")]
+    [InlineData("/a%2Fb%20c%2fd", "/a%2Fb%20c%2fd", "/a%2Fb%20c%2fd")]
+    [InlineData("/%61pi?q=%61&r=%zz", "/api", "/api?q=%61&r=%zz")]
+    [InlineData("/users/%7ejoe?x", "/users/~joe", "/users/~joe?x")]
+    [InlineData("/plain?%61", "/plain", "/plain?%61")]
+    [InlineData("http://a.com/%61b?c", "/ab", "/ab?c")]
+    public void TryRead_PercentEncodedUnreserved_DecodedInPath(string target, string path, string forwardedTarget)
+    {
+        var (status, reason, _, head) = Read($"GET {target} HTTP/1.1\r\nHost: a.com\r\nX-Next: 1\r\n\r\n");
+
+        Assert.Equal(RejectReason.None, reason);
+        Assert.Equal(HeadStatus.Complete, status);
+        Assert.Equal(path, System.Text.Encoding.ASCII.GetString(head.Path));
+        Assert.Equal(forwardedTarget, System.Text.Encoding.ASCII.GetString(head.Target));
+        Assert.True(head.TryGetHeader("x-next"u8, out ReadOnlySpan<byte> next) && next.SequenceEqual("1"u8));
     }
 
     [Theory]
