@@ -58,6 +58,9 @@ internal sealed class BodyPump
     /// </summary>
     public bool KeepTrailers { get; set; }
 
+    /// <summary>Request bodies: trailer fields not relayed besides <see cref="TrailerFilter"/>'s (see <see cref="ITrailerFieldFilter"/>).</summary>
+    public ITrailerFieldFilter? TrailerFieldFilter { get; set; }
+
     /// <summary>The last chunked body's trailer section (see <see cref="ChunkedDecoder.TrailerSection"/>); empty when none or released.</summary>
     public ReadOnlySpan<byte> TrailerSection => _decoder.TrailerSection;
 
@@ -422,7 +425,7 @@ internal sealed class BodyPump
             return;
         }
         destination.Write("0\r\n"u8);
-        TrailerFields.WriteHttp1(destination, _decoder.TrailerSection);
+        TrailerFields.WriteHttp1(destination, _decoder.TrailerSection, TrailerFieldFilter);
         destination.Write("\r\n"u8);
     }
 

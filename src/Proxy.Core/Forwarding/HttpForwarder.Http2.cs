@@ -464,7 +464,7 @@ internal sealed partial class HttpForwarder
     {
         if (fromReplay)
         {
-            return await SendReplayAsync(stream, replay!).ConfigureAwait(false);
+            return await SendReplayAsync(stream, replay!, _client).ConfigureAwait(false);
         }
         RequestHead head = _client.Head;
         PipeReader source = _client.Input;
@@ -554,7 +554,7 @@ internal sealed partial class HttpForwarder
                         if (_http2Chunked.HasTrailers)
                         {
                             replay?.SetTrailers(_http2Chunked.TrailerSection);
-                            KeepRequestTrailers(stream, _http2Chunked.TrailerSection);
+                            KeepRequestTrailers(stream, _http2Chunked.TrailerSection, _client);
                             _http2Chunked.ReleaseTrailers();
                         }
                         if (!await EndRequestAsync(stream).ConfigureAwait(false))
@@ -585,14 +585,21 @@ internal sealed partial class HttpForwarder
     }
 
     /// <summary>Copies a trailer section into the stream's reusable buffer, so it outlives the decoder's pooled one.</summary>
-    private static void KeepRequestTrailers(Http2ClientStream stream, ReadOnlySpan<byte> section)
+    /// <summary>Copies the trailer lines that go upstream (<paramref name="owned"/>: the connection's request filter).</summary>
+    private static void KeepRequestTrailers(Http2ClientStream stream, ReadOnlySpan<byte> section, ITrailerFieldFilter owned)
     {
         if (stream.RequestTrailers.Length < section.Length)
         {
             stream.RequestTrailers = new byte[Math.Max(section.Length, 256)];
         }
-        section.CopyTo(stream.RequestTrailers);
-        stream.RequestTrailersLength = section.Length;
+        int length = 0;
+        var fields = new TrailerFields(section, owned);
+        while (fields.MoveNext(out _, out _, out ReadOnlySpan<byte> line))
+        {
+            line.CopyTo(stream.RequestTrailers.AsSpan(length));
+            length += line.Length;
+        }
+        stream.RequestTrailersLength = length;
     }
 
     /// <summary>Ends the request: trailing HEADERS when trailers were kept, else an empty DATA frame with END_STREAM.</summary>
@@ -607,7 +614,7 @@ internal sealed partial class HttpForwarder
 
     /// <summary>A retry: the client's body went to an earlier try; send the kept copy (and its trailers) instead.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private static async ValueTask<PumpResult> SendReplayAsync(Http2ClientStream stream, RequestReplayBuffer replay)
+    private static async ValueTask<PumpResult> SendReplayAsync(Http2ClientStream stream, RequestReplayBuffer replay, ITrailerFieldFilter owned)
     {
         for (int i = 0; i < replay.SegmentCount; i++)
         {
@@ -618,7 +625,7 @@ internal sealed partial class HttpForwarder
         }
         if (!replay.TrailerSection.IsEmpty)
         {
-            KeepRequestTrailers(stream, replay.TrailerSection);
+            KeepRequestTrailers(stream, replay.TrailerSection, owned);
         }
         return await EndRequestAsync(stream).ConfigureAwait(false) ? PumpResult.Completed : PumpResult.DestinationFailed;
     }

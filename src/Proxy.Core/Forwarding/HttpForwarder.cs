@@ -309,7 +309,7 @@ internal sealed partial class HttpForwarder
                                 if (bodySent)
                                 {
                                     // A retry, or a body the request-body phase buffered: send the kept copy in the client's framing.
-                                    replay!.WriteHttp1(upstream.Output, head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength);
+                                    replay!.WriteHttp1(upstream.Output, head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength, _client);
                                     if (!await FlushUpstreamAsync(upstream).ConfigureAwait(false))
                                     {
                                         ReleaseUpstream();

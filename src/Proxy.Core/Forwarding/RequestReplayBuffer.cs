@@ -185,7 +185,7 @@ internal sealed class RequestReplayBuffer
     /// and the empty line for chunked (RFC 9112 section 7.1). Chunk boundaries carry no meaning, so one chunk serves.
     /// Does not flush.
     /// </summary>
-    public void WriteHttp1(PipeWriter output, BodyFraming framing)
+    public void WriteHttp1(PipeWriter output, BodyFraming framing, ITrailerFieldFilter? owned = null)
     {
         if (framing != BodyFraming.Chunked)
         {
@@ -204,7 +204,7 @@ internal sealed class RequestReplayBuffer
             return;
         }
         output.Write("0\r\n"u8);
-        TrailerFields.WriteHttp1(output, TrailerSection);
+        TrailerFields.WriteHttp1(output, TrailerSection, owned);
         output.Write("\r\n"u8);
     }
 

@@ -22,7 +22,7 @@ namespace Proxy.Http1;
 /// each request to a direct answer, the echo handler or the forwarder. Requests on a connection are handled
 /// one at a time (pipelined requests wait in the receive buffer), so per-request state lives here unlocked.
 /// </summary>
-internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPumpTimer
+internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPumpTimer, ITrailerFieldFilter
 {
     private readonly ProxyRuntime _runtime;
     private readonly ClientTransport _transport;
@@ -131,7 +131,24 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     public BodyPump RequestPump => State.RequestPump;
     public BodyPump ResponsePump => State.ResponsePump;
 
-    private ExchangeState State => _state ??= _runtime.ExchangeStates.Get();
+    private ExchangeState State => _state ?? AttachState();
+
+    private ExchangeState AttachState()
+    {
+        ExchangeState state = _runtime.ExchangeStates.Get();
+        state.RequestPump.TrailerFieldFilter = this;
+        return _state = state;
+    }
+
+    /// <summary>
+    /// A request trailer field named like one the proxy owns in the head: X-Forwarded-*, X-Request-Id, trace context,
+    /// the client certificate header, and whatever the route's filters set or remove. The head's copy of such a field
+    /// is replaced or dropped; a trailer must not bring it back to an upstream that merges trailers into headers.
+    /// </summary>
+    bool ITrailerFieldFilter.Drops(ReadOnlySpan<byte> name)
+        => ProxyOwnedFields.Contains(name)
+            || (FilterContext is { } edits && edits.IsRemovedUpstream(name))
+            || (Listener.Tls?.ForwardHeader is { } certificateHeader && name.EqualsIgnoreCaseAscii(certificateHeader));
 
     private void ReleaseState()
     {
@@ -143,6 +160,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             // decoder. Only a parked forwarder's state goes back; the rare other one is left to the collector.
             if (_forwarder.IsParked)
             {
+                state.RequestPump.TrailerFieldFilter = null;
                 _runtime.ExchangeStates.Return(state);
             }
         }

@@ -17,9 +17,15 @@ namespace Proxy.Http1;
 internal ref struct TrailerFields
 {
     private ReadOnlySpan<byte> _rest;
+    private readonly ITrailerFieldFilter? _owned;
 
     /// <param name="section">Validated field lines, each ending in CRLF, without the final empty line.</param>
-    public TrailerFields(ReadOnlySpan<byte> section) => _rest = section;
+    /// <param name="owned">For a request's trailers: the names the proxy owns in its head, skipped too.</param>
+    public TrailerFields(ReadOnlySpan<byte> section, ITrailerFieldFilter? owned = null)
+    {
+        _rest = section;
+        _owned = owned;
+    }
 
     /// <summary>
     /// The next forwardable field: its name (as sent), its value (OWS trimmed), and its whole line with CRLF (to copy
@@ -40,7 +46,7 @@ internal ref struct TrailerFields
                 continue;
             }
             name = content[..colon];
-            if (TrailerFilter.IsForbidden(name))
+            if (TrailerFilter.IsForbidden(name) || (_owned is not null && _owned.Drops(name)))
             {
                 continue;
             }
@@ -52,9 +58,9 @@ internal ref struct TrailerFields
     }
 
     /// <summary>Writes the kept lines as an HTTP/1.1 trailer section's field lines (no final CRLF).</summary>
-    public static void WriteHttp1(IBufferWriter<byte> output, ReadOnlySpan<byte> section)
+    public static void WriteHttp1(IBufferWriter<byte> output, ReadOnlySpan<byte> section, ITrailerFieldFilter? owned = null)
     {
-        var fields = new TrailerFields(section);
+        var fields = new TrailerFields(section, owned);
         while (fields.MoveNext(out _, out _, out ReadOnlySpan<byte> line))
         {
             output.Write(line);
@@ -77,5 +83,26 @@ internal static class TrailerFilter
         // Request modifiers about the hop (TE) and the announcement of trailers (Trailer): head-only by definition.
         KnownHeader.TE or KnownHeader.Trailer => true,
         _ => false,
+    };
+}
+
+/// <summary>
+/// Request trailer fields the proxy drops besides <see cref="TrailerFilter"/>'s: those whose names it owns in the
+/// request head (set, replaced or removed there), so that a client cannot slip them past it as trailers.
+/// </summary>
+internal interface ITrailerFieldFilter
+{
+    bool Drops(ReadOnlySpan<byte> name);
+}
+
+/// <summary>The names every request's head owns, whatever the route: X-Forwarded-*, Forwarded, X-Request-Id and the
+/// trace context fields. A route's own (filters' edits, the client certificate header) come on top.</summary>
+internal static class ProxyOwnedFields
+{
+    public static bool Contains(ReadOnlySpan<byte> name) => KnownHeaders.Resolve(name) switch
+    {
+        KnownHeader.XForwardedFor or KnownHeader.XForwardedProto or KnownHeader.XForwardedHost => true,
+        _ => name.EqualsIgnoreCaseAscii("forwarded"u8) || name.EqualsIgnoreCaseAscii(RequestId.FieldName)
+            || Diagnostics.Tracing.TraceContext.IsTraceField(name),
     };
 }

@@ -98,7 +98,7 @@ internal sealed class H2Upstream : IAsyncDisposable
         {
             // The client's trailers, as the upstream received them (RFC 9113 section 8.1 trailing HEADERS).
             string body = await new StreamReader(c.Request.Body).ReadToEndAsync();
-            return $"{body}|{c.Request.GetTrailer("x-client-sum")}";
+            return $"{body}|{c.Request.GetTrailer("x-client-sum")}|{c.Request.GetTrailer("x-forwarded-for")}|end";
         });
         app.MapGet("/stream/{n:int}", async (HttpContext c, int n) =>
         {

@@ -63,7 +63,8 @@ public sealed class Http2TrailerTests
         await client.SendHeadersAsync(1, endStream: false,
             [.. Http2TestClient.Get("/pkg.Svc/Upload", method: "POST"), ("content-type", "application/grpc"), ("te", "trailers")]);
         await client.SendDataAsync(1, "hello"u8, endStream: false);
-        await client.SendHeadersAsync(1, endStream: true, ("x-checksum", "abc"), ("host", "evil.test"), ("grpc-status", "0"));
+        await client.SendHeadersAsync(1, endStream: true, ("x-checksum", "abc"), ("host", "evil.test"), ("x-request-id", "forged"),
+            ("grpc-status", "0"));
         var response = await client.ReadResponseAsync(1);
 
         Assert.Equal(200, response.Status);

@@ -27,6 +27,49 @@ public sealed class TrailerForwardingTests
         Assert.Equal(200, (await client.ReadResponseAsync()).Status);
     }
 
+    /// <summary>
+    /// A field the proxy owns in the request head (set, replaced or removed there) cannot come back as a trailer: an
+    /// upstream that merges trailers into headers would otherwise see the client's X-Forwarded-For, request id, trace
+    /// context, or a field the route's policy removes or sets.
+    /// </summary>
+    [Fact]
+    public async Task RequestTrailers_FieldsTheProxyOwnsInTheHead_NotForwarded()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await TestProxy.StartAsync($$"""
+            policies:
+              up: { request_headers: { set: { x-env: prod }, remove: [x-internal-user] } }
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: api, match: { path: "/api/{**rest}" }, cluster: backend, policies: [up] }
+              - { id: open, match: { path: "/open/{**rest}" }, cluster: backend }
+            clusters:
+              backend:
+                destinations: ["{{upstream.Address}}"]
+
+            """);
+        await using var client = await proxy.ConnectAsync();
+        const string Trailers = "X-Checksum: abc\r\nX-Internal-User: admin\r\nX-ENV: dev\r\nX-Forwarded-For: 10.0.0.1\r\n"
+            + "x-forwarded-proto: https\r\nX-Request-Id: forged\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+            + "Forwarded: for=10.0.0.1\r\nX-Other: 1\r\n";
+
+        await client.SendAsync("POST /api/upload HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + "5\r\nhello\r\n0\r\n" + Trailers + "\r\n");
+        Assert.Equal(200, (await client.ReadResponseAsync()).Status);
+        await upstream.WaitForRequestAsync();
+        string withPolicy = upstream.ReceivedText;
+        await client.SendAsync("POST /open/upload HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + "5\r\nhello\r\n0\r\n" + Trailers + "\r\n");
+        Assert.Equal(200, (await client.ReadResponseAsync()).Status);
+        await upstream.WaitForRequestAsync(2);
+
+        Assert.EndsWith("5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n", withPolicy, StringComparison.Ordinal);
+        // Without the route's policy only the proxy's own fields go.
+        Assert.EndsWith("5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Internal-User: admin\r\nX-ENV: dev\r\nX-Other: 1\r\n\r\n",
+            upstream.ReceivedText, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task ResponseTrailers_ChunkedToClient_ExactBytesWithoutForbiddenFields()
     {
