@@ -127,6 +127,24 @@ public sealed class ReloadTests : IDisposable
         Assert.NotEqual(version, server.ConfigVersion);
     }
 
+    /// <summary>A file nested a hundred thousand levels deep overflowed the stack of the running proxy on reload.</summary>
+    [Fact]
+    public async Task Reload_NestedTooDeep_KeepsOldRoutesAndTheProcess()
+    {
+        const string admin = "admin: { address: 127.0.0.1:0 }";
+        await using var server = await StartFromFileAsync(Config(HelloRoute, admin: admin));
+        var endPoint = server.GetEndPoint("public");
+        var adminEndPoint = server.GetEndPoint("admin");
+
+        await File.WriteAllTextAsync(PathOf("proxy.yaml"), "listeners:\n  " + string.Concat(Enumerable.Repeat("- ", 100_000)) + "x\n");
+        using var client = new HttpClient { Timeout = TestDefaults.Timeout };
+        using var reload = await client.PostAsync($"http://127.0.0.1:{adminEndPoint.Port}/reload", null);
+
+        Assert.Equal(422, (int)reload.StatusCode);
+        Assert.Contains("nested deeper than 64 levels", await reload.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        Assert.Equal((200, "hello\n"), await GetAsync(endPoint, "/hello"));
+    }
+
     [Fact]
     public async Task Reload_YamlServer_ReloadFromFileThrowsAndTextOverloadWorks()
     {

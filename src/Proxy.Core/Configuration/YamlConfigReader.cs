@@ -1025,8 +1025,16 @@ internal sealed partial class YamlConfigReader
     }
 
     /// <summary>Remembers where the last event started, for errors YamlDotNet raises without a position.</summary>
+    /// <summary>
+    /// Remembers the last event's position, and stops a document nested deeper than <see cref="MaxDepth"/>: the
+    /// representation model is built recursively, so a file of a few hundred KB of "- - - ..." or "[[[..." overflowed
+    /// the stack and ended the process, which on a hot reload was the running proxy. No config needs a tenth of it.
+    /// </summary>
     private sealed class TrackingParser(IParser inner) : IParser
     {
+        public const int MaxDepth = 64;
+        private int _depth;
+
         public Mark LastMark { get; private set; } = Mark.Start;
 
         public ParsingEvent? Current => inner.Current;
@@ -1034,9 +1042,21 @@ internal sealed partial class YamlConfigReader
         public bool MoveNext()
         {
             bool moved = inner.MoveNext();
-            if (inner.Current is { } e)
+            if (inner.Current is not { } e)
             {
-                LastMark = Mark.From(e.Start);
+                return moved;
+            }
+            LastMark = Mark.From(e.Start);
+            if (e is MappingStart or SequenceStart)
+            {
+                if (++_depth > MaxDepth)
+                {
+                    throw new YamlException(e.Start, e.End, $"collections nested deeper than {MaxDepth} levels");
+                }
+            }
+            else if (e is MappingEnd or SequenceEnd)
+            {
+                _depth--;
             }
             return moved;
         }

@@ -47,6 +47,37 @@ public class ConfigValidationTests
         Assert.Contains("invalid YAML", errors[0]);
     }
 
+    /// <summary>
+    /// A few hundred KB of nesting overflowed the stack while the YAML tree was built: `proxy validate` died with
+    /// SIGSEGV and a hot reload ended the running proxy. Now the parse stops at 64 levels with a position.
+    /// </summary>
+    [Theory]
+    [InlineData("block")]
+    [InlineData("flow")]
+    public void Load_NestedTooDeep_ReportsTheLimitInsteadOfOverflowingTheStack(string style)
+    {
+        string yaml = style == "block"
+            ? "listeners:\n  " + string.Concat(Enumerable.Repeat("- ", 100_000)) + "x\n"
+            : "listeners: " + new string('[', 100_000) + new string(']', 100_000) + "\n";
+
+        string[] errors = ConfigLoader.LoadText(yaml, "t.yaml").Errors.Select(e => e.ToString()).ToArray();
+
+        string error = Assert.Single(errors);
+        Assert.Matches(@"^t\.yaml:\d+:\d+: invalid YAML: collections nested deeper than 64 levels$", error);
+    }
+
+    [Fact]
+    public void Load_NestedAtTheLimit_ParsedAndCheckedAsUsual()
+    {
+        // 64 collections: the root map, the listeners list and 62 lists inside it.
+        string yaml = "listeners: " + new string('[', 63) + new string(']', 63) + "\n";
+
+        string[] errors = ConfigLoader.LoadText(yaml, "t.yaml").Errors.Select(e => e.ToString()).ToArray();
+
+        Assert.NotEmpty(errors);
+        Assert.DoesNotContain(errors, e => e.Contains("nested deeper", StringComparison.Ordinal));
+    }
+
     [Fact]
     public void Load_EmptyFile_RequiresListener()
     {
