@@ -25,6 +25,7 @@ public sealed class RequestValidationTests
         ["cl_hex"] = "POST / HTTP/1.1\r\nHost: example.test\r\nContent-Length: 0x5\r\n\r\nhello",
         ["cl_letters"] = "POST / HTTP/1.1\r\nHost: example.test\r\nContent-Length: abc\r\n\r\n",
         ["cl_empty"] = "POST / HTTP/1.1\r\nHost: example.test\r\nContent-Length: \r\n\r\n",
+        ["two_authorization"] = "GET / HTTP/1.1\r\nHost: example.test\r\nAuthorization: Bearer checked\r\nAuthorization: Bearer forged\r\n\r\n",
         ["obs_fold"] = "GET / HTTP/1.1\r\nHost: example.test\r\nX-Folded: a\r\n b\r\n\r\n",
         ["obs_fold_tab"] = "GET / HTTP/1.1\r\nHost: example.test\r\nX-Folded: a\r\n\tb\r\n\r\n",
         ["space_before_colon"] = "GET / HTTP/1.1\r\nHost: example.test\r\nX-Space : b\r\n\r\n",

@@ -23,6 +23,7 @@ internal enum KnownHeader : byte
     ContentType,
     Date,
     Server,
+    Authorization,
 }
 
 /// <summary>One header field as offsets into the owning head's buffer; nothing is copied out.</summary>
@@ -62,6 +63,7 @@ internal static class KnownHeaders
             7 => first == (byte)'t' ? Match(name, "trailer"u8, KnownHeader.Trailer) : Match(name, "upgrade"u8, KnownHeader.Upgrade),
             10 => first == (byte)'c' ? Match(name, "connection"u8, KnownHeader.Connection) : Match(name, "keep-alive"u8, KnownHeader.KeepAlive),
             12 => Match(name, "content-type"u8, KnownHeader.ContentType),
+            13 => Match(name, "authorization"u8, KnownHeader.Authorization),
             14 => Match(name, "content-length"u8, KnownHeader.ContentLength),
             15 => Match(name, "x-forwarded-for"u8, KnownHeader.XForwardedFor),
             16 => first == (byte)'p' ? Match(name, "proxy-connection"u8, KnownHeader.ProxyConnection) : Match(name, "x-forwarded-host"u8, KnownHeader.XForwardedHost),

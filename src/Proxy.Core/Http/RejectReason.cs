@@ -44,6 +44,10 @@ public enum RejectReason : byte
     // upstream response problems (the proxy answers 502)
     InvalidStatusLine,
     InvalidResponse,
+
+    // 400 and close (added after the groups above, which keep their values)
+    /// <summary>More than one Authorization field (RFC 9110 section 11.6.2 defines one credential).</summary>
+    MultipleAuthorization,
 }
 
 public static class RejectReasonExtensions
@@ -96,6 +100,7 @@ public static class RejectReasonExtensions
         RejectReason.BodyTimeout => "body_timeout",
         RejectReason.InvalidStatusLine => "upstream_invalid_status_line",
         RejectReason.InvalidResponse => "upstream_invalid_response",
+        RejectReason.MultipleAuthorization => "multiple_authorization",
         _ => "unknown",
     };
 }

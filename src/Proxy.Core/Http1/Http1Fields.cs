@@ -15,6 +15,7 @@ internal struct FieldFacts
     public bool ExpectContinue;
     public ConnectionOptions Connection;
     public bool HasUpgradeField;
+    public bool HasAuthorization;
     /// <summary>An Upgrade field offers HTTP/2 (<c>h2c</c>, <c>h2</c>, <c>HTTP/2</c>), which is never passed on.</summary>
     public bool UpgradeOffersHttp2;
     /// <summary>A Connection token other than close/keep-alive/upgrade names a field to drop.</summary>
@@ -172,6 +173,15 @@ internal static class Http1Fields
                 }
                 facts.HostIndex = index;
                 return Http1Syntax.IsValidHost(value, requirePort: false) ? RejectReason.None : RejectReason.InvalidHost;
+            case KnownHeader.Authorization when isRequest:
+                // One credential per request (RFC 9110 section 11.6.2, a singleton field). With two, a policy would
+                // check one while the upstream may read the other; nginx refuses them too.
+                if (facts.HasAuthorization)
+                {
+                    return RejectReason.MultipleAuthorization;
+                }
+                facts.HasAuthorization = true;
+                return RejectReason.None;
             case KnownHeader.ContentLength:
                 return ParseContentLength(value, ref facts.ContentLength);
             case KnownHeader.TransferEncoding:

@@ -90,6 +90,29 @@ public sealed partial class RequestContext
         return false;
     }
 
+    /// <summary>As <see cref="TryGetHeader(ReadOnlySpan{byte}, out ReadOnlySpan{byte})"/>, and whether another field of
+    /// the name follows: a credential checked in the first copy must not travel next to an unchecked second.</summary>
+    internal bool TryGetHeader(ReadOnlySpan<byte> name, out ReadOnlySpan<byte> value, out bool repeated)
+    {
+        RequestHead head = _head;
+        for (int i = 0; i < head.FieldCount; i++)
+        {
+            if (Ascii.EqualsIgnoreCase(head.Name(i), name))
+            {
+                value = head.Value(i);
+                repeated = false;
+                for (int j = i + 1; j < head.FieldCount && !repeated; j++)
+                {
+                    repeated = Ascii.EqualsIgnoreCase(head.Name(j), name);
+                }
+                return true;
+            }
+        }
+        value = default;
+        repeated = false;
+        return false;
+    }
+
     /// <summary>
     /// Adds a header line to the response: to the local answer when a filter then calls <see cref="Respond"/>,
     /// otherwise (the chain continues) to the response the client gets, forwarded from the upstream or written by the

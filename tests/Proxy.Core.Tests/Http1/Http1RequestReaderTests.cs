@@ -498,6 +498,9 @@ public class Http1RequestReaderTests
     [InlineData("GET /api/%2e%2E/admin HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
     [InlineData("GET /api/.%2e/admin HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
     [InlineData("GET http://a/x/../y HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
+    // one credential per request (RFC 9110 section 11.6.2)
+    [InlineData("GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n", RejectReason.MultipleAuthorization)]
+    [InlineData("GET / HTTP/1.1\r\nAuthorization: Basic YTpi\r\nHost: a\r\nAUTHORIZATION: Basic YTpi\r\n\r\n", RejectReason.MultipleAuthorization)]
     // percent-encoding that is not '%' HEXDIG HEXDIG (RFC 3986 section 2.1)
     [InlineData("GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
     [InlineData("GET /a% HTTP/1.1\r\nHost: a\r\n\r\n", RejectReason.InvalidRequestTarget)]
@@ -544,6 +547,7 @@ public class Http1RequestReaderTests
     [InlineData(RejectReason.ContentLengthWithTransferEncoding, 400)]
     [InlineData(RejectReason.InvalidTransferEncoding, 400)]
     [InlineData(RejectReason.InvalidRequestTarget, 400)]
+    [InlineData(RejectReason.MultipleAuthorization, 400)]
     [InlineData(RejectReason.RequestLineTooLong, 414)]
     [InlineData(RejectReason.HeadersTooLarge, 431)]
     [InlineData(RejectReason.TooManyHeaders, 431)]

@@ -78,6 +78,9 @@ public sealed class ApiKeyTests : IDisposable
     [InlineData("X-API-Key: nope")]
     [InlineData("X-API-Key: alice-key2")]
     [InlineData("X-API-Key: ALICE-KEY")]
+    // A valid key next to a second one: the upstream might read the second, which nobody checked.
+    [InlineData("X-API-Key: alice-key\r\nX-API-Key: forged")]
+    [InlineData("X-API-Key: alice-key\r\nx-api-key: alice-key")]
     public void OnRequestHeaders_UnknownKey_Responds401Invalid(string field)
     {
         var context = RateLimitTests.Context($"GET / HTTP/1.1\r\nHost: a\r\n{field}\r\n\r\n");
@@ -94,6 +97,10 @@ public sealed class ApiKeyTests : IDisposable
     [InlineData("/?api_key=", false)]
     [InlineData("/?api_key=alice-key%2", false)]
     [InlineData("/?api_key=bad", false)]
+    [InlineData("/?api_key=alice-key&api_key=forged", false)]
+    [InlineData("/?api_key=forged&a=1&api_key=alice-key", false)]
+    [InlineData("/?api_key=alice-key&api_key", false)]
+    [InlineData("/?api_key=alice-key&api_keys=x&xapi_key=y", true)]
     public void OnRequestHeaders_QueryKey_DecodesAndLooksUp(string target, bool allowed)
     {
         var context = RateLimitTests.Context($"GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");

@@ -121,7 +121,12 @@ internal sealed class ApiKeyFilter : IRequestHeadersFilter, IPolicyDecisionCount
         bool found;
         if (_header.Length > 0)
         {
-            found = context.TryGetHeader(_header, out ReadOnlySpan<byte> key) && !key.IsEmpty;
+            found = context.TryGetHeader(_header, out ReadOnlySpan<byte> key, out bool repeated) && !key.IsEmpty;
+            if (repeated)
+            {
+                // Two key fields: we would check one and forward both, and the upstream might read the other.
+                return Reject(context, invalid: true);
+            }
             if (found)
             {
                 SHA256.HashData(key, hash);
@@ -205,10 +210,26 @@ internal sealed class ApiKeyFilter : IRequestHeadersFilter, IPolicyDecisionCount
             query = amp < 0 ? default : query[(amp + 1)..];
             if (pair.Length > name.Length && pair[name.Length] == (byte)'=' && pair.StartsWith(name))
             {
-                return PercentDecode(pair[(name.Length + 1)..], destination);
+                // A second key parameter: which one an upstream reads is its choice, not ours to guess.
+                return HasParameter(query, name) ? -2 : PercentDecode(pair[(name.Length + 1)..], destination);
             }
         }
         return 0;
+    }
+
+    private static bool HasParameter(ReadOnlySpan<byte> query, ReadOnlySpan<byte> name)
+    {
+        while (!query.IsEmpty)
+        {
+            int amp = query.IndexOf((byte)'&');
+            ReadOnlySpan<byte> pair = amp < 0 ? query : query[..amp];
+            query = amp < 0 ? default : query[(amp + 1)..];
+            if (pair.Length >= name.Length && (pair.Length == name.Length || pair[name.Length] == (byte)'=') && pair.StartsWith(name))
+            {
+                return true;
+            }
+        }
+        return false;
     }
 
     /// <summary>Decodes %XX escapes; -2 when the result does not fit or an escape is malformed.</summary>
