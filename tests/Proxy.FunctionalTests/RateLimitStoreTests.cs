@@ -277,6 +277,43 @@ public sealed class RateLimitStoreTests
         Assert.Equal(4, filterB.Redis!.RoundTrips);
     }
 
+    /// <summary>
+    /// A Redis address that takes connections and never answers: the store's first decisions used to wait for the
+    /// client's connect (its connect timeout, 3 s here) instead of the policy's 200 ms timeout.
+    /// </summary>
+    [Theory]
+    [InlineData("allow", 200)]
+    [InlineData("deny", 503)]
+    public async Task Redis_SilentServerWhileConnecting_DecisionsGiveUpAfterTimeout(string onError, int expected)
+    {
+        var silent = new TcpListener(IPAddress.Loopback, 0);
+        silent.Start(); // the kernel completes the handshakes; nothing ever reads or answers
+        string address = $"127.0.0.1:{((IPEndPoint)silent.LocalEndpoint).Port}";
+        try
+        {
+            var (upstream, proxy) = await StartAsync(
+                $"    rate_limit: {{ key: header:x-api-key, rate: 10/s, store: redis, redis: {{ address: \"{address}\", on_error: {onError}, timeout: 200ms }} }}");
+            await using var _ = upstream;
+            await using var __ = proxy;
+            await using var client = await proxy.ConnectAsync();
+
+            var sw = Stopwatch.StartNew();
+            var first = await GetAsync(client, "/local", "X-API-Key: k");
+            TimeSpan firstTook = sw.Elapsed;
+            var second = await GetAsync(client, "/local", "X-API-Key: k");
+
+            Assert.Equal(expected, first.Status);
+            Assert.Equal(expected, second.Status);
+            Assert.True(firstTook < TimeSpan.FromMilliseconds(1500), $"the first decision took {firstTook}");
+            Assert.True(sw.Elapsed < TimeSpan.FromMilliseconds(2500), $"two decisions took {sw.Elapsed}");
+        }
+        finally
+        {
+            await Proxy.Pipeline.Filters.RedisRateLimitStore.CloseConnectionsAsync(address);
+            silent.Stop();
+        }
+    }
+
     [Theory]
     [InlineData("allow", 200)]
     [InlineData("deny", 503)]

@@ -161,7 +161,12 @@ internal sealed class RedisRateLimitStore
     public async Task<RedisDecision> DecideAsync(byte[] rateKey, RateLimitFilter.CompiledPlan plan, long window, long quotaResetSeconds, int want)
     {
         Interlocked.Increment(ref _roundTrips);
-        ConnectionMultiplexer connection = await _connection.Value.ConfigureAwait(false);
+        Task<ConnectionMultiplexer> connecting = _connection.Value;
+        // The first decisions wait for the connection, which may take up to its connect timeout (at least a second,
+        // more than `timeout`): they give up after `timeout` like any other Redis call, and on_error decides.
+        ConnectionMultiplexer connection = connecting.IsCompletedSuccessfully
+            ? connecting.Result
+            : await connecting.WaitAsync(Options.Timeout).ConfigureAwait(false);
         IDatabase db = connection.GetDatabase();
         RateLimitPlan limits = plan.Limits;
         RedisKey quotaKey = default;
