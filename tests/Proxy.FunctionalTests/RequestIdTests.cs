@@ -55,6 +55,22 @@ public sealed class RequestIdTests
         Assert.Equal("abc-123_XYZ", Header(local, "x-request-id"));
     }
 
+    /// <summary>A client that names X-Request-Id in Connection makes it hop-by-hop: it is not forwarded, so the proxy's
+    /// own id goes upstream and back to the client, and both sides log the same one.</summary>
+    [Fact]
+    public async Task RequestId_NamedInConnection_ProxyIdForwardedAndReturned()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok());
+
+        var (response, client) = await scenario.SendAsync("GET /a HTTP/1.1\r\nHost: x\r\nConnection: x-request-id\r\nX-Request-Id: abc123\r\n\r\n");
+        await using var _c = client;
+        var upstreamRequest = await scenario.Upstream.WaitForRequestAsync();
+
+        Assert.Equal(1, Count(upstreamRequest, "x-request-id"));
+        Assert.Matches("^[0-9a-f]{16}$", Header(upstreamRequest, "x-request-id"));
+        Assert.Equal(Header(upstreamRequest, "x-request-id"), Header(response, "x-request-id"));
+    }
+
     [Fact]
     public async Task RequestId_InvalidIncoming_ReplacedUpstream()
     {

@@ -73,15 +73,28 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// <summary>The snapshot the current request started with (read once per request).</summary>
     private ProxySnapshot? _snapshot;
 
-    /// <summary>Keeps the client's X-Request-Id when valid, else generates one into the head's buffer (no allocation).</summary>
+    /// <summary>
+    /// Keeps the client's X-Request-Id when valid, else generates one into the head's buffer (no allocation). A field
+    /// the client named in Connection is hop-by-hop and not forwarded: the upstream would get no id while the client
+    /// got this one back, so ours is made and forwarded instead.
+    /// </summary>
     private static void AssignRequestId(RequestHead head)
     {
-        if (head.TryGetHeader(RequestId.FieldName, out ReadOnlySpan<byte> incoming) && RequestId.IsValid(incoming))
+        for (int i = 0; i < head.FieldCount; i++)
         {
-            incoming.CopyTo(head.RequestIdBuffer);
-            head.RequestIdLength = incoming.Length;
-            head.RequestIdGenerated = false;
-            return;
+            if (!head.Name(i).EqualsIgnoreCaseAscii(RequestId.FieldName))
+            {
+                continue;
+            }
+            ReadOnlySpan<byte> incoming = head.Value(i);
+            if (!head.Fields[i].HopByHop && RequestId.IsValid(incoming))
+            {
+                incoming.CopyTo(head.RequestIdBuffer);
+                head.RequestIdLength = incoming.Length;
+                head.RequestIdGenerated = false;
+                return;
+            }
+            break;
         }
         head.RequestIdLength = RequestId.Generate(head.RequestIdBuffer);
         head.RequestIdGenerated = true;
