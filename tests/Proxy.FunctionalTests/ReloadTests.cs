@@ -364,6 +364,59 @@ public sealed class ReloadTests : IDisposable
         Assert.Equal((200, "bye\n"), await GetAsync(endPoint, "/bye"));
     }
 
+    /// <summary>
+    /// A Kubernetes ConfigMap volume: proxy.yaml is a symlink to ..data/proxy.yaml, ..data a symlink to a timestamped
+    /// directory, and an update writes a new directory and swaps ..data by a rename. The file's own name sees no event.
+    /// </summary>
+    [Fact]
+    public async Task Watch_ConfigMapStyleSymlinkSwap_Reloads()
+    {
+        const string watch = "server: { watch_config: true }";
+        Directory.CreateDirectory(PathOf("..2026_11_29_v1"));
+        await File.WriteAllTextAsync(PathOf("..2026_11_29_v1/proxy.yaml"), Config(HelloRoute, server: watch));
+        File.CreateSymbolicLink(PathOf("..data"), "..2026_11_29_v1");
+        File.CreateSymbolicLink(PathOf("proxy.yaml"), "..data/proxy.yaml");
+        var server = ProxyServer.FromFile(PathOf("proxy.yaml"));
+        await using var _ = server;
+        await server.StartAsync();
+        Assert.True(server.IsWatchingConfig);
+        var endPoint = server.GetEndPoint("public");
+
+        Directory.CreateDirectory(PathOf("..2026_11_29_v2"));
+        await File.WriteAllTextAsync(PathOf("..2026_11_29_v2/proxy.yaml"), Config(HelloAndByeRoutes, server: watch));
+        File.CreateSymbolicLink(PathOf("..data_tmp"), "..2026_11_29_v2");
+        // rename(2), as the kubelet does: File.Move would follow the link to a directory and refuse.
+        Assert.Equal(0, Rename(PathOf("..data_tmp"), PathOf("..data")));
+
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (server.LastReload is not { Success: true } && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+        Assert.True(server.LastReload is { Success: true, Changed: true }, "the symlink swap was not seen");
+        Assert.Equal((200, "bye\n"), await GetAsync(endPoint, "/bye"));
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "rename", SetLastError = true)]
+    private static extern int Rename(string oldPath, string newPath);
+
+    /// <summary>Other files in the config's directory (a log written next to it) do not make the proxy reload.</summary>
+    [Fact]
+    public async Task Watch_OtherFileInDirectoryChanges_NoReload()
+    {
+        await using var server = await StartFromFileAsync(Config(HelloRoute, server: "server: { watch_config: true }"));
+        Assert.True(server.IsWatchingConfig);
+
+        for (int i = 0; i < 5; i++)
+        {
+            await File.AppendAllTextAsync(PathOf("access.log"), $"line {i}\n");
+            await Task.Delay(100);
+        }
+        await Task.Delay(1000);
+
+        Assert.Null(server.LastReload);
+    }
+
     [Fact]
     public async Task Watch_DisabledInFile_NotWatching()
     {

@@ -44,6 +44,7 @@ public sealed partial class ProxyServer
     /// <summary>One reload at a time; StopAsync waits for a running one.</summary>
     private readonly SemaphoreSlim _reloadGate = new(1, 1);
     private FileSystemWatcher? _watcher;
+    private string? _watchedName;
     private Timer? _watchDebounce;
     private volatile ConfigReloadResult? _lastReload;
     /// <summary>Set under the reload gate once StartAsync bound the listeners: from then on a reload diffs them.</summary>
@@ -273,10 +274,13 @@ public sealed partial class ProxyServer
         }
         string fullPath = Path.GetFullPath(_configPath!);
         // The directory, not the file: editors and config managers replace the file by a rename, which a watch on
-        // the old file would miss.
-        var watcher = new FileSystemWatcher(Path.GetDirectoryName(fullPath)!, Path.GetFileName(fullPath))
+        // the old file would miss. Every name in it, filtered in OnConfigFileEvent: a Kubernetes ConfigMap volume
+        // updates by swapping its "..data" symlink, and the file's own name sees no event.
+        _watchedName = Path.GetFileName(fullPath);
+        var watcher = new FileSystemWatcher(Path.GetDirectoryName(fullPath)!)
         {
-            NotifyFilter = NotifyFilters.LastWrite | NotifyFilters.FileName | NotifyFilters.Size | NotifyFilters.CreationTime,
+            NotifyFilter = NotifyFilters.LastWrite | NotifyFilters.FileName | NotifyFilters.DirectoryName | NotifyFilters.Size
+                | NotifyFilters.CreationTime,
         };
         _watchDebounce = new Timer(_ => OnWatchQuiet(), null, Timeout.Infinite, Timeout.Infinite);
         watcher.Changed += OnConfigFileEvent;
@@ -288,7 +292,15 @@ public sealed partial class ProxyServer
     }
 
     private void OnConfigFileEvent(object sender, FileSystemEventArgs e)
-        => _watchDebounce?.Change(WatchDebounce, Timeout.InfiniteTimeSpan);
+    {
+        // The config file itself, or the symlink a ConfigMap volume swaps ("..data", made as "..data_tmp" and renamed).
+        // Anything else in the directory (a log file next to the config) is not a reason to reload.
+        if (string.Equals(e.Name, _watchedName, StringComparison.Ordinal)
+            || (e.Name is { } name && name.StartsWith("..data", StringComparison.Ordinal)))
+        {
+            _watchDebounce?.Change(WatchDebounce, Timeout.InfiniteTimeSpan);
+        }
+    }
 
     private void OnWatchQuiet()
     {
