@@ -101,6 +101,55 @@ public class RouteTableReferenceTests
         Assert.True(reported > 10, $"only {reported} shadowed routes generated");
     }
 
+    /// <summary>RouteShadowing compares a route only with the earlier routes sharing its leading literals: it must
+    /// report exactly what comparing every pair reports.</summary>
+    [Theory]
+    [InlineData(21)]
+    [InlineData(22)]
+    [InlineData(23)]
+    public void Find_RandomTables_SameAsComparingEveryPair(int seed)
+    {
+        var random = new Random(seed);
+        int reported = 0;
+        for (int table = 0; table < 200; table++)
+        {
+            int count = random.Next(1, 40);
+            var routes = new RouteModel[count];
+            for (int i = 0; i < count; i++)
+            {
+                routes[i] = i > 0 && random.Next(2) == 0
+                    ? Variant(random, routes[random.Next(i)], $"r{i}")
+                    : RandomRoute(random, $"r{i}");
+            }
+            routes = InFileOrder(routes);
+
+            string[] actual = RouteShadowing.Find(routes).Select(p => $"{p.Shadowed.Id}<{p.By.Id}").ToArray();
+
+            Assert.Equal(EveryPair(routes), actual);
+            reported += actual.Length;
+        }
+        Assert.True(reported > 20, $"only {reported} shadowed routes generated");
+    }
+
+    private static string[] EveryPair(IReadOnlyList<RouteModel> routes)
+    {
+        RouteEntry[] ordered = RouteEntry.CreateAll(routes);
+        Array.Sort(ordered, RouteEntry.Compare);
+        var pairs = new List<string>();
+        for (int later = 1; later < ordered.Length; later++)
+        {
+            for (int earlier = 0; earlier < later; earlier++)
+            {
+                if (ordered[earlier].Template.Covers(ordered[later].Template) && ordered[earlier].CoversPredicatesOf(ordered[later]))
+                {
+                    pairs.Add($"{ordered[later].Route.Id}<{ordered[earlier].Route.Id}");
+                    break;
+                }
+            }
+        }
+        return [.. pairs];
+    }
+
     private static RouteModel RandomRoute(Random random, string id)
     {
         string? path;
