@@ -239,8 +239,8 @@ internal static class Program
         OpenTelemetry.Metrics.MeterProvider? metrics = null;
         try
         {
-            var errors = ProxyServer.Validate(configPath);
-            if (errors.Count > 0)
+            ProxyServer? loaded = ProxyServer.TryFromFile(configPath, out var errors);
+            if (loaded is null)
             {
                 foreach (var error in errors)
                 {
@@ -248,8 +248,8 @@ internal static class Program
                 }
                 return ExitInvalidConfig;
             }
+            server = loaded;
             // The command reloads on its own when the file changes, unless the file says server.watch_config: false.
-            server = ProxyServer.FromFile(configPath);
             server.WatchConfigByDefault = true;
             // SIGHUP: reload the config file (as nginx and HAProxy do). Registered before the listeners bind, so a
             // SIGHUP sent as soon as the port answers never meets the default action (terminate). The outcome is

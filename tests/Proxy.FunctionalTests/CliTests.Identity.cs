@@ -85,3 +85,40 @@ public sealed partial class CliTests
         Assert.Contains("ed448.yaml:2:88: jwks_file 'ed448.json': JWKS key 'e448': curve 'Ed448' is not supported (EdDSA keys must be Ed25519)", bad.StdoutText);
     }
 }
+
+public sealed partial class CliTests
+{
+    /// <summary>
+    /// `proxy run` loads its file once (it used to validate with a full compile, then compile again: every policy was
+    /// built twice and each jwks_url fetched twice), and `proxy validate` never fetches.
+    /// </summary>
+    [Fact]
+    public async Task Run_JwksUrl_FetchedOnceAtStart_ValidateNeverFetches()
+    {
+        int fetches = 0;
+        await using var keys = RecordingUpstream.Start(UpstreamBehaviors.Respond((_, _) =>
+        {
+            Interlocked.Increment(ref fetches);
+            const string body = """{"keys":[{"kty":"oct","kid":"k1","k":"eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg"}]}""";
+            return $"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {body.Length}\r\n\r\n{body}";
+        }));
+        string policies = $$"""
+            policies:
+              remote: { jwt: { issuer: "https://idp.example.test", audiences: [api], jwks_url: "http://127.0.0.1:{{keys.Port}}/jwks.json" } }
+            """;
+
+        using (var proxy = await StartAnsweringAsync("jwks.yaml", "http://127.0.0.1:1", policies))
+        {
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+            while (Volatile.Read(ref fetches) == 0 && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(50);
+            }
+            await Task.Delay(500); // room for a second fetch, if one were coming
+        }
+        var validate = await RunProxyAsync("validate", "--config", Path.Combine(_directory, "jwks.yaml"));
+
+        Assert.True(validate.ExitCode == 0, validate.ToString());
+        Assert.Equal(1, Volatile.Read(ref fetches));
+    }
+}

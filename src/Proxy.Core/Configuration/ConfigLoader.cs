@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using Proxy.Model;
 
 namespace Proxy.Configuration;
@@ -24,17 +25,37 @@ internal static class ConfigLoader
 {
     /// <summary>Loads a file. Errors name the file as <paramref name="path"/> was given; the snapshot keeps the full path.</summary>
     public static ConfigLoadResult LoadFile(string path, IReadOnlyDictionary<string, ClusterModel>? previous = null)
+        => TryRead(path, out string? text, out ConfigLoadResult? failed) ? Load(text, path, Path.GetFullPath(path), previous) : failed;
+
+    /// <summary>
+    /// Reads and validates a file without compiling it (`proxy validate`): every error the load would report, but no
+    /// snapshot, so nothing is built or started (no rate-limit tables, no JWKS fetch).
+    /// </summary>
+    public static IReadOnlyList<ConfigError> CheckFile(string path)
     {
-        string text;
+        if (!TryRead(path, out string? text, out ConfigLoadResult? failed))
+        {
+            return failed.Errors;
+        }
+        var errors = new ConfigErrorList(path);
+        Read(text, Path.GetFullPath(path), errors);
+        return errors.ToSortedList();
+    }
+
+    private static bool TryRead(string path, [NotNullWhen(true)] out string? text, [NotNullWhen(false)] out ConfigLoadResult? failed)
+    {
         try
         {
             text = File.ReadAllText(path);
+            failed = null;
+            return true;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
-            return new ConfigLoadResult { Errors = [new ConfigError(path, 1, 1, $"cannot read config file: {e.Message}")] };
+            text = null;
+            failed = new ConfigLoadResult { Errors = [new ConfigError(path, 1, 1, $"cannot read config file: {e.Message}")] };
+            return false;
         }
-        return Load(text, path, Path.GetFullPath(path), previous);
     }
 
     /// <summary>Loads YAML text; <paramref name="fileName"/> names it in errors and in <see cref="ProxySnapshot.SourcePath"/>.</summary>
@@ -44,17 +65,24 @@ internal static class ConfigLoader
     private static ConfigLoadResult Load(string text, string fileName, string sourcePath, IReadOnlyDictionary<string, ClusterModel>? previous)
     {
         var errors = new ConfigErrorList(fileName);
+        ProxyConfig? config = Read(text, sourcePath, errors);
+        if (config is null || errors.Count != 0)
+        {
+            return new ConfigLoadResult { Errors = errors.ToSortedList() };
+        }
+        return new ConfigLoadResult { Snapshot = ConfigCompiler.Compile(config, text, sourcePath, previous) };
+    }
+
+    /// <summary>Parse and validate: the config model, with every problem in <paramref name="errors"/>.</summary>
+    private static ProxyConfig? Read(string text, string sourcePath, ConfigErrorList errors)
+    {
         var config = YamlConfigReader.Read(text, errors);
         if (config is not null)
         {
             config = config with { BaseDirectory = BaseDirectoryOf(sourcePath) };
             ConfigValidator.Validate(config, errors);
         }
-        if (config is null || errors.Count != 0)
-        {
-            return new ConfigLoadResult { Errors = errors.ToSortedList() };
-        }
-        return new ConfigLoadResult { Snapshot = ConfigCompiler.Compile(config, text, sourcePath, previous) };
+        return config;
     }
 
     private static string BaseDirectoryOf(string sourcePath)

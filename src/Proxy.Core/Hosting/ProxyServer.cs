@@ -57,9 +57,17 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
 
     /// <summary>Checks a config file without starting anything: every problem as "FILE:LINE:COL: message".</summary>
     public static IReadOnlyList<string> Validate(string path)
+        => ConfigLoader.CheckFile(path).Select(e => e.ToString()).ToArray();
+
+    /// <summary>
+    /// As <see cref="FromFile"/>, with the problems instead of an exception: the command loads the file once (a second
+    /// compile would build every policy twice and fetch each JWKS twice).
+    /// </summary>
+    internal static ProxyServer? TryFromFile(string path, out IReadOnlyList<string> errors)
     {
         ConfigLoadResult result = ConfigLoader.LoadFile(path);
-        return result.Errors.Select(e => e.ToString()).ToArray();
+        errors = result.Errors.Select(e => e.ToString()).ToArray();
+        return result.Success ? new ProxyServer(result.Snapshot!, path) : null;
     }
 
     /// <summary>How long <see cref="StopAsync"/> should wait for requests in flight (config <c>server.shutdown_timeout</c>).</summary>
