@@ -225,11 +225,21 @@ internal static class Program
         ProxyServer server;
         // SIGTERM/SIGINT: drain and stop. Registered before the listeners bind: a SIGTERM sent as soon as the port
         // answers must never meet the default action (terminate at once, dropping requests in flight; seen in CI).
+        // A second one while draining: stop waiting for requests in flight (an operator's Ctrl+C twice).
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var abortNow = new CancellationTokenSource();
+        int signals = 0;
         void OnSignal(PosixSignalContext context)
         {
             context.Cancel = true; // we shut down ourselves, gracefully
-            stop.TrySetResult();
+            if (Interlocked.Increment(ref signals) == 1)
+            {
+                stop.TrySetResult();
+            }
+            else
+            {
+                abortNow.Cancel();
+            }
         }
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
         using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
@@ -297,7 +307,7 @@ internal static class Program
         using var meterProvider = metrics;
 
         await stop.Task;
-        await server.StopAsync(server.ShutdownTimeout);
+        await server.StopAsync(server.ShutdownTimeout, abortNow.Token);
         tracingProvider?.Dispose(); // exports the spans still batched
         meterProvider?.Dispose(); // the last export ran in server.Drained, before the meters ended
         await ProxyServer.FlushLogsAsync();

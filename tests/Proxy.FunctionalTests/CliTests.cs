@@ -79,6 +79,29 @@ public sealed partial class CliTests : IDisposable
         Assert.Contains("\"event\":\"shutdown_completed\"", await proxy.Stdout, StringComparison.Ordinal);
     }
 
+    /// <summary>A second SIGTERM while draining stops waiting: what is still in flight is cut and the process exits.</summary>
+    [Fact]
+    public async Task Run_SecondSigterm_AbortsTheDrainAndExits()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Hang());
+        using var proxy = await StartAnsweringAsync("force.yaml", upstream.Address, "server: { shutdown_timeout: 60s }");
+
+        var inFlight = proxy.Client.GetAsync($"http://127.0.0.1:{proxy.Port}/hangs");
+        await upstream.WaitForRequestAsync();
+        Assert.Equal(0, ProxyBinary.Kill(proxy.Process.Id, 15));
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await Task.Delay(300);
+        Assert.False(proxy.Process.HasExited, "the first SIGTERM must drain, not exit");
+        Assert.Equal(0, ProxyBinary.Kill(proxy.Process.Id, 15));
+
+        using var exit = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+        await proxy.Process.WaitForExitAsync(exit.Token);
+        await Assert.ThrowsAnyAsync<HttpRequestException>(() => inFlight);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"exited after {clock.Elapsed} of a 60 s drain");
+        Assert.True(proxy.Process.ExitCode == 0, $"exit {proxy.Process.ExitCode}\n{await proxy.Stdout}\n{await proxy.Stderr}");
+        Assert.Contains("\"event\":\"shutdown_forced\"", await proxy.Stdout, StringComparison.Ordinal);
+    }
+
     /// <summary>
     /// A proxy that only speaks plain HTTP never loads OpenSSL: its libcrypto costs 3 to 4 MiB of resident memory, and
     /// generating request ids through RandomNumberGenerator used to load it on the first request.

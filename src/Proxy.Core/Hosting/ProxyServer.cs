@@ -70,7 +70,7 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
         return result.Success ? new ProxyServer(result.Snapshot!, path) : null;
     }
 
-    /// <summary>How long <see cref="StopAsync"/> should wait for requests in flight (config <c>server.shutdown_timeout</c>).</summary>
+    /// <summary>How long <see cref="StopAsync(TimeSpan)"/> should wait for requests in flight (config <c>server.shutdown_timeout</c>).</summary>
     public TimeSpan ShutdownTimeout => _runtime.Current.Server.ShutdownTimeout;
 
     /// <summary>Waits briefly until queued log lines are written (before process exit).</summary>
@@ -173,7 +173,7 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
     /// <summary>
     /// Graceful drain without stopping: closes every listener except the admin one, lets requests in flight
     /// finish and closes client connections as they become idle. Returns true when no client connection is left
-    /// (admin connections aside) within <paramref name="timeout"/>; nothing is aborted (that is <see cref="StopAsync"/>'s job).
+    /// (admin connections aside) within <paramref name="timeout"/>; nothing is aborted (that is <see cref="StopAsync(TimeSpan)"/>'s job).
     /// </summary>
     public async Task<bool> DrainAsync(TimeSpan timeout)
     {
@@ -261,7 +261,13 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
     /// Graceful stop: closes the listeners, lets requests in flight finish within <paramref name="timeout"/>,
     /// closes idle keep-alive connections, then aborts what is left.
     /// </summary>
-    public async Task StopAsync(TimeSpan timeout)
+    public Task StopAsync(TimeSpan timeout) => StopAsync(timeout, CancellationToken.None);
+
+    /// <summary>
+    /// As <see cref="StopAsync(TimeSpan)"/>; cancelling <paramref name="abortNow"/> ends the wait for requests in flight
+    /// at once and aborts what is still open (the command does it on a second SIGTERM or SIGINT).
+    /// </summary>
+    public async Task StopAsync(TimeSpan timeout, CancellationToken abortNow)
     {
         if (Interlocked.Exchange(ref _stopped, 1) != 0)
         {
@@ -284,9 +290,13 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
             connection.BeginDrain();
         }
         var deadline = DateTime.UtcNow + timeout;
-        while (_runtime.Registry.Count > 0 && DateTime.UtcNow < deadline)
+        while (_runtime.Registry.Count > 0 && DateTime.UtcNow < deadline && !abortNow.IsCancellationRequested)
         {
             await Task.Delay(20).ConfigureAwait(false);
+        }
+        if (abortNow.IsCancellationRequested && _runtime.Registry.Count > 0)
+        {
+            ProxyLog.Warn("shutdown_forced", ("connections", _runtime.Registry.Count));
         }
         int aborted = 0;
         foreach (var connection in _runtime.Registry.Connections)
@@ -316,7 +326,7 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
     }
 
     /// <summary>
-    /// Called once by <see cref="StopAsync"/> after the drain, while the meters still exist: the <c>proxy</c> command's
+    /// Called once by <see cref="StopAsync(TimeSpan)"/> after the drain, while the meters still exist: the <c>proxy</c> command's
     /// last OTLP metrics export, with the counts of the drained requests (disposing the runtime ends the meters).
     /// </summary>
     internal Action? Drained { get; set; }
