@@ -17,6 +17,14 @@ internal enum RawH2Behavior
     EarlyHints,
     /// <summary>HEADERS :status 101 without END_STREAM, then the Ok answer: malformed, 101 does not exist in HTTP/2 (section 8.6).</summary>
     SwitchingProtocols,
+    /// <summary>HEADERS 200 with a value holding CR LF and a second field ("a\r\nset-cookie: injected=1"), then DATA "ok".</summary>
+    CrLfInValue,
+    /// <summary>HEADERS 200 with an uppercase field name ("X-Upper"), then DATA "ok".</summary>
+    UppercaseName,
+    /// <summary>HEADERS 200 with a value that starts with a space, then DATA "ok".</summary>
+    LeadingSpaceValue,
+    /// <summary>HEADERS 200, DATA "ok", then trailers whose value holds CR LF and a second field.</summary>
+    CrLfInTrailer,
 }
 
 /// <summary>
@@ -134,6 +142,28 @@ internal sealed class RawH2Upstream : IAsyncDisposable
                 Http2FrameWriter.WriteHeaders(output, streamId, block.WrittenSpan, endStream: false, 16384);
                 Http2FrameWriter.WriteHeaders(output, streamId, status200, endStream: false, 16384);
                 Http2FrameWriter.WriteData(output, streamId, System.Text.Encoding.ASCII.GetBytes($"ok{connection}"), endStream: true);
+                break;
+            case RawH2Behavior.CrLfInValue:
+            case RawH2Behavior.UppercaseName:
+            case RawH2Behavior.LeadingSpaceValue:
+                var head = new ArrayBufferWriter<byte>();
+                head.Write(status200);
+                (string name, string value) = behavior switch
+                {
+                    RawH2Behavior.CrLfInValue => ("x-note", "a\r\nset-cookie: injected=1"),
+                    RawH2Behavior.UppercaseName => ("X-Upper", "1"),
+                    _ => ("x-note", " padded"),
+                };
+                Literal(head, name, value);
+                Http2FrameWriter.WriteHeaders(output, streamId, head.WrittenSpan, endStream: false, 16384);
+                Http2FrameWriter.WriteData(output, streamId, "ok"u8, endStream: true);
+                break;
+            case RawH2Behavior.CrLfInTrailer:
+                var trailers = new ArrayBufferWriter<byte>();
+                Literal(trailers, "x-sum", "1\r\nset-cookie: injected=1");
+                Http2FrameWriter.WriteHeaders(output, streamId, status200, endStream: false, 16384);
+                Http2FrameWriter.WriteData(output, streamId, "ok"u8, endStream: false);
+                Http2FrameWriter.WriteHeaders(output, streamId, trailers.WrittenSpan, endStream: true, 16384);
                 break;
             case RawH2Behavior.ResetMidBody:
                 Http2FrameWriter.WriteHeaders(output, streamId, status200, endStream: false, 16384);

@@ -73,6 +73,51 @@ public sealed class InterimResponseTests
         ProxyAssert.ErrorAnswer(response, 502);
     }
 
+    /// <summary>
+    /// RFC 9113 section 8.2.1: a field an HTTP/2 upstream sends with CR, LF or NUL in its value, an uppercase name or
+    /// a value with leading whitespace makes the response malformed. Relayed, "a\r\nset-cookie: injected=1" became a
+    /// second header line of the client's HTTP/1.1 response (response splitting).
+    /// </summary>
+    [Theory]
+    [InlineData("crlf")]
+    [InlineData("uppercase")]
+    [InlineData("leading-space")]
+    public async Task H2cUpstreamMalformedField_Answers502AndRelaysNothingOfIt(string kind)
+    {
+        RawH2Behavior behavior = kind switch
+        {
+            "crlf" => RawH2Behavior.CrLfInValue,
+            "uppercase" => RawH2Behavior.UppercaseName,
+            _ => RawH2Behavior.LeadingSpaceValue,
+        };
+        await using var upstream = new RawH2Upstream(_ => behavior);
+        await using var proxy = await StartH2cProxyAsync(upstream.Port);
+        await using var client = await proxy.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/split"));
+        var response = await client.ReadResponseAsync();
+
+        ProxyAssert.ErrorAnswer(response, 502);
+        Assert.Null(response.Header("set-cookie"));
+        Assert.Null(response.Header("x-upper"));
+        Assert.Null(response.Header("x-note"));
+    }
+
+    [Fact]
+    public async Task H2cUpstreamMalformedTrailer_ClientConnectionCutWithoutTheField()
+    {
+        await using var upstream = new RawH2Upstream(_ => RawH2Behavior.CrLfInTrailer);
+        await using var proxy = await StartH2cProxyAsync(upstream.Port);
+        await using var client = await proxy.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/split"));
+        var result = await client.ReadToCloseAsync();
+
+        Assert.StartsWith("HTTP/1.1 200", result.Text, StringComparison.Ordinal);
+        Assert.DoesNotContain("injected", result.Text, StringComparison.Ordinal);
+        Assert.DoesNotContain("\r\n0\r\n", result.Text, StringComparison.Ordinal); // no clean end of the chunked body
+    }
+
     [Fact]
     public async Task H2cUpstream103_Http2Client_GetsInterimHeadersThenFinal()
     {

@@ -9,7 +9,8 @@ namespace Proxy.Http2.Client;
 /// Collects a decoded response (or trailer) field block into a <see cref="ResponseHead"/>, laid out like an
 /// HTTP/1.1 head (offsets into its buffer), so the forwarder writes it to the client with the same code as an
 /// HTTP/1.1 response. Pseudo-header rules of RFC 9113 section 8.3: only <c>:status</c>, once, before regular fields,
-/// never in trailers. Hop-by-hop and framing fields are flagged so they are not relayed.
+/// never in trailers; regular fields as section 8.2.1 says (<see cref="Http2FieldSyntax"/>). Hop-by-hop and framing
+/// fields are flagged so they are not relayed.
 /// </summary>
 internal struct ResponseFieldSink : IHeaderSink
 {
@@ -53,6 +54,12 @@ internal struct ResponseFieldSink : IHeaderSink
             return;
         }
         _regularSeen = true;
+        if (!Http2FieldSyntax.IsValidName(name) || !Http2FieldSyntax.IsValidValue(value))
+        {
+            // Section 8.2.1: malformed. Relayed to an HTTP/1.1 client, a CR LF in a value would split the response.
+            Malformed = true;
+            return;
+        }
         KnownHeader known = KnownHeaders.Resolve(name);
         int start = _head.Length;
         int needed = start + name.Length + value.Length;

@@ -33,12 +33,6 @@ internal enum Http2RequestError : byte
 /// </summary>
 internal sealed class Http2RequestHead
 {
-    // Field name bytes allowed in HTTP/2: tchar without uppercase (RFC 9110 section 5.6.2, RFC 9113 section 8.2.1).
-    private static readonly SearchValues<byte> s_nameChars =
-        SearchValues.Create("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"u8);
-    private static readonly SearchValues<byte> s_upper = SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZ"u8);
-    // NUL, CR, LF are never valid in a value (section 8.2.1); the rest of the value is checked by the HTTP/1.1 parser.
-    private static readonly SearchValues<byte> s_badValue = SearchValues.Create("\0\r\n"u8);
     // Pseudo-header values go into the request line: no whitespace or controls either.
     private static readonly SearchValues<byte> s_badPseudo = SearchValues.Create("\0\r\n \t"u8);
 
@@ -133,14 +127,14 @@ internal sealed class Http2RequestHead
             return;
         }
         _regularSeen = true;
-        if (name.IndexOfAnyExcept(s_nameChars) >= 0)
+        if (!Http2FieldSyntax.IsValidName(name))
         {
-            Error = name.IndexOfAny(s_upper) >= 0 ? Http2RequestError.UppercaseName : Http2RequestError.InvalidName;
+            Error = Http2FieldSyntax.HasUppercase(name) ? Http2RequestError.UppercaseName : Http2RequestError.InvalidName;
             return;
         }
-        // Section 8.2.1: no NUL/CR/LF, no leading or trailing whitespace.
-        if (value.IndexOfAny(s_badValue) >= 0
-            || (!value.IsEmpty && (IsWhitespace(value[0]) || IsWhitespace(value[^1]))))
+        // Section 8.2.1: no NUL/CR/LF, no leading or trailing whitespace; the rest of the value is checked by the
+        // HTTP/1.1 parser.
+        if (!Http2FieldSyntax.IsValidValue(value))
         {
             Error = Http2RequestError.InvalidValue;
             return;
@@ -320,7 +314,6 @@ internal sealed class Http2RequestHead
         buffer = bigger;
     }
 
-    private static bool IsWhitespace(byte b) => b is (byte)' ' or (byte)'\t';
 
     /// <summary>
     /// At the end of the block: checks the required pseudo-headers (section 8.3.1) and fixes the body framing.
