@@ -21,7 +21,16 @@ internal static class RequestLabels
     public const int MethodCount = 10;
     public const int StatusSlots = 6;
 
-    public static int StatusSlot(int status) => status is >= 100 and <= 599 ? status / 100 : 0;
+    /// <summary>
+    /// An upstream's 600-999 is relayed as it came, and counted as 5xx: RFC 9110 section 15 has a client treat a status
+    /// outside 100-599 as a server error, and an error ratio must not miss it.
+    /// </summary>
+    public static int StatusSlot(int status) => status switch
+    {
+        >= 100 and <= 599 => status / 100,
+        >= 600 => 5,
+        _ => 0,
+    };
 
     public static int MethodSlot(HttpMethod method) => (uint)method < MethodCount ? (int)method : 0;
 }

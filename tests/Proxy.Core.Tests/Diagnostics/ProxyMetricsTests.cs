@@ -52,14 +52,16 @@ public sealed class ProxyMetricsTests : IDisposable
         metrics.RequestEnded(Listener("public"), Route("hello"), HttpMethod.Custom, 200, start);
         metrics.RequestEnded(Listener("public"), null, HttpMethod.Get, 404, start);
         metrics.RequestEnded(Listener("public"), Route("api"), HttpMethod.Get, 0, start);
+        // An upstream's 600-999 is relayed as sent and counted as a server error (RFC 9110 section 15).
+        metrics.RequestEnded(Listener("public"), Route("api"), HttpMethod.Post, 999, start);
 
         var scrape = Scrape();
         Assert.Equal(2, scrape.Value("proxy_requests_total", ("route", "api"), ("cluster", "backend"), ("method", "GET"), ("status_class", "2xx")));
-        Assert.Equal(1, scrape.Value("proxy_requests_total", ("route", "api"), ("method", "POST"), ("status_class", "5xx")));
+        Assert.Equal(2, scrape.Value("proxy_requests_total", ("route", "api"), ("method", "POST"), ("status_class", "5xx")));
         Assert.Equal(1, scrape.Value("proxy_requests_total", ("route", "api"), ("method", "GET"), ("status_class", "none")));
         Assert.Equal(1, scrape.Value("proxy_requests_total", ("route", "hello"), ("cluster", ""), ("method", "OTHER"), ("status_class", "2xx")));
         Assert.Equal(1, scrape.Value("proxy_requests_total", ("route", ""), ("cluster", ""), ("method", "GET"), ("status_class", "4xx")));
-        Assert.Equal(4, scrape.Value("proxy_request_duration_seconds_count", ("route", "api"), ("cluster", "backend")));
+        Assert.Equal(5, scrape.Value("proxy_request_duration_seconds_count", ("route", "api"), ("cluster", "backend")));
     }
 
     [Fact]

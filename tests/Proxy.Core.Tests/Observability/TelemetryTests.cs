@@ -57,6 +57,35 @@ public sealed class TelemetryTests
         Assert.Equal(["rojo=1,congo=2"], Fields(upstream, "tracestate"));
     }
 
+    /// <summary>W3C Trace Context section 3.3.1.1: keys are unique; a list with a key twice (in one field or across
+    /// two) is invalid and dropped, while the trace itself continues.</summary>
+    [Theory]
+    [InlineData("foo=1,foo=2", null)]
+    [InlineData("foo=1, bar=2 ,foo=1", null)]
+    [InlineData("foo=1", "foo=2")]
+    [InlineData("a@t=1,b=2", "c=3,a@t=4")]
+    public void WriteHead_TraceStateDuplicateKey_TraceStateDropped(string first, string? second)
+    {
+        (string, string)[] fields = second is null
+            ? [("traceparent", $"00-{ClientTrace}-{ClientParent}-01"), ("tracestate", first)]
+            : [("traceparent", $"00-{ClientTrace}-{ClientParent}-01"), ("tracestate", first), ("tracestate", second)];
+        var head = TestRequests.Create("GET", "/a", "example.test", fields);
+
+        string upstream = WriteUpstreamHead(head, Telemetry(0));
+
+        Assert.Equal(ClientTrace, Assert.Single(Fields(upstream, "traceparent")).Split('-')[1]);
+        Assert.Empty(Fields(upstream, "tracestate"));
+    }
+
+    [Fact]
+    public void WriteHead_TraceStateDistinctKeysAcrossFields_Kept()
+    {
+        var head = TestRequests.Create("GET", "/a", "example.test",
+            ("traceparent", $"00-{ClientTrace}-{ClientParent}-01"), ("tracestate", "foo=1,,bar=1"), ("tracestate", "baz=1,foox=1"));
+
+        Assert.Equal(["foo=1,,bar=1,baz=1,foox=1"], Fields(WriteUpstreamHead(head, Telemetry(0)), "tracestate"));
+    }
+
     [Fact]
     public void WriteHead_InvalidTraceParent_StartsNewTraceAndDropsTraceState()
     {

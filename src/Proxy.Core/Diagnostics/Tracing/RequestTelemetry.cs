@@ -93,7 +93,8 @@ internal sealed class RequestTelemetry
         }
         _hasParent = parents == 1 && TraceContext.TryParseTraceParent(parent, _traceId, _parentId, out _flags);
         // Section 3.3: tracestate belongs to the incoming traceparent; with a fresh trace it is dropped.
-        _forwardTraceState = _hasParent && stateValid && stateMembers > 0;
+        _forwardTraceState = _hasParent && stateValid && stateMembers > 0
+            && (stateMembers == 1 || !TraceContext.HasDuplicateTraceStateKeys(head));
         if (!_hasParent)
         {
             TraceContext.RandomHex(_traceId);

@@ -133,6 +133,66 @@ internal static class TraceContext
         }
     }
 
+    /// <summary>
+    /// True when a key appears twice among the request's (already validated) <c>tracestate</c> members, in one field or
+    /// across several: section 3.3.1.1 requires unique keys, and a vendor could read either value.
+    /// </summary>
+    public static bool HasDuplicateTraceStateKeys(RequestHead head)
+    {
+        for (int i = 0; i < head.FieldCount; i++)
+        {
+            if (!IsTraceStateField(head.Name(i)))
+            {
+                continue;
+            }
+            ReadOnlySpan<byte> members = head.Value(i);
+            while (NextKey(ref members, out ReadOnlySpan<byte> key))
+            {
+                ReadOnlySpan<byte> rest = members;
+                for (int j = i; j < head.FieldCount; j++)
+                {
+                    if (j > i)
+                    {
+                        if (!IsTraceStateField(head.Name(j)))
+                        {
+                            continue;
+                        }
+                        rest = head.Value(j);
+                    }
+                    while (NextKey(ref rest, out ReadOnlySpan<byte> other))
+                    {
+                        if (other.SequenceEqual(key))
+                        {
+                            return true;
+                        }
+                    }
+                }
+            }
+        }
+        return false;
+    }
+
+    private static bool IsTraceStateField(ReadOnlySpan<byte> name) => name.Length == 10 && name.EqualsIgnoreCaseAscii(TraceStateName);
+
+    /// <summary>The next non-empty member's key (text before '='), consuming the member.</summary>
+    private static bool NextKey(ref ReadOnlySpan<byte> members, out ReadOnlySpan<byte> key)
+    {
+        while (!members.IsEmpty)
+        {
+            int comma = members.IndexOf((byte)',');
+            ReadOnlySpan<byte> member = Trim(comma < 0 ? members : members[..comma]);
+            members = comma < 0 ? default : members[(comma + 1)..];
+            int equals = member.IndexOf((byte)'=');
+            if (equals > 0)
+            {
+                key = member[..equals];
+                return true;
+            }
+        }
+        key = default;
+        return false;
+    }
+
     private static bool IsValidMember(ReadOnlySpan<byte> member)
     {
         int equals = member.IndexOf((byte)'=');
