@@ -465,4 +465,41 @@ public sealed class ForwardingTests
         Assert.Equal(200, response.Status);
         Assert.Equal(value, (await scenario.Upstream.WaitForRequestAsync()).Header("x-big"));
     }
+
+    /// <summary>
+    /// CGI-style upstreams read "x_auth_subject" and "x-auth-subject" as one variable: a client's underscore spelling of
+    /// a field the proxy owns (request id, X-Forwarded-*, a name the route's filters set or remove) is dropped like the
+    /// dashed one. Other underscored fields go through.
+    /// </summary>
+    [Fact]
+    public async Task UnderscoreSpellingsOfOwnedFields_NotForwarded()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await TestProxy.StartAsync($$"""
+            policies:
+              up: { request_headers: { set: { x-env: prod }, remove: [x-internal-user] } }
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: api, match: { path: "/{**rest}" }, cluster: backend, policies: [up] }
+            clusters:
+              backend:
+                destinations: ["{{upstream.Address}}"]
+
+            """);
+        await using var client = await proxy.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/a", "example.test",
+            "X_Forwarded_For: 6.6.6.6", "x_forwarded_proto: https", "X_Request_Id: forged", "x_internal_user: admin",
+            "X_ENV: dev", "x_custom_thing: kept", "x-internal_user: admin2"));
+        var response = await client.ReadResponseAsync();
+        var forwarded = await upstream.WaitForRequestAsync();
+
+        Assert.Equal(200, response.Status);
+        string[] names = forwarded.Headers.Select(h => h.Key.ToLowerInvariant()).ToArray();
+        Assert.DoesNotContain(names, n => n.Contains('_', StringComparison.Ordinal) && n != "x_custom_thing");
+        Assert.Equal("kept", forwarded.Header("x_custom_thing"));
+        Assert.Equal("prod", forwarded.Header("x-env"));
+        Assert.Equal("127.0.0.1", forwarded.Header("x-forwarded-for"));
+    }
 }

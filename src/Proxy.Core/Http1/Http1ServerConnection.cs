@@ -161,7 +161,9 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     bool ITrailerFieldFilter.Drops(ReadOnlySpan<byte> name)
         => ProxyOwnedFields.Contains(name)
             || (FilterContext is { } edits && edits.IsRemovedUpstream(name))
-            || (Listener.Tls?.ForwardHeader is { } certificateHeader && name.EqualsIgnoreCaseAscii(certificateHeader));
+            || (Listener.Tls?.ForwardHeader is { } certificateHeader && name.EqualsIgnoreCaseAscii(certificateHeader))
+            || (name.Contains((byte)'_')
+                && UpstreamRequestWriter.IsOwnedUnderscoreSpelling(name, FilterContext, forwarded: true, Listener.Tls?.ForwardHeader));
 
     private void ReleaseState()
     {
