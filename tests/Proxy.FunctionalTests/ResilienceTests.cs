@@ -373,6 +373,30 @@ public sealed class ResilienceTests
         Assert.Equal(200, (await first.ReadResponseAsync()).Status);
     }
 
+    /// <summary>
+    /// The cluster-wide max_connections counts idle pooled connections: with two destinations and a limit of 1, the
+    /// first destination's idle connection used to make every request balanced to the second a 503, with nothing in
+    /// flight. A destination without any connection may always open one (Envoy's pools do the same).
+    /// </summary>
+    [Fact]
+    public async Task CircuitBreaker_MaxConnectionsHeldByAnotherDestinationsIdleConnection_StillServes()
+    {
+        await using var a = FaultyUpstream.Start("a");
+        await using var b = FaultyUpstream.Start("b");
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(a.Address, b.Address), "    circuit_breaker: { max_connections: 1 }"));
+
+        for (int i = 0; i < 6; i++)
+        {
+            var response = await GetAsync(proxy, $"/one-at-a-time/{i}");
+            Assert.Equal(200, response.Status);
+        }
+
+        Assert.Equal(3, a.TrafficCount); // round robin: both destinations served, one connection each
+        Assert.Equal(3, b.TrafficCount);
+        Assert.Equal(1, a.Recording.ConnectionCount);
+        Assert.Equal(1, b.Recording.ConnectionCount);
+    }
+
     [Fact]
     public async Task Retry_RefusedDestination_SucceedsOnTheOther()
     {

@@ -757,7 +757,9 @@ internal sealed partial class YamlConfigReader
         {
             Mark = map.Mark,
             MaxConnections = Int(map, "max_connections", 1, int.MaxValue),
-            MaxPending = Int(map, "max_pending", 0, int.MaxValue),
+            // At least 1: a request waiting for a new connection counts as pending, so 0 would refuse every request
+            // that finds no idle connection, the first ones included, and the cluster would never serve.
+            MaxPending = Int(map, "max_pending", 1, int.MaxValue),
             MaxRequests = Int(map, "max_requests", 1, int.MaxValue),
         };
     }

@@ -189,7 +189,7 @@ internal sealed class ConnectionPool
             }
             // A slot: open a connection below.
         }
-        if (_breaker is not null && !_breaker.TryOpenConnection())
+        if (_breaker is not null && !_breaker.TryOpenConnection(destinationHasNone: Volatile.Read(ref _open) == 0))
         {
             ReleaseSlot();
             return (null, ConnectError.Overloaded);

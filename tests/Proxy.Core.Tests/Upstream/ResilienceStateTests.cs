@@ -248,10 +248,14 @@ public class ResilienceStateTests
 
         Assert.True(breaker.TryEnterPending());
         Assert.False(breaker.TryEnterPending());
-        Assert.True(breaker.TryOpenConnection());
-        Assert.False(breaker.TryOpenConnection());
+        Assert.True(breaker.TryOpenConnection(destinationHasNone: false));
+        Assert.False(breaker.TryOpenConnection(destinationHasNone: false));
         breaker.ConnectionClosed();
-        Assert.True(breaker.TryOpenConnection());
+        Assert.True(breaker.TryOpenConnection(destinationHasNone: false));
+        Assert.Equal(3, breaker.Overflows);
+        // A destination without any connection may always open one, past the limit (Envoy's exception).
+        Assert.True(breaker.TryOpenConnection(destinationHasNone: true));
+        Assert.Equal(2, breaker.Connections);
         Assert.Equal(3, breaker.Overflows);
     }
 

@@ -30,7 +30,20 @@ internal sealed class ClusterBreaker
     public bool TryEnterPending() => TryEnter(ref _pending, _limits.MaxPending);
     public void ExitPending() => Interlocked.Decrement(ref _pending);
 
-    public bool TryOpenConnection() => TryEnter(ref _connections, _limits.MaxConnections);
+    /// <summary>
+    /// A connection may open below max_connections, and always when its destination has none: the limit counts idle
+    /// pooled connections too, so without that a destination could be starved by another's idle ones and refuse every
+    /// request while nothing is in flight (Envoy's pools make the same exception). The count goes past the limit then.
+    /// </summary>
+    public bool TryOpenConnection(bool destinationHasNone)
+    {
+        if (destinationHasNone)
+        {
+            Interlocked.Increment(ref _connections);
+            return true;
+        }
+        return TryEnter(ref _connections, _limits.MaxConnections);
+    }
     public void ConnectionClosed() => Interlocked.Decrement(ref _connections);
 
     private bool TryEnter(ref int counter, int limit)
