@@ -84,6 +84,32 @@ public class ResilienceStateTests
         Assert.Equal(2, d[0].Ejections);
     }
 
+    /// <summary>Below 100%, one destination stays in, also when the others are out by health check rather than
+    /// ejected: ejecting the last healthy one left the cluster answering 503 for the whole ejection.</summary>
+    [Fact]
+    public void ReportFailure_OtherDestinationDownByHealthCheck_LastOneNotEjected()
+    {
+        var d = Destinations(2);
+        var health = Health(d, failures: 1, baseMs: 1000, percent: 50);
+        d[0].CheckHealthy = false;
+
+        Assert.False(health.ReportFailure(d[1], 0));
+        Assert.Equal(0, d[1].EjectedUntil);
+
+        d[0].CheckHealthy = true;
+        Assert.True(health.ReportFailure(d[1], 1));
+    }
+
+    [Fact]
+    public void ReportFailure_OtherDestinationDown_Percent100_StillEjects()
+    {
+        var d = Destinations(2);
+        var health = Health(d, failures: 1, baseMs: 1000, percent: 100);
+        d[0].CheckHealthy = false;
+
+        Assert.True(health.ReportFailure(d[1], 0));
+    }
+
     [Fact]
     public void ReportFailure_ManyEjections_MultiplierIsCapped()
     {

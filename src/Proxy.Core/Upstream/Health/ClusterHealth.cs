@@ -142,15 +142,22 @@ internal sealed class ClusterHealth
             {
                 return false;
             }
-            int ejected = 0;
+            int ejected = 0, othersAvailable = 0;
             foreach (DestinationState d in _all)
             {
                 if (d.EjectedUntil > now)
                 {
                     ejected++;
                 }
+                else if (d != destination && d.CheckHealthy)
+                {
+                    othersAvailable++;
+                }
             }
-            if (ejected >= MaxEjected(_all.Length, outlier.MaxEjectionPercent))
+            // Below 100%, one destination stays in: counting the ones health checks took out too, or a destination
+            // ejected next to a down one would leave none (503 for the whole ejection).
+            if (ejected >= MaxEjected(_all.Length, outlier.MaxEjectionPercent)
+                || (outlier.MaxEjectionPercent < 100 && othersAvailable == 0))
             {
                 // Keeps the streak: the destination is ejected as soon as room frees up and it fails once more.
                 return false;
