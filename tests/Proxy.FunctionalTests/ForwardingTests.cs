@@ -467,6 +467,24 @@ public sealed class ForwardingTests
     }
 
     /// <summary>
+    /// A proxy whose /api/ routes carry a request_headers policy (set x-env, remove x-internal-user) and whose /open/
+    /// routes carry none, both to <paramref name="upstream"/>.
+    /// </summary>
+    internal static async Task<TestProxy> StartWithHeaderPolicyAsync(RecordingUpstream upstream) => await TestProxy.StartAsync($$"""
+        policies:
+          up: { request_headers: { set: { x-env: prod }, remove: [x-internal-user] } }
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+        routes:
+          - { id: api, match: { path: "/api/{**rest}" }, cluster: backend, policies: [up] }
+          - { id: open, match: { path: "/open/{**rest}" }, cluster: backend }
+        clusters:
+          backend:
+            destinations: ["{{upstream.Address}}"]
+
+        """);
+
+    /// <summary>
     /// CGI-style upstreams read "x_auth_subject" and "x-auth-subject" as one variable: a client's underscore spelling of
     /// a field the proxy owns (request id, X-Forwarded-*, a name the route's filters set or remove) is dropped like the
     /// dashed one. Other underscored fields go through.
@@ -475,21 +493,10 @@ public sealed class ForwardingTests
     public async Task UnderscoreSpellingsOfOwnedFields_NotForwarded()
     {
         await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
-        await using var proxy = await TestProxy.StartAsync($$"""
-            policies:
-              up: { request_headers: { set: { x-env: prod }, remove: [x-internal-user] } }
-            listeners:
-              - { name: public, address: 127.0.0.1:0 }
-            routes:
-              - { id: api, match: { path: "/{**rest}" }, cluster: backend, policies: [up] }
-            clusters:
-              backend:
-                destinations: ["{{upstream.Address}}"]
-
-            """);
+        await using var proxy = await StartWithHeaderPolicyAsync(upstream);
         await using var client = await proxy.ConnectAsync();
 
-        await client.SendAsync(Wire.Get("/a", "example.test",
+        await client.SendAsync(Wire.Get("/api/a", "example.test",
             "X_Forwarded_For: 6.6.6.6", "x_forwarded_proto: https", "X_Request_Id: forged", "x_internal_user: admin",
             "X_ENV: dev", "x_custom_thing: kept", "x-internal_user: admin2"));
         var response = await client.ReadResponseAsync();

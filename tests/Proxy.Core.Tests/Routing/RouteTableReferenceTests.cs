@@ -73,16 +73,7 @@ public class RouteTableReferenceTests
         int reported = 0;
         for (int table = 0; table < 100; table++)
         {
-            int count = random.Next(1, 30);
-            var routes = new RouteModel[count];
-            for (int i = 0; i < count; i++)
-            {
-                // Half the routes vary an earlier one, so covering pairs are common.
-                routes[i] = i > 0 && random.Next(2) == 0
-                    ? Variant(random, routes[random.Next(i)], $"r{i}")
-                    : RandomRoute(random, $"r{i}");
-            }
-            routes = InFileOrder(routes);
+            RouteModel[] routes = RandomTable(random, random.Next(1, 30));
             var shadowed = RouteShadowing.Find(routes).Select(p => p.Shadowed.Id).ToHashSet();
             reported += shadowed.Count;
             RouteTable trie = RouteTable.Build(routes);
@@ -113,15 +104,7 @@ public class RouteTableReferenceTests
         int reported = 0;
         for (int table = 0; table < 200; table++)
         {
-            int count = random.Next(1, 40);
-            var routes = new RouteModel[count];
-            for (int i = 0; i < count; i++)
-            {
-                routes[i] = i > 0 && random.Next(2) == 0
-                    ? Variant(random, routes[random.Next(i)], $"r{i}")
-                    : RandomRoute(random, $"r{i}");
-            }
-            routes = InFileOrder(routes);
+            RouteModel[] routes = RandomTable(random, random.Next(1, 40));
 
             string[] actual = RouteShadowing.Find(routes).Select(p => $"{p.Shadowed.Id}<{p.By.Id}").ToArray();
 
@@ -129,6 +112,19 @@ public class RouteTableReferenceTests
             reported += actual.Length;
         }
         Assert.True(reported > 20, $"only {reported} shadowed routes generated");
+    }
+
+    /// <summary><paramref name="count"/> random routes in file order; half vary an earlier one, so covering pairs are common.</summary>
+    private static RouteModel[] RandomTable(Random random, int count)
+    {
+        var routes = new RouteModel[count];
+        for (int i = 0; i < count; i++)
+        {
+            routes[i] = i > 0 && random.Next(2) == 0
+                ? Variant(random, routes[random.Next(i)], $"r{i}")
+                : RandomRoute(random, $"r{i}");
+        }
+        return InFileOrder(routes);
     }
 
     private static string[] EveryPair(IReadOnlyList<RouteModel> routes)

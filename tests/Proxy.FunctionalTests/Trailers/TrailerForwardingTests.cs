@@ -36,19 +36,7 @@ public sealed class TrailerForwardingTests
     public async Task RequestTrailers_FieldsTheProxyOwnsInTheHead_NotForwarded()
     {
         await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
-        await using var proxy = await TestProxy.StartAsync($$"""
-            policies:
-              up: { request_headers: { set: { x-env: prod }, remove: [x-internal-user] } }
-            listeners:
-              - { name: public, address: 127.0.0.1:0 }
-            routes:
-              - { id: api, match: { path: "/api/{**rest}" }, cluster: backend, policies: [up] }
-              - { id: open, match: { path: "/open/{**rest}" }, cluster: backend }
-            clusters:
-              backend:
-                destinations: ["{{upstream.Address}}"]
-
-            """);
+        await using var proxy = await ForwardingTests.StartWithHeaderPolicyAsync(upstream);
         await using var client = await proxy.ConnectAsync();
         const string Trailers = "X-Checksum: abc\r\nX-Internal-User: admin\r\nX-ENV: dev\r\nX-Forwarded-For: 10.0.0.1\r\n"
             + "x-forwarded-proto: https\r\nX-Request-Id: forged\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
