@@ -41,6 +41,7 @@ public class Http1ParserBenchmarks
     private readonly HttpLimits _limits = HttpLimits.Default;
     private ReadOnlySequence<byte> _request;
     private ReadOnlySequence<byte> _requestSplit;
+    private ReadOnlySequence<byte> _requestPercentEncoded;
     private ReadOnlySequence<byte> _response;
     private byte[] _requestBytes = [];
 
@@ -50,6 +51,9 @@ public class Http1ParserBenchmarks
         _requestBytes = Encoding.ASCII.GetBytes(BrowserRequest);
         _request = new ReadOnlySequence<byte>(_requestBytes);
         _requestSplit = BenchSegments.Split(_requestBytes, _requestBytes.Length / 2);
+        // The same head with escapes in the path: three unreserved ones decoded in place, one (%2F) kept.
+        _requestPercentEncoded = new ReadOnlySequence<byte>(Encoding.ASCII.GetBytes(
+            BrowserRequest.Replace("/catalog/products/12345/", "/c%61talog/products/%31%32345/a%2Fb/", StringComparison.Ordinal)));
         _response = new ReadOnlySequence<byte>(Encoding.ASCII.GetBytes(UpstreamResponse));
     }
 
@@ -61,6 +65,11 @@ public class Http1ParserBenchmarks
     [Benchmark]
     public int ParseRequestTwoSegments()
         => (int)Http1RequestReader.TryRead(_requestSplit, _requestHead, _limits, out _, out _);
+
+    /// <summary>A path with percent-escapes: the in-place decoding of unreserved characters (RFC 3986 section 6.2.2.2).</summary>
+    [Benchmark]
+    public int ParseRequestPercentEncodedPath()
+        => (int)Http1RequestReader.TryRead(_requestPercentEncoded, _requestHead, _limits, out _, out _);
 
     [Benchmark]
     public int ParseResponse()

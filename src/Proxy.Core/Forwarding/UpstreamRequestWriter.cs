@@ -52,30 +52,6 @@ internal static class UpstreamRequestWriter
         writer.Commit();
     }
 
-    /// <summary>
-    /// True when <paramref name="name"/>, read with '_' as '-', is a field the proxy owns in the head: X-Request-Id,
-    /// X-Forwarded-* (unless forwarding is off), the client certificate header, a name the route's filters set or
-    /// remove. CGI-style upstreams (PHP, WSGI, Rack behind CGI) map both spellings to one variable, so "x_auth_subject"
-    /// from a client would pass for the "x-auth-subject" a policy vouches for. nginx drops every underscored field by
-    /// default; only these are dropped here.
-    /// </summary>
-    internal static bool IsOwnedUnderscoreSpelling(ReadOnlySpan<byte> name, Pipeline.RequestContext? edits, bool forwarded,
-        byte[]? clientCertificateHeader)
-    {
-        if (name.Length > 128)
-        {
-            return false; // longer than any name the proxy owns
-        }
-        Span<byte> dashed = stackalloc byte[name.Length];
-        name.CopyTo(dashed);
-        dashed.Replace((byte)'_', (byte)'-');
-        KnownHeader known = KnownHeaders.Resolve(dashed);
-        return (forwarded && known is KnownHeader.XForwardedFor or KnownHeader.XForwardedProto or KnownHeader.XForwardedHost)
-            || ((ReadOnlySpan<byte>)dashed).EqualsIgnoreCaseAscii(RequestId.FieldName)
-            || (clientCertificateHeader is not null && ((ReadOnlySpan<byte>)dashed).EqualsIgnoreCaseAscii(clientCertificateHeader))
-            || (edits is not null && edits.IsRemovedUpstream(dashed));
-    }
-
     /// <summary>The field lines below, into a pipe of their own (the HTTP/2 client's, re-encoded with HPACK).</summary>
     public static void WriteFields(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
         DestinationState destination, RequestTelemetry? telemetry = null, ClientTransport? transport = null,
@@ -126,7 +102,7 @@ internal static class UpstreamRequestWriter
                 continue; // a filter owns this name (e.g. x-auth-subject): the client's copy must not reach the upstream
             }
             if (f.Known == KnownHeader.None && head.Name(i).Contains((byte)'_')
-                && IsOwnedUnderscoreSpelling(head.Name(i), edits, mode != ForwardedMode.Off, clientCertificateHeader))
+                && ProxyOwnedFields.Contains(head.Name(i), edits, mode != ForwardedMode.Off, clientCertificateHeader))
             {
                 continue;
             }

@@ -159,11 +159,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// is replaced or dropped; a trailer must not bring it back to an upstream that merges trailers into headers.
     /// </summary>
     bool ITrailerFieldFilter.Drops(ReadOnlySpan<byte> name)
-        => ProxyOwnedFields.Contains(name)
-            || (FilterContext is { } edits && edits.IsRemovedUpstream(name))
-            || (Listener.Tls?.ForwardHeader is { } certificateHeader && name.EqualsIgnoreCaseAscii(certificateHeader))
-            || (name.Contains((byte)'_')
-                && UpstreamRequestWriter.IsOwnedUnderscoreSpelling(name, FilterContext, forwarded: true, Listener.Tls?.ForwardHeader));
+        => ProxyOwnedFields.Contains(name, FilterContext, forwarded: true, Listener.Tls?.ForwardHeader);
 
     private void ReleaseState()
     {

@@ -94,15 +94,3 @@ internal interface ITrailerFieldFilter
 {
     bool Drops(ReadOnlySpan<byte> name);
 }
-
-/// <summary>The names every request's head owns, whatever the route: X-Forwarded-*, Forwarded, X-Request-Id and the
-/// trace context fields. A route's own (filters' edits, the client certificate header) come on top.</summary>
-internal static class ProxyOwnedFields
-{
-    public static bool Contains(ReadOnlySpan<byte> name) => KnownHeaders.Resolve(name) switch
-    {
-        KnownHeader.XForwardedFor or KnownHeader.XForwardedProto or KnownHeader.XForwardedHost => true,
-        _ => name.EqualsIgnoreCaseAscii("forwarded"u8) || name.EqualsIgnoreCaseAscii(RequestId.FieldName)
-            || Diagnostics.Tracing.TraceContext.IsTraceField(name),
-    };
-}

@@ -77,40 +77,33 @@ public sealed partial class RequestContext
     /// </summary>
     public bool TryGetHeader(ReadOnlySpan<byte> name, out ReadOnlySpan<byte> value)
     {
-        RequestHead head = _head;
-        for (int i = 0; i < head.FieldCount; i++)
-        {
-            if (Ascii.EqualsIgnoreCase(head.Name(i), name))
-            {
-                value = head.Value(i);
-                return true;
-            }
-        }
-        value = default;
-        return false;
+        int i = IndexOfHeader(name, 0);
+        value = i >= 0 ? _head.Value(i) : default;
+        return i >= 0;
     }
 
     /// <summary>As <see cref="TryGetHeader(ReadOnlySpan{byte}, out ReadOnlySpan{byte})"/>, and whether another field of
     /// the name follows: a credential checked in the first copy must not travel next to an unchecked second.</summary>
     internal bool TryGetHeader(ReadOnlySpan<byte> name, out ReadOnlySpan<byte> value, out bool repeated)
     {
+        int i = IndexOfHeader(name, 0);
+        value = i >= 0 ? _head.Value(i) : default;
+        repeated = i >= 0 && IndexOfHeader(name, i + 1) >= 0;
+        return i >= 0;
+    }
+
+    /// <summary>The index of the first field named <paramref name="name"/> at or after <paramref name="start"/>; -1 when none.</summary>
+    private int IndexOfHeader(ReadOnlySpan<byte> name, int start)
+    {
         RequestHead head = _head;
-        for (int i = 0; i < head.FieldCount; i++)
+        for (int i = start; i < head.FieldCount; i++)
         {
             if (Ascii.EqualsIgnoreCase(head.Name(i), name))
             {
-                value = head.Value(i);
-                repeated = false;
-                for (int j = i + 1; j < head.FieldCount && !repeated; j++)
-                {
-                    repeated = Ascii.EqualsIgnoreCase(head.Name(j), name);
-                }
-                return true;
+                return i;
             }
         }
-        value = default;
-        repeated = false;
-        return false;
+        return -1;
     }
 
     /// <summary>

@@ -203,11 +203,8 @@ internal sealed class ApiKeyFilter : IRequestHeadersFilter, IPolicyDecisionCount
     /// </summary>
     internal static int QueryParameter(ReadOnlySpan<byte> query, ReadOnlySpan<byte> name, Span<byte> destination)
     {
-        while (!query.IsEmpty)
+        while (NextPair(ref query, out ReadOnlySpan<byte> pair))
         {
-            int amp = query.IndexOf((byte)'&');
-            ReadOnlySpan<byte> pair = amp < 0 ? query : query[..amp];
-            query = amp < 0 ? default : query[(amp + 1)..];
             if (pair.Length > name.Length && pair[name.Length] == (byte)'=' && pair.StartsWith(name))
             {
                 // A second key parameter: which one an upstream reads is its choice, not ours to guess.
@@ -217,19 +214,31 @@ internal sealed class ApiKeyFilter : IRequestHeadersFilter, IPolicyDecisionCount
         return 0;
     }
 
+    /// <summary>True when a parameter <paramref name="name"/> (with a value or without) is in <paramref name="query"/>.</summary>
     private static bool HasParameter(ReadOnlySpan<byte> query, ReadOnlySpan<byte> name)
     {
-        while (!query.IsEmpty)
+        while (NextPair(ref query, out ReadOnlySpan<byte> pair))
         {
-            int amp = query.IndexOf((byte)'&');
-            ReadOnlySpan<byte> pair = amp < 0 ? query : query[..amp];
-            query = amp < 0 ? default : query[(amp + 1)..];
-            if (pair.Length >= name.Length && (pair.Length == name.Length || pair[name.Length] == (byte)'=') && pair.StartsWith(name))
+            if (pair.StartsWith(name) && (pair.Length == name.Length || pair[name.Length] == (byte)'='))
             {
                 return true;
             }
         }
         return false;
+    }
+
+    /// <summary>The next '&amp;'-separated piece of <paramref name="query"/>, consumed from it.</summary>
+    private static bool NextPair(ref ReadOnlySpan<byte> query, out ReadOnlySpan<byte> pair)
+    {
+        if (query.IsEmpty)
+        {
+            pair = default;
+            return false;
+        }
+        int amp = query.IndexOf((byte)'&');
+        pair = amp < 0 ? query : query[..amp];
+        query = amp < 0 ? default : query[(amp + 1)..];
+        return true;
     }
 
     /// <summary>Decodes %XX escapes; -2 when the result does not fit or an escape is malformed.</summary>
