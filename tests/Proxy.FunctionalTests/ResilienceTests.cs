@@ -318,9 +318,12 @@ public sealed class ResilienceTests
     {
         await using var slow = FaultyUpstream.Start("slow");
         slow.Delay = TimeSpan.FromMilliseconds(150);
-        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(slow.Address), "    max_connections: 1"));
+        // connect_timeout 5 s, far above the 4 x 150 ms the line needs: a loaded 2-core CI machine once stretched the
+        // line past a 1 s wait. The connection never closes, so the old pool still fails here however long the wait.
+        await using var proxy = await TestProxy.StartAsync(
+            ClusterYaml.Render(Quote(slow.Address), cluster: "connect_timeout: 5s\n    max_connections: 1"));
 
-        // Four clients at once on one allowed connection: each waits (within connect_timeout, 1 s) for the one before
+        // Four clients at once on one allowed connection: each waits (within connect_timeout) for the one before
         // it to give the connection back. The pool used to wait only for a connection to close, so the three waiting
         // were refused with 503 upstream_pool_exhausted while the connection sat idle.
         var responses = await Task.WhenAll(Enumerable.Range(0, 4).Select(i => GetAsync(proxy, $"/r{i}")));
