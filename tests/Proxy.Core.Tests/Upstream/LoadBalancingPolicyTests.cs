@@ -59,6 +59,7 @@ public class LoadBalancingPolicyTests
     [InlineData(nameof(LoadBalancingKind.RoundRobin), 0.001)]
     [InlineData(nameof(LoadBalancingKind.Random), 0.02)]
     [InlineData(nameof(LoadBalancingKind.PowerOfTwo), 0.02)]
+    [InlineData(nameof(LoadBalancingKind.LeastRequests), 0.001)]
     public void Pick_Weights90To10_SplitsWithinTolerance(string kind, double tolerance)
     {
         // All destinations idle: power of two keeps its first (weighted) draw on ties.
@@ -151,6 +152,31 @@ public class LoadBalancingPolicyTests
         Load(d[3], 1);
         int[] counts = Count(new LeastRequestsPolicy(), d, 300);
         Assert.Equal([100, 100, 100, 0], counts);
+    }
+
+    [Fact]
+    public void LeastRequests_TiedWithUnequalWeights_SharesByWeightAndInterleaves()
+    {
+        // d[3] is busy; the three idle ones tie and share the picks 6:3:1, the light one never served in a long run.
+        DestinationState[] d = Destinations(6, 3, 1, 1);
+        Load(d[3], 1);
+        var policy = new LeastRequestsPolicy();
+        int[] counts = new int[d.Length];
+        int run = 0, longestRun = 0;
+        DestinationState? last = null;
+        for (int i = 0; i < 10_000; i++)
+        {
+            DestinationState picked = policy.Pick(d)!;
+            counts[Array.IndexOf(d, picked)]++;
+            run = picked == last ? run + 1 : 1;
+            longestRun = picked == d[0] ? Math.Max(longestRun, run) : longestRun;
+            last = picked;
+        }
+        Assert.InRange(counts[0], 5_990, 6_010);
+        Assert.InRange(counts[1], 2_990, 3_010);
+        Assert.InRange(counts[2], 990, 1_010);
+        Assert.Equal(0, counts[3]);
+        Assert.True(longestRun <= 4, $"d[0] served {longestRun} picks in a row");
     }
 
     [Fact]
