@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net.WebSockets;
 using System.Text;
 using Proxy.FunctionalTests.Infrastructure;
@@ -98,6 +99,58 @@ public sealed class WebSocketTests
         Assert.True(rest.Closed);
         Assert.Empty(rest.Bytes);
         Assert.Single(scenario.Upstream.Requests);
+    }
+
+    /// <summary>
+    /// A tunnel in which no byte moves for the cluster's tunnel_idle_timeout is closed on both sides (nginx closes one
+    /// after proxy_read_timeout, Envoy after its stream idle timeout). Before the key existed an idle tunnel, and a
+    /// vanished peer's, held both connections forever.
+    /// </summary>
+    [Fact]
+    public async Task Upgrade_IdleTunnel_ClosedOnBothSidesAfterTunnelIdleTimeout()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.SwitchingProtocolsEcho(),
+            c => c with { ClusterExtra = "tunnel_idle_timeout: 400ms" });
+        await using var client = await scenario.ConnectAsync();
+        await client.SendAsync(Wire.Get("/ws", "example.test", "Connection: Upgrade", "Upgrade: websocket",
+            "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="));
+        Assert.Equal(101, (await client.ReadResponseAsync()).Status);
+        await client.SendAsync("ping");
+        var echoed = new CollectSink();
+        using (var cts = new CancellationTokenSource(TestDefaults.Timeout))
+        {
+            await client.Reader.ReadExactlyAsync(4, echoed, cts.Token);
+        }
+
+        var clock = Stopwatch.StartNew();
+        var rest = await client.ReadToCloseAsync();
+
+        Assert.True(rest.Closed);
+        Assert.Empty(rest.Bytes);
+        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(300), TimeSpan.FromSeconds(5));
+        await scenario.Upstream.Connections[0].PeerClosed.WaitAsync(TestDefaults.Timeout);
+    }
+
+    [Fact]
+    public async Task Upgrade_TunnelMovingBytes_OutlivesTunnelIdleTimeout()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.SwitchingProtocolsEcho(),
+            c => c with { ClusterExtra = "tunnel_idle_timeout: 600ms" });
+        await using var client = await scenario.ConnectAsync();
+        await client.SendAsync(Wire.Get("/ws", "example.test", "Connection: Upgrade", "Upgrade: websocket",
+            "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="));
+        Assert.Equal(101, (await client.ReadResponseAsync()).Status);
+
+        // Eight round trips 200 ms apart: 1.6 s in all, no gap near 600 ms, so the tunnel stays open throughout.
+        var echoed = new CollectSink();
+        for (int i = 0; i < 8; i++)
+        {
+            await client.SendAsync("tick");
+            using var cts = new CancellationTokenSource(TestDefaults.Timeout);
+            await client.Reader.ReadExactlyAsync(4, echoed, cts.Token);
+            await Task.Delay(200);
+        }
+        Assert.Equal(string.Concat(Enumerable.Repeat("tick", 8)), Encoding.Latin1.GetString(echoed.ToArray()));
     }
 
     [Fact]

@@ -333,7 +333,7 @@ internal static class ConfigCompiler
     {
         var text = new StringBuilder();
         text.Append(c.Name).Append('|').Append(c.LoadBalancing).Append('|').Append(c.ConnectTimeout.Ticks).Append('|')
-            .Append(c.RequestTimeout.Ticks).Append('|').Append(c.ResponseTimeout.Ticks).Append('|').Append(c.StreamIdleTimeout.Ticks).Append('|').Append(c.MaxConnections).Append('|').Append(c.IdleTimeout.Ticks)
+            .Append(c.RequestTimeout.Ticks).Append('|').Append(c.ResponseTimeout.Ticks).Append('|').Append(c.StreamIdleTimeout.Ticks).Append('|').Append(c.TunnelIdleTimeout.Ticks).Append('|').Append(c.MaxConnections).Append('|').Append(c.IdleTimeout.Ticks)
             .Append('|').Append(c.PanicMode).Append('|').Append(c.Protocol).Append('|').Append(c.Http2MaxStreams);
         if (c.Tls is { } tls)
         {
@@ -401,6 +401,7 @@ internal static class ConfigCompiler
             RequestTimeout = c.RequestTimeout ?? s_clusterDefaults.RequestTimeout,
             ResponseTimeout = c.ResponseTimeout ?? s_clusterDefaults.ResponseTimeout,
             StreamIdleTimeout = c.StreamIdleTimeout ?? s_clusterDefaults.StreamIdleTimeout,
+            TunnelIdleTimeout = c.TunnelIdleTimeout ?? s_clusterDefaults.TunnelIdleTimeout,
             MaxConnections = c.MaxConnections ?? s_clusterDefaults.MaxConnections,
             IdleTimeout = c.IdleTimeout ?? s_clusterDefaults.IdleTimeout,
             Policy = LoadBalancingPolicies.Create(c.LoadBalancing),

@@ -251,6 +251,7 @@ internal sealed record ClusterConfig
     public TimeSpan? RequestTimeout { get; init; }
     public TimeSpan? ResponseTimeout { get; init; }
     public TimeSpan? StreamIdleTimeout { get; init; }
+    public TimeSpan? TunnelIdleTimeout { get; init; }
     public int? MaxConnections { get; init; }
     public TimeSpan? IdleTimeout { get; init; }
     public HealthCheckConfig? HealthCheck { get; init; }

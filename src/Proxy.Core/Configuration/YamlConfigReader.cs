@@ -47,7 +47,7 @@ internal sealed partial class YamlConfigReader
     [
         "load_balancing", "destinations", "connect_timeout", "request_timeout", "max_connections", "idle_timeout",
         "health_check", "outlier_detection", "retry", "circuit_breaker", "panic_mode", "response_timeout", "stream_idle_timeout",
-        "session_affinity", "tls", "protocol", "http2",
+        "tunnel_idle_timeout", "session_affinity", "tls", "protocol", "http2",
     ];
     private static readonly string[] s_clusterHttp2Keys = ["max_streams_per_connection"];
     private static readonly (string Name, Proxy.Upstream.UpstreamProtocol Value)[] s_upstreamProtocols =
@@ -603,6 +603,7 @@ internal sealed partial class YamlConfigReader
             RequestTimeout = Duration(map, "request_timeout"),
             ResponseTimeout = Duration(map, "response_timeout"),
             StreamIdleTimeout = Duration(map, "stream_idle_timeout"),
+            TunnelIdleTimeout = Duration(map, "tunnel_idle_timeout"),
             MaxConnections = Int(map, "max_connections", 1, int.MaxValue),
             IdleTimeout = Duration(map, "idle_timeout"),
             HealthCheck = map.Get("health_check") is { } h ? ReadHealthCheck(h) : null,

@@ -338,7 +338,7 @@ internal sealed partial class HttpForwarder
                         // RFC 8441 section 5: a 2xx accepts the extended CONNECT; the client gets its RFC 6455 101, then the tunnel.
                         EndRetry(cluster.RetryBudget, ref _http2RetrySlot);
                         UpstreamResponded(cluster);
-                        _http2Outcome = await TunnelHttp2Async(stream).ConfigureAwait(false);
+                        _http2Outcome = await TunnelHttp2Async(stream, cluster).ConfigureAwait(false);
                         step = Http2Step.Answered;
                         goto Done;
                     }

@@ -57,16 +57,26 @@ internal sealed partial class HttpForwarder
     /// (RFC 6455 section 4.2.2), then relays bytes both ways until one side ends. Returns false: the client
     /// connection is not reused after a tunnel.
     /// </summary>
-    private async Task<bool> TunnelHttp2Async(Http2ClientStream stream)
+    private async Task<bool> TunnelHttp2Async(Http2ClientStream stream, ClusterModel cluster)
     {
         WriteWebSocketAcceptHead(stream.Head);
         if (!await _client.FlushClientAsync().ConfigureAwait(false))
         {
             return false;
         }
-        Task up = CopyClientToStreamAsync(stream);
-        Task down = CopyStreamToClientAsync(stream);
-        Task first = await Task.WhenAny(up, down).ConfigureAwait(false);
+        var activity = new TunnelActivity();
+        Task up = CopyClientToStreamAsync(stream, activity);
+        Task down = CopyStreamToClientAsync(stream, activity);
+        Task<Task> either = Task.WhenAny(up, down);
+        if (await activity.IdledOutAsync(either, cluster.TunnelIdleTimeout).ConfigureAwait(false))
+        {
+            TunnelIdledOut(cluster);
+            _client.Input.CancelPendingRead();
+            await stream.Connection.CancelAsync(stream).ConfigureAwait(false);
+            await Task.WhenAll(up, down).ConfigureAwait(false);
+            return false;
+        }
+        Task first = await either.ConfigureAwait(false);
         if (first == down)
         {
             // The upstream ended the stream: stop reading the client; its connection then closes gracefully.
@@ -104,7 +114,7 @@ internal sealed partial class HttpForwarder
     }
 
     /// <summary>Client bytes up as DATA frames (the send windows pace the client read); END_STREAM when the client stops sending.</summary>
-    private async Task CopyClientToStreamAsync(Http2ClientStream stream)
+    private async Task CopyClientToStreamAsync(Http2ClientStream stream, TunnelActivity activity)
     {
         PipeReader source = _client.Input;
         Http2ClientConnection connection = stream.Connection;
@@ -118,6 +128,10 @@ internal sealed partial class HttpForwarder
                 {
                     source.AdvanceTo(buffer.Start);
                     return;
+                }
+                if (!buffer.IsEmpty)
+                {
+                    activity.Touch();
                 }
                 bool sent = buffer.IsEmpty || await connection.SendDataAsync(stream, buffer, endStream: false).ConfigureAwait(false);
                 source.AdvanceTo(buffer.End);
@@ -138,7 +152,7 @@ internal sealed partial class HttpForwarder
     }
 
     /// <summary>The stream's DATA down to the client as raw bytes, returning window as the client takes them.</summary>
-    private async Task CopyStreamToClientAsync(Http2ClientStream stream)
+    private async Task CopyStreamToClientAsync(Http2ClientStream stream, TunnelActivity activity)
     {
         PipeReader source = stream.ResponseReader;
         PipeWriter output = _client.Output;
@@ -151,6 +165,7 @@ internal sealed partial class HttpForwarder
                 long received = buffer.Length;
                 if (received > 0)
                 {
+                    activity.Touch();
                     _client.ResponsePump.Count(received);
                     output.Write(buffer);
                 }

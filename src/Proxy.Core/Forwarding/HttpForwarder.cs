@@ -438,7 +438,7 @@ internal sealed partial class HttpForwarder
                                             failure = ProxyError.UpstreamInvalidResponse;
                                             break;
                                         }
-                                        await TunnelAsync(upstream).ConfigureAwait(false);
+                                        await TunnelAsync(upstream, cluster).ConfigureAwait(false);
                                         outcome = false;
                                         goto Done;
                                     }
@@ -1022,7 +1022,7 @@ internal sealed partial class HttpForwarder
 
     // ---- tunnel (Upgrade, RFC 9110 section 7.8) ---------------------------------------------------
 
-    private async Task TunnelAsync(UpstreamConnection upstream)
+    private async Task TunnelAsync(UpstreamConnection upstream, ClusterModel cluster)
     {
         WriteUpgradeResponseHead(upstream.Response);
         if (!await _client.FlushClientAsync().ConfigureAwait(false))
@@ -1030,9 +1030,20 @@ internal sealed partial class HttpForwarder
             ReleaseUpstream();
             return;
         }
-        Task up = CopyRawAsync(_client.Input, upstream.Output);
-        Task down = CopyRawAsync(upstream.Input, _client.Output);
-        Task first = await Task.WhenAny(up, down).ConfigureAwait(false);
+        var activity = new TunnelActivity();
+        Task up = CopyRawAsync(_client.Input, upstream.Output, activity);
+        Task down = CopyRawAsync(upstream.Input, _client.Output, activity);
+        Task<Task> either = Task.WhenAny(up, down);
+        if (await activity.IdledOutAsync(either, cluster.TunnelIdleTimeout).ConfigureAwait(false))
+        {
+            TunnelIdledOut(cluster);
+            upstream.Abort();
+            _client.Input.CancelPendingRead();
+            await Task.WhenAll(up, down).ConfigureAwait(false);
+            ReleaseUpstream();
+            return;
+        }
+        Task first = await either.ConfigureAwait(false);
         if (first == down)
         {
             // The upstream closed: stop reading the client; the connection then closes gracefully, so the
@@ -1047,7 +1058,12 @@ internal sealed partial class HttpForwarder
         ReleaseUpstream();
     }
 
-    private static async Task CopyRawAsync(PipeReader source, PipeWriter destination)
+    /// <summary>One log line for a tunnel closed by <c>tunnel_idle_timeout</c> (its access-log line follows, status 101).</summary>
+    private void TunnelIdledOut(ClusterModel cluster)
+        => ProxyLog.Info("tunnel_idle_timeout", ("route", _route?.Id ?? ""), ("cluster", cluster.Name),
+            ("timeout_ms", (long)cluster.TunnelIdleTimeout.TotalMilliseconds));
+
+    private static async Task CopyRawAsync(PipeReader source, PipeWriter destination, TunnelActivity activity)
     {
         try
         {
@@ -1057,6 +1073,7 @@ internal sealed partial class HttpForwarder
                 ReadOnlySequence<byte> buffer = result.Buffer;
                 if (!buffer.IsEmpty)
                 {
+                    activity.Touch();
                     destination.Write(buffer);
                 }
                 source.AdvanceTo(buffer.End);

@@ -247,6 +247,11 @@ internal sealed class ClusterModel
     /// <summary>Longest wait for more response body bytes (an idle timeout: a steady stream is never cut).</summary>
     public TimeSpan StreamIdleTimeout { get; init; } = TimeSpan.FromSeconds(30);
     public UpstreamTimeouts Timeouts => new(RequestTimeout, ResponseTimeout, StreamIdleTimeout);
+    /// <summary>
+    /// Longest time an upgraded connection (WebSocket) may pass no byte either way before both sides are closed. HAProxy's
+    /// customary <c>timeout tunnel</c>: long enough for chatty-but-quiet WebSockets, short enough to reclaim dead peers.
+    /// </summary>
+    public TimeSpan TunnelIdleTimeout { get; init; } = TimeSpan.FromHours(1);
     /// <summary>Per destination cap on open upstream connections.</summary>
     public int MaxConnections { get; init; } = 256;
     /// <summary>How long an idle pooled upstream connection is kept.</summary>

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.WebSockets;
@@ -205,7 +206,7 @@ public sealed class WebSocketOverHttp2Tests
 /// <summary>WebSockets from HTTP/1.1 clients to HTTP/2 upstreams: the upgrade goes up as an RFC 8441 extended CONNECT.</summary>
 public sealed class WebSocketToHttp2UpstreamTests
 {
-    private static Task<TestProxy> StartProxyAsync(int upstreamPort) => TestProxy.StartAsync($$"""
+    private static Task<TestProxy> StartProxyAsync(int upstreamPort, string extra = "") => TestProxy.StartAsync($$"""
         listeners:
           - { name: public, address: 127.0.0.1:0 }
         routes:
@@ -215,7 +216,27 @@ public sealed class WebSocketToHttp2UpstreamTests
             protocol: h2c
             destinations: [{ address: "http://127.0.0.1:{{upstreamPort}}" }]
             connect_timeout: 5s
+            {{extra}}
         """);
+
+    /// <summary>tunnel_idle_timeout on the extended CONNECT path too: the stream is reset and the client's connection closed.</summary>
+    [Fact]
+    public async Task ClientWebSocketHttp11_ToH2cUpstream_IdleTunnelClosedAfterTunnelIdleTimeout()
+    {
+        await using var upstream = await KestrelWebSocketUpstream.StartAsync(Microsoft.AspNetCore.Server.Kestrel.Core.HttpProtocols.Http2);
+        await using var proxy = await StartProxyAsync(upstream.Port, "tunnel_idle_timeout: 500ms");
+        using var ws = Clients.CreateWebSocket();
+        ws.Options.KeepAliveInterval = TimeSpan.Zero;
+        using var cts = new CancellationTokenSource(TestDefaults.Timeout);
+        await ws.ConnectAsync(new Uri($"ws://127.0.0.1:{proxy.Public.Port}/ws"), cts.Token);
+        await ws.SendAsync("one message"u8.ToArray(), WebSocketMessageType.Text, true, cts.Token);
+        Assert.Equal("one message", Encoding.UTF8.GetString((await Clients.ReceiveMessageAsync(ws, cts.Token)).Payload));
+
+        var clock = Stopwatch.StartNew();
+        await Assert.ThrowsAnyAsync<WebSocketException>(async () => await ws.ReceiveAsync(new byte[16], cts.Token));
+
+        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(400), TimeSpan.FromSeconds(5));
+    }
 
     [Fact]
     public async Task ClientWebSocketHttp11_ThroughProxyToH2cKestrel_EchoesMessagesAndCloses()

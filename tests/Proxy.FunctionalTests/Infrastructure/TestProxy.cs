@@ -19,6 +19,8 @@ internal sealed record ProxyConfig
     public string KeepAliveTimeout { get; init; } = "75s";
     public string ConnectTimeout { get; init; } = "2s";
     public string RequestTimeout { get; init; } = "30s";
+    /// <summary>Further keys of the backend cluster, one per line, indented as they are (<c>tunnel_idle_timeout: 1s</c>).</summary>
+    public string ClusterExtra { get; init; } = "";
 
     /// <summary>The routes section's items; by default /hello answers directly and everything else goes to backend.</summary>
     public string Routes { get; init; } = """
@@ -38,7 +40,7 @@ internal sealed record ProxyConfig
             destinations: [{ address: "http://127.0.0.1:{{BackendPort.ToString(CultureInfo.InvariantCulture)}}" }]
             connect_timeout: {{ConnectTimeout}}
             request_timeout: {{RequestTimeout}}
-
+        {{string.Concat(ClusterExtra.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(line => "    " + line + "\n"))}}
         """;
 }
 
