@@ -156,6 +156,50 @@ public sealed class UpstreamFailureTests
         Assert.Equal(2, scenario.Upstream.Requests.Count(r => r.Target == "/two"));
     }
 
+    /// <summary>
+    /// Response queue poisoning: an upstream that sends bytes nobody asked for on a keep-alive connection (a body after
+    /// a HEAD's head, in a second write; bytes past a declared length), a little after the exchange ended. The pool used
+    /// to skip its check for connections idle under a second, so the next client's request went out on that connection
+    /// and got the stray bytes as its response. A connection readable while idle is now discarded, as nginx does.
+    /// </summary>
+    [Theory]
+    [InlineData("HEAD", 100)]
+    [InlineData("GET", 100)]
+    public async Task PooledConnection_StrayBytesWhileIdle_NextClientGetsItsOwnResponse(string method, int strayDelayMs)
+    {
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            while (await connection.ReadRequestAsync(ct) is { } request)
+            {
+                string body = "ok:" + request.Target;
+                await connection.WriteAsync($"HTTP/1.1 200 OK\r\ncontent-length: {body.Length}\r\n\r\n" + (request.Method == "HEAD" ? "" : body), ct);
+                if (request.Target == "/setup")
+                {
+                    // The stray bytes: a whole response, as a HEAD body sent anyway (or bytes past the length) would be.
+                    if (strayDelayMs > 0)
+                    {
+                        await Task.Delay(strayDelayMs, ct);
+                    }
+                    await connection.WriteAsync("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nEVIL", ct);
+                }
+            }
+        });
+
+        await using (var first = await scenario.ConnectAsync())
+        {
+            await first.SendAsync($"{method} /setup HTTP/1.1\r\nHost: example.test\r\n\r\n");
+            Assert.Equal(200, (await first.ReadResponseAsync(method)).Status);
+        }
+        await Task.Delay(strayDelayMs + 200);
+
+        var (response, second) = await scenario.SendAsync(Wire.Get("/innocent"));
+        await using var _ = second;
+
+        Assert.Equal(200, response.Status);
+        Assert.Equal("ok:/innocent", response.BodyText);
+        Assert.Equal(2, scenario.Upstream.ConnectionCount);
+    }
+
     [Fact]
     public async Task Upstream_Fails_ProxyKeepsServingOtherRequests()
     {

@@ -818,6 +818,7 @@ internal sealed partial class HttpForwarder
         _active = null;
         if (response.KeepAlive && !_client.Head.IsUpgrade && !HasUnexpectedBytes(upstream))
         {
+            upstream.PollBeforeReuse = _client.Head.Method == Http.HttpMethod.Head || response.StatusCode is 204 or 304;
             upstream.Destination.Pool!.Return(upstream);
         }
         else

@@ -3,6 +3,7 @@ using System.Net.Security;
 using System.Net.Sockets;
 using Proxy.Http;
 using Proxy.Transport;
+using Proxy.Transport.Epoll;
 
 namespace Proxy.Upstream;
 
@@ -37,6 +38,9 @@ internal sealed class UpstreamConnection
         (Input, Output) = SocketPipes.Create(tls, upstream: true);
     }
 
+    /// <summary>On the runtime's engine, how long a connection may sit idle and be reused without a poll.</summary>
+    private const long UnpolledIdleMilliseconds = 20;
+
     public DestinationState Destination { get; }
     /// <summary>Speaks HTTP/2: h2c by configuration, or "h2" chosen in ALPN (set by the pool when it connects).</summary>
     public bool IsHttp2 { get; init; }
@@ -56,13 +60,30 @@ internal sealed class UpstreamConnection
     public long IdleSince { get; set; }
 
     /// <summary>
-    /// True when the peer has closed (or sent unsolicited bytes on) an idle connection. A non-blocking poll,
-    /// made only for connections idle for more than a second: peers close idle connections after seconds, and
-    /// under load a connection is back in use within microseconds, where the poll would be a wasted syscall.
+    /// The last response was one that has no body by rule (to a HEAD, a 204 or a 304): an upstream that sends the body
+    /// anyway, in a second write, leaves it on the connection, where it would be read as the next request's response
+    /// (response queue poisoning). Such a connection is polled before reuse however briefly it was idle.
+    /// </summary>
+    public bool PollBeforeReuse { get; set; }
+
+    /// <summary>
+    /// True when the peer has closed (or sent unsolicited bytes on) an idle connection, which is then not reused: bytes
+    /// that arrived while idle would be taken for the next request's response. On our epoll engine the engine's
+    /// readiness says it without a syscall (<see cref="EpollSocketStream.MayHaveData"/>), and the poll runs only when
+    /// it says the socket may be readable. On the runtime's engine a non-blocking poll, skipped for a connection idle
+    /// under <see cref="UnpolledIdleMilliseconds"/> (under load a connection is back in use within microseconds, where
+    /// the poll would be a syscall per request) unless <see cref="PollBeforeReuse"/>.
     /// </summary>
     public bool LooksDead()
     {
-        if (Environment.TickCount64 - IdleSince < 1000)
+        if (_network is EpollSocketStream epoll)
+        {
+            if (!epoll.MayHaveData)
+            {
+                return false;
+            }
+        }
+        else if (!PollBeforeReuse && Environment.TickCount64 - IdleSince < UnpolledIdleMilliseconds)
         {
             return false;
         }

@@ -137,6 +137,15 @@ internal sealed class EpollSocketStream : Stream
     private bool IsDetached => Volatile.Read(ref _registration) == Detached;
 
     /// <summary>
+    /// False only when the engine knows the receive queue is empty: the socket is registered, the last recv() found it
+    /// drained, and no readiness event came since. A volatile read, no syscall: a pooled upstream connection is checked
+    /// with it before every reuse (<see cref="Upstream.UpstreamConnection.LooksDead"/>), as nginx closes an idle
+    /// upstream connection the moment it becomes readable.
+    /// </summary>
+    internal bool MayHaveData
+        => Volatile.Read(ref _registration) != Registered || _read.Sticky || Volatile.Read(ref _read.State) != _read.Drained;
+
+    /// <summary>
     /// Makes sure events for this direction will come before an operation parks; false when detached (no event will
     /// ever come). The caller read its state before its failed syscall: whatever became ready since is reported by
     /// the ADD or MOD itself, which bumps the sequence and makes the park fail and the syscall run again.
