@@ -79,6 +79,26 @@ public sealed partial class CliTests : IDisposable
         Assert.Contains("\"event\":\"shutdown_completed\"", await proxy.Stdout, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// The local_reply log line names the target without its query, as the access log does: a query carries secrets
+    /// (an api_key, a signed URL's signature). It used to log the whole target.
+    /// </summary>
+    [Fact]
+    public async Task Run_LocalReplyLogLine_OmitsTheQuery()
+    {
+        using var proxy = await StartAnsweringAsync("query.yaml", $"http://127.0.0.1:{Ports.ClosedPort()}");
+
+        using var response = await proxy.Client.GetAsync($"http://127.0.0.1:{proxy.Port}/orders/7?api_key=supersecretkey123");
+        Assert.Equal(System.Net.HttpStatusCode.BadGateway, response.StatusCode);
+        Assert.Equal(0, ProxyBinary.Kill(proxy.Process.Id, 15));
+        using var exit = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+        await proxy.Process.WaitForExitAsync(exit.Token);
+
+        string stdout = await proxy.Stdout;
+        Assert.Contains("\"target\":\"/orders/7\"", stdout, StringComparison.Ordinal);
+        Assert.DoesNotContain("supersecretkey123", stdout, StringComparison.Ordinal);
+    }
+
     /// <summary>A second SIGTERM while draining stops waiting: what is still in flight is cut and the process exits.</summary>
     [Fact]
     public async Task Run_SecondSigterm_AbortsTheDrainAndExits()

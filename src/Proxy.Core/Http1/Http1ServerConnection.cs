@@ -948,9 +948,18 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         }
     }
 
+    /// <summary>
+    /// The target as logged: without its query, as in the access log (queries carry secrets: an <c>api_key</c>, a
+    /// signed URL's signature, an OAuth code), and at most 256 bytes.
+    /// </summary>
     private static string SafeTarget(RequestHead head)
     {
         ReadOnlySpan<byte> target = head.Target;
+        int query = target.IndexOf((byte)'?');
+        if (query >= 0)
+        {
+            target = target[..query];
+        }
         if (target.Length > 256)
         {
             target = target[..256];
