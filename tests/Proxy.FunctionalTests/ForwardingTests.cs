@@ -6,6 +6,67 @@ namespace Proxy.FunctionalTests;
 /// <summary>What the proxy forwards to the upstream and back: fields, framing, connection management, local routes.</summary>
 public sealed class ForwardingTests
 {
+    /// <summary>
+    /// An upstream that sends its head and holds its body (a server-sent event stream, a long poll): the client gets
+    /// the head at once, as from nginx or Envoy. The head used to wait in the proxy's output for the first body byte.
+    /// </summary>
+    [Theory]
+    [InlineData("content-length: 5")]
+    [InlineData("transfer-encoding: chunked")]
+    public async Task ResponseHeadWithoutBody_ReachesHttp11ClientBeforeTheBody(string framing)
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        bool chunked = framing.StartsWith("transfer", StringComparison.Ordinal);
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            if (await connection.ReadRequestAsync(ct) is null)
+            {
+                return;
+            }
+            await connection.WriteAsync($"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n{framing}\r\n\r\n", ct);
+            await release.Task.WaitAsync(ct);
+            await connection.WriteAsync(chunked ? "5\r\nhello\r\n0\r\n\r\n" : "hello", ct);
+        });
+        await using var client = await scenario.ConnectAsync();
+        await client.SendAsync(Wire.Get("/events"));
+
+        var head = await client.ReadResponseHeadAsync();
+        Assert.Equal(200, head.Status);
+        Assert.Equal("text/event-stream", head.Header("content-type"));
+        release.SetResult();
+        var rest = new CollectSink();
+        using var cts = new CancellationTokenSource(TestDefaults.Timeout);
+        await client.Reader.ReadExactlyAsync(chunked ? 15 : 5, rest, cts.Token);
+        Assert.Contains("hello", System.Text.Encoding.Latin1.GetString(rest.ToArray()));
+    }
+
+    [Fact]
+    public async Task ResponseHeadWithoutBody_ReachesHttp2ClientBeforeTheBody()
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            if (await connection.ReadRequestAsync(ct) is null)
+            {
+                return;
+            }
+            await connection.WriteAsync("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 5\r\n\r\n", ct);
+            await release.Task.WaitAsync(ct);
+            await connection.WriteAsync("hello", ct);
+        });
+        using var http = new HttpClient(new SocketsHttpHandler { UseProxy = false })
+        {
+            DefaultRequestVersion = System.Net.HttpVersion.Version20,
+            DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            Timeout = TestDefaults.Timeout,
+        };
+
+        using var response = await http.GetAsync(new Uri(scenario.Proxy.PublicUri, "/events"), HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
+        release.SetResult();
+        Assert.Equal("hello", await response.Content.ReadAsStringAsync());
+    }
+
     [Fact]
     public async Task Get_ThroughProxy_ForwardsRequestLineAndReturnsUpstreamResponse()
     {

@@ -211,9 +211,40 @@ internal sealed class BodyPump
                     goto Copied;
                 }
                 long remaining = contentLength;
+                bool firstRead = destination is not null;
 
                 while (true)
                 {
+                    if (firstRead)
+                    {
+                        firstRead = false;
+                        if (source.TryRead(out result))
+                        {
+                            goto Read;
+                        }
+                        // None of the body is here yet: what the caller wrote (the response or request head) goes out now
+                        // rather than with the first body bytes. A server-sent event stream or a long poll sends its head
+                        // long before its body, and its client waits on the head. A body that came with its head (the
+                        // usual case) found bytes above and costs no extra flush.
+                        timer.ArmWrite();
+                        FlushResult headFlush;
+                        try
+                        {
+                            headFlush = await destination!.FlushAsync().ConfigureAwait(false);
+                        }
+                        catch (Exception)
+                        {
+                            timer.DisarmPump();
+                            outcome = PumpResult.DestinationFailed;
+                            goto Copied;
+                        }
+                        timer.DisarmPump();
+                        if (headFlush.IsCanceled || headFlush.IsCompleted)
+                        {
+                            outcome = PumpResult.DestinationFailed;
+                            goto Copied;
+                        }
+                    }
                     timer.ArmRead(source);
                     try
                     {
@@ -226,6 +257,7 @@ internal sealed class BodyPump
                         goto Copied;
                     }
                     timer.DisarmPump();
+                Read:
                     if (result.IsCanceled)
                     {
                         outcome = PumpResult.Cancelled;
