@@ -18,7 +18,7 @@ namespace Proxy.FunctionalTests.Grpc;
 /// Kestrel (tests only) as an HTTP/2 upstream: cleartext with prior knowledge (h2c), or TLS with ALPN, plus the
 /// gRPC Greeter service. Plain routes:
 /// <c>/info</c> "protocol|connection id|host|x-forwarded-for|te", <c>/echo</c> the request body back,
-/// <c>/bytes/{n}</c> n bytes of 'x', <c>/slow</c> the connection id after 200 ms, <c>/trailers</c> a body then trailers,
+/// <c>/bytes/{n}</c> n bytes of 'x', <c>/slow</c> the connection id after 200 ms, <c>/trailers</c> a body then trailers, <c>/trailers-with-length</c> the same with a content-length,
 /// <c>/healthz</c> the request's protocol (counted in <see cref="HealthProbes"/>), <c>/hold</c> "late" after 8 s unless the
 /// request is cancelled first (both counted in <see cref="Counters"/>).
 /// </summary>
@@ -157,6 +157,14 @@ internal sealed class H2Upstream : IAsyncDisposable
         {
             await Task.Delay(200);
             return c.Connection.Id;
+        });
+        app.MapGet("/trailers-with-length", async (HttpContext c) =>
+        {
+            // A content-length and trailers on one response: legal in HTTP/2 (the trailers are a HEADERS frame).
+            c.Response.ContentLength = 20;
+            c.Response.DeclareTrailer("grpc-status");
+            await c.Response.WriteAsync("body-before-trailers");
+            c.Response.AppendTrailer("grpc-status", "0");
         });
         app.MapGet("/trailers", async (HttpContext c) =>
         {

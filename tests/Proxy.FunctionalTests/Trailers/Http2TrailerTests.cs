@@ -29,6 +29,40 @@ public sealed class Http2TrailerTests
         Assert.False(response.TrailingHeaders.Contains("content-length"));
     }
 
+    /// <summary>
+    /// An HTTP/2 client's "te: trailers" reaches an h2c upstream (gRPC servers look for it), and the upstream's trailers
+    /// come back even when its response also has a content-length. The bridge used to drop the client's "te", so
+    /// neither happened: grpc-status was lost.
+    /// </summary>
+    [Fact]
+    public async Task HttpClient_H2c_TeTrailersToH2cUpstream_ForwardedAndTrailersKeptWithContentLength()
+    {
+        await using var upstream = await Proxy.FunctionalTests.Grpc.H2Upstream.StartAsync();
+        await using var proxy = await ClusterYaml.StartAsync(ClusterYaml.Address($"http://127.0.0.1:{upstream.Port}"), "h2c", "connect_timeout: 5s");
+        using var http = Http2ServerTests.CreateH2Client();
+
+        // A message built here does not take the client's default version: HTTP/2 is asked for on each.
+        using var info = new HttpRequestMessage(HttpMethod.Get, new Uri(proxy.PublicUri, "/info"))
+        {
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        };
+        info.Headers.TE.ParseAdd("trailers");
+        using var infoResponse = await http.SendAsync(info);
+        Assert.Equal(HttpVersion.Version20, infoResponse.Version);
+        Assert.EndsWith("|trailers", await infoResponse.Content.ReadAsStringAsync());
+
+        using var call = new HttpRequestMessage(HttpMethod.Get, new Uri(proxy.PublicUri, "/trailers-with-length"))
+        {
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        };
+        call.Headers.TE.ParseAdd("trailers");
+        using var response = await http.SendAsync(call);
+        Assert.Equal("body-before-trailers", await response.Content.ReadAsStringAsync());
+        Assert.Equal("0", Assert.Single(response.TrailingHeaders.GetValues("grpc-status")));
+    }
+
     [Fact]
     public async Task Frames_ResponseTrailers_TrailingHeadersFrameWithEndStream()
     {

@@ -152,12 +152,17 @@ internal sealed class Http2RequestHead
         switch (name.Length)
         {
             case 2 when name.SequenceEqual("te"u8):
-                // Section 8.2.2: only "trailers"; hop-by-hop in HTTP/1.1, so not forwarded.
+                // Section 8.2.2: only "trailers". Kept in the bridged head: the forwarder reads it to send "te: trailers"
+                // to an HTTP/2 upstream (gRPC servers require it) and to keep the response in a framing that carries
+                // trailers; the HTTP/1.1 upstream writer drops it with the other hop-by-hop fields. (It used to be dropped
+                // here, so an HTTP/2 client's gRPC call reached an h2c upstream without it, and lost grpc-status when
+                // the upstream's response had a content-length.)
                 if (!value.SequenceEqual("trailers"u8))
                 {
                     Error = Http2RequestError.InvalidTe;
+                    return;
                 }
-                return;
+                break;
             case 4 when name.SequenceEqual("host"u8):
                 if (_authorityStart >= 0)
                 {
