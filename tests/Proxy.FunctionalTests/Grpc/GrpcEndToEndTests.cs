@@ -122,6 +122,8 @@ public sealed class GrpcEndToEndTests
         using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(proxy.PublicUri, "/greet.Greeter/SayHello"))
         {
             Content = new ByteArrayContent(GrpcFrame(new HelloRequest { Name = "slow" })),
+            Version = HttpVersion.Version20, // a message does not take the client's default version
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
         };
         request.Content.Headers.ContentType = new("application/grpc");
         request.Headers.TryAddWithoutValidation("te", "trailers");
@@ -134,6 +136,7 @@ public sealed class GrpcEndToEndTests
         string status = response.Headers.TryGetValues("grpc-status", out var inHead) ? inHead.Single()
             : response.TrailingHeaders.GetValues("grpc-status").Single();
         Assert.Equal("4", status); // DEADLINE_EXCEEDED
+        Assert.Equal(HttpVersion.Version20, response.Version);
         Assert.True(watch.Elapsed < TimeSpan.FromSeconds(4), $"the call took {watch.Elapsed}");
 
         // And the typed client sees the same through its own deadline.

@@ -128,12 +128,17 @@ public sealed class Http2ServerTests
 
         using var echo = await http.PostAsync(new Uri(proxy.EchoUri, "/e?q=1"), new StringContent("12345"));
         using var refused = await http.GetAsync(new Uri(proxy.PublicUri, "/nowhere"));
-        using var head = new HttpRequestMessage(HttpMethod.Head, new Uri(proxy.PublicUri, "/hello"));
+        using var head = new HttpRequestMessage(HttpMethod.Head, new Uri(proxy.PublicUri, "/hello"))
+        {
+            Version = HttpVersion.Version20, // a message does not take the client's default version
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        };
         using var headResponse = await http.SendAsync(head);
 
         Assert.Contains("\"body_bytes\":5", await echo.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         Assert.Equal(HttpStatusCode.BadGateway, refused.StatusCode);
         Assert.Equal(HttpStatusCode.OK, headResponse.StatusCode);
+        Assert.Equal(HttpVersion.Version20, headResponse.Version);
         Assert.Equal(6, headResponse.Content.Headers.ContentLength);
         Assert.Empty(await headResponse.Content.ReadAsByteArrayAsync());
     }

@@ -150,6 +150,8 @@ public sealed class Http2TrailerTests
         using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(proxy.PublicUri, "/pkg.Svc/Call"))
         {
             Content = new ByteArrayContent([0, 0, 0, 0, 0]),
+            Version = HttpVersion.Version20, // a message does not take the client's default version
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
         };
         request.Content.Headers.ContentType = new("application/grpc");
         request.Content.Headers.ContentLength = null;
@@ -158,6 +160,7 @@ public sealed class Http2TrailerTests
         await response.Content.ReadAsByteArrayAsync();
 
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(HttpVersion.Version20, response.Version);
         // Trailers-only: the status is in the only header block.
         Assert.Equal("14", Assert.Single(response.Headers.GetValues("grpc-status")));
         Assert.Equal("application/grpc", response.Content.Headers.ContentType?.MediaType);
