@@ -89,6 +89,10 @@ internal sealed class JwtFilter : IRequestHeadersFilter
 
     private static readonly byte[] s_problemJson = "application/problem+json"u8.ToArray();
 
+    /// <summary>RFC 4648 section 5: the base64url alphabet.</summary>
+    private static readonly SearchValues<byte> s_base64UrlAlphabet =
+        SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"u8);
+
     // Indexed by JwtResult.
     private static readonly string[] s_details =
         ["", "jwt_missing", "jwt_malformed", "jwt_invalid", "jwt_expired", "jwt_not_yet_valid", "jwt_issuer", "jwt_audience", "jwt_scope", "jwt_keys_unavailable", "jwt_role", "jwt_claim"];
@@ -360,7 +364,13 @@ internal sealed class JwtFilter : IRequestHeadersFilter
 
     private static bool Decode(ReadOnlySpan<byte> text, Span<byte> destination, out int written)
     {
-        // RFC 7515 section 2: base64url without padding; Base64Url also accepts padding, which no issuer sends.
+        // RFC 7515 section 2: base64url without padding, and nothing else. Base64Url.DecodeFromUtf8 also skips
+        // whitespace and takes '=' padding: refused first, so a signed token has one spelling, not many.
+        written = 0;
+        if (text.ContainsAnyExcept(s_base64UrlAlphabet))
+        {
+            return false;
+        }
         OperationStatus status = Base64Url.DecodeFromUtf8(text, destination, out int consumed, out written);
         return status == OperationStatus.Done && consumed == text.Length && written > 0;
     }
