@@ -98,8 +98,11 @@ internal sealed class RedisRateLimitStore
         Options = options;
         _policyName = policyName;
         _ratePrefix = Encoding.UTF8.GetBytes($"proxy:rl:{policyName}:");
+        // The connect starts on the thread pool: its synchronous part (loading the client, setting up the endpoint; a
+        // second or more on a cold, loaded process) would otherwise run on the first request's thread, before any
+        // timeout can start counting.
         _connection = s_connections.GetOrAdd($"{options.Address}|{options.Timeout.TotalMilliseconds}", static (_, o) => new Lazy<Task<ConnectionMultiplexer>>(
-            () => ConnectionMultiplexer.ConnectAsync(Configure(o))), options);
+            () => Task.Run(() => ConnectionMultiplexer.ConnectAsync(Configure(o)))), options);
     }
 
     public RedisStoreOptions Options { get; }
