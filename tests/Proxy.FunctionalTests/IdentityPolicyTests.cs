@@ -116,6 +116,39 @@ public sealed class IdentityPolicyTests
     }
 
     [Fact]
+    public async Task ApiKey_SentTwiceInAnotherSpelling_Returns401InvalidAndUpstreamSeesNothing()
+    {
+        var (upstream, proxy) = await StartAsync(ApiKeyPolicy, "keys");
+        await using var _ = upstream;
+        await using var __ = proxy;
+        await using var client = await proxy.ConnectAsync();
+
+        // CGI-style upstreams read x_api_key as X-API-Key: a second, unchecked key travelling with the checked one.
+        var response = await GetAsync(client, "/orders/1", "x_api_key: mallory-key", "X-API-Key: alice-secret");
+        Problem(response, 401);
+        Assert.Equal("ApiKey realm=\"keys\"", response.Header("www-authenticate"));
+        Assert.Contains("not accepted", response.BodyText);
+        Assert.Equal(0, upstream.ConnectionCount);
+    }
+
+    [Theory]
+    [InlineData("/orders/1?api%5Fkey=mallory&api_key=alice%20secret")]
+    [InlineData("/orders/1?api_key&api_key=alice%20secret")]
+    public async Task ApiKey_InQueryTwiceInAnotherSpelling_Returns401(string target)
+    {
+        var (upstream, proxy) = await StartAsync($$"""
+              keys:
+                api_key: { query: api_key, keys: [{ sha256: {{Sha("alice secret")}}, consumer: alice }] }
+            """, "keys");
+        await using var _ = upstream;
+        await using var __ = proxy;
+        await using var client = await proxy.ConnectAsync();
+
+        Assert.Contains("not accepted", Problem(await GetAsync(client, target), 401).GetProperty("detail").GetString());
+        Assert.Equal(0, upstream.ConnectionCount);
+    }
+
+    [Fact]
     public async Task ApiKey_InQuery_Accepted()
     {
         var (upstream, proxy) = await StartAsync($$"""

@@ -161,4 +161,29 @@ public sealed class JwksUrlTests : IDisposable
             response.Header("www-authenticate"));
         Assert.Equal(0, upstream.ConnectionCount);
     }
+
+    [Fact]
+    public async Task JwksUrl_BodyOverOneMiB_FetchFailsAndKeepsLastGoodSet()
+    {
+        await using var keys = StartKeyServer();
+        var source = new Proxy.Pipeline.Filters.JwksSource("jwt-remote", new Proxy.Pipeline.Filters.JwksSourceOptions
+        {
+            Url = new Uri($"http://127.0.0.1:{keys.Port.ToString(CultureInfo.InvariantCulture)}/.well-known/jwks.json"),
+        });
+        Assert.True(await source.FetchAsync());
+        Assert.Equal("k1"u8, Assert.Single(source.Keys).Kid!);
+
+        // A usable set (k2 rotated in) padded with JSON whitespace past the 1 MiB cap (JwksSource.MaxResponseBytes, as
+        // docs/policies.md says): refused whole, k1 stays.
+        const int Cap = 1024 * 1024;
+        string rotated = Jwks((_new, "k2"), (_old, "k1"));
+        _jwks = rotated[..^1] + new string(' ', Cap) + "}";
+        Assert.False(await source.FetchAsync());
+        Assert.Equal("k1"u8, Assert.Single(source.Keys).Kid!);
+
+        // At the cap exactly, the same set is read.
+        _jwks = rotated[..^1] + new string(' ', Cap - rotated.Length) + "}";
+        Assert.True(await source.FetchAsync());
+        Assert.Equal(["k2", "k1"], source.Keys.Select(k => System.Text.Encoding.ASCII.GetString(k.Kid!)));
+    }
 }

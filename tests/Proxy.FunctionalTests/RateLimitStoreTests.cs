@@ -131,6 +131,19 @@ public sealed class RateLimitStoreTests
             }
         }
 
+        /// <summary>SIGSTOP: the server keeps its connections open and answers nothing (a hung or swapped-out Redis).</summary>
+        public void Freeze() => Signal("-STOP");
+
+        /// <summary>SIGCONT after <see cref="Freeze"/>.</summary>
+        public void Thaw() => Signal("-CONT");
+
+        private void Signal(string signal)
+        {
+            using var kill = Process.Start("kill", [signal, _process.Id.ToString(CultureInfo.InvariantCulture)])!;
+            kill.WaitForExit(5000);
+            Assert.Equal(0, kill.ExitCode);
+        }
+
         public void Kill()
         {
             if (!_process.HasExited)
@@ -353,6 +366,58 @@ public sealed class RateLimitStoreTests
         finally
         {
             await redis.DisposeAsync();
+        }
+    }
+
+    /// <summary>
+    /// A Redis that stops answering with its connection open (SIGSTOP): each decision must give up after the policy's
+    /// timeout. StackExchange.Redis checks its own AsyncTimeout only on a heartbeat about once a second, so with
+    /// `timeout: 100ms` decisions used to take up to a second.
+    /// </summary>
+    [Theory]
+    [InlineData("allow", 200)]
+    [InlineData("deny", 503)]
+    public async Task Redis_ServerFrozen_EachDecisionGivesUpAfterTimeout(string onError, int expected)
+    {
+        await using var redis = await RedisProcess.StartAsync();
+        var (upstream, proxy) = await StartAsync(
+            $"    rate_limit: {{ key: header:x-api-key, rate: 100/s, store: redis, redis: {{ address: \"{redis.Address}\", on_error: {onError}, timeout: 100ms }} }}");
+        await using var _ = upstream;
+        await using var __ = proxy;
+        await using var client = await proxy.ConnectAsync();
+        var filter = Assert.IsType<Proxy.Pipeline.Filters.RateLimitFilter>(proxy.Server.Snapshot.Policies.Single().Value);
+        // Until Redis itself decides (connected, script loaded): with on_error: allow a failed decision is a 200 too.
+        var warming = Stopwatch.StartNew();
+        while (true)
+        {
+            long errors = filter.StoreErrorCount;
+            if ((await GetAsync(client, "/local", "X-API-Key: warm-up")).Status == 200 && filter.StoreErrorCount == errors)
+            {
+                break;
+            }
+            Assert.True(warming.Elapsed < TestDefaults.Timeout, "the Redis store never answered");
+            await Task.Delay(100);
+        }
+        long errorsBefore = filter.StoreErrorCount;
+
+        redis.Freeze();
+        try
+        {
+            var slowest = TimeSpan.Zero;
+            for (int i = 0; i < 4; i++)
+            {
+                var sw = Stopwatch.StartNew();
+                var response = await GetAsync(client, "/local", "X-API-Key: k");
+                slowest = sw.Elapsed > slowest ? sw.Elapsed : slowest;
+                Assert.Equal(expected, response.Status);
+            }
+            // 100 ms plus scheduling on a loaded machine; the heartbeat-bound wait it replaces was 0.5 to 1.1 s.
+            Assert.True(slowest < TimeSpan.FromMilliseconds(450), $"the slowest of four decisions took {slowest}");
+            Assert.Equal(4, filter.StoreErrorCount - errorsBefore);
+        }
+        finally
+        {
+            redis.Thaw();
         }
     }
 }

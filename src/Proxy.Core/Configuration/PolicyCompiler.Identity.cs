@@ -544,9 +544,16 @@ internal static partial class PolicyCompiler
             {
                 continue;
             }
-            if (entry.Key.Value.Length == 0 || s_reservedClaims.Contains(entry.Key.Value))
+            // A dotted name is a path into nested objects, as for roles_claim (tenant.id reads {"tenant":{"id":...}}).
+            string[] path = entry.Key.Value.Split('.');
+            if (entry.Key.Value.Length == 0 || s_reservedClaims.Contains(path[0]))
             {
                 errors.Add(entry.Key.Mark, $"'{entry.Key.Value}' cannot be a required claim: use issuer, audiences, required_scopes (or nothing, for exp, nbf and sub)");
+                continue;
+            }
+            if (Array.IndexOf(path, "") >= 0 || path.Length > JwtFilter.MaxRolesPathSegments)
+            {
+                errors.Add(entry.Key.Mark, $"invalid required claim '{entry.Key.Value}': expected a claim name or a dotted path of at most {JwtFilter.MaxRolesPathSegments} non-empty names into nested objects (e.g. org.tenant)");
                 continue;
             }
             claims.Add(new(entry.Key.Value, value.Value));

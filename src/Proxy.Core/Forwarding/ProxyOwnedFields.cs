@@ -30,6 +30,26 @@ internal static class ProxyOwnedFields
         return ContainsDashed(dashed, edits, forwarded, clientCertificateHeader);
     }
 
+    /// <summary>True when two field names are one to a CGI-style upstream: ASCII case-insensitive, '_' read as '-'.</summary>
+    public static bool SameName(ReadOnlySpan<byte> a, ReadOnlySpan<byte> b)
+    {
+        if (a.Length != b.Length)
+        {
+            return false;
+        }
+        for (int i = 0; i < a.Length; i++)
+        {
+            // OR 0x20 lower-cases a letter; any other byte must match exactly (after '_' became '-').
+            byte x = a[i] == (byte)'_' ? (byte)'-' : a[i];
+            byte y = b[i] == (byte)'_' ? (byte)'-' : b[i];
+            if (x != y && (!char.IsAsciiLetter((char)x) || (x | 0x20) != (y | 0x20)))
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+
     private static bool ContainsDashed(ReadOnlySpan<byte> name, Pipeline.RequestContext? edits, bool forwarded, byte[]? clientCertificateHeader)
     {
         bool owned = KnownHeaders.Resolve(name) is KnownHeader.XForwardedFor or KnownHeader.XForwardedProto or KnownHeader.XForwardedHost

@@ -82,14 +82,35 @@ public sealed partial class RequestContext
         return i >= 0;
     }
 
-    /// <summary>As <see cref="TryGetHeader(ReadOnlySpan{byte}, out ReadOnlySpan{byte})"/>, and whether another field of
-    /// the name follows: a credential checked in the first copy must not travel next to an unchecked second.</summary>
+    /// <summary>
+    /// As <see cref="TryGetHeader(ReadOnlySpan{byte}, out ReadOnlySpan{byte})"/>, and whether another field of the name
+    /// is there, before or after, also spelled with '_' for '-' (<c>x_api_key</c>): a credential checked in one copy
+    /// must not travel next to an unchecked second, and CGI-style upstreams read both spellings as one variable
+    /// (as <see cref="Forwarding.ProxyOwnedFields"/> says).
+    /// </summary>
     internal bool TryGetHeader(ReadOnlySpan<byte> name, out ReadOnlySpan<byte> value, out bool repeated)
     {
-        int i = IndexOfHeader(name, 0);
-        value = i >= 0 ? _head.Value(i) : default;
-        repeated = i >= 0 && IndexOfHeader(name, i + 1) >= 0;
-        return i >= 0;
+        RequestHead head = _head;
+        int found = -1;
+        repeated = false;
+        for (int i = 0; i < head.FieldCount; i++)
+        {
+            ReadOnlySpan<byte> field = head.Name(i);
+            if (field.Length != name.Length)
+            {
+                continue;
+            }
+            if (found < 0 && Ascii.EqualsIgnoreCase(field, name))
+            {
+                found = i;
+            }
+            else if (Forwarding.ProxyOwnedFields.SameName(field, name))
+            {
+                repeated = true;
+            }
+        }
+        value = found >= 0 ? head.Value(found) : default;
+        return found >= 0;
     }
 
     /// <summary>The index of the first field named <paramref name="name"/> at or after <paramref name="start"/>; -1 when none.</summary>

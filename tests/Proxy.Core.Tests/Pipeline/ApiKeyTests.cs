@@ -112,6 +112,41 @@ public sealed class ApiKeyTests : IDisposable
         }
     }
 
+    [Theory]
+    // Header: a second field spelled with '_' for '-' (CGI-style upstreams read X_API_KEY and X-API-KEY as one
+    // variable), before or after the checked one.
+    [InlineData("/", "x_api_key: forged\r\nX-API-Key: alice-key\r\n")]
+    [InlineData("/", "X-API-Key: alice-key\r\nX_Api_Key: forged\r\n")]
+    [InlineData("/", "X-API-Key: alice-key\r\nx-api_key: alice-key\r\n")]
+    // Query: a percent-encoded name is the same parameter to the upstream's parser; so is a bare name with no value.
+    [InlineData("/?api%5Fkey=forged&api_key=alice-key", "")]
+    [InlineData("/?api_key=alice-key&%61pi_key=forged", "")]
+    [InlineData("/?api%5fkey=alice-key&api_key=alice-key", "")]
+    [InlineData("/?api_key&api_key=alice-key", "")]
+    public void OnRequestHeaders_KeySentTwiceAnySpelling_Responds401Invalid(string target, string fields)
+    {
+        var context = RateLimitTests.Context($"GET {target} HTTP/1.1\r\nHost: a\r\n{fields}\r\n");
+        var filter = target.Contains('?') ? Filter(query: "api_key") : Filter();
+        Assert.Equal(FilterStatus.Respond, filter.OnRequestHeaders(context));
+        Assert.Equal(401, context.ReplyStatus);
+        Assert.Equal("api_key_invalid", context.ReplyDetails);
+        Assert.True(context.Identity.IsAnonymous);
+    }
+
+    [Theory]
+    // One copy, percent-encoded name: the upstream's parser reads it as api_key, and so do we.
+    [InlineData("/?api%5Fkey=alice-key", "")]
+    [InlineData("/?x=api_key&api_key=alice-key&api_key_2=x&y=api_key", "")]
+    // Other names that only look alike are other parameters and fields.
+    [InlineData("/", "X-API-Key: alice-key\r\nx-api-keys: forged\r\nx_api: y\r\n")]
+    public void OnRequestHeaders_KeyOnceAmongLookAlikes_Continues(string target, string fields)
+    {
+        var context = RateLimitTests.Context($"GET {target} HTTP/1.1\r\nHost: a\r\n{fields}\r\n");
+        var filter = target.Contains('?') ? Filter(query: "api_key") : Filter();
+        Assert.Equal(FilterStatus.Continue, filter.OnRequestHeaders(context));
+        Assert.Equal("alice", Encoding.UTF8.GetString(context.Identity.Consumer));
+    }
+
     [Fact]
     public void OnRequestHeaders_ForwardIdentity_StripsClientCopiesAndAddsConsumer()
     {

@@ -214,6 +214,39 @@ public class JwtFilterTests
         Assert.NotEqual(JwtResult.Valid, Check(token));
     }
 
+    [Theory]
+    // RFC 7515 section 2: base64url without padding; Base64Url.DecodeFromUtf8 alone skips whitespace and takes '='.
+    [InlineData(2, 10, " ")]
+    [InlineData(2, 10, "\t")]
+    [InlineData(2, 10, "\r\n")]
+    [InlineData(2, -1, "=")]
+    [InlineData(1, 4, " ")]
+    [InlineData(0, 4, " ")]
+    [InlineData(0, -1, "=")]
+    public void Validate_WhitespaceOrPaddingInAPart_ReturnsMalformed(int part, int at, string inserted)
+    {
+        // A genuine HS256 token (header 39 chars and signature 43: one "=" is exactly the padding a decoder accepts),
+        // then the bytes slipped into one part.
+        string payload = JwtTestKeys.ValidPayload();
+        string signingInput = $"{JwtTestKeys.B64("""{"alg":"HS256","kid":"hmac1"}"""u8)}.{JwtTestKeys.B64(Encoding.UTF8.GetBytes(payload))}";
+        string token = $"{signingInput}.{JwtTestKeys.B64(HMACSHA256.HashData(s_keys.Secret, Encoding.ASCII.GetBytes(signingInput)))}";
+        Assert.Equal(JwtResult.Valid, Check(token));
+        string[] parts = token.Split('.');
+        parts[part] = at < 0 ? parts[part] + inserted : parts[part].Insert(at, inserted);
+        Assert.Equal(JwtResult.Malformed, Check(string.Join('.', parts)));
+    }
+
+    [Fact]
+    public void OnRequestHeaders_SpaceInSignature_Responds401Malformed()
+    {
+        string token = s_keys.Mint("HS256");
+        string spaced = token.Insert(token.LastIndexOf('.') + 8, " ");
+        var context = RateLimitTests.Context($"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {spaced}\r\n\r\n");
+        Assert.Equal(FilterStatus.Respond, Filter().OnRequestHeaders(context));
+        Assert.Equal(401, context.ReplyStatus);
+        Assert.Equal("jwt_malformed", context.ReplyDetails);
+    }
+
     [Fact]
     public void Validate_MissingExp_ReturnsMalformed()
     {

@@ -26,7 +26,7 @@ public class JwtRolesPathTests
     }, new JwtClock(JwtTestKeys.Now));
 
     /// <summary>A valid HS256 token whose payload is the registered claims followed by <paramref name="claims"/> (raw JSON members).</summary>
-    private static string Token(string claims)
+    internal static string Token(string claims)
     {
         long exp = JwtTestKeys.Now.AddMinutes(10).ToUnixTimeSeconds();
         string payload = $$"""{"iss":"{{JwtTestKeys.Issuer}}","aud":"{{JwtTestKeys.Audience}}","exp":{{exp}},"sub":"u1",{{claims}}}""";
@@ -92,11 +92,15 @@ public class JwtRolesPathTests
     }
 
     [Fact]
-    public void Validate_EscapedNamesAndDuplicateObjects_Matched()
+    public void Validate_EscapedNamesAndDuplicateObjects_LastCopyOnly()
     {
-        // JSON escapes in member names are names all the same; a repeated object is searched too.
-        Assert.Equal(JwtResult.Valid, Check(Filter("realm_access.roles", ["admin", "ops"]),
-            "\"realm\\u005faccess\":{\"r\\u006fles\":[\"admin\"]},\"realm_access\":{\"roles\":\"ops\"}"));
+        // JSON escapes in member names are names all the same; of a repeated object only the last copy counts
+        // (RFC 7519 section 4), as for any JSON parser that keeps the lexically last member.
+        const string claims = "\"realm\\u005faccess\":{\"r\\u006fles\":[\"admin\"]},\"realm_access\":{\"roles\":\"ops\"}";
+        Assert.Equal(JwtResult.InsufficientRole, Check(Filter("realm_access.roles", ["admin", "ops"]), claims));
+        Assert.Equal(JwtResult.InsufficientRole, Check(Filter("realm_access.roles", ["admin"]), claims));
+        Assert.Equal(JwtResult.Valid, Check(Filter("realm_access.roles", ["ops"]), claims));
+        Assert.Equal(JwtResult.Valid, Check(Filter("realm_access.roles", ["admin"]), "\"realm\\u005faccess\":{\"r\\u006fles\":[\"admin\"]}"));
     }
 
     [Fact]

@@ -100,6 +100,18 @@ public class TrustedProxyTests
         Assert.Equal(FilterStatus.Continue, Run(filter, "::1", "198.51.100.7", "203.0.113.5, 10.9.9.9"));
     }
 
+    [Theory]
+    // RFC 9110 section 5.6.1: OWS is any run of SP and HTAB around the comma, in any order.
+    [InlineData("198.51.100.7,\t 10.0.0.2")]
+    [InlineData("198.51.100.7 \t, \t10.0.0.2\t ")]
+    [InlineData("198.51.100.7 \t,10.0.0.2")]
+    public void OnRequestHeaders_MixedSpacesAndTabsAroundEntries_Trimmed(string xff)
+    {
+        var filter = Filter(["198.51.100.0/24"], []);
+        var (_, context) = FilterContexts.Create($"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: {xff}\r\n\r\n", IPAddress.Parse("10.0.0.1"));
+        Assert.Equal(FilterStatus.Continue, filter.OnRequestHeaders(context));
+    }
+
     [Fact]
     public void OnRequestHeaders_AllTrustedOrNone_UsesLeftMostOrPeer()
     {

@@ -199,32 +199,62 @@ internal sealed class ApiKeyFilter : IRequestHeadersFilter, IPolicyDecisionCount
     /// <summary>
     /// Finds <paramref name="name"/> in an application/x-www-form-urlencoded query and percent-decodes its value
     /// (RFC 3986 section 2.1) into <paramref name="destination"/>: its length, 0 when absent or empty, -2 when the
-    /// value is too long or badly escaped. '+' is kept as is (keys are not form text).
+    /// value is too long or badly escaped, or when the parameter is there twice. '+' is kept as is (keys are not form
+    /// text). Names are compared percent-decoded, as the upstream's query parser will read them.
     /// </summary>
     internal static int QueryParameter(ReadOnlySpan<byte> query, ReadOnlySpan<byte> name, Span<byte> destination)
     {
+        int length = 0;
+        bool found = false;
         while (NextPair(ref query, out ReadOnlySpan<byte> pair))
         {
-            if (pair.Length > name.Length && pair[name.Length] == (byte)'=' && pair.StartsWith(name))
+            int equals = pair.IndexOf((byte)'=');
+            if (!NameEquals(equals < 0 ? pair : pair[..equals], name))
             {
-                // A second key parameter: which one an upstream reads is its choice, not ours to guess.
-                return HasParameter(query, name) ? -2 : PercentDecode(pair[(name.Length + 1)..], destination);
+                continue;
             }
+            if (found)
+            {
+                // A second key parameter, however spelled (api%5Fkey, or a bare name with no value): which one an
+                // upstream reads is its choice, not ours to guess.
+                return -2;
+            }
+            found = true;
+            length = equals < 0 ? 0 : PercentDecode(pair[(equals + 1)..], destination);
         }
-        return 0;
+        return length;
     }
 
-    /// <summary>True when a parameter <paramref name="name"/> (with a value or without) is in <paramref name="query"/>.</summary>
-    private static bool HasParameter(ReadOnlySpan<byte> query, ReadOnlySpan<byte> name)
+    /// <summary>True when the pair's <paramref name="encoded"/> name, percent-decoded, is <paramref name="name"/>.</summary>
+    private static bool NameEquals(ReadOnlySpan<byte> encoded, ReadOnlySpan<byte> name)
     {
-        while (NextPair(ref query, out ReadOnlySpan<byte> pair))
+        if (encoded.Length < name.Length)
         {
-            if (pair.StartsWith(name) && (pair.Length == name.Length || pair[name.Length] == (byte)'='))
-            {
-                return true;
-            }
+            return false; // escapes only lengthen a name
         }
-        return false;
+        int matched = 0;
+        for (int i = 0; i < encoded.Length; i++)
+        {
+            byte b = encoded[i];
+            if (b == (byte)'%')
+            {
+                // A malformed escape is not the name (nor is it any parser's reading of the name).
+                int hi = i + 2 < encoded.Length ? HexValue(encoded[i + 1]) : -1;
+                int lo = hi < 0 ? -1 : HexValue(encoded[i + 2]);
+                if (lo < 0)
+                {
+                    return false;
+                }
+                b = (byte)((hi << 4) | lo);
+                i += 2;
+            }
+            if (matched == name.Length || b != name[matched])
+            {
+                return false;
+            }
+            matched++;
+        }
+        return matched == name.Length;
     }
 
     /// <summary>The next '&amp;'-separated piece of <paramref name="query"/>, consumed from it.</summary>

@@ -88,7 +88,8 @@ internal sealed class IpFilter : IRequestHeadersFilter
             while (true)
             {
                 int comma = list.LastIndexOf((byte)',');
-                ReadOnlySpan<byte> entry = list[(comma + 1)..].Trim((byte)' ').Trim((byte)'\t');
+                // RFC 9110 section 5.6.1: OWS around list elements is any run of SP and HTAB, in any mix.
+                ReadOnlySpan<byte> entry = list[(comma + 1)..].Trim(" \t"u8);
                 if (!entry.IsEmpty)
                 {
                     if (!IpText.TryParse(entry, out client, out isV4))

@@ -26,7 +26,17 @@ internal sealed record JwksSourceOptions
 /// </remarks>
 internal sealed class JwksSource
 {
-    private static readonly HttpClient s_client = new(new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(5) });
+    /// <summary>
+    /// Largest key set read. Real ones are a few KiB (a dozen RSA keys with certificate chains stay under 64 KiB); a
+    /// larger body fails the fetch, so a broken or hostile key server cannot make the proxy buffer without bound.
+    /// </summary>
+    public const int MaxResponseBytes = 1024 * 1024;
+
+    private static readonly HttpClient s_client = new(new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(5) })
+    {
+        // GetAsync buffers the body and fails once it passes this (at once when Content-Length declares more).
+        MaxResponseContentBufferSize = MaxResponseBytes,
+    };
 
     private readonly TimeProvider _time;
     private readonly string _policyName;

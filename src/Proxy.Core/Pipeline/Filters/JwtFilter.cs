@@ -51,7 +51,10 @@ internal sealed record JwtOptions
     /// named. At most <see cref="JwtFilter.MaxRolesPathSegments"/> segments.
     /// </summary>
     public string RolesClaim { get; init; } = "roles";
-    /// <summary>Claims that must equal the given value (a string claim, or an array of strings containing it); at most 64.</summary>
+    /// <summary>
+    /// Claims that must equal the given value (a string claim, or an array of strings containing it); at most 64. A
+    /// dotted name is a path into nested objects, as for <see cref="RolesClaim"/>.
+    /// </summary>
     public IReadOnlyList<KeyValuePair<string, string>> RequiredClaims { get; init; } = [];
     /// <summary>Headers that carry the verified identity upstream; null when the policy forwards nothing.</summary>
     public IdentityForwardingOptions? ForwardIdentity { get; init; }
@@ -78,10 +81,17 @@ internal sealed class JwtFilter : IRequestHeadersFilter
 
     private const int MaxScopes = 64;
 
-    /// <summary>Deepest roles_claim path (<c>a.b.c.d</c>); Keycloak's deepest is three (<c>resource_access.CLIENT.roles</c>).</summary>
+    /// <summary>
+    /// Deepest roles_claim or required_claims path (<c>a.b.c.d</c>); Keycloak's deepest is three
+    /// (<c>resource_access.CLIENT.roles</c>).
+    /// </summary>
     public const int MaxRolesPathSegments = 8;
 
     private static readonly byte[] s_problemJson = "application/problem+json"u8.ToArray();
+
+    /// <summary>RFC 4648 section 5: the base64url alphabet.</summary>
+    private static readonly SearchValues<byte> s_base64UrlAlphabet =
+        SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"u8);
 
     // Indexed by JwtResult.
     private static readonly string[] s_details =
@@ -105,7 +115,8 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     private readonly bool _rolesAll;
     /// <summary>The roles_claim path split at '.' once, at compile time: one UTF-8 name per nesting level.</summary>
     private readonly byte[][] _rolesPath;
-    private readonly byte[][] _claimNames;
+    /// <summary>Each required claim's name split at '.' once, at compile time, as <see cref="_rolesPath"/>.</summary>
+    private readonly byte[][][] _claimPaths;
     private readonly byte[][] _claimValues;
     private readonly ulong _allClaims;
     private readonly IdentityForwarding? _forwarding;
@@ -143,9 +154,13 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         _rolesAll = options.AllRoles;
         _rolesPath = options.RolesClaim.Split('.').Select(Encoding.UTF8.GetBytes).ToArray();
         ArgumentOutOfRangeException.ThrowIfGreaterThan(_rolesPath.Length, MaxRolesPathSegments);
-        _claimNames = options.RequiredClaims.Select(c => Encoding.UTF8.GetBytes(c.Key)).ToArray();
+        _claimPaths = options.RequiredClaims.Select(c => c.Key.Split('.').Select(Encoding.UTF8.GetBytes).ToArray()).ToArray();
+        foreach (byte[][] path in _claimPaths)
+        {
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(path.Length, MaxRolesPathSegments);
+        }
         _claimValues = options.RequiredClaims.Select(c => Encoding.UTF8.GetBytes(c.Value)).ToArray();
-        _allClaims = Mask(_claimNames.Length);
+        _allClaims = Mask(_claimPaths.Length);
         _forwarding = options.ForwardIdentity is { IsEmpty: false } forward ? new IdentityForwarding(forward) : null;
         _skewSeconds = (long)Math.Ceiling(options.ClockSkew.TotalSeconds);
         _keys = [.. options.Keys];
@@ -349,7 +364,13 @@ internal sealed class JwtFilter : IRequestHeadersFilter
 
     private static bool Decode(ReadOnlySpan<byte> text, Span<byte> destination, out int written)
     {
-        // RFC 7515 section 2: base64url without padding; Base64Url also accepts padding, which no issuer sends.
+        // RFC 7515 section 2: base64url without padding, and nothing else. Base64Url.DecodeFromUtf8 also skips
+        // whitespace and takes '=' padding: refused first, so a signed token has one spelling, not many.
+        written = 0;
+        if (text.ContainsAnyExcept(s_base64UrlAlphabet))
+        {
+            return false;
+        }
         OperationStatus status = Base64Url.DecodeFromUtf8(text, destination, out int consumed, out written);
         return status == OperationStatus.Done && consumed == text.Length && written > 0;
     }
@@ -475,7 +496,12 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         _ => HashAlgorithmName.SHA512,
     };
 
-    /// <summary>The claims (RFC 7519 section 4.1): "exp" is required, "nbf" optional, "iss" and "aud" must match.</summary>
+    /// <summary>
+    /// The claims (RFC 7519 section 4.1): "exp" is required, "nbf" optional, "iss" and "aud" must match. A claim name
+    /// given twice counts only in its lexically last copy (section 4: "use a JSON parser that returns only the
+    /// lexically last duplicate member name"), at every level of a path, so every reading below replaces what an
+    /// earlier copy gave instead of adding to it.
+    /// </summary>
     private JwtResult CheckClaims(ReadOnlySpan<byte> payload, long now, out long expires, out byte[]? subject, out byte[]? clientId)
     {
         expires = 0;
@@ -488,7 +514,8 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         long notBefore = long.MinValue;
         bool issuerMatches = false;
         bool audienceMatches = false;
-        ulong scopes = 0;
+        ulong scopeScopes = 0;
+        ulong scpScopes = 0;
         var reader = new Utf8JsonReader(payload);
         if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
         {
@@ -496,25 +523,22 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         }
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
         {
-            // Configured claims first: a required claim or the roles claim may share a name with a registered one.
-            int claim = _claimNames.Length == 0 ? -1 : ClaimIndex(ref reader);
+            // Configured claims are read on a copy of the reader, and the claim then goes on to the registered names
+            // below: a required claim named client_id or azp checks the value and still gives the identity its id.
             bool isRoles = _roles.Length > 0 && reader.ValueTextEquals(_rolesPath[0]);
-            if (claim >= 0 || isRoles)
+            ulong named = _claimPaths.Length == 0 ? 0 : ClaimsNamed(ref reader);
+            if (isRoles || named != 0)
             {
-                reader.Read();
+                var value = reader;
+                value.Read();
                 if (isRoles)
                 {
-                    roles |= MatchRoles(ref reader, 1);
+                    roles = MatchRoles(value);
                 }
-                if (claim >= 0)
+                if (named != 0)
                 {
-                    claims |= MatchClaims(ref reader);
+                    claims = (claims & ~named) | MatchClaims(value, named);
                 }
-                if (reader.TokenType is JsonTokenType.StartArray or JsonTokenType.StartObject)
-                {
-                    reader.Skip();
-                }
-                continue;
             }
             if (reader.ValueTextEquals("sub"u8))
             {
@@ -564,49 +588,52 @@ internal sealed class JwtFilter : IRequestHeadersFilter
                 reader.Read();
                 if (reader.TokenType == JsonTokenType.StartArray)
                 {
+                    bool any = false;
                     while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
                     {
-                        audienceMatches |= reader.TokenType == JsonTokenType.String && IsAudience(ref reader);
+                        any |= reader.TokenType == JsonTokenType.String && IsAudience(ref reader);
                         reader.Skip();
                     }
+                    audienceMatches = any;
                 }
                 else
                 {
                     audienceMatches = reader.TokenType == JsonTokenType.String && IsAudience(ref reader);
+                    reader.Skip();
                 }
             }
             else if (reader.ValueTextEquals("scope"u8))
             {
                 // RFC 8693 section 4.2 / RFC 6749 section 3.3: space-separated scope tokens.
                 reader.Read();
-                if (reader.TokenType == JsonTokenType.String)
-                {
-                    scopes |= MatchScopeList(ref reader);
-                }
-                else
-                {
-                    reader.Skip();
-                }
+                scopeScopes = reader.TokenType == JsonTokenType.String ? MatchScopeList(ref reader) : 0;
+                reader.Skip();
             }
             else if (reader.ValueTextEquals("scp"u8))
             {
                 // Azure AD and Okta: an array of scopes (or, from some issuers, a space-separated string).
                 reader.Read();
+                ulong found = 0;
                 if (reader.TokenType == JsonTokenType.StartArray)
                 {
                     while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
                     {
                         if (reader.TokenType == JsonTokenType.String)
                         {
-                            scopes |= MatchScope(ref reader);
+                            found |= MatchScope(ref reader);
                         }
                         reader.Skip();
                     }
                 }
                 else if (reader.TokenType == JsonTokenType.String)
                 {
-                    scopes |= MatchScopeList(ref reader);
+                    found = MatchScopeList(ref reader);
                 }
+                else
+                {
+                    reader.Skip();
+                }
+                scpScopes = found;
             }
             else
             {
@@ -636,6 +663,8 @@ internal sealed class JwtFilter : IRequestHeadersFilter
             return JwtResult.WrongAudience;
         }
         clientId ??= authorizedParty;
+        // "scope" and "scp" are two claims (two issuers' spellings): a token's scopes are those of both.
+        ulong scopes = scopeScopes | scpScopes;
         if (_scopes.Length > 0 && !(_scopesAll ? (scopes & _allScopes) == _allScopes : scopes != 0))
         {
             return JwtResult.InsufficientScope;
@@ -651,50 +680,34 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     private static byte[] StringBytes(ref Utf8JsonReader reader)
         => reader.ValueIsEscaped || reader.HasValueSequence ? Encoding.UTF8.GetBytes(reader.GetString()!) : reader.ValueSpan.ToArray();
 
-    private int ClaimIndex(ref Utf8JsonReader reader)
+    /// <summary>Bits of the required claims whose path starts at the current top-level name.</summary>
+    private ulong ClaimsNamed(ref Utf8JsonReader reader)
     {
-        for (int i = 0; i < _claimNames.Length; i++)
+        ulong named = 0;
+        for (int i = 0; i < _claimPaths.Length; i++)
         {
-            if (reader.ValueTextEquals(_claimNames[i]))
+            if (reader.ValueTextEquals(_claimPaths[i][0]))
             {
-                return i;
+                named |= 1UL << i;
             }
         }
-        return -1;
+        return named;
     }
 
     /// <summary>
-    /// Bits of the required claims whose expected value the current value matches: a string equal to it, an array
-    /// holding it, or a number or boolean whose JSON text is it (<c>email_verified: "true"</c>).
+    /// Bits of the <paramref name="named"/> required claims whose value, found along the claim's path from the
+    /// top-level <paramref name="value"/>, matches: a string equal to the expected value, an array holding it, or a
+    /// number or boolean whose JSON text is it (<c>email_verified: "true"</c>). Each claim is checked against its
+    /// own expected value only.
     /// </summary>
-    private ulong MatchClaims(ref Utf8JsonReader reader)
+    private ulong MatchClaims(Utf8JsonReader value, ulong named)
     {
         ulong found = 0;
-        if (reader.TokenType == JsonTokenType.StartArray)
+        for (ulong bits = named; bits != 0; bits &= bits - 1)
         {
-            var copy = reader;
-            while (copy.Read() && copy.TokenType != JsonTokenType.EndArray)
-            {
-                found |= MatchClaimValue(ref copy);
-                copy.Skip();
-            }
-            return found;
-        }
-        return MatchClaimValue(ref reader);
-    }
-
-    private ulong MatchClaimValue(ref Utf8JsonReader reader)
-    {
-        ulong found = 0;
-        for (int i = 0; i < _claimNames.Length; i++)
-        {
-            bool match = reader.TokenType switch
-            {
-                JsonTokenType.String => reader.ValueTextEquals(_claimValues[i]),
-                JsonTokenType.Number or JsonTokenType.True or JsonTokenType.False => !reader.HasValueSequence && reader.ValueSpan.SequenceEqual(_claimValues[i]),
-                _ => false,
-            };
-            if (match)
+            int i = System.Numerics.BitOperations.TrailingZeroCount(bits);
+            var at = value;
+            if (TryFollowPath(ref at, _claimPaths[i]) && MatchesValue(ref at, _claimValues[i]))
             {
                 found |= 1UL << i;
             }
@@ -702,35 +715,70 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         return found;
     }
 
-    /// <summary>
-    /// Bits of the required roles found under the roles path from <paramref name="level"/> on; the reader is on the
-    /// value of segment <c>level - 1</c> and is not moved (the caller skips the value). Nested levels are walked
-    /// on a copy of the reader (a struct: no allocation); recursion is bounded by <see cref="MaxRolesPathSegments"/>.
-    /// </summary>
-    private ulong MatchRoles(ref Utf8JsonReader reader, int level)
+    /// <summary>True when a claim value (an array: one of its elements) is <paramref name="expected"/>; the reader is not moved.</summary>
+    private static bool MatchesValue(ref Utf8JsonReader reader, byte[] expected)
     {
-        if (level == _rolesPath.Length)
+        if (reader.TokenType != JsonTokenType.StartArray)
         {
-            return MatchList(ref reader, _roles);
+            return MatchesScalar(ref reader, expected);
         }
-        if (reader.TokenType != JsonTokenType.StartObject)
-        {
-            // The path goes through a string, number or array: no roles there.
-            return 0;
-        }
-        ulong found = 0;
         var copy = reader;
-        while (copy.Read() && copy.TokenType == JsonTokenType.PropertyName)
+        while (copy.Read() && copy.TokenType != JsonTokenType.EndArray)
         {
-            bool match = copy.ValueTextEquals(_rolesPath[level]);
-            copy.Read();
-            if (match)
+            if (MatchesScalar(ref copy, expected))
             {
-                found |= MatchRoles(ref copy, level + 1);
+                return true;
             }
             copy.Skip();
         }
-        return found;
+        return false;
+    }
+
+    private static bool MatchesScalar(ref Utf8JsonReader reader, byte[] expected) => reader.TokenType switch
+    {
+        JsonTokenType.String => reader.ValueTextEquals(expected),
+        JsonTokenType.Number or JsonTokenType.True or JsonTokenType.False => !reader.HasValueSequence && reader.ValueSpan.SequenceEqual(expected),
+        _ => false,
+    };
+
+    /// <summary>Bits of the required roles under the roles path, from the top-level claim's <paramref name="value"/>.</summary>
+    private ulong MatchRoles(Utf8JsonReader value)
+        => TryFollowPath(ref value, _rolesPath) ? MatchList(ref value, _roles) : 0;
+
+    /// <summary>
+    /// Moves <paramref name="reader"/>, on the value of the top-level claim <c>path[0]</c>, to the value at the end of
+    /// <paramref name="path"/>: at each level the lexically last member of the name (a later copy of an object
+    /// replaces an earlier one whole). False when a level is missing or the path runs through a string, number,
+    /// array or null. Each level is scanned on a copy of the reader (a struct: no allocation); at most
+    /// <see cref="MaxRolesPathSegments"/> levels.
+    /// </summary>
+    private static bool TryFollowPath(ref Utf8JsonReader reader, byte[][] path)
+    {
+        for (int level = 1; level < path.Length; level++)
+        {
+            if (reader.TokenType != JsonTokenType.StartObject)
+            {
+                return false;
+            }
+            bool found = false;
+            var scan = reader;
+            while (scan.Read() && scan.TokenType == JsonTokenType.PropertyName)
+            {
+                bool match = scan.ValueTextEquals(path[level]);
+                scan.Read();
+                if (match)
+                {
+                    reader = scan;
+                    found = true;
+                }
+                scan.Skip();
+            }
+            if (!found)
+            {
+                return false;
+            }
+        }
+        return true;
     }
 
     /// <summary>Bits of <paramref name="wanted"/> present in a claim that is an array of strings or a space-separated string.</summary>

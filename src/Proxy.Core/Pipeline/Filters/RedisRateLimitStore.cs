@@ -98,8 +98,11 @@ internal sealed class RedisRateLimitStore
         Options = options;
         _policyName = policyName;
         _ratePrefix = Encoding.UTF8.GetBytes($"proxy:rl:{policyName}:");
+        // The connect starts on the thread pool: its synchronous part (loading the client, setting up the endpoint; a
+        // second or more on a cold, loaded process) would otherwise run on the first request's thread, before any
+        // timeout can start counting.
         _connection = s_connections.GetOrAdd($"{options.Address}|{options.Timeout.TotalMilliseconds}", static (_, o) => new Lazy<Task<ConnectionMultiplexer>>(
-            () => ConnectionMultiplexer.ConnectAsync(Configure(o))), options);
+            () => Task.Run(() => ConnectionMultiplexer.ConnectAsync(Configure(o)))), options);
     }
 
     public RedisStoreOptions Options { get; }
@@ -157,16 +160,39 @@ internal sealed class RedisRateLimitStore
         return key;
     }
 
+    /// <summary>
+    /// One decision within <see cref="RedisStoreOptions.Timeout"/>, or a <see cref="TimeoutException"/> (on_error
+    /// decides). The client's own AsyncTimeout is not enough: StackExchange.Redis checks it on a heartbeat about once a
+    /// second, so a server that stops answering (paused, swapping) held decisions for up to a second past `timeout`.
+    /// </summary>
+    public Task<RedisDecision> DecideAsync(byte[] rateKey, RateLimitFilter.CompiledPlan plan, long window, long quotaResetSeconds, int want)
+    {
+        Task<RedisDecision> deciding = DecideCoreAsync(rateKey, plan, window, quotaResetSeconds, want);
+        return deciding.IsCompleted ? deciding : WithTimeoutAsync(deciding, Options.Timeout);
+    }
+
+    private static async Task<RedisDecision> WithTimeoutAsync(Task<RedisDecision> deciding, TimeSpan timeout)
+    {
+        try
+        {
+            return await deciding.WaitAsync(timeout).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // The abandoned call still ends (the client times it out later): observe its failure so it is not
+            // reported as an unobserved task exception.
+            _ = deciding.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            throw;
+        }
+    }
+
     /// <summary>One decision: EVALSHA, falling back to EVAL when the server lost or never had the script.</summary>
-    public async Task<RedisDecision> DecideAsync(byte[] rateKey, RateLimitFilter.CompiledPlan plan, long window, long quotaResetSeconds, int want)
+    private async Task<RedisDecision> DecideCoreAsync(byte[] rateKey, RateLimitFilter.CompiledPlan plan, long window, long quotaResetSeconds, int want)
     {
         Interlocked.Increment(ref _roundTrips);
-        Task<ConnectionMultiplexer> connecting = _connection.Value;
         // The first decisions wait for the connection, which may take up to its connect timeout (at least a second,
-        // more than `timeout`): they give up after `timeout` like any other Redis call, and on_error decides.
-        ConnectionMultiplexer connection = connecting.IsCompletedSuccessfully
-            ? connecting.Result
-            : await connecting.WaitAsync(Options.Timeout).ConfigureAwait(false);
+        // more than `timeout`): DecideAsync gives up after `timeout` as for any other Redis call, and on_error decides.
+        ConnectionMultiplexer connection = await _connection.Value.ConfigureAwait(false);
         IDatabase db = connection.GetDatabase();
         RateLimitPlan limits = plan.Limits;
         RedisKey quotaKey = default;
