@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Net;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Http2;
@@ -132,6 +133,39 @@ public sealed class Http2AttackTests
         var goAway = await client.WaitForGoAwayAsync();
 
         Assert.Equal(Http2ErrorCode.ENHANCE_YOUR_CALM, goAway.ErrorCode);
+        await AssertHealthyAsync(proxy);
+    }
+
+    /// <summary>
+    /// HEADERS and RST_STREAM of each stream in one write, so one read pass: the streams must never run (nothing goes
+    /// upstream) and each gives its max_concurrent_streams slot back at once (RFC 9113 section 5.1.2). Before, the reset
+    /// found no bridge to abort, the stream ran anyway and held its slot until the upstream answered: here the upstream
+    /// got 10 requests nobody wanted and stream 41 was refused although the client had no open stream.
+    /// </summary>
+    [Fact]
+    public async Task RapidReset_ResetInTheReadThatOpenedTheStream_NeverForwardedAndSlotFreedAtOnce()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Hang());
+        await using var proxy = await TestProxy.StartAsync(Http2ServerTests.WithHttp2Limits(
+            new ProxyConfig { BackendPort = upstream.Port }, "max_concurrent_streams: 10, rapid_reset: { max: 1000, window: 10s }"));
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        // Twice the cap of streams opened and reset, then one more, in a single write.
+        var batch = new ArrayBufferWriter<byte>();
+        for (int id = 1; id < 40; id += 2)
+        {
+            Http2FrameWriter.WriteHeaders(batch, id, client.Encode(Http2TestClient.Get("/slow")), endStream: true, 16_384);
+            Http2FrameWriter.WriteRstStream(batch, id, Http2ErrorCode.CANCEL);
+        }
+        Http2FrameWriter.WriteHeaders(batch, 41, client.Encode(Http2TestClient.Get("/hello")), endStream: true, 16_384);
+        await client.SendRawAsync(batch.WrittenSpan.ToArray());
+        var next = await client.ReadResponseAsync(41);
+        // A stream that runs reaches the upstream within milliseconds.
+        await Task.Delay(300);
+
+        Assert.Equal(200, next.Status);
+        Assert.Equal(0, upstream.ConnectionCount);
+        Assert.Empty(upstream.Requests);
         await AssertHealthyAsync(proxy);
     }
 

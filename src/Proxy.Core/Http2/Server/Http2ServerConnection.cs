@@ -519,7 +519,54 @@ internal sealed class Http2ServerConnection : TimedConnection
             _streams[id] = stream;
             _activeStreams++;
         }
+        stream.AwaitingRun = true;
         _started.Add(stream);
+    }
+
+    /// <summary>
+    /// Read loop: a stream of this read pass that the client (RST_STREAM) or a stream error closed before it ran. It
+    /// never runs (RunStartedStreams skips it): nothing goes upstream, and, closed (RFC 9113 section 5.1), it gives its
+    /// max_concurrent_streams slot back now (section 5.1.2), not when an upstream answers nobody. The caller records how
+    /// it closed.
+    /// </summary>
+    private void ReleaseBeforeRun(Http2Stream stream)
+    {
+        int uncredited = stream.TakeUncredited();
+        stream.MarkFinished();
+        bool closeNow;
+        lock (_lock)
+        {
+            _streams.Remove(stream.Id);
+            _activeStreams--;
+            if (_activeStreams == 0)
+            {
+                _idleSince = Environment.TickCount64;
+            }
+            CreditConnectionLocked(uncredited);
+            closeNow = _draining && _activeStreams == 0;
+        }
+        if (closeNow)
+        {
+            _transport.Input.CancelPendingRead();
+        }
+    }
+
+    /// <summary>Read loop, end of the pass: a stream released by <see cref="ReleaseBeforeRun"/> goes back to the pool.</summary>
+    private void PoolUnrun(Http2Stream stream)
+    {
+        stream.CompleteUnrun();
+        stream.ResponsePipe.Reader.Complete(); // the pump's end: it never ran either
+        if (!stream.TryResetPipes())
+        {
+            return;
+        }
+        lock (_lock)
+        {
+            if (!_framesClosed && _pool.Count < _limits.MaxConcurrentStreams)
+            {
+                _pool.Push(stream);
+            }
+        }
     }
 
     /// <summary>
@@ -534,7 +581,15 @@ internal sealed class Http2ServerConnection : TimedConnection
         List<Http2Stream> started = _started;
         for (int i = 0; i < started.Count; i++)
         {
-            started[i].Execute();
+            Http2Stream stream = started[i];
+            stream.AwaitingRun = false;
+            if (stream.Aborted)
+            {
+                // Reset in the pass that opened it (HEADERS and RST_STREAM in one read): released already.
+                PoolUnrun(stream);
+                continue;
+            }
+            stream.Execute();
         }
         started.Clear();
     }
@@ -570,6 +625,10 @@ internal sealed class Http2ServerConnection : TimedConnection
             return Http2FrameError.None;
         }
         stream.Abort(byPeer: true);
+        if (stream.AwaitingRun)
+        {
+            ReleaseBeforeRun(stream);
+        }
         lock (_lock)
         {
             _closed.Add(header.StreamId, StreamClosure.ResetByPeer);
@@ -709,6 +768,10 @@ internal sealed class Http2ServerConnection : TimedConnection
         if (stream is not null)
         {
             stream.Abort(byPeer: true); // byPeer: we send the RST here, the stream must not send another
+            if (stream.AwaitingRun)
+            {
+                ReleaseBeforeRun(stream);
+            }
         }
         lock (_lock)
         {

@@ -110,6 +110,11 @@ internal sealed class Http2Stream
     public volatile bool Aborted;
     /// <summary>The response ended with END_STREAM.</summary>
     public bool ResponseComplete;
+    /// <summary>
+    /// Started by the current read pass and not run yet (read loop only): a reset now releases the stream at once and
+    /// it never runs (Http2ServerConnection.ReleaseBeforeRun).
+    /// </summary>
+    public bool AwaitingRun;
 
     public void Start(int id, Http2RequestHead head, bool endStream, int sendWindow, int receiveWindow)
     {
@@ -198,13 +203,32 @@ internal sealed class Http2Stream
         while (true)
         {
             ValueTask<bool> bridge;
+            bool ran = true;
             try
             {
                 // The bridge and what it owns (forwarder and its loop, pumps) live as long as this pooled stream, as
                 // long as each exchange ends cleanly (see the reuse decision below).
-                _bridgeInstance ??= new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport);
-                _bridge = _bridgeInstance;
-                bridge = _bridgeInstance.RunStreamAsync();
+                Http1ServerConnection instance = _bridgeInstance ??= new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport);
+                // Published under the lock Abort takes: a reset either finds the bridge to abort or is seen here, and a
+                // stream reset before its bridge ran sends nothing upstream (the read loop skips most of those itself;
+                // this covers a reset that came while this loop was resumed on another thread).
+                lock (RequestLock)
+                {
+                    ran = !Aborted;
+                    if (ran)
+                    {
+                        _bridge = instance;
+                    }
+                }
+                if (ran)
+                {
+                    bridge = instance.RunStreamAsync();
+                }
+                else
+                {
+                    CompleteUnrun();
+                    bridge = ValueTask.FromResult(true);
+                }
             }
             catch (Exception)
             {
@@ -462,7 +486,7 @@ internal sealed class Http2Stream
                 bridgeReusable = false;
             }
             _bridge = null;
-            if (!bridgeReusable || reset != Http2ErrorCode.NO_ERROR || Aborted || !ResponseComplete || IsTunnel)
+            if (ran && (!bridgeReusable || reset != Http2ErrorCode.NO_ERROR || Aborted || !ResponseComplete || IsTunnel))
             {
                 // An exchange that did not end cleanly may leave work of its own running (the forwarder's loop in an
                 // upstream wait, a timer, a pump): handing that instance the next stream would run two exchanges on
@@ -641,6 +665,17 @@ internal sealed class Http2Stream
             _bridge?.Abort();
         }
     }
+    /// <summary>
+    /// A stream reset before its bridge ran: nobody reads its request or writes its response, so the ends a bridge would
+    /// have completed are completed here, and <see cref="TryResetPipes"/> can ready the object for another stream.
+    /// </summary>
+    public void CompleteUnrun()
+    {
+        CloseRequest();
+        Transport.Input.Complete();
+        ResponsePipe.Writer.Complete();
+    }
+
 
     /// <summary>The stream left the connection's table; from here on <see cref="Abort"/> is a no-op until the next <see cref="Start"/>.</summary>
     public void MarkFinished()
