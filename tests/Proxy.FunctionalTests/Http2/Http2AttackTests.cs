@@ -169,6 +169,52 @@ public sealed class Http2AttackTests
         await AssertHealthyAsync(proxy);
     }
 
+    /// <summary>
+    /// "MadeYouReset" (CVE-2025-8671): frames that make the proxy reset a stream the client just opened (a stream error
+    /// RST_STREAM from us) cost the client as little as its own RST_STREAM, so they count against the same rapid_reset
+    /// budget. Before, only the client's RST_STREAM counted and one connection could drive thousands of upstream requests.
+    /// </summary>
+    [Theory]
+    [InlineData("window-update-zero")]
+    [InlineData("window-overflow")]
+    [InlineData("priority-on-itself")]
+    [InlineData("content-length-exceeded")]
+    public async Task RapidReset_StreamErrorsTheClientProvokes_CountAndGoAwayEnhanceYourCalm(string kind)
+    {
+        await using var proxy = await StartProxyAsync("rapid_reset: { max: 10, window: 10s }");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        await SendIgnoringCloseAsync(async () =>
+        {
+            for (int id = 1; id < 80; id += 2)
+            {
+                switch (kind)
+                {
+                    case "window-update-zero":
+                        await client.SendHeadersAsync(id, endStream: false, Post("/hello"));
+                        await client.SendFrameAsync(Http2FrameType.WINDOW_UPDATE, Http2Flags.None, id, [0, 0, 0, 0]);
+                        break;
+                    case "window-overflow":
+                        await client.SendHeadersAsync(id, endStream: false, Post("/hello"));
+                        await client.SendWindowUpdateAsync(id, int.MaxValue);
+                        break;
+                    case "priority-on-itself":
+                        await client.SendHeadersAsync(id, endStream: false, Post("/hello"));
+                        await client.SendFrameAsync(Http2FrameType.PRIORITY, Http2Flags.None, id, [0, 0, 0, (byte)id, 16]);
+                        break;
+                    default:
+                        await client.SendHeadersAsync(id, endStream: false, [.. Post("/hello"), ("content-length", "1")]);
+                        await client.SendDataAsync(id, "xx"u8, endStream: true);
+                        break;
+                }
+            }
+        });
+        var goAway = await client.WaitForGoAwayAsync();
+
+        Assert.Equal(Http2ErrorCode.ENHANCE_YOUR_CALM, goAway.ErrorCode);
+        await AssertHealthyAsync(proxy);
+    }
+
     [Theory]
     [InlineData("settings")]
     [InlineData("ping")]

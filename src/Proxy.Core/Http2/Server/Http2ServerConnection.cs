@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using System.Text;
 using Proxy.Diagnostics;
 using Proxy.Http;
@@ -207,7 +208,11 @@ internal sealed class Http2ServerConnection : TimedConnection
                     }
                     if (error.IsStreamError)
                     {
-                        ResetStream(header.StreamId, error.Code);
+                        error = ResetStream(header.StreamId, error.Code);
+                        if (error.IsConnectionError)
+                        {
+                            return error.Code;
+                        }
                     }
                 }
                 if (result.IsCompleted)
@@ -634,19 +639,33 @@ internal sealed class Http2ServerConnection : TimedConnection
             _closed.Add(header.StreamId, StreamClosure.ResetByPeer);
         }
         // Rapid reset (CVE-2023-44487): streams opened and cancelled at once cost us work and the client nothing.
+        return CountReset(byClient: true) ? Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM) : Http2FrameError.None;
+    }
+
+    /// <summary>
+    /// Counts a stream reset against the rapid_reset budget: the client's RST_STREAM, and our RST_STREAM for a stream
+    /// error its frames caused (see <see cref="ResetStream"/>). True when the budget is exceeded.
+    /// </summary>
+    private bool CountReset(bool byClient)
+    {
         long now = Environment.TickCount64;
         if (now - _resetWindowStart >= (long)_limits.RapidResetWindow.TotalMilliseconds)
         {
             _resetWindowStart = now;
             _resets = 0;
         }
-        if (++_resets > _limits.RapidResetMax)
+        if (++_resets <= _limits.RapidResetMax)
         {
-            ProxyLog.Write(LogLevel.Warn, "http2_rapid_reset", ("listener", Listener.Name), ("client", ProxyLog.Format(_transport.RemoteEndPoint)));
-            return Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM);
+            return false;
         }
-        return Http2FrameError.None;
+        RapidResetExceeded(byClient);
+        return true;
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void RapidResetExceeded(bool byClient) =>
+        ProxyLog.Write(LogLevel.Warn, "http2_rapid_reset", ("listener", Listener.Name), ("client", ProxyLog.Format(_transport.RemoteEndPoint)),
+            ("last_reset", byClient ? "client_rst_stream" : "stream_error"));
 
     private Http2FrameError OnSettings(in Http2FrameHeader header, in ReadOnlySequence<byte> payload)
     {
@@ -761,8 +780,16 @@ internal sealed class Http2ServerConnection : TimedConnection
         return Http2FrameError.None;
     }
 
-    /// <summary>A stream error found by the read loop: RST_STREAM, and the stream (if running) stops.</summary>
-    private void ResetStream(int streamId, Http2ErrorCode code)
+    /// <summary>
+    /// A stream error the client's frames caused, found by the read loop: RST_STREAM, and the stream (if running) stops.
+    /// Every such reset counts against the rapid_reset budget like the client's own RST_STREAM ("MadeYouReset",
+    /// CVE-2025-8671: a WINDOW_UPDATE of 0, a window overflow, a PRIORITY on itself, a frame on a half-closed stream...
+    /// make the server cancel a stream the client opened, so the upstream works for nobody): past it, a connection error
+    /// ENHANCE_YOUR_CALM. REFUSED_STREAM does not count: a refused stream never started, and a client may open streams
+    /// before our SETTINGS reach it. Resets the proxy decides for its own reasons (an upstream failure, a stall, a
+    /// response complete before the request) go out through <see cref="OnStreamFinished"/> and count against nothing.
+    /// </summary>
+    private Http2FrameError ResetStream(int streamId, Http2ErrorCode code)
     {
         Http2Stream? stream = Find(streamId);
         if (stream is not null)
@@ -777,6 +804,11 @@ internal sealed class Http2ServerConnection : TimedConnection
         {
             WriteRstLocked(streamId, code);
         }
+        if (code != Http2ErrorCode.REFUSED_STREAM && CountReset(byClient: false))
+        {
+            return Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM);
+        }
+        return Http2FrameError.None;
     }
 
     // ---- flow control of received DATA ----------------------------------------------------------
