@@ -1,5 +1,7 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.Net;
+using System.Net.Sockets;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Http2;
 using Proxy.Http2.HPack;
@@ -215,18 +217,98 @@ public sealed class Http2AttackTests
         await AssertHealthyAsync(proxy);
     }
 
+    /// <summary>
+    /// A client that provokes answers (PING acknowledgements, RST_STREAM for stream errors) and never reads them: with
+    /// the flood limits out of the way, the bound on unflushed answers must close the connection and keep the proxy's
+    /// memory flat. Before, every answer went into the unbounded frame pipe: hundreds of MiB in seconds.
+    /// </summary>
+    [Theory]
+    [InlineData("ping")]
+    [InlineData("window-update-zero")]
+    public async Task AnswersNeverRead_BacklogBounded_ConnectionClosed(string kind)
+    {
+        await using var proxy = await StartProxyAsync(
+            "max_control_frames_per_second: 1000000000, rapid_reset: { max: 1000000000, window: 1s }, send_stall_timeout: 60s");
+        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveBufferSize = 4096 };
+        await socket.ConnectAsync(proxy.Public);
+        var start = new ArrayBufferWriter<byte>();
+        start.Write(Http2Preface.ClientPreface);
+        Http2FrameWriter.WriteSettings(start, []);
+        var encoder = new HPackEncoder();
+        var block = new byte[256];
+        encoder.TryBeginHeaderBlock(block, out int length);
+        foreach (var (name, value) in Http2TestClient.Get("/hello"))
+        {
+            encoder.TryEncode(System.Text.Encoding.ASCII.GetBytes(name), System.Text.Encoding.ASCII.GetBytes(value),
+                HPackIndexing.WithoutIndexing, block.AsSpan(length), out int written);
+            length += written;
+        }
+        // Stream 1 is answered by the direct route and closes; its WINDOW_UPDATEs of 0 are stream errors all the same.
+        Http2FrameWriter.WriteHeaders(start, 1, block.AsSpan(0, length), endStream: true, 16_384);
+        await socket.SendAsync(start.WrittenMemory);
+        var frame = new ArrayBufferWriter<byte>();
+        if (kind == "ping")
+        {
+            Http2FrameWriter.WritePing(frame, 7, ack: false);
+        }
+        else
+        {
+            Http2FrameWriter.WriteFrameHeader(frame.GetSpan(Http2FrameHeader.Size), 4, Http2FrameType.WINDOW_UPDATE, Http2Flags.None, 1);
+            frame.Advance(Http2FrameHeader.Size);
+            frame.Write(new byte[4]);
+        }
+        byte[] batch = [.. Enumerable.Repeat(frame.WrittenMemory.ToArray(), 4096).SelectMany(f => f)];
+
+        using var memory = MemoryWatch.Start();
+        bool closed = false;
+        socket.Blocking = false;
+        var clock = Stopwatch.StartNew();
+        int offset = 0;
+        while (!closed && clock.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            try
+            {
+                // Non-blocking, the rest of a partial send first: frames stay whole.
+                offset += socket.Send(batch, offset, batch.Length - offset, SocketFlags.None);
+                offset %= batch.Length;
+            }
+            catch (SocketException e) when (e.SocketErrorCode == SocketError.WouldBlock)
+            {
+                await Task.Delay(5);
+            }
+            catch (SocketException)
+            {
+                closed = true;
+            }
+        }
+
+        Assert.True(closed, $"still open after {clock.Elapsed.TotalSeconds:0.0} s of answers never read; {memory}");
+        Assert.True(memory.ManagedGrowth < 64 * 1024 * 1024, memory.ToString());
+        await AssertHealthyAsync(proxy);
+    }
+
     [Theory]
     [InlineData("settings")]
     [InlineData("ping")]
     [InlineData("empty-data")]
     [InlineData("priority")]
+    [InlineData("refused-streams")]
+    [InlineData("stream-errors")]
     public async Task ControlFrameFlood_AboveLimit_GoAwayEnhanceYourCalm(string kind)
     {
-        await using var proxy = await StartProxyAsync("max_control_frames_per_second: 50");
+        // rapid_reset out of the way: the RST_STREAMs of "stream-errors" are stopped as frames the client makes us write.
+        await using var proxy = await StartProxyAsync(
+            "max_control_frames_per_second: 50, max_concurrent_streams: 1, rapid_reset: { max: 100000, window: 10s }");
         await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
-        if (kind == "empty-data")
+        if (kind is "empty-data" or "refused-streams")
         {
+            // Open until its body ends (the direct route waits for it): every later stream is one too many.
             await client.SendHeadersAsync(1, endStream: false, Post("/hello"));
+        }
+        else if (kind == "stream-errors")
+        {
+            await client.SendHeadersAsync(1, endStream: true, Http2TestClient.Get("/hello"));
+            Assert.Equal(200, (await client.ReadResponseAsync(1)).Status);
         }
 
         await SendIgnoringCloseAsync(async () =>
@@ -243,6 +325,14 @@ public sealed class Http2AttackTests
                         break;
                     case "empty-data":
                         await client.SendFrameAsync(Http2FrameType.DATA, Http2Flags.None, 1, []);
+                        break;
+                    case "refused-streams":
+                        // Each refused with RST_STREAM REFUSED_STREAM.
+                        await client.SendHeadersAsync(3 + 2 * i, endStream: true, Http2TestClient.Get("/hello"));
+                        break;
+                    case "stream-errors":
+                        // A WINDOW_UPDATE of 0 on the closed stream: a stream error, an RST_STREAM each.
+                        await client.SendFrameAsync(Http2FrameType.WINDOW_UPDATE, Http2Flags.None, 1, [0, 0, 0, 0]);
                         break;
                     default:
                         await client.SendFrameAsync(Http2FrameType.PRIORITY, Http2Flags.None, 3, [0, 0, 0, 0, 16]);

@@ -31,6 +31,13 @@ internal sealed class Http2ServerConnection : TimedConnection
 {
     /// <summary>Octets written but not yet flushed to the transport above which DATA waits (output backpressure).</summary>
     private const int MaxUnsent = 256 * 1024;
+    /// <summary>
+    /// Octets of frames answering the client's own frames (SETTINGS and PING acknowledgements, RST_STREAM for its stream
+    /// errors and refused streams) that may wait unflushed: past it, a client that provokes answers without reading
+    /// them is closed (ENHANCE_YOUR_CALM) instead of growing the frame pipe. About 15,000 PING acknowledgements; the
+    /// flood limit (max_control_frames_per_second) stops a reading client long before.
+    /// </summary>
+    private const int MaxUnflushedAnswers = 256 * 1024;
     private static readonly TimeSpan s_tick = TimeSpan.FromSeconds(1);
 
     private readonly ClientTransport _transport;
@@ -57,6 +64,12 @@ internal sealed class Http2ServerConnection : TimedConnection
     private Http2Settings _peer = Http2Settings.Default;
     private byte[] _headerScratch = new byte[4096];
     private long _unsent;
+    /// <summary>Octets the writer loop has flushed to the transport since the connection began (under <see cref="_lock"/>).</summary>
+    private long _flushed;
+    /// <summary>Where the last answer to a client frame ends in the output (octets since the start; under <see cref="_lock"/>).</summary>
+    private long _answersEnd;
+    /// <summary>Octets of answers queued since the writer loop last flushed past <see cref="_answersEnd"/> (under <see cref="_lock"/>).</summary>
+    private long _unflushedAnswers;
     private bool _framesClosed;
     private bool _goAwaySent;
     private volatile bool _draining;
@@ -699,12 +712,17 @@ internal sealed class Http2ServerConnection : TimedConnection
                 }
             }
             _encoder.SetPeerHeaderTableSize(settings.HeaderTableSize);
+            bool backlogged = false;
             if (!_framesClosed)
             {
                 Http2FrameWriter.WriteSettingsAck(_frames.Writer);
-                Commit();
+                backlogged = CommitAnswer();
             }
             WakeAllLocked();
+            if (backlogged)
+            {
+                return Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM);
+            }
         }
         return Http2FrameError.None;
     }
@@ -725,7 +743,10 @@ internal sealed class Http2ServerConnection : TimedConnection
             if (!_framesClosed)
             {
                 Http2FrameWriter.WritePing(_frames.Writer, opaque, ack: true);
-                Commit();
+                if (CommitAnswer())
+                {
+                    return Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM);
+                }
             }
         }
         return Http2FrameError.None;
@@ -782,12 +803,17 @@ internal sealed class Http2ServerConnection : TimedConnection
 
     /// <summary>
     /// A stream error the client's frames caused, found by the read loop: RST_STREAM, and the stream (if running) stops.
-    /// Every such reset counts against the rapid_reset budget like the client's own RST_STREAM ("MadeYouReset",
+    /// Returns a connection error (ENHANCE_YOUR_CALM) when the client makes us reset too much:
+    /// <list type="bullet">
+    /// <item>every such reset counts against the rapid_reset budget like the client's own RST_STREAM ("MadeYouReset",
     /// CVE-2025-8671: a WINDOW_UPDATE of 0, a window overflow, a PRIORITY on itself, a frame on a half-closed stream...
-    /// make the server cancel a stream the client opened, so the upstream works for nobody): past it, a connection error
-    /// ENHANCE_YOUR_CALM. REFUSED_STREAM does not count: a refused stream never started, and a client may open streams
-    /// before our SETTINGS reach it. Resets the proxy decides for its own reasons (an upstream failure, a stall, a
-    /// response complete before the request) go out through <see cref="OnStreamFinished"/> and count against nothing.
+    /// make the server cancel a stream the client opened, so the upstream works for nobody), except REFUSED_STREAM: a
+    /// refused stream never started, and a client may open streams before our SETTINGS reach it;</item>
+    /// <item>every RST_STREAM, REFUSED_STREAM included, is a frame the client made us write: it counts against
+    /// max_control_frames_per_second and the unflushed answers (<see cref="MaxUnflushedAnswers"/>).</item>
+    /// </list>
+    /// Resets the proxy decides for its own reasons (an upstream failure, a stall, a response complete before the
+    /// request) go out through <see cref="OnStreamFinished"/> and count against nothing.
     /// </summary>
     private Http2FrameError ResetStream(int streamId, Http2ErrorCode code)
     {
@@ -800,11 +826,12 @@ internal sealed class Http2ServerConnection : TimedConnection
                 ReleaseBeforeRun(stream);
             }
         }
+        bool backlogged;
         lock (_lock)
         {
-            WriteRstLocked(streamId, code);
+            WriteRstLocked(streamId, code, out backlogged);
         }
-        if (code != Http2ErrorCode.REFUSED_STREAM && CountReset(byClient: false))
+        if (backlogged || CountControlFrame() || (code != Http2ErrorCode.REFUSED_STREAM && CountReset(byClient: false)))
         {
             return Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM);
         }
@@ -921,6 +948,34 @@ internal sealed class Http2ServerConnection : TimedConnection
             Http2FrameWriter.WriteRstStream(_frames.Writer, streamId, code);
             Commit();
         }
+    }
+
+    /// <summary>An RST_STREAM answering the client's frame (see <see cref="CommitAnswer"/>).</summary>
+    private void WriteRstLocked(int streamId, Http2ErrorCode code, out bool backlogged)
+    {
+        _closed.Add(streamId, StreamClosure.ResetByUs);
+        backlogged = false;
+        if (!_framesClosed)
+        {
+            Http2FrameWriter.WriteRstStream(_frames.Writer, streamId, code);
+            backlogged = CommitAnswer();
+        }
+    }
+
+    /// <summary>
+    /// Commits a frame that answers the client's own frame (under <see cref="_lock"/>). True when more than
+    /// <see cref="MaxUnflushedAnswers"/> octets of such answers wait: the writer loop has not caught up with them since the
+    /// first, so the client is not reading what it provokes (a flood of WINDOW_UPDATE 0 or of streams past the cap, sent
+    /// without reading, queued hundreds of MiB before this bound). The count starts again once the writer loop has
+    /// flushed past the last answer, so a client that reads never gets near it.
+    /// </summary>
+    private bool CommitAnswer()
+    {
+        long octets = _frames.Writer.UnflushedBytes;
+        Commit();
+        _answersEnd = _flushed + _unsent;
+        _unflushedAnswers += octets;
+        return _unflushedAnswers > MaxUnflushedAnswers;
     }
 
     private void SendGoAway(Http2ErrorCode code)
@@ -1149,6 +1204,11 @@ internal sealed class Http2ServerConnection : TimedConnection
                     {
                         bool wasFull = _unsent >= MaxUnsent;
                         _unsent -= length;
+                        _flushed += length;
+                        if (_flushed >= _answersEnd)
+                        {
+                            _unflushedAnswers = 0;
+                        }
                         if (wasFull && _unsent < MaxUnsent)
                         {
                             WakeAllLocked();
