@@ -457,9 +457,8 @@ internal sealed class Http2Stream
                     }
                     if (result.IsCompleted || result.IsCanceled)
                     {
-                        // The bridge ended without a whole response: nothing was processed when no head came
-                        // (REFUSED_STREAM lets the client retry, section 8.7), otherwise the response is cut.
-                        reset = Aborted ? AbortCode(headersSent) : headersSent ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
+                        // The bridge ended without a whole response (see UnfinishedCode).
+                        reset = Aborted ? AbortCode(headersSent) : UnfinishedCode(headersSent);
                         goto Pumped;
                     }
                 }
@@ -665,6 +664,7 @@ internal sealed class Http2Stream
             _bridge?.Abort();
         }
     }
+
     /// <summary>
     /// A stream reset before its bridge ran: nobody reads its request or writes its response, so the ends a bridge would
     /// have completed are completed here, and <see cref="TryResetPipes"/> can ready the object for another stream.
@@ -675,7 +675,6 @@ internal sealed class Http2Stream
         Transport.Input.Complete();
         ResponsePipe.Writer.Complete();
     }
-
 
     /// <summary>The stream left the connection's table; from here on <see cref="Abort"/> is a no-op until the next <see cref="Start"/>.</summary>
     public void MarkFinished()
@@ -762,7 +761,18 @@ internal sealed class Http2Stream
     }
 
     private Http2ErrorCode AbortCode(bool headersSent) =>
-        ResetByPeer ? Http2ErrorCode.NO_ERROR : StallTimedOut ? Http2ErrorCode.CANCEL : headersSent ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
+        ResetByPeer ? Http2ErrorCode.NO_ERROR : StallTimedOut ? Http2ErrorCode.CANCEL : UnfinishedCode(headersSent);
+
+    /// <summary>
+    /// The RST_STREAM code of an exchange that ended without a whole response. REFUSED_STREAM tells the client the
+    /// request was not processed and may be sent again, even a POST (RFC 9113 section 8.7), so it is used only while the
+    /// exchange never reached the forwarder: no byte of it can have gone upstream. Past that point an upstream may have
+    /// acted on it (it answered a head and then failed, or broke its framing) and the stream ends INTERNAL_ERROR, as
+    /// after HEADERS; a failure the forwarder can still answer (connect refused, reset before any response byte) is its
+    /// 502/503/504 response, not a reset.
+    /// </summary>
+    private Http2ErrorCode UnfinishedCode(bool headersSent) =>
+        headersSent || _bridgeInstance is { ReachedForwarder: true } ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
 
     private enum SendStep : byte
     {
