@@ -409,6 +409,24 @@ public sealed class Http2UpstreamConnectionTests
     }
 
     /// <summary>
+    /// RFC 9113 section 3.4: the server's preface is a SETTINGS frame and comes first; a peer that answers without one is
+    /// a connection error PROTOCOL_ERROR, and the request gets a 502 as from any malformed upstream. Before, its answer
+    /// was relayed as a 200.
+    /// </summary>
+    [Fact]
+    public async Task Preface_PeerAnswersWithoutSettings_502()
+    {
+        await using var upstream = new RawH2Upstream(_ => RawH2Behavior.Ok, sendSettings: false);
+        await using var proxy = await StartProxyAsync(upstream.Port);
+        using var client = Clients.CreateHttpClient();
+
+        using var response = await client.GetAsync(new Uri(proxy.PublicUri, "/x"));
+
+        Assert.Equal(HttpStatusCode.BadGateway, response.StatusCode);
+        Assert.DoesNotContain("ok", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    /// <summary>
     /// An h2c upstream processed a POST and answered a malformed response (content-length against its DATA): the HTTP/2
     /// client gets the proxy's 502 when no head was relayed yet, else its stream ends INTERNAL_ERROR, never REFUSED_STREAM
     /// ("not processed, safe to retry", RFC 9113 section 8.7, which would make the client send the POST again), nor a

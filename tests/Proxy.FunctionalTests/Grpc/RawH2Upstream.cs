@@ -43,14 +43,18 @@ internal sealed class RawH2Upstream : IAsyncDisposable
     private int _requests;
     private int _connections;
     private int _pingAcks;
+    private readonly bool _sendSettings;
     private readonly bool _answerAtHeaders;
 
     /// <param name="behavior">The answer to the n-th request (from 1).</param>
+    /// <param name="sendSettings">False: no SETTINGS and no PING when a connection starts, the answers come straight away
+    /// (a server connection preface that breaks RFC 9113 section 3.4).</param>
     /// <param name="answerAtHeaders">True: a request is answered at its HEADERS, before its body (which is dropped);
     /// otherwise at END_STREAM on its HEADERS (requests with a body get no answer).</param>
-    public RawH2Upstream(Func<int, RawH2Behavior> behavior, bool answerAtHeaders = false)
+    public RawH2Upstream(Func<int, RawH2Behavior> behavior, bool sendSettings = true, bool answerAtHeaders = false)
     {
         _behavior = behavior;
+        _sendSettings = sendSettings;
         _answerAtHeaders = answerAtHeaders;
         _listener.Start();
         _accept = AcceptAsync();
@@ -91,9 +95,12 @@ internal sealed class RawH2Upstream : IAsyncDisposable
             var preface = new byte[Http2Preface.Length];
             await stream.ReadExactlyAsync(preface);
             var output = new ArrayBufferWriter<byte>();
-            Http2FrameWriter.WriteSettings(output, []);
-            Http2FrameWriter.WritePing(output, 42, ack: false);
-            await SendAsync(stream, output);
+            if (_sendSettings)
+            {
+                Http2FrameWriter.WriteSettings(output, []);
+                Http2FrameWriter.WritePing(output, 42, ack: false);
+                await SendAsync(stream, output);
+            }
             var header = new byte[Http2FrameHeader.Size];
             while (true)
             {
