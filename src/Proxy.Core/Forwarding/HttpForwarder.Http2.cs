@@ -655,6 +655,13 @@ internal sealed partial class HttpForwarder
         else if (stream.EndReceived && !stream.HasTrailers && reader.TryRead(out ReadResult ready))
         {
             // Everything is here (a trailers-only gRPC answer, a small body): say how long it is.
+            if (ready.IsCompleted && length >= 0 && ready.Buffer.Length != length)
+            {
+                // RFC 9113 section 8.1.1: a content-length the DATA disagree with makes the response malformed, here as
+                // mid-body below. Relayed, it went out as a whole response under the received length.
+                reader.AdvanceTo(ready.Buffer.End);
+                return AbortHttp2Relay(cluster, destination, stream, "content_length_mismatch");
+            }
             length = ready.IsCompleted ? ready.Buffer.Length : -1;
             reader.AdvanceTo(ready.Buffer.Start);
             outFraming = length >= 0 ? BodyFraming.ContentLength : http11Client ? BodyFraming.Chunked : BodyFraming.CloseDelimited;

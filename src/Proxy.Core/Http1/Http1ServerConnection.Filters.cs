@@ -113,7 +113,14 @@ internal sealed partial class Http1ServerConnection
         => _chain is { RequestBody.Length: > 0 } chain ? RequestBodyPhaseAsync(chain, route) : AfterBody(route);
 
     private ValueTask<bool> AfterBody(RouteModel route)
-        => route.Respond is { } respond ? DirectResponseAsync(respond) : _forwarder.ForwardAsync(route);
+    {
+        if (route.Respond is { } respond)
+        {
+            return DirectResponseAsync(respond);
+        }
+        Volatile.Write(ref _reachedForwarder, true);
+        return _forwarder.ForwardAsync(route);
+    }
 
     // ---- request-body phase (Envoy's decodeData with StopIterationAndBuffer) ------------------------------------------
 

@@ -310,6 +310,14 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         return _streamDone.Task;
     }
 
+    /// <summary>
+    /// The current exchange was handed to the forwarder, so its request may have reached an upstream (set by any
+    /// exchange, reset per stream by a bridge). An HTTP/2 stream that ends without a response tells its client
+    /// REFUSED_STREAM ("not processed, retry it", RFC 9113 section 8.7) only while this is false.
+    /// </summary>
+    internal bool ReachedForwarder => Volatile.Read(ref _reachedForwarder);
+    private bool _reachedForwarder;
+
     // Bridges only, created by their first stream (an HTTP/1.1 connection never needs them): see RunStreamAsync.
     private ReusableValueTaskSource<bool>? _streamNext;
     private ReusableValueTaskSource<bool>? _streamDone;
@@ -329,6 +337,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             // Per-exchange state a previous stream may have left (the per-request fields are reset by BeginRequest).
             Volatile.Write(ref _aborted, 0);
+            Volatile.Write(ref _reachedForwarder, false);
             _draining = false;
             _lingerOnClose = false;
             _timedReader = null;

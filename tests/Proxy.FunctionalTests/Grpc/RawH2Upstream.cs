@@ -25,6 +25,8 @@ internal enum RawH2Behavior
     LeadingSpaceValue,
     /// <summary>HEADERS 200, DATA "ok", then trailers whose value holds CR LF and a second field.</summary>
     CrLfInTrailer,
+    /// <summary>HEADERS 200 with content-length: 100, then DATA "short" with END_STREAM: a malformed response (RFC 9113 section 8.1.1).</summary>
+    ContentLengthMismatch,
 }
 
 /// <summary>
@@ -41,10 +43,19 @@ internal sealed class RawH2Upstream : IAsyncDisposable
     private int _requests;
     private int _connections;
     private int _pingAcks;
+    private readonly bool _sendSettings;
+    private readonly bool _answerAtHeaders;
 
-    public RawH2Upstream(Func<int, RawH2Behavior> behavior)
+    /// <param name="behavior">The answer to the n-th request (from 1).</param>
+    /// <param name="sendSettings">False: no SETTINGS and no PING when a connection starts, the answers come straight away
+    /// (a server connection preface that breaks RFC 9113 section 3.4).</param>
+    /// <param name="answerAtHeaders">True: a request is answered at its HEADERS, before its body (which is dropped);
+    /// otherwise at END_STREAM on its HEADERS (requests with a body get no answer).</param>
+    public RawH2Upstream(Func<int, RawH2Behavior> behavior, bool sendSettings = true, bool answerAtHeaders = false)
     {
         _behavior = behavior;
+        _sendSettings = sendSettings;
+        _answerAtHeaders = answerAtHeaders;
         _listener.Start();
         _accept = AcceptAsync();
     }
@@ -52,6 +63,7 @@ internal sealed class RawH2Upstream : IAsyncDisposable
     public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
     public int Connections => Volatile.Read(ref _connections);
     public int PingAcks => Volatile.Read(ref _pingAcks);
+    public int Requests => Volatile.Read(ref _requests);
 
     private async Task AcceptAsync()
     {
@@ -83,9 +95,12 @@ internal sealed class RawH2Upstream : IAsyncDisposable
             var preface = new byte[Http2Preface.Length];
             await stream.ReadExactlyAsync(preface);
             var output = new ArrayBufferWriter<byte>();
-            Http2FrameWriter.WriteSettings(output, []);
-            Http2FrameWriter.WritePing(output, 42, ack: false);
-            await SendAsync(stream, output);
+            if (_sendSettings)
+            {
+                Http2FrameWriter.WriteSettings(output, []);
+                Http2FrameWriter.WritePing(output, 42, ack: false);
+                await SendAsync(stream, output);
+            }
             var header = new byte[Http2FrameHeader.Size];
             while (true)
             {
@@ -104,7 +119,7 @@ internal sealed class RawH2Upstream : IAsyncDisposable
                     case Http2FrameType.PING when (flags & Http2Flags.ACK) != 0:
                         Interlocked.Increment(ref _pingAcks);
                         break;
-                    case Http2FrameType.HEADERS when (flags & Http2Flags.END_STREAM) != 0:
+                    case Http2FrameType.HEADERS when _answerAtHeaders || (flags & Http2Flags.END_STREAM) != 0:
                         Answer(output, streamId, connection, _behavior(Interlocked.Increment(ref _requests)));
                         break;
                 }
@@ -164,6 +179,13 @@ internal sealed class RawH2Upstream : IAsyncDisposable
                 Http2FrameWriter.WriteHeaders(output, streamId, status200, endStream: false, 16384);
                 Http2FrameWriter.WriteData(output, streamId, "ok"u8, endStream: false);
                 Http2FrameWriter.WriteHeaders(output, streamId, trailers.WrittenSpan, endStream: true, 16384);
+                break;
+            case RawH2Behavior.ContentLengthMismatch:
+                var declared = new ArrayBufferWriter<byte>();
+                declared.Write(status200);
+                Literal(declared, "content-length", "100");
+                Http2FrameWriter.WriteHeaders(output, streamId, declared.WrittenSpan, endStream: false, 16384);
+                Http2FrameWriter.WriteData(output, streamId, "short"u8, endStream: true);
                 break;
             case RawH2Behavior.ResetMidBody:
                 Http2FrameWriter.WriteHeaders(output, streamId, status200, endStream: false, 16384);

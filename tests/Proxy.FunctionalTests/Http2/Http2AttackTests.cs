@@ -1,4 +1,7 @@
+using System.Buffers;
+using System.Diagnostics;
 using System.Net;
+using System.Net.Sockets;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Http2;
 using Proxy.Http2.HPack;
@@ -135,18 +138,177 @@ public sealed class Http2AttackTests
         await AssertHealthyAsync(proxy);
     }
 
+    /// <summary>
+    /// HEADERS and RST_STREAM of each stream in one write, so one read pass: the streams must never run (nothing goes
+    /// upstream) and each gives its max_concurrent_streams slot back at once (RFC 9113 section 5.1.2). Before, the reset
+    /// found no bridge to abort, the stream ran anyway and held its slot until the upstream answered: here the upstream
+    /// got 10 requests nobody wanted and stream 41 was refused although the client had no open stream.
+    /// </summary>
+    [Fact]
+    public async Task RapidReset_ResetInTheReadThatOpenedTheStream_NeverForwardedAndSlotFreedAtOnce()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Hang());
+        await using var proxy = await TestProxy.StartAsync(Http2ServerTests.WithHttp2Limits(
+            new ProxyConfig { BackendPort = upstream.Port }, "max_concurrent_streams: 10, rapid_reset: { max: 1000, window: 10s }"));
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        // Twice the cap of streams opened and reset, then one more, in a single write.
+        var batch = new ArrayBufferWriter<byte>();
+        for (int id = 1; id < 40; id += 2)
+        {
+            Http2FrameWriter.WriteHeaders(batch, id, client.Encode(Http2TestClient.Get("/slow")), endStream: true, 16_384);
+            Http2FrameWriter.WriteRstStream(batch, id, Http2ErrorCode.CANCEL);
+        }
+        Http2FrameWriter.WriteHeaders(batch, 41, client.Encode(Http2TestClient.Get("/hello")), endStream: true, 16_384);
+        await client.SendRawAsync(batch.WrittenSpan.ToArray());
+        var next = await client.ReadResponseAsync(41);
+        // A stream that runs reaches the upstream within milliseconds.
+        await Task.Delay(300);
+
+        Assert.Equal(200, next.Status);
+        Assert.Equal(0, upstream.ConnectionCount);
+        Assert.Empty(upstream.Requests);
+        await AssertHealthyAsync(proxy);
+    }
+
+    /// <summary>
+    /// "MadeYouReset" (CVE-2025-8671): frames that make the proxy reset a stream the client just opened (a stream error
+    /// RST_STREAM from us) cost the client as little as its own RST_STREAM, so they count against the same rapid_reset
+    /// budget. Before, only the client's RST_STREAM counted and one connection could drive thousands of upstream requests.
+    /// </summary>
+    [Theory]
+    [InlineData("window-update-zero")]
+    [InlineData("window-overflow")]
+    [InlineData("priority-on-itself")]
+    [InlineData("content-length-exceeded")]
+    public async Task RapidReset_StreamErrorsTheClientProvokes_CountAndGoAwayEnhanceYourCalm(string kind)
+    {
+        await using var proxy = await StartProxyAsync("rapid_reset: { max: 10, window: 10s }");
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        await SendIgnoringCloseAsync(async () =>
+        {
+            for (int id = 1; id < 80; id += 2)
+            {
+                switch (kind)
+                {
+                    case "window-update-zero":
+                        await client.SendHeadersAsync(id, endStream: false, Post("/hello"));
+                        await client.SendFrameAsync(Http2FrameType.WINDOW_UPDATE, Http2Flags.None, id, [0, 0, 0, 0]);
+                        break;
+                    case "window-overflow":
+                        await client.SendHeadersAsync(id, endStream: false, Post("/hello"));
+                        await client.SendWindowUpdateAsync(id, int.MaxValue);
+                        break;
+                    case "priority-on-itself":
+                        await client.SendHeadersAsync(id, endStream: false, Post("/hello"));
+                        await client.SendFrameAsync(Http2FrameType.PRIORITY, Http2Flags.None, id, [0, 0, 0, (byte)id, 16]);
+                        break;
+                    default:
+                        await client.SendHeadersAsync(id, endStream: false, [.. Post("/hello"), ("content-length", "1")]);
+                        await client.SendDataAsync(id, "xx"u8, endStream: true);
+                        break;
+                }
+            }
+        });
+        var goAway = await client.WaitForGoAwayAsync();
+
+        Assert.Equal(Http2ErrorCode.ENHANCE_YOUR_CALM, goAway.ErrorCode);
+        await AssertHealthyAsync(proxy);
+    }
+
+    /// <summary>
+    /// A client that provokes answers (PING acknowledgements, RST_STREAM for stream errors) and never reads them: with
+    /// the flood limits out of the way, the bound on unflushed answers must close the connection and keep the proxy's
+    /// memory flat. Before, every answer went into the unbounded frame pipe: hundreds of MiB in seconds.
+    /// </summary>
+    [Theory]
+    [InlineData("ping")]
+    [InlineData("window-update-zero")]
+    public async Task AnswersNeverRead_BacklogBounded_ConnectionClosed(string kind)
+    {
+        await using var proxy = await StartProxyAsync(
+            "max_control_frames_per_second: 1000000000, rapid_reset: { max: 1000000000, window: 1s }, send_stall_timeout: 60s");
+        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveBufferSize = 4096 };
+        await socket.ConnectAsync(proxy.Public);
+        var start = new ArrayBufferWriter<byte>();
+        start.Write(Http2Preface.ClientPreface);
+        Http2FrameWriter.WriteSettings(start, []);
+        var encoder = new HPackEncoder();
+        var block = new byte[256];
+        encoder.TryBeginHeaderBlock(block, out int length);
+        foreach (var (name, value) in Http2TestClient.Get("/hello"))
+        {
+            encoder.TryEncode(System.Text.Encoding.ASCII.GetBytes(name), System.Text.Encoding.ASCII.GetBytes(value),
+                HPackIndexing.WithoutIndexing, block.AsSpan(length), out int written);
+            length += written;
+        }
+        // Stream 1 is answered by the direct route and closes; its WINDOW_UPDATEs of 0 are stream errors all the same.
+        Http2FrameWriter.WriteHeaders(start, 1, block.AsSpan(0, length), endStream: true, 16_384);
+        await socket.SendAsync(start.WrittenMemory);
+        var frame = new ArrayBufferWriter<byte>();
+        if (kind == "ping")
+        {
+            Http2FrameWriter.WritePing(frame, 7, ack: false);
+        }
+        else
+        {
+            Http2FrameWriter.WriteFrameHeader(frame.GetSpan(Http2FrameHeader.Size), 4, Http2FrameType.WINDOW_UPDATE, Http2Flags.None, 1);
+            frame.Advance(Http2FrameHeader.Size);
+            frame.Write(new byte[4]);
+        }
+        byte[] batch = [.. Enumerable.Repeat(frame.WrittenMemory.ToArray(), 4096).SelectMany(f => f)];
+
+        using var memory = MemoryWatch.Start();
+        bool closed = false;
+        socket.Blocking = false;
+        var clock = Stopwatch.StartNew();
+        int offset = 0;
+        while (!closed && clock.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            try
+            {
+                // Non-blocking, the rest of a partial send first: frames stay whole.
+                offset += socket.Send(batch, offset, batch.Length - offset, SocketFlags.None);
+                offset %= batch.Length;
+            }
+            catch (SocketException e) when (e.SocketErrorCode == SocketError.WouldBlock)
+            {
+                await Task.Delay(5);
+            }
+            catch (SocketException)
+            {
+                closed = true;
+            }
+        }
+
+        Assert.True(closed, $"still open after {clock.Elapsed.TotalSeconds:0.0} s of answers never read; {memory}");
+        Assert.True(memory.ManagedGrowth < 64 * 1024 * 1024, memory.ToString());
+        await AssertHealthyAsync(proxy);
+    }
+
     [Theory]
     [InlineData("settings")]
     [InlineData("ping")]
     [InlineData("empty-data")]
     [InlineData("priority")]
+    [InlineData("refused-streams")]
+    [InlineData("stream-errors")]
     public async Task ControlFrameFlood_AboveLimit_GoAwayEnhanceYourCalm(string kind)
     {
-        await using var proxy = await StartProxyAsync("max_control_frames_per_second: 50");
+        // rapid_reset out of the way: the RST_STREAMs of "stream-errors" are stopped as frames the client makes us write.
+        await using var proxy = await StartProxyAsync(
+            "max_control_frames_per_second: 50, max_concurrent_streams: 1, rapid_reset: { max: 100000, window: 10s }");
         await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
-        if (kind == "empty-data")
+        if (kind is "empty-data" or "refused-streams")
         {
+            // Open until its body ends (the direct route waits for it): every later stream is one too many.
             await client.SendHeadersAsync(1, endStream: false, Post("/hello"));
+        }
+        else if (kind == "stream-errors")
+        {
+            await client.SendHeadersAsync(1, endStream: true, Http2TestClient.Get("/hello"));
+            Assert.Equal(200, (await client.ReadResponseAsync(1)).Status);
         }
 
         await SendIgnoringCloseAsync(async () =>
@@ -163,6 +325,14 @@ public sealed class Http2AttackTests
                         break;
                     case "empty-data":
                         await client.SendFrameAsync(Http2FrameType.DATA, Http2Flags.None, 1, []);
+                        break;
+                    case "refused-streams":
+                        // Each refused with RST_STREAM REFUSED_STREAM.
+                        await client.SendHeadersAsync(3 + 2 * i, endStream: true, Http2TestClient.Get("/hello"));
+                        break;
+                    case "stream-errors":
+                        // A WINDOW_UPDATE of 0 on the closed stream: a stream error, an RST_STREAM each.
+                        await client.SendFrameAsync(Http2FrameType.WINDOW_UPDATE, Http2Flags.None, 1, [0, 0, 0, 0]);
                         break;
                     default:
                         await client.SendFrameAsync(Http2FrameType.PRIORITY, Http2Flags.None, 3, [0, 0, 0, 0, 16]);
@@ -376,6 +546,37 @@ public sealed class Http2AttackTests
         Assert.Equal(413, tooLarge.Status);
         Assert.Equal(200, next.Status);
         Assert.Equal("hello\n", next.BodyText);
+    }
+
+    /// <summary>
+    /// Resets the proxy sends for its own reasons (here an upstream that answers a head and then fails: INTERNAL_ERROR)
+    /// are not the client's doing and do not count against rapid_reset: the connection stays up. The stream ends
+    /// INTERNAL_ERROR, not REFUSED_STREAM: the upstream has processed the POST, and REFUSED_STREAM would tell the client
+    /// to send it again (RFC 9113 section 8.7). Before, the client got REFUSED_STREAM, with no HEADERS.
+    /// </summary>
+    [Fact]
+    public async Task UpstreamFailsAfterItsHead_Post_ResetInternalErrorNotRefusedAndNotCountedAsRapidReset()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.ResetAfter("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"));
+        await using var proxy = await TestProxy.StartAsync(Http2ServerTests.WithHttp2Limits(
+            new ProxyConfig { BackendPort = upstream.Port }, "rapid_reset: { max: 2, window: 10s }"));
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        var resets = new List<Http2ErrorCode>();
+        for (int id = 1; id <= 7; id += 2)
+        {
+            await client.SendHeadersAsync(id, endStream: false, [.. Post("/orders"), ("content-length", "5")]);
+            await client.SendDataAsync(id, "hello"u8, endStream: true);
+            var end = await client.WaitForAsync(f => f.Type == Http2FrameType.GOAWAY
+                || (f.StreamId == id && (f.Type == Http2FrameType.RST_STREAM || f.Has(Http2Flags.END_STREAM))));
+            resets.Add(end.Type == Http2FrameType.RST_STREAM ? end.ErrorCode : Http2ErrorCode.NO_ERROR);
+        }
+        await client.SendHeadersAsync(9, endStream: true, Http2TestClient.Get("/hello"));
+        var next = await client.ReadResponseAsync(9);
+
+        Assert.Equal(4, upstream.Requests.Length);
+        Assert.All(resets, code => Assert.Equal(Http2ErrorCode.INTERNAL_ERROR, code));
+        Assert.Equal(200, next.Status);
     }
 
     [Fact]

@@ -56,6 +56,8 @@ internal sealed class Http2ClientConnection
     private bool _closed;
     /// <summary>Timestamp since which the read loop has held an incomplete frame with no frame completed since (0: none).</summary>
     private long _partialFrameSince;
+    /// <summary>The peer's connection preface, a SETTINGS frame, has arrived (read loop only; section 3.4).</summary>
+    private bool _prefaceReceived;
     /// <summary>The stream whose header block continues in CONTINUATION frames (section 6.10); 0 when none.</summary>
     private int _continuationStream;
     private Http2ClientStream? _continuationTarget;
@@ -583,6 +585,16 @@ internal sealed class Http2ClientConnection
     /// <summary>One frame (RFC 9113 section 6); returns a connection error to end with, or None.</summary>
     private Http2FrameError OnFrame(in Http2FrameHeader header, in ReadOnlySequence<byte> payload)
     {
+        if (!_prefaceReceived)
+        {
+            // Section 3.4: the server's preface is a SETTINGS frame (not an acknowledgement) and comes first; anything
+            // else is a connection error PROTOCOL_ERROR. A peer that skips it may not be speaking HTTP/2 at all.
+            if (header.Type != Http2FrameType.SETTINGS || header.HasFlag(Http2Flags.ACK))
+            {
+                return Http2FrameError.Connection(Http2ErrorCode.PROTOCOL_ERROR);
+            }
+            _prefaceReceived = true;
+        }
         if (_continuationStream != 0 && (header.Type != Http2FrameType.CONTINUATION || header.StreamId != _continuationStream))
         {
             return Http2FrameError.Connection(Http2ErrorCode.PROTOCOL_ERROR); // section 6.10

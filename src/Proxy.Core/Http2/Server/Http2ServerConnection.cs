@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using System.Text;
 using Proxy.Diagnostics;
 using Proxy.Http;
@@ -30,6 +31,13 @@ internal sealed class Http2ServerConnection : TimedConnection
 {
     /// <summary>Octets written but not yet flushed to the transport above which DATA waits (output backpressure).</summary>
     private const int MaxUnsent = 256 * 1024;
+    /// <summary>
+    /// Octets of frames answering the client's own frames (SETTINGS and PING acknowledgements, RST_STREAM for its stream
+    /// errors and refused streams) that may wait unflushed: past it, a client that provokes answers without reading
+    /// them is closed (ENHANCE_YOUR_CALM) instead of growing the frame pipe. About 15,000 PING acknowledgements; the
+    /// flood limit (max_control_frames_per_second) stops a reading client long before.
+    /// </summary>
+    private const int MaxUnflushedAnswers = 256 * 1024;
     private static readonly TimeSpan s_tick = TimeSpan.FromSeconds(1);
 
     private readonly ClientTransport _transport;
@@ -56,6 +64,12 @@ internal sealed class Http2ServerConnection : TimedConnection
     private Http2Settings _peer = Http2Settings.Default;
     private byte[] _headerScratch = new byte[4096];
     private long _unsent;
+    /// <summary>Octets the writer loop has flushed to the transport since the connection began (under <see cref="_lock"/>).</summary>
+    private long _flushed;
+    /// <summary>Where the last answer to a client frame ends in the output (octets since the start; under <see cref="_lock"/>).</summary>
+    private long _answersEnd;
+    /// <summary>Octets of answers queued since the writer loop last flushed past <see cref="_answersEnd"/> (under <see cref="_lock"/>).</summary>
+    private long _unflushedAnswers;
     private bool _framesClosed;
     private bool _goAwaySent;
     private volatile bool _draining;
@@ -207,7 +221,11 @@ internal sealed class Http2ServerConnection : TimedConnection
                     }
                     if (error.IsStreamError)
                     {
-                        ResetStream(header.StreamId, error.Code);
+                        error = ResetStream(header.StreamId, error.Code);
+                        if (error.IsConnectionError)
+                        {
+                            return error.Code;
+                        }
                     }
                 }
                 if (result.IsCompleted)
@@ -519,7 +537,54 @@ internal sealed class Http2ServerConnection : TimedConnection
             _streams[id] = stream;
             _activeStreams++;
         }
+        stream.AwaitingRun = true;
         _started.Add(stream);
+    }
+
+    /// <summary>
+    /// Read loop: a stream of this read pass that the client (RST_STREAM) or a stream error closed before it ran. It
+    /// never runs (RunStartedStreams skips it): nothing goes upstream, and, closed (RFC 9113 section 5.1), it gives its
+    /// max_concurrent_streams slot back now (section 5.1.2), not when an upstream answers nobody. The caller records how
+    /// it closed.
+    /// </summary>
+    private void ReleaseBeforeRun(Http2Stream stream)
+    {
+        int uncredited = stream.TakeUncredited();
+        stream.MarkFinished();
+        bool closeNow;
+        lock (_lock)
+        {
+            _streams.Remove(stream.Id);
+            _activeStreams--;
+            if (_activeStreams == 0)
+            {
+                _idleSince = Environment.TickCount64;
+            }
+            CreditConnectionLocked(uncredited);
+            closeNow = _draining && _activeStreams == 0;
+        }
+        if (closeNow)
+        {
+            _transport.Input.CancelPendingRead();
+        }
+    }
+
+    /// <summary>Read loop, end of the pass: a stream released by <see cref="ReleaseBeforeRun"/> goes back to the pool.</summary>
+    private void PoolUnrun(Http2Stream stream)
+    {
+        stream.CompleteUnrun();
+        stream.ResponsePipe.Reader.Complete(); // the pump's end: it never ran either
+        if (!stream.TryResetPipes())
+        {
+            return;
+        }
+        lock (_lock)
+        {
+            if (!_framesClosed && _pool.Count < _limits.MaxConcurrentStreams)
+            {
+                _pool.Push(stream);
+            }
+        }
     }
 
     /// <summary>
@@ -534,7 +599,15 @@ internal sealed class Http2ServerConnection : TimedConnection
         List<Http2Stream> started = _started;
         for (int i = 0; i < started.Count; i++)
         {
-            started[i].Execute();
+            Http2Stream stream = started[i];
+            stream.AwaitingRun = false;
+            if (stream.Aborted)
+            {
+                // Reset in the pass that opened it (HEADERS and RST_STREAM in one read): released already.
+                PoolUnrun(stream);
+                continue;
+            }
+            stream.Execute();
         }
         started.Clear();
     }
@@ -570,24 +643,42 @@ internal sealed class Http2ServerConnection : TimedConnection
             return Http2FrameError.None;
         }
         stream.Abort(byPeer: true);
+        if (stream.AwaitingRun)
+        {
+            ReleaseBeforeRun(stream);
+        }
         lock (_lock)
         {
             _closed.Add(header.StreamId, StreamClosure.ResetByPeer);
         }
         // Rapid reset (CVE-2023-44487): streams opened and cancelled at once cost us work and the client nothing.
+        return CountReset(byClient: true) ? Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM) : Http2FrameError.None;
+    }
+
+    /// <summary>
+    /// Counts a stream reset against the rapid_reset budget: the client's RST_STREAM, and our RST_STREAM for a stream
+    /// error its frames caused (see <see cref="ResetStream"/>). True when the budget is exceeded.
+    /// </summary>
+    private bool CountReset(bool byClient)
+    {
         long now = Environment.TickCount64;
         if (now - _resetWindowStart >= (long)_limits.RapidResetWindow.TotalMilliseconds)
         {
             _resetWindowStart = now;
             _resets = 0;
         }
-        if (++_resets > _limits.RapidResetMax)
+        if (++_resets <= _limits.RapidResetMax)
         {
-            ProxyLog.Write(LogLevel.Warn, "http2_rapid_reset", ("listener", Listener.Name), ("client", ProxyLog.Format(_transport.RemoteEndPoint)));
-            return Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM);
+            return false;
         }
-        return Http2FrameError.None;
+        RapidResetExceeded(byClient);
+        return true;
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void RapidResetExceeded(bool byClient) =>
+        ProxyLog.Write(LogLevel.Warn, "http2_rapid_reset", ("listener", Listener.Name), ("client", ProxyLog.Format(_transport.RemoteEndPoint)),
+            ("last_reset", byClient ? "client_rst_stream" : "stream_error"));
 
     private Http2FrameError OnSettings(in Http2FrameHeader header, in ReadOnlySequence<byte> payload)
     {
@@ -621,12 +712,17 @@ internal sealed class Http2ServerConnection : TimedConnection
                 }
             }
             _encoder.SetPeerHeaderTableSize(settings.HeaderTableSize);
+            bool backlogged = false;
             if (!_framesClosed)
             {
                 Http2FrameWriter.WriteSettingsAck(_frames.Writer);
-                Commit();
+                backlogged = CommitAnswer();
             }
             WakeAllLocked();
+            if (backlogged)
+            {
+                return Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM);
+            }
         }
         return Http2FrameError.None;
     }
@@ -647,7 +743,10 @@ internal sealed class Http2ServerConnection : TimedConnection
             if (!_framesClosed)
             {
                 Http2FrameWriter.WritePing(_frames.Writer, opaque, ack: true);
-                Commit();
+                if (CommitAnswer())
+                {
+                    return Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM);
+                }
             }
         }
         return Http2FrameError.None;
@@ -702,18 +801,41 @@ internal sealed class Http2ServerConnection : TimedConnection
         return Http2FrameError.None;
     }
 
-    /// <summary>A stream error found by the read loop: RST_STREAM, and the stream (if running) stops.</summary>
-    private void ResetStream(int streamId, Http2ErrorCode code)
+    /// <summary>
+    /// A stream error the client's frames caused, found by the read loop: RST_STREAM, and the stream (if running) stops.
+    /// Returns a connection error (ENHANCE_YOUR_CALM) when the client makes us reset too much:
+    /// <list type="bullet">
+    /// <item>every such reset counts against the rapid_reset budget like the client's own RST_STREAM ("MadeYouReset",
+    /// CVE-2025-8671: a WINDOW_UPDATE of 0, a window overflow, a PRIORITY on itself, a frame on a half-closed stream...
+    /// make the server cancel a stream the client opened, so the upstream works for nobody), except REFUSED_STREAM: a
+    /// refused stream never started, and a client may open streams before our SETTINGS reach it;</item>
+    /// <item>every RST_STREAM, REFUSED_STREAM included, is a frame the client made us write: it counts against
+    /// max_control_frames_per_second and the unflushed answers (<see cref="MaxUnflushedAnswers"/>).</item>
+    /// </list>
+    /// Resets the proxy decides for its own reasons (an upstream failure, a stall, a response complete before the
+    /// request) go out through <see cref="OnStreamFinished"/> and count against nothing.
+    /// </summary>
+    private Http2FrameError ResetStream(int streamId, Http2ErrorCode code)
     {
         Http2Stream? stream = Find(streamId);
         if (stream is not null)
         {
             stream.Abort(byPeer: true); // byPeer: we send the RST here, the stream must not send another
+            if (stream.AwaitingRun)
+            {
+                ReleaseBeforeRun(stream);
+            }
         }
+        bool backlogged;
         lock (_lock)
         {
-            WriteRstLocked(streamId, code);
+            WriteRstLocked(streamId, code, out backlogged);
         }
+        if (backlogged || CountControlFrame() || (code != Http2ErrorCode.REFUSED_STREAM && CountReset(byClient: false)))
+        {
+            return Http2FrameError.Connection(Http2ErrorCode.ENHANCE_YOUR_CALM);
+        }
+        return Http2FrameError.None;
     }
 
     // ---- flow control of received DATA ----------------------------------------------------------
@@ -826,6 +948,34 @@ internal sealed class Http2ServerConnection : TimedConnection
             Http2FrameWriter.WriteRstStream(_frames.Writer, streamId, code);
             Commit();
         }
+    }
+
+    /// <summary>An RST_STREAM answering the client's frame (see <see cref="CommitAnswer"/>).</summary>
+    private void WriteRstLocked(int streamId, Http2ErrorCode code, out bool backlogged)
+    {
+        _closed.Add(streamId, StreamClosure.ResetByUs);
+        backlogged = false;
+        if (!_framesClosed)
+        {
+            Http2FrameWriter.WriteRstStream(_frames.Writer, streamId, code);
+            backlogged = CommitAnswer();
+        }
+    }
+
+    /// <summary>
+    /// Commits a frame that answers the client's own frame (under <see cref="_lock"/>). True when more than
+    /// <see cref="MaxUnflushedAnswers"/> octets of such answers wait: the writer loop has not caught up with them since the
+    /// first, so the client is not reading what it provokes (a flood of WINDOW_UPDATE 0 or of streams past the cap, sent
+    /// without reading, queued hundreds of MiB before this bound). The count starts again once the writer loop has
+    /// flushed past the last answer, so a client that reads never gets near it.
+    /// </summary>
+    private bool CommitAnswer()
+    {
+        long octets = _frames.Writer.UnflushedBytes;
+        Commit();
+        _answersEnd = _flushed + _unsent;
+        _unflushedAnswers += octets;
+        return _unflushedAnswers > MaxUnflushedAnswers;
     }
 
     private void SendGoAway(Http2ErrorCode code)
@@ -1054,6 +1204,11 @@ internal sealed class Http2ServerConnection : TimedConnection
                     {
                         bool wasFull = _unsent >= MaxUnsent;
                         _unsent -= length;
+                        _flushed += length;
+                        if (_flushed >= _answersEnd)
+                        {
+                            _unflushedAnswers = 0;
+                        }
                         if (wasFull && _unsent < MaxUnsent)
                         {
                             WakeAllLocked();

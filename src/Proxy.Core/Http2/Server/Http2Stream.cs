@@ -110,6 +110,11 @@ internal sealed class Http2Stream
     public volatile bool Aborted;
     /// <summary>The response ended with END_STREAM.</summary>
     public bool ResponseComplete;
+    /// <summary>
+    /// Started by the current read pass and not run yet (read loop only): a reset now releases the stream at once and
+    /// it never runs (Http2ServerConnection.ReleaseBeforeRun).
+    /// </summary>
+    public bool AwaitingRun;
 
     public void Start(int id, Http2RequestHead head, bool endStream, int sendWindow, int receiveWindow)
     {
@@ -198,13 +203,32 @@ internal sealed class Http2Stream
         while (true)
         {
             ValueTask<bool> bridge;
+            bool ran = true;
             try
             {
                 // The bridge and what it owns (forwarder and its loop, pumps) live as long as this pooled stream, as
                 // long as each exchange ends cleanly (see the reuse decision below).
-                _bridgeInstance ??= new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport);
-                _bridge = _bridgeInstance;
-                bridge = _bridgeInstance.RunStreamAsync();
+                Http1ServerConnection instance = _bridgeInstance ??= new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport);
+                // Published under the lock Abort takes: a reset either finds the bridge to abort or is seen here, and a
+                // stream reset before its bridge ran sends nothing upstream (the read loop skips most of those itself;
+                // this covers a reset that came while this loop was resumed on another thread).
+                lock (RequestLock)
+                {
+                    ran = !Aborted;
+                    if (ran)
+                    {
+                        _bridge = instance;
+                    }
+                }
+                if (ran)
+                {
+                    bridge = instance.RunStreamAsync();
+                }
+                else
+                {
+                    CompleteUnrun();
+                    bridge = ValueTask.FromResult(true);
+                }
             }
             catch (Exception)
             {
@@ -433,9 +457,8 @@ internal sealed class Http2Stream
                     }
                     if (result.IsCompleted || result.IsCanceled)
                     {
-                        // The bridge ended without a whole response: nothing was processed when no head came
-                        // (REFUSED_STREAM lets the client retry, section 8.7), otherwise the response is cut.
-                        reset = Aborted ? AbortCode(headersSent) : headersSent ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
+                        // The bridge ended without a whole response (see UnfinishedCode).
+                        reset = Aborted ? AbortCode(headersSent) : UnfinishedCode(headersSent);
                         goto Pumped;
                     }
                 }
@@ -462,7 +485,7 @@ internal sealed class Http2Stream
                 bridgeReusable = false;
             }
             _bridge = null;
-            if (!bridgeReusable || reset != Http2ErrorCode.NO_ERROR || Aborted || !ResponseComplete || IsTunnel)
+            if (ran && (!bridgeReusable || reset != Http2ErrorCode.NO_ERROR || Aborted || !ResponseComplete || IsTunnel))
             {
                 // An exchange that did not end cleanly may leave work of its own running (the forwarder's loop in an
                 // upstream wait, a timer, a pump): handing that instance the next stream would run two exchanges on
@@ -642,6 +665,17 @@ internal sealed class Http2Stream
         }
     }
 
+    /// <summary>
+    /// A stream reset before its bridge ran: nobody reads its request or writes its response, so the ends a bridge would
+    /// have completed are completed here, and <see cref="TryResetPipes"/> can ready the object for another stream.
+    /// </summary>
+    public void CompleteUnrun()
+    {
+        CloseRequest();
+        Transport.Input.Complete();
+        ResponsePipe.Writer.Complete();
+    }
+
     /// <summary>The stream left the connection's table; from here on <see cref="Abort"/> is a no-op until the next <see cref="Start"/>.</summary>
     public void MarkFinished()
     {
@@ -727,7 +761,18 @@ internal sealed class Http2Stream
     }
 
     private Http2ErrorCode AbortCode(bool headersSent) =>
-        ResetByPeer ? Http2ErrorCode.NO_ERROR : StallTimedOut ? Http2ErrorCode.CANCEL : headersSent ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
+        ResetByPeer ? Http2ErrorCode.NO_ERROR : StallTimedOut ? Http2ErrorCode.CANCEL : UnfinishedCode(headersSent);
+
+    /// <summary>
+    /// The RST_STREAM code of an exchange that ended without a whole response. REFUSED_STREAM tells the client the
+    /// request was not processed and may be sent again, even a POST (RFC 9113 section 8.7), so it is used only while the
+    /// exchange never reached the forwarder: no byte of it can have gone upstream. Past that point an upstream may have
+    /// acted on it (it answered a head and then failed, or broke its framing) and the stream ends INTERNAL_ERROR, as
+    /// after HEADERS; a failure the forwarder can still answer (connect refused, reset before any response byte) is its
+    /// 502/503/504 response, not a reset.
+    /// </summary>
+    private Http2ErrorCode UnfinishedCode(bool headersSent) =>
+        headersSent || _bridgeInstance is { ReachedForwarder: true } ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
 
     private enum SendStep : byte
     {
