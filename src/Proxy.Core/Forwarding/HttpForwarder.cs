@@ -301,7 +301,10 @@ internal sealed partial class HttpForwarder
                                     }
                                 }
                                 _active = upstream;
-                                bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
+                                // A reused connection that dies before any response byte is replayed once, unasked, for an
+                                // idempotent method only (as HTTP/2's MayReplayLost): the upstream may have run it, and
+                                // retry.non_idempotent opts into configured retries, never into this one.
+                                bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0 && IsIdempotent(head.Method);
 
                                 UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination,
                                     _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader, _client.FilterContext);
