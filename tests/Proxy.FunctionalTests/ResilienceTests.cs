@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Proxy.FunctionalTests.Grpc;
 using Proxy.FunctionalTests.Http2;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Model;
@@ -463,6 +464,55 @@ public sealed class ResilienceTests
         var next = await client.ReadResponseAsync();
         Assert.Equal(200, next.Status);
         Assert.Equal("failing", next.BodyText);
+    }
+
+    /// <summary>
+    /// A retry whose backoff would end past request_timeout is not sent: the client gets its 504 at the deadline and
+    /// the upstream sees the first try only, on either upstream protocol. The deadline used to be checked before the
+    /// backoff only, so the retry went upstream after the time was up (and the proxy answered 504 without reading its
+    /// answer). The backoff's ceiling is 480h: its jittered wait lands inside the time left about once in 800,000 runs.
+    /// </summary>
+    [Fact]
+    public async Task Retry_BackoffRunsPastRequestTimeout_504AtTheDeadlineAndRetryNotSent()
+    {
+        await using var failing = FaultyUpstream.Start("failing");
+        failing.Status = 503;
+        await AssertRetryNotSentPastDeadlineAsync(Quote(failing.Address), protocol: null, warmUp: null, "/x", () => failing.TrafficCount);
+    }
+
+    /// <summary>The same over HTTP/2 to the upstream (its tries run in HttpForwarder.Http2.cs, the backoff in the shared loop).</summary>
+    [Fact]
+    public async Task Retry_H2cBackoffRunsPastRequestTimeout_504AtTheDeadlineAndRetryNotSent()
+    {
+        await using var upstream = await H2Upstream.StartAsync();
+        await AssertRetryNotSentPastDeadlineAsync(ClusterYaml.Address($"http://127.0.0.1:{upstream.Port}"), "h2c", "/status/200", "/status/503",
+            () => Interlocked.Read(ref upstream.Counters.StatusRequests));
+    }
+
+    private static async Task AssertRetryNotSentPastDeadlineAsync(string destinations, string? protocol, string? warmUp, string target, Func<long> tries)
+    {
+        await using var proxy = await ClusterYaml.StartAsync(destinations, protocol, """
+            connect_timeout: 1s
+            request_timeout: 2s
+            retry: { attempts: 1, on: [503], backoff: { base: 480h, max: 480h }, budget_percent: 100 }
+            """);
+        if (warmUp is not null)
+        {
+            // A cold upstream (Kestrel's first request in the process) can outlast the deadline on its own: then the
+            // first try times out and the backoff this test is about never runs.
+            Assert.Equal(200, (await GetAsync(proxy, warmUp)).Status);
+        }
+        long before = tries();
+        await using var client = await proxy.ConnectAsync();
+        var clock = Stopwatch.StartNew();
+
+        await client.SendAsync(Wire.Get(target));
+        var response = await client.ReadResponseAsync();
+
+        ProxyAssert.ErrorAnswer(response, 504);
+        Assert.Contains("upstream_request_timeout", response.BodyText, StringComparison.Ordinal);
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(1900), $"Answered after {clock.Elapsed}: before the deadline.");
+        Assert.Equal(1, tries() - before);
     }
 
     [Fact]

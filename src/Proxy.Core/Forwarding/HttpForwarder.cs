@@ -560,12 +560,27 @@ internal sealed partial class HttpForwarder
                             outcome = await FailAsync(failure, cluster, destination).ConfigureAwait(false);
                             goto Done;
                         }
-                        cluster.Metrics?.Retried();
                         TimeSpan backoff = RetryBudget.Backoff(retries + 1, budget!.Model.BackoffBase, budget.Model.BackoffMax, Random.Shared.NextDouble());
+                        // No retry starts past request_timeout (both upstream protocols come here): a backoff that would end
+                        // past it is cut to it, and the deadline is checked again after the wait (a timer may fire late).
+                        // A retry sent then would run upstream with nobody to read its answer.
+                        long untilDeadline = exchangeDeadline - Environment.TickCount64;
+                        bool backoffPastDeadline = TimedConnection.Milliseconds(backoff) >= untilDeadline;
+                        if (backoffPastDeadline)
+                        {
+                            backoff = TimeSpan.FromMilliseconds(Math.Max(0, untilDeadline));
+                        }
                         if (backoff > TimeSpan.Zero)
                         {
                             await Task.Delay(backoff).ConfigureAwait(false);
                         }
+                        if (backoffPastDeadline || Environment.TickCount64 >= exchangeDeadline)
+                        {
+                            EndRetry(budget, ref retrySlot);
+                            outcome = await FailAsync(ProxyError.UpstreamRequestTimeout, cluster, destination).ConfigureAwait(false);
+                            goto Done;
+                        }
+                        cluster.Metrics?.Retried();
                     }
                 }
                 finally
