@@ -163,6 +163,47 @@ public sealed class ResilienceTests
         await WaitUntilAsync(() => !flakyState.CheckHealthy, "the destination is marked down");
     }
 
+    /// <summary>
+    /// The cleartext HTTP/1.1 probe reads replies as forwarding reads response heads: interim 1xx heads before the final
+    /// one are skipped (103 Early Hints, sent apart from the 200 as a server sends it early), and a status code that is
+    /// not three digits followed by SP is not HTTP. The probe used to stop at the first line: 103 failed the
+    /// destination as "status_103", and "HTTP/1.1 2000 OK" passed as 200.
+    /// </summary>
+    [Theory]
+    [InlineData("early_hints_then_200", true, "status_200")]
+    [InlineData("four_digit_status", false, "invalid_response")]
+    [InlineData("status_line_cut_by_close", false, "invalid_response")]
+    public async Task Probe_Http1ReplyHeads_ReadAsForwardingReadsThem(string reply, bool passes, string reason)
+    {
+        await using var upstream = RecordingUpstream.Start(async (connection, ct) =>
+        {
+            if (await connection.ReadRequestAsync(ct) is null)
+            {
+                return;
+            }
+            switch (reply)
+            {
+                case "early_hints_then_200":
+                    await connection.WriteAsync("HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n", ct);
+                    await Task.Delay(50, ct);
+                    await connection.WriteAsync("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", ct);
+                    break;
+                case "four_digit_status":
+                    await connection.WriteAsync("HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n", ct);
+                    break;
+                default:
+                    await connection.WriteAsync("HTTP/1.1 200 OK", ct);
+                    break;
+            }
+        });
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(upstream.Address), ""));
+
+        var (passed, why) = await Proxy.Upstream.ActiveHealthChecker.ProbeAsync(Backend(proxy).Destinations[0], Backend(proxy),
+            new HealthCheckModel { Path = "/healthz", Timeout = TestDefaults.Timeout }, CancellationToken.None);
+
+        Assert.Equal((passes, reason), (passed, why));
+    }
+
     [Fact]
     public async Task HealthCheck_HealthzAnswers503_MarkedDownThenUpAgain()
     {
