@@ -197,6 +197,7 @@ internal sealed partial class HttpForwarder
                             destination = ClusterHealth.Another(candidates, destination, previous);
                         }
                         previous = destination;
+                        _client.Telemetry?.DestinationPicked(destination);
 
                         _tryStarted = Stopwatch.GetTimestamp();
                         if (!_client.RunUpstreamRequestFilters(destination, retries, _tryStarted))
