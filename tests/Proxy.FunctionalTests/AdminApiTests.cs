@@ -289,10 +289,26 @@ public sealed class AdminApiTests
         Assert.Equal("Bearer realm=\"proxy-admin\"", response.Header("www-authenticate"));
     }
 
+    /// <summary>
+    /// Credentials of another scheme are no Bearer credentials: the bare challenge, with no error code (RFC 6750
+    /// section 3.1), as with no Authorization at all. Basic credentials used to get error="invalid_token".
+    /// </summary>
+    [Theory]
+    [InlineData("Basic dXNlcjpwYXNz")]
+    [InlineData("Bearerish " + Token)]
+    public async Task Admin_OtherSchemeThanBearer_Returns401WithBareChallenge(string authorization)
+    {
+        await using var scenario = await AdminScenario.StartAsync(UpstreamBehaviors.Ok(), Token);
+
+        var response = await scenario.AdminAsync("/metrics", authorization: authorization);
+
+        Assert.Equal(401, response.Status);
+        Assert.Equal("Bearer realm=\"proxy-admin\"", response.Header("www-authenticate"));
+    }
+
     [Theory]
     [InlineData("Bearer wrong")]
     [InlineData("Bearer " + Token + "x")]
-    [InlineData("Basic dXNlcjpwYXNz")]
     [InlineData("Bearer")]
     public async Task Admin_WrongToken_Returns401InvalidToken(string authorization)
     {

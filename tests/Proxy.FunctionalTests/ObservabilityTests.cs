@@ -90,6 +90,30 @@ public sealed class ObservabilityTests : IDisposable
         Assert.Matches(@"proxy_access_log_lines_total [2-9]", metrics);
     }
 
+    /// <summary>
+    /// A request whose connect was refused names the destination it tried, as the upstream_error line does; only a
+    /// request no upstream was tried for has a null destination. It used to be set only as a request head was
+    /// written, so a connect failure logged null.
+    /// </summary>
+    [Fact]
+    public async Task AccessLog_ConnectRefused_LineNamesTheDestinationTried()
+    {
+        int closed = Ports.ClosedPort();
+        string log = Path.Combine(_directory, "access.log");
+        string yaml = new ProxyConfig { BackendPort = closed }.Render() + $$"""
+            access_log: { path: "{{log}}" }
+            """;
+        await using var proxy = await TestProxy.StartAsync(yaml);
+
+        var response = await GetAsync(proxy.Public, "/refused");
+        ProxyAssert.ErrorAnswer(response, 502);
+
+        var line = Assert.Single(await WaitForLinesAsync(log, 1));
+        Assert.Equal(502, line.GetProperty("status").GetInt32());
+        Assert.Equal($"http://127.0.0.1:{closed}", line.GetProperty("destination").GetString());
+        Assert.Equal(JsonValueKind.Null, line.GetProperty("upstream_ms").ValueKind);
+    }
+
     [Fact]
     public async Task AccessLog_PolicyRoutes_LinesCarryConsumerAndPolicyOutcome()
     {

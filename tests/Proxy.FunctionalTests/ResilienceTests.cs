@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Proxy.FunctionalTests.Grpc;
 using Proxy.FunctionalTests.Http2;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Model;
@@ -160,6 +161,47 @@ public sealed class ResilienceTests
         // 503 is not: one failing probe (unhealthy_threshold 1) takes it out.
         flaky.HealthStatus = 503;
         await WaitUntilAsync(() => !flakyState.CheckHealthy, "the destination is marked down");
+    }
+
+    /// <summary>
+    /// The cleartext HTTP/1.1 probe reads replies as forwarding reads response heads: interim 1xx heads before the final
+    /// one are skipped (103 Early Hints, sent apart from the 200 as a server sends it early), and a status code that is
+    /// not three digits followed by SP is not HTTP. The probe used to stop at the first line: 103 failed the
+    /// destination as "status_103", and "HTTP/1.1 2000 OK" passed as 200.
+    /// </summary>
+    [Theory]
+    [InlineData("early_hints_then_200", true, "status_200")]
+    [InlineData("four_digit_status", false, "invalid_response")]
+    [InlineData("status_line_cut_by_close", false, "invalid_response")]
+    public async Task Probe_Http1ReplyHeads_ReadAsForwardingReadsThem(string reply, bool passes, string reason)
+    {
+        await using var upstream = RecordingUpstream.Start(async (connection, ct) =>
+        {
+            if (await connection.ReadRequestAsync(ct) is null)
+            {
+                return;
+            }
+            switch (reply)
+            {
+                case "early_hints_then_200":
+                    await connection.WriteAsync("HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n", ct);
+                    await Task.Delay(50, ct);
+                    await connection.WriteAsync("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", ct);
+                    break;
+                case "four_digit_status":
+                    await connection.WriteAsync("HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n", ct);
+                    break;
+                default:
+                    await connection.WriteAsync("HTTP/1.1 200 OK", ct);
+                    break;
+            }
+        });
+        await using var proxy = await TestProxy.StartAsync(Yaml(Quote(upstream.Address), ""));
+
+        var (passed, why) = await Proxy.Upstream.ActiveHealthChecker.ProbeAsync(Backend(proxy).Destinations[0], Backend(proxy),
+            new HealthCheckModel { Path = "/healthz", Timeout = TestDefaults.Timeout }, CancellationToken.None);
+
+        Assert.Equal((passes, reason), (passed, why));
     }
 
     [Fact]
@@ -463,6 +505,55 @@ public sealed class ResilienceTests
         var next = await client.ReadResponseAsync();
         Assert.Equal(200, next.Status);
         Assert.Equal("failing", next.BodyText);
+    }
+
+    /// <summary>
+    /// A retry whose backoff would end past request_timeout is not sent: the client gets its 504 at the deadline and
+    /// the upstream sees the first try only, on either upstream protocol. The deadline used to be checked before the
+    /// backoff only, so the retry went upstream after the time was up (and the proxy answered 504 without reading its
+    /// answer). The backoff's ceiling is 480h: its jittered wait lands inside the time left about once in 800,000 runs.
+    /// </summary>
+    [Fact]
+    public async Task Retry_BackoffRunsPastRequestTimeout_504AtTheDeadlineAndRetryNotSent()
+    {
+        await using var failing = FaultyUpstream.Start("failing");
+        failing.Status = 503;
+        await AssertRetryNotSentPastDeadlineAsync(Quote(failing.Address), protocol: null, warmUp: null, "/x", () => failing.TrafficCount);
+    }
+
+    /// <summary>The same over HTTP/2 to the upstream (its tries run in HttpForwarder.Http2.cs, the backoff in the shared loop).</summary>
+    [Fact]
+    public async Task Retry_H2cBackoffRunsPastRequestTimeout_504AtTheDeadlineAndRetryNotSent()
+    {
+        await using var upstream = await H2Upstream.StartAsync();
+        await AssertRetryNotSentPastDeadlineAsync(ClusterYaml.Address($"http://127.0.0.1:{upstream.Port}"), "h2c", "/status/200", "/status/503",
+            () => Interlocked.Read(ref upstream.Counters.StatusRequests));
+    }
+
+    private static async Task AssertRetryNotSentPastDeadlineAsync(string destinations, string? protocol, string? warmUp, string target, Func<long> tries)
+    {
+        await using var proxy = await ClusterYaml.StartAsync(destinations, protocol, """
+            connect_timeout: 1s
+            request_timeout: 2s
+            retry: { attempts: 1, on: [503], backoff: { base: 480h, max: 480h }, budget_percent: 100 }
+            """);
+        if (warmUp is not null)
+        {
+            // A cold upstream (Kestrel's first request in the process) can outlast the deadline on its own: then the
+            // first try times out and the backoff this test is about never runs.
+            Assert.Equal(200, (await GetAsync(proxy, warmUp)).Status);
+        }
+        long before = tries();
+        await using var client = await proxy.ConnectAsync();
+        var clock = Stopwatch.StartNew();
+
+        await client.SendAsync(Wire.Get(target));
+        var response = await client.ReadResponseAsync();
+
+        ProxyAssert.ErrorAnswer(response, 504);
+        Assert.Contains("upstream_request_timeout", response.BodyText, StringComparison.Ordinal);
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(1900), $"Answered after {clock.Elapsed}: before the deadline.");
+        Assert.Equal(1, tries() - before);
     }
 
     [Fact]

@@ -157,6 +157,52 @@ public sealed class UpstreamFailureTests
     }
 
     /// <summary>
+    /// The same dead keep-alive connection under a POST whose cluster (or route) opted into retrying non-idempotent
+    /// requests, with no retry configured for a reset: the upstream may have run the POST before closing, so it is not
+    /// sent again (the transparent replay is for idempotent methods only; the opt-in governs configured retries).
+    /// It used to go again on a new connection, body included: the upstream saw it twice.
+    /// </summary>
+    [Theory]
+    [InlineData("cluster")]
+    [InlineData("route")]
+    public async Task PooledConnection_ClosedAfterReadingNextPost_PostNotReplayedDespiteNonIdempotentOptIn(string optIn)
+    {
+        var first = 1;
+        UpstreamHandler handler = async (connection, ct) =>
+        {
+            if (Interlocked.Exchange(ref first, 0) == 1)
+            {
+                if (await connection.ReadRequestAsync(ct) is { } request)
+                {
+                    await connection.WriteAsync(Wire.Response(200, "first " + request.Target), ct);
+                }
+                await connection.ReadRequestAsync(ct);
+                return;
+            }
+            await UpstreamBehaviors.Ok()(connection, ct);
+        };
+        await using var scenario = await ProxyScenario.StartAsync(handler, c => c with
+        {
+            ClusterExtra = optIn == "cluster"
+                ? "retry: { attempts: 0, on: [503], non_idempotent: true }"
+                : "retry: { attempts: 0, on: [503] }",
+            Routes = optIn == "cluster" ? c.Routes : """
+                  - { id: all, match: { path: "/{**rest}" }, cluster: backend, retry_non_idempotent: true }
+                """,
+        });
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/one"));
+        Assert.Equal("first /one", (await client.ReadResponseAsync()).BodyText);
+        await client.SendAsync("POST /pay HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\n\r\nhello");
+        var response = await client.ReadResponseAsync("POST");
+
+        ProxyAssert.ErrorAnswer(response, 502);
+        Assert.Single(scenario.Upstream.Requests, r => r.Target == "/pay");
+        Assert.Equal(1, scenario.Upstream.ConnectionCount);
+    }
+
+    /// <summary>
     /// Response queue poisoning: an upstream that sends bytes nobody asked for on a keep-alive connection (a body after
     /// a HEAD's head, in a second write; bytes past a declared length), a little after the exchange ended. The pool used
     /// to skip its check for connections idle under a second, so the next client's request went out on that connection

@@ -48,6 +48,14 @@ internal static class ConfigValues
     }
 
     /// <summary>
+    /// Longest duration a config key accepts (576h, 24 days). The runtime's timers cannot wait much longer: Task.Delay,
+    /// CancellationTokenSource.CancelAfter and Timer take at most 2^32-2 ms (about 49.7 days), and APIs that count in an
+    /// int of milliseconds at most 2^31-1 (about 24.8 days). A longer value used to pass validation and then fail every
+    /// request (a 1200h connect_timeout) or throw mid-request (an 8000h retry backoff).
+    /// </summary>
+    public static readonly TimeSpan MaxDuration = TimeSpan.FromDays(24);
+
+    /// <summary>
     /// A duration: one or more number-unit pairs with units ms, s, m, h ("500ms", "2s", "1m30s", "1.5s").
     /// A bare number is refused: "30" could mean seconds or milliseconds depending on who wrote it.
     /// </summary>

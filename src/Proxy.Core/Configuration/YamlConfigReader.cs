@@ -630,7 +630,8 @@ internal sealed partial class YamlConfigReader
             Mark = map.Mark,
             Mode = Enum(map, "mode", s_affinityModes)?.Value ?? AffinityMode.Cookie,
             Name = String(map, "name"),
-            Ttl = Duration(map, "ttl"),
+            // A cookie's Max-Age: no timer waits it, so a month is fine.
+            Ttl = Duration(map, "ttl", timed: false),
         };
     }
 
@@ -919,7 +920,8 @@ internal sealed partial class YamlConfigReader
         return bytes;
     }
 
-    private TimeSpan? Duration(MapView map, string key)
+    /// <summary>A positive duration; at most <see cref="ConfigValues.MaxDuration"/> unless <paramref name="timed"/> is false (no timer waits it).</summary>
+    private TimeSpan? Duration(MapView map, string key, bool timed = true)
     {
         if (map.Get(key) is not { } node || ScalarText(node, key, "a duration") is not { } text)
         {
@@ -935,6 +937,11 @@ internal sealed partial class YamlConfigReader
         if (duration <= TimeSpan.Zero)
         {
             _errors.Add(text.Mark, $"'{key}' must be a positive duration, got '{text.Value}'");
+            return null;
+        }
+        if (timed && duration > ConfigValues.MaxDuration)
+        {
+            _errors.Add(text.Mark, $"'{key}' is too long (at most 576h, 24 days: the runtime's timers wait no longer), got '{text.Value}'");
             return null;
         }
         return duration;

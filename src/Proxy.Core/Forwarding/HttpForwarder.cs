@@ -197,6 +197,7 @@ internal sealed partial class HttpForwarder
                             destination = ClusterHealth.Another(candidates, destination, previous);
                         }
                         previous = destination;
+                        _client.Telemetry?.DestinationPicked(destination);
 
                         _tryStarted = Stopwatch.GetTimestamp();
                         if (!_client.RunUpstreamRequestFilters(destination, retries, _tryStarted))
@@ -301,7 +302,10 @@ internal sealed partial class HttpForwarder
                                     }
                                 }
                                 _active = upstream;
-                                bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0;
+                                // A reused connection that dies before any response byte is replayed once, unasked, for an
+                                // idempotent method only (as HTTP/2's MayReplayLost): the upstream may have run it, and
+                                // retry.non_idempotent opts into configured retries, never into this one.
+                                bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0 && IsIdempotent(head.Method);
 
                                 UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination,
                                     _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader, _client.FilterContext);
@@ -557,12 +561,27 @@ internal sealed partial class HttpForwarder
                             outcome = await FailAsync(failure, cluster, destination).ConfigureAwait(false);
                             goto Done;
                         }
-                        cluster.Metrics?.Retried();
                         TimeSpan backoff = RetryBudget.Backoff(retries + 1, budget!.Model.BackoffBase, budget.Model.BackoffMax, Random.Shared.NextDouble());
+                        // No retry starts past request_timeout (both upstream protocols come here): a backoff that would end
+                        // past it is cut to it, and the deadline is checked again after the wait (a timer may fire late).
+                        // A retry sent then would run upstream with nobody to read its answer.
+                        long untilDeadline = exchangeDeadline - Environment.TickCount64;
+                        bool backoffPastDeadline = TimedConnection.Milliseconds(backoff) >= untilDeadline;
+                        if (backoffPastDeadline)
+                        {
+                            backoff = TimeSpan.FromMilliseconds(Math.Max(0, untilDeadline));
+                        }
                         if (backoff > TimeSpan.Zero)
                         {
                             await Task.Delay(backoff).ConfigureAwait(false);
                         }
+                        if (backoffPastDeadline || Environment.TickCount64 >= exchangeDeadline)
+                        {
+                            EndRetry(budget, ref retrySlot);
+                            outcome = await FailAsync(ProxyError.UpstreamRequestTimeout, cluster, destination).ConfigureAwait(false);
+                            goto Done;
+                        }
+                        cluster.Metrics?.Retried();
                     }
                 }
                 finally

@@ -142,8 +142,9 @@ internal static class AdminApi
         ProxySnapshot snapshot = runtime.Current;
         if (snapshot.Admin?.Token is { } token && !IsAuthorized(head, token))
         {
-            // RFC 6750 section 3: a 401 names the scheme; error="invalid_token" only when a token was presented.
-            bool presented = head.TryGetHeader("authorization"u8, out _);
+            // RFC 6750 section 3: a 401 names the scheme; error="invalid_token" only when Bearer credentials were
+            // presented. None, or another scheme's (Basic), get the bare challenge (section 3.1: no error code).
+            bool presented = head.TryGetHeader("authorization"u8, out ReadOnlySpan<byte> credentials) && IsBearerScheme(credentials);
             string challenge = presented ? "Bearer realm=\"proxy-admin\", error=\"invalid_token\"" : "Bearer realm=\"proxy-admin\"";
             return AdminResponse.Text(401, "unauthorized: send Authorization: Bearer <admin token>", ("www-authenticate", challenge));
         }
@@ -228,13 +229,17 @@ internal static class AdminApi
         {
             return false;
         }
-        if (value.Length < 7 || !value[..6].EqualsIgnoreCaseAscii("bearer"u8) || value[6] != (byte)' ')
+        if (value.Length < 7 || !IsBearerScheme(value))
         {
             return false;
         }
         ReadOnlySpan<byte> presented = value[7..].TrimStart((byte)' ');
         return CryptographicOperations.FixedTimeEquals(presented, token);
     }
+
+    /// <summary>An Authorization value of the Bearer scheme (case-insensitive), with or without its token.</summary>
+    private static bool IsBearerScheme(ReadOnlySpan<byte> value)
+        => value.Length >= 6 && value[..6].EqualsIgnoreCaseAscii("bearer"u8) && (value.Length == 6 || value[6] == (byte)' ');
 
     // ---- JSON documents -------------------------------------------------------------------------
 

@@ -159,6 +159,38 @@ public class ConfigValidationTests
                 "listeners:", Listener));
     }
 
+    /// <summary>
+    /// Durations past what the runtime's timers wait (about 24.8 days for int-millisecond APIs, 49.7 for Task.Delay)
+    /// are refused with their position; 576h itself passes, and a cookie's ttl, which no timer waits, may be longer.
+    /// They used to validate and then fail at run time: a 1200h connect_timeout answered every request 502, an 8000h
+    /// retry backoff threw from Task.Delay mid-request.
+    /// </summary>
+    [Fact]
+    public void Load_DurationLongerThanTimersWait_ReportsTheCap()
+    {
+        Assert.Equal(
+            [
+                "t.yaml:4:22: 'connect_timeout' is too long (at most 576h, 24 days: the runtime's timers wait no longer), got '1200h'",
+                "t.yaml:5:31: 'base' is too long (at most 576h, 24 days: the runtime's timers wait no longer), got '8000h'",
+                "t.yaml:5:43: 'max' is too long (at most 576h, 24 days: the runtime's timers wait no longer), got '8000h'",
+                "t.yaml:12:22: 'keepalive_timeout' is too long (at most 576h, 24 days: the runtime's timers wait no longer), got '576h1ms'",
+            ],
+            Errors(
+                "clusters:",
+                "  b:",
+                "    destinations: [\"http://127.0.0.1:9000\"]",
+                "    connect_timeout: 1200h",
+                "    retry: { backoff: { base: 8000h, max: 8000h } }",
+                "  c:",
+                "    destinations: [\"http://127.0.0.1:9001\"]",
+                "    connect_timeout: 576h",
+                "    idle_timeout: 575h59m59s999ms",
+                "    session_affinity: { ttl: 720h }",
+                "limits:",
+                "  keepalive_timeout: 576h1ms",
+                "listeners:", Listener));
+    }
+
     [Fact]
     public void Load_NumberOutOfRange_ReportsBounds()
     {

@@ -250,14 +250,48 @@ public class ResilienceStateTests
     }
 
     [Theory]
-    [InlineData("HTTP/1.1 200 OK\r\n", 200)]
-    [InlineData("HTTP/1.0 503 Service Unavailable\r\n", 503)]
-    [InlineData("HTTP/1.1 2x0 OK\r\n", -1)]
+    [InlineData("HTTP/1.1 200 OK\r\n\r\n", 200)]
+    [InlineData("HTTP/1.0 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n", 503)]
+    [InlineData("HTTP/1.1 204\r\n\r\n", 204)]
+    [InlineData("HTTP/1.1 2x0 OK\r\n\r\n", -1)]
     [InlineData("SSH-2.0-OpenSSH\r\n", -1)]
     [InlineData("HTTP/1.1", -1)]
     public void ParseStatus_StatusLine_ReadsTheCode(string head, int expected)
     {
         Assert.Equal(expected, ActiveHealthChecker.ParseStatus(System.Text.Encoding.ASCII.GetBytes(head)));
+    }
+
+    /// <summary>
+    /// RFC 9112 section 4: status-line = HTTP-version SP 3DIGIT SP [ reason-phrase ], ended by CRLF, and the head by an
+    /// empty line. The probe used to read the first three digits of whatever followed "HTTP/1.x ".
+    /// </summary>
+    [Theory]
+    [InlineData("HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n")]
+    [InlineData("HTTP/1.1 200OK\r\n\r\n")]
+    [InlineData("HTTP/1.1 200 OK")]
+    [InlineData("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n")]
+    [InlineData("HTTP/1.1 200 OK\r\nno colon\r\n\r\n")]
+    [InlineData("HTTP/1.1 103 Early Hints\r\n\r\n")]
+    public void ParseStatus_NotAWholeHttpHead_Invalid(string reply)
+    {
+        Assert.Equal(-1, ActiveHealthChecker.ParseStatus(System.Text.Encoding.ASCII.GetBytes(reply)));
+    }
+
+    /// <summary>
+    /// Interim 1xx heads before the final one are skipped (RFC 9110 section 15.2), as the HTTP/2 probe skips them; every
+    /// prefix of the reply (the peer closed there) is invalid, the whole one gives the final status.
+    /// </summary>
+    [Theory]
+    [InlineData("HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", 200)]
+    [InlineData("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 503 Busy\r\n\r\n", 503)]
+    public void ParseStatus_InterimHeadsBeforeTheFinal_SkippedAtEveryPrefix(string reply, int expected)
+    {
+        byte[] bytes = System.Text.Encoding.ASCII.GetBytes(reply);
+        for (int length = 0; length < bytes.Length; length++)
+        {
+            Assert.True(ActiveHealthChecker.ParseStatus(bytes.AsSpan(0, length)) == -1, $"Prefix of {length} bytes");
+        }
+        Assert.Equal(expected, ActiveHealthChecker.ParseStatus(bytes));
     }
 
     [Fact]

@@ -153,6 +153,11 @@ internal sealed class H2Upstream : IAsyncDisposable
                 return "";
             }
         });
+        app.MapGet("/status/{code:int}", (int code) =>
+        {
+            Interlocked.Increment(ref counters.StatusRequests);
+            return Results.StatusCode(code);
+        });
         app.MapGet("/slow", async (HttpContext c) =>
         {
             await Task.Delay(200);
@@ -199,6 +204,8 @@ internal sealed class H2UpstreamCounters
     public long HoldCancelled;
     public long SlowCallsStarted;
     public long SlowCallsCancelled;
+    /// <summary>Requests to <c>/status/{code}</c>, which answers that status with no body.</summary>
+    public long StatusRequests;
 }
 
 /// <summary>The Greeter of greeter.proto: one method per streaming shape.</summary>

@@ -139,6 +139,12 @@ internal sealed class RequestTelemetry
     private static string MethodName(RequestHead head) => RequestLabels.Methods[RequestLabels.MethodSlot(head.Method)];
 
     /// <summary>
+    /// Called as each try's destination is picked, before connecting: the access log names the destination tried even
+    /// when the connect fails and no request head is written (<see cref="UpstreamRequestStarting"/> then never runs).
+    /// </summary>
+    public void DestinationPicked(DestinationState destination) => Destination = destination;
+
+    /// <summary>
     /// Called as each upstream request head is written (a retry writes another): a new span id for this call, as
     /// Envoy does, so the upstream's span is a child of the proxy's client span rather than of the caller's.
     /// </summary>

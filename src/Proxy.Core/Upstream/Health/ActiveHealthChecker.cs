@@ -5,6 +5,7 @@ using System.Net.Sockets;
 using System.Text;
 using Proxy.Diagnostics;
 using Proxy.Http;
+using Proxy.Http1;
 using Proxy.Http2.Client;
 using Proxy.Model;
 
@@ -256,7 +257,7 @@ internal sealed class ActiveHealthChecker : IAsyncDisposable
         return head;
     }
 
-    /// <summary>HTTP/1.1 over a pool-made connection (TLS, or ALPN's http/1.1): the request, then the status line.</summary>
+    /// <summary>HTTP/1.1 over a pool-made connection (TLS, or ALPN's http/1.1): the request, then the final response head.</summary>
     private static async Task<(bool Passed, string Reason)> AskHttp1Async(UpstreamConnection connection, DestinationState destination,
         HealthCheckModel model, CancellationToken timeout)
     {
@@ -273,10 +274,9 @@ internal sealed class ActiveHealthChecker : IAsyncDisposable
             {
                 ReadResult result = await input.ReadAsync(timeout).ConfigureAwait(false);
                 ReadOnlySequence<byte> buffer = result.Buffer;
-                ReadOnlySequence<byte> first = buffer.Slice(0, Math.Min(buffer.Length, 512));
-                if (first.PositionOf((byte)'\n') is not null || first.Length == 512 || result.IsCompleted)
+                int status = ReadFinalStatus(buffer, complete: result.IsCompleted);
+                if (status != 0)
                 {
-                    int status = ParseStatus(first.ToArray());
                     input.AdvanceTo(buffer.End);
                     return status < 0 ? (false, "invalid_response") : (model.Passes(status), "status_" + status);
                 }
@@ -292,7 +292,7 @@ internal sealed class ActiveHealthChecker : IAsyncDisposable
     private static byte[] Http1Request(DestinationState destination, HealthCheckModel model) => Encoding.ASCII.GetBytes(
         $"GET {model.Path} HTTP/1.1\r\nhost: {Encoding.ASCII.GetString(destination.HostHeader)}\r\nuser-agent: proxy-health-check\r\nconnection: close\r\n\r\n");
 
-    /// <summary>One cleartext HTTP/1.1 probe: connect, send the request, read the status line (RFC 9112 section 4), all within the timeout.</summary>
+    /// <summary>One cleartext HTTP/1.1 probe: connect, send the request, read the final response head (RFC 9112 section 4), all within the timeout.</summary>
     public static async Task<(bool Passed, string Reason)> ProbeAsync(DestinationState destination, HealthCheckModel model, CancellationToken stop)
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(stop);
@@ -311,22 +311,15 @@ internal sealed class ActiveHealthChecker : IAsyncDisposable
             byte[] request = Http1Request(destination, model);
             await socket.SendAsync(request, SocketFlags.None, timeout.Token).ConfigureAwait(false);
 
-            var buffer = new byte[512];
+            var buffer = new byte[MaxReplyBytes];
             int filled = 0;
-            while (filled < buffer.Length)
+            int status = 0;
+            while (status == 0)
             {
                 int n = await socket.ReceiveAsync(buffer.AsMemory(filled), SocketFlags.None, timeout.Token).ConfigureAwait(false);
-                if (n == 0)
-                {
-                    break;
-                }
                 filled += n;
-                if (buffer.AsSpan(0, filled).IndexOf("\r\n"u8) >= 0)
-                {
-                    break;
-                }
+                status = ReadFinalStatus(new ReadOnlySequence<byte>(buffer, 0, filled), complete: n == 0 || filled == buffer.Length);
             }
-            int status = ParseStatus(buffer.AsSpan(0, filled));
             if (status < 0)
             {
                 return (false, "invalid_response");
@@ -347,23 +340,74 @@ internal sealed class ActiveHealthChecker : IAsyncDisposable
         }
     }
 
-    /// <summary>The status code of "HTTP/1.x NNN ..." (RFC 9112 section 4), or -1.</summary>
-    public static int ParseStatus(ReadOnlySpan<byte> head)
+    /// <summary>Most bytes of an HTTP/1.1 reply a probe reads for its final head, interim heads included.</summary>
+    private const int MaxReplyBytes = 16 * 1024;
+
+    /// <summary>
+    /// The final status of an HTTP/1.1 reply: 0 while more bytes are needed (never when <paramref name="complete"/>: the
+    /// peer closed, or the limit is reached), -1 when it is not HTTP. Heads are read as forwarding reads them
+    /// (<see cref="Http1ResponseReader"/>: "HTTP/1.x", SP, a three-digit code, then SP or the line's CRLF; fields checked;
+    /// the empty line), so "HTTP/1.1 2000 OK" or a status line cut off by the close fails. Interim 1xx heads before the
+    /// final one are skipped, as a client must (RFC 9110 section 15.2) and as the HTTP/2 probe does; a 101 is final
+    /// (the probe asked for no upgrade).
+    /// </summary>
+    internal static int ReadFinalStatus(ReadOnlySequence<byte> reply, bool complete)
     {
-        if (head.Length < 12 || !head.StartsWith("HTTP/1."u8) || head[8] != (byte)' ')
+        if (reply.Length >= MaxReplyBytes)
         {
-            return -1;
+            reply = reply.Slice(0, MaxReplyBytes);
+            complete = true;
         }
-        int status = 0;
-        for (int i = 9; i < 12; i++)
+        var head = new ResponseHead();
+        while (true)
         {
-            if (!char.IsAsciiDigit((char)head[i]))
+            if (!StartsLikeStatusLine(reply))
             {
                 return -1;
             }
-            status = status * 10 + (head[i] - '0');
+            HeadStatus read = Http1ResponseReader.TryRead(reply, head, MaxReplyBytes, out SequencePosition consumed, out _);
+            if (read == HeadStatus.Rejected)
+            {
+                return -1;
+            }
+            if (read == HeadStatus.Incomplete)
+            {
+                return complete ? -1 : 0;
+            }
+            if (head.StatusCode >= 200 || head.StatusCode == 101)
+            {
+                return head.StatusCode;
+            }
+            reply = reply.Slice(consumed);
         }
-        return status;
+    }
+
+    /// <summary>The final status of a whole reply (everything the peer sent before closing), or -1: see <see cref="ReadFinalStatus"/>.</summary>
+    public static int ParseStatus(ReadOnlySpan<byte> reply) => ReadFinalStatus(new ReadOnlySequence<byte>(reply.ToArray()), complete: true);
+
+    /// <summary>
+    /// Whatever part of "HTTP/1.x NNN" has arrived matches it: a reply that is not HTTP (an SSH banner) fails at once
+    /// rather than at the timeout, while a head waits for its empty line.
+    /// </summary>
+    private static bool StartsLikeStatusLine(ReadOnlySequence<byte> reply)
+    {
+        Span<byte> start = stackalloc byte[12];
+        int length = (int)Math.Min(reply.Length, start.Length);
+        reply.Slice(0, length).CopyTo(start);
+        for (int i = 0; i < length; i++)
+        {
+            bool expected = i switch
+            {
+                < 7 => start[i] == "HTTP/1."u8[i],
+                8 => start[i] == (byte)' ',
+                _ => char.IsAsciiDigit((char)start[i]),
+            };
+            if (!expected)
+            {
+                return false;
+            }
+        }
+        return true;
     }
 
     public async ValueTask DisposeAsync()
