@@ -246,6 +246,46 @@ public sealed class UpstreamFailureTests
         Assert.Equal(2, scenario.Upstream.ConnectionCount);
     }
 
+    /// <summary>
+    /// An upstream that answers before reading an upload (413 with Connection: close) and closes: the client gets that
+    /// answer, not the proxy's 502 (RFC 9112 section 9.5; nginx relays it too). The body is large enough not to fit in
+    /// the socket buffers, so the proxy's write fails mid-body; it used to answer 502 upstream_request_write_failed.
+    /// </summary>
+    [Fact]
+    public async Task Upload_UpstreamAnswers413EarlyAndCloses_ClientGetsThe413()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            // The request line and fields only: the body is left unread, as a server refusing an upload leaves it.
+            while (await connection.Reader.ReadLineAsync(ct) is { Length: > 0 })
+            {
+            }
+            await connection.WriteAsync("HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large", ct);
+            connection.Close();
+        }, c => c with { MaxBodyBytes = "64MiB" });
+        await using var client = await scenario.ConnectAsync();
+        const long size = 32L * 1024 * 1024;
+        await client.SendAsync($"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: {size}\r\n\r\n");
+        // The body goes on while the answer is read; the proxy drops what it still gets, then closes.
+        var upload = Task.Run(async () =>
+        {
+            try
+            {
+                await client.SendGeneratedAsync(size, TestDefaults.Timeout);
+            }
+            catch (Exception)
+            {
+            }
+        });
+
+        var response = await client.ReadResponseAsync("POST");
+
+        Assert.Equal(413, response.Status);
+        Assert.Equal("too large", response.BodyText);
+        Assert.True(response.ConnectionHas("close"), response.ToString());
+        await upload;
+    }
+
     [Fact]
     public async Task Upstream_Fails_ProxyKeepsServingOtherRequests()
     {

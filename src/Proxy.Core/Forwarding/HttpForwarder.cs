@@ -60,6 +60,13 @@ internal sealed partial class HttpForwarder
     private readonly ReusableValueTaskSource<bool> _result = new();
     private readonly ReusableValueTaskSource<bool> _work = new();
     private RouteModel? _route;
+    /// <summary>
+    /// The upstream stopped taking this request's body and may have answered early (see the body pump's failure in
+    /// <see cref="ForwardLoopAsync"/>): its answer is relayed, the upstream connection dropped, the client's closed.
+    /// </summary>
+    private bool _earlyResponse;
+    /// <summary>How long an upstream that stopped taking the body is given to show its early answer.</summary>
+    private static readonly TimeSpan s_earlyResponseWait = TimeSpan.FromSeconds(1);
     private Task? _loop;
     /// <summary>
     /// The loop published its last outcome and has nothing left to do for it (it waits for, or is about to wait for,
@@ -127,6 +134,7 @@ internal sealed partial class HttpForwarder
             ClusterModel cluster = route.SelectCluster(_client.Head);
             _affinityPinned = null;
             _setCookie = null;
+            _earlyResponse = false;
             bool outcome = false;
             Exception? loopError = null;
             try
@@ -338,14 +346,24 @@ internal sealed partial class HttpForwarder
                                     _client.SetUpstreamTimeout(timeouts.StreamIdle);
                                     PumpResult sent = await _client.RequestPump.CopyAsync(_client.Input, upstream.Output, framing, head.ContentLength,
                                         framing, _client.Listener.Limits.MaxBodyBytes, _client, replay).ConfigureAwait(false);
-                                    if (sent != PumpResult.Completed)
+                                    if (sent == PumpResult.DestinationFailed && !ClientGone)
                                     {
-                                        // Never retried: the client's side of the body failed (or the upstream stopped taking it mid-way).
+                                        // The upstream stopped taking the body: often because it answered early (a 413 or a 401
+                                        // before reading an upload) and closed. RFC 9112 section 9.5: a client sending a body
+                                        // watches for such an answer. Its head is read below (briefly, see EarlyResponseWait) and
+                                        // relayed; the client connection then closes, its body unread. Never retried.
+                                        _earlyResponse = true;
+                                        replayable = mayRetry = false;
+                                        replay = null;
+                                    }
+                                    else if (sent != PumpResult.Completed)
+                                    {
+                                        // Never retried: the client's side of the body failed.
                                         ReleaseUpstream();
                                         outcome = await RequestBodyFailedAsync(sent).ConfigureAwait(false);
                                         goto Done;
                                     }
-                                    bodySent = true;
+                                    bodySent = !_earlyResponse;
                                     if (replay is { IsOverLimit: true })
                                     {
                                         BodyTooLargeToReplay(cluster);
@@ -377,6 +395,10 @@ internal sealed partial class HttpForwarder
                                     {
                                         failure = ProxyError.UpstreamRequestTimeout;
                                         break;
+                                    }
+                                    if (_earlyResponse && wait > s_earlyResponseWait)
+                                    {
+                                        wait = s_earlyResponseWait;
                                     }
                                     _client.ArmUpstream(input, wait);
                                     HeadStatus status = HeadStatus.Incomplete;
@@ -515,6 +537,12 @@ internal sealed partial class HttpForwarder
                                 }
 
                                 ReleaseUpstream();
+                                if (_earlyResponse && failure != ProxyError.None)
+                                {
+                                    // No early answer after all: the upstream just stopped taking the body.
+                                    failure = ProxyError.UpstreamRequestWriteFailed;
+                                    retryStatus = false;
+                                }
                                 if (retryDead)
                                 {
                                     continue;
@@ -769,7 +797,13 @@ internal sealed partial class HttpForwarder
             inFraming = BodyFraming.CloseDelimited;
             outFraming = http11Client ? BodyFraming.Chunked : BodyFraming.CloseDelimited;
         }
-        keepAlive = request.KeepAlive && !_client.Draining && outFraming != BodyFraming.CloseDelimited;
+        keepAlive = request.KeepAlive && !_client.Draining && outFraming != BodyFraming.CloseDelimited && !_earlyResponse;
+        if (_earlyResponse)
+        {
+            // The rest of the client's body is still on its way: read and dropped for a while after the answer, so that
+            // closing with it unread does not reset the connection before the client has read the answer.
+            _client.LingerOnClose();
+        }
 
         UpstreamResponded(cluster);
         _client.RunResponseHeadersFilters(response, _respondedAt);
@@ -835,7 +869,7 @@ internal sealed partial class HttpForwarder
     private void ReturnOrRelease(UpstreamConnection upstream, ResponseHead response)
     {
         _active = null;
-        if (response.KeepAlive && !_client.Head.IsUpgrade && !HasUnexpectedBytes(upstream))
+        if (response.KeepAlive && !_earlyResponse && !_client.Head.IsUpgrade && !HasUnexpectedBytes(upstream))
         {
             upstream.PollBeforeReuse = _client.Head.Method == Http.HttpMethod.Head || response.StatusCode is 204 or 304;
             upstream.Destination.Pool!.Return(upstream);

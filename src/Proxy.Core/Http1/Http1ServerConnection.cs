@@ -957,6 +957,9 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         }
     }
 
+    /// <summary>The connection closes after this answer with the request's body unread: linger, as an error answer does.</summary>
+    internal void LingerOnClose() => _lingerOnClose = true;
+
     /// <summary>
     /// The target as logged: without its query, as in the access log (queries carry secrets: an <c>api_key</c>, a
     /// signed URL's signature, an OAuth code), and at most 256 bytes.
