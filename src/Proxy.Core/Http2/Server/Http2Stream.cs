@@ -202,7 +202,7 @@ internal sealed class Http2Stream
             {
                 // The bridge and what it owns (forwarder and its loop, pumps) live as long as this pooled stream, as
                 // long as each exchange ends cleanly (see the reuse decision below).
-                _bridgeInstance ??= new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport);
+                _bridgeInstance ??= new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport) { Origin = _connection.Origin };
                 _bridge = _bridgeInstance;
                 bridge = _bridgeInstance.RunStreamAsync();
             }
