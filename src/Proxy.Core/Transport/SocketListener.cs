@@ -60,10 +60,38 @@ internal sealed class SocketListener : IEpollAcceptHandler
         {
             _socket.DualMode = true;
         }
-        _socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+        SetReuseAddress(_socket);
         // Linux copies TCP_NODELAY from the listening socket to every accepted one (the child socket is a clone of
         // the listener's): one setsockopt here instead of one per connection (SocketListenerTests checks it).
         _socket.NoDelay = true;
+    }
+
+    /// <summary>
+    /// SO_REUSEADDR alone, so that a restarted proxy binds its port past the previous process's TIME_WAIT connections.
+    /// Not SocketOptionName.ReuseAddress: on Linux and macOS the runtime sets SO_REUSEPORT with it, and then a second
+    /// process (or a second listener of this one) binds the same address without an error and the kernel splits the
+    /// connections between them, where a port in use must fail (exit code 1; Kestrel leaves the option alone for the
+    /// same reason). Windows needs neither: TIME_WAIT does not block a bind there, and its SO_REUSEADDR lets another
+    /// socket take the port.
+    /// </summary>
+    private static void SetReuseAddress(Socket socket)
+    {
+        int level, name;
+        if (OperatingSystem.IsLinux())
+        {
+            (level, name) = (1, 2); // SOL_SOCKET, SO_REUSEADDR (<asm-generic/socket.h>)
+        }
+        else if (OperatingSystem.IsMacOS() || OperatingSystem.IsFreeBSD())
+        {
+            (level, name) = (0xffff, 4); // SOL_SOCKET, SO_REUSEADDR (<sys/socket.h>)
+        }
+        else
+        {
+            return;
+        }
+        Span<byte> on = stackalloc byte[sizeof(int)];
+        BitConverter.TryWriteBytes(on, 1);
+        socket.SetRawSocketOption(level, name, on);
     }
 
     /// <summary>The listener's settings (those of <see cref="Serving"/>).</summary>
