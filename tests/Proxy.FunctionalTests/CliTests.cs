@@ -123,6 +123,27 @@ public sealed partial class CliTests : IDisposable
     }
 
     /// <summary>
+    /// A port another process listens on (here the test process) is a runtime failure, exit 1 as the README says, not a
+    /// second listener that shares the port (SO_REUSEPORT) and takes part of its connections.
+    /// </summary>
+    [Fact]
+    public async Task Run_PortInUse_Exits1()
+    {
+        await using var holder = await TestProxy.StartAsync(new ProxyConfig { BackendPort = 1 });
+        var path = Write("taken.yaml", $$"""
+            listeners:
+              - { name: public, address: "127.0.0.1:{{holder.Public.Port}}" }
+            routes:
+              - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hi" } }
+            """);
+
+        var result = await ProcessRunner.RunAsync(ProxyBinary.DotnetHost(), [ProxyBinary.DllPath(), "run", "--config", path], timeout: TimeSpan.FromSeconds(20));
+
+        Assert.True(result.ExitCode == 1, result.ToString());
+        Assert.Contains("in use", result.Stderr, StringComparison.OrdinalIgnoreCase);
+    }
+
+    /// <summary>
     /// A proxy that only speaks plain HTTP never loads OpenSSL: its libcrypto costs 3 to 4 MiB of resident memory, and
     /// generating request ids through RandomNumberGenerator used to load it on the first request.
     /// </summary>

@@ -346,6 +346,184 @@ public sealed class ReloadTests : IDisposable
         Assert.InRange(upstream.ConnectionCount, 1, 8);
     }
 
+    /// <summary>
+    /// A listener's handler changes (proxy, echo) while its address stays, and another listener is removed and added
+    /// back, twenty times while four clients open new connections: every connection the proxy accepted is answered by
+    /// the config it was sent for. The changed listener keeps its socket (never refused, never reset); the removed one
+    /// serves what it accepted, including its queue, with its own route (not 404 no_route, not a reset or a silent
+    /// close); only a connection attempted while it is gone may be refused.
+    /// </summary>
+    [Fact]
+    public async Task Reload_HandlerSwappedAndListenerRemovedUnderLoad_EveryAcceptedConnectionAnswered()
+    {
+        // Even: "swap" proxies and "side" exists; odd: "swap" echoes and "side" is gone with its route.
+        static string Yaml(bool odd) => odd
+            ? """
+              server: { watch_config: false }
+              listeners:
+                - { name: public, address: 127.0.0.1:0 }
+                - { name: swap, address: 127.0.0.1:0, handler: echo }
+              routes:
+                - { id: main, listeners: [public], match: { path: "/{**rest}" }, respond: { status: 200, body: "main" } }
+              """
+            : """
+              server: { watch_config: false }
+              listeners:
+                - { name: public, address: 127.0.0.1:0 }
+                - { name: swap, address: 127.0.0.1:0 }
+                - { name: side, address: 127.0.0.1:0 }
+              routes:
+                - { id: main, listeners: [public, swap], match: { path: "/{**rest}" }, respond: { status: 200, body: "main" } }
+                - { id: side, listeners: [side], match: { path: "/{**rest}" }, respond: { status: 200, body: "side" } }
+              """;
+        await using var proxy = await TestProxy.StartAsync(Yaml(odd: false));
+        IPEndPoint swap = proxy.Server.GetEndPoint("swap");
+        using var stop = new CancellationTokenSource();
+        var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        int answeredSwap = 0, answeredSide = 0;
+
+        async Task ClientAsync(string listener)
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                IPEndPoint endPoint;
+                try
+                {
+                    endPoint = listener == "swap" ? swap : proxy.Server.GetEndPoint(listener);
+                }
+                catch (ArgumentException)
+                {
+                    await Task.Delay(1); // "side" is gone until the next reload
+                    continue;
+                }
+                using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+                using var timeout = new CancellationTokenSource(TestDefaults.Timeout);
+                try
+                {
+                    await socket.ConnectAsync(endPoint, timeout.Token);
+                }
+                catch (SocketException e) when (listener == "side" && e.SocketErrorCode == SocketError.ConnectionRefused)
+                {
+                    continue; // attempted while the listener was gone: never accepted, so nothing was dropped
+                }
+                catch (Exception e)
+                {
+                    failures.Enqueue($"{listener}: connect {e.GetType().Name} {e.Message}");
+                    continue;
+                }
+                string answer;
+                try
+                {
+                    await socket.SendAsync("GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"u8.ToArray(), timeout.Token);
+                    var received = new MemoryStream();
+                    var buffer = new byte[4096];
+                    int n;
+                    while ((n = await socket.ReceiveAsync(buffer, timeout.Token)) > 0)
+                    {
+                        received.Write(buffer, 0, n);
+                    }
+                    answer = System.Text.Encoding.Latin1.GetString(received.ToArray());
+                }
+                catch (Exception e)
+                {
+                    failures.Enqueue($"{listener}: accepted, then {e.GetType().Name} {e.Message}");
+                    continue;
+                }
+                if (!answer.StartsWith("HTTP/1.1 200 ", StringComparison.Ordinal))
+                {
+                    failures.Enqueue($"{listener}: {(answer.Length == 0 ? "closed without an answer" : answer.Split("\r\n")[0])}");
+                }
+                else if (listener == "side" && !answer.EndsWith("\r\n\r\nside", StringComparison.Ordinal))
+                {
+                    failures.Enqueue($"side: answered by another route: {answer[(answer.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..]}");
+                }
+                else
+                {
+                    Interlocked.Increment(ref listener == "swap" ? ref answeredSwap : ref answeredSide);
+                }
+            }
+        }
+
+        Task[] clients = [ClientAsync("swap"), ClientAsync("swap"), ClientAsync("side"), ClientAsync("side")];
+        try
+        {
+            for (int i = 1; i <= 20; i++)
+            {
+                ConfigReloadResult result = await proxy.Server.ReloadAsync(Yaml(odd: i % 2 == 1));
+                Assert.True(result.Success, string.Join("\n", result.Errors));
+                Assert.Equal(swap, proxy.Server.GetEndPoint("swap")); // the same socket throughout
+                await Task.Delay(100);
+            }
+        }
+        finally
+        {
+            stop.Cancel();
+            await Task.WhenAll(clients);
+        }
+
+        Assert.True(failures.IsEmpty, $"{failures.Count} failed ({answeredSwap} + {answeredSide} answered):\n" + string.Join("\n", failures.Take(20)));
+        Assert.True(answeredSwap > 0 && answeredSide > 0, $"answered: swap {answeredSwap}, side {answeredSide}");
+    }
+
+    /// <summary>
+    /// A connection the removed listener accepted before the reload, whose request comes after it: answered by the
+    /// listener's own route (the config it was sent for) with connection: close, not closed unanswered by the drain.
+    /// </summary>
+    [Fact]
+    public async Task Reload_ListenerRemovedBeforeFirstRequestArrives_RequestAnsweredByItsRoute()
+    {
+        const string second = "  - { name: second, address: 127.0.0.1:0 }";
+        const string routes = HelloRoute + """
+
+              - { id: second, listeners: [second], match: { path: /second }, respond: { status: 200, body: "second\n" } }
+            """;
+        await using var proxy = await TestProxy.StartAsync(Config(routes, extraListeners: second));
+        await using var client = await RawClient.ConnectAsync(proxy.Server.GetEndPoint("second"));
+        await WaitUntilAsync(() => proxy.Server.OpenConnections == 1, "the connection accepted");
+
+        Assert.True((await proxy.Server.ReloadAsync(Config(HelloRoute))).Success);
+        await client.SendAsync("GET /second HTTP/1.1\r\nHost: x\r\n\r\n");
+
+        var response = await client.ReadResponseAsync();
+        Assert.Equal((200, "second\n"), (response.Status, response.BodyText));
+        Assert.True(response.ConnectionHas("close"));
+        await client.AssertClosedAsync();
+    }
+
+    /// <summary>A listener whose handler changes keeps its socket, and a keep-alive connection's next request gets the new handler.</summary>
+    [Fact]
+    public async Task Reload_ListenerHandlerChanged_SameSocketAndNextRequestUsesNewHandler()
+    {
+        const string echo = "  - { name: swap, address: 127.0.0.1:0, handler: echo }";
+        const string proxied = "  - { name: swap, address: 127.0.0.1:0 }";
+        await using var proxy = await TestProxy.StartAsync(Config(HelloRoute, extraListeners: proxied));
+        IPEndPoint swap = proxy.Server.GetEndPoint("swap");
+        await using var client = await RawClient.ConnectAsync(swap);
+        await client.SendAsync("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+        Assert.Equal("hello\n", (await client.ReadResponseAsync()).BodyText);
+
+        Assert.True((await proxy.Server.ReloadAsync(Config(HelloRoute, extraListeners: echo))).Success);
+
+        Assert.Equal(swap, proxy.Server.GetEndPoint("swap"));
+        await client.SendAsync("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+        var echoed = await client.ReadResponseAsync();
+        Assert.Equal(200, echoed.Status);
+        Assert.NotEqual("hello\n", echoed.BodyText); // the echo handler's answer, not the route's
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition, string what)
+    {
+        using var cts = new CancellationTokenSource(TestDefaults.Timeout);
+        while (!condition())
+        {
+            if (cts.IsCancellationRequested)
+            {
+                Assert.Fail("Timed out waiting for " + what);
+            }
+            await Task.Delay(10);
+        }
+    }
+
     [Fact]
     public async Task Watch_FileChanged_ReloadsWithinAFewHundredMilliseconds()
     {

@@ -99,6 +99,50 @@ public sealed class ShutdownTests
         }
     }
 
+    /// <summary>
+    /// A connection accepted before the stop whose request arrives after it began is served, with connection: close,
+    /// as nginx's old workers serve the connections they accepted; only idle keep-alive connections close at once.
+    /// </summary>
+    [Fact]
+    public async Task StopAsync_ConnectionAcceptedBeforeItsFirstRequest_IsServed()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok());
+        var endPoint = scenario.Proxy.Public;
+        await using var client = await scenario.ConnectAsync();
+        await WaitForAsync(() => scenario.Proxy.Server.OpenConnections == 1, "the connection accepted");
+
+        var stopping = scenario.Proxy.StopAsync(TimeSpan.FromSeconds(5));
+        // The listener closes before the open connections are told to drain: wait until it refuses, then a little more.
+        await WaitForRefusedAsync(endPoint);
+        await Task.Delay(100);
+        await client.SendAsync(Wire.Get("/late-request"));
+
+        var response = await client.ReadResponseAsync();
+        Assert.Equal(200, response.Status);
+        Assert.True(response.ConnectionHas("close"));
+        Assert.True((await client.ReadToCloseAsync(TimeSpan.FromSeconds(3))).Closed);
+        await stopping;
+        Assert.Contains(scenario.Upstream.Requests, r => r.Target == "/late-request");
+    }
+
+    private static async Task WaitForRefusedAsync(System.Net.IPEndPoint endPoint)
+    {
+        using var cts = new CancellationTokenSource(TestDefaults.Timeout);
+        while (true)
+        {
+            using var probe = new Socket(SocketType.Stream, ProtocolType.Tcp);
+            try
+            {
+                await probe.ConnectAsync(endPoint, cts.Token);
+            }
+            catch (SocketException)
+            {
+                return;
+            }
+            await Task.Delay(10, cts.Token);
+        }
+    }
+
     [Fact]
     public async Task StopAsync_RequestOutlivesTimeout_ConnectionIsAborted()
     {

@@ -35,8 +35,9 @@ public sealed class ConfigReloadResult
 }
 
 // Hot reload: parse, validate and compile off the hot path, bind new listeners, then publish the snapshot with one
-// atomic swap. Requests in flight keep the snapshot they started with; clusters whose compiled definition is
-// unchanged are the same objects in the new snapshot (pools, health, breaker and budget carry over).
+// atomic swap (the order of the steps: ApplyAsync). Requests in flight keep the snapshot they started with; clusters
+// whose compiled definition is unchanged are the same objects in the new snapshot (pools, health, breaker and budget
+// carry over).
 public sealed partial class ProxyServer
 {
     /// <summary>The file the server was created from; null for <see cref="FromYaml"/>.</summary>
@@ -126,51 +127,86 @@ public sealed partial class ProxyServer
         }
     }
 
+    // The order of a reload is what lets it drop no connection (docs/operations.md, Reload):
+    //  1. Listeners are matched by address. One whose address stays keeps its socket, with the connections waiting in its
+    //     accept queue, whatever else changed (name, handler, limits, TLS): two sockets on one address would split
+    //     its connections between two configs, and closing one resets the connections in its queue. New addresses bind now, before anything
+    //     is published, so a port in use fails the reload with the old config intact; they do not accept yet (the kernel
+    //     queues their connections meanwhile).
+    //  2. Clusters of the new snapshot get their pools and health checkers.
+    //  3. The publish, then each kept listener takes its new settings and the new snapshot as one pair: a request reads
+    //     that pair when it starts, so it is served by the old config or the new one, never by a mix.
+    //  4. New listeners start accepting: they only ever serve the new snapshot.
+    //  5. Removed listeners refuse new handshakes, accept what their queues hold, serve it with the snapshot they had
+    //     (their routes are not in the new one), and close; their connections close after their current request.
+    //  6. What the new snapshot no longer uses retires; requests still on it hold the old objects and finish.
     private async Task<ConfigReloadResult> ApplyAsync(ProxySnapshot current, ProxySnapshot next, string trigger)
     {
-        // 1. Listeners: keep those whose address and handler are unchanged, bind the new ones before publishing so a
-        //    port already in use fails the reload with the old config intact.
         SocketListener[] running = _listeners;
-        var kept = new List<SocketListener>();
+        var serving = new List<SocketListener>();
+        var kept = new List<(SocketListener Listener, ListenerModel Model)>();
         var added = new List<SocketListener>();
-        var keptModels = new List<(SocketListener Listener, ListenerModel Model)>();
         foreach (ListenerModel model in next.Listeners)
         {
-            SocketListener? same = running.FirstOrDefault(l => l.Model.Name == model.Name
-                && l.Model.Handler == model.Handler && l.Model.EndPoint.Equals(model.EndPoint));
+            SocketListener? same = running.FirstOrDefault(l => SameAddress(l.Model, model) && !serving.Contains(l));
             if (same is not null)
             {
-                kept.Add(same);
-                keptModels.Add((same, model));
+                kept.Add((same, model));
+                serving.Add(same);
                 continue;
             }
-            var listener = new SocketListener(_runtime, model);
+            var listener = new SocketListener(_runtime, model, next);
             try
             {
-                listener.Start();
-                added.Add(listener);
+                listener.Bind();
             }
             catch (Exception e) when (e is System.Net.Sockets.SocketException or IOException or UnauthorizedAccessException)
             {
-                await Task.WhenAll(added.Select(l => l.StopAsync())).ConfigureAwait(false);
-                _ = listener.StopAsync();
+                _ = listener.StopAsync(acceptQueued: false);
+                await Task.WhenAll(added.Select(l => l.StopAsync(acceptQueued: false))).ConfigureAwait(false);
                 return Fail(current, [$"listener '{model.Name}' cannot bind {model.EndPoint}: {e.Message}"], trigger);
             }
+            added.Add(listener);
+            serving.Add(listener);
         }
-        SocketListener[] removed = running.Where(l => !kept.Contains(l)).ToArray();
+        SocketListener[] removed = running.Where(l => !serving.Contains(l)).ToArray();
 
-        // 2. Clusters: pools for new ones (taken-over clusters already have theirs), health checkers for new ones.
         StartClusters(next);
 
-        // 3. The swap. From here every new request (and every new accept) sees the new config.
         _runtime.Publish(next);
-        foreach (var (listener, model) in keptModels)
+        foreach (var (listener, model) in kept)
         {
-            listener.Model = model;
+            ListenerModel was = listener.Model;
+            listener.Serve(model, next);
+            if (was.Name != model.Name || was.Handler != model.Handler)
+            {
+                ProxyLog.Info("listener_changed", ("listener", model.Name), ("previous_name", was.Name), ("address", listener.EndPoint.ToString()),
+                    ("handler", model.Handler.ToString().ToLowerInvariant()));
+            }
         }
-        _listeners = [.. kept, .. added];
+        foreach (SocketListener listener in added)
+        {
+            listener.StartAccepting();
+        }
+        _listeners = [.. serving];
 
-        // 4. Retire what the new snapshot no longer uses: requests in flight still hold the old objects and finish.
+        await Task.WhenAll(removed.Select(l => l.StopAsync())).ConfigureAwait(false);
+        foreach (var listener in removed)
+        {
+            ProxyLog.Info("listener_removed", ("listener", listener.Model.Name), ("address", listener.EndPoint.ToString()));
+        }
+        if (removed.Length > 0)
+        {
+            foreach (var connection in _runtime.Registry.Connections)
+            {
+                // HTTP/1.1 connections and HTTP/2 connections (h2c or ALPN h2) alike: both carry their accept loop.
+                if (connection.Origin is { } origin && removed.Contains(origin))
+                {
+                    connection.BeginDrain();
+                }
+            }
+        }
+
         var nextClusters = new HashSet<ClusterModel>(next.Clusters.Values, ReferenceEqualityComparer.Instance);
         foreach (ClusterModel old in current.Clusters.Values)
         {
@@ -187,25 +223,16 @@ public sealed partial class ProxyServer
                 destination.Pool?.Retire();
             }
         }
-        await Task.WhenAll(removed.Select(l => l.StopAsync())).ConfigureAwait(false);
-        foreach (var listener in removed)
-        {
-            ProxyLog.Info("listener_removed", ("listener", listener.Model.Name), ("address", listener.EndPoint.ToString()));
-        }
-        if (removed.Length > 0)
-        {
-            foreach (var connection in _runtime.Registry.Connections)
-            {
-                // HTTP/1.1 connections and HTTP/2 connections (h2c or ALPN h2) alike: both carry their accept loop.
-                if (connection.Origin is SocketListener origin && removed.Contains(origin))
-                {
-                    connection.BeginDrain();
-                }
-            }
-        }
         UpdateWatcher(next);
         return Succeed(current, next, trigger);
     }
+
+    /// <summary>
+    /// The same listening address: equal configured endpoints, and for port 0 the same name too (each port-0 listener
+    /// has a port of its own, so two of them on 127.0.0.1:0 are different listeners).
+    /// </summary>
+    private static bool SameAddress(ListenerModel running, ListenerModel next)
+        => running.EndPoint.Equals(next.EndPoint) && (next.EndPoint.Port != 0 || running.Name == next.Name);
 
     private ConfigReloadResult Succeed(ProxySnapshot current, ProxySnapshot next, string trigger)
     {

@@ -127,9 +127,14 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
             foreach (ListenerModel model in snapshot.Listeners)
             {
                 cancellationToken.ThrowIfCancellationRequested();
-                var listener = new SocketListener(_runtime, model);
+                var listener = new SocketListener(_runtime, model, snapshot);
                 started.Add(listener);
-                listener.Start();
+                listener.Bind();
+            }
+            // Every address bound before any accepts: a port in use fails the start with nothing served.
+            foreach (SocketListener listener in started)
+            {
+                listener.StartAccepting();
             }
             _listeners = [.. started];
             _bound = true;
@@ -145,7 +150,7 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
         {
             foreach (var l in started)
             {
-                _ = l.StopAsync();
+                _ = l.StopAsync(acceptQueued: false);
             }
             throw;
         }
@@ -179,7 +184,9 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
     {
         MarkDraining(timeout);
         SocketListener[] serving = _listeners.Where(l => l.Model.Handler != ListenerHandler.Admin).ToArray();
-        // Once the accept loops have ended, every accepted connection is in the registry, so none escapes the drain.
+        // The listeners accept what their queues hold, then close (SocketListener.StopAsync). Once the accept loops have
+        // ended, nearly every accepted connection is in the registry; the rest (a TLS handshake still running) see their
+        // listener retired at their request and close after it.
         await Task.WhenAll(serving.Select(l => l.StopAsync())).ConfigureAwait(false);
         foreach (var connection in _runtime.Registry.Connections)
         {
@@ -283,7 +290,9 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
         }
         int inFlightAtStart = _runtime.Registry.Count;
         ProxyLog.Info("shutdown_started", ("connections", inFlightAtStart), ("timeout_ms", (long)timeout.TotalMilliseconds));
-        await Task.WhenAll(_listeners.Select(l => l.StopAsync())).ConfigureAwait(false);
+        // With no time for requests, the queued connections are not accepted only to be aborted.
+        bool acceptQueued = timeout > TimeSpan.Zero && !abortNow.IsCancellationRequested;
+        await Task.WhenAll(_listeners.Select(l => l.StopAsync(acceptQueued))).ConfigureAwait(false);
 
         foreach (var connection in _runtime.Registry.Connections)
         {

@@ -36,6 +36,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// <summary>Set when we close after an error answer: the client may still be sending what we did not read.</summary>
     private bool _lingerOnClose;
     private volatile bool _waitingForRequest;
+    /// <summary>A first request head was read: from then on, waiting for a request is idling between requests.</summary>
+    private volatile bool _servedFirstRequest;
     private int _aborted;
     /// <summary>Route of the current request, for metrics (null until routed).</summary>
     private RouteModel? _route;
@@ -64,8 +66,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     public PipeWriter Output { get; }
     public ClientTransport Transport => _transport;
     /// <summary>
-    /// This connection's listener settings, re-read by name from the snapshot a request starts with, so a reload
-    /// that changes limits or reorders listeners applies from the next request (the head of that next request is
+    /// This connection's listener settings, re-read from the listener it came from when a request starts, so a reload
+    /// that changes limits, the handler or the routes applies from the next request (the head of that next request is
     /// read with the limits of the one before).
     /// </summary>
     public ListenerModel Listener { get; private set; }
@@ -115,31 +117,53 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         return head.RequestIdValue;
     }
 
-    /// <summary>Reads the current snapshot for a new request; after a reload, finds this listener's new model.</summary>
+    /// <summary>
+    /// The snapshot for a new request and this connection's listener settings in it, read as one pair from the listener
+    /// the connection came from (<see cref="SocketListener.Serving"/>): a reload swaps them together, and a removed
+    /// listener keeps its last pair, so a connection it accepted while closing is routed with the routes it was sent
+    /// for. A connection of a listener that stopped accepting closes after this request.
+    /// </summary>
     private ProxySnapshot BeginSnapshot()
+    {
+        if (Origin is not { } origin)
+        {
+            return BeginSnapshotWithoutOrigin();
+        }
+        ListenerSnapshot serving = origin.Serving;
+        if (!ReferenceEquals(serving.Snapshot, _snapshot))
+        {
+            _snapshot = serving.Snapshot;
+            Listener = serving.Model;
+        }
+        if (origin.Retired && !_transport.IsStream)
+        {
+            // Also for a connection the drain's sweep did not see: accepted by another engine thread as the listener
+            // stopped, or still in its TLS handshake.
+            _draining = true;
+        }
+        return serving.Snapshot;
+    }
+
+    /// <summary>Every connection has an origin; should one be made without, it reads the runtime's snapshot and finds its listener by name.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ProxySnapshot BeginSnapshotWithoutOrigin()
     {
         ProxySnapshot current = _runtime.Current;
         if (!ReferenceEquals(current, _snapshot))
         {
             _snapshot = current;
-            RefreshListener(current);
+            foreach (ListenerModel model in current.Listeners)
+            {
+                if (model.Name == Listener.Name)
+                {
+                    Listener = model;
+                    break;
+                }
+            }
         }
         return current;
     }
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private void RefreshListener(ProxySnapshot snapshot)
-    {
-        foreach (ListenerModel model in snapshot.Listeners)
-        {
-            if (model.Name == Listener.Name && model.Handler == Listener.Handler)
-            {
-                Listener = model;
-                return;
-            }
-        }
-        // The listener was removed: its connections are being drained; keep the old settings until they close.
-    }
     public RequestHead Head => State.Head;
     public BodyPump RequestPump => State.RequestPump;
     public BodyPump ResponsePump => State.ResponsePump;
@@ -535,7 +559,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                 ReleaseState();
             }
             _waitingForRequest = true;
-            if (_draining)
+            if (_draining && !first)
             {
                 return;
             }
@@ -557,7 +581,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                         await SendErrorAsync(408, RejectReason.HeaderTimeout.DetailsCode(), close: true).ConfigureAwait(false);
                         return;
                     }
-                    if (fired != TimeoutKind.None || _draining)
+                    if (fired != TimeoutKind.None || (_draining && !first))
                     {
                         return; // keep-alive timeout or shutdown: close quietly
                     }
@@ -609,6 +633,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             }
 
             first = false;
+            _servedFirstRequest = true;
             long started = BeginRequest();
             bool keepAlive;
             try
@@ -1132,7 +1157,11 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         try
         {
             _draining = true;
-            if (_waitingForRequest)
+            // Only an idle keep-alive connection closes at once, as nginx closes its idle ones. A connection that waits
+            // for its first request was just accepted (perhaps from the queue of a listener that is closing) and its
+            // client is sending that request now: it is served, with connection: close, or closed by header_timeout,
+            // as nginx's old workers finish the connections they accepted.
+            if (_waitingForRequest && _servedFirstRequest)
             {
                 Input.CancelPendingRead();
             }

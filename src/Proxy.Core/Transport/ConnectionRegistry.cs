@@ -39,10 +39,11 @@ internal abstract class TimedConnection
     internal bool InRegistry;
 
     /// <summary>
-    /// The accept loop this connection came from (a reload that removes that listener drains it); null for the
-    /// per-stream bridges of an HTTP/2 connection, which drain with their connection (GOAWAY).
+    /// The listener this connection came from: each request reads its settings and snapshot from it, and a reload that
+    /// removes it drains the connection. The per-stream bridges of an HTTP/2 connection have their connection's (they
+    /// are not in the registry: they drain with their connection, GOAWAY).
     /// </summary>
-    internal object? Origin { get; init; }
+    internal SocketListener? Origin { get; init; }
 
     protected void Arm(TimeoutKind kind, TimeSpan timeout)
     {

@@ -9,6 +9,16 @@ using Proxy.Transport.Tls;
 namespace Proxy.Transport;
 
 /// <summary>
+/// A listener's settings in one config snapshot, with that snapshot: what a request on the listener is served with.
+/// Swapped as one object, so a request never pairs one snapshot's route table with another's listener index.
+/// </summary>
+internal sealed class ListenerSnapshot(ListenerModel model, ProxySnapshot snapshot)
+{
+    public ListenerModel Model { get; } = model;
+    public ProxySnapshot Snapshot { get; } = snapshot;
+}
+
+/// <summary>
 /// The accept loop of one listener. Each accepted socket gets an HTTP/1.1 connection whose processing starts inline
 /// on the accepting thread until its first read goes pending. With <see cref="SocketPipes.UseEpoll"/> the epoll
 /// engines accept (<see cref="EpollAcceptor"/>), so a connection runs on one thread from accept to close; otherwise
@@ -20,46 +30,93 @@ internal sealed class SocketListener : IEpollAcceptHandler
     private readonly Socket _socket;
     private Task? _acceptLoop;
     private EpollAcceptor? _acceptor;
+    /// <summary>Set once, by the first <see cref="StopAsync"/>: from then on connections close after their current request.</summary>
+    private volatile bool _retired;
+    /// <summary>Set when the socket is about to close: the pause loop (<see cref="ResumeAsync"/>) gives up.</summary>
     private volatile bool _stopping;
     /// <summary>Checks the TLS certificate files for changes (stat only) once per <see cref="CertificateCheckInterval"/>.</summary>
     private Timer? _certificateCheck;
+    /// <summary>Written by the reload (under its gate), read by every accept and every request.</summary>
+    private volatile ListenerSnapshot _serving;
 
     /// <summary>How often TLS listeners look at their certificate files' modification times.</summary>
     internal static TimeSpan CertificateCheckInterval { get; set; } = TimeSpan.FromSeconds(1);
 
-    public SocketListener(ProxyRuntime runtime, ListenerModel model)
+    /// <summary>
+    /// How long a closing listener keeps accepting after it stopped taking new handshakes: those already under way (SYN
+    /// received, final ACK not yet) complete within a round trip and join the accept queue, to be served, not reset.
+    /// </summary>
+    private const int HandshakeGraceMilliseconds = 50;
+
+    /// <summary>The longest a closing listener waits for its accept queue to empty (at the connection cap it cannot).</summary>
+    private const int AcceptQueueDrainMilliseconds = 1000;
+
+    public SocketListener(ProxyRuntime runtime, ListenerModel model, ProxySnapshot snapshot)
     {
         _runtime = runtime;
-        _model = model;
+        _serving = new ListenerSnapshot(model, snapshot);
         _socket = new Socket(model.EndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         if (model.EndPoint.AddressFamily == AddressFamily.InterNetworkV6 && model.EndPoint.Address.Equals(IPAddress.IPv6Any))
         {
             _socket.DualMode = true;
         }
-        _socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+        SetReuseAddress(_socket);
         // Linux copies TCP_NODELAY from the listening socket to every accepted one (the child socket is a clone of
         // the listener's): one setsockopt here instead of one per connection (SocketListenerTests checks it).
         _socket.NoDelay = true;
     }
 
-    private volatile ListenerModel _model;
+    /// <summary>
+    /// SO_REUSEADDR alone, so that a restarted proxy binds its port past the previous process's TIME_WAIT connections.
+    /// Not SocketOptionName.ReuseAddress: on Linux and macOS the runtime sets SO_REUSEPORT with it, and then a second
+    /// process (or a second listener of this one) binds the same address without an error and the kernel splits the
+    /// connections between them, where a port in use must fail (exit code 1; Kestrel leaves the option alone for the
+    /// same reason). Windows needs neither: TIME_WAIT does not block a bind there, and its SO_REUSEADDR lets another
+    /// socket take the port.
+    /// </summary>
+    private static void SetReuseAddress(Socket socket)
+    {
+        int level, name;
+        if (OperatingSystem.IsLinux())
+        {
+            (level, name) = (1, 2); // SOL_SOCKET, SO_REUSEADDR (<asm-generic/socket.h>)
+        }
+        else if (OperatingSystem.IsMacOS() || OperatingSystem.IsFreeBSD())
+        {
+            (level, name) = (0xffff, 4); // SOL_SOCKET, SO_REUSEADDR (<sys/socket.h>)
+        }
+        else
+        {
+            return;
+        }
+        Span<byte> on = stackalloc byte[sizeof(int)];
+        BitConverter.TryWriteBytes(on, 1);
+        socket.SetRawSocketOption(level, name, on);
+    }
+
+    /// <summary>The listener's settings (those of <see cref="Serving"/>).</summary>
+    public ListenerModel Model => _serving.Model;
 
     /// <summary>
-    /// The listener's settings; a reload that keeps the listener's address swaps in the new model, which
-    /// connections accepted from then on start with (existing ones re-read it by name on each request).
+    /// What this listener's connections serve their next request with, and what its accepts start a connection with.
+    /// A reload that keeps the listener's address calls <see cref="Serve"/> once the new snapshot is published; a
+    /// removed listener keeps the pair of the last snapshot that had it, so the connections it still accepts while it
+    /// closes are routed with the routes they were sent for.
     /// </summary>
-    public ListenerModel Model
+    public ListenerSnapshot Serving => _serving;
+
+    /// <summary>True once the listener stops accepting (removed by a reload, a drain, a stop): its connections close after their current request.</summary>
+    public bool Retired => _retired;
+
+    /// <summary>A reload kept this listener's address: its requests use <paramref name="model"/> and <paramref name="snapshot"/> from now on.</summary>
+    public void Serve(ListenerModel model, ProxySnapshot snapshot)
     {
-        get => _model;
-        set
+        if (model.DeferAccept != Model.DeferAccept)
         {
-            if (value.DeferAccept != _model.DeferAccept && _acceptLoop is not null)
-            {
-                ApplyDeferAccept(value.DeferAccept); // a listening socket takes the change at once: no rebind
-            }
-            _model = value;
-            EnsureCertificateCheck();
+            ApplyDeferAccept(model.DeferAccept); // a listening socket takes the change at once: no rebind
         }
+        _serving = new ListenerSnapshot(model, snapshot);
+        EnsureCertificateCheck();
     }
 
     /// <summary>TCP_DEFER_ACCEPT in seconds (1, as nginx's <c>deferred</c> and HAProxy's <c>defer-accept</c> set it) or 0 (off); Linux only.</summary>
@@ -78,7 +135,7 @@ internal sealed class SocketListener : IEpollAcceptHandler
     /// <summary>Starts the certificate check once the listener serves TLS (at start, or when a reload turns TLS on).</summary>
     private void EnsureCertificateCheck()
     {
-        if (_model.Tls is not null && _certificateCheck is null && _acceptLoop is not null)
+        if (Model.Tls is not null && _certificateCheck is null && _acceptLoop is not null)
         {
             _certificateCheck = new Timer(static state => ((SocketListener)state!).CheckCertificates(), this, CertificateCheckInterval, CertificateCheckInterval);
         }
@@ -87,7 +144,11 @@ internal sealed class SocketListener : IEpollAcceptHandler
     /// <summary>The bound address (kept after the socket closes, so a drained listener can still be described).</summary>
     public IPEndPoint EndPoint { get; private set; } = null!;
 
-    public void Start()
+    /// <summary>
+    /// Binds and listens, without accepting yet: the kernel completes handshakes and queues the connections until
+    /// <see cref="StartAccepting"/>. Throws when the address is in use.
+    /// </summary>
+    public void Bind()
     {
         _socket.Bind(Model.EndPoint);
         if (Model.DeferAccept)
@@ -96,6 +157,10 @@ internal sealed class SocketListener : IEpollAcceptHandler
         }
         _socket.Listen(4096);
         EndPoint = (IPEndPoint)_socket.LocalEndPoint!;
+    }
+
+    public void StartAccepting()
+    {
         if (SocketPipes.UseEpoll)
         {
             _acceptor = new EpollAcceptor(_socket, this);
@@ -122,10 +187,34 @@ internal sealed class SocketListener : IEpollAcceptHandler
         }
     }
 
-    public async Task StopAsync()
+    /// <summary>
+    /// Stops accepting and closes the socket. Closing a listening socket resets every connection still in its accept
+    /// queue, and each of those clients was already told it is connected; so, with <paramref name="acceptQueued"/> (a
+    /// reload, a drain, a graceful stop), new handshakes are refused first (<see cref="TryRefuseNewHandshakes"/>) and
+    /// the listener goes on accepting until its queue is empty, then closes. Those connections are served, with
+    /// connection: close (<see cref="Retired"/>). Without it (a stop with no time left) the socket closes at once.
+    /// </summary>
+    public Task StopAsync(bool acceptQueued = true)
     {
-        _stopping = true;
+        // Once: a drain stops the listeners, and the stop that follows it (or races it) waits for the same close.
+        lock (_stopLock)
+        {
+            return _stop ??= StopCoreAsync(acceptQueued);
+        }
+    }
+
+    private readonly Lock _stopLock = new();
+    private Task? _stop;
+
+    private async Task StopCoreAsync(bool acceptQueued)
+    {
+        _retired = true;
         _certificateCheck?.Dispose();
+        if (acceptQueued && _acceptLoop is not null)
+        {
+            await AcceptQueuedAsync().ConfigureAwait(false);
+        }
+        _stopping = true;
         // Out of every epoll set before the close: Socket.Close would wait for the engines' references otherwise.
         _acceptor?.Stop();
         try
@@ -138,6 +227,83 @@ internal sealed class SocketListener : IEpollAcceptHandler
         if (_acceptLoop is not null)
         {
             await _acceptLoop.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Lets the accept loop take what is in the accept queue, with no new handshake joining it: until the queue is
+    /// empty and <see cref="HandshakeGraceMilliseconds"/> passed. Linux only (elsewhere the socket closes at once, as before).
+    /// </summary>
+    private async Task AcceptQueuedAsync()
+    {
+        if (!OperatingSystem.IsLinux() || !TryRefuseNewHandshakes())
+        {
+            return;
+        }
+        long started = Environment.TickCount64;
+        while (true)
+        {
+            long waited = Environment.TickCount64 - started;
+            if (waited >= AcceptQueueDrainMilliseconds || (waited >= HandshakeGraceMilliseconds && AcceptQueueLength() == 0)
+                || AtConnectionCap)
+            {
+                return;
+            }
+            await Task.Delay(5).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Attaches a classic BPF socket filter (SO_ATTACH_FILTER) that drops every segment with SYN set: no handshake
+    /// starts any more, while those under way complete (their final ACK passes) and join the accept queue. A client
+    /// whose SYN is dropped retransmits it a second later, finds the port closed and is refused: it never believed it
+    /// was connected. A socket filter on a TCP socket sees the TCP header at offset 0; the flags are its byte 13
+    /// (RFC 9293 section 3.1), SYN is 0x02.
+    /// </summary>
+    private unsafe bool TryRefuseNewHandshakes()
+    {
+        // struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; } (<linux/filter.h>), one ulong each on a little-endian host.
+        static ulong Instruction(ushort code, byte jt, byte jf, uint k) => code | ((ulong)jt << 16) | ((ulong)jf << 24) | ((ulong)k << 32);
+        if (!BitConverter.IsLittleEndian)
+        {
+            return false;
+        }
+        ulong* program = stackalloc ulong[4];
+        program[0] = Instruction(0x30, 0, 0, 13);            // ldb [13]               BPF_LD | BPF_B | BPF_ABS
+        program[1] = Instruction(0x45, 0, 1, 0x02);          // jset #SYN, drop, keep  BPF_JMP | BPF_JSET | BPF_K
+        program[2] = Instruction(0x06, 0, 0, 0);             // drop: ret #0           BPF_RET | BPF_K
+        program[3] = Instruction(0x06, 0, 0, uint.MaxValue); // keep: ret #-1 (the whole segment)
+        // struct sock_fprog { u16 len; struct sock_filter* filter; }: the pointer aligned after the length. The kernel
+        // copies the program during the call.
+        Span<byte> fprog = stackalloc byte[2 * IntPtr.Size];
+        fprog.Clear();
+        BitConverter.TryWriteBytes(fprog, (ushort)4);
+        System.Runtime.InteropServices.MemoryMarshal.Write(fprog[IntPtr.Size..], (nint)program);
+        const int SOL_SOCKET = 1, SO_ATTACH_FILTER = 26;
+        try
+        {
+            _socket.SetRawSocketOption(SOL_SOCKET, SO_ATTACH_FILTER, fprog);
+            return true;
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>Connections waiting in the accept queue: TCP_INFO of a listening socket reports them as tcpi_unacked (offset 24 of struct tcp_info).</summary>
+    private int AcceptQueueLength()
+    {
+        const int IPPROTO_TCP = 6, TCP_INFO = 11;
+        Span<byte> info = stackalloc byte[32];
+        try
+        {
+            int length = _socket.GetRawSocketOption(IPPROTO_TCP, TCP_INFO, info);
+            return length >= 28 ? BitConverter.ToInt32(info[24..]) : 0;
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            return 0;
         }
     }
 
@@ -197,7 +363,7 @@ internal sealed class SocketListener : IEpollAcceptHandler
             // The handshake (a key exchange and a signature, plus waiting for the client) runs on the thread
             // pool so that the next accept never waits for it.
             ThreadPool.UnsafeQueueUserWorkItem(static state => _ = TlsTransport.AcceptAsync(state.Runtime, state.Model, state.Client, state.Origin),
-                (Runtime: _runtime, Model: model, Client: client, Origin: (object)this), preferLocal: false);
+                (Runtime: _runtime, Model: model, Client: client, Origin: this), preferLocal: false);
             return;
         }
         RunConnection(model, new SocketTransport(client));

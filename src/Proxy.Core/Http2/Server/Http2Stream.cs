@@ -208,7 +208,7 @@ internal sealed class Http2Stream
             {
                 // The bridge and what it owns (forwarder and its loop, pumps) live as long as this pooled stream, as
                 // long as each exchange ends cleanly (see the reuse decision below).
-                Http1ServerConnection instance = _bridgeInstance ??= new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport);
+                Http1ServerConnection instance = _bridgeInstance ??= new Http1ServerConnection(_connection.Runtime, _connection.Listener, Transport) { Origin = _connection.Origin };
                 // Published under the lock Abort takes: a reset either finds the bridge to abort or is seen here, and a
                 // stream reset before its bridge ran sends nothing upstream (the read loop skips most of those itself;
                 // this covers a reset that came while this loop was resumed on another thread).

@@ -94,7 +94,7 @@ internal sealed class TlsTransport : ClientTransport
     /// Every failure (garbage, timeout, unknown CA, missing client certificate) ends in a clean close and one log line,
     /// rate-limited, never an exception out of here.
     /// </summary>
-    public static async Task AcceptAsync(ProxyRuntime runtime, ListenerModel model, Socket socket, object origin)
+    public static async Task AcceptAsync(ProxyRuntime runtime, ListenerModel model, Socket socket, SocketListener origin)
     {
         // limits.max_connections_per_ip counts every accepted connection once, whatever ALPN makes of it (an HTTP/2
         // connection never passes through the HTTP/1.1 entry that counts cleartext ones), and is checked before the
@@ -131,7 +131,7 @@ internal sealed class TlsTransport : ClientTransport
         }
     }
 
-    private static async Task HandshakeAndRunAsync(ProxyRuntime runtime, ListenerModel model, Socket socket, object origin, bool counted)
+    private static async Task HandshakeAndRunAsync(ProxyRuntime runtime, ListenerModel model, Socket socket, SocketListener origin, bool counted)
     {
         TlsListenerModel tls = model.Tls!;
         Stream network = SocketPipes.OpenStream(socket);
