@@ -541,6 +541,17 @@ internal sealed class Http2ServerConnection : TimedConnection
         _started.Add(stream);
     }
 
+    /// <summary>A stream leaves the open set (under <c>_lock</c>): its slot is free, and the idle clock starts with the last one.</summary>
+    private void ForgetStreamLocked(Http2Stream stream)
+    {
+        _streams.Remove(stream.Id);
+        _activeStreams--;
+        if (_activeStreams == 0)
+        {
+            _idleSince = Environment.TickCount64;
+        }
+    }
+
     /// <summary>
     /// Read loop: a stream of this read pass that the client (RST_STREAM) or a stream error closed before it ran. It
     /// never runs (RunStartedStreams skips it): nothing goes upstream, and, closed (RFC 9113 section 5.1), it gives its
@@ -554,12 +565,7 @@ internal sealed class Http2ServerConnection : TimedConnection
         bool closeNow;
         lock (_lock)
         {
-            _streams.Remove(stream.Id);
-            _activeStreams--;
-            if (_activeStreams == 0)
-            {
-                _idleSince = Environment.TickCount64;
-            }
+            ForgetStreamLocked(stream);
             CreditConnectionLocked(uncredited);
             closeNow = _draining && _activeStreams == 0;
         }
@@ -1253,12 +1259,7 @@ internal sealed class Http2ServerConnection : TimedConnection
         bool closeNow;
         lock (_lock)
         {
-            _streams.Remove(stream.Id);
-            _activeStreams--;
-            if (_activeStreams == 0)
-            {
-                _idleSince = Environment.TickCount64;
-            }
+            ForgetStreamLocked(stream);
             if (!stream.ResetByPeer)
             {
                 if (reset != Http2ErrorCode.NO_ERROR)
