@@ -135,22 +135,23 @@ public sealed class WebSocketTests
     public async Task Upgrade_TunnelMovingBytes_OutlivesTunnelIdleTimeout()
     {
         await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.SwitchingProtocolsEcho(),
-            c => c with { ClusterExtra = "tunnel_idle_timeout: 600ms" });
+            c => c with { ClusterExtra = "tunnel_idle_timeout: 3s" });
         await using var client = await scenario.ConnectAsync();
         await client.SendAsync(Wire.Get("/ws", "example.test", "Connection: Upgrade", "Upgrade: websocket",
             "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="));
         Assert.Equal(101, (await client.ReadResponseAsync()).Status);
 
-        // Eight round trips 200 ms apart: 1.6 s in all, no gap near 600 ms, so the tunnel stays open throughout.
+        // Twelve round trips 300 ms apart: 3.6 s in all, longer than the 3 s timeout, each gap a tenth of it (a loaded
+        // CI machine once stretched 200 ms gaps past a 600 ms timeout), so the tunnel must stay open throughout.
         var echoed = new CollectSink();
-        for (int i = 0; i < 8; i++)
+        for (int i = 0; i < 12; i++)
         {
             await client.SendAsync("tick");
             using var cts = new CancellationTokenSource(TestDefaults.Timeout);
             await client.Reader.ReadExactlyAsync(4, echoed, cts.Token);
-            await Task.Delay(200);
+            await Task.Delay(300);
         }
-        Assert.Equal(string.Concat(Enumerable.Repeat("tick", 8)), Encoding.Latin1.GetString(echoed.ToArray()));
+        Assert.Equal(string.Concat(Enumerable.Repeat("tick", 12)), Encoding.Latin1.GetString(echoed.ToArray()));
     }
 
     [Fact]
