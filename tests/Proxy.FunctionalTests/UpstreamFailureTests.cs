@@ -6,6 +6,28 @@ namespace Proxy.FunctionalTests;
 /// <summary>Upstreams that refuse, reset, hang or talk nonsense: the client gets 502/504, never a hang or garbage.</summary>
 public sealed class UpstreamFailureTests
 {
+    /// <summary>
+    /// The first upstream connection answers one request ("first {target}"), then reads the next and closes without a
+    /// response byte: a keep-alive connection that died under the request. Later connections answer as Ok.
+    /// </summary>
+    private static UpstreamHandler FirstConnectionDiesUnderSecondRequest()
+    {
+        var first = 1;
+        return async (connection, ct) =>
+        {
+            if (Interlocked.Exchange(ref first, 0) == 1)
+            {
+                if (await connection.ReadRequestAsync(ct) is { } request)
+                {
+                    await connection.WriteAsync(Wire.Response(200, "first " + request.Target), ct);
+                }
+                await connection.ReadRequestAsync(ct);
+                return;
+            }
+            await UpstreamBehaviors.Ok()(connection, ct);
+        };
+    }
+
     [Fact]
     public async Task Upstream_ConnectionRefused_Returns502()
     {
@@ -128,20 +150,7 @@ public sealed class UpstreamFailureTests
     {
         // The first upstream connection answers one request, then reads the next and closes without a response byte:
         // from the proxy's side, exactly a keep-alive connection that died under the request.
-        var first = 1;
-        UpstreamHandler handler = async (connection, ct) =>
-        {
-            if (Interlocked.Exchange(ref first, 0) == 1)
-            {
-                if (await connection.ReadRequestAsync(ct) is { } request)
-                {
-                    await connection.WriteAsync(Wire.Response(200, "first " + request.Target), ct);
-                }
-                await connection.ReadRequestAsync(ct);
-                return;
-            }
-            await UpstreamBehaviors.Ok()(connection, ct);
-        };
+        UpstreamHandler handler = FirstConnectionDiesUnderSecondRequest();
         await using var scenario = await ProxyScenario.StartAsync(handler);
         await using var client = await scenario.ConnectAsync();
 
@@ -167,20 +176,7 @@ public sealed class UpstreamFailureTests
     [InlineData("route")]
     public async Task PooledConnection_ClosedAfterReadingNextPost_PostNotReplayedDespiteNonIdempotentOptIn(string optIn)
     {
-        var first = 1;
-        UpstreamHandler handler = async (connection, ct) =>
-        {
-            if (Interlocked.Exchange(ref first, 0) == 1)
-            {
-                if (await connection.ReadRequestAsync(ct) is { } request)
-                {
-                    await connection.WriteAsync(Wire.Response(200, "first " + request.Target), ct);
-                }
-                await connection.ReadRequestAsync(ct);
-                return;
-            }
-            await UpstreamBehaviors.Ok()(connection, ct);
-        };
+        UpstreamHandler handler = FirstConnectionDiesUnderSecondRequest();
         await using var scenario = await ProxyScenario.StartAsync(handler, c => c with
         {
             ClusterExtra = optIn == "cluster"

@@ -101,6 +101,14 @@ public sealed class WebSocketTests
         Assert.Single(scenario.Upstream.Requests);
     }
 
+    /// <summary>Sends a WebSocket upgrade and checks the 101: from here on the connection is a tunnel.</summary>
+    private static async Task UpgradeAsync(RawClient client)
+    {
+        await client.SendAsync(Wire.Get("/ws", "example.test", "Connection: Upgrade", "Upgrade: websocket",
+            "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="));
+        Assert.Equal(101, (await client.ReadResponseAsync()).Status);
+    }
+
     /// <summary>
     /// A tunnel in which no byte moves for the cluster's tunnel_idle_timeout is closed on both sides (nginx closes one
     /// after proxy_read_timeout, Envoy after its stream idle timeout). Before the key existed an idle tunnel, and a
@@ -112,9 +120,7 @@ public sealed class WebSocketTests
         await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.SwitchingProtocolsEcho(),
             c => c with { ClusterExtra = "tunnel_idle_timeout: 400ms" });
         await using var client = await scenario.ConnectAsync();
-        await client.SendAsync(Wire.Get("/ws", "example.test", "Connection: Upgrade", "Upgrade: websocket",
-            "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="));
-        Assert.Equal(101, (await client.ReadResponseAsync()).Status);
+        await UpgradeAsync(client);
         await client.SendAsync("ping");
         var echoed = new CollectSink();
         using (var cts = new CancellationTokenSource(TestDefaults.Timeout))
@@ -137,9 +143,7 @@ public sealed class WebSocketTests
         await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.SwitchingProtocolsEcho(),
             c => c with { ClusterExtra = "tunnel_idle_timeout: 3s" });
         await using var client = await scenario.ConnectAsync();
-        await client.SendAsync(Wire.Get("/ws", "example.test", "Connection: Upgrade", "Upgrade: websocket",
-            "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="));
-        Assert.Equal(101, (await client.ReadResponseAsync()).Status);
+        await UpgradeAsync(client);
 
         // Twelve round trips 300 ms apart: 3.6 s in all, longer than the 3 s timeout, each gap a tenth of it (a loaded
         // CI machine once stretched 200 ms gaps past a 600 ms timeout), so the tunnel must stay open throughout.
