@@ -107,7 +107,7 @@ public sealed class UpstreamTimeoutTests
     {
         await using var stalled = FaultyUpstream.Start("stalled");
         stalled.Fault = UpstreamFault.StallBody;
-        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{stalled.Address}\"", "    stream_idle_timeout: 2s"));
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{stalled.Address}\"", "    stream_idle_timeout: 3s"));
         await using var client = await proxy.ConnectAsync();
         var clock = Stopwatch.StartNew();
 
@@ -118,10 +118,11 @@ public sealed class UpstreamTimeoutTests
         Assert.Equal(200, head.Status);
         Assert.True(rest.Closed);
         Assert.Equal(32, rest.Bytes.Length);
-        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(1950), TimeSpan.FromSeconds(4.5));
+        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(2950), TimeSpan.FromSeconds(6));
 
-        // A body that keeps moving (a byte every 100 ms, 6.4 s in all) is never cut by a 2 s idle timeout (20 times
-        // the gap, so a loaded machine's scheduling delays do not make it look idle).
+        // A body that keeps moving (a byte every 100 ms, 6.4 s in all, twice the timeout) is never cut by a 3 s idle
+        // timeout (30 times the gap, so a loaded machine's scheduling delays do not make it look idle; with 2 s it
+        // was cut once on the loaded CI machine).
         stalled.Fault = UpstreamFault.TrickleBody;
         stalled.TrickleInterval = TimeSpan.FromMilliseconds(100);
         await using var second = await proxy.ConnectAsync();
