@@ -310,6 +310,7 @@ public sealed class AdminApiTests
     [InlineData("Bearer wrong")]
     [InlineData("Bearer " + Token + "x")]
     [InlineData("Bearer")]
+    [InlineData("Bearer\t" + Token)]
     public async Task Admin_WrongToken_Returns401InvalidToken(string authorization)
     {
         await using var scenario = await AdminScenario.StartAsync(UpstreamBehaviors.Ok(), Token);
@@ -324,6 +325,7 @@ public sealed class AdminApiTests
     [InlineData("Bearer " + Token)]
     [InlineData("bearer " + Token)]
     [InlineData("BEARER  " + Token)]
+    [InlineData("\tBearer " + Token + " \t")]
     public async Task Admin_RightToken_IsServed(string authorization)
     {
         await using var scenario = await AdminScenario.StartAsync(UpstreamBehaviors.Ok(), Token);

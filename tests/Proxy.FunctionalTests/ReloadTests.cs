@@ -127,6 +127,36 @@ public sealed class ReloadTests : IDisposable
         Assert.NotEqual(version, server.ConfigVersion);
     }
 
+    /// <summary>
+    /// A listener that cannot bind fails the reload with its error at the listener's address in the file
+    /// (FILE:LINE:COL, as every other config error), not as a bare message.
+    /// </summary>
+    [Fact]
+    public async Task Reload_ListenerAddressInUse_Answers422AtTheAddressLocation()
+    {
+        const string admin = "admin: { address: 127.0.0.1:0 }";
+        await using var server = await StartFromFileAsync(Config(HelloRoute, admin: admin));
+        var adminEndPoint = server.GetEndPoint("admin");
+        using var holder = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        holder.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        holder.Listen();
+        int taken = ((IPEndPoint)holder.LocalEndPoint!).Port;
+
+        string yaml = Config(HelloRoute, admin: admin,
+            extraListeners: $"  - {{ name: taken, address: \"127.0.0.1:{taken.ToString(CultureInfo.InvariantCulture)}\" }}");
+        await File.WriteAllTextAsync(PathOf("proxy.yaml"), yaml);
+        string[] lines = yaml.Split('\n');
+        int line = Array.FindIndex(lines, l => l.Contains("name: taken", StringComparison.Ordinal)) + 1;
+        int column = lines[line - 1].IndexOf("\"127.0.0.1:", StringComparison.Ordinal) + 1;
+        using var client = new HttpClient { Timeout = TestDefaults.Timeout };
+        using var reload = await client.PostAsync($"http://127.0.0.1:{adminEndPoint.Port}/reload", null);
+
+        Assert.Equal(422, (int)reload.StatusCode);
+        using var json = JsonDocument.Parse(await reload.Content.ReadAsStringAsync());
+        string error = Assert.Single(json.RootElement.GetProperty("errors").EnumerateArray()).GetString()!;
+        Assert.StartsWith($"{PathOf("proxy.yaml")}:{line}:{column}: listener 'taken' cannot bind 127.0.0.1:{taken}", error, StringComparison.Ordinal);
+    }
+
     /// <summary>A file nested a hundred thousand levels deep overflowed the stack of the running proxy on reload.</summary>
     [Fact]
     public async Task Reload_NestedTooDeep_KeepsOldRoutesAndTheProcess()

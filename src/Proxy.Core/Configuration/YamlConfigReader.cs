@@ -88,7 +88,12 @@ internal sealed partial class YamlConfigReader
     /// <summary>Parses <paramref name="yaml"/>; returns null only when the text is not valid YAML at all.</summary>
     public static ProxyConfig? Read(string yaml, ConfigErrorList errors)
     {
-        var parser = new TrackingParser(new Parser(new StringReader(yaml)));
+        if (!HideUnicodeBreaks(ref yaml, out string? standIns))
+        {
+            errors.Add(Mark.Start, "invalid YAML: the file holds NEL, LS or PS characters and too many private-use characters to read them safely");
+            return null;
+        }
+        var parser = new TrackingParser(new Parser(new StringReader(yaml)), standIns);
         var stream = new YamlStream();
         try
         {
@@ -1034,29 +1039,83 @@ internal sealed partial class YamlConfigReader
         }
     }
 
-    /// <summary>Remembers where the last event started, for errors YamlDotNet raises without a position.</summary>
+    // YAML 1.2 section 5.4: the only line breaks are CR and LF; NEL (U+0085), LS (U+2028) and PS (U+2029) are ordinary
+    // characters ("YAML 1.2 processors parsing a version 1.1 document should therefore treat these line breaks as
+    // non-break characters"). YamlDotNet scans as YAML 1.1 did, with no option to change it: a comment ended at them and
+    // the rest of the comment was read as config (text an editor shows as one comment line could add a listener), a
+    // scalar was folded there, and every later line number was off by one. So before the scan each of them is swapped
+    // for a stand-in, a private-use character that is neither in the text nor reachable by an escape ("\uE000" needs
+    // the digits E000 in the text); comments then end at CR/LF only, lines and columns are those an editor shows, and
+    // TrackingParser puts the characters back into scalar values.
+    private static readonly char[] s_unicodeBreaks = ['\u0085', '\u2028', '\u2029'];
+
     /// <summary>
-    /// Remembers the last event's position, and stops a document nested deeper than <see cref="MaxDepth"/>: the
+    /// Replaces NEL, LS and PS by stand-ins; <paramref name="standIns"/> holds them in <see cref="s_unicodeBreaks"/>
+    /// order, null when the text has none of the three. False only when no stand-ins can be found.
+    /// </summary>
+    private static bool HideUnicodeBreaks(ref string yaml, out string? standIns)
+    {
+        standIns = null;
+        if (yaml.AsSpan().IndexOfAny(s_unicodeBreaks) < 0)
+        {
+            return true;
+        }
+        Span<char> chosen = stackalloc char[s_unicodeBreaks.Length];
+        int found = 0;
+        for (char c = '\uE000'; c <= '\uF8FF' && found < chosen.Length; c++)
+        {
+            if (!yaml.Contains(c) && !yaml.Contains(((int)c).ToString("X4", CultureInfo.InvariantCulture), StringComparison.OrdinalIgnoreCase))
+            {
+                chosen[found++] = c;
+            }
+        }
+        if (found < chosen.Length)
+        {
+            return false;
+        }
+        standIns = new string(chosen);
+        for (int i = 0; i < s_unicodeBreaks.Length; i++)
+        {
+            yaml = yaml.Replace(s_unicodeBreaks[i], standIns[i]);
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// Remembers the last event's position (for errors YamlDotNet raises without one), puts NEL, LS and PS back into
+    /// scalars (see <see cref="HideUnicodeBreaks"/>), and stops a document nested deeper than <see cref="MaxDepth"/>: the
     /// representation model is built recursively, so a file of a few hundred KB of "- - - ..." or "[[[..." overflowed
     /// the stack and ended the process, which on a hot reload was the running proxy. No config needs a tenth of it.
     /// </summary>
-    private sealed class TrackingParser(IParser inner) : IParser
+    private sealed class TrackingParser(IParser inner, string? standIns) : IParser
     {
         public const int MaxDepth = 64;
         private int _depth;
+        private ParsingEvent? _restored;
 
         public Mark LastMark { get; private set; } = Mark.Start;
 
-        public ParsingEvent? Current => inner.Current;
+        public ParsingEvent? Current => _restored ?? inner.Current;
 
         public bool MoveNext()
         {
+            _restored = null;
             bool moved = inner.MoveNext();
             if (inner.Current is not { } e)
             {
                 return moved;
             }
             LastMark = Mark.From(e.Start);
+            if (standIns is not null && e is Scalar scalar && scalar.Value.AsSpan().IndexOfAny(standIns) >= 0)
+            {
+                string value = scalar.Value;
+                for (int i = 0; i < standIns.Length; i++)
+                {
+                    value = value.Replace(standIns[i], s_unicodeBreaks[i]);
+                }
+                _restored = new Scalar(scalar.Anchor, scalar.Tag, value, scalar.Style, scalar.IsPlainImplicit, scalar.IsQuotedImplicit,
+                    scalar.Start, scalar.End, scalar.IsKey);
+            }
             if (e is MappingStart or SequenceStart)
             {
                 if (++_depth > MaxDepth)

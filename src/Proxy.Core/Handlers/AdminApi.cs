@@ -144,7 +144,8 @@ internal static class AdminApi
         {
             // RFC 6750 section 3: a 401 names the scheme; error="invalid_token" only when Bearer credentials were
             // presented. None, or another scheme's (Basic), get the bare challenge (section 3.1: no error code).
-            bool presented = head.TryGetHeader("authorization"u8, out ReadOnlySpan<byte> credentials) && IsBearerScheme(credentials);
+            head.TryGetHeader("authorization"u8, out ReadOnlySpan<byte> credentials);
+            bool presented = BearerCredentials.Read(credentials, out _) != BearerStatus.Absent;
             string challenge = presented ? "Bearer realm=\"proxy-admin\", error=\"invalid_token\"" : "Bearer realm=\"proxy-admin\"";
             return AdminResponse.Text(401, "unauthorized: send Authorization: Bearer <admin token>", ("www-authenticate", challenge));
         }
@@ -224,22 +225,9 @@ internal static class AdminApi
     /// compared in constant time so its bytes cannot be guessed one by one from response times.
     /// </summary>
     internal static bool IsAuthorized(RequestHead head, byte[] token)
-    {
-        if (!head.TryGetHeader("authorization"u8, out ReadOnlySpan<byte> value))
-        {
-            return false;
-        }
-        if (value.Length < 7 || !IsBearerScheme(value))
-        {
-            return false;
-        }
-        ReadOnlySpan<byte> presented = value[7..].TrimStart((byte)' ');
-        return CryptographicOperations.FixedTimeEquals(presented, token);
-    }
-
-    /// <summary>An Authorization value of the Bearer scheme (case-insensitive), with or without its token.</summary>
-    private static bool IsBearerScheme(ReadOnlySpan<byte> value)
-        => value.Length >= 6 && value[..6].EqualsIgnoreCaseAscii("bearer"u8) && (value.Length == 6 || value[6] == (byte)' ');
+        => head.TryGetHeader("authorization"u8, out ReadOnlySpan<byte> value)
+            && BearerCredentials.Read(value, out ReadOnlySpan<byte> presented) == BearerStatus.Token
+            && CryptographicOperations.FixedTimeEquals(presented, token);
 
     // ---- JSON documents -------------------------------------------------------------------------
 

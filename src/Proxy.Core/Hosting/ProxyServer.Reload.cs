@@ -24,7 +24,7 @@ public sealed class ConfigReloadResult
     /// <summary>The version active after the attempt: the new one on success, the old one on failure.</summary>
     public string Version { get; }
 
-    /// <summary>Every problem found ("FILE:LINE:COL: message", or a bind failure); empty on success.</summary>
+    /// <summary>Every problem found, each as "FILE:LINE:COL: message" (a listener that cannot bind: at its address); empty on success.</summary>
     public IReadOnlyList<string> Errors { get; }
 
     /// <summary>False when the file had the active version's exact text, so nothing was swapped.</summary>
@@ -77,7 +77,7 @@ public sealed partial class ProxyServer
     {
         string path = _configPath ?? throw new InvalidOperationException(
             "The server was created from YAML text, not a file: call ReloadAsync(string yaml).");
-        return ReloadCoreAsync(previous => ConfigLoader.LoadFile(path, previous), "file");
+        return ReloadCoreAsync(previous => ConfigLoader.LoadFile(path, previous), path, "file");
     }
 
     /// <summary>Like <see cref="ReloadAsync()"/> with the given YAML text instead of the file (embedders, tests).</summary>
@@ -85,10 +85,12 @@ public sealed partial class ProxyServer
     {
         ArgumentNullException.ThrowIfNull(yaml);
         string fileName = _configPath ?? _runtime.Current.SourcePath;
-        return ReloadCoreAsync(previous => ConfigLoader.LoadText(yaml, fileName, previous), "text");
+        return ReloadCoreAsync(previous => ConfigLoader.LoadText(yaml, fileName, previous), fileName, "text");
     }
 
-    private async Task<ConfigReloadResult> ReloadCoreAsync(Func<IReadOnlyDictionary<string, ClusterModel>, ConfigLoadResult> load, string trigger)
+    // fileName: the file as the load's errors name it, for an error found after the load (a listener that cannot bind).
+    private async Task<ConfigReloadResult> ReloadCoreAsync(Func<IReadOnlyDictionary<string, ClusterModel>, ConfigLoadResult> load,
+        string fileName, string trigger)
     {
         await _reloadGate.WaitAsync().ConfigureAwait(false);
         try
@@ -119,7 +121,7 @@ public sealed partial class ProxyServer
                 _runtime.Publish(next);
                 return Succeed(current, next, trigger);
             }
-            return await ApplyAsync(current, next, trigger).ConfigureAwait(false);
+            return await ApplyAsync(current, next, fileName, trigger).ConfigureAwait(false);
         }
         finally
         {
@@ -140,7 +142,7 @@ public sealed partial class ProxyServer
     //  5. Removed listeners refuse new handshakes, accept what their queues hold, serve it with the snapshot they had
     //     (their routes are not in the new one), and close; their connections close after their current request.
     //  6. What the new snapshot no longer uses retires; requests still on it hold the old objects and finish.
-    private async Task<ConfigReloadResult> ApplyAsync(ProxySnapshot current, ProxySnapshot next, string trigger)
+    private async Task<ConfigReloadResult> ApplyAsync(ProxySnapshot current, ProxySnapshot next, string fileName, string trigger)
     {
         SocketListener[] running = _listeners;
         var serving = new List<SocketListener>();
@@ -164,7 +166,10 @@ public sealed partial class ProxyServer
             {
                 _ = listener.StopAsync(acceptQueued: false);
                 await Task.WhenAll(added.Select(l => l.StopAsync(acceptQueued: false))).ConfigureAwait(false);
-                return Fail(current, [$"listener '{model.Name}' cannot bind {model.EndPoint}: {e.Message}"], trigger);
+                // At the listener's address in the file, like every other config error (FILE:LINE:COL: message).
+                var error = new ConfigError(fileName, model.AddressMark.Line, model.AddressMark.Column,
+                    $"listener '{model.Name}' cannot bind {model.EndPoint}: {e.Message}");
+                return Fail(current, [error.ToString()], trigger);
             }
             added.Add(listener);
             serving.Add(listener);
@@ -337,7 +342,7 @@ public sealed partial class ProxyServer
             {
                 if (Volatile.Read(ref _stopped) == 0 && File.Exists(_configPath))
                 {
-                    await ReloadCoreAsync(previous => ConfigLoader.LoadFile(_configPath!, previous), "watch").ConfigureAwait(false);
+                    await ReloadCoreAsync(previous => ConfigLoader.LoadFile(_configPath!, previous), _configPath!, "watch").ConfigureAwait(false);
                 }
             }
             catch (Exception e)

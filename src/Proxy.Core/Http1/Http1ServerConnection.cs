@@ -181,9 +181,27 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// A request trailer field named like one the proxy owns in the head: X-Forwarded-*, X-Request-Id, trace context,
     /// the client certificate header, and whatever the route's filters set or remove. The head's copy of such a field
     /// is replaced or dropped; a trailer must not bring it back to an upstream that merges trailers into headers.
+    /// Likewise a field whose value a screen of the route (a <c>deny</c> policy) refuses: in the head it would have cost
+    /// the request a 403; as a trailer it comes after the request went upstream, so it is dropped instead.
     /// </summary>
-    bool ITrailerFieldFilter.Drops(ReadOnlySpan<byte> name)
-        => ProxyOwnedFields.Contains(name, FilterContext, forwarded: true, Listener.Tls?.ForwardHeader);
+    bool ITrailerFieldFilter.Drops(ReadOnlySpan<byte> name, ReadOnlySpan<byte> value)
+    {
+        if (ProxyOwnedFields.Contains(name, FilterContext, forwarded: true, Listener.Tls?.ForwardHeader))
+        {
+            return true;
+        }
+        if (_chain is { TrailerScreens: { Length: > 0 } screens })
+        {
+            foreach (IRequestTrailerScreen screen in screens)
+            {
+                if (screen.Refuses(name, value))
+                {
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
 
     private void ReleaseState()
     {

@@ -20,7 +20,7 @@ internal ref struct TrailerFields
     private readonly ITrailerFieldFilter? _owned;
 
     /// <param name="section">Validated field lines, each ending in CRLF, without the final empty line.</param>
-    /// <param name="owned">For a request's trailers: the names the proxy owns in its head, skipped too.</param>
+    /// <param name="owned">For a request's trailers: the fields the proxy drops besides the forbidden ones, skipped too.</param>
     public TrailerFields(ReadOnlySpan<byte> section, ITrailerFieldFilter? owned = null)
     {
         _rest = section;
@@ -46,11 +46,11 @@ internal ref struct TrailerFields
                 continue;
             }
             name = content[..colon];
-            if (TrailerFilter.IsForbidden(name) || (_owned is not null && _owned.Drops(name)))
+            value = content[(colon + 1)..].Trim(" \t"u8);
+            if (TrailerFilter.IsForbidden(name) || (_owned is not null && _owned.Drops(name, value)))
             {
                 continue;
             }
-            value = content[(colon + 1)..].Trim(" \t"u8);
             return true;
         }
         name = value = line = default;
@@ -88,9 +88,12 @@ internal static class TrailerFilter
 
 /// <summary>
 /// Request trailer fields the proxy drops besides <see cref="TrailerFilter"/>'s: those whose names it owns in the
-/// request head (set, replaced or removed there), so that a client cannot slip them past it as trailers.
+/// request head (set, replaced or removed there), and those whose values the route's <c>deny</c> policies would refuse
+/// in the head, so that a client cannot slip them past it as trailers.
 /// </summary>
 internal interface ITrailerFieldFilter
 {
-    bool Drops(ReadOnlySpan<byte> name);
+    /// <param name="name">The field name as sent.</param>
+    /// <param name="value">The field value, OWS trimmed.</param>
+    bool Drops(ReadOnlySpan<byte> name, ReadOnlySpan<byte> value);
 }

@@ -101,6 +101,8 @@ internal sealed class ListenerModel
     public required string Name { get; init; }
     public required int Index { get; init; }
     public required IPEndPoint EndPoint { get; init; }
+    /// <summary>Where the <c>address</c> value sits in the config file, so a bind failure on reload points at it.</summary>
+    public Proxy.Configuration.Mark AddressMark { get; init; } = Proxy.Configuration.Mark.Start;
     public ListenerHandler Handler { get; init; }
     /// <summary>
     /// Accept a connection only once its first bytes arrived (Linux TCP_DEFER_ACCEPT, nginx's <c>listen ... deferred</c>,

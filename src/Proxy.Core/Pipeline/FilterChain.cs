@@ -28,6 +28,7 @@ internal sealed class FilterChain
         UpstreamRequest = Phase<IUpstreamRequestFilter>(filters);
         ResponseHeaders = Phase<IResponseHeadersFilter>(filters);
         ResponseComplete = Phase<IResponseCompleteFilter>(filters);
+        TrailerScreens = Phase<IRequestTrailerScreen>(filters);
     }
 
     /// <summary>Every filter in chain order, whatever its phases.</summary>
@@ -53,6 +54,9 @@ internal sealed class FilterChain
 
     /// <summary>Logging phase filters in run order.</summary>
     public IResponseCompleteFilter[] ResponseComplete { get; }
+
+    /// <summary>Filters that screen request trailer fields (<see cref="IRequestTrailerScreen"/>); empty for most chains.</summary>
+    internal IRequestTrailerScreen[] TrailerScreens { get; }
 
     /// <summary>The policy behind each filter of <see cref="Filters"/> (same order), for diagnostics and tests.</summary>
     public string[] PolicyNames { get; }
@@ -204,4 +208,16 @@ internal sealed class FilterChain
         }
         return FilterStatus.Respond;
     }
+}
+
+/// <summary>
+/// A built-in filter that screens the request's header values (<c>deny</c>) and so must screen its trailer fields too:
+/// an upstream that merges trailers into headers would otherwise get, from a trailer, what the screen refuses in the
+/// head. Trailers arrive after the request went upstream, so a refused field is dropped, not answered with 403.
+/// Called on the body's path: it must not allocate.
+/// </summary>
+internal interface IRequestTrailerScreen : IProxyFilter
+{
+    /// <summary>True when the field (<paramref name="value"/> OWS trimmed) would have refused the request in its head.</summary>
+    bool Refuses(ReadOnlySpan<byte> name, ReadOnlySpan<byte> value);
 }

@@ -38,6 +38,67 @@ public class ConfigValidationTests
             Errors("listeners:", Listener, "listeners:", Listener));
     }
 
+    /// <summary>
+    /// YAML 1.2 section 5.4: only CR and LF break lines; NEL, LS and PS are ordinary characters. YamlDotNet (YAML 1.1)
+    /// ended a comment at them, so what followed in the comment was read as config: text an editor shows as one comment
+    /// line could add an admin listener.
+    /// </summary>
+    [Theory]
+    [InlineData('\u0085')]
+    [InlineData('\u2028')]
+    [InlineData('\u2029')]
+    public void Load_UnicodeLineSeparatorInComment_IsPartOfTheComment(char separator)
+    {
+        string yaml = $"listeners:\n{Listener}\n# keep the defaults{separator}admin: {{ address: \"0.0.0.0:9901\" }}\n";
+
+        var result = ConfigLoader.LoadText(yaml, "t.yaml");
+
+        Assert.True(result.Success, string.Join('\n', result.Errors));
+        Assert.Null(result.Snapshot!.Admin);
+    }
+
+    [Theory]
+    [InlineData('\u0085')]
+    [InlineData('\u2028')]
+    [InlineData('\u2029')]
+    public void Load_UnicodeLineSeparatorInComment_LaterLinesKeepTheirNumbers(char separator)
+    {
+        string error = Assert.Single(Errors(
+            "listeners:",
+            $"  # one{separator}# two{separator}# three",
+            Listener,
+            "  - { name: other, address: nowhere }"));
+
+        Assert.StartsWith("t.yaml:4:29: invalid listener address 'nowhere'", error, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData('\u0085')]
+    [InlineData('\u2028')]
+    [InlineData('\u2029')]
+    public void Load_UnicodeLineSeparatorInScalar_KeptAsACharacter(char separator)
+    {
+        string yaml = $"listeners:\n{Listener}\nroutes:\n  - id: r\n    match: {{ path: /r }}\n    respond: {{ status: 200, body: \"a{separator}b\" }}\n  - id: p\n    match: {{ path: /p }}\n    respond:\n      status: 200\n      body: c{separator}d\n";
+
+        var result = ConfigLoader.LoadText(yaml, "t.yaml");
+
+        Assert.True(result.Success, string.Join('\n', result.Errors));
+        var bodies = result.Snapshot!.Routes.InMatchOrder.Select(r => System.Text.Encoding.UTF8.GetString(r.Respond!.Body)).Order().ToArray();
+        Assert.Equal([$"a{separator}b", $"c{separator}d"], bodies);
+    }
+
+    /// <summary>The stand-ins that carry NEL/LS/PS through the scan never collide with a character the file spells.</summary>
+    [Fact]
+    public void Load_UnicodeLineSeparatorBesidePrivateUseCharacters_KeepsBoth()
+    {
+        string yaml = $"listeners:\n{Listener}\nroutes:\n  - id: r\n    respond: {{ status: 200, body: \"\\uE000\\ue001\\U0000E002\\uE003-\\u2028\" }}\n# \u2028\uE004\n";
+
+        var result = ConfigLoader.LoadText(yaml, "t.yaml");
+
+        Assert.True(result.Success, string.Join('\n', result.Errors));
+        Assert.Equal("\uE000\uE001\uE002\uE003-\u2028", System.Text.Encoding.UTF8.GetString(result.Snapshot!.Routes.InMatchOrder[0].Respond!.Body));
+    }
+
     [Fact]
     public void Load_UnclosedFlowSequence_ReportsAnError()
     {

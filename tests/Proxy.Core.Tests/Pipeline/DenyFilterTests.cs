@@ -129,6 +129,32 @@ public class DenyFilterTests
         Assert.Contains("'waf'", body.GetProperty("detail").GetString());
     }
 
+    /// <summary>A request trailer field is screened as a header value is: same rules, Authorization excepted, no allocation.</summary>
+    [Theory]
+    [InlineData("X-Search", "1%20UNION%20SELECT password", true)]
+    [InlineData("X-Note", "<script>alert(1)</script>", true)]
+    [InlineData("X-Path", "/wp-login.php", true)]
+    [InlineData("Authorization", "Basic ' or '1'='1 <script>", false)]
+    [InlineData("grpc-status", "0", false)]
+    [InlineData("X-Checksum", "sha256=abc", false)]
+    public void Refuses_TrailerField_ScreenedLikeAHeaderValue(string name, string value, bool refused)
+    {
+        byte[] n = System.Text.Encoding.ASCII.GetBytes(name), v = System.Text.Encoding.ASCII.GetBytes(value);
+        var filter = new DenyFilter(s_all.Options);
+
+        Assert.Equal(refused, filter.Refuses(n, v));
+        Assert.Equal(refused ? 1 : 0, filter.DroppedTrailerCount);
+        long allocated = SteadyStateAllocation.BestOfRounds(() => filter.Refuses(n, v), iterations: 1000);
+        Assert.True(allocated < 100, $"{allocated} bytes allocated over the loop (best of three rounds)");
+    }
+
+    [Fact]
+    public void Refuses_MethodsOnlyPolicy_RefusesNoTrailer()
+    {
+        var methodsOnly = new DenyFilter(new DenyOptions { PolicyName = "m", Methods = ["GET"] });
+        Assert.False(methodsOnly.Refuses("X-Search"u8, "1 union select 2"u8));
+    }
+
     [Fact]
     public void OnRequestHeaders_SteadyState_AllocatesNothing()
     {

@@ -205,6 +205,9 @@ public class IntrospectionTests
     [InlineData("", "introspection_missing")]
     [InlineData("Authorization: Basic dXNlcjpwYXNz\r\n", "introspection_missing")]
     [InlineData("Authorization: Bearer not,a,token\r\n", "introspection_malformed")]
+    [InlineData("Authorization: Bearer\topaque-1\r\n", "introspection_malformed")]
+    [InlineData("Authorization: Bearer\r\n", "introspection_malformed")]
+    [InlineData("Authorization: Bearerish opaque-1\r\n", "introspection_missing")]
     public void OnRequestHeaders_NoUsableToken_Responds401WithoutCall(string header, string details)
     {
         var filter = Filter(new JwtClock(s_now));

@@ -322,6 +322,33 @@ public class JwtFilterTests
         Assert.Equal("jwt_missing", context.ReplyDetails);
     }
 
+    /// <summary>
+    /// RFC 9110 section 11.4 / RFC 6750 section 2.1: <c>Bearer 1*SP token</c>. A Bearer credential whose token is missing
+    /// or follows a tab is a broken Bearer credential (invalid_token), not an absent one; OWS around the field value and
+    /// several spaces before the token are fine.
+    /// </summary>
+    [Theory]
+    [InlineData("Bearer\t{0}", "jwt_malformed")]
+    [InlineData("Bearer \t{0}", "jwt_malformed")]
+    [InlineData("Bearer", "jwt_malformed")]
+    [InlineData("Bearerish {0}", "jwt_missing")]
+    [InlineData("\tbearer   {0}\t ", null)]
+    public void OnRequestHeaders_WhitespaceAroundBearerToken_FollowsTheGrammar(string authorization, string? details)
+    {
+        string value = string.Format(System.Globalization.CultureInfo.InvariantCulture, authorization, s_keys.Mint("RS256"));
+        var context = RateLimitTests.Context($"GET /orders HTTP/1.1\r\nHost: a\r\nAuthorization:{value}\r\n\r\n");
+
+        FilterStatus status = Filter().OnRequestHeaders(context);
+
+        Assert.Equal(details is null ? FilterStatus.Continue : FilterStatus.Respond, status);
+        if (details is not null)
+        {
+            Assert.Equal(401, context.ReplyStatus);
+            Assert.Equal(details, context.ReplyDetails);
+            Assert.Equal(details == "jwt_malformed", Encoding.ASCII.GetString(context.ReplyHeaders).Contains("error=\"invalid_token\"", StringComparison.Ordinal));
+        }
+    }
+
     [Fact]
     public void OnRequestHeaders_ExpiredToken_Responds401InvalidToken()
     {

@@ -58,6 +58,47 @@ public sealed class TrailerForwardingTests
             upstream.ReceivedText, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// A <c>deny</c> policy screens every header value; a request trailer is screened the same way, and one that trips a
+    /// rule is dropped (the request is upstream by then, too late for a 403). Otherwise the payload refused in a header
+    /// would reach an upstream that merges trailers into headers by moving it to a trailer.
+    /// </summary>
+    [Fact]
+    public async Task RequestTrailers_ValueTrippingTheRoutesDenyPolicy_NotForwarded()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await TestProxy.StartAsync($$"""
+            policies:
+              waf: { deny: { sql_injection: true, xss: true, patterns: [wp-login] } }
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: api, match: { path: "/api/{**rest}" }, cluster: backend, policies: [waf] }
+              - { id: open, match: { path: "/open/{**rest}" }, cluster: backend }
+            clusters:
+              backend:
+                destinations: ["{{upstream.Address}}"]
+
+            """);
+        await using var client = await proxy.ConnectAsync();
+        const string Trailers = "X-Checksum: abc\r\nX-Search: 1%20UNION%20SELECT password\r\nX-Note: <script>alert(1)</script>\r\n"
+            + "X-Path: /wp-login.php\r\nX-Other: 1\r\n";
+
+        await client.SendAsync("POST /api/upload HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + "5\r\nhello\r\n0\r\n" + Trailers + "\r\n");
+        Assert.Equal(200, (await client.ReadResponseAsync()).Status);
+        await upstream.WaitForRequestAsync();
+        string withPolicy = upstream.ReceivedText;
+        await client.SendAsync("POST /open/upload HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + "5\r\nhello\r\n0\r\n" + Trailers + "\r\n");
+        Assert.Equal(200, (await client.ReadResponseAsync()).Status);
+        await upstream.WaitForRequestAsync(2);
+
+        Assert.EndsWith("5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n", withPolicy, StringComparison.Ordinal);
+        // A route without the policy relays them all.
+        Assert.EndsWith("5\r\nhello\r\n0\r\n" + Trailers + "\r\n", upstream.ReceivedText, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task ResponseTrailers_ChunkedToClient_ExactBytesWithoutForbiddenFields()
     {

@@ -41,7 +41,7 @@ internal enum DenyRule : byte
 /// This is a coarse screen in front of the application, not a substitute for parameterised queries and output
 /// encoding: signatures catch the common probes (scanners, copy-pasted payloads) and miss crafted ones.
 /// </remarks>
-internal sealed class DenyFilter : IRequestHeadersFilter, IPolicyDecisionCounters
+internal sealed class DenyFilter : IRequestHeadersFilter, IRequestTrailerScreen, IPolicyDecisionCounters
 {
     private const int StackLimit = 256;
 
@@ -78,6 +78,7 @@ internal sealed class DenyFilter : IRequestHeadersFilter, IPolicyDecisionCounter
     private readonly byte[][] _bodies;
     private long _allowed;
     private long _denied;
+    private long _droppedTrailers;
 
     public DenyFilter(DenyOptions options)
     {
@@ -101,7 +102,11 @@ internal sealed class DenyFilter : IRequestHeadersFilter, IPolicyDecisionCounter
 
     public long DeniedCount => Volatile.Read(ref _denied);
 
-    IEnumerable<(string Decision, long Count)> IPolicyDecisionCounters.Decisions => [("allowed", AllowedCount), ("denied", DeniedCount)];
+    /// <summary>Request trailer fields dropped because a rule refused their value.</summary>
+    public long DroppedTrailerCount => Volatile.Read(ref _droppedTrailers);
+
+    IEnumerable<(string Decision, long Count)> IPolicyDecisionCounters.Decisions
+        => [("allowed", AllowedCount), ("denied", DeniedCount), ("trailer_dropped", DroppedTrailerCount)];
 
     public static string DetailsCode(DenyRule rule) => s_details[(int)rule];
 
@@ -134,14 +139,25 @@ internal sealed class DenyFilter : IRequestHeadersFilter, IPolicyDecisionCounter
         }
         for (int i = 0; rule == DenyRule.None && i < context.FieldCount; i++)
         {
-            // Credentials are opaque tokens, never text to screen (and a base64 token can spell anything).
-            if (!Ascii.EqualsIgnoreCase(context.FieldName(i), "authorization"u8))
-            {
-                rule = Scan(context.FieldValue(i), isQuery: false, traversal: false);
-            }
+            rule = CheckField(context.FieldName(i), context.FieldValue(i));
         }
         return rule;
     }
+
+    /// <summary>A request trailer field is screened as a header field would be (see <see cref="IRequestTrailerScreen"/>).</summary>
+    public bool Refuses(ReadOnlySpan<byte> name, ReadOnlySpan<byte> value)
+    {
+        if (!_scansText || CheckField(name, value) == DenyRule.None)
+        {
+            return false;
+        }
+        Interlocked.Increment(ref _droppedTrailers);
+        return true;
+    }
+
+    private DenyRule CheckField(ReadOnlySpan<byte> name, ReadOnlySpan<byte> value)
+        // Credentials are opaque tokens, never text to screen (and a base64 token can spell anything).
+        => Ascii.EqualsIgnoreCase(name, "authorization"u8) ? DenyRule.None : Scan(value, isQuery: false, traversal: false);
 
     private bool IsAllowedMethod(ReadOnlySpan<byte> method)
     {

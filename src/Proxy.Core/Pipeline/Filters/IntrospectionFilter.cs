@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using System.Text;
 using Proxy.Diagnostics;
+using Proxy.Http;
 
 namespace Proxy.Pipeline.Filters;
 
@@ -293,21 +294,17 @@ internal sealed class IntrospectionFilter : IAsyncRequestHeadersFilter, IPolicyD
 
     private long Now() => _time.GetUtcNow().ToUnixTimeMilliseconds();
 
-    /// <summary>RFC 6750 section 2.1: <c>Authorization: Bearer 1*SP b64token</c>; the scheme is case-insensitive (RFC 9110 section 11.1).</summary>
+    /// <summary>RFC 6750 section 2.1: <c>Authorization: Bearer 1*SP b64token</c> (read by <see cref="BearerCredentials"/>).</summary>
     private static IntrospectionOutcome ReadToken(RequestContext context, out ReadOnlySpan<byte> token)
     {
-        token = default;
-        if (!context.TryGetHeader("authorization"u8, out ReadOnlySpan<byte> value)
-            || value.Length < 8 || !Ascii.EqualsIgnoreCase(value[..6], "Bearer"u8) || value[6] != (byte)' ')
+        context.TryGetHeader("authorization"u8, out ReadOnlySpan<byte> value);
+        return BearerCredentials.Read(value, out token) switch
         {
-            return IntrospectionOutcome.Missing;
-        }
-        token = value[7..].Trim((byte)' ');
-        if (token.IsEmpty)
-        {
-            return IntrospectionOutcome.Missing;
-        }
-        return token.Length > MaxTokenBytes || token.IndexOfAnyExcept(s_b64token) >= 0 ? IntrospectionOutcome.Malformed : IntrospectionOutcome.Active;
+            BearerStatus.Token => token.Length > MaxTokenBytes || token.IndexOfAnyExcept(s_b64token) >= 0
+                ? IntrospectionOutcome.Malformed : IntrospectionOutcome.Active,
+            BearerStatus.Malformed => IntrospectionOutcome.Malformed,
+            _ => IntrospectionOutcome.Missing,
+        };
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

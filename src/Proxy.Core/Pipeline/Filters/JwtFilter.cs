@@ -4,6 +4,7 @@ using System.Runtime.CompilerServices;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using Proxy.Http;
 
 namespace Proxy.Pipeline.Filters;
 
@@ -233,7 +234,13 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     public FilterStatus OnRequestHeaders(RequestContext context)
     {
         byte[]? subject = null, clientId = null;
-        JwtResult result = TryGetBearer(context, out ReadOnlySpan<byte> token) ? Validate(token, out subject, out clientId) : JwtResult.Missing;
+        context.TryGetHeader("authorization"u8, out ReadOnlySpan<byte> authorization);
+        JwtResult result = BearerCredentials.Read(authorization, out ReadOnlySpan<byte> token) switch
+        {
+            BearerStatus.Token => Validate(token, out subject, out clientId),
+            BearerStatus.Malformed => JwtResult.Malformed,
+            _ => JwtResult.Missing,
+        };
         if (result == JwtResult.Valid)
         {
             context.Identity.SetToken(subject, clientId);
@@ -903,19 +910,6 @@ internal sealed class JwtFilter : IRequestHeadersFilter
             }
         }
         return found;
-    }
-
-    /// <summary>RFC 6750 section 2.1: <c>Authorization: Bearer 1*SP b64token</c>; the scheme is case-insensitive (RFC 9110 section 11.1).</summary>
-    private static bool TryGetBearer(RequestContext context, out ReadOnlySpan<byte> token)
-    {
-        token = default;
-        if (!context.TryGetHeader("authorization"u8, out ReadOnlySpan<byte> value)
-            || value.Length < 8 || !Ascii.EqualsIgnoreCase(value[..6], "Bearer"u8) || value[6] != (byte)' ')
-        {
-            return false;
-        }
-        token = value[7..].Trim((byte)' ');
-        return !token.IsEmpty;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
