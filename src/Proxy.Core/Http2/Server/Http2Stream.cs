@@ -685,9 +685,24 @@ internal sealed class Http2Stream
         }
     }
 
-    /// <summary>The HTTP/1.1 side gave up (its write deadline passed, or it aborted its transport).</summary>
+    /// <summary>
+    /// The HTTP/1.1 side gave up (its write deadline passed, or it aborted its transport). Ignored once the stream is
+    /// finished, as <see cref="Abort"/> is: the object may be pooled with reset pipes, and a cancelled read or flush left
+    /// on them would end the next stream it carries at its first read (the pump would take it for a bridge that ended
+    /// without an answer). That is no corner case: a client's RST_STREAM makes <see cref="Abort"/> abort the bridge,
+    /// whose upstream abort can resume the forwarder, the bridge and this stream's loop inline, on that thread, to the
+    /// end of the stream (pooled), before the bridge goes on to abort its transport, which lands here.
+    /// <para>No lock: the heartbeat calls this under the connection's lock, and that inline end takes the connection's
+    /// lock under <see cref="RequestLock"/>. The read is exact where it matters: the inline end ran on this thread, and
+    /// the heartbeat holds the connection's lock, which the stream's end takes after marking it finished and before its
+    /// pipes are reset.</para>
+    /// </summary>
     public void AbortFromBridge()
     {
+        if (Volatile.Read(ref _finished))
+        {
+            return;
+        }
         Aborted = true;
         WakePump();
     }
