@@ -336,6 +336,9 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             throw new InvalidOperationException("The bridge is still running the previous stream.");
         }
         _streamParked = false;
+        // Here, not at the top of the loop: the loop may resume on another thread after this returns, and the stream's
+        // pump may read the flag (an abort before the exchange starts) before it does.
+        Volatile.Write(ref _reachedForwarder, false);
         _streamDone ??= new ReusableValueTaskSource<bool>();
         _streamDone.Reset();
         if (_streamNext is null)
@@ -354,8 +357,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
 
     /// <summary>
     /// The current exchange was handed to the forwarder, so its request may have reached an upstream (set by any
-    /// exchange, reset per stream by a bridge). An HTTP/2 stream that ends without a response tells its client
-    /// REFUSED_STREAM ("not processed, retry it", RFC 9113 section 8.7) only while this is false.
+    /// exchange, reset per stream by <see cref="RunStreamAsync"/>). An HTTP/2 stream that ends without a response tells
+    /// its client REFUSED_STREAM ("not processed, retry it", RFC 9113 section 8.7) only while this is false.
     /// </summary>
     internal bool ReachedForwarder => Volatile.Read(ref _reachedForwarder);
     private bool _reachedForwarder;
@@ -379,7 +382,6 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             // Per-exchange state a previous stream may have left (the per-request fields are reset by BeginRequest).
             Volatile.Write(ref _aborted, 0);
-            Volatile.Write(ref _reachedForwarder, false);
             _draining = false;
             _lingerOnClose = false;
             _timedReader = null;

@@ -426,6 +426,52 @@ public sealed class Http2UpstreamConnectionTests
         Assert.DoesNotContain("ok", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// An h2c upstream processed a POST and answered a malformed response (content-length against its DATA): the HTTP/2
+    /// client gets the proxy's 502 when no head was relayed yet, else its stream ends INTERNAL_ERROR, never REFUSED_STREAM
+    /// ("not processed, safe to retry", RFC 9113 section 8.7, which would make the client send the POST again), nor a
+    /// 200 (the body that arrived whole with its head was relayed under its received length). Before, a good share of
+    /// such streams ended REFUSED_STREAM and the rest were relayed as 200 (which comes depends on timing: ten tries).
+    /// </summary>
+    [Fact]
+    public async Task ContentLengthMismatch_PostFromHttp2Client_502OrInternalErrorNeverRefused()
+    {
+        // Answered as soon as the POST's HEADERS arrive, while its body still goes up (the forwarder pumps both at once).
+        await using var upstream = new RawH2Upstream(_ => RawH2Behavior.ContentLengthMismatch, answerAtHeaders: true);
+        await using var proxy = await StartProxyAsync(upstream.Port);
+        await using var client = await Proxy.FunctionalTests.Http2.Http2TestClient.ConnectAsync(proxy.Public);
+
+        var outcomes = new List<string>();
+        for (int id = 1; id < 20; id += 2)
+        {
+            await client.SendHeadersAsync(id, endStream: false,
+                (":method", "POST"), (":scheme", "http"), (":authority", "example.test"), (":path", "/orders"), ("content-length", "5"));
+            await client.SendDataAsync(id, "hello"u8, endStream: true);
+            string status = "";
+            while (true)
+            {
+                var frame = await client.WaitForAsync(f => f.Type == Http2FrameType.GOAWAY || f.StreamId == id);
+                if (frame.Type == Http2FrameType.HEADERS)
+                {
+                    status = client.DecodeHeaders(frame).FirstOrDefault(f => f.Name == ":status").Value ?? status;
+                }
+                if (frame.Type is Http2FrameType.RST_STREAM or Http2FrameType.GOAWAY)
+                {
+                    outcomes.Add($"{frame.Type} {frame.ErrorCode}");
+                    break;
+                }
+                if ((frame.Flags & Http2Flags.END_STREAM) != 0)
+                {
+                    outcomes.Add(status);
+                    break;
+                }
+            }
+        }
+
+        Assert.All(outcomes, outcome => Assert.True(outcome is "502" or "RST_STREAM INTERNAL_ERROR", string.Join(", ", outcomes)));
+        Assert.Equal(10, upstream.Requests);
+    }
+
     [Fact]
     public async Task RstStream_MidBody_AbortsClientAndConnectionServesNextRequest()
     {

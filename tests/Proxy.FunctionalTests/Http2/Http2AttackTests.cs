@@ -478,6 +478,46 @@ public sealed class Http2AttackTests
         Assert.Equal("hello\n", next.BodyText);
     }
 
+    /// <summary>
+    /// Resets the proxy sends for its own reasons (here an upstream that answers a head and then fails: INTERNAL_ERROR)
+    /// are not the client's doing and do not count against rapid_reset: the connection stays up. The stream ends
+    /// INTERNAL_ERROR, not REFUSED_STREAM: the upstream has processed the POST, and REFUSED_STREAM would tell the client
+    /// to send it again (RFC 9113 section 8.7). The head is relayed as soon as it is read, so HEADERS usually went out
+    /// before the failure; when they did not, the exchange had still reached the forwarder, and the code is the same.
+    /// </summary>
+    [Fact]
+    public async Task UpstreamFailsAfterItsHead_Post_ResetInternalErrorNotRefusedAndNotCountedAsRapidReset()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.ResetAfter("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"));
+        await using var proxy = await TestProxy.StartAsync(Http2ServerTests.WithHttp2Limits(
+            new ProxyConfig { BackendPort = upstream.Port }, "rapid_reset: { max: 2, window: 10s }"));
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+
+        var resets = new List<Http2ErrorCode>();
+        for (int id = 1; id <= 7; id += 2)
+        {
+            await client.SendHeadersAsync(id, endStream: false, [.. Post("/orders"), ("content-length", "5")]);
+            await client.SendDataAsync(id, "hello"u8, endStream: true);
+            // The upstream's head may come first (it is relayed at once): decoded, to keep the HPACK table in step.
+            var end = await client.WaitForAsync(f =>
+            {
+                if (f.Type == Http2FrameType.HEADERS)
+                {
+                    client.DecodeHeaders(f);
+                }
+                return f.Type == Http2FrameType.GOAWAY
+                    || (f.StreamId == id && (f.Type == Http2FrameType.RST_STREAM || f.Has(Http2Flags.END_STREAM)));
+            });
+            resets.Add(end.Type == Http2FrameType.RST_STREAM ? end.ErrorCode : Http2ErrorCode.NO_ERROR);
+        }
+        await client.SendHeadersAsync(9, endStream: true, Http2TestClient.Get("/hello"));
+        var next = await client.ReadResponseAsync(9);
+
+        Assert.Equal(4, upstream.Requests.Length);
+        Assert.All(resets, code => Assert.Equal(Http2ErrorCode.INTERNAL_ERROR, code));
+        Assert.Equal(200, next.Status);
+    }
+
     [Fact]
     public async Task BadPreface_ConnectionClosedWithoutAnswer()
     {

@@ -685,9 +685,24 @@ internal sealed class Http2Stream
         }
     }
 
-    /// <summary>The HTTP/1.1 side gave up (its write deadline passed, or it aborted its transport).</summary>
+    /// <summary>
+    /// The HTTP/1.1 side gave up (its write deadline passed, or it aborted its transport). Ignored once the stream is
+    /// finished, as <see cref="Abort"/> is: the object may be pooled with reset pipes, and a cancelled read or flush left
+    /// on them would end the next stream it carries at its first read (the pump would take it for a bridge that ended
+    /// without an answer). That is no corner case: a client's RST_STREAM makes <see cref="Abort"/> abort the bridge,
+    /// whose upstream abort can resume the forwarder, the bridge and this stream's loop inline, on that thread, to the
+    /// end of the stream (pooled), before the bridge goes on to abort its transport, which lands here.
+    /// <para>No lock: the heartbeat calls this under the connection's lock, and that inline end takes the connection's
+    /// lock under <see cref="RequestLock"/>. The read is exact where it matters: the inline end ran on this thread, and
+    /// the heartbeat holds the connection's lock, which the stream's end takes after marking it finished and before its
+    /// pipes are reset.</para>
+    /// </summary>
     public void AbortFromBridge()
     {
+        if (Volatile.Read(ref _finished))
+        {
+            return;
+        }
         Aborted = true;
         WakePump();
     }
@@ -764,13 +779,16 @@ internal sealed class Http2Stream
         ResetByPeer ? Http2ErrorCode.NO_ERROR : StallTimedOut ? Http2ErrorCode.CANCEL : UnfinishedCode(headersSent);
 
     /// <summary>
-    /// The RST_STREAM code of an exchange that ended without a whole response: INTERNAL_ERROR once HEADERS went out,
-    /// REFUSED_STREAM before (RFC 9113 section 8.7: the client may retry). Known gap (docs/http2.md): REFUSED_STREAM is
-    /// also sent when the request had reached an upstream (<see cref="Http1ServerConnection.ReachedForwarder"/> says
-    /// so); using it to send INTERNAL_ERROR exposed a race after a cancelled gRPC call that the retry had hidden.
+    /// The RST_STREAM code of an exchange that ended without a whole response. REFUSED_STREAM tells the client the
+    /// request was not processed and may be sent again, even a POST (RFC 9113 section 8.7), so it is used only while the
+    /// exchange never reached the forwarder: no byte of it can have gone upstream. Past that point an upstream may have
+    /// acted on it (it answered a head and then failed, or broke its framing) and the stream ends INTERNAL_ERROR, as
+    /// after HEADERS; a failure the forwarder can still answer (connect refused, reset before any response byte) is its
+    /// 502/503/504 response, not a reset. Read from <see cref="_bridge"/>, set only while this stream's exchange runs:
+    /// <see cref="_bridgeInstance"/> is also there for a stream that never ran, with the flag of the stream before.
     /// </summary>
-    private static Http2ErrorCode UnfinishedCode(bool headersSent) =>
-        headersSent ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
+    private Http2ErrorCode UnfinishedCode(bool headersSent) =>
+        headersSent || _bridge is { ReachedForwarder: true } ? Http2ErrorCode.INTERNAL_ERROR : Http2ErrorCode.REFUSED_STREAM;
 
     private enum SendStep : byte
     {
