@@ -301,7 +301,9 @@ internal static class Http1RequestReader
     /// RFC 3986 section 6.2.2.2: a percent-encoded unreserved character ("%61" for 'a') is the character itself. The
     /// path is decoded in place before routing sees it, and forwarded so: a route for "/admin" must match
     /// "/%61dmin", which the upstream will read as "/admin" (nginx and Envoy's normalize_path decode them too).
-    /// Other escapes ("%2F", "%20") stay as sent. A '%' not followed by two hex digits is not a URI (section 2.1): 400.
+    /// Other escapes ("%2F", "%20") stay escaped, their hex digits upper-cased (section 6.2.2.1: "%c3%a9" is "%C3%A9",
+    /// and a route for one must not be walked around by spelling the other). A '%' not followed by two hex digits is
+    /// not a URI (section 2.1): 400.
     /// </summary>
     private static RejectReason NormalizePercentEncoding(RequestHead head)
     {

@@ -522,11 +522,12 @@ public class Http1RequestReaderTests
     }
 
     /// <summary>RFC 3986 section 6.2.2.2: escapes of unreserved characters are decoded in place (routing and the
-    /// upstream see the same path); other escapes and the query stay as sent.</summary>
+    /// upstream see the same path); other escapes get upper-case hex digits (section 6.2.2.1); the query stays as sent.</summary>
     [Theory]
     [InlineData("/%61dmin/x", "/admin/x", "/admin/x")]
     [InlineData("/%41%5A%30%39%2D%2E%5F%7E", "/AZ09-._~", "/AZ09-._~")]
-    [InlineData("/a%2Fb%20c%2fd", "/a%2Fb%20c%2fd", "/a%2Fb%20c%2fd")]
+    [InlineData("/a%2Fb%20c%2fd", "/a%2Fb%20c%2Fd", "/a%2Fb%20c%2Fd")]
+    [InlineData("/caf%c3%a9/%e2%82%AC?q=%c3%a9", "/caf%C3%A9/%E2%82%AC", "/caf%C3%A9/%E2%82%AC?q=%c3%a9")]
     [InlineData("/%61pi?q=%61&r=%zz", "/api", "/api?q=%61&r=%zz")]
     [InlineData("/users/%7ejoe?x", "/users/~joe", "/users/~joe?x")]
     [InlineData("/plain?%61", "/plain", "/plain?%61")]
