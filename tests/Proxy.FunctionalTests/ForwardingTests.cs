@@ -466,6 +466,26 @@ public sealed class ForwardingTests
         Assert.Equal("GET /api/x", routed.BodyText);
     }
 
+    /// <summary>RFC 9112 section 9.6: the 404 says "connection: close", so the connection closes after it and no further request is served.</summary>
+    [Theory]
+    [InlineData("GET /nowhere HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")]
+    [InlineData("GET /nowhere HTTP/1.0\r\nHost: example.test\r\n\r\n")]
+    public async Task Routing_NoRouteMatches_ClientAskedToClose_ClosesAfter404(string request)
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok(), c => c with
+        {
+            Routes = """
+                  - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello\n" } }
+                """,
+        });
+        var (response, client) = await scenario.SendAsync(request);
+        await using var _ = client;
+
+        ProxyAssert.ErrorAnswer(response, 404);
+        Assert.True(response.ConnectionHas("close"));
+        await client.AssertClosedAsync();
+    }
+
     [Fact]
     public async Task EchoListener_Get_DescribesRequestAsJson()
     {

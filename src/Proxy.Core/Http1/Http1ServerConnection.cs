@@ -790,11 +790,14 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// <summary>
     /// Answers locally after consuming the request body, so the connection can stay open. With
     /// <c>Expect: 100-continue</c> the body is never invited: answer and close instead (RFC 9110 section 10.1.1).
+    /// A request that asked to close (<c>Connection: close</c>, HTTP/1.0 without keep-alive) or a draining
+    /// connection closes after the answer (RFC 9112 section 9.6), as the answer says.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     internal async ValueTask<bool> LocalReplyAsync(int status, string details)
     {
         bool keepAlive = await DiscardBodyAsync().ConfigureAwait(false);
+        keepAlive &= Head.KeepAlive && !_draining;
         await SendErrorAsync(status, details, close: !keepAlive).ConfigureAwait(false);
         return keepAlive;
     }
