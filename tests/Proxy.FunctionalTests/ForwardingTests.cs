@@ -1,5 +1,7 @@
 using System.Text.Json;
+using Proxy.FunctionalTests.Http2;
 using Proxy.FunctionalTests.Infrastructure;
+using Proxy.Model;
 
 namespace Proxy.FunctionalTests;
 
@@ -484,6 +486,49 @@ public sealed class ForwardingTests
         ProxyAssert.ErrorAnswer(response, 404);
         Assert.True(response.ConnectionHas("close"));
         await client.AssertClosedAsync();
+    }
+
+    /// <summary>
+    /// Plants a fault no valid config can cause any more (the first overflowed weight sums, and a pick from a negative
+    /// total threw): the route's split names no cluster, so choosing one throws. The request must still be answered.
+    /// </summary>
+    private static void BreakClusterChoice(TestProxy proxy)
+    {
+        var route = proxy.Server.Snapshot.Routes.InMatchOrder.Single(r => r.Id == "all");
+        typeof(RouteModel).GetProperty(nameof(RouteModel.Split))!.SetValue(route, new WeightedClustersModel([], [1]));
+    }
+
+    [Fact]
+    public async Task UnexpectedException_ChoosingTheCluster_Answers500AndCloses()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok());
+        BreakClusterChoice(scenario.Proxy);
+
+        var (response, client) = await scenario.SendAsync(Wire.Get("/x"));
+        await using var _ = client;
+
+        ProxyAssert.ErrorAnswer(response, 500);
+        Assert.Contains("internal_error", response.BodyText);
+        Assert.True(response.ConnectionHas("close"));
+        await client.AssertClosedAsync();
+        ProxyAssert.UpstreamSawNothing(scenario.Upstream);
+    }
+
+    [Fact]
+    public async Task Http2_UnexpectedException_ChoosingTheCluster_Answers500()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok());
+        BreakClusterChoice(scenario.Proxy);
+        await using var h2 = await Http2TestClient.ConnectAsync(scenario.Proxy.Public);
+
+        await h2.SendHeadersAsync(1, endStream: true, Http2TestClient.Get("/x"));
+        var response = await h2.ReadResponseAsync(1);
+
+        Assert.Equal(500, response.Status);
+        // The connection goes on: another stream on it is answered the same way.
+        await h2.SendHeadersAsync(3, endStream: true, Http2TestClient.Get("/y"));
+        Assert.Equal(500, (await h2.ReadResponseAsync(3)).Status);
+        ProxyAssert.UpstreamSawNothing(scenario.Upstream);
     }
 
     [Fact]

@@ -409,6 +409,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                     headRead = step == HeadStep.Complete;
                     break;
                 }
+                bool failed = false;
                 if (headRead)
                 {
                     long started = BeginRequest();
@@ -417,13 +418,18 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                         // Whether the answer allows another request does not matter: the stream ends with this one.
                         await HandleRequestPerIpAsync().ConfigureAwait(false);
                     }
+                    catch (Exception e) when (!IsConnectionGone(e))
+                    {
+                        await AnswerFailedRequestAsync(e).ConfigureAwait(false);
+                        failed = true; // what failed may have left state behind: the stream takes a fresh bridge next time
+                    }
                     finally
                     {
                         ReleaseRequestBody();
                     }
                     EndRequest(started);
                 }
-                clean = true;
+                clean = !failed;
             }
             catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
             {
@@ -455,6 +461,36 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             await _streamNext.Task.ConfigureAwait(false);
         }
     }
+
+    /// <summary>The peer went away or the connection was aborted: nothing to answer, not worth more than a debug line.</summary>
+    private static bool IsConnectionGone(Exception e) => e is IOException or SocketException or ObjectDisposedException;
+
+    /// <summary>
+    /// An unexpected exception while a request was handled (a bug or an impossible state, never the peer's doing): one
+    /// error line, and when no response has started, 500 <c>internal_error</c> with connection: close, so the client
+    /// is answered rather than left waiting on a connection nobody serves. The connection closes after it either way.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private async ValueTask AnswerFailedRequestAsync(Exception e)
+    {
+        ProxyLog.Error("request_failed", ("listener", Listener.Name), ("route", _route?.Id),
+            ("client", ProxyLog.Format(RemoteEndPoint)), ("error", e.ToString()));
+        if (ResponseStatus != 0 || IsAborted)
+        {
+            return; // a head already went out (or nothing can): the close tells the client the answer is cut
+        }
+        try
+        {
+            await SendErrorAsync(500, InternalErrorDetails, close: true).ConfigureAwait(false);
+        }
+        catch (Exception sendError)
+        {
+            ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", sendError.ToString()));
+        }
+    }
+
+    /// <summary>Details code of the 500 answered for an unexpected exception (<see cref="AnswerFailedRequestAsync"/>).</summary>
+    internal const string InternalErrorDetails = "internal_error";
 
     /// <summary>
     /// <c>limits.max_connections_per_ip</c>: past the cap the connection is closed at once, before any byte is read
@@ -639,6 +675,11 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             try
             {
                 keepAlive = await HandleRequestPerIpAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (!IsConnectionGone(e))
+            {
+                await AnswerFailedRequestAsync(e).ConfigureAwait(false);
+                keepAlive = false;
             }
             finally
             {
