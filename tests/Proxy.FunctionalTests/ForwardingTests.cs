@@ -468,6 +468,39 @@ public sealed class ForwardingTests
         Assert.Equal("GET /api/x", routed.BodyText);
     }
 
+    /// <summary>
+    /// "internal.example.test." is the same name as "internal.example.test": it must take that host's route (here one
+    /// that answers 403), not skip it for the catch-all to the same upstream. The Host field is forwarded as sent.
+    /// </summary>
+    [Theory]
+    [InlineData("internal.example.test", 403)]
+    [InlineData("internal.example.test.", 403)]
+    [InlineData("INTERNAL.example.test.:80", 403)]
+    [InlineData("internal.example.test..", 200)]
+    [InlineData("other.example.test.", 200)]
+    public async Task Routing_HostWithTrailingDot_TakesTheHostsRoute(string host, int status)
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok(), c => c with
+        {
+            Routes = """
+                  - { id: internal, match: { hosts: [internal.example.test] }, respond: { status: 403, body: "forbidden\n" } }
+                  - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+                """,
+        });
+        var (response, client) = await scenario.SendAsync(Wire.Get("/x", host));
+        await using var _ = client;
+
+        Assert.Equal(status, response.Status);
+        if (status == 200)
+        {
+            Assert.Equal(host, (await scenario.Upstream.WaitForRequestAsync()).Header("host"));
+        }
+        else
+        {
+            ProxyAssert.UpstreamSawNothing(scenario.Upstream);
+        }
+    }
+
     /// <summary>RFC 9112 section 9.6: the 404 says "connection: close", so the connection closes after it and no further request is served.</summary>
     [Theory]
     [InlineData("GET /nowhere HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")]
