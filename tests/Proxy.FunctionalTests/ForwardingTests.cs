@@ -501,6 +501,27 @@ public sealed class ForwardingTests
         }
     }
 
+    /// <summary>
+    /// An absolute-form target with the scheme's default port names the same origin as a Host without it (RFC 9110
+    /// section 4.2.1): accepted and forwarded in origin-form, Host as sent. Another port still disagrees: 400.
+    /// </summary>
+    [Theory]
+    [InlineData("GET http://example.test:80/abs?q=1 HTTP/1.1\r\nHost: example.test\r\n\r\n", 200)]
+    [InlineData("GET http://example.test/abs?q=1 HTTP/1.1\r\nHost: example.test:80\r\n\r\n", 200)]
+    [InlineData("GET http://example.test:8080/abs?q=1 HTTP/1.1\r\nHost: example.test\r\n\r\n", 400)]
+    public async Task AbsoluteForm_DefaultPortAgainstHostWithout_IsOneOrigin(string request, int status)
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok());
+        var (response, client) = await scenario.SendAsync(request);
+        await using var _ = client;
+
+        Assert.Equal(status, response.Status);
+        if (status == 200)
+        {
+            Assert.Equal("/abs?q=1", (await scenario.Upstream.WaitForRequestAsync()).Target);
+        }
+    }
+
     /// <summary>RFC 9112 section 9.6: the 404 says "connection: close", so the connection closes after it and no further request is served.</summary>
     [Theory]
     [InlineData("GET /nowhere HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")]

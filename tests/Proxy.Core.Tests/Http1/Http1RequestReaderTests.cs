@@ -230,6 +230,22 @@ public class Http1RequestReaderTests
         Assert.Equal("q=1", Text(head.Query));
     }
 
+    /// <summary>RFC 9110 section 4.2: the scheme's default port is the same origin as no port.</summary>
+    [Theory]
+    [InlineData("GET http://a.com:80/x HTTP/1.1\r\nHost: a.com\r\n\r\n")]
+    [InlineData("GET http://a.com/x HTTP/1.1\r\nHost: A.com:80\r\n\r\n")]
+    [InlineData("GET https://a.com:443/x HTTP/1.1\r\nHost: a.com\r\n\r\n")]
+    [InlineData("GET https://a.com/x HTTP/1.1\r\nHost: a.com:443\r\n\r\n")]
+    [InlineData("GET http://[::1]:80/x HTTP/1.1\r\nHost: [::1]\r\n\r\n")]
+    public void TryRead_AbsoluteFormWithDefaultPort_AgreesWithHostWithout(string request)
+    {
+        var (status, reason, _, head) = Read(request);
+
+        Assert.Equal(RejectReason.None, reason);
+        Assert.Equal(HeadStatus.Complete, status);
+        Assert.Equal("/x", Text(head.Target));
+    }
+
     [Fact]
     public void TryRead_AsteriskFormWithOptions_IsAccepted()
     {
@@ -510,6 +526,9 @@ public class Http1RequestReaderTests
     // absolute-form and Host must agree
     [InlineData("GET http://a.com/ HTTP/1.1\r\nHost: b.com\r\n\r\n", RejectReason.InvalidHost)]
     [InlineData("GET http://a.com:81/ HTTP/1.1\r\nHost: a.com\r\n\r\n", RejectReason.InvalidHost)]
+    [InlineData("GET http://a.com:443/ HTTP/1.1\r\nHost: a.com\r\n\r\n", RejectReason.InvalidHost)]
+    [InlineData("GET https://a.com/ HTTP/1.1\r\nHost: a.com:80\r\n\r\n", RejectReason.InvalidHost)]
+    [InlineData("GET http://a.com:8080/ HTTP/1.1\r\nHost: a.com:80\r\n\r\n", RejectReason.InvalidHost)]
     [InlineData("GET http://a.com/ HTTP/1.0\r\n\r\n", RejectReason.InvalidHost)]
     [InlineData("GET http://a.com/ HTTP/1.1\r\n\r\n", RejectReason.MissingHost)]
     public void TryRead_MalformedRequest_IsRejected(string request, RejectReason expected)
