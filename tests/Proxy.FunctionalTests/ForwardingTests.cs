@@ -1,5 +1,7 @@
 using System.Text.Json;
+using Proxy.FunctionalTests.Http2;
 using Proxy.FunctionalTests.Infrastructure;
+using Proxy.Model;
 
 namespace Proxy.FunctionalTests;
 
@@ -464,6 +466,123 @@ public sealed class ForwardingTests
         var (routed, other) = await scenario.SendAsync(Wire.Get("/api/x"));
         await using var __ = other;
         Assert.Equal("GET /api/x", routed.BodyText);
+    }
+
+    /// <summary>
+    /// "internal.example.test." is the same name as "internal.example.test": it must take that host's route (here one
+    /// that answers 403), not skip it for the catch-all to the same upstream. The Host field is forwarded as sent.
+    /// </summary>
+    [Theory]
+    [InlineData("internal.example.test", 403)]
+    [InlineData("internal.example.test.", 403)]
+    [InlineData("INTERNAL.example.test.:80", 403)]
+    [InlineData("internal.example.test..", 200)]
+    [InlineData("other.example.test.", 200)]
+    public async Task Routing_HostWithTrailingDot_TakesTheHostsRoute(string host, int status)
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok(), c => c with
+        {
+            Routes = """
+                  - { id: internal, match: { hosts: [internal.example.test] }, respond: { status: 403, body: "forbidden\n" } }
+                  - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+                """,
+        });
+        var (response, client) = await scenario.SendAsync(Wire.Get("/x", host));
+        await using var _ = client;
+
+        Assert.Equal(status, response.Status);
+        if (status == 200)
+        {
+            Assert.Equal(host, (await scenario.Upstream.WaitForRequestAsync()).Header("host"));
+        }
+        else
+        {
+            ProxyAssert.UpstreamSawNothing(scenario.Upstream);
+        }
+    }
+
+    /// <summary>
+    /// An absolute-form target with the scheme's default port names the same origin as a Host without it (RFC 9110
+    /// section 4.2.1): accepted and forwarded in origin-form, Host as sent. Another port still disagrees: 400.
+    /// </summary>
+    [Theory]
+    [InlineData("GET http://example.test:80/abs?q=1 HTTP/1.1\r\nHost: example.test\r\n\r\n", 200)]
+    [InlineData("GET http://example.test/abs?q=1 HTTP/1.1\r\nHost: example.test:80\r\n\r\n", 200)]
+    [InlineData("GET http://example.test:8080/abs?q=1 HTTP/1.1\r\nHost: example.test\r\n\r\n", 400)]
+    public async Task AbsoluteForm_DefaultPortAgainstHostWithout_IsOneOrigin(string request, int status)
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok());
+        var (response, client) = await scenario.SendAsync(request);
+        await using var _ = client;
+
+        Assert.Equal(status, response.Status);
+        if (status == 200)
+        {
+            Assert.Equal("/abs?q=1", (await scenario.Upstream.WaitForRequestAsync()).Target);
+        }
+    }
+
+    /// <summary>RFC 9112 section 9.6: the 404 says "connection: close", so the connection closes after it and no further request is served.</summary>
+    [Theory]
+    [InlineData("GET /nowhere HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")]
+    [InlineData("GET /nowhere HTTP/1.0\r\nHost: example.test\r\n\r\n")]
+    public async Task Routing_NoRouteMatches_ClientAskedToClose_ClosesAfter404(string request)
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok(), c => c with
+        {
+            Routes = """
+                  - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello\n" } }
+                """,
+        });
+        var (response, client) = await scenario.SendAsync(request);
+        await using var _ = client;
+
+        ProxyAssert.ErrorAnswer(response, 404);
+        Assert.True(response.ConnectionHas("close"));
+        await client.AssertClosedAsync();
+    }
+
+    /// <summary>
+    /// Plants a fault no valid config can cause any more (the first overflowed weight sums, and a pick from a negative
+    /// total threw): the route's split names no cluster, so choosing one throws. The request must still be answered.
+    /// </summary>
+    private static void BreakClusterChoice(TestProxy proxy)
+    {
+        var route = proxy.Server.Snapshot.Routes.InMatchOrder.Single(r => r.Id == "all");
+        typeof(RouteModel).GetProperty(nameof(RouteModel.Split))!.SetValue(route, new WeightedClustersModel([], [1]));
+    }
+
+    [Fact]
+    public async Task UnexpectedException_ChoosingTheCluster_Answers500AndCloses()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok());
+        BreakClusterChoice(scenario.Proxy);
+
+        var (response, client) = await scenario.SendAsync(Wire.Get("/x"));
+        await using var _ = client;
+
+        ProxyAssert.ErrorAnswer(response, 500);
+        Assert.Contains("internal_error", response.BodyText);
+        Assert.True(response.ConnectionHas("close"));
+        await client.AssertClosedAsync();
+        ProxyAssert.UpstreamSawNothing(scenario.Upstream);
+    }
+
+    [Fact]
+    public async Task Http2_UnexpectedException_ChoosingTheCluster_Answers500()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok());
+        BreakClusterChoice(scenario.Proxy);
+        await using var h2 = await Http2TestClient.ConnectAsync(scenario.Proxy.Public);
+
+        await h2.SendHeadersAsync(1, endStream: true, Http2TestClient.Get("/x"));
+        var response = await h2.ReadResponseAsync(1);
+
+        Assert.Equal(500, response.Status);
+        // The connection goes on: another stream on it is answered the same way.
+        await h2.SendHeadersAsync(3, endStream: true, Http2TestClient.Get("/y"));
+        Assert.Equal(500, (await h2.ReadResponseAsync(3)).Status);
+        ProxyAssert.UpstreamSawNothing(scenario.Upstream);
     }
 
     [Fact]

@@ -125,6 +125,32 @@ public sealed class ShutdownTests
         Assert.Contains(scenario.Upstream.Requests, r => r.Target == "/late-request");
     }
 
+    /// <summary>A 404 no_route answered while draining says "connection: close" and closes, like every other answer then.</summary>
+    [Fact]
+    public async Task StopAsync_NoRouteRequestWhileDraining_404SaysCloseAndCloses()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok(), c => c with
+        {
+            Routes = """
+                  - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello\n" } }
+                """,
+        });
+        var endPoint = scenario.Proxy.Public;
+        await using var client = await scenario.ConnectAsync();
+        await WaitForAsync(() => scenario.Proxy.Server.OpenConnections == 1, "the connection accepted");
+
+        var stopping = scenario.Proxy.StopAsync(TimeSpan.FromSeconds(5));
+        await WaitForRefusedAsync(endPoint);
+        await Task.Delay(100);
+        await client.SendAsync(Wire.Get("/nowhere"));
+
+        var response = await client.ReadResponseAsync();
+        Assert.Equal(404, response.Status);
+        Assert.True(response.ConnectionHas("close"));
+        Assert.True((await client.ReadToCloseAsync(TimeSpan.FromSeconds(3))).Closed);
+        await stopping;
+    }
+
     private static async Task WaitForRefusedAsync(System.Net.IPEndPoint endPoint)
     {
         using var cts = new CancellationTokenSource(TestDefaults.Timeout);

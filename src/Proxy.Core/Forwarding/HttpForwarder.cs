@@ -131,7 +131,6 @@ internal sealed partial class HttpForwarder
         while (true)
         {
             RouteModel route = _route!;
-            ClusterModel cluster = route.SelectCluster(_client.Head);
             _affinityPinned = null;
             _setCookie = null;
             _earlyResponse = false;
@@ -139,6 +138,9 @@ internal sealed partial class HttpForwarder
             Exception? loopError = null;
             try
             {
+                // Inside the try: whatever fails here must reach the caller as the request's error; an exception that
+                // ended this loop instead would leave the caller waiting for an outcome forever.
+                ClusterModel cluster = route.SelectCluster(_client.Head);
                 // Timeouts (docs/resilience.md, "Timeouts"): the route's where set, else the cluster's. The whole-exchange
                 // deadline is one absolute tick count that every upstream wait below is clamped to.
                 UpstreamTimeouts timeouts = route.Timeouts.Over(cluster.Timeouts);

@@ -118,7 +118,8 @@ internal static class Http1RequestReader
             return RejectReason.HeadersTooLarge;
         }
 
-        RejectReason reason = ParseRequestLine(head, raw.Slice(0, lineLength), out int authorityStart, out int authorityLength);
+        RejectReason reason = ParseRequestLine(head, raw.Slice(0, lineLength), out int authorityStart, out int authorityLength,
+            out bool https);
         if (reason != RejectReason.None)
         {
             return reason;
@@ -141,7 +142,7 @@ internal static class Http1RequestReader
         // RFC 9112 section 3.2.2 says to ignore Host for absolute-form; we require it to agree, so
         // whatever routes on Host and whatever follows the URI cannot pick different origins.
         if (authorityLength > 0
-            && (facts.HostIndex < 0 || !System.Text.Ascii.EqualsIgnoreCase(head.Host, raw.Slice(authorityStart, authorityLength))))
+            && (facts.HostIndex < 0 || !SameAuthority(head.Host, raw.Slice(authorityStart, authorityLength), https)))
         {
             return RejectReason.InvalidHost;
         }
@@ -193,10 +194,11 @@ internal static class Http1RequestReader
     /// Exactly one SP between the parts: the lenient "any whitespace" reading of section 3 is refused.
     /// </summary>
     private static RejectReason ParseRequestLine(RequestHead head, ReadOnlySpan<byte> line, out int authorityStart,
-        out int authorityLength)
+        out int authorityLength, out bool https)
     {
         authorityStart = 0;
         authorityLength = 0;
+        https = false;
 
         int sp1 = line.IndexOf((byte)' ');
         if (sp1 <= 0)
@@ -283,6 +285,7 @@ internal static class Http1RequestReader
             }
             authorityStart = targetStart + schemeLength;
             authorityLength = authority.Length;
+            https = schemeLength == 8;
             targetStart += schemeLength + pathAt;
             target = afterScheme.Slice(pathAt);
         }
@@ -301,7 +304,9 @@ internal static class Http1RequestReader
     /// RFC 3986 section 6.2.2.2: a percent-encoded unreserved character ("%61" for 'a') is the character itself. The
     /// path is decoded in place before routing sees it, and forwarded so: a route for "/admin" must match
     /// "/%61dmin", which the upstream will read as "/admin" (nginx and Envoy's normalize_path decode them too).
-    /// Other escapes ("%2F", "%20") stay as sent. A '%' not followed by two hex digits is not a URI (section 2.1): 400.
+    /// Other escapes ("%2F", "%20") stay escaped, their hex digits upper-cased (section 6.2.2.1: "%c3%a9" is "%C3%A9",
+    /// and a route for one must not be walked around by spelling the other). A '%' not followed by two hex digits is
+    /// not a URI (section 2.1): 400.
     /// </summary>
     private static RejectReason NormalizePercentEncoding(RequestHead head)
     {
@@ -318,6 +323,25 @@ internal static class Http1RequestReader
             head.PathLength = pathLength;
         }
         return RejectReason.None;
+    }
+
+    /// <summary>
+    /// The Host field and an absolute-form URI's authority name the same origin: equal ASCII case-insensitively once
+    /// the scheme's default port is dropped from either (RFC 9110 sections 4.2.1 and 4.2.2, and RFC 3986 section
+    /// 6.2.3: "http://a:80/x" is "http://a/x"), so "GET http://a:80/x" with "Host: a" is one origin, not a conflict.
+    /// </summary>
+    private static bool SameAuthority(ReadOnlySpan<byte> host, ReadOnlySpan<byte> authority, bool https)
+    {
+        ReadOnlySpan<byte> defaultPort = https ? ":443"u8 : ":80"u8;
+        if (host.EndsWith(defaultPort))
+        {
+            host = host.Slice(0, host.Length - defaultPort.Length);
+        }
+        if (authority.EndsWith(defaultPort))
+        {
+            authority = authority.Slice(0, authority.Length - defaultPort.Length);
+        }
+        return System.Text.Ascii.EqualsIgnoreCase(host, authority);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -429,6 +429,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                     headRead = step == HeadStep.Complete;
                     break;
                 }
+                bool failed = false;
                 if (headRead)
                 {
                     long started = BeginRequest();
@@ -437,13 +438,18 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                         // Whether the answer allows another request does not matter: the stream ends with this one.
                         await HandleRequestPerIpAsync().ConfigureAwait(false);
                     }
+                    catch (Exception e) when (!IsConnectionGone(e))
+                    {
+                        await AnswerFailedRequestAsync(e).ConfigureAwait(false);
+                        failed = true; // what failed may have left state behind: the stream takes a fresh bridge next time
+                    }
                     finally
                     {
                         ReleaseRequestBody();
                     }
                     EndRequest(started);
                 }
-                clean = true;
+                clean = !failed;
             }
             catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
             {
@@ -475,6 +481,36 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             await _streamNext.Task.ConfigureAwait(false);
         }
     }
+
+    /// <summary>The peer went away or the connection was aborted: nothing to answer, not worth more than a debug line.</summary>
+    private static bool IsConnectionGone(Exception e) => e is IOException or SocketException or ObjectDisposedException;
+
+    /// <summary>
+    /// An unexpected exception while a request was handled (a bug or an impossible state, never the peer's doing): one
+    /// error line, and when no response has started, 500 <c>internal_error</c> with connection: close, so the client
+    /// is answered rather than left waiting on a connection nobody serves. The connection closes after it either way.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private async ValueTask AnswerFailedRequestAsync(Exception e)
+    {
+        ProxyLog.Error("request_failed", ("listener", Listener.Name), ("route", _route?.Id),
+            ("client", ProxyLog.Format(RemoteEndPoint)), ("error", e.ToString()));
+        if (ResponseStatus != 0 || IsAborted)
+        {
+            return; // a head already went out (or nothing can): the close tells the client the answer is cut
+        }
+        try
+        {
+            await SendErrorAsync(500, InternalErrorDetails, close: true).ConfigureAwait(false);
+        }
+        catch (Exception sendError)
+        {
+            ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", sendError.ToString()));
+        }
+    }
+
+    /// <summary>Details code of the 500 answered for an unexpected exception (<see cref="AnswerFailedRequestAsync"/>).</summary>
+    internal const string InternalErrorDetails = "internal_error";
 
     /// <summary>
     /// <c>limits.max_connections_per_ip</c>: past the cap the connection is closed at once, before any byte is read
@@ -660,6 +696,11 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             {
                 keepAlive = await HandleRequestPerIpAsync().ConfigureAwait(false);
             }
+            catch (Exception e) when (!IsConnectionGone(e))
+            {
+                await AnswerFailedRequestAsync(e).ConfigureAwait(false);
+                keepAlive = false;
+            }
             finally
             {
                 ReleaseRequestBody();
@@ -810,11 +851,14 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// <summary>
     /// Answers locally after consuming the request body, so the connection can stay open. With
     /// <c>Expect: 100-continue</c> the body is never invited: answer and close instead (RFC 9110 section 10.1.1).
+    /// A request that asked to close (<c>Connection: close</c>, HTTP/1.0 without keep-alive) or a draining
+    /// connection closes after the answer (RFC 9112 section 9.6), as the answer says.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     internal async ValueTask<bool> LocalReplyAsync(int status, string details)
     {
         bool keepAlive = await DiscardBodyAsync().ConfigureAwait(false);
+        keepAlive &= Head.KeepAlive && !_draining;
         await SendErrorAsync(status, details, close: !keepAlive).ConfigureAwait(false);
         return keepAlive;
     }

@@ -140,8 +140,9 @@ internal static class Http1Syntax
 
     /// <summary>
     /// Decodes, in place, every percent-encoded unreserved character (ALPHA, DIGIT, '-', '.', '_', '~'; RFC 3986
-    /// section 2.3) and leaves other escapes as they are. Returns the new length, or -1 when a '%' is not followed by
-    /// two hex digits.
+    /// section 2.3) and upper-cases the hex digits of the other escapes, which are kept ("%c3%a9" becomes "%C3%A9":
+    /// section 6.2.2.1 makes them equivalent, and routes compare bytes). Returns the new length, or -1 when a '%' is
+    /// not followed by two hex digits.
     /// </summary>
     public static int DecodeUnreserved(Span<byte> path)
     {
@@ -173,13 +174,34 @@ internal static class Http1Syntax
             else
             {
                 path[write] = b;
-                path[write + 1] = path[read + 1];
-                path[write + 2] = path[read + 2];
+                path[write + 1] = UpperHexDigit(high);
+                path[write + 2] = UpperHexDigit(low);
                 write += 3;
             }
             read += 3;
         }
         return write;
+    }
+
+    private static byte UpperHexDigit(int value) => (byte)(value < 10 ? '0' + value : 'A' + value - 10);
+
+    /// <summary>
+    /// Upper-cases, in place, the hex digits of every well-formed escape ("%2f" to "%2F"; RFC 3986 section 6.2.2.1),
+    /// leaving everything else as it is. For route literals, so they compare equal to normalised request paths.
+    /// </summary>
+    public static void UpperCaseEscapes(Span<byte> value)
+    {
+        int i = value.IndexOf((byte)'%');
+        while (i >= 0 && i + 2 < value.Length)
+        {
+            if (HexValue(value[i + 1]) >= 0 && HexValue(value[i + 2]) >= 0)
+            {
+                value[i + 1] = (byte)char.ToUpperInvariant((char)value[i + 1]);
+                value[i + 2] = (byte)char.ToUpperInvariant((char)value[i + 2]);
+            }
+            int next = value.Slice(i + 1).IndexOf((byte)'%');
+            i = next < 0 ? -1 : i + 1 + next;
+        }
     }
 
     private static bool IsUnreserved(byte b) =>

@@ -215,7 +215,7 @@ internal sealed class RouteModel
         }
         if (Split is { } split)
         {
-            return split.Pick(Random.Shared.Next(split.Total));
+            return split.Pick(Random.Shared.NextInt64(split.Total));
         }
         return Cluster!;
     }

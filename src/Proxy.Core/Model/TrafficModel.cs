@@ -5,7 +5,8 @@ namespace Proxy.Model;
 /// <summary>
 /// A route's <c>clusters:</c> list: a weighted split of its traffic over several clusters (Envoy's
 /// weighted_clusters, nginx's split_clients). Weights are pre-summed at compile time, so a pick is one random
-/// number and a scan of a handful of integers.
+/// number and a scan of a handful of integers. The sums are 64-bit: many large weights may add up past
+/// <see cref="int.MaxValue"/>, and an overflowed (negative) total would make every draw throw.
 /// </summary>
 internal sealed class WeightedClustersModel
 {
@@ -13,8 +14,8 @@ internal sealed class WeightedClustersModel
     {
         Clusters = clusters;
         Weights = weights;
-        Cumulative = new int[weights.Length];
-        int total = 0;
+        Cumulative = new long[weights.Length];
+        long total = 0;
         for (int i = 0; i < weights.Length; i++)
         {
             total += weights[i];
@@ -26,13 +27,13 @@ internal sealed class WeightedClustersModel
     public ClusterModel[] Clusters { get; }
     public int[] Weights { get; }
     /// <summary>Running sums of <see cref="Weights"/>: cluster i takes draws in [Cumulative[i-1], Cumulative[i]).</summary>
-    public int[] Cumulative { get; }
-    public int Total { get; }
+    public long[] Cumulative { get; }
+    public long Total { get; }
 
     /// <summary>Picks a cluster for one request; <paramref name="draw"/> is uniform in [0, <see cref="Total"/>).</summary>
-    public ClusterModel Pick(int draw)
+    public ClusterModel Pick(long draw)
     {
-        int[] cumulative = Cumulative;
+        long[] cumulative = Cumulative;
         for (int i = 0; i < cumulative.Length; i++)
         {
             if (draw < cumulative[i])

@@ -10,13 +10,13 @@ internal readonly ref struct MatchContext
     public MatchContext(RequestHead request, int listenerIndex)
     {
         Request = request;
-        Host = HostPredicate.StripPort(request.Host);
+        Host = HostPredicate.MatchName(request.Host);
         Query = request.Query;
         ListenerIndex = listenerIndex;
     }
 
     public RequestHead Request { get; }
-    /// <summary>The Host field value without its port.</summary>
+    /// <summary>The Host field value without its port and one trailing dot (<see cref="HostPredicate.MatchName"/>).</summary>
     public ReadOnlySpan<byte> Host { get; }
     public ReadOnlySpan<byte> Query { get; }
     public int ListenerIndex { get; }
@@ -350,5 +350,17 @@ internal static class HostPredicate
         }
         int colon = host.LastIndexOf((byte)':');
         return colon < 0 ? host : host[..colon];
+    }
+
+    /// <summary>
+    /// The name host routes are matched against: the port removed, then one trailing dot. "example.com." is the fully
+    /// qualified spelling of "example.com" (RFC 1034 section 3.1), served by the same upstream: were it not stripped, it
+    /// would miss the route for "example.com" and its policies (nginx strips it before server_name matching, Envoy
+    /// has strip_trailing_host_dot). The forwarded Host field is left as sent.
+    /// </summary>
+    public static ReadOnlySpan<byte> MatchName(ReadOnlySpan<byte> host)
+    {
+        host = StripPort(host);
+        return host.Length > 1 && host[^1] == (byte)'.' ? host[..^1] : host;
     }
 }

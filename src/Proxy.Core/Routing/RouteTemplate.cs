@@ -1,5 +1,6 @@
 using System.Diagnostics.CodeAnalysis;
 using System.Text;
+using Proxy.Http1;
 
 namespace Proxy.Routing;
 
@@ -32,8 +33,9 @@ internal readonly struct TemplateSegment
 /// <summary>
 /// A parsed path template. The request path is split after its leading '/' on every '/', so "/" is one
 /// empty segment, "/x" is ["x"] and "/x/" is ["x", ""]; a template is split the same way, which is what
-/// makes a trailing slash significant. Matching is on the bytes as sent: case-sensitive, no
-/// percent-decoding, no dot-segment removal.
+/// makes a trailing slash significant. Matching is on the bytes of the normalised request path (escaped unreserved
+/// characters decoded, the hex digits of other escapes upper-cased, dot segments refused): case-sensitive
+/// otherwise. Literals have the hex digits of their escapes upper-cased the same way.
 /// </summary>
 internal sealed class RouteTemplate
 {
@@ -107,7 +109,11 @@ internal sealed class RouteTemplate
                 error = $"path template '{path}': segment '{part}' mixes text and parameters or contains '?'/'#' (a parameter must be a whole segment)";
                 return false;
             }
-            segments[i] = new TemplateSegment(SegmentKind.Literal, Encoding.UTF8.GetBytes(part));
+            // Request paths reach routing with the hex digits of their escapes upper-cased (Http1RequestReader):
+            // a literal written "/caf%c3%a9" is normalised the same way, or it could never match.
+            byte[] literal = Encoding.UTF8.GetBytes(part);
+            Http1Syntax.UpperCaseEscapes(literal);
+            segments[i] = new TemplateSegment(SegmentKind.Literal, literal);
         }
 
         template = new RouteTemplate(path, segments);

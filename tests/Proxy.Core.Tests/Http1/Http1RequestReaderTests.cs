@@ -230,6 +230,22 @@ public class Http1RequestReaderTests
         Assert.Equal("q=1", Text(head.Query));
     }
 
+    /// <summary>RFC 9110 section 4.2: the scheme's default port is the same origin as no port.</summary>
+    [Theory]
+    [InlineData("GET http://a.com:80/x HTTP/1.1\r\nHost: a.com\r\n\r\n")]
+    [InlineData("GET http://a.com/x HTTP/1.1\r\nHost: A.com:80\r\n\r\n")]
+    [InlineData("GET https://a.com:443/x HTTP/1.1\r\nHost: a.com\r\n\r\n")]
+    [InlineData("GET https://a.com/x HTTP/1.1\r\nHost: a.com:443\r\n\r\n")]
+    [InlineData("GET http://[::1]:80/x HTTP/1.1\r\nHost: [::1]\r\n\r\n")]
+    public void TryRead_AbsoluteFormWithDefaultPort_AgreesWithHostWithout(string request)
+    {
+        var (status, reason, _, head) = Read(request);
+
+        Assert.Equal(RejectReason.None, reason);
+        Assert.Equal(HeadStatus.Complete, status);
+        Assert.Equal("/x", Text(head.Target));
+    }
+
     [Fact]
     public void TryRead_AsteriskFormWithOptions_IsAccepted()
     {
@@ -510,6 +526,9 @@ public class Http1RequestReaderTests
     // absolute-form and Host must agree
     [InlineData("GET http://a.com/ HTTP/1.1\r\nHost: b.com\r\n\r\n", RejectReason.InvalidHost)]
     [InlineData("GET http://a.com:81/ HTTP/1.1\r\nHost: a.com\r\n\r\n", RejectReason.InvalidHost)]
+    [InlineData("GET http://a.com:443/ HTTP/1.1\r\nHost: a.com\r\n\r\n", RejectReason.InvalidHost)]
+    [InlineData("GET https://a.com/ HTTP/1.1\r\nHost: a.com:80\r\n\r\n", RejectReason.InvalidHost)]
+    [InlineData("GET http://a.com:8080/ HTTP/1.1\r\nHost: a.com:80\r\n\r\n", RejectReason.InvalidHost)]
     [InlineData("GET http://a.com/ HTTP/1.0\r\n\r\n", RejectReason.InvalidHost)]
     [InlineData("GET http://a.com/ HTTP/1.1\r\n\r\n", RejectReason.MissingHost)]
     public void TryRead_MalformedRequest_IsRejected(string request, RejectReason expected)
@@ -522,11 +541,12 @@ public class Http1RequestReaderTests
     }
 
     /// <summary>RFC 3986 section 6.2.2.2: escapes of unreserved characters are decoded in place (routing and the
-    /// upstream see the same path); other escapes and the query stay as sent.</summary>
+    /// upstream see the same path); other escapes get upper-case hex digits (section 6.2.2.1); the query stays as sent.</summary>
     [Theory]
     [InlineData("/%61dmin/x", "/admin/x", "/admin/x")]
     [InlineData("/%41%5A%30%39%2D%2E%5F%7E", "/AZ09-._~", "/AZ09-._~")]
-    [InlineData("/a%2Fb%20c%2fd", "/a%2Fb%20c%2fd", "/a%2Fb%20c%2fd")]
+    [InlineData("/a%2Fb%20c%2fd", "/a%2Fb%20c%2Fd", "/a%2Fb%20c%2Fd")]
+    [InlineData("/caf%c3%a9/%e2%82%AC?q=%c3%a9", "/caf%C3%A9/%E2%82%AC", "/caf%C3%A9/%E2%82%AC?q=%c3%a9")]
     [InlineData("/%61pi?q=%61&r=%zz", "/api", "/api?q=%61&r=%zz")]
     [InlineData("/users/%7ejoe?x", "/users/~joe", "/users/~joe?x")]
     [InlineData("/plain?%61", "/plain", "/plain?%61")]

@@ -136,6 +136,17 @@ public class RouteTableTests
     public void Match_WildcardHost_MatchesNamesUnderTheSuffixOnly(string host, bool expected)
         => Assert.Equal(expected, Matches(Route("r", hosts: ["*.example.org"]), "/", host));
 
+    /// <summary>"example.com." is the fully qualified spelling of "example.com": one trailing dot is stripped before matching.</summary>
+    [Theory]
+    [InlineData("api.example.com.", "api.example.com", true)]
+    [InlineData("API.example.com.:8080", "api.example.com", true)]
+    [InlineData("api.example.com..", "api.example.com", false)]
+    [InlineData("a.example.org.", "*.example.org", true)]
+    [InlineData("example.org.", "*.example.org", false)]
+    [InlineData(".", "*", true)]
+    public void Match_HostWithTrailingDot_MatchesTheNameWithoutIt(string host, string pattern, bool expected)
+        => Assert.Equal(expected, Matches(Route("r", hosts: [pattern]), "/", host));
+
     [Theory]
     [InlineData("[::1]:8080", true)]
     [InlineData("[::1]", true)]

@@ -48,6 +48,26 @@ public class TrafficConfigTests
         Assert.Equal("canary", route.Split.Pick(99).Name);
     }
 
+    /// <summary>The sum of the weights went past int.MaxValue, turned negative, and every draw threw.</summary>
+    [Fact]
+    public void SelectCluster_WeightsSumPastIntMaxValue_DrawsWithoutOverflow()
+    {
+        var compiled = Route(Compile(Config("clusters: [stable, canary]")));
+        var (stable, canary) = (compiled.Split!.Clusters[0], compiled.Split.Clusters[1]);
+        var split = new WeightedClustersModel([stable, canary], [int.MaxValue, int.MaxValue]);
+        var route = new RouteModel { Id = "r", Order = 0, Match = compiled.Match, Cluster = stable, Split = split };
+
+        Assert.Equal(2L * int.MaxValue, split.Total);
+        Assert.Same(stable, split.Pick(int.MaxValue - 1));
+        Assert.Same(canary, split.Pick(split.Total - 1));
+        var seen = new HashSet<string>();
+        for (int i = 0; i < 200; i++)
+        {
+            seen.Add(route.SelectCluster(null!).Name);
+        }
+        Assert.Equal(["canary", "stable"], seen.Order());
+    }
+
     [Fact]
     public void Compile_BareNamesInClusters_WeightOneEach()
     {

@@ -297,6 +297,7 @@ public sealed class Http2AttackTests
     {
         "uppercase-name", "connection-header", "te-gzip", "transfer-encoding", "missing-path", "missing-scheme",
         "pseudo-after-regular", "response-pseudo", "duplicate-path", "empty-path", "value-with-newline", "value-leading-space",
+        "absolute-form-path", "relative-path", "asterisk-path-get", "empty-authority",
     };
 
     private static (string, string)[] Malformed(string kind) => kind switch
@@ -313,6 +314,11 @@ public sealed class Http2AttackTests
         "empty-path" => [(":method", "GET"), (":scheme", "http"), (":authority", "example.test"), (":path", "")],
         "value-with-newline" => [.. Http2TestClient.Get("/hello"), ("x-a", "1\r\nx-injected: 2")],
         "value-leading-space" => [.. Http2TestClient.Get("/hello"), ("x-a", " 1")],
+        // RFC 9113 section 8.3.1: :path is origin-form (or "*" for OPTIONS) outside CONNECT, and :authority names a host.
+        "absolute-form-path" => [(":method", "GET"), (":scheme", "http"), (":authority", "example.test"), (":path", "http://example.test/hello")],
+        "relative-path" => [(":method", "GET"), (":scheme", "http"), (":authority", "example.test"), (":path", "hello")],
+        "asterisk-path-get" => [(":method", "GET"), (":scheme", "http"), (":authority", "example.test"), (":path", "*")],
+        "empty-authority" => [(":method", "GET"), (":scheme", "http"), (":authority", ""), (":path", "/hello")],
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 

@@ -374,6 +374,19 @@ internal sealed class Http2RequestHead
         {
             return Error = Http2RequestError.MissingPseudo;
         }
+        // Section 8.3.1: an :authority, when sent, names a host (an http or https URI's host is never empty, RFC 9110
+        // section 4.2.1); an empty one would be forwarded as an empty Host field.
+        if (_authorityStart >= 0 && _authorityLength == 0)
+        {
+            return Error = Http2RequestError.InvalidPseudoValue;
+        }
+        // Section 8.3.1: outside CONNECT, :path is origin-form ("/...", with the query) or "*" for OPTIONS; the
+        // absolute-form of an HTTP/1.1 proxy request does not exist in HTTP/2 (the authority is :authority's alone).
+        if (!IsConnect && _pseudo[_pathStart] != (byte)'/'
+            && !(_pathLength == 1 && _pseudo[_pathStart] == (byte)'*' && method.SequenceEqual("OPTIONS"u8)))
+        {
+            return Error = Http2RequestError.InvalidPseudoValue;
+        }
         if (endStream && ContentLength > 0)
         {
             return Error = Http2RequestError.InvalidContentLength; // section 8.1.1: content-length vs DATA (none)
