@@ -25,9 +25,13 @@ internal static class Http1Syntax
     public static readonly SearchValues<byte> TargetChar = SearchValues.Create(
         "!\"$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~"u8);
 
-    /// <summary>reg-name (RFC 3986 section 3.2.2): unreserved, sub-delims and pct-encoded.</summary>
+    /// <summary>
+    /// reg-name (RFC 3986 section 3.2.2) without pct-encoded: unreserved and sub-delims. A host name spelled with
+    /// escapes ("internal%2Eexample.com") would miss its host route here yet name the same host to an upstream that
+    /// decodes it, and no DNS name needs one, so such a Host is refused.
+    /// </summary>
     public static readonly SearchValues<byte> RegNameChar = SearchValues.Create(
-        "-._~!$&'()*+,;=%0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"u8);
+        "-._~!$&'()*+,;=0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"u8);
 
     /// <summary>Inside an IP-literal's brackets: IPv6 (hex, ':', '.'), IPvFuture and zone ids (RFC 6874).</summary>
     public static readonly SearchValues<byte> IpLiteralChar = SearchValues.Create(
@@ -108,7 +112,7 @@ internal static class Http1Syntax
         {
             int colon = host.IndexOf((byte)':');
             ReadOnlySpan<byte> name = colon < 0 ? host : host.Slice(0, colon);
-            if (name.IsEmpty || name.IndexOfAnyExcept(RegNameChar) >= 0 || !IsPercentEncodingValid(name))
+            if (name.IsEmpty || name.IndexOfAnyExcept(RegNameChar) >= 0)
             {
                 return false;
             }
@@ -121,21 +125,6 @@ internal static class Http1Syntax
         // An empty port ("host:") is legal URI syntax but useless; we refuse it so "host:" and "host" cannot disagree.
         ReadOnlySpan<byte> port = rest.Slice(1);
         return rest[0] == (byte)':' && port.Length is >= 1 and <= 5 && port.IndexOfAnyExceptInRange((byte)'0', (byte)'9') < 0;
-    }
-
-    private static bool IsPercentEncodingValid(ReadOnlySpan<byte> value)
-    {
-        int i = value.IndexOf((byte)'%');
-        while (i >= 0)
-        {
-            if (i + 2 >= value.Length || HexValue(value[i + 1]) < 0 || HexValue(value[i + 2]) < 0)
-            {
-                return false;
-            }
-            int next = value.Slice(i + 3).IndexOf((byte)'%');
-            i = next < 0 ? -1 : i + 3 + next;
-        }
-        return true;
     }
 
     /// <summary>

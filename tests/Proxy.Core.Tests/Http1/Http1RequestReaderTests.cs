@@ -275,7 +275,7 @@ public class Http1RequestReaderTests
     [InlineData("[2001:db8::1]")]
     [InlineData("[2001:db8::1]:443")]
     [InlineData("xn--bcher-kva.example")]
-    [InlineData("a%20b")]
+    [InlineData("[fe80::1%25eth0]")]
     [InlineData("")]
     public void TryRead_ValidHost_IsAccepted(string host)
     {
@@ -445,6 +445,10 @@ public class Http1RequestReaderTests
     [InlineData("GET / HTTP/1.1\r\nHost: []\r\n\r\n", RejectReason.InvalidHost)]
     [InlineData("GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", RejectReason.InvalidHost)]
     [InlineData("GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n", RejectReason.InvalidHost)]
+    [InlineData("GET / HTTP/1.1\r\nHost: internal%2Eexample.com\r\n\r\n", RejectReason.InvalidHost)]
+    [InlineData("GET / HTTP/1.1\r\nHost: %61\r\n\r\n", RejectReason.InvalidHost)]
+    [InlineData("GET / HTTP/1.1\r\nHost: a%20b\r\n\r\n", RejectReason.InvalidHost)]
+    [InlineData("GET http://internal%2eexample.com/ HTTP/1.1\r\nHost: internal%2eexample.com\r\n\r\n", RejectReason.InvalidRequestTarget)]
     [InlineData("GET / HTTP/1.1\r\nHost: a,b\u0080\r\n\r\n", RejectReason.InvalidHost)]
     // Content-Length
     [InlineData("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", RejectReason.ConflictingContentLength)]
