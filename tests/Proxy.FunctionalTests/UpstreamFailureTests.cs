@@ -112,6 +112,75 @@ public sealed class UpstreamFailureTests
         ProxyAssert.ErrorAnswer(response, 502);
     }
 
+    /// <summary>
+    /// A chunked response whose framing is broken (a size that is not hex, one past 64 bits, data not ended by CRLF,
+    /// a bad chunk after a good one), all in one write with its head: nothing of it was relayed yet, so the client gets
+    /// the proxy's 502 rather than the head of an answer that cannot be delivered. It used to get an empty reply: the
+    /// head waited unflushed in the output when the body's decoding failed, and the cut threw it away.
+    /// </summary>
+    [Theory]
+    [InlineData("not_hex", "zz\r\nhello\r\n0\r\n\r\n")]
+    [InlineData("overflow", "10000000000000000\r\nhello\r\n0\r\n\r\n")]
+    [InlineData("missing_crlf", "5\r\nhelloX\r\n0\r\n\r\n")]
+    [InlineData("bad_after_good", "5\r\nhello\r\n-1\r\n\r\n")]
+    public async Task Upstream_MalformedChunkedBodyWithItsHead_Returns502(string caseName, string body)
+    {
+        Assert.NotEmpty(caseName);
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Fixed(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n" + body));
+        var (response, client) = await scenario.SendAsync(Wire.Get("/malformed-body"));
+        await using var _ = client;
+
+        ProxyAssert.ErrorAnswer(response, 502);
+        Assert.Contains("upstream_invalid_body", response.BodyText, StringComparison.Ordinal);
+        // The client's connection is fine: only the upstream's is dropped.
+        await client.SendAsync(Wire.Get("/again"));
+        ProxyAssert.ErrorAnswer(await client.ReadResponseAsync(), 502);
+        Assert.Equal(2, scenario.Upstream.ConnectionCount);
+    }
+
+    /// <summary>
+    /// The same broken framing after the head went out (the upstream paused before the bad bytes, so the proxy had
+    /// flushed the head at once, with the good chunk when it came along): a status can no longer be given, so the client
+    /// connection is cut before the last chunk. The client sees a truncated response, never a clean end, and keeps what
+    /// was relayed before the error, good chunks that arrived in the same read as the bad bytes included (those used to
+    /// be dropped with the cut).
+    /// </summary>
+    [Theory]
+    [InlineData("not_hex", "", "zz\r\nhello\r\n0\r\n\r\n", "")]
+    [InlineData("missing_crlf", "", "5\r\nhelloX\r\n0\r\n\r\n", "5\r\nhello\r\n")] // the data goes out before its bad terminator is read
+    [InlineData("bad_after_relayed_good", "5\r\nhello\r\n", "zz\r\n0\r\n\r\n", "5\r\nhello\r\n")]
+    [InlineData("bad_with_good_in_one_read", "", "5\r\nhello\r\nzz\r\n0\r\n\r\n", "5\r\nhello\r\n")]
+    public async Task Upstream_MalformedChunkedBodyAfterHeadSent_ClientSeesTruncatedResponse(string caseName, string withHead, string later, string relayed)
+    {
+        Assert.NotEmpty(caseName);
+        using var headSeen = new SemaphoreSlim(0);
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            if (await connection.ReadRequestAsync(ct) is null)
+            {
+                return;
+            }
+            await connection.WriteAsync("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n" + withHead, ct);
+            // The rest only once the client holds the head: what came with it was relayed before the bad bytes came.
+            await headSeen.WaitAsync(ct);
+            await connection.WriteAsync(later, ct);
+            await Task.Delay(Timeout.Infinite, ct);
+        });
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/malformed-later"));
+        var head = await client.ReadResponseHeadAsync();
+        Assert.Equal(200, head.Status);
+        Assert.Equal("chunked", head.Header("transfer-encoding"));
+        headSeen.Release();
+        var rest = await client.ReadToCloseAsync();
+
+        Assert.True(rest.Closed, "The proxy must close the client connection when the upstream body's framing breaks.");
+        Assert.Equal(relayed, rest.Text);
+        Assert.Equal(1, scenario.Upstream.ConnectionCount);
+    }
+
     [Fact]
     public async Task PooledConnection_ClosedByUpstreamWhileIdle_GetSucceedsOnFreshConnection()
     {

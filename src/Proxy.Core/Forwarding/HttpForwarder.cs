@@ -468,6 +468,12 @@ internal sealed partial class HttpForwarder
                                         outcome = false;
                                         goto Done;
                                     }
+                                    if (code >= 200 && response.Chunked && InvalidChunkedBodyArrived(cluster, destination, upstream))
+                                    {
+                                        // Nothing is relayed yet: answered 502 like a malformed head (a failure for health, never retried).
+                                        failure = ProxyError.UpstreamInvalidBody;
+                                        break;
+                                    }
                                     if (code >= 500)
                                     {
                                         health.ReportFailure(destination);
@@ -515,6 +521,14 @@ internal sealed partial class HttpForwarder
                                             }
                                             PumpResult copied = await _client.ResponsePump.CopyAsync(upstream.Input, _client.Output, inFraming,
                                                 upstream.Response.ContentLength, outFraming, long.MaxValue, _client).ConfigureAwait(false);
+                                            if (copied == PumpResult.SourceInvalid && !ClientGone)
+                                            {
+                                                // The broken framing came in a read the pump had not flushed yet (bytes that arrived
+                                                // after the check above, or after good chunks): the head and those chunks are still in
+                                                // the output. They go out first, so the cut below truncates the response rather than
+                                                // leaving the client an empty reply.
+                                                await _client.FlushClientAsync().ConfigureAwait(false);
+                                            }
                                             outcome = EndResponseBody(copied, inFraming, keepAlive, cluster, destination, upstream);
                                         }
                                         else
@@ -855,6 +869,40 @@ internal sealed partial class HttpForwarder
         ReleaseUpstream();
         _client.Abort();
     }
+
+    /// <summary>
+    /// A final chunked response whose body bytes, those already received with its head, break the chunked framing
+    /// (RFC 9112 section 7.1): checked before the head is written, since the head is relayed with the body's first bytes
+    /// and can no longer be taken back once the pump finds the error in them. One pass over the framing of what is
+    /// buffered (usually the whole of a small body); nothing is consumed. A response with no body (HEAD, 204, 304) is
+    /// never checked: its framing is not read.
+    /// </summary>
+    private bool InvalidChunkedBodyArrived(ClusterModel cluster, DestinationState destination, UpstreamConnection upstream)
+    {
+        if (_client.Head.Method == Http.HttpMethod.Head || upstream.Response.StatusCode is 204 or 304
+            || !upstream.Input.TryRead(out ReadResult result))
+        {
+            return false;
+        }
+        ReadOnlySequence<byte> buffer = result.Buffer;
+        RejectReason error = result.IsCanceled ? RejectReason.None : ChunkedDecoder.FindError(buffer);
+        upstream.Input.AdvanceTo(buffer.Start);
+        if (result.IsCanceled)
+        {
+            upstream.Input.CancelPendingRead(); // TryRead took the cancel: the pump's read must still get it
+        }
+        if (error == RejectReason.None)
+        {
+            return false;
+        }
+        InvalidBodyArrived(cluster, destination, error);
+        return true;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void InvalidBodyArrived(ClusterModel cluster, DestinationState destination, RejectReason error)
+        => ProxyLog.Warn("upstream_body_failed", ("cluster", cluster.Name), ("destination", destination.Address),
+            ("result", nameof(PumpResult.SourceInvalid)), ("reason", error.DetailsCode()));
 
     /// <summary>
     /// The final response head of the try that is relayed arrived: one clock read, recorded as the cluster's upstream
