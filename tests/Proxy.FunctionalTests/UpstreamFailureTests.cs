@@ -351,6 +351,121 @@ public sealed class UpstreamFailureTests
         await upload;
     }
 
+    /// <summary>
+    /// An upstream that answers an upload early (a complete 401, keep-alive, no close) and then neither reads the rest
+    /// of the body nor closes: the proxy's writes stall with the socket buffers full. The answer is relayed within about
+    /// a second (the heartbeat looks for it while the body is being sent), with <c>connection: close</c>; the rest of
+    /// the body is not sent, the upstream connection is closed rather than pooled, and the client connection closes
+    /// after the answer. It used to reach the client only when body_timeout ran out (30 s here), and then not at all:
+    /// the stalled write aborted both connections.
+    /// </summary>
+    [Fact]
+    public async Task Upload_UpstreamAnswersEarlyAndStopsReadingWithoutClosing_ClientGetsTheAnswerPromptly()
+    {
+        var answerRead = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var upstreamClosed = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            // The request line and fields only: the body is left unread, and the connection open.
+            while (await connection.Reader.ReadLineAsync(ct) is { Length: > 0 })
+            {
+            }
+            await connection.WriteAsync("HTTP/1.1 401 Unauthorized\r\ncontent-length: 6\r\n\r\ndenied", ct);
+            await answerRead.Task.WaitAsync(ct);
+            // Only now does it read again: what the proxy still sent, then its close.
+            upstreamClosed.TrySetResult(await connection.WaitForPeerCloseAsync(TestDefaults.Timeout));
+        }, c => c with { MaxBodyBytes = "64MiB" });
+        await using var client = await scenario.ConnectAsync();
+        const long size = 32L * 1024 * 1024;
+        await client.SendAsync($"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: {size}\r\n\r\n");
+        var upload = Task.Run(async () =>
+        {
+            try
+            {
+                await client.SendGeneratedAsync(size, TestDefaults.Timeout);
+            }
+            catch (Exception)
+            {
+            }
+        });
+
+        var response = await client.ReadResponseAsync("POST");
+        answerRead.TrySetResult();
+
+        Assert.Equal(401, response.Status);
+        Assert.Equal("denied", response.BodyText);
+        Assert.True(response.ConnectionHas("close"), response.ToString());
+        Assert.True((await client.ReadToCloseAsync()).Closed, "The client connection must close after the early answer.");
+        Assert.True(await upstreamClosed.Task.WaitAsync(TestDefaults.Timeout), "The upstream connection must be closed, not pooled.");
+        Assert.True(scenario.Upstream.Connections[0].ReceivedCount < size, "The proxy must stop sending the body.");
+        await upload;
+    }
+
+    /// <summary>
+    /// The flows the early-answer watch must leave alone: an upstream that reads an upload slowly (the proxy's writes
+    /// stall for seconds, so the heartbeat sees a readable upstream while the body is being sent), having sent an
+    /// interim 103 first, then answers 200 once it has the whole body. The client, with or without
+    /// <c>Expect: 100-continue</c>, gets the 103 and the 200 on a kept-alive connection, and the next request reuses the
+    /// upstream connection.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Upload_SlowUpstreamSendsInterimThenReadsWholeBody_AnswerRelayedAndConnectionsKept(bool expectContinue)
+    {
+        const long size = 12L * 1024 * 1024;
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            while (true)
+            {
+                string? line = await connection.Reader.ReadLineAsync(ct);
+                if (line is null)
+                {
+                    return;
+                }
+                long length = 0;
+                while (await connection.Reader.ReadLineAsync(ct) is { Length: > 0 } field)
+                {
+                    if (field.StartsWith("content-length:", StringComparison.OrdinalIgnoreCase))
+                    {
+                        length = long.Parse(field["content-length:".Length..].Trim(), System.Globalization.CultureInfo.InvariantCulture);
+                    }
+                }
+                if (length == 0)
+                {
+                    await connection.WriteAsync(Wire.Response(200, "next"), ct);
+                    continue;
+                }
+                await connection.WriteAsync("HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n", ct);
+                using var sink = new HashSink();
+                while (sink.Count < length)
+                {
+                    await connection.Reader.ReadExactlyAsync(Math.Min(256 * 1024, length - sink.Count), sink, ct);
+                    await Task.Delay(100, ct);
+                }
+                await connection.WriteAsync(Wire.Response(200, "got " + sink.Count), ct);
+            }
+        }, c => c with { MaxBodyBytes = "64MiB" });
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync($"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: {size}\r\n"
+            + (expectContinue ? "Expect: 100-continue\r\n" : "") + "\r\n");
+        if (expectContinue)
+        {
+            Assert.Equal(100, (await client.ReadResponseHeadAsync()).Status);
+        }
+        await client.SendGeneratedAsync(size, TimeSpan.FromSeconds(30));
+        var response = await client.ReadResponseAsync("POST", timeout: TimeSpan.FromSeconds(30));
+
+        Assert.Equal(200, response.Status);
+        Assert.Equal("got " + size, response.BodyText);
+        Assert.Equal(103, Assert.Single(response.Interim).Status);
+        Assert.False(response.ConnectionHas("close"), response.ToString());
+        await client.SendAsync(Wire.Get("/next"));
+        Assert.Equal("next", (await client.ReadResponseAsync()).BodyText);
+        Assert.Equal(1, scenario.Upstream.ConnectionCount);
+    }
+
     [Fact]
     public async Task Upstream_Fails_ProxyKeepsServingOtherRequests()
     {

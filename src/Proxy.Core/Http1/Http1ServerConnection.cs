@@ -1104,6 +1104,28 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             AbortIfClientGone();
         }
+        WatchUpstream();
+    }
+
+    /// <summary>
+    /// Heartbeat, also for an HTTP/2 stream's bridge (its connection's heartbeat): while a request body is being sent to
+    /// an HTTP/1.1 upstream, looks for an early answer (<see cref="HttpForwarder.WatchForEarlyAnswer"/>). One flag read
+    /// otherwise.
+    /// </summary>
+    internal void WatchUpstream()
+    {
+        if (!_forwarder.SendingBody || !EnterOutsideCall())
+        {
+            return;
+        }
+        try
+        {
+            _forwarder.WatchForEarlyAnswer(this);
+        }
+        finally
+        {
+            ExitOutsideCall();
+        }
     }
 
     private void AbortIfClientGone()
