@@ -388,6 +388,15 @@ internal sealed partial class HttpForwarder
                                         {
                                             await EndEarlyWatchAsync(upstream, abort: true).ConfigureAwait(false);
                                         }
+                                        if (sent == PumpResult.Cancelled && _client.ExchangeDeadlinePassed && _client.TakeFiredTimeout() != TimeoutKind.None)
+                                        {
+                                            // request_timeout (or the gRPC deadline) ran out while the client was still sending its
+                                            // body: the exchange's answer, as when it runs out before the head (and as on the HTTP/2
+                                            // upstream path, whose head wait runs alongside the body). The client's slowness, not
+                                            // the upstream's: no health report, no retry. FailAsync closes (the body is unread).
+                                            outcome = await FailAsync(ProxyError.UpstreamRequestTimeout, cluster, destination).ConfigureAwait(false);
+                                            goto Done;
+                                        }
                                         ReleaseUpstream();
                                         outcome = await RequestBodyFailedAsync(sent).ConfigureAwait(false);
                                         goto Done;

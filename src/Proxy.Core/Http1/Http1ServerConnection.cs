@@ -1050,8 +1050,14 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
 
     internal void SetExchangeDeadline(long deadline) => _exchangeDeadline = deadline;
 
-    /// <summary>An upstream wait, shortened to what is left of the exchange deadline.</summary>
-    private TimeSpan UpstreamWait(TimeSpan timeout)
+    /// <summary>The current exchange's deadline (request_timeout, grpc-timeout) has passed.</summary>
+    internal bool ExchangeDeadlinePassed => _exchangeDeadline != long.MaxValue && Environment.TickCount64 >= _exchangeDeadline;
+
+    /// <summary>
+    /// A wait of the exchange (for the upstream, or for the client's body while it is forwarded), shortened to what is
+    /// left of the exchange deadline.
+    /// </summary>
+    private TimeSpan ExchangeWait(TimeSpan timeout)
     {
         long deadline = _exchangeDeadline;
         if (deadline == long.MaxValue)
@@ -1067,11 +1073,13 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         _timedReader = source;
         if (ReferenceEquals(source, Input))
         {
-            Arm(TimeoutKind.RequestBody, Listener.Limits.BodyTimeout);
+            // Each wait for the client's body is bounded by body_timeout, and while the body is forwarded all of them by
+            // the exchange's request_timeout (outside an exchange the deadline is MaxValue: body_timeout alone).
+            Arm(TimeoutKind.RequestBody, ExchangeWait(Listener.Limits.BodyTimeout));
         }
         else
         {
-            Arm(TimeoutKind.Upstream, UpstreamWait(_upstreamTimeout));
+            Arm(TimeoutKind.Upstream, ExchangeWait(_upstreamTimeout));
         }
     }
 
