@@ -112,6 +112,75 @@ public sealed class UpstreamFailureTests
         ProxyAssert.ErrorAnswer(response, 502);
     }
 
+    /// <summary>
+    /// A chunked response whose framing is broken (a size that is not hex, one past 64 bits, data not ended by CRLF,
+    /// a bad chunk after a good one), all in one write with its head: nothing of it was relayed yet, so the client gets
+    /// the proxy's 502 rather than the head of an answer that cannot be delivered. It used to get an empty reply: the
+    /// head waited unflushed in the output when the body's decoding failed, and the cut threw it away.
+    /// </summary>
+    [Theory]
+    [InlineData("not_hex", "zz\r\nhello\r\n0\r\n\r\n")]
+    [InlineData("overflow", "10000000000000000\r\nhello\r\n0\r\n\r\n")]
+    [InlineData("missing_crlf", "5\r\nhelloX\r\n0\r\n\r\n")]
+    [InlineData("bad_after_good", "5\r\nhello\r\n-1\r\n\r\n")]
+    public async Task Upstream_MalformedChunkedBodyWithItsHead_Returns502(string caseName, string body)
+    {
+        Assert.NotEmpty(caseName);
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Fixed(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n" + body));
+        var (response, client) = await scenario.SendAsync(Wire.Get("/malformed-body"));
+        await using var _ = client;
+
+        ProxyAssert.ErrorAnswer(response, 502);
+        Assert.Contains("upstream_invalid_body", response.BodyText, StringComparison.Ordinal);
+        // The client's connection is fine: only the upstream's is dropped.
+        await client.SendAsync(Wire.Get("/again"));
+        ProxyAssert.ErrorAnswer(await client.ReadResponseAsync(), 502);
+        Assert.Equal(2, scenario.Upstream.ConnectionCount);
+    }
+
+    /// <summary>
+    /// The same broken framing after the head went out (the upstream paused before the bad bytes, so the proxy had
+    /// flushed the head at once, with the good chunk when it came along): a status can no longer be given, so the client
+    /// connection is cut before the last chunk. The client sees a truncated response, never a clean end, and keeps what
+    /// was relayed before the error, good chunks that arrived in the same read as the bad bytes included (those used to
+    /// be dropped with the cut).
+    /// </summary>
+    [Theory]
+    [InlineData("not_hex", "", "zz\r\nhello\r\n0\r\n\r\n", "")]
+    [InlineData("missing_crlf", "", "5\r\nhelloX\r\n0\r\n\r\n", "5\r\nhello\r\n")] // the data goes out before its bad terminator is read
+    [InlineData("bad_after_relayed_good", "5\r\nhello\r\n", "zz\r\n0\r\n\r\n", "5\r\nhello\r\n")]
+    [InlineData("bad_with_good_in_one_read", "", "5\r\nhello\r\nzz\r\n0\r\n\r\n", "5\r\nhello\r\n")]
+    public async Task Upstream_MalformedChunkedBodyAfterHeadSent_ClientSeesTruncatedResponse(string caseName, string withHead, string later, string relayed)
+    {
+        Assert.NotEmpty(caseName);
+        using var headSeen = new SemaphoreSlim(0);
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            if (await connection.ReadRequestAsync(ct) is null)
+            {
+                return;
+            }
+            await connection.WriteAsync("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n" + withHead, ct);
+            // The rest only once the client holds the head: what came with it was relayed before the bad bytes came.
+            await headSeen.WaitAsync(ct);
+            await connection.WriteAsync(later, ct);
+            await Task.Delay(Timeout.Infinite, ct);
+        });
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync(Wire.Get("/malformed-later"));
+        var head = await client.ReadResponseHeadAsync();
+        Assert.Equal(200, head.Status);
+        Assert.Equal("chunked", head.Header("transfer-encoding"));
+        headSeen.Release();
+        var rest = await client.ReadToCloseAsync();
+
+        Assert.True(rest.Closed, "The proxy must close the client connection when the upstream body's framing breaks.");
+        Assert.Equal(relayed, rest.Text);
+        Assert.Equal(1, scenario.Upstream.ConnectionCount);
+    }
+
     [Fact]
     public async Task PooledConnection_ClosedByUpstreamWhileIdle_GetSucceedsOnFreshConnection()
     {
@@ -280,6 +349,121 @@ public sealed class UpstreamFailureTests
         Assert.Equal("too large", response.BodyText);
         Assert.True(response.ConnectionHas("close"), response.ToString());
         await upload;
+    }
+
+    /// <summary>
+    /// An upstream that answers an upload early (a complete 401, keep-alive, no close) and then neither reads the rest
+    /// of the body nor closes: the proxy's writes stall with the socket buffers full. The answer is relayed within about
+    /// a second (the heartbeat looks for it while the body is being sent), with <c>connection: close</c>; the rest of
+    /// the body is not sent, the upstream connection is closed rather than pooled, and the client connection closes
+    /// after the answer. It used to reach the client only when body_timeout ran out (30 s here), and then not at all:
+    /// the stalled write aborted both connections.
+    /// </summary>
+    [Fact]
+    public async Task Upload_UpstreamAnswersEarlyAndStopsReadingWithoutClosing_ClientGetsTheAnswerPromptly()
+    {
+        var answerRead = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var upstreamClosed = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            // The request line and fields only: the body is left unread, and the connection open.
+            while (await connection.Reader.ReadLineAsync(ct) is { Length: > 0 })
+            {
+            }
+            await connection.WriteAsync("HTTP/1.1 401 Unauthorized\r\ncontent-length: 6\r\n\r\ndenied", ct);
+            await answerRead.Task.WaitAsync(ct);
+            // Only now does it read again: what the proxy still sent, then its close.
+            upstreamClosed.TrySetResult(await connection.WaitForPeerCloseAsync(TestDefaults.Timeout));
+        }, c => c with { MaxBodyBytes = "64MiB" });
+        await using var client = await scenario.ConnectAsync();
+        const long size = 32L * 1024 * 1024;
+        await client.SendAsync($"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: {size}\r\n\r\n");
+        var upload = Task.Run(async () =>
+        {
+            try
+            {
+                await client.SendGeneratedAsync(size, TestDefaults.Timeout);
+            }
+            catch (Exception)
+            {
+            }
+        });
+
+        var response = await client.ReadResponseAsync("POST");
+        answerRead.TrySetResult();
+
+        Assert.Equal(401, response.Status);
+        Assert.Equal("denied", response.BodyText);
+        Assert.True(response.ConnectionHas("close"), response.ToString());
+        Assert.True((await client.ReadToCloseAsync()).Closed, "The client connection must close after the early answer.");
+        Assert.True(await upstreamClosed.Task.WaitAsync(TestDefaults.Timeout), "The upstream connection must be closed, not pooled.");
+        Assert.True(scenario.Upstream.Connections[0].ReceivedCount < size, "The proxy must stop sending the body.");
+        await upload;
+    }
+
+    /// <summary>
+    /// The flows the early-answer watch must leave alone: an upstream that reads an upload slowly (the proxy's writes
+    /// stall for seconds, so the heartbeat sees a readable upstream while the body is being sent), having sent an
+    /// interim 103 first, then answers 200 once it has the whole body. The client, with or without
+    /// <c>Expect: 100-continue</c>, gets the 103 and the 200 on a kept-alive connection, and the next request reuses the
+    /// upstream connection.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Upload_SlowUpstreamSendsInterimThenReadsWholeBody_AnswerRelayedAndConnectionsKept(bool expectContinue)
+    {
+        const long size = 12L * 1024 * 1024;
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            while (true)
+            {
+                string? line = await connection.Reader.ReadLineAsync(ct);
+                if (line is null)
+                {
+                    return;
+                }
+                long length = 0;
+                while (await connection.Reader.ReadLineAsync(ct) is { Length: > 0 } field)
+                {
+                    if (field.StartsWith("content-length:", StringComparison.OrdinalIgnoreCase))
+                    {
+                        length = long.Parse(field["content-length:".Length..].Trim(), System.Globalization.CultureInfo.InvariantCulture);
+                    }
+                }
+                if (length == 0)
+                {
+                    await connection.WriteAsync(Wire.Response(200, "next"), ct);
+                    continue;
+                }
+                await connection.WriteAsync("HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n", ct);
+                using var sink = new HashSink();
+                while (sink.Count < length)
+                {
+                    await connection.Reader.ReadExactlyAsync(Math.Min(256 * 1024, length - sink.Count), sink, ct);
+                    await Task.Delay(100, ct);
+                }
+                await connection.WriteAsync(Wire.Response(200, "got " + sink.Count), ct);
+            }
+        }, c => c with { MaxBodyBytes = "64MiB" });
+        await using var client = await scenario.ConnectAsync();
+
+        await client.SendAsync($"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: {size}\r\n"
+            + (expectContinue ? "Expect: 100-continue\r\n" : "") + "\r\n");
+        if (expectContinue)
+        {
+            Assert.Equal(100, (await client.ReadResponseHeadAsync()).Status);
+        }
+        await client.SendGeneratedAsync(size, TimeSpan.FromSeconds(30));
+        var response = await client.ReadResponseAsync("POST", timeout: TimeSpan.FromSeconds(30));
+
+        Assert.Equal(200, response.Status);
+        Assert.Equal("got " + size, response.BodyText);
+        Assert.Equal(103, Assert.Single(response.Interim).Status);
+        Assert.False(response.ConnectionHas("close"), response.ToString());
+        await client.SendAsync(Wire.Get("/next"));
+        Assert.Equal("next", (await client.ReadResponseAsync()).BodyText);
+        Assert.Equal(1, scenario.Upstream.ConnectionCount);
     }
 
     [Fact]

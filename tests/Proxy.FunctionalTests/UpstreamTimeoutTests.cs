@@ -89,6 +89,71 @@ public sealed class UpstreamTimeoutTests
         Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(1400), TimeSpan.FromSeconds(4));
     }
 
+    /// <summary>
+    /// A client that trickles its request body (10 bytes every 200 ms: each gap far below body_timeout, the whole body
+    /// 20 s) past the route's request_timeout: the exchange's deadline bounds the waits for the client's body too, so
+    /// the client gets 504 upstream_request_timeout (and the connection closes: its body is unread) while it is still
+    /// sending, and the upstream, which never got the whole request, is cut. It used to go on until the body was in,
+    /// holding the upstream connection all along, and only then answer that 504.
+    /// </summary>
+    [Fact]
+    public async Task RequestTimeout_ClientTricklesBodyPastIt_Returns504WhileStillSending()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{upstream.Address}\"", routeExtra: ", request_timeout: 1500ms"));
+        await using var client = await proxy.ConnectAsync();
+        using var stop = new CancellationTokenSource();
+        var clock = Stopwatch.StartNew();
+
+        await client.SendAsync("POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: 1000\r\n\r\n");
+        var trickle = Task.Run(async () =>
+        {
+            try
+            {
+                for (int sent = 0; sent < 1000; sent += 10)
+                {
+                    await client.SendAsync(new string('a', 10));
+                    await Task.Delay(200, stop.Token);
+                }
+            }
+            catch (Exception)
+            {
+                // Stopped by the test, or the proxy closed the connection.
+            }
+        });
+        var response = await client.ReadResponseAsync("POST", timeout: TimeSpan.FromSeconds(15));
+        var elapsed = clock.Elapsed;
+        stop.Cancel();
+        await trickle;
+
+        AssertTimeout(response, "upstream_request_timeout");
+        Assert.True(response.ConnectionHas("close"), response.ToString());
+        Assert.True(elapsed < TimeSpan.FromSeconds(10), $"The 504 came after {elapsed}, not while the body was still coming.");
+        Assert.Empty(upstream.Requests);
+        var connection = await upstream.WaitForConnectionAsync();
+        Assert.True(await Task.WhenAny(connection.PeerClosed, Task.Delay(TestDefaults.Timeout)) == connection.PeerClosed);
+    }
+
+    /// <summary>
+    /// The other bound on a forwarded body: a client that stops sending mid-body gets 408 body_timeout when the gap runs
+    /// past <c>limits.body_timeout</c>, well within request_timeout (which would answer 504).
+    /// </summary>
+    [Fact]
+    public async Task BodyTimeout_ClientStallsMidBodyWithinRequestTimeout_Returns408()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await TestProxy.StartAsync("limits: { body_timeout: 1s }\n"
+            + Yaml($"\"{upstream.Address}\"", routeExtra: ", request_timeout: 20s"));
+        await using var client = await proxy.ConnectAsync();
+
+        await client.SendAsync("POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: 1000\r\n\r\n" + new string('a', 500));
+        var response = await client.ReadResponseAsync("POST", timeout: TimeSpan.FromSeconds(15));
+
+        ProxyAssert.ErrorAnswer(response, 408);
+        Assert.Contains("body_timeout", response.BodyText, StringComparison.Ordinal);
+        Assert.Empty(upstream.Requests);
+    }
+
     [Fact]
     public async Task RequestTimeout_RouteShorterThanResponseTimeout_Returns504RequestTimeout()
     {

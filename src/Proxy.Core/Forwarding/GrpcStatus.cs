@@ -68,7 +68,7 @@ internal static class GrpcStatus
     public static int ForError(ProxyError error) => error switch
     {
         ProxyError.UpstreamResponseTimeout or ProxyError.UpstreamRequestTimeout or ProxyError.UpstreamPerTryTimeout => DeadlineExceeded,
-        ProxyError.UpstreamInvalidResponse or ProxyError.RequestBodyFailed => Internal,
+        ProxyError.UpstreamInvalidResponse or ProxyError.UpstreamInvalidBody or ProxyError.RequestBodyFailed => Internal,
         ProxyError.NoRoute or ProxyError.MethodNotAllowed => Unimplemented,
         _ => Unavailable,
     };

@@ -62,11 +62,24 @@ internal sealed partial class HttpForwarder
     private RouteModel? _route;
     /// <summary>
     /// The upstream stopped taking this request's body and may have answered early (see the body pump's failure in
-    /// <see cref="ForwardLoopAsync"/>): its answer is relayed, the upstream connection dropped, the client's closed.
+    /// <see cref="ForwardLoopAsync"/>), or answered while the body was being sent (<see cref="WatchForEarlyAnswer"/>):
+    /// its answer is relayed, the upstream connection dropped, the client's closed.
     /// </summary>
     private bool _earlyResponse;
     /// <summary>How long an upstream that stopped taking the body is given to show its early answer.</summary>
     private static readonly TimeSpan s_earlyResponseWait = TimeSpan.FromSeconds(1);
+    /// <summary>
+    /// The request pump is sending a streamed body to an HTTP/1.1 upstream: the heartbeat may look for an early answer
+    /// (<see cref="WatchForEarlyAnswer"/>). Set by the loop; cleared by it under <see cref="_ownerLock"/>, under which the
+    /// heartbeat and the watch read it, so no watch starts or stops the body once the loop has moved on.
+    /// </summary>
+    private volatile bool _sendingBody;
+    /// <summary>
+    /// The early-answer watch of the current exchange (<see cref="WatchForEarlyAnswerAsync"/>), null when none started.
+    /// Published by the heartbeat under <see cref="_ownerLock"/> while <see cref="_sendingBody"/>; the loop reads it after
+    /// clearing that flag under the lock, and always awaits it before it reads or drops the upstream connection itself.
+    /// </summary>
+    private Task<bool>? _earlyWatch;
     private Task? _loop;
     /// <summary>
     /// The loop published its last outcome and has nothing left to do for it (it waits for, or is about to wait for,
@@ -134,6 +147,8 @@ internal sealed partial class HttpForwarder
             _affinityPinned = null;
             _setCookie = null;
             _earlyResponse = false;
+            _sendingBody = false;
+            _earlyWatch = null;
             bool outcome = false;
             Exception? loopError = null;
             try
@@ -346,14 +361,24 @@ internal sealed partial class HttpForwarder
                                     }
                                     BodyFraming framing = head.Chunked ? BodyFraming.Chunked : BodyFraming.ContentLength;
                                     _client.SetUpstreamTimeout(timeouts.StreamIdle);
+                                    _sendingBody = true;
                                     PumpResult sent = await _client.RequestPump.CopyAsync(_client.Input, upstream.Output, framing, head.ContentLength,
                                         framing, _client.Listener.Limits.MaxBodyBytes, _client, replay).ConfigureAwait(false);
-                                    if (sent == PumpResult.DestinationFailed && !ClientGone)
+                                    lock (_ownerLock)
+                                    {
+                                        _sendingBody = false;
+                                    }
+                                    if ((sent == PumpResult.DestinationFailed || (sent == PumpResult.Cancelled && _earlyWatch is { IsCompletedSuccessfully: true, Result: true }))
+                                        && !ClientGone)
                                     {
                                         // The upstream stopped taking the body: often because it answered early (a 413 or a 401
-                                        // before reading an upload) and closed. RFC 9112 section 9.5: a client sending a body
-                                        // watches for such an answer. Its head is read below (briefly, see EarlyResponseWait) and
-                                        // relayed; the client connection then closes, its body unread. Never retried.
+                                        // before reading an upload) and closed, or kept its connection without reading on (the
+                                        // heartbeat's watch then saw the answer and stopped the body, see WatchForEarlyAnswer).
+                                        // RFC 9112 section 9.5: a client sending a body watches for such an answer. Its head is
+                                        // read below (briefly, see EarlyResponseWait) and relayed; the client connection then
+                                        // closes, its body unread. Never retried. A client that stalled mid-body after the watch
+                                        // found the answer (its read ran into body_timeout) gets that answer, not a 408.
+                                        _client.TakeFiredTimeout();
                                         _earlyResponse = true;
                                         replayable = mayRetry = false;
                                         replay = null;
@@ -361,6 +386,19 @@ internal sealed partial class HttpForwarder
                                     else if (sent != PumpResult.Completed)
                                     {
                                         // Never retried: the client's side of the body failed.
+                                        if (_earlyWatch is not null)
+                                        {
+                                            await EndEarlyWatchAsync(upstream, abort: true).ConfigureAwait(false);
+                                        }
+                                        if (sent == PumpResult.Cancelled && _client.ExchangeDeadlinePassed && _client.TakeFiredTimeout() != TimeoutKind.None)
+                                        {
+                                            // request_timeout (or the gRPC deadline) ran out while the client was still sending its
+                                            // body: the exchange's answer, as when it runs out before the head (and as on the HTTP/2
+                                            // upstream path, whose head wait runs alongside the body). The client's slowness, not
+                                            // the upstream's: no health report, no retry. FailAsync closes (the body is unread).
+                                            outcome = await FailAsync(ProxyError.UpstreamRequestTimeout, cluster, destination).ConfigureAwait(false);
+                                            goto Done;
+                                        }
                                         ReleaseUpstream();
                                         outcome = await RequestBodyFailedAsync(sent).ConfigureAwait(false);
                                         goto Done;
@@ -388,6 +426,14 @@ internal sealed partial class HttpForwarder
                                 // ---- response head (and any 1xx interim responses before it)
                                 ResponseHead response = upstream.Response;
                                 PipeReader input = upstream.Input;
+                                if (_earlyWatch is not null && await WaitForEarlyWatchAsync(upstream, timeouts, cluster.Retry, exchangeDeadline).ConfigureAwait(false))
+                                {
+                                    // The watch stopped the body as the pump ended: the connection cannot be reused, and the
+                                    // answer is relayed as an early one.
+                                    _earlyResponse = true;
+                                    replayable = mayRetry = false;
+                                    replay = null;
+                                }
                                 bool receivedAny = false;
                                 bool retryDead = false;
                                 while (failure == ProxyError.None && !retryDead && !retryStatus)
@@ -470,6 +516,12 @@ internal sealed partial class HttpForwarder
                                         outcome = false;
                                         goto Done;
                                     }
+                                    if (code >= 200 && response.Chunked && InvalidChunkedBodyArrived(cluster, destination, upstream))
+                                    {
+                                        // Nothing is relayed yet: answered 502 like a malformed head (a failure for health, never retried).
+                                        failure = ProxyError.UpstreamInvalidBody;
+                                        break;
+                                    }
                                     if (code >= 500)
                                     {
                                         health.ReportFailure(destination);
@@ -517,6 +569,14 @@ internal sealed partial class HttpForwarder
                                             }
                                             PumpResult copied = await _client.ResponsePump.CopyAsync(upstream.Input, _client.Output, inFraming,
                                                 upstream.Response.ContentLength, outFraming, long.MaxValue, _client).ConfigureAwait(false);
+                                            if (copied == PumpResult.SourceInvalid && !ClientGone)
+                                            {
+                                                // The broken framing came in a read the pump had not flushed yet (bytes that arrived
+                                                // after the check above, or after good chunks): the head and those chunks are still in
+                                                // the output. They go out first, so the cut below truncates the response rather than
+                                                // leaving the client an empty reply.
+                                                await _client.FlushClientAsync().ConfigureAwait(false);
+                                            }
                                             outcome = EndResponseBody(copied, inFraming, keepAlive, cluster, destination, upstream);
                                         }
                                         else
@@ -859,6 +919,40 @@ internal sealed partial class HttpForwarder
     }
 
     /// <summary>
+    /// A final chunked response whose body bytes, those already received with its head, break the chunked framing
+    /// (RFC 9112 section 7.1): checked before the head is written, since the head is relayed with the body's first bytes
+    /// and can no longer be taken back once the pump finds the error in them. One pass over the framing of what is
+    /// buffered (usually the whole of a small body); nothing is consumed. A response with no body (HEAD, 204, 304) is
+    /// never checked: its framing is not read.
+    /// </summary>
+    private bool InvalidChunkedBodyArrived(ClusterModel cluster, DestinationState destination, UpstreamConnection upstream)
+    {
+        if (_client.Head.Method == Http.HttpMethod.Head || upstream.Response.StatusCode is 204 or 304
+            || !upstream.Input.TryRead(out ReadResult result))
+        {
+            return false;
+        }
+        ReadOnlySequence<byte> buffer = result.Buffer;
+        RejectReason error = result.IsCanceled ? RejectReason.None : ChunkedDecoder.FindError(buffer);
+        upstream.Input.AdvanceTo(buffer.Start);
+        if (result.IsCanceled)
+        {
+            upstream.Input.CancelPendingRead(); // TryRead took the cancel: the pump's read must still get it
+        }
+        if (error == RejectReason.None)
+        {
+            return false;
+        }
+        InvalidBodyArrived(cluster, destination, error);
+        return true;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void InvalidBodyArrived(ClusterModel cluster, DestinationState destination, RejectReason error)
+        => ProxyLog.Warn("upstream_body_failed", ("cluster", cluster.Name), ("destination", destination.Address),
+            ("result", nameof(PumpResult.SourceInvalid)), ("reason", error.DetailsCode()));
+
+    /// <summary>
     /// The final response head of the try that is relayed arrived: one clock read, recorded as the cluster's upstream
     /// duration and kept for the response-headers phase and the access log. A 5xx that is retried is not counted.
     /// </summary>
@@ -926,6 +1020,146 @@ internal sealed partial class HttpForwarder
                 Volatile.Read(ref _activeStream)?.ResponseReader.CancelPendingRead();
             }
         }
+    }
+
+    /// <summary>
+    /// Heartbeat, while the request pump sends a streamed body to an HTTP/1.1 upstream (<see cref="SendingBody"/>): when
+    /// the upstream has sent something (bytes, or its close) that nobody reads yet, a watch starts reading it
+    /// (<see cref="WatchForEarlyAnswerAsync"/>), once per exchange. Without it, an upstream that answered early and stopped
+    /// reading without closing is seen only when body_timeout cuts the stalled write; nginx too reads an upstream whenever
+    /// it is readable, while the request is still being sent. One poll() per such connection per second; nothing on the
+    /// request path.
+    /// </summary>
+    public void WatchForEarlyAnswer(Http1ServerConnection owner)
+    {
+        lock (_ownerLock)
+        {
+            if (!ReferenceEquals(_client, owner) || !_sendingBody || _earlyWatch is not null || _active is not { } upstream
+                || !upstream.HasData())
+            {
+                return;
+            }
+            int maxHead = owner.Listener.Limits.MaxHeaderBytes + owner.Listener.Limits.MaxRequestLine;
+            // On the thread pool, not inline: the watch may stop the body, and what that wakes must not run on the heartbeat.
+            _earlyWatch = Task.Run(() => WatchForEarlyAnswerAsync(upstream, maxHead));
+        }
+    }
+
+    /// <summary>True while the request pump sends a streamed body upstream (a hint for the heartbeat; see <see cref="_sendingBody"/>).</summary>
+    public bool SendingBody => _sendingBody;
+
+    /// <summary>
+    /// Reads the upstream while the request body is still being sent, until it holds a final response head (after any
+    /// interim ones), the connection ends, or the read is cancelled. Nothing is consumed: the exchange's own head read
+    /// finds every byte. A final head found while the body is still being sent stops the body: the pump's pending (or
+    /// next) flush is cancelled, so it returns <see cref="PumpResult.DestinationFailed"/>, and the answer is relayed as
+    /// an early response (true). An interim head (a 103, an unasked 100) does not: the body goes on. Control plane: runs
+    /// only for an upload whose upstream sent something mid-body; never reads alongside the exchange (see <see cref="_earlyWatch"/>).
+    /// </summary>
+    private async Task<bool> WatchForEarlyAnswerAsync(UpstreamConnection upstream, int maxHead)
+    {
+        PipeReader input = upstream.Input;
+        try
+        {
+            while (true)
+            {
+                ReadResult result = await input.ReadAsync().ConfigureAwait(false);
+                ReadOnlySequence<byte> buffer = result.Buffer;
+                if (result.IsCanceled)
+                {
+                    input.AdvanceTo(buffer.Start);
+                    input.CancelPendingRead(); // the exchange's deadline, while it waits on this watch: its own read must see it
+                    return false;
+                }
+                if (HoldsFinalHead(buffer, upstream.Response, maxHead))
+                {
+                    input.AdvanceTo(buffer.Start);
+                    bool stop;
+                    lock (_ownerLock)
+                    {
+                        stop = _sendingBody;
+                    }
+                    if (stop)
+                    {
+                        upstream.Output.CancelPendingFlush();
+                    }
+                    return stop;
+                }
+                if (result.IsCompleted)
+                {
+                    input.AdvanceTo(buffer.Start);
+                    return false;
+                }
+                input.AdvanceTo(buffer.Start, buffer.End);
+            }
+        }
+        catch (Exception)
+        {
+            return false; // the connection failed or was cut: the exchange's own read or write sees it
+        }
+    }
+
+    /// <summary>True when <paramref name="buffer"/> starts with a complete final response head, after any interim ones (or is not a response at all).</summary>
+    private static bool HoldsFinalHead(ReadOnlySequence<byte> buffer, ResponseHead response, int maxHead)
+    {
+        while (true)
+        {
+            HeadStatus status = Http1ResponseReader.TryRead(buffer, response, maxHead, out SequencePosition consumed, out _);
+            if (status == HeadStatus.Rejected)
+            {
+                return true; // answered 502 rather than sent more body
+            }
+            if (status != HeadStatus.Complete)
+            {
+                return false;
+            }
+            if (response.StatusCode >= 200 || response.StatusCode == 101)
+            {
+                return true;
+            }
+            buffer = buffer.Slice(consumed);
+        }
+    }
+
+    /// <summary>
+    /// The body is done (sent, or stopped by the watch) and the watch may still read: the exchange waits for it under the
+    /// response head's deadline, as for the head itself (a watch that waits past an interim head is waiting for the
+    /// answer). The deadline cancels the watch's read, which passes the cancel on to the head read. True when the watch
+    /// stopped the body.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private async ValueTask<bool> WaitForEarlyWatchAsync(UpstreamConnection upstream, UpstreamTimeouts timeouts, RetryModel? retry, long exchangeDeadline)
+    {
+        Task<bool> watch = _earlyWatch!;
+        if (!watch.IsCompleted)
+        {
+            HeadWait(timeouts.Response, retry, exchangeDeadline, out TimeSpan wait);
+            if (wait <= TimeSpan.Zero)
+            {
+                return await EndEarlyWatchAsync(upstream, abort: true).ConfigureAwait(false);
+            }
+            if (_earlyResponse && wait > s_earlyResponseWait)
+            {
+                wait = s_earlyResponseWait;
+            }
+            _client.ArmUpstream(upstream.Input, wait);
+            await watch.ConfigureAwait(false);
+            _client.DisarmUpstream();
+        }
+        return await EndEarlyWatchAsync(upstream, abort: false).ConfigureAwait(false);
+    }
+
+    /// <summary>Ends the watch (cutting the connection under it when <paramref name="abort"/>) before the connection is dropped or read.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private async ValueTask<bool> EndEarlyWatchAsync(UpstreamConnection upstream, bool abort)
+    {
+        Task<bool> watch = _earlyWatch!;
+        _earlyWatch = null;
+        if (abort)
+        {
+            upstream.Abort();
+        }
+        return await watch.ConfigureAwait(false);
     }
 
     /// <summary>

@@ -32,6 +32,8 @@ internal enum ProxyError : byte
     UpstreamPerTryTimeout,
     UpstreamReset,
     UpstreamInvalidResponse,
+    /// <summary>The response body's framing is malformed (a broken chunked coding) and none of the response was relayed yet.</summary>
+    UpstreamInvalidBody,
     UpstreamRequestWriteFailed,
     RequestBodyFailed,
     /// <summary>An upstream-request phase filter threw: the request is not sent (it may lack an edit the filter meant).</summary>
@@ -74,6 +76,7 @@ internal static class ProxyErrorExtensions
         ProxyError.UpstreamPerTryTimeout => "upstream_per_try_timeout",
         ProxyError.UpstreamReset => "upstream_reset",
         ProxyError.UpstreamInvalidResponse => "upstream_invalid_response",
+        ProxyError.UpstreamInvalidBody => "upstream_invalid_body",
         ProxyError.UpstreamRequestWriteFailed => "upstream_request_write_failed",
         ProxyError.RequestBodyFailed => "request_body_failed",
         ProxyError.FilterFailed => "filter_failed",

@@ -122,6 +122,24 @@ internal struct ChunkedDecoder
         buffer[_trailerLength++] = b;
     }
 
+    /// <summary>
+    /// The first framing error in <paramref name="buffer"/> read as the start of a chunked body; None when what is there is
+    /// well formed so far (or ends the body). Runs a scratch decoder: nothing is consumed, no caller state changes.
+    /// </summary>
+    public static RejectReason FindError(in ReadOnlySequence<byte> buffer)
+    {
+        ChunkedDecoder scratch = default;
+        ReadOnlySequence<byte> rest = buffer;
+        ChunkStatus status;
+        RejectReason reason;
+        while ((status = scratch.Read(rest, out _, out SequencePosition consumed, out reason)) == ChunkStatus.Data)
+        {
+            rest = rest.Slice(consumed);
+        }
+        scratch.Reset(); // a trailer section read on the way holds a pooled buffer
+        return status == ChunkStatus.Error ? reason : RejectReason.None;
+    }
+
     public ChunkStatus Read(in ReadOnlySequence<byte> buffer, out ReadOnlySequence<byte> data,
         out SequencePosition consumed, out RejectReason reason)
     {

@@ -1114,8 +1114,14 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
 
     internal void SetExchangeDeadline(long deadline) => _exchangeDeadline = deadline;
 
-    /// <summary>An upstream wait, shortened to what is left of the exchange deadline.</summary>
-    private TimeSpan UpstreamWait(TimeSpan timeout)
+    /// <summary>The current exchange's deadline (request_timeout, grpc-timeout) has passed.</summary>
+    internal bool ExchangeDeadlinePassed => _exchangeDeadline != long.MaxValue && Environment.TickCount64 >= _exchangeDeadline;
+
+    /// <summary>
+    /// A wait of the exchange (for the upstream, or for the client's body while it is forwarded), shortened to what is
+    /// left of the exchange deadline.
+    /// </summary>
+    private TimeSpan ExchangeWait(TimeSpan timeout)
     {
         long deadline = _exchangeDeadline;
         if (deadline == long.MaxValue)
@@ -1131,11 +1137,13 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         _timedReader = source;
         if (ReferenceEquals(source, Input))
         {
-            Arm(TimeoutKind.RequestBody, Listener.Limits.BodyTimeout);
+            // Each wait for the client's body is bounded by body_timeout, and while the body is forwarded all of them by
+            // the exchange's request_timeout (outside an exchange the deadline is MaxValue: body_timeout alone).
+            Arm(TimeoutKind.RequestBody, ExchangeWait(Listener.Limits.BodyTimeout));
         }
         else
         {
-            Arm(TimeoutKind.Upstream, UpstreamWait(_upstreamTimeout));
+            Arm(TimeoutKind.Upstream, ExchangeWait(_upstreamTimeout));
         }
     }
 
@@ -1167,6 +1175,28 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         if (Awaits(TimeoutKind.Upstream) && !IsAborted && _route is { IgnoreClientAbort: false })
         {
             AbortIfClientGone();
+        }
+        WatchUpstream();
+    }
+
+    /// <summary>
+    /// Heartbeat, also for an HTTP/2 stream's bridge (its connection's heartbeat): while a request body is being sent to
+    /// an HTTP/1.1 upstream, looks for an early answer (<see cref="HttpForwarder.WatchForEarlyAnswer"/>). One flag read
+    /// otherwise.
+    /// </summary>
+    internal void WatchUpstream()
+    {
+        if (!_forwarder.SendingBody || !EnterOutsideCall())
+        {
+            return;
+        }
+        try
+        {
+            _forwarder.WatchForEarlyAnswer(this);
+        }
+        finally
+        {
+            ExitOutsideCall();
         }
     }
 

@@ -107,6 +107,27 @@ internal sealed class UpstreamConnection
         }
     }
 
+    /// <summary>
+    /// True when the upstream sent something nobody has read yet (bytes, or its close): a non-blocking poll, asked by the
+    /// heartbeat while a request body is being sent (<see cref="Forwarding.HttpForwarder.WatchForEarlyAnswer"/>), when
+    /// nothing reads the connection. On our epoll engine the engine's readiness rules most connections out without a syscall.
+    /// </summary>
+    public bool HasData()
+    {
+        if (_network is EpollSocketStream epoll && !epoll.MayHaveData)
+        {
+            return false;
+        }
+        try
+        {
+            return _socket.Poll(0, SelectMode.SelectRead);
+        }
+        catch (Exception)
+        {
+            return false; // closed under us: the exchange's own write or read sees it
+        }
+    }
+
     /// <summary>Forcibly closes the socket; pending reads and writes fail. Safe from any thread.</summary>
     public void Abort()
     {

@@ -195,6 +195,29 @@ public class ChunkedDecoderTests
         }
     }
 
+    [Theory]
+    [InlineData("zz\r\nhello\r\n0\r\n\r\n", RejectReason.InvalidChunkSize)]
+    [InlineData("5\r\nhello\r\n10000000000000000\r\n", RejectReason.InvalidChunkSize)]
+    [InlineData("5\r\nhelloX\r\n", RejectReason.InvalidChunkTerminator)]
+    [InlineData("5\r\nhello\r\n0\r\nX: a\0b\r\n\r\n", RejectReason.InvalidTrailer)]
+    public void FindError_MalformedPrefix_ReturnsReason(string body, RejectReason expected)
+    {
+        Assert.Equal(expected, ChunkedDecoder.FindError(new ReadOnlySequence<byte>(Bytes(body))));
+        Assert.Equal(expected, ChunkedDecoder.FindError(BytePerSegment(Bytes(body))));
+    }
+
+    [Fact]
+    public void FindError_WellFormedPrefixes_ReturnNone()
+    {
+        // Every prefix of a valid body (an incomplete chunk line, data cut short) is no error yet, nor the whole of it
+        // with the next response behind it.
+        byte[] data = Bytes(Body + "HTTP/1.1 200 OK\r\n");
+        for (int length = 0; length <= data.Length; length++)
+        {
+            Assert.Equal(RejectReason.None, ChunkedDecoder.FindError(new ReadOnlySequence<byte>(data, 0, length)));
+        }
+    }
+
     [Fact]
     public void Read_LongExtension_ReturnsError()
     {

@@ -24,7 +24,7 @@ public sealed class TlsUpstreamTests : IDisposable
 
     /// <summary>Kestrel over TLS on 127.0.0.1:0 answering "tls:{SNI}|{client certificate subject}|{protocol}".</summary>
     private static async Task<(WebApplication App, int Port)> StartKestrelAsync(X509Certificate2 certificate, bool requireClientCertificate = false,
-        X509Certificate2? clientCa = null)
+        X509Certificate2? clientCa = null, RequestDelegate? handler = null)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
@@ -38,11 +38,11 @@ public sealed class TlsUpstreamTests : IDisposable
             }
         })));
         var app = builder.Build();
-        app.Run(async context =>
+        app.Run(handler ?? (async context =>
         {
             string subject = context.Connection.ClientCertificate?.Subject ?? "";
             await context.Response.WriteAsync($"tls:{context.Request.Host.Host}|{subject}|{context.Request.Protocol}|{context.Request.Headers["x-forwarded-proto"]}");
-        });
+        }));
         using var cts = new CancellationTokenSource(TestDefaults.Timeout);
         await app.StartAsync(cts.Token);
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
@@ -81,6 +81,49 @@ public sealed class TlsUpstreamTests : IDisposable
         }
         Assert.Equal(HttpStatusCode.OK, (await GetAsync(proxy)).Status);
         Assert.Equal(1, pool.OpenConnections);
+    }
+
+    /// <summary>
+    /// The early answer over TLS (see UpstreamFailureTests' plain-TCP test): Kestrel answers an upload 401 at once and
+    /// stops reading (its handler never returns, so the body is not drained). The watch reads through the TLS stream,
+    /// so the answer is relayed within about a second with <c>connection: close</c>, where it used to wait for
+    /// body_timeout and then be lost with the aborted connections.
+    /// </summary>
+    [Fact]
+    public async Task Upload_TlsUpstreamAnswersEarlyAndStopsReading_ClientGetsTheAnswerPromptly()
+    {
+        var (app, port) = await StartKestrelAsync(TestPki.Issue(_ca, "localhost", ["localhost", "127.0.0.1"]), handler: async context =>
+        {
+            context.Response.StatusCode = 401;
+            context.Response.ContentLength = 6;
+            await context.Response.WriteAsync("denied");
+            await context.Response.CompleteAsync();
+            await Task.Delay(Timeout.Infinite, context.RequestAborted);
+        });
+        await using var _ = app;
+        await using var proxy = await ClusterYaml.StartAsync(ClusterYaml.Address($"https://127.0.0.1:{port}"),
+            cluster: $"connect_timeout: 5s\ntls: {{ ca: \"{_caPath}\" }}", top: "limits: { max_body_bytes: 64MiB }");
+        await using var client = await proxy.ConnectAsync();
+        const long size = 32L * 1024 * 1024;
+        await client.SendAsync($"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: {size}\r\n\r\n");
+        var upload = Task.Run(async () =>
+        {
+            try
+            {
+                await client.SendGeneratedAsync(size, TestDefaults.Timeout);
+            }
+            catch (Exception)
+            {
+            }
+        });
+
+        var response = await client.ReadResponseAsync("POST");
+
+        Assert.Equal(401, response.Status);
+        Assert.Equal("denied", response.BodyText);
+        Assert.True(response.ConnectionHas("close"), response.ToString());
+        Assert.True((await client.ReadToCloseAsync()).Closed, "The client connection must close after the early answer.");
+        await upload;
     }
 
     [Fact]

@@ -1337,7 +1337,11 @@ internal sealed class Http2ServerConnection : TimedConnection
             {
                 try
                 {
-                    stream.Bridge?.CheckDeadline(now);
+                    if (stream.Bridge is { } bridge)
+                    {
+                        bridge.CheckDeadline(now);
+                        bridge.WatchUpstream();
+                    }
                 }
                 catch (Exception)
                 {
