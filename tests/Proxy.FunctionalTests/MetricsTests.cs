@@ -19,6 +19,7 @@ public sealed class MetricsTests
         routes:
           - { id: h2echo, match: { path: "/echo" }, cluster: h2 }
           - { id: h2slow, match: { path: "/slow" }, cluster: h2 }
+          - { id: h2slowfor, match: { path: "/slow/{ms}" }, cluster: h2 }
           - { id: h1, match: { path: "/{**rest}" }, cluster: h1 }
         clusters:
           h1: { destinations: ["{{h1Upstream}}"] }
@@ -120,8 +121,9 @@ public sealed class MetricsTests
         await using var proxy = await TestProxy.StartAsync(Yaml(h1.Address, h2.Port));
         using var http2 = Http2Client();
 
-        // /slow answers after 200 ms: its stream is open on the client connection and to the upstream meanwhile.
-        Task<HttpResponseMessage> slow = http2.GetAsync(new Uri(proxy.PublicUri, "/slow"));
+        // /slow/1500 answers after 1.5 s: its stream is open on the client connection and to the upstream meanwhile
+        // (200 ms was too short a window for the scrapes on a loaded CI machine).
+        Task<HttpResponseMessage> slow = http2.GetAsync(new Uri(proxy.PublicUri, "/slow/1500"));
         var during = await ScrapeUntilAsync(proxy, s =>
             s.Value("proxy_http2_streams_active", ("listener", "public")) == 1
             && s.Value("proxy_upstream_http2_streams_active", ("cluster", "h2")) == 1);
@@ -141,9 +143,9 @@ public sealed class MetricsTests
         Assert.Equal(0, after.Value("proxy_http2_streams_active", ("listener", "public")));
         Assert.Equal(0, after.Value("proxy_upstream_http2_streams_active", ("cluster", "h2")));
         Assert.Equal(1, after.Value("proxy_upstream_duration_seconds_count", ("cluster", "h2")));
-        // The upstream held the head for 200 ms: the observation is past the 0.1 s bucket.
+        // The upstream held the head for 1.5 s: the observation is past the 0.1 s bucket.
         Assert.Equal(0, after.Value("proxy_upstream_duration_seconds_bucket", ("cluster", "h2"), ("le", "0.1")));
-        Assert.InRange(after.Value("proxy_upstream_duration_seconds_sum", ("cluster", "h2")), 0.19, 30);
+        Assert.InRange(after.Value("proxy_upstream_duration_seconds_sum", ("cluster", "h2")), 1.45, 30);
         Assert.Equal(0, after.Value("proxy_upstream_duration_seconds_count", ("cluster", "h1")));
     }
 }

@@ -18,7 +18,7 @@ namespace Proxy.FunctionalTests.Grpc;
 /// Kestrel (tests only) as an HTTP/2 upstream: cleartext with prior knowledge (h2c), or TLS with ALPN, plus the
 /// gRPC Greeter service. Plain routes:
 /// <c>/info</c> "protocol|connection id|host|x-forwarded-for|te", <c>/echo</c> the request body back,
-/// <c>/bytes/{n}</c> n bytes of 'x', <c>/slow</c> the connection id after 200 ms, <c>/trailers</c> a body then trailers, <c>/trailers-with-length</c> the same with a content-length,
+/// <c>/bytes/{n}</c> n bytes of 'x', <c>/slow</c> the connection id after 200 ms (<c>/slow/{ms}</c> after ms), <c>/trailers</c> a body then trailers, <c>/trailers-with-length</c> the same with a content-length,
 /// <c>/healthz</c> the request's protocol (counted in <see cref="HealthProbes"/>), <c>/hold</c> "late" after 8 s unless the
 /// request is cancelled first (both counted in <see cref="Counters"/>).
 /// </summary>
@@ -161,6 +161,11 @@ internal sealed class H2Upstream : IAsyncDisposable
         app.MapGet("/slow", async (HttpContext c) =>
         {
             await Task.Delay(200);
+            return c.Connection.Id;
+        });
+        app.MapGet("/slow/{ms:int}", async (HttpContext c, int ms) =>
+        {
+            await Task.Delay(ms);
             return c.Connection.Id;
         });
         app.MapGet("/trailers-with-length", async (HttpContext c) =>
