@@ -265,7 +265,8 @@ public sealed class RateLimitStoreTests
     public async Task Redis_LocalBudget_SparesRoundTripsAndNeverExceedsTheLimit()
     {
         await using var redis = await RedisProcess.StartAsync();
-        string policy = $"    rate_limit: {{ key: header:x-api-key, rate: 1/h, burst: 10, store: redis, redis: {{ address: \"{redis.Address}\", local_budget: 5 }} }}";
+        // A generous Redis timeout: on a loaded CI machine the default one refused a few of the first decisions (6 of 10).
+        string policy = $"    rate_limit: {{ key: header:x-api-key, rate: 1/h, burst: 10, store: redis, redis: {{ address: \"{redis.Address}\", local_budget: 5, timeout: 5s }} }}";
         var (upstreamA, proxyA) = await StartAsync(policy);
         await using var _ = upstreamA;
         await using var __ = proxyA;
