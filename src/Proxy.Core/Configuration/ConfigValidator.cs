@@ -374,7 +374,9 @@ internal static class ConfigValidator
                 ValidateRespond(respond, errors);
             }
 
-            if (errors.Count == errorsBefore && route.Id is { } goodId)
+            // The reader's errors (a predicate without its name) came before errorsBefore, so also check that the
+            // record is whole: BuildMatch assumes the required keys are there.
+            if (errors.Count == errorsBefore && route.Id is { } goodId && IsComplete(route.Match))
             {
                 var model = new RouteModel
                 {
@@ -406,6 +408,29 @@ internal static class ConfigValidator
             errors.Add(shadowedConfig.Id!.Value.Mark,
                 $"route '{shadowed.Id}' is unreachable: every request it matches is taken by route '{by.Id}' (line {byConfig.Id!.Value.Mark.Line})");
         }
+    }
+
+    /// <summary>
+    /// True when every header and query predicate has its name. The reader has already reported a missing or empty
+    /// one (with its position) and left it null; such a match cannot be compiled for the shadowing check.
+    /// </summary>
+    private static bool IsComplete(MatchConfig match)
+    {
+        foreach (var header in match.Headers)
+        {
+            if (header.Name is null)
+            {
+                return false;
+            }
+        }
+        foreach (var query in match.Query)
+        {
+            if (query.Name is null)
+            {
+                return false;
+            }
+        }
+        return true;
     }
 
     private static void ValidateMatch(MatchConfig match, ConfigErrorList errors)
