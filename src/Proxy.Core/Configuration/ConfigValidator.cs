@@ -14,6 +14,13 @@ internal static class ConfigValidator
     /// <summary>A listener mask is a <see cref="ulong"/>: bit i is listener i.</summary>
     public const int MaxListeners = 64;
 
+    /// <summary>
+    /// The most a route's <c>clusters:</c> weights, or a cluster's destination weights, may add up to: the draws and
+    /// running sums (<see cref="WeightedClustersModel"/>, <c>WeightTable</c>) are 32-bit. Each weight is at most
+    /// 1,000,000, so only a list of more than 2,147 of them can pass it.
+    /// </summary>
+    public const long MaxWeightSum = int.MaxValue;
+
     /// <summary>Set by the proxy itself on a direct response, so the config must not set them.</summary>
     private static readonly string[] s_reservedResponseHeaders = ["content-length", "transfer-encoding", "connection"];
 
@@ -174,12 +181,18 @@ internal static class ConfigValidator
         foreach (var cluster in config.Clusters)
         {
             names.Add(cluster.Name.Value);
+            long totalWeight = 0;
             foreach (var destination in cluster.Destinations)
             {
                 if (!ConfigSyntax.TryParseDestination(destination.Address.Value, out _, out _, out var error))
                 {
                     errors.Add(destination.Address.Mark, error);
                 }
+                totalWeight += destination.Weight;
+            }
+            if (totalWeight > MaxWeightSum)
+            {
+                errors.Add(cluster.Name.Mark, $"cluster '{cluster.Name.Value}': the weights of its destinations add up to {totalWeight}, more than {MaxWeightSum}; scale them down (only their ratios matter)");
             }
             ValidateResilience(cluster, errors);
             if (cluster.SessionAffinity is { Name: { } affinityName } && !ConfigSyntax.IsToken(affinityName.Value))
@@ -279,6 +292,10 @@ internal static class ConfigValidator
             if (total == 0)
             {
                 errors.Add(route.ClustersMark, $"{label}: the weights in 'clusters' add up to 0; at least one must be positive");
+            }
+            else if (total > MaxWeightSum)
+            {
+                errors.Add(route.ClustersMark, $"{label}: the weights in 'clusters' add up to {total}, more than {MaxWeightSum}; scale them down (only their ratios matter)");
             }
         }
         if (route.Canary is { } canary)
