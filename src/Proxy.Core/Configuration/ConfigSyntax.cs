@@ -200,6 +200,10 @@ internal static class ConfigSyntax
             var segment = segments[i];
             if (!segment.Contains('{') && !segment.Contains('}'))
             {
+                if (CheckLiteralSegment(template, segment) is { } literalError)
+                {
+                    return literalError;
+                }
                 continue;
             }
             if (!segment.StartsWith('{') || !segment.EndsWith('}') || segment.Length < 2
@@ -238,6 +242,96 @@ internal static class ConfigSyntax
             }
         }
         return null;
+    }
+
+    /// <summary>
+    /// A literal segment that no request can carry as routing sees it (docs/http1-parsing.md): the parser refuses dot
+    /// segments and malformed escapes (400), decodes escaped unreserved characters ("%41" is routed as "A") and takes
+    /// only visible ASCII. Such a template would make a route that never matches.
+    /// </summary>
+    private static string? CheckLiteralSegment(string template, string segment)
+    {
+        if (IsDotSegment(segment))
+        {
+            return $"path '{template}' has the dot segment '{segment}': requests with one are refused (400), so the route could never match";
+        }
+        for (int i = 0; i < segment.Length; i++)
+        {
+            char c = segment[i];
+            if (c > '~')
+            {
+                return $"path '{template}' contains '{c}', which a request can only send percent-encoded (raw bytes above 0x7E are refused); write '{CanonicalPathTemplate(template)}'";
+            }
+            if (c != '%')
+            {
+                continue;
+            }
+            if (i + 2 >= segment.Length || !char.IsAsciiHexDigit(segment[i + 1]) || !char.IsAsciiHexDigit(segment[i + 2]))
+            {
+                return $"path '{template}' has a '%' not followed by two hex digits: requests with one are refused (400); write '%25' for a literal '%'";
+            }
+            char decoded = (char)Convert.ToByte(segment.Substring(i + 1, 2), 16);
+            if (IsUnreserved(decoded))
+            {
+                return $"path '{template}' escapes '{decoded}' as '{segment.Substring(i, 3)}': requests are routed with escaped unreserved characters decoded, so the route could never match; write '{CanonicalPathTemplate(template)}'";
+            }
+            i += 2;
+        }
+        return null;
+    }
+
+    /// <summary>"." or "..", also spelt with "%2e" (RFC 3986 section 2.3: the same character).</summary>
+    private static bool IsDotSegment(string segment)
+    {
+        string dots = segment.Replace("%2e", ".", StringComparison.OrdinalIgnoreCase);
+        return dots is "." or "..";
+    }
+
+    /// <summary>RFC 3986 section 2.3: ALPHA / DIGIT / "-" / "." / "_" / "~".</summary>
+    private static bool IsUnreserved(char c) => char.IsAsciiLetterOrDigit(c) || c is '-' or '.' or '_' or '~';
+
+    /// <summary>
+    /// A path template as requests spell it when routed: escaped unreserved characters decoded, the hex digits of other
+    /// escapes in upper case (RFC 3986 section 6.2.2.1), characters outside ASCII percent-encoded as UTF-8. Applied to
+    /// valid templates when compiling, so "/caf%c3%a9" matches what browsers send; also the suggestion in errors.
+    /// </summary>
+    public static string CanonicalPathTemplate(string template)
+    {
+        var result = new System.Text.StringBuilder(template.Length);
+        Span<byte> utf8 = stackalloc byte[4];
+        for (int i = 0; i < template.Length; i++)
+        {
+            char c = template[i];
+            if (c == '%' && i + 2 < template.Length && char.IsAsciiHexDigit(template[i + 1]) && char.IsAsciiHexDigit(template[i + 2]))
+            {
+                char decoded = (char)Convert.ToByte(template.Substring(i + 1, 2), 16);
+                if (IsUnreserved(decoded))
+                {
+                    result.Append(decoded);
+                }
+                else
+                {
+                    result.Append('%').Append(char.ToUpperInvariant(template[i + 1])).Append(char.ToUpperInvariant(template[i + 2]));
+                }
+                i += 2;
+            }
+            else if (c > '~')
+            {
+                // A surrogate pair is one code point: encode both halves together.
+                int length = char.IsHighSurrogate(c) && i + 1 < template.Length && char.IsLowSurrogate(template[i + 1])
+                    ? System.Text.Encoding.UTF8.GetBytes(template.AsSpan(i++, 2), utf8)
+                    : System.Text.Encoding.UTF8.GetBytes(template.AsSpan(i, 1), utf8);
+                foreach (byte b in utf8[..length])
+                {
+                    result.Append('%').Append(b.ToString("X2", CultureInfo.InvariantCulture));
+                }
+            }
+            else
+            {
+                result.Append(c);
+            }
+        }
+        return result.ToString();
     }
 
     /// <summary>
