@@ -177,6 +177,13 @@ internal static class ConfigSyntax
     }
 
     /// <summary>
+    /// The most segments a path template may have. Matching (<c>RouteTable.Visit</c>) recurses once per segment of the
+    /// deepest template a request follows, so an unbounded template let one request overflow the stack and end the
+    /// process (200,000 segments did). Real templates have a handful; 128 leaves room and keeps the depth trivial.
+    /// </summary>
+    public const int MaxTemplateSegments = 128;
+
+    /// <summary>
     /// Path templates: "/exact", "/users/{id}" (a parameter is a whole segment), "/api/{**rest}" (catch-all,
     /// last segment only). Returns null when valid, otherwise the reason.
     /// </summary>
@@ -185,6 +192,11 @@ internal static class ConfigSyntax
         if (!template.StartsWith('/'))
         {
             return $"path '{template}' must start with '/'";
+        }
+        int segmentCount = template.AsSpan().Count('/');
+        if (segmentCount > MaxTemplateSegments)
+        {
+            return $"path '{Abbreviate(template)}' has {segmentCount} segments; at most {MaxTemplateSegments} are supported";
         }
         foreach (var c in template)
         {
@@ -279,6 +291,9 @@ internal static class ConfigSyntax
         }
         return null;
     }
+
+    /// <summary>A template as quoted in an error: cut after 100 characters, so a huge one does not flood the output.</summary>
+    private static string Abbreviate(string template) => template.Length <= 100 ? template : template[..100] + "...";
 
     /// <summary>"." or "..", also spelt with "%2e" (RFC 3986 section 2.3: the same character).</summary>
     private static bool IsDotSegment(string segment)

@@ -139,6 +139,17 @@ public class ConfigSyntaxTests
         Assert.Equal(error, ConfigSyntax.CheckPathTemplate(template));
     }
 
+    /// <summary>Matching recurses once per template segment: a 200,000-segment template overflowed the stack on a match.</summary>
+    [Fact]
+    public void CheckPathTemplate_MoreThan128Segments_Refused()
+    {
+        Assert.Null(ConfigSyntax.CheckPathTemplate(string.Concat(Enumerable.Repeat("/a", 127)) + "/{**rest}"));
+        Assert.Equal(
+            "path '" + string.Concat(Enumerable.Repeat("/a", 50)) + "...' has 200001 segments; at most 128 are supported",
+            ConfigSyntax.CheckPathTemplate(string.Concat(Enumerable.Repeat("/a", 200_000)) + "/{**rest}"));
+        Assert.Contains("has 129 segments", ConfigSyntax.CheckPathTemplate(string.Concat(Enumerable.Repeat("/a", 129))));
+    }
+
     [Theory]
     [InlineData("/a%2fb/%c3%a9", "/a%2Fb/%C3%A9")]
     [InlineData("/%41%2d%7e", "/A-~")]
