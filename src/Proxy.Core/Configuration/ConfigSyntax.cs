@@ -184,8 +184,8 @@ internal static class ConfigSyntax
     public const int MaxTemplateSegments = 128;
 
     /// <summary>
-    /// Path templates: "/exact", "/users/{id}" (a parameter is a whole segment), "/api/{**rest}" (catch-all,
-    /// last segment only). Returns null when valid, otherwise the reason.
+    /// Path templates: "/exact", "/users/{id}" (a parameter is a whole segment), "/api/{**rest}" or "/api/{*rest}"
+    /// (catch-all, last segment only). Returns null when valid, otherwise the reason.
     /// </summary>
     public static string? CheckPathTemplate(string template)
     {
@@ -224,18 +224,20 @@ internal static class ConfigSyntax
                 return $"path '{template}': a parameter must be a whole segment, like '/{{id}}' (found '{segment}')";
             }
             var name = segment[1..^1];
-            bool catchAll = name.StartsWith("**", StringComparison.Ordinal);
-            if (catchAll)
+            // "{*rest}" is a catch-all too, as in YARP and ASP.NET Core routing (where the two differ only when a URL
+            // is generated, which a proxy never does).
+            int stars = name.StartsWith("**", StringComparison.Ordinal) ? 2 : name.StartsWith('*') ? 1 : 0;
+            if (stars > 0)
             {
-                name = name[2..];
+                name = name[stars..];
+                if (name.StartsWith('*'))
+                {
+                    return $"path '{template}': '{segment}' is not supported; use '{{**{name.TrimStart('*')}}}' for a catch-all";
+                }
                 if (i != segments.Length - 1)
                 {
                     return $"path '{template}': the catch-all '{segment}' must be the last segment";
                 }
-            }
-            else if (name.StartsWith('*'))
-            {
-                return $"path '{template}': '{segment}' is not supported; use '{{**{name.TrimStart('*')}}}' for a catch-all";
             }
             if (name.Length == 0)
             {
