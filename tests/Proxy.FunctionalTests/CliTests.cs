@@ -30,6 +30,24 @@ public sealed partial class CliTests : IDisposable
         Assert.All(positioned, l => Assert.Contains("bad.yaml", l, StringComparison.Ordinal));
     }
 
+    /// <summary>An empty predicate name made validation throw: exit 134 (SIGABRT) and a stack trace instead of exit 2.</summary>
+    [Fact]
+    public async Task Validate_EmptyPredicateName_Exits2WithPosition()
+    {
+        var path = Write("empty-name.yaml", """
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: q, match: { path: /q, query: [{ name: "" }] }, respond: { body: "q" } }
+            """);
+
+        var result = await RunProxyAsync("validate", "--config", path);
+
+        Assert.True(result.ExitCode == 2, result.ToString());
+        Assert.Contains("empty-name.yaml:4:49: 'name' must not be empty", result.StdoutText, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled", result.ToString(), StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Validate_YamlSyntaxError_Exits2WithPosition()
     {

@@ -277,7 +277,8 @@ internal static class ConfigCompiler
         }
         return new RouteMatchModel
         {
-            Path = match.Path?.Value,
+            // "%2f" and "%2F" are the same escape (RFC 3986 section 6.2.2.1); requests are routed with upper-case hex.
+            Path = match.Path is { } path ? ConfigSyntax.CanonicalPathTemplate(path.Value) : null,
             Hosts = match.Hosts.Select(h => h.Value.ToLowerInvariant()).ToArray(),
             Methods = match.Methods.Select(m => m.Value.ToUpperInvariant()).ToArray(),
             Headers = headers,

@@ -95,7 +95,7 @@ internal static class ConfigLint
             return false;
         }
         string? path = match.Path?.Value;
-        return path is null || (path.StartsWith("/{**", StringComparison.Ordinal) && path.EndsWith('}') && path.IndexOf('/', 1) < 0);
+        return path is null || (path.StartsWith("/{*", StringComparison.Ordinal) && path.EndsWith('}') && path.IndexOf('/', 1) < 0);
     }
 
     private static bool IsLocalOnly(string? address)

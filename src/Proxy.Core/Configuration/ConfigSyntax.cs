@@ -177,14 +177,26 @@ internal static class ConfigSyntax
     }
 
     /// <summary>
-    /// Path templates: "/exact", "/users/{id}" (a parameter is a whole segment), "/api/{**rest}" (catch-all,
-    /// last segment only). Returns null when valid, otherwise the reason.
+    /// The most segments a path template may have. Matching (<c>RouteTable.Visit</c>) recurses once per segment of the
+    /// deepest template a request follows, so an unbounded template let one request overflow the stack and end the
+    /// process (200,000 segments did). Real templates have a handful; 128 leaves room and keeps the depth trivial.
+    /// </summary>
+    public const int MaxTemplateSegments = 128;
+
+    /// <summary>
+    /// Path templates: "/exact", "/users/{id}" (a parameter is a whole segment), "/api/{**rest}" or "/api/{*rest}"
+    /// (catch-all, last segment only). Returns null when valid, otherwise the reason.
     /// </summary>
     public static string? CheckPathTemplate(string template)
     {
         if (!template.StartsWith('/'))
         {
             return $"path '{template}' must start with '/'";
+        }
+        int segmentCount = template.AsSpan().Count('/');
+        if (segmentCount > MaxTemplateSegments)
+        {
+            return $"path '{Abbreviate(template)}' has {segmentCount} segments; at most {MaxTemplateSegments} are supported";
         }
         foreach (var c in template)
         {
@@ -200,6 +212,10 @@ internal static class ConfigSyntax
             var segment = segments[i];
             if (!segment.Contains('{') && !segment.Contains('}'))
             {
+                if (CheckLiteralSegment(template, segment) is { } literalError)
+                {
+                    return literalError;
+                }
                 continue;
             }
             if (!segment.StartsWith('{') || !segment.EndsWith('}') || segment.Length < 2
@@ -208,18 +224,20 @@ internal static class ConfigSyntax
                 return $"path '{template}': a parameter must be a whole segment, like '/{{id}}' (found '{segment}')";
             }
             var name = segment[1..^1];
-            bool catchAll = name.StartsWith("**", StringComparison.Ordinal);
-            if (catchAll)
+            // "{*rest}" is a catch-all too, as in YARP and ASP.NET Core routing (where the two differ only when a URL
+            // is generated, which a proxy never does).
+            int stars = name.StartsWith("**", StringComparison.Ordinal) ? 2 : name.StartsWith('*') ? 1 : 0;
+            if (stars > 0)
             {
-                name = name[2..];
+                name = name[stars..];
+                if (name.StartsWith('*'))
+                {
+                    return $"path '{template}': '{segment}' is not supported; use '{{**{name.TrimStart('*')}}}' for a catch-all";
+                }
                 if (i != segments.Length - 1)
                 {
                     return $"path '{template}': the catch-all '{segment}' must be the last segment";
                 }
-            }
-            else if (name.StartsWith('*'))
-            {
-                return $"path '{template}': '{segment}' is not supported; use '{{**{name.TrimStart('*')}}}' for a catch-all";
             }
             if (name.Length == 0)
             {
@@ -238,6 +256,99 @@ internal static class ConfigSyntax
             }
         }
         return null;
+    }
+
+    /// <summary>
+    /// A literal segment that no request can carry as routing sees it (docs/http1-parsing.md): the parser refuses dot
+    /// segments and malformed escapes (400), decodes escaped unreserved characters ("%41" is routed as "A") and takes
+    /// only visible ASCII. Such a template would make a route that never matches.
+    /// </summary>
+    private static string? CheckLiteralSegment(string template, string segment)
+    {
+        if (IsDotSegment(segment))
+        {
+            return $"path '{template}' has the dot segment '{segment}': requests with one are refused (400), so the route could never match";
+        }
+        for (int i = 0; i < segment.Length; i++)
+        {
+            char c = segment[i];
+            if (c > '~')
+            {
+                return $"path '{template}' contains '{c}', which a request can only send percent-encoded (raw bytes above 0x7E are refused); write '{CanonicalPathTemplate(template)}'";
+            }
+            if (c != '%')
+            {
+                continue;
+            }
+            if (i + 2 >= segment.Length || !char.IsAsciiHexDigit(segment[i + 1]) || !char.IsAsciiHexDigit(segment[i + 2]))
+            {
+                return $"path '{template}' has a '%' not followed by two hex digits: requests with one are refused (400); write '%25' for a literal '%'";
+            }
+            char decoded = (char)Convert.ToByte(segment.Substring(i + 1, 2), 16);
+            if (IsUnreserved(decoded))
+            {
+                return $"path '{template}' escapes '{decoded}' as '{segment.Substring(i, 3)}': requests are routed with escaped unreserved characters decoded, so the route could never match; write '{CanonicalPathTemplate(template)}'";
+            }
+            i += 2;
+        }
+        return null;
+    }
+
+    /// <summary>A template as quoted in an error: cut after 100 characters, so a huge one does not flood the output.</summary>
+    private static string Abbreviate(string template) => template.Length <= 100 ? template : template[..100] + "...";
+
+    /// <summary>"." or "..", also spelt with "%2e" (RFC 3986 section 2.3: the same character).</summary>
+    private static bool IsDotSegment(string segment)
+    {
+        string dots = segment.Replace("%2e", ".", StringComparison.OrdinalIgnoreCase);
+        return dots is "." or "..";
+    }
+
+    /// <summary>RFC 3986 section 2.3: ALPHA / DIGIT / "-" / "." / "_" / "~".</summary>
+    private static bool IsUnreserved(char c) => char.IsAsciiLetterOrDigit(c) || c is '-' or '.' or '_' or '~';
+
+    /// <summary>
+    /// A path template as requests spell it when routed: escaped unreserved characters decoded, the hex digits of other
+    /// escapes in upper case (RFC 3986 section 6.2.2.1), characters outside ASCII percent-encoded as UTF-8. Applied to
+    /// valid templates when compiling, so "/caf%c3%a9" matches what browsers send; also the suggestion in errors.
+    /// </summary>
+    public static string CanonicalPathTemplate(string template)
+    {
+        var result = new System.Text.StringBuilder(template.Length);
+        Span<byte> utf8 = stackalloc byte[4];
+        for (int i = 0; i < template.Length; i++)
+        {
+            char c = template[i];
+            if (c == '%' && i + 2 < template.Length && char.IsAsciiHexDigit(template[i + 1]) && char.IsAsciiHexDigit(template[i + 2]))
+            {
+                char decoded = (char)Convert.ToByte(template.Substring(i + 1, 2), 16);
+                if (IsUnreserved(decoded))
+                {
+                    result.Append(decoded);
+                }
+                else
+                {
+                    result.Append('%').Append(char.ToUpperInvariant(template[i + 1])).Append(char.ToUpperInvariant(template[i + 2]));
+                }
+                i += 2;
+            }
+            else if (c > '~')
+            {
+                // A surrogate pair is one code point: encode both halves together.
+                int length = char.IsHighSurrogate(c) && i + 1 < template.Length && char.IsLowSurrogate(template[i + 1])
+                    ? System.Text.Encoding.UTF8.GetBytes(template.AsSpan(i++, 2), utf8)
+                    : System.Text.Encoding.UTF8.GetBytes(template.AsSpan(i, 1), utf8);
+                foreach (byte b in utf8[..length])
+                {
+                    result.Append('%').Append(b.ToString("X2", CultureInfo.InvariantCulture));
+                }
+            }
+            else
+            {
+                result.Append(c);
+            }
+        }
+        return result.ToString();
     }
 
     /// <summary>

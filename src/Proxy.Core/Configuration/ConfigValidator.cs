@@ -14,6 +14,13 @@ internal static class ConfigValidator
     /// <summary>A listener mask is a <see cref="ulong"/>: bit i is listener i.</summary>
     public const int MaxListeners = 64;
 
+    /// <summary>
+    /// The most a route's <c>clusters:</c> weights, or a cluster's destination weights, may add up to: the draws and
+    /// running sums (<see cref="WeightedClustersModel"/>, <c>WeightTable</c>) are 32-bit. Each weight is at most
+    /// 1,000,000, so only a list of more than 2,147 of them can pass it.
+    /// </summary>
+    public const long MaxWeightSum = int.MaxValue;
+
     /// <summary>Set by the proxy itself on a direct response, so the config must not set them.</summary>
     private static readonly string[] s_reservedResponseHeaders = ["content-length", "transfer-encoding", "connection"];
 
@@ -174,12 +181,18 @@ internal static class ConfigValidator
         foreach (var cluster in config.Clusters)
         {
             names.Add(cluster.Name.Value);
+            long totalWeight = 0;
             foreach (var destination in cluster.Destinations)
             {
                 if (!ConfigSyntax.TryParseDestination(destination.Address.Value, out _, out _, out var error))
                 {
                     errors.Add(destination.Address.Mark, error);
                 }
+                totalWeight += destination.Weight;
+            }
+            if (totalWeight > MaxWeightSum)
+            {
+                errors.Add(cluster.Name.Mark, $"cluster '{cluster.Name.Value}': the weights of its destinations add up to {totalWeight}, more than {MaxWeightSum}; scale them down (only their ratios matter)");
             }
             ValidateResilience(cluster, errors);
             if (cluster.SessionAffinity is { Name: { } affinityName } && !ConfigSyntax.IsToken(affinityName.Value))
@@ -280,6 +293,10 @@ internal static class ConfigValidator
             {
                 errors.Add(route.ClustersMark, $"{label}: the weights in 'clusters' add up to 0; at least one must be positive");
             }
+            else if (total > MaxWeightSum)
+            {
+                errors.Add(route.ClustersMark, $"{label}: the weights in 'clusters' add up to {total}, more than {MaxWeightSum}; scale them down (only their ratios matter)");
+            }
         }
         if (route.Canary is { } canary)
         {
@@ -374,7 +391,9 @@ internal static class ConfigValidator
                 ValidateRespond(respond, errors);
             }
 
-            if (errors.Count == errorsBefore && route.Id is { } goodId)
+            // The reader's errors (a predicate without its name) came before errorsBefore, so also check that the
+            // record is whole: BuildMatch assumes the required keys are there.
+            if (errors.Count == errorsBefore && route.Id is { } goodId && IsComplete(route.Match))
             {
                 var model = new RouteModel
                 {
@@ -406,6 +425,29 @@ internal static class ConfigValidator
             errors.Add(shadowedConfig.Id!.Value.Mark,
                 $"route '{shadowed.Id}' is unreachable: every request it matches is taken by route '{by.Id}' (line {byConfig.Id!.Value.Mark.Line})");
         }
+    }
+
+    /// <summary>
+    /// True when every header and query predicate has its name. The reader has already reported a missing or empty
+    /// one (with its position) and left it null; such a match cannot be compiled for the shadowing check.
+    /// </summary>
+    private static bool IsComplete(MatchConfig match)
+    {
+        foreach (var header in match.Headers)
+        {
+            if (header.Name is null)
+            {
+                return false;
+            }
+        }
+        foreach (var query in match.Query)
+        {
+            if (query.Name is null)
+            {
+                return false;
+            }
+        }
+        return true;
     }
 
     private static void ValidateMatch(MatchConfig match, ConfigErrorList errors)

@@ -295,6 +295,41 @@ public class ConfigCompileTests
         }
     }
 
+    /// <summary>
+    /// Escapes are compared byte for byte and requests are routed with upper-case hex, so a template's lower-case
+    /// escape is upper-cased when it is compiled.
+    /// </summary>
+    [Fact]
+    public void Compile_LowerCaseEscapeInTemplate_MatchesUpperCaseRequest()
+    {
+        var result = ConfigLoader.LoadText(
+            "listeners:\n  - { name: public, address: \"127.0.0.1:0\" }\nroutes:\n  - { id: cafe, match: { path: \"/caf%c3%a9\" }, respond: { status: 200 } }\n",
+            "t.yaml");
+
+        Assert.Empty(result.Errors);
+        var route = Assert.Single(result.Snapshot!.Routes.InMatchOrder);
+        Assert.Equal("/caf%C3%A9", route.Match.Path);
+        Assert.Same(route, result.Snapshot.Routes.Match(Proxy.Core.Tests.Routing.TestRequests.Create("GET", "/caf%C3%A9", "a"), 0));
+    }
+
+    /// <summary>routing.md documents "{*rest}" as a catch-all (as YARP has it), but validation refused it.</summary>
+    [Fact]
+    public void Compile_SingleStarCatchAll_MatchesLikeDoubleStar()
+    {
+        var result = ConfigLoader.LoadText(
+            "listeners:\n  - { name: public, address: \"127.0.0.1:0\" }\nroutes:\n  - { id: s, match: { path: \"/s/{*rest}\" }, respond: { status: 200 } }\n",
+            "t.yaml");
+
+        Assert.Empty(result.Errors);
+        var routes = result.Snapshot!.Routes;
+        var route = Assert.Single(routes.InMatchOrder);
+        foreach (string path in new[] { "/s", "/s/", "/s/a/b" })
+        {
+            Assert.Same(route, routes.Match(Proxy.Core.Tests.Routing.TestRequests.Create("GET", path, "a"), 0));
+        }
+        Assert.Null(routes.Match(Proxy.Core.Tests.Routing.TestRequests.Create("GET", "/sx", "a"), 0));
+    }
+
     [Fact]
     public void LoadFile_QuickstartSample_Compiles()
     {

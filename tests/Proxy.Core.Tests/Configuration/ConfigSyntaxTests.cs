@@ -92,6 +92,12 @@ public class ConfigSyntaxTests
     [InlineData("/{**rest}")]
     [InlineData("/users/{id}/posts/{post_id}")]
     [InlineData("/a/")]
+    [InlineData("/a%2Fb/%20")]
+    [InlineData("/api/{*rest}")]
+    [InlineData("/caf%c3%a9")]
+    [InlineData("/a%25")]
+    [InlineData("/.well-known/x")]
+    [InlineData("/files/..x/...")]
     public void CheckPathTemplate_Valid_ReturnsNull(string template)
     {
         Assert.Null(ConfigSyntax.CheckPathTemplate(template));
@@ -106,13 +112,55 @@ public class ConfigSyntaxTests
     [InlineData("/users/{}", "name is empty")]
     [InlineData("/files/{**}", "name is empty")]
     [InlineData("/a/{id}/b/{id}", "appears twice")]
-    [InlineData("/a/{*rest}", "is not supported")]
+    [InlineData("/a/{***rest}", "is not supported; use '{**rest}'")]
+    [InlineData("/a/{*rest}/b", "must be the last segment")]
+    [InlineData("/a/{*}", "name is empty")]
     [InlineData("/a/{my-id}", "only letters")]
     [InlineData("/a?b=1", "cannot appear")]
     [InlineData("/a b", "cannot appear")]
     public void CheckPathTemplate_Invalid_ExplainsWhy(string template, string reason)
     {
         Assert.Contains(reason, ConfigSyntax.CheckPathTemplate(template));
+    }
+
+    /// <summary>
+    /// The request parser refuses dot segments and malformed escapes, takes only visible ASCII and decodes escaped
+    /// unreserved characters before routing: a template spelt so was accepted and made a route that never matched.
+    /// </summary>
+    [Theory]
+    [InlineData("/a/../b", "path '/a/../b' has the dot segment '..': requests with one are refused (400), so the route could never match")]
+    [InlineData("/p/./q", "path '/p/./q' has the dot segment '.': requests with one are refused (400), so the route could never match")]
+    [InlineData("/x/%2e%2E/y", "path '/x/%2e%2E/y' has the dot segment '%2e%2E': requests with one are refused (400), so the route could never match")]
+    [InlineData("/x/{id}/..", "path '/x/{id}/..' has the dot segment '..': requests with one are refused (400), so the route could never match")]
+    [InlineData("/a%zz", "path '/a%zz' has a '%' not followed by two hex digits: requests with one are refused (400); write '%25' for a literal '%'")]
+    [InlineData("/a%4", "path '/a%4' has a '%' not followed by two hex digits: requests with one are refused (400); write '%25' for a literal '%'")]
+    [InlineData("/t%41", "path '/t%41' escapes 'A' as '%41': requests are routed with escaped unreserved characters decoded, so the route could never match; write '/tA'")]
+    [InlineData("/%7Euser/%2f", "path '/%7Euser/%2f' escapes '~' as '%7E': requests are routed with escaped unreserved characters decoded, so the route could never match; write '/~user/%2F'")]
+    [InlineData("/caf\u00e9/{**rest}", "path '/caf\u00e9/{**rest}' contains '\u00e9', which a request can only send percent-encoded (raw bytes above 0x7E are refused); write '/caf%C3%A9/{**rest}'")]
+    public void CheckPathTemplate_NoRequestCanMatch_ExplainsAndSuggests(string template, string error)
+    {
+        Assert.Equal(error, ConfigSyntax.CheckPathTemplate(template));
+    }
+
+    /// <summary>Matching recurses once per template segment: a 200,000-segment template overflowed the stack on a match.</summary>
+    [Fact]
+    public void CheckPathTemplate_MoreThan128Segments_Refused()
+    {
+        Assert.Null(ConfigSyntax.CheckPathTemplate(string.Concat(Enumerable.Repeat("/a", 127)) + "/{**rest}"));
+        Assert.Equal(
+            "path '" + string.Concat(Enumerable.Repeat("/a", 50)) + "...' has 200001 segments; at most 128 are supported",
+            ConfigSyntax.CheckPathTemplate(string.Concat(Enumerable.Repeat("/a", 200_000)) + "/{**rest}"));
+        Assert.Contains("has 129 segments", ConfigSyntax.CheckPathTemplate(string.Concat(Enumerable.Repeat("/a", 129))));
+    }
+
+    [Theory]
+    [InlineData("/a%2fb/%c3%a9", "/a%2Fb/%C3%A9")]
+    [InlineData("/%41%2d%7e", "/A-~")]
+    [InlineData("/caf\u00e9/\U0001F600", "/caf%C3%A9/%F0%9F%98%80")]
+    [InlineData("/users/{id}/{**rest}", "/users/{id}/{**rest}")]
+    public void CanonicalPathTemplate_SpellsTheTemplateAsRoutedRequestsDo(string template, string canonical)
+    {
+        Assert.Equal(canonical, ConfigSyntax.CanonicalPathTemplate(template));
     }
 
     [Theory]

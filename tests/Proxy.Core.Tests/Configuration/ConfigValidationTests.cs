@@ -441,6 +441,30 @@ public class ConfigValidationTests
                 "    respond: { status: 200 }"));
     }
 
+    /// <summary>
+    /// The reader reports an empty or missing predicate name and leaves it null; the validator then compiled the match
+    /// for its shadowing check and threw ("Nullable object must have a value"): `proxy validate` and `proxy run`
+    /// aborted with a stack trace, a reload logged one.
+    /// </summary>
+    [Fact]
+    public void Load_PredicateWithoutName_ReportsEachAtItsPosition()
+    {
+        Assert.Equal(
+            [
+                "t.yaml:4:51: 'name' must not be empty",
+                "t.yaml:5:41: query match is missing required key 'name'",
+                "t.yaml:5:43: unknown key 'nmae' in a query match; did you mean 'name'?",
+                "t.yaml:6:45: 'name' needs a value",
+            ],
+            Errors(
+                "listeners:", Listener,
+                "routes:",
+                "  - { id: h, match: { path: /h, headers: [{ name: \"\" }] }, respond: { status: 200 } }",
+                "  - { id: q, match: { path: /q, query: [{ nmae: beta }] }, respond: { status: 200 } }",
+                "  - { id: n, match: { path: /n, headers: [{ name: , value: x }] }, respond: { status: 200 } }",
+                "  - { id: all, respond: { status: 200 } }"));
+    }
+
     [Fact]
     public void Load_CatchAllNotLast_ReportsPath()
     {

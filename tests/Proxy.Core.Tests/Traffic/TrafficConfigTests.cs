@@ -98,6 +98,54 @@ public class TrafficConfigTests
     public void Validate_AllWeightsZero_Reported()
         => Assert.Contains("add up to 0", AllErrors(Config("clusters: [{ name: stable, weight: 0 }]")));
 
+    /// <summary>
+    /// Each weight is at most 1,000,000, but 2,148 of them passed validation and overflowed the 32-bit running sums: every
+    /// request on the route hung. A split at the limit still compiles.
+    /// </summary>
+    [Theory]
+    [InlineData(2148, true)]
+    [InlineData(2147, false)]
+    public void Validate_SplitWeightsOverInt32_ReportedAtClusters(int count, bool refused)
+    {
+        var yaml = new System.Text.StringBuilder();
+        yaml.Append("listeners:\n  - { name: public, address: \"127.0.0.1:8080\" }\nroutes:\n  - id: r\n    clusters:\n");
+        for (int i = 0; i < count; i++)
+        {
+            yaml.Append($"      - {{ name: c{i}, weight: 1000000 }}\n");
+        }
+        yaml.Append("clusters:\n");
+        for (int i = 0; i < count; i++)
+        {
+            yaml.Append($"  c{i}: {{ destinations: [\"http://127.0.0.1:9000\"] }}\n");
+        }
+
+        var errors = Load(yaml.ToString()).Errors.Select(e => e.ToString()).ToArray();
+
+        if (refused)
+        {
+            Assert.Equal(["t.yaml:6:7: route 'r': the weights in 'clusters' add up to 2148000000, more than 2147483647; scale them down (only their ratios matter)"], errors);
+        }
+        else
+        {
+            Assert.Empty(errors);
+        }
+    }
+
+    [Fact]
+    public void Validate_DestinationWeightsOverInt32_ReportedAtCluster()
+    {
+        var yaml = new System.Text.StringBuilder();
+        yaml.Append("listeners:\n  - { name: public, address: \"127.0.0.1:8080\" }\nclusters:\n  big:\n    destinations:\n");
+        for (int i = 0; i < 2148; i++)
+        {
+            yaml.Append($"      - {{ address: \"http://10.0.{i / 256}.{i % 256}:9000\", weight: 1000000 }}\n");
+        }
+
+        Assert.Equal(
+            ["t.yaml:4:3: cluster 'big': the weights of its destinations add up to 2148000000, more than 2147483647; scale them down (only their ratios matter)"],
+            Load(yaml.ToString()).Errors.Select(e => e.ToString()));
+    }
+
     [Fact]
     public void Validate_DuplicateClusterInSplit_Reported()
         => Assert.Contains("twice", AllErrors(Config("clusters: [stable, stable]")));
