@@ -230,7 +230,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             return;
         }
-        _runtime.Registry.Add(this);
+        _runtime.Registry.Add(this, admin: Listener.Handler == ListenerHandler.Admin);
         try
         {
             await ProcessRequestsAsync().ConfigureAwait(false);

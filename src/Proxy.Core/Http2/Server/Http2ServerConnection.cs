@@ -128,7 +128,7 @@ internal sealed class Http2ServerConnection : TimedConnection
 
     public async Task RunAsync()
     {
-        Runtime.Registry.Add(this);
+        Runtime.Registry.Add(this, admin: Listener.Handler == ListenerHandler.Admin);
         Task writer = Task.CompletedTask;
         try
         {
