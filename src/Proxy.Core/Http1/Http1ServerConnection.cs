@@ -383,7 +383,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                         if (fired == TimeoutKind.RequestHead)
                         {
                             _waitingForRequest = false;
-                            await SendErrorAsync(408, RejectReason.HeaderTimeout.DetailsCode(), close: true).ConfigureAwait(false);
+                            await HeadTimedOutAsync().ConfigureAwait(false);
                             break;
                         }
                         if (fired != TimeoutKind.None || _draining)
@@ -403,7 +403,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                     }
                     if (step == HeadStep.Rejected)
                     {
-                        await SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
+                        await RejectHeadAsync(reason.StatusCode(), reason.DetailsCode()).ConfigureAwait(false);
                     }
                     // Ended: the stream ended before its head was whole, nothing to answer.
                     headRead = step == HeadStep.Complete;
@@ -578,7 +578,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                     if (fired == TimeoutKind.RequestHead && (headStarted || first))
                     {
                         _waitingForRequest = false;
-                        await SendErrorAsync(408, RejectReason.HeaderTimeout.DetailsCode(), close: true).ConfigureAwait(false);
+                        await HeadTimedOutAsync().ConfigureAwait(false);
                         return;
                     }
                     if (fired != TimeoutKind.None || (_draining && !first))
@@ -623,7 +623,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                 }
                 if (step == HeadStep.Rejected)
                 {
-                    await SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
+                    await RejectHeadAsync(reason.StatusCode(), reason.DetailsCode()).ConfigureAwait(false);
                     return;
                 }
                 if (step == HeadStep.Ended)
@@ -692,6 +692,26 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         }
         Input.AdvanceTo(buffer.Start, buffer.End);
         return HeadStep.NeedMore;
+    }
+
+    /// <summary>
+    /// Answers a head the parser or a head limit refused (400, 414, 431, ...) and closes: the access log gets its line
+    /// first (<see cref="ObserveRejectedHead"/>), as for every other request.
+    /// </summary>
+    private ValueTask RejectHeadAsync(int status, string details)
+    {
+        ObserveRejectedHead(status, details);
+        return SendErrorAsync(status, details, close: true);
+    }
+
+    /// <summary>
+    /// 408: the head did not arrive within header_timeout. Nothing of it was parsed: the head still holds the previous
+    /// request of the connection, cleared so that neither the answer nor the log line shows that one's id or target.
+    /// </summary>
+    private ValueTask HeadTimedOutAsync()
+    {
+        Head.Reset();
+        return RejectHeadAsync(408, RejectReason.HeaderTimeout.DetailsCode());
     }
 
     /// <summary>A read cancelled by a deadline or a drain: examines nothing, returns the deadline that fired (None for a stale cancellation).</summary>

@@ -212,7 +212,7 @@ internal sealed class AccessLogWriter : IDisposable
                     WriteNullable("destination"u8, r.Destination);
                     break;
                 case AccessLogField.Method:
-                    _json.WriteString("method"u8, r.Method);
+                    WriteNullable("method"u8, r.Method);
                     break;
                 case AccessLogField.Path:
                     WritePath(ref r);
