@@ -913,6 +913,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             ("cluster", cluster), ("destination", destination));
         ResponseStatus = 499;
         _replyDetails = "client_aborted";
+        _telemetry?.MarkClientAborted();
         _runtime.Metrics.LocalReply(Listener, 499, "client_aborted");
     }
 
