@@ -303,13 +303,16 @@ internal static class Program
         }
         using var hangupRegistration = hangup;
         using var reopenRegistration = reopen;
-        using var tracingProvider = tracing;
-        using var meterProvider = metrics;
 
         await stop.Task;
         await server.StopAsync(server.ShutdownTimeout, abortNow.Token);
-        tracingProvider?.Dispose(); // exports the spans still batched
-        meterProvider?.Dispose(); // the last export ran in server.Drained, before the meters ended
+        // Exports the spans still batched (the metrics' last export ran in server.Drained, before the meters ended),
+        // bounded by Telemetry.ShutdownBudget: a stalled collector does not delay the exit.
+        if (Telemetry.Shutdown(tracing, metrics))
+        {
+            tracing?.Dispose();
+            metrics?.Dispose();
+        }
         await ProxyServer.FlushLogsAsync();
         return ExitOk;
     }

@@ -40,8 +40,44 @@ internal static class Telemetry
             .Build();
     }
 
-    /// <summary>One export now (bounded wait): called after the drain on shutdown, while the meters still exist.</summary>
-    public static void Flush(MeterProvider provider) => provider.ForceFlush(5000);
+    /// <summary>
+    /// How long the exporters may take, all together, to send what they hold on shutdown (the metrics' last export
+    /// after the drain, then the spans still batched). A collector that stalls must not hold the process's exit: past
+    /// this, what is left is dropped (the SDK's own limits were 5 s per step, plus an export timeout of 10 s).
+    /// </summary>
+    public static readonly TimeSpan ShutdownBudget = TimeSpan.FromSeconds(2);
+
+    /// <summary>Tick count when <see cref="ShutdownBudget"/> runs out; 0 until the first shutdown step starts it.</summary>
+    private static long s_shutdownDeadline;
+
+    /// <summary>Milliseconds of <see cref="ShutdownBudget"/> left; the first call starts the budget.</summary>
+    private static int ShutdownMillisecondsLeft()
+    {
+        long now = Environment.TickCount64;
+        Interlocked.CompareExchange(ref s_shutdownDeadline, now + (long)ShutdownBudget.TotalMilliseconds, 0);
+        return (int)Math.Clamp(Volatile.Read(ref s_shutdownDeadline) - now, 0, int.MaxValue);
+    }
+
+    /// <summary>
+    /// Runs a shutdown step on another thread and waits for it at most what is left of the budget: the SDK's timeouts
+    /// do not bound the export itself (a ForceFlush exports on the calling thread, and the OTLP exporter waits up to
+    /// its own 10 s request timeout), so the step may go on in the background while the process exits.
+    /// </summary>
+    private static bool RunBounded(Action step) => Task.Run(step).Wait(ShutdownMillisecondsLeft());
+
+    /// <summary>One export now, within the shutdown budget: called after the drain on shutdown, while the meters still exist.</summary>
+    public static void Flush(MeterProvider provider) => RunBounded(() => provider.ForceFlush(ShutdownMillisecondsLeft()));
+
+    /// <summary>
+    /// Shuts the exporters down within what is left of <see cref="ShutdownBudget"/>: the spans still batched are
+    /// exported if the collector answers in time. False when it did not: the providers are then left to the process's
+    /// exit (disposing them would wait for the stalled export).
+    /// </summary>
+    public static bool Shutdown(TracerProvider? tracing, MeterProvider? metrics) => RunBounded(() =>
+    {
+        tracing?.Shutdown(ShutdownMillisecondsLeft());
+        metrics?.Shutdown(ShutdownMillisecondsLeft());
+    });
 
     /// <summary>
     /// Periodic OTLP export of the <c>Proxy.Http</c> and <c>Proxy.Upstream</c> meters, cumulative (as the Prometheus

@@ -105,6 +105,49 @@ public sealed class ClientAbortTests : IDisposable
         Assert.Equal("/work", entry.RootElement.GetProperty("path").GetString());
     }
 
+    /// <summary>
+    /// docs/observability.md: spans end with status Error for 5xx and for requests the client left before a response.
+    /// A client abort (499 client_aborted) left both the server and the client span Unset.
+    /// </summary>
+    [Fact]
+    public async Task Http1Client_ClosesWhileUpstreamWorks_SpansEndWithStatusError()
+    {
+        const string Trace = "49949949949949949949949949949949";
+        var stopped = new List<Activity>();
+        using var listener = new ActivityListener
+        {
+            ShouldListenTo = s => s.Name == Proxy.Diagnostics.Tracing.ProxyTracing.SourceName,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = a =>
+            {
+                if (a.TraceId.ToHexString() == Trace)
+                {
+                    lock (stopped)
+                    {
+                        stopped.Add(a);
+                    }
+                }
+            },
+        };
+        ActivitySource.AddActivityListener(listener);
+        await using var upstream = new HoldingUpstream(TimeSpan.FromSeconds(8));
+        await using var proxy = await TestProxy.StartAsync(Yaml(upstream.Address, top: "tracing: { sampling: 1 }"));
+
+        var client = await proxy.ConnectAsync();
+        await client.SendAsync(Wire.Get("/work", "example.test", $"traceparent: 00-{Trace}-00f067aa0ba902b7-01"));
+        await upstream.Received.WaitAsync(TestDefaults.Timeout);
+        await client.DisposeAsync();
+
+        await WaitUntilAsync(() => { lock (stopped) { return stopped.Any(a => a.Kind == ActivityKind.Server); } }, "the server span ended");
+        lock (stopped)
+        {
+            var server = Assert.Single(stopped, a => a.Kind == ActivityKind.Server);
+            Assert.Equal(499, server.GetTagItem("http.response.status_code"));
+            Assert.Equal(ActivityStatusCode.Error, server.Status);
+            Assert.Equal(ActivityStatusCode.Error, Assert.Single(stopped, a => a.Kind == ActivityKind.Client).Status);
+        }
+    }
+
     [Fact]
     public async Task Http1Client_ClosesWhileTheResponseBodyStalls_UpstreamConnectionCut()
     {

@@ -114,6 +114,58 @@ public sealed class ObservabilityTests : IDisposable
         Assert.Equal(JsonValueKind.Null, line.GetProperty("upstream_ms").ValueKind);
     }
 
+    /// <summary>
+    /// Heads the HTTP/1.1 parser, a head limit or header_timeout refuses get their access-log line like every other
+    /// request (413 and 405 refused at the same stage had one; these had none): status, the reject's details code as
+    /// policy, method and path when the request line was parsed, no route. A refused second head on a kept-alive
+    /// connection shows nothing of the first request.
+    /// </summary>
+    [Fact]
+    public async Task AccessLog_HeadsRefusedBeforeRouting_OneLineEach()
+    {
+        string log = Path.Combine(_directory, "access.log");
+        string yaml = new ProxyConfig { BackendPort = Ports.ClosedPort(), MaxRequestLine = "512", MaxHeaderBytes = "1KiB", HeaderTimeout = "1s" }.Render() + $$"""
+            access_log: { path: "{{log}}" }
+            """;
+        await using var proxy = await TestProxy.StartAsync(yaml);
+
+        async Task<int> SendAsync(string request)
+        {
+            await using var client = await RawClient.ConnectAsync(proxy.Public);
+            await client.SendAsync(request);
+            var answer = await client.ReadToCloseAsync(TimeSpan.FromSeconds(30));
+            return int.Parse(answer.Text.Split(' ')[1], CultureInfo.InvariantCulture);
+        }
+        Assert.Equal(400, await SendAsync("GET /ok HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"));
+        Assert.Equal(414, await SendAsync("GET /" + new string('a', 600) + " HTTP/1.1\r\nHost: x\r\n\r\n"));
+        Assert.Equal(408, await SendAsync("GET /slow HTTP/1.1\r\nHost: x\r\n"));
+        await using (var kept = await RawClient.ConnectAsync(proxy.Public))
+        {
+            await kept.SendAsync(Wire.Get("/hello"));
+            Assert.Equal(200, (await kept.ReadResponseAsync()).Status);
+            await kept.SendAsync("GET /big HTTP/1.1\r\nHost: x\r\nX-Big: " + new string('a', 2000) + "\r\n\r\n");
+            var refused = await kept.ReadToCloseAsync(TimeSpan.FromSeconds(30));
+            Assert.StartsWith("HTTP/1.1 431 ", refused.Text);
+        }
+
+        var lines = await WaitForLinesAsync(log, 5);
+        JsonElement Line(int status) => lines.Single(l => l.GetProperty("status").GetInt32() == status);
+        var badHeader = Line(400);
+        Assert.False(string.IsNullOrEmpty(badHeader.GetProperty("policy").GetString()));
+        Assert.Equal("GET", badHeader.GetProperty("method").GetString());
+        Assert.Equal("/ok", badHeader.GetProperty("path").GetString());
+        Assert.Equal(JsonValueKind.Null, badHeader.GetProperty("route").ValueKind);
+        Assert.Equal("request_line_too_long", Line(414).GetProperty("policy").GetString());
+        Assert.Equal("header_timeout", Line(408).GetProperty("policy").GetString());
+        var tooLarge = Line(431);
+        var served = Line(200);
+        Assert.Equal("headers_too_large", tooLarge.GetProperty("policy").GetString());
+        Assert.Equal(JsonValueKind.Null, tooLarge.GetProperty("method").ValueKind);
+        Assert.Equal("", tooLarge.GetProperty("path").GetString());
+        Assert.NotEqual(served.GetProperty("request_id").GetString(), tooLarge.GetProperty("request_id").GetString());
+        Assert.Equal("public", tooLarge.GetProperty("listener").GetString());
+    }
+
     [Fact]
     public async Task AccessLog_PolicyRoutes_LinesCarryConsumerAndPolicyOutcome()
     {

@@ -96,6 +96,88 @@ public sealed class OtlpMetricsTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// A collector that accepts connections and never answers must not hold the exit: the exporters' last flush on
+    /// SIGTERM is bounded by 2 s in all (Telemetry.ShutdownBudget). Before, the metrics' final flush waited for the
+    /// exporter's 10 s request timeout and the spans' shutdown up to 5 s more.
+    /// </summary>
+    [Fact]
+    public async Task Run_OtlpCollectorNeverAnswers_SigtermExitsWithinTheFlushBudget()
+    {
+        using var stalled = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        stalled.Start();
+        var held = new List<System.Net.Sockets.TcpClient>();
+        using var stop = new CancellationTokenSource();
+        var accepting = Task.Run(async () =>
+        {
+            try
+            {
+                while (true)
+                {
+                    held.Add(await stalled.AcceptTcpClientAsync(stop.Token)); // read nothing, answer nothing
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        });
+        string endpoint = $"http://127.0.0.1:{((IPEndPoint)stalled.LocalEndpoint).Port}";
+        int port = Ports.ClosedPort();
+        string config = Path.Combine(_directory, "stalled.yaml");
+        await File.WriteAllTextAsync(config, $$"""
+            server: { watch_config: false }
+            listeners:
+              - { name: public, address: "127.0.0.1:{{port}}" }
+            routes:
+              - { id: hello, match: { path: "/{**rest}" }, respond: { status: 200, body: "hi" } }
+            tracing: { sampling: 1, otlp: { endpoint: "{{endpoint}}", protocol: http/protobuf } }
+            metrics: { otlp: { endpoint: "{{endpoint}}", protocol: http/protobuf, interval: 30s } }
+            """);
+        var start = new ProcessStartInfo(ProxyBinary.DotnetHost()) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { ProxyBinary.DllPath(), "run", "--config", config })
+        {
+            start.ArgumentList.Add(a);
+        }
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        try
+        {
+            if (!await ProxyBinary.WaitUntilListeningAsync(port, process))
+            {
+                Assert.Fail($"proxy did not start:\n{await stdout}\n{await stderr}");
+            }
+            for (int i = 0; i < 3; i++)
+            {
+                await using var client = await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
+                await client.SendAsync(Wire.Get("/traced", "example.test"));
+                Assert.Equal(200, (await client.ReadResponseAsync()).Status);
+            }
+            await Task.Delay(1500); // the spans' batch (1 s) goes out to the stalled collector
+
+            var clock = Stopwatch.StartNew();
+            Assert.Equal(0, ProxyBinary.Kill(process.Id, 15));
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            await process.WaitForExitAsync(cts.Token);
+            Assert.Equal(0, process.ExitCode);
+            // 2 s of budget plus the drain and the process's exit, with room for a loaded machine; before: 10 s or more.
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(8), $"the proxy exited {clock.Elapsed} after SIGTERM");
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill();
+            }
+            stop.Cancel();
+            await accepting;
+            foreach (var c in held)
+            {
+                c.Dispose();
+            }
+        }
+    }
+
     [Fact]
     public void RequestCount_HandBuiltExport_SumsPointsOfTheRoute()
     {

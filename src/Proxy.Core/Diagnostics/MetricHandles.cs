@@ -295,7 +295,7 @@ internal sealed class ListenerMetrics
 
     public void Accepted() => Interlocked.Increment(ref _accepted);
 
-    /// <summary>Closed at once because <c>server.max_connections</c> was reached.</summary>
+    /// <summary>A pause at <c>server.max_connections</c>; on the admin listener, a connection closed at once past <see cref="Model.AdminModel.MaxConnections"/>.</summary>
     public void Refused() => Interlocked.Increment(ref _refused);
 
     public long AcceptedCount => Volatile.Read(ref _accepted);

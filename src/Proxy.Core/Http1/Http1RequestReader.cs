@@ -66,11 +66,11 @@ internal static class Http1RequestReader
                 case HeadScan.Incomplete:
                     return HeadStatus.Incomplete;
                 case HeadScan.BareLineFeed:
-                    return Reject(RejectReason.BareLineFeed, out reason);
+                    return Reject(head, RejectReason.BareLineFeed, out reason);
                 case HeadScan.FirstLineTooLong:
-                    return Reject(RejectReason.RequestLineTooLong, out reason);
+                    return Reject(head, RejectReason.RequestLineTooLong, out reason);
                 case HeadScan.SectionTooLarge:
-                    return Reject(RejectReason.HeadersTooLarge, out reason);
+                    return Reject(head, RejectReason.HeadersTooLarge, out reason);
             }
             int length = (int)(headEnd - headStart);
             window.Slice(headStart, length).CopyTo(head.PrepareBuffer(length));
@@ -85,9 +85,14 @@ internal static class Http1RequestReader
         return HeadStatus.Complete;
     }
 
+    /// <summary>
+    /// Refused before the head was copied: <paramref name="head"/> is cleared, so the answer and its access-log line
+    /// show no method, target or request id of the connection's previous request.
+    /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static HeadStatus Reject(RejectReason why, out RejectReason reason)
+    private static HeadStatus Reject(RequestHead head, RejectReason why, out RejectReason reason)
     {
+        head.Reset();
         reason = why;
         return HeadStatus.Rejected;
     }

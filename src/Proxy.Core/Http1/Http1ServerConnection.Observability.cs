@@ -71,6 +71,48 @@ internal sealed partial class Http1ServerConnection
         telemetry.Reset();
     }
 
+    /// <summary>
+    /// A head refused before any routing (by the parser, a head limit or header_timeout): one access-log record with
+    /// what is known, the status, the details code (as <c>policy</c>), the method and path when the request line was
+    /// parsed; no route. Runs only on that error path, so the steady state does not pay for it.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ObserveRejectedHead(int status, string details)
+    {
+        if (Listener.Handler != ListenerHandler.Proxy || (_snapshot ?? _runtime.Current).Observability.AccessLog is null
+            || _runtime.Observability.AccessLog is not { } log || !log.TryClaim(out long position))
+        {
+            return;
+        }
+        RequestHead head = Head;
+        ref AccessLogRecord r = ref log.RecordAt(position);
+        r.StartUtcTicks = DateTime.UtcNow.Ticks;
+        r.DurationTicks = 0;
+        r.UpstreamTicks = -1;
+        r.BytesIn = head.Length;
+        r.BytesOut = 0;
+        r.Listener = Listener.Name;
+        r.Route = null;
+        r.Cluster = null;
+        r.Destination = null;
+        r.Policy = details;
+        r.Method = head.MethodLength > 0 ? RequestLabels.Methods[RequestLabels.MethodSlot(head.Method)] : null;
+        r.Client = RemoteAddress;
+        r.Status = status;
+        ReadOnlySpan<byte> path = head.Path;
+        r.PathTruncated = path.Length > PathBytes.MaxPath;
+        path = r.PathTruncated ? path[..PathBytes.MaxPath] : path;
+        path.CopyTo(r.Path);
+        r.PathLength = path.Length;
+        r.HasTrace = false;
+        r.HasSpan = false;
+        ReadOnlySpan<byte> id = ReplyRequestId(); // the id the answer carries
+        id.CopyTo(r.RequestId);
+        r.RequestIdLength = id.Length;
+        r.SetConsumer(default);
+        log.Publish(position);
+    }
+
     private void Fill(ref AccessLogRecord r, RequestTelemetry telemetry, RequestHead head, DateTime startUtc, long elapsed)
     {
         r.StartUtcTicks = startUtc.Ticks;

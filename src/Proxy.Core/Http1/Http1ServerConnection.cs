@@ -248,7 +248,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             return;
         }
-        _runtime.Registry.Add(this);
+        _runtime.Registry.Add(this, admin: Listener.Handler == ListenerHandler.Admin);
         try
         {
             await ProcessRequestsAsync().ConfigureAwait(false);
@@ -403,7 +403,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                         if (fired == TimeoutKind.RequestHead)
                         {
                             _waitingForRequest = false;
-                            await SendErrorAsync(408, RejectReason.HeaderTimeout.DetailsCode(), close: true).ConfigureAwait(false);
+                            await HeadTimedOutAsync().ConfigureAwait(false);
                             break;
                         }
                         if (fired != TimeoutKind.None || _draining)
@@ -423,7 +423,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                     }
                     if (step == HeadStep.Rejected)
                     {
-                        await SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
+                        await RejectHeadAsync(reason.StatusCode(), reason.DetailsCode()).ConfigureAwait(false);
                     }
                     // Ended: the stream ended before its head was whole, nothing to answer.
                     headRead = step == HeadStep.Complete;
@@ -634,7 +634,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                     if (fired == TimeoutKind.RequestHead && (headStarted || first))
                     {
                         _waitingForRequest = false;
-                        await SendErrorAsync(408, RejectReason.HeaderTimeout.DetailsCode(), close: true).ConfigureAwait(false);
+                        await HeadTimedOutAsync().ConfigureAwait(false);
                         return;
                     }
                     if (fired != TimeoutKind.None || (_draining && !first))
@@ -679,7 +679,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                 }
                 if (step == HeadStep.Rejected)
                 {
-                    await SendErrorAsync(reason.StatusCode(), reason.DetailsCode(), close: true).ConfigureAwait(false);
+                    await RejectHeadAsync(reason.StatusCode(), reason.DetailsCode()).ConfigureAwait(false);
                     return;
                 }
                 if (step == HeadStep.Ended)
@@ -753,6 +753,26 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         }
         Input.AdvanceTo(buffer.Start, buffer.End);
         return HeadStep.NeedMore;
+    }
+
+    /// <summary>
+    /// Answers a head the parser or a head limit refused (400, 414, 431, ...) and closes: the access log gets its line
+    /// first (<see cref="ObserveRejectedHead"/>), as for every other request.
+    /// </summary>
+    private ValueTask RejectHeadAsync(int status, string details)
+    {
+        ObserveRejectedHead(status, details);
+        return SendErrorAsync(status, details, close: true);
+    }
+
+    /// <summary>
+    /// 408: the head did not arrive within header_timeout. Nothing of it was parsed: the head still holds the previous
+    /// request of the connection, cleared so that neither the answer nor the log line shows that one's id or target.
+    /// </summary>
+    private ValueTask HeadTimedOutAsync()
+    {
+        Head.Reset();
+        return RejectHeadAsync(408, RejectReason.HeaderTimeout.DetailsCode());
     }
 
     /// <summary>A read cancelled by a deadline or a drain: examines nothing, returns the deadline that fired (None for a stale cancellation).</summary>
@@ -957,6 +977,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             ("cluster", cluster), ("destination", destination));
         ResponseStatus = 499;
         _replyDetails = "client_aborted";
+        _telemetry?.MarkClientAborted();
         _runtime.Metrics.LocalReply(Listener, 499, "client_aborted");
     }
 

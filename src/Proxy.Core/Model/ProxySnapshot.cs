@@ -34,6 +34,13 @@ internal sealed class AdminModel
     /// <summary>The name of the admin listener, reserved when an <c>admin:</c> block is present.</summary>
     public const string ListenerName = "admin";
 
+    /// <summary>
+    /// Cap on open admin connections, apart from <c>server.max_connections</c> (which they do not count against, so an
+    /// operator can look inside a proxy that is full). Past it a new admin connection is closed as soon as it is
+    /// accepted: idle or unauthenticated admin clients can then neither exhaust descriptors nor crowd out the data plane.
+    /// </summary>
+    public const int MaxConnections = 64;
+
     public required IPEndPoint EndPoint { get; init; }
     /// <summary>UTF-8 bearer token every admin request must present; null when none is configured.</summary>
     public byte[]? Token { get; init; }

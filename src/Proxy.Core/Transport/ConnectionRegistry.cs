@@ -37,6 +37,8 @@ internal abstract class TimedConnection
     internal TimedConnection? RegistryPrevious;
     internal TimedConnection? RegistryNext;
     internal bool InRegistry;
+    /// <summary>Counted in <see cref="ConnectionRegistry.AdminCount"/> (set by Add, so Remove undoes what Add did).</summary>
+    internal bool CountedAsAdmin;
 
     /// <summary>
     /// The listener this connection came from: each request reads its settings and snapshot from it, and a reload that
@@ -99,6 +101,7 @@ internal sealed class ConnectionRegistry : IDisposable
     private readonly Lock _lock = new();
     private TimedConnection? _first;
     private int _count;
+    private int _adminCount;
     private readonly List<Action<long>> _tickHandlers = [];
     private readonly Timer _heartbeat;
     /// <summary>The heartbeat's copy of the list (its thread only), reused from tick to tick.</summary>
@@ -109,9 +112,21 @@ internal sealed class ConnectionRegistry : IDisposable
         _heartbeat = new Timer(static s => ((ConnectionRegistry)s!).Tick(), this, 1000, 1000);
     }
 
+    /// <summary>Every open client connection, admin ones included (shutdown waits for them all).</summary>
     public int Count => Volatile.Read(ref _count);
 
-    public void Add(TimedConnection connection)
+    /// <summary>Open connections on the admin listener: capped on their own, not against <c>server.max_connections</c>.</summary>
+    public int AdminCount => Volatile.Read(ref _adminCount);
+
+    /// <summary>
+    /// Open connections on proxy and echo listeners: what <c>server.max_connections</c> caps. Two reads without the
+    /// lock (checked on every accept): an admin connection joining or leaving between them is off by one at worst.
+    /// </summary>
+    public int DataPlaneCount => Math.Max(Volatile.Read(ref _count) - Volatile.Read(ref _adminCount), 0);
+
+    /// <param name="connection">The connection, not yet in the registry.</param>
+    /// <param name="admin">It came from the admin listener: counted in <see cref="AdminCount"/>, not in <see cref="DataPlaneCount"/>.</param>
+    public void Add(TimedConnection connection, bool admin = false)
     {
         lock (_lock)
         {
@@ -120,6 +135,11 @@ internal sealed class ConnectionRegistry : IDisposable
                 return;
             }
             connection.InRegistry = true;
+            connection.CountedAsAdmin = admin;
+            if (admin)
+            {
+                Volatile.Write(ref _adminCount, _adminCount + 1);
+            }
             connection.RegistryPrevious = null;
             connection.RegistryNext = _first;
             if (_first is not null)
@@ -141,6 +161,11 @@ internal sealed class ConnectionRegistry : IDisposable
                 return;
             }
             connection.InRegistry = false;
+            if (connection.CountedAsAdmin)
+            {
+                connection.CountedAsAdmin = false;
+                Volatile.Write(ref _adminCount, _adminCount - 1);
+            }
             TimedConnection? previous = connection.RegistryPrevious, next = connection.RegistryNext;
             if (previous is null)
             {

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using Proxy.Diagnostics;
 using Proxy.Http1;
 using Proxy.Model;
@@ -345,6 +346,12 @@ internal sealed class SocketListener : IEpollAcceptHandler
                 continue;
             }
 
+            if (AtAdminCap)
+            {
+                RefuseAdmin();
+                client.Dispose();
+                continue;
+            }
             if (!OperatingSystem.IsLinux())
             {
                 client.NoDelay = true; // inheritance from the listening socket is only checked on Linux
@@ -381,7 +388,22 @@ internal sealed class SocketListener : IEpollAcceptHandler
     /// closes. The admin listener is exempt: an operator must be able to look inside a proxy that is full.
     /// </summary>
     private bool AtConnectionCap
-        => Model.Handler != ListenerHandler.Admin && _runtime.Registry.Count >= _runtime.Current.Server.MaxConnections;
+        => Model.Handler != ListenerHandler.Admin && _runtime.Registry.DataPlaneCount >= _runtime.Current.Server.MaxConnections;
+
+    /// <summary>
+    /// An admin listener with <see cref="AdminModel.MaxConnections"/> open: the connection just accepted is closed
+    /// at once (pausing instead would let idle admin clients lock the operator out until they leave).
+    /// </summary>
+    private bool AtAdminCap
+        => Model.Handler == ListenerHandler.Admin && _runtime.Registry.AdminCount >= AdminModel.MaxConnections;
+
+    /// <summary>Counted as the admin listener's <c>proxy_accept_paused_total</c>; logged at debug only, a flood must not flood the log.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void RefuseAdmin()
+    {
+        Model.Metrics?.Refused();
+        ProxyLog.Write(LogLevel.Debug, "admin_connection_refused", ("max_connections", AdminModel.MaxConnections));
+    }
 
     bool IEpollAcceptHandler.CanAccept() => !AtConnectionCap;
 
@@ -392,6 +414,12 @@ internal sealed class SocketListener : IEpollAcceptHandler
     void IEpollAcceptHandler.OnAccepted(in AcceptedSocket socket)
     {
         ListenerModel model = Model;
+        if (AtAdminCap)
+        {
+            RefuseAdmin();
+            socket.Handle.Dispose();
+            return;
+        }
         if (model.Tls is not null)
         {
             if (socket.ToSocket() is { } wrapped)

@@ -93,6 +93,53 @@ public sealed class AccessLogAndInsightsTests : IDisposable
         Assert.Equal(3, writer.Written);
     }
 
+    /// <summary>
+    /// A reopen (SIGUSR1) that fails keeps the file already open, as nginx does: the lines go on to the renamed file
+    /// and are counted as written. Before, the writer dropped its stream, lost every line until the next successful
+    /// reopen, and still counted them in proxy_access_log_lines_total.
+    /// </summary>
+    [Fact]
+    public void Writer_ReopenFails_KeepsWritingToTheOpenFile()
+    {
+        string path = Path.Combine(_directory, "logs", "access.log");
+        var writer = new AccessLogWriter(new AccessLogModel { Path = path, Buffer = 64, Fields = [AccessLogField.Status] });
+        void Write(int status)
+        {
+            Assert.True(writer.TryClaim(out long p));
+            writer.RecordAt(p).Status = status;
+            writer.Publish(p);
+        }
+        static void WaitFor(Func<bool> condition)
+        {
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+            while (!condition())
+            {
+                Assert.True(DateTime.UtcNow < deadline, "The condition did not hold within 20 s.");
+                Thread.Sleep(20);
+            }
+        }
+        Write(200);
+        WaitFor(() => writer.Written == 1);
+        File.Move(path, path + ".1");
+        Directory.CreateDirectory(path); // the reopen cannot create a file there
+
+        writer.Reopen();
+        WaitFor(() => !writer.ReopenPending); // the records below come after the failed reopen
+        Write(201);
+        Write(202);
+        WaitFor(() => writer.Written + writer.Dropped == 3);
+        Directory.Delete(path);
+        writer.Reopen();
+        WaitFor(() => !writer.ReopenPending);
+        Write(203);
+        writer.Stop(TimeSpan.FromSeconds(10));
+
+        Assert.Equal(0, writer.Dropped);
+        Assert.Equal(4, writer.Written);
+        Assert.Equal(["{\"status\":200}", "{\"status\":201}", "{\"status\":202}"], File.ReadAllLines(path + ".1"));
+        Assert.Equal(["{\"status\":203}"], File.ReadAllLines(path));
+    }
+
     [Fact]
     public void Writer_ConsumerAndPolicy_WrittenAsStringsOrNull()
     {

@@ -77,6 +77,16 @@ public class IntrospectionTests
         Assert.Equal(0UL, Parse("""{"active":true,"scope":"orders orders.readonly"}""").Scopes);
     }
 
+    /// <summary>An escape that is not valid UTF-16 (a lone surrogate) is a broken response, not an exception out of the parser.</summary>
+    [Theory]
+    [InlineData("""{"active":true,"sub":"\ud800"}""")]
+    [InlineData("""{"active":true,"client_id":"a\udc00b"}""")]
+    [InlineData("""{"active":true,"scope":"orders.read \ud800"}""")]
+    public void Parse_LoneSurrogateEscape_Fails(string json)
+    {
+        Assert.False(IntrospectionResponseParser.TryParse(Encoding.UTF8.GetBytes(json), s_scopes, out _));
+    }
+
     [Fact]
     public void Parse_SubjectOverLimit_Fails()
     {

@@ -194,6 +194,23 @@ public class JwtFilterTests
         Assert.Equal(JwtResult.Invalid, Check(s_keys.Mint(credentials: credentials)));
     }
 
+    /// <summary>
+    /// A correctly signed token whose claim escapes a lone UTF-16 surrogate ("\ud800") is not text: malformed (401),
+    /// where before Utf8JsonReader's InvalidOperationException escaped the filter (500 filter_failed, a stack trace).
+    /// </summary>
+    [Theory]
+    [InlineData("sub")]
+    [InlineData("client_id")]
+    public void Validate_SignedClaimWithLoneSurrogateEscape_ReturnsMalformed(string claim)
+    {
+        long exp = JwtTestKeys.Now.AddMinutes(10).ToUnixTimeSeconds();
+        string payload = $$"""{"iss":"{{JwtTestKeys.Issuer}}","aud":"{{JwtTestKeys.Audience}}","exp":{{exp}},"scope":"orders.read","{{claim}}":"\ud800"}""";
+        string unsigned = JwtTestKeys.Raw("""{"alg":"HS256","kid":"hmac1"}""", payload, [])[..^1];
+        byte[] signature = HMACSHA256.HashData(s_keys.Secret, Encoding.ASCII.GetBytes(unsigned));
+
+        Assert.Equal(JwtResult.Malformed, Check(unsigned + "." + JwtTestKeys.B64(signature)));
+    }
+
     [Fact]
     public void Validate_CritHeader_ReturnsInvalid()
     {

@@ -524,6 +524,36 @@ public sealed class Http2AttackTests
         Assert.Equal(200, next.Status);
     }
 
+    /// <summary>
+    /// A body over max_body_bytes whose DATA comes in the same write as its HEADERS (as Go and gRPC clients send it),
+    /// declared by content-length or not: 413 on the stream, as when the HEADERS come alone, and the connection goes
+    /// on. Before, the read loop reset the stream (CANCEL) before its bridge could answer, and nothing was logged.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task BodyOverLimit_DataInSameWriteAsHeaders_Answers413(bool declared)
+    {
+        string yaml = Http2ServerTests.WithHttp2Limits(
+            new ProxyConfig { BackendPort = Ports.ClosedPort(), MaxBodyBytes = "1KiB" }, "max_concurrent_streams: 100");
+        await using var proxy = await TestProxy.StartAsync(yaml);
+        // The echo listener reads every body (a respond route answers without reading one).
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Echo);
+        // 2000 octets: HEADERS and DATA fit in one read of the proxy's (4 KiB blocks), so both are in one read pass.
+        (string, string)[] fields = declared ? [.. Post("/hello"), ("content-length", "2000")] : Post("/hello");
+        var write = new ArrayBufferWriter<byte>();
+        Http2FrameWriter.WriteHeaders(write, 1, client.Encode(fields), endStream: false, 16_384);
+        Http2FrameWriter.WriteData(write, 1, new byte[2000], endStream: true);
+        await client.SendRawAsync(write.WrittenSpan.ToArray());
+
+        var tooLarge = await client.ReadResponseAsync(1);
+        await client.SendHeadersAsync(3, endStream: true, Http2TestClient.Get("/next"));
+        var next = await client.ReadResponseAsync(3);
+
+        Assert.Equal(413, tooLarge.Status);
+        Assert.Equal(200, next.Status);
+    }
+
     [Fact]
     public async Task BadPreface_ConnectionClosedWithoutAnswer()
     {

@@ -43,9 +43,10 @@ internal struct AccessLogRecord
     public string? Route;
     public string? Cluster;
     public string? Destination;
-    /// <summary>The details code of the filter that answered (a static string such as <c>rate_limited</c>); null when the chain let the request through.</summary>
+    /// <summary>The details code of the filter that answered (a static string such as <c>rate_limited</c>), or of the parser or head limit that refused the head; null when the chain let the request through.</summary>
     public string? Policy;
-    public string Method;
+    /// <summary>As in the metrics (a standard method or OTHER); null when a refused request line never gave one.</summary>
+    public string? Method;
     public IPAddress? Client;
     public int ClientPort;
     public int Status;

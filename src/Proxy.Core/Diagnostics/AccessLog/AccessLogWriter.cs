@@ -38,6 +38,8 @@ internal sealed class AccessLogWriter : IDisposable
     private Stream? _stream;
     private long _dropped;
     private long _written;
+    /// <summary>Lines formatted into <see cref="_buffer"/> since the last <see cref="WriteOut"/> (writer thread only).</summary>
+    private int _pending;
     private int _sleeping;
     private readonly int _wakeAt;
     private int _reopen;
@@ -57,10 +59,10 @@ internal sealed class AccessLogWriter : IDisposable
 
     public AccessLogModel Model { get; }
 
-    /// <summary>Lines dropped because the ring was full (<c>proxy_access_log_dropped_total</c>).</summary>
+    /// <summary>Lines dropped because the ring was full or the output failed them (<c>proxy_access_log_dropped_total</c>).</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
 
-    /// <summary>Lines written to the output (<c>proxy_access_log_lines_total</c>).</summary>
+    /// <summary>Lines the output took (<c>proxy_access_log_lines_total</c>).</summary>
     public long Written => Interlocked.Read(ref _written);
 
     /// <summary>Data plane: claims a slot for a record, or counts a drop and returns false.</summary>
@@ -92,6 +94,9 @@ internal sealed class AccessLogWriter : IDisposable
         Volatile.Write(ref _reopen, 1);
         _wake.Set();
     }
+
+    /// <summary>A <see cref="Reopen"/> the writer thread has not taken up yet (tests wait on it).</summary>
+    internal bool ReopenPending => Volatile.Read(ref _reopen) != 0;
 
     private static Stream Open(string path)
     {
@@ -157,17 +162,20 @@ internal sealed class AccessLogWriter : IDisposable
         {
             return;
         }
+        Stream reopened;
         try
         {
-            _stream?.Dispose();
-            _stream = Open(Model.Path);
-            ProxyLog.Info("access_log_reopened", ("path", Model.Path));
+            reopened = Open(Model.Path);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            _stream = null;
+            // As nginx does: lines go on to the file already open (renamed, most likely) until a reopen succeeds.
             ProxyLog.Error("access_log_reopen_failed", ("path", Model.Path), ("error", e.Message));
+            return;
         }
+        _stream?.Dispose();
+        _stream = reopened;
+        ProxyLog.Info("access_log_reopened", ("path", Model.Path));
     }
 
     private void WriteOut()
@@ -176,15 +184,30 @@ internal sealed class AccessLogWriter : IDisposable
         {
             return;
         }
+        bool written = false;
         try
         {
-            _stream?.Write(_buffer.WrittenSpan);
-            _stream?.Flush();
+            if (_stream is { } stream)
+            {
+                stream.Write(_buffer.WrittenSpan);
+                stream.Flush();
+                written = true;
+            }
         }
         catch (Exception e) when (e is IOException or ObjectDisposedException)
         {
             ProxyLog.Error("access_log_write_failed", ("path", Model.Path), ("error", e.Message));
         }
+        // A failed write (a full disk, stdout a broken pipe) lost its lines: counted as dropped, not as written.
+        if (written)
+        {
+            Interlocked.Add(ref _written, _pending);
+        }
+        else
+        {
+            Interlocked.Add(ref _dropped, _pending);
+        }
+        _pending = 0;
         _buffer.ResetWrittenCount();
     }
 
@@ -212,7 +235,7 @@ internal sealed class AccessLogWriter : IDisposable
                     WriteNullable("destination"u8, r.Destination);
                     break;
                 case AccessLogField.Method:
-                    _json.WriteString("method"u8, r.Method);
+                    WriteNullable("method"u8, r.Method);
                     break;
                 case AccessLogField.Path:
                     WritePath(ref r);
@@ -276,7 +299,7 @@ internal sealed class AccessLogWriter : IDisposable
         _json.WriteEndObject();
         _json.Flush();
         _buffer.Write("\n"u8);
-        Interlocked.Increment(ref _written);
+        _pending++;
     }
 
     private void WriteNullable(ReadOnlySpan<byte> name, string? value)

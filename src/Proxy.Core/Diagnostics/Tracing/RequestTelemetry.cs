@@ -257,9 +257,9 @@ internal sealed class RequestTelemetry
         Activity server = _server!;
         if (_client is not null)
         {
-            if (status == 0)
+            if (status == 0 || _clientAborted)
             {
-                _client.SetStatus(ActivityStatusCode.Error);
+                _client.SetStatus(ActivityStatusCode.Error); // no response, or the upstream call was cut off with the client
             }
             _client.Stop();
         }
@@ -270,16 +270,26 @@ internal sealed class RequestTelemetry
             server.DisplayName = server.OperationName + " " + route;
         }
         server.SetTag(ProxyTracing.Tags.Status, status);
-        if (status is 0 or >= 500)
+        if (status is 0 or >= 500 || _clientAborted)
         {
             server.SetStatus(ActivityStatusCode.Error);
         }
         server.Stop();
     }
 
+    /// <summary>Set by <see cref="MarkClientAborted"/>: the client left before a response (499, <c>client_aborted</c>).</summary>
+    private bool _clientAborted;
+
+    /// <summary>
+    /// The client left while the upstream had the request: both spans end with status Error (docs/observability.md),
+    /// told apart from an upstream that itself answered 499.
+    /// </summary>
+    public void MarkClientAborted() => _clientAborted = true;
+
     /// <summary>Clears per-request state for the next request on the connection.</summary>
     public void Reset()
     {
+        _clientAborted = false;
         _begun = false;
         _hasParent = false;
         _forwardTraceState = false;

@@ -128,7 +128,7 @@ internal sealed class Http2ServerConnection : TimedConnection
 
     public async Task RunAsync()
     {
-        Runtime.Registry.Add(this);
+        Runtime.Registry.Add(this, admin: Listener.Handler == ListenerHandler.Admin);
         Task writer = Task.CompletedTask;
         try
         {
@@ -338,25 +338,31 @@ internal sealed class Http2ServerConnection : TimedConnection
         {
             CreditConnection(padding);
         }
-        long received = stream.ReceivedBody + data.Length;
+        long received = stream.ReceivedBody + stream.DroppedBody + data.Length;
         // Section 8.1.1: content-length must match the DATA octets.
         if (stream.DeclaredLength >= 0 && (received > stream.DeclaredLength || (endStream && received != stream.DeclaredLength)))
         {
             CreditConnection((int)data.Length);
             return Http2FrameError.Stream(Http2ErrorCode.PROTOCOL_ERROR);
         }
-        if (received > _httpLimits.MaxBodyBytes + 1 && !stream.IsTunnel)
+        ReadOnlySequence<byte> body = data;
+        long room = _httpLimits.MaxBodyBytes + 1 - stream.ReceivedBody;
+        if (body.Length > room && !stream.IsTunnel)
         {
-            // The bridge answers 413 from the declared or counted length; past the limit we stop buffering.
-            CreditConnection((int)data.Length);
-            return Http2FrameError.Stream(Http2ErrorCode.CANCEL);
+            // The bridge answers 413 from the declared length, or once it counts max_body_bytes + 1 octets: those are
+            // all it gets, the rest goes straight back to the connection window. Not a reset: DATA read in the same
+            // pass as its HEADERS would cancel the stream before its bridge ran, with no 413 and nothing logged.
+            long dropped = body.Length - Math.Max(room, 0);
+            CreditConnection((int)dropped);
+            stream.DroppedBody += dropped;
+            body = body.Slice(0, Math.Max(room, 0));
         }
-        Volatile.Write(ref stream.ReceivedBody, received);
+        Volatile.Write(ref stream.ReceivedBody, stream.ReceivedBody + body.Length);
         if (endStream)
         {
             Volatile.Write(ref stream.RequestEnded, true);
         }
-        stream.WriteRequestData(data, endStream);
+        stream.WriteRequestData(body, endStream);
         return Http2FrameError.None;
     }
 

@@ -82,7 +82,10 @@ internal sealed class Http2Stream
     public int ReceiveWindow;
     public bool RequestChunked;
     public long DeclaredLength;
+    /// <summary>DATA octets written into <see cref="RequestPipe"/> as body: at most max_body_bytes + 1 (tunnels aside).</summary>
     public long ReceivedBody;
+    /// <summary>DATA octets dropped past max_body_bytes + 1 while the bridge answers 413 (read loop only); counted for content-length.</summary>
+    public long DroppedBody;
     /// <summary>END_STREAM received (half-closed remote).</summary>
     public bool RequestEnded;
     /// <summary>The request writer was completed (END_STREAM, reset, or the stream finished).</summary>
@@ -133,6 +136,7 @@ internal sealed class Http2Stream
             head.WebSocketKey.CopyTo(_webSocketKey);
         }
         ReceivedBody = 0;
+        DroppedBody = 0;
         RequestEnded = endStream;
         RequestClosed = false;
         _credited = 0;

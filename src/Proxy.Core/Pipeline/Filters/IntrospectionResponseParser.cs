@@ -33,9 +33,10 @@ internal static class IntrospectionResponseParser
         {
             return TryParseCore(json, requiredScopes, out result);
         }
-        catch (JsonException)
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
         {
-            // Utf8JsonReader reports malformed JSON by throwing; this is the miss path, off the hot loop.
+            // Utf8JsonReader reports malformed JSON by throwing; this is the miss path, off the hot loop. GetString and
+            // CopyString throw InvalidOperationException for escapes that are not valid UTF-16 (a lone surrogate).
             return false;
         }
     }

@@ -358,9 +358,11 @@ internal sealed class JwtFilter : IRequestHeadersFilter
             // The claims are read only once the signature vouches for them.
             return CheckClaims(payload, now, out expires, out subject, out clientId);
         }
-        catch (JsonException)
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
         {
-            // Utf8JsonReader reports malformed JSON only by throwing; this path is a refusal, not steady state.
+            // Utf8JsonReader reports malformed JSON only by throwing; this path is a refusal, not steady state. Its
+            // GetString and CopyString throw InvalidOperationException for a string whose escapes are not valid UTF-16
+            // (a lone surrogate, "\ud800"): claims that are not text make the token malformed, not the filter broken.
             return JwtResult.Malformed;
         }
         finally
