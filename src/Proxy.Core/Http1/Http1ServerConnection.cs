@@ -1104,6 +1104,38 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             AbortIfClientGone();
         }
+        else if (_forwarder.Tunnel is { } tunnel && !IsAborted)
+        {
+            CheckTunnel(tunnel, now);
+        }
+    }
+
+    /// <summary>
+    /// A tunnel whose write waits for a peer that does not read (see <see cref="TunnelActivity"/>): past
+    /// <c>limits.body_timeout</c>, or at once when the client reset its connection (a reset is not seen by a tunnel
+    /// whose reads are paused), both sides are closed. Polls the socket only while a write waits.
+    /// </summary>
+    private void CheckTunnel(TunnelActivity tunnel, long now)
+    {
+        long stalled = tunnel.WriteStalledMilliseconds(now);
+        if (stalled == 0 || !EnterOutsideCall())
+        {
+            return;
+        }
+        try
+        {
+            bool timedOut = stalled >= Milliseconds(Listener.Limits.BodyTimeout);
+            if (timedOut || _transport.PeerReset())
+            {
+                ProxyLog.Info("tunnel_write_timeout", ("listener", Listener.Name), ("route", _route?.Id ?? ""),
+                    ("reason", timedOut ? "peer_not_reading" : "client_reset"), ("stalled_ms", stalled));
+                Abort();
+            }
+        }
+        finally
+        {
+            ExitOutsideCall();
+        }
     }
 
     private void AbortIfClientGone()

@@ -76,6 +76,8 @@ internal sealed class TlsTransport : ClientTransport
     /// <summary>At the TCP level: a client's close_notify waits unread ahead of its FIN, which is what poll reports.</summary>
     public override bool PeerHungUp() => HasHungUp(_socket.SafeHandle);
 
+    public override bool PeerReset() => HasReset(_socket.SafeHandle);
+
     public override void Dispose()
     {
         try
