@@ -289,12 +289,14 @@ internal sealed partial class HttpForwarder
                                     }
                                     // No idle connection: the request waits for a connect (and maybe a max_connections slot).
                                     long waitStarted = Stopwatch.GetTimestamp();
+                                    _client.WaitingForUpstreamConnection = true; // the heartbeat watches for the client's close meanwhile
                                     var (connection, error) = await pool.ConnectAsync(takesReturned: true).ConfigureAwait(false);
+                                    _client.WaitingForUpstreamConnection = false;
                                     cluster.Metrics?.PoolWaited(Stopwatch.GetTimestamp() - waitStarted);
                                     breaker?.ExitPending();
                                     if (connection is null)
                                     {
-                                        failure = ConnectFailure(error);
+                                        failure = ClientGone ? ProxyError.ClientAborted : ConnectFailure(error);
                                         if (error is ConnectError.Refused or ConnectError.Timeout)
                                         {
                                             cause = RetryOn.ConnectFailure;
