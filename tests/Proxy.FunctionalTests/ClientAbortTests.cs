@@ -341,6 +341,44 @@ public sealed class ClientAbortTests : IDisposable
         Assert.Equal(2, slow.TrafficCount);
     }
 
+    /// <summary>
+    /// An HTTP/1.1 request queued at the pool's max_connections cap whose client closes: the heartbeat's client-close
+    /// check covers the wait for a connection too, so the request is dropped (499) when a connection frees up, instead
+    /// of going up for nobody seconds later.
+    /// </summary>
+    [Fact]
+    public async Task Http1Client_ClosesWhileWaitingForAnUpstreamConnection_NothingGoesUp()
+    {
+        await using var slow = FaultyUpstream.Start("slow");
+        slow.Delay = TimeSpan.FromSeconds(4);
+        await using var proxy = await TestProxy.StartAsync(Yaml(slow.Address, cluster: "max_connections: 1\n    connect_timeout: 10s"));
+
+        // The only upstream connection is busy for 4 s ...
+        var first = Task.Run(async () =>
+        {
+            await using var client = await proxy.ConnectAsync();
+            await client.SendAsync(Wire.Get("/first"));
+            return await client.ReadResponseAsync(timeout: TimeSpan.FromSeconds(20));
+        });
+        await WaitUntilAsync(() => slow.TrafficCount == 1, "the upstream has the first request");
+        // ... so this POST waits for it, and its client leaves meanwhile.
+        await using (var second = await proxy.ConnectAsync())
+        {
+            await second.SendAsync("POST /second HTTP/1.1\r\nHost: example.test\r\nContent-Length: 5\r\n\r\nhello");
+            await Task.Delay(300);
+        }
+        Assert.Equal(200, (await first).Status);
+        slow.Delay = TimeSpan.Zero;
+        await Task.Delay(500);
+
+        // On the previous proxy the abandoned POST went up once the connection was free, for nobody.
+        Assert.Equal(1, slow.TrafficCount);
+        await using var third = await proxy.ConnectAsync();
+        await third.SendAsync(Wire.Get("/third"));
+        Assert.Equal(200, (await third.ReadResponseAsync()).Status);
+        Assert.Equal(2, slow.TrafficCount);
+    }
+
     private static async Task<string[]> WaitForLinesAsync(string path)
     {
         var clock = Stopwatch.StartNew();

@@ -60,6 +60,9 @@ public sealed class RequestValidationTests
         ["chunk_size_empty"] = "POST / HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\n" + Smuggled,
         ["chunk_data_without_crlf"] = "POST / HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n" + Smuggled,
         ["second_chunk_size_not_hex"] = "POST / HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nxyz\r\n0\r\n\r\n" + Smuggled,
+        // One-byte chunks with 4000-byte extensions: framing far beyond the payload (chunk_framing_excess).
+        ["chunk_extension_flood"] = "POST / HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + string.Concat(Enumerable.Repeat("1;e=" + new string('a', 4000) + "\r\nz\r\n", 64)) + "0\r\n\r\n" + Smuggled,
     };
 
     public static TheoryData<string> BadHeads => new(s_badHeads.Keys);

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Net.Sockets;
 using System.Net.WebSockets;
 using System.Text;
 using Proxy.FunctionalTests.Infrastructure;
@@ -156,6 +157,98 @@ public sealed class WebSocketTests
             await Task.Delay(300);
         }
         Assert.Equal(string.Concat(Enumerable.Repeat("tick", 12)), Encoding.Latin1.GetString(echoed.ToArray()));
+    }
+
+    /// <summary>
+    /// A tunnel stalled both ways (the client sends and never reads, the upstream echoes: every buffer fills), then the
+    /// client resets. Each copy loop was parked on a write that never completed, so neither saw the reset: the client
+    /// connection, the upstream connection and the client's connection counts stayed until tunnel_idle_timeout (1 h).
+    /// </summary>
+    [Fact]
+    public async Task Upgrade_ClientResetsTunnelStalledBothWays_BothSidesClosed()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.SwitchingProtocolsEcho());
+        var client = await scenario.ConnectAsync();
+        await UpgradeAsync(client);
+        await FloodUntilStalledAsync(client.Socket);
+
+        client.Socket.LingerState = new LingerOption(true, 0);
+        await client.DisposeAsync();
+
+        await WaitForNoConnectionsAsync(scenario);
+        await scenario.Upstream.Connections[0].PeerClosed.WaitAsync(TestDefaults.Timeout);
+    }
+
+    /// <summary>
+    /// An upstream that answers 101 and never reads: the client's bytes fill the tunnel, and the write to the upstream
+    /// waits for ever. limits.body_timeout bounds such a send (nginx: proxy_send_timeout); both sides are then closed.
+    /// </summary>
+    [Fact]
+    public async Task Upgrade_UpstreamStopsReading_TunnelClosedAfterBodyTimeout()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            if (await connection.ReadRequestAsync(ct) is null)
+            {
+                return;
+            }
+            await connection.WriteAsync("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n", ct);
+            await Task.Delay(Timeout.Infinite, ct);
+        }, c => c with { BodyTimeout = "1s" });
+        await using var client = await scenario.ConnectAsync();
+        await UpgradeAsync(client);
+        await FloodUntilStalledAsync(client.Socket);
+
+        var rest = await client.ReadToCloseAsync(TimeSpan.FromSeconds(20));
+
+        Assert.True(rest.Closed, "the stalled tunnel stayed open");
+        await WaitForNoConnectionsAsync(scenario);
+        Assert.True(await scenario.Upstream.Connections[0].WaitForPeerCloseAsync(TestDefaults.Timeout));
+    }
+
+    /// <summary>Sends into the tunnel without reading until nothing more is taken for two seconds (or the proxy resets it).</summary>
+    private static async Task FloodUntilStalledAsync(Socket socket)
+    {
+        var chunk = new byte[64 * 1024];
+        var limit = Stopwatch.StartNew();
+        socket.Blocking = false;
+        try
+        {
+            int refused = 0;
+            while (refused < 20)
+            {
+                Assert.True(limit.Elapsed < TimeSpan.FromSeconds(60), "the tunnel kept taking bytes");
+                try
+                {
+                    socket.Send(chunk);
+                    refused = 0;
+                }
+                catch (SocketException e) when (e.SocketErrorCode == SocketError.WouldBlock)
+                {
+                    refused++;
+                    await Task.Delay(100);
+                }
+                catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionReset)
+                {
+                    return; // stalled long enough for the proxy to close the tunnel already
+                }
+            }
+        }
+        finally
+        {
+            socket.Blocking = true;
+        }
+    }
+
+    private static async Task WaitForNoConnectionsAsync(ProxyScenario scenario)
+    {
+        var clock = Stopwatch.StartNew();
+        while (scenario.Proxy.Server.OpenConnections > 0)
+        {
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20),
+                $"the proxy still holds {scenario.Proxy.Server.OpenConnections} client connection(s)");
+            await Task.Delay(100);
+        }
     }
 
     [Fact]

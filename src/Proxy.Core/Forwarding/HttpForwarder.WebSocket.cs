@@ -65,6 +65,7 @@ internal sealed partial class HttpForwarder
             return false;
         }
         var activity = new TunnelActivity();
+        Volatile.Write(ref _tunnel, activity);
         Task up = CopyClientToStreamAsync(stream, activity);
         Task down = CopyStreamToClientAsync(stream, activity);
         Task<Task> either = Task.WhenAny(up, down);
@@ -72,22 +73,26 @@ internal sealed partial class HttpForwarder
         {
             TunnelIdledOut(cluster);
             _client.Input.CancelPendingRead();
+            _client.Output.CancelPendingFlush();
             await stream.Connection.CancelAsync(stream).ConfigureAwait(false);
-            await Task.WhenAll(up, down).ConfigureAwait(false);
-            return false;
         }
-        Task first = await either.ConfigureAwait(false);
-        if (first == down)
+        else if (await either.ConfigureAwait(false) == down)
         {
-            // The upstream ended the stream: stop reading the client; its connection then closes gracefully.
+            // The upstream ended the stream (or the client stopped taking bytes): stop reading the client, and reset
+            // the stream, which takes back a send that waits for window the upstream will not give any more. Ended by
+            // the upstream, the client connection then closes gracefully.
             _client.Input.CancelPendingRead();
+            await stream.Connection.CancelAsync(stream).ConfigureAwait(false);
         }
         else
         {
-            // The client went away (or its bytes cannot go up): reset the stream, which ends the download too.
+            // The client went away (or its bytes cannot go up): reset the stream, which ends the download too, and
+            // take back a write to the client that waits on a client that no longer reads.
+            _client.Output.CancelPendingFlush();
             await stream.Connection.CancelAsync(stream).ConfigureAwait(false);
         }
         await Task.WhenAll(up, down).ConfigureAwait(false);
+        Volatile.Write(ref _tunnel, null);
         return false;
     }
 
@@ -133,7 +138,7 @@ internal sealed partial class HttpForwarder
                 {
                     activity.Touch();
                 }
-                bool sent = buffer.IsEmpty || await connection.SendDataAsync(stream, buffer, endStream: false).ConfigureAwait(false);
+                bool sent = buffer.IsEmpty || await SendTunnelDataAsync(connection, stream, buffer, activity).ConfigureAwait(false);
                 source.AdvanceTo(buffer.End);
                 if (!sent)
                 {
@@ -170,7 +175,7 @@ internal sealed partial class HttpForwarder
                     output.Write(buffer);
                 }
                 source.AdvanceTo(buffer.End);
-                FlushResult flush = await output.FlushAsync().ConfigureAwait(false);
+                FlushResult flush = await FlushTunnelAsync(output, activity, TunnelSide.Client).ConfigureAwait(false);
                 if (result.IsCompleted || flush.IsCompleted || flush.IsCanceled)
                 {
                     return;
@@ -184,6 +189,45 @@ internal sealed partial class HttpForwarder
         }
         catch (Exception)
         {
+        }
+    }
+
+    /// <summary>Client bytes up as DATA; a send that waits for window (an upstream that stopped reading) is timed as a stalled write.</summary>
+    private static async ValueTask<bool> SendTunnelDataAsync(Http2ClientConnection connection, Http2ClientStream stream,
+        ReadOnlySequence<byte> buffer, TunnelActivity activity)
+    {
+        ValueTask<bool> send = connection.SendDataAsync(stream, buffer, endStream: false);
+        if (send.IsCompleted)
+        {
+            return send.Result;
+        }
+        activity.WriteWaiting(TunnelSide.Upstream);
+        try
+        {
+            return await send.ConfigureAwait(false);
+        }
+        finally
+        {
+            activity.WriteDone(TunnelSide.Upstream);
+        }
+    }
+
+    /// <summary>Flushes a tunnel's writer; a flush that waits (a peer that does not read) is timed as a stalled write.</summary>
+    private static async ValueTask<FlushResult> FlushTunnelAsync(PipeWriter output, TunnelActivity activity, TunnelSide side)
+    {
+        ValueTask<FlushResult> flush = output.FlushAsync();
+        if (flush.IsCompleted)
+        {
+            return flush.Result;
+        }
+        activity.WriteWaiting(side);
+        try
+        {
+            return await flush.ConfigureAwait(false);
+        }
+        finally
+        {
+            activity.WriteDone(side);
         }
     }
 }

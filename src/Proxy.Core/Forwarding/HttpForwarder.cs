@@ -81,6 +81,12 @@ internal sealed partial class HttpForwarder
     /// </summary>
     private Task<bool>? _earlyWatch;
     private Task? _loop;
+    /// <summary>The tunnel this forwarder relays, if any: its client connection's heartbeat bounds its stalled writes.</summary>
+    private TunnelActivity? _tunnel;
+
+    /// <summary>The clocks of the tunnel in progress; null when none. Read by the heartbeat thread.</summary>
+    internal TunnelActivity? Tunnel => Volatile.Read(ref _tunnel);
+
     /// <summary>
     /// The loop published its last outcome and has nothing left to do for it (it waits for, or is about to wait for,
     /// the next request). Only a parked forwarder may be handed a request by a new owner: an HTTP/2 stream's reused
@@ -300,12 +306,14 @@ internal sealed partial class HttpForwarder
                                     }
                                     // No idle connection: the request waits for a connect (and maybe a max_connections slot).
                                     long waitStarted = Stopwatch.GetTimestamp();
+                                    _client.WaitingForUpstreamConnection = true; // the heartbeat watches for the client's close meanwhile
                                     var (connection, error) = await pool.ConnectAsync(takesReturned: true).ConfigureAwait(false);
+                                    _client.WaitingForUpstreamConnection = false;
                                     cluster.Metrics?.PoolWaited(Stopwatch.GetTimestamp() - waitStarted);
                                     breaker?.ExitPending();
                                     if (connection is null)
                                     {
-                                        failure = ConnectFailure(error);
+                                        failure = ClientGone ? ProxyError.ClientAborted : ConnectFailure(error);
                                         if (error is ConnectError.Refused or ConnectError.Timeout)
                                         {
                                             cause = RetryOn.ConnectFailure;
@@ -1321,30 +1329,38 @@ internal sealed partial class HttpForwarder
             return;
         }
         var activity = new TunnelActivity();
-        Task up = CopyRawAsync(_client.Input, upstream.Output, activity);
-        Task down = CopyRawAsync(upstream.Input, _client.Output, activity);
-        Task<Task> either = Task.WhenAny(up, down);
+        Volatile.Write(ref _tunnel, activity);
+        Task<bool> up = CopyRawAsync(_client.Input, upstream.Output, activity, TunnelSide.Upstream);
+        Task<bool> down = CopyRawAsync(upstream.Input, _client.Output, activity, TunnelSide.Client);
+        Task<Task<bool>> either = Task.WhenAny(up, down);
         if (await activity.IdledOutAsync(either, cluster.TunnelIdleTimeout).ConfigureAwait(false))
         {
             TunnelIdledOut(cluster);
             upstream.Abort();
             _client.Input.CancelPendingRead();
-            await Task.WhenAll(up, down).ConfigureAwait(false);
-            ReleaseUpstream();
-            return;
+            _client.Output.CancelPendingFlush();
         }
-        Task first = await either.ConfigureAwait(false);
-        if (first == down)
+        else if (await either.ConfigureAwait(false) == down)
         {
-            // The upstream closed: stop reading the client; the connection then closes gracefully, so the
-            // last bytes relayed to the client are not cut by a reset.
+            // The upstream closed (or the client stopped taking bytes). Stop reading the client, and take back a write
+            // to the upstream that waits (it may wait for ever: nothing reads it any more). Closed by the upstream:
+            // the client connection then closes gracefully, so the last bytes relayed to it are not cut by a reset.
             _client.Input.CancelPendingRead();
+            upstream.Output.CancelPendingFlush();
+            if (!down.Result)
+            {
+                upstream.Abort();
+            }
         }
         else
         {
+            // The client closed (or reset, or the upstream stopped taking bytes): cut the upstream, and take back a
+            // write to the client that waits on a client that no longer reads.
             upstream.Abort();
+            _client.Output.CancelPendingFlush();
         }
         await Task.WhenAll(up, down).ConfigureAwait(false);
+        Volatile.Write(ref _tunnel, null);
         ReleaseUpstream();
     }
 
@@ -1353,7 +1369,11 @@ internal sealed partial class HttpForwarder
         => ProxyLog.Info("tunnel_idle_timeout", ("route", _route?.Id ?? ""), ("cluster", cluster.Name),
             ("timeout_ms", (long)cluster.TunnelIdleTimeout.TotalMilliseconds));
 
-    private static async Task CopyRawAsync(PipeReader source, PipeWriter destination, TunnelActivity activity)
+    /// <summary>
+    /// Copies <paramref name="source"/> to <paramref name="destination"/> until either ends. True when the source ended
+    /// (end of stream), false when the destination failed or a read or write was taken back.
+    /// </summary>
+    private static async Task<bool> CopyRawAsync(PipeReader source, PipeWriter destination, TunnelActivity activity, TunnelSide side)
     {
         try
         {
@@ -1367,15 +1387,20 @@ internal sealed partial class HttpForwarder
                     destination.Write(buffer);
                 }
                 source.AdvanceTo(buffer.End);
-                FlushResult flush = await destination.FlushAsync().ConfigureAwait(false);
-                if (result.IsCompleted || result.IsCanceled || flush.IsCompleted || flush.IsCanceled)
+                FlushResult flush = await FlushTunnelAsync(destination, activity, side).ConfigureAwait(false);
+                if (flush.IsCompleted || flush.IsCanceled || result.IsCanceled)
                 {
-                    return;
+                    return false;
+                }
+                if (result.IsCompleted)
+                {
+                    return true;
                 }
             }
         }
         catch (Exception)
         {
+            return false;
         }
     }
 }

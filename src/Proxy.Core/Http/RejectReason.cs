@@ -48,6 +48,11 @@ public enum RejectReason : byte
     // 400 and close (added after the groups above, which keep their values)
     /// <summary>More than one Authorization field (RFC 9110 section 11.6.2 defines one credential).</summary>
     MultipleAuthorization,
+    /// <summary>
+    /// A chunked body's framing (chunk-size lines, extensions, CRLFs) far exceeds its payload: tiny chunks with long
+    /// extensions, which max_body_bytes (payload only) would let run on (Go's CVE-2023-39326 rule).
+    /// </summary>
+    ChunkFramingExcess,
 }
 
 public static class RejectReasonExtensions
@@ -101,6 +106,7 @@ public static class RejectReasonExtensions
         RejectReason.InvalidStatusLine => "upstream_invalid_status_line",
         RejectReason.InvalidResponse => "upstream_invalid_response",
         RejectReason.MultipleAuthorization => "multiple_authorization",
+        RejectReason.ChunkFramingExcess => "chunk_framing_excess",
         _ => "unknown",
     };
 }

@@ -39,6 +39,13 @@ internal struct ChunkedDecoder
     private const int InitialTrailerBuffer = 256;
     /// <summary>16 hex digits hold a 64-bit size; more is an overflow attempt (or padding we refuse).</summary>
     private const int MaxSizeDigits = 16;
+    /// <summary>
+    /// Framing allowed per chunk beyond what its payload earns (twice its size): "1\r\nX\r\n" streams a byte at a time
+    /// for 4 bytes of framing, well inside it; "1;" + 4000 bytes of extension does not. Go's rule (CVE-2023-39326).
+    /// </summary>
+    private const int FramingPerChunk = 16;
+    /// <summary>Framing beyond the allowance, summed over the body (never below 0), past which the body is refused.</summary>
+    public const int MaxFramingExcess = 16 * 1024;
 
     private enum State : byte
     {
@@ -65,6 +72,8 @@ internal struct ChunkedDecoder
     private long _size;
     private long _remaining;
     private long _payloadBytes;
+    /// <summary>Framing bytes read beyond the allowance (<see cref="FramingPerChunk"/> plus twice each chunk's size).</summary>
+    private int _framingExcess;
     private RejectReason _error;
     /// <summary>The trailer section's field lines as received (CRLF each, no final empty line); rented only when one arrives.</summary>
     private byte[]? _trailers;
@@ -254,6 +263,10 @@ internal struct ChunkedDecoder
                 {
                     return RejectReason.InvalidChunkSize;
                 }
+                if (ChargeFraming())
+                {
+                    return RejectReason.ChunkFramingExcess;
+                }
                 if (_size == 0)
                 {
                     _state = State.TrailerLineStart;
@@ -284,6 +297,19 @@ internal struct ChunkedDecoder
             default:
                 return StepTrailer(b);
         }
+    }
+
+    /// <summary>
+    /// A chunk-size line just ended: charges its framing (the line, its CRLF, the CRLF after the data) against what the
+    /// chunk earns. True when the excess passed <see cref="MaxFramingExcess"/>. The line is capped at
+    /// <see cref="MaxChunkLine"/>, so the sum stays far from overflowing.
+    /// </summary>
+    private bool ChargeFraming()
+    {
+        long earned = FramingPerChunk + 2 * Math.Min(_size, MaxFramingExcess);
+        long excess = _framingExcess + _lineBytes + 4 - earned;
+        _framingExcess = (int)Math.Max(0, excess);
+        return _framingExcess > MaxFramingExcess;
     }
 
     private RejectReason AfterSize(byte b)

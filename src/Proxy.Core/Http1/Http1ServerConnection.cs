@@ -1188,14 +1188,21 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// Envoy, a close (FIN, or RST) ends the exchange: the upstream connection is cut or its HTTP/2 stream reset, and the
     /// exchange is recorded as 499 <c>client_aborted</c>. A client that only half-closed after its request is ended
     /// too, since FIN looks the same; a route with <c>ignore_client_abort: true</c> keeps serving it (HAProxy's default).
-    /// Only while an upstream wait is armed, so it costs the request path nothing: one poll() per such connection per second.
+    /// Only while an upstream wait is armed, or while the request waits for an upstream connection (a connect, or a
+    /// place at the pool's max_connections cap: a request whose client left is then never sent, as Envoy cancels its
+    /// pending requests), so it costs the request path nothing: one poll() per such connection per second.
     /// </summary>
     internal override void Heartbeat(long now)
     {
         base.Heartbeat(now);
-        if (Awaits(TimeoutKind.Upstream) && !IsAborted && _route is { IgnoreClientAbort: false })
+        if ((Awaits(TimeoutKind.Upstream) || Volatile.Read(ref _waitingForUpstreamConnection))
+            && !IsAborted && _route is { IgnoreClientAbort: false })
         {
             AbortIfClientGone();
+        }
+        else if (_forwarder.Tunnel is { } tunnel && !IsAborted)
+        {
+            CheckTunnel(tunnel, now);
         }
         WatchUpstream();
     }
@@ -1219,6 +1226,42 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             ExitOutsideCall();
         }
+    }
+
+    /// <summary>
+    /// A tunnel whose write waits for a peer that does not read (see <see cref="TunnelActivity"/>): past
+    /// <c>limits.body_timeout</c>, or at once when the client reset its connection (a reset is not seen by a tunnel
+    /// whose reads are paused), both sides are closed. Polls the socket only while a write waits.
+    /// </summary>
+    private void CheckTunnel(TunnelActivity tunnel, long now)
+    {
+        long stalled = tunnel.WriteStalledMilliseconds(now);
+        if (stalled == 0 || !EnterOutsideCall())
+        {
+            return;
+        }
+        try
+        {
+            bool timedOut = stalled >= Milliseconds(Listener.Limits.BodyTimeout);
+            if (timedOut || _transport.PeerReset())
+            {
+                ProxyLog.Info("tunnel_write_timeout", ("listener", Listener.Name), ("route", _route?.Id ?? ""),
+                    ("reason", timedOut ? "peer_not_reading" : "client_reset"), ("stalled_ms", stalled));
+                Abort();
+            }
+        }
+        finally
+        {
+            ExitOutsideCall();
+        }
+    }
+
+    private bool _waitingForUpstreamConnection;
+
+    /// <summary>Set by the forwarder while the request waits for an upstream connection (see <see cref="Heartbeat"/>).</summary>
+    internal bool WaitingForUpstreamConnection
+    {
+        set => Volatile.Write(ref _waitingForUpstreamConnection, value);
     }
 
     private void AbortIfClientGone()

@@ -67,13 +67,22 @@ internal abstract class ClientTransport : IDisposable
     /// </summary>
     public virtual bool PeerHungUp() => false;
 
+    /// <summary>The connection was reset or broke (POLLHUP, POLLERR; not a FIN); false where unknown.</summary>
+    public virtual bool PeerReset() => false;
+
     /// <summary>
     /// poll() with POLLRDHUP and no wait: the peer sent FIN (POLLRDHUP), or the connection is reset or broken (POLLHUP,
     /// POLLERR). Bytes waiting to be read (a pipelined request, a TLS close_notify) neither hide it nor are consumed,
     /// which a zero-byte read or Socket.Poll with Available could not promise. Linux only: false elsewhere. The handle's
     /// reference keeps its fd from being closed, and reused by another socket, during the call.
     /// </summary>
-    protected static unsafe bool HasHungUp(SafeHandle handle)
+    protected static bool HasHungUp(SafeHandle handle)
+        => HasPollEvent(handle, EpollNative.POLLRDHUP | EpollNative.POLLHUP | EpollNative.POLLERR);
+
+    /// <summary>As <see cref="HasHungUp"/>, for a reset or broken connection only (POLLHUP, POLLERR).</summary>
+    protected static bool HasReset(SafeHandle handle) => HasPollEvent(handle, EpollNative.POLLHUP | EpollNative.POLLERR);
+
+    private static unsafe bool HasPollEvent(SafeHandle handle, short events)
     {
         if (!OperatingSystem.IsLinux())
         {
@@ -85,7 +94,7 @@ internal abstract class ClientTransport : IDisposable
             handle.DangerousAddRef(ref added);
             var poll = new EpollNative.PollFd { Fd = (int)handle.DangerousGetHandle(), Events = EpollNative.POLLRDHUP };
             return EpollNative.Poll(&poll, 1, 0) == 1
-                && (poll.Revents & (EpollNative.POLLRDHUP | EpollNative.POLLHUP | EpollNative.POLLERR)) != 0;
+                && (poll.Revents & events) != 0;
         }
         catch (ObjectDisposedException)
         {
@@ -134,6 +143,8 @@ internal sealed class SocketTransport : ClientTransport
     public override void Abort() => SocketPipes.Abort(_socket, _stream);
 
     public override bool PeerHungUp() => HasHungUp(_socket.SafeHandle);
+
+    public override bool PeerReset() => HasReset(_socket.SafeHandle);
 
     public override void Dispose() => SocketPipes.Close(_socket, _stream);
 }
@@ -206,6 +217,8 @@ internal sealed class EpollSocketTransport : ClientTransport
     }
 
     public override bool PeerHungUp() => HasHungUp(_handle);
+
+    public override bool PeerReset() => HasReset(_handle);
 
     /// <summary>The stream first (it leaves its engine), then the fd: closed once no syscall holds it any more.</summary>
     public override void Dispose()

@@ -227,6 +227,35 @@ public class ChunkedDecoderTests
         Assert.Equal(RejectReason.InvalidChunkExtension, outcome.Reason);
     }
 
+    /// <summary>
+    /// One-byte chunks each with a long extension: max_body_bytes counts only the payload, so without a bound on the
+    /// framing a client sends gigabytes of extensions for a few kilobytes of body (Go's CVE-2023-39326).
+    /// </summary>
+    [Fact]
+    public void Read_TinyChunksWithLongExtensions_ReturnsFramingExcess()
+    {
+        string chunk = "1;e=" + new string('a', 4000) + "\r\nz\r\n";
+        Outcome outcome = Decode(Bytes(string.Concat(Enumerable.Repeat(chunk, 64)) + "0\r\n\r\n"));
+
+        Assert.Equal(ChunkStatus.Error, outcome.Status);
+        Assert.Equal(RejectReason.ChunkFramingExcess, outcome.Reason);
+        Assert.Equal(400, outcome.Reason.StatusCode());
+        Assert.Equal("chunk_framing_excess", outcome.Reason.DetailsCode());
+        Assert.InRange(outcome.PayloadBytes, 1, 8);
+    }
+
+    /// <summary>Streaming a byte per chunk is legitimate (4 bytes of framing each), as are a few long extensions.</summary>
+    [Fact]
+    public void Read_OneByteChunksAndSomeLongExtensions_Decodes()
+    {
+        string tiny = string.Concat(Enumerable.Repeat("1\r\nz\r\n", 100_000));
+        string extended = string.Concat(Enumerable.Repeat("400;e=" + new string('a', 3000) + "\r\n" + new string('x', 0x400) + "\r\n", 10));
+        Outcome outcome = Decode(Bytes(tiny + extended + "0\r\n\r\n"));
+
+        Assert.Equal(ChunkStatus.Done, outcome.Status);
+        Assert.Equal(100_000 + 10 * 0x400, outcome.PayloadBytes);
+    }
+
     [Fact]
     public void Read_ExtensionJustUnderLimit_Decodes()
     {

@@ -17,6 +17,7 @@ internal sealed record ProxyConfig
     public string MaxBodyBytes { get; init; } = "10MiB";
     public string HeaderTimeout { get; init; } = "10s";
     public string KeepAliveTimeout { get; init; } = "75s";
+    public string BodyTimeout { get; init; } = "30s";
     public string ConnectTimeout { get; init; } = "2s";
     public string RequestTimeout { get; init; } = "30s";
     /// <summary>Further keys of the backend cluster, one per line, indented as they are (<c>tunnel_idle_timeout: 1s</c>).</summary>
@@ -29,7 +30,7 @@ internal sealed record ProxyConfig
         """;
 
     public string Render() => $$"""
-        limits: { max_request_line: {{MaxRequestLine}}, max_header_bytes: {{MaxHeaderBytes}}, max_headers: {{MaxHeaders.ToString(CultureInfo.InvariantCulture)}}, max_body_bytes: {{MaxBodyBytes}}, header_timeout: {{HeaderTimeout}}, keepalive_timeout: {{KeepAliveTimeout}} }
+        limits: { max_request_line: {{MaxRequestLine}}, max_header_bytes: {{MaxHeaderBytes}}, max_headers: {{MaxHeaders.ToString(CultureInfo.InvariantCulture)}}, max_body_bytes: {{MaxBodyBytes}}, header_timeout: {{HeaderTimeout}}, keepalive_timeout: {{KeepAliveTimeout}}, body_timeout: {{BodyTimeout}} }
         listeners:
           - { name: public, address: 127.0.0.1:0 }
           - { name: echo, address: 127.0.0.1:0, handler: echo }

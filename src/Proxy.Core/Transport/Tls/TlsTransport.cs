@@ -76,6 +76,8 @@ internal sealed class TlsTransport : ClientTransport
     /// <summary>At the TCP level: a client's close_notify waits unread ahead of its FIN, which is what poll reports.</summary>
     public override bool PeerHungUp() => HasHungUp(_socket.SafeHandle);
 
+    public override bool PeerReset() => HasReset(_socket.SafeHandle);
+
     public override void Dispose()
     {
         try
@@ -310,30 +312,42 @@ internal static class TlsLog
 }
 
 /// <summary>
-/// Allows <c>perSecond</c> events per wall-clock second and counts the rest; the count is handed to the next allowed
-/// event. Lock-free; at a second boundary a racing thread may let one extra line through, which is harmless.
+/// Allows at most <c>perSecond</c> events in any 1000 ms (a sliding window: the times of the last <c>perSecond</c>
+/// events are kept, and an event passes only if the oldest of them is a second old) and counts the rest; the count is
+/// handed to the next allowed event. A window fixed to wall-clock seconds let twice the rate through around a second's
+/// boundary (10 lines just before it, 10 just after). Only failures take it, so a lock is cheap enough.
 /// </summary>
 internal sealed class LogRateLimiter(int perSecond)
 {
-    private long _second = -1;
-    private int _taken;
+    private readonly Lock _lock = new();
+    /// <summary>The times of the last events allowed, oldest at <see cref="_next"/> (a ring); long.MinValue: none yet.</summary>
+    private readonly long[] _times = NewTimes(perSecond);
+    private int _next;
     private long _suppressed;
+
+    private static long[] NewTimes(int count)
+    {
+        var times = new long[Math.Max(1, count)];
+        Array.Fill(times, long.MinValue);
+        return times;
+    }
 
     public bool TryTake(long nowMilliseconds, out long suppressed)
     {
-        long second = nowMilliseconds / 1000;
-        long current = Interlocked.Read(ref _second);
-        if (second != current && Interlocked.CompareExchange(ref _second, second, current) == current)
+        lock (_lock)
         {
-            Interlocked.Exchange(ref _taken, 0);
+            long oldest = _times[_next];
+            if (oldest != long.MinValue && nowMilliseconds - oldest < 1000)
+            {
+                _suppressed++;
+                suppressed = 0;
+                return false;
+            }
+            _times[_next] = nowMilliseconds;
+            _next = (_next + 1) % _times.Length;
+            suppressed = _suppressed;
+            _suppressed = 0;
+            return true;
         }
-        if (Interlocked.Increment(ref _taken) > perSecond)
-        {
-            Interlocked.Increment(ref _suppressed);
-            suppressed = 0;
-            return false;
-        }
-        suppressed = Interlocked.Exchange(ref _suppressed, 0);
-        return true;
     }
 }
