@@ -8,6 +8,7 @@ using Proxy.FunctionalTests.Grpc;
 using Proxy.FunctionalTests.Http2;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.FunctionalTests.Tls;
+using Proxy.Http2;
 
 namespace Proxy.FunctionalTests;
 
@@ -303,6 +304,125 @@ public sealed class ClientAbortTests : IDisposable
 
         Assert.True(failures.Count == 0, string.Join("; ", failures));
         await WaitUntilAsync(() => Interlocked.Read(ref upstream.Counters.HoldCancelled) == Rounds, "every held request is cancelled");
+    }
+
+    /// <summary>
+    /// Waves of requests on one HTTP/2 connection whose response_timeout (1 s) runs out on an h2c upstream while the
+    /// client resets them one by one, and sends a new request with each reset, across the second in which the
+    /// heartbeat's tick fires those timeouts: some resets meet their stream's timeout. The connection keeps answering
+    /// (a PING and every new request, within a bound). The heartbeat used to act on the streams' timeouts under the
+    /// connection's lock, while a reset takes the stream's RequestLock, then the forwarder's, then (when the upstream
+    /// abort ends the exchange inline) the connection's: a timeout that aborts the forwarder (a write deadline) at the
+    /// moment its stream is reset could deadlock the connection and the heartbeat itself. That needs the two threads in
+    /// a window of a few instructions, which this test has not been seen to hit: it guards the order, and that the
+    /// timeouts, now acted on outside the connection's lock, never cut the next stream a pooled stream object carries.
+    /// </summary>
+    [Fact]
+    public async Task Http2Client_ResetsStreamsAsTheirResponseTimeoutFires_ConnectionKeepsAnswering()
+    {
+        const int Waves = 4;
+        const int PerWave = 40;
+        await using var upstream = await H2Upstream.StartAsync();
+        await using var proxy = await TestProxy.StartAsync(Yaml($"http://127.0.0.1:{upstream.Port}", protocol: "h2c", cluster: "response_timeout: 1s"));
+        await using var client = await Http2TestClient.ConnectAsync(proxy.Public);
+        client.AutoWindowUpdate = false; // small answers only; the reads below run after the sends, never beside them
+
+        int id = 1;
+        long held = 0;
+        int timedOut = 0;
+        var failures = new List<string>();
+        for (int wave = 1; wave <= Waves; wave++)
+        {
+            var holds = new List<int>();
+            for (int i = 0; i < PerWave; i++, id += 2)
+            {
+                await client.SendHeadersAsync(id, endStream: true, Http2TestClient.Get("/hold"));
+                holds.Add(id);
+            }
+            held += PerWave;
+            await WaitUntilAsync(() => Interlocked.Read(ref upstream.Counters.HoldStarted) == held, "the upstream holds the wave");
+            // The timeouts were armed about now and fire on a heartbeat tick 1 to 2 s later: one reset (and one new
+            // request) every 35 ms from 0.8 s to 2.2 s puts a reset near that tick whatever its phase.
+            var clock = Stopwatch.StartNew();
+            var infos = new List<int>();
+            foreach (int hold in holds)
+            {
+                TimeSpan at = TimeSpan.FromMilliseconds(800 + 35 * infos.Count);
+                if (clock.Elapsed < at)
+                {
+                    await Task.Delay(at - clock.Elapsed);
+                }
+                await client.SendRstAsync(hold);
+                await client.SendHeadersAsync(id, endStream: true, Http2TestClient.Get("/info"));
+                infos.Add(id);
+                id += 2;
+            }
+            byte[] ping = [1, 2, 3, 4, 5, 6, 7, (byte)wave];
+            await client.SendFrameAsync(Http2FrameType.PING, Http2Flags.None, 0, ping);
+
+            // Every frame read and every header block decoded (HPACK state), until the PING's ACK and every new request's end.
+            var pending = new HashSet<int>(infos);
+            var statuses = new Dictionary<int, int>();
+            bool pinged = false;
+            var deadline = Stopwatch.StartNew();
+            while (!pinged || pending.Count > 0)
+            {
+                TimeSpan left = TimeSpan.FromSeconds(15) - deadline.Elapsed;
+                Http2Frame? frame = left > TimeSpan.Zero ? await ReadFrameOrNullAsync(client, left) : null;
+                if (frame is null)
+                {
+                    failures.Add($"wave {wave}: no answer (ping {(pinged ? "answered" : "not answered")}, {pending.Count} requests open): the connection hangs or closed");
+                    Assert.Fail(string.Join("; ", failures));
+                }
+                if (frame.Type == Http2FrameType.PING && frame.Has(Http2Flags.ACK) && frame.Payload.AsSpan().SequenceEqual(ping))
+                {
+                    pinged = true;
+                }
+                else if (frame.Type == Http2FrameType.HEADERS)
+                {
+                    foreach (var (name, value) in client.DecodeHeaders(frame))
+                    {
+                        if (name == ":status" && pending.Contains(frame.StreamId))
+                        {
+                            statuses[frame.StreamId] = int.Parse(value);
+                        }
+                        else if (name == ":status" && value == "504")
+                        {
+                            timedOut++;
+                        }
+                    }
+                }
+                else if (frame.Type == Http2FrameType.RST_STREAM && pending.Remove(frame.StreamId))
+                {
+                    failures.Add($"wave {wave}: /info on stream {frame.StreamId} reset {frame.ErrorCode}");
+                }
+                else if (frame.Type == Http2FrameType.GOAWAY)
+                {
+                    failures.Add($"wave {wave}: GOAWAY {frame.ErrorCode}");
+                    Assert.Fail(string.Join("; ", failures));
+                }
+                if (frame.Type is Http2FrameType.HEADERS or Http2FrameType.DATA && frame.Has(Http2Flags.END_STREAM) && pending.Remove(frame.StreamId)
+                    && statuses.GetValueOrDefault(frame.StreamId) != 200)
+                {
+                    failures.Add($"wave {wave}: /info on stream {frame.StreamId} answered {statuses.GetValueOrDefault(frame.StreamId)}");
+                }
+            }
+        }
+
+        Assert.True(failures.Count == 0, string.Join("; ", failures));
+        Assert.True(timedOut > 0, "no held request ran out of its response_timeout before its reset");
+    }
+
+    private static async Task<Http2Frame?> ReadFrameOrNullAsync(Http2TestClient client, TimeSpan timeout)
+    {
+        try
+        {
+            return await client.ReadFrameAsync(timeout);
+        }
+        catch (OperationCanceledException)
+        {
+            return null;
+        }
     }
 
     [Fact]
