@@ -310,12 +310,11 @@ public sealed class ClientAbortTests : IDisposable
     /// Waves of requests on one HTTP/2 connection whose response_timeout (1 s) runs out on an h2c upstream while the
     /// client resets them one by one, and sends a new request with each reset, across the second in which the
     /// heartbeat's tick fires those timeouts: some resets meet their stream's timeout. The connection keeps answering
-    /// (a PING and every new request, within a bound). The heartbeat used to act on the streams' timeouts under the
-    /// connection's lock, while a reset takes the stream's RequestLock, then the forwarder's, then (when the upstream
-    /// abort ends the exchange inline) the connection's: a timeout that aborts the forwarder (a write deadline) at the
-    /// moment its stream is reset could deadlock the connection and the heartbeat itself. That needs the two threads in
-    /// a window of a few instructions, which this test has not been seen to hit: it guards the order, and that the
-    /// timeouts, now acted on outside the connection's lock, never cut the next stream a pooled stream object carries.
+    /// (a PING and every new request, within a bound), and no timeout of a reset stream reaches the new request its
+    /// pooled stream object (or upstream stream) carries next: every new request gets its 200. A change that moved the
+    /// heartbeat's timeout checks out of the connection's lock (to undo a lock-order inversion with the reset path,
+    /// not seen to deadlock) failed this on a loaded CI run: new requests sent just before the tick got 504, the old
+    /// exchange's timeout cancelling a read the new one had taken over. It was not kept.
     /// </summary>
     [Fact]
     public async Task Http2Client_ResetsStreamsAsTheirResponseTimeoutFires_ConnectionKeepsAnswering()

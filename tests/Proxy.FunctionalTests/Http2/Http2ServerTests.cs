@@ -20,9 +20,9 @@ public sealed class Http2ServerTests
     internal static string WithHttp2Limits(ProxyConfig config, string http2)
     {
         string yaml = config.Render();
-        const string marker = "keepalive_timeout: 75s }";
+        string marker = $"body_timeout: {config.BodyTimeout} }}";
         Assert.Contains(marker, yaml, StringComparison.Ordinal);
-        return yaml.Replace(marker, $"keepalive_timeout: 75s, http2: {{ {http2} }} }}", StringComparison.Ordinal);
+        return yaml.Replace(marker, $"body_timeout: {config.BodyTimeout}, http2: {{ {http2} }} }}", StringComparison.Ordinal);
     }
 
     [Fact]

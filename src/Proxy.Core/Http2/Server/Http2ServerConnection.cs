@@ -1333,36 +1333,21 @@ internal sealed class Http2ServerConnection : TimedConnection
     /// <summary>
     /// The stream bridges are not in the registry (they are not client connections: no connection count, no drain of
     /// their own); their deadlines (head, body, upstream, write) are checked here, on the same heartbeat.
-    /// <para>The streams are copied under the connection's lock and checked outside it, each under its own
-    /// <see cref="Http2Stream.RequestLock"/> (<see cref="Http2Stream.CheckBridgeDeadline"/>). A timeout aborts the
-    /// forwarder (its owner lock) and can, through an h2c upstream's inline read, end the exchange and the stream on
-    /// this thread, which takes the connection's lock: a client's RST_STREAM takes the same locks in the order
-    /// RequestLock, forwarder, connection (<see cref="Http2Stream.Abort"/>), and the heartbeat used to take the
-    /// connection's first, an inversion that could stop the connection and the heartbeat for good.</para>
     /// </summary>
     internal override void Heartbeat(long now)
     {
         base.Heartbeat(now);
-        OpenStream[] open = t_tickStreams ??= new OpenStream[16];
-        int count = 0;
         lock (_lock)
         {
-            if (open.Length < _streams.Count)
-            {
-                open = t_tickStreams = new OpenStream[Math.Max(_streams.Count, open.Length * 2)];
-            }
             foreach (Http2Stream stream in _streams.Values)
-            {
-                open[count++] = new OpenStream(stream, stream.Id);
-            }
-        }
-        try
-        {
-            for (int i = 0; i < count; i++)
             {
                 try
                 {
-                    open[i].Stream.CheckBridgeDeadline(open[i].Id, now);
+                    if (stream.Bridge is { } bridge)
+                    {
+                        bridge.CheckDeadline(now);
+                        bridge.WatchUpstream();
+                    }
                 }
                 catch (Exception)
                 {
@@ -1370,19 +1355,7 @@ internal sealed class Http2ServerConnection : TimedConnection
                 }
             }
         }
-        finally
-        {
-            // No reference kept until the next tick: a finished connection must not stay reachable from here.
-            Array.Clear(open, 0, count);
-        }
     }
-
-    /// <summary>A stream found open by the heartbeat, and the id it carried then (the object is pooled and reused).</summary>
-    private readonly record struct OpenStream(Http2Stream Stream, int Id);
-
-    /// <summary>The heartbeat's copy of a connection's open streams; per thread, since a registry's ticks never overlap but may change threads.</summary>
-    [ThreadStatic]
-    private static OpenStream[]? t_tickStreams;
 
     /// <summary>
     /// Heartbeat (about once a second): preface and idle deadlines, and zero-window stalls. A stream that

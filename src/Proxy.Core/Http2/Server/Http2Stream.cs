@@ -99,7 +99,7 @@ internal sealed class Http2Stream
     public int HeadBytes;
     private long _credited;
     private int _pendingCredit;
-    /// <summary>Between <see cref="MarkFinished"/> and the next <see cref="Start"/>; set under <see cref="RequestLock"/>, cleared by Start (read loop).</summary>
+    /// <summary>Between <see cref="MarkFinished"/> and the next <see cref="Start"/>; under <see cref="RequestLock"/>.</summary>
     private bool _finished;
 
     // ---- state shared with the connection (heartbeat, read loop) ----
@@ -122,8 +122,7 @@ internal sealed class Http2Stream
     public void Start(int id, Http2RequestHead head, bool endStream, int sendWindow, int receiveWindow)
     {
         Id = id;
-        // Written after Id, which the heartbeat reads after the flag (CheckBridgeDeadline): Start takes no lock it holds.
-        Volatile.Write(ref _finished, false);
+        _finished = false;
         SendWindow = new FlowControlWindow(0);
         SendWindow.TryApplyInitialSizeChange(0, (uint)sendWindow);
         ReceiveWindow = receiveWindow;
@@ -671,28 +670,6 @@ internal sealed class Http2Stream
     }
 
     /// <summary>
-    /// Heartbeat: the bridge's deadlines (head, body, upstream, write) and its watch for an upstream's early answer
-    /// (<see cref="Http1ServerConnection.WatchUpstream"/>), while this object still carries stream
-    /// <paramref name="id"/> (found open under the connection's lock, checked after it was released). Under
-    /// <see cref="RequestLock"/>, in the order a client's reset takes the locks (<see cref="Abort"/>): a timeout aborts the
-    /// forwarder (its owner lock) and may end the exchange and the stream inline (an h2c upstream's read resumes the
-    /// forwarder on this thread), which takes the connection's lock. Holding RequestLock also keeps the stream from
-    /// finishing (<see cref="MarkFinished"/>) and its next exchange from publishing a bridge while the timeout acts,
-    /// except on this thread through that inline end: <see cref="AbortFromBridge"/> covers that case.
-    /// </summary>
-    public void CheckBridgeDeadline(int id, long now)
-    {
-        lock (RequestLock)
-        {
-            if (!Volatile.Read(ref _finished) && Id == id && _bridge is { } bridge)
-            {
-                bridge.CheckDeadline(now);
-                bridge.WatchUpstream();
-            }
-        }
-    }
-
-    /// <summary>
     /// A stream reset before its bridge ran: nobody reads its request or writes its response, so the ends a bridge would
     /// have completed are completed here, and <see cref="TryResetPipes"/> can ready the object for another stream.
     /// </summary>
@@ -719,18 +696,14 @@ internal sealed class Http2Stream
     /// without an answer). That is no corner case: a client's RST_STREAM makes <see cref="Abort"/> abort the bridge,
     /// whose upstream abort can resume the forwarder, the bridge and this stream's loop inline, on that thread, to the
     /// end of the stream (pooled), before the bridge goes on to abort its transport, which lands here.
-    /// <para>Also ignored between exchanges (<see cref="_bridge"/> null: cleared once the bridge's exchange is over, set
-    /// again under <see cref="RequestLock"/> when the next one starts): a timeout the heartbeat acts on under RequestLock
-    /// (<see cref="CheckBridgeDeadline"/>) can end the stream inline the same way, and the read loop can pool and start
-    /// the object again (Start takes no lock) before that timeout goes on to abort the bridge's transport; the next
-    /// exchange's bridge cannot be published while the heartbeat holds RequestLock, so the abort finds none.</para>
-    /// <para>No lock: the bridge aborts its transport from wherever it runs, an h2c upstream's inline read included.
-    /// The reads are exact where it matters: the inline end ran on this thread, and a heartbeat that did not end the
-    /// stream itself holds RequestLock, which the stream's end needs (MarkFinished) before it can be pooled.</para>
+    /// <para>No lock: the heartbeat calls this under the connection's lock, and that inline end takes the connection's
+    /// lock under <see cref="RequestLock"/>. The read is exact where it matters: the inline end ran on this thread, and
+    /// the heartbeat holds the connection's lock, which the stream's end takes after marking it finished and before its
+    /// pipes are reset.</para>
     /// </summary>
     public void AbortFromBridge()
     {
-        if (Volatile.Read(ref _finished) || _bridge is null)
+        if (Volatile.Read(ref _finished))
         {
             return;
         }
