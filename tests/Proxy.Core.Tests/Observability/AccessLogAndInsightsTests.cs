@@ -256,6 +256,21 @@ public sealed class AccessLogAndInsightsTests : IDisposable
         Assert.Equal(new KeyValuePair<int, long>(500, 100), report.Statuses[1]);
     }
 
+    /// <summary>An upstream's status 600-999 is relayed and logged: insights count it too (it used to vanish from top_status).</summary>
+    [Fact]
+    public void Insights_StatusAbove599_Counted()
+    {
+        var insights = new TrafficInsights(() => []);
+        insights.Record(IPAddress.Loopback, 799, 10);
+        insights.Record(IPAddress.Loopback, 999, 10);
+        insights.Record(IPAddress.Loopback, 999, 10);
+
+        var report = insights.Snapshot();
+
+        Assert.Equal(new KeyValuePair<int, long>(999, 2), report.Statuses[0]);
+        Assert.Equal(new KeyValuePair<int, long>(799, 1), report.Statuses[1]);
+    }
+
     [Fact]
     public void InsightsRecord_SteadyState_AllocatesNothing()
     {

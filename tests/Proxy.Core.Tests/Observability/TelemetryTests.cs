@@ -209,4 +209,42 @@ public sealed class TelemetryTests
             Assert.Equal(201, server.GetTagItem("http.response.status_code"));
         }
     }
+
+    /// <summary>
+    /// W3C Trace Context: the spans carry the caller's tracestate as their trace state; OpenTelemetry's semantic
+    /// conventions: the client span has the destination's host in server.address and its port in server.port (it had
+    /// the configured URL in server.address and no tracestate).
+    /// </summary>
+    [Fact]
+    public void End_SampledWithTraceState_SpansCarryTraceStateAndServerAddressPort()
+    {
+        const string Trace = "5e3c5e3c5e3c5e3c5e3c5e3c5e3c5e3c";
+        var stopped = new List<Activity>();
+        using var listener = new ActivityListener
+        {
+            ShouldListenTo = s => s.Name == ProxyTracing.SourceName,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = a => { if (a.TraceId.ToHexString() == Trace) { lock (stopped) { stopped.Add(a); } } },
+        };
+        ActivitySource.AddActivityListener(listener);
+        var head = TestRequests.Create("GET", "/orders", "example.test",
+            ("traceparent", $"00-{Trace}-{ClientParent}-01"), ("tracestate", "rojo=1"), ("tracestate", "congo=2"));
+        var telemetry = Telemetry(0);
+
+        telemetry.UpstreamRequestStarting(head, s_destination);
+        telemetry.UpstreamResponseReceived(head, 200);
+        telemetry.End(head, "orders", 200, DateTime.UtcNow.AddMilliseconds(-5));
+        telemetry.Reset();
+
+        lock (stopped)
+        {
+            var server = Assert.Single(stopped, a => a.Kind == ActivityKind.Server);
+            var client = Assert.Single(stopped, a => a.Kind == ActivityKind.Client);
+            Assert.Equal("rojo=1,congo=2", server.TraceStateString);
+            Assert.Equal("rojo=1,congo=2", client.TraceStateString);
+            Assert.Equal("127.0.0.1", client.GetTagItem("server.address"));
+            Assert.Equal(9, client.GetTagItem("server.port"));
+            Assert.Equal("http://127.0.0.1:9", client.GetTagItem("proxy.destination"));
+        }
+    }
 }

@@ -19,7 +19,8 @@ internal sealed class TrafficInsights : IDisposable
     private const int MaxAnomalies = 100;
 
     private readonly Func<IReadOnlyList<RouteMetrics>> _routes;
-    private readonly long[] _statuses = new long[600];
+    /// <summary>One counter per status code, 0-999: every code an upstream can send (RFC 9110 section 15 allows three digits; 600-999 are relayed and counted as 5xx in the metrics).</summary>
+    private readonly long[] _statuses = new long[1000];
     private readonly ClientSlot[] _clients = new ClientSlot[ClientSlots];
 
     // Control plane state, guarded by _lock: sampler and /insights readers.

@@ -22,7 +22,10 @@ public static class ProxyTracing
         public const string Route = "http.route";
         public const string Status = "http.response.status_code";
         public const string Client = "client.address";
-        public const string Destination = "server.address";
+        public const string ServerAddress = "server.address";
+        public const string ServerPort = "server.port";
+        /// <summary>The destination as configured (a URL), as the access log's <c>destination</c>.</summary>
+        public const string Destination = "proxy.destination";
         public const string Cluster = "proxy.cluster";
         public const string RequestId = "proxy.request_id";
         public const string Listener = "proxy.listener";

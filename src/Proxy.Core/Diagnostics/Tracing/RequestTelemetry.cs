@@ -111,8 +111,11 @@ internal sealed class RequestTelemetry
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void StartServerSpan(RequestHead head, string listener)
     {
+        // W3C Trace Context: the span's trace_state is the caller's tracestate when its trace continues (the client
+        // span inherits it from the server span's context). A string only here: sampled, with a listener.
         var context = new ActivityContext(ActivityTraceId.CreateFromUtf8String(_traceId),
-            _hasParent ? ActivitySpanId.CreateFromUtf8String(_parentId) : default, ActivityTraceFlags.Recorded, isRemote: _hasParent);
+            _hasParent ? ActivitySpanId.CreateFromUtf8String(_parentId) : default, ActivityTraceFlags.Recorded,
+            _forwardTraceState ? TraceStateString(head) : null, isRemote: _hasParent);
         Activity? previous = Activity.Current;
         _server = _hasParent
             ? ProxyTracing.Source.StartActivity(ActivityKind.Server, context, name: MethodName(head))
@@ -134,6 +137,25 @@ internal sealed class RequestTelemetry
         _server.SetTag(ProxyTracing.Tags.Path, System.Text.Encoding.ASCII.GetString(head.Path));
         _server.SetTag(ProxyTracing.Tags.Listener, listener);
         _server.SetTag(ProxyTracing.Tags.RequestId, System.Text.Encoding.ASCII.GetString(head.RequestIdValue));
+    }
+
+    /// <summary>The request's <c>tracestate</c> fields joined with "," (as forwarded upstream).</summary>
+    private static string TraceStateString(RequestHead head)
+    {
+        var joined = new System.Text.StringBuilder();
+        for (int i = 0; i < head.FieldCount; i++)
+        {
+            ReadOnlySpan<byte> name = head.Name(i);
+            if (name.Length == 10 && name.EqualsIgnoreCaseAscii(TraceContext.TraceStateName))
+            {
+                if (joined.Length > 0)
+                {
+                    joined.Append(',');
+                }
+                joined.Append(System.Text.Encoding.ASCII.GetString(head.Value(i)).Trim());
+            }
+        }
+        return joined.ToString();
     }
 
     private static string MethodName(RequestHead head) => RequestLabels.Methods[RequestLabels.MethodSlot(head.Method)];
@@ -187,6 +209,9 @@ internal sealed class RequestTelemetry
             return;
         }
         _client.SetTag(ProxyTracing.Tags.Method, MethodName(head));
+        // OpenTelemetry semantic conventions: host in server.address, port in server.port; the configured URL apart.
+        _client.SetTag(ProxyTracing.Tags.ServerAddress, destination.Host);
+        _client.SetTag(ProxyTracing.Tags.ServerPort, destination.Port);
         _client.SetTag(ProxyTracing.Tags.Destination, destination.Address);
         _client.SetTag(ProxyTracing.Tags.Cluster, cluster);
         Span<byte> raw = stackalloc byte[8];
