@@ -70,7 +70,7 @@ internal static class Http1RequestReader
                 case HeadScan.FirstLineTooLong:
                     return Reject(head, RejectReason.RequestLineTooLong, out reason);
                 case HeadScan.SectionTooLarge:
-                    return Reject(head, RejectReason.HeadersTooLarge, out reason);
+                    return Reject(head, TooManyFieldLines(window, limits.MaxHeaders) ? RejectReason.TooManyHeaders : RejectReason.HeadersTooLarge, out reason);
             }
             int length = (int)(headEnd - headStart);
             window.Slice(headStart, length).CopyTo(head.PrepareBuffer(length));
@@ -83,6 +83,22 @@ internal static class Http1RequestReader
         }
         consumed = buffer.GetPosition(headEnd);
         return HeadStatus.Complete;
+    }
+
+    /// <summary>
+    /// A head over max_header_bytes that already holds more than max_headers field lines within that size (a flood of
+    /// tiny fields) hit the count limit first: it is reported as too_many_headers, not headers_too_large (both 431).
+    /// Only on the reject path.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static bool TooManyFieldLines(in ReadOnlySequence<byte> window, int maxHeaders)
+    {
+        long lineFeeds = 0;
+        foreach (ReadOnlyMemory<byte> segment in window)
+        {
+            lineFeeds += segment.Span.Count((byte)'\n');
+        }
+        return lineFeeds - 1 > maxHeaders; // the request line's LF is not a field's
     }
 
     /// <summary>

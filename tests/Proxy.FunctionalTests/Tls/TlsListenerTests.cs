@@ -142,6 +142,38 @@ public sealed class TlsListenerTests : IDisposable
         Assert.Contains("200 OK", await TlsClients.GetAsync(stream, "example.test"));
     }
 
+    /// <summary>
+    /// Plain HTTP sent to the TLS port gets a short 400 saying to use https (nginx: "The plain HTTP request was sent to
+    /// HTTPS port"), not a bare reset; it counts as a handshake failure, and bytes that are neither (here a NUL) are
+    /// still just closed.
+    /// </summary>
+    [Fact]
+    public async Task PlainHttp_ToTlsPort_Gets400SayingUseHttps()
+    {
+        await using var proxy = await StartAsync($"{{ certificates: {Certificates} }}");
+        var endPoint = new IPEndPoint(IPAddress.Loopback, SecurePort(proxy));
+
+        await using (var raw = await RawClient.ConnectAsync(endPoint))
+        {
+            await raw.SendAsync("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+            var response = await raw.ReadResponseAsync();
+            Assert.Equal(400, response.Status);
+            Assert.Contains("https://", response.BodyText);
+            Assert.True(response.ConnectionHas("close"), response.ToString());
+            await raw.AssertClosedAsync();
+        }
+        await using (var raw = await RawClient.ConnectAsync(endPoint))
+        {
+            await raw.SendAsync("\0\0\0\0\r\n");
+            Assert.Empty((await raw.ReadToCloseAsync()).Bytes);
+        }
+
+        await WaitForAsync(() => Model(proxy).HandshakeFailures == 2);
+        var (stream, _) = await TlsClients.HandshakeAsync(endPoint.Port, "example.test");
+        await using var _ = stream;
+        Assert.Contains("200 OK", await TlsClients.GetAsync(stream, "example.test"));
+    }
+
     [Fact]
     public async Task Handshake_ClientSendsNothing_ClosedAfterHandshakeTimeout()
     {

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Security;
@@ -143,6 +144,12 @@ internal sealed class TlsTransport : ClientTransport
         {
             using (var timeout = new CancellationTokenSource(tls.HandshakeTimeout))
             {
+                if (await PlainHttpArrivedAsync(network, socket, timeout.Token).ConfigureAwait(false))
+                {
+                    await AnswerPlainHttpAsync(tls, socket, network).ConfigureAwait(false);
+                    ssl.Dispose();
+                    return;
+                }
                 await ssl.AuthenticateAsServerAsync(s_selectOptions, tls, timeout.Token).ConfigureAwait(false);
             }
             transport = new TlsTransport(socket, network, ssl) { ClientIpCounted = counted };
@@ -191,6 +198,72 @@ internal sealed class TlsTransport : ClientTransport
         }
         var connection = new Http1ServerConnection(runtime, model, transport) { Origin = origin };
         await connection.RunAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Waits for the client's first bytes (a zero-byte read: nothing is consumed, no buffer held) and peeks at the first
+    /// one. A TLS connection starts with a handshake record (content type 0x16, RFC 8446 section 5.1); an upper-case
+    /// letter is the first byte of an HTTP method: plain HTTP sent to the TLS port. One peek per connection, before
+    /// the handshake's own reads.
+    /// </summary>
+    private static async ValueTask<bool> PlainHttpArrivedAsync(Stream network, Socket socket, CancellationToken cancellationToken)
+    {
+        await network.ReadAsync(Memory<byte>.Empty, cancellationToken).ConfigureAwait(false);
+        return FirstByteIsUpperCaseLetter(socket);
+    }
+
+    private static bool FirstByteIsUpperCaseLetter(Socket socket)
+    {
+        Span<byte> first = stackalloc byte[1];
+        try
+        {
+            int received = socket.Receive(first, SocketFlags.Peek, out SocketError error);
+            return error == SocketError.Success && received == 1 && first[0] is >= (byte)'A' and <= (byte)'Z';
+        }
+        catch (Exception)
+        {
+            return false; // the handshake then fails with its usual log line
+        }
+    }
+
+    private static readonly byte[] s_plainHttpAnswer = PlainHttpAnswer("A plain HTTP request was sent to this TLS port: use https://.\n");
+
+    private static byte[] PlainHttpAnswer(string body) => Encoding.ASCII.GetBytes(
+        $"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {body.Length}\r\nconnection: close\r\n\r\n{body}");
+
+    /// <summary>
+    /// Plain HTTP on a TLS port: a short 400 saying to use https (nginx: "The plain HTTP request was sent to HTTPS
+    /// port") instead of a reset, one rate-limited log line, then FIN. What the client sent is read and dropped for a
+    /// moment first, so the close does not turn into a reset that destroys the answer.
+    /// </summary>
+    private static async Task AnswerPlainHttpAsync(TlsListenerModel tls, Socket socket, Stream network)
+    {
+        tls.CountHandshakeFailure();
+        TlsLog.PlainHttpRequest(tls.ListenerName, socket);
+        byte[] scratch = ArrayPool<byte>.Shared.Rent(4096);
+        try
+        {
+            using var linger = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+            await network.WriteAsync(s_plainHttpAnswer, linger.Token).ConfigureAwait(false);
+            socket.Shutdown(SocketShutdown.Send);
+            for (int drained = 0; drained < 64 * 1024;)
+            {
+                int read = await network.ReadAsync(scratch, linger.Token).ConfigureAwait(false);
+                if (read == 0)
+                {
+                    break;
+                }
+                drained += read;
+            }
+        }
+        catch (Exception)
+        {
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(scratch);
+        }
+        SocketPipes.Close(socket, network);
     }
 
     /// <summary>Completes both pipes and closes (before any connection owned them).</summary>
@@ -278,6 +351,27 @@ internal static class TlsLog
         var (reason, detail) = Classify(e);
         ProxyLog.Write(LogLevel.Info, "tls_handshake_failed", ("listener", listener), ("client", client), ("sni", serverName),
             ("reason", reason), ("error", detail), ("suppressed", suppressed));
+    }
+
+    /// <summary>A plain HTTP request on a TLS listener (answered 400): same limiter as handshake failures.</summary>
+    public static void PlainHttpRequest(string listener, Socket socket)
+    {
+        if (!s_limiter.TryTake(Environment.TickCount64, out long suppressed))
+        {
+            return;
+        }
+        string client;
+        try
+        {
+            client = ProxyLog.Format(socket.RemoteEndPoint as IPEndPoint);
+        }
+        catch (Exception)
+        {
+            client = "";
+        }
+        ProxyLog.Write(LogLevel.Info, "tls_handshake_failed", ("listener", listener), ("client", client), ("sni", ""),
+            ("reason", "plain_http_request"), ("error", "a plain HTTP request was sent to the TLS port (answered 400)"),
+            ("suppressed", suppressed));
     }
 
     public static void UpstreamHandshakeFailed(string destination, string serverName, Exception e)
