@@ -372,6 +372,11 @@ internal static class ConfigSyntax
                 : $"host '{pattern}' is not a valid bracketed IPv6 address";
         }
         var name = pattern.StartsWith("*.", StringComparison.Ordinal) ? pattern[2..] : pattern;
+        if (IPAddress.TryParse(pattern, out var v6) && v6.AddressFamily == AddressFamily.InterNetworkV6)
+        {
+            // As in the Host header (RFC 3986 section 3.2.2: IP-literal), and so that the colons are not read as a port.
+            return $"host '{pattern}' is an IPv6 address: write it in brackets, '[{pattern}]'";
+        }
         if (name.Contains(':'))
         {
             return $"host '{pattern}' must not include a port";

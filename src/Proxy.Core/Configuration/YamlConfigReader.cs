@@ -42,6 +42,7 @@ internal sealed partial class YamlConfigReader
     private static readonly string[] s_canaryKeys = ["cluster", "header", "cookie"];
     private static readonly string[] s_matchKeys = ["path", "hosts", "methods", "headers", "query"];
     private static readonly string[] s_fieldMatchKeys = ["name", "value", "present"];
+    private static readonly (string Key, string What)[] s_anyWhenOmitted = [("hosts", "any host"), ("methods", "any method")];
     private static readonly string[] s_respondKeys = ["status", "body", "headers"];
     private static readonly string[] s_clusterKeys =
     [
@@ -518,6 +519,14 @@ internal sealed partial class YamlConfigReader
         if (Map(node, "'match'", s_matchKeys) is not { } map)
         {
             return new MatchConfig();
+        }
+        // An empty list would read as "none" but mean "any" (an absent predicate), like ip_filter's 'allow: []'.
+        foreach (var (key, what) in s_anyWhenOmitted)
+        {
+            if (map.Get(key) is YamlSequenceNode { Children.Count: 0 } empty)
+            {
+                _errors.Add(Mark.From(empty.Start), $"match '{key}' is an empty list, which reads as \"none\" but would mean {what}; omit '{key}' to match {what}");
+            }
         }
         return new MatchConfig
         {

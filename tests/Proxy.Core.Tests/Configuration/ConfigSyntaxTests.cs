@@ -183,6 +183,8 @@ public class ConfigSyntaxTests
     [InlineData("a..b", "empty")]
     [InlineData("exa mple.com", "not allowed")]
     [InlineData("[::1", "IPv6")]
+    [InlineData("::1", "host '::1' is an IPv6 address: write it in brackets, '[::1]'")]
+    [InlineData("2001:db8::1", "write it in brackets, '[2001:db8::1]'")]
     public void CheckHostPattern_Invalid_ExplainsWhy(string pattern, string reason)
     {
         Assert.Contains(reason, ConfigSyntax.CheckHostPattern(pattern));

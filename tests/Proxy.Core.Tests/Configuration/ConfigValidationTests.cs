@@ -465,6 +465,22 @@ public class ConfigValidationTests
                 "  - { id: all, respond: { status: 200 } }"));
     }
 
+    /// <summary>'methods: []' was accepted and matched every method (ip_filter's 'allow: []' is an error for that reason).</summary>
+    [Fact]
+    public void Load_EmptyMethodsOrHosts_ReportedAtTheList()
+    {
+        Assert.Equal(
+            [
+                "t.yaml:4:42: match 'methods' is an empty list, which reads as \"none\" but would mean any method; omit 'methods' to match any method",
+                "t.yaml:5:42: match 'hosts' is an empty list, which reads as \"none\" but would mean any host; omit 'hosts' to match any host",
+            ],
+            Errors(
+                "listeners:", Listener,
+                "routes:",
+                "  - { id: m, match: { path: /m, methods: [] }, respond: { status: 200 } }",
+                "  - { id: h, match: { path: /h, hosts:   [] }, respond: { status: 200 } }"));
+    }
+
     [Fact]
     public void Load_CatchAllNotLast_ReportsPath()
     {
