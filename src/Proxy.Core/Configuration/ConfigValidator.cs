@@ -181,6 +181,11 @@ internal static class ConfigValidator
         foreach (var cluster in config.Clusters)
         {
             names.Add(cluster.Name.Value);
+            if (cluster.Name.Value.Length == 0)
+            {
+                // Routes, metrics and logs name the cluster: an empty name is a slip (a YAML "" key), not a choice.
+                errors.Add(cluster.Name.Mark, "cluster name must not be empty");
+            }
             long totalWeight = 0;
             foreach (var destination in cluster.Destinations)
             {

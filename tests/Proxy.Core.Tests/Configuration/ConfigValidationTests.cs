@@ -482,6 +482,19 @@ public class ConfigValidationTests
     }
 
     [Fact]
+    public void Load_EmptyClusterName_Reported()
+    {
+        Assert.Equal(
+            ["t.yaml:6:3: cluster name must not be empty"],
+            Errors(
+                "listeners:", Listener,
+                "routes:",
+                "  - { id: r, cluster: \"\" }",
+                "clusters:",
+                "  \"\": { destinations: [\"http://127.0.0.1:9000\"] }"));
+    }
+
+    [Fact]
     public void Load_CatchAllNotLast_ReportsPath()
     {
         Assert.Equal(
