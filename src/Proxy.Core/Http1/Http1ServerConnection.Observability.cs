@@ -99,11 +99,7 @@ internal sealed partial class Http1ServerConnection
         r.Method = head.MethodLength > 0 ? RequestLabels.Methods[RequestLabels.MethodSlot(head.Method)] : null;
         r.Client = RemoteAddress;
         r.Status = status;
-        ReadOnlySpan<byte> path = head.Path;
-        r.PathTruncated = path.Length > PathBytes.MaxPath;
-        path = r.PathTruncated ? path[..PathBytes.MaxPath] : path;
-        path.CopyTo(r.Path);
-        r.PathLength = path.Length;
+        r.SetPath(head.Path);
         r.HasTrace = false;
         r.HasSpan = false;
         ReadOnlySpan<byte> id = ReplyRequestId(); // the id the answer carries
@@ -127,11 +123,7 @@ internal sealed partial class Http1ServerConnection
         r.Method = RequestLabels.Methods[RequestLabels.MethodSlot(head.Method)];
         r.Client = RemoteAddress;
         r.Status = ResponseStatus;
-        ReadOnlySpan<byte> path = head.Path;
-        r.PathTruncated = path.Length > PathBytes.MaxPath;
-        path = r.PathTruncated ? path[..PathBytes.MaxPath] : path;
-        path.CopyTo(r.Path);
-        r.PathLength = path.Length;
+        r.SetPath(head.Path);
         r.HasTrace = telemetry.HasTrace;
         if (r.HasTrace)
         {

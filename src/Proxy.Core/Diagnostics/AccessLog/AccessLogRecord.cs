@@ -66,6 +66,15 @@ internal struct AccessLogRecord
     /// <summary>The verified consumer (an API key's owner), else the JWT subject: bytes as the key store or token had them.</summary>
     public ConsumerBytes Consumer;
 
+    /// <summary>Copies the request's path into <see cref="Path"/>, cut at <see cref="PathBytes.MaxPath"/> bytes (<see cref="PathTruncated"/>).</summary>
+    public void SetPath(ReadOnlySpan<byte> path)
+    {
+        PathTruncated = path.Length > PathBytes.MaxPath;
+        path = PathTruncated ? path[..PathBytes.MaxPath] : path;
+        path.CopyTo(Path);
+        PathLength = path.Length;
+    }
+
     /// <summary>
     /// Copies the identity into <see cref="Consumer"/>, cut at <see cref="ConsumerBytes.MaxConsumer"/> bytes on a UTF-8
     /// character boundary (a cut inside a character would make the writer fall back to Latin-1 for a valid name).

@@ -339,18 +339,23 @@ internal static class TlsLog
         {
             return;
         }
-        string client;
-        try
-        {
-            client = ProxyLog.Format(socket.RemoteEndPoint as IPEndPoint);
-        }
-        catch (Exception)
-        {
-            client = "";
-        }
+        string client = ClientOf(socket);
         var (reason, detail) = Classify(e);
         ProxyLog.Write(LogLevel.Info, "tls_handshake_failed", ("listener", listener), ("client", client), ("sni", serverName),
             ("reason", reason), ("error", detail), ("suppressed", suppressed));
+    }
+
+    /// <summary>The peer's address for a log line; empty once the socket is gone.</summary>
+    private static string ClientOf(Socket socket)
+    {
+        try
+        {
+            return ProxyLog.Format(socket.RemoteEndPoint as IPEndPoint);
+        }
+        catch (Exception)
+        {
+            return "";
+        }
     }
 
     /// <summary>A plain HTTP request on a TLS listener (answered 400): same limiter as handshake failures.</summary>
@@ -360,15 +365,7 @@ internal static class TlsLog
         {
             return;
         }
-        string client;
-        try
-        {
-            client = ProxyLog.Format(socket.RemoteEndPoint as IPEndPoint);
-        }
-        catch (Exception)
-        {
-            client = "";
-        }
+        string client = ClientOf(socket);
         ProxyLog.Write(LogLevel.Info, "tls_handshake_failed", ("listener", listener), ("client", client), ("sni", ""),
             ("reason", "plain_http_request"), ("error", "a plain HTTP request was sent to the TLS port (answered 400)"),
             ("suppressed", suppressed));
