@@ -324,6 +324,18 @@ internal sealed partial class HttpForwarder
                     }
 
                     // ---- final response
+                    if (ArrivedShorterOrLongerThanDeclared(stream, head))
+                    {
+                        // RFC 9113 section 8.1.1: malformed. Nothing of it went to the client yet, so it gets a 502, as
+                        // for a broken chunked body on HTTP/1.1, rather than a cut connection.
+                        health.ReportFailure(destination);
+                        ProxyLog.Warn("upstream_body_failed", ("cluster", cluster.Name), ("destination", destination.Address),
+                            ("result", "h2"), ("reason", "content_length_mismatch"), ("h2_error", stream.ResetCode.ToString()));
+                        _http2Failure = ProxyError.UpstreamInvalidBody;
+                        _http2Cause = RetryOn.None;
+                        step = Http2Step.Failed;
+                        goto Done;
+                    }
                     int code = stream.Head.StatusCode;
                     if (code >= 500)
                     {
@@ -423,6 +435,23 @@ internal sealed partial class HttpForwarder
             return ValueTask.FromResult(true);
         }
         return _client.FlushClientAsync();
+    }
+
+    /// <summary>
+    /// The whole response is here (END_STREAM, no trailers) and its DATA add up to other than its content-length
+    /// (RFC 9113 section 8.1.1). HEAD, 204 and 304 carry no content whatever the field says.
+    /// </summary>
+    private static bool ArrivedShorterOrLongerThanDeclared(Http2ClientStream stream, RequestHead request)
+    {
+        ResponseHead response = stream.Head;
+        long length = response.ContentLength;
+        if (length < 0 || !stream.EndReceived || stream.HasTrailers || request.Method == Http.HttpMethod.Head
+            || response.StatusCode is 204 or 304 || !stream.ResponseReader.TryRead(out ReadResult ready))
+        {
+            return false;
+        }
+        stream.ResponseReader.AdvanceTo(ready.Buffer.Start);
+        return ready.IsCompleted && ready.Buffer.Length != length;
     }
 
     /// <summary>
@@ -654,14 +683,8 @@ internal sealed partial class HttpForwarder
         }
         else if (stream.EndReceived && !stream.HasTrailers && reader.TryRead(out ReadResult ready))
         {
-            // Everything is here (a trailers-only gRPC answer, a small body): say how long it is.
-            if (ready.IsCompleted && length >= 0 && ready.Buffer.Length != length)
-            {
-                // RFC 9113 section 8.1.1: a content-length the DATA disagree with makes the response malformed, here as
-                // mid-body below. Relayed, it went out as a whole response under the received length.
-                reader.AdvanceTo(ready.Buffer.End);
-                return AbortHttp2Relay(cluster, destination, stream, "content_length_mismatch");
-            }
+            // Everything is here (a trailers-only gRPC answer, a small body): say how long it is. A length the DATA
+            // disagree with was answered 502 before this (ArrivedShorterOrLongerThanDeclared).
             length = ready.IsCompleted ? ready.Buffer.Length : -1;
             reader.AdvanceTo(ready.Buffer.Start);
             outFraming = length >= 0 ? BodyFraming.ContentLength : http11Client ? BodyFraming.Chunked : BodyFraming.CloseDelimited;

@@ -87,6 +87,22 @@ public sealed class Http2UpstreamFuzzTests
     }
 
     [Fact]
+    public async Task HeadersOnlyDeclaringContent_502NotACutConnection()
+    {
+        // Seed 2556 (PROXY_FUZZ_SEED=2323, case 233): a head with END_STREAM that declares content-length 7. The whole
+        // malformed response (RFC 9113 section 8.1.1) was here before anything went to the client, which got its
+        // connection closed without a byte instead of an answer.
+        using var upstream = new HostileH2cUpstream((_, stream) => ([
+            new(Http2FrameType.HEADERS, Http2Flags.END_HEADERS | Http2Flags.END_STREAM, stream,
+                HostileH2cUpstream.Block((":status", "200"), ("content-length", "7")))], false));
+        var (fuzz, control, _) = await FuzzThenControlAsync(upstream);
+
+        Assert.Equal(502, fuzz.Status);
+        Assert.Contains("upstream_invalid_body", fuzz.BodyText, StringComparison.Ordinal);
+        Assert.Equal("answer to /control/0", control.BodyText);
+    }
+
+    [Fact]
     public async Task InterimThenNothing_FinalHeadWaitStillTimesOut504()
     {
         // A 103 relayed to the client used to clear the connection's one deadline: the wait for the final head had none.
