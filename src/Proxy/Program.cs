@@ -298,7 +298,9 @@ internal static class Program
             reopen?.Dispose();
             tracing?.Dispose();
             metrics?.Dispose();
-            Console.Error.WriteLine($"proxy: {e.Message}");
+            // A bind failure names the listener, its address and where that address is in the file (as a reload's
+            // does): "proxy: proxy.yaml:3:32: listener 'public' cannot bind 127.0.0.1:8080: Address already in use".
+            Console.Error.WriteLine(e is ListenerBindException bind ? $"proxy: {bind.Location}: {bind.Message}" : $"proxy: {e.Message}");
             return ExitFailure;
         }
         using var hangupRegistration = hangup;

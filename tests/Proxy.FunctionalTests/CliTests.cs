@@ -1,3 +1,5 @@
+using System.Net;
+using System.Net.Sockets;
 using System.Text.RegularExpressions;
 using Proxy.FunctionalTests.Infrastructure;
 
@@ -142,15 +144,18 @@ public sealed partial class CliTests : IDisposable
 
     /// <summary>
     /// A port another process listens on (here the test process) is a runtime failure, exit 1 as the README says, not a
-    /// second listener that shares the port (SO_REUSEPORT) and takes part of its connections.
+    /// second listener that shares the port (SO_REUSEPORT) and takes part of its connections. The message names the
+    /// listener, its address and where the address is in the file (it said only "Address already in use", which of
+    /// several listeners left to guess), in the words a reload's bind error uses.
     /// </summary>
     [Fact]
-    public async Task Run_PortInUse_Exits1()
+    public async Task Run_PortInUse_Exits1NamingTheListener()
     {
-        await using var holder = await TestProxy.StartAsync(new ProxyConfig { BackendPort = 1 });
+        using var holder = HoldPort(out int taken);
         var path = Write("taken.yaml", $$"""
             listeners:
-              - { name: public, address: "127.0.0.1:{{holder.Public.Port}}" }
+              - { name: free, address: "127.0.0.1:0" }
+              - { name: public, address: "127.0.0.1:{{taken}}" }
             routes:
               - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hi" } }
             """);
@@ -158,7 +163,46 @@ public sealed partial class CliTests : IDisposable
         var result = await ProcessRunner.RunAsync(ProxyBinary.DotnetHost(), [ProxyBinary.DllPath(), "run", "--config", path], timeout: TimeSpan.FromSeconds(20));
 
         Assert.True(result.ExitCode == 1, result.ToString());
-        Assert.Contains("in use", result.Stderr, StringComparison.OrdinalIgnoreCase);
+        Assert.Contains($"proxy: {path}:{AddressAt(path, "name: public")}: listener 'public' cannot bind 127.0.0.1:{taken}: Address already in use",
+            result.Stderr, StringComparison.Ordinal);
+    }
+
+    /// <summary>The admin listener's address in use: exit 1, and the message names the admin listener and its address.</summary>
+    [Fact]
+    public async Task Run_AdminPortInUse_Exits1NamingTheAdminListener()
+    {
+        using var holder = HoldPort(out int taken);
+        var path = Write("admin-taken.yaml", $$"""
+            admin: { address: "127.0.0.1:{{taken}}" }
+            listeners:
+              - { name: public, address: "127.0.0.1:0" }
+            routes:
+              - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hi" } }
+            """);
+
+        var result = await ProcessRunner.RunAsync(ProxyBinary.DotnetHost(), [ProxyBinary.DllPath(), "run", "--config", path], timeout: TimeSpan.FromSeconds(20));
+
+        Assert.True(result.ExitCode == 1, result.ToString());
+        Assert.Contains($"proxy: {path}:{AddressAt(path, "admin:")}: listener 'admin' cannot bind 127.0.0.1:{taken}: Address already in use",
+            result.Stderr, StringComparison.Ordinal);
+    }
+
+    /// <summary>"LINE:COL" of the quoted address on the first line of the file that contains <paramref name="marker"/>.</summary>
+    private static string AddressAt(string path, string marker)
+    {
+        string[] lines = File.ReadAllLines(path);
+        int line = Array.FindIndex(lines, l => l.Contains(marker, StringComparison.Ordinal));
+        return $"{line + 1}:{lines[line].IndexOf("\"127.0.0.1:", StringComparison.Ordinal) + 1}";
+    }
+
+    /// <summary>A loopback port held listening by the test process until disposed.</summary>
+    private static Socket HoldPort(out int port)
+    {
+        var holder = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        holder.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        holder.Listen();
+        port = ((IPEndPoint)holder.LocalEndPoint!).Port;
+        return holder;
     }
 
     /// <summary>

@@ -7,7 +7,7 @@ namespace Proxy.FunctionalTests;
 
 /// <summary>
 /// One address, one listening socket: a server (or a reload) that binds an address another one listens on fails, as a
-/// second process does (exit 1, CliTests.Run_PortInUse_Exits1), instead of sharing the port (SO_REUSEPORT) and taking
+/// second process does (exit 1, CliTests.Run_PortInUse_Exits1NamingTheListener), instead of sharing the port (SO_REUSEPORT) and taking
 /// part of its connections.
 /// </summary>
 public sealed class ListenerAddressTests
@@ -26,9 +26,11 @@ public sealed class ListenerAddressTests
         await using var first = await TestProxy.StartAsync(new ProxyConfig { BackendPort = 1 });
         await using var second = ProxyServer.FromYaml(Yaml($"  - {{ name: public, address: \"127.0.0.1:{first.Public.Port}\" }}"));
 
-        var e = await Assert.ThrowsAsync<SocketException>(() => second.StartAsync());
+        // A SocketException still (an embedder's catch keeps working), whose message names the listener and address.
+        var e = await Assert.ThrowsAnyAsync<SocketException>(() => second.StartAsync());
 
         Assert.Equal(SocketError.AddressAlreadyInUse, e.SocketErrorCode);
+        Assert.StartsWith($"listener 'public' cannot bind 127.0.0.1:{first.Public.Port}: ", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

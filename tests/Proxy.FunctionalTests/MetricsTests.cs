@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Text;
 using Proxy.Core.Tests.Diagnostics;
@@ -111,6 +112,64 @@ public sealed class MetricsTests
         Assert.Equal(1, scrape.Value("proxy_upstream_connections_opened_total", ("cluster", "h2")));
         Assert.Equal(1, scrape.Value("proxy_upstream_pool_waits_total", ("cluster", "h2")));
         Assert.Equal(1, scrape.Value("proxy_upstream_pool_wait_seconds_count", ("cluster", "h2")));
+    }
+
+    /// <summary>
+    /// Heads refused before routing (the HTTP/1.1 parser's 400 and 505, the head limits' 414 and 431, header_timeout's
+    /// 408, a transfer coding's 501, and an HTTP/2 stream's head refused by the same limits) are requests like a 404
+    /// no_route: counted in proxy_requests_total and the duration histogram under route="" and cluster="", with their
+    /// details in proxy_local_replies_total (Envoy counts codec errors in downstream_rq_4xx; nginx in its access log
+    /// and stub_status). The echo listener's refusals are not proxy traffic and are not counted.
+    /// </summary>
+    [Fact]
+    public async Task Metrics_HeadsRefusedBeforeRouting_CountedAsUnroutedRequests()
+    {
+        string yaml = new ProxyConfig { BackendPort = Ports.ClosedPort(), MaxRequestLine = "512", MaxHeaders = 5, HeaderTimeout = "1s" }.Render()
+            + "admin: { address: \"127.0.0.1:0\" }\n";
+        await using var proxy = await TestProxy.StartAsync(yaml);
+
+        async Task<int> SendAsync(IPEndPoint to, string request)
+        {
+            await using var client = await RawClient.ConnectAsync(to);
+            await client.SendAsync(request);
+            var answer = await client.ReadToCloseAsync(TimeSpan.FromSeconds(30));
+            return int.Parse(answer.Text.Split(' ')[1], CultureInfo.InvariantCulture);
+        }
+        string longPath = "/" + new string('a', 600);
+        Assert.Equal(400, await SendAsync(proxy.Public, "GET /ok HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"));
+        Assert.Equal(414, await SendAsync(proxy.Public, "GET " + longPath + " HTTP/1.1\r\nHost: x\r\n\r\n"));
+        Assert.Equal(431, await SendAsync(proxy.Public, "GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\n\r\n"));
+        Assert.Equal(408, await SendAsync(proxy.Public, "GET /slow HTTP/1.1\r\nHost: x\r\n"));
+        Assert.Equal(505, await SendAsync(proxy.Public, "GET / HTTP/2.0\r\nHost: x\r\n\r\n"));
+        Assert.Equal(501, await SendAsync(proxy.Public, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"));
+        Assert.Equal(400, await SendAsync(proxy.Echo, "GET /ok HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"));
+        using (var http2 = Http2Client())
+        using (var overH2 = await http2.GetAsync(new Uri(proxy.PublicUri, longPath)))
+        {
+            Assert.Equal(HttpVersion.Version20, overH2.Version);
+            Assert.Equal(HttpStatusCode.RequestUriTooLong, overH2.StatusCode);
+        }
+
+        var scrape = await ScrapeUntilAsync(proxy, s => s.Find("proxy_requests_total").Sum(x => x.Value) >= 7);
+
+        double Requests(string method, string statusClass)
+            => scrape.Value("proxy_requests_total", ("route", ""), ("cluster", ""), ("method", method), ("status_class", statusClass));
+        Assert.Equal(2, Requests("GET", "4xx"));   // 400 and 431 (max_headers): the request line was parsed
+        Assert.Equal(3, Requests("OTHER", "4xx")); // 414 twice (HTTP/1.1, HTTP/2), 408: no method known
+        Assert.Equal(1, Requests("OTHER", "5xx")); // 505
+        Assert.Equal(1, Requests("POST", "5xx"));  // 501
+        Assert.Equal(7, scrape.Find("proxy_requests_total").Sum(x => x.Value)); // not the echo listener's 400
+        Assert.Equal(7, scrape.Value("proxy_request_duration_seconds_count", ("route", ""), ("cluster", "")));
+        Assert.Equal(7, scrape.Value("proxy_request_duration_seconds_bucket", ("route", ""), ("cluster", ""), ("le", "0.0005")));
+
+        double Replies(string status, string details)
+            => scrape.Value("proxy_local_replies_total", ("listener", "public"), ("status", status), ("details", details));
+        Assert.Equal(2, Replies("414", "request_line_too_long"));
+        Assert.Equal(1, Replies("431", "too_many_headers"));
+        Assert.Equal(1, Replies("408", "header_timeout"));
+        Assert.Equal(1, Replies("505", "unsupported_version"));
+        Assert.Equal(1, Replies("501", "unsupported_transfer_coding"));
+        Assert.Equal(1, scrape.Find("proxy_local_replies_total", ("listener", "public"), ("status", "400")).Sum(x => x.Value));
     }
 
     [Fact]

@@ -100,7 +100,10 @@ internal sealed class ProxyMetrics : IDisposable
 
     internal Meter UpstreamMeter => _upstreamMeter;
 
-    /// <summary>Requests that ended before a route was chosen (no match, CONNECT, body too large).</summary>
+    /// <summary>
+    /// Requests that ended before a route was chosen (no match, CONNECT, body too large, a head refused by the parser,
+    /// a head limit or header_timeout).
+    /// </summary>
     public RouteMetrics Unrouted { get; } = new("", "");
 
     public static string Version =>
@@ -125,6 +128,25 @@ internal sealed class ProxyMetrics : IDisposable
         if (_duration.Enabled)
         {
             _duration.Record(elapsed / (double)Stopwatch.Frequency, handle.Tags);
+        }
+    }
+
+    /// <summary>
+    /// A head refused before routing (by the parser, a head limit or header_timeout): counted as a request under the
+    /// unrouted labels, as a 404 no_route is, with a duration of 0 (no head was parsed, so the request never started;
+    /// the access log's line says 0 too). <paramref name="method"/> is <see cref="HttpMethod.Custom"/> ("OTHER") when
+    /// the request line was not parsed. Error path, but as allocation-free as <see cref="RequestEnded"/>.
+    /// </summary>
+    public void HeadRejected(ListenerModel listener, HttpMethod method, int status)
+    {
+        if (listener.Handler != ListenerHandler.Proxy)
+        {
+            return;
+        }
+        Unrouted.Record(method, status, 0);
+        if (_duration.Enabled)
+        {
+            _duration.Record(0, Unrouted.Tags);
         }
     }
 

@@ -168,7 +168,7 @@ public sealed partial class ProxyServer
                 await Task.WhenAll(added.Select(l => l.StopAsync(acceptQueued: false))).ConfigureAwait(false);
                 // At the listener's address in the file, like every other config error (FILE:LINE:COL: message).
                 var error = new ConfigError(fileName, model.AddressMark.Line, model.AddressMark.Column,
-                    $"listener '{model.Name}' cannot bind {model.EndPoint}: {e.Message}");
+                    ListenerBindException.Describe(model, e.Message));
                 return Fail(current, [error.ToString()], trigger);
             }
             added.Add(listener);

@@ -129,7 +129,15 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
                 cancellationToken.ThrowIfCancellationRequested();
                 var listener = new SocketListener(_runtime, model, snapshot);
                 started.Add(listener);
-                listener.Bind();
+                try
+                {
+                    listener.Bind();
+                }
+                catch (System.Net.Sockets.SocketException e)
+                {
+                    // The socket's message names no listener; several can fail the same way.
+                    throw new ListenerBindException(model, snapshot.SourcePath, e);
+                }
             }
             // Every address bound before any accepts: a port in use fails the start with nothing served.
             foreach (SocketListener listener in started)

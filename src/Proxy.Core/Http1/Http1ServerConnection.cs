@@ -757,11 +757,13 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
 
     /// <summary>
     /// Answers a head the parser or a head limit refused (400, 414, 431, ...) and closes: the access log gets its line
-    /// first (<see cref="ObserveRejectedHead"/>), as for every other request.
+    /// first (<see cref="ObserveRejectedHead"/>), and the request metrics count it under the unrouted labels, as for
+    /// every other request. The HTTP/2 bridge's heads come here too.
     /// </summary>
     private ValueTask RejectHeadAsync(int status, string details)
     {
         ObserveRejectedHead(status, details);
+        _runtime.Metrics.HeadRejected(Listener, Head.Method, status);
         return SendErrorAsync(status, details, close: true);
     }
 
