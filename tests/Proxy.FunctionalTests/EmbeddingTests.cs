@@ -1,3 +1,5 @@
+using System.Net;
+using System.Net.Sockets;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Hosting;
 using Proxy.Pipeline;
@@ -5,8 +7,9 @@ using Proxy.Pipeline;
 namespace Proxy.FunctionalTests;
 
 /// <summary>
-/// <see cref="ProxyServer"/> as an embedder drives it: a custom policy factory's failure is a config error, never an
-/// exception out of a reload.
+/// <see cref="ProxyServer"/> as an embedder drives it: the life cycle's misuses fail with a clear exception instead of
+/// serving from released state, and a custom policy factory's failure is a config error, never an exception out of a
+/// reload.
 /// </summary>
 public sealed class EmbeddingTests
 {
@@ -34,6 +37,57 @@ public sealed class EmbeddingTests
         routes:
           - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello" }, policies: [custom] }
         """;
+
+    [Fact]
+    public async Task Start_AddressInUse_ExceptionNamesListenerAndAddress()
+    {
+        using var holder = new TcpListener(IPAddress.Loopback, 0);
+        holder.Start();
+        int port = ((IPEndPoint)holder.LocalEndpoint).Port;
+        await using var server = ProxyServer.FromYaml(Yaml.Replace("127.0.0.1:0", $"127.0.0.1:{port}"));
+
+        var e = await Assert.ThrowsAsync<SocketException>(() => server.StartAsync());
+
+        Assert.Equal(SocketError.AddressAlreadyInUse, e.SocketErrorCode);
+        Assert.Contains($"listener 'public' cannot bind 127.0.0.1:{port}", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Start_AfterStop_ThrowsInsteadOfServing()
+    {
+        var server = ProxyServer.FromYaml(Yaml);
+        await server.StopAsync(TimeSpan.FromSeconds(1));
+
+        await Assert.ThrowsAsync<InvalidOperationException>(() => server.StartAsync());
+
+        Assert.Throws<ArgumentException>(() => server.GetEndPoint("public"));
+        await server.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Start_AfterDispose_ThrowsInsteadOfServing()
+    {
+        var server = ProxyServer.FromYaml(Yaml);
+        await server.DisposeAsync();
+
+        await Assert.ThrowsAsync<InvalidOperationException>(() => server.StartAsync());
+
+        Assert.Throws<ArgumentException>(() => server.GetEndPoint("public"));
+    }
+
+    [Fact]
+    public async Task Start_CancelledToken_LeavesTheServerStartable()
+    {
+        await using var server = ProxyServer.FromYaml(Yaml);
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => server.StartAsync(cancelled.Token));
+        await server.StartAsync();
+
+        using var client = new HttpClient { Timeout = TestDefaults.Timeout };
+        Assert.Equal("hello", await client.GetStringAsync($"http://{server.GetEndPoint("public")}/hello"));
+    }
 
     [Fact]
     public void FromYaml_PolicyFactoryReturnsNull_IsAConfigErrorAtThePolicy()

@@ -85,9 +85,22 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
     /// <summary>Hash of the loaded config file.</summary>
     public string ConfigVersion => _runtime.Current.Version;
 
-    /// <summary>Binds every listener and starts accepting.</summary>
+    /// <summary>
+    /// Binds every listener and starts accepting. A server starts once: a second call, or a call after
+    /// <see cref="StopAsync(TimeSpan)"/>, <see cref="DrainAsync"/> or <see cref="DisposeAsync"/>, throws
+    /// <see cref="InvalidOperationException"/>. A listener that cannot bind throws <see cref="System.Net.Sockets.SocketException"/>
+    /// naming the listener and its address; nothing is served then, and the server can only be disposed.
+    /// A token already cancelled throws <see cref="OperationCanceledException"/> and leaves the server unstarted.
+    /// </summary>
     public Task StartAsync(CancellationToken cancellationToken = default)
     {
+        cancellationToken.ThrowIfCancellationRequested();
+        if (Volatile.Read(ref _stopped) != 0 || Volatile.Read(ref _draining) != 0)
+        {
+            // Its runtime (meters, pools, timers) is disposed, or it refuses new connections for good: serving from it
+            // would run on released state and report itself not ready.
+            throw new InvalidOperationException("The server was stopped or drained; create a new ProxyServer to serve again.");
+        }
         if (Interlocked.Exchange(ref _started, 1) != 0)
         {
             throw new InvalidOperationException("The server was already started.");
@@ -129,7 +142,7 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
                 cancellationToken.ThrowIfCancellationRequested();
                 var listener = new SocketListener(_runtime, model, snapshot);
                 started.Add(listener);
-                listener.Bind();
+                Bind(listener, model);
             }
             // Every address bound before any accepts: a port in use fails the start with nothing served.
             foreach (SocketListener listener in started)
@@ -153,6 +166,23 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
                 _ = l.StopAsync(acceptQueued: false);
             }
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Binds one listener at start. The runtime's message alone ("Address already in use") does not say which of the
+    /// file's addresses failed: the exception keeps its type and error code and names the listener and its address, as
+    /// a reload's error does.
+    /// </summary>
+    private static void Bind(SocketListener listener, ListenerModel model)
+    {
+        try
+        {
+            listener.Bind();
+        }
+        catch (System.Net.Sockets.SocketException e)
+        {
+            throw new System.Net.Sockets.SocketException((int)e.SocketErrorCode, $"listener '{model.Name}' cannot bind {model.EndPoint}: {e.Message}");
         }
     }
 
@@ -340,13 +370,18 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
     /// </summary>
     internal Action? Drained { get; set; }
 
+    /// <summary>
+    /// Stops the server at once if it was started: as <see cref="StopAsync(TimeSpan)"/> with no time for requests in
+    /// flight, which are aborted (their clients see the connection close). Call <see cref="StopAsync(TimeSpan)"/> first
+    /// for a graceful stop. Calling it again, or after a stop, does nothing more.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         if (Volatile.Read(ref _started) != 0)
         {
             await StopAsync(TimeSpan.Zero).ConfigureAwait(false);
         }
-        else
+        else if (Interlocked.Exchange(ref _stopped, 1) == 0)
         {
             _runtime.Dispose();
         }
