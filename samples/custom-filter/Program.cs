@@ -73,7 +73,7 @@ var url = $"http://{server.GetEndPoint("public")}/hello";
 using var client = new HttpClient();
 using (var rejected = await client.GetAsync(url))
 {
-    Console.WriteLine($"without x-tenant: {(int)rejected.StatusCode} {await rejected.Content.ReadAsStringAsync()}");
+    Console.Write($"without x-tenant: {(int)rejected.StatusCode} {await rejected.Content.ReadAsStringAsync()}");
 }
 using (var request = new HttpRequestMessage(HttpMethod.Get, url) { Headers = { { "x-tenant", "acme" } } })
 using (var accepted = await client.SendAsync(request))

@@ -5,7 +5,6 @@ using Proxy.Hosting;
 const string Yaml = """
     listeners:
       - { name: public, address: 127.0.0.1:0 }          # port 0: the OS picks a free port
-      - { name: echo, address: 127.0.0.1:0, handler: echo }
     routes:
       - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello from an embedded gateway\n" } }
     """;

@@ -186,6 +186,61 @@ public sealed class ShutdownTests
         Assert.Equal(0, scenario.Proxy.Server.OpenConnections);
     }
 
+    /// <summary>
+    /// DisposeAsync during a graceful stop (an embedder's <c>await using</c> around a StopAsync it started) stops the
+    /// wait at once and returns only once the stop has ended: not while connections are still open.
+    /// </summary>
+    [Fact]
+    public async Task DisposeAsync_DuringGracefulStop_AbortsAndReturnsWhenStopped()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Hang());
+        await using var client = await scenario.ConnectAsync();
+        await client.SendAsync(Wire.Get("/forever"));
+        await scenario.Upstream.WaitForRequestAsync();
+        var stopping = scenario.Proxy.Server.StopAsync(TimeSpan.FromSeconds(60));
+
+        await scenario.Proxy.Server.DisposeAsync().AsTask().WaitAsync(TestDefaults.Timeout);
+
+        Assert.True(stopping.IsCompleted, "DisposeAsync returned while the stop was still running.");
+        Assert.Equal(0, scenario.Proxy.Server.OpenConnections);
+        Assert.True((await client.ReadToCloseAsync(TimeSpan.FromSeconds(3))).Closed);
+    }
+
+    /// <summary>A second StopAsync while the first runs completes when the stop has ended, not at once.</summary>
+    [Fact]
+    public async Task StopAsync_CalledWhileStopping_CompletesWhenTheStopHas()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Delayed(TimeSpan.FromSeconds(1)));
+        await using var client = await scenario.ConnectAsync();
+        await client.SendAsync(Wire.Get("/slow"));
+        await scenario.Upstream.WaitForRequestAsync();
+        var first = scenario.Proxy.Server.StopAsync(TimeSpan.FromSeconds(30));
+
+        await scenario.Proxy.Server.StopAsync(TimeSpan.FromSeconds(30)).WaitAsync(TestDefaults.Timeout);
+
+        Assert.True(first.IsCompleted, "The second StopAsync returned while the first was still running.");
+        Assert.Equal(200, (await client.ReadResponseAsync()).Status);
+        Assert.Equal(0, scenario.Proxy.Server.OpenConnections);
+    }
+
+    /// <summary>A second caller's abort token cuts the running graceful stop short, as the first caller's would.</summary>
+    [Fact]
+    public async Task StopAsync_SecondCallerAborts_RunningStopEndsItsWait()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Hang());
+        await using var client = await scenario.ConnectAsync();
+        await client.SendAsync(Wire.Get("/forever"));
+        await scenario.Upstream.WaitForRequestAsync();
+        var first = scenario.Proxy.Server.StopAsync(TimeSpan.FromSeconds(60));
+        using var abort = new CancellationTokenSource();
+        var second = scenario.Proxy.Server.StopAsync(TimeSpan.FromSeconds(60), abort.Token);
+
+        abort.Cancel();
+
+        await Task.WhenAll(first, second).WaitAsync(TestDefaults.Timeout);
+        Assert.True((await client.ReadToCloseAsync(TimeSpan.FromSeconds(3))).Closed);
+    }
+
     [Fact]
     public async Task OpenConnections_ClientsConnectAndLeave_CountFollows()
     {

@@ -213,15 +213,28 @@ internal static partial class PolicyCompiler
                 scalars[setting.Key.Value] = setting.Scalar?.Value ?? "";
             }
         }
+        IProxyFilter? filter;
         try
         {
-            return factory(new PolicyDefinition(policy.Name.Value, kind.Value, scalars, lists));
+            filter = factory(new PolicyDefinition(policy.Name.Value, kind.Value, scalars, lists));
         }
         catch (Exception e) when (e is ArgumentException or FormatException or InvalidOperationException)
         {
             errors.Add(kind.Mark, $"policy '{policy.Name.Value}' ({kind.Value}): {e.Message}");
             return null;
         }
+        catch (Exception e)
+        {
+            // The embedder's code, not the file, failed; still a config error at the policy, so that a load reports it
+            // with the others and a reload keeps its promise not to throw (and keeps the running config).
+            errors.Add(kind.Mark, $"policy '{policy.Name.Value}' ({kind.Value}): the factory failed: {e.GetType().FullName}: {e.Message}");
+            return null;
+        }
+        if (filter is null)
+        {
+            errors.Add(kind.Mark, $"policy '{policy.Name.Value}' ({kind.Value}): the factory returned no filter (null)");
+        }
+        return filter;
     }
 
     private static RateLimitFilter? BuildRateLimit(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, bool validateOnly)

@@ -85,9 +85,22 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
     /// <summary>Hash of the loaded config file.</summary>
     public string ConfigVersion => _runtime.Current.Version;
 
-    /// <summary>Binds every listener and starts accepting.</summary>
+    /// <summary>
+    /// Binds every listener and starts accepting. A server starts once: a second call, or a call after
+    /// <see cref="StopAsync(TimeSpan)"/>, <see cref="DrainAsync"/> or <see cref="DisposeAsync"/>, throws
+    /// <see cref="InvalidOperationException"/>. A listener that cannot bind throws <see cref="System.Net.Sockets.SocketException"/>
+    /// naming the listener and its address; nothing is served then, and the server can only be disposed.
+    /// A token already cancelled throws <see cref="OperationCanceledException"/> and leaves the server unstarted.
+    /// </summary>
     public Task StartAsync(CancellationToken cancellationToken = default)
     {
+        cancellationToken.ThrowIfCancellationRequested();
+        if (Volatile.Read(ref _stopped) != 0 || Volatile.Read(ref _draining) != 0)
+        {
+            // Its runtime (meters, pools, timers) is disposed, or it refuses new connections for good: serving from it
+            // would run on released state and report itself not ready.
+            throw new InvalidOperationException("The server was stopped or drained; create a new ProxyServer to serve again.");
+        }
         if (Interlocked.Exchange(ref _started, 1) != 0)
         {
             throw new InvalidOperationException("The server was already started.");
@@ -164,6 +177,11 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
         }
     }
 
+    /// <summary>
+    /// Binds one listener at start. The runtime's message alone ("Address already in use") does not say which of the
+    /// file's addresses failed: the exception keeps its type and error code and names the listener and its address, as
+    /// a reload's error does.
+    /// </summary>
     /// <summary>The address a listener is bound to (useful with port 0).</summary>
     public IPEndPoint GetEndPoint(string listenerName)
     {
@@ -280,14 +298,50 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
 
     /// <summary>
     /// As <see cref="StopAsync(TimeSpan)"/>; cancelling <paramref name="abortNow"/> ends the wait for requests in flight
-    /// at once and aborts what is still open (the command does it on a second SIGTERM or SIGINT).
+    /// at once and aborts what is still open (the command does it on a second SIGTERM or SIGINT). The stop runs once:
+    /// a call while it runs (or after) completes when it has ended, and its <paramref name="abortNow"/> can still cut it short.
     /// </summary>
-    public async Task StopAsync(TimeSpan timeout, CancellationToken abortNow)
+    public Task StopAsync(TimeSpan timeout, CancellationToken abortNow)
     {
         if (Interlocked.Exchange(ref _stopped, 1) != 0)
         {
-            return;
+            return JoinStopAsync(abortNow);
         }
+        return StopOnceAsync(timeout, abortNow);
+    }
+
+    /// <summary>Set when the one stop has ended (or, for a server never started, when it was disposed).</summary>
+    private readonly TaskCompletionSource _stopCompleted = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>
+    /// Cancelled by <see cref="DisposeAsync"/>, or by a later caller's abort token, during a graceful stop: the stop
+    /// stops waiting for requests in flight, as with its own <c>abortNow</c>. Never disposed: it holds no timer.
+    /// </summary>
+    private readonly CancellationTokenSource _abortStop = new();
+
+    private async Task JoinStopAsync(CancellationToken abortNow)
+    {
+        using (abortNow.Register(static state => ((CancellationTokenSource)state!).Cancel(), _abortStop))
+        {
+            await _stopCompleted.Task.ConfigureAwait(false);
+        }
+    }
+
+    private async Task StopOnceAsync(TimeSpan timeout, CancellationToken callerAbort)
+    {
+        try
+        {
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(callerAbort, _abortStop.Token);
+            await StopCoreAsync(timeout, linked.Token).ConfigureAwait(false);
+        }
+        finally
+        {
+            _stopCompleted.TrySetResult();
+        }
+    }
+
+    private async Task StopCoreAsync(TimeSpan timeout, CancellationToken abortNow)
+    {
         // A reload running now finishes first; none starts afterwards (it sees _stopped).
         await _reloadGate.WaitAsync().ConfigureAwait(false);
         _reloadGate.Release();
@@ -348,15 +402,31 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
     /// </summary>
     internal Action? Drained { get; set; }
 
+    /// <summary>
+    /// Stops the server at once if it was started: as <see cref="StopAsync(TimeSpan)"/> with no time for requests in
+    /// flight, which are aborted (their clients see the connection close). Call <see cref="StopAsync(TimeSpan)"/> first
+    /// for a graceful stop; during one, it ends the stop's wait at once and completes when the stop has. Calling it
+    /// again, or after a stop, does nothing more.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         if (Volatile.Read(ref _started) != 0)
         {
+            if (Volatile.Read(ref _stopped) != 0)
+            {
+                // A graceful stop is running: disposing means now, so it stops waiting for requests in flight.
+                _abortStop.Cancel();
+            }
             await StopAsync(TimeSpan.Zero).ConfigureAwait(false);
+        }
+        else if (Interlocked.Exchange(ref _stopped, 1) == 0)
+        {
+            _runtime.Dispose();
+            _stopCompleted.TrySetResult();
         }
         else
         {
-            _runtime.Dispose();
+            await _stopCompleted.Task.ConfigureAwait(false);
         }
     }
 }

@@ -1,0 +1,105 @@
+using System.Net;
+using System.Net.Sockets;
+using Proxy.FunctionalTests.Infrastructure;
+using Proxy.Hosting;
+using Proxy.Pipeline;
+
+namespace Proxy.FunctionalTests;
+
+/// <summary>
+/// <see cref="ProxyServer"/> as an embedder drives it: the life cycle's misuses fail with a clear exception instead of
+/// serving from released state, and a custom policy factory's failure is a config error, never an exception out of a
+/// reload.
+/// </summary>
+public sealed class EmbeddingTests
+{
+    private const string Yaml = """
+        server: { watch_config: false }
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+        routes:
+          - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello" } }
+        """;
+
+    private static readonly Lazy<bool> s_kinds = new(() =>
+    {
+        PolicyKinds.Register("test_embed_null", _ => null!);
+        PolicyKinds.Register("test_embed_crash", _ => throw new NullReferenceException("crashed in the factory"));
+        return true;
+    });
+
+    private static string WithPolicy(string kind) => $$"""
+        server: { watch_config: false }
+        policies:
+          custom: { {{kind}}: {} }
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+        routes:
+          - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello" }, policies: [custom] }
+        """;
+
+    [Fact]
+    public async Task Start_AfterStop_ThrowsInsteadOfServing()
+    {
+        var server = ProxyServer.FromYaml(Yaml);
+        await server.StopAsync(TimeSpan.FromSeconds(1));
+
+        await Assert.ThrowsAsync<InvalidOperationException>(() => server.StartAsync());
+
+        Assert.Throws<ArgumentException>(() => server.GetEndPoint("public"));
+        await server.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Start_AfterDispose_ThrowsInsteadOfServing()
+    {
+        var server = ProxyServer.FromYaml(Yaml);
+        await server.DisposeAsync();
+
+        await Assert.ThrowsAsync<InvalidOperationException>(() => server.StartAsync());
+
+        Assert.Throws<ArgumentException>(() => server.GetEndPoint("public"));
+    }
+
+    [Fact]
+    public async Task Start_CancelledToken_LeavesTheServerStartable()
+    {
+        await using var server = ProxyServer.FromYaml(Yaml);
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => server.StartAsync(cancelled.Token));
+        await server.StartAsync();
+
+        using var client = new HttpClient { Timeout = TestDefaults.Timeout };
+        Assert.Equal("hello", await client.GetStringAsync($"http://{server.GetEndPoint("public")}/hello"));
+    }
+
+    [Fact]
+    public void FromYaml_PolicyFactoryReturnsNull_IsAConfigErrorAtThePolicy()
+    {
+        _ = s_kinds.Value;
+
+        var e = Assert.Throws<InvalidDataException>(() => ProxyServer.FromYaml(WithPolicy("test_embed_null"), "embed.yaml"));
+
+        Assert.Contains("embed.yaml:3:", e.Message, StringComparison.Ordinal);
+        Assert.Contains("policy 'custom' (test_embed_null): the factory returned no filter", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Reload_PolicyFactoryThrowsUnexpectedException_FailsAndKeepsTheRunningConfig()
+    {
+        _ = s_kinds.Value;
+        await using var proxy = await TestProxy.StartAsync(Yaml);
+        string version = proxy.Server.ConfigVersion;
+
+        ConfigReloadResult result = await proxy.Server.ReloadAsync(WithPolicy("test_embed_crash"));
+
+        Assert.False(result.Success);
+        Assert.Contains(result.Errors, e => e.Contains("policy 'custom' (test_embed_crash): the factory failed: System.NullReferenceException: crashed in the factory",
+            StringComparison.Ordinal));
+        Assert.Equal(version, proxy.Server.ConfigVersion);
+        using var client = new HttpClient { Timeout = TestDefaults.Timeout };
+        Assert.Equal("hello", await client.GetStringAsync($"http://{proxy.Public}/hello"));
+    }
+}
