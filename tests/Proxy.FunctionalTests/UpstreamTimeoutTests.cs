@@ -135,6 +135,35 @@ public sealed class UpstreamTimeoutTests
     }
 
     /// <summary>
+    /// response_timeout starts once the whole request is sent (nginx's proxy_read_timeout and Envoy's route timeout count
+    /// from the end of the request too): a client that uploads for about 3.5 s (each gap far inside body_timeout) to an
+    /// upstream that answers once it has the body gets that answer under a 1 s response_timeout, and the upstream is not
+    /// charged with a failure. The HTTP/2 upstream path has the same test (Http2UpstreamTimeoutTests).
+    /// </summary>
+    [Fact]
+    public async Task ResponseTimeout_ClientUploadsSlowerThanIt_Returns200AndNoHealthFailure()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await TestProxy.StartAsync(Yaml($"\"{upstream.Address}\"",
+            "    response_timeout: 1s\n    outlier_detection: { consecutive_failures: 1, base_ejection: 30s, max_ejection_percent: 100 }"));
+        await using var client = await proxy.ConnectAsync();
+
+        await client.SendAsync("POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: 1000\r\n\r\n");
+        for (int i = 0; i < 10; i++)
+        {
+            await Task.Delay(350);
+            await client.SendAsync(new string('u', 100));
+        }
+        var response = await client.ReadResponseAsync("POST", timeout: TimeSpan.FromSeconds(15));
+
+        Assert.True(response.Status == 200, $"{response}\n{response.BodyText}");
+        Assert.Equal(1000, Assert.Single(upstream.Requests).Body.Length);
+        var destination = proxy.Server.Snapshot.Clusters["backend"].Destinations[0];
+        Assert.Equal(0, destination.ConsecutiveFailures);
+        Assert.Equal(0, destination.EjectedUntil);
+    }
+
+    /// <summary>
     /// The other bound on a forwarded body: a client that stops sending mid-body gets 408 body_timeout when the gap runs
     /// past <c>limits.body_timeout</c>, well within request_timeout (which would answer 504).
     /// </summary>

@@ -57,6 +57,15 @@ internal sealed partial class HttpForwarder
     private RequestReplayBuffer? _h2Replay;
     private bool _h2FromReplay;
     private int _h2Retries;
+    /// <summary>
+    /// While the request body goes up: the tick count (<see cref="Environment.TickCount64"/>) at which the pump last moved
+    /// (began waiting for the client's next bytes, or got some and began sending them), and whether it now waits for the
+    /// client (else for the upstream: its flow-control window, or the connection's writes). Written by the pump, read by
+    /// the head wait on another thread when the body's deadline fires: the flag is written before the tick (release) and
+    /// read after it (acquire), so it is at least as new as the tick read; a stale pair only re-arms the wait once more.
+    /// </summary>
+    private long _http2BodyMoved;
+    private bool _http2BodyAwaitsClient;
     private readonly ReusableValueTaskSource<Http2Step> _http2Result = new();
     private readonly ReusableValueTaskSource<bool> _http2Work = new();
     private Task? _http2Loop;
@@ -190,23 +199,32 @@ internal sealed partial class HttpForwarder
                     if (hasBody)
                     {
                         // Full duplex: the body goes up while the response is read (gRPC streams answer before the request ends).
+                        Http2BodyMoved(awaitsClient: false);
                         pump = PumpHttp2RequestAsync(stream, replay, fromReplay);
                         pumping = true;
                         _http2BodyTouched = !fromReplay;
                     }
 
                     // ---- response head
+                    // As on the HTTP/1.1 path (and as nginx's proxy_read_timeout and Envoy's route timeout measure), the
+                    // response timeouts start once the whole request is sent. Until then (bodyGoing) the wait is the body's:
+                    // each gap within body_timeout, all of it within request_timeout, judged by Http2BodyWaitRanOut when the
+                    // deadline fires; the pump wakes this read when it has sent END_STREAM (Http2BodySent). The head is read
+                    // all along: an upstream may answer before the request ends.
                     PipeReader reader = stream.ResponseReader;
                     ProxyError failure = ProxyError.None;
                     bool clientGone = false;
-                    ProxyError headTimeout = HeadWait(timeouts.Response, cluster.Retry, exchangeDeadline, out TimeSpan wait);
+                    bool bodyGoing = pumping && !stream.EndSent;
+                    // The failure happened while the body went up and is not the upstream's: no health report, no retry.
+                    bool notUpstreams = false;
+                    ProxyError headTimeout = ArmHttp2HeadWait(reader, bodyGoing, timeouts, cluster.Retry, exchangeDeadline, out TimeSpan wait);
                     if (wait <= TimeSpan.Zero)
                     {
                         failure = ProxyError.UpstreamRequestTimeout;
+                        notUpstreams = bodyGoing;
                     }
                     else
                     {
-                        _client.ArmUpstream(reader, wait);
                         while (!stream.HeadReady)
                         {
                             if (ClientGone)
@@ -237,13 +255,14 @@ internal sealed partial class HttpForwarder
                                 }
                                 // The client flush used (and cleared) the connection's one deadline: the wait for the final
                                 // head starts again, as on the HTTP/1.1 path, within the exchange's deadline.
-                                headTimeout = HeadWait(timeouts.Response, cluster.Retry, exchangeDeadline, out wait);
+                                bodyGoing &= !stream.EndSent;
+                                headTimeout = ArmHttp2HeadWait(reader, bodyGoing, timeouts, cluster.Retry, exchangeDeadline, out wait);
                                 if (wait <= TimeSpan.Zero)
                                 {
                                     failure = ProxyError.UpstreamRequestTimeout;
+                                    notUpstreams = bodyGoing;
                                     break;
                                 }
-                                _client.ArmUpstream(reader, wait);
                             }
                             if (stream.HeadReady)
                             {
@@ -251,10 +270,41 @@ internal sealed partial class HttpForwarder
                             }
                             if (result.IsCanceled)
                             {
-                                if (_client.TakeFiredTimeout() != TimeoutKind.None)
+                                bool fired = _client.TakeFiredTimeout() != TimeoutKind.None;
+                                if (bodyGoing && stream.EndSent)
+                                {
+                                    // The whole request is sent (the pump woke this read, or the body's deadline fired just
+                                    // after): the upstream's time starts now.
+                                    bodyGoing = false;
+                                    headTimeout = ArmHttp2HeadWait(reader, bodyGoing, timeouts, cluster.Retry, exchangeDeadline, out wait);
+                                    if (wait <= TimeSpan.Zero)
+                                    {
+                                        failure = ProxyError.UpstreamRequestTimeout;
+                                        break;
+                                    }
+                                    continue;
+                                }
+                                if (!fired)
+                                {
+                                    continue;
+                                }
+                                if (!bodyGoing)
                                 {
                                     failure = headTimeout;
                                     connection.OnStreamTimedOut(wait);
+                                    break;
+                                }
+                                failure = Http2BodyWaitRanOut(out notUpstreams);
+                                if (failure != ProxyError.None)
+                                {
+                                    break;
+                                }
+                                // The body moved since the deadline was armed: wait for what is left of its gap.
+                                ArmHttp2HeadWait(reader, bodyGoing, timeouts, cluster.Retry, exchangeDeadline, out wait);
+                                if (wait <= TimeSpan.Zero)
+                                {
+                                    failure = ProxyError.UpstreamRequestTimeout;
+                                    notUpstreams = true;
                                     break;
                                 }
                                 continue;
@@ -300,6 +350,30 @@ internal sealed partial class HttpForwarder
                                 step = Http2Step.Answered; // the client broke its own request (and we reset the stream): nobody to answer
                                 goto Done;
                             }
+                        }
+                        if (notUpstreams)
+                        {
+                            // While the body went up: the client's gap ran past body_timeout (408, as the HTTP/1.1 path
+                            // answers), or the exchange's deadline passed (504 upstream_request_timeout, through the
+                            // forward loop, which closes: the body is unread). Either way the client's slowness.
+                            if (failure == ProxyError.RequestBodyFailed)
+                            {
+                                await _client.SendErrorAsync(408, RejectReason.BodyTimeout.DetailsCode(), close: true).ConfigureAwait(false);
+                                step = Http2Step.Answered;
+                                goto Done;
+                            }
+                            _http2Failure = failure;
+                            step = Http2Step.Failed;
+                            goto Done;
+                        }
+                        if (failure == ProxyError.UpstreamRequestWriteFailed)
+                        {
+                            // The upstream took none of the body for body_timeout (its flow-control window stayed shut): a
+                            // send to a peer that stops reading, answered 502 and reported by the forward loop, as a failed
+                            // request write is on both paths.
+                            _http2Failure = failure;
+                            step = Http2Step.Failed;
+                            goto Done;
                         }
                         if (stream.Refused && !hasBody && attempt < 3)
                         {
@@ -423,6 +497,87 @@ internal sealed partial class HttpForwarder
     }
 
     /// <summary>
+    /// Arms the client connection's one deadline for the wait on <paramref name="reader"/> (the response head). While
+    /// the request body still goes up (<paramref name="bodyGoing"/>), for what is left of <c>limits.body_timeout</c> since
+    /// the pump last moved, clamped to the exchange's deadline; its expiry is judged by <see cref="Http2BodyWaitRanOut"/>
+    /// (the return value means nothing then). After, <see cref="HeadWait"/>'s wait, and the error its expiry answers.
+    /// <paramref name="wait"/> is zero or less when the exchange's deadline has passed.
+    /// </summary>
+    private ProxyError ArmHttp2HeadWait(PipeReader reader, bool bodyGoing, UpstreamTimeouts timeouts, RetryModel? retry,
+        long exchangeDeadline, out TimeSpan wait)
+    {
+        ProxyError error;
+        if (bodyGoing)
+        {
+            error = ProxyError.UpstreamRequestTimeout;
+            long now = Environment.TickCount64;
+            long left = TimedConnection.Milliseconds(_client.Listener.Limits.BodyTimeout) - (now - Volatile.Read(ref _http2BodyMoved));
+            if (exchangeDeadline != long.MaxValue)
+            {
+                left = Math.Min(left, exchangeDeadline - now);
+            }
+            // At least a millisecond while the exchange lasts: a gap that just ran out is judged when this fires.
+            wait = TimeSpan.FromMilliseconds(exchangeDeadline - now <= 0 ? 0 : Math.Max(left, 1));
+        }
+        else
+        {
+            error = HeadWait(timeouts.Response, retry, exchangeDeadline, out wait);
+        }
+        if (wait > TimeSpan.Zero)
+        {
+            _client.ArmUpstream(reader, wait);
+        }
+        return error;
+    }
+
+    /// <summary>
+    /// The body's deadline fired while the request body went up: <see cref="ProxyError.None"/> when the body moved since
+    /// (the wait goes on); <see cref="ProxyError.UpstreamRequestTimeout"/> when the exchange's deadline has passed, and
+    /// <see cref="ProxyError.RequestBodyFailed"/> (answered 408 body_timeout) when the client sent nothing for
+    /// body_timeout, both the client's slowness (<paramref name="notUpstreams"/>); and
+    /// <see cref="ProxyError.UpstreamRequestWriteFailed"/> when the upstream took nothing for body_timeout.
+    /// </summary>
+    private ProxyError Http2BodyWaitRanOut(out bool notUpstreams)
+    {
+        notUpstreams = true;
+        if (_client.ExchangeDeadlinePassed)
+        {
+            return ProxyError.UpstreamRequestTimeout;
+        }
+        long idle = Environment.TickCount64 - Volatile.Read(ref _http2BodyMoved);
+        if (idle < TimedConnection.Milliseconds(_client.Listener.Limits.BodyTimeout))
+        {
+            return ProxyError.None;
+        }
+        if (Volatile.Read(ref _http2BodyAwaitsClient))
+        {
+            return ProxyError.RequestBodyFailed;
+        }
+        notUpstreams = false;
+        return ProxyError.UpstreamRequestWriteFailed;
+    }
+
+    /// <summary>The request pump moved (see <see cref="_http2BodyMoved"/>): two field writes per read of the client.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Http2BodyMoved(bool awaitsClient)
+    {
+        _http2BodyAwaitsClient = awaitsClient;
+        Volatile.Write(ref _http2BodyMoved, Environment.TickCount64);
+    }
+
+    /// <summary>
+    /// The request body is all sent (END_STREAM): wakes the head wait, which then starts the response timeouts. Once per
+    /// request with a body; a wake that finds the head already there is a cancelled read that the relay skips.
+    /// </summary>
+    private static void Http2BodySent(Http2ClientStream stream)
+    {
+        if (!stream.HeadReady)
+        {
+            stream.ResponseReader.CancelPendingRead();
+        }
+    }
+
+    /// <summary>
     /// Relays the 1xx interim heads the stream holds (RFC 9110 section 15.2) the way the HTTP/1.1 path does: to an
     /// HTTP/1.1 client (an HTTP/2 client's bridge turns each into a HEADERS frame without END_STREAM), dropped for
     /// HTTP/1.0. False when the client is gone. Not on the common path: only called when a 1xx arrived.
@@ -493,7 +648,12 @@ internal sealed partial class HttpForwarder
     {
         if (fromReplay)
         {
-            return await SendReplayAsync(stream, replay!, _client).ConfigureAwait(false);
+            PumpResult replayed = await SendReplayAsync(stream, replay!, _client).ConfigureAwait(false);
+            if (replayed == PumpResult.Completed)
+            {
+                Http2BodySent(stream);
+            }
+            return replayed;
         }
         RequestHead head = _client.Head;
         PipeReader source = _client.Input;
@@ -510,6 +670,7 @@ internal sealed partial class HttpForwarder
         while (true)
         {
             ReadResult result;
+            Http2BodyMoved(awaitsClient: true);
             try
             {
                 result = await source.ReadAsync().ConfigureAwait(false);
@@ -519,6 +680,7 @@ internal sealed partial class HttpForwarder
                 await connection.CancelAsync(stream).ConfigureAwait(false);
                 return PumpResult.SourceFailed;
             }
+            Http2BodyMoved(awaitsClient: false);
             ReadOnlySequence<byte> buffer = result.Buffer;
             if (result.IsCanceled)
             {
@@ -602,6 +764,7 @@ internal sealed partial class HttpForwarder
             if (done)
             {
                 source.AdvanceTo(consumed);
+                Http2BodySent(stream);
                 return PumpResult.Completed;
             }
             source.AdvanceTo(consumed, buffer.End);

@@ -19,6 +19,7 @@ namespace Proxy.FunctionalTests.Grpc;
 /// gRPC Greeter service. Plain routes:
 /// <c>/info</c> "protocol|connection id|host|x-forwarded-for|te", <c>/echo</c> the request body back,
 /// <c>/bytes/{n}</c> n bytes of 'x', <c>/slow</c> the connection id after 200 ms (<c>/slow/{ms}</c> after ms), <c>/trailers</c> a body then trailers, <c>/trailers-with-length</c> the same with a content-length,
+/// <c>/upload</c> (POST) the body's length once it is all in, <c>/upload/hold</c> (POST) the whole body read, then held like <c>/hold</c>,
 /// <c>/healthz</c> the request's protocol (counted in <see cref="HealthProbes"/>), <c>/hold</c> "late" after 8 s unless the
 /// request is cancelled first (both counted in <see cref="Counters"/>).
 /// </summary>
@@ -112,6 +113,28 @@ internal sealed class H2Upstream : IAsyncDisposable
                 Interlocked.Add(ref written.Value, size);
             }
         });
+        app.MapPost("/upload", async (HttpContext c) =>
+        {
+            // Reads the whole body before it answers (its length): the head comes only after the request's END_STREAM.
+            long length = await CountBodyAsync(c);
+            return length.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        });
+        app.MapPost("/upload/hold", async (HttpContext c) =>
+        {
+            // Reads the whole body, then holds the answer for 8 s (counted like /hold).
+            await CountBodyAsync(c);
+            Interlocked.Increment(ref counters.HoldStarted);
+            try
+            {
+                await Task.Delay(TimeSpan.FromSeconds(8), c.RequestAborted);
+                return "late";
+            }
+            catch (OperationCanceledException)
+            {
+                Interlocked.Increment(ref counters.HoldCancelled);
+                return "";
+            }
+        });
         app.MapGet("/info", (HttpContext c) =>
             $"{c.Request.Protocol}|{c.Connection.Id}|{c.Request.Host}|{c.Request.Headers["x-forwarded-for"]}|{c.Request.Headers.TE}");
         app.MapPost("/echo", async (HttpContext c) =>
@@ -186,6 +209,23 @@ internal sealed class H2Upstream : IAsyncDisposable
         await app.StartAsync(cts.Token);
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return new H2Upstream(app, new Uri(address).Port, written) { _calls = calls, _probes = probes, Counters = counters };
+    }
+
+    /// <summary>Reads a request body to its end; Kestrel's minimum data rate is lifted (the tests trickle bodies on purpose).</summary>
+    private static async Task<long> CountBodyAsync(HttpContext c)
+    {
+        if (c.Features.Get<Microsoft.AspNetCore.Server.Kestrel.Core.Features.IHttpMinRequestBodyDataRateFeature>() is { } rate)
+        {
+            rate.MinDataRate = null;
+        }
+        var buffer = new byte[4096];
+        long total = 0;
+        int read;
+        while ((read = await c.Request.Body.ReadAsync(buffer)) > 0)
+        {
+            total += read;
+        }
+        return total;
     }
 
     public async ValueTask DisposeAsync()
