@@ -236,6 +236,54 @@ public sealed class ReloadTests : IDisposable
         Assert.Equal(2, upstream.ConnectionCount);
     }
 
+    private static string Versioned(int generation) => $$"""
+        server: { watch_config: false }
+        admin: { address: 127.0.0.1:0 }
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+          - { name: side-{{generation}}, address: 127.0.0.1:0 }
+        routes:
+          - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello\n" } }
+          - { id: api-{{generation}}, match: { path: "/api/{**rest}" }, cluster: svc-{{generation}} }
+        clusters:
+          svc-{{generation}}:
+            destinations: [ "http://127.0.0.1:1" ]
+        """;
+
+    /// <summary>
+    /// A deploy pipeline that versions its route and cluster names renames them on every reload: the series of names
+    /// gone from the config must not stay in /metrics for the life of the process. A removed name stays one more
+    /// reload (requests still on the replaced config count into it), then goes; a name kept keeps counting.
+    /// </summary>
+    [Fact]
+    public async Task Reload_RenamedRouteClusterListener_OldSeriesDroppedOneReloadLater()
+    {
+        await using var server = await StartFromFileAsync(Versioned(1));
+        var admin = server.GetEndPoint("admin");
+        using var client = new HttpClient { Timeout = TestDefaults.Timeout };
+        Assert.Equal((200, "hello\n"), await GetAsync(server.GetEndPoint("public"), "/hello"));
+        Assert.Equal(404, (await GetAsync(server.GetEndPoint("side-1"), "/nothing-here")).Status);
+
+        for (int generation = 2; generation <= 5; generation++)
+        {
+            var result = await server.ReloadAsync(Versioned(generation));
+            Assert.True(result.Success, string.Join("\n", result.Errors));
+        }
+        string metrics = await client.GetStringAsync($"http://127.0.0.1:{admin.Port}/metrics");
+
+        foreach (string gone in (string[])["api-1\"", "svc-1\"", "side-1\"", "api-3\"", "svc-3\"", "side-3\""])
+        {
+            Assert.DoesNotContain(gone, metrics, StringComparison.Ordinal);
+        }
+        // Generation 4 (replaced by the last reload) and 5 (running) are exported.
+        Assert.Contains("proxy_upstream_connections_opened_total{cluster=\"svc-4\"} 0", metrics, StringComparison.Ordinal);
+        Assert.Contains("proxy_upstream_connections_opened_total{cluster=\"svc-5\"} 0", metrics, StringComparison.Ordinal);
+        Assert.Contains("proxy_request_duration_seconds_count{route=\"api-5\",cluster=\"svc-5\"} 0", metrics, StringComparison.Ordinal);
+        Assert.Contains("proxy_connections_accepted_total{listener=\"side-4\"} 0", metrics, StringComparison.Ordinal);
+        // The route kept by name kept its count through every reload.
+        Assert.Contains("proxy_requests_total{route=\"hello\",cluster=\"\",method=\"GET\",status_class=\"2xx\"} 1", metrics, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Reload_ListenerAddedThenRemoved_AcceptsThenStops()
     {

@@ -204,6 +204,33 @@ public sealed class ResilienceTests
         Assert.Equal((passes, reason), (passed, why));
     }
 
+    /// <summary>
+    /// A reload that gives a cluster a health check starts its checker (the probes mark a failing destination down), and
+    /// a reload that takes the check away stops it: the replaced cluster's timer does not go on probing.
+    /// </summary>
+    [Fact]
+    public async Task HealthCheck_AddedThenRemovedByReload_ProbesStartThenStop()
+    {
+        await using var flaky = FaultyUpstream.Start("flaky");
+        await using var steady = FaultyUpstream.Start("steady");
+        string plain = Yaml(Quote(flaky.Address, steady.Address), "");
+        await using var proxy = await TestProxy.StartAsync(plain);
+        flaky.HealthStatus = 503;
+
+        var added = await proxy.Server.ReloadAsync(Yaml(Quote(flaky.Address, steady.Address),
+            "    health_check: { path: /healthz, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1 }"));
+        Assert.True(added.Success, string.Join("\n", added.Errors));
+        var flakyState = Backend(proxy).Destinations[0];
+        await WaitUntilAsync(() => !flakyState.CheckHealthy, "the checker added by the reload marks the destination down");
+
+        var removed = await proxy.Server.ReloadAsync(plain);
+        Assert.True(removed.Success, string.Join("\n", removed.Errors));
+        await Task.Delay(300); // a probe already under way may still land
+        int probes = flaky.ProbeCount + steady.ProbeCount;
+        await Task.Delay(1000); // ten intervals of the removed check
+        Assert.Equal(probes, flaky.ProbeCount + steady.ProbeCount);
+    }
+
     [Fact]
     public async Task HealthCheck_HealthzAnswers503_MarkedDownThenUpAgain()
     {

@@ -159,10 +159,6 @@ internal sealed class ProxyMetrics : IDisposable
 
     // ---- control plane --------------------------------------------------------------------------
 
-    /// <summary>
-    /// Registers the handles of a compiled snapshot before it is published. A route, cluster or listener whose
-    /// labels were seen before gets the earlier handle, so its counters continue across a config reload.
-    /// </summary>
     private long _reloadsSucceeded;
     private long _reloadsFailed;
 
@@ -179,7 +175,15 @@ internal sealed class ProxyMetrics : IDisposable
         }
     }
 
-    public void Adopt(ProxySnapshot snapshot)
+    /// <summary>
+    /// Registers the handles of a compiled snapshot before it is published. A route, cluster or listener whose
+    /// labels are still registered gets the earlier handle, so its counters continue across a config reload.
+    /// Handles that neither <paramref name="snapshot"/> nor <paramref name="replaced"/> (the snapshot it replaces)
+    /// uses are dropped with their series: requests still running on the replaced snapshot count into its handles,
+    /// so a removed name is exported until the reload after the one that removed it. Without this, every reload
+    /// that renames a route or cluster (versioned names) would add series for the life of the process.
+    /// </summary>
+    public void Adopt(ProxySnapshot snapshot, ProxySnapshot? replaced)
     {
         lock (_lock)
         {
@@ -227,6 +231,74 @@ internal sealed class ProxyMetrics : IDisposable
                     _listenerList.Add(fresh);
                     listener.Metrics = fresh;
                 }
+            }
+            DropUnused(snapshot, replaced);
+        }
+    }
+
+    /// <summary>Removes the handles (and local reply counters) of names in neither snapshot. Caller holds _lock.</summary>
+    private void DropUnused(ProxySnapshot snapshot, ProxySnapshot? replaced)
+    {
+        var routes = new HashSet<RouteMetrics>(ReferenceEqualityComparer.Instance);
+        var clusters = new HashSet<string>(StringComparer.Ordinal);
+        var listeners = new HashSet<string>(StringComparer.Ordinal);
+        foreach (ProxySnapshot? s in (ReadOnlySpan<ProxySnapshot?>)[snapshot, replaced])
+        {
+            if (s is null)
+            {
+                continue;
+            }
+            foreach (RouteModel route in s.Routes.InMatchOrder)
+            {
+                if (route.Metrics is { } handle)
+                {
+                    routes.Add(handle);
+                }
+            }
+            foreach (string name in s.Clusters.Keys)
+            {
+                clusters.Add(name);
+            }
+            foreach (ListenerModel listener in s.Listeners)
+            {
+                listeners.Add(listener.Name);
+            }
+        }
+        if (_routeList.RemoveAll(h => !routes.Contains(h)) > 0)
+        {
+            foreach (var (key, handle) in _routes)
+            {
+                if (!routes.Contains(handle))
+                {
+                    _routes.Remove(key); // removing the current entry while enumerating is allowed for Dictionary
+                }
+            }
+        }
+        if (_clusterList.RemoveAll(h => !clusters.Contains(h.Name)) > 0)
+        {
+            foreach (string name in _clusters.Keys)
+            {
+                if (!clusters.Contains(name))
+                {
+                    _clusters.Remove(name);
+                }
+            }
+        }
+        if (_listenerList.RemoveAll(h => !listeners.Contains(h.Name)) > 0)
+        {
+            foreach (string name in _listeners.Keys)
+            {
+                if (!listeners.Contains(name))
+                {
+                    _listeners.Remove(name);
+                }
+            }
+        }
+        foreach (var key in _localReplies.Keys)
+        {
+            if (!listeners.Contains(key.Listener))
+            {
+                _localReplies.TryRemove(key, out _);
             }
         }
     }

@@ -20,7 +20,7 @@ internal sealed class ProxyRuntime : IDisposable
         _current = snapshot;
         Registry = new ConnectionRegistry();
         Metrics = new ProxyMetrics(this);
-        Metrics.Adopt(snapshot);
+        Metrics.Adopt(snapshot, replaced: null);
         Observability = new ProxyObservability(Metrics.RouteHandles);
         Observability.Apply(snapshot);
     }
@@ -29,8 +29,8 @@ internal sealed class ProxyRuntime : IDisposable
 
     public void Publish(ProxySnapshot snapshot)
     {
-        // Bind the new snapshot's metric handles before any request can see it.
-        Metrics.Adopt(snapshot);
+        // Bind the new snapshot's metric handles before any request can see it (and drop those of names gone for two).
+        Metrics.Adopt(snapshot, replaced: Current);
         Observability.Apply(snapshot);
         Volatile.Write(ref _current, snapshot);
     }

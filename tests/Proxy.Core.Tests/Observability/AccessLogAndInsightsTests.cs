@@ -239,6 +239,34 @@ public sealed class AccessLogAndInsightsTests : IDisposable
         Assert.Contains(insights.AnomalyCounts(), s => s.Labels[1].Value == "rate" && s.Value >= 1);
     }
 
+    /// <summary>A route whose handle the metrics dropped (its name gone from the config) loses its anomaly counts too.</summary>
+    [Fact]
+    public void Insights_RouteDroppedFromTheMetrics_AnomalyCountsForgotten()
+    {
+        var route = new RouteMetrics("api-1", "backend");
+        RouteMetrics[] routes = [route];
+        var insights = new TrafficInsights(() => routes);
+        insights.Configure(new InsightsModel { Enabled = false, SpikeFactor = 3, MinRequests = 5, BaselineIntervals = 10 });
+        long now = 0;
+        insights.Sample(now); // first sight
+        foreach (int requests in (int[])[10, 10, 10, 10, 100])
+        {
+            for (int i = 0; i < requests; i++)
+            {
+                route.Record(Proxy.Http.HttpMethod.Get, 200, Stopwatch.Frequency / 500);
+            }
+            now += Stopwatch.Frequency;
+            insights.Sample(now);
+        }
+        Assert.Contains(insights.AnomalyCounts(), s => s.Labels[0].Value == "api-1");
+
+        routes = [new RouteMetrics("api-2", "backend")];
+        now += Stopwatch.Frequency;
+        insights.Sample(now);
+
+        Assert.Empty(insights.AnomalyCounts());
+    }
+
     [Fact]
     public void Insights_TopClientsAndStatuses_CountHeavyHitters()
     {

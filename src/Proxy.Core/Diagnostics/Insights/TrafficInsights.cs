@@ -212,6 +212,35 @@ internal sealed class TrafficInsights : IDisposable
                 w.DurationSeconds = duration;
                 Array.Copy(buckets, w.Buckets, buckets.Length);
             }
+            ForgetDropped(routes);
+        }
+    }
+
+    /// <summary>
+    /// Forgets the windows and anomaly counts of routes whose handles the metrics dropped (names gone from the config,
+    /// <see cref="ProxyMetrics.Adopt"/>), so renamed routes do not pile up here either. Caller holds _lock.
+    /// </summary>
+    private void ForgetDropped(IReadOnlyList<RouteMetrics> routes)
+    {
+        var live = new HashSet<RouteMetrics>(routes, ReferenceEqualityComparer.Instance);
+        var ids = new HashSet<string>(StringComparer.Ordinal);
+        foreach (RouteMetrics route in routes)
+        {
+            ids.Add(route.RouteId);
+        }
+        foreach (RouteMetrics route in _windows.Keys)
+        {
+            if (!live.Contains(route))
+            {
+                _windows.Remove(route);
+            }
+        }
+        foreach (var key in _anomalyCounts.Keys)
+        {
+            if (!ids.Contains(key.Route))
+            {
+                _anomalyCounts.Remove(key);
+            }
         }
     }
 
