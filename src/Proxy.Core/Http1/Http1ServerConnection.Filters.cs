@@ -261,9 +261,9 @@ internal sealed partial class Http1ServerConnection
         RunLocalResponseHeadersFilters(ResponseStatus);
         _lingerOnClose |= !keepAlive;
         _runtime.Metrics.LocalReply(Listener, status, context.ReplyDetails);
-        if (ProxyLog.IsEnabled(LogLevel.Info))
+        if (ProxyLog.IsEnabled(ProxyLogLevel.Info))
         {
-            ProxyLog.Write(LogLevel.Info, "local_reply", ("status", status), ("details", context.ReplyDetails),
+            ProxyLog.Write(ProxyLogLevel.Info, "local_reply", ("status", status), ("details", context.ReplyDetails),
                 ("listener", Listener.Name), ("route", context.RouteId), ("client", ProxyLog.Format(RemoteEndPoint)));
         }
         WriteFilterReply(context, keepAlive);

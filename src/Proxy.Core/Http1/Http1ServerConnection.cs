@@ -256,7 +256,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
         {
             // The peer went away or the connection was aborted; nothing to answer.
-            ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", e.ToString()));
+            ProxyLog.Write(ProxyLogLevel.Debug, "connection_closed", ("error", e.ToString()));
         }
         catch (Exception e)
         {
@@ -453,7 +453,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             }
             catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
             {
-                ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", e.ToString()));
+                ProxyLog.Write(ProxyLogLevel.Debug, "connection_closed", ("error", e.ToString()));
             }
             catch (Exception e)
             {
@@ -505,7 +505,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         }
         catch (Exception sendError)
         {
-            ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", sendError.ToString()));
+            ProxyLog.Write(ProxyLogLevel.Debug, "connection_closed", ("error", sendError.ToString()));
         }
     }
 
@@ -531,7 +531,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             _ipConnectionHeld = true;
             return true;
         }
-        ProxyLog.Write(LogLevel.Debug, "client_connection_refused", ("client", ProxyLog.Format(RemoteEndPoint)), ("details", "client_ip_connection_limit"));
+        ProxyLog.Write(ProxyLogLevel.Debug, "client_connection_refused", ("client", ProxyLog.Format(RemoteEndPoint)), ("details", "client_ip_connection_limit"));
         Interlocked.Exchange(ref _aborted, 1);
         try
         {
@@ -992,7 +992,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     internal async ValueTask SendErrorAsync(int status, string details, bool close, byte[]? extraFields = null, int grpcStatus = -1)
     {
         RequestHead head = Head;
-        ProxyLog.Write(status >= 500 ? LogLevel.Warn : LogLevel.Info, "local_reply",
+        ProxyLog.Write(status >= 500 ? ProxyLogLevel.Warn : ProxyLogLevel.Info, "local_reply",
             ("status", status), ("details", details), ("listener", Listener.Name),
             ("client", ProxyLog.Format(RemoteEndPoint)),
             ("method", head.MethodLength > 0 ? Encoding.ASCII.GetString(head.MethodBytes) : null),
