@@ -89,6 +89,36 @@ public sealed class EmbeddingTests
     }
 
     [Fact]
+    public void ValidateYaml_ValidConfig_NoErrors() => Assert.Empty(ProxyServer.ValidateYaml(Yaml));
+
+    [Fact]
+    public void ValidateYaml_BrokenConfig_SameErrorsAsValidateOnAFile()
+    {
+        const string broken = """
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: api, match: { path: /api }, cluster: missing }
+              - { id: api, match: { path: /other }, respond: { status: 700 } }
+            """;
+        string path = Path.Combine(Path.GetTempPath(), $"validate-{Guid.NewGuid():N}.yaml");
+        File.WriteAllText(path, broken);
+        try
+        {
+            IReadOnlyList<string> fromText = ProxyServer.ValidateYaml(broken, "embed.yaml");
+
+            Assert.True(fromText.Count >= 3, string.Join('\n', fromText));
+            Assert.All(fromText, e => Assert.StartsWith("embed.yaml:", e, StringComparison.Ordinal));
+            Assert.Contains(fromText, e => e.StartsWith("embed.yaml:4:", StringComparison.Ordinal) && e.Contains("missing", StringComparison.Ordinal));
+            Assert.Equal(ProxyServer.Validate(path).Select(e => e.Replace(path, "embed.yaml", StringComparison.Ordinal)), fromText);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
     public async Task Reload_PolicyFactoryThrowsUnexpectedException_FailsAndKeepsTheRunningConfig()
     {
         _ = s_kinds.Value;
