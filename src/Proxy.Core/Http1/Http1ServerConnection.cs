@@ -991,12 +991,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// <paramref name="status"/>) and <c>grpc-message</c> in the head and no body, a gRPC trailers-only response.</para>
     internal async ValueTask SendErrorAsync(int status, string details, bool close, byte[]? extraFields = null, int grpcStatus = -1)
     {
-        RequestHead head = Head;
-        ProxyLog.Write(status >= 500 ? ProxyLogLevel.Warn : ProxyLogLevel.Info, "local_reply",
-            ("status", status), ("details", details), ("listener", Listener.Name),
-            ("client", ProxyLog.Format(RemoteEndPoint)),
-            ("method", head.MethodLength > 0 ? Encoding.ASCII.GetString(head.MethodBytes) : null),
-            ("target", head.TargetLength > 0 ? SafeTarget(head) : null));
+        LogLocalReply(status, details);
 
         _lingerOnClose |= close;
         ResponseStatus = status;
@@ -1076,6 +1071,26 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// The target as logged: without its query, as in the access log (queries carry secrets: an <c>api_key</c>, a
     /// signed URL's signature, an OAuth code), and at most 256 bytes.
     /// </summary>
+    /// <summary>
+    /// The one <c>local_reply</c> line of an answer the proxy made itself, whichever path made it (a refused head, no
+    /// route, a filter's answer or failure, an upstream failure): the same fields on all. <c>route</c> is null before
+    /// routing; method and target are null when the head never parsed that far. Formatted only when the level is on.
+    /// </summary>
+    private void LogLocalReply(int status, string details)
+    {
+        ProxyLogLevel level = status >= 500 ? ProxyLogLevel.Warn : ProxyLogLevel.Info;
+        if (!ProxyLog.IsEnabled(level))
+        {
+            return;
+        }
+        RequestHead head = Head;
+        ProxyLog.Write(level, "local_reply",
+            ("status", status), ("details", details), ("listener", Listener.Name), ("route", _route?.Id),
+            ("client", ProxyLog.Format(RemoteEndPoint)),
+            ("method", head.MethodLength > 0 ? Encoding.ASCII.GetString(head.MethodBytes) : null),
+            ("target", head.TargetLength > 0 ? SafeTarget(head) : null));
+    }
+
     private static string SafeTarget(RequestHead head)
     {
         ReadOnlySpan<byte> target = head.Target;
