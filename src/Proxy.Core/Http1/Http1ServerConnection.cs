@@ -315,6 +315,11 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     private void ExitOutsideCall() => Interlocked.Decrement(ref _lifecycle);
 
     /// <summary>
+    /// The request came as an HTTP/2 stream: its head is the equivalent HTTP/1.1 head (version 1.1) the stream wrote.
+    /// </summary>
+    internal bool IsHttp2Stream => _transport is Http2StreamTransport;
+
+    /// <summary>
     /// One HTTP/2 stream's exchange (the transport is an <see cref="Http2StreamTransport"/>). A pooled
     /// <see cref="Http2Stream"/> runs the streams it carries on the same instance, with its forwarder (whose loop stays
     /// alive between streams) and pumps, so a proxied HTTP/2 request allocates no bridge. A bridge is not a client
