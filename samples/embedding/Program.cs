@@ -1,5 +1,6 @@
 // Embedding the engine: start a gateway from YAML inside your own process, then stop it gracefully.
 //   dotnet run --project samples/embedding
+using Proxy.Diagnostics;
 using Proxy.Hosting;
 
 const string Yaml = """
@@ -8,6 +9,9 @@ const string Yaml = """
     routes:
       - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello from an embedded gateway\n" } }
     """;
+
+// The engine's JSON log lines go to stdout by default; keep stdout for this program's own output.
+ProxyLogging.SetOutput(Console.Error);
 
 await using var server = ProxyServer.FromYaml(Yaml, "embedded.yaml");
 await server.StartAsync();

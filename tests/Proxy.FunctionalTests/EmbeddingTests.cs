@@ -1,5 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Text.Json;
+using Proxy.Diagnostics;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Hosting;
 using Proxy.Pipeline;
@@ -87,6 +89,36 @@ public sealed class EmbeddingTests
     }
 
     [Fact]
+    public void ValidateYaml_ValidConfig_NoErrors() => Assert.Empty(ProxyServer.ValidateYaml(Yaml));
+
+    [Fact]
+    public void ValidateYaml_BrokenConfig_SameErrorsAsValidateOnAFile()
+    {
+        const string broken = """
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: api, match: { path: /api }, cluster: missing }
+              - { id: api, match: { path: /other }, respond: { status: 700 } }
+            """;
+        string path = Path.Combine(Path.GetTempPath(), $"validate-{Guid.NewGuid():N}.yaml");
+        File.WriteAllText(path, broken);
+        try
+        {
+            IReadOnlyList<string> fromText = ProxyServer.ValidateYaml(broken, "embed.yaml");
+
+            Assert.True(fromText.Count >= 3, string.Join('\n', fromText));
+            Assert.All(fromText, e => Assert.StartsWith("embed.yaml:", e, StringComparison.Ordinal));
+            Assert.Contains(fromText, e => e.StartsWith("embed.yaml:4:", StringComparison.Ordinal) && e.Contains("missing", StringComparison.Ordinal));
+            Assert.Equal(ProxyServer.Validate(path).Select(e => e.Replace(path, "embed.yaml", StringComparison.Ordinal)), fromText);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
     public async Task Reload_PolicyFactoryThrowsUnexpectedException_FailsAndKeepsTheRunningConfig()
     {
         _ = s_kinds.Value;
@@ -102,4 +134,80 @@ public sealed class EmbeddingTests
         using var client = new HttpClient { Timeout = TestDefaults.Timeout };
         Assert.Equal("hello", await client.GetStringAsync($"http://{proxy.Public}/hello"));
     }
+}
+
+/// <summary>
+/// An embedder's control of the engine log (<see cref="ProxyLogging"/>): process-wide, so these run alone.
+/// </summary>
+[Collection(ProcessLogCollection.Name)]
+public sealed class EmbeddingLogTests
+{
+    private const string Yaml = """
+        server: { watch_config: false }
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+        routes:
+          - { id: down, match: { path: "/down/{**rest}" }, cluster: dead }
+        clusters:
+          dead: { destinations: ["http://127.0.0.1:1"], connect_timeout: 2s }
+        """;
+
+    private static bool IsReplyTo(JsonElement line, string target)
+        => line.TryGetProperty("target", out JsonElement t) && t.GetString() == target;
+
+    [Fact]
+    public async Task SetOutput_Writer_GetsTheLogLinesUntilSetBackToStdout()
+    {
+        await using var proxy = await TestProxy.StartAsync(Yaml);
+        using var client = new HttpClient { Timeout = TestDefaults.Timeout };
+        string before = $"/nowhere/{Guid.NewGuid():N}";
+        string after = $"/nowhere/{Guid.NewGuid():N}";
+        var capture = LogCapture.Start();
+        try
+        {
+            Assert.Equal(HttpStatusCode.NotFound, (await client.GetAsync($"http://{proxy.Public}{before}")).StatusCode);
+
+            JsonElement line = await capture.WaitForEventAsync("local_reply", l => IsReplyTo(l, before));
+            Assert.Equal("info", line.GetProperty("level").GetString());
+            Assert.Equal(404, line.GetProperty("status").GetInt32());
+            Assert.Equal("no_route", line.GetProperty("details").GetString());
+        }
+        finally
+        {
+            await capture.StopAsync();
+        }
+
+        // Back on stdout: the writer sees no more lines.
+        Assert.Equal(HttpStatusCode.NotFound, (await client.GetAsync($"http://{proxy.Public}{after}")).StatusCode);
+        await ProxyServer.FlushLogsAsync();
+        Assert.DoesNotContain(capture.Events("local_reply"), l => IsReplyTo(l, after));
+    }
+
+    [Fact]
+    public async Task MinimumLevel_Warn_DropsInfoLinesAndKeepsWarnings()
+    {
+        await using var proxy = await TestProxy.StartAsync(Yaml);
+        using var client = new HttpClient { Timeout = TestDefaults.Timeout };
+        string missing = $"/nowhere/{Guid.NewGuid():N}";
+        await using var capture = LogCapture.Start();
+        ProxyLogging.MinimumLevel = ProxyLogLevel.Warn;
+        try
+        {
+            Assert.Equal(HttpStatusCode.NotFound, (await client.GetAsync($"http://{proxy.Public}{missing}")).StatusCode);
+            Assert.Equal(HttpStatusCode.BadGateway, (await client.GetAsync($"http://{proxy.Public}/down/x")).StatusCode);
+
+            // One queue, one writer: the 502's line arriving means the 404's (Info) would have been written before it.
+            JsonElement failed = await capture.WaitForEventAsync("local_reply", l => IsReplyTo(l, "/down/x"));
+            Assert.Equal("warn", failed.GetProperty("level").GetString());
+            Assert.DoesNotContain(capture.Events("local_reply"), l => IsReplyTo(l, missing));
+        }
+        finally
+        {
+            ProxyLogging.MinimumLevel = ProxyLogLevel.Info;
+        }
+    }
+
+    [Fact]
+    public void MinimumLevel_UndefinedValue_Throws()
+        => Assert.Throws<ArgumentOutOfRangeException>(() => ProxyLogging.MinimumLevel = (ProxyLogLevel)42);
 }

@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using System.Text.Json;
 using Proxy.Benchmarks.EndToEnd;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Pipeline;
@@ -205,6 +206,92 @@ public sealed class FilterPhaseTests
     }
 }
 
+/// <summary>
+/// The log lines of a filter that throws, in every phase: <c>filter_failed</c> names the phase, and the <c>local_reply</c>
+/// that answers a failed request names the route, as the other local replies of a routed request do.
+/// </summary>
+[Collection(ProcessLogCollection.Name)]
+public sealed class FilterFailedLogTests
+{
+    private static async Task<(JsonElement Failed, JsonElement Reply)> FailAsync(string kind, string method = "GET")
+    {
+        PhaseProbe.EnsureRegistered();
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        string route = $"r{Guid.NewGuid():N}";
+        string target = $"/api/{route}";
+        await using var proxy = await TestProxy.StartAsync($$"""
+            policies:
+              bad: { {{kind}}: {} }
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: {{route}}, match: { path: "/api/{**rest}" }, cluster: backend, policies: [bad] }
+            clusters:
+              backend: { destinations: ["{{upstream.Address}}"], connect_timeout: 2s }
+
+            """);
+        await using var capture = LogCapture.Start();
+        await using var client = await proxy.ConnectAsync();
+
+        await client.SendAsync($"{method} {target} HTTP/1.1\r\nHost: example.test\r\ncontent-length: 7\r\n\r\npayload");
+        var response = await client.ReadResponseAsync();
+
+        Assert.Equal(500, response.Status);
+        Assert.Empty(upstream.Requests);
+        JsonElement failed = await capture.WaitForEventAsync("filter_failed", l => RouteOf(l) == route);
+        // The answer's line: found by its route, or by its target when it lacks the route.
+        JsonElement reply = await capture.WaitForEventAsync("local_reply", l => RouteOf(l) == route
+            || (l.TryGetProperty("target", out JsonElement t) && t.GetString() == target));
+        Assert.Equal("filter_failed", reply.GetProperty("details").GetString());
+        // The same fields as every other local reply (docs/forwarding.md, "Local answers").
+        Assert.Equal((method, target), (reply.GetProperty("method").GetString(), reply.GetProperty("target").GetString()));
+        return (failed, reply);
+    }
+
+    private static string? RouteOf(JsonElement line)
+        => line.TryGetProperty("route", out JsonElement route) && route.ValueKind == JsonValueKind.String ? route.GetString() : null;
+
+    private static string? PhaseOf(JsonElement line)
+        => line.TryGetProperty("phase", out JsonElement phase) ? phase.GetString() : null;
+
+    [Fact]
+    public async Task RequestHeaders_FilterThrows_FilterFailedLineNamesThePhase()
+    {
+        var (failed, reply) = await FailAsync("test_phase_headers_throw");
+
+        Assert.Equal("request_headers", PhaseOf(failed));
+        Assert.Equal(RouteOf(failed), RouteOf(reply));
+    }
+
+    [Fact]
+    public async Task RequestHeaders_PausedFilterThrowsOnResume_FilterFailedLineNamesThePhase()
+    {
+        var (failed, reply) = await FailAsync("test_phase_paused_throw");
+
+        Assert.Equal("request_headers", PhaseOf(failed));
+        Assert.Equal(RouteOf(failed), RouteOf(reply));
+    }
+
+    [Fact]
+    public async Task RequestBody_FilterThrows_FilterFailedLineNamesThePhase()
+    {
+        var (failed, reply) = await FailAsync("test_phase_body_throw", "POST");
+
+        Assert.Equal("request_body", PhaseOf(failed));
+        Assert.Equal(RouteOf(failed), RouteOf(reply));
+    }
+
+    [Fact]
+    public async Task UpstreamRequest_FilterThrows_LocalReplyLineNamesTheRoute()
+    {
+        var (failed, reply) = await FailAsync("test_phase_upstream_throw");
+
+        Assert.Equal("upstream_request", PhaseOf(failed));
+        Assert.NotNull(RouteOf(reply));
+        Assert.Equal(RouteOf(failed), RouteOf(reply));
+    }
+}
+
 /// <summary>Test filters for every phase, registered once per process (registration cannot be undone).</summary>
 internal static class PhaseProbe
 {
@@ -220,6 +307,9 @@ internal static class PhaseProbe
         PolicyKinds.Register("test_phase_throw", _ => new Throwing());
         PolicyKinds.Register("test_phase_counter", _ => new Counter());
         PolicyKinds.Register("test_phase_upstream_throw", _ => new UpstreamThrowing());
+        PolicyKinds.Register("test_phase_headers_throw", _ => new HeadersThrowing());
+        PolicyKinds.Register("test_phase_paused_throw", _ => new PausedThrowing());
+        PolicyKinds.Register("test_phase_body_throw", _ => new BodyThrowing());
         return true;
     });
 
@@ -261,6 +351,31 @@ internal static class PhaseProbe
     private sealed class UpstreamThrowing : IUpstreamRequestFilter
     {
         public void OnUpstreamRequest(RequestContext context) => throw new InvalidOperationException("upstream filter bug");
+    }
+
+    private sealed class HeadersThrowing : IRequestHeadersFilter
+    {
+        public FilterStatus OnRequestHeaders(RequestContext context) => throw new InvalidOperationException("headers filter bug");
+    }
+
+    /// <summary>Pauses, then throws on resume: the asynchronous end of the request-headers phase.</summary>
+    private sealed class PausedThrowing : IAsyncRequestHeadersFilter
+    {
+        public FilterStatus OnRequestHeaders(RequestContext context) => FilterStatus.Pause;
+
+        public async ValueTask<FilterStatus> ResumeRequestHeadersAsync(RequestContext context)
+        {
+            await Task.Yield();
+            throw new InvalidOperationException("paused filter bug");
+        }
+    }
+
+    private sealed class BodyThrowing : IRequestBodyFilter
+    {
+        public long MaxBodyBytes => 1024;
+
+        public FilterStatus OnRequestBody(RequestContext context, System.Buffers.ReadOnlySequence<byte> body)
+            => throw new InvalidOperationException("body filter bug");
     }
 
     private sealed class Throwing : IResponseCompleteFilter

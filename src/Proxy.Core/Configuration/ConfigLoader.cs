@@ -42,6 +42,14 @@ internal static class ConfigLoader
         return errors.ToSortedList();
     }
 
+    /// <summary>As <see cref="CheckFile"/> for YAML text; <paramref name="fileName"/> names it in errors, as in <see cref="LoadText"/>.</summary>
+    public static IReadOnlyList<ConfigError> CheckText(string yaml, string fileName)
+    {
+        var errors = new ConfigErrorList(fileName);
+        Read(yaml, fileName, errors);
+        return errors.ToSortedList();
+    }
+
     private static bool TryRead(string path, [NotNullWhen(true)] out string? text, [NotNullWhen(false)] out ConfigLoadResult? failed)
     {
         try

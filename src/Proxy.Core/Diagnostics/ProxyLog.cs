@@ -6,17 +6,8 @@ using System.Threading.Channels;
 
 namespace Proxy.Diagnostics;
 
-internal enum LogLevel : byte
-{
-    Debug = 0,
-    Info,
-    Warn,
-    Error,
-    None,
-}
-
 /// <summary>
-/// Structured JSON log lines on stdout (one object per line). Lines are formatted by the caller only when
+/// Structured JSON log lines on stdout, or the writer an embedder chose (one object per line). Lines are formatted by the caller only when
 /// the level is enabled, then queued to a bounded channel drained by one background writer: a slow stdout
 /// drops lines (and counts them) instead of blocking a request.
 /// </summary>
@@ -25,19 +16,24 @@ internal static class ProxyLog
     private static readonly Channel<string> s_lines = Channel.CreateBounded<string>(
         new BoundedChannelOptions(8192) { FullMode = BoundedChannelFullMode.DropWrite, SingleReader = true });
     private static long s_dropped;
-    private static TextWriter s_output = CreateStdout();
+    private static readonly TextWriter s_stdout = CreateStdout();
+    // Swapped by SetOutput on any thread; the writer loop reads it once per batch.
+    private static volatile TextWriter s_output = s_stdout;
     private static readonly Task s_writer = Task.Run(WriteLoopAsync);
 
-    public static LogLevel MinimumLevel { get; set; } = LogLevel.Info;
+    /// <summary>Process-wide; read before formatting each line (<see cref="ProxyLogging.MinimumLevel"/>).</summary>
+    public static ProxyLogLevel MinimumLevel { get; set; } = ProxyLogLevel.Info;
 
     public static long DroppedLines => Interlocked.Read(ref s_dropped);
 
-    /// <summary>Redirects output (tests, embedding). Pass <see cref="TextWriter.Null"/> to silence.</summary>
-    public static void SetOutput(TextWriter writer) => s_output = writer;
+    /// <summary>
+    /// Redirects output (<see cref="ProxyLogging.SetOutput"/>); null goes back to stdout. Pass <see cref="TextWriter.Null"/> to silence.
+    /// </summary>
+    public static void SetOutput(TextWriter? writer) => s_output = writer ?? s_stdout;
 
-    public static bool IsEnabled(LogLevel level) => level >= MinimumLevel;
+    public static bool IsEnabled(ProxyLogLevel level) => level >= MinimumLevel;
 
-    public static void Write(LogLevel level, string evt, params ReadOnlySpan<(string Key, object? Value)> fields)
+    public static void Write(ProxyLogLevel level, string evt, params ReadOnlySpan<(string Key, object? Value)> fields)
     {
         if (!IsEnabled(level))
         {
@@ -48,7 +44,7 @@ internal static class ProxyLog
         {
             json.WriteStartObject();
             json.WriteString("time", DateTime.UtcNow);
-            json.WriteString("level", level switch { LogLevel.Debug => "debug", LogLevel.Info => "info", LogLevel.Warn => "warn", _ => "error" });
+            json.WriteString("level", level switch { ProxyLogLevel.Debug => "debug", ProxyLogLevel.Info => "info", ProxyLogLevel.Warn => "warn", _ => "error" });
             json.WriteString("event", evt);
             foreach (var (key, value) in fields)
             {
@@ -78,9 +74,9 @@ internal static class ProxyLog
         }
     }
 
-    public static void Info(string evt, params ReadOnlySpan<(string Key, object? Value)> fields) => Write(LogLevel.Info, evt, fields);
-    public static void Warn(string evt, params ReadOnlySpan<(string Key, object? Value)> fields) => Write(LogLevel.Warn, evt, fields);
-    public static void Error(string evt, params ReadOnlySpan<(string Key, object? Value)> fields) => Write(LogLevel.Error, evt, fields);
+    public static void Info(string evt, params ReadOnlySpan<(string Key, object? Value)> fields) => Write(ProxyLogLevel.Info, evt, fields);
+    public static void Warn(string evt, params ReadOnlySpan<(string Key, object? Value)> fields) => Write(ProxyLogLevel.Warn, evt, fields);
+    public static void Error(string evt, params ReadOnlySpan<(string Key, object? Value)> fields) => Write(ProxyLogLevel.Error, evt, fields);
 
     /// <summary>Waits (briefly) until queued lines are written; used at shutdown.</summary>
     public static async Task FlushAsync(TimeSpan timeout)
@@ -113,7 +109,7 @@ internal static class ProxyLog
             }
             catch (Exception)
             {
-                // stdout gone (closed pipe): keep draining so producers never block.
+                // stdout gone (closed pipe), or an embedder's writer failed: keep draining so producers never block.
             }
         }
     }

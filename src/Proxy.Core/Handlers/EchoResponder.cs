@@ -9,7 +9,7 @@ namespace Proxy.Handlers;
 
 /// <summary>
 /// The built-in echo responder behind <c>handler: echo</c> listeners: answers every request with a JSON
-/// description of what arrived (method, target, version, header fields, body size). It lets the quickstart
+/// description of what arrived (method, target, version: HTTP/1.0, HTTP/1.1 or HTTP/2, header fields, body size). It lets the quickstart
 /// run with no other server and shows exactly what the proxy forwarded. Not a hot path.
 /// </summary>
 internal static class EchoResponder
@@ -29,7 +29,8 @@ internal static class EchoResponder
             json.WriteStartObject();
             json.WriteString("method", head.MethodBytes);
             json.WriteString("target", head.Target);
-            json.WriteString("version", head.Version == Http.HttpVersion.Http10 ? "HTTP/1.0" : "HTTP/1.1");
+            // An HTTP/2 stream runs this loop with an HTTP/1.1 head: its version is the connection's, not the head's.
+            json.WriteString("version", connection.IsHttp2Stream ? "HTTP/2" : head.Version == Http.HttpVersion.Http10 ? "HTTP/1.0" : "HTTP/1.1");
             json.WriteStartArray("headers");
             for (int i = 0; i < head.FieldCount; i++)
             {

@@ -60,6 +60,15 @@ public sealed partial class ProxyServer : IAsyncDisposable, IAdminHost
         => ConfigLoader.CheckFile(path).Select(e => e.ToString()).ToArray();
 
     /// <summary>
+    /// Checks YAML text without starting anything, as <see cref="Validate"/> checks a file: every problem as
+    /// "FILE:LINE:COL: message", where FILE is <paramref name="fileName"/> (as in <see cref="FromYaml"/>). Empty when the
+    /// config is valid. Relative paths in it (certificate files) resolve against the directory of <paramref name="fileName"/>,
+    /// the current directory for a bare name.
+    /// </summary>
+    public static IReadOnlyList<string> ValidateYaml(string yaml, string fileName = "inline.yaml")
+        => ConfigLoader.CheckText(yaml, fileName).Select(e => e.ToString()).ToArray();
+
+    /// <summary>
     /// As <see cref="FromFile"/>, with the problems instead of an exception: the command loads the file once (a second
     /// compile would build every policy twice and fetch each JWKS twice).
     /// </summary>

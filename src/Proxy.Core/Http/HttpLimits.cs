@@ -1,7 +1,7 @@
 namespace Proxy.Http;
 
 /// <summary>Per-listener message limits, resolved from config (server-wide defaults, listener overrides).</summary>
-public sealed record HttpLimits
+internal sealed record HttpLimits
 {
     public int MaxRequestLine { get; init; } = 8 * 1024;
     public int MaxHeaderBytes { get; init; } = 32 * 1024;
@@ -26,7 +26,7 @@ public sealed record HttpLimits
 /// HTTP/2 server limits (<c>limits.http2</c>): what we announce in SETTINGS and the thresholds of the attack guards
 /// (rapid reset, control-frame floods, zero-window stalls). See docs/http2.md.
 /// </summary>
-public sealed record Http2Limits
+internal sealed record Http2Limits
 {
     /// <summary>SETTINGS_MAX_CONCURRENT_STREAMS; a HEADERS frame above it is refused with REFUSED_STREAM.</summary>
     public int MaxConcurrentStreams { get; init; } = 100;

@@ -1,7 +1,7 @@
 namespace Proxy.Http;
 
 /// <summary>Request methods the engine recognises without looking at bytes again.</summary>
-public enum HttpMethod : byte
+internal enum HttpMethod : byte
 {
     /// <summary>A syntactically valid method that is not one of the well-known ones (the bytes stay in the head).</summary>
     Custom = 0,
@@ -17,7 +17,7 @@ public enum HttpMethod : byte
 }
 
 /// <summary>Protocol version of a message.</summary>
-public enum HttpVersion : byte
+internal enum HttpVersion : byte
 {
     Unknown = 0,
     Http10,

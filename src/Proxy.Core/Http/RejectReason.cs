@@ -4,7 +4,7 @@ namespace Proxy.Http;
 /// Why a message was refused by a codec. Values, not exceptions: the connection maps each one to a
 /// status code and a stable details code in one place (<see cref="RejectReasonExtensions"/>).
 /// </summary>
-public enum RejectReason : byte
+internal enum RejectReason : byte
 {
     None = 0,
 
@@ -55,7 +55,7 @@ public enum RejectReason : byte
     ChunkFramingExcess,
 }
 
-public static class RejectReasonExtensions
+internal static class RejectReasonExtensions
 {
     /// <summary>The status code the proxy answers with for this rejection.</summary>
     public static int StatusCode(this RejectReason reason) => reason switch

@@ -79,7 +79,7 @@ internal sealed partial class Http1ServerConnection
         catch (Exception e)
         {
             // A filter bug must not take the connection down without an answer, nor let the request through.
-            FilterFailed(context, e);
+            FilterFailed(context, "request_headers", e);
             return FilterStatus.Respond;
         }
     }
@@ -97,7 +97,7 @@ internal sealed partial class Http1ServerConnection
         }
         catch (Exception e)
         {
-            FilterFailed(context, e);
+            FilterFailed(context, "request_headers", e);
             status = FilterStatus.Respond;
         }
         return status == FilterStatus.Continue
@@ -193,7 +193,7 @@ internal sealed partial class Http1ServerConnection
         }
         catch (Exception e)
         {
-            FilterFailed(context, e);
+            FilterFailed(context, "request_body", e);
             status = FilterStatus.Respond;
         }
         return status == FilterStatus.Continue
@@ -237,9 +237,9 @@ internal sealed partial class Http1ServerConnection
     internal ReadOnlySpan<byte> FilterFields => _chain is not null ? State.Filters.ReplyHeaders : default;
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private bool FilterFailed(RequestContext context, Exception e)
+    private bool FilterFailed(RequestContext context, string phase, Exception e)
     {
-        ProxyLog.Error("filter_failed", ("listener", Listener.Name), ("route", context.RouteId), ("error", e.ToString()));
+        ProxyLog.Error("filter_failed", ("phase", phase), ("listener", Listener.Name), ("route", context.RouteId), ("error", e.ToString()));
         context.Begin(Head, RemoteAddress, context.RouteId, Listener.Name, _transport.ClientCertificateSubject);
         context.Respond(500, "filter_failed", "text/plain"u8, "500 Internal Server Error: filter_failed\n"u8);
         return true;
@@ -261,11 +261,7 @@ internal sealed partial class Http1ServerConnection
         RunLocalResponseHeadersFilters(ResponseStatus);
         _lingerOnClose |= !keepAlive;
         _runtime.Metrics.LocalReply(Listener, status, context.ReplyDetails);
-        if (ProxyLog.IsEnabled(LogLevel.Info))
-        {
-            ProxyLog.Write(LogLevel.Info, "local_reply", ("status", status), ("details", context.ReplyDetails),
-                ("listener", Listener.Name), ("route", context.RouteId), ("client", ProxyLog.Format(RemoteEndPoint)));
-        }
+        LogLocalReply(status, context.ReplyDetails);
         WriteFilterReply(context, keepAlive);
         return await FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
     }

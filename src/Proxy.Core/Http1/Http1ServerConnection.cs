@@ -256,7 +256,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
         {
             // The peer went away or the connection was aborted; nothing to answer.
-            ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", e.ToString()));
+            ProxyLog.Write(ProxyLogLevel.Debug, "connection_closed", ("error", e.ToString()));
         }
         catch (Exception e)
         {
@@ -313,6 +313,11 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     }
 
     private void ExitOutsideCall() => Interlocked.Decrement(ref _lifecycle);
+
+    /// <summary>
+    /// The request came as an HTTP/2 stream: its head is the equivalent HTTP/1.1 head (version 1.1) the stream wrote.
+    /// </summary>
+    internal bool IsHttp2Stream => _transport is Http2StreamTransport;
 
     /// <summary>
     /// One HTTP/2 stream's exchange (the transport is an <see cref="Http2StreamTransport"/>). A pooled
@@ -453,7 +458,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             }
             catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
             {
-                ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", e.ToString()));
+                ProxyLog.Write(ProxyLogLevel.Debug, "connection_closed", ("error", e.ToString()));
             }
             catch (Exception e)
             {
@@ -505,7 +510,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         }
         catch (Exception sendError)
         {
-            ProxyLog.Write(LogLevel.Debug, "connection_closed", ("error", sendError.ToString()));
+            ProxyLog.Write(ProxyLogLevel.Debug, "connection_closed", ("error", sendError.ToString()));
         }
     }
 
@@ -531,7 +536,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             _ipConnectionHeld = true;
             return true;
         }
-        ProxyLog.Write(LogLevel.Debug, "client_connection_refused", ("client", ProxyLog.Format(RemoteEndPoint)), ("details", "client_ip_connection_limit"));
+        ProxyLog.Write(ProxyLogLevel.Debug, "client_connection_refused", ("client", ProxyLog.Format(RemoteEndPoint)), ("details", "client_ip_connection_limit"));
         Interlocked.Exchange(ref _aborted, 1);
         try
         {
@@ -991,12 +996,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// <paramref name="status"/>) and <c>grpc-message</c> in the head and no body, a gRPC trailers-only response.</para>
     internal async ValueTask SendErrorAsync(int status, string details, bool close, byte[]? extraFields = null, int grpcStatus = -1)
     {
-        RequestHead head = Head;
-        ProxyLog.Write(status >= 500 ? LogLevel.Warn : LogLevel.Info, "local_reply",
-            ("status", status), ("details", details), ("listener", Listener.Name),
-            ("client", ProxyLog.Format(RemoteEndPoint)),
-            ("method", head.MethodLength > 0 ? Encoding.ASCII.GetString(head.MethodBytes) : null),
-            ("target", head.TargetLength > 0 ? SafeTarget(head) : null));
+        LogLocalReply(status, details);
 
         _lingerOnClose |= close;
         ResponseStatus = status;
@@ -1076,6 +1076,26 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     /// The target as logged: without its query, as in the access log (queries carry secrets: an <c>api_key</c>, a
     /// signed URL's signature, an OAuth code), and at most 256 bytes.
     /// </summary>
+    /// <summary>
+    /// The one <c>local_reply</c> line of an answer the proxy made itself, whichever path made it (a refused head, no
+    /// route, a filter's answer or failure, an upstream failure): the same fields on all. <c>route</c> is null before
+    /// routing; method and target are null when the head never parsed that far. Formatted only when the level is on.
+    /// </summary>
+    private void LogLocalReply(int status, string details)
+    {
+        ProxyLogLevel level = status >= 500 ? ProxyLogLevel.Warn : ProxyLogLevel.Info;
+        if (!ProxyLog.IsEnabled(level))
+        {
+            return;
+        }
+        RequestHead head = Head;
+        ProxyLog.Write(level, "local_reply",
+            ("status", status), ("details", details), ("listener", Listener.Name), ("route", _route?.Id),
+            ("client", ProxyLog.Format(RemoteEndPoint)),
+            ("method", head.MethodLength > 0 ? Encoding.ASCII.GetString(head.MethodBytes) : null),
+            ("target", head.TargetLength > 0 ? SafeTarget(head) : null));
+    }
+
     private static string SafeTarget(RequestHead head)
     {
         ReadOnlySpan<byte> target = head.Target;

@@ -402,7 +402,7 @@ internal sealed class SocketListener : IEpollAcceptHandler
     private void RefuseAdmin()
     {
         Model.Metrics?.Refused();
-        ProxyLog.Write(LogLevel.Debug, "admin_connection_refused", ("max_connections", AdminModel.MaxConnections));
+        ProxyLog.Write(ProxyLogLevel.Debug, "admin_connection_refused", ("max_connections", AdminModel.MaxConnections));
     }
 
     bool IEpollAcceptHandler.CanAccept() => !AtConnectionCap;

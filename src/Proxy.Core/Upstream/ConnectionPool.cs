@@ -404,7 +404,7 @@ internal sealed class ConnectionPool
         }
         if (all.Length > 0)
         {
-            ProxyLog.Write(LogLevel.Debug, "upstream_pool_closed", ("destination", _destination.Address), ("closed", all.Length));
+            ProxyLog.Write(ProxyLogLevel.Debug, "upstream_pool_closed", ("destination", _destination.Address), ("closed", all.Length));
         }
     }
 }

@@ -143,6 +143,51 @@ public sealed class Http2ServerTests
         Assert.Empty(await headResponse.Content.ReadAsByteArrayAsync());
     }
 
+    /// <summary>
+    /// The echo listener reports the protocol the request arrived in. It used to say HTTP/1.1 for an HTTP/2 stream,
+    /// whose request runs the HTTP/1.1 loop as an equivalent HTTP/1.1 head.
+    /// </summary>
+    [Fact]
+    public async Task EchoListener_H2cAndHttp11Clients_ReportTheirVersion()
+    {
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = Ports.ClosedPort() });
+        using var h2 = CreateH2Client();
+        using var h1 = new HttpClient { Timeout = TestDefaults.Timeout };
+
+        using var overH2 = await h2.GetAsync(new Uri(proxy.EchoUri, "/e"));
+        using var overH1 = await h1.GetAsync(new Uri(proxy.EchoUri, "/e"));
+
+        Assert.Equal(HttpVersion.Version20, overH2.Version);
+        Assert.Contains("\"version\":\"HTTP/2\"", await overH2.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        Assert.Contains("\"version\":\"HTTP/1.1\"", await overH1.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// A cluster with <c>protocol: h2c</c> really speaks HTTP/2 to its destination (samples/grpc): an echo listener behind
+    /// it sees an HTTP/2 stream, while an HTTP/1.1 client talks to the front proxy.
+    /// </summary>
+    [Fact]
+    public async Task H2cCluster_ToEchoListener_RequestArrivesOverHttp2()
+    {
+        await using var back = await TestProxy.StartAsync(new ProxyConfig { BackendPort = Ports.ClosedPort() });
+        await using var front = await TestProxy.StartAsync($$"""
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: all, match: { path: "/{**rest}" }, cluster: echo }
+            clusters:
+              echo: { protocol: h2c, destinations: ["http://127.0.0.1:{{back.Echo.Port}}"] }
+
+            """);
+        using var h1 = new HttpClient { Timeout = TestDefaults.Timeout };
+
+        using var response = await h1.GetAsync(new Uri(front.PublicUri, "/greet"));
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(HttpVersion.Version11, response.Version);
+        Assert.Contains("\"version\":\"HTTP/2\"", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Http11_OnSamePort_StillWorksBesideH2c()
     {

@@ -1017,7 +1017,7 @@ internal sealed class Http2ClientConnection
 
     private void OnGoAway(int lastStreamId, Http2ErrorCode code)
     {
-        ProxyLog.Write(LogLevel.Debug, "upstream_h2_goaway", ("destination", _pool.Destination.Address),
+        ProxyLog.Write(ProxyLogLevel.Debug, "upstream_h2_goaway", ("destination", _pool.Destination.Address),
             ("last_stream_id", lastStreamId), ("code", code.ToString()));
         _pool.ConnectionGoingAway(this);
         _wake.Clear();

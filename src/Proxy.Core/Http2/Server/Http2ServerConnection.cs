@@ -145,7 +145,7 @@ internal sealed class Http2ServerConnection : TimedConnection
         }
         catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or OperationCanceledException)
         {
-            ProxyLog.Write(LogLevel.Debug, "http2_connection_closed", ("error", e.Message));
+            ProxyLog.Write(ProxyLogLevel.Debug, "http2_connection_closed", ("error", e.Message));
         }
         catch (Exception e)
         {
@@ -473,7 +473,7 @@ internal sealed class Http2ServerConnection : TimedConnection
         {
             // Any HPACK failure leaves the dynamic table out of step: a connection error (RFC 7541 / RFC 9113 section 4.3),
             // including an HPACK bomb stopped at the decoded list limit.
-            ProxyLog.Write(LogLevel.Info, "http2_compression_error", ("details", hpack.DetailsCode()));
+            ProxyLog.Write(ProxyLogLevel.Info, "http2_compression_error", ("details", hpack.DetailsCode()));
             return Http2FrameError.Connection(hpack.ToHttp2ErrorCode());
         }
         if (!endHeaders)
@@ -689,7 +689,7 @@ internal sealed class Http2ServerConnection : TimedConnection
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void RapidResetExceeded(bool byClient) =>
-        ProxyLog.Write(LogLevel.Warn, "http2_rapid_reset", ("listener", Listener.Name), ("client", ProxyLog.Format(_transport.RemoteEndPoint)),
+        ProxyLog.Write(ProxyLogLevel.Warn, "http2_rapid_reset", ("listener", Listener.Name), ("client", ProxyLog.Format(_transport.RemoteEndPoint)),
             ("last_reset", byClient ? "client_rst_stream" : "stream_error"));
 
     private Http2FrameError OnSettings(in Http2FrameHeader header, in ReadOnlySequence<byte> payload)
@@ -1004,7 +1004,7 @@ internal sealed class Http2ServerConnection : TimedConnection
         }
         if (code != Http2ErrorCode.NO_ERROR)
         {
-            ProxyLog.Write(LogLevel.Info, "http2_goaway", ("listener", Listener.Name), ("client", ProxyLog.Format(_transport.RemoteEndPoint)), ("error", code.ToString()));
+            ProxyLog.Write(ProxyLogLevel.Info, "http2_goaway", ("listener", Listener.Name), ("client", ProxyLog.Format(_transport.RemoteEndPoint)), ("error", code.ToString()));
         }
     }
 
@@ -1243,7 +1243,7 @@ internal sealed class Http2ServerConnection : TimedConnection
         }
         catch (Exception e)
         {
-            ProxyLog.Write(LogLevel.Debug, "http2_write_failed", ("error", e.Message));
+            ProxyLog.Write(ProxyLogLevel.Debug, "http2_write_failed", ("error", e.Message));
         }
         finally
         {

@@ -228,7 +228,7 @@ internal sealed class TlsCertificateSet
             leaves[i] = leaf!;
             if (leaf!.NotAfter < DateTime.Now)
             {
-                ProxyLog.Write(LogLevel.Warn, "tls_certificate_expired", ("certificate", source.CertPath), ("not_after", leaf.NotAfter.ToUniversalTime().ToString("O")));
+                ProxyLog.Write(ProxyLogLevel.Warn, "tls_certificate_expired", ("certificate", source.CertPath), ("not_after", leaf.NotAfter.ToUniversalTime().ToString("O")));
             }
             var options = new SslServerAuthenticationOptions
             {

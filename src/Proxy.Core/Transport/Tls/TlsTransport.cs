@@ -112,7 +112,7 @@ internal sealed class TlsTransport : ClientTransport
         ClientIpSlots slots = ClientIpLimiter.Slots(address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address);
         if (!runtime.ConnectionsPerIp.TryEnter(slots, cap))
         {
-            ProxyLog.Write(LogLevel.Debug, "client_connection_refused", ("client", ProxyLog.Format(socket.RemoteEndPoint as IPEndPoint)),
+            ProxyLog.Write(ProxyLogLevel.Debug, "client_connection_refused", ("client", ProxyLog.Format(socket.RemoteEndPoint as IPEndPoint)),
                 ("details", "client_ip_connection_limit"));
             try
             {
@@ -341,7 +341,7 @@ internal static class TlsLog
         }
         string client = ClientOf(socket);
         var (reason, detail) = Classify(e);
-        ProxyLog.Write(LogLevel.Info, "tls_handshake_failed", ("listener", listener), ("client", client), ("sni", serverName),
+        ProxyLog.Write(ProxyLogLevel.Info, "tls_handshake_failed", ("listener", listener), ("client", client), ("sni", serverName),
             ("reason", reason), ("error", detail), ("suppressed", suppressed));
     }
 
@@ -366,7 +366,7 @@ internal static class TlsLog
             return;
         }
         string client = ClientOf(socket);
-        ProxyLog.Write(LogLevel.Info, "tls_handshake_failed", ("listener", listener), ("client", client), ("sni", ""),
+        ProxyLog.Write(ProxyLogLevel.Info, "tls_handshake_failed", ("listener", listener), ("client", client), ("sni", ""),
             ("reason", "plain_http_request"), ("error", "a plain HTTP request was sent to the TLS port (answered 400)"),
             ("suppressed", suppressed));
     }
@@ -378,7 +378,7 @@ internal static class TlsLog
             return;
         }
         var (reason, detail) = Classify(e);
-        ProxyLog.Write(LogLevel.Warn, "upstream_tls_handshake_failed", ("destination", destination), ("sni", serverName),
+        ProxyLog.Write(ProxyLogLevel.Warn, "upstream_tls_handshake_failed", ("destination", destination), ("sni", serverName),
             ("reason", reason), ("error", detail), ("suppressed", suppressed));
     }
 

@@ -198,7 +198,7 @@ internal sealed class ClusterHealth
             Rebuild(Now(), destination, healthy);
             destination.CheckHealthy = healthy;
         }
-        ProxyLog.Write(healthy ? LogLevel.Info : LogLevel.Warn, healthy ? "destination_healthy" : "destination_unhealthy",
+        ProxyLog.Write(healthy ? ProxyLogLevel.Info : ProxyLogLevel.Warn, healthy ? "destination_healthy" : "destination_unhealthy",
             ("cluster", ClusterName), ("destination", destination.Address), ("reason", reason));
         return true;
     }
