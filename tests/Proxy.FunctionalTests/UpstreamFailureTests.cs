@@ -352,6 +352,50 @@ public sealed class UpstreamFailureTests
     }
 
     /// <summary>
+    /// An upstream that resets its connection mid-upload without answering: the proxy's body write fails, the early
+    /// answer it then looks for never comes: 502 upstream_request_write_failed, counted once against the destination
+    /// (a two-failure outlier rule leaves it in). It was counted twice (as a failed head read, then as a failed write):
+    /// one broken upload ejected the destination.
+    /// </summary>
+    [Fact]
+    public async Task Upload_UpstreamResetsMidBodyWithoutAnswer_CountsOneFailure()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(async (connection, ct) =>
+        {
+            while (await connection.Reader.ReadLineAsync(ct) is { Length: > 0 })
+            {
+            }
+            connection.Reset();
+        }, c => c with
+        {
+            MaxBodyBytes = "64MiB",
+            ClusterExtra = "outlier_detection: { consecutive_failures: 2, base_ejection: 30s, max_ejection_percent: 100 }",
+        });
+        await using var client = await scenario.ConnectAsync();
+        const long size = 32L * 1024 * 1024;
+        await client.SendAsync($"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: {size}\r\n\r\n");
+        var upload = Task.Run(async () =>
+        {
+            try
+            {
+                await client.SendGeneratedAsync(size, TestDefaults.Timeout);
+            }
+            catch (Exception)
+            {
+            }
+        });
+
+        var response = await client.ReadResponseAsync("POST");
+        await upload;
+
+        ProxyAssert.ErrorAnswer(response, 502);
+        Assert.Contains("upstream_request_write_failed", response.BodyText, StringComparison.Ordinal);
+        var destination = scenario.Proxy.Server.Snapshot.Clusters["backend"].Destinations[0];
+        Assert.True(destination.EjectedUntil == 0, "one failed try must not eject the destination under consecutive_failures: 2");
+        Assert.Equal(1, destination.ConsecutiveFailures);
+    }
+
+    /// <summary>
     /// An upstream that answers an upload early (a complete 401, keep-alive, no close) and then neither reads the rest
     /// of the body nor closes: the proxy's writes stall with the socket buffers full. The answer is relayed within about
     /// a second (the heartbeat looks for it while the body is being sent), with <c>connection: close</c>; the rest of

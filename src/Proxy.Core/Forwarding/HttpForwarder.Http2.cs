@@ -66,6 +66,13 @@ internal sealed partial class HttpForwarder
     /// </summary>
     private long _http2BodyMoved;
     private bool _http2BodyAwaitsClient;
+    /// <summary>
+    /// Set by <see cref="StopHttp2PumpAsync"/> before it wakes the pump's read of the client: a cancelled read is then
+    /// ours (<see cref="PumpResult.Cancelled"/>); any other is the client's (its HTTP/2 stream was reset), which the pump
+    /// reports as <see cref="PumpResult.SourceFailed"/>. Decided by the pump when the read returns, before it resets the
+    /// upstream stream, so the answer does not depend on which side sees the end first.
+    /// </summary>
+    private bool _http2PumpStopping;
     private readonly ReusableValueTaskSource<Http2Step> _http2Result = new();
     private readonly ReusableValueTaskSource<bool> _http2Work = new();
     private Task? _http2Loop;
@@ -130,7 +137,7 @@ internal sealed partial class HttpForwarder
             try
             {
                 ClusterHealth health = cluster.Health;
-                _http2BodyTouched = _http2BodySent = false;
+                _http2BodyTouched = _http2BodySent = _http2PumpStopping = false;
                 _http2Failure = ProxyError.None;
                 _http2Cause = RetryOn.None;
                 _http2Outcome = false;
@@ -190,9 +197,10 @@ internal sealed partial class HttpForwarder
                             step = Http2Step.Replay;
                             goto Done;
                         }
+                        // Reported to health by the forward loop, which reports every failed request write of both
+                        // paths once (reporting it here too counted one failed try twice).
                         _http2Failure = ProxyError.UpstreamRequestWriteFailed;
                         _http2Cause = RetryOn.Reset;
-                        health.ReportFailure(destination);
                         step = Http2Step.Failed;
                         goto Done;
                     }
@@ -339,15 +347,18 @@ internal sealed partial class HttpForwarder
                             bool pumpEnded = pump.IsCompleted;
                             PumpResult sent = await StopHttp2PumpAsync(stream, pump).ConfigureAwait(false);
                             _http2BodySent = pumpEnded && sent == PumpResult.Completed;
+                            // The client broke its own request: the pump reset the upstream stream, and the head wait may
+                            // have seen that reset before the pump returned (so pump.IsCompleted says nothing here). Never
+                            // the upstream's failure: no health report, no retry. A Cancelled result is our own stop.
                             if (sent is PumpResult.TooLarge or PumpResult.SourceInvalid)
                             {
                                 await _client.SendErrorAsync(_http2Reject.StatusCode(), _http2Reject.DetailsCode(), close: true).ConfigureAwait(false);
                                 step = Http2Step.Answered;
                                 goto Done;
                             }
-                            if (pumpEnded && sent is PumpResult.SourceFailed or PumpResult.Cancelled)
+                            if (sent == PumpResult.SourceFailed)
                             {
-                                step = Http2Step.Answered; // the client broke its own request (and we reset the stream): nobody to answer
+                                step = Http2Step.Answered; // nobody to answer (the client cut its connection or its stream)
                                 goto Done;
                             }
                         }
@@ -385,7 +396,12 @@ internal sealed partial class HttpForwarder
                             step = Http2Step.Replay;
                             goto Done;
                         }
-                        health.ReportFailure(destination);
+                        if (!ClientGone)
+                        {
+                            // As on the HTTP/1.1 path: a failure after the client left may be our own cut (the forward
+                            // loop answers it as client_aborted), never counted against the upstream.
+                            health.ReportFailure(destination);
+                        }
                         _http2Failure = failure;
                         _http2Cause = failure switch
                         {
@@ -632,6 +648,7 @@ internal sealed partial class HttpForwarder
     {
         if (!pump.IsCompleted)
         {
+            Volatile.Write(ref _http2PumpStopping, true);
             await stream.Connection.CancelAsync(stream).ConfigureAwait(false);
             _client.Input.CancelPendingRead();
         }
@@ -684,9 +701,12 @@ internal sealed partial class HttpForwarder
             ReadOnlySequence<byte> buffer = result.Buffer;
             if (result.IsCanceled)
             {
+                // Ours (StopHttp2PumpAsync), or the client's stream reset: decided before the upstream stream is reset,
+                // which the head wait may see (and act on) before this returns.
+                PumpResult cancelled = Volatile.Read(ref _http2PumpStopping) ? PumpResult.Cancelled : PumpResult.SourceFailed;
                 source.AdvanceTo(buffer.Start);
                 await connection.CancelAsync(stream).ConfigureAwait(false);
-                return PumpResult.Cancelled;
+                return cancelled;
             }
             SequencePosition consumed = buffer.Start;
             bool done = false;

@@ -619,7 +619,12 @@ internal sealed partial class HttpForwarder
                                 }
                                 if (failure != ProxyError.None && !ClientGone)
                                 {
-                                    health.ReportFailure(destination);
+                                    if (failure != ProxyError.UpstreamRequestWriteFailed)
+                                    {
+                                        // A failed request write (here: an early answer that never came) is reported
+                                        // below, once, with those of the sends above and of the HTTP/2 path.
+                                        health.ReportFailure(destination);
+                                    }
                                     cause = failure switch
                                     {
                                         ProxyError.UpstreamReset => RetryOn.Reset,
@@ -645,6 +650,8 @@ internal sealed partial class HttpForwarder
                         }
                         else if (failure == ProxyError.UpstreamRequestWriteFailed)
                         {
+                            // The one report of a failed request write, whichever path and step failed it: each failed
+                            // try counts once (the tries above leave it to this line).
                             health.ReportFailure(destination);
                         }
                         if ((!retryStatus && (cause == RetryOn.None || !replayable || budget is null || (budget.Model.On & cause) == 0
