@@ -177,12 +177,14 @@ public sealed class RateLimitStoreTests
     /// script, which on a loaded 2-core machine can take longer than the store's 500 ms timeout (on_error: deny then
     /// answers 503, as the policy says). The tests below are about decisions, not that first connect. The connection
     /// is the process's, shared by every proxy with the same address and timeout. The route answers itself: nothing
-    /// reaches the upstream.
+    /// reaches the upstream. A key per attempt: an attempt that timed out here may still have been charged in Redis,
+    /// and with <c>burst: 1</c> a retry on the same key would be refused for the rest of the hour.
     /// </summary>
     private static async Task WarmUpAsync(RawClient client)
     {
         var clock = Stopwatch.StartNew();
-        while ((await GetAsync(client, "/local", "X-API-Key: warm-up")).Status != 200)
+        int attempt = 0;
+        while ((await GetAsync(client, "/local", $"X-API-Key: warm-up-{attempt++}")).Status != 200)
         {
             Assert.True(clock.Elapsed < TestDefaults.Timeout, "the Redis store never answered");
             await Task.Delay(100);
@@ -289,6 +291,44 @@ public sealed class RateLimitStoreTests
         // One lease per proxy, then one refused round trip per request after the leases ran out (3 each).
         Assert.Equal(4, filterA.Redis!.RoundTrips);
         Assert.Equal(4, filterB.Redis!.RoundTrips);
+    }
+
+    /// <summary>
+    /// Redis keys name the policy and the key's digest, nothing of the config's version: a reload keeps deciding on the
+    /// same keys, so a spent budget stays spent, even when the reload changes what only shapes failures (on_error).
+    /// </summary>
+    [Fact]
+    public async Task Redis_Reload_KeepsTheSameKeys()
+    {
+        await using var redis = await RedisProcess.StartAsync();
+        string Config(string onError, string body) => $$"""
+            server: { watch_config: false }
+            policies:
+              limit:
+            {{RedisPolicy(redis, "rate: 1/h, burst: 1, quota: 5/day", onError)}}
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: local, match: { path: /local }, respond: { status: 200, body: "hi" }, policies: [limit] }
+              - { id: other, match: { path: /other }, respond: { status: 200, body: "{{body}}" } }
+
+            """;
+        await using var proxy = await TestProxy.StartAsync(Config("deny", "one"));
+        await using (var client = await proxy.ConnectAsync())
+        {
+            await WarmUpAsync(client);
+            Assert.Equal(200, (await GetAsync(client, "/local", "X-API-Key: k")).Status);
+            Assert.Equal(429, (await GetAsync(client, "/local", "X-API-Key: k")).Status);
+        }
+
+        var result = await proxy.Server.ReloadAsync(Config("allow", "two"));
+
+        Assert.True(result.Success, string.Join("\n", result.Errors));
+        await using var after = await proxy.ConnectAsync();
+        Assert.Equal("two", (await GetAsync(after, "/other")).BodyText);
+        var limited = await GetAsync(after, "/local", "X-API-Key: k");
+        Assert.Equal(429, limited.Status);
+        Assert.StartsWith("\"limit\";r=0;t=", limited.Header("ratelimit"));
     }
 
     /// <summary>

@@ -20,12 +20,12 @@ internal static class ConfigCompiler
     private static readonly ClusterModel s_clusterDefaults = new() { Name = "", Destinations = [], Policy = null!, Health = null! };
 
     /// <summary>
-    /// Compiles validated config. With <paramref name="previous"/> (a reload), a cluster whose compiled definition
-    /// equals the running one of the same name is taken over as is, so its pools, health state, breaker and budget
-    /// survive the reload; routes of the new snapshot then point at that object.
+    /// Compiles validated config. With <paramref name="previous"/> (a reload: the running snapshot), a cluster whose
+    /// compiled definition equals the running one of the same name is taken over as is, so its pools, health state,
+    /// breaker and budget survive the reload; routes of the new snapshot then point at that object. Likewise a
+    /// <c>rate_limit</c> policy whose state-relevant definition is unchanged takes over the running policy's tables.
     /// </summary>
-    public static ProxySnapshot Compile(ProxyConfig config, string text, string sourcePath,
-        IReadOnlyDictionary<string, ClusterModel>? previous = null)
+    public static ProxySnapshot Compile(ProxyConfig config, string text, string sourcePath, ProxySnapshot? previous = null)
     {
         // Read before the policies are compiled: should a file change in between, the version names the older
         // content, so the next reload sees a difference and compiles again (never the other way round).
@@ -40,7 +40,7 @@ internal static class ConfigCompiler
         var serverLimits = MergeLimits(HttpLimits.Default with { MaxConnections = server.MaxConnections }, config.Limits);
 
         // One filter per policy, shared by every route and listener naming it (so they share its budgets).
-        var filters = PolicyCompiler.BuildAll(config, TimeProvider.System);
+        var filters = PolicyCompiler.BuildAll(config, TimeProvider.System, previous?.Policies);
 
         // The admin listener, when configured, comes last: user listener indexes (route masks) stay as in the file.
         var listeners = new ListenerModel[config.Listeners.Count + (config.Admin is null ? 0 : 1)];
@@ -88,7 +88,7 @@ internal static class ConfigCompiler
         foreach (var c in config.Clusters)
         {
             ClusterModel built = BuildCluster(c, config.BaseDirectory);
-            if (previous is not null && previous.TryGetValue(built.Name, out var running) && SameDefinition(running, built))
+            if (previous is not null && previous.Clusters.TryGetValue(built.Name, out var running) && SameDefinition(running, built))
             {
                 built = running;
             }

@@ -24,7 +24,7 @@ internal sealed class ConfigLoadResult
 internal static class ConfigLoader
 {
     /// <summary>Loads a file. Errors name the file as <paramref name="path"/> was given; the snapshot keeps the full path.</summary>
-    public static ConfigLoadResult LoadFile(string path, IReadOnlyDictionary<string, ClusterModel>? previous = null)
+    public static ConfigLoadResult LoadFile(string path, ProxySnapshot? previous = null)
         => TryRead(path, out string? text, out ConfigLoadResult? failed) ? Load(text, path, Path.GetFullPath(path), previous) : failed;
 
     /// <summary>
@@ -67,10 +67,10 @@ internal static class ConfigLoader
     }
 
     /// <summary>Loads YAML text; <paramref name="fileName"/> names it in errors and in <see cref="ProxySnapshot.SourcePath"/>.</summary>
-    public static ConfigLoadResult LoadText(string yaml, string fileName, IReadOnlyDictionary<string, ClusterModel>? previous = null)
+    public static ConfigLoadResult LoadText(string yaml, string fileName, ProxySnapshot? previous = null)
         => Load(yaml, fileName, fileName, previous);
 
-    private static ConfigLoadResult Load(string text, string fileName, string sourcePath, IReadOnlyDictionary<string, ClusterModel>? previous)
+    private static ConfigLoadResult Load(string text, string fileName, string sourcePath, ProxySnapshot? previous)
     {
         var errors = new ConfigErrorList(fileName);
         ProxyConfig? config = Read(text, sourcePath, errors);

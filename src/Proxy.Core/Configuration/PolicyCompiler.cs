@@ -81,14 +81,26 @@ internal static partial class PolicyCompiler
         }
     }
 
-    /// <summary>Builds every policy's filter (on a validated config, so nothing fails).</summary>
-    public static Dictionary<string, IProxyFilter> BuildAll(ProxyConfig config, TimeProvider time)
+    /// <summary>
+    /// Builds every policy's filter (on a validated config, so nothing fails). With <paramref name="running"/> (a
+    /// reload: the running snapshot's policies), a policy that keeps its name gets the running filter of that name,
+    /// so a <c>rate_limit</c> whose state-relevant definition is unchanged takes over its tables
+    /// (<see cref="RateLimitFilter.SameState"/>).
+    /// </summary>
+    public static Dictionary<string, IProxyFilter> BuildAll(ProxyConfig config, TimeProvider time,
+        IReadOnlyList<KeyValuePair<string, IProxyFilter>>? running = null)
     {
         var errors = new ConfigErrorList("");
+        var previous = new Dictionary<string, IProxyFilter>(StringComparer.Ordinal);
+        foreach (var (name, filter) in running ?? [])
+        {
+            previous.TryAdd(name, filter);
+        }
         var filters = new Dictionary<string, IProxyFilter>(StringComparer.Ordinal);
         foreach (var policy in config.Policies)
         {
-            if (Build(policy, errors, time, config.BaseDirectory) is { } filter)
+            previous.TryGetValue(policy.Name.Value, out IProxyFilter? was);
+            if (Build(policy, errors, time, config.BaseDirectory, running: was) is { } filter)
             {
                 filters.TryAdd(policy.Name.Value, filter);
             }
@@ -165,9 +177,11 @@ internal static partial class PolicyCompiler
     /// <summary>
     /// Checks one policy's settings and builds its filter; null (errors added) when they are wrong. With
     /// <paramref name="validateOnly"/>, built-in kinds skip building (a rate-limit table is a MiB); custom kinds are
-    /// built, since their factory is their validation.
+    /// built, since their factory is their validation. <paramref name="running"/> is the filter of the same name in the
+    /// running config (a reload), for a kind that carries state over.
     /// </summary>
-    public static IProxyFilter? Build(PolicyConfig policy, ConfigErrorList errors, TimeProvider time, string baseDirectory = "", bool validateOnly = false)
+    public static IProxyFilter? Build(PolicyConfig policy, ConfigErrorList errors, TimeProvider time, string baseDirectory = "", bool validateOnly = false,
+        IProxyFilter? running = null)
     {
         if (policy.Kind is not { } kind)
         {
@@ -176,7 +190,7 @@ internal static partial class PolicyCompiler
         switch (kind.Value)
         {
             case "rate_limit":
-                return BuildRateLimit(policy, kind, errors, time, validateOnly);
+                return BuildRateLimit(policy, kind, errors, time, validateOnly, running as RateLimitFilter);
             case "ip_filter":
                 return BuildIpFilter(policy, kind, errors);
             case "jwt":
@@ -237,7 +251,8 @@ internal static partial class PolicyCompiler
         return filter;
     }
 
-    private static RateLimitFilter? BuildRateLimit(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, bool validateOnly)
+    private static RateLimitFilter? BuildRateLimit(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, bool validateOnly,
+        RateLimitFilter? running)
     {
         int before = errors.Count;
         string name = policy.Name.Value;
@@ -412,7 +427,8 @@ internal static partial class PolicyCompiler
             Capacity = capacity != 0 ? capacity : keyKind == RateLimitKeyKind.Route ? 1024 : 65_536,
             Redis = redis,
         };
-        return new RateLimitFilter(options, time);
+        // On a reload, an unchanged definition keeps the running tables (every key's budget and quota count).
+        return new RateLimitFilter(options, time, running);
     }
 
     /// <summary>

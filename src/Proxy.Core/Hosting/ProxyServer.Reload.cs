@@ -37,7 +37,8 @@ public sealed class ConfigReloadResult
 // Hot reload: parse, validate and compile off the hot path, bind new listeners, then publish the snapshot with one
 // atomic swap (the order of the steps: ApplyAsync). Requests in flight keep the snapshot they started with; clusters
 // whose compiled definition is unchanged are the same objects in the new snapshot (pools, health, breaker and budget
-// carry over).
+// carry over), and rate-limit policies whose definition is unchanged share the running policy's tables (every key's
+// budget and quota count carry over).
 public sealed partial class ProxyServer
 {
     /// <summary>The file the server was created from; null for <see cref="FromYaml"/>.</summary>
@@ -68,7 +69,8 @@ public sealed partial class ProxyServer
 
     /// <summary>
     /// Reads the config file the server was created from again and, when it is valid, makes it active: new listeners
-    /// bind, removed ones stop accepting and drain, unchanged clusters keep their connections and health state.
+    /// bind, removed ones stop accepting and drain, unchanged clusters keep their connections and health state,
+    /// unchanged rate-limit policies their budgets and quota counts.
     /// An invalid file (or a listener that cannot bind) leaves the running config untouched; every error is logged,
     /// counted in <c>proxy_config_reloads_total{result="failure"}</c> and returned. Never throws for a bad config.
     /// </summary>
@@ -89,7 +91,7 @@ public sealed partial class ProxyServer
     }
 
     // fileName: the file as the load's errors name it, for an error found after the load (a listener that cannot bind).
-    private async Task<ConfigReloadResult> ReloadCoreAsync(Func<IReadOnlyDictionary<string, ClusterModel>, ConfigLoadResult> load,
+    private async Task<ConfigReloadResult> ReloadCoreAsync(Func<ProxySnapshot, ConfigLoadResult> load,
         string fileName, string trigger)
     {
         await _reloadGate.WaitAsync().ConfigureAwait(false);
@@ -101,7 +103,8 @@ public sealed partial class ProxyServer
                 return Fail(current, ["the server is stopping or draining: reload refused"], trigger);
             }
             // Control plane work (YAML, validation, compile) runs on the thread pool, never on a socket thread.
-            ConfigLoadResult result = await Task.Run(() => load(current.Clusters)).ConfigureAwait(false);
+            // The running snapshot: what the new one may take over (unchanged clusters, rate-limit state).
+            ConfigLoadResult result = await Task.Run(() => load(current)).ConfigureAwait(false);
             if (!result.Success)
             {
                 return Fail(current, result.Errors.Select(e => e.ToString()).ToArray(), trigger);

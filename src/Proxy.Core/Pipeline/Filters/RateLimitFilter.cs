@@ -116,7 +116,15 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
     private long _quotaExceeded;
     private long _storeErrors;
 
-    public RateLimitFilter(RateLimitOptions options, TimeProvider? time = null)
+    /// <param name="options">The compiled policy.</param>
+    /// <param name="time">The clock; <see cref="TimeProvider.System"/> when null.</param>
+    /// <param name="running">
+    /// On a reload, the running filter of the same policy name, if any: when its state-relevant definition equals
+    /// <paramref name="options"/>' (<see cref="SameState"/>) and it uses the same clock, this filter takes over its
+    /// tables, the same instances, so every key keeps its budget and quota count across the reload. Both filters may
+    /// then serve requests at once (the old snapshot's in flight, the new one's): the tables are thread-safe.
+    /// </param>
+    public RateLimitFilter(RateLimitOptions options, TimeProvider? time = null, RateLimitFilter? running = null)
     {
         Options = options;
         _time = time ?? TimeProvider.System;
@@ -124,14 +132,7 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
         _headerName = Encoding.ASCII.GetBytes(options.HeaderName);
         _ticksPerSecond = _time.TimestampFrequency;
 
-        var own = new RateLimitPlan
-        {
-            Rate = options.Rate,
-            WindowSeconds = options.WindowSeconds,
-            Burst = options.Burst,
-            Quota = options.Quota,
-            QuotaPeriod = options.QuotaPeriod,
-        };
+        RateLimitPlan own = OwnLimits(options);
         _ownPlan = new CompiledPlan(options.PolicyName, own, _time.TimestampFrequency);
         _plans = new CompiledPlan[options.Plans.Count];
         for (int i = 0; i < _plans.Length; i++)
@@ -149,24 +150,89 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
         {
             anyQuota |= plan.Quota > 0;
         }
+        // Timestamps in the tables (TATs, lease deadlines) only mean something on the clock that wrote them.
+        bool carry = running is not null && ReferenceEquals(running._time, _time) && SameState(running.Options, options);
         if (options.Redis is { } redis)
         {
             _redis = new RedisRateLimitStore(options.PolicyName, redis);
             _leaseUnits = Math.Max(1, redis.LocalBudget);
-            _budget = _leaseUnits > 1 ? new LocalBudgetTable(options.Capacity) : null;
+            // Units leased from Redis and not yet spent: charged there already, so dropping them only wastes them.
+            _budget = carry ? running!._budget : _leaseUnits > 1 ? new LocalBudgetTable(options.Capacity) : null;
             // The tables stay empty with Redis; keep them minimal.
-            _table = new GcraTable(GcraTable.Ways);
+            _table = carry ? running!._table : new GcraTable(GcraTable.Ways);
         }
         else
         {
-            _table = new GcraTable(options.Capacity);
-            _quotas = anyQuota ? new QuotaTable(options.Capacity) : null;
+            _table = carry ? running!._table : new GcraTable(options.Capacity);
+            _quotas = carry ? running!._quotas : anyQuota ? new QuotaTable(options.Capacity) : null;
         }
+        KeptState = carry;
         _storeErrorBody = BuildProblem(503, "Service Unavailable",
             $"The rate limit of policy '{options.PolicyName}' cannot be checked right now; retry after the number of seconds in Retry-After.");
     }
 
     public RateLimitOptions Options { get; }
+
+    /// <summary>True when this filter took over the tables of the filter it replaced on a reload.</summary>
+    internal bool KeptState { get; }
+
+    /// <summary>
+    /// Whether a reload may carry the in-memory state of a policy compiled from <paramref name="running"/> over to
+    /// one compiled from <paramref name="next"/>: everything that decides what a table entry means and where it
+    /// lives is equal. That is the policy's name; its <c>key</c>; its own <c>rate</c>, <c>burst</c> (a burst left
+    /// out equals one spelled out as the rate) and <c>quota</c>; its <c>plans</c> (the same names with the same
+    /// limits, in any order) and <c>default_plan</c>; the table size (<c>max_keys</c>, defaults resolved); and the
+    /// <c>store</c>, with, for Redis, the same <c>address</c> and <c>local_budget</c> (the lease table). What only
+    /// shapes answers or failures (<c>on_error</c>, <c>timeout</c>) and which routes or listeners name the policy do
+    /// not count. Anything else changed: the policy starts with empty tables.
+    /// </summary>
+    internal static bool SameState(RateLimitOptions running, RateLimitOptions next)
+    {
+        if (running.PolicyName != next.PolicyName || running.KeyKind != next.KeyKind || running.HeaderName != next.HeaderName
+            || running.DefaultPlan != next.DefaultPlan || running.Capacity != next.Capacity || running.Plans.Count != next.Plans.Count)
+        {
+            return false;
+        }
+        if (!SameLimits(OwnLimits(running), OwnLimits(next)))
+        {
+            return false;
+        }
+        if (running.Redis is { } a ? next.Redis is not { } b || a.Address != b.Address || a.LocalBudget != b.LocalBudget : next.Redis is not null)
+        {
+            return false;
+        }
+        foreach (RateLimitPlan plan in next.Plans)
+        {
+            bool found = false;
+            foreach (RateLimitPlan was in running.Plans)
+            {
+                if (was.Name == plan.Name)
+                {
+                    found = SameLimits(was, plan);
+                    break;
+                }
+            }
+            if (!found)
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    private static RateLimitPlan OwnLimits(RateLimitOptions options) => new()
+    {
+        Rate = options.Rate,
+        WindowSeconds = options.WindowSeconds,
+        Burst = options.Burst,
+        Quota = options.Quota,
+        QuotaPeriod = options.QuotaPeriod,
+    };
+
+    private static bool SameLimits(RateLimitPlan a, RateLimitPlan b)
+        => a.Rate == b.Rate && (a.Rate == 0 || a.WindowSeconds == b.WindowSeconds)
+        && (a.Burst > 0 ? a.Burst : a.Rate) == (b.Burst > 0 ? b.Burst : b.Rate)
+        && a.Quota == b.Quota && (a.Quota == 0 || a.QuotaPeriod == b.QuotaPeriod);
 
     /// <summary>Requests let through since the policy was compiled.</summary>
     public long AllowedCount => Volatile.Read(ref _allowed);
@@ -185,6 +251,8 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
     internal QuotaTable? Quotas => _quotas;
 
     internal RedisRateLimitStore? Redis => _redis;
+
+    internal LocalBudgetTable? Budget => _budget;
 
     public FilterStatus OnRequestHeaders(RequestContext context)
     {
