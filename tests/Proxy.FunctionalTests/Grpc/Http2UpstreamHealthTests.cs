@@ -107,7 +107,7 @@ public sealed class Http2UpstreamHealthTests
                 {
                     var response = await client.ReadToCloseAsync(TimeSpan.FromSeconds(15));
                     Assert.True(response.Closed, "The client connection must close after a broken upload.");
-                    Assert.DoesNotContain("502", response.Text, StringComparison.Ordinal);
+                    Assert.False(response.Text.StartsWith("HTTP/1.1 502", StringComparison.Ordinal), response.Text); // not in a random x-request-id
                 }
                 else
                 {
