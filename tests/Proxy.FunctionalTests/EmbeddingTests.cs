@@ -1,6 +1,8 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Text;
 using System.Text.Json;
+using Proxy.Core.Tests.Diagnostics;
 using Proxy.Diagnostics;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Hosting;
@@ -181,6 +183,65 @@ public sealed class EmbeddingLogTests
         Assert.Equal(HttpStatusCode.NotFound, (await client.GetAsync($"http://{proxy.Public}{after}")).StatusCode);
         await ProxyServer.FlushLogsAsync();
         Assert.DoesNotContain(capture.Events("local_reply"), l => IsReplyTo(l, after));
+    }
+
+    /// <summary>A writer that fails every write, as stdout does once its pipe is closed.</summary>
+    private sealed class ThrowingWriter : TextWriter
+    {
+        private int _calls;
+
+        public int Calls => Volatile.Read(ref _calls);
+
+        public override Encoding Encoding => Encoding.UTF8;
+
+        public override void Write(char value) => Fail();
+
+        public override void Write(string? value) => Fail();
+
+        public override void Flush() => Fail();
+
+        private void Fail()
+        {
+            Interlocked.Increment(ref _calls);
+            throw new IOException("Broken pipe");
+        }
+    }
+
+    /// <summary>
+    /// Lines lost because the output threw are counted as dropped (proxy_log_dropped_total), like lines a full queue
+    /// refused; they were lost silently, the writer loop swallowing the exception.
+    /// </summary>
+    [Fact]
+    public async Task SetOutput_WriterThrows_LostLinesCountedAsDropped()
+    {
+        await using var proxy = await TestProxy.StartAsync(Yaml + "\nadmin: { address: \"127.0.0.1:0\" }\n");
+        await ProxyServer.FlushLogsAsync();
+        var writer = new ThrowingWriter();
+        long before = ProxyLog.DroppedLines;
+        ProxyLogging.SetOutput(writer);
+        try
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                ProxyLog.Info("test_line", ("n", i));
+            }
+            var deadline = DateTime.UtcNow + TestDefaults.Timeout;
+            while (ProxyLog.DroppedLines - before < 3)
+            {
+                Assert.True(DateTime.UtcNow < deadline,
+                    $"{ProxyLog.DroppedLines - before} line(s) counted as dropped after {writer.Calls} failed write(s), expected 3");
+                await Task.Delay(20);
+            }
+        }
+        finally
+        {
+            await ProxyServer.FlushLogsAsync();
+            ProxyLogging.SetOutput(null);
+        }
+
+        using var http = new HttpClient { Timeout = TestDefaults.Timeout };
+        var scrape = PrometheusTextParser.Parse(await http.GetStringAsync($"http://127.0.0.1:{proxy.Server.GetEndPoint("admin").Port}/metrics"));
+        Assert.True(scrape.Value("proxy_log_dropped_total") >= before + 3, $"proxy_log_dropped_total {scrape.Value("proxy_log_dropped_total")}, before {before}");
     }
 
     [Fact]

@@ -260,6 +260,41 @@ public sealed class ObservabilityTests : IDisposable
         Assert.Empty(root.GetProperty("anomalies").EnumerateArray());
     }
 
+    /// <summary>
+    /// Heads refused before routing (here a malformed field's 400 and a request line's 414, a scanner's kind of
+    /// traffic) count in the insights' status codes and clients, as they already did in its route view (the unrouted
+    /// route, through the metrics): top_status had only the answers of requests that reached the end of a request.
+    /// </summary>
+    [Fact]
+    public async Task Insights_HeadsRefusedBeforeRouting_CountInStatusesAndClients()
+    {
+        string yaml = new ProxyConfig { BackendPort = Ports.ClosedPort(), MaxRequestLine = "512" }.Render() + """
+            admin: { address: "127.0.0.1:0" }
+            """;
+        await using var proxy = await TestProxy.StartAsync(yaml);
+        async Task<string> SendAsync(string request)
+        {
+            await using var client = await RawClient.ConnectAsync(proxy.Public);
+            await client.SendAsync(request);
+            return (await client.ReadToCloseAsync(TimeSpan.FromSeconds(30))).Text;
+        }
+        Assert.StartsWith("HTTP/1.1 400 ", await SendAsync("GET /ok HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"));
+        Assert.StartsWith("HTTP/1.1 400 ", await SendAsync("GET /ok HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"));
+        Assert.StartsWith("HTTP/1.1 414 ", await SendAsync("GET /" + new string('a', 600) + " HTTP/1.1\r\nHost: x\r\n\r\n"));
+        Assert.Equal(200, (await GetAsync(proxy.Public, "/hello")).Status);
+
+        using var http = new HttpClient();
+        using var insights = JsonDocument.Parse(await http.GetStringAsync($"http://127.0.0.1:{proxy.Server.GetEndPoint("admin").Port}/insights"));
+        var root = insights.RootElement;
+        var statuses = root.GetProperty("top_status").EnumerateArray()
+            .ToDictionary(s => s.GetProperty("status").GetInt32(), s => s.GetProperty("requests").GetInt64());
+        Assert.Equal(new Dictionary<int, long> { [400] = 2, [414] = 1, [200] = 1 }, statuses);
+        var client = Assert.Single(root.GetProperty("top_clients").EnumerateArray());
+        Assert.Equal(4, client.GetProperty("requests").GetInt64());
+        var unrouted = root.GetProperty("top_routes_by_requests").EnumerateArray().Single(r => r.GetProperty("route").GetString() == "");
+        Assert.Equal(3, unrouted.GetProperty("requests").GetInt64());
+    }
+
     private static Task<ProcessResult> RunProxyAsync(params string[] arguments)
     {
         var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";

@@ -24,6 +24,10 @@ internal static class ProxyLog
     /// <summary>Process-wide; read before formatting each line (<see cref="ProxyLogging.MinimumLevel"/>).</summary>
     public static ProxyLogLevel MinimumLevel { get; set; } = ProxyLogLevel.Info;
 
+    /// <summary>
+    /// Lines lost since start (<c>proxy_log_dropped_total</c>): the queue was full, or the output threw while writing or
+    /// flushing their batch.
+    /// </summary>
     public static long DroppedLines => Interlocked.Read(ref s_dropped);
 
     /// <summary>
@@ -98,10 +102,12 @@ internal static class ProxyLog
         while (await reader.WaitToReadAsync().ConfigureAwait(false))
         {
             var output = s_output;
+            long batch = 0;
             try
             {
                 while (reader.TryRead(out var line))
                 {
+                    batch++;
                     output.Write(line);
                     output.Write('\n');
                 }
@@ -109,7 +115,10 @@ internal static class ProxyLog
             }
             catch (Exception)
             {
-                // stdout gone (closed pipe), or an embedder's writer failed: keep draining so producers never block.
+                // stdout gone (closed pipe), or an embedder's writer failed: the batch taken so far is lost (what the
+                // writer buffered may or may not have gone out), so it counts as dropped, like a full queue's lines.
+                // Keep draining so producers never block.
+                Interlocked.Add(ref s_dropped, batch);
             }
         }
     }

@@ -72,15 +72,24 @@ internal sealed partial class Http1ServerConnection
     }
 
     /// <summary>
-    /// A head refused before any routing (by the parser, a head limit or header_timeout): one access-log record with
-    /// what is known, the status, the details code (as <c>policy</c>), the method and path when the request line was
-    /// parsed; no route. Runs only on that error path, so the steady state does not pay for it.
+    /// A head refused before any routing (by the parser, a head limit or header_timeout): counted in the insights'
+    /// status codes and clients (its route view already counts it under the unrouted route, through the metrics), and
+    /// one access-log record with what is known, the status, the details code (as <c>policy</c>), the method and path
+    /// when the request line was parsed; no route. Runs only on that error path, so the steady state does not pay for it.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ObserveRejectedHead(int status, string details)
     {
-        if (Listener.Handler != ListenerHandler.Proxy || (_snapshot ?? _runtime.Current).Observability.AccessLog is null
-            || _runtime.Observability.AccessLog is not { } log || !log.TryClaim(out long position))
+        if (Listener.Handler != ListenerHandler.Proxy)
+        {
+            return;
+        }
+        ObservabilityModel model = (_snapshot ?? _runtime.Current).Observability;
+        if (model.Insights.Enabled)
+        {
+            _runtime.Observability.Insights.Record(RemoteAddress, status, 0);
+        }
+        if (model.AccessLog is null || _runtime.Observability.AccessLog is not { } log || !log.TryClaim(out long position))
         {
             return;
         }

@@ -4,6 +4,8 @@ using System.Net.Security;
 using System.Net.Sockets;
 using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
+using System.Text.Json;
+using Proxy.Core.Tests.Diagnostics;
 using Proxy.Core.Tests.Tls;
 using Proxy.FunctionalTests.Infrastructure;
 using Proxy.Transport;
@@ -172,6 +174,70 @@ public sealed class TlsListenerTests : IDisposable
         var (stream, _) = await TlsClients.HandshakeAsync(endPoint.Port, "example.test");
         await using var _ = stream;
         Assert.Contains("200 OK", await TlsClients.GetAsync(stream, "example.test"));
+    }
+
+    /// <summary>
+    /// The plain-HTTP 400 is observed like a head the parser refuses before routing: a request under route="" with
+    /// method OTHER (no request line was parsed), proxy_local_replies_total{details="plain_http_request"}, an access-log
+    /// line (no route, no method, the details code as policy, the bytes read), and the insights' status codes and
+    /// clients. It had only the rate-limited tls_handshake_failed line and the handshake failure count.
+    /// </summary>
+    [Fact]
+    public async Task PlainHttp_ToTlsPort_CountedLoggedAndInInsightsLikeARefusedHead()
+    {
+        string directory = Directory.CreateTempSubdirectory("proxy-tls-plain-").FullName;
+        try
+        {
+            string log = Path.Combine(directory, "access.log");
+            await using var proxy = await TestProxy.StartAsync($$"""
+                admin: { address: "127.0.0.1:0" }
+                access_log: { path: "{{log}}" }
+                listeners:
+                  - { name: secure, address: 127.0.0.1:0, tls: { certificates: {{Certificates}} } }
+                routes:
+                  - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello\n" } }
+                """);
+            const string request = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+            await using (var raw = await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, SecurePort(proxy))))
+            {
+                await raw.SendAsync(request);
+                Assert.Equal(400, (await raw.ReadResponseAsync()).Status);
+                await raw.AssertClosedAsync();
+            }
+
+            using var http = new HttpClient { Timeout = TestDefaults.Timeout };
+            string admin = $"http://127.0.0.1:{proxy.Server.GetEndPoint("admin").Port}";
+            PrometheusTextParser.Result scrape = PrometheusTextParser.Parse(await http.GetStringAsync($"{admin}/metrics"));
+            Assert.Equal(1, scrape.Value("proxy_requests_total", ("route", ""), ("cluster", ""), ("method", "OTHER"), ("status_class", "4xx")));
+            Assert.Equal(1, scrape.Find("proxy_requests_total").Sum(x => x.Value));
+            Assert.Equal(1, scrape.Value("proxy_request_duration_seconds_count", ("route", ""), ("cluster", "")));
+            Assert.Equal(1, scrape.Value("proxy_local_replies_total", ("listener", "secure"), ("status", "400"), ("details", "plain_http_request")));
+
+            using (var insights = JsonDocument.Parse(await http.GetStringAsync($"{admin}/insights")))
+            {
+                var status = Assert.Single(insights.RootElement.GetProperty("top_status").EnumerateArray());
+                Assert.Equal((400, 1L), (status.GetProperty("status").GetInt32(), status.GetProperty("requests").GetInt64()));
+                var client = Assert.Single(insights.RootElement.GetProperty("top_clients").EnumerateArray());
+                Assert.Equal("127.0.0.1", client.GetProperty("client").GetString());
+            }
+
+            string[] lines = [];
+            await WaitForAsync(() => (lines = File.Exists(log) ? File.ReadAllLines(log) : []).Length >= 1);
+            JsonElement line = JsonDocument.Parse(Assert.Single(lines)).RootElement;
+            Assert.Equal(400, line.GetProperty("status").GetInt32());
+            Assert.Equal("plain_http_request", line.GetProperty("policy").GetString());
+            Assert.Equal("secure", line.GetProperty("listener").GetString());
+            Assert.Equal(JsonValueKind.Null, line.GetProperty("route").ValueKind);
+            Assert.Equal(JsonValueKind.Null, line.GetProperty("method").ValueKind);
+            Assert.Equal("", line.GetProperty("path").GetString());
+            Assert.Equal("127.0.0.1", line.GetProperty("client").GetString());
+            Assert.Equal(request.Length, line.GetProperty("bytes_in").GetInt64());
+            Assert.Equal(0, line.GetProperty("duration_ms").GetDouble());
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
     }
 
     [Fact]

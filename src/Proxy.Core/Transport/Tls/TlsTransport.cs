@@ -6,6 +6,7 @@ using System.Net.Sockets;
 using System.Security.Authentication;
 using System.Text;
 using Proxy.Diagnostics;
+using Proxy.Diagnostics.AccessLog;
 using Proxy.Http1;
 using Proxy.Http2.Server;
 using Proxy.Model;
@@ -146,7 +147,7 @@ internal sealed class TlsTransport : ClientTransport
             {
                 if (await PlainHttpArrivedAsync(network, socket, timeout.Token).ConfigureAwait(false))
                 {
-                    await AnswerPlainHttpAsync(tls, socket, network).ConfigureAwait(false);
+                    await AnswerPlainHttpAsync(runtime, model, socket, network).ConfigureAwait(false);
                     ssl.Dispose();
                     return;
                 }
@@ -231,22 +232,32 @@ internal sealed class TlsTransport : ClientTransport
     private static byte[] PlainHttpAnswer(string body) => Encoding.ASCII.GetBytes(
         $"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {body.Length}\r\nconnection: close\r\n\r\n{body}");
 
+    /// <summary>The details code of the plain-HTTP answer (metrics, access log), as the log line's reason.</summary>
+    internal const string PlainHttpDetails = "plain_http_request";
+
     /// <summary>
     /// Plain HTTP on a TLS port: a short 400 saying to use https (nginx: "The plain HTTP request was sent to HTTPS
     /// port") instead of a reset, one rate-limited log line, then FIN. What the client sent is read and dropped for a
-    /// moment first, so the close does not turn into a reset that destroys the answer.
+    /// moment first, so the close does not turn into a reset that destroys the answer. It is observed like a head the
+    /// parser refuses: counted before the answer goes out, its access-log line written once the drain has counted the
+    /// bytes read.
     /// </summary>
-    private static async Task AnswerPlainHttpAsync(TlsListenerModel tls, Socket socket, Stream network)
+    private static async Task AnswerPlainHttpAsync(ProxyRuntime runtime, ListenerModel model, Socket socket, Stream network)
     {
+        TlsListenerModel tls = model.Tls!;
         tls.CountHandshakeFailure();
         TlsLog.PlainHttpRequest(tls.ListenerName, socket);
+        IPAddress? client = ClientAddressOf(socket);
+        long startUtcTicks = DateTime.UtcNow.Ticks;
+        CountPlainHttp(runtime, model, client);
+        long drained = 0;
         byte[] scratch = ArrayPool<byte>.Shared.Rent(4096);
         try
         {
             using var linger = new CancellationTokenSource(TimeSpan.FromSeconds(1));
             await network.WriteAsync(s_plainHttpAnswer, linger.Token).ConfigureAwait(false);
             socket.Shutdown(SocketShutdown.Send);
-            for (int drained = 0; drained < 64 * 1024;)
+            while (drained < 64 * 1024)
             {
                 int read = await network.ReadAsync(scratch, linger.Token).ConfigureAwait(false);
                 if (read == 0)
@@ -263,7 +274,70 @@ internal sealed class TlsTransport : ClientTransport
         {
             ArrayPool<byte>.Shared.Return(scratch);
         }
+        LogPlainHttp(runtime, model, client, startUtcTicks, drained);
         SocketPipes.Close(socket, network);
+    }
+
+    /// <summary>The peer's address as the connections report it (IPv4-mapped made IPv4); null once the socket is gone.</summary>
+    private static IPAddress? ClientAddressOf(Socket socket)
+    {
+        try
+        {
+            IPAddress? address = (socket.RemoteEndPoint as IPEndPoint)?.Address;
+            return address is { IsIPv4MappedToIPv6: true } ? address.MapToIPv4() : address;
+        }
+        catch (Exception)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// The plain-HTTP 400 in the metrics and insights, as <c>Http1ServerConnection.RejectHeadAsync</c> counts a head the
+    /// parser refuses: <c>proxy_local_replies_total{details="plain_http_request"}</c>, a request under the unrouted labels
+    /// with method OTHER (no request line was parsed), and the insights' status codes and clients.
+    /// </summary>
+    private static void CountPlainHttp(ProxyRuntime runtime, ListenerModel model, IPAddress? client)
+    {
+        runtime.Metrics.LocalReply(model, 400, PlainHttpDetails);
+        runtime.Metrics.HeadRejected(model, Http.HttpMethod.Custom, 400);
+        if (model.Handler == ListenerHandler.Proxy && client is not null && runtime.Current.Observability.Insights.Enabled)
+        {
+            runtime.Observability.Insights.Record(client, 400, 0);
+        }
+    }
+
+    /// <summary>
+    /// The access-log line of a plain-HTTP 400, as for a refused head whose request line was not parsed: no route, no
+    /// method, an empty path, the details code as <c>policy</c>, duration 0; no request id (the answer carries none).
+    /// </summary>
+    private static void LogPlainHttp(ProxyRuntime runtime, ListenerModel model, IPAddress? client, long startUtcTicks, long bytesIn)
+    {
+        if (model.Handler != ListenerHandler.Proxy || runtime.Current.Observability.AccessLog is null
+            || runtime.Observability.AccessLog is not { } log || !log.TryClaim(out long position))
+        {
+            return;
+        }
+        ref AccessLogRecord r = ref log.RecordAt(position);
+        r.StartUtcTicks = startUtcTicks;
+        r.DurationTicks = 0;
+        r.UpstreamTicks = -1;
+        r.BytesIn = bytesIn;
+        r.BytesOut = 0;
+        r.Listener = model.Name;
+        r.Route = null;
+        r.Cluster = null;
+        r.Destination = null;
+        r.Policy = PlainHttpDetails;
+        r.Method = null;
+        r.Client = client;
+        r.Status = 400;
+        r.SetPath(default);
+        r.HasTrace = false;
+        r.HasSpan = false;
+        r.RequestIdLength = 0;
+        r.SetConsumer(default);
+        log.Publish(position);
     }
 
     /// <summary>Completes both pipes and closes (before any connection owned them).</summary>
@@ -367,7 +441,7 @@ internal static class TlsLog
         }
         string client = ClientOf(socket);
         ProxyLog.Write(ProxyLogLevel.Info, "tls_handshake_failed", ("listener", listener), ("client", client), ("sni", ""),
-            ("reason", "plain_http_request"), ("error", "a plain HTTP request was sent to the TLS port (answered 400)"),
+            ("reason", TlsTransport.PlainHttpDetails), ("error", "a plain HTTP request was sent to the TLS port (answered 400)"),
             ("suppressed", suppressed));
     }
 
