@@ -328,8 +328,14 @@ internal sealed partial class HttpForwarder
                                     Interlocked.Exchange(ref _active, upstream);
                                     if (ClientGone)
                                     {
-                                        _active = null;
-                                        upstream.Destination.Pool!.Return(upstream); // unused: another request may have it
+                                        if (TakeBackActive(upstream))
+                                        {
+                                            upstream.Destination.Pool!.Return(upstream); // unused: another request may have it
+                                        }
+                                        else
+                                        {
+                                            upstream.Dispose();
+                                        }
                                         failure = ProxyError.ClientAborted;
                                         break;
                                     }
@@ -979,8 +985,7 @@ internal sealed partial class HttpForwarder
 
     private void ReturnOrRelease(UpstreamConnection upstream, ResponseHead response)
     {
-        _active = null;
-        if (response.KeepAlive && !_earlyResponse && !_client.Head.IsUpgrade && !HasUnexpectedBytes(upstream))
+        if (TakeBackActive(upstream) && response.KeepAlive && !_earlyResponse && !_client.Head.IsUpgrade && !HasUnexpectedBytes(upstream))
         {
             upstream.PollBeforeReuse = _client.Head.Method == Http.HttpMethod.Head || response.StatusCode is 204 or 304;
             upstream.Destination.Pool!.Return(upstream);
@@ -989,6 +994,20 @@ internal sealed partial class HttpForwarder
         {
             upstream.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Clears <see cref="_active"/> under the lock <see cref="AbortUpstream"/> reads it under, so that a client's abort
+    /// either ran before (and cut this connection: false, it must not be pooled) or finds no connection. Cleared without
+    /// the lock, an abort that had just read it could cut it after it went back to the pool, under another request.
+    /// </summary>
+    private bool TakeBackActive(UpstreamConnection upstream)
+    {
+        lock (_ownerLock)
+        {
+            _active = null;
+        }
+        return !upstream.WasAborted;
     }
 
     /// <summary>

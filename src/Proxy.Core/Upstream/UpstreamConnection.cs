@@ -128,9 +128,18 @@ internal sealed class UpstreamConnection
         }
     }
 
+    /// <summary>
+    /// <see cref="Abort"/> (or <see cref="Dispose"/>) ran: the connection must not go back to its pool. Read by the
+    /// forwarder after it took the connection back from a client's abort (<c>HttpForwarder.TakeBackActive</c>).
+    /// </summary>
+    public bool WasAborted => Volatile.Read(ref _aborted) != 0;
+
+    private int _aborted;
+
     /// <summary>Forcibly closes the socket; pending reads and writes fail. Safe from any thread.</summary>
     public void Abort()
     {
+        Volatile.Write(ref _aborted, 1);
         try
         {
             SocketPipes.Abort(_socket, _network);
