@@ -332,16 +332,7 @@ public sealed class UpstreamFailureTests
         const long size = 32L * 1024 * 1024;
         await client.SendAsync($"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: {size}\r\n\r\n");
         // The body goes on while the answer is read; the proxy drops what it still gets, then closes.
-        var upload = Task.Run(async () =>
-        {
-            try
-            {
-                await client.SendGeneratedAsync(size, TestDefaults.Timeout);
-            }
-            catch (Exception)
-            {
-            }
-        });
+        var upload = client.StartGeneratedUpload(size);
 
         var response = await client.ReadResponseAsync("POST");
 
@@ -374,16 +365,7 @@ public sealed class UpstreamFailureTests
         await using var client = await scenario.ConnectAsync();
         const long size = 32L * 1024 * 1024;
         await client.SendAsync($"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: {size}\r\n\r\n");
-        var upload = Task.Run(async () =>
-        {
-            try
-            {
-                await client.SendGeneratedAsync(size, TestDefaults.Timeout);
-            }
-            catch (Exception)
-            {
-            }
-        });
+        var upload = client.StartGeneratedUpload(size);
 
         var response = await client.ReadResponseAsync("POST");
         await upload;
@@ -422,16 +404,7 @@ public sealed class UpstreamFailureTests
         await using var client = await scenario.ConnectAsync();
         const long size = 32L * 1024 * 1024;
         await client.SendAsync($"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: {size}\r\n\r\n");
-        var upload = Task.Run(async () =>
-        {
-            try
-            {
-                await client.SendGeneratedAsync(size, TestDefaults.Timeout);
-            }
-            catch (Exception)
-            {
-            }
-        });
+        var upload = client.StartGeneratedUpload(size);
 
         var response = await client.ReadResponseAsync("POST");
         answerRead.TrySetResult();

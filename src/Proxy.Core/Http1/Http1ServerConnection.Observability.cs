@@ -94,27 +94,10 @@ internal sealed partial class Http1ServerConnection
             return;
         }
         RequestHead head = Head;
-        ref AccessLogRecord r = ref log.RecordAt(position);
-        r.StartUtcTicks = DateTime.UtcNow.Ticks;
-        r.DurationTicks = 0;
-        r.UpstreamTicks = -1;
-        r.BytesIn = head.Length;
-        r.BytesOut = 0;
-        r.Listener = Listener.Name;
-        r.Route = null;
-        r.Cluster = null;
-        r.Destination = null;
-        r.Policy = details;
-        r.Method = head.MethodLength > 0 ? RequestLabels.Methods[RequestLabels.MethodSlot(head.Method)] : null;
-        r.Client = RemoteAddress;
-        r.Status = status;
-        r.SetPath(head.Path);
-        r.HasTrace = false;
-        r.HasSpan = false;
-        ReadOnlySpan<byte> id = ReplyRequestId(); // the id the answer carries
-        id.CopyTo(r.RequestId);
-        r.RequestIdLength = id.Length;
-        r.SetConsumer(default);
+        string? method = head.MethodLength > 0 ? RequestLabels.Methods[RequestLabels.MethodSlot(head.Method)] : null;
+        // The id the answer carries.
+        log.RecordAt(position).SetRefused(DateTime.UtcNow.Ticks, head.Length, Listener.Name, details, method, RemoteAddress, status,
+            head.Path, ReplyRequestId());
         log.Publish(position);
     }
 

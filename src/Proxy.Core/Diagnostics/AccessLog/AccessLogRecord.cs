@@ -66,6 +66,34 @@ internal struct AccessLogRecord
     /// <summary>The verified consumer (an API key's owner), else the JWT subject: bytes as the key store or token had them.</summary>
     public ConsumerBytes Consumer;
 
+    /// <summary>
+    /// The line of a request refused before routing (a malformed or over-limit head, plain HTTP on a TLS port): no
+    /// route, cluster or destination, duration 0, the details code as <see cref="Policy"/>, no trace, no consumer.
+    /// </summary>
+    public void SetRefused(long startUtcTicks, long bytesIn, string listener, string details, string? method, IPAddress? client,
+        int status, ReadOnlySpan<byte> path, ReadOnlySpan<byte> requestId)
+    {
+        StartUtcTicks = startUtcTicks;
+        DurationTicks = 0;
+        UpstreamTicks = -1;
+        BytesIn = bytesIn;
+        BytesOut = 0;
+        Listener = listener;
+        Route = null;
+        Cluster = null;
+        Destination = null;
+        Policy = details;
+        Method = method;
+        Client = client;
+        Status = status;
+        SetPath(path);
+        HasTrace = false;
+        HasSpan = false;
+        requestId.CopyTo(RequestId);
+        RequestIdLength = requestId.Length;
+        SetConsumer(default);
+    }
+
     /// <summary>Copies the request's path into <see cref="Path"/>, cut at <see cref="PathBytes.MaxPath"/> bytes (<see cref="PathTruncated"/>).</summary>
     public void SetPath(ReadOnlySpan<byte> path)
     {

@@ -318,25 +318,8 @@ internal sealed class TlsTransport : ClientTransport
         {
             return;
         }
-        ref AccessLogRecord r = ref log.RecordAt(position);
-        r.StartUtcTicks = startUtcTicks;
-        r.DurationTicks = 0;
-        r.UpstreamTicks = -1;
-        r.BytesIn = bytesIn;
-        r.BytesOut = 0;
-        r.Listener = model.Name;
-        r.Route = null;
-        r.Cluster = null;
-        r.Destination = null;
-        r.Policy = PlainHttpDetails;
-        r.Method = null;
-        r.Client = client;
-        r.Status = 400;
-        r.SetPath(default);
-        r.HasTrace = false;
-        r.HasSpan = false;
-        r.RequestIdLength = 0;
-        r.SetConsumer(default);
+        log.RecordAt(position).SetRefused(startUtcTicks, bytesIn, model.Name, PlainHttpDetails, method: null, client, 400,
+            path: default, requestId: default);
         log.Publish(position);
     }
 
