@@ -123,17 +123,7 @@ internal sealed class H2Upstream : IAsyncDisposable
         {
             // Reads the whole body, then holds the answer for 8 s (counted like /hold).
             await CountBodyAsync(c);
-            Interlocked.Increment(ref counters.HoldStarted);
-            try
-            {
-                await Task.Delay(TimeSpan.FromSeconds(8), c.RequestAborted);
-                return "late";
-            }
-            catch (OperationCanceledException)
-            {
-                Interlocked.Increment(ref counters.HoldCancelled);
-                return "";
-            }
+            return await HoldAsync(c, counters);
         });
         app.MapGet("/info", (HttpContext c) =>
             $"{c.Request.Protocol}|{c.Connection.Id}|{c.Request.Host}|{c.Request.Headers["x-forwarded-for"]}|{c.Request.Headers.TE}");
@@ -162,20 +152,7 @@ internal sealed class H2Upstream : IAsyncDisposable
             Interlocked.Increment(ref probes.Value);
             return c.Request.Protocol;
         });
-        app.MapGet("/hold", async (HttpContext c) =>
-        {
-            Interlocked.Increment(ref counters.HoldStarted);
-            try
-            {
-                await Task.Delay(TimeSpan.FromSeconds(8), c.RequestAborted);
-                return "late";
-            }
-            catch (OperationCanceledException)
-            {
-                Interlocked.Increment(ref counters.HoldCancelled);
-                return "";
-            }
-        });
+        app.MapGet("/hold", async (HttpContext c) => { return await HoldAsync(c, counters); });
         app.MapGet("/status/{code:int}", (int code) =>
         {
             Interlocked.Increment(ref counters.StatusRequests);
@@ -212,6 +189,22 @@ internal sealed class H2Upstream : IAsyncDisposable
     }
 
     /// <summary>Reads a request body to its end; Kestrel's minimum data rate is lifted (the tests trickle bodies on purpose).</summary>
+    /// <summary>Holds the answer for 8 s, or until the request is aborted; both counted.</summary>
+    private static async Task<string> HoldAsync(HttpContext c, H2UpstreamCounters counters)
+    {
+        Interlocked.Increment(ref counters.HoldStarted);
+        try
+        {
+            await Task.Delay(TimeSpan.FromSeconds(8), c.RequestAborted);
+            return "late";
+        }
+        catch (OperationCanceledException)
+        {
+            Interlocked.Increment(ref counters.HoldCancelled);
+            return "";
+        }
+    }
+
     private static async Task<long> CountBodyAsync(HttpContext c)
     {
         if (c.Features.Get<Microsoft.AspNetCore.Server.Kestrel.Core.Features.IHttpMinRequestBodyDataRateFeature>() is { } rate)
