@@ -54,8 +54,9 @@ public static class ProxyLogging
     /// <remarks>
     /// The engine writes to the writer from one background task at a time, never from a request's thread, so it needs
     /// no locking of its own, and a slow writer drops lines instead of slowing requests. It is flushed after each batch
-    /// of lines. An exception from it loses that batch and nothing else; the lost lines are counted in <c>proxy_log_dropped_total</c>. Lines queued before the call may still go to
-    /// the previous writer: await <see cref="Hosting.ProxyServer.FlushLogsAsync"/> before disposing that one.
+    /// of lines. An exception from it loses that batch and nothing else; the lost lines are counted in
+    /// <c>proxy_log_dropped_total</c>. Lines queued before the call may still go to the previous writer: await
+    /// <see cref="Hosting.ProxyServer.FlushLogsAsync"/> before disposing that one.
     /// </remarks>
     public static void SetOutput(TextWriter? writer) => ProxyLog.SetOutput(writer);
 }
