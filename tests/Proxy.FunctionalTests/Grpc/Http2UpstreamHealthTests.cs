@@ -27,7 +27,8 @@ public sealed class Http2UpstreamHealthTests
     [Fact]
     public async Task HeadersWriteFails_OneTry_CountsOneFailure()
     {
-        await using var upstream = new HeadersStallUpstream();
+        // Takes the preface and SETTINGS, stops reading at the first HEADERS frame, resets the connection a second later.
+        await using var upstream = new RawH2Upstream(_ => RawH2Behavior.Ok, stallAtHeaders: true, receiveBufferSize: 16 * 1024);
         await using var proxy = await ClusterYaml.StartAsync(ClusterYaml.Address($"http://127.0.0.1:{upstream.Port}"), "h2c",
             "connect_timeout: 5s\noutlier_detection: { consecutive_failures: 2, base_ejection: 30s, max_ejection_percent: 100 }",
             "limits: { max_header_bytes: 64MiB }");
@@ -46,7 +47,7 @@ public sealed class Http2UpstreamHealthTests
 
         ProxyAssert.ErrorAnswer(response, 502);
         Assert.Contains("upstream_request_write_failed", response.BodyText, StringComparison.Ordinal);
-        Assert.Equal(1, upstream.HeadersSeen);
+        Assert.Equal(1, upstream.Requests);
         var destination = Backend(proxy).Destinations[0];
         Assert.True(destination.EjectedUntil == 0, "one failed try must not eject the destination under consecutive_failures: 2");
         Assert.Equal(1, destination.ConsecutiveFailures);
@@ -124,109 +125,5 @@ public sealed class Http2UpstreamHealthTests
         var ok = await control.ReadResponseAsync("POST", timeout: TimeSpan.FromSeconds(15));
         Assert.Equal(200, ok.Status);
         Assert.Equal("5", ok.BodyText);
-    }
-
-    /// <summary>
-    /// A cleartext HTTP/2 server (prior knowledge) that takes the connection preface and SETTINGS, then stops reading
-    /// at the first HEADERS frame and, a second later, resets the connection (linger 0): the proxy's write of a header
-    /// section larger than the socket buffers is then still waiting, and fails. Its receive buffer is kept small.
-    /// </summary>
-    private sealed class HeadersStallUpstream : IAsyncDisposable
-    {
-        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
-        private readonly Task _accept;
-        private readonly List<Socket> _sockets = [];
-        private int _headers;
-
-        public HeadersStallUpstream()
-        {
-            _listener.Server.ReceiveBufferSize = 16 * 1024; // inherited by the accepted sockets
-            _listener.Start();
-            _accept = AcceptAsync();
-        }
-
-        public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
-
-        /// <summary>HEADERS frames that began to arrive (one per connection at most).</summary>
-        public int HeadersSeen => Volatile.Read(ref _headers);
-
-        private async Task AcceptAsync()
-        {
-            while (true)
-            {
-                Socket socket;
-                try
-                {
-                    socket = await _listener.AcceptSocketAsync();
-                }
-                catch (Exception)
-                {
-                    return;
-                }
-                lock (_sockets)
-                {
-                    _sockets.Add(socket);
-                }
-                _ = Task.Run(() => ServeAsync(socket));
-            }
-        }
-
-        private async Task ServeAsync(Socket socket)
-        {
-            try
-            {
-                using var stream = new NetworkStream(socket, ownsSocket: false);
-                var preface = new byte[Http2Preface.Length];
-                await stream.ReadExactlyAsync(preface);
-                var output = new ArrayBufferWriter<byte>();
-                Http2FrameWriter.WriteSettings(output, []);
-                await stream.WriteAsync(output.WrittenMemory);
-                output.ResetWrittenCount();
-                var header = new byte[Http2FrameHeader.Size];
-                while (true)
-                {
-                    await stream.ReadExactlyAsync(header);
-                    int length = (header[0] << 16) | (header[1] << 8) | header[2];
-                    var type = (Http2FrameType)header[3];
-                    var flags = (Http2Flags)header[4];
-                    if (type == Http2FrameType.HEADERS)
-                    {
-                        Interlocked.Increment(ref _headers);
-                        // Nothing more is read: the rest of the header section fills the buffers and the proxy's write waits.
-                        await Task.Delay(TimeSpan.FromSeconds(1));
-                        socket.LingerState = new LingerOption(true, 0);
-                        socket.Close();
-                        return;
-                    }
-                    await stream.ReadExactlyAsync(new byte[length]);
-                    if (type == Http2FrameType.SETTINGS && (flags & Http2Flags.ACK) == 0)
-                    {
-                        Http2FrameWriter.WriteSettingsAck(output);
-                        await stream.WriteAsync(output.WrittenMemory);
-                        output.ResetWrittenCount();
-                    }
-                }
-            }
-            catch (Exception)
-            {
-            }
-            finally
-            {
-                socket.Dispose();
-            }
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            _listener.Stop();
-            lock (_sockets)
-            {
-                foreach (var socket in _sockets)
-                {
-                    socket.Dispose();
-                }
-            }
-            await _accept;
-        }
     }
 }

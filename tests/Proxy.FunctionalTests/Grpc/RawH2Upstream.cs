@@ -45,17 +45,29 @@ internal sealed class RawH2Upstream : IAsyncDisposable
     private int _pingAcks;
     private readonly bool _sendSettings;
     private readonly bool _answerAtHeaders;
+    private readonly bool _stallAtHeaders;
 
     /// <param name="behavior">The answer to the n-th request (from 1).</param>
     /// <param name="sendSettings">False: no SETTINGS and no PING when a connection starts, the answers come straight away
     /// (a server connection preface that breaks RFC 9113 section 3.4).</param>
     /// <param name="answerAtHeaders">True: a request is answered at its HEADERS, before its body (which is dropped);
     /// otherwise at END_STREAM on its HEADERS (requests with a body get no answer).</param>
-    public RawH2Upstream(Func<int, RawH2Behavior> behavior, bool sendSettings = true, bool answerAtHeaders = false)
+    /// <param name="stallAtHeaders">True: nothing after a HEADERS frame's 9-byte header is read (counted in
+    /// <see cref="Requests"/>); a second later the connection is reset (linger 0). With a small
+    /// <paramref name="receiveBufferSize"/>, a header section larger than the socket buffers leaves the proxy's write
+    /// waiting, then failing.</param>
+    /// <param name="receiveBufferSize">The listening socket's receive buffer, inherited by accepted sockets; 0: the default.</param>
+    public RawH2Upstream(Func<int, RawH2Behavior> behavior, bool sendSettings = true, bool answerAtHeaders = false,
+        bool stallAtHeaders = false, int receiveBufferSize = 0)
     {
         _behavior = behavior;
         _sendSettings = sendSettings;
         _answerAtHeaders = answerAtHeaders;
+        _stallAtHeaders = stallAtHeaders;
+        if (receiveBufferSize > 0)
+        {
+            _listener.Server.ReceiveBufferSize = receiveBufferSize;
+        }
         _listener.Start();
         _accept = AcceptAsync();
     }
@@ -109,6 +121,13 @@ internal sealed class RawH2Upstream : IAsyncDisposable
                 var type = (Http2FrameType)header[3];
                 var flags = (Http2Flags)header[4];
                 int streamId = (int)(System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(5)) & 0x7FFF_FFFF);
+                if (_stallAtHeaders && type == Http2FrameType.HEADERS)
+                {
+                    Interlocked.Increment(ref _requests);
+                    await Task.Delay(TimeSpan.FromSeconds(1));
+                    client.Client.LingerState = new LingerOption(true, 0);
+                    return;
+                }
                 var payload = new byte[length];
                 await stream.ReadExactlyAsync(payload);
                 switch (type)
