@@ -8,8 +8,11 @@ namespace Proxy.Benchmarks.EndToEnd;
 /// The h2c upstream (RFC 9113 section 3.4, prior knowledge) of the HTTP/2 upstream round-trip benchmark and of the
 /// functional tests' steady-state allocation test (linked into tests/Proxy.FunctionalTests as
 /// Infrastructure/FixedH2cResponseUpstream.cs): sends an empty SETTINGS, acknowledges the proxy's, and answers every
-/// request stream that ends with its HEADERS with the same pre-encoded HEADERS + DATA (a 100-byte body). One blocking
-/// thread per connection; it allocates nothing per request, so the measured allocation is the proxy's.
+/// request stream with the same pre-encoded HEADERS + DATA (a 100-byte body), once the request ends (END_STREAM on its
+/// HEADERS, or on its last DATA frame). Request body octets are credited back to the connection's window at once
+/// (WINDOW_UPDATE on stream 0), so a stream of uploads never runs the proxy out of send window; each stream's own window
+/// (65,535 octets) covers its small body. One blocking thread per connection; it allocates nothing per request, so the
+/// measured allocation is the proxy's.
 /// </summary>
 internal sealed class FixedH2cResponseUpstream : BlockingUpstream
 {
@@ -49,14 +52,21 @@ internal sealed class FixedH2cResponseUpstream : BlockingUpstream
         var buffer = new byte[256 * 1024];
         var response = (byte[])s_response.Clone();
         int dataHeader = 9 + s_headerBlock.Length;
+        var windowUpdate = new byte[] { 0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 0, 0, 0 };
         try
         {
             connection.Send(s_settings);
-            ReadH2cFrames(connection, buffer, (type, flags, stream, _) =>
+            ReadH2cFrames(connection, buffer, (type, flags, stream, payload) =>
             {
-                if (type == 0x1 && (flags & 0x1) != 0)
+                if (type == 0x0 && payload.Length > 0)
                 {
-                    // A request without a body (END_STREAM on HEADERS): answer on its stream id.
+                    // Request body octets: back to the connection's window (padding is never sent by the proxy).
+                    BinaryPrimitives.WriteUInt32BigEndian(windowUpdate.AsSpan(9), (uint)payload.Length);
+                    connection.Send(windowUpdate);
+                }
+                if (type is 0x0 or 0x1 && (flags & 0x1) != 0)
+                {
+                    // The request ended (END_STREAM on its HEADERS or on its last DATA): answer on its stream id.
                     BinaryPrimitives.WriteUInt32BigEndian(response.AsSpan(5), (uint)stream);
                     BinaryPrimitives.WriteUInt32BigEndian(response.AsSpan(dataHeader + 5), (uint)stream);
                     connection.Send(response);
