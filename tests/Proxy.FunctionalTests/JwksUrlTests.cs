@@ -162,6 +162,59 @@ public sealed class JwksUrlTests : IDisposable
         Assert.Equal(0, upstream.ConnectionCount);
     }
 
+    /// <summary>The identity tests' config with <see cref="Policy"/>, plus <paramref name="extraRoute"/> (a reload's change).</summary>
+    private static string Config(string policies, int upstreamPort, string extraRoute = "") => $$"""
+        policies:
+        {{policies}}
+        listeners:
+          - { name: public, address: 127.0.0.1:0 }
+        routes:
+          - { id: orders, match: { path: "/orders/{**rest}" }, cluster: orders, policies: [jwt-remote] }
+          {{extraRoute}}
+        clusters:
+          orders: { destinations: ["http://127.0.0.1:{{upstreamPort.ToString(CultureInfo.InvariantCulture)}}"] }
+
+        """;
+
+    /// <summary>
+    /// A reload that leaves the jwt policy as it was keeps its key source: no fetch, and tokens verify at once with the
+    /// keys already fetched. A reload whose jwt policy changed only its schedule (<c>jwks_refresh</c>) while the key
+    /// server is down starts from the last good set. Before, every reload started the policy without keys and fetched:
+    /// until that fetch landed (a key server down: until it came back) every token got 401 "signing keys are not
+    /// available".
+    /// </summary>
+    [Fact]
+    public async Task JwksUrl_Reload_KeepsTheKeysItHas_EvenWithTheKeyServerDown()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        var keys = StartKeyServer();
+        string policy = Policy(keys.Port);
+        await using var proxy = await TestProxy.StartAsync(Config(policy, upstream.Port));
+        await using var client = await proxy.ConnectAsync();
+        string token = Mint(_old, "k1");
+        Assert.Equal(200, (await GetUntilAsync(client, token, 200)).Status);
+
+        // Unchanged policy, key server up: no refetch.
+        int fetches = Volatile.Read(ref _jwksRequests);
+        var result = await proxy.Server.ReloadAsync(Config(policy, upstream.Port, """- { id: other, match: { path: "/other" }, respond: { status: 200, body: "one" } }"""));
+        Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
+        Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {token}")).Status);
+        await Task.Delay(300);
+        Assert.Equal(fetches, Volatile.Read(ref _jwksRequests));
+
+        // The key server goes away; reloads follow, the second one changing the policy's refresh period.
+        await keys.DisposeAsync();
+        result = await proxy.Server.ReloadAsync(Config(policy, upstream.Port, """- { id: other, match: { path: "/other" }, respond: { status: 200, body: "two" } }"""));
+        Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
+        Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {token}")).Status);
+        result = await proxy.Server.ReloadAsync(Config(policy.Replace("jwks_refresh: 1h", "jwks_refresh: 2h"), upstream.Port));
+        Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
+        Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {token}")).Status);
+        // Its first fetch has failed by now (connection refused): the last good set stays.
+        await Task.Delay(300);
+        Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {token}")).Status);
+    }
+
     [Fact]
     public async Task JwksUrl_BodyOverOneMiB_FetchFailsAndKeepsLastGoodSet()
     {

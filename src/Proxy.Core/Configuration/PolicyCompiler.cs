@@ -194,7 +194,7 @@ internal static partial class PolicyCompiler
             case "ip_filter":
                 return BuildIpFilter(policy, kind, errors);
             case "jwt":
-                return BuildJwt(policy, kind, errors, time, baseDirectory, validateOnly);
+                return BuildJwt(policy, kind, errors, time, baseDirectory, validateOnly, running as JwtFilter);
             // Identity and WAF kinds: PolicyCompiler.Identity.cs.
             case "api_key":
                 return BuildApiKey(policy, kind, errors, baseDirectory);
@@ -666,7 +666,14 @@ internal static partial class PolicyCompiler
         return new IpFilter(policy.Name.Value, allow, deny, trusted);
     }
 
-    private static JwtFilter? BuildJwt(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory, bool validateOnly = false)
+    /// <summary>
+    /// A <c>jwt</c> policy. With <paramref name="running"/> (a reload, the running filter of the same name), a
+    /// <c>jwks_url</c> source with the same URL, schedule and clock goes on as it is (its keys, its refresh timer): a
+    /// reload neither refetches nor starts without keys. One with the same URL and another schedule starts from the
+    /// running one's last good set. Otherwise (a new URL, or none before) the set is empty until its first fetch.
+    /// </summary>
+    private static JwtFilter? BuildJwt(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory,
+        bool validateOnly = false, JwtFilter? running = null)
     {
         Uri? jwksUrl = null;
         Located<string>? jwksFile = null;
@@ -845,9 +852,18 @@ internal static partial class PolicyCompiler
         JwksSource? source = null;
         if (jwksUrl is not null)
         {
-            // First fetch now, in the background: config load does not wait for (or fail on) the key server.
-            source = new JwksSource(name, new JwksSourceOptions { Url = jwksUrl, Refresh = refresh, MinRefetch = minRefetch }, time);
-            source.Start();
+            var options = new JwksSourceOptions { Url = jwksUrl, Refresh = refresh, MinRefetch = minRefetch };
+            JwksSource? was = running?.Options.KeySource;
+            if (was is not null && ReferenceEquals(was.Time, time) && was.Options == options)
+            {
+                source = was;
+            }
+            else
+            {
+                // First fetch now, in the background: config load does not wait for (or fail on) the key server.
+                source = new JwksSource(name, options, time, seed: was is not null && was.Options.Url == jwksUrl ? was.Keys : null);
+                source.Start();
+            }
         }
         return new JwtFilter(new JwtOptions
         {

@@ -46,14 +46,23 @@ internal sealed class JwksSource
     private int _fetching;
     private long _fetchCount;
 
-    public JwksSource(string policyName, JwksSourceOptions options, TimeProvider? time = null)
+    /// <param name="policyName">The <c>jwt</c> policy, named in the fetch's log lines.</param>
+    /// <param name="options">The URL and the schedule.</param>
+    /// <param name="time">The clock; <see cref="TimeProvider.System"/> when null.</param>
+    /// <param name="seed">The keys to serve until the first fetch succeeds: on a reload, the last good set of the source
+    /// this one replaces (same URL), so tokens go on verifying while it fetches, or while the key server is down.</param>
+    public JwksSource(string policyName, JwksSourceOptions options, TimeProvider? time = null, JsonWebKey[]? seed = null)
     {
         _policyName = policyName;
         Options = options;
         _time = time ?? TimeProvider.System;
+        _keys = seed ?? [];
     }
 
     public JwksSourceOptions Options { get; }
+
+    /// <summary>The clock of the refresh timer and of the refetch interval.</summary>
+    internal TimeProvider Time => _time;
 
     /// <summary>The current keys; empty until the first successful fetch.</summary>
     public JsonWebKey[] Keys => Volatile.Read(ref _keys);
