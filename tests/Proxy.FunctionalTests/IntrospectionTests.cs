@@ -231,4 +231,47 @@ public sealed class IntrospectionTests
             }
         }
     }
+
+    /// <summary>
+    /// A reload that leaves the introspection policy's endpoint, credentials, required scopes and cache settings as
+    /// they were keeps its cache: a cached token is not sent to the server again (before, every reload emptied the
+    /// cache, so each token in use cost a call right after it). Changing one of them (here <c>cache_ttl</c>) starts an
+    /// empty cache; changing what only shapes the answer (<c>timeout</c>) does not.
+    /// </summary>
+    [Fact]
+    public async Task Introspection_Reload_KeepsTheCacheWhileItsMeaningHolds()
+    {
+        await using var endpoint = StartEndpoint();
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        string Config(string policy, string body) => $$"""
+            policies:
+            {{policy}}
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: orders, match: { path: "/orders/{**rest}" }, cluster: orders, policies: [opaque] }
+              - { id: other, match: { path: "/other" }, respond: { status: 200, body: "{{body}}" } }
+            clusters:
+              orders: { destinations: ["http://127.0.0.1:{{upstream.Port.ToString(CultureInfo.InvariantCulture)}}"] }
+
+            """;
+        string policy = Policy(endpoint.Port);
+        await using var proxy = await TestProxy.StartAsync(Config(policy, "one"));
+        await using var client = await proxy.ConnectAsync();
+        Assert.Equal(200, (await GetAsync(client, "tok+en/1=")).Status);
+        Assert.Single(_calls);
+
+        var result = await proxy.Server.ReloadAsync(Config(policy, "two"));
+        Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
+        Assert.Equal(200, (await GetAsync(client, "tok+en/1=")).Status);
+        result = await proxy.Server.ReloadAsync(Config(policy.Replace("timeout: 2s", "timeout: 3s"), "two"));
+        Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
+        Assert.Equal(200, (await GetAsync(client, "tok+en/1=")).Status);
+        Assert.Single(_calls);
+
+        result = await proxy.Server.ReloadAsync(Config(policy.Replace("cache_ttl: 5m", "cache_ttl: 4m"), "two"));
+        Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
+        Assert.Equal(200, (await GetAsync(client, "tok+en/1=")).Status);
+        Assert.Equal(2, _calls.Count);
+    }
 }

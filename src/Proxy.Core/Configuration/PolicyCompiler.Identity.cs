@@ -295,7 +295,13 @@ internal static partial class PolicyCompiler
     private static readonly string[] s_introspectionKeys =
         ["url", "client_id", "client_secret", "client_secret_file", "required_scopes", "cache_max", "cache_ttl", "timeout", "forward_identity"];
 
-    private static IntrospectionFilter? BuildIntrospection(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory, bool validateOnly)
+    /// <summary>
+    /// An <c>introspection</c> policy. With <paramref name="running"/> (a reload, the running filter of the same name)
+    /// the new filter takes over its answer cache when nothing that gives an entry its meaning changed
+    /// (<see cref="IntrospectionFilter.SameCache"/>).
+    /// </summary>
+    private static IntrospectionFilter? BuildIntrospection(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time,
+        string baseDirectory, bool validateOnly, IntrospectionFilter? running = null)
     {
         Located<string>? inlineSecret = null, secretFile = null;
         int before = errors.Count;
@@ -435,7 +441,7 @@ internal static partial class PolicyCompiler
             CacheTtl = cacheTtl,
             Timeout = timeout,
             ForwardIdentity = forward,
-        }, time);
+        }, time, running);
     }
 
     private static readonly string[] s_fileSettings = ["jwks_file", "keys_file", "client_secret_file"];

@@ -201,7 +201,7 @@ internal static partial class PolicyCompiler
             case "deny":
                 return BuildDeny(policy, kind, errors);
             case "introspection":
-                return BuildIntrospection(policy, kind, errors, time, baseDirectory, validateOnly);
+                return BuildIntrospection(policy, kind, errors, time, baseDirectory, validateOnly, running as IntrospectionFilter);
             // Header rewrites (upstream request, response): PolicyCompiler.Headers.cs.
             case "request_headers":
             case "response_headers":

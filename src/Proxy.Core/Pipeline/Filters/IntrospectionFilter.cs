@@ -95,13 +95,23 @@ internal sealed class IntrospectionFilter : IAsyncRequestHeadersFilter, IPolicyD
     private long _lastErrorLog;
     private long _errorsSinceLog;
 
-    public IntrospectionFilter(IntrospectionOptions options, TimeProvider? time = null)
+    /// <param name="options">The compiled policy.</param>
+    /// <param name="time">The clock; <see cref="TimeProvider.System"/> when null.</param>
+    /// <param name="running">
+    /// On a reload, the running filter of the same policy name, if any: when it asks the same endpoint with the same
+    /// credentials for the same required scopes, with the same cache size and TTL on the same clock
+    /// (<see cref="SameCache"/>), this filter takes over its cache, the same instance, so a reload does not send every
+    /// token in use back to the authorization server. Both filters may then serve requests at once: the cache is
+    /// thread-safe.
+    /// </param>
+    public IntrospectionFilter(IntrospectionOptions options, TimeProvider? time = null, IntrospectionFilter? running = null)
     {
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.RequiredScopes.Count, MaxScopes);
         Options = options;
         _time = time ?? TimeProvider.System;
         _client = new IntrospectionClient(options.Url, options.ClientId, options.ClientSecret, options.Timeout);
-        _cache = new IntrospectionCache(options.CacheMax);
+        KeptCache = running is not null && ReferenceEquals(running._time, _time) && SameCache(running.Options, options);
+        _cache = KeptCache ? running!._cache : new IntrospectionCache(options.CacheMax);
         _scopes = options.RequiredScopes.Select(Encoding.UTF8.GetBytes).ToArray();
         _allScopes = _scopes.Length == MaxScopes ? ulong.MaxValue : (1UL << _scopes.Length) - 1;
         _cacheTtlMs = (long)options.CacheTtl.TotalMilliseconds;
@@ -159,6 +169,21 @@ internal sealed class IntrospectionFilter : IAsyncRequestHeadersFilter, IPolicyD
     public long CallCount => Volatile.Read(ref _calls);
 
     internal IntrospectionCache Cache => _cache;
+
+    /// <summary>True when this filter took over the cache of the filter it replaced on a reload.</summary>
+    internal bool KeptCache { get; }
+
+    /// <summary>
+    /// Whether the answers cached under <paramref name="running"/> mean the same under <paramref name="next"/>: the
+    /// same endpoint and client credentials (what the server answers, and to whom), the same required scopes in the
+    /// same order (an entry keeps which of them the token carries as bits), and the same <c>cache_max</c> and
+    /// <c>cache_ttl</c> (the table's size, and how long the entries in it were given). <c>timeout</c> and
+    /// <c>forward_identity</c> do not count: entries keep the subject and client id whatever is forwarded.
+    /// </summary>
+    internal static bool SameCache(IntrospectionOptions running, IntrospectionOptions next)
+        => running.Url == next.Url && running.ClientId == next.ClientId && running.ClientSecret == next.ClientSecret
+            && running.RequiredScopes.SequenceEqual(next.RequiredScopes, StringComparer.Ordinal)
+            && running.CacheMax == next.CacheMax && running.CacheTtl == next.CacheTtl && running.InactiveTtl == next.InactiveTtl;
 
     IEnumerable<(string Decision, long Count)> IPolicyDecisionCounters.Decisions =>
         [("allowed", AllowedCount), ("rejected", RejectedCount), ("unavailable", UnavailableCount)];
