@@ -19,7 +19,7 @@ public sealed class AdminApiTests
         routes:
           - { id: hello, match: { path: /hello }, respond: { status: 200, body: "hello\n" } }
           - { id: api, match: { path: "/api/{**rest}" }, cluster: backend }
-          - { id: down, match: { path: "/down/{**rest}" }, cluster: dead }
+          - { id: down, match: { path: "/down/{**rest}" }, rewrite: { path: "/gone/{rest}" }, cluster: dead }
         clusters:
           backend: { destinations: ["http://127.0.0.1:{{backendPort.ToString(CultureInfo.InvariantCulture)}}"] }
           dead: { destinations: ["http://127.0.0.1:{{deadPort.ToString(CultureInfo.InvariantCulture)}}"], connect_timeout: 2s }
@@ -224,6 +224,8 @@ public sealed class AdminApiTests
         Assert.Equal("backend", routes[1].GetProperty("cluster").GetString());
         Assert.Equal(200, routes[0].GetProperty("respond").GetProperty("status").GetInt32());
         Assert.False(routes[0].TryGetProperty("cluster", out _));
+        Assert.Equal("/gone/{rest}", routes[2].GetProperty("rewrite").GetProperty("path").GetString());
+        Assert.False(routes[1].TryGetProperty("rewrite", out _));
     }
 
     [Fact]

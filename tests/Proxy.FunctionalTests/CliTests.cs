@@ -51,6 +51,29 @@ public sealed partial class CliTests : IDisposable
     }
 
     [Fact]
+    public async Task Validate_RewriteWithUnknownPlaceholder_Exits2WithPosition()
+    {
+        var path = Write("rewrite.yaml", """
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - id: api
+                match: { path: "/api/{**rest}" }
+                rewrite: { path: "/v2/{tail}" }
+                cluster: backend
+            clusters:
+              backend:
+                destinations: [{ address: "http://127.0.0.1:8080" }]
+            """);
+
+        var result = await RunProxyAsync("validate", "--config", path);
+
+        Assert.True(result.ExitCode == 2, result.ToString());
+        Assert.Contains("rewrite.yaml:6:22: route 'api': rewrite path '/v2/{tail}': unknown placeholder '{tail}'; match.path '/api/{**rest}' captures {rest}",
+            result.StdoutText, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Validate_YamlSyntaxError_Exits2WithPosition()
     {
         var path = Write("broken.yaml", "listeners:\n  - { name: public, address: 127.0.0.1:0\nroutes: [\n");

@@ -111,6 +111,7 @@ internal static class ConfigCompiler
                 Timeouts = new UpstreamTimeouts(r.RequestTimeout ?? TimeSpan.Zero, r.ResponseTimeout ?? TimeSpan.Zero,
                     r.StreamIdleTimeout ?? TimeSpan.Zero),
                 Respond = r.Respond is { } respond ? BuildResponse(respond) : null,
+                Rewrite = r.Rewrite?.Path is { } rewrite ? PathRewrite.Compile(rewrite.Value, r.Match.Path?.Value) : null,
                 RetryNonIdempotent = r.RetryNonIdempotent?.Value ?? false,
                 IgnoreClientAbort = r.IgnoreClientAbort?.Value ?? false,
                 ListenerMask = ListenerMask(r.Listeners, config.Listeners),

@@ -196,6 +196,15 @@ internal sealed record RouteConfig
     public Located<bool>? RetryNonIdempotent { get; init; }
     /// <summary><c>ignore_client_abort</c>: an HTTP/1.1 client's close while the upstream works does not end the exchange.</summary>
     public Located<bool>? IgnoreClientAbort { get; init; }
+    /// <summary><c>rewrite:</c> the path the upstream sees instead of the client's (docs/routing.md, "Path rewrite").</summary>
+    public RewriteConfig? Rewrite { get; init; }
+}
+
+/// <summary>A route's <c>rewrite:</c> block: <c>{ path: "/v2/{rest}" }</c>.</summary>
+internal sealed record RewriteConfig
+{
+    public required Mark Mark { get; init; }
+    public Located<string>? Path { get; init; }
 }
 
 /// <summary>One entry of a route's <c>clusters:</c> list.</summary>

@@ -328,6 +328,29 @@ internal static class ConfigValidator
         }
     }
 
+    /// <summary>A route's <c>rewrite:</c> (docs/routing.md, "Path rewrite"): compiled here as it will be at load, against the route's match path.</summary>
+    private static void ValidateRewrite(RouteConfig route, RewriteConfig rewrite, string label, ConfigErrorList errors)
+    {
+        if (route.Respond is not null)
+        {
+            errors.Add(rewrite.Mark, $"{label} has 'rewrite' and 'respond'; a route that answers itself forwards nothing, so there is no path to rewrite");
+            return;
+        }
+        if (rewrite.Path is not { } path)
+        {
+            return; // the reader reported the missing key
+        }
+        string? matchPath = route.Match.Path?.Value;
+        if (matchPath is not null && ConfigSyntax.CheckPathTemplate(matchPath) is not null)
+        {
+            return; // the match path's own error is reported; its captures are unknown
+        }
+        if (!PathRewrite.TryCompile(path.Value, matchPath, out _, out var error))
+        {
+            errors.Add(path.Mark, $"{label}: rewrite {error}");
+        }
+    }
+
     private static void ValidateRoutes(
         ProxyConfig config,
         Dictionary<string, (int Index, ListenerConfig Listener)> listeners,
@@ -394,6 +417,10 @@ internal static class ConfigValidator
             if (route.Respond is { } respond)
             {
                 ValidateRespond(respond, errors);
+            }
+            if (route.Rewrite is { } rewrite)
+            {
+                ValidateRewrite(route, rewrite, label, errors);
             }
 
             // The reader's errors (a predicate without its name) came before errorsBefore, so also check that the

@@ -37,7 +37,8 @@ internal sealed partial class YamlConfigReader
     ];
     private static readonly string[] s_routeKeys =
         ["id", "listeners", "match", "cluster", "respond", "policies", "clusters", "canary", "request_timeout", "response_timeout", "stream_idle_timeout",
-         "allow_anonymous", "retry_non_idempotent", "ignore_client_abort"];
+         "allow_anonymous", "retry_non_idempotent", "ignore_client_abort", "rewrite"];
+    private static readonly string[] s_rewriteKeys = ["path"];
     private static readonly string[] s_weightedClusterKeys = ["name", "weight"];
     private static readonly string[] s_canaryKeys = ["cluster", "header", "cookie"];
     private static readonly string[] s_matchKeys = ["path", "hosts", "methods", "headers", "query"];
@@ -461,7 +462,17 @@ internal sealed partial class YamlConfigReader
             StreamIdleTimeout = Duration(map, "stream_idle_timeout"),
             RetryNonIdempotent = Bool(map, "retry_non_idempotent"),
             IgnoreClientAbort = Bool(map, "ignore_client_abort"),
+            Rewrite = map.Get("rewrite") is { } rewrite ? ReadRewrite(rewrite) : null,
         };
+    }
+
+    private RewriteConfig? ReadRewrite(YamlNode node)
+    {
+        if (Map(node, "'rewrite'", s_rewriteKeys) is not { } map)
+        {
+            return null;
+        }
+        return new RewriteConfig { Mark = map.Mark, Path = RequiredString(map, "path", "'rewrite'") };
     }
 
     /// <summary>A route's <c>clusters:</c>: entries <c>{ name, weight }</c> or a bare name (weight 1).</summary>

@@ -37,6 +37,8 @@ internal sealed partial class HttpForwarder
 
     private FieldLineWriter? _http2Fields;
     private byte[] _http2Authority = new byte[64];
+    /// <summary>The rewritten :path of the route's <c>rewrite</c>; grown to the longest seen, then reused.</summary>
+    private byte[] _http2Path = [];
     private ChunkedDecoder _http2Chunked;
     private RejectReason _http2Reject;
     private bool _http2Outcome;
@@ -175,6 +177,7 @@ internal sealed partial class HttpForwarder
                     UpstreamRequestWriter.WriteFields(fields, head, _client.Listener.Forwarded, _client.RemoteAddress, destination,
                         _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader, _client.FilterContext);
                     int authorityLength = CopyAuthority(head, destination);
+                    int pathLength = CopyRewrittenPath(head);
                     // RFC 9113 section 8.2.2: "te" may only say "trailers"; gRPC servers want it to know trailers are understood.
                     bool teTrailers = WantsTrailers(head);
 
@@ -189,7 +192,8 @@ internal sealed partial class HttpForwarder
                         goto Done;
                     }
                     if (!await connection.SendHeadersAsync(stream, head, destination.Secure, _http2Authority, authorityLength,
-                        fields.Buffer, fields.Length, endStream: !hasBody && !webSocket, teTrailers, webSocket ? s_webSocketProtocol : null).ConfigureAwait(false))
+                        fields.Buffer, fields.Length, endStream: !hasBody && !webSocket, teTrailers, webSocket ? s_webSocketProtocol : null,
+                        pathLength < 0 ? null : _http2Path, pathLength).ConfigureAwait(false))
                     {
                         // Refused, or the connection died under the HEADERS (nothing of the body was read yet).
                         if ((stream.Refused && attempt < 3) || MayReplayLost(stream, head, attempt))
@@ -1012,6 +1016,24 @@ internal sealed partial class HttpForwarder
         }
         authority.CopyTo(_http2Authority);
         return authority.Length;
+    }
+
+    /// <summary>
+    /// The route's <c>rewrite</c> of the target into <see cref="_http2Path"/> (HPACK wants the value contiguous);
+    /// -1 without one, when :path is the client's target.
+    /// </summary>
+    private int CopyRewrittenPath(RequestHead head)
+    {
+        if (_route!.Rewrite is not { } rewrite || !Routing.PathRewrite.AppliesTo(head))
+        {
+            return -1;
+        }
+        int length = rewrite.TargetLength(head);
+        if (_http2Path.Length < length)
+        {
+            _http2Path = new byte[Math.Max(length, 256)];
+        }
+        return rewrite.CopyTarget(head, _http2Path);
     }
 
     private static bool WantsTrailers(RequestHead head)

@@ -347,7 +347,7 @@ internal sealed partial class HttpForwarder
                                 bool mayRetry = replayable && attempt == 0 && upstream.RequestCount > 0 && IsIdempotent(head.Method);
 
                                 UpstreamRequestWriter.WriteHead(upstream.Output, head, _client.Listener.Forwarded, _client.RemoteAddress, destination,
-                                    _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader, _client.FilterContext);
+                                    _client.Telemetry, _client.Transport, _client.Listener.Tls?.ForwardHeader, _client.FilterContext, route.Rewrite);
 
                                 if (bodySent)
                                 {

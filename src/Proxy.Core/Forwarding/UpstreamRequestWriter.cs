@@ -21,15 +21,24 @@ internal static class UpstreamRequestWriter
     /// case): incoming copies are dropped, and the subject, when there is one, is written under that name.
     /// The route's filter context (<c>edits</c>), when its filters ran: fields they asked to drop are skipped and fields
     /// they added are written after the client's (identity forwarding).
+    /// The route's <c>rewrite</c>, when it has one, replaces the path in the request line and nowhere else: the head
+    /// keeps the client's target for logs, metrics and traces.
     /// </summary>
     public static void WriteHead(PipeWriter output, RequestHead head, ForwardedModel forwarded, IPAddress clientAddress,
         DestinationState destination, RequestTelemetry? telemetry = null, ClientTransport? transport = null,
-        byte[]? clientCertificateHeader = null, Pipeline.RequestContext? edits = null)
+        byte[]? clientCertificateHeader = null, Pipeline.RequestContext? edits = null, Routing.PathRewrite? rewrite = null)
     {
         var writer = new HeadWriter(output);
         writer.Write(head.MethodBytes);
         writer.Write(" "u8);
-        writer.Write(head.Target);
+        if (rewrite is not null && Routing.PathRewrite.AppliesTo(head))
+        {
+            rewrite.WriteTarget(ref writer, head);
+        }
+        else
+        {
+            writer.Write(head.Target);
+        }
         writer.Write(Http11Suffix);
 
         WriteFields(ref writer, head, forwarded, clientAddress, destination, telemetry, transport, clientCertificateHeader, edits);

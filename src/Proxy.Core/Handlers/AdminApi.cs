@@ -439,6 +439,12 @@ internal static class AdminApi
             {
                 WriteSetting(json, "cluster", cluster.Name);
             }
+            if (route.Rewrite is { } rewrite)
+            {
+                json.WriteStartObject("rewrite");
+                WriteSetting(json, "path", rewrite.Source);
+                json.WriteEndObject();
+            }
             if (route.Respond is { } respond)
             {
                 json.WriteStartObject("respond");

@@ -197,6 +197,11 @@ internal sealed class RouteModel
     /// </summary>
     public bool IgnoreClientAbort { get; init; }
     public DirectResponseModel? Respond { get; init; }
+    /// <summary>
+    /// <c>rewrite:</c> the target the upstream gets instead of the client's, applied as the upstream request is written
+    /// (null: the client's target, at the cost of one null check).
+    /// </summary>
+    public Routing.PathRewrite? Rewrite { get; init; }
     /// <summary>Bit i set: the route applies on listener i. Zero: every proxy listener.</summary>
     public ulong ListenerMask { get; init; }
     /// <summary>

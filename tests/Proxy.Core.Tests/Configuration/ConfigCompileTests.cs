@@ -347,7 +347,8 @@ public class ConfigCompileTests
         Assert.Equal(ListenerHandler.Echo, snapshot.Listeners[1].Handler);
         Assert.Equal(ListenerHandler.Admin, snapshot.Listeners[2].Handler);
         Assert.Equal(9901, snapshot.Admin!.EndPoint.Port);
-        Assert.Equal(3, snapshot.Routes.InMatchOrder.Count);
+        Assert.Equal(4, snapshot.Routes.InMatchOrder.Count);
+        Assert.Equal("/v2/{rest}", snapshot.Routes.InMatchOrder.Single(r => r.Id == "v1").Rewrite!.Source);
         Assert.Equal("127.0.0.1", snapshot.Clusters["echo"].Destinations[0].Host);
         Assert.Equal(9000, snapshot.Clusters["echo"].Destinations[0].Port);
     }

@@ -17,7 +17,7 @@ namespace Proxy.FunctionalTests.Grpc;
 /// <summary>
 /// Kestrel (tests only) as an HTTP/2 upstream: cleartext with prior knowledge (h2c), or TLS with ALPN, plus the
 /// gRPC Greeter service. Plain routes:
-/// <c>/info</c> "protocol|connection id|host|x-forwarded-for|te", <c>/echo</c> the request body back,
+/// <c>/info</c> "protocol|connection id|host|x-forwarded-for|te", <c>/target/...</c> the raw :path it received, <c>/echo</c> the request body back,
 /// <c>/bytes/{n}</c> n bytes of 'x', <c>/slow</c> the connection id after 200 ms (<c>/slow/{ms}</c> after ms), <c>/trailers</c> a body then trailers, <c>/trailers-with-length</c> the same with a content-length,
 /// <c>/upload</c> (POST) the body's length once it is all in, <c>/upload/hold</c> (POST) the whole body read, then held like <c>/hold</c>,
 /// <c>/healthz</c> the request's protocol (counted in <see cref="HealthProbes"/>), <c>/hold</c> "late" after 8 s unless the
@@ -125,6 +125,8 @@ internal sealed class H2Upstream : IAsyncDisposable
             await CountBodyAsync(c);
             return await HoldAsync(c, counters);
         });
+        // The request target exactly as it came in :path (not decoded), for rewrite tests.
+        app.Map("/target/{**rest}", (HttpContext c) => c.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpRequestFeature>()!.RawTarget);
         app.MapGet("/info", (HttpContext c) =>
             $"{c.Request.Protocol}|{c.Connection.Id}|{c.Request.Host}|{c.Request.Headers["x-forwarded-for"]}|{c.Request.Headers.TE}");
         app.MapPost("/echo", async (HttpContext c) =>

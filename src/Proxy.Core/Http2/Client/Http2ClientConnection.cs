@@ -185,7 +185,8 @@ internal sealed class Http2ClientConnection
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<bool> SendHeadersAsync(Http2ClientStream stream, RequestHead head, bool secure, byte[] authority,
-        int authorityLength, byte[] fieldLines, int fieldLinesLength, bool endStream, bool teTrailers, byte[]? protocol = null)
+        int authorityLength, byte[] fieldLines, int fieldLinesLength, bool endStream, bool teTrailers, byte[]? protocol = null,
+        byte[]? path = null, int pathLength = 0)
     {
         await _writeGate.WaitAsync().ConfigureAwait(false);
         try
@@ -204,14 +205,15 @@ internal sealed class Http2ClientConnection
                 stream.SendWindow = new FlowControlWindow((int)Math.Min(_peer.InitialWindowSize, Http2Settings.MaxWindowSize));
                 _streams.Add(stream.Id, stream);
             }
-            int bound = Http2RequestEncoder.MaxBlockLength(head, authorityLength, fieldLinesLength);
+            int bound = Http2RequestEncoder.MaxBlockLength(head, authorityLength, fieldLinesLength) + pathLength;
             if (_headerBlock.Length < bound)
             {
                 _headerBlock = new byte[Math.Max(bound, _headerBlock.Length * 2)];
             }
             bool sendLength = !head.Chunked && head.ContentLength >= 0;
             if (!Http2RequestEncoder.TryEncode(_encoder, head, secure ? "https"u8 : "http"u8, authority.AsSpan(0, authorityLength),
-                fieldLines.AsSpan(0, fieldLinesLength), sendLength, teTrailers, _headerBlock, out int length, protocol))
+                fieldLines.AsSpan(0, fieldLinesLength), sendLength, teTrailers, _headerBlock, out int length, protocol,
+                path is null ? head.Target : path.AsSpan(0, pathLength)))
             {
                 // Cannot happen with the bound above; if it did, the encoder's table is ahead of the peer's.
                 FailConnection(Http2ErrorCode.INTERNAL_ERROR);

@@ -112,10 +112,11 @@ internal static class Http2RequestEncoder
     /// peer's, so the connection must then fail: callers size <paramref name="destination"/> with <see cref="MaxBlockLength"/>.
     /// A <paramref name="protocol"/> makes the request an extended CONNECT (RFC 8441 section 4): <c>:method CONNECT</c>
     /// and <c>:protocol</c>, the HTTP/1.1 upgrade's Sec-WebSocket-Key left out (RFC 8441 section 5 has none).
+    /// <paramref name="path"/> is :path when the route rewrites it; empty: the client's target.
     /// </summary>
     public static bool TryEncode(HPackEncoder encoder, RequestHead head, ReadOnlySpan<byte> scheme, ReadOnlySpan<byte> authority,
         ReadOnlySpan<byte> fieldLines, bool sendContentLength, bool teTrailers, Span<byte> destination, out int written,
-        ReadOnlySpan<byte> protocol = default)
+        ReadOnlySpan<byte> protocol = default, ReadOnlySpan<byte> path = default)
     {
         written = 0;
         if (!encoder.TryBeginHeaderBlock(destination, out int used))
@@ -129,7 +130,7 @@ internal static class Http2RequestEncoder
             || (extendedConnect && !Encode(encoder, ":protocol"u8, protocol, destination, ref total))
             || !Encode(encoder, ":scheme"u8, scheme, destination, ref total)
             || !Encode(encoder, ":authority"u8, authority, destination, ref total)
-            || !Encode(encoder, ":path"u8, head.Target, destination, ref total))
+            || !Encode(encoder, ":path"u8, path.IsEmpty ? head.Target : path, destination, ref total))
         {
             return false;
         }
