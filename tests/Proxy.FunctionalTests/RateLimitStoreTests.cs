@@ -413,7 +413,8 @@ public sealed class RateLimitStoreTests
     /// <summary>
     /// A Redis that stops answering with its connection open (SIGSTOP): each decision must give up after the policy's
     /// timeout. StackExchange.Redis checks its own AsyncTimeout only on a heartbeat about once a second, so with
-    /// `timeout: 100ms` decisions used to take up to a second.
+    /// `timeout: 100ms` decisions used to take up to a second. Of six decisions, all but the slowest must take under
+    /// 450 ms.
     /// </summary>
     [Theory]
     [InlineData("allow", 200)]
@@ -444,17 +445,20 @@ public sealed class RateLimitStoreTests
         redis.Freeze();
         try
         {
-            var slowest = TimeSpan.Zero;
-            for (int i = 0; i < 4; i++)
+            const int Decisions = 6;
+            var took = new List<TimeSpan>();
+            for (int i = 0; i < Decisions; i++)
             {
                 var sw = Stopwatch.StartNew();
                 var response = await GetAsync(client, "/local", "X-API-Key: k");
-                slowest = sw.Elapsed > slowest ? sw.Elapsed : slowest;
+                took.Add(sw.Elapsed);
                 Assert.Equal(expected, response.Status);
             }
-            // 100 ms plus scheduling on a loaded machine; the heartbeat-bound wait it replaces was 0.5 to 1.1 s.
-            Assert.True(slowest < TimeSpan.FromMilliseconds(450), $"the slowest of four decisions took {slowest}");
-            Assert.Equal(4, filter.StoreErrorCount - errorsBefore);
+            // 100 ms plus scheduling on a loaded machine; the heartbeat-bound wait it replaces was 0.5 to 1.1 s for every
+            // decision. One slow decision is allowed: a loaded CI run stalled the test process once for 0.6 s.
+            took.Sort();
+            Assert.True(took[^2] < TimeSpan.FromMilliseconds(450), $"decisions took {string.Join(", ", took.Select(t => $"{t.TotalMilliseconds:F0} ms"))}");
+            Assert.Equal(Decisions, filter.StoreErrorCount - errorsBefore);
         }
         finally
         {
