@@ -155,4 +155,41 @@ public sealed class PathRewriteTests : IDisposable
             await Task.Delay(20);
         }
     }
+
+    /// <summary>An HTTP/2 client's stream through a rewrite to an HTTP/1.1 upstream: its request line carries the rewrite.</summary>
+    [Fact]
+    public async Task Http2Client_RouteWithRewrite_UpstreamRequestLineRewritten()
+    {
+        await using var scenario = await ProxyScenario.StartAsync(UpstreamBehaviors.Ok(), WithRewrites);
+        await using var client = await Http2.Http2TestClient.ConnectAsync(scenario.Proxy.Public);
+
+        await client.SendHeadersAsync(1, endStream: true, Http2.Http2TestClient.Get("/users/9/profile?v=2"));
+        var response = await client.ReadResponseAsync(1);
+        var forwarded = await scenario.Upstream.WaitForRequestAsync();
+
+        Assert.Equal(200, response.Status);
+        Assert.Equal("/profiles/9.json?v=2", forwarded.Target);
+    }
+
+    /// <summary>
+    /// A retried request is rewritten on every try: the upstream answers the first 503, the retry's request line
+    /// carries the same rewritten target.
+    /// </summary>
+    [Fact]
+    public async Task RetriedRequest_EachTryRewritten()
+    {
+        int tries = 0;
+        await using var scenario = await ProxyScenario.StartAsync(
+            UpstreamBehaviors.Respond((request, _) => Interlocked.Increment(ref tries) == 1
+                ? Wire.Response(503, "busy", ("content-type", "text/plain"))
+                : Wire.Response(200, request.Target, ("content-type", "text/plain"))),
+            c => WithRewrites(c) with { ClusterExtra = "retry: { attempts: 2, on: [503], backoff: { base: 1ms, max: 5ms } }" });
+
+        var (response, client) = await scenario.SendAsync(Wire.Get("/api/orders/1?x=1"));
+        await client.DisposeAsync();
+
+        Assert.Equal(200, response.Status);
+        Assert.Equal("/v2/orders/1?x=1", response.BodyText);
+        Assert.Equal(["/v2/orders/1?x=1", "/v2/orders/1?x=1"], scenario.Upstream.Requests.Select(r => r.Target));
+    }
 }
