@@ -158,23 +158,23 @@ internal sealed class PathRewrite
         return true;
     }
 
-    /// <summary>Names of the match template's parameters and catch-all, with their segment index (names compare as validation does: ignoring case).</summary>
+    /// <summary>
+    /// Names of the match template's parameters and catch-all, as <see cref="RouteTemplate"/> parses them, with their
+    /// segment index (names compare as validation does: ignoring case). None without a match path, or with one that
+    /// does not parse (validation reports that).
+    /// </summary>
     private static Dictionary<string, (int Segment, bool CatchAll)> Captures(string? matchPath)
     {
         var captures = new Dictionary<string, (int, bool)>(StringComparer.OrdinalIgnoreCase);
-        if (matchPath is null || !matchPath.StartsWith('/'))
+        if (matchPath is null || !RouteTemplate.TryParse(matchPath, out RouteTemplate? match, out _))
         {
             return captures;
         }
-        string[] segments = matchPath[1..].Split('/');
-        for (int i = 0; i < segments.Length; i++)
+        for (int i = 0; i < match.Segments.Length; i++)
         {
-            string segment = segments[i];
-            if (segment.Length >= 2 && segment[0] == '{' && segment[^1] == '}')
+            if (match.Segments[i].Name is { } name)
             {
-                string name = segment[1..^1];
-                bool catchAll = name.StartsWith('*');
-                captures.TryAdd(name.TrimStart('*'), (i, catchAll));
+                captures.TryAdd(name, (i, match.Segments[i].Kind == SegmentKind.CatchAll));
             }
         }
         return captures;
@@ -216,6 +216,10 @@ internal sealed class PathRewrite
         return end < 0 ? rest : rest[..end];
     }
 
+    /// <summary>What <paramref name="part"/> writes for a request whose path is <paramref name="path"/>.</summary>
+    private static ReadOnlySpan<byte> Piece(in RewritePart part, ReadOnlySpan<byte> path)
+        => part.Segment < 0 ? part.Literal : Capture(path, part.Segment, part.CatchAll);
+
     /// <summary>
     /// The rewrite applies to origin-form targets; "*" (OPTIONS, RFC 9112 section 3.2.4), which only a route without a
     /// path can match, is forwarded as it came.
@@ -231,7 +235,7 @@ internal sealed class PathRewrite
         {
             if (part.Segment >= 0)
             {
-                length += Capture(path, part.Segment, part.CatchAll).Length;
+                length += Piece(in part, path).Length;
             }
         }
         return length;
@@ -243,7 +247,7 @@ internal sealed class PathRewrite
         ReadOnlySpan<byte> path = head.Path;
         foreach (ref readonly RewritePart part in _parts.AsSpan())
         {
-            writer.Write(part.Segment < 0 ? part.Literal : Capture(path, part.Segment, part.CatchAll));
+            writer.Write(Piece(in part, path));
         }
         writer.Write(head.Target[head.PathLength..]);
     }
@@ -255,7 +259,7 @@ internal sealed class PathRewrite
         int length = 0;
         foreach (ref readonly RewritePart part in _parts.AsSpan())
         {
-            ReadOnlySpan<byte> piece = part.Segment < 0 ? part.Literal : Capture(path, part.Segment, part.CatchAll);
+            ReadOnlySpan<byte> piece = Piece(in part, path);
             piece.CopyTo(destination[length..]);
             length += piece.Length;
         }

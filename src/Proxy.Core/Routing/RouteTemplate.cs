@@ -18,13 +18,17 @@ internal enum SegmentKind : byte
 /// <summary>One '/'-separated piece of a path template.</summary>
 internal readonly struct TemplateSegment
 {
-    public TemplateSegment(SegmentKind kind, byte[] literal)
+    public TemplateSegment(SegmentKind kind, byte[] literal, string? name = null)
     {
         Kind = kind;
         Literal = literal;
+        Name = name;
     }
 
     public SegmentKind Kind { get; }
+
+    /// <summary>A parameter's or catch-all's name as written, without braces or '*' (what a rewrite refers to); null for a literal.</summary>
+    public string? Name { get; }
 
     /// <summary>The segment's bytes for <see cref="SegmentKind.Literal"/> (may be empty: "/a//b", "/"); empty otherwise.</summary>
     public byte[] Literal { get; }
@@ -101,7 +105,7 @@ internal sealed class RouteTemplate
                     error = $"path template '{path}': catch-all '{part}' must be the last segment";
                     return false;
                 }
-                segments[i] = new TemplateSegment(catchAll ? SegmentKind.CatchAll : SegmentKind.Parameter, []);
+                segments[i] = new TemplateSegment(catchAll ? SegmentKind.CatchAll : SegmentKind.Parameter, [], name);
                 continue;
             }
             if (part.AsSpan().IndexOfAny("{}?#") >= 0)
