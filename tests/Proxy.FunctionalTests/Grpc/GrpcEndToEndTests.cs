@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Proxy.FunctionalTests.Infrastructure;
@@ -30,6 +31,50 @@ public sealed class GrpcEndToEndTests
 
     private static GrpcChannel Channel(TestProxy proxy) => GrpcChannel.ForAddress(proxy.PublicUri,
         new GrpcChannelOptions { HttpHandler = new SocketsHttpHandler { EnableMultipleHttp2Connections = false } });
+
+    /// <summary>
+    /// A service renamed at the edge: clients call <c>/legacy.Greeter/...</c>, the route rewrites the path (the gRPC
+    /// method) to the server's <c>/greet.Greeter/...</c>. A unary call and a bidirectional stream, so the rewrite holds
+    /// for a stream whose request body is still open while replies come back. Without the rewrite the server answers
+    /// UNIMPLEMENTED (it has no legacy service).
+    /// </summary>
+    [Fact]
+    public async Task RouteWithRewrite_RenamedService_CallsReachTheServersMethods()
+    {
+        await using var upstream = await H2Upstream.StartAsync();
+        await using var proxy = await TestProxy.StartAsync($$"""
+            listeners:
+              - { name: public, address: 127.0.0.1:0 }
+            routes:
+              - { id: legacy, match: { path: "/legacy.Greeter/{method}" }, rewrite: { path: "/greet.Greeter/{method}" }, cluster: greeter }
+            clusters:
+              greeter:
+                protocol: h2c
+                destinations: [{ address: "http://127.0.0.1:{{upstream.Port}}" }]
+                connect_timeout: 2s
+            """);
+        using var channel = Channel(proxy);
+        CallInvoker invoker = channel.CreateCallInvoker();
+        var requests = Marshallers.Create(static (HelloRequest r) => r.ToByteArray(), HelloRequest.Parser.ParseFrom);
+        var replies = Marshallers.Create(static (HelloReply r) => r.ToByteArray(), HelloReply.Parser.ParseFrom);
+
+        var sayHello = new Method<HelloRequest, HelloReply>(MethodType.Unary, "legacy.Greeter", "SayHello", requests, replies);
+        HelloReply unary = await invoker.AsyncUnaryCall(sayHello, null, new CallOptions(), new HelloRequest { Name = "renamed" });
+        Assert.Equal("Hello renamed", unary.Message);
+
+        var chatMethod = new Method<HelloRequest, HelloReply>(MethodType.DuplexStreaming, "legacy.Greeter", "Chat", requests, replies);
+        using AsyncDuplexStreamingCall<HelloRequest, HelloReply> chat = invoker.AsyncDuplexStreamingCall(chatMethod, null, new CallOptions());
+        for (int i = 0; i < 3; i++)
+        {
+            await chat.RequestStream.WriteAsync(new HelloRequest { Name = "m" + i });
+            using var wait = new CancellationTokenSource(TestDefaults.Timeout);
+            Assert.True(await chat.ResponseStream.MoveNext(wait.Token));
+            Assert.Equal("Hi m" + i, chat.ResponseStream.Current.Message);
+        }
+        await chat.RequestStream.CompleteAsync();
+        Assert.False(await chat.ResponseStream.MoveNext());
+        Assert.Equal(StatusCode.OK, chat.GetStatus().StatusCode);
+    }
 
     [Fact]
     public async Task AllFourCallShapes_ThroughTheProxy_ReturnTheServersReplies()
