@@ -9,6 +9,7 @@
 # row says which of two proxies costs less CPU per request under the same load, not how fast either one is alone.
 #
 #   bench/load/paired.sh                                   # haproxy and proxy against nginx, all scenarios, ~8 min
+#   TARGETS="haproxy yarp proxy" ROUNDS=6 bench/load/paired.sh   # YARP too (publishes its app once), ~11 min
 #   TARGETS=proxy SCENARIOS="S1 T1" ROUNDS=12 bench/load/paired.sh
 #   PROXY_BIN=/path/to/proxy TARGETS=proxy bench/load/paired.sh
 #   BASELINE_BIN=/path/to/old/proxy TARGETS=proxy bench/load/paired.sh   # a change: this checkout's proxy against an
@@ -23,9 +24,9 @@
 #   T1  TLS HTTP/1.1, 32 keep-alive connections             wrk -t1 -c32 https://
 #   T2  TLS HTTP/2, 8 connections x 10 streams              h2load -t1 -c8 -m10 https://
 #
-# Knobs: TARGETS ("haproxy proxy")  SCENARIOS ("S1 S3 S4 S5 T1 T2")  ROUNDS (8)  DURATION (4 s per round)
+# Knobs: TARGETS ("haproxy proxy"; also yarp)  SCENARIOS ("S1 S3 S4 S5 T1 T2")  ROUNDS (8)  DURATION (4 s per round)
 #        WARMUP (3)  PREWARM (10 s of S1 and T1 load after Proxy starts)  TLS_NGINX_PORT (8443)  TLS_PROXY_PORT (8444)
-#        TLS_HAPROXY_PORT (8445), BASELINE_BIN (unset: nginx is the baseline), BASELINE_PORT (8086) and
+#        TLS_HAPROXY_PORT (8445), TLS_YARP_PORT (8447), BASELINE_BIN (unset: nginx is the baseline), BASELINE_PORT (8086) and
 #        TLS_BASELINE_PORT (8446), plus common.sh's PROXY_BIN, PROXY_ENV and CPUs (both proxies on PROXY_CPUS; load
 #        generators and origin on LG_CPUS and ORIGIN_CPUS).
 set -uo pipefail
@@ -41,6 +42,7 @@ PREWARM=${PREWARM:-10}
 TLS_NGINX_PORT=${TLS_NGINX_PORT:-8443}
 TLS_PROXY_PORT=${TLS_PROXY_PORT:-8444}
 TLS_HAPROXY_PORT=${TLS_HAPROXY_PORT:-8445}
+TLS_YARP_PORT=${TLS_YARP_PORT:-8447}
 BASELINE_BIN=${BASELINE_BIN:-}
 BASELINE_PORT=${BASELINE_PORT:-8086}
 TLS_BASELINE_PORT=${TLS_BASELINE_PORT:-8446}
@@ -51,7 +53,7 @@ HZ=$(getconf CLK_TCK)
 LOAD_TIMEOUT=$((DURATION + 30))
 
 for sc in $SCENARIOS; do case $sc in S1 | S3 | S4 | S5 | T1 | T2) ;; *) die "unknown scenario '$sc' (S1 S3 S4 S5 T1 T2)" ;; esac; done
-for t in $TARGETS; do case $t in haproxy | proxy) ;; *) die "unknown target '$t' (haproxy proxy)" ;; esac; done
+for t in $TARGETS; do case $t in haproxy | yarp | proxy) ;; *) die "unknown target '$t' (haproxy yarp proxy)" ;; esac; done
 
 ensure_tools nginx haproxy wrk h2load openssl curl taskset pgrep
 raise_nofile
@@ -59,6 +61,7 @@ mkdir -p "$RUN"; fresh_run_dir
 trap stop_all EXIT
 require_free_ports "$ORIGIN_PORT" "$NGINX_PORT" "$NGINX_H2_PORT" "$HAPROXY_PORT" "$HAPROXY_H2_PORT" "$PROXY_PORT" \
     "$TLS_NGINX_PORT" "$TLS_PROXY_PORT" "$TLS_HAPROXY_PORT" "$BASELINE_PORT" "$TLS_BASELINE_PORT"
+[[ " $TARGETS " == *" yarp "* ]] && require_free_ports "$YARP_PORT" "$YARP_H2_PORT" "$TLS_YARP_PORT"
 
 make_tls_cert
 
@@ -75,6 +78,15 @@ $(nginx_tls_listen "$TLS_NGINX_PORT")"
     bind 127.0.0.1:$HAPROXY_H2_PORT proto h2
 $(haproxy_tls_bind "$TLS_HAPROXY_PORT")"
         start_bg haproxy "$PROXY_CPUS" haproxy -db -f "$RUN/haproxy-paired.cfg" ;;
+    yarp)
+        # Kestrel's HTTP/1.1 and h2c endpoints from common.sh, plus a TLS one (HTTP/1.1 and h2 by ALPN) on the same
+        # certificate as the others; one core's worth of thread pool, as the proxies get.
+        start_bg yarp "$PROXY_CPUS" env Kestrel__Endpoints__h1__Url="http://127.0.0.1:$YARP_PORT" \
+            Kestrel__Endpoints__h2__Url="http://127.0.0.1:$YARP_H2_PORT" \
+            Kestrel__Endpoints__tls__Url="https://127.0.0.1:$TLS_YARP_PORT" Kestrel__Endpoints__tls__Protocols=Http1AndHttp2 \
+            Kestrel__Endpoints__tls__Certificate__Path="$RUN/tls.pem" Kestrel__Endpoints__tls__Certificate__KeyPath="$RUN/tls.key" \
+            ReverseProxy__Clusters__origin__Destinations__d1__Address="http://127.0.0.1:$ORIGIN_PORT/" \
+            DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_PROCESSOR_COUNT=1 dotnet "$WORK/yarp-publish/YarpBench.dll" ;;
     proxy | baseline)
         local bin=$PROXY_BIN
         [[ $1 == baseline ]] && bin=$BASELINE_BIN
@@ -93,7 +105,7 @@ $(proxy_tls_listener secure "$(tls_port "$1")")"
     die "$1 did not answer 200 over TLS"
 }
 
-tls_port() { case $1 in nginx) echo "$TLS_NGINX_PORT" ;; haproxy) echo "$TLS_HAPROXY_PORT" ;; proxy) echo "$TLS_PROXY_PORT" ;; baseline) echo "$TLS_BASELINE_PORT" ;; esac; }
+tls_port() { case $1 in nginx) echo "$TLS_NGINX_PORT" ;; haproxy) echo "$TLS_HAPROXY_PORT" ;; yarp) echo "$TLS_YARP_PORT" ;; proxy) echo "$TLS_PROXY_PORT" ;; baseline) echo "$TLS_BASELINE_PORT" ;; esac; }
 # The HTTP/1.1 port: common.sh's, plus the baseline build's.
 paired_h1_port() { case $1 in baseline) echo "$BASELINE_PORT" ;; *) h1_port "$1" ;; esac; }
 # The h2c port: Proxy serves h2c (prior knowledge) on its HTTP/1.1 listener.
@@ -135,6 +147,7 @@ run_both() {
 }
 
 [[ " $TARGETS " == *" proxy "* ]] && build_proxy
+[[ " $TARGETS " == *" yarp "* ]] && build_yarp
 start_origin "$ORIGIN_CPUS"
 start_paired "$REF"
 prewarm() { # NAME : a JIT-free binary still has cold caches and pools: some S1 and T1 load first
@@ -146,7 +159,8 @@ prewarm() { # NAME : a JIT-free binary still has cold caches and pools: some S1 
 printf '%-8s %-4s %6s %12s %12s %26s %26s\n' target sc rounds "$REF us/req" "us/req" "requests vs $REF" "CPU/request vs $REF"
 for o in $TARGETS; do
     start_paired "$o"
-    [[ $o == proxy ]] && prewarm proxy
+    # A JIT-compiled YARP needs its warm-up more than anyone: tiered compilation and dynamic PGO settle under load.
+    [[ $o == proxy || $o == yarp ]] && prewarm "$o"
     for sc in $SCENARIOS; do
         run_both "$sc" "$o" "$WARMUP"
         : >"$RUN/paired-rounds.tsv"
