@@ -13,6 +13,14 @@ public sealed class InfrastructureSelfTests
 {
     private static IPEndPoint Loopback(int port) => new(IPAddress.Loopback, port);
 
+    /// <summary>The host's pool starts with threads to spare for the tests that block one (<see cref="TestHostThreadPool"/>).</summary>
+    [Fact]
+    public void TestHost_ThreadPoolStartsWithThreadsToSpare()
+    {
+        ThreadPool.GetMinThreads(out int workers, out _);
+        Assert.True(workers >= 32, $"minimum worker threads {workers}");
+    }
+
     [Fact]
     public async Task RecordingUpstream_OkBehaviour_AnswersAndRecordsRequest()
     {
