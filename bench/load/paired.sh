@@ -5,6 +5,8 @@
 # the summary is the median and quartiles of those ratios. On a shared VM whose speed changes by 2x from minute to
 # minute, run.sh's ratios (targets taking turns) spread over +-30%; these spread over a few percent.
 #
+# Per round it also takes the ratio of the two wrk loads' p99 latencies (h2load prints no percentiles).
+#
 # What it measures is not what run.sh measures: each proxy gets about half a core and half the connections, so a
 # row says which of two proxies costs less CPU per request under the same load, not how fast either one is alone.
 #
@@ -114,11 +116,11 @@ h2c_port() { case $1 in proxy | baseline) paired_h1_port "$1" ;; *) h2_port "$1"
 load_cmd() { # SCENARIO TARGET SECONDS -> LOAD (command array), KIND (wrk|h2load)
     local h1="127.0.0.1:$(paired_h1_port "$2")" tls="127.0.0.1:$(tls_port "$2")"
     case $1 in
-    S1) KIND=wrk; LOAD=(wrk -t1 -c32 -d"$3s" "http://$h1/") ;;
-    S3) KIND=wrk; LOAD=(wrk -t1 -c32 -d"$3s" "http://$h1/static/16k.bin") ;;
+    S1) KIND=wrk; LOAD=(wrk -t1 -c32 -d"$3s" --latency "http://$h1/") ;;
+    S3) KIND=wrk; LOAD=(wrk -t1 -c32 -d"$3s" --latency "http://$h1/static/16k.bin") ;;
     S4) KIND=h2load; LOAD=(h2load -t1 -c8 -m10 -D "$3" "http://127.0.0.1:$(h2c_port "$2")/") ;;
-    S5) KIND=wrk; LOAD=(wrk -t1 -c16 -d"$3s" -H 'Connection: close' "http://$h1/") ;;
-    T1) KIND=wrk; LOAD=(wrk -t1 -c32 -d"$3s" "https://$tls/") ;;
+    S5) KIND=wrk; LOAD=(wrk -t1 -c16 -d"$3s" --latency -H 'Connection: close' "http://$h1/") ;;
+    T1) KIND=wrk; LOAD=(wrk -t1 -c32 -d"$3s" --latency "https://$tls/") ;;
     T2) KIND=h2load; LOAD=(h2load -t1 -c8 -m10 -D "$3" "https://$tls/") ;;
     esac
 }
@@ -129,7 +131,16 @@ completed() { # KIND FILE
     else awk '/^requests:/ {gsub(/,/, ""); print $8}' "$2"; fi
 }
 
+# 99th percentile latency in microseconds from wrk --latency's distribution ("99%  5.67ms"); "-" for h2load, which
+# prints no percentiles
+p99_us() { # KIND FILE
+    [[ $1 == wrk ]] || { echo -; return; }
+    awk '$1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
+                       f = (u == "us") ? 1 : (u == "ms") ? 1000 : (u == "s") ? 1000000 : 0; if (f) { printf "%.0f\n", v * f; exit } }' "$2" | grep . || echo -
+}
+
 # run_both SCENARIO OTHER SECONDS : both loads at once; sets N_REF N_OTHER (requests) C_REF C_OTHER (clock ticks)
+# P_REF P_OTHER (p99 latency, us, or "-")
 run_both() {
     local sc=$1 o=$2 secs=$3 kind_n kind_o pn po
     local -a load_n load_o
@@ -144,6 +155,7 @@ run_both() {
     wait "$pn" "$po"
     C_REF=$(($(cpu_ticks "${tn[@]}") - c0n)); C_OTHER=$(($(cpu_ticks "${to[@]}") - c0o))
     N_REF=$(completed "$kind_n" "$RUN/paired-ref.txt"); N_OTHER=$(completed "$kind_o" "$RUN/paired-$o.txt")
+    P_REF=$(p99_us "$kind_n" "$RUN/paired-ref.txt"); P_OTHER=$(p99_us "$kind_o" "$RUN/paired-$o.txt")
 }
 
 [[ " $TARGETS " == *" proxy "* ]] && build_proxy
@@ -156,7 +168,7 @@ prewarm() { # NAME : a JIT-free binary still has cold caches and pools: some S1 
 }
 [[ $REF == baseline ]] && prewarm baseline
 
-printf '%-8s %-4s %6s %12s %12s %26s %26s\n' target sc rounds "$REF us/req" "us/req" "requests vs $REF" "CPU/request vs $REF"
+printf '%-8s %-4s %6s %12s %12s %26s %26s %26s\n' target sc rounds "$REF us/req" "us/req" "requests vs $REF" "CPU/request vs $REF" "p99 latency vs $REF"
 for o in $TARGETS; do
     start_paired "$o"
     # A JIT-compiled YARP needs its warm-up more than anyone: tiered compilation and dynamic PGO settle under load.
@@ -167,16 +179,17 @@ for o in $TARGETS; do
         for r in $(seq 1 "$ROUNDS"); do
             run_both "$sc" "$o" "$DURATION"
             [[ ${N_REF:-0} -gt 0 && ${N_OTHER:-0} -gt 0 ]] || { log "$o $sc round $r: no requests completed"; continue; }
-            printf '%s\t%s\t%s\t%s\n' "$N_REF" "$C_REF" "$N_OTHER" "$C_OTHER" >>"$RUN/paired-rounds.tsv"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$N_REF" "$C_REF" "$N_OTHER" "$C_OTHER" "$P_REF" "$P_OTHER" >>"$RUN/paired-rounds.tsv"
         done
         awk -F'\t' -v hz="$HZ" -v t="$o" -v sc="$sc" '
             function sorted(list, a,   n, i, j, x) { n = split(list, a, " "); for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { x = a[j]; a[j] = a[j-1]; a[j-1] = x } return n }
             function q(a, n, f,   k) { k = 1 + (n - 1) * f; return a[int(k)] + (k - int(k)) * (a[int(k) + 1] - a[int(k)]) }
             function summary(list,   a, n) { n = sorted(list, a); return sprintf("%.3f (q1-q3 %.3f-%.3f)", q(a, n, 0.5), q(a, n, 0.25), q(a, n, 0.75)) }
             function med(list,   a, n) { n = sorted(list, a); return q(a, n, 0.5) }
-            { un = $2 / hz * 1e6 / $1; uo = $4 / hz * 1e6 / $3; usn = usn " " un; uso = uso " " uo; rr = rr " " $3 / $1; cr = cr " " uo / un; n++ }
-            END { if (!n) { printf "%-8s %-4s %6d %12s %12s %26s %26s\n", t, sc, 0, "-", "-", "-", "-"; exit }
-                  printf "%-8s %-4s %6d %12.1f %12.1f %26s %26s\n", t, sc, n, med(usn), med(uso), summary(rr), summary(cr) }' "$RUN/paired-rounds.tsv"
+            { un = $2 / hz * 1e6 / $1; uo = $4 / hz * 1e6 / $3; usn = usn " " un; uso = uso " " uo; rr = rr " " $3 / $1; cr = cr " " uo / un; n++
+              if ($5 + 0 > 0 && $6 + 0 > 0) { pr = pr " " $6 / $5; np++ } }
+            END { if (!n) { printf "%-8s %-4s %6d %12s %12s %26s %26s %26s\n", t, sc, 0, "-", "-", "-", "-", "-"; exit }
+                  printf "%-8s %-4s %6d %12.1f %12.1f %26s %26s %26s\n", t, sc, n, med(usn), med(uso), summary(rr), summary(cr), np ? summary(pr) : "-" }' "$RUN/paired-rounds.tsv"
     done
     stop_proc "$o"
 done
