@@ -434,6 +434,11 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                     headRead = step == HeadStep.Complete;
                     break;
                 }
+                if (headRead && _transport.ClientCertificateMissing)
+                {
+                    await RefuseWithoutCertificateAsync().ConfigureAwait(false);
+                    headRead = false;
+                }
                 bool failed = false;
                 if (headRead)
                 {
@@ -692,6 +697,11 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
                     return; // clean close between requests, or a truncated head: nothing to answer either way
                 }
             }
+            if (_transport.ClientCertificateMissing)
+            {
+                await RefuseWithoutCertificateAsync().ConfigureAwait(false);
+                return;
+            }
 
             first = false;
             _servedFirstRequest = true;
@@ -770,6 +780,25 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         ObserveRejectedHead(status, details);
         _runtime.Metrics.HeadRejected(Listener, Head.Method, status);
         return SendErrorAsync(status, details, close: true);
+    }
+
+    /// <summary>
+    /// Details code of the 400 that answers every request of a client that sent no certificate to a listener with
+    /// <c>client_certificates.mode: require</c> (nginx: "No required SSL certificate was sent").
+    /// </summary>
+    internal const string ClientCertificateRequiredDetails = "client_certificate_required";
+
+    /// <summary>
+    /// A whole head from a client without the certificate the listener requires: refused like a head the parser
+    /// refuses, before anything else looks at it (no handler, route, filter or upstream sees it), with the access-log
+    /// line, the unrouted request metrics, 400 and close. On HTTP/2 the stream ends so; each stream is answered alike.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ValueTask RefuseWithoutCertificateAsync()
+    {
+        Disarm();
+        _waitingForRequest = false;
+        return RejectHeadAsync(400, ClientCertificateRequiredDetails);
     }
 
     /// <summary>

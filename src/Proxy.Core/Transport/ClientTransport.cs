@@ -54,6 +54,13 @@ internal abstract class ClientTransport : IDisposable
     /// <summary><see cref="ClientCertificateSubject"/> as a field value (UTF-8, no control characters), for forwarding.</summary>
     public virtual byte[]? ClientCertificateSubjectBytes => null;
 
+    /// <summary>
+    /// TLS on a listener with <c>client_certificates.mode: require</c> whose client sent no certificate: the handshake
+    /// completed, and every request on the connection (every stream, over HTTP/2) is answered 400
+    /// <c>client_certificate_required</c> before routing. A plain field, not virtual: it is read once per request.
+    /// </summary>
+    public bool ClientCertificateMissing { get; private protected init; }
+
     /// <summary>Sends FIN while still reading: the first half of a lingering close.</summary>
     public abstract void ShutdownSend();
 

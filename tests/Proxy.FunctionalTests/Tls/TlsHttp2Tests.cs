@@ -93,6 +93,35 @@ public sealed class TlsHttp2Tests : IDisposable
         Assert.Equal(HttpVersion.Version11, response.Version);
     }
 
+    /// <summary>
+    /// An HTTP/2 client without the certificate a require listener asks for gets 400 client_certificate_required on
+    /// every stream of its connection, and no stream reaches the upstream. Before, its connection was closed right
+    /// after the handshake and the request failed with no answer.
+    /// </summary>
+    [Fact]
+    public async Task MutualTlsOverH2_NoCertificate_EveryStreamGets400()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await StartAsync(upstream.Port, $", client_certificates: {{ mode: require, ca: \"{_clientCaPath}\" }}");
+        int port = SecurePort(proxy);
+        using var client = TlsClients.Create(port, _ca);
+
+        for (int i = 1; i <= 2; i++)
+        {
+            using var message = new HttpRequestMessage(i == 1 ? HttpMethod.Get : HttpMethod.Post, $"https://example.test:{port}/api/{i}")
+            {
+                Version = HttpVersion.Version20,
+                VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+                Content = i == 1 ? null : new StringContent("payload"),
+            };
+            using var response = await client.SendAsync(message);
+            Assert.Equal(HttpVersion.Version20, response.Version);
+            Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+            Assert.Equal("400 Bad Request: client_certificate_required\n", await response.Content.ReadAsStringAsync());
+        }
+        Assert.Equal(0, upstream.ConnectionCount);
+    }
+
     [Fact]
     public async Task MutualTlsOverH2_SubjectForwardedOnEveryStream()
     {

@@ -314,16 +314,100 @@ public sealed class TlsListenerTests : IDisposable
         Assert.Single(request.Headers, h => h.Key.Equals("x-client-cert-subject", StringComparison.OrdinalIgnoreCase));
     }
 
+    /// <summary>
+    /// A client without a certificate on a require listener completes the handshake and gets 400
+    /// client_certificate_required with connection: close (nginx's ssl_verify_client on: "No required SSL certificate
+    /// was sent"), counted and logged like a head refused before routing; the upstream never hears of it. Before, a
+    /// TLS 1.3 client saw its finished handshake closed with no answer (curl failed with a transport error).
+    /// </summary>
     [Fact]
-    public async Task MutualTls_Require_NoCertificateFailsHandshake()
+    public async Task MutualTls_Require_CurlWithoutCertificate_Gets400AndUpstreamSeesNothing()
     {
-        await using var proxy = await StartAsync(
-            $"{{ certificates: {Certificates}, client_certificates: {{ mode: require, ca: \"{_clientCaPath}\" }} }}");
-        int port = SecurePort(proxy);
-        using var client = TlsClients.Create(port, _ca);
+        string directory = Directory.CreateTempSubdirectory("proxy-tls-nocert-").FullName;
+        try
+        {
+            string log = Path.Combine(directory, "access.log");
+            await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+            await using var proxy = await TestProxy.StartAsync($$"""
+                admin: { address: "127.0.0.1:0" }
+                access_log: { path: "{{log}}" }
+                listeners:
+                  - name: secure
+                    address: 127.0.0.1:0
+                    tls: { certificates: {{Certificates}}, client_certificates: { mode: require, ca: "{{_clientCaPath}}" } }
+                routes:
+                  - { id: all, match: { path: "/{**rest}" }, cluster: backend }
+                clusters:
+                  backend:
+                    destinations: [{ address: "http://127.0.0.1:{{upstream.Port}}" }]
+                """);
+            int port = SecurePort(proxy);
+            string ca = _pki.WriteCa("curl-ca", _ca);
 
-        await Assert.ThrowsAsync<HttpRequestException>(() => client.GetAsync($"https://example.test:{port}/hello"));
-        await WaitForAsync(() => Model(proxy).HandshakeFailures == 1);
+            var result = await Curl.RunAsync(["-sS", "-i", "--http1.1", "--cacert", ca, "--resolve", $"example.test:{port}:127.0.0.1",
+                $"https://example.test:{port}/api/x?token=secret"]);
+
+            Assert.True(result.ExitCode == 0, result.ToString());
+            string text = result.StdoutText;
+            Assert.StartsWith("HTTP/1.1 400 Bad Request\r\n", text);
+            Assert.Contains("\r\nconnection: close\r\n", text);
+            Assert.EndsWith("\r\n\r\n400 Bad Request: client_certificate_required\n", text);
+            Assert.Equal(0, upstream.ConnectionCount);
+            Assert.Equal(0, Model(proxy).HandshakeFailures);
+
+            using var http = new HttpClient { Timeout = TestDefaults.Timeout };
+            string admin = $"http://127.0.0.1:{proxy.Server.GetEndPoint("admin").Port}";
+            PrometheusTextParser.Result scrape = PrometheusTextParser.Parse(await http.GetStringAsync($"{admin}/metrics"));
+            Assert.Equal(1, scrape.Value("proxy_local_replies_total", ("listener", "secure"), ("status", "400"), ("details", "client_certificate_required")));
+            Assert.Equal(1, scrape.Value("proxy_requests_total", ("route", ""), ("cluster", ""), ("method", "GET"), ("status_class", "4xx")));
+
+            string[] lines = [];
+            await WaitForAsync(() => (lines = File.Exists(log) ? File.ReadAllLines(log) : []).Length >= 1);
+            JsonElement line = JsonDocument.Parse(Assert.Single(lines)).RootElement;
+            Assert.Equal(400, line.GetProperty("status").GetInt32());
+            Assert.Equal("client_certificate_required", line.GetProperty("policy").GetString());
+            Assert.Equal(JsonValueKind.Null, line.GetProperty("route").ValueKind);
+            Assert.Equal("GET", line.GetProperty("method").GetString());
+            Assert.Equal("/api/x", line.GetProperty("path").GetString());
+            Assert.Equal(0, upstream.ConnectionCount);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// Over TLS 1.2 too (where a missing certificate used to fail the handshake itself), a client without a certificate
+    /// gets one 400 for the first of two pipelined requests, then the close: the second one is never served.
+    /// </summary>
+    [Theory]
+    [InlineData(SslProtocols.Tls12)]
+    [InlineData(SslProtocols.Tls13)]
+    public async Task MutualTls_Require_NoCertificatePipelined_OneAnswer400ThenClose(SslProtocols protocol)
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await StartAsync(
+            $"{{ certificates: {Certificates}, client_certificates: {{ mode: require, ca: \"{_clientCaPath}\" }} }}", upstream.Port);
+
+        var (stream, _) = await TlsClients.HandshakeAsync(SecurePort(proxy), "example.test", protocols: protocol);
+        await using var _ = stream;
+        await stream.WriteAsync("GET /a HTTP/1.1\r\nHost: example.test\r\n\r\nGET /b HTTP/1.1\r\nHost: example.test\r\n\r\n"u8.ToArray());
+        using var received = new MemoryStream();
+        using var cts = new CancellationTokenSource(TestDefaults.Timeout);
+        var buffer = new byte[4096];
+        int n;
+        while ((n = await stream.ReadAsync(buffer, cts.Token)) > 0)
+        {
+            received.Write(buffer, 0, n);
+        }
+
+        string text = System.Text.Encoding.ASCII.GetString(received.ToArray());
+        Assert.StartsWith("HTTP/1.1 400 Bad Request\r\n", text);
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(text, "HTTP/1.1 "));
+        Assert.Contains("\r\nconnection: close\r\n", text);
+        Assert.EndsWith("400 Bad Request: client_certificate_required\n", text);
+        Assert.Equal(0, upstream.ConnectionCount);
     }
 
     [Fact]

@@ -24,6 +24,7 @@ internal sealed class Http2StreamTransport : ClientTransport
         _stream = stream;
         _isSecure = connection.IsSecure;
         _connection = connection;
+        ClientCertificateMissing = connection.ClientCertificateMissing;
         _input = new CountingReader(this);
     }
 

@@ -13,7 +13,10 @@ internal enum ClientCertificateMode : byte
     None = 0,
     /// <summary>Requested; a client without one is served, a client with an invalid one is refused.</summary>
     Request,
-    /// <summary>Required: the handshake fails without a certificate that chains to the configured CA.</summary>
+    /// <summary>
+    /// Required: an invalid certificate fails the handshake; a client without one completes it and every request it
+    /// sends is answered 400 <c>client_certificate_required</c>, never routed.
+    /// </summary>
     Require,
 }
 
@@ -116,10 +119,15 @@ internal sealed class TlsListenerModel
 /// </summary>
 internal sealed class TlsCertificateSet
 {
-    private static readonly RemoteCertificateValidationCallback s_optionalClientCertificate =
+    /// <summary>
+    /// <c>request</c> and <c>require</c> alike: a certificate the client sends must chain to the configured CA (else a
+    /// TLS alert such as unknown_ca), and a client that sends none completes the handshake. For <c>require</c> that
+    /// client is answered by the HTTP layer instead, 400 <c>client_certificate_required</c> on every request
+    /// (<see cref="ClientTransport.ClientCertificateMissing"/>), as nginx's <c>ssl_verify_client on</c> does: refusing
+    /// it here failed a TLS 1.3 handshake only after the client had finished its side, so it saw a bare close.
+    /// </summary>
+    private static readonly RemoteCertificateValidationCallback s_clientCertificate =
         static (_, certificate, _, errors) => certificate is null || errors == SslPolicyErrors.None;
-    private static readonly RemoteCertificateValidationCallback s_requiredClientCertificate =
-        static (_, certificate, _, errors) => certificate is not null && errors == SslPolicyErrors.None;
 
     private readonly Dictionary<string, SslServerAuthenticationOptions> _exact;
     private readonly Dictionary<string, SslServerAuthenticationOptions>.AlternateLookup<ReadOnlySpan<char>> _wildcard;
@@ -240,12 +248,7 @@ internal sealed class TlsCertificateSet
                 CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
                 ClientCertificateRequired = mode != ClientCertificateMode.None,
                 CertificateChainPolicy = policy,
-                RemoteCertificateValidationCallback = mode switch
-                {
-                    ClientCertificateMode.Require => s_requiredClientCertificate,
-                    ClientCertificateMode.Request => s_optionalClientCertificate,
-                    _ => null,
-                },
+                RemoteCertificateValidationCallback = mode == ClientCertificateMode.None ? null : s_clientCertificate,
             };
             fallback ??= options;
             string[] hosts = source.Hosts.Length > 0 ? source.Hosts : [.. TlsCertificates.DnsNames(leaf)];

@@ -24,7 +24,7 @@ internal sealed class TlsTransport : ClientTransport
     private readonly Stream _network;
     private readonly SslStream _ssl;
 
-    private TlsTransport(Socket socket, Stream network, SslStream ssl)
+    private TlsTransport(Socket socket, Stream network, SslStream ssl, ClientCertificateMode clientCertificates)
         : base(socket.RemoteEndPoint as IPEndPoint)
     {
         _socket = socket;
@@ -41,6 +41,12 @@ internal sealed class TlsTransport : ClientTransport
             ClientCertificateSubject = subject;
             ClientCertificateSubjectBytes = FieldValue(subject);
             certificate.Dispose();
+        }
+        else
+        {
+            // The validation callback lets a client without a certificate finish the handshake in both modes that
+            // ask for one; under require its requests are answered 400 instead of served.
+            ClientCertificateMissing = clientCertificates == ClientCertificateMode.Require;
         }
     }
 
@@ -95,8 +101,9 @@ internal sealed class TlsTransport : ClientTransport
     /// <summary>
     /// Runs the handshake for an accepted socket and then the connection. Called on the thread pool, never on the
     /// accept loop: a slow or hostile client hello only costs its own connection, bounded by the handshake timeout.
-    /// Every failure (garbage, timeout, unknown CA, missing client certificate) ends in a clean close and one log line,
-    /// rate-limited, never an exception out of here.
+    /// Every failure (garbage, timeout, unknown CA) ends in a clean close and one log line, rate-limited, never an
+    /// exception out of here. A missing client certificate under <c>require</c> is not one: the connection runs, and
+    /// answers each request 400 (<see cref="ClientTransport.ClientCertificateMissing"/>).
     /// </summary>
     public static async Task AcceptAsync(ProxyRuntime runtime, ListenerModel model, Socket socket, SocketListener origin)
     {
@@ -153,7 +160,7 @@ internal sealed class TlsTransport : ClientTransport
                 }
                 await ssl.AuthenticateAsServerAsync(s_selectOptions, tls, timeout.Token).ConfigureAwait(false);
             }
-            transport = new TlsTransport(socket, network, ssl) { ClientIpCounted = counted };
+            transport = new TlsTransport(socket, network, ssl, tls.ClientCertificates) { ClientIpCounted = counted };
         }
         catch (Exception e)
         {
