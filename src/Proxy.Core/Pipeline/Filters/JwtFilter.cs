@@ -128,11 +128,14 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     private readonly TimeProvider _time;
     private readonly byte[][] _challenges;
     private readonly byte[][] _bodies;
+    private readonly PolicyDecisionCounts _counts;
     private long _verifications;
-    private long _allowed;
-    private long _rejected;
 
-    public JwtFilter(JwtOptions options, TimeProvider? time = null)
+    /// <param name="options">The compiled policy.</param>
+    /// <param name="time">The clock; <see cref="TimeProvider.System"/> when null.</param>
+    /// <param name="running">On a reload, the running <c>jwt</c> filter of the same policy name, if any: its decision
+    /// counts go on (<see cref="PolicyDecisionCounts"/>).</param>
+    public JwtFilter(JwtOptions options, TimeProvider? time = null, JwtFilter? running = null)
     {
         ArgumentOutOfRangeException.ThrowIfZero(options.Audiences.Count);
         if (options.KeySource is null)
@@ -145,6 +148,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.RequiredClaims.Count, MaxScopes);
         Options = options;
         _time = time ?? TimeProvider.System;
+        _counts = PolicyDecisionCounts.ContinueFrom(running?._counts);
         _issuer = Encoding.UTF8.GetBytes(options.Issuer);
         _audiences = options.Audiences.Select(Encoding.UTF8.GetBytes).ToArray();
         _scopes = options.RequiredScopes.Select(Encoding.UTF8.GetBytes).ToArray();
@@ -219,11 +223,11 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     /// <summary>Full verifications (signature checks) since the policy was compiled; cache hits do not count.</summary>
     public long VerificationCount => Volatile.Read(ref _verifications);
 
-    /// <summary>Requests let through since the policy was compiled.</summary>
-    public long AllowedCount => Volatile.Read(ref _allowed);
+    /// <summary>Requests let through since the policy was first compiled (a reload that keeps it keeps counting).</summary>
+    public long AllowedCount => Volatile.Read(ref _counts.Allowed);
 
-    /// <summary>Requests answered 401 or 403 since the policy was compiled.</summary>
-    public long RejectedCount => Volatile.Read(ref _rejected);
+    /// <summary>Requests answered 401 or 403, counted as <see cref="AllowedCount"/>.</summary>
+    public long RejectedCount => Volatile.Read(ref _counts.Rejected);
 
     public static string DetailsCode(JwtResult result) => s_details[(int)result];
 
@@ -245,7 +249,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         {
             context.Identity.SetToken(subject, clientId);
             _forwarding?.Apply(context);
-            Interlocked.Increment(ref _allowed);
+            Interlocked.Increment(ref _counts.Allowed);
             return FilterStatus.Continue;
         }
         return Reject(context, result);
@@ -917,7 +921,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     [MethodImpl(MethodImplOptions.NoInlining)]
     private FilterStatus Reject(RequestContext context, JwtResult result)
     {
-        Interlocked.Increment(ref _rejected);
+        Interlocked.Increment(ref _counts.Rejected);
         int i = (int)result;
         // RFC 6750 section 3: every 401 and 403 from a bearer-protected resource carries the challenge.
         context.AddResponseHeader("www-authenticate"u8, _challenges[i]);
