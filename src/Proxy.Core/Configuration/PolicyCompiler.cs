@@ -672,7 +672,9 @@ internal static partial class PolicyCompiler
     /// A <c>jwt</c> policy. With <paramref name="running"/> (a reload, the running filter of the same name), a
     /// <c>jwks_url</c> source with the same URL, schedule and clock goes on as it is (its keys, its refresh timer): a
     /// reload neither refetches nor starts without keys. One with the same URL and another schedule starts from the
-    /// running one's last good set. Otherwise (a new URL, or none before) the set is empty until its first fetch.
+    /// running one's last good set. Otherwise (a new URL, or none before) the set is empty until its first fetch. The
+    /// filter takes over the running one's verified-token cache when a cached verdict still means the same
+    /// (<see cref="JwtFilter.SameCache"/>: among others, the very same source, or a jwks_file of identical content).
     /// </summary>
     private static JwtFilter? BuildJwt(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory,
         bool validateOnly = false, JwtFilter? running = null)
@@ -692,6 +694,7 @@ internal static partial class PolicyCompiler
         IdentityForwardingOptions? forward = null;
         TimeSpan skew = TimeSpan.FromSeconds(30);
         JsonWebKey[]? keys = null;
+        byte[]? keysSha256 = null;
         bool hasJwks = false;
         foreach (var setting in policy.Settings)
         {
@@ -826,7 +829,7 @@ internal static partial class PolicyCompiler
                 case "jwks_file":
                     hasJwks = true;
                     jwksFile = value;
-                    keys = LoadJwks(value, baseDirectory, errors);
+                    keys = LoadJwks(value, baseDirectory, errors, out keysSha256);
                     break;
             }
         }
@@ -881,13 +884,18 @@ internal static partial class PolicyCompiler
             ForwardIdentity = forward,
             ClockSkew = skew,
             Keys = keys ?? [],
+            KeySetSha256 = keysSha256,
             KeySource = source,
         }, time, running);
     }
 
-    /// <summary>Reads the JWKS at compile time; a path is relative to the config file's directory.</summary>
-    private static JsonWebKey[]? LoadJwks(Located<string> file, string baseDirectory, ConfigErrorList errors)
+    /// <summary>
+    /// Reads the JWKS at compile time; a path is relative to the config file's directory. <paramref name="sha256"/> is
+    /// the content's digest, by which a reload tells an unchanged key set (<see cref="JwtFilter.SameCache"/>).
+    /// </summary>
+    private static JsonWebKey[]? LoadJwks(Located<string> file, string baseDirectory, ConfigErrorList errors, out byte[]? sha256)
     {
+        sha256 = null;
         if (file.Value.Length == 0)
         {
             errors.Add(file.Mark, "'jwks_file' must not be empty");
@@ -903,6 +911,7 @@ internal static partial class PolicyCompiler
             errors.Add(file.Mark, $"cannot read jwks_file '{file.Value}': {e.Message}");
             return null;
         }
+        sha256 = System.Security.Cryptography.SHA256.HashData(bytes);
         try
         {
             return JsonWebKeySet.Parse(bytes);
