@@ -39,11 +39,13 @@ public sealed class JwksUrlTests : IDisposable
         return $"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {body.Length}\r\n\r\n{body}";
     }));
 
-    private static string Mint(RSA key, string kid)
+    /// <summary>A token signed by <paramref name="key"/>; with a <paramref name="subject"/>, one no other call mints.</summary>
+    private static string Mint(RSA key, string kid, string? subject = null)
     {
         var now = DateTime.UtcNow;
         return new JwtSecurityTokenHandler().CreateEncodedJwt(new SecurityTokenDescriptor
         {
+            Claims = subject is null ? null : new Dictionary<string, object> { ["sub"] = subject },
             Issuer = Issuer,
             Audience = "orders-api",
             IssuedAt = now,
@@ -213,6 +215,47 @@ public sealed class JwksUrlTests : IDisposable
         // Its first fetch has failed by now (connection refused): the last good set stays.
         await Task.Delay(300);
         Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {token}")).Status);
+    }
+
+    /// <summary>
+    /// A reload that leaves what a cached verdict means unchanged keeps the policy's verified-token cache: a token
+    /// verified before the reload is not checked again after it. Seen through a key rotation: once the key server
+    /// has retired k1 and the source has fetched the new set, a k1 token passes only from the cache (a k1 token not
+    /// seen before is refused). Before, every reload emptied the cache, so that token was checked again and refused
+    /// (and every token in use cost a signature check after each reload). A reload that adds <c>forward_identity</c>
+    /// keeps the cache, and the subject forwarded is the cached one; one that changes <c>clock_skew</c> (an entry's
+    /// expiry includes it) starts an empty cache.
+    /// </summary>
+    [Fact]
+    public async Task JwksUrl_Reload_KeepsVerifiedTokensWhileTheirMeaningHolds()
+    {
+        await using var keys = StartKeyServer();
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        string policy = Policy(keys.Port);
+        await using var proxy = await TestProxy.StartAsync(Config(policy, upstream.Port));
+        await using var client = await proxy.ConnectAsync();
+        string cached = Mint(_old, "k1", subject: "alice");
+        Assert.Equal(200, (await GetUntilAsync(client, cached, 200)).Status);
+
+        // The issuer retires k1. A k2 token names a kid the set lacks, which refetches; it passes once the set is in.
+        _jwks = Jwks((_new, "k2"));
+        Assert.Equal(200, (await GetUntilAsync(client, Mint(_new, "k2"), 200)).Status);
+        IdentityPolicyTests.Problem(await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {Mint(_old, "k1", subject: "bob")}"), 401);
+        Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}")).Status);
+
+        // An unrelated change, then identity forwarding added: the same source, the same verdicts.
+        var result = await proxy.Server.ReloadAsync(Config(policy, upstream.Port, """- { id: other, match: { path: "/other" }, respond: { status: 200, body: "one" } }"""));
+        Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
+        Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}")).Status);
+        result = await proxy.Server.ReloadAsync(Config(policy + "\n      forward_identity: { subject: x-auth-subject }", upstream.Port));
+        Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
+        Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}")).Status);
+        Assert.Equal("alice", upstream.Requests[^1].Header("x-auth-subject"));
+
+        // A changed clock skew: an empty cache, so the k1 token is checked again, and refused.
+        result = await proxy.Server.ReloadAsync(Config(policy + "\n      clock_skew: 31s", upstream.Port));
+        Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
+        IdentityPolicyTests.Problem(await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}"), 401);
     }
 
     [Fact]

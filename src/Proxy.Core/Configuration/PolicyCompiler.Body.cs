@@ -10,7 +10,7 @@ internal static partial class PolicyCompiler
     /// <summary>The body limit when <c>max_bytes</c> is not given.</summary>
     internal const long DefaultRequestBodyMaxBytes = 1L << 20;
 
-    private static RequestBodyFilter? BuildRequestBody(PolicyConfig policy, Located<string> kind, ConfigErrorList errors)
+    private static RequestBodyFilter? BuildRequestBody(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, RequestBodyFilter? running = null)
     {
         int before = errors.Count;
         long maxBytes = DefaultRequestBodyMaxBytes;
@@ -69,6 +69,6 @@ internal static partial class PolicyCompiler
         {
             return null;
         }
-        return new RequestBodyFilter(maxBytes, contentTypes, json);
+        return new RequestBodyFilter(maxBytes, contentTypes, json, running);
     }
 }

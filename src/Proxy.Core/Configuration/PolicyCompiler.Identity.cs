@@ -110,7 +110,7 @@ internal static partial class PolicyCompiler
     private static readonly string[] s_denyKeys = ["path_traversal", "sql_injection", "xss", "methods", "patterns"];
     private static readonly string[] s_standardMethods = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
-    private static DenyFilter? BuildDeny(PolicyConfig policy, Located<string> kind, ConfigErrorList errors)
+    private static DenyFilter? BuildDeny(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, DenyFilter? running = null)
     {
         int before = errors.Count;
         string name = policy.Name.Value;
@@ -205,10 +205,10 @@ internal static partial class PolicyCompiler
             Xss = xss,
             Methods = methods ?? [],
             Patterns = patterns,
-        });
+        }, running);
     }
 
-    private static ApiKeyFilter? BuildApiKey(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, string baseDirectory)
+    private static ApiKeyFilter? BuildApiKey(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, string baseDirectory, ApiKeyFilter? running = null)
     {
         int before = errors.Count;
         string name = policy.Name.Value;
@@ -289,7 +289,7 @@ internal static partial class PolicyCompiler
             QueryParameter = query ?? "",
             Keys = keys,
             ForwardIdentity = forward,
-        });
+        }, running);
     }
 
     private static readonly string[] s_introspectionKeys =

@@ -83,9 +83,10 @@ internal static partial class PolicyCompiler
 
     /// <summary>
     /// Builds every policy's filter (on a validated config, so nothing fails). With <paramref name="running"/> (a
-    /// reload: the running snapshot's policies), a policy that keeps its name gets the running filter of that name,
-    /// so a <c>rate_limit</c> whose state-relevant definition is unchanged takes over its tables
-    /// (<see cref="RateLimitFilter.SameState"/>).
+    /// reload: the running snapshot's policies), a policy that keeps its name gets the running filter of that name:
+    /// when it is of the same kind, the built-in filter goes on with its decision counts
+    /// (<see cref="PolicyDecisionCounts"/>), and a <c>rate_limit</c> whose state-relevant definition is unchanged takes
+    /// over its tables (<see cref="RateLimitFilter.SameState"/>).
     /// </summary>
     public static Dictionary<string, IProxyFilter> BuildAll(ProxyConfig config, TimeProvider time,
         IReadOnlyList<KeyValuePair<string, IProxyFilter>>? running = null)
@@ -178,7 +179,8 @@ internal static partial class PolicyCompiler
     /// Checks one policy's settings and builds its filter; null (errors added) when they are wrong. With
     /// <paramref name="validateOnly"/>, built-in kinds skip building (a rate-limit table is a MiB); custom kinds are
     /// built, since their factory is their validation. <paramref name="running"/> is the filter of the same name in the
-    /// running config (a reload), for a kind that carries state over.
+    /// running config (a reload): a built-in filter of the same kind hands over its decision counts, and some kinds
+    /// more (rate-limit tables, a JWKS source, an answer cache).
     /// </summary>
     public static IProxyFilter? Build(PolicyConfig policy, ConfigErrorList errors, TimeProvider time, string baseDirectory = "", bool validateOnly = false,
         IProxyFilter? running = null)
@@ -192,14 +194,14 @@ internal static partial class PolicyCompiler
             case "rate_limit":
                 return BuildRateLimit(policy, kind, errors, time, validateOnly, running as RateLimitFilter);
             case "ip_filter":
-                return BuildIpFilter(policy, kind, errors);
+                return BuildIpFilter(policy, kind, errors, running as IpFilter);
             case "jwt":
                 return BuildJwt(policy, kind, errors, time, baseDirectory, validateOnly, running as JwtFilter);
             // Identity and WAF kinds: PolicyCompiler.Identity.cs.
             case "api_key":
-                return BuildApiKey(policy, kind, errors, baseDirectory);
+                return BuildApiKey(policy, kind, errors, baseDirectory, running as ApiKeyFilter);
             case "deny":
-                return BuildDeny(policy, kind, errors);
+                return BuildDeny(policy, kind, errors, running as DenyFilter);
             case "introspection":
                 return BuildIntrospection(policy, kind, errors, time, baseDirectory, validateOnly, running as IntrospectionFilter);
             // Header rewrites (upstream request, response): PolicyCompiler.Headers.cs.
@@ -208,7 +210,7 @@ internal static partial class PolicyCompiler
                 return BuildHeaderRewrite(policy, kind, errors);
             // The request-body phase: PolicyCompiler.Body.cs.
             case "request_body":
-                return BuildRequestBody(policy, kind, errors);
+                return BuildRequestBody(policy, kind, errors, running as RequestBodyFilter);
         }
         if (!PolicyKinds.TryGetCustom(kind.Value, out var factory))
         {
@@ -607,7 +609,7 @@ internal static partial class PolicyCompiler
         return windowSeconds != 0;
     }
 
-    private static IpFilter? BuildIpFilter(PolicyConfig policy, Located<string> kind, ConfigErrorList errors)
+    private static IpFilter? BuildIpFilter(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, IpFilter? running = null)
     {
         int before = errors.Count;
         var allow = new List<IPNetwork>();
@@ -663,14 +665,16 @@ internal static partial class PolicyCompiler
                 $"ip_filter policy '{policy.Name.Value}' can never pass: every address in its allow list is also in its deny list (deny wins)");
             return null;
         }
-        return new IpFilter(policy.Name.Value, allow, deny, trusted);
+        return new IpFilter(policy.Name.Value, allow, deny, trusted, running);
     }
 
     /// <summary>
     /// A <c>jwt</c> policy. With <paramref name="running"/> (a reload, the running filter of the same name), a
     /// <c>jwks_url</c> source with the same URL, schedule and clock goes on as it is (its keys, its refresh timer): a
     /// reload neither refetches nor starts without keys. One with the same URL and another schedule starts from the
-    /// running one's last good set. Otherwise (a new URL, or none before) the set is empty until its first fetch.
+    /// running one's last good set. Otherwise (a new URL, or none before) the set is empty until its first fetch. The
+    /// filter takes over the running one's verified-token cache when a cached verdict still means the same
+    /// (<see cref="JwtFilter.SameCache"/>: among others, the very same source, or a jwks_file of identical content).
     /// </summary>
     private static JwtFilter? BuildJwt(PolicyConfig policy, Located<string> kind, ConfigErrorList errors, TimeProvider time, string baseDirectory,
         bool validateOnly = false, JwtFilter? running = null)
@@ -690,6 +694,7 @@ internal static partial class PolicyCompiler
         IdentityForwardingOptions? forward = null;
         TimeSpan skew = TimeSpan.FromSeconds(30);
         JsonWebKey[]? keys = null;
+        byte[]? keysSha256 = null;
         bool hasJwks = false;
         foreach (var setting in policy.Settings)
         {
@@ -824,7 +829,7 @@ internal static partial class PolicyCompiler
                 case "jwks_file":
                     hasJwks = true;
                     jwksFile = value;
-                    keys = LoadJwks(value, baseDirectory, errors);
+                    keys = LoadJwks(value, baseDirectory, errors, out keysSha256);
                     break;
             }
         }
@@ -879,13 +884,18 @@ internal static partial class PolicyCompiler
             ForwardIdentity = forward,
             ClockSkew = skew,
             Keys = keys ?? [],
+            KeySetSha256 = keysSha256,
             KeySource = source,
-        }, time);
+        }, time, running);
     }
 
-    /// <summary>Reads the JWKS at compile time; a path is relative to the config file's directory.</summary>
-    private static JsonWebKey[]? LoadJwks(Located<string> file, string baseDirectory, ConfigErrorList errors)
+    /// <summary>
+    /// Reads the JWKS at compile time; a path is relative to the config file's directory. <paramref name="sha256"/> is
+    /// the content's digest, by which a reload tells an unchanged key set (<see cref="JwtFilter.SameCache"/>).
+    /// </summary>
+    private static JsonWebKey[]? LoadJwks(Located<string> file, string baseDirectory, ConfigErrorList errors, out byte[]? sha256)
     {
+        sha256 = null;
         if (file.Value.Length == 0)
         {
             errors.Add(file.Mark, "'jwks_file' must not be empty");
@@ -901,6 +911,7 @@ internal static partial class PolicyCompiler
             errors.Add(file.Mark, $"cannot read jwks_file '{file.Value}': {e.Message}");
             return null;
         }
+        sha256 = System.Security.Cryptography.SHA256.HashData(bytes);
         try
         {
             return JsonWebKeySet.Parse(bytes);

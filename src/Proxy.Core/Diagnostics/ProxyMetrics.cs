@@ -366,7 +366,7 @@ internal sealed class ProxyMetrics : IDisposable
             new("proxy_upstream_requests_active", MetricType.Gauge,
                 "Requests in flight to each destination, by cluster and destination.", CollectDestinations(DestinationValue.Active)),
             new("proxy_policy_decisions_total", MetricType.Counter,
-                "Built-in policy decisions since the config was loaded, by policy and decision (rate_limit: allowed, limited, quota_exceeded, store_error; ip_filter: denied).",
+                "Built-in policy decisions, by policy and decision (rate_limit: allowed, limited, quota_exceeded, store_error; ip_filter: denied); a reload that keeps a policy's name and kind goes on counting.",
                 CollectPolicies(snapshot)),
             new("proxy_upstream_destination_healthy", MetricType.Gauge,
                 "1 when the destination may take requests (not marked down by health checks, not ejected), by cluster and destination.",
@@ -409,7 +409,11 @@ internal sealed class ProxyMetrics : IDisposable
         new([new("kind", "request")], _runtime.RequestsPerIp.Refused),
     ];
 
-    /// <summary>The built-in filters keep their own counters; they start over when a reload builds new filters.</summary>
+    /// <summary>
+    /// The built-in filters count their decisions themselves (<see cref="Pipeline.Filters.PolicyDecisionCounts"/>); a
+    /// reload that keeps a policy's name and kind hands its counts to the new filter, so they never go back. Only the
+    /// running snapshot's policies are exported: a policy a reload removes (or renames) stops being exported.
+    /// </summary>
     private static List<MetricSample> CollectPolicies(ProxySnapshot snapshot)
     {
         var samples = new List<MetricSample>();

@@ -61,16 +61,19 @@ internal sealed class ApiKeyFilter : IRequestHeadersFilter, IPolicyDecisionCount
     private readonly byte[] _missingBody;
     private readonly byte[] _invalidBody;
     private readonly IdentityForwarding? _forwarding;
-    private long _allowed;
-    private long _rejected;
+    private readonly PolicyDecisionCounts _counts;
 
-    public ApiKeyFilter(ApiKeyOptions options)
+    /// <param name="options">The compiled policy.</param>
+    /// <param name="running">On a reload, the running <c>api_key</c> filter of the same policy name, if any: its
+    /// decision counts go on (<see cref="PolicyDecisionCounts"/>).</param>
+    public ApiKeyFilter(ApiKeyOptions options, ApiKeyFilter? running = null)
     {
         if (options.Header.Length == 0 == (options.QueryParameter.Length == 0))
         {
             throw new ArgumentException("Exactly one of Header and QueryParameter is required.", nameof(options));
         }
         Options = options;
+        _counts = PolicyDecisionCounts.ContinueFrom(running?._counts);
         _header = Encoding.ASCII.GetBytes(options.Header);
         _query = Encoding.UTF8.GetBytes(options.QueryParameter);
         int size = (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(4, options.Keys.Count * 2));
@@ -109,9 +112,9 @@ internal sealed class ApiKeyFilter : IRequestHeadersFilter, IPolicyDecisionCount
 
     public ApiKeyOptions Options { get; }
 
-    public long AllowedCount => Volatile.Read(ref _allowed);
+    public long AllowedCount => Volatile.Read(ref _counts.Allowed);
 
-    public long RejectedCount => Volatile.Read(ref _rejected);
+    public long RejectedCount => Volatile.Read(ref _counts.Rejected);
 
     IEnumerable<(string Decision, long Count)> IPolicyDecisionCounters.Decisions => [("allowed", AllowedCount), ("rejected", RejectedCount)];
 
@@ -157,7 +160,7 @@ internal sealed class ApiKeyFilter : IRequestHeadersFilter, IPolicyDecisionCount
         }
         context.Identity.SetConsumer(slot.Consumer, slot.Plan);
         _forwarding?.Apply(context);
-        Interlocked.Increment(ref _allowed);
+        Interlocked.Increment(ref _counts.Allowed);
         return FilterStatus.Continue;
     }
 
@@ -313,7 +316,7 @@ internal sealed class ApiKeyFilter : IRequestHeadersFilter, IPolicyDecisionCount
     [MethodImpl(MethodImplOptions.NoInlining)]
     private FilterStatus Reject(RequestContext context, bool invalid)
     {
-        Interlocked.Increment(ref _rejected);
+        Interlocked.Increment(ref _counts.Rejected);
         context.AddResponseHeader("www-authenticate"u8, _challenge);
         return context.Respond(401, invalid ? InvalidCode : MissingCode, s_problemJson, invalid ? _invalidBody : _missingBody);
     }

@@ -76,13 +76,15 @@ internal sealed class DenyFilter : IRequestHeadersFilter, IRequestTrailerScreen,
     private readonly bool _xss;
     private readonly bool _scansText;
     private readonly byte[][] _bodies;
-    private long _allowed;
-    private long _denied;
-    private long _droppedTrailers;
+    private readonly PolicyDecisionCounts _counts;
 
-    public DenyFilter(DenyOptions options)
+    /// <param name="options">The compiled policy.</param>
+    /// <param name="running">On a reload, the running <c>deny</c> filter of the same policy name, if any: its decision
+    /// counts go on (<see cref="PolicyDecisionCounts"/>).</param>
+    public DenyFilter(DenyOptions options, DenyFilter? running = null)
     {
         Options = options;
+        _counts = PolicyDecisionCounts.ContinueFrom(running?._counts);
         _pathTraversal = options.PathTraversal;
         _sql = options.SqlInjection;
         _xss = options.Xss;
@@ -98,12 +100,12 @@ internal sealed class DenyFilter : IRequestHeadersFilter, IRequestTrailerScreen,
 
     public DenyOptions Options { get; }
 
-    public long AllowedCount => Volatile.Read(ref _allowed);
+    public long AllowedCount => Volatile.Read(ref _counts.Allowed);
 
-    public long DeniedCount => Volatile.Read(ref _denied);
+    public long DeniedCount => Volatile.Read(ref _counts.Denied);
 
     /// <summary>Request trailer fields dropped because a rule refused their value.</summary>
-    public long DroppedTrailerCount => Volatile.Read(ref _droppedTrailers);
+    public long DroppedTrailerCount => Volatile.Read(ref _counts.TrailersDropped);
 
     IEnumerable<(string Decision, long Count)> IPolicyDecisionCounters.Decisions
         => [("allowed", AllowedCount), ("denied", DeniedCount), ("trailer_dropped", DroppedTrailerCount)];
@@ -115,7 +117,7 @@ internal sealed class DenyFilter : IRequestHeadersFilter, IRequestTrailerScreen,
         DenyRule rule = Check(context);
         if (rule == DenyRule.None)
         {
-            Interlocked.Increment(ref _allowed);
+            Interlocked.Increment(ref _counts.Allowed);
             return FilterStatus.Continue;
         }
         return Reject(context, rule);
@@ -151,7 +153,7 @@ internal sealed class DenyFilter : IRequestHeadersFilter, IRequestTrailerScreen,
         {
             return false;
         }
-        Interlocked.Increment(ref _droppedTrailers);
+        Interlocked.Increment(ref _counts.TrailersDropped);
         return true;
     }
 
@@ -277,7 +279,7 @@ internal sealed class DenyFilter : IRequestHeadersFilter, IRequestTrailerScreen,
     [MethodImpl(MethodImplOptions.NoInlining)]
     private FilterStatus Reject(RequestContext context, DenyRule rule)
     {
-        Interlocked.Increment(ref _denied);
+        Interlocked.Increment(ref _counts.Denied);
         return context.Respond(403, s_details[(int)rule], s_problemJson, _bodies[(int)rule]);
     }
 }

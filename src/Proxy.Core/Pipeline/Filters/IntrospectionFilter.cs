@@ -88,9 +88,7 @@ internal sealed class IntrospectionFilter : IAsyncRequestHeadersFilter, IPolicyD
     private readonly byte[][] _bodies;
     // Misses being asked about right now, by token: later requests for the same token wait on the same call.
     private readonly ConcurrentDictionary<TokenDigest, Task<IntrospectionCache.Entry>> _inflight = new();
-    private long _allowed;
-    private long _rejected;
-    private long _unavailable;
+    private readonly PolicyDecisionCounts _counts;
     private long _calls;
     private long _lastErrorLog;
     private long _errorsSinceLog;
@@ -102,13 +100,14 @@ internal sealed class IntrospectionFilter : IAsyncRequestHeadersFilter, IPolicyD
     /// credentials for the same required scopes, with the same cache size and TTL on the same clock
     /// (<see cref="SameCache"/>), this filter takes over its cache, the same instance, so a reload does not send every
     /// token in use back to the authorization server. Both filters may then serve requests at once: the cache is
-    /// thread-safe.
+    /// thread-safe. Its decision counts go on in any case (<see cref="PolicyDecisionCounts"/>).
     /// </param>
     public IntrospectionFilter(IntrospectionOptions options, TimeProvider? time = null, IntrospectionFilter? running = null)
     {
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.RequiredScopes.Count, MaxScopes);
         Options = options;
         _time = time ?? TimeProvider.System;
+        _counts = PolicyDecisionCounts.ContinueFrom(running?._counts);
         _client = new IntrospectionClient(options.Url, options.ClientId, options.ClientSecret, options.Timeout);
         KeptCache = running is not null && ReferenceEquals(running._time, _time) && SameCache(running.Options, options);
         _cache = KeptCache ? running!._cache : new IntrospectionCache(options.CacheMax);
@@ -156,14 +155,14 @@ internal sealed class IntrospectionFilter : IAsyncRequestHeadersFilter, IPolicyD
 
     public IntrospectionOptions Options { get; }
 
-    /// <summary>Requests let through since the policy was compiled.</summary>
-    public long AllowedCount => Volatile.Read(ref _allowed);
+    /// <summary>Requests let through since the policy was first compiled (a reload that keeps it keeps counting).</summary>
+    public long AllowedCount => Volatile.Read(ref _counts.Allowed);
 
     /// <summary>Requests answered 401 or 403.</summary>
-    public long RejectedCount => Volatile.Read(ref _rejected);
+    public long RejectedCount => Volatile.Read(ref _counts.Rejected);
 
     /// <summary>Requests answered 503 because the server could not be asked.</summary>
-    public long UnavailableCount => Volatile.Read(ref _unavailable);
+    public long UnavailableCount => Volatile.Read(ref _counts.Unavailable);
 
     /// <summary>Calls made to the introspection endpoint (cache misses, concurrent ones counted once).</summary>
     public long CallCount => Volatile.Read(ref _calls);
@@ -313,7 +312,7 @@ internal sealed class IntrospectionFilter : IAsyncRequestHeadersFilter, IPolicyD
         }
         context.Identity.SetToken(entry.Subject, entry.ClientId);
         _forwarding?.Apply(context);
-        Interlocked.Increment(ref _allowed);
+        Interlocked.Increment(ref _counts.Allowed);
         return FilterStatus.Continue;
     }
 
@@ -335,7 +334,7 @@ internal sealed class IntrospectionFilter : IAsyncRequestHeadersFilter, IPolicyD
     [MethodImpl(MethodImplOptions.NoInlining)]
     private FilterStatus Reject(RequestContext context, IntrospectionOutcome outcome)
     {
-        Interlocked.Increment(ref _rejected);
+        Interlocked.Increment(ref _counts.Rejected);
         int i = (int)outcome;
         // RFC 6750 section 3: every 401 and 403 from a bearer-protected resource carries the challenge.
         context.AddResponseHeader("www-authenticate"u8, _challenges[i]);
@@ -345,7 +344,7 @@ internal sealed class IntrospectionFilter : IAsyncRequestHeadersFilter, IPolicyD
     [MethodImpl(MethodImplOptions.NoInlining)]
     private FilterStatus Unavailable(RequestContext context, Exception e)
     {
-        Interlocked.Increment(ref _unavailable);
+        Interlocked.Increment(ref _counts.Unavailable);
         ReportError(e);
         context.AddResponseHeader("retry-after"u8, "1"u8);
         int i = (int)IntrospectionOutcome.Unavailable;

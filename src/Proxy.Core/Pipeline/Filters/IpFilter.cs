@@ -22,11 +22,19 @@ internal sealed class IpFilter : IRequestHeadersFilter
     private readonly CidrSet _trusted;
     private readonly byte[] _body;
     private readonly byte[] _invalidBody;
-    private long _denied;
+    private readonly PolicyDecisionCounts _counts;
 
-    public IpFilter(string policyName, IReadOnlyList<IPNetwork> allow, IReadOnlyList<IPNetwork> deny, IReadOnlyList<IPNetwork>? trustedProxies = null)
+    /// <param name="policyName">The policy, named in answers.</param>
+    /// <param name="allow">Networks allowed; empty: every network not denied.</param>
+    /// <param name="deny">Networks denied (deny wins).</param>
+    /// <param name="trustedProxies">Peers whose X-Forwarded-For is read.</param>
+    /// <param name="running">On a reload, the running <c>ip_filter</c> filter of the same policy name, if any: its
+    /// decision counts go on (<see cref="PolicyDecisionCounts"/>).</param>
+    public IpFilter(string policyName, IReadOnlyList<IPNetwork> allow, IReadOnlyList<IPNetwork> deny, IReadOnlyList<IPNetwork>? trustedProxies = null,
+        IpFilter? running = null)
     {
         PolicyName = policyName;
+        _counts = PolicyDecisionCounts.ContinueFrom(running?._counts);
         _allow = new CidrSet(allow);
         _deny = new CidrSet(deny);
         _trusted = new CidrSet(trustedProxies ?? []);
@@ -36,8 +44,8 @@ internal sealed class IpFilter : IRequestHeadersFilter
 
     public string PolicyName { get; }
 
-    /// <summary>Requests refused since the policy was compiled.</summary>
-    public long DeniedCount => Volatile.Read(ref _denied);
+    /// <summary>Requests refused since the policy was first compiled (a reload that keeps it keeps counting).</summary>
+    public long DeniedCount => Volatile.Read(ref _counts.Denied);
 
     public bool IsAllowed(IPAddress address) => !_deny.Contains(address) && (_allow.IsEmpty || _allow.Contains(address));
 
@@ -116,7 +124,7 @@ internal sealed class IpFilter : IRequestHeadersFilter
     [MethodImpl(MethodImplOptions.NoInlining)]
     private FilterStatus Deny(RequestContext context, byte[] body, string details)
     {
-        Interlocked.Increment(ref _denied);
+        Interlocked.Increment(ref _counts.Denied);
         return context.Respond(403, details, s_problemJson, body);
     }
 }

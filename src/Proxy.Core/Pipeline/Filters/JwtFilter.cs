@@ -62,6 +62,11 @@ internal sealed record JwtOptions
     public TimeSpan ClockSkew { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>Keys from a jwks_file; empty when <see cref="KeySource"/> supplies them.</summary>
     public IReadOnlyList<JsonWebKey> Keys { get; init; } = [];
+    /// <summary>
+    /// The SHA-256 of the jwks_file content <see cref="Keys"/> were read from, so that a reload can tell the same key
+    /// set from another (<see cref="JwtFilter.SameCache"/>); null when unknown, which never counts as the same.
+    /// </summary>
+    public byte[]? KeySetSha256 { get; init; }
     /// <summary>A remote key set (jwks_url), fetched and refreshed in the background.</summary>
     public JwksSource? KeySource { get; init; }
     /// <summary>Verified tokens remembered (rounded up to a power of two).</summary>
@@ -128,11 +133,19 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     private readonly TimeProvider _time;
     private readonly byte[][] _challenges;
     private readonly byte[][] _bodies;
+    private readonly PolicyDecisionCounts _counts;
     private long _verifications;
-    private long _allowed;
-    private long _rejected;
 
-    public JwtFilter(JwtOptions options, TimeProvider? time = null)
+    /// <param name="options">The compiled policy.</param>
+    /// <param name="time">The clock; <see cref="TimeProvider.System"/> when null.</param>
+    /// <param name="running">
+    /// On a reload, the running <c>jwt</c> filter of the same policy name, if any: its decision counts go on
+    /// (<see cref="PolicyDecisionCounts"/>), and when a verdict it cached means the same under
+    /// <paramref name="options"/> on the same clock (<see cref="SameCache"/>), this filter takes over its
+    /// verified-token cache, the same instance, so a reload does not send every token in use through a signature
+    /// check again. Both filters may then serve requests at once: the cache is thread-safe.
+    /// </param>
+    public JwtFilter(JwtOptions options, TimeProvider? time = null, JwtFilter? running = null)
     {
         ArgumentOutOfRangeException.ThrowIfZero(options.Audiences.Count);
         if (options.KeySource is null)
@@ -145,6 +158,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.RequiredClaims.Count, MaxScopes);
         Options = options;
         _time = time ?? TimeProvider.System;
+        _counts = PolicyDecisionCounts.ContinueFrom(running?._counts);
         _issuer = Encoding.UTF8.GetBytes(options.Issuer);
         _audiences = options.Audiences.Select(Encoding.UTF8.GetBytes).ToArray();
         _scopes = options.RequiredScopes.Select(Encoding.UTF8.GetBytes).ToArray();
@@ -165,7 +179,8 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         _forwarding = options.ForwardIdentity is { IsEmpty: false } forward ? new IdentityForwarding(forward) : null;
         _skewSeconds = (long)Math.Ceiling(options.ClockSkew.TotalSeconds);
         _keys = [.. options.Keys];
-        _cache = new VerifiedTokenCache(options.CacheCapacity);
+        KeptCache = running is not null && ReferenceEquals(running._time, _time) && SameCache(running.Options, options);
+        _cache = KeptCache ? running!._cache : new VerifiedTokenCache(options.CacheCapacity);
 
         string name = options.PolicyName;
         _challenges = new byte[s_details.Length][];
@@ -216,14 +231,42 @@ internal sealed class JwtFilter : IRequestHeadersFilter
 
     public JwtOptions Options { get; }
 
+    /// <summary>True when this filter took over the verified-token cache of the filter it replaced on a reload.</summary>
+    internal bool KeptCache { get; }
+
+    /// <summary>
+    /// Whether a token cached as verified under <paramref name="running"/> may count as verified under
+    /// <paramref name="next"/>, with the same subject and client id: the same key source (the very <see cref="JwksSource"/>, which a reload
+    /// keeps when <c>jwks_url</c>, <c>jwks_refresh</c> and <c>jwks_min_refetch</c> are unchanged, or a jwks_file of
+    /// identical content: the same keys, hence the same algorithms), the same issuer, audiences, required scopes,
+    /// roles and claims with their modes and roles claim, the same clock skew (an entry's expiry includes it) and the
+    /// same cache size. Lists compare in order: a reordered list is taken as a change, which only costs a fresh cache.
+    /// <c>forward_identity</c> does not count: an entry keeps the subject and client id whatever is forwarded, and
+    /// the identity comes from the registered claims alone. Anything else changed: the policy starts with an empty
+    /// cache.
+    /// </summary>
+    internal static bool SameCache(JwtOptions running, JwtOptions next)
+    {
+        bool sameKeys = next.KeySource is not null
+            ? ReferenceEquals(running.KeySource, next.KeySource)
+            : running.KeySource is null && running.KeySetSha256 is { } was && next.KeySetSha256 is { } now && was.AsSpan().SequenceEqual(now);
+        return sameKeys && running.PolicyName == next.PolicyName && running.Issuer == next.Issuer
+            && running.Audiences.SequenceEqual(next.Audiences, StringComparer.Ordinal)
+            && running.RequiredScopes.SequenceEqual(next.RequiredScopes, StringComparer.Ordinal) && running.AllScopes == next.AllScopes
+            && running.RequiredRoles.SequenceEqual(next.RequiredRoles, StringComparer.Ordinal) && running.AllRoles == next.AllRoles
+            && running.RolesClaim == next.RolesClaim
+            && running.RequiredClaims.Select(c => (c.Key, c.Value)).SequenceEqual(next.RequiredClaims.Select(c => (c.Key, c.Value)))
+            && running.ClockSkew == next.ClockSkew && running.CacheCapacity == next.CacheCapacity;
+    }
+
     /// <summary>Full verifications (signature checks) since the policy was compiled; cache hits do not count.</summary>
     public long VerificationCount => Volatile.Read(ref _verifications);
 
-    /// <summary>Requests let through since the policy was compiled.</summary>
-    public long AllowedCount => Volatile.Read(ref _allowed);
+    /// <summary>Requests let through since the policy was first compiled (a reload that keeps it keeps counting).</summary>
+    public long AllowedCount => Volatile.Read(ref _counts.Allowed);
 
-    /// <summary>Requests answered 401 or 403 since the policy was compiled.</summary>
-    public long RejectedCount => Volatile.Read(ref _rejected);
+    /// <summary>Requests answered 401 or 403, counted as <see cref="AllowedCount"/>.</summary>
+    public long RejectedCount => Volatile.Read(ref _counts.Rejected);
 
     public static string DetailsCode(JwtResult result) => s_details[(int)result];
 
@@ -245,7 +288,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         {
             context.Identity.SetToken(subject, clientId);
             _forwarding?.Apply(context);
-            Interlocked.Increment(ref _allowed);
+            Interlocked.Increment(ref _counts.Allowed);
             return FilterStatus.Continue;
         }
         return Reject(context, result);
@@ -917,7 +960,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     [MethodImpl(MethodImplOptions.NoInlining)]
     private FilterStatus Reject(RequestContext context, JwtResult result)
     {
-        Interlocked.Increment(ref _rejected);
+        Interlocked.Increment(ref _counts.Rejected);
         int i = (int)result;
         // RFC 6750 section 3: every 401 and 403 from a bearer-protected resource carries the challenge.
         context.AddResponseHeader("www-authenticate"u8, _challenges[i]);

@@ -111,10 +111,7 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
     private readonly int _leaseUnits;
     private readonly byte[] _storeErrorBody;
     private readonly WindowClock?[] _windowClocks = new WindowClock?[4];
-    private long _allowed;
-    private long _limited;
-    private long _quotaExceeded;
-    private long _storeErrors;
+    private readonly PolicyDecisionCounts _counts;
 
     /// <param name="options">The compiled policy.</param>
     /// <param name="time">The clock; <see cref="TimeProvider.System"/> when null.</param>
@@ -122,7 +119,8 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
     /// On a reload, the running filter of the same policy name, if any: when its state-relevant definition equals
     /// <paramref name="options"/>' (<see cref="SameState"/>) and it uses the same clock, this filter takes over its
     /// tables, the same instances, so every key keeps its budget and quota count across the reload. Both filters may
-    /// then serve requests at once (the old snapshot's in flight, the new one's): the tables are thread-safe.
+    /// then serve requests at once (the old snapshot's in flight, the new one's): the tables are thread-safe. Its decision counts go
+    /// on in any case (<see cref="PolicyDecisionCounts"/>).
     /// </param>
     public RateLimitFilter(RateLimitOptions options, TimeProvider? time = null, RateLimitFilter? running = null)
     {
@@ -131,6 +129,7 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
         _keyKind = options.KeyKind;
         _headerName = Encoding.ASCII.GetBytes(options.HeaderName);
         _ticksPerSecond = _time.TimestampFrequency;
+        _counts = PolicyDecisionCounts.ContinueFrom(running?._counts);
 
         RateLimitPlan own = OwnLimits(options);
         _ownPlan = new CompiledPlan(options.PolicyName, own, _time.TimestampFrequency);
@@ -234,17 +233,17 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
         && (a.Burst > 0 ? a.Burst : a.Rate) == (b.Burst > 0 ? b.Burst : b.Rate)
         && a.Quota == b.Quota && (a.Quota == 0 || a.QuotaPeriod == b.QuotaPeriod);
 
-    /// <summary>Requests let through since the policy was compiled.</summary>
-    public long AllowedCount => Volatile.Read(ref _allowed);
+    /// <summary>Requests let through since the policy was first compiled (a reload that keeps it keeps counting).</summary>
+    public long AllowedCount => Volatile.Read(ref _counts.Allowed);
 
-    /// <summary>Requests answered with 429 for the rate since the policy was compiled.</summary>
-    public long LimitedCount => Volatile.Read(ref _limited);
+    /// <summary>Requests answered with 429 for the rate, counted as <see cref="AllowedCount"/>.</summary>
+    public long LimitedCount => Volatile.Read(ref _counts.Limited);
 
-    /// <summary>Requests answered with 429 for the quota since the policy was compiled.</summary>
-    public long QuotaExceededCount => Volatile.Read(ref _quotaExceeded);
+    /// <summary>Requests answered with 429 for the quota, counted as <see cref="AllowedCount"/>.</summary>
+    public long QuotaExceededCount => Volatile.Read(ref _counts.QuotaExceeded);
 
     /// <summary>Decisions the shared store (Redis) could not make, answered by <c>on_error</c>.</summary>
-    public long StoreErrorCount => Volatile.Read(ref _storeErrors);
+    public long StoreErrorCount => Volatile.Read(ref _counts.StoreErrors);
 
     internal GcraTable Table => _table;
 
@@ -262,7 +261,7 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
             {
                 // A unit leased from Redis earlier: already charged there, so no round trip. What remains in Redis
                 // is unknown here, so only RateLimit-Policy goes on the response.
-                Interlocked.Increment(ref _allowed);
+                Interlocked.Increment(ref _counts.Allowed);
                 context.AddResponseHeader("ratelimit-policy"u8, SelectPlan(context).PolicyField);
                 return FilterStatus.Continue;
             }
@@ -325,14 +324,14 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
         switch (decision.Outcome)
         {
             case Outcome.Allowed:
-                Interlocked.Increment(ref _allowed);
+                Interlocked.Increment(ref _counts.Allowed);
                 // Draft section 5: the fields may go on any response, so clients can pace themselves before a 429.
                 WriteDraftFields(context, plan, in decision);
                 return FilterStatus.Continue;
             case Outcome.QuotaExceeded:
-                return Reject(context, plan, in decision, QuotaDetailsCode, plan.QuotaBody, ref _quotaExceeded);
+                return Reject(context, plan, in decision, QuotaDetailsCode, plan.QuotaBody, ref _counts.QuotaExceeded);
             default:
-                return Reject(context, plan, in decision, DetailsCode, plan.RateBody, ref _limited);
+                return Reject(context, plan, in decision, DetailsCode, plan.RateBody, ref _counts.Limited);
         }
     }
 
@@ -503,12 +502,12 @@ internal sealed class RateLimitFilter : IAsyncRequestHeadersFilter
     [MethodImpl(MethodImplOptions.NoInlining)]
     private FilterStatus StoreFailed(RequestContext context, Exception e)
     {
-        Interlocked.Increment(ref _storeErrors);
+        Interlocked.Increment(ref _counts.StoreErrors);
         RedisRateLimitStore redis = _redis!;
         redis.ReportError(e);
         if (redis.Options.OnErrorAllow)
         {
-            Interlocked.Increment(ref _allowed);
+            Interlocked.Increment(ref _counts.Allowed);
             return FilterStatus.Continue;
         }
         context.AddResponseHeader("retry-after"u8, "1"u8);

@@ -29,21 +29,26 @@ internal sealed class RequestBodyFilter : IRequestBodyFilter, IPolicyDecisionCou
     /// <summary>Lower-case media types (type/subtype, no parameters); empty: any content type.</summary>
     private readonly byte[][] _contentTypes;
     private readonly bool _json;
-    private long _allowed;
-    private long _refused;
+    private readonly PolicyDecisionCounts _counts;
 
-    public RequestBodyFilter(long maxBodyBytes, IReadOnlyList<string> contentTypes, bool json)
+    /// <param name="maxBodyBytes">Largest body let through.</param>
+    /// <param name="contentTypes">Media types let through; empty: any.</param>
+    /// <param name="json">Whether a body must be one well-formed JSON value.</param>
+    /// <param name="running">On a reload, the running <c>request_body</c> filter of the same policy name, if any: its
+    /// decision counts go on (<see cref="PolicyDecisionCounts"/>).</param>
+    public RequestBodyFilter(long maxBodyBytes, IReadOnlyList<string> contentTypes, bool json, RequestBodyFilter? running = null)
     {
         MaxBodyBytes = maxBodyBytes;
+        _counts = PolicyDecisionCounts.ContinueFrom(running?._counts);
         _contentTypes = contentTypes.Select(t => Encoding.ASCII.GetBytes(t.ToLowerInvariant())).ToArray();
         _json = json;
     }
 
     public long MaxBodyBytes { get; }
 
-    public long AllowedCount => Volatile.Read(ref _allowed);
+    public long AllowedCount => Volatile.Read(ref _counts.Allowed);
 
-    public long RefusedCount => Volatile.Read(ref _refused);
+    public long RefusedCount => Volatile.Read(ref _counts.Refused);
 
     IEnumerable<(string Decision, long Count)> IPolicyDecisionCounters.Decisions => [("allowed", AllowedCount), ("refused", RefusedCount)];
 
@@ -51,7 +56,7 @@ internal sealed class RequestBodyFilter : IRequestBodyFilter, IPolicyDecisionCou
     {
         if (body.IsEmpty)
         {
-            Interlocked.Increment(ref _allowed);
+            Interlocked.Increment(ref _counts.Allowed);
             return FilterStatus.Continue;
         }
         if (_contentTypes.Length > 0
@@ -63,7 +68,7 @@ internal sealed class RequestBodyFilter : IRequestBodyFilter, IPolicyDecisionCou
         {
             return Refuse(context, 400, InvalidJsonDetails, s_invalidJsonBody);
         }
-        Interlocked.Increment(ref _allowed);
+        Interlocked.Increment(ref _counts.Allowed);
         return FilterStatus.Continue;
     }
 
@@ -149,7 +154,7 @@ internal sealed class RequestBodyFilter : IRequestBodyFilter, IPolicyDecisionCou
     [MethodImpl(MethodImplOptions.NoInlining)]
     private FilterStatus Refuse(RequestContext context, int status, string details, byte[] body)
     {
-        Interlocked.Increment(ref _refused);
+        Interlocked.Increment(ref _counts.Refused);
         return context.Respond(status, details, "text/plain"u8, body);
     }
 }
