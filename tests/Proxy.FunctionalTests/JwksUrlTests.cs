@@ -3,6 +3,7 @@ using System.Globalization;
 using System.IdentityModel.Tokens.Jwt;
 using System.Security.Cryptography;
 using Microsoft.IdentityModel.Tokens;
+using Proxy.Core.Tests.Diagnostics;
 using Proxy.FunctionalTests.Infrastructure;
 
 namespace Proxy.FunctionalTests;
@@ -99,6 +100,35 @@ public sealed class JwksUrlTests : IDisposable
         Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {Mint(_old, "k1")}")).Status);
     }
 
+    /// <summary>
+    /// A key the issuer withdraws from its set (rotated out, or compromised) stops verifying tokens at the proxy's next
+    /// successful fetch, tokens already cached included: a cached verdict names the set that verified it, and the
+    /// fetched set is another one, so the token is checked again, as at first sight, and refused. Before, a cached k1
+    /// token went on passing until its exp.
+    /// </summary>
+    [Fact]
+    public async Task JwksUrl_KeyRemovedFromSet_CachedTokenRefusedOnceTheNewSetIsFetched()
+    {
+        await using var keys = StartKeyServer();
+        var (upstream, proxy) = await IdentityPolicyTests.StartAsync(Policy(keys.Port), "jwt-remote");
+        await using var _ = upstream;
+        await using var __ = proxy;
+        await using var client = await proxy.ConnectAsync();
+        string cached = Mint(_old, "k1");
+        Assert.Equal(200, (await GetUntilAsync(client, cached, 200)).Status);
+        Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}")).Status);
+
+        // The issuer withdraws k1. A k2 token names a kid the set lacks, which fetches the new set; it passes once
+        // the set is in.
+        _jwks = Jwks((_new, "k2"));
+        Assert.Equal(200, (await GetUntilAsync(client, Mint(_new, "k2"), 200)).Status);
+
+        var refused = await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}");
+        IdentityPolicyTests.Problem(refused, 401);
+        Assert.Equal("Bearer realm=\"jwt-remote\", error=\"invalid_token\", error_description=\"The token signature, algorithm or key is not accepted\"",
+            refused.Header("www-authenticate"));
+    }
+
     [Fact]
     public async Task JwksUrl_EdDsaKeyRotatedIn_AcceptsEd25519TokenAndRefusesTampered()
     {
@@ -166,6 +196,7 @@ public sealed class JwksUrlTests : IDisposable
 
     /// <summary>The identity tests' config with <see cref="Policy"/>, plus <paramref name="extraRoute"/> (a reload's change).</summary>
     private static string Config(string policies, int upstreamPort, string extraRoute = "") => $$"""
+        admin: { address: "127.0.0.1:0" }
         policies:
         {{policies}}
         listeners:
@@ -217,14 +248,21 @@ public sealed class JwksUrlTests : IDisposable
         Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {token}")).Status);
     }
 
+    /// <summary>The policy's <c>proxy_jwt_signature_checks_total</c>, scraped from the admin listener's <c>/metrics</c>.</summary>
+    private static async Task<double> SignatureChecksAsync(TestProxy proxy)
+    {
+        using var http = new HttpClient();
+        string text = await http.GetStringAsync($"http://127.0.0.1:{proxy.Server.GetEndPoint("admin").Port.ToString(CultureInfo.InvariantCulture)}/metrics");
+        return PrometheusTextParser.Parse(text).Value("proxy_jwt_signature_checks_total", ("policy", "jwt-remote"));
+    }
+
     /// <summary>
     /// A reload that leaves what a cached verdict means unchanged keeps the policy's verified-token cache: a token
-    /// verified before the reload is not checked again after it. Seen through a key rotation: once the key server
-    /// has retired k1 and the source has fetched the new set, a k1 token passes only from the cache (a k1 token not
-    /// seen before is refused). Before, every reload emptied the cache, so that token was checked again and refused
-    /// (and every token in use cost a signature check after each reload). A reload that adds <c>forward_identity</c>
-    /// keeps the cache, and the subject forwarded is the cached one; one that changes <c>clock_skew</c> (an entry's
-    /// expiry includes it) starts an empty cache.
+    /// verified before the reload passes after it without another signature check, which
+    /// <c>proxy_jwt_signature_checks_total</c> shows by staying put. So does a reload that adds
+    /// <c>forward_identity</c>, and the subject forwarded is the cached one. One that changes <c>clock_skew</c> (an
+    /// entry's expiry includes it) starts an empty cache: the token is checked again, and the counter, which a reload
+    /// keeping the policy carries on, goes up by one. Before, the count was not exported.
     /// </summary>
     [Fact]
     public async Task JwksUrl_Reload_KeepsVerifiedTokensWhileTheirMeaningHolds()
@@ -236,26 +274,28 @@ public sealed class JwksUrlTests : IDisposable
         await using var client = await proxy.ConnectAsync();
         string cached = Mint(_old, "k1", subject: "alice");
         Assert.Equal(200, (await GetUntilAsync(client, cached, 200)).Status);
-
-        // The issuer retires k1. A k2 token names a kid the set lacks, which refetches; it passes once the set is in.
-        _jwks = Jwks((_new, "k2"));
-        Assert.Equal(200, (await GetUntilAsync(client, Mint(_new, "k2"), 200)).Status);
-        IdentityPolicyTests.Problem(await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {Mint(_old, "k1", subject: "bob")}"), 401);
+        Assert.Equal(1, await SignatureChecksAsync(proxy));
         Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}")).Status);
+        Assert.Equal(1, await SignatureChecksAsync(proxy));
 
-        // An unrelated change, then identity forwarding added: the same source, the same verdicts.
+        // An unrelated change, then identity forwarding added: the same source, the same verdicts, from the cache.
         var result = await proxy.Server.ReloadAsync(Config(policy, upstream.Port, """- { id: other, match: { path: "/other" }, respond: { status: 200, body: "one" } }"""));
         Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
         Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}")).Status);
+        Assert.Equal(1, await SignatureChecksAsync(proxy));
         result = await proxy.Server.ReloadAsync(Config(policy + "\n      forward_identity: { subject: x-auth-subject }", upstream.Port));
         Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
         Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}")).Status);
         Assert.Equal("alice", upstream.Requests[^1].Header("x-auth-subject"));
+        Assert.Equal(1, await SignatureChecksAsync(proxy));
 
-        // A changed clock skew: an empty cache, so the k1 token is checked again, and refused.
+        // A changed clock skew: an empty cache, so the token is checked again (and passes: k1 is still in the set).
         result = await proxy.Server.ReloadAsync(Config(policy + "\n      clock_skew: 31s", upstream.Port));
         Assert.True(result.Success && result.Changed, string.Join("\n", result.Errors));
-        IdentityPolicyTests.Problem(await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}"), 401);
+        Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}")).Status);
+        Assert.Equal(2, await SignatureChecksAsync(proxy));
+        Assert.Equal(200, (await IdentityPolicyTests.GetAsync(client, "/orders/1", $"Authorization: Bearer {cached}")).Status);
+        Assert.Equal(2, await SignatureChecksAsync(proxy));
     }
 
     [Fact]

@@ -368,6 +368,9 @@ internal sealed class ProxyMetrics : IDisposable
             new("proxy_policy_decisions_total", MetricType.Counter,
                 "Built-in policy decisions, by policy and decision (rate_limit: allowed, limited, quota_exceeded, store_error; ip_filter: denied); a reload that keeps a policy's name and kind goes on counting.",
                 CollectPolicies(snapshot)),
+            new("proxy_jwt_signature_checks_total", MetricType.Counter,
+                "Tokens a jwt policy checked against their key (verified-token cache misses), by policy; a reload that keeps the policy's name and kind goes on counting.",
+                CollectJwtSignatureChecks(snapshot)),
             new("proxy_upstream_destination_healthy", MetricType.Gauge,
                 "1 when the destination may take requests (not marked down by health checks, not ejected), by cluster and destination.",
                 CollectDestinations(DestinationValue.Healthy)),
@@ -440,6 +443,23 @@ internal sealed class ProxyMetrics : IDisposable
                         samples.Add(new([new("policy", name), new("decision", decision)], count));
                     }
                     break;
+            }
+        }
+        return samples;
+    }
+
+    /// <summary>
+    /// Each <c>jwt</c> policy's signature checks (<see cref="Pipeline.Filters.JwtFilter.VerificationCount"/>), kept
+    /// across reloads as the decision counts are; beside <c>allowed</c>, the cache's hit rate.
+    /// </summary>
+    private static List<MetricSample> CollectJwtSignatureChecks(ProxySnapshot snapshot)
+    {
+        var samples = new List<MetricSample>();
+        foreach (var (name, filter) in snapshot.Policies)
+        {
+            if (filter is Pipeline.Filters.JwtFilter jwt)
+            {
+                samples.Add(new([new("policy", name)], jwt.VerificationCount));
             }
         }
         return samples;

@@ -1,3 +1,6 @@
+using System.Buffers.Text;
+using System.Security.Cryptography;
+using System.Text;
 using Proxy.Configuration;
 using Proxy.Model;
 using Proxy.Pipeline.Filters;
@@ -57,6 +60,45 @@ public sealed class JwtReloadCompileTests : IDisposable
     [Fact]
     public void Compile_JwksFileRewrittenWithTheSameContent_TakesOverVerifiedTokenCache()
         => Assert.True(Reload("", "", between: () => File.WriteAllText(Jwks, OneKey)).KeptCache);
+
+    /// <summary>An HS256 token for <see cref="OneKey"/>, valid for ten minutes from now (the loader's clock is the system's).</summary>
+    private static byte[] HmacToken()
+    {
+        long now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        string input = Base64Url.EncodeToString("{\"alg\":\"HS256\",\"kid\":\"h1\"}"u8) + "."
+            + Base64Url.EncodeToString(Encoding.UTF8.GetBytes($"{{\"iss\":\"https://idp.example.test\",\"aud\":\"orders-api\",\"exp\":{now + 600}}}"));
+        byte[] mac = HMACSHA256.HashData(Base64Url.DecodeFromChars("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0"), Encoding.ASCII.GetBytes(input));
+        return Encoding.ASCII.GetBytes(input + "." + Base64Url.EncodeToString(mac));
+    }
+
+    /// <summary>
+    /// A cache entry names the key set it was verified against, so the filter a reload builds must keep the running
+    /// filter's key array along with its cache, or every kept entry would miss. The signature check count goes on
+    /// across the reload (it is exported as a counter): the token verified before the reload costs none after it.
+    /// </summary>
+    [Fact]
+    public void Compile_JwksFileRewrittenWithTheSameContent_KeptCacheHitsWithoutASignatureCheck()
+    {
+        var first = ConfigLoader.LoadText(WithJwt(), "a.yaml").Snapshot!;
+        byte[] token = HmacToken();
+        Assert.Equal(JwtResult.Valid, Token(first).Validate(token));
+        Assert.Equal(1, Token(first).VerificationCount);
+
+        File.WriteAllText(Jwks, OneKey);
+        var result = ConfigLoader.LoadText(WithJwt(routeId: "other"), "a.yaml", first);
+        Assert.True(result.Success, string.Join("\n", result.Errors));
+        JwtFilter next = Token(result.Snapshot!);
+        Assert.True(next.KeptCache);
+        Assert.Equal(JwtResult.Valid, next.Validate(token));
+        Assert.Equal(1, next.VerificationCount);
+
+        // A changed clock skew starts an empty cache: the token is checked again, and the count goes on from 1.
+        result = ConfigLoader.LoadText(WithJwt("clock_skew: 10s"), "a.yaml", result.Snapshot);
+        Assert.True(result.Success, string.Join("\n", result.Errors));
+        Assert.False(Token(result.Snapshot!).KeptCache);
+        Assert.Equal(JwtResult.Valid, Token(result.Snapshot!).Validate(token));
+        Assert.Equal(2, Token(result.Snapshot!).VerificationCount);
+    }
 
     [Fact]
     public void Compile_JwksFileContentChanged_StartsAnEmptyCache()

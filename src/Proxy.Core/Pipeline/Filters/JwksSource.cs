@@ -1,3 +1,4 @@
+using System.Security.Cryptography;
 using Proxy.Diagnostics;
 
 namespace Proxy.Pipeline.Filters;
@@ -18,9 +19,13 @@ internal sealed record JwksSourceOptions
 /// <c>jwks_refresh</c>, and early when a token names an unknown <c>kid</c> (key rotation), at most once per
 /// <c>jwks_min_refetch</c> so a flood of made-up kids cannot turn into a flood of fetches. A failed fetch keeps the
 /// last good set. The data plane only reads <see cref="Keys"/> (one volatile read) and never waits for a fetch.
+/// A fetch that brings a different set publishes a new array, and the policy's verified tokens, which name the array
+/// they were checked against, are checked again against it; a fetch that brings the same body keeps the array, so a
+/// scheduled refresh costs no signature check.
 /// </summary>
 /// <remarks>
-/// Concurrency: <see cref="Keys"/> is an immutable array swapped whole; fetches are serialised by <c>_fetching</c>.
+/// Concurrency: <see cref="Keys"/> is an immutable array swapped whole; fetches are serialised by <c>_fetching</c>,
+/// which also guards <c>_keysSha256</c> (read and written by fetches only).
 /// Lifetime: the timer holds only a weak reference to this source, so when a reload drops the policy's filter, the
 /// timer stops itself at its next tick.
 /// </remarks>
@@ -42,6 +47,8 @@ internal sealed class JwksSource
     private readonly string _policyName;
     private ITimer? _timer;
     private JsonWebKey[] _keys = [];
+    /// <summary>The SHA-256 of the body <see cref="_keys"/> was parsed from; null for a seed or before the first fetch.</summary>
+    private byte[]? _keysSha256;
     private long _lastFetchTimestamp = long.MinValue;
     private int _fetching;
     private long _fetchCount;
@@ -156,12 +163,20 @@ internal sealed class JwksSource
                 return false;
             }
             byte[] body = await response.Content.ReadAsByteArrayAsync(cts.Token).ConfigureAwait(false);
+            byte[] sha256 = SHA256.HashData(body);
+            if (_keysSha256 is { } current && current.AsSpan().SequenceEqual(sha256))
+            {
+                // The same set: the array (and every cache entry naming it) stays. A body that differs only in
+                // spacing or key order is taken as a new set, which costs one check per token in use, nothing more.
+                return true;
+            }
             JsonWebKey[] keys = JsonWebKeySet.Parse(body);
             if (keys.Length == 0)
             {
                 ProxyLog.Error("jwks_fetch_failed", ("policy", _policyName), ("url", Options.Url.ToString()), ("error", "no usable signing key"));
                 return false;
             }
+            _keysSha256 = sha256;
             Volatile.Write(ref _keys, keys);
             return true;
         }

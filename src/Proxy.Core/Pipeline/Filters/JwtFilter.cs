@@ -77,8 +77,8 @@ internal sealed record JwtOptions
 /// The built-in <c>jwt</c> policy: requires a bearer token (RFC 6750 section 2.1) that is a compact JWS (RFC 7515
 /// section 7.1) signed by a key from the policy's JWKS, with the expected issuer and audience, inside its validity
 /// window (RFC 7519 section 4.1) and carrying the required scopes. Refusals are RFC 6750 section 3 challenges with an
-/// RFC 9457 problem body. A token that passed is remembered until it expires (<see cref="VerifiedTokenCache"/>), so
-/// a repeated token costs a lookup and allocates nothing.
+/// RFC 9457 problem body. A token that passed is remembered until it expires or the policy's key set changes
+/// (<see cref="VerifiedTokenCache"/>), so a repeated token costs a lookup and allocates nothing.
 /// </summary>
 internal sealed class JwtFilter : IRequestHeadersFilter
 {
@@ -134,7 +134,6 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     private readonly byte[][] _challenges;
     private readonly byte[][] _bodies;
     private readonly PolicyDecisionCounts _counts;
-    private long _verifications;
 
     /// <param name="options">The compiled policy.</param>
     /// <param name="time">The clock; <see cref="TimeProvider.System"/> when null.</param>
@@ -143,7 +142,8 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     /// (<see cref="PolicyDecisionCounts"/>), and when a verdict it cached means the same under
     /// <paramref name="options"/> on the same clock (<see cref="SameCache"/>), this filter takes over its
     /// verified-token cache, the same instance, so a reload does not send every token in use through a signature
-    /// check again. Both filters may then serve requests at once: the cache is thread-safe.
+    /// check again (with a jwks_file, it also takes over the running filter's key set instance, which the cached
+    /// entries name). Both filters may then serve requests at once: the cache is thread-safe.
     /// </param>
     public JwtFilter(JwtOptions options, TimeProvider? time = null, JwtFilter? running = null)
     {
@@ -178,9 +178,12 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         _allClaims = Mask(_claimPaths.Length);
         _forwarding = options.ForwardIdentity is { IsEmpty: false } forward ? new IdentityForwarding(forward) : null;
         _skewSeconds = (long)Math.Ceiling(options.ClockSkew.TotalSeconds);
-        _keys = [.. options.Keys];
         KeptCache = running is not null && ReferenceEquals(running._time, _time) && SameCache(running.Options, options);
         _cache = KeptCache ? running!._cache : new VerifiedTokenCache(options.CacheCapacity);
+        // A cache entry holds only while the policy's key set is the instance it was verified against: a kept cache
+        // keeps hitting with the running filter's array (SameCache found the file's content identical), a new one
+        // starts from its own copy. A jwks_url policy reads the source's set instead (KeptCache: the same source).
+        _keys = KeptCache && options.KeySource is null ? running!._keys : [.. options.Keys];
 
         string name = options.PolicyName;
         _challenges = new byte[s_details.Length][];
@@ -259,8 +262,15 @@ internal sealed class JwtFilter : IRequestHeadersFilter
             && running.ClockSkew == next.ClockSkew && running.CacheCapacity == next.CacheCapacity;
     }
 
-    /// <summary>Full verifications (signature checks) since the policy was compiled; cache hits do not count.</summary>
-    public long VerificationCount => Volatile.Read(ref _verifications);
+    /// <summary>
+    /// Signature checks (tokens that missed the cache and got as far as their key) since the policy was first
+    /// compiled: a reload that keeps the policy keeps counting, as <see cref="AllowedCount"/>. Exported as
+    /// <c>proxy_jwt_signature_checks_total</c>; against the allowed count it tells how well the cache works.
+    /// </summary>
+    public long VerificationCount => Volatile.Read(ref _counts.SignatureChecks);
+
+    /// <summary>The key set a token is checked against now: one volatile read of the source's set, or the file's.</summary>
+    private JsonWebKey[] CurrentKeys => _source?.Keys ?? _keys;
 
     /// <summary>Requests let through since the policy was first compiled (a reload that keeps it keeps counting).</summary>
     public long AllowedCount => Volatile.Read(ref _counts.Allowed);
@@ -310,23 +320,26 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         // Only the tail is hashed: it is signature bytes, which differ between any two tokens an issuer signs, and a
         // hit still compares the whole token, so a crafted collision costs its sender a miss and nothing else.
         ulong hash = RateLimitFilter.Hash(token[Math.Max(0, token.Length - 48)..]);
-        if (_cache.TryGet(token, hash, now, out subject, out clientId))
+        // One read of the key set for the lookup and the check: a background refresh may swap it meanwhile, and an
+        // entry must name the set that really verified it (a swap then costs one more check, never a stale pass).
+        JsonWebKey[] keys = CurrentKeys;
+        if (_cache.TryGet(token, hash, now, keys, out subject, out clientId))
         {
             return JwtResult.Valid;
         }
-        JwtResult result = Verify(token, now, out long expires, out subject, out clientId);
+        JwtResult result = Verify(token, now, keys, out long expires, out subject, out clientId);
         if (result == JwtResult.Valid)
         {
             // Skew included: the cache must not turn a token away earlier than a full check would.
-            _cache.Add(token, hash, expires + _skewSeconds, subject, clientId);
+            _cache.Add(token, hash, expires + _skewSeconds, keys, subject, clientId);
         }
         return result;
     }
 
     /// <summary>A full check without the cache (tests and benchmarks measure this path).</summary>
-    public JwtResult Verify(ReadOnlySpan<byte> token, long now, out long expires) => Verify(token, now, out expires, out _, out _);
+    public JwtResult Verify(ReadOnlySpan<byte> token, long now, out long expires) => Verify(token, now, CurrentKeys, out expires, out _, out _);
 
-    private JwtResult Verify(ReadOnlySpan<byte> token, long now, out long expires, out byte[]? subject, out byte[]? clientId)
+    private JwtResult Verify(ReadOnlySpan<byte> token, long now, JsonWebKey[] keys, out long expires, out byte[]? subject, out byte[]? clientId)
     {
         expires = 0;
         subject = null;
@@ -335,7 +348,6 @@ internal sealed class JwtFilter : IRequestHeadersFilter
         {
             return JwtResult.Malformed;
         }
-        Interlocked.Increment(ref _verifications);
 
         // RFC 7515 section 7.1: BASE64URL(header) '.' BASE64URL(payload) '.' BASE64URL(signature); a JWE has five
         // parts and is refused by the third-part check.
@@ -380,12 +392,12 @@ internal sealed class JwtFilter : IRequestHeadersFilter
             }
             ReadOnlySpan<byte> payload = buffer[..payloadLength];
 
-            JwtResult result = ReadHeader(header, out JwsAlgorithm algorithm, out JsonWebKey? key);
+            JwtResult result = ReadHeader(header, keys, out JwsAlgorithm algorithm, out JsonWebKey? key);
             if (result == JwtResult.Invalid && key is null && _source is not null)
             {
                 // A kid we do not hold may be a rotated-in key: fetch again (rate-limited), refuse this token.
                 _source.OnUnknownKey();
-                if (_source.Keys.Length == 0)
+                if (keys.Length == 0)
                 {
                     return JwtResult.KeysUnavailable;
                 }
@@ -394,6 +406,7 @@ internal sealed class JwtFilter : IRequestHeadersFilter
             {
                 return result;
             }
+            Interlocked.Increment(ref _counts.SignatureChecks);
             if (!VerifySignature(key!, algorithm, signingInput, signature))
             {
                 return JwtResult.Invalid;
@@ -428,13 +441,11 @@ internal sealed class JwtFilter : IRequestHeadersFilter
     }
 
     /// <summary>The JOSE header (RFC 7515 section 4.1): "alg" picks the algorithm, "kid" the key; "crit" is refused.</summary>
-    private JwtResult ReadHeader(ReadOnlySpan<byte> header, out JwsAlgorithm algorithm, out JsonWebKey? key)
+    private static JwtResult ReadHeader(ReadOnlySpan<byte> header, JsonWebKey[] keys, out JwsAlgorithm algorithm, out JsonWebKey? key)
     {
         algorithm = JwsAlgorithm.Unknown;
         key = null;
         bool hasKid = false;
-        // One read of the current set: a background refresh may swap it while this token is checked.
-        JsonWebKey[] keys = _source?.Keys ?? _keys;
         var reader = new Utf8JsonReader(header);
         if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
         {

@@ -31,6 +31,11 @@ internal sealed class PolicyDecisionCounts
     public long Refused;
     /// <summary><c>deny</c>: request trailer fields dropped.</summary>
     public long TrailersDropped;
+    /// <summary>
+    /// <c>jwt</c>: tokens checked against their key (cache misses that got that far), exported as
+    /// <c>proxy_jwt_signature_checks_total</c> rather than as a decision: a check is work done, not an answer.
+    /// </summary>
+    public long SignatureChecks;
 
     /// <summary>
     /// The counts a filter being built starts from: those of <paramref name="running"/>, the running filter's, when a
