@@ -870,10 +870,18 @@ internal sealed partial class HttpForwarder
         }
         else if (stream.EndReceived && !stream.HasTrailers && reader.TryRead(out ReadResult ready))
         {
-            // Everything is here (a trailers-only gRPC answer, a small body): say how long it is. A length the DATA
-            // disagree with was answered 502 before this (ArrivedShorterOrLongerThanDeclared).
-            length = ready.IsCompleted ? ready.Buffer.Length : -1;
+            // Everything is here (a trailers-only gRPC answer, a small body): say how long it is.
+            long arrived = ready.IsCompleted ? ready.Buffer.Length : -1;
             reader.AdvanceTo(ready.Buffer.Start);
+            if (length >= 0 && arrived >= 0 && arrived != length)
+            {
+                // DATA that disagree with the content-length (RFC 9113 section 8.1.1). ArrivedShorterOrLongerThanDeclared
+                // answers that 502 when END_STREAM is in by the time the head is looked at; this one ended after that
+                // look (the upstream's read loop runs on its own), so the head is not relayed at all: never a 200 for a
+                // body other than the one declared.
+                return AbortHttp2Relay(cluster, destination, stream, "content_length_mismatch");
+            }
+            length = arrived;
             outFraming = length >= 0 ? BodyFraming.ContentLength : http11Client ? BodyFraming.Chunked : BodyFraming.CloseDelimited;
         }
         else if (length >= 0 && !teTrailers)
