@@ -166,12 +166,9 @@ public sealed class IntrospectionTests
     [Fact]
     public async Task Introspection_ServerDown_503Unavailable()
     {
-        int port;
-        using (var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0))
-        {
-            probe.Start();
-            port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
-        }
+        // Not a port the kernel hands out for "port 0": the upstream started next could get it back and take the
+        // introspection calls (a clean-clone run saw exactly that: the upstream counted one connection).
+        int port = Ports.ClosedPort();
         var (upstream, proxy) = await IdentityPolicyTests.StartAsync(Policy(port), "opaque");
         await using var _ = upstream;
         await using var __ = proxy;
