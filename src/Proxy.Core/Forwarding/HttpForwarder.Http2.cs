@@ -899,7 +899,7 @@ internal sealed partial class HttpForwarder
         WriteResponseHead(response, outFraming, length, interim: false, keepAlive);
         if (outFraming == BodyFraming.None || (outFraming == BodyFraming.ContentLength && length == 0))
         {
-            return await _client.FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
+            return await _client.FlushAnswerAsync(closing: !keepAlive).ConfigureAwait(false) && keepAlive;
         }
         // The head goes now: a streaming response may hold its first body bytes for long.
         if (!await _client.FlushClientAsync().ConfigureAwait(false))
@@ -990,7 +990,7 @@ internal sealed partial class HttpForwarder
                     output.Write("\r\n"u8);
                 }
             }
-            if (!await (end ? _client.FlushAnswerAsync() : _client.FlushClientAsync()).ConfigureAwait(false))
+            if (!await (end ? _client.FlushAnswerAsync(closing: !keepAlive) : _client.FlushClientAsync()).ConfigureAwait(false))
             {
                 _client.Abort();
                 return false;

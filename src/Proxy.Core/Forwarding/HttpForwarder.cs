@@ -578,7 +578,7 @@ internal sealed partial class HttpForwarder
                                                 // The whole body came with the head: it leaves with it, in one flush. The upstream connection
                                                 // is free before that flush (the body is consumed), as EndResponseBody would free it after.
                                                 ReturnOrRelease(upstream, response);
-                                                outcome = await _client.FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
+                                                outcome = await _client.FlushAnswerAsync(closing: !keepAlive).ConfigureAwait(false) && keepAlive;
                                                 goto Done;
                                             }
                                             PumpResult copied = await _client.ResponsePump.CopyAsync(upstream.Input, _client.Output, inFraming,
@@ -595,7 +595,7 @@ internal sealed partial class HttpForwarder
                                         }
                                         else
                                         {
-                                            outcome = await _client.FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
+                                            outcome = await _client.FlushAnswerAsync(closing: !keepAlive).ConfigureAwait(false) && keepAlive;
                                         }
                                         goto Done;
                                     }

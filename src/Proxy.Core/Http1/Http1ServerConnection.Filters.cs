@@ -263,7 +263,7 @@ internal sealed partial class Http1ServerConnection
         _runtime.Metrics.LocalReply(Listener, status, context.ReplyDetails);
         LogLocalReply(status, context.ReplyDetails);
         WriteFilterReply(context, keepAlive);
-        return await FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
+        return await FlushAnswerAsync(closing: !keepAlive).ConfigureAwait(false) && keepAlive;
     }
 
     /// <summary>RFC 9112 section 4 status line, the filter's fields, then framing we own, then the body, in one write.</summary>

@@ -606,12 +606,58 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         }
     }
 
-    /// <summary>Flushes the last bytes of the answer: the per-IP request slot is released first (<see cref="ReleaseRequestSlot"/>).</summary>
-    internal ValueTask<bool> FlushAnswerAsync()
+    /// <summary>
+    /// Flushes the last bytes of the answer: the per-IP request slot is released first (<see cref="ReleaseRequestSlot"/>).
+    /// When the connection ends after this answer (<paramref name="closing"/>) and the transport can hold its tail
+    /// (<see cref="ClientTransport.HoldTailForClose"/>), the send side is shut as soon as the flush is done: the answer's
+    /// last bytes and the FIN leave in one segment, and nothing of ours runs between the two.
+    /// </summary>
+    internal ValueTask<bool> FlushAnswerAsync(bool closing)
     {
         ReleaseRequestSlot();
-        return FlushClientAsync();
+        if (!closing || _sendShut || !_transport.HoldTailForClose())
+        {
+            return FlushClientAsync();
+        }
+        ValueTask<bool> flush = FlushClientAsync();
+        if (!flush.IsCompletedSuccessfully)
+        {
+            return ShutSendAfterAsync(flush);
+        }
+        bool sent = flush.Result;
+        if (sent)
+        {
+            ShutSend();
+        }
+        return new ValueTask<bool>(sent);
     }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> ShutSendAfterAsync(ValueTask<bool> flush)
+    {
+        bool sent = await flush.ConfigureAwait(false);
+        if (sent)
+        {
+            ShutSend();
+        }
+        return sent;
+    }
+
+    /// <summary>FIN after the last answer; a peer already gone makes it fail, which the close that follows does not mind.</summary>
+    private void ShutSend()
+    {
+        _sendShut = true;
+        try
+        {
+            _transport.ShutdownSend();
+        }
+        catch (Exception)
+        {
+        }
+    }
+
+    /// <summary>The send side was shut after the last answer (<see cref="FlushAnswerAsync"/>): a lingering close does not shut it again.</summary>
+    private bool _sendShut;
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ProcessRequestsAsync()
@@ -931,7 +977,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         output.Write(respond.HeadPrefix);
         output.Write(FilterFields);
         WriteLocalReplyTail(output, respond.Body, extraFields: null, keepAlive);
-        return await FlushAnswerAsync().ConfigureAwait(false) && keepAlive;
+        return await FlushAnswerAsync(closing: !keepAlive).ConfigureAwait(false) && keepAlive;
     }
 
     /// <summary>Reads and drops the request body. False when the connection cannot be reused afterwards.</summary>
@@ -1036,7 +1082,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             ResponseStatus = 200;
             WriteGrpcReply(Output, grpcStatus >= 0 ? grpcStatus : GrpcStatus.ForHttpStatus(status), details, default, extraFields,
                 keepAlive: !close && Head.KeepAlive);
-            await FlushAnswerAsync().ConfigureAwait(false);
+            await FlushAnswerAsync(closing: close || !Head.KeepAlive).ConfigureAwait(false);
             return;
         }
         string reason = StatusCodes.ReasonPhrase(status);
@@ -1051,7 +1097,7 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             output.Write(State.Filters.ResponsePhaseFields);
         }
         WriteLocalReplyTail(output, body, extraFields, keepAlive: !close && Head.KeepAlive);
-        await FlushAnswerAsync().ConfigureAwait(false);
+        await FlushAnswerAsync(closing: close || !Head.KeepAlive).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -1399,7 +1445,10 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         {
             try
             {
-                _transport.ShutdownSend();
+                if (!_sendShut)
+                {
+                    _transport.ShutdownSend();
+                }
                 _timedReader = Input;
                 Arm(TimeoutKind.RequestBody, s_lingerTime);
                 long discarded = 0;

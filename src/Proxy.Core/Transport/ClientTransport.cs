@@ -64,6 +64,15 @@ internal abstract class ClientTransport : IDisposable
     /// <summary>Sends FIN while still reading: the first half of a lingering close.</summary>
     public abstract void ShutdownSend();
 
+    /// <summary>
+    /// The bytes flushed from now on are the connection's last, and <see cref="ShutdownSend"/> follows them at once.
+    /// True when the transport then holds a short last segment back (a plain socket: MSG_MORE) until the FIN, so
+    /// both leave in one packet: the peer gets one segment less to receive and acknowledge per connection. False
+    /// where the transport cannot (TLS, whose close goes through its own alert; an HTTP/2 stream), and the caller
+    /// closes as usual.
+    /// </summary>
+    public virtual bool HoldTailForClose() => false;
+
     /// <summary>Closes at once (RST where the transport has one): for timeouts and broken exchanges.</summary>
     public abstract void Abort();
 
@@ -215,6 +224,12 @@ internal sealed class EpollSocketTransport : ClientTransport
     public override PipeWriter Output => _writer;
 
     public override void ShutdownSend() => _handle.ShutdownSend();
+
+    public override bool HoldTailForClose()
+    {
+        _stream.HoldTailForClose();
+        return true;
+    }
 
     /// <summary>RST: the stream leaves its engine (its parked operations fail), then the fd closes with SO_LINGER 0.</summary>
     public override void Abort()

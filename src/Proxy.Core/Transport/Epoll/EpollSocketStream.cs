@@ -46,6 +46,12 @@ internal sealed class EpollSocketStream : Stream
     // Not readonly: a client connection's stream is reused for the next accepted socket (Reuse).
     private SafeHandle _handle;
     private int _fd;
+
+    /// <summary>
+    /// MSG_NOSIGNAL|MSG_DONTWAIT, plus MSG_MORE once the bytes left to send are the connection's last
+    /// (<see cref="HoldTailForClose"/>).
+    /// </summary>
+    private int _sendFlags = EpollNative.MSG_DONTWAIT | EpollNative.MSG_NOSIGNAL;
     private EpollEngine _engine;
     private readonly Operation _read;
     private readonly Operation _write;
@@ -119,11 +125,18 @@ internal sealed class EpollSocketStream : Stream
         Token = 0;
         ReceiveCalls = 0;
         _watchingWrites = false;
+        _sendFlags = EpollNative.MSG_DONTWAIT | EpollNative.MSG_NOSIGNAL;
         _read.Reuse();
         _write.Reuse();
         Volatile.Write(ref _registration, Unregistered);
         _disposed = false;
     }
+
+    /// <summary>
+    /// The connection closes once what is sent from now on has gone: sends carry MSG_MORE, so the kernel keeps a short
+    /// last segment until the FIN of the close (or shutdown) that follows, and sends both in one packet.
+    /// </summary>
+    internal void HoldTailForClose() => _sendFlags = EpollNative.MSG_DONTWAIT | EpollNative.MSG_NOSIGNAL | EpollNative.MSG_MORE;
 
     /// <summary>The engine's token for this registration (slot and generation); set by the engine.</summary>
     internal ulong Token;
@@ -370,7 +383,7 @@ internal sealed class EpollSocketStream : Stream
             nint n;
             do
             {
-                n = EpollNative.SendMsg(_fd, &message, EpollNative.MSG_DONTWAIT | EpollNative.MSG_NOSIGNAL);
+                n = EpollNative.SendMsg(_fd, &message, _sendFlags);
                 errno = n < 0 ? Marshal.GetLastSystemError() : 0;
             }
             while (n < 0 && errno == EpollNative.EINTR);
@@ -662,7 +675,7 @@ internal sealed class EpollSocketStream : Stream
             {
                 do
                 {
-                    n = EpollNative.Send(_fd, p, (nuint)buffer.Length, EpollNative.MSG_DONTWAIT | EpollNative.MSG_NOSIGNAL);
+                    n = EpollNative.Send(_fd, p, (nuint)buffer.Length, _sendFlags);
                     errno = n < 0 ? Marshal.GetLastSystemError() : 0;
                 }
                 while (n < 0 && errno == EpollNative.EINTR);

@@ -1,0 +1,98 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net.Sockets;
+using Proxy.FunctionalTests.Infrastructure;
+
+namespace Proxy.FunctionalTests;
+
+/// <summary>
+/// On the epoll engine the last answer of a connection that closes leaves with its FIN in one segment: the last
+/// bytes are sent with MSG_MORE and the send side is shut right after the flush. The client's own socket tells:
+/// TCP_INFO counts the segments it received and those that carried data, and a FIN sent on its own is one more
+/// segment without data. With the request acknowledged on its own (a new connection acknowledges its first data at
+/// once; the delayed answers make sure), the client receives exactly two segments without data: the SYN-ACK and
+/// that acknowledgement.
+/// </summary>
+public sealed class LastSegmentTests
+{
+    [Fact]
+    public async Task ProxiedAnswer_ConnectionClose_LastBytesAndFinInOneSegment()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Delayed(TimeSpan.FromMilliseconds(100)));
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
+
+        (int segments, int dataSegments) = await ExchangeAsync(proxy, Wire.Get("/a", "example.test", "Connection: close"), 200);
+
+        Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
+    }
+
+    [Fact]
+    public async Task DirectAnswer_Http10_LastBytesAndFinInOneSegment()
+    {
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = Ports.ClosedPort() });
+
+        (int segments, int dataSegments) = await ExchangeAsync(proxy, "GET /hello HTTP/1.0\r\nHost: example.test\r\n\r\n", 200);
+
+        Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
+    }
+
+    [Fact]
+    public async Task ErrorAnswer_RejectedHead_LastBytesAndFinInOneSegment()
+    {
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = Ports.ClosedPort() });
+
+        // Two Host fields: 400 and close, with nothing of the request left unread (no lingering close).
+        (int segments, int dataSegments) = await ExchangeAsync(proxy,
+            "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", 400);
+
+        Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
+    }
+
+    /// <summary>
+    /// Keep-alive answers are never held back: on a connection that stays open each answer arrives at once (a tail
+    /// sent with MSG_MORE would wait for the retransmission timer, 200 ms or more, each time).
+    /// </summary>
+    [Fact]
+    public async Task KeepAliveAnswers_AfterConnectionsThatClosed_AreNotHeldBack()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Ok());
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
+        // Connections that close: their transports go back to the engines' free lists, and the keep-alive connection
+        // below most likely runs on one of them.
+        for (int i = 0; i < 8; i++)
+        {
+            await ExchangeAsync(proxy, Wire.Get($"/close{i}", "example.test", "Connection: close"), 200);
+        }
+
+        await using RawClient client = await RawClient.ConnectAsync(proxy.Public);
+        var clock = Stopwatch.StartNew();
+        const int Requests = 20;
+        for (int i = 0; i < Requests; i++)
+        {
+            await client.SendAsync(Wire.Get($"/keep{i}"));
+            Assert.Equal(200, (await client.ReadResponseAsync()).Status);
+        }
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"{Requests} keep-alive exchanges took {clock.Elapsed}");
+    }
+
+    /// <summary>One request on a new connection, the answer read to the close; then the client socket's counts.</summary>
+    private static async Task<(int Segments, int DataSegments)> ExchangeAsync(TestProxy proxy, string request, int status)
+    {
+        await using RawClient client = await RawClient.ConnectAsync(proxy.Public);
+        await client.SendAsync(request);
+        Assert.Equal(status, (await client.ReadResponseAsync()).Status);
+        await client.ReadToCloseAsync();
+        return ReceivedSegments(client.Socket);
+    }
+
+    /// <summary>
+    /// tcpi_segs_in and tcpi_data_segs_in of Linux's struct tcp_info (offsets 140 and 152, there since Linux 4.6).
+    /// </summary>
+    private static (int Segments, int DataSegments) ReceivedSegments(Socket socket)
+    {
+        Span<byte> info = stackalloc byte[232];
+        int length = socket.GetRawSocketOption((int)SocketOptionLevel.Tcp, 11 /* TCP_INFO */, info);
+        Assert.True(length >= 156, $"tcp_info of {length} bytes");
+        return ((int)BinaryPrimitives.ReadUInt32LittleEndian(info[140..]), (int)BinaryPrimitives.ReadUInt32LittleEndian(info[152..]));
+    }
+}
