@@ -6,8 +6,9 @@ using Proxy.FunctionalTests.Infrastructure;
 namespace Proxy.FunctionalTests;
 
 /// <summary>
-/// On the epoll engine the last answer of a connection that closes leaves with its FIN in one segment: the last
-/// bytes are sent with MSG_MORE and the send side is shut right after the flush. The client's own socket tells:
+/// The last answer of a plain TCP connection that closes leaves with its FIN in one segment: the last bytes are held
+/// (MSG_MORE on the epoll engine, TCP_CORK on the runtime's) and the send side is shut right after the flush, on both
+/// socket engines. The client's own socket tells:
 /// TCP_INFO counts the segments it received and those that carried data, and a FIN sent on its own is one more
 /// segment without data. With the request acknowledged on its own (a new connection acknowledges its first data at
 /// once; the delayed answers make sure), the client receives exactly two segments without data: the SYN-ACK and
