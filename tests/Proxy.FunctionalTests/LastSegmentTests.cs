@@ -27,6 +27,35 @@ public sealed class LastSegmentTests
         Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
     }
 
+    /// <summary>A body pumped as it arrives (chunks 10 ms apart): the flush of the last chunk holds its tail for the FIN.</summary>
+    [Fact]
+    public async Task PumpedChunkedAnswer_ConnectionClose_LastChunkAndFinInOneSegment()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Chunked("first", "second", "third"));
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
+
+        (int segments, int dataSegments) = await ExchangeAsync(proxy, Wire.Get("/c", "example.test", "Connection: close"), 200);
+
+        Assert.True(dataSegments >= 2, $"{dataSegments} data segments: the body did not come in pieces");
+        Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
+    }
+
+    /// <summary>
+    /// A 40 KB Content-Length body (more than one upstream read block holds, less than the client's first window), pumped
+    /// in several reads and flushes: only the last flush holds its tail.
+    /// </summary>
+    [Fact]
+    public async Task PumpedContentLengthAnswer_ConnectionClose_LastBytesAndFinInOneSegment()
+    {
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Download(40_000));
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
+
+        (int segments, int dataSegments) = await ExchangeAsync(proxy, Wire.Get("/d", "example.test", "Connection: close"), 200);
+
+        Assert.True(dataSegments >= 2, $"{dataSegments} data segments: the body did not come in pieces");
+        Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
+    }
+
     [Fact]
     public async Task DirectAnswer_Http10_LastBytesAndFinInOneSegment()
     {

@@ -581,8 +581,10 @@ internal sealed partial class HttpForwarder
                                                 outcome = await _client.FlushAnswerAsync(closing: !keepAlive).ConfigureAwait(false) && keepAlive;
                                                 goto Done;
                                             }
+                                            _client.AnswerCloses(!keepAlive);
                                             PumpResult copied = await _client.ResponsePump.CopyAsync(upstream.Input, _client.Output, inFraming,
                                                 upstream.Response.ContentLength, outFraming, long.MaxValue, _client).ConfigureAwait(false);
+                                            _client.ShutSendAfterPump();
                                             if (copied == PumpResult.SourceInvalid && !ClientGone)
                                             {
                                                 // The broken framing came in a read the pump had not flushed yet (bytes that arrived

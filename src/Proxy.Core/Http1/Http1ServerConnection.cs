@@ -1275,8 +1275,37 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
         if (ReferenceEquals(pump, State.ResponsePump))
         {
             ReleaseRequestSlot();
+            if (_answerCloses && !_sendShut)
+            {
+                // The flush that carries the body's last bytes: held like FlushAnswerAsync's, shut by ShutSendAfterPump.
+                _tailHeld = _transport.HoldTailForClose();
+            }
         }
     }
+
+    /// <summary>
+    /// Set by the forwarder before a response body is pumped: the connection closes after this answer, so the pump's
+    /// last flush may hold its tail for the FIN (<see cref="LastFlush"/>).
+    /// </summary>
+    internal void AnswerCloses(bool closes)
+    {
+        _answerCloses = closes;
+        _tailHeld = false;
+    }
+
+    /// <summary>After the pump's last flush: the FIN, which carries the held tail (<see cref="FlushAnswerAsync"/>).</summary>
+    internal void ShutSendAfterPump()
+    {
+        _answerCloses = false;
+        if (_tailHeld)
+        {
+            _tailHeld = false;
+            ShutSend();
+        }
+    }
+
+    private bool _answerCloses;
+    private bool _tailHeld;
 
     /// <summary>
     /// Heartbeat: the deadline, then a client that left while the upstream works on its request. Nothing reads the
