@@ -17,66 +17,33 @@ namespace Proxy.FunctionalTests;
 public sealed class LastSegmentTests
 {
     [Fact]
-    public async Task ProxiedAnswer_ConnectionClose_LastBytesAndFinInOneSegment()
-    {
-        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Delayed(TimeSpan.FromMilliseconds(100)));
-        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
-
-        (int segments, int dataSegments) = await ExchangeAsync(proxy, Wire.Get("/a", "example.test", "Connection: close"), 200);
-
-        Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
-    }
+    public Task ProxiedAnswer_ConnectionClose_LastBytesAndFinInOneSegment() =>
+        AssertFinInLastDataSegmentAsync(UpstreamBehaviors.Delayed(TimeSpan.FromMilliseconds(100)),
+            Wire.Get("/a", "example.test", "Connection: close"), 200, pumped: false);
 
     /// <summary>A body pumped as it arrives (chunks 10 ms apart): the flush of the last chunk holds its tail for the FIN.</summary>
     [Fact]
-    public async Task PumpedChunkedAnswer_ConnectionClose_LastChunkAndFinInOneSegment()
-    {
-        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Chunked("first", "second", "third"));
-        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
-
-        (int segments, int dataSegments) = await ExchangeAsync(proxy, Wire.Get("/c", "example.test", "Connection: close"), 200);
-
-        Assert.True(dataSegments >= 2, $"{dataSegments} data segments: the body did not come in pieces");
-        Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
-    }
+    public Task PumpedChunkedAnswer_ConnectionClose_LastChunkAndFinInOneSegment() =>
+        AssertFinInLastDataSegmentAsync(UpstreamBehaviors.Chunked("first", "second", "third"),
+            Wire.Get("/c", "example.test", "Connection: close"), 200, pumped: true);
 
     /// <summary>
     /// A 40 KB Content-Length body (more than one upstream read block holds, less than the client's first window), pumped
     /// in several reads and flushes: only the last flush holds its tail.
     /// </summary>
     [Fact]
-    public async Task PumpedContentLengthAnswer_ConnectionClose_LastBytesAndFinInOneSegment()
-    {
-        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Download(40_000));
-        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
-
-        (int segments, int dataSegments) = await ExchangeAsync(proxy, Wire.Get("/d", "example.test", "Connection: close"), 200);
-
-        Assert.True(dataSegments >= 2, $"{dataSegments} data segments: the body did not come in pieces");
-        Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
-    }
+    public Task PumpedContentLengthAnswer_ConnectionClose_LastBytesAndFinInOneSegment() =>
+        AssertFinInLastDataSegmentAsync(UpstreamBehaviors.Download(40_000),
+            Wire.Get("/d", "example.test", "Connection: close"), 200, pumped: true);
 
     [Fact]
-    public async Task DirectAnswer_Http10_LastBytesAndFinInOneSegment()
-    {
-        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = Ports.ClosedPort() });
+    public Task DirectAnswer_Http10_LastBytesAndFinInOneSegment() =>
+        AssertFinInLastDataSegmentAsync(upstreamBehavior: null, "GET /hello HTTP/1.0\r\nHost: example.test\r\n\r\n", 200, pumped: false);
 
-        (int segments, int dataSegments) = await ExchangeAsync(proxy, "GET /hello HTTP/1.0\r\nHost: example.test\r\n\r\n", 200);
-
-        Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
-    }
-
+    /// <summary>Two Host fields: 400, then a lingering close, whose shutdown is the one right after the answer.</summary>
     [Fact]
-    public async Task ErrorAnswer_RejectedHead_LastBytesAndFinInOneSegment()
-    {
-        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = Ports.ClosedPort() });
-
-        // Two Host fields: 400 and close, with nothing of the request left unread (no lingering close).
-        (int segments, int dataSegments) = await ExchangeAsync(proxy,
-            "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", 400);
-
-        Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
-    }
+    public Task ErrorAnswer_RejectedHead_LastBytesAndFinInOneSegment() =>
+        AssertFinInLastDataSegmentAsync(upstreamBehavior: null, "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", 400, pumped: false);
 
     /// <summary>
     /// Keep-alive answers are never held back: on a connection that stays open each answer arrives at once (a tail
@@ -103,6 +70,22 @@ public sealed class LastSegmentTests
             Assert.Equal(200, (await client.ReadResponseAsync()).Status);
         }
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"{Requests} keep-alive exchanges took {clock.Elapsed}");
+    }
+
+    /// <summary>
+    /// One request on a new connection (to an upstream with <paramref name="upstreamBehavior"/>, or none); the client must
+    /// have received exactly two segments without data. <paramref name="pumped"/>: the answer must have come in more
+    /// than one data segment, or the test would not be testing the pump's last flush.
+    /// </summary>
+    private static async Task AssertFinInLastDataSegmentAsync(UpstreamHandler? upstreamBehavior, string request, int status, bool pumped)
+    {
+        await using var upstream = upstreamBehavior is null ? null : RecordingUpstream.Start(upstreamBehavior);
+        await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream?.Port ?? Ports.ClosedPort() });
+
+        (int segments, int dataSegments) = await ExchangeAsync(proxy, request, status);
+
+        Assert.True(!pumped || dataSegments >= 2, $"{dataSegments} data segments: the body did not come in pieces");
+        Assert.True(segments - dataSegments == 2, $"{segments} segments received, {dataSegments} with data: the FIN came alone");
     }
 
     /// <summary>One request on a new connection, the answer read to the close; then the client socket's counts.</summary>
