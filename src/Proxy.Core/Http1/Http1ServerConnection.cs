@@ -635,6 +635,8 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> ShutSendAfterAsync(ValueTask<bool> flush)
     {
+        // The rest of the flush goes out as the client acknowledges what it has: a cork keeps the tail for the FIN.
+        _transport.CorkTailForClose();
         bool sent = await flush.ConfigureAwait(false);
         if (sent)
         {
@@ -1277,8 +1279,9 @@ internal sealed partial class Http1ServerConnection : TimedConnection, IBodyPump
             ReleaseRequestSlot();
             if (_answerCloses && !_sendShut)
             {
-                // The flush that carries the body's last bytes: held like FlushAnswerAsync's, shut by ShutSendAfterPump.
-                _tailHeld = _transport.HoldTailForClose();
+                // The flush that carries the body's last bytes, shut by ShutSendAfterPump once the pump has returned: the
+                // hold has to last across awaits, so a cork rather than FlushAnswerAsync's MSG_MORE.
+                _tailHeld = _transport.CorkTailForClose();
             }
         }
     }

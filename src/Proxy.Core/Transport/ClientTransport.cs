@@ -72,6 +72,14 @@ internal abstract class ClientTransport : IDisposable
     /// </summary>
     public virtual bool HoldTailForClose() => false;
 
+    /// <summary>
+    /// <see cref="HoldTailForClose"/> for a flush whose <see cref="ShutdownSend"/> comes only after awaits (a pumped
+    /// body's last flush, a flush that did not complete at once). The hold must then outlast the kernel's own pushes in
+    /// between: an acknowledgement of earlier bytes that arrives meanwhile sends a short segment that MSG_MORE held, and the
+    /// FIN follows alone. TCP_CORK holds it through them (one setsockopt), so this sets TCP_CORK where the transport has it.
+    /// </summary>
+    public virtual bool CorkTailForClose() => HoldTailForClose();
+
     /// <summary>Closes at once (RST where the transport has one): for timeouts and broken exchanges.</summary>
     public abstract void Abort();
 
@@ -259,6 +267,8 @@ internal sealed class EpollSocketTransport : ClientTransport
         _stream.HoldTailForClose();
         return true;
     }
+
+    public override bool CorkTailForClose() => _handle.Cork() || HoldTailForClose();
 
     /// <summary>RST: the stream leaves its engine (its parked operations fail), then the fd closes with SO_LINGER 0.</summary>
     public override void Abort()

@@ -42,6 +42,29 @@ internal sealed class AcceptedSocketHandle : SafeHandle
         }
     }
 
+    /// <summary>TCP_CORK on: short segments wait for the FIN (or a full segment). False if refused or already closed.</summary>
+    public unsafe bool Cork()
+    {
+        bool added = false;
+        try
+        {
+            DangerousAddRef(ref added);
+            int on = 1;
+            return EpollNative.SetSockOpt((int)handle, EpollNative.IPPROTO_TCP, EpollNative.TCP_CORK, &on, sizeof(int)) == 0;
+        }
+        catch (ObjectDisposedException)
+        {
+            return false;
+        }
+        finally
+        {
+            if (added)
+            {
+                DangerousRelease();
+            }
+        }
+    }
+
     /// <summary>
     /// Abortive close, like Socket.Close(0): SO_LINGER with a zero timeout, so the close sends RST and drops what is
     /// unsent. Set before the release, so it holds even when the close itself is deferred by a syscall in flight.
