@@ -56,6 +56,7 @@ internal static class ConfigCompiler
                 AddressMark = l.Address!.Value.Mark,
                 Handler = l.Handler,
                 DeferAccept = l.DeferAccept,
+                QuickAck = l.QuickAck,
                 Limits = MergeLimits(serverLimits, l.Limits),
                 Forwarded = BuildForwarded(config.Forwarded, l.Forwarded),
                 Metrics = new ListenerMetrics(l.Name!.Value.Value),

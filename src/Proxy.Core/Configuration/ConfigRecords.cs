@@ -134,6 +134,8 @@ internal sealed record ListenerConfig
     public ListenerTlsConfig? Tls { get; init; }
     /// <summary><c>defer_accept: true</c>: the kernel hands over a connection once its first bytes arrived (Linux TCP_DEFER_ACCEPT).</summary>
     public bool DeferAccept { get; init; }
+    /// <summary><c>quick_ack: true</c>: a new connection's request is acknowledged at once, in a segment of its own (Linux TCP_QUICKACK).</summary>
+    public bool QuickAck { get; init; }
 }
 
 /// <summary>A listener's <c>tls:</c> block (docs/tls.md).</summary>

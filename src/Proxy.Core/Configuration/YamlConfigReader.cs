@@ -25,7 +25,7 @@ internal sealed partial class YamlConfigReader
          "rapid_reset", "max_control_frames_per_second", "send_stall_timeout"];
     private static readonly string[] s_rapidResetKeys = ["max", "window"];
     private static readonly string[] s_forwardedKeys = ["mode", "trusted_networks"];
-    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies", "tls", "public", "defer_accept"];
+    private static readonly string[] s_listenerKeys = ["name", "address", "handler", "limits", "forwarded", "policies", "tls", "public", "defer_accept", "quick_ack"];
     private static readonly string[] s_tlsKeys = ["certificates", "client_certificates", "handshake_timeout"];
     private static readonly string[] s_tlsCertificateKeys = ["cert", "key", "hosts"];
     private static readonly string[] s_clientCertificateKeys = ["mode", "ca", "forward_header"];
@@ -377,6 +377,7 @@ internal sealed partial class YamlConfigReader
             Policies = StringList(map, "policies"),
             Public = Bool(map, "public"),
             DeferAccept = Bool(map, "defer_accept")?.Value ?? false,
+            QuickAck = Bool(map, "quick_ack")?.Value ?? false,
             Tls = map.Get("tls") is { } t ? ReadListenerTls(t) : null,
         };
     }

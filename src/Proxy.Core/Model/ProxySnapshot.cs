@@ -119,6 +119,14 @@ internal sealed class ListenerModel
     /// later for it. Ignored on other systems.
     /// </summary>
     public bool DeferAccept { get; init; }
+    /// <summary>
+    /// False (the default): the listening socket has TCP_QUICKACK off, which accepted sockets inherit, so a new
+    /// connection's request is not acknowledged in a segment of its own: the answer carries the ACK, or the delayed-ACK
+    /// timer sends it if the answer takes longer (40 ms at least). HAProxy does the same in HTTP mode
+    /// (<c>option tcp-smart-accept</c>). True: the kernel's default, an ACK at once (for a client that sends one request
+    /// in two writes with Nagle's algorithm on, whose second write waits for that ACK). Ignored on other systems.
+    /// </summary>
+    public bool QuickAck { get; init; }
     public HttpLimits Limits { get; init; } = HttpLimits.Default;
     public ForwardedModel Forwarded { get; init; } = ForwardedModel.Default;
     /// <summary>Counters bound to this listener at compile time (null only for models built by hand in tests).</summary>

@@ -116,6 +116,10 @@ internal sealed class SocketListener : IEpollAcceptHandler
         {
             ApplyDeferAccept(model.DeferAccept); // a listening socket takes the change at once: no rebind
         }
+        if (model.QuickAck != Model.QuickAck)
+        {
+            ApplyQuickAck(model.QuickAck);
+        }
         _serving = new ListenerSnapshot(model, snapshot);
         EnsureCertificateCheck();
     }
@@ -131,6 +135,23 @@ internal sealed class SocketListener : IEpollAcceptHandler
         Span<byte> seconds = stackalloc byte[sizeof(int)];
         BitConverter.TryWriteBytes(seconds, on ? 1 : 0);
         _socket.SetRawSocketOption(IPPROTO_TCP, TCP_DEFER_ACCEPT, seconds);
+    }
+
+    /// <summary>
+    /// TCP_QUICKACK on the listening socket, which the sockets it accepts inherit (Linux only; see
+    /// <see cref="ListenerModel.QuickAck"/>). Off: a new connection is in delayed-ACK mode from its first request, so
+    /// the answer carries the ACK; the kernel leaves that mode by itself once its delayed-ACK timer has fired.
+    /// </summary>
+    private void ApplyQuickAck(bool on)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return;
+        }
+        const int IPPROTO_TCP = 6, TCP_QUICKACK = 12;
+        Span<byte> value = stackalloc byte[sizeof(int)];
+        BitConverter.TryWriteBytes(value, on ? 1 : 0);
+        _socket.SetRawSocketOption(IPPROTO_TCP, TCP_QUICKACK, value);
     }
 
     /// <summary>Starts the certificate check once the listener serves TLS (at start, or when a reload turns TLS on).</summary>
@@ -157,6 +178,7 @@ internal sealed class SocketListener : IEpollAcceptHandler
             ApplyDeferAccept(true);
         }
         _socket.Listen(4096);
+        ApplyQuickAck(Model.QuickAck); // after listen(), which clears the socket's ACK state
         EndPoint = (IPEndPoint)_socket.LocalEndPoint!;
     }
 

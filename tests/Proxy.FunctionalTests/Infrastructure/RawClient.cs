@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
@@ -33,6 +34,19 @@ internal sealed class RawClient : IAsyncDisposable
 
     public Socket Socket { get; }
     public WireReader Reader { get; }
+
+    /// <summary>
+    /// The segments this socket has received, and how many of them carried data: tcpi_segs_in and tcpi_data_segs_in of
+    /// Linux's struct tcp_info (offsets 140 and 152, there since Linux 4.6). The others are the SYN-ACK, ACKs sent on
+    /// their own, and a FIN sent on its own.
+    /// </summary>
+    public (int Segments, int DataSegments) ReceivedSegments()
+    {
+        Span<byte> info = stackalloc byte[232];
+        int length = Socket.GetRawSocketOption((int)SocketOptionLevel.Tcp, 11 /* TCP_INFO */, info);
+        Assert.True(length >= 156, $"tcp_info of {length} bytes");
+        return ((int)BinaryPrimitives.ReadUInt32LittleEndian(info[140..]), (int)BinaryPrimitives.ReadUInt32LittleEndian(info[152..]));
+    }
 
     public static async Task<RawClient> ConnectAsync(IPEndPoint endPoint, TimeSpan? timeout = null, IPAddress? localAddress = null)
     {

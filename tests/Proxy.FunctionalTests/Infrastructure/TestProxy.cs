@@ -22,6 +22,8 @@ internal sealed record ProxyConfig
     public string RequestTimeout { get; init; } = "30s";
     /// <summary>Further keys of the backend cluster, one per line, indented as they are (<c>tunnel_idle_timeout: 1s</c>).</summary>
     public string ClusterExtra { get; init; } = "";
+    /// <summary>Further keys of the public listener, each after a comma (<c>, quick_ack: true</c>).</summary>
+    public string PublicListenerExtra { get; init; } = "";
 
     /// <summary>The routes section's items; by default /hello answers directly and everything else goes to backend.</summary>
     public string Routes { get; init; } = """
@@ -32,7 +34,7 @@ internal sealed record ProxyConfig
     public string Render() => $$"""
         limits: { max_request_line: {{MaxRequestLine}}, max_header_bytes: {{MaxHeaderBytes}}, max_headers: {{MaxHeaders.ToString(CultureInfo.InvariantCulture)}}, max_body_bytes: {{MaxBodyBytes}}, header_timeout: {{HeaderTimeout}}, keepalive_timeout: {{KeepAliveTimeout}}, body_timeout: {{BodyTimeout}} }
         listeners:
-          - { name: public, address: 127.0.0.1:0 }
+          - { name: public, address: 127.0.0.1:0{{PublicListenerExtra}} }
           - { name: echo, address: 127.0.0.1:0, handler: echo }
         routes:
         {{Routes.TrimEnd()}}
