@@ -84,20 +84,21 @@ public sealed class QuickAckTests
     }
 
     /// <summary>
-    /// An answer slower than the delayed-ACK timer (an upstream 600 ms late): the request is not left unacknowledged,
-    /// the timer's ACK reaches the client (40 ms after the request, at most 200 ms) well before the answer.
+    /// An answer slower than the delayed-ACK timer (an upstream 1.5 s late): the request is not left unacknowledged,
+    /// the timer's ACK reaches the client (40 ms after the request, at most 200 ms) well before the answer. The wait
+    /// for it stops at 1 s, so that a stalled test thread cannot find the answer there already.
     /// </summary>
     [Fact]
     public async Task Default_SlowAnswer_RequestAcknowledgedByTheDelayedAckTimer()
     {
-        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Delayed(TimeSpan.FromMilliseconds(600)));
+        await using var upstream = RecordingUpstream.Start(UpstreamBehaviors.Delayed(TimeSpan.FromMilliseconds(1500)));
         await using var proxy = await TestProxy.StartAsync(new ProxyConfig { BackendPort = upstream.Port });
         await using RawClient client = await RawClient.ConnectAsync(proxy.Public);
         var sent = Stopwatch.StartNew();
         await client.SendAsync(Wire.Get("/slow"));
 
         (int segments, int dataSegments) = client.ReceivedSegments();
-        while (segments - dataSegments < 2 && sent.Elapsed < TimeSpan.FromMilliseconds(500))
+        while (segments - dataSegments < 2 && sent.Elapsed < TimeSpan.FromSeconds(1))
         {
             Thread.Sleep(10);
             (segments, dataSegments) = client.ReceivedSegments();
