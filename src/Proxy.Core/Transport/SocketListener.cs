@@ -125,33 +125,28 @@ internal sealed class SocketListener : IEpollAcceptHandler
     }
 
     /// <summary>TCP_DEFER_ACCEPT in seconds (1, as nginx's <c>deferred</c> and HAProxy's <c>defer-accept</c> set it) or 0 (off); Linux only.</summary>
-    private void ApplyDeferAccept(bool on)
-    {
-        if (!OperatingSystem.IsLinux())
-        {
-            return;
-        }
-        const int IPPROTO_TCP = 6, TCP_DEFER_ACCEPT = 9;
-        Span<byte> seconds = stackalloc byte[sizeof(int)];
-        BitConverter.TryWriteBytes(seconds, on ? 1 : 0);
-        _socket.SetRawSocketOption(IPPROTO_TCP, TCP_DEFER_ACCEPT, seconds);
-    }
+    private void ApplyDeferAccept(bool on) => SetLinuxTcpOption(TcpDeferAccept, on ? 1 : 0);
 
     /// <summary>
     /// TCP_QUICKACK on the listening socket, which the sockets it accepts inherit (Linux only; see
     /// <see cref="ListenerModel.QuickAck"/>). Off: a new connection is in delayed-ACK mode from its first request, so
     /// the answer carries the ACK; the kernel leaves that mode by itself once its delayed-ACK timer has fired.
     /// </summary>
-    private void ApplyQuickAck(bool on)
+    private void ApplyQuickAck(bool on) => SetLinuxTcpOption(TcpQuickAck, on ? 1 : 0);
+
+    /// <summary>TCP_DEFER_ACCEPT and TCP_QUICKACK in Linux's netinet/tcp.h.</summary>
+    private const int TcpDeferAccept = 9, TcpQuickAck = 12;
+
+    /// <summary>An integer option at level IPPROTO_TCP on the listening socket; nothing on other systems.</summary>
+    private void SetLinuxTcpOption(int name, int value)
     {
         if (!OperatingSystem.IsLinux())
         {
             return;
         }
-        const int IPPROTO_TCP = 6, TCP_QUICKACK = 12;
-        Span<byte> value = stackalloc byte[sizeof(int)];
-        BitConverter.TryWriteBytes(value, on ? 1 : 0);
-        _socket.SetRawSocketOption(IPPROTO_TCP, TCP_QUICKACK, value);
+        Span<byte> bytes = stackalloc byte[sizeof(int)];
+        BitConverter.TryWriteBytes(bytes, value);
+        _socket.SetRawSocketOption((int)SocketOptionLevel.Tcp, name, bytes);
     }
 
     /// <summary>Starts the certificate check once the listener serves TLS (at start, or when a reload turns TLS on).</summary>
