@@ -175,9 +175,7 @@ internal sealed class SocketTransport : ClientTransport
         }
         try
         {
-            Span<byte> on = stackalloc byte[sizeof(int)];
-            BitConverter.TryWriteBytes(on, 1);
-            _socket.SetRawSocketOption((int)SocketOptionLevel.Tcp, TcpCork, on);
+            LinuxTcp.Set(_socket, LinuxTcp.Cork, 1);
             return true;
         }
         catch (SocketException)
@@ -189,9 +187,6 @@ internal sealed class SocketTransport : ClientTransport
             return false;
         }
     }
-
-    /// <summary>TCP_CORK in Linux's netinet/tcp.h.</summary>
-    private const int TcpCork = 3;
 
     public override void Abort() => SocketPipes.Abort(_socket, _stream);
 

@@ -125,29 +125,14 @@ internal sealed class SocketListener : IEpollAcceptHandler
     }
 
     /// <summary>TCP_DEFER_ACCEPT in seconds (1, as nginx's <c>deferred</c> and HAProxy's <c>defer-accept</c> set it) or 0 (off); Linux only.</summary>
-    private void ApplyDeferAccept(bool on) => SetLinuxTcpOption(TcpDeferAccept, on ? 1 : 0);
+    private void ApplyDeferAccept(bool on) => LinuxTcp.Set(_socket, LinuxTcp.DeferAccept, on ? 1 : 0);
 
     /// <summary>
     /// TCP_QUICKACK on the listening socket, which the sockets it accepts inherit (Linux only; see
     /// <see cref="ListenerModel.QuickAck"/>). Off: a new connection is in delayed-ACK mode from its first request, so
     /// the answer carries the ACK; the kernel leaves that mode by itself once its delayed-ACK timer has fired.
     /// </summary>
-    private void ApplyQuickAck(bool on) => SetLinuxTcpOption(TcpQuickAck, on ? 1 : 0);
-
-    /// <summary>TCP_DEFER_ACCEPT and TCP_QUICKACK in Linux's netinet/tcp.h.</summary>
-    private const int TcpDeferAccept = 9, TcpQuickAck = 12;
-
-    /// <summary>An integer option at level IPPROTO_TCP on the listening socket; nothing on other systems.</summary>
-    private void SetLinuxTcpOption(int name, int value)
-    {
-        if (!OperatingSystem.IsLinux())
-        {
-            return;
-        }
-        Span<byte> bytes = stackalloc byte[sizeof(int)];
-        BitConverter.TryWriteBytes(bytes, value);
-        _socket.SetRawSocketOption((int)SocketOptionLevel.Tcp, name, bytes);
-    }
+    private void ApplyQuickAck(bool on) => LinuxTcp.Set(_socket, LinuxTcp.QuickAck, on ? 1 : 0);
 
     /// <summary>Starts the certificate check once the listener serves TLS (at start, or when a reload turns TLS on).</summary>
     private void EnsureCertificateCheck()
@@ -312,11 +297,10 @@ internal sealed class SocketListener : IEpollAcceptHandler
     /// <summary>Connections waiting in the accept queue: TCP_INFO of a listening socket reports them as tcpi_unacked (offset 24 of struct tcp_info).</summary>
     private int AcceptQueueLength()
     {
-        const int IPPROTO_TCP = 6, TCP_INFO = 11;
         Span<byte> info = stackalloc byte[32];
         try
         {
-            int length = _socket.GetRawSocketOption(IPPROTO_TCP, TCP_INFO, info);
+            int length = _socket.GetRawSocketOption(LinuxTcp.Level, LinuxTcp.Info, info);
             return length >= 28 ? BitConverter.ToInt32(info[24..]) : 0;
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)

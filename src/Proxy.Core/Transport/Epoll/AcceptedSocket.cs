@@ -50,7 +50,7 @@ internal sealed class AcceptedSocketHandle : SafeHandle
         {
             DangerousAddRef(ref added);
             int on = 1;
-            return EpollNative.SetSockOpt((int)handle, EpollNative.IPPROTO_TCP, EpollNative.TCP_CORK, &on, sizeof(int)) == 0;
+            return EpollNative.SetSockOpt((int)handle, LinuxTcp.Level, LinuxTcp.Cork, &on, sizeof(int)) == 0;
         }
         catch (ObjectDisposedException)
         {

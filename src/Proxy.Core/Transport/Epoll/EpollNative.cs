@@ -98,8 +98,6 @@ internal static unsafe partial class EpollNative
     public const int SHUT_WR = 1;
     public const int SOL_SOCKET = 1;
     public const int SO_LINGER = 13;
-    public const int IPPROTO_TCP = 6;
-    public const int TCP_CORK = 3;
 
     [StructLayout(LayoutKind.Sequential)]
     public struct Linger
